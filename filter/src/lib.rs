@@ -1,1 +1,29 @@
-//! placeholder
+//! # layergate-filter
+//!
+//! Auth, scope classification and store routing for the hev layer gateway in front of
+//! turbopuffer, as a proxy-wasm filter. Everything but [`wasm`] is plain Rust that builds and
+//! tests natively; the operator depends on this crate for the configuration types.
+//!
+//! ```text
+//!  on_configure:  JSON ──serde──► config::FilterConfig ──compile──► policy::Policy (shared, Rc)
+//!
+//!  on_request_headers (one header-map read):
+//!    headers::RequestHead ──► route::classify ──► Policy::store_for ──► authenticate
+//!        ──► authorize ──► decision::Decision
+//!             Forward(plan)        → plan.header_edits(): credential swap + x-layergate-cluster
+//!             Inspect(plan, rule)  → buffer body → body::check → forward or deny
+//!             Deny(denial)         → local reply {"status":"error","error":…}
+//! ```
+
+pub mod body;
+pub mod config;
+pub mod decision;
+pub mod glob;
+pub mod headers;
+pub mod policy;
+pub mod route;
+pub mod scope;
+pub mod time;
+
+#[cfg(target_arch = "wasm32")]
+mod wasm;

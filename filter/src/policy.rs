@@ -1,0 +1,358 @@
+//! The compiled configuration: every lookup the request path needs, built once per
+//! `on_configure` and shared by reference by all requests of a VM.
+//!
+//! ```text
+//! FilterConfig ──compile──► Policy
+//!   stores[]                  stores: Vec<Store>            (index = StoreId)
+//!   namespaces{}              namespaces: HashMap<ns, StoreId>
+//!   inboundAuth.keys[].sha256 ┐
+//!   store credentials         ├► tokens: HashMap<[u8; 32], Vec<Grant>>
+//!   apiKeys[].lookupHash      ┘
+//!   apiKeys[].entitlements    keys: Vec<MintedKey> (per-store grants indexed by StoreId)
+//! ```
+
+use crate::config::{ApiKeyConfig, Credential, Entitlement, FilterConfig, InboundAuth, CONFIG_VERSION};
+use crate::glob::NamespaceGlob;
+use crate::route::{valid_namespace, RouteRule};
+use crate::scope::Scopes;
+use sha2::{Digest, Sha256};
+use std::collections::{HashMap, HashSet};
+
+/// Index of a store in [`Policy::stores`].
+pub type StoreId = usize;
+
+/// Why a configuration was refused (the filter then refuses `on_configure`).
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// Not JSON, or not the documented shape.
+    #[error("filter configuration is not valid: {0}")]
+    Parse(#[from] serde_json::Error),
+    /// A field has a value the filter cannot use.
+    #[error("filter configuration is not valid: {0}")]
+    Invalid(String),
+}
+
+fn invalid<T>(msg: impl Into<String>) -> Result<T, ConfigError> {
+    Err(ConfigError::Invalid(msg.into()))
+}
+
+/// How a store authenticates inbound requests.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mode {
+    /// `deriveFromStore`.
+    DeriveFromStore,
+    /// `keys`.
+    Keys,
+    /// `open`.
+    Open,
+}
+
+/// A compiled store.
+#[derive(Debug)]
+pub struct Store {
+    /// VectorStore name.
+    pub name: Box<str>,
+    /// Envoy cluster.
+    pub cluster: Box<str>,
+    /// `:authority` to write, if configured.
+    pub authority: Option<Box<str>>,
+    /// `Bearer <credential>` ready to write, or the name of the missing environment variable.
+    pub bearer: Result<Box<str>, Box<str>>,
+    /// Inbound auth mode.
+    pub mode: Mode,
+    /// Principal name for the store credential (`store:<name>`).
+    pub principal: Box<str>,
+    /// Names of the inbound keys (`key:<store>/<name>`), indexed by key position.
+    pub key_principals: Vec<Box<str>>,
+}
+
+/// What a token hash grants; one token may appear in several roles.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Grant {
+    /// The credential of a store (accepted under `deriveFromStore`).
+    StoreCredential(StoreId),
+    /// An `inboundAuth.keys[]` entry of a store.
+    InboundKey {
+        /// The store listing it.
+        store: StoreId,
+        /// Position in that store's key list.
+        key: usize,
+        /// Its scopes.
+        scopes: Scopes,
+    },
+    /// A minted ApiKey (index into [`Policy::keys`]).
+    Minted(usize),
+}
+
+/// One entitlement of a minted key, compiled.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Grantee {
+    /// Scopes granted.
+    pub scopes: Scopes,
+    /// Namespace globs; empty means every namespace.
+    pub globs: Vec<NamespaceGlob>,
+}
+
+impl Grantee {
+    /// True when the globs restrict namespaces (anything but `*`).
+    pub fn is_restricted(&self) -> bool {
+        !self.globs.is_empty()
+    }
+
+    /// True when `ns` matches a glob (or there are none).
+    pub fn allows_namespace(&self, ns: &str) -> bool {
+        self.globs.is_empty() || self.globs.iter().any(|g| g.matches(ns))
+    }
+
+    /// The literal prefix when the grant is exactly one prefix glob (`shop-*` → `shop-`).
+    pub fn single_prefix(&self) -> Option<&str> {
+        match self.globs.as_slice() {
+            [only] => only.literal_prefix(),
+            _ => None,
+        }
+    }
+}
+
+/// A compiled minted ApiKey.
+#[derive(Debug)]
+pub struct MintedKey {
+    /// `status.keyId`.
+    pub key_id: Box<str>,
+    /// The ApiKey's name.
+    pub name: Box<str>,
+    /// Principal name (`apikey:<name>`).
+    pub principal: Box<str>,
+    /// Expiry in Unix seconds.
+    pub expires_at: Option<i64>,
+    /// `vectorstore.<name>` grants, indexed by [`StoreId`].
+    pub stores: Vec<Option<Grantee>>,
+    /// `layer` grant.
+    pub layer: Option<Grantee>,
+    /// `agent.<name>` grants.
+    pub agents: Vec<(Box<str>, Grantee)>,
+}
+
+/// The compiled configuration.
+#[derive(Debug)]
+pub struct Policy {
+    /// Stores by [`StoreId`].
+    pub stores: Vec<Store>,
+    /// The default store.
+    pub default_store: Option<StoreId>,
+    /// Upstream namespace → store (from Indexes).
+    pub namespaces: HashMap<Box<str>, StoreId>,
+    /// SHA-256(token) → grants.
+    pub tokens: HashMap<[u8; 32], Vec<Grant>>,
+    /// Minted keys.
+    pub keys: Vec<MintedKey>,
+    /// `app` target cluster.
+    pub app_cluster: Option<Box<str>>,
+    /// `control` target cluster.
+    pub control_cluster: Option<Box<str>>,
+    /// Config route rules, tried first.
+    pub rules: Vec<RouteRule>,
+    /// `limits.inspectBodyBytes`.
+    pub inspect_body_bytes: u64,
+}
+
+/// SHA-256 of a token.
+pub fn token_hash(token: &[u8]) -> [u8; 32] {
+    Sha256::digest(token).into()
+}
+
+fn parse_hex32(s: &str) -> Option<[u8; 32]> {
+    let mut out = [0u8; 32];
+    (s.len() == 64 && s.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))).then_some(())?;
+    hex::decode_to_slice(s, &mut out).ok()?;
+    Some(out)
+}
+
+fn valid_cluster(name: &str) -> bool {
+    !name.is_empty() && name.len() <= 255 && name.bytes().all(|b| b.is_ascii_graphic())
+}
+
+impl Policy {
+    /// Parses and compiles a JSON document. `env` reads the wasm VM's environment.
+    pub fn from_json(bytes: &[u8], env: impl Fn(&str) -> Option<String>) -> Result<Policy, ConfigError> {
+        Policy::compile(&FilterConfig::from_json(bytes)?, env)
+    }
+
+    /// Compiles a parsed document, checking everything the request path relies on.
+    pub fn compile(cfg: &FilterConfig, env: impl Fn(&str) -> Option<String>) -> Result<Policy, ConfigError> {
+        if cfg.version != CONFIG_VERSION {
+            return invalid(format!("version {} is not supported; this filter reads version {CONFIG_VERSION}", cfg.version));
+        }
+        if cfg.limits.inspect_body_bytes == 0 {
+            return invalid("limits.inspectBodyBytes must be greater than 0");
+        }
+        let mut tokens: HashMap<[u8; 32], Vec<Grant>> = HashMap::new();
+        let mut by_name: HashMap<&str, StoreId> = HashMap::new();
+        let mut stores = Vec::with_capacity(cfg.stores.len());
+        for (id, s) in cfg.stores.iter().enumerate() {
+            if s.name.is_empty() || by_name.insert(&s.name, id).is_some() {
+                return invalid(format!("store name {:?} is empty or used twice", s.name));
+            }
+            if !valid_cluster(&s.cluster) {
+                return invalid(format!("store {:?}: cluster {:?} is not a valid Envoy cluster name", s.name, s.cluster));
+            }
+            let secret = match &s.credential {
+                Credential::Inline(v) => Some(v.clone()),
+                Credential::Env(var) => env(var),
+            }
+            .filter(|v| !v.is_empty());
+            let bearer = match (&secret, &s.credential) {
+                (Some(v), _) => Ok(format!("Bearer {v}").into_boxed_str()),
+                (None, Credential::Env(var)) => Err(var.clone().into_boxed_str()),
+                (None, Credential::Inline(_)) => {
+                    return invalid(format!("store {:?}: credential.inline is empty", s.name));
+                }
+            };
+            if let Some(v) = &secret {
+                tokens.entry(token_hash(v.as_bytes())).or_default().push(Grant::StoreCredential(id));
+            }
+            let (mode, mut key_principals) = match &s.inbound_auth {
+                InboundAuth::DeriveFromStore => (Mode::DeriveFromStore, Vec::new()),
+                InboundAuth::Open => (Mode::Open, Vec::new()),
+                InboundAuth::Keys { keys } => (Mode::Keys, Vec::with_capacity(keys.len())),
+            };
+            if let InboundAuth::Keys { keys } = &s.inbound_auth {
+                let mut seen = HashSet::new();
+                for (k, key) in keys.iter().enumerate() {
+                    if key.name.is_empty() || !seen.insert(key.name.as_str()) {
+                        return invalid(format!("store {:?}: inbound key name {:?} is empty or used twice", s.name, key.name));
+                    }
+                    let Some(hash) = parse_hex32(&key.sha256) else {
+                        return invalid(format!("store {:?}: key {:?}: sha256 must be 64 lower-case hex digits", s.name, key.name));
+                    };
+                    if key.scopes.is_empty() {
+                        return invalid(format!("store {:?}: key {:?} has no scopes", s.name, key.name));
+                    }
+                    tokens.entry(hash).or_default().push(Grant::InboundKey { store: id, key: k, scopes: Scopes::from_slice(&key.scopes) });
+                    key_principals.push(format!("key:{}/{}", s.name, key.name).into_boxed_str());
+                }
+            }
+            stores.push(Store {
+                name: s.name.as_str().into(),
+                cluster: s.cluster.as_str().into(),
+                authority: s.authority.as_deref().map(Into::into),
+                bearer,
+                mode,
+                principal: format!("store:{}", s.name).into_boxed_str(),
+                key_principals,
+            });
+        }
+        let default_store = match &cfg.default_store {
+            None => None,
+            Some(name) => match by_name.get(name.as_str()) {
+                Some(&id) => Some(id),
+                None => return invalid(format!("defaultStore {name:?} is not one of the stores")),
+            },
+        };
+        let mut namespaces = HashMap::with_capacity(cfg.namespaces.len());
+        for (ns, store) in &cfg.namespaces {
+            if !valid_namespace(ns) {
+                return invalid(format!("namespaces: {ns:?} is not a valid namespace name"));
+            }
+            let Some(&id) = by_name.get(store.as_str()) else {
+                return invalid(format!("namespaces: {ns:?} maps to unknown store {store:?}"));
+            };
+            namespaces.insert(ns.as_str().into(), id);
+        }
+        let mut keys = Vec::with_capacity(cfg.api_keys.len());
+        let mut key_ids = HashSet::with_capacity(cfg.api_keys.len());
+        for k in &cfg.api_keys {
+            if !key_ids.insert(k.key_id.as_str()) {
+                return invalid(format!("apiKeys: keyId {:?} is used twice", k.key_id));
+            }
+            let hash = k
+                .lookup_hash
+                .strip_prefix("sha256:")
+                .and_then(parse_hex32)
+                .ok_or_else(|| ConfigError::Invalid(format!("apiKeys {:?}: lookupHash must be sha256:<64 lower-case hex>", k.name)))?;
+            tokens.entry(hash).or_default().push(Grant::Minted(keys.len()));
+            keys.push(compile_key(k, &by_name, stores.len())?);
+        }
+        let rules = cfg
+            .routes
+            .iter()
+            .map(RouteRule::compile)
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(ConfigError::Invalid)?;
+        let upstream = |u: &Option<crate::config::UpstreamConfig>, what: &str| match u {
+            None => Ok(None),
+            Some(u) if valid_cluster(&u.cluster) => Ok(Some(u.cluster.as_str().into())),
+            Some(u) => invalid(format!("{what}.cluster {:?} is not a valid Envoy cluster name", u.cluster)),
+        };
+        Ok(Policy {
+            stores,
+            default_store,
+            namespaces,
+            tokens,
+            keys,
+            app_cluster: upstream(&cfg.app, "app")?,
+            control_cluster: upstream(&cfg.control, "control")?,
+            rules,
+            inspect_body_bytes: cfg.limits.inspect_body_bytes,
+        })
+    }
+
+    /// The store serving an upstream namespace: its Index's store, else the default.
+    pub fn store_for(&self, ns: Option<&str>) -> Option<StoreId> {
+        ns.and_then(|ns| self.namespaces.get(ns).copied()).or(self.default_store)
+    }
+}
+
+fn compile_grantee(key: &str, target: &str, e: &Entitlement) -> Result<Grantee, ConfigError> {
+    let globs = match &e.namespaces {
+        None => Vec::new(),
+        Some(list) if list.is_empty() => {
+            return invalid(format!("apiKeys {key:?}: entitlement {target:?} has an empty namespaces list (omit it for all)"))
+        }
+        Some(list) => {
+            let globs = list
+                .iter()
+                .map(|g| NamespaceGlob::new(g))
+                .collect::<Result<Vec<_>, _>>()
+                .map_err(|err| ConfigError::Invalid(format!("apiKeys {key:?}: entitlement {target:?}: {err}")))?;
+            if globs.iter().any(NamespaceGlob::is_any) { Vec::new() } else { globs }
+        }
+    };
+    Ok(Grantee { scopes: Scopes::from_slice(&e.scopes), globs })
+}
+
+fn compile_key(k: &ApiKeyConfig, stores: &HashMap<&str, StoreId>, store_count: usize) -> Result<MintedKey, ConfigError> {
+    let expires_at = match &k.expires_at {
+        None => None,
+        Some(t) => Some(crate::time::parse_rfc3339(t).ok_or_else(|| {
+            ConfigError::Invalid(format!("apiKeys {:?}: expiresAt {t:?} is not an RFC 3339 timestamp", k.name))
+        })?),
+    };
+    let mut key = MintedKey {
+        key_id: k.key_id.as_str().into(),
+        name: k.name.as_str().into(),
+        principal: format!("apikey:{}", k.name).into_boxed_str(),
+        expires_at,
+        stores: vec![None; store_count],
+        layer: None,
+        agents: Vec::new(),
+    };
+    for (target, e) in &k.entitlements {
+        if let Some(store) = target.strip_prefix("vectorstore.") {
+            // A target naming a store that does not exist grants nothing (the operator reports
+            // EntitlementTargetMissing); it is not a config error.
+            if let Some(&id) = stores.get(store) {
+                key.stores[id] = Some(compile_grantee(&k.name, target, e)?);
+            }
+        } else if target == "layer" {
+            key.layer = Some(compile_grantee(&k.name, target, e)?);
+        } else if let Some(agent) = target.strip_prefix("agent.").filter(|a| !a.is_empty()) {
+            key.agents.push((agent.into(), compile_grantee(&k.name, target, e)?));
+        } else if !target.strip_prefix("warehouse.").is_some_and(|w| !w.is_empty()) {
+            return invalid(format!(
+                "apiKeys {:?}: entitlement target {target:?} is not vectorstore.<name>, layer, agent.<name> or warehouse.<name>",
+                k.name
+            ));
+        }
+    }
+    Ok(key)
+}

@@ -1,0 +1,289 @@
+//! The one module that talks proxy-wasm (compiled only for `wasm32`).
+//!
+//! Host calls cost about 1 µs each, so a header-only request makes exactly: one read of the
+//! whole request header map, the targeted writes of [`Plan::header_edits`] (two for a store
+//! route), one `set_property` for the access log. Counters are kept in the VM and flushed to
+//! Envoy stats once a second from the root context's tick.
+#![allow(unsafe_code)] // Raw ABI calls: the SDK's wrappers allocate a String per header.
+
+use crate::decision::{decide, must_strip, Decision, Denial, Inspection, Plan};
+use crate::headers::{pairs, RequestHead};
+use crate::policy::Policy;
+use proxy_wasm::hostcalls;
+use proxy_wasm::traits::{Context, HttpContext, RootContext};
+use proxy_wasm::types::{Action, BufferType, ContextType, LogLevel, MapType, MetricType};
+use std::cell::{Cell, RefCell};
+use std::fmt::Write as _;
+use std::rc::Rc;
+
+proxy_wasm::main! {{
+    proxy_wasm::set_log_level(LogLevel::Info);
+    std::panic::set_hook(Box::new(|info| {
+        let _ = hostcalls::log(LogLevel::Critical, &format!("layergate: panic: {info}"));
+    }));
+    proxy_wasm::set_root_context(|_| -> Box<dyn RootContext> { Box::new(Root::default()) });
+}}
+
+#[link(wasm_import_module = "env")]
+extern "C" {
+    fn proxy_get_header_map_pairs(map_type: u32, data: *mut *mut u8, size: *mut usize) -> u32;
+    fn proxy_set_property(path: *const u8, path_size: usize, value: *const u8, value_size: usize) -> u32;
+}
+
+/// Reads the whole request header map in one host call, into a buffer the host filled through
+/// `proxy_on_memory_allocate`.
+fn request_header_buffer() -> Vec<u8> {
+    let mut data: *mut u8 = std::ptr::null_mut();
+    let mut size: usize = 0;
+    // SAFETY: the host writes a pointer to `size` bytes it allocated with the SDK's
+    // `proxy_on_memory_allocate` (a boxed slice of exactly `size` bytes), or null.
+    unsafe {
+        if proxy_get_header_map_pairs(MapType::HttpRequestHeaders as u32, &mut data, &mut size) != 0 || data.is_null() {
+            return Vec::new();
+        }
+        Vec::from_raw_parts(data, size, size)
+    }
+}
+
+/// Filter-state key read by access logs as `%FILTER_STATE(wasm.layergate:PLAIN)%`.
+const LOG_PROPERTY: &[u8] = b"layergate";
+
+fn set_log_property(value: &str) {
+    // SAFETY: both pointers are valid for their lengths for the duration of the call.
+    unsafe {
+        proxy_set_property(LOG_PROPERTY.as_ptr(), LOG_PROPERTY.len(), value.as_ptr(), value.len());
+    }
+}
+
+/// Counters, indexed by [`Counter`]; flushed to Envoy stats on tick.
+const COUNTERS: [&str; 9] = [
+    "layergate.allowed",
+    "layergate.denied_400",
+    "layergate.denied_401",
+    "layergate.denied_403",
+    "layergate.denied_404",
+    "layergate.denied_413",
+    "layergate.denied_415",
+    "layergate.denied_503",
+    "layergate.inspected_bodies",
+];
+
+thread_local! {
+    static PENDING: [Cell<u64>; 9] = Default::default();
+    static LOG_LINE: RefCell<String> = RefCell::new(String::with_capacity(160));
+}
+
+fn count(index: usize) {
+    PENDING.with(|p| p[index].set(p[index].get() + 1));
+}
+
+fn counter_for(label: &str) -> usize {
+    COUNTERS.iter().position(|c| c.strip_prefix("layergate.") == Some(label)).unwrap_or(0)
+}
+
+#[derive(Default)]
+struct Root {
+    policy: Option<Rc<Policy>>,
+    metric_ids: Vec<u32>,
+}
+
+impl Context for Root {}
+
+impl RootContext for Root {
+    fn on_configure(&mut self, _size: usize) -> bool {
+        let bytes = match hostcalls::get_buffer(BufferType::PluginConfiguration, 0, usize::MAX) {
+            Ok(Some(b)) => b,
+            _ => {
+                let _ = hostcalls::log(LogLevel::Critical, "layergate: no plugin configuration; refusing to start");
+                return false;
+            }
+        };
+        match Policy::from_json(&bytes, |var| std::env::var(var).ok()) {
+            Ok(policy) => {
+                for s in &policy.stores {
+                    if let Err(var) = &s.bearer {
+                        let _ = hostcalls::log(
+                            LogLevel::Error,
+                            &format!("layergate: store {:?}: environment variable {var} is not set; its requests get 503", s.name),
+                        );
+                    }
+                }
+                let _ = hostcalls::log(
+                    LogLevel::Info,
+                    &format!(
+                        "layergate: configured {} stores, {} namespaces, {} api keys",
+                        policy.stores.len(),
+                        policy.namespaces.len(),
+                        policy.keys.len()
+                    ),
+                );
+                self.policy = Some(Rc::new(policy));
+                if self.metric_ids.is_empty() {
+                    self.metric_ids = COUNTERS
+                        .iter()
+                        .filter_map(|name| hostcalls::define_metric(MetricType::Counter, name).ok())
+                        .collect();
+                }
+                let _ = hostcalls::set_tick_period(std::time::Duration::from_secs(1));
+                true
+            }
+            Err(e) => {
+                let _ = hostcalls::log(LogLevel::Critical, &format!("layergate: {e}; configuration refused"));
+                false
+            }
+        }
+    }
+
+    fn on_tick(&mut self) {
+        PENDING.with(|p| {
+            for (cell, id) in p.iter().zip(&self.metric_ids) {
+                let n = cell.replace(0);
+                if n > 0 {
+                    let _ = hostcalls::increment_metric(*id, n as i64);
+                }
+            }
+        });
+    }
+
+    fn create_http_context(&self, _id: u32) -> Option<Box<dyn HttpContext>> {
+        Some(Box::new(Request { policy: self.policy.clone(), pending: None }))
+    }
+
+    fn get_type(&self) -> Option<ContextType> {
+        Some(ContextType::HttpContext)
+    }
+}
+
+struct Request {
+    policy: Option<Rc<Policy>>,
+    pending: Option<(Plan, Inspection)>,
+}
+
+impl Context for Request {}
+
+impl Request {
+    fn deny(&self, policy: Option<&Policy>, plan: Option<&Plan>, denial: &Denial) -> Action {
+        let body = denial.body();
+        let mut headers = vec![("content-type", "application/json")];
+        if let Some(w) = denial.www_authenticate() {
+            headers.push(("www-authenticate", w));
+        }
+        record(policy, plan, denial.label());
+        count(counter_for(denial.label()));
+        let _ = hostcalls::send_http_response(denial.status(), headers, Some(body.as_bytes()));
+        Action::Pause
+    }
+
+    /// Forwards: header writes, optional `:path`, access-log record and counter.
+    fn forward(&self, policy: &Policy, plan: &Plan, header_buf: Option<&[u8]>, path: Option<&str>) -> Action {
+        if let Err(d) = apply_edits(policy, plan, header_buf) {
+            return self.deny(Some(policy), Some(plan), &d);
+        }
+        if let Some(p) = path {
+            let _ = hostcalls::set_map_value(MapType::HttpRequestHeaders, ":path", Some(p));
+        }
+        record(Some(policy), Some(plan), "allowed");
+        count(0);
+        Action::Continue
+    }
+}
+
+/// Writes the plan's headers and strips client `x-layergate-*` headers it does not overwrite.
+/// `header_buf` is the serialized request map, passed only when such headers were seen.
+fn apply_edits(policy: &Policy, plan: &Plan, header_buf: Option<&[u8]>) -> Result<(), Denial> {
+    let edits = plan.header_edits(policy)?;
+    if let Some(buf) = header_buf {
+        for (name, _) in pairs(buf) {
+            if must_strip(name, &edits) {
+                if let Ok(name) = std::str::from_utf8(name) {
+                    let _ = hostcalls::remove_map_value(MapType::HttpRequestHeaders, name);
+                }
+            }
+        }
+    }
+    for &(name, value) in edits.as_slice() {
+        let _ = hostcalls::set_map_value(MapType::HttpRequestHeaders, name, value);
+    }
+    Ok(())
+}
+
+/// One `set_property` with `principal=… scope=… store=… decision=…` for access logs.
+fn record(policy: Option<&Policy>, plan: Option<&Plan>, decision: &str) {
+    LOG_LINE.with(|line| {
+        let Ok(mut line) = line.try_borrow_mut() else { return };
+        line.clear();
+        let (principal, scope, store) = match (policy, plan) {
+            (Some(policy), Some(plan)) => (
+                plan.principal.name(policy),
+                plan.scope.map_or("none", |s| s.as_str()),
+                &*policy.stores[plan.store].name,
+            ),
+            _ => ("-", "-", "-"),
+        };
+        let _ = write!(line, "principal={principal} scope={scope} store={store} decision={decision}");
+        set_log_property(&line);
+    });
+}
+
+impl HttpContext for Request {
+    fn on_http_request_headers(&mut self, _num_headers: usize, end_of_stream: bool) -> Action {
+        let Some(policy) = self.policy.clone() else {
+            let d = Denial { kind: crate::decision::DenialKind::Unavailable, message: "layergate has no configuration".into() };
+            return self.deny(None, None, &d);
+        };
+        let buf = request_header_buffer();
+        let head = RequestHead::from_pairs(pairs(&buf));
+        let now = || {
+            hostcalls::get_current_time()
+                .ok()
+                .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+                .map_or(i64::MAX, |d| d.as_secs() as i64)
+        };
+        let head_strip = head.has_layergate_headers.then_some(buf.as_slice());
+        match decide(&policy, &head, now) {
+            Decision::Forward(plan) => self.forward(&policy, &plan, head_strip, None),
+            Decision::ForwardWithPath(plan, path) => self.forward(&policy, &plan, head_strip, Some(&path)),
+            Decision::Deny(d) => self.deny(Some(&policy), None, &d),
+            Decision::Inspect(plan, inspection) => {
+                if end_of_stream {
+                    return match crate::body::check(&policy, &plan, inspection, &[]) {
+                        Ok(()) => self.forward(&policy, &plan, head_strip, None),
+                        Err(d) => self.deny(Some(&policy), Some(&plan), &d),
+                    };
+                }
+                // Write the forward headers now, while the map is at hand; the request is held
+                // (StopIteration) until the body passes, and a denial replaces it entirely.
+                if let Err(d) = apply_edits(&policy, &plan, head_strip) {
+                    return self.deny(Some(&policy), Some(&plan), &d);
+                }
+                self.pending = Some((plan, inspection));
+                Action::Pause
+            }
+        }
+    }
+
+    fn on_http_request_body(&mut self, body_size: usize, end_of_stream: bool) -> Action {
+        let (Some(policy), Some((plan, inspection))) = (self.policy.clone(), self.pending) else {
+            return Action::Continue;
+        };
+        if body_size as u64 > policy.inspect_body_bytes {
+            self.pending = None;
+            return self.deny(Some(&policy), Some(&plan), &crate::decision::too_large(&policy));
+        }
+        if !end_of_stream {
+            return Action::Pause; // Envoy buffers until the end of the body.
+        }
+        self.pending = None;
+        count(8);
+        let body = hostcalls::get_buffer(BufferType::HttpRequestBody, 0, body_size).ok().flatten().unwrap_or_default();
+        match crate::body::check(&policy, &plan, inspection, &body) {
+            Ok(()) => {
+                record(Some(&policy), Some(&plan), "allowed");
+                count(0);
+                Action::Continue
+            }
+            Err(d) => self.deny(Some(&policy), Some(&plan), &d),
+        }
+    }
+}
+
