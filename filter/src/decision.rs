@@ -246,9 +246,7 @@ impl Plan {
                 }
             }
             Target::App => {
-                let cluster = policy.app_cluster.as_deref().ok_or_else(|| {
-                    Denial::new(DenialKind::NotFound, "route served by the layer app, which this gateway does not have")
-                })?;
+                let cluster = policy.app_cluster.as_deref().ok_or_else(|| no_upstream("the layer app"))?;
                 e.push("authorization", None);
                 e.push(CLUSTER_HEADER, Some(cluster));
                 e.push("x-layergate-principal", Some(self.principal.name(policy)));
@@ -256,15 +254,17 @@ impl Plan {
                 e.push("x-layergate-store", Some(&store.name));
             }
             Target::Control => {
-                let cluster = policy.control_cluster.as_deref().ok_or_else(|| {
-                    Denial::new(DenialKind::NotFound, "route served by the layergate control API, which this gateway does not have")
-                })?;
+                let cluster = policy.control_cluster.as_deref().ok_or_else(|| no_upstream("the layergate control API"))?;
                 e.push(CLUSTER_HEADER, Some(cluster));
             }
         }
         Ok(e)
     }
 
+}
+
+fn no_upstream(what: &str) -> Denial {
+    Denial::new(DenialKind::NotFound, format!("route served by {what}, which this gateway does not have"))
 }
 
 fn bearer_token(header: &str) -> Result<&str, Denial> {
@@ -302,6 +302,11 @@ fn decide_inner(policy: &Policy, head: &RequestHead<'_>, now: impl Fn() -> i64) 
         return Err(Denial::bad_request("the request has no valid :method/:path, or a header is not valid UTF-8"));
     }
     let route = classify(&policy.rules, head.method, head.path)?;
+    match route.target {
+        Target::App if policy.app_cluster.is_none() => return Err(no_upstream("the layer app")),
+        Target::Control if policy.control_cluster.is_none() => return Err(no_upstream("the layergate control API")),
+        _ => {}
+    }
     let store = policy.store_for(route.namespace).ok_or_else(|| {
         Denial::new(
             DenialKind::Unavailable,

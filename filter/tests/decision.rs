@@ -1,0 +1,458 @@
+//! Native tests of the whole header/body decision against the demo fixture
+//! (`envoy/demo/layergate.json`) and small variations of it.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, missing_docs)]
+
+use layergate_filter::body;
+use layergate_filter::config::FilterConfig;
+use layergate_filter::decision::{decide, Decision, Denial, Plan, Principal, CLUSTER_HEADER};
+use layergate_filter::headers::{pairs, serialize, RequestHead};
+use layergate_filter::policy::Policy;
+use layergate_filter::route::Target;
+use serde_json::json;
+
+const NOW: i64 = 1_795_528_719; // 2026-11-24
+const SHOP: &str = "hvl_demoShopReader0123456789abcdefABCDEF";
+
+fn demo_json() -> serde_json::Value {
+    let text = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../envoy/demo/layergate.json")).unwrap();
+    serde_json::from_str(&text).unwrap()
+}
+
+fn env(var: &str) -> Option<String> {
+    match var {
+        "LAYERGATE_PRIMARY_KEY" => Some("tpuf-primary-dev-key".into()),
+        "LAYERGATE_ARCHIVE_KEY" => Some("tpuf-archive-dev-key".into()),
+        _ => None,
+    }
+}
+
+fn policy_from(v: &serde_json::Value) -> Policy {
+    Policy::from_json(v.to_string().as_bytes(), env).unwrap()
+}
+
+fn demo() -> Policy {
+    policy_from(&demo_json())
+}
+
+fn run(p: &Policy, method: &str, path: &str, headers: &[(&str, &str)]) -> Decision {
+    let mut all = vec![(":method", method), (":path", path)];
+    all.extend_from_slice(headers);
+    let buf = serialize(all.iter().copied());
+    let head = RequestHead::from_pairs(pairs(&buf));
+    decide(p, &head, || NOW)
+}
+
+fn bearer(t: &str) -> String {
+    format!("Bearer {t}")
+}
+
+fn forward(d: Decision) -> Plan {
+    match d {
+        Decision::Forward(p) => p,
+        other => panic!("expected Forward, got {other:?}"),
+    }
+}
+
+fn denied(d: Decision) -> Denial {
+    match d {
+        Decision::Deny(d) => d,
+        other => panic!("expected Deny, got {other:?}"),
+    }
+}
+
+fn call(p: &Policy, method: &str, path: &str, token: &str) -> Decision {
+    run(p, method, path, &[("authorization", &bearer(token))])
+}
+
+#[test]
+fn demo_fixture_parses_and_compiles() {
+    let cfg: FilterConfig = serde_json::from_value(demo_json()).unwrap();
+    assert_eq!(cfg.stores.len(), 2);
+    let p = demo();
+    assert_eq!(p.keys.len(), 1);
+    assert_eq!(p.store_for(Some("logs-2026")), Some(1));
+    assert_eq!(p.store_for(Some("shop-a")), Some(0));
+}
+
+#[test]
+fn read_key_reads_and_gets_the_store_credential_and_cluster() {
+    let p = demo();
+    let plan = forward(call(&p, "POST", "/v2/namespaces/shop-a/query", "demo-read-token"));
+    assert_eq!(plan.principal.name(&p), "key:primary/demo-read");
+    let edits = plan.header_edits(&p).unwrap();
+    assert_eq!(
+        edits.as_slice(),
+        &[("authorization", Some("Bearer tpuf-primary-dev-key")), (CLUSTER_HEADER, Some("store_primary"))]
+    );
+}
+
+#[test]
+fn each_scope_against_read_write_and_admin_routes() {
+    let p = demo();
+    let cases = [
+        ("demo-read-token", "GET", "/v1/namespaces/shop-a/metadata", 0),
+        ("demo-read-token", "POST", "/v2/namespaces/shop-a", 403),
+        ("demo-read-token", "DELETE", "/v2/namespaces/shop-a", 403),
+        ("demo-rw-token", "POST", "/v2/namespaces/shop-a", 0),
+        ("demo-rw-token", "POST", "/v2/namespaces/shop-a/brand-new", 403),
+        ("demo-admin-token", "POST", "/v2/namespaces/shop-a/brand-new", 0),
+        ("demo-admin-token", "POST", "/v2/namespaces/shop-a", 0),
+        ("demo-admin-token", "GET", "/v1/namespaces", 0),
+    ];
+    for (token, m, path, status) in cases {
+        let d = call(&p, m, path, token);
+        match status {
+            0 => assert!(matches!(d, Decision::Forward(_)), "{token} {m} {path}: {d:?}"),
+            s => assert_eq!(denied(d).status(), s, "{token} {m} {path}"),
+        }
+    }
+    let d = denied(call(&p, "POST", "/v2/namespaces/shop-a", "demo-read-token"));
+    assert_eq!(d.www_authenticate(), Some(r#"Bearer realm="layergate", error="insufficient_scope", scope="write""#));
+}
+
+#[test]
+fn missing_empty_and_non_bearer_authorization_are_401_without_error() {
+    let p = demo();
+    for headers in [vec![], vec![("authorization", "")], vec![("authorization", "Basic Zm9vOmJhcg==")], vec![("authorization", "Bearer ")]] {
+        let d = denied(run(&p, "GET", "/v1/namespaces/shop-a/metadata", &headers));
+        assert_eq!(d.status(), 401, "{headers:?}");
+        assert_eq!(d.www_authenticate(), Some(r#"Bearer realm="layergate""#));
+    }
+    // The scheme is case-insensitive.
+    forward(run(&p, "GET", "/v1/namespaces/shop-a/metadata", &[("authorization", "bearer demo-read-token")]));
+}
+
+#[test]
+fn two_authorization_headers_are_refused() {
+    let p = demo();
+    let d = denied(run(
+        &p,
+        "GET",
+        "/v1/namespaces/shop-a/metadata",
+        &[("authorization", "Bearer demo-read-token"), ("authorization", "Bearer demo-admin-token")],
+    ));
+    assert_eq!(d.status(), 400);
+}
+
+#[test]
+fn unknown_and_oversized_tokens_are_401_invalid_token_and_never_echoed() {
+    let p = demo();
+    let long = "x".repeat(10 * 1024);
+    for token in ["not-a-key", long.as_str()] {
+        let d = denied(call(&p, "GET", "/v1/namespaces/shop-a/metadata", token));
+        assert_eq!(d.status(), 401);
+        assert_eq!(d.www_authenticate(), Some(r#"Bearer realm="layergate", error="invalid_token""#));
+        assert!(!d.body().contains(token));
+        let body: serde_json::Value = serde_json::from_str(&d.body()).unwrap();
+        assert_eq!(body["status"], "error");
+    }
+}
+
+#[test]
+fn index_routes_namespace_to_the_archive_store_under_derive_from_store() {
+    let p = demo();
+    // Archive's own credential and the default store's credential are accepted, with full scopes.
+    for token in ["tpuf-archive-dev-key", "tpuf-primary-dev-key"] {
+        let plan = forward(call(&p, "POST", "/v2/namespaces/logs-2026", token));
+        let edits = plan.header_edits(&p).unwrap();
+        assert_eq!(edits.as_slice()[0], ("authorization", Some("Bearer tpuf-archive-dev-key")));
+        assert_eq!(edits.as_slice()[1], (CLUSTER_HEADER, Some("store_archive")));
+    }
+    // primary's inbound keys are not accepted by archive (its mode is deriveFromStore).
+    assert_eq!(denied(call(&p, "GET", "/v1/namespaces/logs-2026/metadata", "demo-admin-token")).status(), 401);
+    // And the archive credential is not accepted by primary (mode keys).
+    assert_eq!(denied(call(&p, "GET", "/v1/namespaces/shop-a/metadata", "tpuf-archive-dev-key")).status(), 401);
+}
+
+#[test]
+fn minted_key_allowed_namespace_denied_namespace_wrong_store_and_scope() {
+    let p = demo();
+    let plan = forward(call(&p, "POST", "/v2/namespaces/shop-books/query", SHOP));
+    assert_eq!(plan.principal, Principal::Minted(0));
+    assert_eq!(plan.principal.name(&p), "apikey:shop-reader");
+    let d = denied(call(&p, "POST", "/v2/namespaces/blog/query", SHOP));
+    assert_eq!(d.status(), 403);
+    assert!(d.message.contains("blog"), "{}", d.message);
+    let d = denied(call(&p, "POST", "/v2/namespaces/logs-2026/query", SHOP));
+    assert_eq!(d.status(), 403);
+    assert!(d.message.contains("vectorstore.archive"), "{}", d.message);
+    assert_eq!(denied(call(&p, "POST", "/v2/namespaces/shop-books", SHOP)).status(), 403);
+    // Namespace-less control routes need a `layer` entitlement.
+    let mut v = demo_json();
+    v["control"] = json!({"cluster": "layergate_control"});
+    let d = denied(call(&policy_from(&v), "GET", "/v2/keys", SHOP));
+    assert_eq!(d.status(), 403);
+    assert!(d.message.contains("layer entitlement"), "{}", d.message);
+}
+
+#[test]
+fn expired_minted_key_is_401_with_a_clear_message() {
+    let mut v = demo_json();
+    v["apiKeys"][0]["expiresAt"] = json!("2026-01-01T00:00:00Z");
+    let p = policy_from(&v);
+    let d = denied(call(&p, "POST", "/v2/namespaces/shop-books/query", SHOP));
+    assert_eq!(d.status(), 401);
+    assert!(d.message.contains("expired"));
+    v["apiKeys"][0]["expiresAt"] = json!("2027-01-01T00:00:00Z");
+    forward(call(&policy_from(&v), "POST", "/v2/namespaces/shop-books/query", SHOP));
+}
+
+#[test]
+fn revoked_key_is_absent_from_config_and_unknown() {
+    let mut v = demo_json();
+    v["apiKeys"] = json!([]);
+    assert_eq!(denied(call(&policy_from(&v), "POST", "/v2/namespaces/shop-books/query", SHOP)).status(), 401);
+}
+
+#[test]
+fn restricted_key_lists_namespaces_only_under_its_prefix() {
+    let p = demo();
+    match call(&p, "GET", "/v1/namespaces?page_size=5", SHOP) {
+        Decision::ForwardWithPath(_, path) => assert_eq!(path, "/v1/namespaces?page_size=5&prefix=shop-"),
+        other => panic!("{other:?}"),
+    }
+    match call(&p, "GET", "/v1/namespaces", SHOP) {
+        Decision::ForwardWithPath(_, path) => assert_eq!(path, "/v1/namespaces?prefix=shop-"),
+        other => panic!("{other:?}"),
+    }
+    forward(call(&p, "GET", "/v1/namespaces?prefix=shop-books", SHOP));
+    assert_eq!(denied(call(&p, "GET", "/v1/namespaces?prefix=s", SHOP)).status(), 403);
+    let mut v = demo_json();
+    v["apiKeys"][0]["entitlements"]["vectorstore.primary"]["namespaces"] = json!(["shop-*", "blog"]);
+    assert_eq!(denied(call(&policy_from(&v), "GET", "/v1/namespaces", SHOP)).status(), 403);
+}
+
+fn inspect(p: &Policy, method: &str, path: &str, body_json: &serde_json::Value) -> Result<(), Denial> {
+    match call(p, method, path, SHOP) {
+        Decision::Inspect(plan, ins) => body::check(p, &plan, ins, body_json.to_string().as_bytes()),
+        Decision::Deny(d) => Err(d),
+        other => panic!("expected Inspect, got {other:?}"),
+    }
+}
+
+fn writer_policy() -> Policy {
+    let mut v = demo_json();
+    v["apiKeys"][0]["entitlements"]["vectorstore.primary"]["scopes"] = json!(["read", "write"]);
+    v["apiKeys"][0]["entitlements"]["layer"] = json!({"scopes": ["admin"], "namespaces": ["shop-*"]});
+    v["app"] = json!({"cluster": "layer_app"});
+    policy_from(&v)
+}
+
+#[test]
+fn body_rules_check_every_named_namespace() {
+    let p = writer_policy();
+    let ns = "/v2/namespaces/shop-new";
+    inspect(&p, "POST", ns, &json!({"copy_from_namespace": "shop-old"})).unwrap();
+    assert_eq!(inspect(&p, "POST", ns, &json!({"copy_from_namespace": "secret"})).unwrap_err().status(), 403);
+    assert_eq!(
+        inspect(&p, "POST", ns, &json!({"branch_from_namespace": {"source_namespace": "secret"}})).unwrap_err().status(),
+        403
+    );
+    inspect(&p, "POST", ns, &json!({"branch_from_namespace": {"source_namespace": "shop-x"}})).unwrap();
+    let d = inspect(&p, "POST", ns, &json!({"copy_from_namespace": {"source_namespace": "shop-x", "source_api_key": "k"}}))
+        .unwrap_err();
+    assert!(d.message.contains("source_api_key"));
+    assert_eq!(inspect(&p, "POST", "/v2/namespaces/shop-new/async", &json!({"source_namespace": "secret"})).unwrap_err().status(), 403);
+    inspect(&p, "POST", "/v2/namespaces/shop-new/async", &json!({"source_namespace": "shop-a"})).unwrap();
+    inspect(&p, "POST", ns, &json!({"upsert_rows": [{"id": 1}]})).unwrap();
+    assert_eq!(inspect(&p, "POST", ns, &json!({"copy_from_namespace": "bad/name"})).unwrap_err().status(), 400);
+    // Federated query: every namespace, and a list is required.
+    inspect(&p, "POST", "/v2/query", &json!({"namespaces": ["shop-a", "shop-b"], "queries": []})).unwrap();
+    assert_eq!(inspect(&p, "POST", "/v2/query", &json!({"namespaces": ["shop-a", "hr"]})).unwrap_err().status(), 403);
+    assert_eq!(inspect(&p, "POST", "/v2/query", &json!({"namespaces": ["logs-2026"]})).unwrap_err().status(), 403);
+    assert_eq!(inspect(&p, "POST", "/v2/query", &json!({"queries": []})).unwrap_err().status(), 403);
+    // Pipelines: target_namespace against the layer grant.
+    inspect(&p, "POST", "/v2/pipelines", &json!({"target_namespace": "shop-a"})).unwrap();
+    assert_eq!(inspect(&p, "POST", "/v2/pipelines", &json!({"target_namespace": "hr"})).unwrap_err().status(), 403);
+}
+
+#[test]
+fn inspected_bodies_must_be_json_plain_or_gzip_and_within_the_limit() {
+    let p = writer_policy();
+    let ns = "/v2/namespaces/shop-new";
+    let plan_of = |d| match d {
+        Decision::Inspect(plan, ins) => (plan, ins),
+        other => panic!("{other:?}"),
+    };
+    let (plan, ins) = plan_of(call(&p, "POST", ns, SHOP));
+    assert_eq!(body::check(&p, &plan, ins, b"not json").unwrap_err().status(), 400);
+    // gzip
+    let gz = |bytes: &[u8]| {
+        use std::io::Write;
+        let mut e = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+        e.write_all(bytes).unwrap();
+        e.finish().unwrap()
+    };
+    let (plan, ins) = plan_of(run(&p, "POST", ns, &[("authorization", &bearer(SHOP)), ("content-encoding", "gzip")]));
+    assert!(body::check(&p, &plan, ins, &gz(br#"{"copy_from_namespace":"shop-a"}"#)).is_ok());
+    assert_eq!(body::check(&p, &plan, ins, &gz(br#"{"copy_from_namespace":"hr"}"#)).unwrap_err().status(), 403);
+    let d = denied(run(&p, "POST", ns, &[("authorization", &bearer(SHOP)), ("content-encoding", "br")]));
+    assert_eq!(d.status(), 415);
+    // Limits: declared length, raw size, and size after decompression (no zip bombs).
+    let mut v = demo_json();
+    v["apiKeys"][0]["entitlements"]["vectorstore.primary"]["scopes"] = json!(["write"]);
+    v["limits"]["inspectBodyBytes"] = json!(1024);
+    let small = policy_from(&v);
+    let d = denied(run(&small, "POST", ns, &[("authorization", &bearer(SHOP)), ("content-length", "2048")]));
+    assert_eq!(d.status(), 413);
+    assert!(d.message.contains("1024"));
+    let (plan, ins) = plan_of(run(&small, "POST", ns, &[("authorization", &bearer(SHOP)), ("content-encoding", "gzip")]));
+    let bomb = gz(format!(r#"{{"pad":"{}"}}"#, "a".repeat(100_000)).as_bytes());
+    assert!(bomb.len() < 1024);
+    assert_eq!(body::check(&small, &plan, ins, &bomb).unwrap_err().status(), 413);
+}
+
+#[test]
+fn unrestricted_principals_stream_without_inspection() {
+    let p = demo();
+    forward(call(&p, "POST", "/v2/namespaces/shop-a", "demo-rw-token"));
+    forward(call(&p, "POST", "/v2/namespaces/logs-2026", "tpuf-archive-dev-key"));
+    let mut v = demo_json();
+    v["apiKeys"][0]["entitlements"]["vectorstore.primary"] = json!({"scopes": ["write"]});
+    forward(call(&policy_from(&v), "POST", "/v2/namespaces/anything", SHOP));
+}
+
+#[test]
+fn client_layergate_headers_are_stripped_and_the_cluster_header_overwritten() {
+    let p = demo();
+    let plan = forward(run(
+        &p,
+        "GET",
+        "/v1/namespaces/shop-a/metadata",
+        &[("authorization", "Bearer demo-read-token"), ("x-layergate-cluster", "store_archive"), ("x-layergate-principal", "root")],
+    ));
+    let edits = plan.header_edits(&p).unwrap();
+    assert!(edits.writes(b"x-layergate-cluster"));
+    assert!(!layergate_filter::decision::must_strip(b"x-layergate-cluster", &edits));
+    assert!(layergate_filter::decision::must_strip(b"x-layergate-principal", &edits));
+    assert!(layergate_filter::decision::must_strip(b"X-Layergate-Store", &edits));
+    assert!(!layergate_filter::decision::must_strip(b"content-type", &edits));
+}
+
+#[test]
+fn app_routes_without_an_app_are_404_and_with_one_carry_identity_headers() {
+    let p = demo();
+    let d = denied(call(&p, "POST", "/v2/namespaces/shop-a/documents", "demo-read-token"));
+    assert_eq!(d.status(), 404);
+    assert!(d.message.contains("layer app"));
+    let mut v = demo_json();
+    v["app"] = json!({"cluster": "layer_app"});
+    let p = policy_from(&v);
+    let plan = forward(call(&p, "POST", "/v2/namespaces/shop-a/documents", "demo-rw-token"));
+    assert_eq!(plan.target, Target::App);
+    assert_eq!(
+        plan.header_edits(&p).unwrap().as_slice(),
+        &[
+            ("authorization", None),
+            (CLUSTER_HEADER, Some("layer_app")),
+            ("x-layergate-principal", Some("key:primary/demo-rw")),
+            ("x-layergate-scopes", Some("read,write")),
+            ("x-layergate-store", Some("primary")),
+        ]
+    );
+}
+
+#[test]
+fn control_routes_keep_authorization_and_authenticate_needs_no_token() {
+    let mut v = demo_json();
+    v["control"] = json!({"cluster": "layergate_control"});
+    let p = policy_from(&v);
+    let plan = forward(call(&p, "GET", "/v2/keys", "demo-admin-token"));
+    assert_eq!(plan.header_edits(&p).unwrap().as_slice(), &[(CLUSTER_HEADER, Some("layergate_control"))]);
+    assert_eq!(denied(call(&p, "GET", "/v2/keys", "demo-rw-token")).status(), 403);
+    let plan = forward(run(&p, "POST", "/v2/keys/authenticate", &[]));
+    assert_eq!(plan.principal, Principal::Anonymous);
+    forward(call(&p, "GET", "/v2/vectorstores", "demo-read-token"));
+}
+
+#[test]
+fn bootstrap_admin_is_the_default_store_credential_under_derive_from_store() {
+    let mut v = demo_json();
+    v["stores"][0]["inboundAuth"] = json!({"mode": "deriveFromStore"});
+    v["control"] = json!({"cluster": "layergate_control"});
+    let p = policy_from(&v);
+    let plan = forward(call(&p, "POST", "/v2/keys", "tpuf-primary-dev-key"));
+    assert_eq!(plan.principal.name(&p), "store:primary");
+    assert_eq!(denied(call(&p, "POST", "/v2/keys", "tpuf-archive-dev-key")).status(), 401);
+}
+
+#[test]
+fn open_mode_needs_no_token_and_ignores_one() {
+    let mut v = demo_json();
+    v["stores"][0]["inboundAuth"] = json!({"mode": "open"});
+    let p = policy_from(&v);
+    assert_eq!(forward(run(&p, "POST", "/v2/namespaces/shop-a", &[])).principal, Principal::Open);
+    assert_eq!(forward(call(&p, "POST", "/v2/namespaces/shop-a", "garbage")).principal, Principal::Open);
+}
+
+#[test]
+fn missing_credential_env_var_is_503_naming_the_variable() {
+    let p = Policy::from_json(demo_json().to_string().as_bytes(), |_| None).unwrap();
+    let plan = forward(call(&p, "GET", "/v1/namespaces/shop-a/metadata", "demo-read-token"));
+    let d = plan.header_edits(&p).unwrap_err();
+    assert_eq!(d.status(), 503);
+    assert!(d.message.contains("LAYERGATE_PRIMARY_KEY"), "{}", d.message);
+}
+
+#[test]
+fn no_default_store_is_503() {
+    let mut v = demo_json();
+    v.as_object_mut().unwrap().remove("defaultStore");
+    let p = policy_from(&v);
+    assert_eq!(denied(call(&p, "GET", "/v1/namespaces/shop-a/metadata", "demo-read-token")).status(), 503);
+    // Indexed namespaces still resolve.
+    forward(call(&p, "GET", "/v1/namespaces/logs-2026/metadata", "tpuf-archive-dev-key"));
+}
+
+#[test]
+fn invalid_configs_are_refused_with_a_reason() {
+    let cases: Vec<(serde_json::Value, &str)> = vec![
+        (json!({"version": 1, "bogus": true}), "unknown field"),
+        (json!({"version": 2, "stores": []}), "version 2"),
+        (json!({"version": 1, "stores": [], "defaultStore": "nope"}), "defaultStore"),
+        (json!({"version": 1, "stores": [{"name": "a", "cluster": "c", "credential": {"inline": "x"}, "inboundAuth": {"mode": "keys", "keys": [{"name": "k", "scopes": ["read"], "sha256": "zz"}]}}]}), "sha256"),
+        (json!({"version": 1, "stores": [{"name": "a", "cluster": "c", "credential": {"inline": "x"}, "inboundAuth": {"mode": "magic"}}]}), "magic"),
+        (json!({"version": 1, "stores": [], "namespaces": {"a/b": "x"}}), "namespace"),
+        (json!({"version": 1, "stores": [], "apiKeys": [{"keyId": "k", "name": "n", "lookupHash": "md5:00", "entitlements": {}}]}), "lookupHash"),
+        (json!({"version": 1, "stores": [], "apiKeys": [{"keyId": "k", "name": "n", "lookupHash": format!("sha256:{}", "0".repeat(64)), "expiresAt": "tomorrow", "entitlements": {}}]}), "expiresAt"),
+        (json!({"version": 1, "stores": [], "apiKeys": [{"keyId": "k", "name": "n", "lookupHash": format!("sha256:{}", "0".repeat(64)), "entitlements": {"bucket.x": {}}}]}), "entitlement target"),
+        (json!({"version": 1, "stores": [], "apiKeys": [{"keyId": "k", "name": "n", "lookupHash": format!("sha256:{}", "0".repeat(64)), "entitlements": {"layer": {"scopes": ["read"], "namespaces": ["a/b"]}}}]}), "glob"),
+        (json!({"version": 1, "stores": [], "routes": [{"path": "/x/**/y", "scope": "read", "target": "store"}]}), "last segment"),
+        (json!({"version": 1, "stores": [], "limits": {"inspectBodyBytes": 0}}), "inspectBodyBytes"),
+    ];
+    for (v, needle) in cases {
+        let err = Policy::from_json(v.to_string().as_bytes(), env).err().unwrap_or_else(|| panic!("accepted {v}"));
+        assert!(err.to_string().contains(needle), "{v}: {err}");
+    }
+    assert!(Policy::from_json(b"not json", env).is_err());
+}
+
+#[test]
+fn a_target_store_that_does_not_exist_grants_nothing_but_is_not_an_error() {
+    let mut v = demo_json();
+    v["apiKeys"][0]["entitlements"]["vectorstore.gone"] = json!({"scopes": ["admin"]});
+    v["apiKeys"][0]["entitlements"]["warehouse.snow"] = json!({"claims": ["notes:*:read"]});
+    let p = policy_from(&v);
+    forward(call(&p, "POST", "/v2/namespaces/shop-a/query", SHOP));
+}
+
+#[test]
+fn hundred_thousand_keys_compile_well_under_a_second() {
+    let mut v = demo_json();
+    let keys: Vec<_> = (0..100_000)
+        .map(|i| {
+            let hash = hex::encode(<sha2::Sha256 as sha2::Digest>::digest(format!("hvl_token_{i}")));
+            json!({"keyId": format!("k{i}"), "name": format!("key-{i}"), "lookupHash": format!("sha256:{hash}"),
+                   "entitlements": {"vectorstore.primary": {"scopes": ["read"], "namespaces": [format!("tenant-{i}-*")]}}})
+        })
+        .collect();
+    v["apiKeys"] = json!(keys);
+    let text = v.to_string();
+    let started = std::time::Instant::now();
+    let p = Policy::from_json(text.as_bytes(), env).unwrap();
+    let took = started.elapsed();
+    assert_eq!(p.keys.len(), 100_000);
+    forward(call(&p, "POST", "/v2/namespaces/tenant-77-a/query", "hvl_token_77"));
+    assert_eq!(denied(call(&p, "POST", "/v2/namespaces/tenant-78-a/query", "hvl_token_77")).status(), 403);
+    eprintln!("compiled 100,000 keys in {took:?} (debug build)");
+}
