@@ -452,12 +452,12 @@ fn authorize_minted<'p>(policy: &'p Policy, k: usize, store: StoreId, route: &Ro
     if route.body == BodyRule::FederatedQuery {
         return Ok(None);
     }
-    let (grantee, target): (Option<&Grantee>, Cow<'static, str>) = if let Some(agent) = route.agent {
-        (key.agents.iter().find(|(a, _)| **a == *agent).map(|(_, g)| g), format!("agent.{agent}").into())
+    let (grantee, target) = if let Some(agent) = route.agent {
+        (key.agents.iter().find(|(a, _)| **a == *agent).map(|(_, g)| g), EntitlementTarget::Agent(agent))
     } else if route.namespace.is_some() || route.target == Target::Store {
-        (key.stores[store].as_ref(), format!("vectorstore.{}", policy.stores[store].name).into())
+        (key.stores[store].as_ref(), EntitlementTarget::Store(&policy.stores[store].name))
     } else {
-        (key.layer.as_ref(), "layer".into())
+        (key.layer.as_ref(), EntitlementTarget::Layer)
     };
     let Some(g) = grantee else {
         return Err(insufficient(
@@ -473,10 +473,27 @@ fn authorize_minted<'p>(policy: &'p Policy, k: usize, store: StoreId, route: &Ro
     }
     if let Some(ns) = route.namespace {
         if !g.allows_namespace(ns) {
-            return Err(namespace_denied(&key.name, ns, scope, &target));
+            return Err(namespace_denied(&key.name, ns, scope, &target.to_string()));
         }
     }
     Ok(Some(g))
+}
+
+/// An entitlement target, formatted only when a message needs it.
+enum EntitlementTarget<'a> {
+    Agent(&'a str),
+    Store(&'a str),
+    Layer,
+}
+
+impl std::fmt::Display for EntitlementTarget<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            EntitlementTarget::Agent(a) => write!(f, "agent.{a}"),
+            EntitlementTarget::Store(s) => write!(f, "vectorstore.{s}"),
+            EntitlementTarget::Layer => f.write_str("layer"),
+        }
+    }
 }
 
 /// The 403 for a namespace outside a key's globs.
