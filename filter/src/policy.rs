@@ -26,10 +26,16 @@ pub type StoreId = usize;
 pub enum ConfigError {
     /// Not JSON, or not the documented shape.
     #[error("filter configuration is not valid: {0}")]
-    Parse(#[from] serde_json::Error),
+    Parse(serde_json::Error),
     /// A field has a value the filter cannot use.
     #[error("filter configuration is not valid: {0}")]
     Invalid(String),
+}
+
+impl From<serde_json::Error> for ConfigError {
+    fn from(e: serde_json::Error) -> Self {
+        ConfigError::Parse(e)
+    }
 }
 
 fn invalid<T>(msg: impl Into<String>) -> Result<T, ConfigError> {
@@ -347,7 +353,7 @@ fn compile_key(k: &ApiKeyConfig, stores: &HashMap<&str, StoreId>, store_count: u
             key.layer = Some(compile_grantee(&k.name, target, e)?);
         } else if let Some(agent) = target.strip_prefix("agent.").filter(|a| !a.is_empty()) {
             key.agents.push((agent.into(), compile_grantee(&k.name, target, e)?));
-        } else if !target.strip_prefix("warehouse.").is_some_and(|w| !w.is_empty()) {
+        } else if target.strip_prefix("warehouse.").is_none_or(str::is_empty) {
             return invalid(format!(
                 "apiKeys {:?}: entitlement target {target:?} is not vectorstore.<name>, layer, agent.<name> or warehouse.<name>",
                 k.name
