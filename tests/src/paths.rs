@@ -1,0 +1,42 @@
+//! Where the artifacts the tests need live, and actionable errors when one is missing.
+
+use anyhow::{bail, Result};
+use std::path::PathBuf;
+
+/// The repository root (the workspace).
+pub fn repo_root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..")
+}
+
+fn existing(var: &str, default: PathBuf, make_target: &str, what: &str) -> Result<PathBuf> {
+    let path = std::env::var_os(var).map(PathBuf::from).unwrap_or(default);
+    if !path.is_file() {
+        bail!("{what} not found at {} — run `make {make_target}` (or set {var})", path.display());
+    }
+    Ok(path)
+}
+
+/// The Envoy binary: `$ENVOY_BIN` or `.tools/bin/envoy` (installed by `make tools`).
+pub fn envoy_bin() -> Result<PathBuf> {
+    existing("ENVOY_BIN", repo_root().join(".tools/bin/envoy"), "tools", "the Envoy binary")
+}
+
+/// The built filter: `$LAYERGATE_WASM` or the release wasm32-wasip1 artifact (`make wasm`).
+pub fn wasm_path() -> Result<PathBuf> {
+    existing(
+        "LAYERGATE_WASM",
+        repo_root().join("target/wasm32-wasip1/release/layergate_filter.wasm"),
+        "wasm",
+        "the filter wasm",
+    )
+}
+
+/// The Python interpreter with the official clients: `$LAYERGATE_PYTHON` or `.venv/bin/python`.
+pub fn python() -> Result<PathBuf> {
+    existing("LAYERGATE_PYTHON", repo_root().join(".venv/bin/python"), "venv", "the Python venv with turbopuffer/hevlayer")
+}
+
+/// The demo's filter configuration.
+pub fn demo_filter_config() -> PathBuf {
+    repo_root().join("envoy/demo/layergate.json")
+}

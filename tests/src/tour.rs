@@ -1,0 +1,73 @@
+//! The scripted tour of the demo fixture (`make demo`): each step is a request with the outcome
+//! the README documents. The same steps run in an end-to-end test, so the README, the demo and
+//! the filter cannot drift apart.
+
+use serde_json::json;
+
+/// The demo's minted key `shop-reader` (vectorstore.primary: read, `shop-*`).
+pub const SHOP_READER_TOKEN: &str = "hvl_demoShopReader0123456789abcdefABCDEF";
+
+/// Which devstore a forwarded step must reach.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Store {
+    /// Refused by the gateway: no store may see it.
+    None,
+    /// The `primary` devstore (key `tpuf-primary-dev-key`).
+    Primary,
+    /// The `archive` devstore (key `tpuf-archive-dev-key`).
+    Archive,
+}
+
+/// One request of the tour and its documented outcome.
+#[derive(Debug, Clone)]
+pub struct Step {
+    /// What the step shows.
+    pub what: &'static str,
+    /// HTTP method.
+    pub method: &'static str,
+    /// Path and query.
+    pub path: &'static str,
+    /// Bearer token, if any.
+    pub token: Option<&'static str>,
+    /// JSON body, if any.
+    pub body: Option<serde_json::Value>,
+    /// Expected status.
+    pub status: u16,
+    /// Where it must have gone.
+    pub store: Store,
+}
+
+fn step(what: &'static str, method: &'static str, path: &'static str, token: Option<&'static str>, status: u16, store: Store) -> Step {
+    Step { what, method, path, token, body: None, status, store }
+}
+
+/// The tour, in order (later steps read what earlier ones wrote).
+pub fn steps() -> Vec<Step> {
+    let vector_write = json!({
+        "upsert_rows": [{"id": 1, "vector": [0.1, 0.2], "title": "Dune"}, {"id": 2, "vector": [0.9, 0.1], "title": "Emma"}],
+        "distance_metric": "cosine_distance"
+    });
+    let query = json!({"rank_by": ["vector", "ANN", [0.1, 0.2]], "top_k": 2, "include_attributes": true});
+    let with = |mut s: Step, body: serde_json::Value| {
+        s.body = Some(body);
+        s
+    };
+    use Store::{Archive, None as Nowhere, Primary};
+    vec![
+        with(step("demo-rw writes shop-books on primary", "POST", "/v2/namespaces/shop-books", Some("demo-rw-token"), 200, Primary), vector_write.clone()),
+        with(step("demo-read queries shop-books", "POST", "/v2/namespaces/shop-books/query", Some("demo-read-token"), 200, Primary), query.clone()),
+        with(step("demo-read may not write (403)", "POST", "/v2/namespaces/shop-books", Some("demo-read-token"), 403, Nowhere), json!({"deletes": [1]})),
+        step("no token (401)", "GET", "/v1/namespaces/shop-books/metadata", None, 401, Nowhere),
+        step("unknown token (401)", "GET", "/v1/namespaces/shop-books/metadata", Some("not-a-key"), 401, Nowhere),
+        with(step("archive key writes logs-2026 via Index logs", "POST", "/v2/namespaces/logs-2026", Some("tpuf-archive-dev-key"), 200, Archive), vector_write.clone()),
+        with(step("default store key is accepted by archive (deriveFromStore)", "POST", "/v2/namespaces/logs-2026/query", Some("tpuf-primary-dev-key"), 200, Archive), query.clone()),
+        step("demo-admin is not a key of archive (401)", "GET", "/v1/namespaces/logs-2026/metadata", Some("demo-admin-token"), 401, Nowhere),
+        with(step("shop-reader queries shop-books", "POST", "/v2/namespaces/shop-books/query", Some(SHOP_READER_TOKEN), 200, Primary), query.clone()),
+        with(step("shop-reader outside shop-* (403)", "POST", "/v2/namespaces/blog/query", Some(SHOP_READER_TOKEN), 403, Nowhere), query.clone()),
+        with(step("shop-reader on store archive (403)", "POST", "/v2/namespaces/logs-2026/query", Some(SHOP_READER_TOKEN), 403, Nowhere), query),
+        step("shop-reader lists namespaces (prefix=shop- added)", "GET", "/v1/namespaces", Some(SHOP_READER_TOKEN), 200, Primary),
+        with(step("shop-reader may not write (403)", "POST", "/v2/namespaces/shop-books", Some(SHOP_READER_TOKEN), 403, Nowhere), vector_write),
+        step("demo-admin deletes shop-books", "DELETE", "/v2/namespaces/shop-books", Some("demo-admin-token"), 200, Primary),
+        step("app route without an app upstream (404)", "POST", "/v2/namespaces/shop-books/documents", Some("demo-read-token"), 404, Nowhere),
+    ]
+}
