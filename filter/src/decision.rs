@@ -324,7 +324,7 @@ fn decide_inner(policy: &Policy, head: &RequestHead<'_>, now: impl Fn() -> i64) 
             let scope = route.scope.unwrap_or(Scope::Read);
             return Err(insufficient(
                 scope,
-                format!("key {:?} lacks the {scope} scope; it has [{}]", principal.name(policy), scopes.as_str()),
+                format!("{} lacks the {scope} scope; it has [{}]", principal.name(policy), scopes.as_str()),
             ));
         }
         Principal::InboundKey { scopes, .. } => {

@@ -58,81 +58,122 @@ impl Gateway {
 
     /// Renders the bootstrap YAML (static resources).
     pub fn render(&self) -> String {
-        let mut y = String::new();
-        let _ = write!(
-            y,
-            "# Rendered by layergate-tests (tests/src/envoy.rs).\n\
-admin:\n  address: {{socket_address: {{address: {}, port_value: {}}}}}\n\
-static_resources:\n  listeners:\n  - name: layergate\n    address: {{socket_address: {{address: {}, port_value: {}}}}}\n\
-    # Body inspection buffers up to limits.inspectBodyBytes: Envoy's buffer must be larger.\n\
-    per_connection_buffer_limit_bytes: {}\n\
-    filter_chains:\n    - filters:\n      - name: envoy.filters.network.http_connection_manager\n        typed_config:\n\
-          \"@type\": type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager\n\
-          stat_prefix: layergate\n\
-          normalize_path: true\n\
-          merge_slashes: false\n\
-          # Escaped slashes reach the filter, which refuses them with a JSON error.\n\
-          path_with_escaped_slashes_action: KEEP_UNCHANGED\n\
-          access_log:\n          - name: envoy.access_loggers.stdout\n            typed_config:\n\
-              \"@type\": type.googleapis.com/envoy.extensions.access_loggers.stream.v3.StdoutAccessLog\n\
-              log_format:\n                text_format_source:\n\
-                  inline_string: \"[%START_TIME%] \\\"%REQ(:METHOD)% %REQ(X-ENVOY-ORIGINAL-PATH?:PATH)%\\\" %RESPONSE_CODE% %UPSTREAM_CLUSTER% %FILTER_STATE(wasm.layergate:PLAIN)%\\n\"\n\
-          route_config:\n            name: layergate\n            virtual_hosts:\n            - name: layergate\n              domains: [\"*\"]\n\
-              routes:\n              - match: {{prefix: \"/\"}}\n\
-                # The filter writes the store's cluster; without the filter there is no route.\n\
-                route: {{cluster_header: x-layergate-cluster, auto_host_rewrite: true, timeout: 60s}}\n\
-                request_headers_to_remove: [x-layergate-cluster]\n\
-          http_filters:\n",
-            self.admin.ip(),
-            self.admin.port(),
-            self.listen.ip(),
-            self.listen.port(),
-            self.buffer_limit_bytes,
-        );
-        if let Some(config) = &self.filter_config {
-            let _ = write!(
-                y,
-                "          - name: envoy.filters.http.wasm\n            typed_config:\n\
-              \"@type\": type.googleapis.com/envoy.extensions.filters.http.wasm.v3.Wasm\n\
-              config:\n                name: layergate\n                root_id: layergate\n\
-                # A panic answers 503 briefly and reloads the VM; never FAIL_OPEN.\n\
-                failure_policy: FAIL_RELOAD\n\
-                vm_config:\n                  runtime: envoy.wasm.runtime.v8\n\
-                  code: {{local: {{filename: {}}}}}\n",
-                q(&self.wasm_path.to_string_lossy())
-            );
-            if !self.vm_env.is_empty() {
-                y.push_str("                  environment_variables:\n                    key_values:\n");
-                for (k, v) in &self.vm_env {
-                    let _ = writeln!(y, "                      {}: {}", q(k), q(v));
+        let filter = match &self.filter_config {
+            None => String::new(),
+            Some(config) => {
+                let mut env = String::new();
+                if !self.vm_env.is_empty() {
+                    env.push_str("                  environment_variables:\n                    key_values:\n");
+                    for (k, v) in &self.vm_env {
+                        let _ = writeln!(env, "                      {}: {}", q(k), q(v));
+                    }
                 }
+                // The config as a YAML block scalar, pretty-printed when it is JSON.
+                let pretty = serde_json::from_str::<serde_json::Value>(config)
+                    .ok()
+                    .and_then(|v| serde_json::to_string_pretty(&v).ok())
+                    .unwrap_or_else(|| config.clone());
+                let mut value = String::new();
+                for line in pretty.lines() {
+                    let _ = writeln!(value, "                    {line}");
+                }
+                WASM_FILTER
+                    .replace("{WASM}", &q(&self.wasm_path.to_string_lossy()))
+                    .replace("{ENV}", &env)
+                    .replace("{CONFIG}", &value)
             }
-            let _ = write!(
-                y,
-                "                configuration:\n                  \"@type\": type.googleapis.com/google.protobuf.StringValue\n\
-                  value: {}\n",
-                q(config)
-            );
-        }
-        y.push_str(
-            "          - name: envoy.filters.http.router\n            typed_config:\n\
-              \"@type\": type.googleapis.com/envoy.extensions.filters.http.router.v3.Router\n  clusters:\n",
-        );
+        };
+        let mut clusters = String::new();
         for c in &self.clusters {
-            let _ = write!(
-                y,
-                "  - name: {name}\n    type: STATIC\n    connect_timeout: 2s\n    load_assignment:\n      cluster_name: {name}\n\
-      endpoints:\n      - lb_endpoints:\n        - endpoint:\n            hostname: {host}\n\
-            address: {{socket_address: {{address: {ip}, port_value: {port}}}}}\n",
-                name = q(&c.name),
-                host = q(&c.hostname),
-                ip = c.addr.ip(),
-                port = c.addr.port()
+            clusters.push_str(
+                &CLUSTER
+                    .replace("{NAME}", &q(&c.name))
+                    .replace("{HOST}", &q(&c.hostname))
+                    .replace("{IP}", &c.addr.ip().to_string())
+                    .replace("{PORT}", &c.addr.port().to_string()),
             );
         }
-        y
+        BOOTSTRAP
+            .replace("{ADMIN_IP}", &self.admin.ip().to_string())
+            .replace("{ADMIN_PORT}", &self.admin.port().to_string())
+            .replace("{LISTEN_IP}", &self.listen.ip().to_string())
+            .replace("{LISTEN_PORT}", &self.listen.port().to_string())
+            .replace("{BUFFER_LIMIT}", &self.buffer_limit_bytes.to_string())
+            .replace("{WASM_FILTER}", &filter)
+            .replace("{CLUSTERS}", &clusters)
     }
 }
+
+const BOOTSTRAP: &str = r#"# Rendered by layergate-tests (tests/src/envoy.rs); `make envoy-demo` regenerates the demo copy.
+admin:
+  address: {socket_address: {address: {ADMIN_IP}, port_value: {ADMIN_PORT}}}
+static_resources:
+  listeners:
+  - name: layergate
+    address: {socket_address: {address: {LISTEN_IP}, port_value: {LISTEN_PORT}}}
+    # Body inspection buffers up to limits.inspectBodyBytes: Envoy's buffer must be larger.
+    per_connection_buffer_limit_bytes: {BUFFER_LIMIT}
+    filter_chains:
+    - filters:
+      - name: envoy.filters.network.http_connection_manager
+        typed_config:
+          "@type": type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager
+          stat_prefix: layergate
+          normalize_path: true
+          merge_slashes: false
+          # Escaped slashes reach the filter, which refuses them with a JSON error.
+          path_with_escaped_slashes_action: KEEP_UNCHANGED
+          access_log:
+          - name: envoy.access_loggers.stdout
+            typed_config:
+              "@type": type.googleapis.com/envoy.extensions.access_loggers.stream.v3.StdoutAccessLog
+              log_format:
+                text_format_source:
+                  inline_string: "[%START_TIME%] \"%REQ(:METHOD)% %REQ(X-ENVOY-ORIGINAL-PATH?:PATH)%\" %RESPONSE_CODE% %UPSTREAM_CLUSTER% %FILTER_STATE(wasm.layergate:PLAIN)%\n"
+          route_config:
+            name: layergate
+            virtual_hosts:
+            - name: layergate
+              domains: ["*"]
+              routes:
+              - match: {prefix: "/"}
+                # The filter writes the store's cluster; without the filter there is no route.
+                route: {cluster_header: x-layergate-cluster, auto_host_rewrite: true, timeout: 60s}
+                request_headers_to_remove: [x-layergate-cluster]
+          http_filters:
+{WASM_FILTER}          - name: envoy.filters.http.router
+            typed_config:
+              "@type": type.googleapis.com/envoy.extensions.filters.http.router.v3.Router
+  clusters:
+{CLUSTERS}"#;
+
+const WASM_FILTER: &str = r#"          - name: envoy.filters.http.wasm
+            typed_config:
+              "@type": type.googleapis.com/envoy.extensions.filters.http.wasm.v3.Wasm
+              config:
+                name: layergate
+                root_id: layergate
+                # A panic answers 503 briefly and reloads the VM; never FAIL_OPEN.
+                failure_policy: FAIL_RELOAD
+                vm_config:
+                  runtime: envoy.wasm.runtime.v8
+                  code: {local: {filename: {WASM}}}
+{ENV}                configuration:
+                  "@type": type.googleapis.com/google.protobuf.StringValue
+                  value: |
+{CONFIG}"#;
+
+const CLUSTER: &str = r#"  - name: {NAME}
+    type: STATIC
+    connect_timeout: 2s
+    load_assignment:
+      cluster_name: {NAME}
+      endpoints:
+      - lb_endpoints:
+        - endpoint:
+            hostname: {HOST}
+            address: {socket_address: {address: {IP}, port_value: {PORT}}}
+"#;
 
 /// A running Envoy; killed on drop.
 pub struct Envoy {

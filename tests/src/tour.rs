@@ -2,7 +2,9 @@
 //! the README documents. The same steps run in an end-to-end test, so the README, the demo and
 //! the filter cannot drift apart.
 
+use crate::http::Request;
 use serde_json::json;
+use std::net::SocketAddr;
 
 /// The demo's minted key `shop-reader` (vectorstore.primary: read, `shop-*`).
 pub const SHOP_READER_TOKEN: &str = "hvl_demoShopReader0123456789abcdefABCDEF";
@@ -70,4 +72,66 @@ pub fn steps() -> Vec<Step> {
         step("demo-admin deletes shop-books", "DELETE", "/v2/namespaces/shop-books", Some("demo-admin-token"), 200, Primary),
         step("app route without an app upstream (404)", "POST", "/v2/namespaces/shop-books/documents", Some("demo-read-token"), 404, Nowhere),
     ]
+}
+
+/// The outcome of one step.
+#[derive(Debug, Clone)]
+pub struct Outcome {
+    /// The step.
+    pub step: Step,
+    /// Status received (0: no response).
+    pub status: u16,
+    /// Where it went, when the caller can observe the stores.
+    pub reached: Option<Store>,
+    /// The gateway's error message, if any.
+    pub message: String,
+    /// True when status (and store, if observed) are as documented.
+    pub ok: bool,
+}
+
+/// Runs the tour against a gateway. `observe` returns the request counts of (primary,
+/// archive) when the caller can see the devstores; the tour then also checks where each
+/// request went.
+pub fn run(gateway: SocketAddr, observe: Option<&dyn Fn() -> (usize, usize)>) -> Vec<Outcome> {
+    steps()
+        .into_iter()
+        .map(|step| {
+            let before = observe.map(|f| f());
+            let mut req = Request::new(step.method, step.path);
+            if let Some(t) = step.token {
+                req = req.bearer(t);
+            }
+            if let Some(b) = &step.body {
+                req = req.json(b);
+            }
+            let (status, message) = match req.send(gateway) {
+                Ok(r) => (r.status, r.json().ok().and_then(|j| j["error"].as_str().map(str::to_owned)).unwrap_or_default()),
+                Err(e) => (0, format!("{e:#}")),
+            };
+            let reached = observe.zip(before).map(|(f, (p0, a0))| {
+                let (p1, a1) = f();
+                match (p1 > p0, a1 > a0) {
+                    (false, false) => Store::None,
+                    (true, false) => Store::Primary,
+                    (false, true) => Store::Archive,
+                    (true, true) => Store::None, // both: never expected; reported as a mismatch below
+                }
+            });
+            let ok = status == step.status && reached.is_none_or(|r| r == step.store);
+            Outcome { step, status, reached, message, ok }
+        })
+        .collect()
+}
+
+/// Formats outcomes as a table.
+pub fn table(outcomes: &[Outcome]) -> String {
+    let mut out = format!("{:<4} {:<60} {:<7} {:<6} {}\n", "ok", "step", "expect", "got", "gateway says");
+    for o in outcomes {
+        let mark = if o.ok { "ok" } else { "FAIL" };
+        let _ = std::fmt::Write::write_fmt(
+            &mut out,
+            format_args!("{:<4} {:<60} {:<7} {:<6} {}\n", mark, o.step.what, o.step.status, o.status, o.message),
+        );
+    }
+    out
 }

@@ -1,0 +1,113 @@
+//! The demo fixture as running processes: two devstores and Envoy with the filter, configured
+//! from `envoy/demo/` (`make run`), or on free ports for tests ([`Demo::start`]).
+
+use crate::devstore::DevStore;
+use crate::envoy::{Cluster, Envoy, Gateway};
+use anyhow::{Context, Result};
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+/// `primary`'s devstore key.
+pub const PRIMARY_KEY: &str = "tpuf-primary-dev-key";
+/// `archive`'s devstore key.
+pub const ARCHIVE_KEY: &str = "tpuf-archive-dev-key";
+
+/// The demo's fixed addresses (`make run`).
+pub const LISTEN: &str = "127.0.0.1:8080";
+/// Admin address of `make run`.
+pub const ADMIN: &str = "127.0.0.1:9901";
+/// `primary` devstore address of `make run`.
+pub const PRIMARY_ADDR: &str = "127.0.0.1:18081";
+/// `archive` devstore address of `make run`.
+pub const ARCHIVE_ADDR: &str = "127.0.0.1:18082";
+
+/// The wasm VM environment carrying the store credentials (`{"env": …}` in the config).
+pub fn vm_env() -> Vec<(String, String)> {
+    vec![("LAYERGATE_PRIMARY_KEY".into(), PRIMARY_KEY.into()), ("LAYERGATE_ARCHIVE_KEY".into(), ARCHIVE_KEY.into())]
+}
+
+/// The demo filter configuration, compacted to one line.
+pub fn filter_config() -> Result<String> {
+    let path = crate::paths::demo_filter_config();
+    let text = std::fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?;
+    Ok(serde_json::from_str::<serde_json::Value>(&text)?.to_string())
+}
+
+/// The demo gateway with the given addresses and filter config.
+pub fn gateway(listen: SocketAddr, admin: SocketAddr, primary: SocketAddr, archive: SocketAddr, wasm_path: PathBuf, config: String) -> Gateway {
+    Gateway {
+        listen,
+        admin,
+        wasm_path,
+        filter_config: Some(config),
+        vm_env: vm_env(),
+        clusters: vec![
+            Cluster { name: "store_primary".into(), addr: primary, hostname: "primary.devstore.local".into() },
+            Cluster { name: "store_archive".into(), addr: archive, hostname: "archive.devstore.local".into() },
+        ],
+        buffer_limit_bytes: 17 * 1024 * 1024,
+    }
+}
+
+/// What `envoy/demo/envoy.yaml` must contain (`make envoy-demo` writes it).
+pub fn render_checked_in() -> Result<String> {
+    let p = |s: &str| s.parse::<SocketAddr>().context("demo address");
+    Ok(gateway(
+        p(LISTEN)?,
+        p(ADMIN)?,
+        p(PRIMARY_ADDR)?,
+        p(ARCHIVE_ADDR)?,
+        PathBuf::from("target/wasm32-wasip1/release/layergate_filter.wasm"),
+        filter_config()?,
+    )
+    .render())
+}
+
+/// The demo running: devstores and Envoy, stopped on drop.
+pub struct Demo {
+    /// Envoy (drops first: fields drop in order).
+    pub envoy: Envoy,
+    /// `primary`'s devstore.
+    pub primary: DevStore,
+    /// `archive`'s devstore.
+    pub archive: DevStore,
+}
+
+impl Demo {
+    /// Starts the demo on free loopback ports with the given filter config (tests).
+    pub fn start_with(config: String, vm_env: Vec<(String, String)>) -> Result<Demo> {
+        let primary = DevStore::start(PRIMARY_KEY)?;
+        let archive = DevStore::start(ARCHIVE_KEY)?;
+        let any = SocketAddr::from(([127, 0, 0, 1], 0));
+        let mut gw = gateway(any, any, primary.addr(), archive.addr(), crate::paths::wasm_path()?, config);
+        gw.vm_env = vm_env;
+        let envoy = Envoy::start(&gw)?;
+        Ok(Demo { envoy, primary, archive })
+    }
+
+    /// Starts the demo fixture on free ports (tests).
+    pub fn start() -> Result<Demo> {
+        Demo::start_with(filter_config()?, vm_env())
+    }
+
+    /// Starts `make run`'s demo: fixed ports, `envoy/demo/envoy.yaml` as checked in.
+    pub fn start_checked_in() -> Result<Demo> {
+        crate::paths::wasm_path()?;
+        let primary = DevStore::start_on(PRIMARY_ADDR.parse()?, PRIMARY_KEY)?;
+        let archive = DevStore::start_on(ARCHIVE_ADDR.parse()?, ARCHIVE_KEY)?;
+        let root = crate::paths::repo_root();
+        let yaml = std::fs::read_to_string(root.join("envoy/demo/envoy.yaml")).context("reading envoy/demo/envoy.yaml")?;
+        let envoy = Envoy::start_yaml(&yaml, &root)?;
+        Ok(Demo { envoy, primary, archive })
+    }
+
+    /// The gateway listener.
+    pub fn addr(&self) -> SocketAddr {
+        self.envoy.addr
+    }
+
+    /// Requests each devstore has received so far (primary, archive).
+    pub fn store_counts(&self) -> (usize, usize) {
+        (self.primary.request_count(), self.archive.request_count())
+    }
+}
