@@ -213,6 +213,10 @@ impl<'p> HeaderEdits<'p> {
 /// Name of the header the Envoy route reads to pick the cluster.
 pub const CLUSTER_HEADER: &str = "x-layergate-cluster";
 
+/// Header marking a request whose body the filter inspects; the Envoy route it selects
+/// enables the buffer filter that holds the request until the body is judged.
+pub const INSPECT_HEADER: &str = "x-layergate-inspect";
+
 /// True for client-sent headers the filter must remove (`x-layergate-*` it does not overwrite).
 pub fn must_strip(name: &[u8], edits: &HeaderEdits<'_>) -> bool {
     name.len() > LAYERGATE_HEADER_PREFIX.len()

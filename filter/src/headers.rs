@@ -47,7 +47,7 @@ pub enum Authorization<'a> {
     Absent,
     /// Exactly one.
     One(&'a str),
-    /// More than one: refused (which one would the upstream read?).
+    /// More than one (or one folded value with a comma): refused — which would count?
     Repeated,
 }
 
@@ -93,7 +93,10 @@ impl<'a> RequestHead<'a> {
                 b":path" => head.path = text().unwrap_or_else(|| { head.malformed = true; "" }),
                 b"authorization" => {
                     head.authorization = match head.authorization {
+                        // Envoy folds repeated headers into one, comma-separated; a bearer
+                        // token never contains a comma (RFC 6750 b64token).
                         Authorization::Absent => match text() {
+                            Some(v) if v.contains(',') => Authorization::Repeated,
                             Some(v) => Authorization::One(v),
                             None => {
                                 head.malformed = true;

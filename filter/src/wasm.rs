@@ -6,7 +6,7 @@
 //! Envoy stats once a second from the root context's tick.
 #![allow(unsafe_code)] // Raw ABI calls: the SDK's wrappers allocate a String per header.
 
-use crate::decision::{decide, must_strip, Decision, Denial, Inspection, Plan};
+use crate::decision::{decide, must_strip, Decision, Denial, Inspection, Plan, INSPECT_HEADER};
 use crate::headers::{pairs, RequestHead};
 use crate::policy::Policy;
 use proxy_wasm::hostcalls;
@@ -251,13 +251,17 @@ impl HttpContext for Request {
                         Err(d) => self.deny(Some(&policy), Some(&plan), &d),
                     };
                 }
-                // Write the forward headers now, while the map is at hand; the request is held
-                // (StopIteration) until the body passes, and a denial replaces it entirely.
+                // Envoy turns a paused header callback into "stop all iteration", which would
+                // also withhold the body from this filter. So the headers continue, marked with
+                // `x-layergate-inspect`: the route it selects enables Envoy's buffer filter
+                // (after this one), which holds the request back from the router until this
+                // filter lets the complete body through or replaces it with a denial.
                 if let Err(d) = apply_edits(&policy, &plan, head_strip) {
                     return self.deny(Some(&policy), Some(&plan), &d);
                 }
+                let _ = hostcalls::set_map_value(MapType::HttpRequestHeaders, INSPECT_HEADER, Some("1"));
                 self.pending = Some((plan, inspection));
-                Action::Pause
+                Action::Continue
             }
         }
     }

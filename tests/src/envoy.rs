@@ -136,12 +136,28 @@ static_resources:
             - name: layergate
               domains: ["*"]
               routes:
+              # Requests whose body the filter inspects (namespace-restricted keys): the buffer
+              # filter holds them back from the router until the filter has judged the body.
+              - match:
+                  prefix: "/"
+                  headers: [{name: x-layergate-inspect, present_match: true}]
+                route: {cluster_header: x-layergate-cluster, auto_host_rewrite: true, timeout: 60s}
+                request_headers_to_remove: [x-layergate-cluster, x-layergate-inspect]
+              # Everything else streams. The filter writes the store's cluster; without the
+              # filter there is no cluster to route to.
               - match: {prefix: "/"}
-                # The filter writes the store's cluster; without the filter there is no route.
                 route: {cluster_header: x-layergate-cluster, auto_host_rewrite: true, timeout: 60s}
                 request_headers_to_remove: [x-layergate-cluster]
+                typed_per_filter_config:
+                  envoy.filters.http.buffer:
+                    "@type": type.googleapis.com/envoy.extensions.filters.http.buffer.v3.BufferPerRoute
+                    disabled: true
           http_filters:
-{WASM_FILTER}          - name: envoy.filters.http.router
+{WASM_FILTER}          - name: envoy.filters.http.buffer
+            typed_config:
+              "@type": type.googleapis.com/envoy.extensions.filters.http.buffer.v3.Buffer
+              max_request_bytes: {BUFFER_LIMIT}
+          - name: envoy.filters.http.router
             typed_config:
               "@type": type.googleapis.com/envoy.extensions.filters.http.router.v3.Router
   clusters:
@@ -228,7 +244,8 @@ impl Envoy {
             .current_dir(cwd)
             .arg("-c")
             .arg(&config)
-            .args(["--concurrency", "1", "--disable-hot-restart", "--log-level", "warn", "--admin-address-path"])
+            .args(["--concurrency", "1", "--disable-hot-restart", "--log-level", "warn", "--file-flush-interval-msec", "100"])
+            .arg("--admin-address-path")
             .arg(&admin_file)
             .stdin(Stdio::null())
             .stdout(log.try_clone()?)
@@ -271,7 +288,7 @@ impl Envoy {
 
     /// A counter or gauge by its exact name (`layergate.allowed`), if defined.
     pub fn stat(&self, name: &str) -> Result<Option<u64>> {
-        let text = self.admin_get(&format!("/stats?filter=^{}$", name.replace('.', "\\.")))?;
+        let text = self.admin_get("/stats")?;
         Ok(text.lines().find_map(|l| l.strip_prefix(name)?.strip_prefix(": ")?.trim().parse().ok()))
     }
 

@@ -98,25 +98,50 @@ impl Request {
     }
 }
 
-/// Sends raw bytes and parses the response.
+/// Sends raw bytes and reads one response: up to its `content-length`, the end of its
+/// chunked body, or the end of the connection.
 pub fn send_raw(addr: SocketAddr, bytes: &[u8]) -> Result<Response> {
     let mut stream = TcpStream::connect_timeout(&addr, Duration::from_secs(5)).with_context(|| format!("connecting to {addr}"))?;
     stream.set_read_timeout(Some(Duration::from_secs(10)))?;
     stream.set_write_timeout(Some(Duration::from_secs(10)))?;
-    stream.write_all(bytes)?;
+    // The server may answer and close before taking the whole body (e.g. a 413): keep going.
+    let _ = stream.write_all(bytes);
     let mut raw = Vec::new();
-    // The server may close early (e.g. a 400 before the body): keep what was read.
-    if let Err(e) = stream.read_to_end(&mut raw) {
-        if raw.is_empty() {
-            return Err(e).context("reading the response");
+    let mut buf = [0u8; 16 * 1024];
+    loop {
+        if let Some(response) = complete_response(&raw)? {
+            return Ok(response);
+        }
+        match stream.read(&mut buf) {
+            Ok(0) => break,
+            Ok(n) => raw.extend_from_slice(&buf[..n]),
+            Err(e) if raw.is_empty() => return Err(e).context("reading the response"),
+            Err(e) => return Err(e).with_context(|| format!("reading the response after {} bytes", raw.len())),
         }
     }
-    parse_response(&raw)
+    parse_response(&raw, true)
 }
 
-fn parse_response(raw: &[u8]) -> Result<Response> {
+/// The response, once `raw` holds all of it.
+fn complete_response(raw: &[u8]) -> Result<Option<Response>> {
+    let Some(end) = raw.windows(4).position(|w| w == b"\r\n\r\n") else { return Ok(None) };
+    let head = String::from_utf8_lossy(&raw[..end]).to_ascii_lowercase();
+    let body = &raw[end + 4..];
+    if head.contains("\r\ntransfer-encoding: chunked") {
+        return Ok(body.ends_with(b"0\r\n\r\n").then(|| parse_response(raw, true)).transpose()?);
+    }
+    let length = head.lines().find_map(|l| l.strip_prefix("content-length:")).and_then(|v| v.trim().parse::<usize>().ok());
+    let no_body = head.starts_with("http/1.1 204") || head.starts_with("http/1.1 304");
+    match length {
+        Some(n) if body.len() >= n => Ok(Some(parse_response(raw, false)?)),
+        None if no_body => Ok(Some(parse_response(raw, false)?)),
+        _ => Ok(None),
+    }
+}
+
+fn parse_response(raw: &[u8], at_eof: bool) -> Result<Response> {
     let Some(end) = raw.windows(4).position(|w| w == b"\r\n\r\n") else {
-        bail!("incomplete response ({} bytes): {:?}", raw.len(), String::from_utf8_lossy(raw));
+        bail!("incomplete response ({} bytes, eof {at_eof}): {:?}", raw.len(), String::from_utf8_lossy(raw));
     };
     let head = String::from_utf8_lossy(&raw[..end]);
     let mut lines = head.split("\r\n");
@@ -128,7 +153,12 @@ fn parse_response(raw: &[u8]) -> Result<Response> {
         .collect();
     let rest = &raw[end + 4..];
     let chunked = headers.iter().any(|(k, v)| k == "transfer-encoding" && v.eq_ignore_ascii_case("chunked"));
-    let body = if chunked { dechunk(rest)? } else { rest.to_vec() };
+    let length = headers.iter().find(|(k, _)| k == "content-length").and_then(|(_, v)| v.parse::<usize>().ok());
+    let body = match (chunked, length) {
+        (true, _) => dechunk(rest)?,
+        (false, Some(n)) => rest[..n.min(rest.len())].to_vec(),
+        (false, None) => rest.to_vec(),
+    };
     Ok(Response { status, headers, body })
 }
 
