@@ -209,12 +209,13 @@ fn scratch_dir() -> Result<PathBuf> {
     Ok(dir)
 }
 
-/// Runs `envoy --mode validate` on a bootstrap.
+/// Runs `envoy --mode validate` on a bootstrap (relative paths resolve from the repo root).
 pub fn validate(yaml: &str) -> Result<()> {
     let dir = scratch_dir()?;
     let file = dir.join("envoy.yaml");
     std::fs::write(&file, yaml)?;
     let out = Command::new(crate::paths::envoy_bin()?)
+        .current_dir(crate::paths::repo_root())
         .args(["--mode", "validate", "--disable-hot-restart", "-c"])
         .arg(&file)
         .output()
