@@ -7,3 +7,4 @@ pub mod envoy;
 pub mod http;
 pub mod paths;
 pub mod tour;
+pub mod wasm_host;
