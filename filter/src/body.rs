@@ -1,7 +1,9 @@
 //! Body inspection for namespace-restricted keys (SPEC §5): decompress (bounded), read only
 //! the top-level fields that name namespaces, and check each against the key's grants.
 
-use crate::decision::{namespace_denied, too_large, Denial, DenialKind, Encoding, Inspection, Plan, Principal};
+use crate::decision::{
+    namespace_denied, too_large, Denial, DenialKind, Encoding, Inspection, Plan, Principal,
+};
 use crate::policy::Policy;
 use crate::route::{valid_namespace, BodyRule};
 use crate::scope::Scope;
@@ -44,11 +46,19 @@ struct Fields<'a> {
 }
 
 fn forbidden(message: String) -> Denial {
-    Denial { kind: DenialKind::InsufficientScope(Scope::Read), message: message.into() }
+    Denial {
+        kind: DenialKind::InsufficientScope(Scope::Read),
+        message: message.into(),
+    }
 }
 
 /// Checks a fully buffered body. `body` is the raw (possibly gzip) bytes.
-pub fn check(policy: &Policy, plan: &Plan, inspection: Inspection, body: &[u8]) -> Result<(), Denial> {
+pub fn check(
+    policy: &Policy,
+    plan: &Plan,
+    inspection: Inspection,
+    body: &[u8],
+) -> Result<(), Denial> {
     let limit = policy.inspect_body_bytes;
     if body.len() as u64 > limit {
         return Err(too_large(policy));
@@ -61,7 +71,11 @@ pub fn check(policy: &Policy, plan: &Plan, inspection: Inspection, body: &[u8]) 
             flate2::read::GzDecoder::new(body)
                 .take(limit + 1)
                 .read_to_end(&mut out)
-                .map_err(|_| Denial::bad_request("the request body is not valid gzip (Content-Encoding: gzip)"))?;
+                .map_err(|_| {
+                    Denial::bad_request(
+                        "the request body is not valid gzip (Content-Encoding: gzip)",
+                    )
+                })?;
             if out.len() as u64 > limit {
                 return Err(too_large(policy));
             }
@@ -70,9 +84,13 @@ pub fn check(policy: &Policy, plan: &Plan, inspection: Inspection, body: &[u8]) 
         }
     };
     let fields: Fields<'_> = serde_json::from_slice(json).map_err(|e| {
-        Denial::bad_request(format!("the request body must be a JSON object (it is inspected for namespaces): {e}"))
+        Denial::bad_request(format!(
+            "the request body must be a JSON object (it is inspected for namespaces): {e}"
+        ))
     })?;
-    let Principal::Minted(k) = plan.principal else { return Ok(()) };
+    let Principal::Minted(k) = plan.principal else {
+        return Ok(());
+    };
     let key = &policy.keys[k];
     let store_grant = || key.stores[plan.store].as_ref();
     let check_source = |field: &str, ns: &str, api_key: bool| -> Result<(), Denial> {
@@ -85,18 +103,27 @@ pub fn check(policy: &Policy, plan: &Plan, inspection: Inspection, body: &[u8]) 
         check_name(field, ns)?;
         match store_grant() {
             Some(g) if g.allows_namespace(ns) => Ok(()),
-            _ => Err(namespace_denied(&key.name, ns, Scope::Read, &format!("vectorstore.{}", policy.stores[plan.store].name))),
+            _ => Err(namespace_denied(
+                &key.name,
+                ns,
+                Scope::Read,
+                &format!("vectorstore.{}", policy.stores[plan.store].name),
+            )),
         }
     };
     match inspection.rule {
         BodyRule::NamespaceWrite => {
-            for (field, src) in [("copy_from_namespace", &fields.copy_from_namespace), ("branch_from_namespace", &fields.branch_from_namespace)] {
+            for (field, src) in [
+                ("copy_from_namespace", &fields.copy_from_namespace),
+                ("branch_from_namespace", &fields.branch_from_namespace),
+            ] {
                 match src {
                     None => {}
                     Some(SourceRef::Name(ns)) => check_source(field, ns, false)?,
-                    Some(SourceRef::Object { source_namespace, source_api_key }) => {
-                        check_source(field, source_namespace, source_api_key.is_some())?
-                    }
+                    Some(SourceRef::Object {
+                        source_namespace,
+                        source_api_key,
+                    }) => check_source(field, source_namespace, source_api_key.is_some())?,
                 }
             }
         }

@@ -197,7 +197,9 @@ fn default_inspect_body_bytes() -> u64 {
 
 impl Default for Limits {
     fn default() -> Self {
-        Limits { inspect_body_bytes: DEFAULT_INSPECT_BODY_BYTES }
+        Limits {
+            inspect_body_bytes: DEFAULT_INSPECT_BODY_BYTES,
+        }
     }
 }
 

@@ -45,7 +45,10 @@ pub enum DenialKind {
 
 impl Denial {
     fn new(kind: DenialKind, message: impl Into<Cow<'static, str>>) -> Denial {
-        Denial { kind, message: message.into() }
+        Denial {
+            kind,
+            message: message.into(),
+        }
     }
 
     /// A 400.
@@ -220,7 +223,8 @@ pub const INSPECT_HEADER: &str = "x-layergate-inspect";
 /// True for client-sent headers the filter must remove (`x-layergate-*` it does not overwrite).
 pub fn must_strip(name: &[u8], edits: &HeaderEdits<'_>) -> bool {
     name.len() > LAYERGATE_HEADER_PREFIX.len()
-        && name[..LAYERGATE_HEADER_PREFIX.len()].eq_ignore_ascii_case(LAYERGATE_HEADER_PREFIX.as_bytes())
+        && name[..LAYERGATE_HEADER_PREFIX.len()]
+            .eq_ignore_ascii_case(LAYERGATE_HEADER_PREFIX.as_bytes())
         && !edits.writes(name)
 }
 
@@ -229,7 +233,10 @@ impl Plan {
     /// identity headers for the app, routing only (Authorization kept) for the control API.
     /// Fails when the store credential is not loaded.
     pub fn header_edits<'p>(&self, policy: &'p Policy) -> Result<HeaderEdits<'p>, Denial> {
-        let mut e = HeaderEdits { items: [("", None); 5], len: 0 };
+        let mut e = HeaderEdits {
+            items: [("", None); 5],
+            len: 0,
+        };
         let store = &policy.stores[self.store];
         match self.target {
             Target::Store => {
@@ -250,7 +257,10 @@ impl Plan {
                 }
             }
             Target::App => {
-                let cluster = policy.app_cluster.as_deref().ok_or_else(|| no_upstream("the layer app"))?;
+                let cluster = policy
+                    .app_cluster
+                    .as_deref()
+                    .ok_or_else(|| no_upstream("the layer app"))?;
                 e.push("authorization", None);
                 e.push(CLUSTER_HEADER, Some(cluster));
                 e.push("x-layergate-principal", Some(self.principal.name(policy)));
@@ -258,17 +268,22 @@ impl Plan {
                 e.push("x-layergate-store", Some(&store.name));
             }
             Target::Control => {
-                let cluster = policy.control_cluster.as_deref().ok_or_else(|| no_upstream("the layergate control API"))?;
+                let cluster = policy
+                    .control_cluster
+                    .as_deref()
+                    .ok_or_else(|| no_upstream("the layergate control API"))?;
                 e.push(CLUSTER_HEADER, Some(cluster));
             }
         }
         Ok(e)
     }
-
 }
 
 fn no_upstream(what: &str) -> Denial {
-    Denial::new(DenialKind::NotFound, format!("route served by {what}, which this gateway does not have"))
+    Denial::new(
+        DenialKind::NotFound,
+        format!("route served by {what}, which this gateway does not have"),
+    )
 }
 
 fn bearer_token(header: &str) -> Result<&str, Denial> {
@@ -281,10 +296,16 @@ fn bearer_token(header: &str) -> Result<&str, Denial> {
     }
     let token = token.trim_matches(' ');
     if token.is_empty() {
-        return Err(Denial::new(DenialKind::MissingToken, "the Authorization header has an empty bearer token"));
+        return Err(Denial::new(
+            DenialKind::MissingToken,
+            "the Authorization header has an empty bearer token",
+        ));
     }
     if token.len() > MAX_TOKEN_BYTES {
-        return Err(Denial::new(DenialKind::InvalidToken, "the bearer token is longer than 1024 bytes; no layergate key is that long"));
+        return Err(Denial::new(
+            DenialKind::InvalidToken,
+            "the bearer token is longer than 1024 bytes; no layergate key is that long",
+        ));
     }
     Ok(token)
 }
@@ -301,14 +322,22 @@ pub fn decide(policy: &Policy, head: &RequestHead<'_>, now: impl Fn() -> i64) ->
     }
 }
 
-fn decide_inner(policy: &Policy, head: &RequestHead<'_>, now: impl Fn() -> i64) -> Result<Decision, Denial> {
+fn decide_inner(
+    policy: &Policy,
+    head: &RequestHead<'_>,
+    now: impl Fn() -> i64,
+) -> Result<Decision, Denial> {
     if head.malformed || head.method.is_empty() || head.path.is_empty() {
-        return Err(Denial::bad_request("the request has no valid :method/:path, or a header is not valid UTF-8"));
+        return Err(Denial::bad_request(
+            "the request has no valid :method/:path, or a header is not valid UTF-8",
+        ));
     }
     let route = classify(&policy.rules, head.method, head.path)?;
     match route.target {
         Target::App if policy.app_cluster.is_none() => return Err(no_upstream("the layer app")),
-        Target::Control if policy.control_cluster.is_none() => return Err(no_upstream("the layergate control API")),
+        Target::Control if policy.control_cluster.is_none() => {
+            return Err(no_upstream("the layergate control API"))
+        }
         _ => {}
     }
     let store = policy.store_for(route.namespace).ok_or_else(|| {
@@ -318,7 +347,13 @@ fn decide_inner(policy: &Policy, head: &RequestHead<'_>, now: impl Fn() -> i64) 
         )
     })?;
     let principal = authenticate(policy, store, &route, head.authorization, now)?;
-    let mut plan = Plan { target: route.target, store, principal, scope: route.scope, scopes: Scopes::ALL };
+    let mut plan = Plan {
+        target: route.target,
+        store,
+        principal,
+        scope: route.scope,
+        scopes: Scopes::ALL,
+    };
     let k = match principal {
         Principal::Anonymous => {
             plan.scopes = Scopes::default();
@@ -328,7 +363,11 @@ fn decide_inner(policy: &Policy, head: &RequestHead<'_>, now: impl Fn() -> i64) 
             let scope = route.scope.unwrap_or(Scope::Read);
             return Err(insufficient(
                 scope,
-                format!("{} lacks the {scope} scope; it has [{}]", principal.name(policy), scopes.as_str()),
+                format!(
+                    "{} lacks the {scope} scope; it has [{}]",
+                    principal.name(policy),
+                    scopes.as_str()
+                ),
             ));
         }
         Principal::InboundKey { scopes, .. } => {
@@ -362,7 +401,10 @@ fn decide_inner(policy: &Policy, head: &RequestHead<'_>, now: impl Fn() -> i64) 
     if !needs_body {
         return Ok(Decision::Forward(plan));
     }
-    if head.content_length.is_some_and(|n| n > policy.inspect_body_bytes) {
+    if head
+        .content_length
+        .is_some_and(|n| n > policy.inspect_body_bytes)
+    {
         return Err(too_large(policy));
     }
     let encoding = match head.content_encoding.map(str::trim) {
@@ -376,7 +418,13 @@ fn decide_inner(policy: &Policy, head: &RequestHead<'_>, now: impl Fn() -> i64) 
             ))
         }
     };
-    Ok(Decision::Inspect(plan, Inspection { rule: route.body, encoding }))
+    Ok(Decision::Inspect(
+        plan,
+        Inspection {
+            rule: route.body,
+            encoding,
+        },
+    ))
 }
 
 /// The 413 for this policy's limit.
@@ -391,7 +439,13 @@ pub fn too_large(policy: &Policy) -> Denial {
     )
 }
 
-fn authenticate(policy: &Policy, store: StoreId, route: &Route<'_>, authz: Authorization<'_>, now: impl Fn() -> i64) -> Result<Principal, Denial> {
+fn authenticate(
+    policy: &Policy,
+    store: StoreId,
+    route: &Route<'_>,
+    authz: Authorization<'_>,
+    now: impl Fn() -> i64,
+) -> Result<Principal, Denial> {
     if route.scope.is_none() {
         return Ok(Principal::Anonymous);
     }
@@ -401,21 +455,41 @@ fn authenticate(policy: &Policy, store: StoreId, route: &Route<'_>, authz: Autho
     }
     let header = match authz {
         Authorization::Absent => {
-            return Err(Denial::new(DenialKind::MissingToken, "this route needs a credential: send 'Authorization: Bearer <token>'"))
+            return Err(Denial::new(
+                DenialKind::MissingToken,
+                "this route needs a credential: send 'Authorization: Bearer <token>'",
+            ))
         }
-        Authorization::Repeated => return Err(Denial::bad_request("send exactly one Authorization header")),
+        Authorization::Repeated => {
+            return Err(Denial::bad_request("send exactly one Authorization header"))
+        }
         Authorization::One(h) => h,
     };
     let token = bearer_token(header)?;
-    let grants = policy.tokens.get(&crate::policy::token_hash(token.as_bytes())).map(Vec::as_slice).unwrap_or(&[]);
+    let grants = policy
+        .tokens
+        .get(&crate::policy::token_hash(token.as_bytes()))
+        .map(Vec::as_slice)
+        .unwrap_or(&[]);
     let mut expired = None;
     for &g in grants {
         match g {
-            Grant::StoreCredential(id) if s.mode == Mode::DeriveFromStore && (id == store || Some(id) == policy.default_store) => {
+            Grant::StoreCredential(id)
+                if s.mode == Mode::DeriveFromStore
+                    && (id == store || Some(id) == policy.default_store) =>
+            {
                 return Ok(Principal::StoreCredential(id))
             }
-            Grant::InboundKey { store: id, key, scopes } if id == store && s.mode == Mode::Keys => {
-                return Ok(Principal::InboundKey { store: id, key, scopes })
+            Grant::InboundKey {
+                store: id,
+                key,
+                scopes,
+            } if id == store && s.mode == Mode::Keys => {
+                return Ok(Principal::InboundKey {
+                    store: id,
+                    key,
+                    scopes,
+                })
             }
             Grant::Minted(k) => match policy.keys[k].expires_at {
                 Some(at) if at <= now() => expired = Some(k),
@@ -450,29 +524,52 @@ fn mode_name(m: Mode) -> &'static str {
 
 /// The entitlement a minted key needs for a route, and its check. Returns the grant that
 /// applied (`None` for the federated query, whose body namespaces are checked one by one).
-fn authorize_minted<'p>(policy: &'p Policy, k: usize, store: StoreId, route: &Route<'_>) -> Result<Option<&'p Grantee>, Denial> {
+fn authorize_minted<'p>(
+    policy: &'p Policy,
+    k: usize,
+    store: StoreId,
+    route: &Route<'_>,
+) -> Result<Option<&'p Grantee>, Denial> {
     let key = &policy.keys[k];
-    let Some(scope) = route.scope else { return Ok(None) };
+    let Some(scope) = route.scope else {
+        return Ok(None);
+    };
     if route.body == BodyRule::FederatedQuery {
         return Ok(None);
     }
     let (grantee, target) = if let Some(agent) = route.agent {
-        (key.agents.iter().find(|(a, _)| **a == *agent).map(|(_, g)| g), EntitlementTarget::Agent(agent))
+        (
+            key.agents
+                .iter()
+                .find(|(a, _)| **a == *agent)
+                .map(|(_, g)| g),
+            EntitlementTarget::Agent(agent),
+        )
     } else if route.namespace.is_some() || route.target == Target::Store {
-        (key.stores[store].as_ref(), EntitlementTarget::Store(&policy.stores[store].name))
+        (
+            key.stores[store].as_ref(),
+            EntitlementTarget::Store(&policy.stores[store].name),
+        )
     } else {
         (key.layer.as_ref(), EntitlementTarget::Layer)
     };
     let Some(g) = grantee else {
         return Err(insufficient(
             scope,
-            format!("API key {:?} has no {target} entitlement; add it to the key's spec.entitlements", &*key.name),
+            format!(
+                "API key {:?} has no {target} entitlement; add it to the key's spec.entitlements",
+                &*key.name
+            ),
         ));
     };
     if !g.scopes.allows(scope) {
         return Err(insufficient(
             scope,
-            format!("API key {:?} lacks the {scope} scope on {target}; it has [{}]", &*key.name, g.scopes.as_str()),
+            format!(
+                "API key {:?} lacks the {scope} scope on {target}; it has [{}]",
+                &*key.name,
+                g.scopes.as_str()
+            ),
         ));
     }
     if let Some(ns) = route.namespace {
@@ -510,7 +607,12 @@ pub fn namespace_denied(key: &str, ns: &str, scope: Scope, target: &str) -> Deni
 
 /// `GET /v1/namespaces` for a restricted key: allowed with one prefix glob; the `prefix`
 /// parameter is set when absent and must be at least as narrow when present.
-fn namespace_list(policy: &Policy, k: usize, g: &Grantee, path: &str) -> Result<Option<String>, Denial> {
+fn namespace_list(
+    policy: &Policy,
+    k: usize,
+    g: &Grantee,
+    path: &str,
+) -> Result<Option<String>, Denial> {
     let key = &policy.keys[k];
     let Some(prefix) = g.single_prefix() else {
         return Err(insufficient(

@@ -27,7 +27,10 @@ pub struct GlobError {
 impl NamespaceGlob {
     /// Compiles a pattern; only the namespace alphabet plus `*` and `?` are allowed.
     pub fn new(pattern: &str) -> Result<Self, GlobError> {
-        let err = |reason| GlobError { pattern: pattern.to_owned(), reason };
+        let err = |reason| GlobError {
+            pattern: pattern.to_owned(),
+            reason,
+        };
         if pattern.is_empty() {
             return Err(err("it is empty"));
         }
@@ -38,9 +41,13 @@ impl NamespaceGlob {
             .bytes()
             .all(|b| b == b'*' || b == b'?' || crate::route::is_namespace_byte(b))
         {
-            return Err(err("only A-Z a-z 0-9 _ . - and the wildcards * ? are allowed"));
+            return Err(err(
+                "only A-Z a-z 0-9 _ . - and the wildcards * ? are allowed",
+            ));
         }
-        Ok(NamespaceGlob { pattern: pattern.into() })
+        Ok(NamespaceGlob {
+            pattern: pattern.into(),
+        })
     }
 
     /// True for the catch-all `*`.

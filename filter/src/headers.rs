@@ -89,8 +89,18 @@ impl<'a> RequestHead<'a> {
         for (name, value) in pairs {
             let text = || std::str::from_utf8(value).ok();
             match name {
-                b":method" => head.method = text().unwrap_or_else(|| { head.malformed = true; "" }),
-                b":path" => head.path = text().unwrap_or_else(|| { head.malformed = true; "" }),
+                b":method" => {
+                    head.method = text().unwrap_or_else(|| {
+                        head.malformed = true;
+                        ""
+                    })
+                }
+                b":path" => {
+                    head.path = text().unwrap_or_else(|| {
+                        head.malformed = true;
+                        ""
+                    })
+                }
                 b"authorization" => {
                     head.authorization = match head.authorization {
                         // Envoy folds repeated headers into one, comma-separated; a bearer
@@ -106,10 +116,13 @@ impl<'a> RequestHead<'a> {
                         _ => Authorization::Repeated,
                     }
                 }
-                b"content-length" => head.content_length = text().and_then(|v| v.trim().parse().ok()),
+                b"content-length" => {
+                    head.content_length = text().and_then(|v| v.trim().parse().ok())
+                }
                 b"content-encoding" => head.content_encoding = text(),
                 _ if name.len() >= LAYERGATE_HEADER_PREFIX.len()
-                    && name[..LAYERGATE_HEADER_PREFIX.len()].eq_ignore_ascii_case(LAYERGATE_HEADER_PREFIX.as_bytes()) =>
+                    && name[..LAYERGATE_HEADER_PREFIX.len()]
+                        .eq_ignore_ascii_case(LAYERGATE_HEADER_PREFIX.as_bytes()) =>
                 {
                     head.has_layergate_headers = true
                 }
@@ -126,9 +139,20 @@ mod tests {
 
     #[test]
     fn parses_what_it_serializes() {
-        let buf = serialize([(":method", "GET"), (":path", "/x?y"), ("authorization", "Bearer t")]);
+        let buf = serialize([
+            (":method", "GET"),
+            (":path", "/x?y"),
+            ("authorization", "Bearer t"),
+        ]);
         let got: Vec<_> = pairs(&buf).collect();
-        assert_eq!(got, vec![(&b":method"[..], &b"GET"[..]), (&b":path"[..], &b"/x?y"[..]), (&b"authorization"[..], &b"Bearer t"[..])]);
+        assert_eq!(
+            got,
+            vec![
+                (&b":method"[..], &b"GET"[..]),
+                (&b":path"[..], &b"/x?y"[..]),
+                (&b"authorization"[..], &b"Bearer t"[..])
+            ]
+        );
     }
 
     #[test]
@@ -152,6 +176,9 @@ mod tests {
         let head = RequestHead::from_pairs(pairs(&buf));
         assert_eq!(head.authorization, Authorization::Repeated);
         assert!(head.has_layergate_headers);
-        assert_eq!((head.method, head.path, head.content_length), ("POST", "/v2/namespaces/a", Some(12)));
+        assert_eq!(
+            (head.method, head.path, head.content_length),
+            ("POST", "/v2/namespaces/a", Some(12))
+        );
     }
 }

@@ -11,7 +11,9 @@
 //!   apiKeys[].entitlements    keys: Vec<MintedKey> (per-store grants indexed by StoreId)
 //! ```
 
-use crate::config::{ApiKeyConfig, Credential, Entitlement, FilterConfig, InboundAuth, CONFIG_VERSION};
+use crate::config::{
+    ApiKeyConfig, Credential, Entitlement, FilterConfig, InboundAuth, CONFIG_VERSION,
+};
 use crate::glob::NamespaceGlob;
 use crate::route::{valid_namespace, RouteRule};
 use crate::scope::Scopes;
@@ -179,14 +181,23 @@ fn valid_cluster(name: &str) -> bool {
 
 impl Policy {
     /// Parses and compiles a JSON document. `env` reads the wasm VM's environment.
-    pub fn from_json(bytes: &[u8], env: impl Fn(&str) -> Option<String>) -> Result<Policy, ConfigError> {
+    pub fn from_json(
+        bytes: &[u8],
+        env: impl Fn(&str) -> Option<String>,
+    ) -> Result<Policy, ConfigError> {
         Policy::compile(&FilterConfig::from_json(bytes)?, env)
     }
 
     /// Compiles a parsed document, checking everything the request path relies on.
-    pub fn compile(cfg: &FilterConfig, env: impl Fn(&str) -> Option<String>) -> Result<Policy, ConfigError> {
+    pub fn compile(
+        cfg: &FilterConfig,
+        env: impl Fn(&str) -> Option<String>,
+    ) -> Result<Policy, ConfigError> {
         if cfg.version != CONFIG_VERSION {
-            return invalid(format!("version {} is not supported; this filter reads version {CONFIG_VERSION}", cfg.version));
+            return invalid(format!(
+                "version {} is not supported; this filter reads version {CONFIG_VERSION}",
+                cfg.version
+            ));
         }
         if cfg.limits.inspect_body_bytes == 0 {
             return invalid("limits.inspectBodyBytes must be greater than 0");
@@ -199,7 +210,10 @@ impl Policy {
                 return invalid(format!("store name {:?} is empty or used twice", s.name));
             }
             if !valid_cluster(&s.cluster) {
-                return invalid(format!("store {:?}: cluster {:?} is not a valid Envoy cluster name", s.name, s.cluster));
+                return invalid(format!(
+                    "store {:?}: cluster {:?} is not a valid Envoy cluster name",
+                    s.name, s.cluster
+                ));
             }
             let secret = match &s.credential {
                 Credential::Inline(v) => Some(v.clone()),
@@ -214,7 +228,10 @@ impl Policy {
                 }
             };
             if let Some(v) = &secret {
-                tokens.entry(token_hash(v.as_bytes())).or_default().push(Grant::StoreCredential(id));
+                tokens
+                    .entry(token_hash(v.as_bytes()))
+                    .or_default()
+                    .push(Grant::StoreCredential(id));
             }
             let (mode, mut key_principals) = match &s.inbound_auth {
                 InboundAuth::DeriveFromStore => (Mode::DeriveFromStore, Vec::new()),
@@ -225,15 +242,28 @@ impl Policy {
                 let mut seen = HashSet::new();
                 for (k, key) in keys.iter().enumerate() {
                     if key.name.is_empty() || !seen.insert(key.name.as_str()) {
-                        return invalid(format!("store {:?}: inbound key name {:?} is empty or used twice", s.name, key.name));
+                        return invalid(format!(
+                            "store {:?}: inbound key name {:?} is empty or used twice",
+                            s.name, key.name
+                        ));
                     }
                     let Some(hash) = parse_hex32(&key.sha256) else {
-                        return invalid(format!("store {:?}: key {:?}: sha256 must be 64 lower-case hex digits", s.name, key.name));
+                        return invalid(format!(
+                            "store {:?}: key {:?}: sha256 must be 64 lower-case hex digits",
+                            s.name, key.name
+                        ));
                     };
                     if key.scopes.is_empty() {
-                        return invalid(format!("store {:?}: key {:?} has no scopes", s.name, key.name));
+                        return invalid(format!(
+                            "store {:?}: key {:?} has no scopes",
+                            s.name, key.name
+                        ));
                     }
-                    tokens.entry(hash).or_default().push(Grant::InboundKey { store: id, key: k, scopes: Scopes::from_slice(&key.scopes) });
+                    tokens.entry(hash).or_default().push(Grant::InboundKey {
+                        store: id,
+                        key: k,
+                        scopes: Scopes::from_slice(&key.scopes),
+                    });
                     key_principals.push(format!("key:{}/{}", s.name, key.name).into_boxed_str());
                 }
             }
@@ -260,7 +290,9 @@ impl Policy {
                 return invalid(format!("namespaces: {ns:?} is not a valid namespace name"));
             }
             let Some(&id) = by_name.get(store.as_str()) else {
-                return invalid(format!("namespaces: {ns:?} maps to unknown store {store:?}"));
+                return invalid(format!(
+                    "namespaces: {ns:?} maps to unknown store {store:?}"
+                ));
             };
             namespaces.insert(ns.as_str().into(), id);
         }
@@ -274,8 +306,16 @@ impl Policy {
                 .lookup_hash
                 .strip_prefix("sha256:")
                 .and_then(parse_hex32)
-                .ok_or_else(|| ConfigError::Invalid(format!("apiKeys {:?}: lookupHash must be sha256:<64 lower-case hex>", k.name)))?;
-            tokens.entry(hash).or_default().push(Grant::Minted(keys.len()));
+                .ok_or_else(|| {
+                    ConfigError::Invalid(format!(
+                        "apiKeys {:?}: lookupHash must be sha256:<64 lower-case hex>",
+                        k.name
+                    ))
+                })?;
+            tokens
+                .entry(hash)
+                .or_default()
+                .push(Grant::Minted(keys.len()));
             keys.push(compile_key(k, &by_name, stores.len())?);
         }
         let rules = cfg
@@ -287,7 +327,10 @@ impl Policy {
         let upstream = |u: &Option<crate::config::UpstreamConfig>, what: &str| match u {
             None => Ok(None),
             Some(u) if valid_cluster(&u.cluster) => Ok(Some(u.cluster.as_str().into())),
-            Some(u) => invalid(format!("{what}.cluster {:?} is not a valid Envoy cluster name", u.cluster)),
+            Some(u) => invalid(format!(
+                "{what}.cluster {:?} is not a valid Envoy cluster name",
+                u.cluster
+            )),
         };
         Ok(Policy {
             stores,
@@ -304,7 +347,8 @@ impl Policy {
 
     /// The store serving an upstream namespace: its Index's store, else the default.
     pub fn store_for(&self, ns: Option<&str>) -> Option<StoreId> {
-        ns.and_then(|ns| self.namespaces.get(ns).copied()).or(self.default_store)
+        ns.and_then(|ns| self.namespaces.get(ns).copied())
+            .or(self.default_store)
     }
 }
 
@@ -323,14 +367,24 @@ fn compile_grantee(key: &str, target: &str, e: &Entitlement) -> Result<Grantee, 
             if globs.iter().any(NamespaceGlob::is_any) { Vec::new() } else { globs }
         }
     };
-    Ok(Grantee { scopes: Scopes::from_slice(&e.scopes), globs })
+    Ok(Grantee {
+        scopes: Scopes::from_slice(&e.scopes),
+        globs,
+    })
 }
 
-fn compile_key(k: &ApiKeyConfig, stores: &HashMap<&str, StoreId>, store_count: usize) -> Result<MintedKey, ConfigError> {
+fn compile_key(
+    k: &ApiKeyConfig,
+    stores: &HashMap<&str, StoreId>,
+    store_count: usize,
+) -> Result<MintedKey, ConfigError> {
     let expires_at = match &k.expires_at {
         None => None,
         Some(t) => Some(crate::time::parse_rfc3339(t).ok_or_else(|| {
-            ConfigError::Invalid(format!("apiKeys {:?}: expiresAt {t:?} is not an RFC 3339 timestamp", k.name))
+            ConfigError::Invalid(format!(
+                "apiKeys {:?}: expiresAt {t:?} is not an RFC 3339 timestamp",
+                k.name
+            ))
         })?),
     };
     let mut key = MintedKey {
@@ -352,7 +406,8 @@ fn compile_key(k: &ApiKeyConfig, stores: &HashMap<&str, StoreId>, store_count: u
         } else if target == "layer" {
             key.layer = Some(compile_grantee(&k.name, target, e)?);
         } else if let Some(agent) = target.strip_prefix("agent.").filter(|a| !a.is_empty()) {
-            key.agents.push((agent.into(), compile_grantee(&k.name, target, e)?));
+            key.agents
+                .push((agent.into(), compile_grantee(&k.name, target, e)?));
         } else if target.strip_prefix("warehouse.").is_none_or(str::is_empty) {
             return invalid(format!(
                 "apiKeys {:?}: entitlement target {target:?} is not vectorstore.<name>, layer, agent.<name> or warehouse.<name>",

@@ -72,7 +72,11 @@ pub const fn is_namespace_byte(b: u8) -> bool {
 
 /// Checks a namespace name: `[A-Za-z0-9_.-]`, 1..=128 characters.
 pub fn valid_namespace(ns: &str) -> bool {
-    !ns.is_empty() && ns.len() <= 128 && ns.bytes().all(is_namespace_byte) && ns != "." && ns != ".."
+    !ns.is_empty()
+        && ns.len() <= 128
+        && ns.bytes().all(is_namespace_byte)
+        && ns != "."
+        && ns != ".."
 }
 
 /// Path segments without the query string, borrowed.
@@ -111,7 +115,9 @@ fn check_path(path: &str) -> Result<(), Denial> {
         return Err(Denial::bad_request("the request path must start with '/'"));
     }
     if path.bytes().any(|b| b == 0 || b.is_ascii_control()) {
-        return Err(Denial::bad_request("the request path contains a control character (NUL?); remove it"));
+        return Err(Denial::bad_request(
+            "the request path contains a control character (NUL?); remove it",
+        ));
     }
     if ["%2f", "%5c", "%2e", "%00"].iter().any(|n| has_ci(path, n)) {
         return Err(Denial::bad_request(
@@ -121,10 +127,14 @@ fn check_path(path: &str) -> Result<(), Denial> {
     if path.len() > 1 {
         for seg in path[1..].split('/') {
             if seg.is_empty() {
-                return Err(Denial::bad_request("the request path contains an empty segment ('//'); remove it"));
+                return Err(Denial::bad_request(
+                    "the request path contains an empty segment ('//'); remove it",
+                ));
             }
             if seg == "." || seg == ".." {
-                return Err(Denial::bad_request("the request path contains a '.' or '..' segment; remove it"));
+                return Err(Denial::bad_request(
+                    "the request path contains a '.' or '..' segment; remove it",
+                ));
             }
         }
     }
@@ -132,7 +142,11 @@ fn check_path(path: &str) -> Result<(), Denial> {
 }
 
 fn segments(path: &str) -> Segments<'_> {
-    let mut s = Segments { items: [""; MAX_SEGMENTS], len: 0, overflow: false };
+    let mut s = Segments {
+        items: [""; MAX_SEGMENTS],
+        len: 0,
+        overflow: false,
+    };
     if path.len() > 1 {
         for seg in path[1..].split('/') {
             if s.len == MAX_SEGMENTS {
@@ -147,7 +161,13 @@ fn segments(path: &str) -> Segments<'_> {
 }
 
 const fn route(scope: Option<Scope>, target: Target) -> Route<'static> {
-    Route { scope, target, namespace: None, body: BodyRule::None, agent: None }
+    Route {
+        scope,
+        target,
+        namespace: None,
+        body: BodyRule::None,
+        agent: None,
+    }
 }
 
 const READ: Option<Scope> = Some(Scope::Read);
@@ -172,8 +192,12 @@ fn default_route(method: &str, segs: &[&str]) -> Route<'static> {
         ("GET", ["v1" | "v2", "namespaces", _, "metadata"]) => route(READ, Store),
         ("GET", ["v1", "namespaces", _, "schema" | "hint_cache_warm"]) => route(READ, Store),
         ("GET", ["v1", "namespaces", _, "operations", _]) => route(READ, Store),
-        ("POST", ["v2", "namespaces", _]) => with_body(route(WRITE, Store), BodyRule::NamespaceWrite),
-        ("POST", ["v2", "namespaces", _, "async"]) => with_body(route(WRITE, Store), BodyRule::AsyncCopy),
+        ("POST", ["v2", "namespaces", _]) => {
+            with_body(route(WRITE, Store), BodyRule::NamespaceWrite)
+        }
+        ("POST", ["v2", "namespaces", _, "async"]) => {
+            with_body(route(WRITE, Store), BodyRule::AsyncCopy)
+        }
         ("DELETE", ["v2", "namespaces", _]) => route(WRITE, Store),
         ("POST", ["v1", "namespaces", _, "schema"]) => route(WRITE, Store),
         ("PATCH", ["v1", "namespaces", _, "metadata"]) => route(WRITE, Store),
@@ -184,13 +208,16 @@ fn default_route(method: &str, segs: &[&str]) -> Route<'static> {
         ("POST", ["v2", "query"]) => with_body(route(READ, App), BodyRule::FederatedQuery),
         ("POST", ["v2", "agents", _, "query"]) => route(READ, App),
         ("GET" | "POST", ["v2", "metrics", "query" | "query_range"]) => route(READ, App),
-        ("GET" | "POST", ["v2", "metrics", "api", "v1", "query" | "query_range"]) => route(READ, App),
+        ("GET" | "POST", ["v2", "metrics", "api", "v1", "query" | "query_range"]) => {
+            route(READ, App)
+        }
         ("GET", ["v2", "metrics", "catalog"] | ["v2", "metrics", "catalog", _]) => route(None, App),
 
         // --- hev layer's app: namespace operations and ingestion ---
-        ("POST", ["v2", "namespaces", _, "import" | "init" | "warm" | "checkpoints" | "snapshots"]) => {
-            route(WRITE, App)
-        }
+        (
+            "POST",
+            ["v2", "namespaces", _, "import" | "init" | "warm" | "checkpoints" | "snapshots"],
+        ) => route(WRITE, App),
         ("POST", ["v2", "namespaces", _, "shard", "migrate"]) => route(WRITE, App),
         ("PUT", ["v2", "namespaces", _, "snapshot-policy"]) => route(WRITE, App),
         ("PUT", ["v1", "namespaces", _, "blobs", ..]) => route(WRITE, App),
@@ -202,23 +229,31 @@ fn default_route(method: &str, segs: &[&str]) -> Route<'static> {
         // --- worker queues ---
         ("POST", ["v2", "pipelines", _, "claim"]) => route(WRITE, App),
         ("POST", ["v2", "pipelines", _, "documents", "heartbeat" | "stage"]) => route(WRITE, App),
-        ("PUT", ["v2", "pipelines", _, "documents", _] | ["v2", "pipelines", _, "documents", _, "vectors"]) => {
+        (
+            "PUT",
+            ["v2", "pipelines", _, "documents", _]
+            | ["v2", "pipelines", _, "documents", _, "vectors"],
+        ) => route(WRITE, App),
+        ("POST", ["v2", "udfs", _, "claim"]) => route(WRITE, App),
+        ("POST", ["v2", "udfs", _, "items", "complete" | "fail" | "heartbeat"]) => {
             route(WRITE, App)
         }
-        ("POST", ["v2", "udfs", _, "claim"]) => route(WRITE, App),
-        ("POST", ["v2", "udfs", _, "items", "complete" | "fail" | "heartbeat"]) => route(WRITE, App),
 
         // --- Pipeline / Function control ---
         ("POST", ["v2", "pipelines"]) => with_body(route(ADMIN, App), BodyRule::PipelineCreate),
         ("DELETE", ["v2", "pipelines", _]) => route(ADMIN, App),
         ("POST", ["v2", "udfs"]) => route(ADMIN, App),
         ("PUT" | "DELETE", ["v2", "udfs", _]) => route(ADMIN, App),
-        ("POST", ["v2", "udfs", _, "pause" | "resume" | "reset-failed" | "discover"]) => route(ADMIN, App),
+        ("POST", ["v2", "udfs", _, "pause" | "resume" | "reset-failed" | "discover"]) => {
+            route(ADMIN, App)
+        }
 
         // --- layergate's control API ---
         ("POST", ["v2", "keys", "authenticate"]) => route(None, Control),
         ("POST", ["v2", "keys"]) | ("GET", ["v2", "keys", ..]) => route(ADMIN, Control),
-        ("DELETE", ["v2", "keys", _]) | ("POST", ["v2", "keys", _, "revoke"]) => route(ADMIN, Control),
+        ("DELETE", ["v2", "keys", _]) | ("POST", ["v2", "keys", _, "revoke"]) => {
+            route(ADMIN, Control)
+        }
         ("GET", ["v2", "vectorstores", ..]) => route(READ, Control),
 
         // --- everything else ---
@@ -254,18 +289,30 @@ impl RouteRule {
     pub fn compile(rule: &RouteRuleConfig) -> Result<RouteRule, String> {
         let path = rule.path.as_str();
         if !path.starts_with('/') || path.contains('?') {
-            return Err(format!("route path {path:?} must start with '/' and carry no query string"));
+            return Err(format!(
+                "route path {path:?} must start with '/' and carry no query string"
+            ));
         }
-        let raw: Vec<&str> = if path == "/" { Vec::new() } else { path[1..].split('/').collect() };
+        let raw: Vec<&str> = if path == "/" {
+            Vec::new()
+        } else {
+            path[1..].split('/').collect()
+        };
         let mut pattern = Vec::with_capacity(raw.len());
         for (i, seg) in raw.iter().enumerate() {
             pattern.push(match *seg {
                 "{ns}" => PatternSegment::Namespace,
                 "*" => PatternSegment::Any,
                 "**" if i + 1 == raw.len() => PatternSegment::Rest,
-                "**" => return Err(format!("route path {path:?}: '**' is only allowed as the last segment")),
+                "**" => {
+                    return Err(format!(
+                        "route path {path:?}: '**' is only allowed as the last segment"
+                    ))
+                }
                 s if s.is_empty() || s.contains(['{', '}', '*']) => {
-                    return Err(format!("route path {path:?}: segment {s:?} is not a literal, '{{ns}}', '*' or '**'"))
+                    return Err(format!(
+                    "route path {path:?}: segment {s:?} is not a literal, '{{ns}}', '*' or '**'"
+                ))
                 }
                 s => PatternSegment::Literal(s.into()),
             });
@@ -275,7 +322,11 @@ impl RouteRule {
             Some(m) if m.bytes().all(|b| b.is_ascii_uppercase()) && !m.is_empty() => {
                 Some(if m == "HEAD" { "GET".into() } else { m.into() })
             }
-            Some(m) => return Err(format!("route method {m:?} must be an upper-case HTTP method or '*'")),
+            Some(m) => {
+                return Err(format!(
+                    "route method {m:?} must be an upper-case HTTP method or '*'"
+                ))
+            }
         };
         let scope = match rule.scope {
             ScopeRequirement::None => None,
@@ -288,7 +339,12 @@ impl RouteRule {
             RouteTargetConfig::App => Target::App,
             RouteTargetConfig::Control => Target::Control,
         };
-        Ok(RouteRule { method, pattern, scope, target })
+        Ok(RouteRule {
+            method,
+            pattern,
+            scope,
+            target,
+        })
     }
 
     fn matches(&self, method: &str, segs: &[&str]) -> bool {
@@ -316,7 +372,9 @@ pub fn classify<'a>(rules: &[RouteRule], method: &str, path: &'a str) -> Result<
     check_path(path)?;
     let method = if method == "HEAD" { "GET" } else { method };
     if method.is_empty() || !method.bytes().all(|b| b.is_ascii_uppercase()) {
-        return Err(Denial::bad_request("the request method must be an upper-case HTTP method"));
+        return Err(Denial::bad_request(
+            "the request method must be an upper-case HTTP method",
+        ));
     }
     let s = segments(path);
     let segs = s.get();
@@ -365,14 +423,25 @@ mod tests {
     fn row_query_routes_are_store_reads() {
         is("POST", "/v2/namespaces/ns/query", READ, Target::Store);
         is("POST", "/v1/namespaces/ns/query", READ, Target::Store);
-        is("POST", "/v2/namespaces/ns/explain_query", READ, Target::Store);
-        assert_eq!(c("POST", "/v2/namespaces/shop-a/query?stainless_overload=x").namespace, Some("shop-a"));
+        is(
+            "POST",
+            "/v2/namespaces/ns/explain_query",
+            READ,
+            Target::Store,
+        );
+        assert_eq!(
+            c("POST", "/v2/namespaces/shop-a/query?stainless_overload=x").namespace,
+            Some("shop-a")
+        );
     }
 
     #[test]
     fn row_store_gets_are_reads() {
         let r = c("GET", "/v1/namespaces?prefix=shop-&page_size=10");
-        assert_eq!((r.scope, r.target, r.body, r.namespace), (READ, Target::Store, BodyRule::NamespaceList, None));
+        assert_eq!(
+            (r.scope, r.target, r.body, r.namespace),
+            (READ, Target::Store, BodyRule::NamespaceList, None)
+        );
         for p in [
             "/v1/namespaces/ns",
             "/v1/namespaces/ns/metadata",
@@ -388,8 +457,14 @@ mod tests {
 
     #[test]
     fn row_store_writes() {
-        assert_eq!(c("POST", "/v2/namespaces/ns").body, BodyRule::NamespaceWrite);
-        assert_eq!(c("POST", "/v2/namespaces/ns/async").body, BodyRule::AsyncCopy);
+        assert_eq!(
+            c("POST", "/v2/namespaces/ns").body,
+            BodyRule::NamespaceWrite
+        );
+        assert_eq!(
+            c("POST", "/v2/namespaces/ns/async").body,
+            BodyRule::AsyncCopy
+        );
         for (m, p) in [
             ("POST", "/v2/namespaces/ns"),
             ("POST", "/v2/namespaces/ns/async"),
@@ -405,12 +480,19 @@ mod tests {
 
     #[test]
     fn row_app_reads() {
-        for p in ["/v2/namespaces/ns/documents", "/v2/namespaces/ns/scans", "/v2/namespaces/ns/search"] {
+        for p in [
+            "/v2/namespaces/ns/documents",
+            "/v2/namespaces/ns/scans",
+            "/v2/namespaces/ns/search",
+        ] {
             is("POST", p, READ, Target::App);
         }
         assert_eq!(c("POST", "/v2/query").body, BodyRule::FederatedQuery);
         let agent = c("POST", "/v2/agents/support/query");
-        assert_eq!((agent.scope, agent.target, agent.agent), (READ, Target::App, Some("support")));
+        assert_eq!(
+            (agent.scope, agent.target, agent.agent),
+            (READ, Target::App, Some("support"))
+        );
         for p in [
             "/v2/metrics/query",
             "/v2/metrics/query_range",
@@ -425,20 +507,52 @@ mod tests {
     #[test]
     fn row_metrics_catalog_needs_no_scope() {
         is("GET", "/v2/metrics/catalog", None, Target::App);
-        is("GET", "/v2/metrics/catalog/requests_total", None, Target::App);
+        is(
+            "GET",
+            "/v2/metrics/catalog/requests_total",
+            None,
+            Target::App,
+        );
     }
 
     #[test]
     fn row_app_writes() {
-        for p in ["import", "init", "warm", "checkpoints", "snapshots", "shard/migrate"] {
-            is("POST", &format!("/v2/namespaces/ns/{p}"), WRITE, Target::App);
+        for p in [
+            "import",
+            "init",
+            "warm",
+            "checkpoints",
+            "snapshots",
+            "shard/migrate",
+        ] {
+            is(
+                "POST",
+                &format!("/v2/namespaces/ns/{p}"),
+                WRITE,
+                Target::App,
+            );
         }
-        is("PUT", "/v2/namespaces/ns/snapshot-policy", WRITE, Target::App);
-        is("GET", "/v2/namespaces/ns/snapshot-policy", READ, Target::App);
+        is(
+            "PUT",
+            "/v2/namespaces/ns/snapshot-policy",
+            WRITE,
+            Target::App,
+        );
+        is(
+            "GET",
+            "/v2/namespaces/ns/snapshot-policy",
+            READ,
+            Target::App,
+        );
         is("PUT", "/v1/namespaces/ns/blobs/a/b", WRITE, Target::App);
         is("GET", "/v1/namespaces/ns/blobs/a", READ, Target::App);
         is("DELETE", "/v2/namespaces/ns/scans/s1", WRITE, Target::App);
-        is("POST", "/v2/metrics/api/v1/import/prometheus", WRITE, Target::App);
+        is(
+            "POST",
+            "/v2/metrics/api/v1/import/prometheus",
+            WRITE,
+            Target::App,
+        );
         is("POST", "/v1/control/restores", WRITE, Target::App);
         is("POST", "/v1/control/restores/r1/start", WRITE, Target::App);
     }
@@ -489,7 +603,12 @@ mod tests {
         ] {
             is(m, p, ADMIN, Target::Control);
         }
-        is("GET", "/v2/keys?includeRevoked=true", ADMIN, Target::Control);
+        is(
+            "GET",
+            "/v2/keys?includeRevoked=true",
+            ADMIN,
+            Target::Control,
+        );
     }
 
     #[test]
@@ -499,7 +618,16 @@ mod tests {
 
     #[test]
     fn row_other_v2_gets_are_app_reads_and_vectorstores_go_to_control() {
-        for p in ["/v2/namespaces", "/v2/cost", "/v2/license", "/v2/activity", "/v2/warehouses", "/v2/pipelines", "/v2/udfs", "/v2/history"] {
+        for p in [
+            "/v2/namespaces",
+            "/v2/cost",
+            "/v2/license",
+            "/v2/activity",
+            "/v2/warehouses",
+            "/v2/pipelines",
+            "/v2/udfs",
+            "/v2/history",
+        ] {
             is("GET", p, READ, Target::App);
         }
         is("GET", "/v2/vectorstores", READ, Target::Control);
@@ -513,7 +641,10 @@ mod tests {
         is("POST", "/v1/namespaces/ns/brand-new", ADMIN, Target::Store);
         is("PURGE", "/v2/namespaces/ns", ADMIN, Target::Store);
         is("PUT", "/v2/namespaces/ns", ADMIN, Target::Store);
-        assert_eq!(c("POST", "/v1/namespaces/ns/brand-new").namespace, Some("ns"));
+        assert_eq!(
+            c("POST", "/v1/namespaces/ns/brand-new").namespace,
+            Some("ns")
+        );
     }
 
     #[test]
@@ -530,7 +661,9 @@ mod tests {
             "/v2/namespaces/has space/query",
             "relative/path",
         ] {
-            let d = classify(&[], "POST", p).err().unwrap_or_else(|| unreachable!("{p} accepted"));
+            let d = classify(&[], "POST", p)
+                .err()
+                .unwrap_or_else(|| unreachable!("{p} accepted"));
             assert_eq!(d.status(), 400, "{p}");
         }
         let long = format!("/v2/namespaces/{}/query", "a".repeat(129));
@@ -542,15 +675,34 @@ mod tests {
     #[test]
     fn config_rules_are_tried_first() {
         let rule = |m: Option<&str>, p: &str, scope, target| {
-            RouteRule::compile(&RouteRuleConfig { method: m.map(str::to_owned), path: p.into(), scope, target })
-                .unwrap_or_else(|e| unreachable!("{e}"))
+            RouteRule::compile(&RouteRuleConfig {
+                method: m.map(str::to_owned),
+                path: p.into(),
+                scope,
+                target,
+            })
+            .unwrap_or_else(|e| unreachable!("{e}"))
         };
         let rules = [
-            rule(Some("POST"), "/v2/namespaces/{ns}/custom", ScopeRequirement::Read, RouteTargetConfig::Store),
-            rule(None, "/v3/**", ScopeRequirement::Write, RouteTargetConfig::App),
+            rule(
+                Some("POST"),
+                "/v2/namespaces/{ns}/custom",
+                ScopeRequirement::Read,
+                RouteTargetConfig::Store,
+            ),
+            rule(
+                None,
+                "/v3/**",
+                ScopeRequirement::Write,
+                RouteTargetConfig::App,
+            ),
         ];
-        let r = classify(&rules, "POST", "/v2/namespaces/shop/custom").unwrap_or_else(|_| unreachable!());
-        assert_eq!((r.scope, r.target, r.namespace), (READ, Target::Store, Some("shop")));
+        let r = classify(&rules, "POST", "/v2/namespaces/shop/custom")
+            .unwrap_or_else(|_| unreachable!());
+        assert_eq!(
+            (r.scope, r.target, r.namespace),
+            (READ, Target::Store, Some("shop"))
+        );
         let r = classify(&rules, "DELETE", "/v3/a/b/c").unwrap_or_else(|_| unreachable!());
         assert_eq!((r.scope, r.target), (WRITE, Target::App));
         assert!(RouteRule::compile(&RouteRuleConfig {

@@ -85,7 +85,9 @@ mod tests {
     #[test]
     fn admin_satisfies_read_and_write() {
         let admin = Scopes::from_slice(&[Scope::Admin]);
-        assert!(admin.allows(Scope::Read) && admin.allows(Scope::Write) && admin.allows(Scope::Admin));
+        assert!(
+            admin.allows(Scope::Read) && admin.allows(Scope::Write) && admin.allows(Scope::Admin)
+        );
     }
 
     #[test]
@@ -94,6 +96,9 @@ mod tests {
         assert!(read.allows(Scope::Read));
         assert!(!read.allows(Scope::Write));
         assert!(!read.allows(Scope::Admin));
-        assert_eq!(Scopes::from_slice(&[Scope::Read, Scope::Write]).as_str(), "read,write");
+        assert_eq!(
+            Scopes::from_slice(&[Scope::Read, Scope::Write]).as_str(),
+            "read,write"
+        );
     }
 }

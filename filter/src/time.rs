@@ -4,12 +4,22 @@
 /// Parses `YYYY-MM-DDTHH:MM:SS[.frac](Z|±HH:MM)` into Unix seconds.
 pub fn parse_rfc3339(s: &str) -> Option<i64> {
     let b = s.as_bytes();
-    if b.len() < 20 || b[4] != b'-' || b[7] != b'-' || !matches!(b[10], b'T' | b't' | b' ') || b[13] != b':' || b[16] != b':' {
+    if b.len() < 20
+        || b[4] != b'-'
+        || b[7] != b'-'
+        || !matches!(b[10], b'T' | b't' | b' ')
+        || b[13] != b':'
+        || b[16] != b':'
+    {
         return None;
     }
     let num = |r: std::ops::Range<usize>| -> Option<i64> {
         let part = s.get(r)?;
-        if part.bytes().all(|c| c.is_ascii_digit()) { part.parse().ok() } else { None }
+        if part.bytes().all(|c| c.is_ascii_digit()) {
+            part.parse().ok()
+        } else {
+            None
+        }
     };
     let (year, month, day) = (num(0..4)?, num(5..7)?, num(8..10)?);
     let (hour, min, sec) = (num(11..13)?, num(14..16)?, num(17..19)?);
@@ -26,11 +36,18 @@ pub fn parse_rfc3339(s: &str) -> Option<i64> {
     }
     let offset = match rest {
         "Z" | "z" => 0,
-        _ if rest.len() == 6 && (rest.starts_with('+') || rest.starts_with('-')) && &rest[3..4] == ":" => {
+        _ if rest.len() == 6
+            && (rest.starts_with('+') || rest.starts_with('-'))
+            && &rest[3..4] == ":" =>
+        {
             let h: i64 = rest.get(1..3)?.parse().ok()?;
             let m: i64 = rest.get(4..6)?.parse().ok()?;
             let v = h * 3600 + m * 60;
-            if rest.starts_with('-') { -v } else { v }
+            if rest.starts_with('-') {
+                -v
+            } else {
+                v
+            }
         }
         _ => return None,
     };
@@ -56,13 +73,26 @@ mod tests {
     fn parses_utc_offsets_and_fractions() {
         assert_eq!(parse_rfc3339("1970-01-01T00:00:00Z"), Some(0));
         assert_eq!(parse_rfc3339("2027-01-01T00:00:00Z"), Some(1_798_761_600));
-        assert_eq!(parse_rfc3339("2027-01-01T01:00:00+01:00"), Some(1_798_761_600));
-        assert_eq!(parse_rfc3339("2026-11-24T13:58:39.123Z"), Some(1_795_528_719));
+        assert_eq!(
+            parse_rfc3339("2027-01-01T01:00:00+01:00"),
+            Some(1_798_761_600)
+        );
+        assert_eq!(
+            parse_rfc3339("2026-11-24T13:58:39.123Z"),
+            Some(1_795_528_719)
+        );
     }
 
     #[test]
     fn rejects_malformed_timestamps() {
-        for s in ["", "2027-01-01", "2027-13-01T00:00:00Z", "2027-01-01T00:00:00", "2027-01-01T00:00:00+0100", "20x7-01-01T00:00:00Z"] {
+        for s in [
+            "",
+            "2027-01-01",
+            "2027-13-01T00:00:00Z",
+            "2027-01-01T00:00:00",
+            "2027-01-01T00:00:00+0100",
+            "20x7-01-01T00:00:00Z",
+        ] {
             assert_eq!(parse_rfc3339(s), None, "{s}");
         }
     }

@@ -27,7 +27,12 @@ proxy_wasm::main! {{
 #[link(wasm_import_module = "env")]
 extern "C" {
     fn proxy_get_header_map_pairs(map_type: u32, data: *mut *mut u8, size: *mut usize) -> u32;
-    fn proxy_set_property(path: *const u8, path_size: usize, value: *const u8, value_size: usize) -> u32;
+    fn proxy_set_property(
+        path: *const u8,
+        path_size: usize,
+        value: *const u8,
+        value_size: usize,
+    ) -> u32;
 }
 
 /// Reads the whole request header map in one host call, into a buffer the host filled through
@@ -38,7 +43,9 @@ fn request_header_buffer() -> Vec<u8> {
     // SAFETY: the host writes a pointer to `size` bytes it allocated with the SDK's
     // `proxy_on_memory_allocate` (a boxed slice of exactly `size` bytes), or null.
     unsafe {
-        if proxy_get_header_map_pairs(MapType::HttpRequestHeaders as u32, &mut data, &mut size) != 0 || data.is_null() {
+        if proxy_get_header_map_pairs(MapType::HttpRequestHeaders as u32, &mut data, &mut size) != 0
+            || data.is_null()
+        {
             return Vec::new();
         }
         Vec::from_raw_parts(data, size, size)
@@ -51,7 +58,12 @@ const LOG_PROPERTY: &[u8] = b"layergate";
 fn set_log_property(value: &str) {
     // SAFETY: both pointers are valid for their lengths for the duration of the call.
     unsafe {
-        proxy_set_property(LOG_PROPERTY.as_ptr(), LOG_PROPERTY.len(), value.as_ptr(), value.len());
+        proxy_set_property(
+            LOG_PROPERTY.as_ptr(),
+            LOG_PROPERTY.len(),
+            value.as_ptr(),
+            value.len(),
+        );
     }
 }
 
@@ -78,7 +90,10 @@ fn count(index: usize) {
 }
 
 fn counter_for(label: &str) -> usize {
-    COUNTERS.iter().position(|c| c.strip_prefix("layergate.") == Some(label)).unwrap_or(0)
+    COUNTERS
+        .iter()
+        .position(|c| c.strip_prefix("layergate.") == Some(label))
+        .unwrap_or(0)
 }
 
 #[derive(Default)]
@@ -94,7 +109,10 @@ impl RootContext for Root {
         let bytes = match hostcalls::get_buffer(BufferType::PluginConfiguration, 0, usize::MAX) {
             Ok(Some(b)) => b,
             _ => {
-                let _ = hostcalls::log(LogLevel::Critical, "layergate: no plugin configuration; refusing to start");
+                let _ = hostcalls::log(
+                    LogLevel::Critical,
+                    "layergate: no plugin configuration; refusing to start",
+                );
                 return false;
             }
         };
@@ -128,7 +146,10 @@ impl RootContext for Root {
                 true
             }
             Err(e) => {
-                let _ = hostcalls::log(LogLevel::Critical, &format!("layergate: {e}; configuration refused"));
+                let _ = hostcalls::log(
+                    LogLevel::Critical,
+                    &format!("layergate: {e}; configuration refused"),
+                );
                 false
             }
         }
@@ -146,7 +167,10 @@ impl RootContext for Root {
     }
 
     fn create_http_context(&self, _id: u32) -> Option<Box<dyn HttpContext>> {
-        Some(Box::new(Request { policy: self.policy.clone(), pending: None }))
+        Some(Box::new(Request {
+            policy: self.policy.clone(),
+            pending: None,
+        }))
     }
 
     fn get_type(&self) -> Option<ContextType> {
@@ -175,7 +199,13 @@ impl Request {
     }
 
     /// Forwards: header writes, optional `:path`, access-log record and counter.
-    fn forward(&self, policy: &Policy, plan: &Plan, header_buf: Option<&[u8]>, path: Option<&str>) -> Action {
+    fn forward(
+        &self,
+        policy: &Policy,
+        plan: &Plan,
+        header_buf: Option<&[u8]>,
+        path: Option<&str>,
+    ) -> Action {
         if let Err(d) = apply_edits(policy, plan, header_buf) {
             return self.deny(Some(policy), Some(plan), &d);
         }
@@ -210,7 +240,9 @@ fn apply_edits(policy: &Policy, plan: &Plan, header_buf: Option<&[u8]>) -> Resul
 /// One `set_property` with `principal=… scope=… store=… decision=…` for access logs.
 fn record(policy: Option<&Policy>, plan: Option<&Plan>, decision: &str) {
     LOG_LINE.with(|line| {
-        let Ok(mut line) = line.try_borrow_mut() else { return };
+        let Ok(mut line) = line.try_borrow_mut() else {
+            return;
+        };
         line.clear();
         let (principal, scope, store) = match (policy, plan) {
             (Some(policy), Some(plan)) => (
@@ -220,7 +252,10 @@ fn record(policy: Option<&Policy>, plan: Option<&Plan>, decision: &str) {
             ),
             _ => ("-", "-", "-"),
         };
-        let _ = write!(line, "principal={principal} scope={scope} store={store} decision={decision}");
+        let _ = write!(
+            line,
+            "principal={principal} scope={scope} store={store} decision={decision}"
+        );
         set_log_property(&line);
     });
 }
@@ -228,7 +263,10 @@ fn record(policy: Option<&Policy>, plan: Option<&Plan>, decision: &str) {
 impl HttpContext for Request {
     fn on_http_request_headers(&mut self, _num_headers: usize, end_of_stream: bool) -> Action {
         let Some(policy) = self.policy.clone() else {
-            let d = Denial { kind: crate::decision::DenialKind::Unavailable, message: "layergate has no configuration".into() };
+            let d = Denial {
+                kind: crate::decision::DenialKind::Unavailable,
+                message: "layergate has no configuration".into(),
+            };
             return self.deny(None, None, &d);
         };
         let buf = request_header_buffer();
@@ -242,7 +280,9 @@ impl HttpContext for Request {
         let head_strip = head.has_layergate_headers.then_some(buf.as_slice());
         match decide(&policy, &head, now) {
             Decision::Forward(plan) => self.forward(&policy, &plan, head_strip, None),
-            Decision::ForwardWithPath(plan, path) => self.forward(&policy, &plan, head_strip, Some(&path)),
+            Decision::ForwardWithPath(plan, path) => {
+                self.forward(&policy, &plan, head_strip, Some(&path))
+            }
             Decision::Deny(d) => self.deny(Some(&policy), None, &d),
             Decision::Inspect(plan, inspection) => {
                 if end_of_stream {
@@ -259,7 +299,11 @@ impl HttpContext for Request {
                 if let Err(d) = apply_edits(&policy, &plan, head_strip) {
                     return self.deny(Some(&policy), Some(&plan), &d);
                 }
-                let _ = hostcalls::set_map_value(MapType::HttpRequestHeaders, INSPECT_HEADER, Some("1"));
+                let _ = hostcalls::set_map_value(
+                    MapType::HttpRequestHeaders,
+                    INSPECT_HEADER,
+                    Some("1"),
+                );
                 self.pending = Some((plan, inspection));
                 Action::Continue
             }
@@ -272,14 +316,21 @@ impl HttpContext for Request {
         };
         if body_size as u64 > policy.inspect_body_bytes {
             self.pending = None;
-            return self.deny(Some(&policy), Some(&plan), &crate::decision::too_large(&policy));
+            return self.deny(
+                Some(&policy),
+                Some(&plan),
+                &crate::decision::too_large(&policy),
+            );
         }
         if !end_of_stream {
             return Action::Pause; // Envoy buffers until the end of the body.
         }
         self.pending = None;
         count(8);
-        let body = hostcalls::get_buffer(BufferType::HttpRequestBody, 0, body_size).ok().flatten().unwrap_or_default();
+        let body = hostcalls::get_buffer(BufferType::HttpRequestBody, 0, body_size)
+            .ok()
+            .flatten()
+            .unwrap_or_default();
         match crate::body::check(&policy, &plan, inspection, &body) {
             Ok(()) => {
                 record(Some(&policy), Some(&plan), "allowed");
@@ -290,4 +341,3 @@ impl HttpContext for Request {
         }
     }
 }
-

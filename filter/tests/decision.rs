@@ -14,7 +14,11 @@ const NOW: i64 = 1_795_528_719; // 2026-11-24
 const SHOP: &str = "hvl_demoShopReader0123456789abcdefABCDEF";
 
 fn demo_json() -> serde_json::Value {
-    let text = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../envoy/demo/layergate.json")).unwrap();
+    let text = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../envoy/demo/layergate.json"
+    ))
+    .unwrap();
     serde_json::from_str(&text).unwrap()
 }
 
@@ -77,12 +81,20 @@ fn demo_fixture_parses_and_compiles() {
 #[test]
 fn read_key_reads_and_gets_the_store_credential_and_cluster() {
     let p = demo();
-    let plan = forward(call(&p, "POST", "/v2/namespaces/shop-a/query", "demo-read-token"));
+    let plan = forward(call(
+        &p,
+        "POST",
+        "/v2/namespaces/shop-a/query",
+        "demo-read-token",
+    ));
     assert_eq!(plan.principal.name(&p), "key:primary/demo-read");
     let edits = plan.header_edits(&p).unwrap();
     assert_eq!(
         edits.as_slice(),
-        &[("authorization", Some("Bearer tpuf-primary-dev-key")), (CLUSTER_HEADER, Some("store_primary"))]
+        &[
+            ("authorization", Some("Bearer tpuf-primary-dev-key")),
+            (CLUSTER_HEADER, Some("store_primary"))
+        ]
     );
 }
 
@@ -90,36 +102,67 @@ fn read_key_reads_and_gets_the_store_credential_and_cluster() {
 fn each_scope_against_read_write_and_admin_routes() {
     let p = demo();
     let cases = [
-        ("demo-read-token", "GET", "/v1/namespaces/shop-a/metadata", 0),
+        (
+            "demo-read-token",
+            "GET",
+            "/v1/namespaces/shop-a/metadata",
+            0,
+        ),
         ("demo-read-token", "POST", "/v2/namespaces/shop-a", 403),
         ("demo-read-token", "DELETE", "/v2/namespaces/shop-a", 403),
         ("demo-rw-token", "POST", "/v2/namespaces/shop-a", 0),
-        ("demo-rw-token", "POST", "/v2/namespaces/shop-a/brand-new", 403),
-        ("demo-admin-token", "POST", "/v2/namespaces/shop-a/brand-new", 0),
+        (
+            "demo-rw-token",
+            "POST",
+            "/v2/namespaces/shop-a/brand-new",
+            403,
+        ),
+        (
+            "demo-admin-token",
+            "POST",
+            "/v2/namespaces/shop-a/brand-new",
+            0,
+        ),
         ("demo-admin-token", "POST", "/v2/namespaces/shop-a", 0),
         ("demo-admin-token", "GET", "/v1/namespaces", 0),
     ];
     for (token, m, path, status) in cases {
         let d = call(&p, m, path, token);
         match status {
-            0 => assert!(matches!(d, Decision::Forward(_)), "{token} {m} {path}: {d:?}"),
+            0 => assert!(
+                matches!(d, Decision::Forward(_)),
+                "{token} {m} {path}: {d:?}"
+            ),
             s => assert_eq!(denied(d).status(), s, "{token} {m} {path}"),
         }
     }
     let d = denied(call(&p, "POST", "/v2/namespaces/shop-a", "demo-read-token"));
-    assert_eq!(d.www_authenticate(), Some(r#"Bearer realm="layergate", error="insufficient_scope", scope="write""#));
+    assert_eq!(
+        d.www_authenticate(),
+        Some(r#"Bearer realm="layergate", error="insufficient_scope", scope="write""#)
+    );
 }
 
 #[test]
 fn missing_empty_and_non_bearer_authorization_are_401_without_error() {
     let p = demo();
-    for headers in [vec![], vec![("authorization", "")], vec![("authorization", "Basic Zm9vOmJhcg==")], vec![("authorization", "Bearer ")]] {
+    for headers in [
+        vec![],
+        vec![("authorization", "")],
+        vec![("authorization", "Basic Zm9vOmJhcg==")],
+        vec![("authorization", "Bearer ")],
+    ] {
         let d = denied(run(&p, "GET", "/v1/namespaces/shop-a/metadata", &headers));
         assert_eq!(d.status(), 401, "{headers:?}");
         assert_eq!(d.www_authenticate(), Some(r#"Bearer realm="layergate""#));
     }
     // The scheme is case-insensitive.
-    forward(run(&p, "GET", "/v1/namespaces/shop-a/metadata", &[("authorization", "bearer demo-read-token")]));
+    forward(run(
+        &p,
+        "GET",
+        "/v1/namespaces/shop-a/metadata",
+        &[("authorization", "bearer demo-read-token")],
+    ));
 }
 
 #[test]
@@ -129,7 +172,10 @@ fn two_authorization_headers_are_refused() {
         &p,
         "GET",
         "/v1/namespaces/shop-a/metadata",
-        &[("authorization", "Bearer demo-read-token"), ("authorization", "Bearer demo-admin-token")],
+        &[
+            ("authorization", "Bearer demo-read-token"),
+            ("authorization", "Bearer demo-admin-token"),
+        ],
     ));
     assert_eq!(d.status(), 400);
 }
@@ -141,7 +187,10 @@ fn unknown_and_oversized_tokens_are_401_invalid_token_and_never_echoed() {
     for token in ["not-a-key", long.as_str()] {
         let d = denied(call(&p, "GET", "/v1/namespaces/shop-a/metadata", token));
         assert_eq!(d.status(), 401);
-        assert_eq!(d.www_authenticate(), Some(r#"Bearer realm="layergate", error="invalid_token""#));
+        assert_eq!(
+            d.www_authenticate(),
+            Some(r#"Bearer realm="layergate", error="invalid_token""#)
+        );
         assert!(!d.body().contains(token));
         let body: serde_json::Value = serde_json::from_str(&d.body()).unwrap();
         assert_eq!(body["status"], "error");
@@ -155,13 +204,34 @@ fn index_routes_namespace_to_the_archive_store_under_derive_from_store() {
     for token in ["tpuf-archive-dev-key", "tpuf-primary-dev-key"] {
         let plan = forward(call(&p, "POST", "/v2/namespaces/logs-2026", token));
         let edits = plan.header_edits(&p).unwrap();
-        assert_eq!(edits.as_slice()[0], ("authorization", Some("Bearer tpuf-archive-dev-key")));
+        assert_eq!(
+            edits.as_slice()[0],
+            ("authorization", Some("Bearer tpuf-archive-dev-key"))
+        );
         assert_eq!(edits.as_slice()[1], (CLUSTER_HEADER, Some("store_archive")));
     }
     // primary's inbound keys are not accepted by archive (its mode is deriveFromStore).
-    assert_eq!(denied(call(&p, "GET", "/v1/namespaces/logs-2026/metadata", "demo-admin-token")).status(), 401);
+    assert_eq!(
+        denied(call(
+            &p,
+            "GET",
+            "/v1/namespaces/logs-2026/metadata",
+            "demo-admin-token"
+        ))
+        .status(),
+        401
+    );
     // And the archive credential is not accepted by primary (mode keys).
-    assert_eq!(denied(call(&p, "GET", "/v1/namespaces/shop-a/metadata", "tpuf-archive-dev-key")).status(), 401);
+    assert_eq!(
+        denied(call(
+            &p,
+            "GET",
+            "/v1/namespaces/shop-a/metadata",
+            "tpuf-archive-dev-key"
+        ))
+        .status(),
+        401
+    );
 }
 
 #[test]
@@ -176,7 +246,10 @@ fn minted_key_allowed_namespace_denied_namespace_wrong_store_and_scope() {
     let d = denied(call(&p, "POST", "/v2/namespaces/logs-2026/query", SHOP));
     assert_eq!(d.status(), 403);
     assert!(d.message.contains("vectorstore.archive"), "{}", d.message);
-    assert_eq!(denied(call(&p, "POST", "/v2/namespaces/shop-books", SHOP)).status(), 403);
+    assert_eq!(
+        denied(call(&p, "POST", "/v2/namespaces/shop-books", SHOP)).status(),
+        403
+    );
     // Namespace-less control routes need a `layer` entitlement.
     let mut v = demo_json();
     v["control"] = json!({"cluster": "layergate_control"});
@@ -194,21 +267,37 @@ fn expired_minted_key_is_401_with_a_clear_message() {
     assert_eq!(d.status(), 401);
     assert!(d.message.contains("expired"));
     v["apiKeys"][0]["expiresAt"] = json!("2027-01-01T00:00:00Z");
-    forward(call(&policy_from(&v), "POST", "/v2/namespaces/shop-books/query", SHOP));
+    forward(call(
+        &policy_from(&v),
+        "POST",
+        "/v2/namespaces/shop-books/query",
+        SHOP,
+    ));
 }
 
 #[test]
 fn revoked_key_is_absent_from_config_and_unknown() {
     let mut v = demo_json();
     v["apiKeys"] = json!([]);
-    assert_eq!(denied(call(&policy_from(&v), "POST", "/v2/namespaces/shop-books/query", SHOP)).status(), 401);
+    assert_eq!(
+        denied(call(
+            &policy_from(&v),
+            "POST",
+            "/v2/namespaces/shop-books/query",
+            SHOP
+        ))
+        .status(),
+        401
+    );
 }
 
 #[test]
 fn restricted_key_lists_namespaces_only_under_its_prefix() {
     let p = demo();
     match call(&p, "GET", "/v1/namespaces?page_size=5", SHOP) {
-        Decision::ForwardWithPath(_, path) => assert_eq!(path, "/v1/namespaces?page_size=5&prefix=shop-"),
+        Decision::ForwardWithPath(_, path) => {
+            assert_eq!(path, "/v1/namespaces?page_size=5&prefix=shop-")
+        }
         other => panic!("{other:?}"),
     }
     match call(&p, "GET", "/v1/namespaces", SHOP) {
@@ -216,15 +305,29 @@ fn restricted_key_lists_namespaces_only_under_its_prefix() {
         other => panic!("{other:?}"),
     }
     forward(call(&p, "GET", "/v1/namespaces?prefix=shop-books", SHOP));
-    assert_eq!(denied(call(&p, "GET", "/v1/namespaces?prefix=s", SHOP)).status(), 403);
+    assert_eq!(
+        denied(call(&p, "GET", "/v1/namespaces?prefix=s", SHOP)).status(),
+        403
+    );
     let mut v = demo_json();
-    v["apiKeys"][0]["entitlements"]["vectorstore.primary"]["namespaces"] = json!(["shop-*", "blog"]);
-    assert_eq!(denied(call(&policy_from(&v), "GET", "/v1/namespaces", SHOP)).status(), 403);
+    v["apiKeys"][0]["entitlements"]["vectorstore.primary"]["namespaces"] =
+        json!(["shop-*", "blog"]);
+    assert_eq!(
+        denied(call(&policy_from(&v), "GET", "/v1/namespaces", SHOP)).status(),
+        403
+    );
 }
 
-fn inspect(p: &Policy, method: &str, path: &str, body_json: &serde_json::Value) -> Result<(), Denial> {
+fn inspect(
+    p: &Policy,
+    method: &str,
+    path: &str,
+    body_json: &serde_json::Value,
+) -> Result<(), Denial> {
     match call(p, method, path, SHOP) {
-        Decision::Inspect(plan, ins) => body::check(p, &plan, ins, body_json.to_string().as_bytes()),
+        Decision::Inspect(plan, ins) => {
+            body::check(p, &plan, ins, body_json.to_string().as_bytes())
+        }
         Decision::Deny(d) => Err(d),
         other => panic!("expected Inspect, got {other:?}"),
     }
@@ -233,7 +336,8 @@ fn inspect(p: &Policy, method: &str, path: &str, body_json: &serde_json::Value) 
 fn writer_policy() -> Policy {
     let mut v = demo_json();
     v["apiKeys"][0]["entitlements"]["vectorstore.primary"]["scopes"] = json!(["read", "write"]);
-    v["apiKeys"][0]["entitlements"]["layer"] = json!({"scopes": ["admin"], "namespaces": ["shop-*"]});
+    v["apiKeys"][0]["entitlements"]["layer"] =
+        json!({"scopes": ["admin"], "namespaces": ["shop-*"]});
     v["app"] = json!({"cluster": "layer_app"});
     policy_from(&v)
 }
@@ -243,27 +347,118 @@ fn body_rules_check_every_named_namespace() {
     let p = writer_policy();
     let ns = "/v2/namespaces/shop-new";
     inspect(&p, "POST", ns, &json!({"copy_from_namespace": "shop-old"})).unwrap();
-    assert_eq!(inspect(&p, "POST", ns, &json!({"copy_from_namespace": "secret"})).unwrap_err().status(), 403);
     assert_eq!(
-        inspect(&p, "POST", ns, &json!({"branch_from_namespace": {"source_namespace": "secret"}})).unwrap_err().status(),
+        inspect(&p, "POST", ns, &json!({"copy_from_namespace": "secret"}))
+            .unwrap_err()
+            .status(),
         403
     );
-    inspect(&p, "POST", ns, &json!({"branch_from_namespace": {"source_namespace": "shop-x"}})).unwrap();
-    let d = inspect(&p, "POST", ns, &json!({"copy_from_namespace": {"source_namespace": "shop-x", "source_api_key": "k"}}))
-        .unwrap_err();
+    assert_eq!(
+        inspect(
+            &p,
+            "POST",
+            ns,
+            &json!({"branch_from_namespace": {"source_namespace": "secret"}})
+        )
+        .unwrap_err()
+        .status(),
+        403
+    );
+    inspect(
+        &p,
+        "POST",
+        ns,
+        &json!({"branch_from_namespace": {"source_namespace": "shop-x"}}),
+    )
+    .unwrap();
+    let d = inspect(
+        &p,
+        "POST",
+        ns,
+        &json!({"copy_from_namespace": {"source_namespace": "shop-x", "source_api_key": "k"}}),
+    )
+    .unwrap_err();
     assert!(d.message.contains("source_api_key"));
-    assert_eq!(inspect(&p, "POST", "/v2/namespaces/shop-new/async", &json!({"source_namespace": "secret"})).unwrap_err().status(), 403);
-    inspect(&p, "POST", "/v2/namespaces/shop-new/async", &json!({"source_namespace": "shop-a"})).unwrap();
+    assert_eq!(
+        inspect(
+            &p,
+            "POST",
+            "/v2/namespaces/shop-new/async",
+            &json!({"source_namespace": "secret"})
+        )
+        .unwrap_err()
+        .status(),
+        403
+    );
+    inspect(
+        &p,
+        "POST",
+        "/v2/namespaces/shop-new/async",
+        &json!({"source_namespace": "shop-a"}),
+    )
+    .unwrap();
     inspect(&p, "POST", ns, &json!({"upsert_rows": [{"id": 1}]})).unwrap();
-    assert_eq!(inspect(&p, "POST", ns, &json!({"copy_from_namespace": "bad/name"})).unwrap_err().status(), 400);
+    assert_eq!(
+        inspect(&p, "POST", ns, &json!({"copy_from_namespace": "bad/name"}))
+            .unwrap_err()
+            .status(),
+        400
+    );
     // Federated query: every namespace, and a list is required.
-    inspect(&p, "POST", "/v2/query", &json!({"namespaces": ["shop-a", "shop-b"], "queries": []})).unwrap();
-    assert_eq!(inspect(&p, "POST", "/v2/query", &json!({"namespaces": ["shop-a", "hr"]})).unwrap_err().status(), 403);
-    assert_eq!(inspect(&p, "POST", "/v2/query", &json!({"namespaces": ["logs-2026"]})).unwrap_err().status(), 403);
-    assert_eq!(inspect(&p, "POST", "/v2/query", &json!({"queries": []})).unwrap_err().status(), 403);
+    inspect(
+        &p,
+        "POST",
+        "/v2/query",
+        &json!({"namespaces": ["shop-a", "shop-b"], "queries": []}),
+    )
+    .unwrap();
+    assert_eq!(
+        inspect(
+            &p,
+            "POST",
+            "/v2/query",
+            &json!({"namespaces": ["shop-a", "hr"]})
+        )
+        .unwrap_err()
+        .status(),
+        403
+    );
+    assert_eq!(
+        inspect(
+            &p,
+            "POST",
+            "/v2/query",
+            &json!({"namespaces": ["logs-2026"]})
+        )
+        .unwrap_err()
+        .status(),
+        403
+    );
+    assert_eq!(
+        inspect(&p, "POST", "/v2/query", &json!({"queries": []}))
+            .unwrap_err()
+            .status(),
+        403
+    );
     // Pipelines: target_namespace against the layer grant.
-    inspect(&p, "POST", "/v2/pipelines", &json!({"target_namespace": "shop-a"})).unwrap();
-    assert_eq!(inspect(&p, "POST", "/v2/pipelines", &json!({"target_namespace": "hr"})).unwrap_err().status(), 403);
+    inspect(
+        &p,
+        "POST",
+        "/v2/pipelines",
+        &json!({"target_namespace": "shop-a"}),
+    )
+    .unwrap();
+    assert_eq!(
+        inspect(
+            &p,
+            "POST",
+            "/v2/pipelines",
+            &json!({"target_namespace": "hr"})
+        )
+        .unwrap_err()
+        .status(),
+        403
+    );
 }
 
 #[test]
@@ -275,7 +470,12 @@ fn inspected_bodies_must_be_json_plain_or_gzip_and_within_the_limit() {
         other => panic!("{other:?}"),
     };
     let (plan, ins) = plan_of(call(&p, "POST", ns, SHOP));
-    assert_eq!(body::check(&p, &plan, ins, b"not json").unwrap_err().status(), 400);
+    assert_eq!(
+        body::check(&p, &plan, ins, b"not json")
+            .unwrap_err()
+            .status(),
+        400
+    );
     // gzip
     let gz = |bytes: &[u8]| {
         use std::io::Write;
@@ -283,33 +483,77 @@ fn inspected_bodies_must_be_json_plain_or_gzip_and_within_the_limit() {
         e.write_all(bytes).unwrap();
         e.finish().unwrap()
     };
-    let (plan, ins) = plan_of(run(&p, "POST", ns, &[("authorization", &bearer(SHOP)), ("content-encoding", "gzip")]));
+    let (plan, ins) = plan_of(run(
+        &p,
+        "POST",
+        ns,
+        &[
+            ("authorization", &bearer(SHOP)),
+            ("content-encoding", "gzip"),
+        ],
+    ));
     assert!(body::check(&p, &plan, ins, &gz(br#"{"copy_from_namespace":"shop-a"}"#)).is_ok());
-    assert_eq!(body::check(&p, &plan, ins, &gz(br#"{"copy_from_namespace":"hr"}"#)).unwrap_err().status(), 403);
-    let d = denied(run(&p, "POST", ns, &[("authorization", &bearer(SHOP)), ("content-encoding", "br")]));
+    assert_eq!(
+        body::check(&p, &plan, ins, &gz(br#"{"copy_from_namespace":"hr"}"#))
+            .unwrap_err()
+            .status(),
+        403
+    );
+    let d = denied(run(
+        &p,
+        "POST",
+        ns,
+        &[("authorization", &bearer(SHOP)), ("content-encoding", "br")],
+    ));
     assert_eq!(d.status(), 415);
     // Limits: declared length, raw size, and size after decompression (no zip bombs).
     let mut v = demo_json();
     v["apiKeys"][0]["entitlements"]["vectorstore.primary"]["scopes"] = json!(["write"]);
     v["limits"]["inspectBodyBytes"] = json!(1024);
     let small = policy_from(&v);
-    let d = denied(run(&small, "POST", ns, &[("authorization", &bearer(SHOP)), ("content-length", "2048")]));
+    let d = denied(run(
+        &small,
+        "POST",
+        ns,
+        &[("authorization", &bearer(SHOP)), ("content-length", "2048")],
+    ));
     assert_eq!(d.status(), 413);
     assert!(d.message.contains("1024"));
-    let (plan, ins) = plan_of(run(&small, "POST", ns, &[("authorization", &bearer(SHOP)), ("content-encoding", "gzip")]));
+    let (plan, ins) = plan_of(run(
+        &small,
+        "POST",
+        ns,
+        &[
+            ("authorization", &bearer(SHOP)),
+            ("content-encoding", "gzip"),
+        ],
+    ));
     let bomb = gz(format!(r#"{{"pad":"{}"}}"#, "a".repeat(100_000)).as_bytes());
     assert!(bomb.len() < 1024);
-    assert_eq!(body::check(&small, &plan, ins, &bomb).unwrap_err().status(), 413);
+    assert_eq!(
+        body::check(&small, &plan, ins, &bomb).unwrap_err().status(),
+        413
+    );
 }
 
 #[test]
 fn unrestricted_principals_stream_without_inspection() {
     let p = demo();
     forward(call(&p, "POST", "/v2/namespaces/shop-a", "demo-rw-token"));
-    forward(call(&p, "POST", "/v2/namespaces/logs-2026", "tpuf-archive-dev-key"));
+    forward(call(
+        &p,
+        "POST",
+        "/v2/namespaces/logs-2026",
+        "tpuf-archive-dev-key",
+    ));
     let mut v = demo_json();
     v["apiKeys"][0]["entitlements"]["vectorstore.primary"] = json!({"scopes": ["write"]});
-    forward(call(&policy_from(&v), "POST", "/v2/namespaces/anything", SHOP));
+    forward(call(
+        &policy_from(&v),
+        "POST",
+        "/v2/namespaces/anything",
+        SHOP,
+    ));
 }
 
 #[test]
@@ -319,26 +563,52 @@ fn client_layergate_headers_are_stripped_and_the_cluster_header_overwritten() {
         &p,
         "GET",
         "/v1/namespaces/shop-a/metadata",
-        &[("authorization", "Bearer demo-read-token"), ("x-layergate-cluster", "store_archive"), ("x-layergate-principal", "root")],
+        &[
+            ("authorization", "Bearer demo-read-token"),
+            ("x-layergate-cluster", "store_archive"),
+            ("x-layergate-principal", "root"),
+        ],
     ));
     let edits = plan.header_edits(&p).unwrap();
     assert!(edits.writes(b"x-layergate-cluster"));
-    assert!(!layergate_filter::decision::must_strip(b"x-layergate-cluster", &edits));
-    assert!(layergate_filter::decision::must_strip(b"x-layergate-principal", &edits));
-    assert!(layergate_filter::decision::must_strip(b"X-Layergate-Store", &edits));
-    assert!(!layergate_filter::decision::must_strip(b"content-type", &edits));
+    assert!(!layergate_filter::decision::must_strip(
+        b"x-layergate-cluster",
+        &edits
+    ));
+    assert!(layergate_filter::decision::must_strip(
+        b"x-layergate-principal",
+        &edits
+    ));
+    assert!(layergate_filter::decision::must_strip(
+        b"X-Layergate-Store",
+        &edits
+    ));
+    assert!(!layergate_filter::decision::must_strip(
+        b"content-type",
+        &edits
+    ));
 }
 
 #[test]
 fn app_routes_without_an_app_are_404_and_with_one_carry_identity_headers() {
     let p = demo();
-    let d = denied(call(&p, "POST", "/v2/namespaces/shop-a/documents", "demo-read-token"));
+    let d = denied(call(
+        &p,
+        "POST",
+        "/v2/namespaces/shop-a/documents",
+        "demo-read-token",
+    ));
     assert_eq!(d.status(), 404);
     assert!(d.message.contains("layer app"));
     let mut v = demo_json();
     v["app"] = json!({"cluster": "layer_app"});
     let p = policy_from(&v);
-    let plan = forward(call(&p, "POST", "/v2/namespaces/shop-a/documents", "demo-rw-token"));
+    let plan = forward(call(
+        &p,
+        "POST",
+        "/v2/namespaces/shop-a/documents",
+        "demo-rw-token",
+    ));
     assert_eq!(plan.target, Target::App);
     assert_eq!(
         plan.header_edits(&p).unwrap().as_slice(),
@@ -358,8 +628,14 @@ fn control_routes_keep_authorization_and_authenticate_needs_no_token() {
     v["control"] = json!({"cluster": "layergate_control"});
     let p = policy_from(&v);
     let plan = forward(call(&p, "GET", "/v2/keys", "demo-admin-token"));
-    assert_eq!(plan.header_edits(&p).unwrap().as_slice(), &[(CLUSTER_HEADER, Some("layergate_control"))]);
-    assert_eq!(denied(call(&p, "GET", "/v2/keys", "demo-rw-token")).status(), 403);
+    assert_eq!(
+        plan.header_edits(&p).unwrap().as_slice(),
+        &[(CLUSTER_HEADER, Some("layergate_control"))]
+    );
+    assert_eq!(
+        denied(call(&p, "GET", "/v2/keys", "demo-rw-token")).status(),
+        403
+    );
     let plan = forward(run(&p, "POST", "/v2/keys/authenticate", &[]));
     assert_eq!(plan.principal, Principal::Anonymous);
     forward(call(&p, "GET", "/v2/vectorstores", "demo-read-token"));
@@ -373,7 +649,10 @@ fn bootstrap_admin_is_the_default_store_credential_under_derive_from_store() {
     let p = policy_from(&v);
     let plan = forward(call(&p, "POST", "/v2/keys", "tpuf-primary-dev-key"));
     assert_eq!(plan.principal.name(&p), "store:primary");
-    assert_eq!(denied(call(&p, "POST", "/v2/keys", "tpuf-archive-dev-key")).status(), 401);
+    assert_eq!(
+        denied(call(&p, "POST", "/v2/keys", "tpuf-archive-dev-key")).status(),
+        401
+    );
 }
 
 #[test]
@@ -381,14 +660,25 @@ fn open_mode_needs_no_token_and_ignores_one() {
     let mut v = demo_json();
     v["stores"][0]["inboundAuth"] = json!({"mode": "open"});
     let p = policy_from(&v);
-    assert_eq!(forward(run(&p, "POST", "/v2/namespaces/shop-a", &[])).principal, Principal::Open);
-    assert_eq!(forward(call(&p, "POST", "/v2/namespaces/shop-a", "garbage")).principal, Principal::Open);
+    assert_eq!(
+        forward(run(&p, "POST", "/v2/namespaces/shop-a", &[])).principal,
+        Principal::Open
+    );
+    assert_eq!(
+        forward(call(&p, "POST", "/v2/namespaces/shop-a", "garbage")).principal,
+        Principal::Open
+    );
 }
 
 #[test]
 fn missing_credential_env_var_is_503_naming_the_variable() {
     let p = Policy::from_json(demo_json().to_string().as_bytes(), |_| None).unwrap();
-    let plan = forward(call(&p, "GET", "/v1/namespaces/shop-a/metadata", "demo-read-token"));
+    let plan = forward(call(
+        &p,
+        "GET",
+        "/v1/namespaces/shop-a/metadata",
+        "demo-read-token",
+    ));
     let d = plan.header_edits(&p).unwrap_err();
     assert_eq!(d.status(), 503);
     assert!(d.message.contains("LAYERGATE_PRIMARY_KEY"), "{}", d.message);
@@ -399,9 +689,23 @@ fn no_default_store_is_503() {
     let mut v = demo_json();
     v.as_object_mut().unwrap().remove("defaultStore");
     let p = policy_from(&v);
-    assert_eq!(denied(call(&p, "GET", "/v1/namespaces/shop-a/metadata", "demo-read-token")).status(), 503);
+    assert_eq!(
+        denied(call(
+            &p,
+            "GET",
+            "/v1/namespaces/shop-a/metadata",
+            "demo-read-token"
+        ))
+        .status(),
+        503
+    );
     // Indexed namespaces still resolve.
-    forward(call(&p, "GET", "/v1/namespaces/logs-2026/metadata", "tpuf-archive-dev-key"));
+    forward(call(
+        &p,
+        "GET",
+        "/v1/namespaces/logs-2026/metadata",
+        "tpuf-archive-dev-key",
+    ));
 }
 
 #[test]
@@ -409,19 +713,51 @@ fn invalid_configs_are_refused_with_a_reason() {
     let cases: Vec<(serde_json::Value, &str)> = vec![
         (json!({"version": 1, "bogus": true}), "unknown field"),
         (json!({"version": 2, "stores": []}), "version 2"),
-        (json!({"version": 1, "stores": [], "defaultStore": "nope"}), "defaultStore"),
-        (json!({"version": 1, "stores": [{"name": "a", "cluster": "c", "credential": {"inline": "x"}, "inboundAuth": {"mode": "keys", "keys": [{"name": "k", "scopes": ["read"], "sha256": "zz"}]}}]}), "sha256"),
-        (json!({"version": 1, "stores": [{"name": "a", "cluster": "c", "credential": {"inline": "x"}, "inboundAuth": {"mode": "magic"}}]}), "magic"),
-        (json!({"version": 1, "stores": [], "namespaces": {"a/b": "x"}}), "namespace"),
-        (json!({"version": 1, "stores": [], "apiKeys": [{"keyId": "k", "name": "n", "lookupHash": "md5:00", "entitlements": {}}]}), "lookupHash"),
-        (json!({"version": 1, "stores": [], "apiKeys": [{"keyId": "k", "name": "n", "lookupHash": format!("sha256:{}", "0".repeat(64)), "expiresAt": "tomorrow", "entitlements": {}}]}), "expiresAt"),
-        (json!({"version": 1, "stores": [], "apiKeys": [{"keyId": "k", "name": "n", "lookupHash": format!("sha256:{}", "0".repeat(64)), "entitlements": {"bucket.x": {}}}]}), "entitlement target"),
-        (json!({"version": 1, "stores": [], "apiKeys": [{"keyId": "k", "name": "n", "lookupHash": format!("sha256:{}", "0".repeat(64)), "entitlements": {"layer": {"scopes": ["read"], "namespaces": ["a/b"]}}}]}), "glob"),
-        (json!({"version": 1, "stores": [], "routes": [{"path": "/x/**/y", "scope": "read", "target": "store"}]}), "last segment"),
-        (json!({"version": 1, "stores": [], "limits": {"inspectBodyBytes": 0}}), "inspectBodyBytes"),
+        (
+            json!({"version": 1, "stores": [], "defaultStore": "nope"}),
+            "defaultStore",
+        ),
+        (
+            json!({"version": 1, "stores": [{"name": "a", "cluster": "c", "credential": {"inline": "x"}, "inboundAuth": {"mode": "keys", "keys": [{"name": "k", "scopes": ["read"], "sha256": "zz"}]}}]}),
+            "sha256",
+        ),
+        (
+            json!({"version": 1, "stores": [{"name": "a", "cluster": "c", "credential": {"inline": "x"}, "inboundAuth": {"mode": "magic"}}]}),
+            "magic",
+        ),
+        (
+            json!({"version": 1, "stores": [], "namespaces": {"a/b": "x"}}),
+            "namespace",
+        ),
+        (
+            json!({"version": 1, "stores": [], "apiKeys": [{"keyId": "k", "name": "n", "lookupHash": "md5:00", "entitlements": {}}]}),
+            "lookupHash",
+        ),
+        (
+            json!({"version": 1, "stores": [], "apiKeys": [{"keyId": "k", "name": "n", "lookupHash": format!("sha256:{}", "0".repeat(64)), "expiresAt": "tomorrow", "entitlements": {}}]}),
+            "expiresAt",
+        ),
+        (
+            json!({"version": 1, "stores": [], "apiKeys": [{"keyId": "k", "name": "n", "lookupHash": format!("sha256:{}", "0".repeat(64)), "entitlements": {"bucket.x": {}}}]}),
+            "entitlement target",
+        ),
+        (
+            json!({"version": 1, "stores": [], "apiKeys": [{"keyId": "k", "name": "n", "lookupHash": format!("sha256:{}", "0".repeat(64)), "entitlements": {"layer": {"scopes": ["read"], "namespaces": ["a/b"]}}}]}),
+            "glob",
+        ),
+        (
+            json!({"version": 1, "stores": [], "routes": [{"path": "/x/**/y", "scope": "read", "target": "store"}]}),
+            "last segment",
+        ),
+        (
+            json!({"version": 1, "stores": [], "limits": {"inspectBodyBytes": 0}}),
+            "inspectBodyBytes",
+        ),
     ];
     for (v, needle) in cases {
-        let err = Policy::from_json(v.to_string().as_bytes(), env).err().unwrap_or_else(|| panic!("accepted {v}"));
+        let err = Policy::from_json(v.to_string().as_bytes(), env)
+            .err()
+            .unwrap_or_else(|| panic!("accepted {v}"));
         assert!(err.to_string().contains(needle), "{v}: {err}");
     }
     assert!(Policy::from_json(b"not json", env).is_err());
@@ -452,7 +788,21 @@ fn hundred_thousand_keys_compile_well_under_a_second() {
     let p = Policy::from_json(text.as_bytes(), env).unwrap();
     let took = started.elapsed();
     assert_eq!(p.keys.len(), 100_000);
-    forward(call(&p, "POST", "/v2/namespaces/tenant-77-a/query", "hvl_token_77"));
-    assert_eq!(denied(call(&p, "POST", "/v2/namespaces/tenant-78-a/query", "hvl_token_77")).status(), 403);
+    forward(call(
+        &p,
+        "POST",
+        "/v2/namespaces/tenant-77-a/query",
+        "hvl_token_77",
+    ));
+    assert_eq!(
+        denied(call(
+            &p,
+            "POST",
+            "/v2/namespaces/tenant-78-a/query",
+            "hvl_token_77"
+        ))
+        .status(),
+        403
+    );
     eprintln!("compiled 100,000 keys in {took:?} (debug build)");
 }

@@ -36,17 +36,39 @@ fn allocations_during(f: impl FnOnce()) -> u64 {
 
 #[test]
 fn header_only_decisions_allocate_nothing() {
-    let text = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../envoy/demo/layergate.json")).unwrap();
+    let text = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../envoy/demo/layergate.json"
+    ))
+    .unwrap();
     let env = |v: &str| Some(format!("{v}-value"));
     let policy = Policy::from_json(text.as_bytes(), env).unwrap();
     let requests = [
-        ("POST", "/v2/namespaces/shop-a/query?stainless_overload=1", "Bearer demo-read-token"),
-        ("GET", "/v1/namespaces/logs-2026/metadata", "Bearer LAYERGATE_ARCHIVE_KEY-value"),
-        ("POST", "/v2/namespaces/shop-books/query", "Bearer hvl_demoShopReader0123456789abcdefABCDEF"),
+        (
+            "POST",
+            "/v2/namespaces/shop-a/query?stainless_overload=1",
+            "Bearer demo-read-token",
+        ),
+        (
+            "GET",
+            "/v1/namespaces/logs-2026/metadata",
+            "Bearer LAYERGATE_ARCHIVE_KEY-value",
+        ),
+        (
+            "POST",
+            "/v2/namespaces/shop-books/query",
+            "Bearer hvl_demoShopReader0123456789abcdefABCDEF",
+        ),
         ("POST", "/v2/namespaces/shop-a", "Bearer demo-rw-token"),
     ];
     for (method, path, auth) in requests {
-        let buf = serialize([(":method", method), (":path", path), (":authority", "gw"), ("authorization", auth), ("user-agent", "t")]);
+        let buf = serialize([
+            (":method", method),
+            (":path", path),
+            (":authority", "gw"),
+            ("authorization", auth),
+            ("user-agent", "t"),
+        ]);
         let n = allocations_during(|| {
             let head = RequestHead::from_pairs(pairs(&buf));
             match decide(&policy, &head, || 0) {

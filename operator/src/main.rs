@@ -22,7 +22,12 @@ fn main() {
 }
 
 fn run(args: Vec<String>) -> Result<()> {
-    match args.iter().map(String::as_str).collect::<Vec<_>>().as_slice() {
+    match args
+        .iter()
+        .map(String::as_str)
+        .collect::<Vec<_>>()
+        .as_slice()
+    {
         ["check-filter-config", file] => {
             let bytes = std::fs::read(file).with_context(|| format!("reading {file}"))?;
             // Credentials from the environment are resolved by the VM at run time; here an
@@ -34,8 +39,15 @@ fn run(args: Vec<String>) -> Result<()> {
                 policy.namespaces.len(),
                 policy.keys.len()
             );
-            for s in policy.stores.iter().filter_map(|s| s.bearer.as_ref().err().map(|v| (&s.name, v))) {
-                println!("note: store {:?} reads its credential from ${} (not set here)", s.0, s.1);
+            for s in policy
+                .stores
+                .iter()
+                .filter_map(|s| s.bearer.as_ref().err().map(|v| (&s.name, v)))
+            {
+                println!(
+                    "note: store {:?} reads its credential from ${} (not set here)",
+                    s.0, s.1
+                );
             }
             Ok(())
         }

@@ -23,18 +23,29 @@ pub const ARCHIVE_ADDR: &str = "127.0.0.1:18082";
 
 /// The wasm VM environment carrying the store credentials (`{"env": …}` in the config).
 pub fn vm_env() -> Vec<(String, String)> {
-    vec![("LAYERGATE_PRIMARY_KEY".into(), PRIMARY_KEY.into()), ("LAYERGATE_ARCHIVE_KEY".into(), ARCHIVE_KEY.into())]
+    vec![
+        ("LAYERGATE_PRIMARY_KEY".into(), PRIMARY_KEY.into()),
+        ("LAYERGATE_ARCHIVE_KEY".into(), ARCHIVE_KEY.into()),
+    ]
 }
 
 /// The demo filter configuration, compacted to one line.
 pub fn filter_config() -> Result<String> {
     let path = crate::paths::demo_filter_config();
-    let text = std::fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?;
+    let text =
+        std::fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?;
     Ok(serde_json::from_str::<serde_json::Value>(&text)?.to_string())
 }
 
 /// The demo gateway with the given addresses and filter config.
-pub fn gateway(listen: SocketAddr, admin: SocketAddr, primary: SocketAddr, archive: SocketAddr, wasm_path: PathBuf, config: String) -> Gateway {
+pub fn gateway(
+    listen: SocketAddr,
+    admin: SocketAddr,
+    primary: SocketAddr,
+    archive: SocketAddr,
+    wasm_path: PathBuf,
+    config: String,
+) -> Gateway {
     Gateway {
         listen,
         admin,
@@ -42,8 +53,16 @@ pub fn gateway(listen: SocketAddr, admin: SocketAddr, primary: SocketAddr, archi
         filter_config: Some(config),
         vm_env: vm_env(),
         clusters: vec![
-            Cluster { name: "store_primary".into(), addr: primary, hostname: "primary.devstore.local".into() },
-            Cluster { name: "store_archive".into(), addr: archive, hostname: "archive.devstore.local".into() },
+            Cluster {
+                name: "store_primary".into(),
+                addr: primary,
+                hostname: "primary.devstore.local".into(),
+            },
+            Cluster {
+                name: "store_archive".into(),
+                addr: archive,
+                hostname: "archive.devstore.local".into(),
+            },
         ],
         buffer_limit_bytes: 17 * 1024 * 1024,
     }
@@ -79,10 +98,21 @@ impl Demo {
         let primary = DevStore::start(PRIMARY_KEY)?;
         let archive = DevStore::start(ARCHIVE_KEY)?;
         let any = SocketAddr::from(([127, 0, 0, 1], 0));
-        let mut gw = gateway(any, any, primary.addr(), archive.addr(), crate::paths::wasm_path()?, config);
+        let mut gw = gateway(
+            any,
+            any,
+            primary.addr(),
+            archive.addr(),
+            crate::paths::wasm_path()?,
+            config,
+        );
         gw.vm_env = vm_env;
         let envoy = Envoy::start(&gw)?;
-        Ok(Demo { envoy, primary, archive })
+        Ok(Demo {
+            envoy,
+            primary,
+            archive,
+        })
     }
 
     /// Starts the demo fixture on free ports (tests).
@@ -96,9 +126,14 @@ impl Demo {
         let primary = DevStore::start_on(PRIMARY_ADDR.parse()?, PRIMARY_KEY)?;
         let archive = DevStore::start_on(ARCHIVE_ADDR.parse()?, ARCHIVE_KEY)?;
         let root = crate::paths::repo_root();
-        let yaml = std::fs::read_to_string(root.join("envoy/demo/envoy.yaml")).context("reading envoy/demo/envoy.yaml")?;
+        let yaml = std::fs::read_to_string(root.join("envoy/demo/envoy.yaml"))
+            .context("reading envoy/demo/envoy.yaml")?;
         let envoy = Envoy::start_yaml(&yaml, &root)?;
-        Ok(Demo { envoy, primary, archive })
+        Ok(Demo {
+            envoy,
+            primary,
+            archive,
+        })
     }
 
     /// The gateway listener.

@@ -41,7 +41,10 @@ pub struct SeenRequest {
 impl SeenRequest {
     /// First header value by lower-case name.
     pub fn header(&self, name: &str) -> Option<&str> {
-        self.headers.iter().find(|(k, _)| k == name).map(|(_, v)| v.as_str())
+        self.headers
+            .iter()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v.as_str())
     }
 }
 
@@ -69,7 +72,9 @@ pub struct DevStore {
 }
 
 fn lock(state: &Mutex<State>) -> MutexGuard<'_, State> {
-    state.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+    state
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
 impl DevStore {
@@ -80,17 +85,28 @@ impl DevStore {
 
     /// Starts on a given address.
     pub fn start_on(addr: SocketAddr, api_key: &str) -> Result<DevStore> {
-        let listener = std::net::TcpListener::bind(addr).with_context(|| format!("devstore: binding {addr}"))?;
+        let listener = std::net::TcpListener::bind(addr)
+            .with_context(|| format!("devstore: binding {addr}"))?;
         listener.set_nonblocking(true)?;
         let addr = listener.local_addr()?;
         let state = Arc::new(Mutex::new(State::default()));
         let (tx, rx) = tokio::sync::oneshot::channel::<()>();
         let (key, st) = (api_key.to_owned(), state.clone());
-        let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
-        let thread = std::thread::Builder::new().name(format!("devstore-{}", addr.port())).spawn(move || {
-            runtime.block_on(serve(listener, key, st, rx));
-        })?;
-        Ok(DevStore { addr, api_key: api_key.to_owned(), state, shutdown: Some(tx), thread: Some(thread) })
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()?;
+        let thread = std::thread::Builder::new()
+            .name(format!("devstore-{}", addr.port()))
+            .spawn(move || {
+                runtime.block_on(serve(listener, key, st, rx));
+            })?;
+        Ok(DevStore {
+            addr,
+            api_key: api_key.to_owned(),
+            state,
+            shutdown: Some(tx),
+            thread: Some(thread),
+        })
     }
 
     /// Listening address.
@@ -125,9 +141,12 @@ impl DevStore {
 
     /// Blocks until Ctrl-C / SIGTERM (for the `devstore` binary and `make run`).
     pub fn wait_for_signal() -> Result<()> {
-        let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()?;
         runtime.block_on(async {
-            let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+            let mut term =
+                tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
             tokio::select! {
                 r = tokio::signal::ctrl_c() => r,
                 _ = term.recv() => Ok(()),
@@ -148,8 +167,15 @@ impl Drop for DevStore {
     }
 }
 
-async fn serve(listener: std::net::TcpListener, key: String, state: Arc<Mutex<State>>, mut stop: tokio::sync::oneshot::Receiver<()>) {
-    let Ok(listener) = tokio::net::TcpListener::from_std(listener) else { return };
+async fn serve(
+    listener: std::net::TcpListener,
+    key: String,
+    state: Arc<Mutex<State>>,
+    mut stop: tokio::sync::oneshot::Receiver<()>,
+) {
+    let Ok(listener) = tokio::net::TcpListener::from_std(listener) else {
+        return;
+    };
     let key: Arc<str> = key.into();
     loop {
         tokio::select! {
@@ -172,37 +198,79 @@ type Reply = hyper::Response<Full<Bytes>>;
 fn reply(status: StatusCode, body: &Value) -> Reply {
     let mut r = hyper::Response::new(Full::new(Bytes::from(body.to_string())));
     *r.status_mut() = status;
-    r.headers_mut().insert("content-type", hyper::header::HeaderValue::from_static("application/json"));
+    r.headers_mut().insert(
+        "content-type",
+        hyper::header::HeaderValue::from_static("application/json"),
+    );
     r
 }
 
-fn error(status: StatusCode, message: &str) -> Reply {
-    reply(status, &json!({"status": "error", "error": message}))
+/// A turbopuffer-shaped error: `{"status":"error","error":"…"}`.
+struct ApiError(StatusCode, String);
+
+impl ApiError {
+    fn reply(&self) -> Reply {
+        reply(self.0, &json!({"status": "error", "error": self.1}))
+    }
 }
 
-async fn handle(req: hyper::Request<Incoming>, key: Arc<str>, state: Arc<Mutex<State>>) -> Result<Reply, std::convert::Infallible> {
+fn error(status: StatusCode, message: &str) -> ApiError {
+    ApiError(status, message.to_owned())
+}
+
+async fn handle(
+    req: hyper::Request<Incoming>,
+    key: Arc<str>,
+    state: Arc<Mutex<State>>,
+) -> Result<Reply, std::convert::Infallible> {
     let method = req.method().clone();
-    let path = req.uri().path_and_query().map_or_else(|| req.uri().path().to_owned(), |p| p.as_str().to_owned());
+    let path = req
+        .uri()
+        .path_and_query()
+        .map_or_else(|| req.uri().path().to_owned(), |p| p.as_str().to_owned());
     let headers: Vec<(String, String)> = req
         .headers()
         .iter()
-        .map(|(k, v)| (k.as_str().to_owned(), String::from_utf8_lossy(v.as_bytes()).into_owned()))
+        .map(|(k, v)| {
+            (
+                k.as_str().to_owned(),
+                String::from_utf8_lossy(v.as_bytes()).into_owned(),
+            )
+        })
         .collect();
-    let gzip = req.headers().get("content-encoding").is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"gzip"));
-    let authorized = req.headers().get("authorization").and_then(|v| v.to_str().ok()) == Some(&format!("Bearer {key}"));
+    let gzip = req
+        .headers()
+        .get("content-encoding")
+        .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"gzip"));
+    let authorized = req
+        .headers()
+        .get("authorization")
+        .and_then(|v| v.to_str().ok())
+        == Some(&format!("Bearer {key}"));
     let raw = match req.into_body().collect().await {
         Ok(b) => b.to_bytes(),
-        Err(_) => return Ok(error(StatusCode::BAD_REQUEST, "could not read the request body")),
+        Err(_) => {
+            return Ok(error(StatusCode::BAD_REQUEST, "could not read the request body").reply())
+        }
     };
     let mut st = lock(&state);
-    st.seen.push(SeenRequest { method: method.to_string(), path: path.clone(), headers, body_len: raw.len() });
+    st.seen.push(SeenRequest {
+        method: method.to_string(),
+        path: path.clone(),
+        headers,
+        body_len: raw.len(),
+    });
     if !authorized {
-        return Ok(error(StatusCode::UNAUTHORIZED, "unauthorized: invalid or missing API key for this devstore"));
+        let message = "unauthorized: invalid or missing API key for this devstore";
+        return Ok(error(StatusCode::UNAUTHORIZED, message).reply());
     }
     let body = if gzip {
         let mut out = Vec::new();
-        if flate2::read::GzDecoder::new(&raw[..]).read_to_end(&mut out).is_err() {
-            return Ok(error(StatusCode::BAD_REQUEST, "invalid gzip body"));
+        if flate2::read::GzDecoder::new(&raw[..])
+            .read_to_end(&mut out)
+            .is_err()
+        {
+            return Ok(error(StatusCode::BAD_REQUEST, "invalid gzip body").reply());
         }
         out
     } else {
@@ -212,50 +280,73 @@ async fn handle(req: hyper::Request<Incoming>, key: Arc<str>, state: Arc<Mutex<S
 }
 
 fn route(st: &mut State, method: &Method, path_and_query: &str, body: &[u8]) -> Reply {
-    let (path, query) = path_and_query.split_once('?').unwrap_or((path_and_query, ""));
+    let (path, query) = path_and_query
+        .split_once('?')
+        .unwrap_or((path_and_query, ""));
     let segs: Vec<&str> = path.trim_start_matches('/').split('/').collect();
-    let json_body = || -> Result<Value, Reply> {
+    let json_body = || -> Result<Value, ApiError> {
         if body.is_empty() {
             return Ok(json!({}));
         }
-        serde_json::from_slice(body).map_err(|e| error(StatusCode::BAD_REQUEST, &format!("invalid JSON body: {e}")))
+        serde_json::from_slice(body)
+            .map_err(|e| error(StatusCode::BAD_REQUEST, &format!("invalid JSON body: {e}")))
     };
     let result = match (method.as_str(), segs.as_slice()) {
         ("GET", ["v1", "namespaces"]) => Ok(list(st, query)),
         ("POST", ["v2", "namespaces", ns]) => json_body().and_then(|b| write(st, ns, &b)),
-        ("POST", ["v2" | "v1", "namespaces", ns, "query"]) => json_body().and_then(|b| query_ns(st, ns, &b)),
+        ("POST", ["v2" | "v1", "namespaces", ns, "query"]) => {
+            json_body().and_then(|b| query_ns(st, ns, &b))
+        }
         ("GET", ["v1" | "v2", "namespaces", ns, "metadata"]) => metadata(st, ns),
         ("GET", ["v1", "namespaces", ns, "schema"]) => schema(st, ns),
         ("DELETE", ["v2", "namespaces", ns]) => match st.namespaces.remove(*ns) {
             Some(_) => Ok(reply(StatusCode::OK, &json!({"status": "OK"}))),
             None => Err(not_found(ns)),
         },
-        ("POST", ["v2", "namespaces", ns, "async"]) => json_body().and_then(|b| start_copy(st, ns, &b)),
-        ("GET", ["v1", "namespaces", _, "operations", _]) => Ok(reply(StatusCode::OK, &json!({"status": "complete"}))),
+        ("POST", ["v2", "namespaces", ns, "async"]) => {
+            json_body().and_then(|b| start_copy(st, ns, &b))
+        }
+        ("GET", ["v1", "namespaces", _, "operations", _]) => {
+            Ok(reply(StatusCode::OK, &json!({"status": "complete"})))
+        }
         ("POST", ["v1", "namespaces", ns, "_debug", "recall"]) => {
             if st.namespaces.contains_key(*ns) {
-                Ok(reply(StatusCode::OK, &json!({"avg_recall": 1.0, "avg_exhaustive_count": 0.0, "avg_ann_count": 0.0})))
+                Ok(reply(
+                    StatusCode::OK,
+                    &json!({"avg_recall": 1.0, "avg_exhaustive_count": 0.0, "avg_ann_count": 0.0}),
+                ))
             } else {
                 Err(not_found(ns))
             }
         }
-        _ => Err(error(StatusCode::NOT_FOUND, &format!("devstore has no route {method} {path}"))),
+        _ => Err(error(
+            StatusCode::NOT_FOUND,
+            &format!("devstore has no route {method} {path}"),
+        )),
     };
-    result.unwrap_or_else(|e| e)
+    result.unwrap_or_else(|e| e.reply())
 }
 
-fn not_found(ns: &str) -> Reply {
-    error(StatusCode::NOT_FOUND, &format!("namespace '{ns}' was not found"))
+fn not_found(ns: &str) -> ApiError {
+    error(
+        StatusCode::NOT_FOUND,
+        &format!("namespace '{ns}' was not found"),
+    )
 }
 
 fn query_param<'a>(query: &'a str, name: &str) -> Option<&'a str> {
-    query.split('&').find_map(|kv| kv.strip_prefix(name)?.strip_prefix('='))
+    query
+        .split('&')
+        .find_map(|kv| kv.strip_prefix(name)?.strip_prefix('='))
 }
 
 fn list(st: &State, query: &str) -> Reply {
     let prefix = query_param(query, "prefix").unwrap_or("");
     let cursor = query_param(query, "cursor").unwrap_or("");
-    let page_size = query_param(query, "page_size").and_then(|p| p.parse().ok()).unwrap_or(100usize).clamp(1, 1000);
+    let page_size = query_param(query, "page_size")
+        .and_then(|p| p.parse().ok())
+        .unwrap_or(100usize)
+        .clamp(1, 1000);
     let names: Vec<&String> = st
         .namespaces
         .keys()
@@ -263,8 +354,15 @@ fn list(st: &State, query: &str) -> Reply {
         .take(page_size + 1)
         .collect();
     let next = (names.len() > page_size).then(|| names[page_size - 1].clone());
-    let page: Vec<Value> = names.iter().take(page_size).map(|n| json!({"id": n})).collect();
-    reply(StatusCode::OK, &json!({"namespaces": page, "next_cursor": next}))
+    let page: Vec<Value> = names
+        .iter()
+        .take(page_size)
+        .map(|n| json!({"id": n}))
+        .collect();
+    reply(
+        StatusCode::OK,
+        &json!({"namespaces": page, "next_cursor": next}),
+    )
 }
 
 fn decode_vector(v: &Value) -> Option<Vec<f32>> {
@@ -272,7 +370,12 @@ fn decode_vector(v: &Value) -> Option<Vec<f32>> {
         Value::Array(items) => items.iter().map(|x| x.as_f64().map(|f| f as f32)).collect(),
         Value::String(s) => {
             let bytes = base64::engine::general_purpose::STANDARD.decode(s).ok()?;
-            Some(bytes.chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect())
+            Some(
+                bytes
+                    .chunks_exact(4)
+                    .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+                    .collect(),
+            )
         }
         _ => None,
     }
@@ -282,39 +385,72 @@ fn id_key(id: &Value) -> String {
     id.to_string()
 }
 
-fn normalize_row(mut row: Map<String, Value>) -> Result<Map<String, Value>, Reply> {
+fn normalize_row(mut row: Map<String, Value>) -> Result<Map<String, Value>, ApiError> {
     if !row.contains_key("id") {
         return Err(error(StatusCode::BAD_REQUEST, "every row needs an id"));
     }
     if let Some(v) = row.get("vector") {
-        let floats = decode_vector(v).ok_or_else(|| error(StatusCode::BAD_REQUEST, "vector must be a list of numbers or base64 f32"))?;
+        let floats = decode_vector(v).ok_or_else(|| {
+            error(
+                StatusCode::BAD_REQUEST,
+                "vector must be a list of numbers or base64 f32",
+            )
+        })?;
         row.insert("vector".into(), json!(floats));
     }
     Ok(row)
 }
 
-fn columns_to_rows(cols: &Map<String, Value>) -> Result<Vec<Map<String, Value>>, Reply> {
-    let ids = cols.get("id").and_then(Value::as_array).ok_or_else(|| error(StatusCode::BAD_REQUEST, "upsert_columns needs an id column"))?;
+fn columns_to_rows(cols: &Map<String, Value>) -> Result<Vec<Map<String, Value>>, ApiError> {
+    let ids = cols
+        .get("id")
+        .and_then(Value::as_array)
+        .ok_or_else(|| error(StatusCode::BAD_REQUEST, "upsert_columns needs an id column"))?;
     Ok((0..ids.len())
-        .map(|i| cols.iter().filter_map(|(k, col)| col.as_array().and_then(|c| c.get(i)).map(|v| (k.clone(), v.clone()))).collect())
+        .map(|i| {
+            cols.iter()
+                .filter_map(|(k, col)| {
+                    col.as_array()
+                        .and_then(|c| c.get(i))
+                        .map(|v| (k.clone(), v.clone()))
+                })
+                .collect()
+        })
         .collect())
 }
 
 fn source_name(v: &Value) -> Option<&str> {
-    v.as_str().or_else(|| v.get("source_namespace").and_then(Value::as_str))
+    v.as_str()
+        .or_else(|| v.get("source_namespace").and_then(Value::as_str))
 }
 
-fn write(st: &mut State, ns: &str, body: &Value) -> Result<Reply, Reply> {
-    let obj = body.as_object().ok_or_else(|| error(StatusCode::BAD_REQUEST, "write body must be an object"))?;
+fn write(st: &mut State, ns: &str, body: &Value) -> Result<Reply, ApiError> {
+    let obj = body
+        .as_object()
+        .ok_or_else(|| error(StatusCode::BAD_REQUEST, "write body must be an object"))?;
     let mut upserted = 0usize;
     let mut deleted = 0usize;
     let mut patched = 0usize;
     for field in ["copy_from_namespace", "branch_from_namespace"] {
         if let Some(src) = obj.get(field) {
-            let src = source_name(src).ok_or_else(|| error(StatusCode::BAD_REQUEST, &format!("{field} must name a namespace")))?;
-            let rows = st.namespaces.get(src).ok_or_else(|| not_found(src))?.rows.clone();
+            let src = source_name(src).ok_or_else(|| {
+                error(
+                    StatusCode::BAD_REQUEST,
+                    &format!("{field} must name a namespace"),
+                )
+            })?;
+            let rows = st
+                .namespaces
+                .get(src)
+                .ok_or_else(|| not_found(src))?
+                .rows
+                .clone();
             upserted += rows.len();
-            st.namespaces.entry(ns.to_owned()).or_default().rows.extend(rows);
+            st.namespaces
+                .entry(ns.to_owned())
+                .or_default()
+                .rows
+                .extend(rows);
         }
     }
     let mut rows = Vec::new();
@@ -364,10 +500,22 @@ fn write(st: &mut State, ns: &str, body: &Value) -> Result<Reply, Reply> {
     ))
 }
 
-fn start_copy(st: &mut State, ns: &str, body: &Value) -> Result<Reply, Reply> {
-    let src = body.get("source_namespace").and_then(Value::as_str).ok_or_else(|| error(StatusCode::BAD_REQUEST, "source_namespace is required"))?;
-    let rows = st.namespaces.get(src).ok_or_else(|| not_found(src))?.rows.clone();
-    st.namespaces.entry(ns.to_owned()).or_default().rows.extend(rows);
+fn start_copy(st: &mut State, ns: &str, body: &Value) -> Result<Reply, ApiError> {
+    let src = body
+        .get("source_namespace")
+        .and_then(Value::as_str)
+        .ok_or_else(|| error(StatusCode::BAD_REQUEST, "source_namespace is required"))?;
+    let rows = st
+        .namespaces
+        .get(src)
+        .ok_or_else(|| not_found(src))?
+        .rows
+        .clone();
+    st.namespaces
+        .entry(ns.to_owned())
+        .or_default()
+        .rows
+        .extend(rows);
     st.operations += 1;
     let location = format!("/v1/namespaces/{ns}/operations/op_{}", st.operations);
     let mut r = reply(StatusCode::ACCEPTED, &json!({"status": "ACCEPTED"}));
@@ -389,10 +537,16 @@ fn compare(a: &Value, b: &Value) -> Option<std::cmp::Ordering> {
 /// turbopuffer filters: `[attr, op, value]`, `["And"|"Or", [...]]`, `["Not", f]`.
 fn matches_filter(row: &Map<String, Value>, f: &Value) -> bool {
     use std::cmp::Ordering::{Equal, Greater, Less};
-    let Some(items) = f.as_array() else { return true };
+    let Some(items) = f.as_array() else {
+        return true;
+    };
     match items.as_slice() {
-        [Value::String(op), Value::Array(subs)] if op == "And" => subs.iter().all(|s| matches_filter(row, s)),
-        [Value::String(op), Value::Array(subs)] if op == "Or" => subs.iter().any(|s| matches_filter(row, s)),
+        [Value::String(op), Value::Array(subs)] if op == "And" => {
+            subs.iter().all(|s| matches_filter(row, s))
+        }
+        [Value::String(op), Value::Array(subs)] if op == "Or" => {
+            subs.iter().any(|s| matches_filter(row, s))
+        }
         [Value::String(op), sub] if op == "Not" => !matches_filter(row, sub),
         [Value::String(attr), Value::String(op), value] => {
             let have = row.get(attr.as_str()).unwrap_or(&Value::Null);
@@ -415,24 +569,48 @@ fn matches_filter(row: &Map<String, Value>, f: &Value) -> bool {
 }
 
 fn distance(metric: &str, a: &[f32], b: &[f32]) -> f64 {
-    let dot: f64 = a.iter().zip(b).map(|(x, y)| f64::from(*x) * f64::from(*y)).sum();
+    let dot: f64 = a
+        .iter()
+        .zip(b)
+        .map(|(x, y)| f64::from(*x) * f64::from(*y))
+        .sum();
     if metric == "euclidean_squared" {
-        return a.iter().zip(b).map(|(x, y)| (f64::from(*x) - f64::from(*y)).powi(2)).sum();
+        return a
+            .iter()
+            .zip(b)
+            .map(|(x, y)| (f64::from(*x) - f64::from(*y)).powi(2))
+            .sum();
     }
     let na: f64 = a.iter().map(|x| f64::from(*x).powi(2)).sum::<f64>().sqrt();
     let nb: f64 = b.iter().map(|x| f64::from(*x).powi(2)).sum::<f64>().sqrt();
-    if na == 0.0 || nb == 0.0 { 1.0 } else { 1.0 - dot / (na * nb) }
+    if na == 0.0 || nb == 0.0 {
+        1.0
+    } else {
+        1.0 - dot / (na * nb)
+    }
 }
 
-fn query_ns(st: &State, ns: &str, body: &Value) -> Result<Reply, Reply> {
+fn query_ns(st: &State, ns: &str, body: &Value) -> Result<Reply, ApiError> {
     let space = st.namespaces.get(ns).ok_or_else(|| not_found(ns))?;
     if let Some(queries) = body.get("queries").and_then(Value::as_array) {
-        let results = queries.iter().map(|q| run_query(space, q)).collect::<Result<Vec<_>, _>>()?;
-        let results: Vec<Value> = results.into_iter().map(|rows| json!({"rows": rows})).collect();
-        return Ok(reply(StatusCode::OK, &json!({"results": results, "billing": billing(), "performance": performance()})));
+        let results = queries
+            .iter()
+            .map(|q| run_query(space, q))
+            .collect::<Result<Vec<_>, _>>()?;
+        let results: Vec<Value> = results
+            .into_iter()
+            .map(|rows| json!({"rows": rows}))
+            .collect();
+        return Ok(reply(
+            StatusCode::OK,
+            &json!({"results": results, "billing": billing(), "performance": performance()}),
+        ));
     }
     let rows = run_query(space, body)?;
-    Ok(reply(StatusCode::OK, &json!({"rows": rows, "billing": billing(), "performance": performance()})))
+    Ok(reply(
+        StatusCode::OK,
+        &json!({"rows": rows, "billing": billing(), "performance": performance()}),
+    ))
 }
 
 fn billing() -> Value {
@@ -444,11 +622,14 @@ fn performance() -> Value {
            "query_execution_ms": 0, "server_total_ms": 0})
 }
 
-fn run_query(space: &Namespace, q: &Value) -> Result<Vec<Value>, Reply> {
+fn run_query(space: &Namespace, q: &Value) -> Result<Vec<Value>, ApiError> {
     let limit = q
         .get("top_k")
         .or_else(|| q.get("limit"))
-        .and_then(|l| l.as_u64().or_else(|| l.get("total").and_then(Value::as_u64)))
+        .and_then(|l| {
+            l.as_u64()
+                .or_else(|| l.get("total").and_then(Value::as_u64))
+        })
         .unwrap_or(10) as usize;
     let filters = q.get("filters");
     let mut hits: Vec<(Option<f64>, &Map<String, Value>)> = space
@@ -457,18 +638,46 @@ fn run_query(space: &Namespace, q: &Value) -> Result<Vec<Value>, Reply> {
         .filter(|r| filters.is_none_or(|f| matches_filter(r, f)))
         .map(|r| (None, r))
         .collect();
-    match q.get("rank_by").and_then(Value::as_array).map(Vec::as_slice) {
-        Some([Value::String(field), Value::String(kind), target]) if kind == "ANN" || kind == "kNN" => {
-            let target = decode_vector(target).ok_or_else(|| error(StatusCode::BAD_REQUEST, "rank_by vector must be numbers or base64"))?;
-            let metric = space.distance_metric.as_deref().unwrap_or("cosine_distance");
+    match q
+        .get("rank_by")
+        .and_then(Value::as_array)
+        .map(Vec::as_slice)
+    {
+        Some([Value::String(field), Value::String(kind), target])
+            if kind == "ANN" || kind == "kNN" =>
+        {
+            let target = decode_vector(target).ok_or_else(|| {
+                error(
+                    StatusCode::BAD_REQUEST,
+                    "rank_by vector must be numbers or base64",
+                )
+            })?;
+            let metric = space
+                .distance_metric
+                .as_deref()
+                .unwrap_or("cosine_distance");
             for hit in &mut hits {
-                let v = hit.1.get(field.as_str()).and_then(decode_vector).unwrap_or_default();
-                hit.0 = Some(if v.len() == target.len() { distance(metric, &v, &target) } else { f64::MAX });
+                let v = hit
+                    .1
+                    .get(field.as_str())
+                    .and_then(decode_vector)
+                    .unwrap_or_default();
+                hit.0 = Some(if v.len() == target.len() {
+                    distance(metric, &v, &target)
+                } else {
+                    f64::MAX
+                });
             }
             hits.sort_by(|a, b| a.0.partial_cmp(&b.0).unwrap_or(std::cmp::Ordering::Equal));
         }
         Some([Value::String(attr), Value::String(dir)]) => {
-            hits.sort_by(|a, b| compare(a.1.get(attr.as_str()).unwrap_or(&Value::Null), b.1.get(attr.as_str()).unwrap_or(&Value::Null)).unwrap_or(std::cmp::Ordering::Equal));
+            hits.sort_by(|a, b| {
+                compare(
+                    a.1.get(attr.as_str()).unwrap_or(&Value::Null),
+                    b.1.get(attr.as_str()).unwrap_or(&Value::Null),
+                )
+                .unwrap_or(std::cmp::Ordering::Equal)
+            });
             if dir.eq_ignore_ascii_case("desc") {
                 hits.reverse();
             }
@@ -520,18 +729,20 @@ fn schema_of(space: &Namespace) -> Map<String, Value> {
             } else {
                 infer_type(v).to_owned()
             };
-            schema.entry(k.clone()).or_insert_with(|| json!({"type": ty}));
+            schema
+                .entry(k.clone())
+                .or_insert_with(|| json!({"type": ty}));
         }
     }
     schema
 }
 
-fn schema(st: &State, ns: &str) -> Result<Reply, Reply> {
+fn schema(st: &State, ns: &str) -> Result<Reply, ApiError> {
     let space = st.namespaces.get(ns).ok_or_else(|| not_found(ns))?;
     Ok(reply(StatusCode::OK, &Value::Object(schema_of(space))))
 }
 
-fn metadata(st: &State, ns: &str) -> Result<Reply, Reply> {
+fn metadata(st: &State, ns: &str) -> Result<Reply, ApiError> {
     let space = st.namespaces.get(ns).ok_or_else(|| not_found(ns))?;
     Ok(reply(
         StatusCode::OK,

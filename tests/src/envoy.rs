@@ -51,9 +51,22 @@ fn q(s: &str) -> String {
 
 impl Gateway {
     /// A gateway on loopback with any free ports, the built filter and the given config.
-    pub fn local(wasm_path: PathBuf, filter_config: String, clusters: Vec<Cluster>, vm_env: Vec<(String, String)>) -> Gateway {
+    pub fn local(
+        wasm_path: PathBuf,
+        filter_config: String,
+        clusters: Vec<Cluster>,
+        vm_env: Vec<(String, String)>,
+    ) -> Gateway {
         let any: SocketAddr = SocketAddr::from(([127, 0, 0, 1], 0));
-        Gateway { listen: any, admin: any, wasm_path, filter_config: Some(filter_config), vm_env, clusters, buffer_limit_bytes: 17 * 1024 * 1024 }
+        Gateway {
+            listen: any,
+            admin: any,
+            wasm_path,
+            filter_config: Some(filter_config),
+            vm_env,
+            clusters,
+            buffer_limit_bytes: 17 * 1024 * 1024,
+        }
     }
 
     /// Renders the bootstrap YAML (static resources).
@@ -204,7 +217,11 @@ pub struct Envoy {
 static INSTANCE: AtomicU32 = AtomicU32::new(0);
 
 fn scratch_dir() -> Result<PathBuf> {
-    let dir = std::env::temp_dir().join(format!("layergate-envoy-{}-{}", std::process::id(), INSTANCE.fetch_add(1, Ordering::SeqCst)));
+    let dir = std::env::temp_dir().join(format!(
+        "layergate-envoy-{}-{}",
+        std::process::id(),
+        INSTANCE.fetch_add(1, Ordering::SeqCst)
+    ));
     std::fs::create_dir_all(&dir)?;
     Ok(dir)
 }
@@ -222,7 +239,11 @@ pub fn validate(yaml: &str) -> Result<()> {
         .context("running envoy --mode validate")?;
     let _ = std::fs::remove_dir_all(&dir);
     if !out.status.success() {
-        bail!("envoy --mode validate refused the config:\n{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+        bail!(
+            "envoy --mode validate refused the config:\n{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
     }
     Ok(())
 }
@@ -245,7 +266,15 @@ impl Envoy {
             .current_dir(cwd)
             .arg("-c")
             .arg(&config)
-            .args(["--concurrency", "1", "--disable-hot-restart", "--log-level", "warn", "--file-flush-interval-msec", "100"])
+            .args([
+                "--concurrency",
+                "1",
+                "--disable-hot-restart",
+                "--log-level",
+                "warn",
+                "--file-flush-interval-msec",
+                "100",
+            ])
             .arg("--admin-address-path")
             .arg(&admin_file)
             .stdin(Stdio::null())
@@ -253,8 +282,15 @@ impl Envoy {
             .stderr(log)
             .spawn()
             .context("starting envoy")?;
-        let mut envoy = Envoy { child, dir, addr: SocketAddr::from(([127, 0, 0, 1], 0)), admin: SocketAddr::from(([127, 0, 0, 1], 0)) };
-        envoy.wait_live(&admin_file).with_context(|| format!("Envoy did not become ready; its log:\n{}", envoy.log_tail()))?;
+        let mut envoy = Envoy {
+            child,
+            dir,
+            addr: SocketAddr::from(([127, 0, 0, 1], 0)),
+            admin: SocketAddr::from(([127, 0, 0, 1], 0)),
+        };
+        envoy.wait_live(&admin_file).with_context(|| {
+            format!("Envoy did not become ready; its log:\n{}", envoy.log_tail())
+        })?;
         Ok(envoy)
     }
 
@@ -264,14 +300,21 @@ impl Envoy {
             if let Some(status) = self.child.try_wait()? {
                 bail!("envoy exited with {status}");
             }
-            if let Some(admin) = std::fs::read_to_string(admin_file).ok().and_then(|s| s.trim().parse().ok()) {
+            if let Some(admin) = std::fs::read_to_string(admin_file)
+                .ok()
+                .and_then(|s| s.trim().parse().ok())
+            {
                 self.admin = admin;
                 if let Ok(r) = Request::new("GET", "/ready").send(admin) {
                     if r.status == 200 {
-                        let listeners = Request::new("GET", "/listeners?format=json").send(admin)?.json()?;
-                        let sa = &listeners["listener_statuses"][0]["local_address"]["socket_address"];
+                        let listeners = Request::new("GET", "/listeners?format=json")
+                            .send(admin)?
+                            .json()?;
+                        let sa =
+                            &listeners["listener_statuses"][0]["local_address"]["socket_address"];
                         let port = sa["port_value"].as_u64().context("listener has no port")?;
-                        let ip: std::net::IpAddr = sa["address"].as_str().unwrap_or("127.0.0.1").parse()?;
+                        let ip: std::net::IpAddr =
+                            sa["address"].as_str().unwrap_or("127.0.0.1").parse()?;
                         self.addr = SocketAddr::new(ip, u16::try_from(port)?);
                         return Ok(());
                     }
@@ -290,7 +333,13 @@ impl Envoy {
     /// A counter or gauge by its exact name (`layergate.allowed`), if defined.
     pub fn stat(&self, name: &str) -> Result<Option<u64>> {
         let text = self.admin_get("/stats")?;
-        Ok(text.lines().find_map(|l| l.strip_prefix(name)?.strip_prefix(": ")?.trim().parse().ok()))
+        Ok(text.lines().find_map(|l| {
+            l.strip_prefix(name)?
+                .strip_prefix(": ")?
+                .trim()
+                .parse()
+                .ok()
+        }))
     }
 
     /// Envoy's log so far (stdout access log and stderr).

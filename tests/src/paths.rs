@@ -11,14 +11,22 @@ pub fn repo_root() -> PathBuf {
 fn existing(var: &str, default: PathBuf, make_target: &str, what: &str) -> Result<PathBuf> {
     let path = std::env::var_os(var).map(PathBuf::from).unwrap_or(default);
     if !path.is_file() {
-        bail!("{what} not found at {} — run `make {make_target}` (or set {var})", path.display());
+        bail!(
+            "{what} not found at {} — run `make {make_target}` (or set {var})",
+            path.display()
+        );
     }
     Ok(path)
 }
 
 /// The Envoy binary: `$ENVOY_BIN` or `.tools/bin/envoy` (installed by `make tools`).
 pub fn envoy_bin() -> Result<PathBuf> {
-    existing("ENVOY_BIN", repo_root().join(".tools/bin/envoy"), "tools", "the Envoy binary")
+    existing(
+        "ENVOY_BIN",
+        repo_root().join(".tools/bin/envoy"),
+        "tools",
+        "the Envoy binary",
+    )
 }
 
 /// The built filter: `$LAYERGATE_WASM` or the release wasm32-wasip1 artifact (`make wasm`).
@@ -33,7 +41,12 @@ pub fn wasm_path() -> Result<PathBuf> {
 
 /// The Python interpreter with the official clients: `$LAYERGATE_PYTHON` or `.venv/bin/python`.
 pub fn python() -> Result<PathBuf> {
-    existing("LAYERGATE_PYTHON", repo_root().join(".venv/bin/python"), "venv", "the Python venv with turbopuffer/hevlayer")
+    existing(
+        "LAYERGATE_PYTHON",
+        repo_root().join(".venv/bin/python"),
+        "venv",
+        "the Python venv with turbopuffer/hevlayer",
+    )
 }
 
 /// The demo's filter configuration.

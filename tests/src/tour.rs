@@ -39,8 +39,23 @@ pub struct Step {
     pub store: Store,
 }
 
-fn step(what: &'static str, method: &'static str, path: &'static str, token: Option<&'static str>, status: u16, store: Store) -> Step {
-    Step { what, method, path, token, body: None, status, store }
+fn step(
+    what: &'static str,
+    method: &'static str,
+    path: &'static str,
+    token: Option<&'static str>,
+    status: u16,
+    store: Store,
+) -> Step {
+    Step {
+        what,
+        method,
+        path,
+        token,
+        body: None,
+        status,
+        store,
+    }
 }
 
 /// The tour, in order (later steps read what earlier ones wrote).
@@ -49,28 +64,161 @@ pub fn steps() -> Vec<Step> {
         "upsert_rows": [{"id": 1, "vector": [0.1, 0.2], "title": "Dune"}, {"id": 2, "vector": [0.9, 0.1], "title": "Emma"}],
         "distance_metric": "cosine_distance"
     });
-    let query = json!({"rank_by": ["vector", "ANN", [0.1, 0.2]], "top_k": 2, "include_attributes": true});
+    let query =
+        json!({"rank_by": ["vector", "ANN", [0.1, 0.2]], "top_k": 2, "include_attributes": true});
     let with = |mut s: Step, body: serde_json::Value| {
         s.body = Some(body);
         s
     };
     use Store::{Archive, None as Nowhere, Primary};
     vec![
-        with(step("demo-rw writes shop-books on primary", "POST", "/v2/namespaces/shop-books", Some("demo-rw-token"), 200, Primary), vector_write.clone()),
-        with(step("demo-read queries shop-books", "POST", "/v2/namespaces/shop-books/query", Some("demo-read-token"), 200, Primary), query.clone()),
-        with(step("demo-read may not write (403)", "POST", "/v2/namespaces/shop-books", Some("demo-read-token"), 403, Nowhere), json!({"deletes": [1]})),
-        step("no token (401)", "GET", "/v1/namespaces/shop-books/metadata", None, 401, Nowhere),
-        step("unknown token (401)", "GET", "/v1/namespaces/shop-books/metadata", Some("not-a-key"), 401, Nowhere),
-        with(step("archive key writes logs-2026 via Index logs", "POST", "/v2/namespaces/logs-2026", Some("tpuf-archive-dev-key"), 200, Archive), vector_write.clone()),
-        with(step("default store key is accepted by archive (deriveFromStore)", "POST", "/v2/namespaces/logs-2026/query", Some("tpuf-primary-dev-key"), 200, Archive), query.clone()),
-        step("demo-admin is not a key of archive (401)", "GET", "/v1/namespaces/logs-2026/metadata", Some("demo-admin-token"), 401, Nowhere),
-        with(step("shop-reader queries shop-books", "POST", "/v2/namespaces/shop-books/query", Some(SHOP_READER_TOKEN), 200, Primary), query.clone()),
-        with(step("shop-reader outside shop-* (403)", "POST", "/v2/namespaces/blog/query", Some(SHOP_READER_TOKEN), 403, Nowhere), query.clone()),
-        with(step("shop-reader on store archive (403)", "POST", "/v2/namespaces/logs-2026/query", Some(SHOP_READER_TOKEN), 403, Nowhere), query),
-        step("shop-reader lists namespaces (prefix=shop- added)", "GET", "/v1/namespaces", Some(SHOP_READER_TOKEN), 200, Primary),
-        with(step("shop-reader may not write (403)", "POST", "/v2/namespaces/shop-books", Some(SHOP_READER_TOKEN), 403, Nowhere), vector_write),
-        step("demo-admin deletes shop-books", "DELETE", "/v2/namespaces/shop-books", Some("demo-admin-token"), 200, Primary),
-        step("app route without an app upstream (404)", "POST", "/v2/namespaces/shop-books/documents", Some("demo-read-token"), 404, Nowhere),
+        with(
+            step(
+                "demo-rw writes shop-books on primary",
+                "POST",
+                "/v2/namespaces/shop-books",
+                Some("demo-rw-token"),
+                200,
+                Primary,
+            ),
+            vector_write.clone(),
+        ),
+        with(
+            step(
+                "demo-read queries shop-books",
+                "POST",
+                "/v2/namespaces/shop-books/query",
+                Some("demo-read-token"),
+                200,
+                Primary,
+            ),
+            query.clone(),
+        ),
+        with(
+            step(
+                "demo-read may not write (403)",
+                "POST",
+                "/v2/namespaces/shop-books",
+                Some("demo-read-token"),
+                403,
+                Nowhere,
+            ),
+            json!({"deletes": [1]}),
+        ),
+        step(
+            "no token (401)",
+            "GET",
+            "/v1/namespaces/shop-books/metadata",
+            None,
+            401,
+            Nowhere,
+        ),
+        step(
+            "unknown token (401)",
+            "GET",
+            "/v1/namespaces/shop-books/metadata",
+            Some("not-a-key"),
+            401,
+            Nowhere,
+        ),
+        with(
+            step(
+                "archive key writes logs-2026 via Index logs",
+                "POST",
+                "/v2/namespaces/logs-2026",
+                Some("tpuf-archive-dev-key"),
+                200,
+                Archive,
+            ),
+            vector_write.clone(),
+        ),
+        with(
+            step(
+                "default store key is accepted by archive (deriveFromStore)",
+                "POST",
+                "/v2/namespaces/logs-2026/query",
+                Some("tpuf-primary-dev-key"),
+                200,
+                Archive,
+            ),
+            query.clone(),
+        ),
+        step(
+            "demo-admin is not a key of archive (401)",
+            "GET",
+            "/v1/namespaces/logs-2026/metadata",
+            Some("demo-admin-token"),
+            401,
+            Nowhere,
+        ),
+        with(
+            step(
+                "shop-reader queries shop-books",
+                "POST",
+                "/v2/namespaces/shop-books/query",
+                Some(SHOP_READER_TOKEN),
+                200,
+                Primary,
+            ),
+            query.clone(),
+        ),
+        with(
+            step(
+                "shop-reader outside shop-* (403)",
+                "POST",
+                "/v2/namespaces/blog/query",
+                Some(SHOP_READER_TOKEN),
+                403,
+                Nowhere,
+            ),
+            query.clone(),
+        ),
+        with(
+            step(
+                "shop-reader on store archive (403)",
+                "POST",
+                "/v2/namespaces/logs-2026/query",
+                Some(SHOP_READER_TOKEN),
+                403,
+                Nowhere,
+            ),
+            query,
+        ),
+        step(
+            "shop-reader lists namespaces (prefix=shop- added)",
+            "GET",
+            "/v1/namespaces",
+            Some(SHOP_READER_TOKEN),
+            200,
+            Primary,
+        ),
+        with(
+            step(
+                "shop-reader may not write (403)",
+                "POST",
+                "/v2/namespaces/shop-books",
+                Some(SHOP_READER_TOKEN),
+                403,
+                Nowhere,
+            ),
+            vector_write,
+        ),
+        step(
+            "demo-admin deletes shop-books",
+            "DELETE",
+            "/v2/namespaces/shop-books",
+            Some("demo-admin-token"),
+            200,
+            Primary,
+        ),
+        step(
+            "app route without an app upstream (404)",
+            "POST",
+            "/v2/namespaces/shop-books/documents",
+            Some("demo-read-token"),
+            404,
+            Nowhere,
+        ),
     ]
 }
 
@@ -105,7 +253,13 @@ pub fn run(gateway: SocketAddr, observe: Option<&dyn Fn() -> (usize, usize)>) ->
                 req = req.json(b);
             }
             let (status, message) = match req.send(gateway) {
-                Ok(r) => (r.status, r.json().ok().and_then(|j| j["error"].as_str().map(str::to_owned)).unwrap_or_default()),
+                Ok(r) => (
+                    r.status,
+                    r.json()
+                        .ok()
+                        .and_then(|j| j["error"].as_str().map(str::to_owned))
+                        .unwrap_or_default(),
+                ),
                 Err(e) => (0, format!("{e:#}")),
             };
             let reached = observe.zip(before).map(|(f, (p0, a0))| {
@@ -118,19 +272,31 @@ pub fn run(gateway: SocketAddr, observe: Option<&dyn Fn() -> (usize, usize)>) ->
                 }
             });
             let ok = status == step.status && reached.is_none_or(|r| r == step.store);
-            Outcome { step, status, reached, message, ok }
+            Outcome {
+                step,
+                status,
+                reached,
+                message,
+                ok,
+            }
         })
         .collect()
 }
 
 /// Formats outcomes as a table.
 pub fn table(outcomes: &[Outcome]) -> String {
-    let mut out = format!("{:<4} {:<60} {:<7} {:<6} {}\n", "ok", "step", "expect", "got", "gateway says");
+    let mut out = format!(
+        "{:<4} {:<60} {:<7} {:<6} {}\n",
+        "ok", "step", "expect", "got", "gateway says"
+    );
     for o in outcomes {
         let mark = if o.ok { "ok" } else { "FAIL" };
         let _ = std::fmt::Write::write_fmt(
             &mut out,
-            format_args!("{:<4} {:<60} {:<7} {:<6} {}\n", mark, o.step.what, o.step.status, o.status, o.message),
+            format_args!(
+                "{:<4} {:<60} {:<7} {:<6} {}\n",
+                mark, o.step.what, o.step.status, o.status, o.message
+            ),
         );
     }
     out

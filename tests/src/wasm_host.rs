@@ -60,8 +60,15 @@ pub struct Request {
 impl Request {
     /// A request with `:method`, `:path` and `:authority`.
     pub fn new(method: &str, path: &str) -> Request {
-        let headers = vec![(":method".into(), method.into()), (":path".into(), path.into()), (":authority".into(), "gateway".into())];
-        Request { headers, body: None }
+        let headers = vec![
+            (":method".into(), method.into()),
+            (":path".into(), path.into()),
+            (":authority".into(), "gateway".into()),
+        ];
+        Request {
+            headers,
+            body: None,
+        }
     }
 
     /// Adds a header.
@@ -127,7 +134,12 @@ fn write(caller: &mut Caller<'_, HostState>, ptr: i32, bytes: &[u8]) -> Result<(
 
 /// Copies `bytes` into guest memory allocated by `proxy_on_memory_allocate` and writes the
 /// pointer and size to `ptr_ptr` / `size_ptr`.
-fn give(caller: &mut Caller<'_, HostState>, bytes: &[u8], ptr_ptr: i32, size_ptr: i32) -> Result<()> {
+fn give(
+    caller: &mut Caller<'_, HostState>,
+    bytes: &[u8],
+    ptr_ptr: i32,
+    size_ptr: i32,
+) -> Result<()> {
     let alloc: TypedFunc<i32, i32> = match caller.get_export("proxy_on_memory_allocate") {
         Some(Extern::Func(f)) => f.typed(&*caller)?,
         _ => bail!("the module exports no proxy_on_memory_allocate"),
@@ -145,34 +157,69 @@ fn serialize(pairs: &[(String, String)]) -> Vec<u8> {
 
 fn deserialize(bytes: &[u8]) -> Vec<(String, String)> {
     layergate_filter::headers::pairs(bytes)
-        .map(|(k, v)| (String::from_utf8_lossy(k).into_owned(), String::from_utf8_lossy(v).into_owned()))
+        .map(|(k, v)| {
+            (
+                String::from_utf8_lossy(k).into_owned(),
+                String::from_utf8_lossy(v).into_owned(),
+            )
+        })
         .collect()
 }
 
 fn link(linker: &mut Linker<HostState>) -> Result<()> {
     let env = "env";
-    linker.func_wrap(env, "proxy_log", |mut c: Caller<'_, HostState>, level: i32, p: i32, n: i32| -> Result<i32> {
-        let msg = read_str(&mut c, p, n)?;
-        c.data_mut().logs.push(format!("[{level}] {msg}"));
-        Ok(OK)
-    })?;
-    linker.func_wrap(env, "proxy_get_log_level", |mut c: Caller<'_, HostState>, ret: i32| -> Result<i32> {
-        write(&mut c, ret, &1i32.to_le_bytes())?;
-        Ok(OK)
-    })?;
-    linker.func_wrap(env, "proxy_get_current_time_nanoseconds", |mut c: Caller<'_, HostState>, ret: i32| -> Result<i32> {
-        let now = c.data().now_nanos;
-        write(&mut c, ret, &now.to_le_bytes())?;
-        Ok(OK)
-    })?;
-    linker.func_wrap(env, "proxy_set_tick_period_milliseconds", |_: Caller<'_, HostState>, _ms: i32| -> i32 { OK })?;
-    linker.func_wrap(env, "proxy_set_effective_context", |_: Caller<'_, HostState>, _ctx: i32| -> i32 { OK })?;
+    linker.func_wrap(
+        env,
+        "proxy_log",
+        |mut c: Caller<'_, HostState>, level: i32, p: i32, n: i32| -> Result<i32> {
+            let msg = read_str(&mut c, p, n)?;
+            c.data_mut().logs.push(format!("[{level}] {msg}"));
+            Ok(OK)
+        },
+    )?;
+    linker.func_wrap(
+        env,
+        "proxy_get_log_level",
+        |mut c: Caller<'_, HostState>, ret: i32| -> Result<i32> {
+            write(&mut c, ret, &1i32.to_le_bytes())?;
+            Ok(OK)
+        },
+    )?;
+    linker.func_wrap(
+        env,
+        "proxy_get_current_time_nanoseconds",
+        |mut c: Caller<'_, HostState>, ret: i32| -> Result<i32> {
+            let now = c.data().now_nanos;
+            write(&mut c, ret, &now.to_le_bytes())?;
+            Ok(OK)
+        },
+    )?;
+    linker.func_wrap(
+        env,
+        "proxy_set_tick_period_milliseconds",
+        |_: Caller<'_, HostState>, _ms: i32| -> i32 { OK },
+    )?;
+    linker.func_wrap(
+        env,
+        "proxy_set_effective_context",
+        |_: Caller<'_, HostState>, _ctx: i32| -> i32 { OK },
+    )?;
     linker.func_wrap(env, "proxy_done", |_: Caller<'_, HostState>| -> i32 { OK })?;
-    linker.func_wrap(env, "proxy_continue_stream", |_: Caller<'_, HostState>, _t: i32| -> i32 { OK })?;
+    linker.func_wrap(
+        env,
+        "proxy_continue_stream",
+        |_: Caller<'_, HostState>, _t: i32| -> i32 { OK },
+    )?;
     linker.func_wrap(
         env,
         "proxy_get_buffer_bytes",
-        |mut c: Caller<'_, HostState>, kind: i32, start: i32, max: i32, ptr_ptr: i32, size_ptr: i32| -> Result<i32> {
+        |mut c: Caller<'_, HostState>,
+         kind: i32,
+         start: i32,
+         max: i32,
+         ptr_ptr: i32,
+         size_ptr: i32|
+         -> Result<i32> {
             let data = match kind {
                 PLUGIN_CONFIGURATION => c.data().plugin_config.clone(),
                 VM_CONFIGURATION => Vec::new(),
@@ -180,38 +227,63 @@ fn link(linker: &mut Linker<HostState>) -> Result<()> {
                 _ => return Ok(NOT_FOUND),
             };
             let start = usize::try_from(start)?.min(data.len());
-            let end = start.saturating_add(usize::try_from(max).unwrap_or(usize::MAX)).min(data.len());
+            let end = start
+                .saturating_add(usize::try_from(max).unwrap_or(usize::MAX))
+                .min(data.len());
             give(&mut c, &data[start..end], ptr_ptr, size_ptr)?;
             Ok(OK)
         },
     )?;
-    linker.func_wrap(env, "proxy_get_header_map_pairs", |mut c: Caller<'_, HostState>, map: i32, ptr_ptr: i32, size_ptr: i32| -> Result<i32> {
-        if map != HTTP_REQUEST_HEADERS {
-            give(&mut c, &serialize(&[]), ptr_ptr, size_ptr)?;
-            return Ok(OK);
-        }
-        let bytes = serialize(&c.data().headers);
-        give(&mut c, &bytes, ptr_ptr, size_ptr)?;
-        Ok(OK)
-    })?;
-    linker.func_wrap(env, "proxy_set_header_map_pairs", |mut c: Caller<'_, HostState>, map: i32, p: i32, n: i32| -> Result<i32> {
-        let bytes = read(&mut c, p, n)?;
-        if map == HTTP_REQUEST_HEADERS {
-            c.data_mut().headers = deserialize(&bytes);
-        }
-        Ok(OK)
-    })?;
-    linker.func_wrap(env, "proxy_get_header_map_size", |mut c: Caller<'_, HostState>, _map: i32, ret: i32| -> Result<i32> {
-        let size = i32::try_from(serialize(&c.data().headers).len())?;
-        write(&mut c, ret, &size.to_le_bytes())?;
-        Ok(OK)
-    })?;
+    linker.func_wrap(
+        env,
+        "proxy_get_header_map_pairs",
+        |mut c: Caller<'_, HostState>, map: i32, ptr_ptr: i32, size_ptr: i32| -> Result<i32> {
+            if map != HTTP_REQUEST_HEADERS {
+                give(&mut c, &serialize(&[]), ptr_ptr, size_ptr)?;
+                return Ok(OK);
+            }
+            let bytes = serialize(&c.data().headers);
+            give(&mut c, &bytes, ptr_ptr, size_ptr)?;
+            Ok(OK)
+        },
+    )?;
+    linker.func_wrap(
+        env,
+        "proxy_set_header_map_pairs",
+        |mut c: Caller<'_, HostState>, map: i32, p: i32, n: i32| -> Result<i32> {
+            let bytes = read(&mut c, p, n)?;
+            if map == HTTP_REQUEST_HEADERS {
+                c.data_mut().headers = deserialize(&bytes);
+            }
+            Ok(OK)
+        },
+    )?;
+    linker.func_wrap(
+        env,
+        "proxy_get_header_map_size",
+        |mut c: Caller<'_, HostState>, _map: i32, ret: i32| -> Result<i32> {
+            let size = i32::try_from(serialize(&c.data().headers).len())?;
+            write(&mut c, ret, &size.to_le_bytes())?;
+            Ok(OK)
+        },
+    )?;
     linker.func_wrap(
         env,
         "proxy_get_header_map_value",
-        |mut c: Caller<'_, HostState>, _map: i32, kp: i32, kn: i32, ptr_ptr: i32, size_ptr: i32| -> Result<i32> {
+        |mut c: Caller<'_, HostState>,
+         _map: i32,
+         kp: i32,
+         kn: i32,
+         ptr_ptr: i32,
+         size_ptr: i32|
+         -> Result<i32> {
             let key = read_str(&mut c, kp, kn)?.to_ascii_lowercase();
-            let value = c.data().headers.iter().find(|(k, _)| *k == key).map(|(_, v)| v.clone());
+            let value = c
+                .data()
+                .headers
+                .iter()
+                .find(|(k, _)| *k == key)
+                .map(|(_, v)| v.clone());
             match value {
                 Some(v) => {
                     give(&mut c, v.as_bytes(), ptr_ptr, size_ptr)?;
@@ -224,8 +296,17 @@ fn link(linker: &mut Linker<HostState>) -> Result<()> {
     linker.func_wrap(
         env,
         "proxy_replace_header_map_value",
-        |mut c: Caller<'_, HostState>, _map: i32, kp: i32, kn: i32, vp: i32, vn: i32| -> Result<i32> {
-            let (key, value) = (read_str(&mut c, kp, kn)?.to_ascii_lowercase(), read_str(&mut c, vp, vn)?);
+        |mut c: Caller<'_, HostState>,
+         _map: i32,
+         kp: i32,
+         kn: i32,
+         vp: i32,
+         vn: i32|
+         -> Result<i32> {
+            let (key, value) = (
+                read_str(&mut c, kp, kn)?.to_ascii_lowercase(),
+                read_str(&mut c, vp, vn)?,
+            );
             let headers = &mut c.data_mut().headers;
             headers.retain(|(k, _)| *k != key);
             headers.push((key, value));
@@ -235,122 +316,228 @@ fn link(linker: &mut Linker<HostState>) -> Result<()> {
     linker.func_wrap(
         env,
         "proxy_add_header_map_value",
-        |mut c: Caller<'_, HostState>, _map: i32, kp: i32, kn: i32, vp: i32, vn: i32| -> Result<i32> {
-            let (key, value) = (read_str(&mut c, kp, kn)?.to_ascii_lowercase(), read_str(&mut c, vp, vn)?);
+        |mut c: Caller<'_, HostState>,
+         _map: i32,
+         kp: i32,
+         kn: i32,
+         vp: i32,
+         vn: i32|
+         -> Result<i32> {
+            let (key, value) = (
+                read_str(&mut c, kp, kn)?.to_ascii_lowercase(),
+                read_str(&mut c, vp, vn)?,
+            );
             c.data_mut().headers.push((key, value));
             Ok(OK)
         },
     )?;
-    linker.func_wrap(env, "proxy_remove_header_map_value", |mut c: Caller<'_, HostState>, _map: i32, kp: i32, kn: i32| -> Result<i32> {
-        let key = read_str(&mut c, kp, kn)?.to_ascii_lowercase();
-        c.data_mut().headers.retain(|(k, _)| *k != key);
-        Ok(OK)
-    })?;
     linker.func_wrap(
         env,
-        "proxy_send_local_response",
-        |mut c: Caller<'_, HostState>, status: i32, _dp: i32, _dn: i32, bp: i32, bn: i32, hp: i32, hn: i32, _grpc: i32| -> Result<i32> {
-            let body = read(&mut c, bp, bn)?;
-            let headers = deserialize(&read(&mut c, hp, hn)?);
-            c.data_mut().reply = Some(LocalReply { status: u32::try_from(status)?, headers, body });
+        "proxy_remove_header_map_value",
+        |mut c: Caller<'_, HostState>, _map: i32, kp: i32, kn: i32| -> Result<i32> {
+            let key = read_str(&mut c, kp, kn)?.to_ascii_lowercase();
+            c.data_mut().headers.retain(|(k, _)| *k != key);
             Ok(OK)
         },
     )?;
-    linker.func_wrap(env, "proxy_get_property", |mut c: Caller<'_, HostState>, pp: i32, pn: i32, ptr_ptr: i32, size_ptr: i32| -> Result<i32> {
-        let path = read_str(&mut c, pp, pn)?;
-        match c.data().properties.get(&path).cloned() {
-            Some(v) => {
-                give(&mut c, &v, ptr_ptr, size_ptr)?;
-                Ok(OK)
+    linker.func_wrap(
+        env,
+        "proxy_send_local_response",
+        |mut c: Caller<'_, HostState>,
+         status: i32,
+         _dp: i32,
+         _dn: i32,
+         bp: i32,
+         bn: i32,
+         hp: i32,
+         hn: i32,
+         _grpc: i32|
+         -> Result<i32> {
+            let body = read(&mut c, bp, bn)?;
+            let headers = deserialize(&read(&mut c, hp, hn)?);
+            c.data_mut().reply = Some(LocalReply {
+                status: u32::try_from(status)?,
+                headers,
+                body,
+            });
+            Ok(OK)
+        },
+    )?;
+    linker.func_wrap(
+        env,
+        "proxy_get_property",
+        |mut c: Caller<'_, HostState>,
+         pp: i32,
+         pn: i32,
+         ptr_ptr: i32,
+         size_ptr: i32|
+         -> Result<i32> {
+            let path = read_str(&mut c, pp, pn)?;
+            match c.data().properties.get(&path).cloned() {
+                Some(v) => {
+                    give(&mut c, &v, ptr_ptr, size_ptr)?;
+                    Ok(OK)
+                }
+                None => Ok(NOT_FOUND),
             }
-            None => Ok(NOT_FOUND),
-        }
-    })?;
-    linker.func_wrap(env, "proxy_set_property", |mut c: Caller<'_, HostState>, pp: i32, pn: i32, vp: i32, vn: i32| -> Result<i32> {
-        let (path, value) = (read_str(&mut c, pp, pn)?, read(&mut c, vp, vn)?);
-        c.data_mut().properties.insert(path, value);
-        Ok(OK)
-    })?;
-    linker.func_wrap(env, "proxy_define_metric", |mut c: Caller<'_, HostState>, _kind: i32, np: i32, nn: i32, ret: i32| -> Result<i32> {
-        let name = read_str(&mut c, np, nn)?;
-        let metrics = &mut c.data_mut().metrics;
-        let id = match metrics.iter().position(|(n, _)| *n == name) {
-            Some(i) => i,
-            None => {
-                metrics.push((name, 0));
-                metrics.len() - 1
+        },
+    )?;
+    linker.func_wrap(
+        env,
+        "proxy_set_property",
+        |mut c: Caller<'_, HostState>, pp: i32, pn: i32, vp: i32, vn: i32| -> Result<i32> {
+            let (path, value) = (read_str(&mut c, pp, pn)?, read(&mut c, vp, vn)?);
+            c.data_mut().properties.insert(path, value);
+            Ok(OK)
+        },
+    )?;
+    linker.func_wrap(
+        env,
+        "proxy_define_metric",
+        |mut c: Caller<'_, HostState>, _kind: i32, np: i32, nn: i32, ret: i32| -> Result<i32> {
+            let name = read_str(&mut c, np, nn)?;
+            let metrics = &mut c.data_mut().metrics;
+            let id = match metrics.iter().position(|(n, _)| *n == name) {
+                Some(i) => i,
+                None => {
+                    metrics.push((name, 0));
+                    metrics.len() - 1
+                }
+            };
+            write(&mut c, ret, &u32::try_from(id)?.to_le_bytes())?;
+            Ok(OK)
+        },
+    )?;
+    linker.func_wrap(
+        env,
+        "proxy_increment_metric",
+        |mut c: Caller<'_, HostState>, id: i32, by: i64| -> i32 {
+            match c
+                .data_mut()
+                .metrics
+                .get_mut(usize::try_from(id).unwrap_or(usize::MAX))
+            {
+                Some(m) => {
+                    m.1 += by;
+                    OK
+                }
+                None => NOT_FOUND,
             }
-        };
-        write(&mut c, ret, &u32::try_from(id)?.to_le_bytes())?;
-        Ok(OK)
-    })?;
-    linker.func_wrap(env, "proxy_increment_metric", |mut c: Caller<'_, HostState>, id: i32, by: i64| -> i32 {
-        match c.data_mut().metrics.get_mut(usize::try_from(id).unwrap_or(usize::MAX)) {
-            Some(m) => {
-                m.1 += by;
-                OK
+        },
+    )?;
+    linker.func_wrap(
+        env,
+        "proxy_record_metric",
+        |mut c: Caller<'_, HostState>, id: i32, value: i64| -> i32 {
+            match c
+                .data_mut()
+                .metrics
+                .get_mut(usize::try_from(id).unwrap_or(usize::MAX))
+            {
+                Some(m) => {
+                    m.1 = value;
+                    OK
+                }
+                None => NOT_FOUND,
             }
-            None => NOT_FOUND,
-        }
-    })?;
-    linker.func_wrap(env, "proxy_record_metric", |mut c: Caller<'_, HostState>, id: i32, value: i64| -> i32 {
-        match c.data_mut().metrics.get_mut(usize::try_from(id).unwrap_or(usize::MAX)) {
-            Some(m) => {
-                m.1 = value;
-                OK
-            }
-            None => NOT_FOUND,
-        }
-    })?;
-    linker.func_wrap(env, "proxy_get_metric", |mut c: Caller<'_, HostState>, id: i32, ret: i32| -> Result<i32> {
-        let Some(v) = c.data().metrics.get(usize::try_from(id).unwrap_or(usize::MAX)).map(|m| m.1) else { return Ok(NOT_FOUND) };
-        write(&mut c, ret, &v.to_le_bytes())?;
-        Ok(OK)
-    })?;
+        },
+    )?;
+    linker.func_wrap(
+        env,
+        "proxy_get_metric",
+        |mut c: Caller<'_, HostState>, id: i32, ret: i32| -> Result<i32> {
+            let Some(v) = c
+                .data()
+                .metrics
+                .get(usize::try_from(id).unwrap_or(usize::MAX))
+                .map(|m| m.1)
+            else {
+                return Ok(NOT_FOUND);
+            };
+            write(&mut c, ret, &v.to_le_bytes())?;
+            Ok(OK)
+        },
+    )?;
 
     let wasi = "wasi_snapshot_preview1";
-    linker.func_wrap(wasi, "environ_sizes_get", |mut c: Caller<'_, HostState>, count_ptr: i32, size_ptr: i32| -> Result<i32> {
-        let env = c.data().env.clone();
-        let size: usize = env.iter().map(|(k, v)| k.len() + v.len() + 2).sum();
-        write(&mut c, count_ptr, &u32::try_from(env.len())?.to_le_bytes())?;
-        write(&mut c, size_ptr, &u32::try_from(size)?.to_le_bytes())?;
-        Ok(0)
-    })?;
-    linker.func_wrap(wasi, "environ_get", |mut c: Caller<'_, HostState>, ptrs: i32, buf: i32| -> Result<i32> {
-        let env = c.data().env.clone();
-        let mut offset = buf;
-        for (i, (k, v)) in env.iter().enumerate() {
-            let entry = format!("{k}={v}\0");
-            write(&mut c, ptrs + i32::try_from(i * 4)?, &offset.to_le_bytes())?;
-            write(&mut c, offset, entry.as_bytes())?;
-            offset += i32::try_from(entry.len())?;
-        }
-        Ok(0)
-    })?;
-    linker.func_wrap(wasi, "fd_write", |mut c: Caller<'_, HostState>, _fd: i32, iovs: i32, count: i32, written: i32| -> Result<i32> {
-        let mut total = 0i32;
-        for i in 0..count {
-            let iov = read(&mut c, iovs + i * 8, 8)?;
-            let (p, n) = (i32::from_le_bytes([iov[0], iov[1], iov[2], iov[3]]), i32::from_le_bytes([iov[4], iov[5], iov[6], iov[7]]));
-            let text = read_str(&mut c, p, n)?;
-            c.data_mut().logs.push(text);
-            total += n;
-        }
-        write(&mut c, written, &total.to_le_bytes())?;
-        Ok(0)
-    })?;
-    linker.func_wrap(wasi, "clock_time_get", |mut c: Caller<'_, HostState>, _id: i32, _precision: i64, ret: i32| -> Result<i32> {
-        let now = c.data().now_nanos;
-        write(&mut c, ret, &now.to_le_bytes())?;
-        Ok(0)
-    })?;
-    linker.func_wrap(wasi, "random_get", |mut c: Caller<'_, HostState>, buf: i32, len: i32| -> Result<i32> {
-        // Deterministic bytes: the filter's hash maps only need *some* seed.
-        let bytes: Vec<u8> = (0..len).map(|i| (i as u8).wrapping_mul(31).wrapping_add(7)).collect();
-        write(&mut c, buf, &bytes)?;
-        Ok(0)
-    })?;
-    linker.func_wrap(wasi, "proc_exit", |_: Caller<'_, HostState>, code: i32| -> Result<()> { Err(anyhow!("the module called proc_exit({code})")) })?;
+    linker.func_wrap(
+        wasi,
+        "environ_sizes_get",
+        |mut c: Caller<'_, HostState>, count_ptr: i32, size_ptr: i32| -> Result<i32> {
+            let env = c.data().env.clone();
+            let size: usize = env.iter().map(|(k, v)| k.len() + v.len() + 2).sum();
+            write(&mut c, count_ptr, &u32::try_from(env.len())?.to_le_bytes())?;
+            write(&mut c, size_ptr, &u32::try_from(size)?.to_le_bytes())?;
+            Ok(0)
+        },
+    )?;
+    linker.func_wrap(
+        wasi,
+        "environ_get",
+        |mut c: Caller<'_, HostState>, ptrs: i32, buf: i32| -> Result<i32> {
+            let env = c.data().env.clone();
+            let mut offset = buf;
+            for (i, (k, v)) in env.iter().enumerate() {
+                let entry = format!("{k}={v}\0");
+                write(&mut c, ptrs + i32::try_from(i * 4)?, &offset.to_le_bytes())?;
+                write(&mut c, offset, entry.as_bytes())?;
+                offset += i32::try_from(entry.len())?;
+            }
+            Ok(0)
+        },
+    )?;
+    linker.func_wrap(
+        wasi,
+        "fd_write",
+        |mut c: Caller<'_, HostState>,
+         _fd: i32,
+         iovs: i32,
+         count: i32,
+         written: i32|
+         -> Result<i32> {
+            let mut total = 0i32;
+            for i in 0..count {
+                let iov = read(&mut c, iovs + i * 8, 8)?;
+                let (p, n) = (
+                    i32::from_le_bytes([iov[0], iov[1], iov[2], iov[3]]),
+                    i32::from_le_bytes([iov[4], iov[5], iov[6], iov[7]]),
+                );
+                let text = read_str(&mut c, p, n)?;
+                c.data_mut().logs.push(text);
+                total += n;
+            }
+            write(&mut c, written, &total.to_le_bytes())?;
+            Ok(0)
+        },
+    )?;
+    linker.func_wrap(
+        wasi,
+        "clock_time_get",
+        |mut c: Caller<'_, HostState>, _id: i32, _precision: i64, ret: i32| -> Result<i32> {
+            let now = c.data().now_nanos;
+            write(&mut c, ret, &now.to_le_bytes())?;
+            Ok(0)
+        },
+    )?;
+    linker.func_wrap(
+        wasi,
+        "random_get",
+        |mut c: Caller<'_, HostState>, buf: i32, len: i32| -> Result<i32> {
+            // Deterministic bytes: the filter's hash maps only need *some* seed.
+            let bytes: Vec<u8> = (0..len)
+                .map(|i| (i as u8).wrapping_mul(31).wrapping_add(7))
+                .collect();
+            write(&mut c, buf, &bytes)?;
+            Ok(0)
+        },
+    )?;
+    linker.func_wrap(
+        wasi,
+        "proc_exit",
+        |_: Caller<'_, HostState>, code: i32| -> Result<()> {
+            Err(anyhow!("the module called proc_exit({code})"))
+        },
+    )?;
     Ok(())
 }
 
@@ -365,7 +552,8 @@ impl FilterModule {
     /// Compiles a `.wasm` file.
     pub fn compile(wasm: &Path) -> Result<FilterModule> {
         let engine = Engine::default();
-        let module = Module::from_file(&engine, wasm).with_context(|| format!("loading {}", wasm.display()))?;
+        let module = Module::from_file(&engine, wasm)
+            .with_context(|| format!("loading {}", wasm.display()))?;
         Ok(FilterModule { engine, module })
     }
 }
@@ -373,10 +561,17 @@ impl FilterModule {
 impl FilterHost {
     /// Starts a VM and configures its root context. A refused configuration is an error whose
     /// text includes the filter's logs.
-    pub fn load(module: &FilterModule, plugin_config: &str, env: &[(&str, &str)]) -> Result<FilterHost> {
+    pub fn load(
+        module: &FilterModule,
+        plugin_config: &str,
+        env: &[(&str, &str)],
+    ) -> Result<FilterHost> {
         let mut host = FilterHost::start(module, env)?;
         if !host.configure(plugin_config)? {
-            bail!("the filter refused its configuration; logs:\n{}", host.logs().join("\n"));
+            bail!(
+                "the filter refused its configuration; logs:\n{}",
+                host.logs().join("\n")
+            );
         }
         Ok(host)
     }
@@ -389,14 +584,24 @@ impl FilterHost {
         for import in module.imports() {
             let (m, n) = (import.module().to_owned(), import.name().to_owned());
             if let wasmtime::ExternType::Func(ty) = import.ty() {
-                if linker.get_by_import(&mut Store::new(engine, HostState::default()), &import).is_none() {
+                if linker
+                    .get_by_import(&mut Store::new(engine, HostState::default()), &import)
+                    .is_none()
+                {
                     let name = format!("{m}.{n}");
-                    linker.func_new(&m, &n, ty, move |_, _, _| Err(anyhow!("the filter called {name}, which this host does not implement")))?;
+                    linker.func_new(&m, &n, ty, move |_, _, _| {
+                        Err(anyhow!(
+                            "the filter called {name}, which this host does not implement"
+                        ))
+                    })?;
                 }
             }
         }
         let state = HostState {
-            env: env.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())).collect(),
+            env: env
+                .iter()
+                .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+                .collect(),
             now_nanos: 1_795_528_719_000_000_000, // 2026-11-24
             ..HostState::default()
         };
@@ -405,7 +610,11 @@ impl FilterHost {
         if let Ok(init) = instance.get_typed_func::<(), ()>(&mut store, "_initialize") {
             init.call(&mut store, ())?;
         }
-        let mut host = FilterHost { store, instance, next_context: ROOT + 1 };
+        let mut host = FilterHost {
+            store,
+            instance,
+            next_context: ROOT + 1,
+        };
         host.call::<(i32, i32), ()>("proxy_on_context_create", (ROOT, 0))?;
         if host.call::<(i32, i32), i32>("proxy_on_vm_start", (ROOT, 0))? == 0 {
             bail!("proxy_on_vm_start returned false");
@@ -413,9 +622,17 @@ impl FilterHost {
         Ok(host)
     }
 
-    fn call<P: wasmtime::WasmParams, R: wasmtime::WasmResults>(&mut self, name: &str, params: P) -> Result<R> {
-        let f = self.instance.get_typed_func::<P, R>(&mut self.store, name).with_context(|| format!("export {name}"))?;
-        f.call(&mut self.store, params).with_context(|| format!("calling {name}"))
+    fn call<P: wasmtime::WasmParams, R: wasmtime::WasmResults>(
+        &mut self,
+        name: &str,
+        params: P,
+    ) -> Result<R> {
+        let f = self
+            .instance
+            .get_typed_func::<P, R>(&mut self.store, name)
+            .with_context(|| format!("export {name}"))?;
+        f.call(&mut self.store, params)
+            .with_context(|| format!("calling {name}"))
     }
 
     /// Delivers a plugin configuration; returns what `proxy_on_configure` answered.
@@ -441,14 +658,19 @@ impl FilterHost {
         self.next_context += 1;
         {
             let st = self.store.data_mut();
-            st.headers = req.headers.iter().map(|(k, v)| (k.to_ascii_lowercase(), v.clone())).collect();
+            st.headers = req
+                .headers
+                .iter()
+                .map(|(k, v)| (k.to_ascii_lowercase(), v.clone()))
+                .collect();
             st.body = req.body.clone().unwrap_or_default();
             st.reply = None;
         }
         self.call::<(i32, i32), ()>("proxy_on_context_create", (ctx, ROOT))?;
         let n = i32::try_from(req.headers.len())?;
         let eos = i32::from(req.body.is_none());
-        let action = self.call::<(i32, i32, i32), i32>("proxy_on_request_headers", (ctx, n, eos))?;
+        let action =
+            self.call::<(i32, i32, i32), i32>("proxy_on_request_headers", (ctx, n, eos))?;
         if self.store.data().reply.is_none() {
             if action != 0 {
                 bail!("the filter paused the request headers without a reply (Envoy would stop all iteration)");
@@ -464,7 +686,9 @@ impl FilterHost {
         let st = self.store.data_mut();
         Ok(match st.reply.take() {
             Some(reply) => Outcome::LocalReply(reply),
-            None => Outcome::Forwarded { headers: st.headers.clone() },
+            None => Outcome::Forwarded {
+                headers: st.headers.clone(),
+            },
         })
     }
 
@@ -475,11 +699,20 @@ impl FilterHost {
 
     /// A metric's value by name.
     pub fn metric(&self, name: &str) -> Option<i64> {
-        self.store.data().metrics.iter().find(|(n, _)| n == name).map(|(_, v)| *v)
+        self.store
+            .data()
+            .metrics
+            .iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, v)| *v)
     }
 
     /// A property the filter set (path segments joined by NUL).
     pub fn property(&self, path: &str) -> Option<String> {
-        self.store.data().properties.get(path).map(|v| String::from_utf8_lossy(v).into_owned())
+        self.store
+            .data()
+            .properties
+            .get(path)
+            .map(|v| String::from_utf8_lossy(v).into_owned())
     }
 }

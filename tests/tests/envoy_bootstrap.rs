@@ -8,7 +8,11 @@ fn checked_in_demo_bootstrap_matches_the_renderer() {
     let rendered = demo::render_checked_in().unwrap();
     let file = paths::repo_root().join("envoy/demo/envoy.yaml");
     let on_disk = std::fs::read_to_string(&file).unwrap();
-    assert!(rendered == on_disk, "{} is stale: run `make envoy-demo` and commit it", file.display());
+    assert!(
+        rendered == on_disk,
+        "{} is stale: run `make envoy-demo` and commit it",
+        file.display()
+    );
 }
 
 #[test]
@@ -34,5 +38,8 @@ fn envoy_validates_a_bootstrap_without_the_filter() {
 fn a_missing_artifact_names_the_make_target() {
     std::env::set_var("LAYERGATE_PYTHON", "/nonexistent/python");
     let err = paths::python().unwrap_err().to_string();
-    assert!(err.contains("make venv") && err.contains("LAYERGATE_PYTHON"), "{err}");
+    assert!(
+        err.contains("make venv") && err.contains("LAYERGATE_PYTHON"),
+        "{err}"
+    );
 }

@@ -36,7 +36,10 @@ fn refused(d: &Demo, req: Request, status: u16) -> Response {
     assert_eq!(seen, (0, 0), "{what} reached a store");
     let body = r.json().unwrap_or_else(|e| panic!("{what}: {e:#}"));
     assert_eq!(body["status"], "error", "{what}: {body}");
-    assert!(body["error"].as_str().is_some_and(|m| m.len() > 10), "{what}: {body}");
+    assert!(
+        body["error"].as_str().is_some_and(|m| m.len() > 10),
+        "{what}: {body}"
+    );
     assert_eq!(r.header("content-type"), Some("application/json"), "{what}");
     r
 }
@@ -45,11 +48,31 @@ fn refused(d: &Demo, req: Request, status: u16) -> Response {
 fn forwarded_to(d: &Demo, req: Request, primary: bool) -> Response {
     let what = format!("{} {}", req.method, req.path);
     let (r, seen) = send(d, req);
-    let (store, key) = if primary { (&d.primary, PRIMARY_KEY) } else { (&d.archive, ARCHIVE_KEY) };
-    assert_eq!(seen, if primary { (1, 0) } else { (0, 1) }, "{what}: {}", r.text());
+    let (store, key) = if primary {
+        (&d.primary, PRIMARY_KEY)
+    } else {
+        (&d.archive, ARCHIVE_KEY)
+    };
+    assert_eq!(
+        seen,
+        if primary { (1, 0) } else { (0, 1) },
+        "{what}: {}",
+        r.text()
+    );
     let last = store.requests().pop().unwrap();
-    assert_eq!(last.header("authorization"), Some(format!("Bearer {key}").as_str()), "{what}");
-    assert!(!last.headers.iter().any(|(k, _)| k.starts_with("x-layergate-")), "{what}: {:?}", last.headers);
+    assert_eq!(
+        last.header("authorization"),
+        Some(format!("Bearer {key}").as_str()),
+        "{what}"
+    );
+    assert!(
+        !last
+            .headers
+            .iter()
+            .any(|(k, _)| k.starts_with("x-layergate-")),
+        "{what}: {:?}",
+        last.headers
+    );
     r
 }
 
@@ -66,42 +89,121 @@ fn demo_tour_goes_as_documented_with_stats_and_access_log() {
     let d = start();
     let observe = || d.store_counts();
     let outcomes = tour::run(d.addr(), Some(&observe));
-    assert!(outcomes.iter().all(|o| o.ok), "\n{}", tour::table(&outcomes));
+    assert!(
+        outcomes.iter().all(|o| o.ok),
+        "\n{}",
+        tour::table(&outcomes)
+    );
     // Counters are flushed on the root context's 1 s tick.
     let deadline = Instant::now() + Duration::from_secs(5);
     let allowed = outcomes.iter().filter(|o| o.status == 200).count() as u64;
     let denied_403 = outcomes.iter().filter(|o| o.status == 403).count() as u64;
     loop {
-        let (a, f) = (d.envoy.stat("wasmcustom.layergate.allowed").unwrap(), d.envoy.stat("wasmcustom.layergate.denied_403").unwrap());
+        let (a, f) = (
+            d.envoy.stat("wasmcustom.layergate.allowed").unwrap(),
+            d.envoy.stat("wasmcustom.layergate.denied_403").unwrap(),
+        );
         if a == Some(allowed) && f == Some(denied_403) {
             break;
         }
-        assert!(Instant::now() < deadline, "stats: allowed {a:?} (want {allowed}), denied_403 {f:?} (want {denied_403})");
+        assert!(
+            Instant::now() < deadline,
+            "stats: allowed {a:?} (want {allowed}), denied_403 {f:?} (want {denied_403})"
+        );
         std::thread::sleep(Duration::from_millis(200));
     }
     let log = d.envoy.log();
-    assert!(log.contains("principal=key:primary/demo-read scope=read store=primary decision=allowed"), "{log}");
+    assert!(
+        log.contains("principal=key:primary/demo-read scope=read store=primary decision=allowed"),
+        "{log}"
+    );
     assert!(log.contains("principal=apikey:shop-reader"), "{log}");
     assert!(log.contains("decision=denied_401"), "{log}");
-    assert!(!log.contains(SHOP) && !log.contains("demo-rw-token"), "tokens must never be logged");
+    assert!(
+        !log.contains(SHOP) && !log.contains("demo-rw-token"),
+        "tokens must never be logged"
+    );
 }
 
 #[test]
 fn each_scope_against_read_write_and_admin_routes() {
     let d = start();
-    forwarded_to(&d, post("/v2/namespaces/shop-a", "demo-rw-token", json!({"upsert_rows": [{"id": 1, "vector": [1.0, 0.0]}]})), true);
-    forwarded_to(&d, post("/v2/namespaces/shop-a/query", "demo-read-token", json!({"rank_by": ["vector", "ANN", [1.0, 0.0]], "top_k": 1})), true);
-    let r = refused(&d, post("/v2/namespaces/shop-a", "demo-read-token", json!({"deletes": [1]})), 403);
-    assert_eq!(r.header("www-authenticate"), Some(r#"Bearer realm="layergate", error="insufficient_scope", scope="write""#));
+    forwarded_to(
+        &d,
+        post(
+            "/v2/namespaces/shop-a",
+            "demo-rw-token",
+            json!({"upsert_rows": [{"id": 1, "vector": [1.0, 0.0]}]}),
+        ),
+        true,
+    );
+    forwarded_to(
+        &d,
+        post(
+            "/v2/namespaces/shop-a/query",
+            "demo-read-token",
+            json!({"rank_by": ["vector", "ANN", [1.0, 0.0]], "top_k": 1}),
+        ),
+        true,
+    );
+    let r = refused(
+        &d,
+        post(
+            "/v2/namespaces/shop-a",
+            "demo-read-token",
+            json!({"deletes": [1]}),
+        ),
+        403,
+    );
+    assert_eq!(
+        r.header("www-authenticate"),
+        Some(r#"Bearer realm="layergate", error="insufficient_scope", scope="write""#)
+    );
     // An unknown POST needs admin (fail safe): rw is refused, admin is forwarded.
-    refused(&d, post("/v1/namespaces/shop-a/brand-new", "demo-rw-token", json!({})), 403);
-    forwarded_to(&d, post("/v1/namespaces/shop-a/brand-new", "demo-admin-token", json!({})), true);
+    refused(
+        &d,
+        post(
+            "/v1/namespaces/shop-a/brand-new",
+            "demo-rw-token",
+            json!({}),
+        ),
+        403,
+    );
+    forwarded_to(
+        &d,
+        post(
+            "/v1/namespaces/shop-a/brand-new",
+            "demo-admin-token",
+            json!({}),
+        ),
+        true,
+    );
     // Admin satisfies read and write.
-    forwarded_to(&d, get("/v1/namespaces/shop-a/metadata", "demo-admin-token"), true);
-    forwarded_to(&d, Request::new("DELETE", "/v2/namespaces/shop-a").bearer("demo-admin-token"), true);
+    forwarded_to(
+        &d,
+        get("/v1/namespaces/shop-a/metadata", "demo-admin-token"),
+        true,
+    );
+    forwarded_to(
+        &d,
+        Request::new("DELETE", "/v2/namespaces/shop-a").bearer("demo-admin-token"),
+        true,
+    );
     // HEAD is GET; the query string never affects matching.
-    forwarded_to(&d, Request::new("HEAD", "/v1/namespaces/shop-a").bearer("demo-read-token"), true);
-    forwarded_to(&d, post("/v2/namespaces/shop-a/query?stainless_overload=x", "demo-read-token", json!({})), true);
+    forwarded_to(
+        &d,
+        Request::new("HEAD", "/v1/namespaces/shop-a").bearer("demo-read-token"),
+        true,
+    );
+    forwarded_to(
+        &d,
+        post(
+            "/v2/namespaces/shop-a/query?stainless_overload=x",
+            "demo-read-token",
+            json!({}),
+        ),
+        true,
+    );
 }
 
 #[test]
@@ -113,40 +215,104 @@ fn open_and_derive_from_store_modes() {
     forwarded_to(&d, Request::new("GET", "/v1/namespaces"), true);
     forwarded_to(&d, get("/v1/namespaces", "anything"), true);
     // deriveFromStore (archive): its own key and the default store's key, full scopes.
-    forwarded_to(&d, post("/v2/namespaces/logs-2026", ARCHIVE_KEY, json!({"upsert_rows": [{"id": 1}]})), false);
-    forwarded_to(&d, Request::new("DELETE", "/v2/namespaces/logs-2026").bearer(PRIMARY_KEY), false);
-    refused(&d, get("/v1/namespaces/logs-2026/metadata", "demo-admin-token"), 401);
-    refused(&d, Request::new("GET", "/v1/namespaces/logs-2026/metadata"), 401);
+    forwarded_to(
+        &d,
+        post(
+            "/v2/namespaces/logs-2026",
+            ARCHIVE_KEY,
+            json!({"upsert_rows": [{"id": 1}]}),
+        ),
+        false,
+    );
+    forwarded_to(
+        &d,
+        Request::new("DELETE", "/v2/namespaces/logs-2026").bearer(PRIMARY_KEY),
+        false,
+    );
+    refused(
+        &d,
+        get("/v1/namespaces/logs-2026/metadata", "demo-admin-token"),
+        401,
+    );
+    refused(
+        &d,
+        Request::new("GET", "/v1/namespaces/logs-2026/metadata"),
+        401,
+    );
 }
 
 #[test]
 fn minted_keys_allowed_denied_wrong_store_and_expired() {
     let d = start();
-    forwarded_to(&d, post("/v2/namespaces/shop-x", "demo-rw-token", json!({"upsert_rows": [{"id": 1}]})), true);
-    forwarded_to(&d, post("/v2/namespaces/shop-x/query", SHOP, json!({"top_k": 1})), true);
+    forwarded_to(
+        &d,
+        post(
+            "/v2/namespaces/shop-x",
+            "demo-rw-token",
+            json!({"upsert_rows": [{"id": 1}]}),
+        ),
+        true,
+    );
+    forwarded_to(
+        &d,
+        post("/v2/namespaces/shop-x/query", SHOP, json!({"top_k": 1})),
+        true,
+    );
     let r = refused(&d, post("/v2/namespaces/blog/query", SHOP, json!({})), 403);
-    assert!(r.json().unwrap()["error"].as_str().unwrap().contains("blog"));
-    refused(&d, post("/v2/namespaces/logs-2026/query", SHOP, json!({})), 403);
-    refused(&d, post("/v2/namespaces/shop-x", SHOP, json!({"deletes": [1]})), 403);
+    assert!(r.json().unwrap()["error"]
+        .as_str()
+        .unwrap()
+        .contains("blog"));
+    refused(
+        &d,
+        post("/v2/namespaces/logs-2026/query", SHOP, json!({})),
+        403,
+    );
+    refused(
+        &d,
+        post("/v2/namespaces/shop-x", SHOP, json!({"deletes": [1]})),
+        403,
+    );
     // Listing is narrowed to the key's prefix.
     let r = forwarded_to(&d, get("/v1/namespaces", SHOP), true);
     assert_eq!(r.json().unwrap()["namespaces"], json!([{"id": "shop-x"}]));
-    assert_eq!(d.primary.requests().pop().unwrap().path, "/v1/namespaces?prefix=shop-");
+    assert_eq!(
+        d.primary.requests().pop().unwrap().path,
+        "/v1/namespaces?prefix=shop-"
+    );
     refused(&d, get("/v1/namespaces?prefix=s", SHOP), 403);
     drop(d);
 
     let mut cfg = demo_config();
     cfg["apiKeys"][0]["expiresAt"] = json!("2025-01-01T00:00:00Z");
     let d = start_with(&cfg);
-    let r = refused(&d, post("/v2/namespaces/shop-x/query", SHOP, json!({})), 401);
-    assert!(r.json().unwrap()["error"].as_str().unwrap().contains("expired"));
-    assert_eq!(r.header("www-authenticate"), Some(r#"Bearer realm="layergate", error="invalid_token""#));
+    let r = refused(
+        &d,
+        post("/v2/namespaces/shop-x/query", SHOP, json!({})),
+        401,
+    );
+    assert!(r.json().unwrap()["error"]
+        .as_str()
+        .unwrap()
+        .contains("expired"));
+    assert_eq!(
+        r.header("www-authenticate"),
+        Some(r#"Bearer realm="layergate", error="invalid_token""#)
+    );
 }
 
 #[test]
 fn index_routing_and_header_spoofing() {
     let d = start();
-    forwarded_to(&d, post("/v2/namespaces/logs-2026", ARCHIVE_KEY, json!({"upsert_rows": [{"id": 7}]})), false);
+    forwarded_to(
+        &d,
+        post(
+            "/v2/namespaces/logs-2026",
+            ARCHIVE_KEY,
+            json!({"upsert_rows": [{"id": 7}]}),
+        ),
+        false,
+    );
     assert_eq!(d.archive.namespaces(), vec!["logs-2026".to_owned()]);
     // A client-sent routing header cannot move a request to another store (the route is
     // re-picked after the filter's header write), and x-layergate-* never reach a store.
@@ -155,7 +321,8 @@ fn index_routing_and_header_spoofing() {
         .header("x-layergate-principal", "root")
         .header("X-Layergate-Store", "archive");
     forwarded_to(&d, spoofed, true);
-    let spoofed = get("/v1/namespaces/logs-2026/metadata", ARCHIVE_KEY).header("x-layergate-cluster", "store_primary");
+    let spoofed = get("/v1/namespaces/logs-2026/metadata", ARCHIVE_KEY)
+        .header("x-layergate-cluster", "store_primary");
     forwarded_to(&d, spoofed, false);
 }
 
@@ -168,23 +335,89 @@ fn writer_config() -> Value {
 #[test]
 fn body_rules_for_restricted_keys() {
     let d = start_with(&writer_config());
-    forwarded_to(&d, post("/v2/namespaces/shop-src", "demo-rw-token", json!({"upsert_rows": [{"id": 1}]})), true);
-    forwarded_to(&d, post("/v2/namespaces/hr", "demo-rw-token", json!({"upsert_rows": [{"id": 1}]})), true);
-    forwarded_to(&d, post("/v2/namespaces/shop-copy", SHOP, json!({"copy_from_namespace": "shop-src"})), true);
+    forwarded_to(
+        &d,
+        post(
+            "/v2/namespaces/shop-src",
+            "demo-rw-token",
+            json!({"upsert_rows": [{"id": 1}]}),
+        ),
+        true,
+    );
+    forwarded_to(
+        &d,
+        post(
+            "/v2/namespaces/hr",
+            "demo-rw-token",
+            json!({"upsert_rows": [{"id": 1}]}),
+        ),
+        true,
+    );
+    forwarded_to(
+        &d,
+        post(
+            "/v2/namespaces/shop-copy",
+            SHOP,
+            json!({"copy_from_namespace": "shop-src"}),
+        ),
+        true,
+    );
     assert!(d.primary.namespaces().contains(&"shop-copy".to_owned()));
-    refused(&d, post("/v2/namespaces/shop-copy", SHOP, json!({"copy_from_namespace": "hr"})), 403);
-    refused(&d, post("/v2/namespaces/shop-copy", SHOP, json!({"branch_from_namespace": {"source_namespace": "hr"}})), 403);
+    refused(
+        &d,
+        post(
+            "/v2/namespaces/shop-copy",
+            SHOP,
+            json!({"copy_from_namespace": "hr"}),
+        ),
+        403,
+    );
+    refused(
+        &d,
+        post(
+            "/v2/namespaces/shop-copy",
+            SHOP,
+            json!({"branch_from_namespace": {"source_namespace": "hr"}}),
+        ),
+        403,
+    );
     let r = refused(
         &d,
-        post("/v2/namespaces/shop-copy", SHOP, json!({"copy_from_namespace": {"source_namespace": "shop-src", "source_api_key": "k"}})),
+        post(
+            "/v2/namespaces/shop-copy",
+            SHOP,
+            json!({"copy_from_namespace": {"source_namespace": "shop-src", "source_api_key": "k"}}),
+        ),
         403,
     );
     assert!(r.text().contains("source_api_key"));
-    refused(&d, post("/v2/namespaces/shop-copy/async", SHOP, json!({"source_namespace": "hr"})), 403);
-    let r = forwarded_to(&d, post("/v2/namespaces/shop-async/async", SHOP, json!({"source_namespace": "shop-src"})), true);
+    refused(
+        &d,
+        post(
+            "/v2/namespaces/shop-copy/async",
+            SHOP,
+            json!({"source_namespace": "hr"}),
+        ),
+        403,
+    );
+    let r = forwarded_to(
+        &d,
+        post(
+            "/v2/namespaces/shop-async/async",
+            SHOP,
+            json!({"source_namespace": "shop-src"}),
+        ),
+        true,
+    );
     assert_eq!(r.status, 202);
-    assert!(r.header("location").is_some_and(|l| l.starts_with("/v1/namespaces/shop-async/operations/")));
-    refused(&d, post("/v2/namespaces/shop-copy", SHOP, json!("not an object")).body("{not json"), 400);
+    assert!(r
+        .header("location")
+        .is_some_and(|l| l.starts_with("/v1/namespaces/shop-async/operations/")));
+    refused(
+        &d,
+        post("/v2/namespaces/shop-copy", SHOP, json!("not an object")).body("{not json"),
+        400,
+    );
     // gzip bodies are inspected after decompression.
     let gz = |v: &Value| {
         use std::io::Write;
@@ -192,13 +425,30 @@ fn body_rules_for_restricted_keys() {
         e.write_all(v.to_string().as_bytes()).unwrap();
         e.finish().unwrap()
     };
-    let zipped = |v: &Value| Request::new("POST", "/v2/namespaces/shop-copy").bearer(SHOP).header("content-encoding", "gzip").body(gz(v));
+    let zipped = |v: &Value| {
+        Request::new("POST", "/v2/namespaces/shop-copy")
+            .bearer(SHOP)
+            .header("content-encoding", "gzip")
+            .body(gz(v))
+    };
     refused(&d, zipped(&json!({"copy_from_namespace": "hr"})), 403);
-    forwarded_to(&d, zipped(&json!({"copy_from_namespace": "shop-src"})), true);
-    refused(&d, post("/v2/namespaces/shop-copy", SHOP, json!({})).header("content-encoding", "br"), 415);
+    forwarded_to(
+        &d,
+        zipped(&json!({"copy_from_namespace": "shop-src"})),
+        true,
+    );
+    refused(
+        &d,
+        post("/v2/namespaces/shop-copy", SHOP, json!({})).header("content-encoding", "br"),
+        415,
+    );
     // An unrestricted key streams a 1 MiB body untouched.
     let big = json!({"upsert_rows": [{"id": 1, "blob": "x".repeat(1 << 20)}]});
-    forwarded_to(&d, post("/v2/namespaces/hr", "demo-rw-token", big.clone()), true);
+    forwarded_to(
+        &d,
+        post("/v2/namespaces/hr", "demo-rw-token", big.clone()),
+        true,
+    );
     assert!(d.primary.requests().pop().unwrap().body_len > 1 << 20);
     // A restricted key's 1 MiB write is inspected and forwarded whole.
     forwarded_to(&d, post("/v2/namespaces/shop-big", SHOP, big), true);
@@ -230,14 +480,33 @@ fn bad_input_gets_a_clear_answer_and_nothing_is_forwarded() {
     let meta = "/v1/namespaces/shop-a/metadata";
     // Authorization: missing, empty, not Bearer, twice, 10 KB, unknown (revoked keys are not rendered).
     let r = refused(&d, Request::new("GET", meta), 401);
-    assert_eq!(r.header("www-authenticate"), Some(r#"Bearer realm="layergate""#));
-    refused(&d, Request::new("GET", meta).header("authorization", ""), 401);
-    refused(&d, Request::new("GET", meta).header("authorization", "Basic ZGVtbzpkZW1v"), 401);
-    refused(&d, get(meta, "demo-read-token").header("authorization", "Bearer demo-admin-token"), 400);
+    assert_eq!(
+        r.header("www-authenticate"),
+        Some(r#"Bearer realm="layergate""#)
+    );
+    refused(
+        &d,
+        Request::new("GET", meta).header("authorization", ""),
+        401,
+    );
+    refused(
+        &d,
+        Request::new("GET", meta).header("authorization", "Basic ZGVtbzpkZW1v"),
+        401,
+    );
+    refused(
+        &d,
+        get(meta, "demo-read-token").header("authorization", "Bearer demo-admin-token"),
+        400,
+    );
     let huge = "h".repeat(10 * 1024);
     let r = refused(&d, get(meta, &huge), 401);
     assert!(!r.text().contains(&huge[..64]), "the token is never echoed");
-    refused(&d, get(meta, "hvl_revokedOrNeverMinted000000000000000"), 401);
+    refused(
+        &d,
+        get(meta, "hvl_revokedOrNeverMinted000000000000000"),
+        401,
+    );
     // A valid key on a store it has no entitlement for.
     refused(&d, get("/v1/namespaces/logs-2026/metadata", SHOP), 403);
     // Paths: encoded slash, encoded dots, empty segment, encoded NUL, invalid namespace.
@@ -251,21 +520,43 @@ fn bad_input_gets_a_clear_answer_and_nothing_is_forwarded() {
         refused(&d, post(path, "demo-admin-token", json!({})), 400);
     }
     // An encoded NUL is refused by Envoy's path normalization itself (400, no body).
-    let (r, seen) = send(&d, post("/v2/namespaces/shop-a%00/query", "demo-admin-token", json!({})));
+    let (r, seen) = send(
+        &d,
+        post(
+            "/v2/namespaces/shop-a%00/query",
+            "demo-admin-token",
+            json!({}),
+        ),
+    );
     assert_eq!((r.status, seen), (400, (0, 0)));
     // Dot segments are resolved by Envoy's normalization before the filter classifies the
     // path: `/v2/namespaces/../x` becomes `POST /v2/x`, an unknown route that needs admin.
-    refused(&d, post("/v2/namespaces/../other", "demo-rw-token", json!({})), 403);
+    refused(
+        &d,
+        post("/v2/namespaces/../other", "demo-rw-token", json!({})),
+        403,
+    );
     // Envoy also decodes `%2e%2e` before resolving it: this becomes `POST /v2/query`, an app
     // route, and this gateway has no app.
-    refused(&d, post("/v2/namespaces/%2e%2e/query", "demo-admin-token", json!({})), 404);
+    refused(
+        &d,
+        post("/v2/namespaces/%2e%2e/query", "demo-admin-token", json!({})),
+        404,
+    );
     // A raw NUL in the request line never gets past Envoy's codec.
     let before = d.store_counts();
     let r = send_raw(d.addr(), b"GET /v1/namespaces/shop\0a HTTP/1.1\r\nhost: gw\r\nauthorization: Bearer demo-admin-token\r\n\r\n");
-    assert!(r.is_err() || r.as_ref().is_ok_and(|r| r.status == 400), "{r:?}");
+    assert!(
+        r.is_err() || r.as_ref().is_ok_and(|r| r.status == 400),
+        "{r:?}"
+    );
     assert_eq!(d.store_counts(), before);
     // Methods the table does not know need admin.
-    refused(&d, Request::new("PURGE", "/v2/namespaces/shop-a").bearer("demo-rw-token"), 403);
+    refused(
+        &d,
+        Request::new("PURGE", "/v2/namespaces/shop-a").bearer("demo-rw-token"),
+        403,
+    );
     // A restricted key copying from outside its globs, and a body over the limit, are covered
     // by body_rules_for_restricted_keys and body_over_the_inspection_limit_is_413.
 }
@@ -273,20 +564,35 @@ fn bad_input_gets_a_clear_answer_and_nothing_is_forwarded() {
 #[test]
 fn missing_credential_variable_is_503_naming_it() {
     let env = vec![("LAYERGATE_ARCHIVE_KEY".to_owned(), ARCHIVE_KEY.to_owned())];
-    let d = Demo::start_with(demo::filter_config().unwrap(), env).unwrap_or_else(|e| panic!("{e:#}"));
-    let r = refused(&d, get("/v1/namespaces/shop-a/metadata", "demo-read-token"), 503);
+    let d =
+        Demo::start_with(demo::filter_config().unwrap(), env).unwrap_or_else(|e| panic!("{e:#}"));
+    let r = refused(
+        &d,
+        get("/v1/namespaces/shop-a/metadata", "demo-read-token"),
+        503,
+    );
     assert!(r.text().contains("LAYERGATE_PRIMARY_KEY"), "{}", r.text());
     // The other store keeps working.
-    forwarded_to(&d, get("/v1/namespaces/logs-2026/metadata", ARCHIVE_KEY), false);
+    forwarded_to(
+        &d,
+        get("/v1/namespaces/logs-2026/metadata", ARCHIVE_KEY),
+        false,
+    );
 }
 
 #[test]
 fn invalid_config_is_refused_by_the_filter_and_envoy_does_not_serve() {
     let mut cfg = demo_config();
     cfg["stores"][0]["inboundAuth"]["mode"] = json!("keyz");
-    let err = Demo::start_with(cfg.to_string(), demo::vm_env()).err().expect("Envoy must not start with a refused config");
+    let err = Demo::start_with(cfg.to_string(), demo::vm_env())
+        .err()
+        .expect("Envoy must not start with a refused config");
     let text = format!("{err:#}");
-    assert!(text.contains("configuration refused") || text.contains("Unable to create Wasm HTTP filter"), "{text}");
+    assert!(
+        text.contains("configuration refused")
+            || text.contains("Unable to create Wasm HTTP filter"),
+        "{text}"
+    );
 }
 
 #[test]
@@ -298,25 +604,47 @@ fn official_turbopuffer_client_through_the_gateway() {
     assert_eq!(out["write"]["rows_affected"], 3);
     assert_eq!(out["query"][0]["title"], "Dune");
     assert_eq!(out["list"], json!(["shop-books"]));
-    assert!(d.primary.requests().iter().all(|r| r.header("authorization") == Some("Bearer tpuf-primary-dev-key")));
+    assert!(d
+        .primary
+        .requests()
+        .iter()
+        .all(|r| r.header("authorization") == Some("Bearer tpuf-primary-dev-key")));
     assert_eq!(d.archive.request_count(), 0);
     // Index routing with the real client: logs-2026 lands on archive. Listing namespaces is
     // namespace-less, so it goes to the default store, whose mode (keys) refuses archive's key.
     let (code, out) = run_python("tpuf_roundtrip.py", &[&url, ARCHIVE_KEY, "logs-2026"]);
-    assert_eq!((code, out["error"]["status"].as_i64()), (3, Some(401)), "{out}");
+    assert_eq!(
+        (code, out["error"]["status"].as_i64()),
+        (3, Some(401)),
+        "{out}"
+    );
     assert_eq!(out["partial"]["query"][0]["title"], "Dune", "{out}");
     assert!(d.archive.request_count() > 0);
     // The client surfaces the gateway's refusal.
     let (code, out) = run_python("tpuf_roundtrip.py", &[&url, SHOP, "shop-other"]);
-    assert_eq!((code, out["error"]["status"].as_i64()), (3, Some(403)), "{out}");
+    assert_eq!(
+        (code, out["error"]["status"].as_i64()),
+        (3, Some(403)),
+        "{out}"
+    );
 }
 
 fn run_python(script: &str, args: &[&str]) -> (i32, Value) {
     let python = layergate_tests::paths::python().unwrap_or_else(|e| panic!("{e:#}"));
-    let script = layergate_tests::paths::repo_root().join("tests/python").join(script);
-    let out = std::process::Command::new(python).arg(script).args(args).output().unwrap();
+    let script = layergate_tests::paths::repo_root()
+        .join("tests/python")
+        .join(script);
+    let out = std::process::Command::new(python)
+        .arg(script)
+        .args(args)
+        .output()
+        .unwrap();
     let stdout = String::from_utf8_lossy(&out.stdout);
-    let json = serde_json::from_str(stdout.trim())
-        .unwrap_or_else(|_| panic!("python printed no JSON:\n{stdout}\n{}", String::from_utf8_lossy(&out.stderr)));
+    let json = serde_json::from_str(stdout.trim()).unwrap_or_else(|_| {
+        panic!(
+            "python printed no JSON:\n{stdout}\n{}",
+            String::from_utf8_lossy(&out.stderr)
+        )
+    });
     (out.status.code().unwrap_or(-1), json)
 }

@@ -7,7 +7,10 @@ use layergate_tests::paths;
 use layergate_tests::wasm_host::{FilterHost, FilterModule, Outcome, Request};
 use std::sync::OnceLock;
 
-const ENV: &[(&str, &str)] = &[("LAYERGATE_PRIMARY_KEY", "tpuf-primary-dev-key"), ("LAYERGATE_ARCHIVE_KEY", "tpuf-archive-dev-key")];
+const ENV: &[(&str, &str)] = &[
+    ("LAYERGATE_PRIMARY_KEY", "tpuf-primary-dev-key"),
+    ("LAYERGATE_ARCHIVE_KEY", "tpuf-archive-dev-key"),
+];
 
 /// The built filter, compiled once for all tests (each test still gets its own VM).
 fn module() -> &'static FilterModule {
@@ -19,22 +22,41 @@ fn module() -> &'static FilterModule {
 }
 
 fn host() -> FilterHost {
-    FilterHost::load(module(), &demo::filter_config().unwrap(), ENV).unwrap_or_else(|e| panic!("{e:#}"))
+    FilterHost::load(module(), &demo::filter_config().unwrap(), ENV)
+        .unwrap_or_else(|e| panic!("{e:#}"))
 }
 
 fn header<'a>(headers: &'a [(String, String)], name: &str) -> Option<&'a str> {
-    headers.iter().find(|(k, _)| k == name).map(|(_, v)| v.as_str())
+    headers
+        .iter()
+        .find(|(k, _)| k == name)
+        .map(|(_, v)| v.as_str())
 }
 
 #[test]
 fn invalid_configuration_is_refused_in_on_configure() {
-    for bad in ["not json", r#"{"version":1,"bogus":true}"#, r#"{"version":9,"stores":[]}"#] {
+    for bad in [
+        "not json",
+        r#"{"version":1,"bogus":true}"#,
+        r#"{"version":9,"stores":[]}"#,
+    ] {
         let mut vm = FilterHost::start(module(), ENV).unwrap();
         assert!(!vm.configure(bad).unwrap(), "accepted {bad}");
-        assert!(vm.logs().iter().any(|l| l.contains("configuration refused")), "{:?}", vm.logs());
+        assert!(
+            vm.logs()
+                .iter()
+                .any(|l| l.contains("configuration refused")),
+            "{:?}",
+            vm.logs()
+        );
     }
-    let err = FilterHost::load(module(), r#"{"version":1,"bogus":true}"#, ENV).err().unwrap();
-    assert!(format!("{err:#}").contains("unknown field `bogus`"), "{err:#}");
+    let err = FilterHost::load(module(), r#"{"version":1,"bogus":true}"#, ENV)
+        .err()
+        .unwrap();
+    assert!(
+        format!("{err:#}").contains("unknown field `bogus`"),
+        "{err:#}"
+    );
 }
 
 #[test]
@@ -48,11 +70,22 @@ fn allowed_request_gets_the_store_credential_and_cluster() {
                 .header("x-layergate-principal", "root"),
         )
         .unwrap();
-    let Outcome::Forwarded { headers } = out else { panic!("{out:?}") };
-    assert_eq!(header(&headers, "authorization"), Some("Bearer tpuf-primary-dev-key"));
-    assert_eq!(header(&headers, "x-layergate-cluster"), Some("store_primary"));
+    let Outcome::Forwarded { headers } = out else {
+        panic!("{out:?}")
+    };
+    assert_eq!(
+        header(&headers, "authorization"),
+        Some("Bearer tpuf-primary-dev-key")
+    );
+    assert_eq!(
+        header(&headers, "x-layergate-cluster"),
+        Some("store_primary")
+    );
     assert_eq!(header(&headers, "x-layergate-principal"), None);
-    assert_eq!(header(&headers, ":path"), Some("/v2/namespaces/shop-a/query?stainless_overload=1"));
+    assert_eq!(
+        header(&headers, ":path"),
+        Some("/v2/namespaces/shop-a/query?stainless_overload=1")
+    );
     assert_eq!(
         vm.property("layergate").as_deref(),
         Some("principal=key:primary/demo-read scope=read store=primary decision=allowed")
@@ -66,15 +99,31 @@ fn denied_requests_get_turbopuffer_shaped_local_replies() {
         Outcome::LocalReply(r) => r,
         other => panic!("{other:?}"),
     };
-    let r = reply(vm.request(Request::new("GET", "/v1/namespaces/shop-a/metadata")).unwrap());
+    let r = reply(
+        vm.request(Request::new("GET", "/v1/namespaces/shop-a/metadata"))
+            .unwrap(),
+    );
     assert_eq!(r.status, 401);
-    assert_eq!(header(&r.headers, "www-authenticate"), Some(r#"Bearer realm="layergate""#));
+    assert_eq!(
+        header(&r.headers, "www-authenticate"),
+        Some(r#"Bearer realm="layergate""#)
+    );
     assert_eq!(header(&r.headers, "content-type"), Some("application/json"));
     let body: serde_json::Value = serde_json::from_slice(&r.body).unwrap();
     assert_eq!(body["status"], "error");
-    let r = reply(vm.request(Request::new("POST", "/v2/namespaces/shop-a").header("authorization", "Bearer demo-read-token").body("{}")).unwrap());
+    let r = reply(
+        vm.request(
+            Request::new("POST", "/v2/namespaces/shop-a")
+                .header("authorization", "Bearer demo-read-token")
+                .body("{}"),
+        )
+        .unwrap(),
+    );
     assert_eq!(r.status, 403);
-    assert_eq!(header(&r.headers, "www-authenticate"), Some(r#"Bearer realm="layergate", error="insufficient_scope", scope="write""#));
+    assert_eq!(
+        header(&r.headers, "www-authenticate"),
+        Some(r#"Bearer realm="layergate", error="insufficient_scope", scope="write""#)
+    );
     // Counters are kept in the VM and flushed on tick.
     vm.tick().unwrap();
     assert_eq!(vm.metric("layergate.denied_401"), Some(1));
@@ -84,17 +133,25 @@ fn denied_requests_get_turbopuffer_shaped_local_replies() {
 #[test]
 fn restricted_key_body_is_checked_and_expiry_follows_the_host_clock() {
     let mut cfg: serde_json::Value = serde_json::from_str(&demo::filter_config().unwrap()).unwrap();
-    cfg["apiKeys"][0]["entitlements"]["vectorstore.primary"]["scopes"] = serde_json::json!(["write"]);
+    cfg["apiKeys"][0]["entitlements"]["vectorstore.primary"]["scopes"] =
+        serde_json::json!(["write"]);
     cfg["apiKeys"][0]["expiresAt"] = serde_json::json!("2027-01-01T00:00:00Z");
     let mut vm = FilterHost::load(module(), &cfg.to_string(), ENV).unwrap();
     let copy = |from: &str| {
         Request::new("POST", "/v2/namespaces/shop-new")
-            .header("authorization", &format!("Bearer {}", layergate_tests::tour::SHOP_READER_TOKEN))
+            .header(
+                "authorization",
+                &format!("Bearer {}", layergate_tests::tour::SHOP_READER_TOKEN),
+            )
             .body(format!(r#"{{"copy_from_namespace":"{from}"}}"#))
     };
-    let Outcome::Forwarded { headers } = vm.request(copy("shop-old")).unwrap() else { panic!() };
+    let Outcome::Forwarded { headers } = vm.request(copy("shop-old")).unwrap() else {
+        panic!()
+    };
     assert_eq!(header(&headers, "x-layergate-inspect"), Some("1"));
     assert!(matches!(vm.request(copy("hr")).unwrap(), Outcome::LocalReply(r) if r.status == 403));
     vm.set_time(1_798_761_600); // 2027-01-01: expired
-    assert!(matches!(vm.request(copy("shop-old")).unwrap(), Outcome::LocalReply(r) if r.status == 401));
+    assert!(
+        matches!(vm.request(copy("shop-old")).unwrap(), Outcome::LocalReply(r) if r.status == 401)
+    );
 }

@@ -11,7 +11,9 @@ fn main() -> Result<()> {
         match a.as_str() {
             "--listen" => listen = args.next().context("--listen needs an address")?,
             "--api-key" => key = Some(args.next().context("--api-key needs a value")?),
-            other => bail!("unknown argument {other:?}; usage: devstore --listen ADDR --api-key KEY"),
+            other => {
+                bail!("unknown argument {other:?}; usage: devstore --listen ADDR --api-key KEY")
+            }
         }
     }
     let key = key.context("--api-key is required")?;

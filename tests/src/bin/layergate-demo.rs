@@ -28,7 +28,9 @@ fn main() -> Result<()> {
             print!("{}", tour::table(&outcomes));
             let failed = outcomes.iter().filter(|o| !o.ok).count();
             if failed > 0 {
-                bail!("{failed} step(s) did not go as documented (is `make run` running on {addr}?)");
+                bail!(
+                    "{failed} step(s) did not go as documented (is `make run` running on {addr}?)"
+                );
             }
             println!("all {} steps as documented", outcomes.len());
             Ok(())
