@@ -4,7 +4,7 @@
 use crate::decision::{
     namespace_denied, too_large, Denial, DenialKind, Encoding, Inspection, Plan, Principal,
 };
-use crate::policy::Policy;
+use crate::policy::{Grant, Policy};
 use crate::route::{valid_namespace, BodyRule};
 use crate::scope::Scope;
 use serde::de::IgnoredAny;
@@ -88,7 +88,7 @@ pub fn check(
             "the request body must be a JSON object (it is inspected for namespaces): {e}"
         ))
     })?;
-    let Principal::Minted(k) = plan.principal else {
+    let Principal::Token(Grant::Minted(k)) = plan.principal else {
         return Ok(());
     };
     let key = &policy.keys[k];

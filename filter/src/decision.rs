@@ -113,19 +113,8 @@ pub enum Principal {
     Anonymous,
     /// The store's `inboundAuth.mode` is `open`.
     Open,
-    /// A store credential (`deriveFromStore`).
-    StoreCredential(StoreId),
-    /// An inbound key of a store.
-    InboundKey {
-        /// The store.
-        store: StoreId,
-        /// The key's position.
-        key: usize,
-        /// Its scopes.
-        scopes: Scopes,
-    },
-    /// A minted ApiKey.
-    Minted(usize),
+    /// A token that matched one of the policy's grants.
+    Token(Grant),
 }
 
 impl Principal {
@@ -135,9 +124,11 @@ impl Principal {
         match *self {
             Principal::Anonymous => "anonymous",
             Principal::Open => "open",
-            Principal::StoreCredential(s) => &policy.stores[s].principal,
-            Principal::InboundKey { store, key, .. } => &policy.stores[store].key_principals[key],
-            Principal::Minted(k) => &policy.keys[k].principal,
+            Principal::Token(Grant::StoreCredential(s)) => &policy.stores[s].principal,
+            Principal::Token(Grant::InboundKey { store, key, .. }) => {
+                &policy.stores[store].key_principals[key]
+            }
+            Principal::Token(Grant::Minted(k)) => &policy.keys[k].principal,
         }
     }
 }
@@ -359,7 +350,9 @@ fn decide_inner(
             plan.scopes = Scopes::default();
             return Ok(Decision::Forward(plan));
         }
-        Principal::InboundKey { scopes, .. } if !route.scope.is_some_and(|s| scopes.allows(s)) => {
+        Principal::Token(Grant::InboundKey { scopes, .. })
+            if !route.scope.is_some_and(|s| scopes.allows(s)) =>
+        {
             let scope = route.scope.unwrap_or(Scope::Read);
             return Err(insufficient(
                 scope,
@@ -370,13 +363,15 @@ fn decide_inner(
                 ),
             ));
         }
-        Principal::InboundKey { scopes, .. } => {
+        Principal::Token(Grant::InboundKey { scopes, .. }) => {
             plan.scopes = scopes;
             return Ok(Decision::Forward(plan));
         }
         // Store credentials and open mode hold every scope and namespace of their store.
-        Principal::Open | Principal::StoreCredential(_) => return Ok(Decision::Forward(plan)),
-        Principal::Minted(k) => k,
+        Principal::Open | Principal::Token(Grant::StoreCredential(_)) => {
+            return Ok(Decision::Forward(plan))
+        }
+        Principal::Token(Grant::Minted(k)) => k,
     };
     let grantee = authorize_minted(policy, k, store, &route)?;
     plan.scopes = match (grantee, route.scope) {
@@ -478,22 +473,14 @@ fn authenticate(
                 if s.mode == Mode::DeriveFromStore
                     && (id == store || Some(id) == policy.default_store) =>
             {
-                return Ok(Principal::StoreCredential(id))
+                return Ok(Principal::Token(g))
             }
-            Grant::InboundKey {
-                store: id,
-                key,
-                scopes,
-            } if id == store && s.mode == Mode::Keys => {
-                return Ok(Principal::InboundKey {
-                    store: id,
-                    key,
-                    scopes,
-                })
+            Grant::InboundKey { store: id, .. } if id == store && s.mode == Mode::Keys => {
+                return Ok(Principal::Token(g))
             }
             Grant::Minted(k) => match policy.keys[k].expires_at {
                 Some(at) if at <= now() => expired = Some(k),
-                _ => return Ok(Principal::Minted(k)),
+                _ => return Ok(Principal::Token(g)),
             },
             _ => {}
         }

@@ -6,7 +6,7 @@ use layergate_filter::body;
 use layergate_filter::config::FilterConfig;
 use layergate_filter::decision::{decide, Decision, Denial, Plan, Principal, CLUSTER_HEADER};
 use layergate_filter::headers::{pairs, serialize, RequestHead};
-use layergate_filter::policy::Policy;
+use layergate_filter::policy::{Grant, Policy};
 use layergate_filter::route::Target;
 use serde_json::json;
 
@@ -238,7 +238,7 @@ fn index_routes_namespace_to_the_archive_store_under_derive_from_store() {
 fn minted_key_allowed_namespace_denied_namespace_wrong_store_and_scope() {
     let p = demo();
     let plan = forward(call(&p, "POST", "/v2/namespaces/shop-books/query", SHOP));
-    assert_eq!(plan.principal, Principal::Minted(0));
+    assert_eq!(plan.principal, Principal::Token(Grant::Minted(0)));
     assert_eq!(plan.principal.name(&p), "apikey:shop-reader");
     let d = denied(call(&p, "POST", "/v2/namespaces/blog/query", SHOP));
     assert_eq!(d.status(), 403);

@@ -6,5 +6,6 @@ pub mod devstore;
 pub mod envoy;
 pub mod http;
 pub mod paths;
+pub mod python;
 pub mod tour;
 pub mod wasm_host;

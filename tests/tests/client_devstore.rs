@@ -4,26 +4,6 @@
 
 use layergate_tests::devstore::DevStore;
 use layergate_tests::http::Request;
-use layergate_tests::paths;
-use std::process::Command;
-
-pub fn run_python(script: &str, args: &[&str]) -> (i32, serde_json::Value) {
-    let python = paths::python().unwrap_or_else(|e| panic!("{e:#}"));
-    let script = paths::repo_root().join("tests/python").join(script);
-    let out = Command::new(python)
-        .arg(script)
-        .args(args)
-        .output()
-        .unwrap();
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    let json = serde_json::from_str(stdout.trim()).unwrap_or_else(|_| {
-        panic!(
-            "python printed no JSON:\n{stdout}\n{}",
-            String::from_utf8_lossy(&out.stderr)
-        )
-    });
-    (out.status.code().unwrap_or(-1), json)
-}
 
 #[test]
 fn official_client_writes_queries_lists_and_deletes() {
@@ -105,4 +85,8 @@ fn list_pages_with_prefix_and_cursor() {
         .unwrap();
     assert_eq!(page["namespaces"], serde_json::json!([{"id": "a-3"}]));
     assert!(page["next_cursor"].is_null());
+}
+
+fn run_python(script: &str, args: &[&str]) -> (i32, serde_json::Value) {
+    layergate_tests::python::run_script(script, args).unwrap_or_else(|e| panic!("{e:#}"))
 }

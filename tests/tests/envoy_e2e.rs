@@ -629,22 +629,6 @@ fn official_turbopuffer_client_through_the_gateway() {
     );
 }
 
-fn run_python(script: &str, args: &[&str]) -> (i32, Value) {
-    let python = layergate_tests::paths::python().unwrap_or_else(|e| panic!("{e:#}"));
-    let script = layergate_tests::paths::repo_root()
-        .join("tests/python")
-        .join(script);
-    let out = std::process::Command::new(python)
-        .arg(script)
-        .args(args)
-        .output()
-        .unwrap();
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    let json = serde_json::from_str(stdout.trim()).unwrap_or_else(|_| {
-        panic!(
-            "python printed no JSON:\n{stdout}\n{}",
-            String::from_utf8_lossy(&out.stderr)
-        )
-    });
-    (out.status.code().unwrap_or(-1), json)
+fn run_python(script: &str, args: &[&str]) -> (i32, serde_json::Value) {
+    layergate_tests::python::run_script(script, args).unwrap_or_else(|e| panic!("{e:#}"))
 }
