@@ -10,7 +10,7 @@ PY_CLIENTS    := turbopuffer==3.1.0 hevlayer==0.7.3
 WASM          := target/wasm32-wasip1/release/layergate_filter.wasm
 CARGO         ?= cargo
 
-.PHONY: help tools venv wasm test run demo lint envoy-demo clean
+.PHONY: help tools venv wasm test run demo lint crds envoy-demo clean
 
 help: ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-11s %s\n", $$1, $$2}'
@@ -47,6 +47,9 @@ run: tools wasm ## Start the demo gateway on 127.0.0.1:8080 (admin :9901) with t
 
 demo: ## Scripted tour against `make run` (prints a table; exit 0 iff every outcome is as documented)
 	$(CARGO) run --locked --release -p layergate-tests --bin layergate-demo -- tour
+
+crds: ## Regenerate operator/crds/ from the CRD types
+	$(CARGO) run --locked -q -p layergate-operator -- crds > operator/crds/hevlayer.com.yaml
 
 envoy-demo: ## Re-render envoy/demo/envoy.yaml from envoy/demo/layergate.json
 	$(CARGO) run --locked --release -p layergate-tests --bin layergate-demo -- render > envoy/demo/envoy.yaml

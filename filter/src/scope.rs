@@ -5,6 +5,7 @@ use std::fmt;
 
 /// One permission level. `admin` satisfies `read` and `write`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(rename_all = "lowercase")]
 pub enum Scope {
     /// GET/HEAD routes and read-shaped POSTs (query, batch fetch, scans, metrics queries).

@@ -1,0 +1,16 @@
+//! # layergate-operator
+//!
+//! Validates the `hevlayer.com` CRDs, mints API keys and renders the gateway's Envoy and
+//! filter configuration from them.
+//!
+//! ```text
+//!  manifests (dir of YAML) ─► manifests::Objects ─► validate ─► conditions per object
+//!                                                      │
+//!                                                      ▼
+//!                                     render ─► filter config (layergate-filter types)
+//!                                            └► Envoy CDS / LDS
+//! ```
+#![forbid(unsafe_code)]
+
+pub mod crd;
+pub mod schema;
