@@ -51,7 +51,8 @@ demo: ## Scripted tour against `make run` (prints a table; exit 0 iff every outc
 crds: ## Regenerate operator/crds/ from the CRD types
 	$(CARGO) run --locked -q -p layergate-operator -- crds > operator/crds/hevlayer.com.yaml
 
-envoy-demo: ## Re-render envoy/demo/envoy.yaml from envoy/demo/layergate.json
+envoy-demo: ## Re-render envoy/demo/layergate.json and envoy.yaml from the manifests in envoy/demo/manifests/
+	$(CARGO) run --locked -q -p layergate-operator -- render -f envoy/demo/manifests -o envoy/demo
 	$(CARGO) run --locked --release -p layergate-tests --bin layergate-demo -- render > envoy/demo/envoy.yaml
 
 lint: ## rustfmt check and clippy (native and wasm)

@@ -672,7 +672,9 @@ fn open_mode_needs_no_token_and_ignores_one() {
 
 #[test]
 fn missing_credential_env_var_is_503_naming_the_variable() {
-    let p = Policy::from_json(demo_json().to_string().as_bytes(), |_| None).unwrap();
+    let mut v = demo_json();
+    v["stores"][0]["credential"] = json!({"env": "LAYERGATE_PRIMARY_KEY"});
+    let p = Policy::from_json(v.to_string().as_bytes(), |_| None).unwrap();
     let plan = forward(call(
         &p,
         "GET",

@@ -52,7 +52,7 @@ fn header_only_decisions_allocate_nothing() {
         (
             "GET",
             "/v1/namespaces/logs-2026/metadata",
-            "Bearer LAYERGATE_ARCHIVE_KEY-value",
+            "Bearer tpuf-archive-dev-key",
         ),
         (
             "POST",

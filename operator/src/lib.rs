@@ -12,5 +12,9 @@
 //! ```
 #![forbid(unsafe_code)]
 
+pub mod conditions;
 pub mod crd;
+pub mod manifests;
+pub mod render;
 pub mod schema;
+pub mod validate;

@@ -3,11 +3,22 @@
 
 use anyhow::{bail, Context, Result};
 use layergate_filter::policy::Policy;
+use layergate_operator::conditions::{reason, READY};
 use layergate_operator::crd;
+use layergate_operator::manifests::{self, Objects};
+use layergate_operator::render::{self, RenderOptions};
+use layergate_operator::validate::{self, Validation};
+use std::collections::BTreeSet;
+use std::path::Path;
 
 const USAGE: &str = "usage: layergate-operator COMMAND
 
   crds                        print the CRD YAML (the same as operator/crds/)
+  check -f DIR                validate the manifests in DIR (VectorStores, Indexes, ApiKeys
+                              and their Secrets, as YAML files) offline; exit 1 on error
+  render -f DIR -o OUT [--namespace NS]
+                              write what the gateway would load: OUT/layergate.json (the
+                              filter configuration; it holds store credentials, mode 0600)
   check-filter-config FILE    parse and compile a filter configuration exactly as the wasm
                               filter's on_configure does; exit 1 with the reason if the
                               filter would refuse it";
@@ -20,12 +31,22 @@ fn main() {
 }
 
 fn run(args: Vec<String>) -> Result<()> {
-    match args.iter().map(String::as_str).collect::<Vec<_>>().as_slice() {
+    match args
+        .iter()
+        .map(String::as_str)
+        .collect::<Vec<_>>()
+        .as_slice()
+    {
         ["crds"] => {
             print!("{}", crd::crds_yaml()?);
             Ok(())
         }
         ["check-filter-config", file] => check_filter_config(file),
+        ["check", "-f", dir] => check(Path::new(dir)),
+        ["render", "-f", dir, "-o", out] => render(Path::new(dir), Path::new(out), None),
+        ["render", "-f", dir, "-o", out, "--namespace", ns] => {
+            render(Path::new(dir), Path::new(out), Some(ns))
+        }
         ["help" | "--help" | "-h"] | [] => {
             println!("{USAGE}");
             Ok(())
@@ -47,8 +68,129 @@ fn check_filter_config(file: &str) -> Result<()> {
     );
     for s in &policy.stores {
         if let Err(var) = &s.bearer {
-            println!("note: store {:?} reads its credential from ${var} (not set here)", s.name);
+            println!(
+                "note: store {:?} reads its credential from ${var} (not set here)",
+                s.name
+            );
         }
     }
+    Ok(())
+}
+
+fn now() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs() as i64)
+}
+
+fn namespaces(objects: &Objects) -> BTreeSet<String> {
+    let ns = |m: &kube::core::ObjectMeta| {
+        m.namespace
+            .clone()
+            .unwrap_or_else(|| manifests::DEFAULT_NAMESPACE.to_owned())
+    };
+    objects
+        .stores
+        .iter()
+        .map(|o| ns(&o.metadata))
+        .chain(objects.indexes.iter().map(|o| ns(&o.metadata)))
+        .chain(objects.keys.iter().map(|o| ns(&o.metadata)))
+        .collect()
+}
+
+/// Prints one line per object, kubectl-style; returns how many are in error.
+fn report(ns: &str, v: &Validation) -> usize {
+    let mut errors = 0;
+    let rows = v
+        .stores
+        .iter()
+        .map(|x| ("vectorstore", &x.name, &x.conditions))
+        .chain(v.indexes.iter().map(|x| ("index", &x.name, &x.conditions)))
+        .chain(v.keys.iter().map(|x| ("apikey", &x.name, &x.conditions)));
+    for (kind, name, conditions) in rows {
+        let Some(ready) = conditions.iter().find(|c| c.type_ == READY) else {
+            continue;
+        };
+        let benign =
+            [reason::NOT_MINTED, reason::REVOKED, reason::EXPIRED].contains(&ready.reason.as_str());
+        let state = if ready.status == "True" {
+            "ready"
+        } else if benign {
+            "not ready"
+        } else {
+            "error"
+        };
+        if state == "error" {
+            errors += 1;
+        }
+        println!(
+            "{kind}.hevlayer.com/{name} (namespace {ns}): {state}: {}: {}",
+            ready.reason, ready.message
+        );
+        for c in conditions
+            .iter()
+            .filter(|c| c.type_ != READY && c.status == "True")
+        {
+            println!("  warning: {}: {}", c.reason, c.message);
+        }
+    }
+    errors
+}
+
+fn check(dir: &Path) -> Result<()> {
+    let objects = manifests::load_dir(dir)?;
+    let mut errors = objects.problems.len();
+    for p in &objects.problems {
+        println!("error: {p}");
+    }
+    for ns in namespaces(&objects) {
+        let v = validate::validate(&objects, &ns, now());
+        errors += report(&ns, &v);
+        if let Err(e) = render::filter_config(&v, &RenderOptions::default()) {
+            println!("error: namespace {ns}: the rendered configuration would be refused: {e}");
+            errors += 1;
+        }
+    }
+    if errors > 0 {
+        bail!("{errors} error(s) in {}", dir.display());
+    }
+    Ok(())
+}
+
+fn render(dir: &Path, out: &Path, namespace: Option<&str>) -> Result<()> {
+    let objects = manifests::load_dir(dir)?;
+    if !objects.problems.is_empty() {
+        bail!("cannot render: {}", objects.problems.join("; "));
+    }
+    let all = namespaces(&objects);
+    let ns = match (namespace, all.len()) {
+        (Some(ns), _) => ns.to_owned(),
+        (None, 1) => all.into_iter().next().unwrap_or_default(),
+        (None, _) => bail!("the manifests span namespaces {all:?}; pick one with --namespace"),
+    };
+    let v = validate::validate(&objects, &ns, now());
+    report(&ns, &v);
+    let config = render::filter_config(&v, &RenderOptions::default())?;
+    std::fs::create_dir_all(out).with_context(|| format!("creating {}", out.display()))?;
+    let file = out.join("layergate.json");
+    write_private(&file, &(serde_json::to_string_pretty(&config)? + "\n"))?;
+    println!("wrote {}", file.display());
+    Ok(())
+}
+
+/// Writes a file only its owner can read (it holds credentials), replacing it atomically.
+fn write_private(path: &Path, text: &str) -> Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let tmp = path.with_extension("tmp");
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(&tmp)?;
+    f.write_all(text.as_bytes())?;
+    f.sync_all()?;
+    std::fs::rename(&tmp, path)?;
     Ok(())
 }

@@ -29,7 +29,11 @@ fn check(schema: &Value, value: &Value, path: &str, errors: &mut Vec<String>) {
     if value.is_null() && schema.get("nullable").and_then(Value::as_bool) == Some(true) {
         return;
     }
-    if let Some(any_of) = schema.get("anyOf").or_else(|| schema.get("oneOf")).and_then(Value::as_array) {
+    if let Some(any_of) = schema
+        .get("anyOf")
+        .or_else(|| schema.get("oneOf"))
+        .and_then(Value::as_array)
+    {
         if !any_of.iter().any(|s| validate_in(s, value, path)) {
             errors.push(format!("{at}: matches none of the allowed shapes"));
         }
@@ -44,15 +48,26 @@ fn check(schema: &Value, value: &Value, path: &str, errors: &mut Vec<String>) {
     }
     if let Some(options) = schema.get("enum").and_then(Value::as_array) {
         if !options.contains(value) {
-            errors.push(format!("{at}: {value} is not one of {}", Value::Array(options.clone())));
+            errors.push(format!(
+                "{at}: {value} is not one of {}",
+                Value::Array(options.clone())
+            ));
         }
     }
     match value {
         Value::Object(map) => {
             let props = schema.get("properties").and_then(Value::as_object);
             let extra = schema.get("additionalProperties");
-            let preserve = schema.get("x-kubernetes-preserve-unknown-fields").and_then(Value::as_bool) == Some(true);
-            for req in schema.get("required").and_then(Value::as_array).into_iter().flatten() {
+            let preserve = schema
+                .get("x-kubernetes-preserve-unknown-fields")
+                .and_then(Value::as_bool)
+                == Some(true);
+            for req in schema
+                .get("required")
+                .and_then(Value::as_array)
+                .into_iter()
+                .flatten()
+            {
                 if let Some(name) = req.as_str() {
                     if !map.contains_key(name) {
                         errors.push(format!("{at}: required field {name:?} is missing"));
@@ -100,9 +115,18 @@ mod tests {
             "free": {"type": "object", "x-kubernetes-preserve-unknown-fields": true},
             "list": {"type": "array", "items": {"type": "string"}}
         }});
-        assert!(validate(&schema, &json!({"a": "x", "n": 3, "free": {"any": {"thing": 1}}, "list": ["s"]})).is_empty());
-        let errors = validate(&schema, &json!({"a": "z", "n": "3", "typo": 1, "list": [1]}));
+        assert!(validate(
+            &schema,
+            &json!({"a": "x", "n": 3, "free": {"any": {"thing": 1}}, "list": ["s"]})
+        )
+        .is_empty());
+        let errors = validate(
+            &schema,
+            &json!({"a": "z", "n": "3", "typo": 1, "list": [1]}),
+        );
         assert_eq!(errors.len(), 4, "{errors:?}");
-        assert!(validate(&schema, &json!({})).iter().any(|e| e.contains("required field \"a\"")));
+        assert!(validate(&schema, &json!({}))
+            .iter()
+            .any(|e| e.contains("required field \"a\"")));
     }
 }

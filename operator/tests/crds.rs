@@ -30,7 +30,9 @@ spec:
   consistency: strong
 "#;
 
-fn spec_schema(crd: &k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition) -> Value {
+fn spec_schema(
+    crd: &k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition,
+) -> Value {
     let v = serde_json::to_value(crd).unwrap();
     v["spec"]["versions"][0]["schema"]["openAPIV3Schema"]["properties"]["spec"].clone()
 }
@@ -83,7 +85,9 @@ fn schema_rejects_typos_and_unknown_kinds_but_accepts_pinecone() {
     assert!(schema::validate(&vs, &base).is_empty());
     let mut typo = base.clone();
     typo["inboundAuth"] = serde_json::json!({"mdoe": "keys"});
-    assert!(schema::validate(&vs, &typo).iter().any(|e| e.contains("mdoe")));
+    assert!(schema::validate(&vs, &typo)
+        .iter()
+        .any(|e| e.contains("mdoe")));
     let mut pinecone = base.clone();
     pinecone["kind"] = "pinecone".into();
     assert!(schema::validate(&vs, &pinecone).is_empty());

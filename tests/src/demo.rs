@@ -21,15 +21,8 @@ pub const PRIMARY_ADDR: &str = "127.0.0.1:18081";
 /// `archive` devstore address of `make run`.
 pub const ARCHIVE_ADDR: &str = "127.0.0.1:18082";
 
-/// The wasm VM environment carrying the store credentials (`{"env": …}` in the config).
-pub fn vm_env() -> Vec<(String, String)> {
-    vec![
-        ("LAYERGATE_PRIMARY_KEY".into(), PRIMARY_KEY.into()),
-        ("LAYERGATE_ARCHIVE_KEY".into(), ARCHIVE_KEY.into()),
-    ]
-}
-
-/// The demo filter configuration, compacted to one line.
+/// The demo filter configuration (rendered by the operator from `envoy/demo/manifests/`,
+/// `make envoy-demo`), compacted to one line.
 pub fn filter_config() -> Result<String> {
     let path = crate::paths::demo_filter_config();
     let text =
@@ -51,7 +44,7 @@ pub fn gateway(
         admin,
         wasm_path,
         filter_config: Some(config),
-        vm_env: vm_env(),
+        vm_env: Vec::new(),
         clusters: vec![
             Cluster {
                 name: "store_primary".into(),
@@ -117,7 +110,7 @@ impl Demo {
 
     /// Starts the demo fixture on free ports (tests).
     pub fn start() -> Result<Demo> {
-        Demo::start_with(filter_config()?, vm_env())
+        Demo::start_with(filter_config()?, Vec::new())
     }
 
     /// Starts `make run`'s demo: fixed ports, `envoy/demo/envoy.yaml` as checked in.

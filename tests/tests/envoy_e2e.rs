@@ -17,7 +17,7 @@ fn demo_config() -> Value {
 }
 
 fn start_with(config: &Value) -> Demo {
-    Demo::start_with(config.to_string(), demo::vm_env()).unwrap_or_else(|e| panic!("{e:#}"))
+    Demo::start_with(config.to_string(), Vec::new()).unwrap_or_else(|e| panic!("{e:#}"))
 }
 
 /// Sends a request and returns the response and which stores saw it (primary, archive).
@@ -563,9 +563,11 @@ fn bad_input_gets_a_clear_answer_and_nothing_is_forwarded() {
 
 #[test]
 fn missing_credential_variable_is_503_naming_it() {
-    let env = vec![("LAYERGATE_ARCHIVE_KEY".to_owned(), ARCHIVE_KEY.to_owned())];
-    let d =
-        Demo::start_with(demo::filter_config().unwrap(), env).unwrap_or_else(|e| panic!("{e:#}"));
+    // primary reads its credential from the VM environment, which does not have it.
+    let mut cfg = demo_config();
+    cfg["stores"][0]["credential"] = json!({"env": "LAYERGATE_PRIMARY_KEY"});
+    let env = vec![("UNRELATED".to_owned(), "x".to_owned())];
+    let d = Demo::start_with(cfg.to_string(), env).unwrap_or_else(|e| panic!("{e:#}"));
     let r = refused(
         &d,
         get("/v1/namespaces/shop-a/metadata", "demo-read-token"),
@@ -584,7 +586,7 @@ fn missing_credential_variable_is_503_naming_it() {
 fn invalid_config_is_refused_by_the_filter_and_envoy_does_not_serve() {
     let mut cfg = demo_config();
     cfg["stores"][0]["inboundAuth"]["mode"] = json!("keyz");
-    let err = Demo::start_with(cfg.to_string(), demo::vm_env())
+    let err = Demo::start_with(cfg.to_string(), Vec::new())
         .err()
         .expect("Envoy must not start with a refused config");
     let text = format!("{err:#}");

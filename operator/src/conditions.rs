@@ -1,0 +1,68 @@
+//! Condition vocabulary: types and reasons as constants, one constructor.
+
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
+
+/// Condition type: the object is valid (and, for stores, answered the probe).
+pub const READY: &str = "Ready";
+/// Condition type on ApiKeys: an entitlement names a store that does not exist.
+pub const ENTITLEMENT_TARGET_MISSING: &str = "EntitlementTargetMissing";
+
+/// Reasons.
+pub mod reason {
+    /// Everything checked out.
+    pub const VALID: &str = "Valid";
+    /// A referenced Secret does not exist.
+    pub const SECRET_NOT_FOUND: &str = "SecretNotFound";
+    /// The Secret exists but lacks the key, or its value is empty.
+    pub const SECRET_KEY_MISSING: &str = "SecretKeyMissing";
+    /// `spec.kind` is not supported (pinecone).
+    pub const UNSUPPORTED_KIND: &str = "UnsupportedKind";
+    /// `spec.endpoint` is not a usable URL or region.
+    pub const INVALID_ENDPOINT: &str = "InvalidEndpoint";
+    /// More than one store says `default: true`.
+    pub const MULTIPLE_DEFAULTS: &str = "MultipleDefaults";
+    /// `spec.inboundAuth` is inconsistent (duplicate names, bad scopes, keys without mode keys).
+    pub const INVALID_INBOUND_AUTH: &str = "InvalidInboundAuth";
+    /// Another Index owns the same upstream namespace.
+    pub const CONFLICT: &str = "Conflict";
+    /// The Index names a store that does not exist or is not valid.
+    pub const STORE_NOT_FOUND: &str = "StoreNotFound";
+    /// The upstream namespace name is not valid for turbopuffer.
+    pub const INVALID_NAMESPACE: &str = "InvalidNamespace";
+    /// An ApiKey's entitlements or lifetime are malformed.
+    pub const INVALID_SPEC: &str = "InvalidSpec";
+    /// The ApiKey has no token yet.
+    pub const NOT_MINTED: &str = "NotMinted";
+    /// The ApiKey was revoked.
+    pub const REVOKED: &str = "Revoked";
+    /// The ApiKey is past its expiry.
+    pub const EXPIRED: &str = "Expired";
+    /// An entitlement names a missing store (the entitlement grants nothing).
+    pub const TARGET_MISSING: &str = "TargetMissing";
+    /// The store answered the probe with 401/403.
+    pub const UNAUTHORIZED: &str = "Unauthorized";
+    /// The store did not answer the probe.
+    pub const UNREACHABLE: &str = "Unreachable";
+}
+
+/// Builds a condition; `now` is Unix seconds (a fixed clock in tests).
+pub fn condition(
+    kind: &str,
+    ok: bool,
+    reason: &str,
+    message: impl Into<String>,
+    generation: Option<i64>,
+    now: i64,
+) -> Condition {
+    Condition {
+        type_: kind.to_owned(),
+        status: if ok { "True" } else { "False" }.to_owned(),
+        reason: reason.to_owned(),
+        message: message.into(),
+        observed_generation: generation,
+        last_transition_time: Time(
+            k8s_openapi::jiff::Timestamp::from_second(now)
+                .unwrap_or(k8s_openapi::jiff::Timestamp::UNIX_EPOCH),
+        ),
+    }
+}

@@ -1,0 +1,144 @@
+//! A directory of manifests (VectorStores, Indexes, ApiKeys and the Secrets they reference) as
+//! typed objects. A document that cannot be read is reported with its file, never a crash.
+
+use crate::crd::{ApiKey, Index, VectorStore};
+use anyhow::{Context, Result};
+use base64::Engine as _;
+use serde::Deserialize;
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+/// Secret data by (namespace, name) → key → value.
+pub type Secrets = BTreeMap<(String, String), BTreeMap<String, String>>;
+
+/// Everything read from a directory.
+#[derive(Debug, Default, Clone)]
+pub struct Objects {
+    /// VectorStores.
+    pub stores: Vec<VectorStore>,
+    /// Indexes.
+    pub indexes: Vec<Index>,
+    /// ApiKeys.
+    pub keys: Vec<ApiKey>,
+    /// Secrets (decoded).
+    pub secrets: Secrets,
+    /// Documents that could not be used: `file: what is wrong`.
+    pub problems: Vec<String>,
+}
+
+#[derive(Deserialize)]
+struct SecretDoc {
+    metadata: Meta,
+    #[serde(default)]
+    data: BTreeMap<String, String>,
+    #[serde(default, rename = "stringData")]
+    string_data: BTreeMap<String, String>,
+}
+
+#[derive(Deserialize)]
+struct Meta {
+    name: String,
+    #[serde(default)]
+    namespace: Option<String>,
+}
+
+/// The namespace objects without one are read into (kubectl's `default`).
+pub const DEFAULT_NAMESPACE: &str = "default";
+
+/// Reads every `*.yaml` / `*.yml` file directly in `dir`, in name order.
+pub fn load_dir(dir: &Path) -> Result<Objects> {
+    let mut files: Vec<PathBuf> = std::fs::read_dir(dir)
+        .with_context(|| format!("reading directory {}", dir.display()))?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.extension().is_some_and(|x| x == "yaml" || x == "yml"))
+        .collect();
+    files.sort();
+    let mut objects = Objects::default();
+    for file in files {
+        let text = std::fs::read_to_string(&file)
+            .with_context(|| format!("reading {}", file.display()))?;
+        objects.add_yaml(&file.display().to_string(), &text);
+    }
+    Ok(objects)
+}
+
+impl Objects {
+    /// Adds every document of a YAML stream; `source` names it in problems.
+    pub fn add_yaml(&mut self, source: &str, text: &str) {
+        // Documents are split on `---` lines and parsed one by one, so one broken document
+        // neither hides the others nor stalls the reader.
+        for (i, doc) in split_documents(text).into_iter().enumerate() {
+            match serde_yaml::from_str::<serde_yaml::Value>(&doc) {
+                Ok(serde_yaml::Value::Null) => {}
+                Ok(v) => {
+                    if let Err(e) = self.add_value(v) {
+                        self.problems
+                            .push(format!("{source}: document {}: {e:#}", i + 1));
+                    }
+                }
+                Err(e) => self
+                    .problems
+                    .push(format!("{source}: document {}: not YAML: {e}", i + 1)),
+            }
+        }
+    }
+
+    fn add_value(&mut self, value: serde_yaml::Value) -> Result<()> {
+        let json = serde_json::to_value(&value)?;
+        let api_version = json["apiVersion"].as_str().unwrap_or_default().to_owned();
+        let kind = json["kind"].as_str().unwrap_or_default().to_owned();
+        let with_ns = |mut meta: kube::core::ObjectMeta| {
+            meta.namespace
+                .get_or_insert_with(|| DEFAULT_NAMESPACE.to_owned());
+            meta
+        };
+        match (api_version.as_str(), kind.as_str()) {
+            ("hevlayer.com/v1alpha1", "VectorStore") => {
+                let mut o: VectorStore = serde_json::from_value(json).context("invalid VectorStore")?;
+                o.metadata = with_ns(o.metadata);
+                self.stores.push(o);
+            }
+            ("hevlayer.com/v1", "Index") => {
+                let mut o: Index = serde_json::from_value(json).context("invalid Index")?;
+                o.metadata = with_ns(o.metadata);
+                self.indexes.push(o);
+            }
+            ("hevlayer.com/v1alpha1", "ApiKey") => {
+                let mut o: ApiKey = serde_json::from_value(json).context("invalid ApiKey")?;
+                o.metadata = with_ns(o.metadata);
+                self.keys.push(o);
+            }
+            ("v1", "Secret") => {
+                let s: SecretDoc = serde_json::from_value(json).context("invalid Secret")?;
+                let mut data = BTreeMap::new();
+                for (k, v) in s.data {
+                    let bytes = base64::engine::general_purpose::STANDARD
+                        .decode(v.trim())
+                        .with_context(|| format!("Secret {}: data.{k} is not base64", s.metadata.name))?;
+                    let text = String::from_utf8(bytes)
+                        .with_context(|| format!("Secret {}: data.{k} is not UTF-8", s.metadata.name))?;
+                    data.insert(k, text);
+                }
+                data.extend(s.string_data);
+                let ns = s.metadata.namespace.unwrap_or_else(|| DEFAULT_NAMESPACE.to_owned());
+                self.secrets.insert((ns, s.metadata.name), data);
+            }
+            _ => anyhow::bail!("unsupported object {api_version}/{kind} (expected hevlayer.com VectorStore, Index, ApiKey or v1 Secret)"),
+        }
+        Ok(())
+    }
+}
+
+/// Splits a YAML stream into documents at `---` lines.
+fn split_documents(text: &str) -> Vec<String> {
+    let mut docs = vec![String::new()];
+    for line in text.lines() {
+        if line == "---" || line.starts_with("--- ") {
+            docs.push(String::new());
+        } else if let Some(doc) = docs.last_mut() {
+            doc.push_str(line);
+            doc.push('\n');
+        }
+    }
+    docs
+}

@@ -1,0 +1,289 @@
+//! The validation matrix (every reason) and the demo rendering golden.
+#![allow(clippy::unwrap_used, clippy::panic, missing_docs)]
+
+use layergate_operator::conditions::{reason, ENTITLEMENT_TARGET_MISSING, READY};
+use layergate_operator::crd::ApiKeyPhase;
+use layergate_operator::manifests::{self, Objects};
+use layergate_operator::render::{self, RenderOptions};
+use layergate_operator::validate::{self, parse_duration, parse_endpoint, Validation};
+
+const NOW: i64 = 1_795_528_719; // 2026-11-24
+
+const SECRETS: &str = r#"
+apiVersion: v1
+kind: Secret
+metadata: {name: layer, namespace: t}
+data: {store-key: c3RvcmUta2V5}   # "store-key"
+stringData: {inbound: inbound-token, empty: ""}
+"#;
+
+fn store(name: &str, extra: &str) -> String {
+    format!(
+        "apiVersion: hevlayer.com/v1alpha1\nkind: VectorStore\nmetadata: {{name: {name}, namespace: t}}\nspec:\n  kind: turbopuffer\n  endpoint: {{url: \"https://api.example.com\"}}\n  credential: {{secretRef: {{name: layer, key: store-key}}}}\n{extra}"
+    )
+}
+
+fn run(docs: &[String]) -> Validation {
+    let mut o = Objects::default();
+    o.add_yaml("secrets", SECRETS);
+    for (i, d) in docs.iter().enumerate() {
+        o.add_yaml(&format!("doc{i}"), d);
+    }
+    assert!(o.problems.is_empty(), "{:?}", o.problems);
+    validate::validate(&o, "t", NOW)
+}
+
+fn ready_reason(
+    conditions: &[k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition],
+) -> (String, String) {
+    let c = conditions.iter().find(|c| c.type_ == READY).unwrap();
+    (c.status.clone(), c.reason.clone())
+}
+
+fn store_reason(extra: &str) -> String {
+    let v = run(&[store("s", extra)]);
+    ready_reason(&v.stores[0].conditions).1
+}
+
+#[test]
+fn store_reasons() {
+    assert_eq!(store_reason(""), reason::VALID);
+    assert_eq!(
+        store_reason("  turbopuffer: {orgId: org_1}\n"),
+        reason::VALID
+    );
+    let pinecone = store("s", "").replace("kind: turbopuffer", "kind: pinecone");
+    assert_eq!(
+        ready_reason(&run(&[pinecone]).stores[0].conditions).1,
+        reason::UNSUPPORTED_KIND
+    );
+    let http = store("s", "").replace("https://api.example.com", "http://api.example.com");
+    assert_eq!(
+        ready_reason(&run(&[http]).stores[0].conditions).1,
+        reason::INVALID_ENDPOINT
+    );
+    let region = store("s", "").replace(
+        "{url: \"https://api.example.com\"}",
+        "{url: \"https://api.example.com\", region: \"US East\"}",
+    );
+    assert_eq!(
+        ready_reason(&run(&[region]).stores[0].conditions).1,
+        reason::INVALID_ENDPOINT
+    );
+    let no_secret =
+        store("s", "").replace("name: layer, key: store-key", "name: nope, key: store-key");
+    assert_eq!(
+        ready_reason(&run(&[no_secret]).stores[0].conditions).1,
+        reason::SECRET_NOT_FOUND
+    );
+    let no_key = store("s", "").replace("key: store-key", "key: absent");
+    assert_eq!(
+        ready_reason(&run(&[no_key]).stores[0].conditions).1,
+        reason::SECRET_KEY_MISSING
+    );
+    let empty = store("s", "").replace("key: store-key", "key: empty");
+    assert_eq!(
+        ready_reason(&run(&[empty]).stores[0].conditions).1,
+        reason::SECRET_KEY_MISSING
+    );
+    let key = |name: &str, scopes: &str| {
+        format!("      - {{name: {name}, scopes: {scopes}, secretRef: {{name: layer, key: inbound}}}}\n")
+    };
+    let keys = |body: String| format!("  inboundAuth:\n    mode: keys\n    keys:\n{body}");
+    assert_eq!(store_reason(&keys(key("a", "[read]"))), reason::VALID);
+    assert_eq!(
+        store_reason(&keys(key("a", "[read]") + &key("a", "[write]"))),
+        reason::INVALID_INBOUND_AUTH
+    );
+    assert_eq!(
+        store_reason(&keys(key("a", "[]"))),
+        reason::INVALID_INBOUND_AUTH
+    );
+    assert_eq!(
+        store_reason(&keys(key("a", "[read]")).replace("mode: keys", "mode: open")),
+        reason::INVALID_INBOUND_AUTH
+    );
+    let bad_secret = keys(key("a", "[read]")).replace("key: inbound", "key: empty");
+    assert_eq!(store_reason(&bad_secret), reason::SECRET_KEY_MISSING);
+}
+
+#[test]
+fn two_default_stores_are_both_refused() {
+    let v = run(&[
+        store("a", "  default: true\n"),
+        store("b", "  default: true\n"),
+    ]);
+    for s in &v.stores {
+        assert_eq!(ready_reason(&s.conditions).1, reason::MULTIPLE_DEFAULTS);
+    }
+    // A single store is the default without saying so.
+    let v = run(&[store("only", "")]);
+    assert!(v.stores[0].valid.as_ref().unwrap().default);
+}
+
+fn index(name: &str, backend: &str, created: &str) -> String {
+    format!("apiVersion: hevlayer.com/v1\nkind: Index\nmetadata: {{name: {name}, namespace: t, creationTimestamp: \"{created}\"}}\nspec:\n  backend: {backend}\n")
+}
+
+#[test]
+fn index_routing_conflicts_and_missing_stores() {
+    let v = run(&[
+        store("main", "  default: true\n"),
+        store("cold", ""),
+        index(
+            "newer",
+            "{storeRef: cold, namespace: shared}",
+            "2026-02-01T00:00:00Z",
+        ),
+        index("older", "{namespace: shared}", "2026-01-01T00:00:00Z"),
+        index("plain", "{}", "2026-01-01T00:00:00Z"),
+        index("ghost", "{storeRef: nope}", "2026-01-01T00:00:00Z"),
+        index("bad", "{namespace: \"a/b\"}", "2026-01-01T00:00:00Z"),
+    ]);
+    let by = |n: &str| v.indexes.iter().find(|i| i.name == n).unwrap();
+    assert_eq!(by("older").valid, Some(("shared".into(), "main".into())));
+    assert_eq!(ready_reason(&by("newer").conditions).1, reason::CONFLICT);
+    assert!(by("newer").conditions[0].message.contains("\"older\""));
+    assert_eq!(
+        by("plain").valid,
+        Some(("plain".into(), "main".into())),
+        "namespace defaults to the Index name"
+    );
+    assert_eq!(
+        ready_reason(&by("ghost").conditions).1,
+        reason::STORE_NOT_FOUND
+    );
+    assert_eq!(
+        ready_reason(&by("bad").conditions).1,
+        reason::INVALID_NAMESPACE
+    );
+}
+
+fn key(name: &str, spec: &str) -> String {
+    format!("apiVersion: hevlayer.com/v1alpha1\nkind: ApiKey\nmetadata: {{name: {name}, namespace: t, creationTimestamp: \"2026-11-01T00:00:00Z\"}}\nspec:\n{spec}")
+}
+
+const TOKEN: &str = "apiVersion: v1\nkind: Secret\nmetadata: {name: apikey-k, namespace: t}\nstringData: {token: hvl_abc}\n";
+
+#[test]
+fn api_key_phases_and_reasons() {
+    let ok = "  entitlements:\n    vectorstore.s: {scopes: [read], namespaces: [\"a-*\"]}\n";
+    let v = run(&[store("s", ""), key("k", ok), TOKEN.into()]);
+    let k = &v.keys[0];
+    assert_eq!(v.phases["k"], ApiKeyPhase::Active);
+    let cfg = k.valid.as_ref().unwrap();
+    assert!(
+        cfg.lookup_hash.starts_with("sha256:") && !format!("{cfg:?}").contains("hvl_abc"),
+        "the token never leaves the Secret"
+    );
+    assert_eq!(
+        cfg.expires_at.as_deref(),
+        Some("2027-11-01T00:00:00Z"),
+        "365d by default"
+    );
+    // Not minted yet.
+    let v = run(&[store("s", ""), key("k", ok)]);
+    assert_eq!(
+        (v.phases["k"], ready_reason(&v.keys[0].conditions).1),
+        (ApiKeyPhase::Pending, reason::NOT_MINTED.into())
+    );
+    // Revoked, expired.
+    let v = run(&[
+        store("s", ""),
+        key("k", &format!("{ok}  revoked: true\n")),
+        TOKEN.into(),
+    ]);
+    assert_eq!(v.phases["k"], ApiKeyPhase::Revoked);
+    assert!(v.keys[0].valid.is_none());
+    let v = run(&[
+        store("s", ""),
+        key("k", &format!("{ok}  expiresAfter: 1d\n")),
+        TOKEN.into(),
+    ]);
+    assert_eq!(v.phases["k"], ApiKeyPhase::Expired);
+    // Malformed targets, globs and lifetimes.
+    for bad in [
+        "  entitlements: {bucket.x: {scopes: [read]}}\n",
+        "  entitlements: {\"vectorstore.\": {scopes: [read]}}\n",
+        "  entitlements: {layer: {scopes: [admin], namespaces: [\"a/b\"]}}\n",
+        "  entitlements: {layer: {scopes: [admin]}}\n  expiresAfter: 3 weeks\n",
+    ] {
+        let v = run(&[store("s", ""), key("k", bad), TOKEN.into()]);
+        assert_eq!(
+            ready_reason(&v.keys[0].conditions).1,
+            reason::INVALID_SPEC,
+            "{bad}"
+        );
+    }
+    // A target naming a missing store is a condition, not an error.
+    let v = run(&[store("s", ""), key("k", "  entitlements:\n    vectorstore.gone: {scopes: [read]}\n    warehouse.w: {claims: [\"x:*\"]}\n"), TOKEN.into()]);
+    assert_eq!(v.phases["k"], ApiKeyPhase::Active);
+    let missing = v.keys[0]
+        .conditions
+        .iter()
+        .find(|c| c.type_ == ENTITLEMENT_TARGET_MISSING)
+        .unwrap();
+    assert_eq!(
+        (missing.status.as_str(), missing.reason.as_str()),
+        ("True", reason::TARGET_MISSING)
+    );
+}
+
+#[test]
+fn endpoint_and_duration_parsing() {
+    assert_eq!(
+        parse_endpoint("https://aws-us-east-1.turbopuffer.com")
+            .unwrap()
+            .port,
+        443
+    );
+    assert_eq!(
+        parse_endpoint("http://127.0.0.1:18081/").unwrap().port,
+        18081
+    );
+    for bad in [
+        "ftp://x",
+        "https://",
+        "https://x/path",
+        "https://user@x",
+        "http://example.com",
+        "https://x:0",
+    ] {
+        assert!(parse_endpoint(bad).is_err(), "{bad}");
+    }
+    assert_eq!(parse_duration("365d").unwrap(), Some(365 * 86_400));
+    assert_eq!(parse_duration("never").unwrap(), None);
+    assert!(
+        parse_duration("0d").is_err()
+            && parse_duration("5w").is_err()
+            && parse_duration("").is_err()
+    );
+}
+
+#[test]
+fn malformed_manifests_are_reported_not_fatal() {
+    let mut o = Objects::default();
+    o.add_yaml("a.yaml", "apiVersion: hevlayer.com/v1alpha1\nkind: VectorStore\nmetadata: {name: x}\nspec: {kind: milvus}\n");
+    o.add_yaml("b.yaml", "kind: Deployment\napiVersion: apps/v1\n");
+    o.add_yaml("c.yaml", ": : :\n");
+    assert_eq!(o.problems.len(), 3, "{:?}", o.problems);
+    assert!(o.problems[0].starts_with("a.yaml"));
+}
+
+#[test]
+fn demo_manifests_render_the_checked_in_filter_config() {
+    let root = concat!(env!("CARGO_MANIFEST_DIR"), "/..");
+    let objects =
+        manifests::load_dir(&std::path::Path::new(root).join("envoy/demo/manifests")).unwrap();
+    assert!(objects.problems.is_empty(), "{:?}", objects.problems);
+    let v = validate::validate(&objects, "layer", NOW);
+    let config = render::filter_config(&v, &RenderOptions::default()).unwrap();
+    let rendered = serde_json::to_string_pretty(&config).unwrap() + "\n";
+    let on_disk =
+        std::fs::read_to_string(std::path::Path::new(root).join("envoy/demo/layergate.json"))
+            .unwrap();
+    assert!(
+        rendered == on_disk,
+        "envoy/demo/layergate.json is stale: run `make envoy-demo` and commit it"
+    );
+}
