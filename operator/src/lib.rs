@@ -14,6 +14,7 @@
 
 pub mod conditions;
 pub mod crd;
+pub mod envoy;
 pub mod manifests;
 pub mod render;
 pub mod schema;

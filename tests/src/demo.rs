@@ -48,16 +48,20 @@ pub fn gateway(
         clusters: vec![
             Cluster {
                 name: "store_primary".into(),
-                addr: primary,
+                address: primary.ip().to_string(),
+                port: primary.port(),
                 hostname: "primary.devstore.local".into(),
+                tls: false,
             },
             Cluster {
                 name: "store_archive".into(),
-                addr: archive,
+                address: archive.ip().to_string(),
+                port: archive.port(),
                 hostname: "archive.devstore.local".into(),
+                tls: false,
             },
         ],
-        buffer_limit_bytes: 17 * 1024 * 1024,
+        buffer_limit_bytes: layergate_operator::envoy::DEFAULT_BUFFER_LIMIT_BYTES,
     }
 }
 

@@ -1,29 +1,19 @@
-//! The real Envoy, for end-to-end tests and `make run`: a pure renderer of the gateway
-//! bootstrap ([`Gateway::render`]) and a launcher ([`Envoy::start`]) that waits until the
-//! listener is live and kills the process on drop.
+//! The real Envoy, for end-to-end tests and `make run`: the gateway bootstrap
+//! ([`Gateway::render`], by the operator's Envoy renderer) and a launcher ([`Envoy::start`])
+//! that waits until the listener is live and kills the process on drop.
 //!
-//! `envoy/demo/envoy.yaml` is this renderer's output for the demo fixture; a test keeps the
-//! two in sync.
+//! `envoy/demo/envoy.yaml` is the rendering for the demo fixture; a test keeps the two in sync.
 
 use crate::http::Request;
 use anyhow::{bail, Context, Result};
-use std::fmt::Write as _;
+use layergate_operator::envoy;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
-/// One upstream cluster (a store, the app or the control API).
-#[derive(Debug, Clone)]
-pub struct Cluster {
-    /// Cluster name (the filter writes it to `x-layergate-cluster`).
-    pub name: String,
-    /// Where it listens.
-    pub addr: SocketAddr,
-    /// Host name `auto_host_rewrite` puts in `:authority`.
-    pub hostname: String,
-}
+pub use layergate_operator::envoy::Cluster;
 
 /// Everything the gateway bootstrap depends on.
 #[derive(Debug, Clone)]
@@ -44,165 +34,19 @@ pub struct Gateway {
     pub buffer_limit_bytes: u64,
 }
 
-/// JSON string quoting is valid YAML double-quoted scalar syntax.
-fn q(s: &str) -> String {
-    serde_json::Value::String(s.to_owned()).to_string()
-}
-
 impl Gateway {
-    /// A gateway on loopback with any free ports, the built filter and the given config.
-    pub fn local(
-        wasm_path: PathBuf,
-        filter_config: String,
-        clusters: Vec<Cluster>,
-        vm_env: Vec<(String, String)>,
-    ) -> Gateway {
-        let any: SocketAddr = SocketAddr::from(([127, 0, 0, 1], 0));
-        Gateway {
-            listen: any,
-            admin: any,
-            wasm_path,
-            filter_config: Some(filter_config),
-            vm_env,
-            clusters,
-            buffer_limit_bytes: 17 * 1024 * 1024,
-        }
-    }
-
-    /// Renders the bootstrap YAML (static resources).
+    /// Renders the bootstrap with the operator's own Envoy renderer (static resources).
     pub fn render(&self) -> String {
-        let filter = match &self.filter_config {
-            None => String::new(),
-            Some(config) => {
-                let mut env = String::new();
-                if !self.vm_env.is_empty() {
-                    env.push_str("                  environment_variables:\n                    key_values:\n");
-                    for (k, v) in &self.vm_env {
-                        let _ = writeln!(env, "                      {}: {}", q(k), q(v));
-                    }
-                }
-                // The config as a YAML block scalar, pretty-printed when it is JSON.
-                let pretty = serde_json::from_str::<serde_json::Value>(config)
-                    .ok()
-                    .and_then(|v| serde_json::to_string_pretty(&v).ok())
-                    .unwrap_or_else(|| config.clone());
-                let mut value = String::new();
-                for line in pretty.lines() {
-                    let _ = writeln!(value, "                    {line}");
-                }
-                WASM_FILTER
-                    .replace("{WASM}", &q(&self.wasm_path.to_string_lossy()))
-                    .replace("{ENV}", &env)
-                    .replace("{CONFIG}", &value)
-            }
+        let listener = envoy::Listener {
+            listen: self.listen,
+            wasm_path: self.wasm_path.to_string_lossy().into_owned(),
+            filter_config: self.filter_config.clone(),
+            vm_env: self.vm_env.clone(),
+            buffer_limit_bytes: self.buffer_limit_bytes,
         };
-        let mut clusters = String::new();
-        for c in &self.clusters {
-            clusters.push_str(
-                &CLUSTER
-                    .replace("{NAME}", &q(&c.name))
-                    .replace("{HOST}", &q(&c.hostname))
-                    .replace("{IP}", &c.addr.ip().to_string())
-                    .replace("{PORT}", &c.addr.port().to_string()),
-            );
-        }
-        BOOTSTRAP
-            .replace("{ADMIN_IP}", &self.admin.ip().to_string())
-            .replace("{ADMIN_PORT}", &self.admin.port().to_string())
-            .replace("{LISTEN_IP}", &self.listen.ip().to_string())
-            .replace("{LISTEN_PORT}", &self.listen.port().to_string())
-            .replace("{BUFFER_LIMIT}", &self.buffer_limit_bytes.to_string())
-            .replace("{WASM_FILTER}", &filter)
-            .replace("{CLUSTERS}", &clusters)
+        envoy::static_bootstrap(self.admin, &listener, &self.clusters)
     }
 }
-
-const BOOTSTRAP: &str = r#"# Rendered by layergate-tests (tests/src/envoy.rs); `make envoy-demo` regenerates the demo copy.
-admin:
-  address: {socket_address: {address: {ADMIN_IP}, port_value: {ADMIN_PORT}}}
-static_resources:
-  listeners:
-  - name: layergate
-    address: {socket_address: {address: {LISTEN_IP}, port_value: {LISTEN_PORT}}}
-    # Body inspection buffers up to limits.inspectBodyBytes: Envoy's buffer must be larger.
-    per_connection_buffer_limit_bytes: {BUFFER_LIMIT}
-    filter_chains:
-    - filters:
-      - name: envoy.filters.network.http_connection_manager
-        typed_config:
-          "@type": type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager
-          stat_prefix: layergate
-          normalize_path: true
-          merge_slashes: false
-          # Escaped slashes reach the filter, which refuses them with a JSON error.
-          path_with_escaped_slashes_action: KEEP_UNCHANGED
-          access_log:
-          - name: envoy.access_loggers.stdout
-            typed_config:
-              "@type": type.googleapis.com/envoy.extensions.access_loggers.stream.v3.StdoutAccessLog
-              log_format:
-                text_format_source:
-                  inline_string: "[%START_TIME%] \"%REQ(:METHOD)% %REQ(X-ENVOY-ORIGINAL-PATH?:PATH)%\" %RESPONSE_CODE% %UPSTREAM_CLUSTER% %FILTER_STATE(wasm.layergate:PLAIN)%\n"
-          route_config:
-            name: layergate
-            virtual_hosts:
-            - name: layergate
-              domains: ["*"]
-              routes:
-              # Requests whose body the filter inspects (namespace-restricted keys): the buffer
-              # filter holds them back from the router until the filter has judged the body.
-              - match:
-                  prefix: "/"
-                  headers: [{name: x-layergate-inspect, present_match: true}]
-                route: {cluster_header: x-layergate-cluster, auto_host_rewrite: true, timeout: 60s}
-                request_headers_to_remove: [x-layergate-cluster, x-layergate-inspect]
-              # Everything else streams. The filter writes the store's cluster; without the
-              # filter there is no cluster to route to.
-              - match: {prefix: "/"}
-                route: {cluster_header: x-layergate-cluster, auto_host_rewrite: true, timeout: 60s}
-                request_headers_to_remove: [x-layergate-cluster]
-                typed_per_filter_config:
-                  envoy.filters.http.buffer:
-                    "@type": type.googleapis.com/envoy.extensions.filters.http.buffer.v3.BufferPerRoute
-                    disabled: true
-          http_filters:
-{WASM_FILTER}          - name: envoy.filters.http.buffer
-            typed_config:
-              "@type": type.googleapis.com/envoy.extensions.filters.http.buffer.v3.Buffer
-              max_request_bytes: {BUFFER_LIMIT}
-          - name: envoy.filters.http.router
-            typed_config:
-              "@type": type.googleapis.com/envoy.extensions.filters.http.router.v3.Router
-  clusters:
-{CLUSTERS}"#;
-
-const WASM_FILTER: &str = r#"          - name: envoy.filters.http.wasm
-            typed_config:
-              "@type": type.googleapis.com/envoy.extensions.filters.http.wasm.v3.Wasm
-              config:
-                name: layergate
-                root_id: layergate
-                # A panic answers 503 briefly and reloads the VM; never FAIL_OPEN.
-                failure_policy: FAIL_RELOAD
-                vm_config:
-                  runtime: envoy.wasm.runtime.v8
-                  code: {local: {filename: {WASM}}}
-{ENV}                configuration:
-                  "@type": type.googleapis.com/google.protobuf.StringValue
-                  value: |
-{CONFIG}"#;
-
-const CLUSTER: &str = r#"  - name: {NAME}
-    type: STATIC
-    connect_timeout: 2s
-    load_assignment:
-      cluster_name: {NAME}
-      endpoints:
-      - lb_endpoints:
-        - endpoint:
-            hostname: {HOST}
-            address: {socket_address: {address: {IP}, port_value: {PORT}}}
-"#;
 
 /// A running Envoy; killed on drop.
 pub struct Envoy {

@@ -1,0 +1,190 @@
+//! Rendering for the Envoy target (pure): the gateway listener and the store clusters, as a
+//! static bootstrap (one file) or as file-based dynamic config (`lds.yaml`, `cds.yaml` and a
+//! bootstrap that watches them, so a new rendering is hot-reloaded).
+//!
+//! The listener: path normalization (escaped slashes kept for the filter to refuse with a JSON
+//! error), the wasm filter with `FAIL_RELOAD`, Envoy's buffer filter (enabled only on the route
+//! the filter selects with `x-layergate-inspect`, see the README), and the router picking the
+//! cluster from `x-layergate-cluster`, which it removes before forwarding.
+
+use crate::validate::Validation;
+use serde_json::{json, Value};
+use std::net::SocketAddr;
+use std::path::Path;
+
+/// One upstream cluster.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Cluster {
+    /// Cluster name (what the filter writes to `x-layergate-cluster`).
+    pub name: String,
+    /// IP address or DNS name to connect to.
+    pub address: String,
+    /// Port.
+    pub port: u16,
+    /// Host name for `:authority` (`auto_host_rewrite`) and TLS SNI.
+    pub hostname: String,
+    /// TLS to the upstream (always, except loopback endpoints for local use).
+    pub tls: bool,
+}
+
+/// The gateway listener.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Listener {
+    /// Address to listen on.
+    pub listen: SocketAddr,
+    /// Path of the filter `.wasm` as Envoy sees it.
+    pub wasm_path: String,
+    /// Filter configuration JSON; `None` renders the listener without the filter (tests).
+    pub filter_config: Option<String>,
+    /// The wasm VM's environment (`vm_config.environment_variables.key_values`).
+    pub vm_env: Vec<(String, String)>,
+    /// `per_connection_buffer_limit_bytes` and the buffer filter's limit; must cover the
+    /// filter's `limits.inspectBodyBytes`.
+    pub buffer_limit_bytes: u64,
+}
+
+/// Default buffer limit: the 16 MiB inspection limit plus headroom.
+pub const DEFAULT_BUFFER_LIMIT_BYTES: u64 = 17 * 1024 * 1024;
+
+fn route(inspect: bool) -> Value {
+    let mut r = json!({
+        "match": {"prefix": "/"},
+        "route": {"cluster_header": "x-layergate-cluster", "auto_host_rewrite": true, "timeout": "60s"},
+        "request_headers_to_remove": ["x-layergate-cluster"],
+    });
+    if inspect {
+        r["match"]["headers"] = json!([{"name": "x-layergate-inspect", "present_match": true}]);
+        r["request_headers_to_remove"] = json!(["x-layergate-cluster", "x-layergate-inspect"]);
+    } else {
+        r["typed_per_filter_config"] = json!({"envoy.filters.http.buffer": {
+            "@type": "type.googleapis.com/envoy.extensions.filters.http.buffer.v3.BufferPerRoute", "disabled": true}});
+    }
+    r
+}
+
+/// The listener resource.
+pub fn listener(l: &Listener) -> Value {
+    let mut filters = Vec::new();
+    if let Some(config) = &l.filter_config {
+        let mut vm = json!({"runtime": "envoy.wasm.runtime.v8", "code": {"local": {"filename": l.wasm_path}}});
+        if !l.vm_env.is_empty() {
+            let kv: serde_json::Map<String, Value> = l.vm_env.iter().map(|(k, v)| (k.clone(), json!(v))).collect();
+            vm["environment_variables"] = json!({"key_values": kv});
+        }
+        filters.push(json!({"name": "envoy.filters.http.wasm", "typed_config": {
+            "@type": "type.googleapis.com/envoy.extensions.filters.http.wasm.v3.Wasm",
+            "config": {"name": "layergate", "root_id": "layergate", "failure_policy": "FAIL_RELOAD", "vm_config": vm,
+                       "configuration": {"@type": "type.googleapis.com/google.protobuf.StringValue", "value": config}}}}));
+    }
+    filters.push(json!({"name": "envoy.filters.http.buffer", "typed_config": {
+        "@type": "type.googleapis.com/envoy.extensions.filters.http.buffer.v3.Buffer", "max_request_bytes": l.buffer_limit_bytes}}));
+    filters.push(json!({"name": "envoy.filters.http.router", "typed_config": {
+        "@type": "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router"}}));
+    let log_format = "[%START_TIME%] \"%REQ(:METHOD)% %REQ(X-ENVOY-ORIGINAL-PATH?:PATH)%\" %RESPONSE_CODE% %UPSTREAM_CLUSTER% %FILTER_STATE(wasm.layergate:PLAIN)%\n";
+    json!({
+        "name": "layergate",
+        "address": {"socket_address": {"address": l.listen.ip().to_string(), "port_value": l.listen.port()}},
+        "per_connection_buffer_limit_bytes": l.buffer_limit_bytes,
+        "filter_chains": [{"filters": [{"name": "envoy.filters.network.http_connection_manager", "typed_config": {
+            "@type": "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager",
+            "stat_prefix": "layergate",
+            "normalize_path": true,
+            "merge_slashes": false,
+            "path_with_escaped_slashes_action": "KEEP_UNCHANGED",
+            "access_log": [{"name": "envoy.access_loggers.stdout", "typed_config": {
+                "@type": "type.googleapis.com/envoy.extensions.access_loggers.stream.v3.StdoutAccessLog",
+                "log_format": {"text_format_source": {"inline_string": log_format}}}}],
+            "route_config": {"name": "layergate", "virtual_hosts": [{"name": "layergate", "domains": ["*"], "routes": [route(true), route(false)]}]},
+            "http_filters": filters,
+        }}]}],
+    })
+}
+
+/// One cluster resource: connect timeout, circuit breakers, the endpoint's host name (for
+/// `auto_host_rewrite`), and TLS with SNI unless the endpoint is plain loopback HTTP.
+pub fn cluster(c: &Cluster) -> Value {
+    let is_ip = c.address.parse::<std::net::IpAddr>().is_ok();
+    let mut v = json!({
+        "name": c.name,
+        "type": if is_ip { "STATIC" } else { "STRICT_DNS" },
+        "connect_timeout": "5s",
+        "circuit_breakers": {"thresholds": [{"max_connections": 1024, "max_pending_requests": 1024, "max_requests": 1024, "max_retries": 3}]},
+        "load_assignment": {"cluster_name": c.name, "endpoints": [{"lb_endpoints": [{"endpoint": {
+            "hostname": c.hostname,
+            "address": {"socket_address": {"address": c.address, "port_value": c.port}}}}]}]},
+    });
+    if !is_ip {
+        v["dns_lookup_family"] = json!("V4_PREFERRED");
+    }
+    if c.tls {
+        v["transport_socket"] = json!({"name": "envoy.transport_sockets.tls", "typed_config": {
+            "@type": "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.UpstreamTlsContext",
+            "sni": c.hostname,
+            "common_tls_context": {"validation_context": {"trusted_ca": {"filename": "/etc/ssl/certs/ca-certificates.crt"}}}}});
+    }
+    v
+}
+
+/// The clusters for a namespace's valid stores.
+pub fn clusters_for(v: &Validation) -> Vec<Cluster> {
+    v.stores
+        .iter()
+        .filter_map(|s| s.valid.as_ref())
+        .map(|s| Cluster {
+            name: crate::render::store_cluster(&s.name),
+            address: s.endpoint.host.trim_start_matches('[').trim_end_matches(']').to_owned(),
+            port: s.endpoint.port,
+            hostname: s.endpoint.host.clone(),
+            tls: s.endpoint.tls,
+        })
+        .collect()
+}
+
+fn yaml(header: &str, v: &Value) -> String {
+    format!("{header}{}", serde_yaml::to_string(v).unwrap_or_default())
+}
+
+fn admin(addr: SocketAddr) -> Value {
+    json!({"address": {"socket_address": {"address": addr.ip().to_string(), "port_value": addr.port()}}})
+}
+
+/// A self-contained bootstrap (static resources).
+pub fn static_bootstrap(admin_addr: SocketAddr, l: &Listener, clusters: &[Cluster]) -> String {
+    let v = json!({
+        "admin": admin(admin_addr),
+        "static_resources": {"listeners": [listener(l)], "clusters": clusters.iter().map(cluster).collect::<Vec<_>>()},
+    });
+    yaml("# Rendered by layergate-operator (operator/src/envoy.rs).\n", &v)
+}
+
+/// `lds.yaml`: the listener as a file-based discovery response.
+pub fn lds(l: &Listener) -> String {
+    let mut resource = listener(l);
+    resource["@type"] = json!("type.googleapis.com/envoy.config.listener.v3.Listener");
+    yaml("# Rendered by layergate-operator; holds store credentials.\n", &json!({"resources": [resource]}))
+}
+
+/// `cds.yaml`: the store clusters as a file-based discovery response.
+pub fn cds(clusters: &[Cluster]) -> String {
+    let resources: Vec<Value> = clusters
+        .iter()
+        .map(|c| {
+            let mut r = cluster(c);
+            r["@type"] = json!("type.googleapis.com/envoy.config.cluster.v3.Cluster");
+            r
+        })
+        .collect();
+    yaml("# Rendered by layergate-operator.\n", &json!({"resources": resources}))
+}
+
+/// A bootstrap that loads `lds.yaml` and `cds.yaml` from `dir` and reloads them when they are
+/// replaced (write a new file, then rename it over the old one).
+pub fn dynamic_bootstrap(admin_addr: SocketAddr, dir: &Path) -> String {
+    let file = |name: &str| json!({"path_config_source": {"path": dir.join(name).to_string_lossy(), "watched_directory": {"path": dir.to_string_lossy()}}, "resource_api_version": "V3"});
+    let v = json!({
+        "node": {"id": "layergate", "cluster": "layergate"},
+        "admin": admin(admin_addr),
+        "dynamic_resources": {"lds_config": file("lds.yaml"), "cds_config": file("cds.yaml")},
+    });
+    yaml("# Rendered by layergate-operator (operator/src/envoy.rs).\n", &v)
+}
