@@ -68,7 +68,11 @@ pub fn listener(l: &Listener) -> Value {
     if let Some(config) = &l.filter_config {
         let mut vm = json!({"runtime": "envoy.wasm.runtime.v8", "code": {"local": {"filename": l.wasm_path}}});
         if !l.vm_env.is_empty() {
-            let kv: serde_json::Map<String, Value> = l.vm_env.iter().map(|(k, v)| (k.clone(), json!(v))).collect();
+            let kv: serde_json::Map<String, Value> = l
+                .vm_env
+                .iter()
+                .map(|(k, v)| (k.clone(), json!(v)))
+                .collect();
             vm["environment_variables"] = json!({"key_values": kv});
         }
         filters.push(json!({"name": "envoy.filters.http.wasm", "typed_config": {
@@ -78,8 +82,10 @@ pub fn listener(l: &Listener) -> Value {
     }
     filters.push(json!({"name": "envoy.filters.http.buffer", "typed_config": {
         "@type": "type.googleapis.com/envoy.extensions.filters.http.buffer.v3.Buffer", "max_request_bytes": l.buffer_limit_bytes}}));
-    filters.push(json!({"name": "envoy.filters.http.router", "typed_config": {
-        "@type": "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router"}}));
+    filters.push(
+        json!({"name": "envoy.filters.http.router", "typed_config": {
+        "@type": "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router"}}),
+    );
     let log_format = "[%START_TIME%] \"%REQ(:METHOD)% %REQ(X-ENVOY-ORIGINAL-PATH?:PATH)%\" %RESPONSE_CODE% %UPSTREAM_CLUSTER% %FILTER_STATE(wasm.layergate:PLAIN)%\n";
     json!({
         "name": "layergate",
@@ -132,7 +138,12 @@ pub fn clusters_for(v: &Validation) -> Vec<Cluster> {
         .filter_map(|s| s.valid.as_ref())
         .map(|s| Cluster {
             name: crate::render::store_cluster(&s.name),
-            address: s.endpoint.host.trim_start_matches('[').trim_end_matches(']').to_owned(),
+            address: s
+                .endpoint
+                .host
+                .trim_start_matches('[')
+                .trim_end_matches(']')
+                .to_owned(),
             port: s.endpoint.port,
             hostname: s.endpoint.host.clone(),
             tls: s.endpoint.tls,
@@ -154,14 +165,20 @@ pub fn static_bootstrap(admin_addr: SocketAddr, l: &Listener, clusters: &[Cluste
         "admin": admin(admin_addr),
         "static_resources": {"listeners": [listener(l)], "clusters": clusters.iter().map(cluster).collect::<Vec<_>>()},
     });
-    yaml("# Rendered by layergate-operator (operator/src/envoy.rs).\n", &v)
+    yaml(
+        "# Rendered by layergate-operator (operator/src/envoy.rs).\n",
+        &v,
+    )
 }
 
 /// `lds.yaml`: the listener as a file-based discovery response.
 pub fn lds(l: &Listener) -> String {
     let mut resource = listener(l);
     resource["@type"] = json!("type.googleapis.com/envoy.config.listener.v3.Listener");
-    yaml("# Rendered by layergate-operator; holds store credentials.\n", &json!({"resources": [resource]}))
+    yaml(
+        "# Rendered by layergate-operator; holds store credentials.\n",
+        &json!({"resources": [resource]}),
+    )
 }
 
 /// `cds.yaml`: the store clusters as a file-based discovery response.
@@ -174,7 +191,10 @@ pub fn cds(clusters: &[Cluster]) -> String {
             r
         })
         .collect();
-    yaml("# Rendered by layergate-operator.\n", &json!({"resources": resources}))
+    yaml(
+        "# Rendered by layergate-operator.\n",
+        &json!({"resources": resources}),
+    )
 }
 
 /// A bootstrap that loads `lds.yaml` and `cds.yaml` from `dir` and reloads them when they are
@@ -186,5 +206,8 @@ pub fn dynamic_bootstrap(admin_addr: SocketAddr, dir: &Path) -> String {
         "admin": admin(admin_addr),
         "dynamic_resources": {"lds_config": file("lds.yaml"), "cds_config": file("cds.yaml")},
     });
-    yaml("# Rendered by layergate-operator (operator/src/envoy.rs).\n", &v)
+    yaml(
+        "# Rendered by layergate-operator (operator/src/envoy.rs).\n",
+        &v,
+    )
 }

@@ -16,6 +16,7 @@ pub mod conditions;
 pub mod crd;
 pub mod envoy;
 pub mod manifests;
+pub mod output;
 pub mod render;
 pub mod schema;
 pub mod validate;

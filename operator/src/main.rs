@@ -5,10 +5,10 @@ use anyhow::{bail, Context, Result};
 use layergate_filter::policy::Policy;
 use layergate_operator::conditions::{reason, READY};
 use layergate_operator::crd;
-use layergate_operator::manifests::{self, Objects};
+use layergate_operator::manifests;
+use layergate_operator::output;
 use layergate_operator::render::{self, RenderOptions};
 use layergate_operator::validate::{self, Validation};
-use std::collections::BTreeSet;
 use std::path::Path;
 
 const USAGE: &str = "usage: layergate-operator COMMAND
@@ -17,8 +17,12 @@ const USAGE: &str = "usage: layergate-operator COMMAND
   check -f DIR                validate the manifests in DIR (VectorStores, Indexes, ApiKeys
                               and their Secrets, as YAML files) offline; exit 1 on error
   render -f DIR -o OUT [--namespace NS]
-                              write what the gateway would load: OUT/layergate.json (the
-                              filter configuration; it holds store credentials, mode 0600)
+                              write what the gateway loads: OUT/layergate.json (the filter
+                              configuration), OUT/lds.yaml and OUT/cds.yaml (Envoy's
+                              file-based dynamic config; they hold store credentials, mode
+                              0600) and OUT/bootstrap.yaml, which watches them. Environment:
+                              LAYERGATE_LISTEN (127.0.0.1:8080), LAYERGATE_ADMIN
+                              (127.0.0.1:9901), LAYERGATE_WASM (path of the filter .wasm)
   check-filter-config FILE    parse and compile a filter configuration exactly as the wasm
                               filter's on_configure does; exit 1 with the reason if the
                               filter would refuse it";
@@ -83,21 +87,6 @@ fn now() -> i64 {
         .map_or(0, |d| d.as_secs() as i64)
 }
 
-fn namespaces(objects: &Objects) -> BTreeSet<String> {
-    let ns = |m: &kube::core::ObjectMeta| {
-        m.namespace
-            .clone()
-            .unwrap_or_else(|| manifests::DEFAULT_NAMESPACE.to_owned())
-    };
-    objects
-        .stores
-        .iter()
-        .map(|o| ns(&o.metadata))
-        .chain(objects.indexes.iter().map(|o| ns(&o.metadata)))
-        .chain(objects.keys.iter().map(|o| ns(&o.metadata)))
-        .collect()
-}
-
 /// Prints one line per object, kubectl-style; returns how many are in error.
 fn report(ns: &str, v: &Validation) -> usize {
     let mut errors = 0;
@@ -143,7 +132,7 @@ fn check(dir: &Path) -> Result<()> {
     for p in &objects.problems {
         println!("error: {p}");
     }
-    for ns in namespaces(&objects) {
+    for ns in output::namespaces(&objects) {
         let v = validate::validate(&objects, &ns, now());
         errors += report(&ns, &v);
         if let Err(e) = render::filter_config(&v, &RenderOptions::default()) {
@@ -158,39 +147,29 @@ fn check(dir: &Path) -> Result<()> {
 }
 
 fn render(dir: &Path, out: &Path, namespace: Option<&str>) -> Result<()> {
+    let setting =
+        |var: &str, default: &str| std::env::var(var).unwrap_or_else(|_| default.to_owned());
+    let settings = output::Settings {
+        listen: setting("LAYERGATE_LISTEN", "127.0.0.1:8080")
+            .parse()
+            .context("LAYERGATE_LISTEN must be IP:PORT")?,
+        admin: setting("LAYERGATE_ADMIN", "127.0.0.1:9901")
+            .parse()
+            .context("LAYERGATE_ADMIN must be IP:PORT")?,
+        wasm_path: setting(
+            "LAYERGATE_WASM",
+            "target/wasm32-wasip1/release/layergate_filter.wasm",
+        ),
+    };
     let objects = manifests::load_dir(dir)?;
     if !objects.problems.is_empty() {
         bail!("cannot render: {}", objects.problems.join("; "));
     }
-    let all = namespaces(&objects);
-    let ns = match (namespace, all.len()) {
-        (Some(ns), _) => ns.to_owned(),
-        (None, 1) => all.into_iter().next().unwrap_or_default(),
-        (None, _) => bail!("the manifests span namespaces {all:?}; pick one with --namespace"),
-    };
+    let ns = output::namespace(&objects, namespace)?;
     let v = validate::validate(&objects, &ns, now());
     report(&ns, &v);
-    let config = render::filter_config(&v, &RenderOptions::default())?;
-    std::fs::create_dir_all(out).with_context(|| format!("creating {}", out.display()))?;
-    let file = out.join("layergate.json");
-    write_private(&file, &(serde_json::to_string_pretty(&config)? + "\n"))?;
-    println!("wrote {}", file.display());
-    Ok(())
-}
-
-/// Writes a file only its owner can read (it holds credentials), replacing it atomically.
-fn write_private(path: &Path, text: &str) -> Result<()> {
-    use std::io::Write;
-    use std::os::unix::fs::OpenOptionsExt;
-    let tmp = path.with_extension("tmp");
-    let mut f = std::fs::OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .mode(0o600)
-        .open(&tmp)?;
-    f.write_all(text.as_bytes())?;
-    f.sync_all()?;
-    std::fs::rename(&tmp, path)?;
+    for file in output::write(&v, out, &settings)? {
+        println!("wrote {}", file.display());
+    }
     Ok(())
 }
