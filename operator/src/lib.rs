@@ -15,8 +15,10 @@
 pub mod conditions;
 pub mod crd;
 pub mod envoy;
+pub mod keys;
 pub mod manifests;
 pub mod output;
 pub mod render;
 pub mod schema;
+pub mod source;
 pub mod validate;

@@ -8,6 +8,7 @@ use layergate_operator::crd;
 use layergate_operator::manifests;
 use layergate_operator::output;
 use layergate_operator::render::{self, RenderOptions};
+use layergate_operator::source;
 use layergate_operator::validate::{self, Validation};
 use std::path::Path;
 
@@ -23,6 +24,11 @@ const USAGE: &str = "usage: layergate-operator COMMAND
                               0600) and OUT/bootstrap.yaml, which watches them. Environment:
                               LAYERGATE_LISTEN (127.0.0.1:8080), LAYERGATE_ADMIN
                               (127.0.0.1:9901), LAYERGATE_WASM (path of the filter .wasm)
+  run --source dir:DIR --out OUT
+                              directory mode: render DIR into OUT now and again whenever a
+                              manifest changes (Envoy hot-reloads OUT); mint tokens for new
+                              ApiKeys into Secret files in DIR; log status. A change that
+                              cannot be rendered never replaces the last good output
   check-filter-config FILE    parse and compile a filter configuration exactly as the wasm
                               filter's on_configure does; exit 1 with the reason if the
                               filter would refuse it";
@@ -47,6 +53,13 @@ fn run(args: Vec<String>) -> Result<()> {
         }
         ["check-filter-config", file] => check_filter_config(file),
         ["check", "-f", dir] => check(Path::new(dir)),
+        ["run", "--source", source, "--out", out] => match source.strip_prefix("dir:") {
+            Some(dir) => source::run(Path::new(dir), Path::new(out), &settings()?),
+            None if *source == "kube" => bail!(
+                "--source kube (the in-cluster controller) is not built yet; use --source dir:PATH"
+            ),
+            None => bail!("--source must be dir:PATH or kube"),
+        },
         ["render", "-f", dir, "-o", out] => render(Path::new(dir), Path::new(out), None),
         ["render", "-f", dir, "-o", out, "--namespace", ns] => {
             render(Path::new(dir), Path::new(out), Some(ns))
@@ -146,10 +159,11 @@ fn check(dir: &Path) -> Result<()> {
     Ok(())
 }
 
-fn render(dir: &Path, out: &Path, namespace: Option<&str>) -> Result<()> {
+/// Gateway settings from the environment (see the usage text).
+fn settings() -> Result<output::Settings> {
     let setting =
         |var: &str, default: &str| std::env::var(var).unwrap_or_else(|_| default.to_owned());
-    let settings = output::Settings {
+    Ok(output::Settings {
         listen: setting("LAYERGATE_LISTEN", "127.0.0.1:8080")
             .parse()
             .context("LAYERGATE_LISTEN must be IP:PORT")?,
@@ -160,7 +174,11 @@ fn render(dir: &Path, out: &Path, namespace: Option<&str>) -> Result<()> {
             "LAYERGATE_WASM",
             "target/wasm32-wasip1/release/layergate_filter.wasm",
         ),
-    };
+    })
+}
+
+fn render(dir: &Path, out: &Path, namespace: Option<&str>) -> Result<()> {
+    let settings = settings()?;
     let objects = manifests::load_dir(dir)?;
     if !objects.problems.is_empty() {
         bail!("cannot render: {}", objects.problems.join("; "));

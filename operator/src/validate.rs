@@ -519,3 +519,64 @@ fn validate_key(
         Some(config),
     )
 }
+
+/// While the operator runs, an object that becomes invalid keeps its last valid form (and its
+/// condition says so); objects that were deleted, revoked or expired are really gone. An
+/// Index keeps its last form only while its store is still rendered.
+pub fn keep_last_valid(current: &mut Validation, previous: &Validation) {
+    fn carry<T: Clone>(
+        now: &mut [Verdict<T>],
+        before: &[Verdict<T>],
+        allowed: impl Fn(&Verdict<T>, &T) -> bool,
+    ) {
+        for v in now.iter_mut().filter(|v| v.valid.is_none()) {
+            let Some(last) = before
+                .iter()
+                .find(|b| b.name == v.name)
+                .and_then(|b| b.valid.clone())
+            else {
+                continue;
+            };
+            if !allowed(v, &last) {
+                continue;
+            }
+            for c in v
+                .conditions
+                .iter_mut()
+                .filter(|c| c.type_ == conditions::READY)
+            {
+                c.message.push_str(
+                    " (the gateway keeps this object's last valid form until it is fixed)",
+                );
+            }
+            v.valid = Some(last);
+        }
+    }
+    let is_error = |v: &[Condition]| {
+        v.iter().any(|c| {
+            c.type_ == conditions::READY
+                && ![reason::REVOKED, reason::EXPIRED, reason::CONFLICT]
+                    .contains(&c.reason.as_str())
+        })
+    };
+    carry(&mut current.stores, &previous.stores, |v, _| {
+        is_error(&v.conditions)
+    });
+    let stores: Vec<String> = current
+        .stores
+        .iter()
+        .filter(|s| s.valid.is_some())
+        .map(|s| s.name.clone())
+        .collect();
+    carry(&mut current.indexes, &previous.indexes, |v, (_, store)| {
+        is_error(&v.conditions) && stores.contains(store)
+    });
+    carry(&mut current.keys, &previous.keys, |v, _| {
+        v.conditions
+            .iter()
+            .any(|c| c.type_ == conditions::READY && c.reason == reason::INVALID_SPEC)
+    });
+    for k in current.keys.iter().filter(|k| k.valid.is_some()) {
+        current.phases.insert(k.name.clone(), ApiKeyPhase::Active);
+    }
+}

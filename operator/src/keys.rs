@@ -1,0 +1,89 @@
+//! Minting API keys (hev layer's format): `hvl_` + 32 base62 characters from the OS CSPRNG
+//! (≥ 190 random bits), delivered in a Secret; only its SHA-256 is ever recorded elsewhere.
+
+use anyhow::{Context, Result};
+
+/// Token prefix.
+pub const TOKEN_PREFIX: &str = "hvl_";
+/// Random base62 characters per token: 32 × log2(62) ≈ 190.5 bits.
+pub const TOKEN_CHARS: usize = 32;
+
+const BASE62: &[u8; 62] = b"0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz";
+
+/// A new token from the OS CSPRNG (rejection sampling keeps every character uniform).
+pub fn mint_token() -> Result<String> {
+    let mut out = String::with_capacity(TOKEN_PREFIX.len() + TOKEN_CHARS);
+    out.push_str(TOKEN_PREFIX);
+    let mut buf = [0u8; 64];
+    while out.len() < TOKEN_PREFIX.len() + TOKEN_CHARS {
+        getrandom::fill(&mut buf)
+            .map_err(|e| anyhow::anyhow!("the OS random source failed: {e}"))?;
+        for &b in &buf {
+            // 248 = 4 × 62: bytes at or above it would bias the low characters.
+            if b < 248 && out.len() < TOKEN_PREFIX.len() + TOKEN_CHARS {
+                out.push(char::from(BASE62[usize::from(b % 62)]));
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// Name of the Secret holding an ApiKey's minted token.
+pub fn secret_name(api_key: &str) -> String {
+    format!("apikey-{api_key}")
+}
+
+/// The Secret manifest delivering a token (directory mode writes it beside the ApiKey).
+pub fn secret_manifest(namespace: &str, api_key: &str, token: &str) -> Result<String> {
+    let doc = serde_json::json!({
+        "apiVersion": "v1",
+        "kind": "Secret",
+        "metadata": {
+            "name": secret_name(api_key),
+            "namespace": namespace,
+            "labels": {"app.kubernetes.io/managed-by": "layergate"},
+            "annotations": {"hevlayer.com/apikey": api_key},
+        },
+        "type": "Opaque",
+        "stringData": {"token": token},
+    });
+    Ok(format!(
+        "# Minted by layergate-operator for ApiKey {api_key}. Keep it secret; a lost token is re-minted, never recovered.\n{}",
+        serde_yaml::to_string(&doc).context("serializing the Secret")?
+    ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tokens_have_hev_layers_format_and_do_not_repeat() {
+        let a = mint_token().unwrap_or_default();
+        let b = mint_token().unwrap_or_default();
+        assert_eq!(a.len(), 36);
+        assert!(a.starts_with("hvl_") && a[4..].bytes().all(|c| c.is_ascii_alphanumeric()));
+        assert_ne!(a, b);
+    }
+
+    #[test]
+    fn characters_are_spread_over_the_alphabet() {
+        let mut seen = std::collections::BTreeSet::new();
+        for _ in 0..200 {
+            seen.extend(mint_token().unwrap_or_default()[4..].chars());
+        }
+        assert_eq!(
+            seen.len(),
+            62,
+            "6,400 draws should hit every base62 character"
+        );
+    }
+
+    #[test]
+    fn the_secret_carries_the_token_under_key_token() {
+        let yaml = secret_manifest("layer", "k", "hvl_x").unwrap_or_default();
+        let v: serde_yaml::Value = serde_yaml::from_str(&yaml).unwrap_or_default();
+        assert_eq!(v["metadata"]["name"].as_str(), Some("apikey-k"));
+        assert_eq!(v["stringData"]["token"].as_str(), Some("hvl_x"));
+    }
+}

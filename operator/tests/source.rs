@@ -1,0 +1,117 @@
+//! Directory mode: minting into Secret files, last-good configuration, last valid forms.
+#![allow(clippy::unwrap_used, clippy::panic, missing_docs)]
+
+use layergate_operator::conditions::READY;
+use layergate_operator::output::Settings;
+use layergate_operator::source;
+use sha2::{Digest, Sha256};
+use std::path::{Path, PathBuf};
+
+fn setup(tag: &str) -> (PathBuf, PathBuf) {
+    let root = std::env::temp_dir().join(format!("layergate-source-{tag}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&root);
+    let (dir, out) = (root.join("manifests"), root.join("out"));
+    std::fs::create_dir_all(&dir).unwrap();
+    let demo = Path::new(env!("CARGO_MANIFEST_DIR")).join("../envoy/demo/manifests");
+    for f in ["vectorstores.yaml", "indexes.yaml", "apikeys.yaml"] {
+        std::fs::copy(demo.join(f), dir.join(f)).unwrap();
+    }
+    // The store Secrets, but no token for shop-reader: the operator mints it.
+    let secrets = std::fs::read_to_string(demo.join("secrets.yaml")).unwrap();
+    std::fs::write(
+        dir.join("secrets.yaml"),
+        secrets.split("\n---\n").next().unwrap(),
+    )
+    .unwrap();
+    (dir, out)
+}
+
+fn settings() -> Settings {
+    Settings {
+        listen: "127.0.0.1:8080".parse().unwrap(),
+        admin: "127.0.0.1:9901".parse().unwrap(),
+        wasm_path: "filter.wasm".into(),
+    }
+}
+
+#[test]
+fn a_new_api_key_is_minted_into_a_secret_file_and_rendered_by_hash_only() {
+    let (dir, out) = setup("mint");
+    let v = source::reconcile(&dir, &out, &settings(), None).unwrap();
+    let secret: serde_yaml::Value = serde_yaml::from_str(
+        &std::fs::read_to_string(dir.join("apikey-shop-reader.yaml")).unwrap(),
+    )
+    .unwrap();
+    let token = secret["stringData"]["token"].as_str().unwrap().to_owned();
+    assert!(token.starts_with("hvl_") && token.len() == 36);
+    let config = std::fs::read_to_string(out.join("layergate.json")).unwrap();
+    assert!(config.contains(&format!(
+        "sha256:{}",
+        hex::encode(Sha256::digest(token.as_bytes()))
+    )));
+    assert!(
+        !config.contains(&token)
+            && !std::fs::read_to_string(out.join("lds.yaml"))
+                .unwrap()
+                .contains(&token)
+    );
+    assert!(v.keys[0].valid.is_some());
+    // A second pass mints nothing new.
+    source::reconcile(&dir, &out, &settings(), Some(&v)).unwrap();
+    let again: serde_yaml::Value = serde_yaml::from_str(
+        &std::fs::read_to_string(dir.join("apikey-shop-reader.yaml")).unwrap(),
+    )
+    .unwrap();
+    assert_eq!(again["stringData"]["token"].as_str(), Some(token.as_str()));
+}
+
+#[test]
+fn an_unreadable_manifest_never_replaces_the_last_good_output() {
+    let (dir, out) = setup("unreadable");
+    source::reconcile(&dir, &out, &settings(), None).unwrap();
+    let before = std::fs::read_to_string(out.join("lds.yaml")).unwrap();
+    std::fs::write(
+        dir.join("indexes.yaml"),
+        "apiVersion: hevlayer.com/v1\nkind: Index\nmetadata: {name: logs\n",
+    )
+    .unwrap();
+    let err = source::reconcile(&dir, &out, &settings(), None).unwrap_err();
+    assert!(
+        format!("{err:#}").contains("keeping the last good configuration"),
+        "{err:#}"
+    );
+    assert_eq!(
+        std::fs::read_to_string(out.join("lds.yaml")).unwrap(),
+        before
+    );
+}
+
+#[test]
+fn a_store_that_becomes_invalid_keeps_its_last_valid_form() {
+    let (dir, out) = setup("lastvalid");
+    let first = source::reconcile(&dir, &out, &settings(), None).unwrap();
+    let stores = dir.join("vectorstores.yaml");
+    let text = std::fs::read_to_string(&stores)
+        .unwrap()
+        .replace("http://127.0.0.1:18082", "ftp://archive");
+    std::fs::write(&stores, text).unwrap();
+    let second = source::reconcile(&dir, &out, &settings(), Some(&first)).unwrap();
+    let archive = second.stores.iter().find(|s| s.name == "archive").unwrap();
+    assert!(archive.valid.is_some(), "archive keeps its last valid form");
+    let ready = archive
+        .conditions
+        .iter()
+        .find(|c| c.type_ == READY)
+        .unwrap();
+    assert_eq!(ready.status, "False");
+    assert!(
+        ready.message.contains("last valid form"),
+        "{}",
+        ready.message
+    );
+    let config = std::fs::read_to_string(out.join("layergate.json")).unwrap();
+    assert!(
+        config.contains("\"logs-2026\": \"archive\""),
+        "routing to archive is kept"
+    );
+}
