@@ -42,7 +42,7 @@ wasm: $(TOOLS)/.wasm-target ## Build the filter (target/wasm32-wasip1/release/la
 test: tools venv wasm ## Unit, wasm-host and real-Envoy end-to-end tests (what CI runs)
 	$(CARGO) test --workspace --locked
 
-run: tools wasm ## Start the demo gateway on 127.0.0.1:8080 (admin :9901) with two devstores; Ctrl-C stops
+run: tools wasm ## Start the demo gateway on 127.0.0.1:8080 (admin :9901), two devstores and the operator in directory mode; Ctrl-C stops
 	$(CARGO) run --locked --release -p layergate-tests --bin layergate-demo -- run
 
 demo: ## Scripted tour against `make run` (prints a table; exit 0 iff every outcome is as documented)
@@ -51,9 +51,9 @@ demo: ## Scripted tour against `make run` (prints a table; exit 0 iff every outc
 crds: ## Regenerate operator/crds/ from the CRD types
 	$(CARGO) run --locked -q -p layergate-operator -- crds > operator/crds/hevlayer.com.yaml
 
-envoy-demo: ## Re-render envoy/demo/layergate.json and envoy.yaml from the manifests in envoy/demo/manifests/
-	$(CARGO) run --locked -q -p layergate-operator -- render -f envoy/demo/manifests -o envoy/demo
-	$(CARGO) run --locked --release -p layergate-tests --bin layergate-demo -- render > envoy/demo/envoy.yaml
+envoy-demo: ## Re-render envoy/demo/layergate.json (the demo filter config the tests use) from envoy/demo/manifests/
+	$(CARGO) run --locked -q -p layergate-operator -- render -f envoy/demo/manifests -o .run/demo-render
+	cp .run/demo-render/layergate.json envoy/demo/layergate.json
 
 lint: ## rustfmt check and clippy (native and wasm)
 	$(CARGO) fmt --all --check

@@ -65,20 +65,6 @@ pub fn gateway(
     }
 }
 
-/// What `envoy/demo/envoy.yaml` must contain (`make envoy-demo` writes it).
-pub fn render_checked_in() -> Result<String> {
-    let p = |s: &str| s.parse::<SocketAddr>().context("demo address");
-    Ok(gateway(
-        p(LISTEN)?,
-        p(ADMIN)?,
-        p(PRIMARY_ADDR)?,
-        p(ARCHIVE_ADDR)?,
-        PathBuf::from("target/wasm32-wasip1/release/layergate_filter.wasm"),
-        filter_config()?,
-    )
-    .render())
-}
-
 /// The demo running: devstores and Envoy, stopped on drop.
 pub struct Demo {
     /// Envoy (drops first: fields drop in order).
@@ -117,14 +103,30 @@ impl Demo {
         Demo::start_with(filter_config()?, Vec::new())
     }
 
-    /// Starts `make run`'s demo: fixed ports, `envoy/demo/envoy.yaml` as checked in.
-    pub fn start_checked_in() -> Result<Demo> {
-        crate::paths::wasm_path()?;
+    /// Starts `make run`'s demo: fixed ports; the operator renders `envoy/demo/manifests/`
+    /// into `.run/` and keeps re-rendering it when a manifest changes, and Envoy hot-reloads.
+    pub fn start_from_manifests() -> Result<Demo> {
+        let wasm = crate::paths::wasm_path()?;
         let primary = DevStore::start_on(PRIMARY_ADDR.parse()?, PRIMARY_KEY)?;
         let archive = DevStore::start_on(ARCHIVE_ADDR.parse()?, ARCHIVE_KEY)?;
         let root = crate::paths::repo_root();
-        let yaml = std::fs::read_to_string(root.join("envoy/demo/envoy.yaml"))
-            .context("reading envoy/demo/envoy.yaml")?;
+        let (manifests, out) = (root.join("envoy/demo/manifests"), root.join(".run"));
+        let settings = layergate_operator::output::Settings {
+            listen: LISTEN.parse()?,
+            admin: ADMIN.parse()?,
+            wasm_path: wasm.to_string_lossy().into_owned(),
+        };
+        let first = layergate_operator::source::reconcile(&manifests, &out, &settings, None)?;
+        drop(first);
+        std::thread::Builder::new()
+            .name("operator".into())
+            .spawn(move || {
+                if let Err(e) = layergate_operator::source::run(&manifests, &out, &settings) {
+                    eprintln!("layergate-operator stopped: {e:#}");
+                }
+            })?;
+        let yaml = std::fs::read_to_string(root.join(".run/bootstrap.yaml"))
+            .context("reading .run/bootstrap.yaml")?;
         let envoy = Envoy::start_yaml(&yaml, &root)?;
         Ok(Demo {
             envoy,

@@ -5,7 +5,8 @@ use std::path::PathBuf;
 
 /// The repository root (the workspace).
 pub fn repo_root() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..")
+    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..");
+    root.canonicalize().unwrap_or(root)
 }
 
 fn existing(var: &str, default: PathBuf, make_target: &str, what: &str) -> Result<PathBuf> {

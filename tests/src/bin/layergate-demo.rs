@@ -1,5 +1,4 @@
-//! `layergate-demo run|tour|render` — the demo behind `make run`, `make demo` and
-//! `make envoy-demo`.
+//! `layergate-demo run|tour` — the demo behind `make run` and `make demo`.
 
 use anyhow::{bail, Result};
 use layergate_tests::demo::{self, Demo};
@@ -9,7 +8,7 @@ fn main() -> Result<()> {
     let args: Vec<String> = std::env::args().skip(1).collect();
     match args.first().map(String::as_str) {
         Some("run") => {
-            let demo = Demo::start_checked_in()?;
+            let demo = Demo::start_from_manifests()?;
             println!(
                 "layergate demo: gateway http://{} (Envoy admin http://{}), stores primary {} and archive {}",
                 demo.addr(),
@@ -17,6 +16,7 @@ fn main() -> Result<()> {
                 demo.primary.addr(),
                 demo.archive.addr()
             );
+            println!("the operator renders envoy/demo/manifests/ into .run/ and re-renders on every change");
             println!("tokens: demo-read-token, demo-rw-token, demo-admin-token, {}; try `make demo`. Ctrl-C stops.", tour::SHOP_READER_TOKEN);
             layergate_tests::devstore::DevStore::wait_for_signal()?;
             println!("stopping");
@@ -35,10 +35,6 @@ fn main() -> Result<()> {
             println!("all {} steps as documented", outcomes.len());
             Ok(())
         }
-        Some("render") => {
-            print!("{}", demo::render_checked_in()?);
-            Ok(())
-        }
-        _ => bail!("usage: layergate-demo run | tour [GATEWAY_ADDR] | render"),
+        _ => bail!("usage: layergate-demo run | tour [GATEWAY_ADDR]"),
     }
 }
