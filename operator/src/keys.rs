@@ -28,13 +28,22 @@ pub fn mint_token() -> Result<String> {
     Ok(out)
 }
 
+/// Annotation on a minted Secret recording when the token was minted (RFC 3339). In directory
+/// mode ApiKey manifests carry no creationTimestamp; expiry counts from this instead.
+pub const MINTED_AT_ANNOTATION: &str = "hevlayer.com/minted-at";
+
 /// Name of the Secret holding an ApiKey's minted token.
 pub fn secret_name(api_key: &str) -> String {
     format!("apikey-{api_key}")
 }
 
 /// The Secret manifest delivering a token (directory mode writes it beside the ApiKey).
-pub fn secret_manifest(namespace: &str, api_key: &str, token: &str) -> Result<String> {
+pub fn secret_manifest(
+    namespace: &str,
+    api_key: &str,
+    token: &str,
+    minted_at: &str,
+) -> Result<String> {
     let doc = serde_json::json!({
         "apiVersion": "v1",
         "kind": "Secret",
@@ -42,7 +51,7 @@ pub fn secret_manifest(namespace: &str, api_key: &str, token: &str) -> Result<St
             "name": secret_name(api_key),
             "namespace": namespace,
             "labels": {"app.kubernetes.io/managed-by": "layergate"},
-            "annotations": {"hevlayer.com/apikey": api_key},
+            "annotations": {"hevlayer.com/apikey": api_key, MINTED_AT_ANNOTATION: minted_at},
         },
         "type": "Opaque",
         "stringData": {"token": token},
@@ -81,7 +90,8 @@ mod tests {
 
     #[test]
     fn the_secret_carries_the_token_under_key_token() {
-        let yaml = secret_manifest("layer", "k", "hvl_x").unwrap_or_default();
+        let yaml =
+            secret_manifest("layer", "k", "hvl_x", "2026-11-24T00:00:00Z").unwrap_or_default();
         let v: serde_yaml::Value = serde_yaml::from_str(&yaml).unwrap_or_default();
         assert_eq!(v["metadata"]["name"].as_str(), Some("apikey-k"));
         assert_eq!(v["stringData"]["token"].as_str(), Some("hvl_x"));

@@ -22,6 +22,8 @@ pub struct Objects {
     pub keys: Vec<ApiKey>,
     /// Secrets (decoded).
     pub secrets: Secrets,
+    /// When minted tokens were minted (Unix seconds), by Secret (namespace, name).
+    pub minted_at: BTreeMap<(String, String), i64>,
     /// Documents that could not be used: `file: what is wrong`.
     pub problems: Vec<String>,
 }
@@ -40,6 +42,8 @@ struct Meta {
     name: String,
     #[serde(default)]
     namespace: Option<String>,
+    #[serde(default)]
+    annotations: BTreeMap<String, String>,
 }
 
 /// The namespace objects without one are read into (kubectl's `default`).
@@ -121,7 +125,12 @@ impl Objects {
                 }
                 data.extend(s.string_data);
                 let ns = s.metadata.namespace.unwrap_or_else(|| DEFAULT_NAMESPACE.to_owned());
-                self.secrets.insert((ns, s.metadata.name), data);
+                let key = (ns, s.metadata.name);
+                let minted = s.metadata.annotations.get(crate::keys::MINTED_AT_ANNOTATION);
+                if let Some(at) = minted.and_then(|t| layergate_filter::time::parse_rfc3339(t)) {
+                    self.minted_at.insert(key.clone(), at);
+                }
+                self.secrets.insert(key, data);
             }
             _ => anyhow::bail!("unsupported object {api_version}/{kind} (expected hevlayer.com VectorStore, Index, ApiKey or v1 Secret)"),
         }

@@ -60,9 +60,10 @@ pub fn mint_missing(dir: &Path, objects: &Objects, namespace: &str) -> Result<us
             continue; // A pre-provisioned Secret is the user's to create.
         }
         let file = dir.join(format!("{}.yaml", keys::secret_name(&name)));
+        let minted_at = validate::rfc3339(now());
         std::fs::write(
             &file,
-            keys::secret_manifest(ns, &name, &keys::mint_token()?)?,
+            keys::secret_manifest(ns, &name, &keys::mint_token()?, &minted_at)?,
         )
         .with_context(|| format!("writing {}", file.display()))?;
         eprintln!(

@@ -191,8 +191,7 @@ pub fn validate(objects: &Objects, namespace: &str, now: i64) -> Validation {
         .iter()
         .filter(|k| in_ns(&k.metadata))
         .map(|k| {
-            let (verdict, phase) =
-                validate_key(k, namespace, &objects.secrets, &store_verdicts, now);
+            let (verdict, phase) = validate_key(k, namespace, objects, &store_verdicts, now);
             phases.insert(verdict.name.clone(), phase);
             verdict
         })
@@ -369,10 +368,11 @@ fn key_id(k: &ApiKey, ns: &str) -> String {
 fn validate_key(
     k: &ApiKey,
     ns: &str,
-    secrets: &Secrets,
+    objects: &Objects,
     stores: &[Verdict<ValidStore>],
     now: i64,
 ) -> (Verdict<ApiKeyConfig>, ApiKeyPhase) {
+    let secrets = &objects.secrets;
     let name = k.metadata.name.clone().unwrap_or_default();
     let generation = k.metadata.generation;
     let out = |phase, r: &str, m: String, extra: Vec<Condition>, valid: Option<ApiKeyConfig>| {
@@ -471,7 +471,25 @@ fn validate_key(
             None,
         );
     }
-    let expires = lifetime.map(|l| created_at(&k.metadata, now) + l);
+    let source = k
+        .spec
+        .token_secret_ref
+        .clone()
+        .unwrap_or(crate::crd::SecretKeyRef {
+            name: format!("apikey-{name}"),
+            key: "token".into(),
+        });
+    // Creation time: the object's, else when the operator minted its token (directory mode),
+    // else now (a pre-provisioned token without either: its lifetime starts at every start).
+    let created = match &k.metadata.creation_timestamp {
+        Some(t) => t.0.as_second(),
+        None => objects
+            .minted_at
+            .get(&(ns.to_owned(), source.name.clone()))
+            .copied()
+            .unwrap_or(now),
+    };
+    let expires = lifetime.map(|l| created + l);
     if expires.is_some_and(|e| e <= now) {
         return out(
             ApiKeyPhase::Expired,
@@ -484,14 +502,6 @@ fn validate_key(
             None,
         );
     }
-    let source = k
-        .spec
-        .token_secret_ref
-        .clone()
-        .unwrap_or(crate::crd::SecretKeyRef {
-            name: format!("apikey-{name}"),
-            key: "token".into(),
-        });
     let token = match secret(secrets, ns, &source.name, &source.key) {
         Ok(t) => t,
         Err((_, m)) => {

@@ -115,3 +115,28 @@ fn a_store_that_becomes_invalid_keeps_its_last_valid_form() {
         "routing to archive is kept"
     );
 }
+
+#[test]
+fn expiry_of_a_key_minted_in_directory_mode_counts_from_its_minting() {
+    let (dir, out) = setup("expiry");
+    let keys = dir.join("apikeys.yaml");
+    let text = std::fs::read_to_string(&keys)
+        .unwrap()
+        .replace("expiresAfter: never", "expiresAfter: 30d");
+    std::fs::write(&keys, text).unwrap();
+    let first = source::reconcile(&dir, &out, &settings(), None).unwrap();
+    let expires = first.keys[0]
+        .valid
+        .as_ref()
+        .unwrap()
+        .expires_at
+        .clone()
+        .unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(1100));
+    let second = source::reconcile(&dir, &out, &settings(), Some(&first)).unwrap();
+    assert_eq!(
+        second.keys[0].valid.as_ref().unwrap().expires_at.as_deref(),
+        Some(expires.as_str()),
+        "expiry does not move"
+    );
+}
