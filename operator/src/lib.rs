@@ -12,6 +12,7 @@
 //! ```
 #![forbid(unsafe_code)]
 
+pub mod api;
 pub mod conditions;
 pub mod crd;
 pub mod envoy;

@@ -3,6 +3,7 @@
 
 use anyhow::{bail, Context, Result};
 use layergate_filter::policy::Policy;
+use layergate_operator::api;
 use layergate_operator::conditions::{reason, READY};
 use layergate_operator::crd;
 use layergate_operator::manifests;
@@ -28,7 +29,9 @@ const USAGE: &str = "usage: layergate-operator COMMAND
                               directory mode: render DIR into OUT now and again whenever a
                               manifest changes (Envoy hot-reloads OUT); mint tokens for new
                               ApiKeys into Secret files in DIR; log status. A change that
-                              cannot be rendered never replaces the last good output
+                              cannot be rendered never replaces the last good output.
+                              Serves the control API on LAYERGATE_CONTROL (127.0.0.1:9902):
+                              /v2/keys, /v2/vectorstores, /healthz, /readyz, /metrics
   check-filter-config FILE    parse and compile a filter configuration exactly as the wasm
                               filter's on_configure does; exit 1 with the reason if the
                               filter would refuse it";
@@ -54,7 +57,7 @@ fn run(args: Vec<String>) -> Result<()> {
         ["check-filter-config", file] => check_filter_config(file),
         ["check", "-f", dir] => check(Path::new(dir)),
         ["run", "--source", source, "--out", out] => match source.strip_prefix("dir:") {
-            Some(dir) => source::run(Path::new(dir), Path::new(out), &settings()?),
+            Some(dir) => run_dir(Path::new(dir), Path::new(out)),
             None if *source == "kube" => bail!(
                 "--source kube (the in-cluster controller) is not built yet; use --source dir:PATH"
             ),
@@ -159,6 +162,37 @@ fn check(dir: &Path) -> Result<()> {
     Ok(())
 }
 
+/// Directory mode: the watcher on this thread, the control API on its own.
+fn run_dir(dir: &Path, out: &Path) -> Result<()> {
+    let control: std::net::SocketAddr = std::env::var("LAYERGATE_CONTROL")
+        .unwrap_or_else(|_| "127.0.0.1:9902".into())
+        .parse()
+        .context("LAYERGATE_CONTROL must be IP:PORT")?;
+    let rate = match std::env::var("LAYERGATE_AUTHENTICATE_PER_MINUTE") {
+        Ok(v) => v
+            .parse()
+            .context("LAYERGATE_AUTHENTICATE_PER_MINUTE must be a number")?,
+        Err(_) => api::DEFAULT_AUTHENTICATE_PER_MINUTE,
+    };
+    let mut settings = settings()?;
+    settings.control = Some(control);
+    let source = std::sync::Arc::new(source::DirSource::new(
+        dir.to_owned(),
+        out.to_owned(),
+        settings,
+    ));
+    let api = std::sync::Arc::new(api::Api::new(source.clone(), rate));
+    std::thread::Builder::new()
+        .name("control-api".into())
+        .spawn(move || {
+            if let Err(e) = api.serve(control) {
+                eprintln!("layergate-operator: control API stopped: {e:#}");
+                std::process::exit(1);
+            }
+        })?;
+    source.watch()
+}
+
 /// Gateway settings from the environment (see the usage text).
 fn settings() -> Result<output::Settings> {
     let setting =
@@ -174,6 +208,7 @@ fn settings() -> Result<output::Settings> {
             "LAYERGATE_WASM",
             "target/wasm32-wasip1/release/layergate_filter.wasm",
         ),
+        control: None,
     })
 }
 
@@ -186,8 +221,9 @@ fn render(dir: &Path, out: &Path, namespace: Option<&str>) -> Result<()> {
     let ns = output::namespace(&objects, namespace)?;
     let v = validate::validate(&objects, &ns, now());
     report(&ns, &v);
-    for file in output::write(&v, out, &settings)? {
-        println!("wrote {}", file.display());
+    output::write(&v, out, &settings)?;
+    for name in output::FILES {
+        println!("wrote {}", out.join(name).display());
     }
     Ok(())
 }

@@ -24,6 +24,8 @@ pub struct Objects {
     pub secrets: Secrets,
     /// When minted tokens were minted (Unix seconds), by Secret (namespace, name).
     pub minted_at: BTreeMap<(String, String), i64>,
+    /// The file each ApiKey was read from, by (namespace, name).
+    pub key_files: BTreeMap<(String, String), String>,
     /// Documents that could not be used: `file: what is wrong`.
     pub problems: Vec<String>,
 }
@@ -75,7 +77,7 @@ impl Objects {
             match serde_yaml::from_str::<serde_yaml::Value>(&doc) {
                 Ok(serde_yaml::Value::Null) => {}
                 Ok(v) => {
-                    if let Err(e) = self.add_value(v) {
+                    if let Err(e) = self.add_value(v, source) {
                         self.problems
                             .push(format!("{source}: document {}: {e:#}", i + 1));
                     }
@@ -87,7 +89,7 @@ impl Objects {
         }
     }
 
-    fn add_value(&mut self, value: serde_yaml::Value) -> Result<()> {
+    fn add_value(&mut self, value: serde_yaml::Value, source: &str) -> Result<()> {
         let json = serde_json::to_value(&value)?;
         let api_version = json["apiVersion"].as_str().unwrap_or_default().to_owned();
         let kind = json["kind"].as_str().unwrap_or_default().to_owned();
@@ -110,6 +112,8 @@ impl Objects {
             ("hevlayer.com/v1alpha1", "ApiKey") => {
                 let mut o: ApiKey = serde_json::from_value(json).context("invalid ApiKey")?;
                 o.metadata = with_ns(o.metadata);
+                let key = (o.metadata.namespace.clone().unwrap_or_default(), o.metadata.name.clone().unwrap_or_default());
+                self.key_files.insert(key, source.to_owned());
                 self.keys.push(o);
             }
             ("v1", "Secret") => {

@@ -8,9 +8,10 @@ use crate::manifests::{Objects, DEFAULT_NAMESPACE};
 use crate::render::{self, RenderOptions};
 use crate::validate::Validation;
 use anyhow::{bail, Context, Result};
+use layergate_filter::config::FilterConfig;
 use std::collections::BTreeSet;
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 /// Where the gateway listens and finds the filter.
 #[derive(Debug, Clone)]
@@ -21,7 +22,13 @@ pub struct Settings {
     pub admin: SocketAddr,
     /// The filter `.wasm` as Envoy sees it.
     pub wasm_path: String,
+    /// The operator's control API, when it serves one: the gateway routes `/v2/keys…` and
+    /// `/v2/vectorstores…` there (cluster `layergate_control`).
+    pub control: Option<SocketAddr>,
 }
+
+/// Cluster name of the operator's control API.
+pub const CONTROL_CLUSTER: &str = "layergate_control";
 
 /// The namespaces the objects are in.
 pub fn namespaces(objects: &Objects) -> BTreeSet<String> {
@@ -52,10 +59,27 @@ pub fn namespace(objects: &Objects, asked: Option<&str>) -> Result<String> {
     }
 }
 
-/// Renders and writes `layergate.json`, `cds.yaml`, `lds.yaml` and `bootstrap.yaml` into
-/// `out`; returns the files written. Nothing is written when the rendering is refused.
-pub fn write(v: &Validation, out: &Path, settings: &Settings) -> Result<Vec<PathBuf>> {
-    let config = render::filter_config(v, &RenderOptions::default())?;
+/// The files a rendering consists of, in the order they are replaced.
+pub const FILES: [&str; 4] = ["layergate.json", "cds.yaml", "lds.yaml", "bootstrap.yaml"];
+
+/// Renders and writes [`FILES`] into `out`; returns the filter configuration written.
+/// Nothing is written when the rendering is refused.
+pub fn write(v: &Validation, out: &Path, settings: &Settings) -> Result<FilterConfig> {
+    let options = RenderOptions {
+        control_cluster: settings.control.map(|_| CONTROL_CLUSTER.to_owned()),
+        app_cluster: None,
+    };
+    let config = render::filter_config(v, &options)?;
+    let mut clusters = envoy::clusters_for(v);
+    if let Some(addr) = settings.control {
+        clusters.push(envoy::Cluster {
+            name: CONTROL_CLUSTER.into(),
+            address: addr.ip().to_string(),
+            port: addr.port(),
+            hostname: "layergate-control".into(),
+            tls: false,
+        });
+    }
     let listener = envoy::Listener {
         listen: settings.listen,
         wasm_path: settings.wasm_path.clone(),
@@ -70,20 +94,17 @@ pub fn write(v: &Validation, out: &Path, settings: &Settings) -> Result<Vec<Path
             "layergate.json",
             serde_json::to_string_pretty(&config)? + "\n",
         ),
-        ("cds.yaml", envoy::cds(&envoy::clusters_for(v))),
+        ("cds.yaml", envoy::cds(&clusters)),
         ("lds.yaml", envoy::lds(&listener)),
         (
             "bootstrap.yaml",
             envoy::dynamic_bootstrap(settings.admin, &out),
         ),
     ];
-    let mut written = Vec::new();
     for (name, text) in files {
-        let path = out.join(name);
-        write_private(&path, &text)?;
-        written.push(path);
+        write_private(&out.join(name), &text)?;
     }
-    Ok(written)
+    Ok(config)
 }
 
 /// Writes a file only its owner can read, replacing it atomically.

@@ -8,7 +8,11 @@ use crate::manifests::{self, Objects};
 use crate::output::{self, Settings};
 use crate::validate::{self, Validation};
 use anyhow::{Context, Result};
+use layergate_filter::config::FilterConfig;
+use layergate_filter::policy::Policy;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
 /// How often the directory is checked for changes.
@@ -75,14 +79,29 @@ pub fn mint_missing(dir: &Path, objects: &Objects, namespace: &str) -> Result<us
     Ok(minted)
 }
 
-/// One pass: read, mint, validate (keeping last valid forms), render. Returns the validation
-/// that was rendered, or the previous one when this pass could not render.
+/// What one successful pass produced.
+#[derive(Debug, Clone)]
+pub struct Pass {
+    /// The objects read.
+    pub objects: Objects,
+    /// The namespace rendered.
+    pub namespace: String,
+    /// Verdicts (with last valid forms carried forward).
+    pub validation: Validation,
+    /// The filter configuration written.
+    pub config: FilterConfig,
+    /// That configuration compiled, for the control API's checks of its callers.
+    pub policy: Arc<Policy>,
+}
+
+/// One pass: read, mint, validate (keeping last valid forms), render. Nothing is written when
+/// the pass fails.
 pub fn reconcile(
     dir: &Path,
     out: &Path,
     settings: &Settings,
     previous: Option<&Validation>,
-) -> Result<Validation> {
+) -> Result<Pass> {
     let mut objects = manifests::load_dir(dir)?;
     let namespace = output::namespace(&objects, None)?;
     if mint_missing(dir, &objects, &namespace)? > 0 {
@@ -96,16 +115,26 @@ pub fn reconcile(
             objects.problems.join("; ")
         );
     }
-    let mut v = validate::validate(&objects, &namespace, now());
+    let mut validation = validate::validate(&objects, &namespace, now());
     if let Some(prev) = previous {
-        validate::keep_last_valid(&mut v, prev);
+        validate::keep_last_valid(&mut validation, prev);
     }
-    for (kind, name, conditions) in v
+    for (kind, name, conditions) in validation
         .stores
         .iter()
         .map(|x| ("vectorstore", &x.name, &x.conditions))
-        .chain(v.indexes.iter().map(|x| ("index", &x.name, &x.conditions)))
-        .chain(v.keys.iter().map(|x| ("apikey", &x.name, &x.conditions)))
+        .chain(
+            validation
+                .indexes
+                .iter()
+                .map(|x| ("index", &x.name, &x.conditions)),
+        )
+        .chain(
+            validation
+                .keys
+                .iter()
+                .map(|x| ("apikey", &x.name, &x.conditions)),
+        )
     {
         for c in conditions {
             eprintln!(
@@ -114,31 +143,94 @@ pub fn reconcile(
             );
         }
     }
-    output::write(&v, out, settings).context("keeping the last good configuration")?;
-    Ok(v)
+    let config =
+        output::write(&validation, out, settings).context("keeping the last good configuration")?;
+    let policy = Arc::new(Policy::compile(&config, |_| None)?);
+    Ok(Pass {
+        objects,
+        namespace,
+        validation,
+        config,
+        policy,
+    })
 }
 
-/// Runs until the process is stopped: re-renders whenever the directory changes.
-pub fn run(dir: &Path, out: &Path, settings: &Settings) -> Result<()> {
-    let mut last: Option<Validation> = None;
-    let mut seen = None;
-    loop {
-        let current = fingerprint(dir)?;
-        if seen.as_ref() != Some(&current) {
-            match reconcile(dir, out, settings, last.as_ref()) {
-                Ok(v) => {
-                    eprintln!(
-                        "layergate-operator: rendered {} into {}",
-                        dir.display(),
-                        out.display()
-                    );
-                    last = Some(v);
-                }
-                Err(e) => eprintln!("layergate-operator: error: {e:#}"),
-            }
-            // Minting writes files: fingerprint after the pass so they do not trigger another.
-            seen = Some(fingerprint(dir)?);
+/// A directory of manifests rendered into an output directory, with the last good pass kept
+/// for the control API.
+pub struct DirSource {
+    /// The manifests.
+    pub dir: PathBuf,
+    /// Where the rendering goes.
+    pub out: PathBuf,
+    /// Gateway settings.
+    pub settings: Settings,
+    last: Mutex<Option<Pass>>,
+    /// Successful passes.
+    pub renders: AtomicU64,
+    /// Failed passes.
+    pub render_errors: AtomicU64,
+}
+
+impl DirSource {
+    /// A source that has not rendered yet.
+    pub fn new(dir: PathBuf, out: PathBuf, settings: Settings) -> DirSource {
+        DirSource {
+            dir,
+            out,
+            settings,
+            last: Mutex::new(None),
+            renders: AtomicU64::new(0),
+            render_errors: AtomicU64::new(0),
         }
-        std::thread::sleep(POLL_INTERVAL);
+    }
+
+    /// Runs one pass now (serialized with every other pass); the last good pass is kept when
+    /// this one fails.
+    pub fn refresh(&self) -> Result<()> {
+        let mut last = self
+            .last
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let previous = last.as_ref().map(|p| &p.validation);
+        match reconcile(&self.dir, &self.out, &self.settings, previous) {
+            Ok(pass) => {
+                *last = Some(pass);
+                self.renders.fetch_add(1, Ordering::Relaxed);
+                eprintln!(
+                    "layergate-operator: rendered {} into {}",
+                    self.dir.display(),
+                    self.out.display()
+                );
+                Ok(())
+            }
+            Err(e) => {
+                self.render_errors.fetch_add(1, Ordering::Relaxed);
+                Err(e)
+            }
+        }
+    }
+
+    /// The last good pass, if any.
+    pub fn last(&self) -> Option<Pass> {
+        self.last
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone()
+    }
+
+    /// Polls the directory until the process stops, refreshing on every change.
+    pub fn watch(&self) -> Result<()> {
+        let mut seen = None;
+        loop {
+            let current = fingerprint(&self.dir)?;
+            if seen.as_ref() != Some(&current) {
+                if let Err(e) = self.refresh() {
+                    eprintln!("layergate-operator: error: {e:#}");
+                }
+                // Minting writes files: fingerprint after the pass so they do not trigger another.
+                seen = Some(fingerprint(&self.dir)?);
+            }
+            std::thread::sleep(POLL_INTERVAL);
+        }
     }
 }

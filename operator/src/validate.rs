@@ -352,7 +352,8 @@ fn validate_indexes(
         .collect()
 }
 
-fn key_id(k: &ApiKey, ns: &str) -> String {
+/// A key's stable id: from its uid in a cluster, else from namespace and name.
+pub fn key_id(k: &ApiKey, ns: &str) -> String {
     match &k.metadata.uid {
         Some(uid) => format!("key_{}", uid.replace('-', "")),
         None => format!(

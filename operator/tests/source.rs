@@ -31,6 +31,7 @@ fn settings() -> Settings {
         listen: "127.0.0.1:8080".parse().unwrap(),
         admin: "127.0.0.1:9901".parse().unwrap(),
         wasm_path: "filter.wasm".into(),
+        control: None,
     }
 }
 
@@ -55,9 +56,9 @@ fn a_new_api_key_is_minted_into_a_secret_file_and_rendered_by_hash_only() {
                 .unwrap()
                 .contains(&token)
     );
-    assert!(v.keys[0].valid.is_some());
+    assert!(v.validation.keys[0].valid.is_some());
     // A second pass mints nothing new.
-    source::reconcile(&dir, &out, &settings(), Some(&v)).unwrap();
+    source::reconcile(&dir, &out, &settings(), Some(&v.validation)).unwrap();
     let again: serde_yaml::Value = serde_yaml::from_str(
         &std::fs::read_to_string(dir.join("apikey-shop-reader.yaml")).unwrap(),
     )
@@ -95,8 +96,13 @@ fn a_store_that_becomes_invalid_keeps_its_last_valid_form() {
         .unwrap()
         .replace("http://127.0.0.1:18082", "ftp://archive");
     std::fs::write(&stores, text).unwrap();
-    let second = source::reconcile(&dir, &out, &settings(), Some(&first)).unwrap();
-    let archive = second.stores.iter().find(|s| s.name == "archive").unwrap();
+    let second = source::reconcile(&dir, &out, &settings(), Some(&first.validation)).unwrap();
+    let archive = second
+        .validation
+        .stores
+        .iter()
+        .find(|s| s.name == "archive")
+        .unwrap();
     assert!(archive.valid.is_some(), "archive keeps its last valid form");
     let ready = archive
         .conditions
@@ -125,7 +131,7 @@ fn expiry_of_a_key_minted_in_directory_mode_counts_from_its_minting() {
         .replace("expiresAfter: never", "expiresAfter: 30d");
     std::fs::write(&keys, text).unwrap();
     let first = source::reconcile(&dir, &out, &settings(), None).unwrap();
-    let expires = first.keys[0]
+    let expires = first.validation.keys[0]
         .valid
         .as_ref()
         .unwrap()
@@ -133,9 +139,14 @@ fn expiry_of_a_key_minted_in_directory_mode_counts_from_its_minting() {
         .clone()
         .unwrap();
     std::thread::sleep(std::time::Duration::from_millis(1100));
-    let second = source::reconcile(&dir, &out, &settings(), Some(&first)).unwrap();
+    let second = source::reconcile(&dir, &out, &settings(), Some(&first.validation)).unwrap();
     assert_eq!(
-        second.keys[0].valid.as_ref().unwrap().expires_at.as_deref(),
+        second.validation.keys[0]
+            .valid
+            .as_ref()
+            .unwrap()
+            .expires_at
+            .as_deref(),
         Some(expires.as_str()),
         "expiry does not move"
     );

@@ -18,6 +18,8 @@ pub const LISTEN: &str = "127.0.0.1:8080";
 pub const ADMIN: &str = "127.0.0.1:9901";
 /// `primary` devstore address of `make run`.
 pub const PRIMARY_ADDR: &str = "127.0.0.1:18081";
+/// The operator's control API in `make run`.
+pub const CONTROL: &str = "127.0.0.1:9902";
 /// `archive` devstore address of `make run`.
 pub const ARCHIVE_ADDR: &str = "127.0.0.1:18082";
 
@@ -115,13 +117,28 @@ impl Demo {
             listen: LISTEN.parse()?,
             admin: ADMIN.parse()?,
             wasm_path: wasm.to_string_lossy().into_owned(),
+            control: Some(CONTROL.parse()?),
         };
-        let first = layergate_operator::source::reconcile(&manifests, &out, &settings, None)?;
-        drop(first);
+        let source = std::sync::Arc::new(layergate_operator::source::DirSource::new(
+            manifests, out, settings,
+        ));
+        source.refresh()?;
+        let api = std::sync::Arc::new(layergate_operator::api::Api::new(
+            source.clone(),
+            layergate_operator::api::DEFAULT_AUTHENTICATE_PER_MINUTE,
+        ));
+        let control = CONTROL.parse()?;
+        std::thread::Builder::new()
+            .name("control-api".into())
+            .spawn(move || {
+                if let Err(e) = api.serve(control) {
+                    eprintln!("layergate-operator: control API stopped: {e:#}");
+                }
+            })?;
         std::thread::Builder::new()
             .name("operator".into())
             .spawn(move || {
-                if let Err(e) = layergate_operator::source::run(&manifests, &out, &settings) {
+                if let Err(e) = source.watch() {
                     eprintln!("layergate-operator stopped: {e:#}");
                 }
             })?;

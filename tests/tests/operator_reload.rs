@@ -30,6 +30,7 @@ fn render(manifest_dir: &Path, out: &Path) {
             .unwrap_or_else(|e| panic!("{e:#}"))
             .to_string_lossy()
             .into_owned(),
+        control: None,
     };
     output::write(&v, out, &settings).unwrap();
 }

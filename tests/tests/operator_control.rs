@@ -1,0 +1,270 @@
+//! The operator's control API behind the real gateway: mint → use → revoke → refused, the
+//! admin checks (done by the filter and again by the operator), and the official hevlayer
+//! client calling mint_key / list_keys / list_vectorstores.
+#![allow(clippy::unwrap_used, clippy::panic, missing_docs)]
+
+use layergate_operator::api::{Api, DEFAULT_AUTHENTICATE_PER_MINUTE};
+use layergate_operator::output::Settings;
+use layergate_operator::source::DirSource;
+use layergate_tests::demo::{ARCHIVE_KEY, PRIMARY_KEY};
+use layergate_tests::devstore::DevStore;
+use layergate_tests::envoy::Envoy;
+use layergate_tests::http::{Request, Response};
+use layergate_tests::paths;
+use serde_json::json;
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+struct Stack {
+    envoy: Envoy,
+    _stores: (DevStore, DevStore),
+    control: SocketAddr,
+}
+
+fn start(tag: &str) -> Stack {
+    let primary = DevStore::start(PRIMARY_KEY).unwrap();
+    let archive = DevStore::start(ARCHIVE_KEY).unwrap();
+    let work = std::env::temp_dir().join(format!("layergate-control-{tag}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&work);
+    let (dir, out) = (work.join("manifests"), work.join("out"));
+    std::fs::create_dir_all(&dir).unwrap();
+    for entry in std::fs::read_dir(paths::repo_root().join("envoy/demo/manifests")).unwrap() {
+        let path = entry.unwrap().path();
+        let text = std::fs::read_to_string(&path)
+            .unwrap()
+            .replace("http://127.0.0.1:18081", &primary.url())
+            .replace("http://127.0.0.1:18082", &archive.url());
+        std::fs::write(dir.join(path.file_name().unwrap()), text).unwrap();
+    }
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let control = listener.local_addr().unwrap();
+    let settings = Settings {
+        listen: "127.0.0.1:0".parse().unwrap(),
+        admin: "127.0.0.1:0".parse().unwrap(),
+        wasm_path: paths::wasm_path()
+            .unwrap_or_else(|e| panic!("{e:#}"))
+            .to_string_lossy()
+            .into_owned(),
+        control: Some(control),
+    };
+    let source = Arc::new(DirSource::new(dir, out.clone(), settings));
+    source.refresh().unwrap();
+    let api = Arc::new(Api::new(source, DEFAULT_AUTHENTICATE_PER_MINUTE));
+    std::thread::spawn(move || api.serve_on(listener));
+    let bootstrap = std::fs::read_to_string(out.join("bootstrap.yaml")).unwrap();
+    let envoy =
+        Envoy::start_yaml(&bootstrap, &paths::repo_root()).unwrap_or_else(|e| panic!("{e:#}"));
+    Stack {
+        envoy,
+        _stores: (primary, archive),
+        control,
+    }
+}
+
+/// Polls until `path` answers `status` with `token` (the gateway reloads within a second).
+fn eventually(s: &Stack, path: &str, token: &str, status: u16) {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    loop {
+        let got = call(s, "GET", path, Some(token), None).status;
+        if got == status {
+            return;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{path} answered {got}, not {status}, after 5 s"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+}
+
+fn call(
+    s: &Stack,
+    method: &str,
+    path: &str,
+    token: Option<&str>,
+    body: Option<serde_json::Value>,
+) -> Response {
+    let mut r = Request::new(method, path);
+    if let Some(t) = token {
+        r = r.bearer(t);
+    }
+    if let Some(b) = body {
+        r = r.json(&b);
+    }
+    r.send(s.envoy.addr).unwrap()
+}
+
+#[test]
+fn mint_use_revoke_refused_through_the_gateway() {
+    let s = start("cycle");
+    let admin = Some("demo-admin-token");
+    let spec = json!({"name": "cohort-reader", "owner": "acme", "expiresAfter": "30d",
+                      "entitlements": {"vectorstore.primary": {"scopes": ["read"], "namespaces": ["cohort-*"]}}});
+    // Only admins manage keys: the gateway refuses the others before the operator sees them.
+    assert_eq!(
+        call(
+            &s,
+            "POST",
+            "/v2/keys",
+            Some("demo-rw-token"),
+            Some(spec.clone())
+        )
+        .status,
+        403
+    );
+    assert_eq!(
+        call(&s, "POST", "/v2/keys", None, Some(spec.clone())).status,
+        401
+    );
+    let minted = call(&s, "POST", "/v2/keys", admin, Some(spec.clone()));
+    assert_eq!(minted.status, 201, "{}", minted.text());
+    let minted = minted.json().unwrap();
+    let token = minted["token"].as_str().unwrap().to_owned();
+    assert!(token.starts_with("hvl_") && token.len() >= 36);
+    assert_eq!(minted["phase"], "Active");
+    assert_eq!(
+        call(&s, "POST", "/v2/keys", admin, Some(spec)).status,
+        409,
+        "names are unique"
+    );
+    // The new key works at once, within its globs only.
+    assert_eq!(
+        call(
+            &s,
+            "POST",
+            "/v2/namespaces/cohort-1",
+            Some("demo-rw-token"),
+            Some(json!({"upsert_rows": [{"id": 1}]}))
+        )
+        .status,
+        200
+    );
+    eventually(&s, "/v1/namespaces/cohort-1/metadata", &token, 200);
+    assert_eq!(
+        call(
+            &s,
+            "GET",
+            "/v1/namespaces/shop-1/metadata",
+            Some(&token),
+            None
+        )
+        .status,
+        403
+    );
+    // authenticate needs no bearer: the token in the body is the credential.
+    let auth = call(
+        &s,
+        "POST",
+        "/v2/keys/authenticate",
+        None,
+        Some(json!({"token": token})),
+    );
+    assert_eq!(auth.status, 200, "{}", auth.text());
+    assert_eq!(auth.json().unwrap()["owner"], "acme");
+    // The token never appears in listings, and list/get show the key.
+    let list = call(&s, "GET", "/v2/keys", admin, None);
+    assert!(!list.text().contains(&token));
+    let id = minted["keyId"].as_str().unwrap().to_owned();
+    assert_eq!(
+        call(&s, "GET", &format!("/v2/keys/{id}"), admin, None)
+            .json()
+            .unwrap()["name"],
+        "cohort-reader"
+    );
+    // Revoke (idempotent): the key is refused right away and kept on record.
+    let revoked = call(&s, "POST", &format!("/v2/keys/{id}/revoke"), admin, None);
+    assert_eq!(revoked.status, 200, "{}", revoked.text());
+    assert_eq!(revoked.json().unwrap()["phase"], "Revoked");
+    assert_eq!(
+        call(&s, "POST", &format!("/v2/keys/{id}/revoke"), admin, None).status,
+        200
+    );
+    eventually(&s, "/v1/namespaces/cohort-1/metadata", &token, 401);
+    assert_eq!(
+        call(
+            &s,
+            "POST",
+            "/v2/keys/authenticate",
+            None,
+            Some(json!({"token": token}))
+        )
+        .status,
+        401
+    );
+    let names = |r: Response| {
+        r.json().unwrap()["keys"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|k| k["name"].as_str().unwrap().to_owned())
+            .collect::<Vec<_>>()
+    };
+    assert!(!names(call(&s, "GET", "/v2/keys", admin, None)).contains(&"cohort-reader".to_owned()));
+    assert!(
+        names(call(&s, "GET", "/v2/keys?includeRevoked=true", admin, None))
+            .contains(&"cohort-reader".to_owned())
+    );
+    // Delete removes the record.
+    assert_eq!(
+        call(&s, "DELETE", &format!("/v2/keys/{id}"), admin, None).status,
+        200
+    );
+    assert_eq!(
+        call(&s, "GET", &format!("/v2/keys/{id}"), admin, None).status,
+        404
+    );
+    // Vector stores: read scope; status conditions, never a credential.
+    let stores = call(&s, "GET", "/v2/vectorstores", Some("demo-read-token"), None);
+    assert_eq!(stores.status, 200);
+    assert!(!stores.text().contains(PRIMARY_KEY));
+    assert_eq!(
+        call(
+            &s,
+            "GET",
+            "/v2/vectorstores/archive",
+            Some("demo-read-token"),
+            None
+        )
+        .json()
+        .unwrap()["name"],
+        "archive"
+    );
+    // The operator checks callers itself too (a request that bypasses the gateway).
+    let direct = Request::new("GET", "/v2/keys")
+        .bearer("demo-read-token")
+        .send(s.control)
+        .unwrap();
+    assert_eq!(direct.status, 403);
+    let health = Request::new("GET", "/metrics").send(s.control).unwrap();
+    assert!(
+        health
+            .text()
+            .contains("layergate_operator_api_keys_active 1"),
+        "{}",
+        health.text()
+    );
+}
+
+#[test]
+fn official_hevlayer_client_mints_lists_and_revokes() {
+    let s = start("hevlayer");
+    let url = format!("http://{}", s.envoy.addr);
+    let (code, out) =
+        layergate_tests::python::run_script("hevlayer_keys.py", &[&url, "demo-admin-token"])
+            .unwrap_or_else(|e| panic!("{e:#}"));
+    assert_eq!(code, 0, "{out}");
+    assert_eq!(out["minted"]["phase"], "Active");
+    assert_eq!(out["minted"]["token_prefix"], "hvl_");
+    assert_eq!(out["listed"], json!(["py-cohort", "shop-reader"]));
+    assert_eq!(
+        out["stores"],
+        json!([["archive", false], ["primary", true]])
+    );
+    assert_eq!(out["after_revoke"]["py-cohort"], "Revoked");
+    eventually(
+        &s,
+        "/v1/namespaces/cohort-1/metadata",
+        out["token"].as_str().unwrap(),
+        401,
+    );
+}
