@@ -13,6 +13,7 @@
 
 use crate::crd::ApiKeyPhase;
 use crate::keys;
+use crate::probe::ProbeResult;
 use crate::source::{DirSource, Pass};
 use crate::validate;
 use anyhow::{Context, Result};
@@ -198,10 +199,13 @@ impl Api {
             ("DELETE", ["v2", "keys", id]) => change_key(source, &pass, id, Change::Delete),
             ("GET", ["v2", "vectorstores"]) => Ok(reply(
                 StatusCode::OK,
-                &json!({"vectorstores": store_views(&pass)}),
+                &json!({"vectorstores": store_views(source, &pass)}),
             )),
             ("GET", ["v2", "vectorstores", name]) => Ok(
-                match store_views(&pass).into_iter().find(|s| s["name"] == *name) {
+                match store_views(source, &pass)
+                    .into_iter()
+                    .find(|s| s["name"] == *name)
+                {
                     Some(s) => reply(StatusCode::OK, &s),
                     None => error(StatusCode::NOT_FOUND, &format!("no VectorStore {name:?}")),
                 },
@@ -322,7 +326,8 @@ fn find_key(pass: &Pass, id: &str) -> Option<Value> {
         .find(|k| k["keyId"] == id || k["name"] == id)
 }
 
-fn store_views(pass: &Pass) -> Vec<Value> {
+fn store_views(source: &DirSource, pass: &Pass) -> Vec<Value> {
+    let probes = source.probes();
     pass.objects
         .stores
         .iter()
@@ -340,10 +345,27 @@ fn store_views(pass: &Pass) -> Vec<Value> {
                 "turbopuffer": s.spec.turbopuffer,
                 "credential": s.spec.credential,
                 "inboundAuth": s.spec.inbound_auth,
-                "status": {"conditions": verdict.map(|v| v.conditions.clone()).unwrap_or_default()},
+                "status": store_status(verdict, probes.get(&name), &name, s.metadata.generation),
             })
         })
         .collect()
+}
+
+/// Status of a store: its validation conditions, with `Ready` from the latest probe when the
+/// store is valid and has been probed.
+fn store_status(
+    verdict: Option<&validate::Verdict<validate::ValidStore>>,
+    probe: Option<&ProbeResult>,
+    name: &str,
+    generation: Option<i64>,
+) -> Value {
+    let mut conditions = verdict.map(|v| v.conditions.clone()).unwrap_or_default();
+    let valid = verdict.is_some_and(|v| v.valid.is_some());
+    if let (true, Some(p)) = (valid, probe) {
+        conditions.retain(|c| c.type_ != crate::conditions::READY);
+        conditions.push(p.condition(name, generation, now()));
+    }
+    json!({"reachable": probe.map(ProbeResult::reachable), "observedGeneration": generation, "conditions": conditions})
 }
 
 fn valid_key_name(name: &str) -> bool {

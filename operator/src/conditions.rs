@@ -43,6 +43,8 @@ pub mod reason {
     pub const UNAUTHORIZED: &str = "Unauthorized";
     /// The store did not answer the probe.
     pub const UNREACHABLE: &str = "Unreachable";
+    /// The store answered the probe with an error other than 401/403.
+    pub const UNHEALTHY: &str = "Unhealthy";
 }
 
 /// Builds a condition; `now` is Unix seconds (a fixed clock in tests).

@@ -19,6 +19,7 @@ pub mod envoy;
 pub mod keys;
 pub mod manifests;
 pub mod output;
+pub mod probe;
 pub mod render;
 pub mod schema;
 pub mod source;

@@ -6,14 +6,16 @@
 use crate::keys;
 use crate::manifests::{self, Objects};
 use crate::output::{self, Settings};
+use crate::probe::{self, ProbeResult};
 use crate::validate::{self, Validation};
 use anyhow::{Context, Result};
 use layergate_filter::config::FilterConfig;
 use layergate_filter::policy::Policy;
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, SystemTime};
+use std::time::{Duration, Instant, SystemTime};
 
 /// How often the directory is checked for changes.
 pub const POLL_INTERVAL: Duration = Duration::from_millis(300);
@@ -169,6 +171,18 @@ pub struct DirSource {
     pub renders: AtomicU64,
     /// Failed passes.
     pub render_errors: AtomicU64,
+    probes: Mutex<BTreeMap<String, ProbeResult>>,
+}
+
+/// How often stores are probed (plus up to [`PROBE_JITTER`], so replicas and stores spread out).
+pub const PROBE_INTERVAL: Duration = Duration::from_secs(30);
+/// Random extra delay per probe round.
+pub const PROBE_JITTER: Duration = Duration::from_secs(5);
+
+fn jitter() -> Duration {
+    let mut b = [0u8; 2];
+    let n = getrandom::fill(&mut b).map_or(0, |()| u64::from(u16::from_le_bytes(b)));
+    Duration::from_millis(n % (PROBE_JITTER.as_millis() as u64 + 1))
 }
 
 impl DirSource {
@@ -181,6 +195,7 @@ impl DirSource {
             last: Mutex::new(None),
             renders: AtomicU64::new(0),
             render_errors: AtomicU64::new(0),
+            probes: Mutex::new(BTreeMap::new()),
         }
     }
 
@@ -218,9 +233,48 @@ impl DirSource {
             .clone()
     }
 
-    /// Polls the directory until the process stops, refreshing on every change.
+    /// Probes every rendered store now (status only: a store that does not answer stays in
+    /// the rendering, so the gateway recovers by itself when the store does).
+    pub fn probe_now(&self) -> Result<()> {
+        let stores: Vec<_> = self
+            .last()
+            .map(|p| {
+                p.validation
+                    .stores
+                    .iter()
+                    .filter_map(|s| s.valid.clone())
+                    .collect()
+            })
+            .unwrap_or_default();
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()?;
+        let results = runtime.block_on(probe::probe_all(&stores, probe::DEFAULT_TIMEOUT));
+        let mut probes = self
+            .probes
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        probes.clear();
+        for (name, result) in results {
+            eprintln!("layergate-operator: vectorstore/{name}: probe: {result:?}");
+            probes.insert(name, result);
+        }
+        Ok(())
+    }
+
+    /// The latest probe result per store.
+    pub fn probes(&self) -> BTreeMap<String, ProbeResult> {
+        self.probes
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone()
+    }
+
+    /// Polls the directory until the process stops, refreshing on every change and probing
+    /// the stores after each change and every [`PROBE_INTERVAL`] (with jitter).
     pub fn watch(&self) -> Result<()> {
         let mut seen = None;
+        let mut next_probe = Instant::now();
         loop {
             let current = fingerprint(&self.dir)?;
             if seen.as_ref() != Some(&current) {
@@ -229,6 +283,13 @@ impl DirSource {
                 }
                 // Minting writes files: fingerprint after the pass so they do not trigger another.
                 seen = Some(fingerprint(&self.dir)?);
+                next_probe = Instant::now();
+            }
+            if Instant::now() >= next_probe {
+                if let Err(e) = self.probe_now() {
+                    eprintln!("layergate-operator: probe error: {e:#}");
+                }
+                next_probe = Instant::now() + PROBE_INTERVAL + jitter();
             }
             std::thread::sleep(POLL_INTERVAL);
         }

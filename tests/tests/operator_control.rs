@@ -49,6 +49,7 @@ fn start(tag: &str) -> Stack {
     };
     let source = Arc::new(DirSource::new(dir, out.clone(), settings));
     source.refresh().unwrap();
+    source.probe_now().unwrap();
     let api = Arc::new(Api::new(source, DEFAULT_AUTHENTICATE_PER_MINUTE));
     std::thread::spawn(move || api.serve_on(listener));
     let bootstrap = std::fs::read_to_string(out.join("bootstrap.yaml")).unwrap();
@@ -217,6 +218,22 @@ fn mint_use_revoke_refused_through_the_gateway() {
     let stores = call(&s, "GET", "/v2/vectorstores", Some("demo-read-token"), None);
     assert_eq!(stores.status, 200);
     assert!(!stores.text().contains(PRIMARY_KEY));
+    // Both devstores answered the probe with their own credential.
+    for store in stores.json().unwrap()["vectorstores"].as_array().unwrap() {
+        assert_eq!(store["status"]["reachable"], true, "{store}");
+        let ready = store["status"]["conditions"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|c| c["type"] == "Ready")
+            .unwrap()
+            .clone();
+        assert_eq!(
+            (ready["status"].as_str(), ready["reason"].as_str()),
+            (Some("True"), Some("Valid")),
+            "{ready}"
+        );
+    }
     assert_eq!(
         call(
             &s,
