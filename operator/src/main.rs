@@ -106,13 +106,7 @@ fn now() -> i64 {
 /// Prints one line per object, kubectl-style; returns how many are in error.
 fn report(ns: &str, v: &Validation) -> usize {
     let mut errors = 0;
-    let rows = v
-        .stores
-        .iter()
-        .map(|x| ("vectorstore", &x.name, &x.conditions))
-        .chain(v.indexes.iter().map(|x| ("index", &x.name, &x.conditions)))
-        .chain(v.keys.iter().map(|x| ("apikey", &x.name, &x.conditions)));
-    for (kind, name, conditions) in rows {
+    for (kind, name, conditions) in v.conditions() {
         let Some(ready) = conditions.iter().find(|c| c.type_ == READY) else {
             continue;
         };

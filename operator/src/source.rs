@@ -9,6 +9,7 @@ use crate::output::{self, Settings};
 use crate::probe::{self, ProbeResult};
 use crate::validate::{self, Validation};
 use anyhow::{Context, Result};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
 use layergate_filter::config::FilterConfig;
 use layergate_filter::policy::Policy;
 use std::collections::BTreeMap;
@@ -121,23 +122,21 @@ pub fn reconcile(
     if let Some(prev) = previous {
         validate::keep_last_valid(&mut validation, prev);
     }
-    for (kind, name, conditions) in validation
-        .stores
-        .iter()
-        .map(|x| ("vectorstore", &x.name, &x.conditions))
-        .chain(
-            validation
-                .indexes
-                .iter()
-                .map(|x| ("index", &x.name, &x.conditions)),
-        )
-        .chain(
-            validation
-                .keys
-                .iter()
-                .map(|x| ("apikey", &x.name, &x.conditions)),
-        )
-    {
+    // Status is logged when it changes (timestamps aside), like a status write.
+    let same = |a: &Condition, b: &Condition| {
+        (&a.type_, &a.status, &a.reason, &a.message) == (&b.type_, &b.status, &b.reason, &b.message)
+    };
+    for (kind, name, conditions) in validation.conditions() {
+        let before = previous.and_then(|p| {
+            p.conditions()
+                .find(|(k, n, _)| *k == kind && *n == name)
+                .map(|(_, _, c)| c)
+        });
+        if before.is_some_and(|b| {
+            b.len() == conditions.len() && b.iter().zip(conditions).all(|(x, y)| same(x, y))
+        }) {
+            continue;
+        }
         for c in conditions {
             eprintln!(
                 "layergate-operator: {kind}/{name}: {}={} {}: {}",

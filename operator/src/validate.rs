@@ -67,6 +67,25 @@ pub struct Validation {
     pub phases: BTreeMap<String, ApiKeyPhase>,
 }
 
+impl Validation {
+    /// Every object's conditions: (kind, name, conditions), stores then indexes then keys.
+    pub fn conditions(&self) -> impl Iterator<Item = (&'static str, &str, &[Condition])> {
+        let stores = self
+            .stores
+            .iter()
+            .map(|x| ("vectorstore", x.name.as_str(), x.conditions.as_slice()));
+        let indexes = self
+            .indexes
+            .iter()
+            .map(|x| ("index", x.name.as_str(), x.conditions.as_slice()));
+        let keys = self
+            .keys
+            .iter()
+            .map(|x| ("apikey", x.name.as_str(), x.conditions.as_slice()));
+        stores.chain(indexes).chain(keys)
+    }
+}
+
 fn sha256_hex(s: &str) -> String {
     hex::encode(Sha256::digest(s.as_bytes()))
 }

@@ -40,3 +40,71 @@ fn a_missing_artifact_names_the_make_target() {
         "{err}"
     );
 }
+
+/// The operator's outputs for a production-shaped store (https endpoint: TLS with SNI, DNS
+/// cluster) pass `envoy --mode validate`, as a static bootstrap and as file-based dynamic config.
+#[test]
+fn envoy_validates_the_operators_rendering_of_a_tls_store() {
+    use layergate_operator::{envoy as render, manifests::Objects, output, validate};
+    let mut objects = Objects::default();
+    objects.add_yaml(
+        "manifests",
+        r#"
+apiVersion: v1
+kind: Secret
+metadata: {name: layer, namespace: layer}
+stringData: {turbopuffer-api-key: tpuf_xxx}
+---
+apiVersion: hevlayer.com/v1alpha1
+kind: VectorStore
+metadata: {name: turbopuffer-default, namespace: layer}
+spec:
+  kind: turbopuffer
+  default: true
+  endpoint: {url: https://aws-us-east-1.turbopuffer.com, region: aws-us-east-1}
+  credential: {secretRef: {name: layer, key: turbopuffer-api-key}}
+  inboundAuth: {mode: deriveFromStore}
+"#,
+    );
+    assert!(objects.problems.is_empty(), "{:?}", objects.problems);
+    let v = validate::validate(&objects, "layer", 1_795_528_719);
+    let clusters = render::clusters_for(&v);
+    assert_eq!(clusters.len(), 1);
+    assert!(
+        clusters[0].tls
+            && clusters[0].hostname == "aws-us-east-1.turbopuffer.com"
+            && clusters[0].port == 443
+    );
+    let out = std::env::temp_dir().join(format!("layergate-render-tls-{}", std::process::id()));
+    let settings = output::Settings {
+        listen: "127.0.0.1:0".parse().unwrap(),
+        admin: "127.0.0.1:0".parse().unwrap(),
+        wasm_path: paths::wasm_path()
+            .unwrap_or_else(|e| panic!("{e:#}"))
+            .to_string_lossy()
+            .into_owned(),
+        control: Some("127.0.0.1:9902".parse().unwrap()),
+    };
+    let config = output::write(&v, &out, &settings).unwrap();
+    let listener = render::Listener {
+        listen: settings.listen,
+        wasm_path: settings.wasm_path.clone(),
+        filter_config: Some(serde_json::to_string(&config).unwrap()),
+        vm_env: Vec::new(),
+        buffer_limit_bytes: render::DEFAULT_BUFFER_LIMIT_BYTES,
+    };
+    envoy::validate(&render::static_bootstrap(
+        settings.admin,
+        &listener,
+        &clusters,
+    ))
+    .unwrap_or_else(|e| panic!("{e:#}"));
+    let bootstrap = std::fs::read_to_string(out.join("bootstrap.yaml")).unwrap();
+    envoy::validate(&bootstrap).unwrap_or_else(|e| panic!("{e:#}"));
+    let cds = std::fs::read_to_string(out.join("cds.yaml")).unwrap();
+    assert!(
+        cds.contains("sni: aws-us-east-1.turbopuffer.com") && cds.contains("layergate_control"),
+        "{cds}"
+    );
+    let _ = std::fs::remove_dir_all(&out);
+}
