@@ -67,6 +67,41 @@ pub fn gateway(
     }
 }
 
+/// A fresh copy of the demo manifests under the temp directory, with the stores' endpoints
+/// pointing at the given devstores; returns (manifest directory, output directory).
+pub fn manifests_for(
+    tag: &str,
+    primary: &DevStore,
+    archive: &DevStore,
+) -> Result<(PathBuf, PathBuf)> {
+    let work = std::env::temp_dir().join(format!("layergate-{tag}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&work);
+    let (dir, out) = (work.join("manifests"), work.join("out"));
+    std::fs::create_dir_all(&dir)?;
+    for entry in std::fs::read_dir(crate::paths::repo_root().join("envoy/demo/manifests"))? {
+        let path = entry?.path();
+        let text = std::fs::read_to_string(&path)?
+            .replace("http://127.0.0.1:18081", &primary.url())
+            .replace("http://127.0.0.1:18082", &archive.url());
+        std::fs::write(
+            dir.join(path.file_name().context("manifest file name")?),
+            text,
+        )?;
+    }
+    Ok((dir, out))
+}
+
+/// Operator settings for tests: any free ports, the built filter.
+pub fn test_settings(control: Option<SocketAddr>) -> Result<layergate_operator::output::Settings> {
+    let any = SocketAddr::from(([127, 0, 0, 1], 0));
+    Ok(layergate_operator::output::Settings {
+        listen: any,
+        admin: any,
+        wasm_path: crate::paths::wasm_path()?.to_string_lossy().into_owned(),
+        control,
+    })
+}
+
 /// The demo running: devstores and Envoy, stopped on drop.
 pub struct Demo {
     /// Envoy (drops first: fields drop in order).

@@ -76,15 +76,8 @@ spec:
             && clusters[0].port == 443
     );
     let out = std::env::temp_dir().join(format!("layergate-render-tls-{}", std::process::id()));
-    let settings = output::Settings {
-        listen: "127.0.0.1:0".parse().unwrap(),
-        admin: "127.0.0.1:0".parse().unwrap(),
-        wasm_path: paths::wasm_path()
-            .unwrap_or_else(|e| panic!("{e:#}"))
-            .to_string_lossy()
-            .into_owned(),
-        control: Some("127.0.0.1:9902".parse().unwrap()),
-    };
+    let settings = demo::test_settings(Some("127.0.0.1:9902".parse().unwrap()))
+        .unwrap_or_else(|e| panic!("{e:#}"));
     let config = output::write(&v, &out, &settings).unwrap();
     let listener = render::Listener {
         listen: settings.listen,

@@ -4,9 +4,8 @@
 #![allow(clippy::unwrap_used, clippy::panic, missing_docs)]
 
 use layergate_operator::api::{Api, DEFAULT_AUTHENTICATE_PER_MINUTE};
-use layergate_operator::output::Settings;
 use layergate_operator::source::DirSource;
-use layergate_tests::demo::{ARCHIVE_KEY, PRIMARY_KEY};
+use layergate_tests::demo::{self, ARCHIVE_KEY, PRIMARY_KEY};
 use layergate_tests::devstore::DevStore;
 use layergate_tests::envoy::Envoy;
 use layergate_tests::http::{Request, Response};
@@ -24,29 +23,10 @@ struct Stack {
 fn start(tag: &str) -> Stack {
     let primary = DevStore::start(PRIMARY_KEY).unwrap();
     let archive = DevStore::start(ARCHIVE_KEY).unwrap();
-    let work = std::env::temp_dir().join(format!("layergate-control-{tag}-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&work);
-    let (dir, out) = (work.join("manifests"), work.join("out"));
-    std::fs::create_dir_all(&dir).unwrap();
-    for entry in std::fs::read_dir(paths::repo_root().join("envoy/demo/manifests")).unwrap() {
-        let path = entry.unwrap().path();
-        let text = std::fs::read_to_string(&path)
-            .unwrap()
-            .replace("http://127.0.0.1:18081", &primary.url())
-            .replace("http://127.0.0.1:18082", &archive.url());
-        std::fs::write(dir.join(path.file_name().unwrap()), text).unwrap();
-    }
+    let (dir, out) = demo::manifests_for(&format!("control-{tag}"), &primary, &archive).unwrap();
     let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let control = listener.local_addr().unwrap();
-    let settings = Settings {
-        listen: "127.0.0.1:0".parse().unwrap(),
-        admin: "127.0.0.1:0".parse().unwrap(),
-        wasm_path: paths::wasm_path()
-            .unwrap_or_else(|e| panic!("{e:#}"))
-            .to_string_lossy()
-            .into_owned(),
-        control: Some(control),
-    };
+    let settings = demo::test_settings(Some(control)).unwrap_or_else(|e| panic!("{e:#}"));
     let source = Arc::new(DirSource::new(dir, out.clone(), settings));
     source.refresh().unwrap();
     source.probe_now().unwrap();

@@ -2,55 +2,25 @@
 //! manifest reaches the gateway by hot reload, with no failed in-flight requests.
 #![allow(clippy::unwrap_used, clippy::panic, missing_docs)]
 
-use layergate_operator::{manifests, output, validate};
-use layergate_tests::demo::{ARCHIVE_KEY, PRIMARY_KEY};
+use layergate_operator::source::DirSource;
+use layergate_tests::demo::{self, ARCHIVE_KEY, PRIMARY_KEY};
 use layergate_tests::devstore::DevStore;
 use layergate_tests::envoy::Envoy;
 use layergate_tests::http::Request;
 use layergate_tests::paths;
 use layergate_tests::tour::SHOP_READER_TOKEN as SHOP;
-use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-
-fn render(manifest_dir: &Path, out: &Path) {
-    let objects = manifests::load_dir(manifest_dir).unwrap();
-    assert!(objects.problems.is_empty(), "{:?}", objects.problems);
-    let ns = output::namespace(&objects, None).unwrap();
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_secs() as i64;
-    let v = validate::validate(&objects, &ns, now);
-    let settings = output::Settings {
-        listen: "127.0.0.1:0".parse().unwrap(),
-        admin: "127.0.0.1:0".parse().unwrap(),
-        wasm_path: paths::wasm_path()
-            .unwrap_or_else(|e| panic!("{e:#}"))
-            .to_string_lossy()
-            .into_owned(),
-        control: None,
-    };
-    output::write(&v, out, &settings).unwrap();
-}
 
 #[test]
 fn revoking_a_key_in_a_manifest_takes_effect_under_load_without_failed_requests() {
     let primary = DevStore::start(PRIMARY_KEY).unwrap();
     let archive = DevStore::start(ARCHIVE_KEY).unwrap();
-    let work = std::env::temp_dir().join(format!("layergate-reload-{}", std::process::id()));
-    let (manifest_dir, out) = (work.join("manifests"), work.join("out"));
-    std::fs::create_dir_all(&manifest_dir).unwrap();
-    for entry in std::fs::read_dir(paths::repo_root().join("envoy/demo/manifests")).unwrap() {
-        let path = entry.unwrap().path();
-        let text = std::fs::read_to_string(&path)
-            .unwrap()
-            .replace("http://127.0.0.1:18081", &primary.url())
-            .replace("http://127.0.0.1:18082", &archive.url());
-        std::fs::write(manifest_dir.join(path.file_name().unwrap()), text).unwrap();
-    }
-    render(&manifest_dir, &out);
+    let (manifest_dir, out) = demo::manifests_for("reload", &primary, &archive).unwrap();
+    let settings = demo::test_settings(None).unwrap_or_else(|e| panic!("{e:#}"));
+    let source = DirSource::new(manifest_dir.clone(), out.clone(), settings);
+    source.refresh().unwrap();
     let bootstrap = std::fs::read_to_string(out.join("bootstrap.yaml")).unwrap();
     let envoy =
         Envoy::start_yaml(&bootstrap, &paths::repo_root()).unwrap_or_else(|e| panic!("{e:#}"));
@@ -98,7 +68,7 @@ fn revoking_a_key_in_a_manifest_takes_effect_under_load_without_failed_requests(
     );
     std::fs::write(&keys, text).unwrap();
     let changed = Instant::now();
-    render(&manifest_dir, &out);
+    source.refresh().unwrap();
     while shop_reader() != 401 {
         assert!(
             changed.elapsed() < Duration::from_secs(5),
@@ -120,5 +90,4 @@ fn revoking_a_key_in_a_manifest_takes_effect_under_load_without_failed_requests(
     eprintln!(
         "revocation effective after {took:?}; {sent} requests during the reload, none failed"
     );
-    let _ = std::fs::remove_dir_all(&work);
 }
