@@ -173,12 +173,24 @@ pub fn static_bootstrap(admin_addr: SocketAddr, l: &Listener, clusters: &[Cluste
 
 /// `lds.yaml`: the listener as a file-based discovery response.
 pub fn lds(l: &Listener) -> String {
-    let mut resource = listener(l);
-    resource["@type"] = json!("type.googleapis.com/envoy.config.listener.v3.Listener");
+    let resource = typed(
+        "type.googleapis.com/envoy.config.listener.v3.Listener",
+        listener(l),
+    );
     yaml(
         "# Rendered by layergate-operator; holds store credentials.\n",
         &json!({"resources": [resource]}),
     )
+}
+
+/// A discovery resource: `@type` first, then the resource's fields.
+fn typed(type_url: &str, resource: Value) -> Value {
+    let mut map = serde_json::Map::new();
+    map.insert("@type".into(), json!(type_url));
+    if let Value::Object(fields) = resource {
+        map.extend(fields);
+    }
+    Value::Object(map)
 }
 
 /// `cds.yaml`: the store clusters as a file-based discovery response.
@@ -186,9 +198,10 @@ pub fn cds(clusters: &[Cluster]) -> String {
     let resources: Vec<Value> = clusters
         .iter()
         .map(|c| {
-            let mut r = cluster(c);
-            r["@type"] = json!("type.googleapis.com/envoy.config.cluster.v3.Cluster");
-            r
+            typed(
+                "type.googleapis.com/envoy.config.cluster.v3.Cluster",
+                cluster(c),
+            )
         })
         .collect();
     yaml(

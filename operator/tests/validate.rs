@@ -287,3 +287,47 @@ fn demo_manifests_render_the_checked_in_filter_config() {
         "envoy/demo/layergate.json is stale: run `make envoy-demo` and commit it"
     );
 }
+
+/// The Envoy outputs for the demo manifests, with the default settings, as checked in under
+/// `operator/tests/golden/` (regenerate with `UPDATE_GOLDEN=1 cargo test -p layergate-operator`),
+/// and the production gateway bootstrap in `envoy/bootstrap.yaml`.
+#[test]
+fn envoy_outputs_match_the_goldens() {
+    use layergate_operator::{envoy, output};
+    let root = std::path::Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/.."));
+    let objects = manifests::load_dir(&root.join("envoy/demo/manifests")).unwrap();
+    let v = validate::validate(&objects, "layer", NOW);
+    let settings = output::Settings {
+        listen: "127.0.0.1:8080".parse().unwrap(),
+        admin: "127.0.0.1:9901".parse().unwrap(),
+        wasm_path: "target/wasm32-wasip1/release/layergate_filter.wasm".into(),
+        control: Some("127.0.0.1:9902".parse().unwrap()),
+    };
+    let out = std::env::temp_dir().join(format!("layergate-golden-{}", std::process::id()));
+    output::write(&v, &out, &settings).unwrap();
+    let golden = root.join("operator/tests/golden/demo");
+    let production = envoy::dynamic_bootstrap(
+        "127.0.0.1:9901".parse().unwrap(),
+        std::path::Path::new("/etc/layergate"),
+    );
+    let pairs = [
+        (
+            std::fs::read_to_string(out.join("cds.yaml")).unwrap(),
+            golden.join("cds.yaml"),
+        ),
+        (
+            std::fs::read_to_string(out.join("lds.yaml")).unwrap(),
+            golden.join("lds.yaml"),
+        ),
+        (production, root.join("envoy/bootstrap.yaml")),
+    ];
+    for (rendered, file) in pairs {
+        if std::env::var_os("UPDATE_GOLDEN").is_some() {
+            std::fs::create_dir_all(file.parent().unwrap()).unwrap();
+            std::fs::write(&file, &rendered).unwrap();
+        }
+        let on_disk = std::fs::read_to_string(&file).unwrap_or_default();
+        assert!(rendered == on_disk, "{} differs from the rendering; run UPDATE_GOLDEN=1 cargo test -p layergate-operator and review the diff", file.display());
+    }
+    let _ = std::fs::remove_dir_all(&out);
+}

@@ -265,3 +265,51 @@ fn official_hevlayer_client_mints_lists_and_revokes() {
         401,
     );
 }
+
+#[test]
+fn authenticate_is_rate_limited_per_minute() {
+    let primary = DevStore::start(PRIMARY_KEY).unwrap();
+    let archive = DevStore::start(ARCHIVE_KEY).unwrap();
+    let (dir, out) = demo::manifests_for("ratelimit", &primary, &archive).unwrap();
+    // The rendering names a control cluster (its address does not matter: no Envoy here).
+    let settings = demo::test_settings(Some("127.0.0.1:9".parse().unwrap())).unwrap();
+    let source = Arc::new(DirSource::new(dir, out, settings));
+    source.refresh().unwrap();
+    // Each attempt gets a fresh API (a fresh window) allowing 2 calls a minute.
+    let serve = || {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        let api = Arc::new(Api::new(source.clone(), 2));
+        std::thread::spawn(move || api.serve_on(listener));
+        addr
+    };
+    let authenticate = |control: SocketAddr| {
+        let r = Request::new("POST", "/v2/keys/authenticate")
+            .json(&json!({"token": layergate_tests::tour::SHOP_READER_TOKEN}));
+        for _ in 0..50 {
+            if let Ok(resp) = r.send(control) {
+                return resp.status;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+        panic!("the control API did not answer");
+    };
+    let minute = || {
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_secs()
+            / 60
+    };
+    // The window is a calendar minute: if one ends mid-sequence, try again with a fresh API.
+    for _ in 0..2 {
+        let control = serve();
+        let start = minute();
+        let statuses: Vec<u16> = (0..3).map(|_| authenticate(control)).collect();
+        if minute() == start {
+            assert_eq!(statuses, [200, 200, 429]);
+            return;
+        }
+    }
+    panic!("two minute boundaries within one test run");
+}
