@@ -7,7 +7,7 @@ TOOLS         := .tools
 ENVOY         := $(TOOLS)/envoy-$(ENVOY_VERSION)/envoy
 VENV          := .venv
 PY_CLIENTS    := turbopuffer==3.1.0 hevlayer==0.7.3
-WASM          := target/wasm32-wasip1/release/layergate_filter.wasm
+WASM          := target/wasm32-wasip1/wasm/layergate_filter.wasm
 CARGO         ?= cargo
 
 .PHONY: help tools venv wasm test run demo lint crds envoy-demo clean
@@ -36,8 +36,8 @@ $(VENV)/.installed:
 	$(VENV)/bin/pip install --quiet $(PY_CLIENTS)
 	touch $@
 
-wasm: $(TOOLS)/.wasm-target ## Build the filter (target/wasm32-wasip1/release/layergate_filter.wasm)
-	$(CARGO) build -p layergate-filter --target wasm32-wasip1 --release
+wasm: $(TOOLS)/.wasm-target ## Build the filter (target/wasm32-wasip1/wasm/layergate_filter.wasm)
+	$(CARGO) build -p layergate-filter --target wasm32-wasip1 --profile wasm
 
 test: tools venv wasm ## Unit, wasm-host and real-Envoy end-to-end tests (what CI runs)
 	$(CARGO) test --workspace --locked
@@ -58,7 +58,7 @@ envoy-demo: ## Re-render envoy/demo/layergate.json (the demo filter config the t
 lint: ## rustfmt check and clippy (native and wasm)
 	$(CARGO) fmt --all --check
 	$(CARGO) clippy --workspace --all-targets --locked -- -D warnings
-	$(CARGO) clippy -p layergate-filter --target wasm32-wasip1 --release --locked -- -D warnings
+	$(CARGO) clippy -p layergate-filter --target wasm32-wasip1 --profile wasm --locked -- -D warnings
 
 clean: ## Remove build output (keeps .tools and .venv)
 	$(CARGO) clean

@@ -200,7 +200,7 @@ fn settings() -> Result<output::Settings> {
             .context("LAYERGATE_ADMIN must be IP:PORT")?,
         wasm_path: setting(
             "LAYERGATE_WASM",
-            "target/wasm32-wasip1/release/layergate_filter.wasm",
+            "target/wasm32-wasip1/wasm/layergate_filter.wasm",
         ),
         control: None,
     })

@@ -300,7 +300,7 @@ fn envoy_outputs_match_the_goldens() {
     let settings = output::Settings {
         listen: "127.0.0.1:8080".parse().unwrap(),
         admin: "127.0.0.1:9901".parse().unwrap(),
-        wasm_path: "target/wasm32-wasip1/release/layergate_filter.wasm".into(),
+        wasm_path: "target/wasm32-wasip1/wasm/layergate_filter.wasm".into(),
         control: Some("127.0.0.1:9902".parse().unwrap()),
     };
     let out = std::env::temp_dir().join(format!("layergate-golden-{}", std::process::id()));

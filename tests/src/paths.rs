@@ -34,7 +34,7 @@ pub fn envoy_bin() -> Result<PathBuf> {
 pub fn wasm_path() -> Result<PathBuf> {
     existing(
         "LAYERGATE_WASM",
-        repo_root().join("target/wasm32-wasip1/release/layergate_filter.wasm"),
+        repo_root().join("target/wasm32-wasip1/wasm/layergate_filter.wasm"),
         "wasm",
         "the filter wasm",
     )
