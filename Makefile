@@ -10,7 +10,7 @@ PY_CLIENTS    := turbopuffer==3.1.0 hevlayer==0.7.3
 WASM          := target/wasm32-wasip1/wasm/layergate_filter.wasm
 CARGO         ?= cargo
 
-.PHONY: help tools venv wasm test run demo lint crds envoy-demo clean
+.PHONY: help tools venv wasm test run demo lint crds envoy-demo bench clean
 
 help: ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-11s %s\n", $$1, $$2}'
@@ -59,6 +59,10 @@ lint: ## rustfmt check and clippy (native and wasm)
 	$(CARGO) fmt --all --check
 	$(CARGO) clippy --workspace --all-targets --locked -- -D warnings
 	$(CARGO) clippy -p layergate-filter --target wasm32-wasip1 --profile wasm --locked -- -D warnings
+
+bench: tools wasm ## Benchmarks (not part of make test): Envoy pinned to CPU 0, load on CPU 1; writes tests/bench/results.md
+	$(CARGO) build --locked --release -p layergate-tests --bin layergate-bench
+	LAYERGATE_ENVOY_CPU=0 taskset -c 1 target/release/layergate-bench
 
 clean: ## Remove build output (keeps .tools and .venv)
 	$(CARGO) clean

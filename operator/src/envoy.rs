@@ -161,9 +161,19 @@ fn admin(addr: SocketAddr) -> Value {
 
 /// A self-contained bootstrap (static resources).
 pub fn static_bootstrap(admin_addr: SocketAddr, l: &Listener, clusters: &[Cluster]) -> String {
+    bootstrap_with_listener(admin_addr, listener(l), clusters)
+}
+
+/// A self-contained bootstrap around a listener resource the caller may have adjusted
+/// (benchmarks compare filter chains on the same listener).
+pub fn bootstrap_with_listener(
+    admin_addr: SocketAddr,
+    listener: Value,
+    clusters: &[Cluster],
+) -> String {
     let v = json!({
         "admin": admin(admin_addr),
-        "static_resources": {"listeners": [listener(l)], "clusters": clusters.iter().map(cluster).collect::<Vec<_>>()},
+        "static_resources": {"listeners": [listener], "clusters": clusters.iter().map(cluster).collect::<Vec<_>>()},
     });
     yaml(
         "# Rendered by layergate-operator (operator/src/envoy.rs).\n",

@@ -106,7 +106,16 @@ impl Envoy {
         std::fs::write(&config, yaml)?;
         let admin_file = dir.join("admin.addr");
         let log = std::fs::File::create(dir.join("envoy.log"))?;
-        let child = Command::new(bin)
+        // `LAYERGATE_ENVOY_CPU=N` pins Envoy to one core (benchmarks), via util-linux taskset.
+        let mut command = match std::env::var("LAYERGATE_ENVOY_CPU") {
+            Ok(cpu) => {
+                let mut c = Command::new("taskset");
+                c.args(["-c", &cpu]).arg(bin);
+                c
+            }
+            Err(_) => Command::new(bin),
+        };
+        let child = command
             .current_dir(cwd)
             .arg("-c")
             .arg(&config)
@@ -167,6 +176,11 @@ impl Envoy {
             std::thread::sleep(Duration::from_millis(50));
         }
         bail!("not ready after 30 s")
+    }
+
+    /// The Envoy process id.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
     }
 
     /// GET on the admin endpoint, as text.

@@ -1,6 +1,7 @@
 //! Test harnesses for layergate: a real Envoy launcher, a wasmtime proxy-wasm host and
 //! `devstore`, a turbopuffer-compatible in-memory server; plus the demo tour.
 
+pub mod bench;
 pub mod demo;
 pub mod devstore;
 pub mod envoy;
