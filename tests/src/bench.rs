@@ -1,131 +1,96 @@
-//! The benchmark harness behind `make bench` (SPEC §9): a closed-loop HTTP/1.1 load generator
-//! with keep-alive connections, a minimal upstream, and Envoy CPU/RSS read from `/proc`.
+//! The benchmark harness behind `make bench` (SPEC §9): load from wrk (Debian's, installed by
+//! `make bench`), a minimal keep-alive upstream, and Envoy CPU/RSS read from `/proc`.
 
 use anyhow::{bail, Context, Result};
 use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpStream};
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::net::SocketAddr;
+use std::time::Duration;
 
-/// What one load run measured.
-#[derive(Debug, Clone)]
+/// What one load run measured (by wrk).
+#[derive(Debug, Clone, Default)]
 pub struct LoadStats {
     /// Completed requests.
     pub requests: u64,
-    /// Requests that did not get the expected status.
+    /// Responses that were not 2xx/3xx.
     pub errors: u64,
     /// Wall time of the run.
     pub elapsed: Duration,
-    /// Sorted latencies.
-    pub latencies: Vec<Duration>,
+    /// Median latency.
+    pub p50: Duration,
+    /// 99th percentile latency.
+    pub p99: Duration,
 }
 
 impl LoadStats {
     /// Requests per second.
     pub fn throughput(&self) -> f64 {
-        self.requests as f64 / self.elapsed.as_secs_f64()
-    }
-
-    /// A latency percentile (0..=100).
-    pub fn percentile(&self, p: f64) -> Duration {
-        if self.latencies.is_empty() {
-            return Duration::ZERO;
-        }
-        let i = ((p / 100.0) * (self.latencies.len() - 1) as f64).round() as usize;
-        self.latencies[i.min(self.latencies.len() - 1)]
+        self.requests as f64 / self.elapsed.as_secs_f64().max(1e-9)
     }
 }
 
-/// Reads one response on a keep-alive connection; returns its status.
-fn read_response(stream: &mut TcpStream, buf: &mut Vec<u8>) -> Result<u16> {
-    buf.clear();
-    let mut chunk = [0u8; 8192];
-    loop {
-        if let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
-            let head = std::str::from_utf8(&buf[..end]).context("response head")?;
-            let status: u16 = head
-                .split(' ')
-                .nth(1)
-                .and_then(|s| s.parse().ok())
-                .context("status")?;
-            let length: usize = head
-                .lines()
-                .find_map(|l| {
-                    l.to_ascii_lowercase()
-                        .strip_prefix("content-length:")
-                        .map(|v| v.trim().parse().unwrap_or(0))
-                })
-                .unwrap_or(0);
-            while buf.len() < end + 4 + length {
-                let n = stream.read(&mut chunk)?;
-                if n == 0 {
-                    bail!("connection closed mid-body");
-                }
-                buf.extend_from_slice(&chunk[..n]);
-            }
-            return Ok(status);
-        }
-        let n = stream.read(&mut chunk)?;
-        if n == 0 {
-            bail!("connection closed");
-        }
-        buf.extend_from_slice(&chunk[..n]);
-    }
+fn parse_wrk_duration(s: &str) -> Option<Duration> {
+    let s = s.trim();
+    let (num, unit) = s.split_at(s.find(|c: char| c.is_ascii_alphabetic())?);
+    let v: f64 = num.parse().ok()?;
+    let secs = match unit {
+        "us" => v / 1e6,
+        "ms" => v / 1e3,
+        "s" => v,
+        "m" => v * 60.0,
+        _ => return None,
+    };
+    Some(Duration::from_secs_f64(secs))
 }
 
-/// Runs `connections` closed-loop clients sending `request` for `duration`.
+/// Parses wrk's `--latency` report.
+pub fn parse_wrk(report: &str) -> Result<LoadStats> {
+    let mut stats = LoadStats::default();
+    for line in report.lines().map(str::trim) {
+        if let Some(v) = line.strip_prefix("50%") {
+            stats.p50 = parse_wrk_duration(v).context("p50")?;
+        } else if let Some(v) = line.strip_prefix("99%") {
+            stats.p99 = parse_wrk_duration(v).context("p99")?;
+        } else if let Some(v) = line.strip_prefix("Non-2xx or 3xx responses:") {
+            stats.errors = v.trim().parse().context("errors")?;
+        } else if let Some((n, rest)) = line.split_once(" requests in ") {
+            stats.requests = n.trim().parse().context("requests")?;
+            stats.elapsed =
+                parse_wrk_duration(rest.split(',').next().unwrap_or("")).context("elapsed")?;
+        }
+    }
+    if stats.requests == 0 {
+        bail!("wrk reported no requests:\n{report}");
+    }
+    Ok(stats)
+}
+
+/// Runs wrk (one thread, `connections` keep-alive connections, closed loop) against `url`.
 pub fn load(
-    addr: SocketAddr,
-    request: &[u8],
-    expect: u16,
+    url: &str,
+    headers: &[(&str, &str)],
     connections: usize,
     duration: Duration,
 ) -> Result<LoadStats> {
-    let stop = Arc::new(AtomicBool::new(false));
-    let started = Instant::now();
-    let workers: Vec<_> = (0..connections)
-        .map(|_| {
-            let (stop, request) = (stop.clone(), request.to_vec());
-            std::thread::spawn(move || -> Result<(u64, u64, Vec<Duration>)> {
-                let mut stream = TcpStream::connect(addr)?;
-                stream.set_nodelay(true)?;
-                stream.set_read_timeout(Some(Duration::from_secs(10)))?;
-                let (mut ok, mut bad, mut lat) = (0u64, 0u64, Vec::with_capacity(1 << 16));
-                let mut buf = Vec::with_capacity(4096);
-                while !stop.load(Ordering::Relaxed) {
-                    let t = Instant::now();
-                    stream.write_all(&request)?;
-                    let status = read_response(&mut stream, &mut buf)?;
-                    lat.push(t.elapsed());
-                    if status == expect {
-                        ok += 1;
-                    } else {
-                        bad += 1;
-                    }
-                }
-                Ok((ok, bad, lat))
-            })
-        })
-        .collect();
-    std::thread::sleep(duration);
-    stop.store(true, Ordering::Relaxed);
-    let mut stats = LoadStats {
-        requests: 0,
-        errors: 0,
-        elapsed: started.elapsed(),
-        latencies: Vec::new(),
-    };
-    for w in workers {
-        let (ok, bad, lat) = w
-            .join()
-            .map_err(|_| anyhow::anyhow!("load worker panicked"))??;
-        stats.requests += ok + bad;
-        stats.errors += bad;
-        stats.latencies.extend(lat);
+    let mut cmd = std::process::Command::new("wrk");
+    cmd.args([
+        "-t1",
+        "--latency",
+        "-c",
+        &connections.to_string(),
+        "-d",
+        &format!("{}s", duration.as_secs().max(1)),
+    ]);
+    for (k, v) in headers {
+        cmd.args(["-H", &format!("{k}: {v}")]);
     }
-    stats.latencies.sort_unstable();
-    Ok(stats)
+    let out = cmd
+        .arg(url)
+        .output()
+        .context("running wrk (make bench installs it from Debian)")?;
+    if !out.status.success() {
+        bail!("wrk failed: {}", String::from_utf8_lossy(&out.stderr));
+    }
+    parse_wrk(&String::from_utf8_lossy(&out.stdout))
 }
 
 /// User + system CPU time of a process so far.
@@ -211,4 +176,19 @@ pub fn start_upstream() -> Result<SocketAddr> {
         }
     });
     Ok(addr)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_a_wrk_report() {
+        let report = "Running 1s test @ http://127.0.0.1:1/x\n  Latency Distribution\n     50%    2.13ms\n     99%  361.00us\n  2670 requests in 1.00s, 613.03KB read\n  Non-2xx or 3xx responses: 3\nRequests/sec:   2668.36\n";
+        let s = parse_wrk(report).unwrap_or_default();
+        assert_eq!((s.requests, s.errors), (2670, 3));
+        assert_eq!(s.p50, Duration::from_micros(2130));
+        assert_eq!(s.p99, Duration::from_micros(361));
+        assert!((s.throughput() - 2670.0).abs() < 1.0);
+    }
 }

@@ -2,10 +2,10 @@
 //! same upstream and listener for all, interleaved (A B C A B C …) so drift cancels.
 //! Figures: throughput, p50/p99 latency, Envoy CPU µs per request, Envoy RSS.
 //!
-//! Variants measured today: bare Envoy (router only), a Lua filter doing the same key check
-//! and credential swap, and layergate with the demo fixture (header-only read). The no-op wasm
-//! floor, Envoy's native api_key_auth+rbac+credential_injector, ext_authz and the scale runs
-//! of SPEC §9 are still to come (issue 5).
+//! Variants measured today: bare Envoy (router only), a no-op wasm filter (the wasm floor),
+//! a Lua filter doing the same key check and credential swap, and layergate with the demo
+//! fixture (header-only read). Envoy's native api_key_auth+rbac+credential_injector,
+//! ext_authz and the scale runs of SPEC §9 are still to come (issue 5).
 
 use anyhow::{Context, Result};
 use layergate_operator::envoy as render;
@@ -20,8 +20,11 @@ use std::time::Duration;
 struct Variant {
     name: &'static str,
     yaml: String,
-    request: Vec<u8>,
+    /// Extra request headers (all variants send the same read with a bearer).
+    headers: Vec<(&'static str, &'static str)>,
 }
+
+const PATH: &str = "/v1/namespaces/shop-a/metadata";
 
 #[derive(Default, Clone)]
 struct Totals {
@@ -29,7 +32,8 @@ struct Totals {
     errors: u64,
     secs: f64,
     cpu: Duration,
-    latencies: Vec<Duration>,
+    p50: Vec<Duration>,
+    p99: Vec<Duration>,
     rss: u64,
 }
 
@@ -73,12 +77,25 @@ fn variants(upstream: SocketAddr) -> Result<Vec<Variant>> {
         vm_env: Vec::new(),
         buffer_limit_bytes: render::DEFAULT_BUFFER_LIMIT_BYTES,
     });
+    // The same chain as layergate's (wasm, buffer, router), with a filter that does nothing.
+    let noop_wasm = layergate_tests::paths::repo_root()
+        .join("target/wasm32-wasip1/wasm/layergate_noop_filter.wasm");
+    anyhow::ensure!(
+        noop_wasm.is_file(),
+        "{} is missing: run `make bench`",
+        noop_wasm.display()
+    );
+    let noop = render::listener(&render::Listener {
+        listen: any,
+        wasm_path: noop_wasm.to_string_lossy().into_owned(),
+        filter_config: Some(String::new()),
+        vm_env: Vec::new(),
+        buffer_limit_bytes: render::DEFAULT_BUFFER_LIMIT_BYTES,
+    });
     let lua = json!({"name": "envoy.filters.http.lua", "typed_config": {
         "@type": "type.googleapis.com/envoy.extensions.filters.http.lua.v3.Lua",
         "default_source_code": {"inline_string": LUA_KEY_CHECK}}});
-    let get = |extra: &str| {
-        format!("GET /v1/namespaces/shop-a/metadata HTTP/1.1\r\nhost: gateway\r\nauthorization: Bearer demo-read-token\r\n{extra}\r\n").into_bytes()
-    };
+    let cluster = vec![("x-layergate-cluster", "store_primary")];
     Ok(vec![
         Variant {
             name: "bare Envoy (router only)",
@@ -87,7 +104,12 @@ fn variants(upstream: SocketAddr) -> Result<Vec<Variant>> {
                 with_filters(plain.clone(), vec![router()]),
                 &gw.clusters,
             ),
-            request: get("x-layergate-cluster: store_primary\r\n"),
+            headers: cluster.clone(),
+        },
+        Variant {
+            name: "no-op wasm filter (the wasm floor)",
+            yaml: render::bootstrap_with_listener(any, noop, &gw.clusters),
+            headers: cluster.clone(),
         },
         Variant {
             name: "Lua key check + credential swap",
@@ -96,12 +118,12 @@ fn variants(upstream: SocketAddr) -> Result<Vec<Variant>> {
                 with_filters(plain, vec![lua, router()]),
                 &gw.clusters,
             ),
-            request: get(""),
+            headers: Vec::new(),
         },
         Variant {
             name: "layergate (demo fixture)",
             yaml: gw.render(),
-            request: get(""),
+            headers: Vec::new(),
         },
     ])
 }
@@ -113,15 +135,12 @@ fn run_once(
 ) -> Result<(LoadStats, Duration, u64)> {
     let envoy = Envoy::start_yaml(&v.yaml, &layergate_tests::paths::repo_root())
         .with_context(|| format!("starting {}", v.name))?;
-    load(
-        envoy.addr,
-        &v.request,
-        200,
-        connections,
-        Duration::from_millis(500),
-    )?; // warm-up
+    let url = format!("http://{}{PATH}", envoy.addr);
+    let mut headers = vec![("authorization", "Bearer demo-read-token")];
+    headers.extend(v.headers.iter().copied());
+    load(&url, &headers, connections, Duration::from_secs(1))?; // warm-up
     let before = cpu_time(envoy.pid())?;
-    let stats = load(envoy.addr, &v.request, 200, connections, duration)?;
+    let stats = load(&url, &headers, connections, duration)?;
     let cpu = cpu_time(envoy.pid())? - before;
     let rss = rss_bytes(envoy.pid())?;
     Ok((stats, cpu, rss))
@@ -170,7 +189,8 @@ fn main() -> Result<()> {
             t.errors += stats.errors;
             t.secs += stats.elapsed.as_secs_f64();
             t.cpu += cpu;
-            t.latencies.extend(stats.latencies);
+            t.p50.push(stats.p50);
+            t.p99.push(stats.p99);
             t.rss = t.rss.max(rss);
         }
     }
@@ -193,30 +213,37 @@ fn main() -> Result<()> {
         .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned())
         .unwrap_or_default();
     let cpu_us = |t: &Totals| t.cpu.as_secs_f64() * 1e6 / t.requests.max(1) as f64;
-    let bare = cpu_us(&totals[0]);
+    let (bare, floor) = (cpu_us(&totals[0]), cpu_us(&totals[1]));
     let mut table = format!(
-        "Envoy {envoy_version}, one worker (`--concurrency 1`{}), {connections} closed-loop keep-alive connections, {rounds} interleaved rounds of {seconds} s; {}; {date}.\n\n\
-| variant | req/s | p50 | p99 | Envoy CPU µs/req | × bare | Envoy RSS MiB | errors |\n|---|---|---|---|---|---|---|---|\n",
+        "Envoy {envoy_version}, one worker (`--concurrency 1`{}); wrk, one thread, {connections} keep-alive connections, closed loop; {rounds} interleaved rounds of {seconds} s after a 1 s warm-up; `GET {PATH}` with a bearer; {}; {date}.\n\n\
+| variant | req/s | p50 | p99 | Envoy CPU µs/req | × bare | − wasm floor µs | Envoy CPU busy | Envoy RSS MiB | errors |\n|---|---|---|---|---|---|---|---|---|---|\n",
         std::env::var("LAYERGATE_ENVOY_CPU").map(|c| format!(", pinned to CPU {c}")).unwrap_or_default(),
         machine()
     );
     for (v, t) in variants.iter().zip(&mut totals) {
-        t.latencies.sort_unstable();
+        // Latency: the median over rounds of each round's percentile.
+        let median = |v: &mut Vec<Duration>| {
+            v.sort_unstable();
+            v.get(v.len() / 2).copied().unwrap_or_default()
+        };
         let stats = LoadStats {
             requests: t.requests,
             errors: t.errors,
             elapsed: Duration::from_secs_f64(t.secs),
-            latencies: std::mem::take(&mut t.latencies),
+            p50: median(&mut t.p50),
+            p99: median(&mut t.p99),
         };
         let _ = writeln!(
             table,
-            "| {} | {:.0} | {:.0} µs | {:.0} µs | {:.2} | {:.2} | {:.1} | {} |",
+            "| {} | {:.0} | {:.0} µs | {:.0} µs | {:.2} | {:.2} | {:+.2} | {:.0}% | {:.1} | {} |",
             v.name,
             stats.throughput(),
-            stats.percentile(50.0).as_secs_f64() * 1e6,
-            stats.percentile(99.0).as_secs_f64() * 1e6,
+            stats.p50.as_secs_f64() * 1e6,
+            stats.p99.as_secs_f64() * 1e6,
             cpu_us(t),
             cpu_us(t) / bare,
+            cpu_us(t) - floor,
+            100.0 * t.cpu.as_secs_f64() / t.secs,
             t.rss as f64 / (1 << 20) as f64,
             t.errors
         );
