@@ -11,10 +11,9 @@
 //! Secret file in the directory, revoking sets `spec.revoked` in the ApiKey's document, deleting
 //! removes it; the same pass that renders the gateway then picks the change up.
 
-use crate::crd::ApiKeyPhase;
 use crate::keys;
-use crate::probe::ProbeResult;
-use crate::source::{DirSource, Pass};
+use crate::source::{Pass, Source, State};
+use crate::status;
 use crate::validate;
 use anyhow::{Context, Result};
 use bytes::Bytes;
@@ -26,12 +25,8 @@ use layergate_filter::headers::{pairs, serialize, RequestHead};
 use serde_json::{json, Value};
 use sha2::{Digest, Sha256};
 use std::net::SocketAddr;
-use std::path::Path;
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
-
-/// Annotation recording when the API revoked a key.
-pub const REVOKED_AT_ANNOTATION: &str = "hevlayer.com/revoked-at";
 
 /// `POST /v2/keys/authenticate` calls allowed per minute (fixed window), as in hev layer.
 pub const DEFAULT_AUTHENTICATE_PER_MINUTE: u32 = 120;
@@ -40,7 +35,7 @@ type Reply = hyper::Response<Full<Bytes>>;
 
 /// State of the API.
 pub struct Api {
-    source: Arc<DirSource>,
+    source: Arc<dyn Source>,
     authenticate_per_minute: u32,
     window: Mutex<(i64, u32)>,
 }
@@ -67,7 +62,7 @@ fn error(status: StatusCode, message: &str) -> Reply {
 
 impl Api {
     /// An API over a directory source.
-    pub fn new(source: Arc<DirSource>, authenticate_per_minute: u32) -> Api {
+    pub fn new(source: Arc<dyn Source>, authenticate_per_minute: u32) -> Api {
         Api {
             source,
             authenticate_per_minute,
@@ -91,10 +86,7 @@ impl Api {
             .build()?;
         runtime.block_on(async move {
             let listener = tokio::net::TcpListener::from_std(listener)?;
-            eprintln!(
-                "layergate-operator: control API on http://{}",
-                listener.local_addr()?
-            );
+            tracing::info!(addr = %listener.local_addr()?, "control API listening");
             loop {
                 let (stream, _) = listener.accept().await?;
                 let api = self.clone();
@@ -140,14 +132,15 @@ impl Api {
         let source = self.source.clone();
         let api = self;
         // The handlers touch files and locks: keep them off the async workers.
-        let result =
-            tokio::task::block_in_place(|| api.route(&source, &method, &path, &headers, &body));
+        let result = tokio::task::block_in_place(|| {
+            api.route(source.as_ref(), &method, &path, &headers, &body)
+        });
         result.unwrap_or_else(|e| error(StatusCode::INTERNAL_SERVER_ERROR, &format!("{e:#}")))
     }
 
     fn route(
         &self,
-        source: &DirSource,
+        source: &dyn Source,
         method: &str,
         path: &str,
         headers: &[(String, String)],
@@ -158,7 +151,7 @@ impl Api {
         match (method, segs.as_slice()) {
             ("GET", ["healthz"]) => return Ok(reply(StatusCode::OK, &json!({"status": "ok"}))),
             ("GET", ["readyz"]) => {
-                return Ok(match source.last() {
+                return Ok(match source.state().last() {
                     Some(_) => reply(StatusCode::OK, &json!({"status": "ready"})),
                     None => error(
                         StatusCode::SERVICE_UNAVAILABLE,
@@ -166,10 +159,10 @@ impl Api {
                     ),
                 })
             }
-            ("GET", ["metrics"]) => return Ok(metrics(source)),
+            ("GET", ["metrics"]) => return Ok(metrics(source.state())),
             _ => {}
         }
-        let Some(pass) = source.last() else {
+        let Some(pass) = source.state().last() else {
             return Ok(error(
                 StatusCode::SERVICE_UNAVAILABLE,
                 "no configuration rendered yet; see the operator's log",
@@ -293,28 +286,20 @@ fn key_views(pass: &Pass) -> Vec<Value> {
         .keys
         .iter()
         .map(|k| {
-            let name = k.metadata.name.clone().unwrap_or_default();
-            let rendered = pass.config.api_keys.iter().find(|c| c.name == name);
-            let phase = pass.validation.phases.get(&name).copied().unwrap_or(ApiKeyPhase::Pending);
-            // As validation dates it: the object's creation, else its token's minting, else now.
-            let secret = k.spec.token_secret_ref.as_ref().map_or_else(|| keys::secret_name(&name), |r| r.name.clone());
-            let created = k.metadata.creation_timestamp.as_ref().map_or_else(
-                || validate::rfc3339(pass.objects.minted_at.get(&(pass.namespace.clone(), secret)).copied().unwrap_or_else(now)),
-                |t| t.0.to_string(),
-            );
+            let st = status::key(pass, k, now());
             json!({
-                "keyId": validate::key_id(k, &pass.namespace),
-                "name": name,
+                "keyId": st.key_id,
+                "name": k.metadata.name,
                 "owner": k.spec.owner,
                 "description": k.spec.description,
                 "entitlements": k.spec.entitlements,
                 "expiresAfter": k.spec.expires_after.clone().unwrap_or_else(|| validate::DEFAULT_EXPIRES_AFTER.to_owned()),
-                "phase": phase,
-                "createdAt": created,
-                "expiresAt": rendered.and_then(|r| r.expires_at.clone()),
-                "revokedAt": k.metadata.annotations.as_ref().and_then(|a| a.get(REVOKED_AT_ANNOTATION)),
-                "lookupHash": rendered.map(|r| r.lookup_hash.clone()),
-                "secretRef": {"name": keys::secret_name(&name), "key": "token"},
+                "phase": st.phase,
+                "createdAt": st.created_at,
+                "expiresAt": st.expires_at,
+                "revokedAt": st.revoked_at,
+                "lookupHash": st.lookup_hash,
+                "secretRef": st.secret_ref,
             })
         })
         .collect()
@@ -326,15 +311,18 @@ fn find_key(pass: &Pass, id: &str) -> Option<Value> {
         .find(|k| k["keyId"] == id || k["name"] == id)
 }
 
-fn store_views(source: &DirSource, pass: &Pass) -> Vec<Value> {
-    let probes = source.probes();
+fn store_views(source: &dyn Source, pass: &Pass) -> Vec<Value> {
+    let probes = source.state().probes();
     pass.objects
         .stores
         .iter()
         .map(|s| {
             let name = s.metadata.name.clone().unwrap_or_default();
-            let verdict = pass.validation.stores.iter().find(|v| v.name == name);
-            let default = verdict
+            let default = pass
+                .validation
+                .stores
+                .iter()
+                .find(|v| v.name == name)
                 .and_then(|v| v.valid.as_ref())
                 .is_some_and(|v| v.default);
             json!({
@@ -345,27 +333,10 @@ fn store_views(source: &DirSource, pass: &Pass) -> Vec<Value> {
                 "turbopuffer": s.spec.turbopuffer,
                 "credential": s.spec.credential,
                 "inboundAuth": s.spec.inbound_auth,
-                "status": store_status(verdict, probes.get(&name), &name, s.metadata.generation),
+                "status": status::store(pass, probes.get(&name), s, now()),
             })
         })
         .collect()
-}
-
-/// Status of a store: its validation conditions, with `Ready` from the latest probe when the
-/// store is valid and has been probed.
-fn store_status(
-    verdict: Option<&validate::Verdict<validate::ValidStore>>,
-    probe: Option<&ProbeResult>,
-    name: &str,
-    generation: Option<i64>,
-) -> Value {
-    let mut conditions = verdict.map(|v| v.conditions.clone()).unwrap_or_default();
-    let valid = verdict.is_some_and(|v| v.valid.is_some());
-    if let (true, Some(p)) = (valid, probe) {
-        conditions.retain(|c| c.type_ != crate::conditions::READY);
-        conditions.push(p.condition(name, generation, now()));
-    }
-    json!({"reachable": probe.map(ProbeResult::reachable), "observedGeneration": generation, "conditions": conditions})
 }
 
 fn valid_key_name(name: &str) -> bool {
@@ -378,7 +349,7 @@ fn valid_key_name(name: &str) -> bool {
         && !name.ends_with('-')
 }
 
-fn mint(source: &DirSource, pass: &Pass, body: &[u8]) -> Result<Reply> {
+fn mint(source: &dyn Source, pass: &Pass, body: &[u8]) -> Result<Reply> {
     let req: Value = match serde_json::from_slice(body) {
         Ok(v @ Value::Object(_)) => v,
         _ => {
@@ -424,33 +395,26 @@ fn mint(source: &DirSource, pass: &Pass, body: &[u8]) -> Result<Reply> {
         return Ok(error(StatusCode::BAD_REQUEST, p));
     }
     let token = keys::mint_token()?;
-    let minted_at = validate::rfc3339(now());
-    let dir = &source.dir;
-    std::fs::write(
-        dir.join(format!("{}.yaml", keys::secret_name(&name))),
-        keys::secret_manifest(&pass.namespace, &name, &token, &minted_at)?,
-    )?;
-    std::fs::write(
-        dir.join(format!("{name}.apikey.yaml")),
-        serde_yaml::to_string(&manifest)?,
-    )?;
+    source.create_key(&pass.namespace, &name, &manifest, &token)?;
     source.refresh()?;
-    let Some(view) = source.last().and_then(|p| find_key(&p, &name)) else {
+    let last = source.state().last();
+    let Some(view) = last.as_ref().and_then(|p| find_key(p, &name)) else {
         return Ok(error(
             StatusCode::INTERNAL_SERVER_ERROR,
             "the key was written but is not in the rendering; see the operator's log",
         ));
     };
     if view["phase"] != "Active" {
-        let reason = source.last().and_then(|p| {
+        let reason = last.as_ref().and_then(|p| {
             p.validation
                 .keys
                 .iter()
                 .find(|k| k.name == name)
                 .map(|k| k.conditions.clone())
         });
-        let _ = std::fs::remove_file(dir.join(format!("{name}.apikey.yaml")));
-        let _ = std::fs::remove_file(dir.join(format!("{}.yaml", keys::secret_name(&name))));
+        if let Some(p) = &last {
+            source.delete_key(p, &name)?;
+        }
         source.refresh()?;
         let msg = reason
             .and_then(|c| c.into_iter().next())
@@ -467,38 +431,23 @@ enum Change {
     Delete,
 }
 
-/// Revokes (sets `spec.revoked`) or deletes an ApiKey in the file it was read from.
-fn change_key(source: &DirSource, pass: &Pass, id: &str, change: Change) -> Result<Reply> {
+/// Revokes or deletes an ApiKey through the source.
+fn change_key(source: &dyn Source, pass: &Pass, id: &str, change: Change) -> Result<Reply> {
     let Some(view) = find_key(pass, id) else {
         return Ok(error(StatusCode::NOT_FOUND, &format!("no API key {id:?}")));
     };
     let name = view["name"].as_str().unwrap_or_default().to_owned();
-    let Some(file) = pass
-        .objects
-        .key_files
-        .get(&(pass.namespace.clone(), name.clone()))
-    else {
-        return Ok(error(
-            StatusCode::NOT_FOUND,
-            &format!("no manifest file for API key {name:?}"),
-        ));
-    };
-    if matches!(change, Change::Revoke) && view["phase"] == "Revoked" {
-        return Ok(reply(StatusCode::OK, &view)); // Idempotent.
-    }
-    rewrite_key_document(Path::new(file), &name, &change)?;
-    if matches!(change, Change::Delete) {
-        let _ = std::fs::remove_file(
-            source
-                .dir
-                .join(format!("{}.yaml", keys::secret_name(&name))),
-        );
+    match change {
+        Change::Revoke if view["phase"] == "Revoked" => return Ok(reply(StatusCode::OK, &view)),
+        Change::Revoke => source.revoke_key(pass, &name)?,
+        Change::Delete => source.delete_key(pass, &name)?,
     }
     source.refresh()?;
     Ok(match change {
         Change::Revoke => reply(
             StatusCode::OK,
             &source
+                .state()
                 .last()
                 .and_then(|p| find_key(&p, &name))
                 .unwrap_or(view),
@@ -510,48 +459,8 @@ fn change_key(source: &DirSource, pass: &Pass, id: &str, change: Change) -> Resu
     })
 }
 
-fn rewrite_key_document(file: &Path, name: &str, change: &Change) -> Result<()> {
-    let text = std::fs::read_to_string(file)?;
-    let mut docs: Vec<String> = Vec::new();
-    for doc in text.split("\n---\n") {
-        let parsed: Option<serde_yaml::Value> = serde_yaml::from_str(doc).ok();
-        let is_it = parsed.as_ref().is_some_and(|v| {
-            v["kind"].as_str() == Some("ApiKey") && v["metadata"]["name"].as_str() == Some(name)
-        });
-        match (is_it, change, parsed) {
-            (true, Change::Delete, _) => {}
-            (true, Change::Revoke, Some(mut v)) => {
-                v["spec"]["revoked"] = serde_yaml::Value::Bool(true);
-                if let serde_yaml::Value::Mapping(meta) = &mut v["metadata"] {
-                    let annotations = meta
-                        .entry("annotations".into())
-                        .or_insert_with(|| serde_yaml::Value::Mapping(Default::default()));
-                    annotations[REVOKED_AT_ANNOTATION] =
-                        serde_yaml::Value::String(validate::rfc3339(now()));
-                }
-                docs.push(serde_yaml::to_string(&v)?);
-            }
-            _ => docs.push(doc.to_owned()),
-        }
-    }
-    let kept: Vec<&String> = docs.iter().filter(|d| !d.trim().is_empty()).collect();
-    if kept.is_empty() {
-        std::fs::remove_file(file)?;
-    } else {
-        std::fs::write(
-            file,
-            kept.iter()
-                .map(|d| d.trim_end().to_owned())
-                .collect::<Vec<_>>()
-                .join("\n---\n")
-                + "\n",
-        )?;
-    }
-    Ok(())
-}
-
-fn metrics(source: &DirSource) -> Reply {
-    let pass = source.last();
+fn metrics(state: &State) -> Reply {
+    let pass = state.last();
     let active = pass.as_ref().map_or(0, |p| p.config.api_keys.len());
     let ready = pass.as_ref().map_or(0, |p| {
         p.validation
@@ -560,13 +469,67 @@ fn metrics(source: &DirSource) -> Reply {
             .filter(|s| s.valid.is_some())
             .count()
     });
-    let text = format!(
-        "# HELP layergate_operator_renders_total Successful renderings.\n# TYPE layergate_operator_renders_total counter\nlayergate_operator_renders_total {}\n\
-# HELP layergate_operator_render_errors_total Passes that kept the last good rendering.\n# TYPE layergate_operator_render_errors_total counter\nlayergate_operator_render_errors_total {}\n\
-# HELP layergate_operator_api_keys_active API keys in the rendering.\n# TYPE layergate_operator_api_keys_active gauge\nlayergate_operator_api_keys_active {active}\n\
-# HELP layergate_operator_vectorstores_rendered VectorStores in the rendering.\n# TYPE layergate_operator_vectorstores_rendered gauge\nlayergate_operator_vectorstores_rendered {ready}\n",
-        source.renders.load(Ordering::Relaxed),
-        source.render_errors.load(Ordering::Relaxed),
+    let get = |c: &std::sync::atomic::AtomicU64| c.load(Ordering::Relaxed);
+    let seconds = |c: &std::sync::atomic::AtomicU64| get(c) as f64 / 1e6;
+    let mut text = String::new();
+    let mut metric = |name: &str, kind: &str, help: &str, value: String| {
+        text.push_str(&format!(
+            "# HELP layergate_operator_{name} {help}\n# TYPE layergate_operator_{name} {kind}\nlayergate_operator_{name} {value}\n"
+        ));
+    };
+    metric(
+        "renders_total",
+        "counter",
+        "Successful passes (reconciles) that published a rendering.",
+        get(&state.renders).to_string(),
+    );
+    metric(
+        "render_errors_total",
+        "counter",
+        "Passes that failed and kept the last good rendering.",
+        get(&state.render_errors).to_string(),
+    );
+    metric(
+        "render_seconds_total",
+        "counter",
+        "Time spent in successful passes.",
+        seconds(&state.render_micros).to_string(),
+    );
+    metric(
+        "probe_rounds_total",
+        "counter",
+        "Probe rounds (every valid store).",
+        get(&state.probe_rounds).to_string(),
+    );
+    metric(
+        "probe_round_seconds_total",
+        "counter",
+        "Time the probe rounds took.",
+        seconds(&state.probe_micros).to_string(),
+    );
+    metric(
+        "status_writes_total",
+        "counter",
+        "Status subresource writes (kube mode).",
+        get(&state.status_writes).to_string(),
+    );
+    metric(
+        "kube_api_errors_total",
+        "counter",
+        "Kubernetes API calls that failed (kube mode).",
+        get(&state.api_errors).to_string(),
+    );
+    metric(
+        "api_keys_active",
+        "gauge",
+        "API keys in the rendering.",
+        active.to_string(),
+    );
+    metric(
+        "vectorstores_rendered",
+        "gauge",
+        "VectorStores in the rendering.",
+        ready.to_string(),
     );
     let mut r = hyper::Response::new(Full::new(Bytes::from(text)));
     r.headers_mut().insert(

@@ -2,6 +2,9 @@
 //! (≥ 190 random bits), delivered in a Secret; only its SHA-256 is ever recorded elsewhere.
 
 use anyhow::{Context, Result};
+use k8s_openapi::api::core::v1::Secret;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference};
+use std::collections::BTreeMap;
 
 /// Token prefix.
 pub const TOKEN_PREFIX: &str = "hvl_";
@@ -37,6 +40,39 @@ pub fn secret_name(api_key: &str) -> String {
     format!("apikey-{api_key}")
 }
 
+/// The key under which a minted Secret holds the token.
+pub const TOKEN_KEY: &str = "token";
+
+/// The Secret delivering a token. In a cluster it is owned by its ApiKey (`owner`), so
+/// Kubernetes deletes it with the key.
+pub fn token_secret(
+    namespace: &str,
+    api_key: &str,
+    token: &str,
+    minted_at: &str,
+    owner: Option<OwnerReference>,
+) -> Secret {
+    Secret {
+        metadata: ObjectMeta {
+            name: Some(secret_name(api_key)),
+            namespace: Some(namespace.to_owned()),
+            labels: Some(BTreeMap::from([(
+                "app.kubernetes.io/managed-by".to_owned(),
+                "layergate".to_owned(),
+            )])),
+            annotations: Some(BTreeMap::from([
+                ("hevlayer.com/apikey".to_owned(), api_key.to_owned()),
+                (MINTED_AT_ANNOTATION.to_owned(), minted_at.to_owned()),
+            ])),
+            owner_references: owner.map(|o| vec![o]),
+            ..ObjectMeta::default()
+        },
+        type_: Some("Opaque".to_owned()),
+        string_data: Some(BTreeMap::from([(TOKEN_KEY.to_owned(), token.to_owned())])),
+        ..Secret::default()
+    }
+}
+
 /// The Secret manifest delivering a token (directory mode writes it beside the ApiKey).
 pub fn secret_manifest(
     namespace: &str,
@@ -44,18 +80,7 @@ pub fn secret_manifest(
     token: &str,
     minted_at: &str,
 ) -> Result<String> {
-    let doc = serde_json::json!({
-        "apiVersion": "v1",
-        "kind": "Secret",
-        "metadata": {
-            "name": secret_name(api_key),
-            "namespace": namespace,
-            "labels": {"app.kubernetes.io/managed-by": "layergate"},
-            "annotations": {"hevlayer.com/apikey": api_key, MINTED_AT_ANNOTATION: minted_at},
-        },
-        "type": "Opaque",
-        "stringData": {"token": token},
-    });
+    let doc = token_secret(namespace, api_key, token, minted_at, None);
     Ok(format!(
         "# Minted by layergate-operator for ApiKey {api_key}. Keep it secret; a lost token is re-minted, never recovered.\n{}",
         serde_yaml::to_string(&doc).context("serializing the Secret")?
@@ -94,6 +119,8 @@ mod tests {
             secret_manifest("layer", "k", "hvl_x", "2026-11-24T00:00:00Z").unwrap_or_default();
         let v: serde_yaml::Value = serde_yaml::from_str(&yaml).unwrap_or_default();
         assert_eq!(v["metadata"]["name"].as_str(), Some("apikey-k"));
+        assert_eq!(v["apiVersion"].as_str(), Some("v1"));
+        assert_eq!(v["kind"].as_str(), Some("Secret"));
         assert_eq!(v["stringData"]["token"].as_str(), Some("hvl_x"));
     }
 }

@@ -13,14 +13,18 @@
 #![forbid(unsafe_code)]
 
 pub mod api;
+pub mod cluster;
 pub mod conditions;
+pub mod controller;
 pub mod crd;
 pub mod envoy;
 pub mod keys;
+pub mod lease;
 pub mod manifests;
 pub mod output;
 pub mod probe;
 pub mod render;
 pub mod schema;
 pub mod source;
+pub mod status;
 pub mod validate;

@@ -25,6 +25,20 @@ const USAGE: &str = "usage: layergate-operator COMMAND
                               0600) and OUT/bootstrap.yaml, which watches them. Environment:
                               LAYERGATE_LISTEN (127.0.0.1:8080), LAYERGATE_ADMIN
                               (127.0.0.1:9901), LAYERGATE_WASM (path of the filter .wasm)
+  run --source kube [--namespace NS]
+                              the controller in a cluster: watches the VectorStores, Indexes,
+                              ApiKeys (and the Secrets they name) of NS (default: the pod's own
+                              namespace, POD_NAMESPACE), mints tokens into Secrets owned by
+                              their ApiKey, writes the rendering into the Secret
+                              LAYERGATE_OUTPUT_SECRET (layergate-gateway-config) and statuses
+                              (server-side apply), with a Lease (LAYERGATE_LEASE,
+                              layergate-operator; identity POD_NAME) so one replica writes.
+                              Gateway settings: LAYERGATE_LISTEN (0.0.0.0:8080),
+                              LAYERGATE_WASM (/etc/layergate/wasm/layergate_filter.wasm),
+                              LAYERGATE_CONTROL_UPSTREAM (HOST:PORT the gateway reaches the
+                              control API at; layergate-operator.NS.svc:9902). Serves the
+                              control API on LAYERGATE_CONTROL (0.0.0.0:9902). JSON logs
+                              (LAYERGATE_LOG=text for plain lines)
   run --source dir:DIR --out OUT
                               directory mode: render DIR into OUT now and again whenever a
                               manifest changes (Envoy hot-reloads OUT); mint tokens for new
@@ -57,12 +71,14 @@ fn run(args: Vec<String>) -> Result<()> {
         ["check-filter-config", file] => check_filter_config(file),
         ["check", "-f", dir] => check(Path::new(dir)),
         ["run", "--source", source, "--out", out] => match source.strip_prefix("dir:") {
-            Some(dir) => run_dir(Path::new(dir), Path::new(out)),
-            None if *source == "kube" => bail!(
-                "--source kube (the in-cluster controller) is not built yet; use --source dir:PATH"
-            ),
-            None => bail!("--source must be dir:PATH or kube"),
+            Some(dir) => {
+                init_logs(false)?;
+                run_dir(Path::new(dir), Path::new(out))
+            }
+            None => bail!("--source must be dir:PATH (with --out) or kube (without)"),
         },
+        ["run", "--source", "kube"] => run_kube(None),
+        ["run", "--source", "kube", "--namespace", ns] => run_kube(Some(ns)),
         ["render", "-f", dir, "-o", out] => render(Path::new(dir), Path::new(out), None),
         ["render", "-f", dir, "-o", out, "--namespace", ns] => {
             render(Path::new(dir), Path::new(out), Some(ns))
@@ -162,14 +178,9 @@ fn run_dir(dir: &Path, out: &Path) -> Result<()> {
         .unwrap_or_else(|_| "127.0.0.1:9902".into())
         .parse()
         .context("LAYERGATE_CONTROL must be IP:PORT")?;
-    let rate = match std::env::var("LAYERGATE_AUTHENTICATE_PER_MINUTE") {
-        Ok(v) => v
-            .parse()
-            .context("LAYERGATE_AUTHENTICATE_PER_MINUTE must be a number")?,
-        Err(_) => api::DEFAULT_AUTHENTICATE_PER_MINUTE,
-    };
+    let rate = authenticate_rate()?;
     let mut settings = settings()?;
-    settings.control = Some(control);
+    settings.control = Some((control.ip().to_string(), control.port()));
     let source = std::sync::Arc::new(source::DirSource::new(
         dir.to_owned(),
         out.to_owned(),
@@ -180,11 +191,132 @@ fn run_dir(dir: &Path, out: &Path) -> Result<()> {
         .name("control-api".into())
         .spawn(move || {
             if let Err(e) = api.serve(control) {
-                eprintln!("layergate-operator: control API stopped: {e:#}");
+                tracing::error!("control API stopped: {e:#}");
                 std::process::exit(1);
             }
         })?;
     source.watch()
+}
+
+/// Logs through `tracing`: JSON lines (kube mode's default) or plain text, at
+/// LAYERGATE_LOG_LEVEL (info).
+fn init_logs(json_default: bool) -> Result<()> {
+    let json = match std::env::var("LAYERGATE_LOG").as_deref() {
+        Ok("json") => true,
+        Ok("text") => false,
+        Ok(other) => bail!("LAYERGATE_LOG must be json or text, not {other:?}"),
+        Err(_) => json_default,
+    };
+    let level: tracing::Level = std::env::var("LAYERGATE_LOG_LEVEL")
+        .unwrap_or_else(|_| "info".into())
+        .parse()
+        .context("LAYERGATE_LOG_LEVEL must be error, warn, info, debug or trace")?;
+    let logs = tracing_subscriber::fmt()
+        .with_max_level(level)
+        .with_writer(std::io::stderr)
+        .with_target(false);
+    if json {
+        logs.json().flatten_event(true).init();
+    } else {
+        logs.init();
+    }
+    Ok(())
+}
+
+fn env_or(var: &str, default: &str) -> String {
+    std::env::var(var).unwrap_or_else(|_| default.to_owned())
+}
+
+fn authenticate_rate() -> Result<u32> {
+    match std::env::var("LAYERGATE_AUTHENTICATE_PER_MINUTE") {
+        Ok(v) => v
+            .parse()
+            .context("LAYERGATE_AUTHENTICATE_PER_MINUTE must be a number"),
+        Err(_) => Ok(api::DEFAULT_AUTHENTICATE_PER_MINUTE),
+    }
+}
+
+/// Kube mode: the controller on a small runtime, the control API on its own thread.
+fn run_kube(namespace: Option<&str>) -> Result<()> {
+    use layergate_operator::{cluster, controller, lease};
+    init_logs(true)?;
+    let control: std::net::SocketAddr = env_or("LAYERGATE_CONTROL", "0.0.0.0:9902")
+        .parse()
+        .context("LAYERGATE_CONTROL must be IP:PORT")?;
+    let rate = authenticate_rate()?;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()?;
+    runtime.block_on(async move {
+        let client = kube::Client::try_default()
+            .await
+            .context("connecting to the Kubernetes API (in-cluster or KUBECONFIG)")?;
+        let ns = namespace
+            .map(str::to_owned)
+            .or_else(|| std::env::var("POD_NAMESPACE").ok())
+            .unwrap_or_else(|| client.default_namespace().to_owned());
+        let upstream = env_or(
+            "LAYERGATE_CONTROL_UPSTREAM",
+            &format!("layergate-operator.{ns}.svc:9902"),
+        );
+        let (host, port) = upstream
+            .rsplit_once(':')
+            .and_then(|(h, p)| Some((h.to_owned(), p.parse::<u16>().ok()?)))
+            .context("LAYERGATE_CONTROL_UPSTREAM must be HOST:PORT")?;
+        let settings = output::Settings {
+            listen: env_or("LAYERGATE_LISTEN", "0.0.0.0:8080")
+                .parse()
+                .context("LAYERGATE_LISTEN must be IP:PORT")?,
+            admin: "127.0.0.1:9901".parse()?,
+            wasm_path: env_or(
+                "LAYERGATE_WASM",
+                "/etc/layergate/wasm/layergate_filter.wasm",
+            ),
+            control: Some((host, port)),
+        };
+        let out = env_or("LAYERGATE_OUTPUT_SECRET", cluster::DEFAULT_OUTPUT_SECRET);
+        let source =
+            std::sync::Arc::new(cluster::Cluster::new(client.clone(), &ns, settings, &out));
+        let identity = std::env::var("POD_NAME")
+            .unwrap_or_else(|_| format!("layergate-operator-{:08x}", std::process::id()));
+        let lock = lease::LeaseLock::new(
+            client,
+            &ns,
+            &env_or("LAYERGATE_LEASE", lease::DEFAULT_LEASE),
+            &identity,
+            lease::LEASE_DURATION,
+        );
+        tracing::info!(namespace = %ns, %identity, output = %out, "starting");
+        let api = std::sync::Arc::new(api::Api::new(source.clone(), rate));
+        std::thread::Builder::new()
+            .name("control-api".into())
+            .spawn(move || {
+                if let Err(e) = api.serve(control) {
+                    tracing::error!("control API stopped: {e:#}");
+                    std::process::exit(1);
+                }
+            })?;
+        controller::run(source, lock, shutdown_signal()).await
+    })
+}
+
+/// Completes on SIGTERM (what Kubernetes sends) or Ctrl-C.
+async fn shutdown_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    let term = async {
+        match signal(SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending().await,
+        }
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        () = term => {}
+    }
+    tracing::info!("shutting down");
 }
 
 /// Gateway settings from the environment (see the usage text).

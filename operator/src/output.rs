@@ -22,9 +22,10 @@ pub struct Settings {
     pub admin: SocketAddr,
     /// The filter `.wasm` as Envoy sees it.
     pub wasm_path: String,
-    /// The operator's control API, when it serves one: the gateway routes `/v2/keys…` and
-    /// `/v2/vectorstores…` there (cluster `layergate_control`).
-    pub control: Option<SocketAddr>,
+    /// The operator's control API (host, port), when it serves one: the gateway routes
+    /// `/v2/keys…` and `/v2/vectorstores…` there (cluster `layergate_control`). An IP address
+    /// or a DNS name (in a cluster, the operator's Service).
+    pub control: Option<(String, u16)>,
 }
 
 /// Cluster name of the operator's control API.
@@ -62,20 +63,32 @@ pub fn namespace(objects: &Objects, asked: Option<&str>) -> Result<String> {
 /// The files a rendering consists of, in the order they are replaced.
 pub const FILES: [&str; 4] = ["layergate.json", "cds.yaml", "lds.yaml", "bootstrap.yaml"];
 
-/// Renders and writes [`FILES`] into `out`; returns the filter configuration written.
-/// Nothing is written when the rendering is refused.
-pub fn write(v: &Validation, out: &Path, settings: &Settings) -> Result<FilterConfig> {
+/// A rendering in memory: the filter configuration and the gateway's files.
+#[derive(Debug, Clone)]
+pub struct Rendering {
+    /// The filter configuration (also inside the listener).
+    pub config: FilterConfig,
+    /// `layergate.json`, `cds.yaml`, `lds.yaml`, in the order they must be replaced.
+    pub files: Vec<(&'static str, String)>,
+}
+
+/// Renders the filter configuration, CDS and LDS for a validation. Fails (and nothing may be
+/// published) when the filter would refuse the configuration.
+pub fn render(v: &Validation, settings: &Settings) -> Result<Rendering> {
     let options = RenderOptions {
-        control_cluster: settings.control.map(|_| CONTROL_CLUSTER.to_owned()),
+        control_cluster: settings
+            .control
+            .as_ref()
+            .map(|_| CONTROL_CLUSTER.to_owned()),
         app_cluster: None,
     };
     let config = render::filter_config(v, &options)?;
     let mut clusters = envoy::clusters_for(v);
-    if let Some(addr) = settings.control {
+    if let Some((host, port)) = &settings.control {
         clusters.push(envoy::Cluster {
             name: CONTROL_CLUSTER.into(),
-            address: addr.ip().to_string(),
-            port: addr.port(),
+            address: host.clone(),
+            port: *port,
             hostname: "layergate-control".into(),
             tls: false,
         });
@@ -87,20 +100,27 @@ pub fn write(v: &Validation, out: &Path, settings: &Settings) -> Result<FilterCo
         vm_env: Vec::new(),
         buffer_limit_bytes: envoy::DEFAULT_BUFFER_LIMIT_BYTES,
     };
-    std::fs::create_dir_all(out).with_context(|| format!("creating {}", out.display()))?;
-    let out = out.canonicalize()?;
-    let files = [
+    let files = vec![
         (
             "layergate.json",
             serde_json::to_string_pretty(&config)? + "\n",
         ),
         ("cds.yaml", envoy::cds(&clusters)),
         ("lds.yaml", envoy::lds(&listener)),
-        (
-            "bootstrap.yaml",
-            envoy::dynamic_bootstrap(settings.admin, &out),
-        ),
     ];
+    Ok(Rendering { config, files })
+}
+
+/// Renders and writes [`FILES`] into `out`; returns the filter configuration written.
+/// Nothing is written when the rendering is refused.
+pub fn write(v: &Validation, out: &Path, settings: &Settings) -> Result<FilterConfig> {
+    let Rendering { config, mut files } = render(v, settings)?;
+    std::fs::create_dir_all(out).with_context(|| format!("creating {}", out.display()))?;
+    let out = out.canonicalize()?;
+    files.push((
+        "bootstrap.yaml",
+        envoy::dynamic_bootstrap(settings.admin, &out),
+    ));
     for (name, text) in files {
         write_private(&out.join(name), &text)?;
     }

@@ -73,10 +73,7 @@ pub fn mint_missing(dir: &Path, objects: &Objects, namespace: &str) -> Result<us
             keys::secret_manifest(ns, &name, &keys::mint_token()?, &minted_at)?,
         )
         .with_context(|| format!("writing {}", file.display()))?;
-        eprintln!(
-            "layergate-operator: minted a token for ApiKey {ns}/{name} into {}",
-            file.display()
-        );
+        tracing::info!(apikey = %format!("{ns}/{name}"), file = %file.display(), "minted a token");
         minted += 1;
     }
     Ok(minted)
@@ -138,9 +135,13 @@ pub fn reconcile(
             continue;
         }
         for c in conditions {
-            eprintln!(
-                "layergate-operator: {kind}/{name}: {}={} {}: {}",
-                c.type_, c.status, c.reason, c.message
+            tracing::info!(
+                object = %format!("{kind}/{name}"),
+                condition = %c.type_,
+                status = %c.status,
+                reason = %c.reason,
+                "{}",
+                c.message
             );
         }
     }
@@ -156,6 +157,118 @@ pub fn reconcile(
     })
 }
 
+/// What every source keeps while it runs, for the control API and `/metrics`: the last good
+/// pass, the latest probe results and counters.
+#[derive(Default)]
+pub struct State {
+    last: Mutex<Option<Pass>>,
+    probes: Mutex<BTreeMap<String, ProbeResult>>,
+    /// Successful passes.
+    pub renders: AtomicU64,
+    /// Failed passes (the last good rendering stayed).
+    pub render_errors: AtomicU64,
+    /// Time spent in successful passes, microseconds.
+    pub render_micros: AtomicU64,
+    /// Probe rounds made (every valid store, at most 4 at once).
+    pub probe_rounds: AtomicU64,
+    /// Time the probe rounds took, microseconds.
+    pub probe_micros: AtomicU64,
+    /// Status writes made (kube mode).
+    pub status_writes: AtomicU64,
+    /// Calls to the Kubernetes API that failed (kube mode).
+    pub api_errors: AtomicU64,
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+impl State {
+    /// The last good pass, if any.
+    pub fn last(&self) -> Option<Pass> {
+        lock(&self.last).clone()
+    }
+
+    /// Runs `pass` with the previous validation, serialized with every other pass; keeps the
+    /// result when it succeeds and counts it either way.
+    pub fn run_pass(&self, pass: impl FnOnce(Option<&Validation>) -> Result<Pass>) -> Result<()> {
+        let mut last = lock(&self.last);
+        let started = Instant::now();
+        let result = pass(last.as_ref().map(|p| &p.validation));
+        self.count(result.as_ref().map(|_| ()), started);
+        *last = Some(result?);
+        Ok(())
+    }
+
+    /// Keeps a pass made elsewhere (kube mode serializes its own passes) and counts it; a
+    /// failed pass leaves the last good one in place.
+    pub fn finish(&self, result: Result<Pass>, started: Instant) -> Result<()> {
+        self.count(result.as_ref().map(|_| ()), started);
+        *lock(&self.last) = Some(result?);
+        Ok(())
+    }
+
+    fn count(&self, result: Result<(), &anyhow::Error>, started: Instant) {
+        if result.is_ok() {
+            self.renders.fetch_add(1, Ordering::Relaxed);
+            self.render_micros
+                .fetch_add(started.elapsed().as_micros() as u64, Ordering::Relaxed);
+        } else {
+            self.render_errors.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    /// The latest probe result per store.
+    pub fn probes(&self) -> BTreeMap<String, ProbeResult> {
+        lock(&self.probes).clone()
+    }
+
+    /// Replaces the probe results.
+    pub fn set_probes(&self, results: Vec<(String, ProbeResult)>, took: Duration) {
+        self.probe_rounds.fetch_add(1, Ordering::Relaxed);
+        self.probe_micros
+            .fetch_add(took.as_micros() as u64, Ordering::Relaxed);
+        let mut probes = lock(&self.probes);
+        probes.clear();
+        probes.extend(results);
+    }
+
+    /// Stores to probe: the valid ones of the last pass.
+    pub fn stores(&self) -> Vec<validate::ValidStore> {
+        self.last()
+            .map(|p| {
+                p.validation
+                    .stores
+                    .iter()
+                    .filter_map(|s| s.valid.clone())
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+}
+
+/// What the control API needs from a running operator, whichever source feeds it: the state,
+/// a way to run a pass now, and the three changes the API makes to ApiKeys. Directory mode
+/// edits manifest files; kube mode writes objects.
+pub trait Source: Send + Sync {
+    /// The shared state.
+    fn state(&self) -> &State;
+    /// Runs one pass now.
+    fn refresh(&self) -> Result<()>;
+    /// Writes a new ApiKey (`manifest`, a complete object) and the Secret with its token.
+    fn create_key(
+        &self,
+        namespace: &str,
+        name: &str,
+        manifest: &serde_json::Value,
+        token: &str,
+    ) -> Result<()>;
+    /// Sets `spec.revoked` (and the revoked-at annotation) on an ApiKey.
+    fn revoke_key(&self, pass: &Pass, name: &str) -> Result<()>;
+    /// Deletes an ApiKey and its token Secret.
+    fn delete_key(&self, pass: &Pass, name: &str) -> Result<()>;
+}
+
 /// A directory of manifests rendered into an output directory, with the last good pass kept
 /// for the control API.
 pub struct DirSource {
@@ -165,12 +278,8 @@ pub struct DirSource {
     pub out: PathBuf,
     /// Gateway settings.
     pub settings: Settings,
-    last: Mutex<Option<Pass>>,
-    /// Successful passes.
-    pub renders: AtomicU64,
-    /// Failed passes.
-    pub render_errors: AtomicU64,
-    probes: Mutex<BTreeMap<String, ProbeResult>>,
+    /// Last pass, probes, counters.
+    pub state: State,
 }
 
 /// How often stores are probed (plus up to [`PROBE_JITTER`], so replicas and stores spread out).
@@ -191,82 +300,50 @@ impl DirSource {
             dir,
             out,
             settings,
-            last: Mutex::new(None),
-            renders: AtomicU64::new(0),
-            render_errors: AtomicU64::new(0),
-            probes: Mutex::new(BTreeMap::new()),
+            state: State::default(),
         }
     }
 
     /// Runs one pass now (serialized with every other pass); the last good pass is kept when
     /// this one fails.
     pub fn refresh(&self) -> Result<()> {
-        let mut last = self
-            .last
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
-        let previous = last.as_ref().map(|p| &p.validation);
-        match reconcile(&self.dir, &self.out, &self.settings, previous) {
-            Ok(pass) => {
-                *last = Some(pass);
-                self.renders.fetch_add(1, Ordering::Relaxed);
-                eprintln!(
-                    "layergate-operator: rendered {} into {}",
-                    self.dir.display(),
-                    self.out.display()
-                );
-                Ok(())
-            }
-            Err(e) => {
-                self.render_errors.fetch_add(1, Ordering::Relaxed);
-                Err(e)
-            }
-        }
+        self.state
+            .run_pass(|previous| reconcile(&self.dir, &self.out, &self.settings, previous))?;
+        tracing::info!(dir = %self.dir.display(), out = %self.out.display(), "rendered");
+        Ok(())
     }
 
     /// The last good pass, if any.
     pub fn last(&self) -> Option<Pass> {
-        self.last
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .clone()
+        self.state.last()
     }
 
     /// Probes every rendered store now (status only: a store that does not answer stays in
     /// the rendering, so the gateway recovers by itself when the store does).
     pub fn probe_now(&self) -> Result<()> {
-        let stores: Vec<_> = self
-            .last()
-            .map(|p| {
-                p.validation
-                    .stores
-                    .iter()
-                    .filter_map(|s| s.valid.clone())
-                    .collect()
-            })
-            .unwrap_or_default();
+        let stores = self.state.stores();
         let runtime = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()?;
+        let started = Instant::now();
         let results = runtime.block_on(probe::probe_all(&stores, probe::DEFAULT_TIMEOUT));
-        let mut probes = self
-            .probes
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
-        probes.clear();
-        for (name, result) in results {
-            eprintln!("layergate-operator: vectorstore/{name}: probe: {result:?}");
-            probes.insert(name, result);
+        for (name, result) in &results {
+            tracing::info!(vectorstore = %name, probe = ?result, "probed");
         }
+        self.state.set_probes(results, started.elapsed());
         Ok(())
     }
 
     /// The latest probe result per store.
     pub fn probes(&self) -> BTreeMap<String, ProbeResult> {
-        self.probes
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .clone()
+        self.state.probes()
+    }
+
+    fn key_file(pass: &Pass, name: &str) -> Option<PathBuf> {
+        pass.objects
+            .key_files
+            .get(&(pass.namespace.clone(), name.to_owned()))
+            .map(PathBuf::from)
     }
 
     /// Polls the directory until the process stops, refreshing on every change and probing
@@ -278,7 +355,7 @@ impl DirSource {
             let current = fingerprint(&self.dir)?;
             if seen.as_ref() != Some(&current) {
                 if let Err(e) = self.refresh() {
-                    eprintln!("layergate-operator: error: {e:#}");
+                    tracing::error!("{e:#}");
                 }
                 // Minting writes files: fingerprint after the pass so they do not trigger another.
                 seen = Some(fingerprint(&self.dir)?);
@@ -286,11 +363,109 @@ impl DirSource {
             }
             if Instant::now() >= next_probe {
                 if let Err(e) = self.probe_now() {
-                    eprintln!("layergate-operator: probe error: {e:#}");
+                    tracing::error!("probe: {e:#}");
                 }
                 next_probe = Instant::now() + PROBE_INTERVAL + jitter();
             }
             std::thread::sleep(POLL_INTERVAL);
         }
     }
+}
+
+impl Source for DirSource {
+    fn state(&self) -> &State {
+        &self.state
+    }
+
+    fn refresh(&self) -> Result<()> {
+        DirSource::refresh(self)
+    }
+
+    fn create_key(
+        &self,
+        namespace: &str,
+        name: &str,
+        manifest: &serde_json::Value,
+        token: &str,
+    ) -> Result<()> {
+        let minted_at = validate::rfc3339(now());
+        std::fs::write(
+            self.dir.join(format!("{}.yaml", keys::secret_name(name))),
+            keys::secret_manifest(namespace, name, token, &minted_at)?,
+        )?;
+        std::fs::write(
+            self.dir.join(format!("{name}.apikey.yaml")),
+            serde_yaml::to_string(manifest)?,
+        )?;
+        Ok(())
+    }
+
+    fn revoke_key(&self, pass: &Pass, name: &str) -> Result<()> {
+        let file = Self::key_file(pass, name)
+            .with_context(|| format!("no manifest file for API key {name:?}"))?;
+        rewrite_key_document(&file, name, KeyEdit::Revoke)
+    }
+
+    fn delete_key(&self, pass: &Pass, name: &str) -> Result<()> {
+        let file = Self::key_file(pass, name)
+            .unwrap_or_else(|| self.dir.join(format!("{name}.apikey.yaml")));
+        if file.exists() {
+            rewrite_key_document(&file, name, KeyEdit::Delete)?;
+        }
+        let secret = self.dir.join(format!("{}.yaml", keys::secret_name(name)));
+        if secret.exists() {
+            std::fs::remove_file(secret)?;
+        }
+        Ok(())
+    }
+}
+
+/// Annotation recording when a key was revoked through the API.
+pub const REVOKED_AT_ANNOTATION: &str = "hevlayer.com/revoked-at";
+
+enum KeyEdit {
+    Revoke,
+    Delete,
+}
+
+/// Revokes or removes one ApiKey document in a manifest file (other documents stay; comments
+/// in the file are lost).
+fn rewrite_key_document(file: &Path, name: &str, edit: KeyEdit) -> Result<()> {
+    let text = std::fs::read_to_string(file)?;
+    let mut docs: Vec<String> = Vec::new();
+    for doc in text.split("\n---\n") {
+        let parsed: Option<serde_yaml::Value> = serde_yaml::from_str(doc).ok();
+        let is_it = parsed.as_ref().is_some_and(|v| {
+            v["kind"].as_str() == Some("ApiKey") && v["metadata"]["name"].as_str() == Some(name)
+        });
+        match (is_it, &edit, parsed) {
+            (true, KeyEdit::Delete, _) => {}
+            (true, KeyEdit::Revoke, Some(mut v)) => {
+                v["spec"]["revoked"] = serde_yaml::Value::Bool(true);
+                if let serde_yaml::Value::Mapping(meta) = &mut v["metadata"] {
+                    let annotations = meta
+                        .entry("annotations".into())
+                        .or_insert_with(|| serde_yaml::Value::Mapping(Default::default()));
+                    annotations[REVOKED_AT_ANNOTATION] =
+                        serde_yaml::Value::String(validate::rfc3339(now()));
+                }
+                docs.push(serde_yaml::to_string(&v)?);
+            }
+            _ => docs.push(doc.to_owned()),
+        }
+    }
+    let kept: Vec<&String> = docs.iter().filter(|d| !d.trim().is_empty()).collect();
+    if kept.is_empty() {
+        std::fs::remove_file(file)?;
+    } else {
+        std::fs::write(
+            file,
+            kept.iter()
+                .map(|d| d.trim_end().to_owned())
+                .collect::<Vec<_>>()
+                .join("\n---\n")
+                + "\n",
+        )?;
+    }
+    Ok(())
 }

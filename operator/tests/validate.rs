@@ -301,7 +301,7 @@ fn envoy_outputs_match_the_goldens() {
         listen: "127.0.0.1:8080".parse().unwrap(),
         admin: "127.0.0.1:9901".parse().unwrap(),
         wasm_path: "target/wasm32-wasip1/wasm/layergate_filter.wasm".into(),
-        control: Some("127.0.0.1:9902".parse().unwrap()),
+        control: Some(("127.0.0.1".to_owned(), 9902)),
     };
     let out = std::env::temp_dir().join(format!("layergate-golden-{}", std::process::id()));
     output::write(&v, &out, &settings).unwrap();

@@ -98,7 +98,7 @@ pub fn test_settings(control: Option<SocketAddr>) -> Result<layergate_operator::
         listen: any,
         admin: any,
         wasm_path: crate::paths::wasm_path()?.to_string_lossy().into_owned(),
-        control,
+        control: control.map(|a| (a.ip().to_string(), a.port())),
     })
 }
 
@@ -152,7 +152,10 @@ impl Demo {
             listen: LISTEN.parse()?,
             admin: ADMIN.parse()?,
             wasm_path: wasm.to_string_lossy().into_owned(),
-            control: Some(CONTROL.parse()?),
+            control: Some((
+                "127.0.0.1".to_owned(),
+                CONTROL.parse::<SocketAddr>()?.port(),
+            )),
         };
         let source = std::sync::Arc::new(layergate_operator::source::DirSource::new(
             manifests, out, settings,

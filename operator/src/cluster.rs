@@ -1,0 +1,698 @@
+//! Kube mode (`run --source kube`): the same pass as directory mode (validate, keep last valid
+//! forms, render, refuse what the filter would refuse), fed by the Kubernetes API. This module
+//! is the only one that talks to Kubernetes, and it stays thin: it reads objects, writes the
+//! outputs and statuses, and leaves every decision to the pure modules.
+//!
+//! What a pass writes, and only when it is the leader ([`crate::lease`]):
+//! - minted tokens, in Secrets `apikey-<name>` owned by their ApiKey (deleted with it);
+//! - the rendering (`cds.yaml`, `lds.yaml`, `layergate.json`) in one Secret the gateway
+//!   mounts, server-side applied, and only when its data changed;
+//! - each object's `status`, server-side applied under one field manager, only when it changed;
+//! - a Warning Event for each object whose `Ready` turned False for a reason the user must fix.
+//!
+//! A replica that is not the leader runs the same pass without writing, so its control API
+//! answers from the same view.
+
+use crate::conditions::{reason, READY};
+use crate::crd::{ApiKey, Index, VectorStore};
+use crate::keys;
+use crate::manifests::Objects;
+use crate::output::{self, Settings};
+use crate::probe::{self, ProbeResult};
+use crate::source::{Pass, Source, State};
+use crate::status;
+use crate::validate::{self, Validation};
+use anyhow::{Context, Result};
+use k8s_openapi::api::core::v1::{Event, EventSource, ObjectReference, Secret};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, ObjectMeta, OwnerReference, Time};
+use k8s_openapi::ByteString;
+use kube::api::{ListParams, Patch, PatchParams, PostParams};
+use kube::{Api, Client, Resource, ResourceExt};
+use layergate_filter::policy::Policy;
+use serde::Serialize;
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+/// The field manager of every write the operator makes.
+pub const FIELD_MANAGER: &str = "layergate-operator";
+
+/// Default name of the Secret holding the rendering (what the gateway Deployment mounts).
+pub const DEFAULT_OUTPUT_SECRET: &str = "layergate-gateway-config";
+
+/// Label on every object the operator creates.
+pub const MANAGED_BY: (&str, &str) = ("app.kubernetes.io/managed-by", "layergate");
+
+/// Which step of a pass failed: each is backed off on its own, so a failing status write
+/// does not delay minting or publishing.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Step {
+    /// Listing the CRs or reading Secrets.
+    Read,
+    /// Creating token Secrets.
+    Mint,
+    /// Validating and rendering (a configuration the filter would refuse).
+    Render,
+    /// Writing the rendering Secret.
+    Publish,
+    /// Writing statuses and Events.
+    Status,
+}
+
+/// A failed step.
+#[derive(Debug)]
+pub struct StepError {
+    /// Which step.
+    pub step: Step,
+    /// Why.
+    pub error: anyhow::Error,
+}
+
+impl std::fmt::Display for StepError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{:?}: {:#}", self.step, self.error)
+    }
+}
+
+impl std::error::Error for StepError {}
+
+trait AtStep<T> {
+    fn at(self, step: Step) -> Result<T, StepError>;
+}
+
+impl<T, E: Into<anyhow::Error>> AtStep<T> for Result<T, E> {
+    fn at(self, step: Step) -> Result<T, StepError> {
+        self.map_err(|e| StepError {
+            step,
+            error: e.into(),
+        })
+    }
+}
+
+/// What one pass wrote.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct Writes {
+    /// Token Secrets created.
+    pub minted: usize,
+    /// True when the rendering Secret changed.
+    pub published: bool,
+    /// Statuses written.
+    pub statuses: usize,
+    /// Events recorded.
+    pub events: usize,
+}
+
+/// One watched namespace in a cluster.
+pub struct Cluster {
+    /// The API client.
+    pub client: Client,
+    /// The namespace watched and rendered.
+    pub namespace: String,
+    /// Gateway settings (listener, wasm path, control API address).
+    pub settings: Settings,
+    /// The Secret the rendering goes to.
+    pub output_secret: String,
+    /// Last pass, probes, counters.
+    pub state: State,
+    /// Serializes passes (the controller loop and the control API both start them).
+    pass_lock: tokio::sync::Mutex<()>,
+    /// True while this replica holds the lease.
+    leader: std::sync::atomic::AtomicBool,
+    /// The runtime the client lives on, for the control API's blocking calls.
+    runtime: tokio::runtime::Handle,
+}
+
+fn now() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs() as i64)
+}
+
+fn time(secs: i64) -> Time {
+    Time(
+        k8s_openapi::jiff::Timestamp::from_second(secs)
+            .unwrap_or(k8s_openapi::jiff::Timestamp::UNIX_EPOCH),
+    )
+}
+
+/// The Secrets a namespace's objects reference: store credentials, inbound keys and ApiKey
+/// tokens (minted or pre-provisioned). Only these are read.
+pub fn referenced_secrets(objects: &Objects) -> BTreeSet<String> {
+    let mut names = BTreeSet::new();
+    for s in &objects.stores {
+        names.insert(s.spec.credential.secret_ref.name.clone());
+        for k in s.spec.inbound_auth.iter().flat_map(|a| &a.keys) {
+            names.insert(k.secret_ref.name.clone());
+        }
+    }
+    for k in &objects.keys {
+        names.insert(
+            k.spec
+                .token_secret_ref
+                .as_ref()
+                .map_or_else(|| keys::secret_name(&k.name_any()), |r| r.name.clone()),
+        );
+    }
+    names
+}
+
+/// The owner reference that makes Kubernetes delete a token Secret with its ApiKey.
+pub fn owner(key: &ApiKey) -> Option<OwnerReference> {
+    let mut o = key.controller_owner_ref(&())?;
+    o.block_owner_deletion = Some(true);
+    Some(o)
+}
+
+/// True when a Ready condition asks the user to act (worth an Event).
+fn needs_attention(c: &Condition) -> bool {
+    c.type_ == READY
+        && c.status == "False"
+        && ![reason::NOT_MINTED, reason::REVOKED, reason::EXPIRED].contains(&c.reason.as_str())
+}
+
+impl Cluster {
+    /// A cluster source for one namespace; call from inside the runtime the client uses.
+    pub fn new(
+        client: Client,
+        namespace: &str,
+        settings: Settings,
+        output_secret: &str,
+    ) -> Cluster {
+        Cluster {
+            client,
+            namespace: namespace.to_owned(),
+            settings,
+            output_secret: output_secret.to_owned(),
+            state: State::default(),
+            pass_lock: tokio::sync::Mutex::new(()),
+            leader: std::sync::atomic::AtomicBool::new(false),
+            runtime: tokio::runtime::Handle::current(),
+        }
+    }
+
+    /// Whether passes write (this replica leads).
+    pub fn set_leader(&self, leader: bool) {
+        self.leader.store(leader, Ordering::SeqCst);
+    }
+
+    /// True while this replica leads.
+    pub fn is_leader(&self) -> bool {
+        self.leader.load(Ordering::SeqCst)
+    }
+
+    fn api<K: Resource<Scope = k8s_openapi::NamespaceResourceScope>>(&self) -> Api<K>
+    where
+        K::DynamicType: Default,
+    {
+        Api::namespaced(self.client.clone(), &self.namespace)
+    }
+
+    /// Reads the namespace: every VectorStore, Index and ApiKey, and the Secrets they name.
+    pub async fn read(&self) -> Result<Objects> {
+        let lp = ListParams::default();
+        let mut objects = Objects {
+            stores: self
+                .api::<VectorStore>()
+                .list(&lp)
+                .await
+                .context("listing VectorStores")?
+                .items,
+            indexes: self
+                .api::<Index>()
+                .list(&lp)
+                .await
+                .context("listing Indexes")?
+                .items,
+            keys: self
+                .api::<ApiKey>()
+                .list(&lp)
+                .await
+                .context("listing ApiKeys")?
+                .items,
+            ..Objects::default()
+        };
+        let secrets = self.api::<Secret>();
+        for name in referenced_secrets(&objects) {
+            let Some(secret) = secrets
+                .get_opt(&name)
+                .await
+                .with_context(|| format!("reading Secret {name}"))?
+            else {
+                continue;
+            };
+            let mut data: BTreeMap<String, String> = BTreeMap::new();
+            for (k, v) in secret.data.unwrap_or_default() {
+                data.insert(k, String::from_utf8_lossy(&v.0).into_owned());
+            }
+            // stringData is write-only on a real API server; stand-ins may keep it.
+            data.extend(secret.string_data.unwrap_or_default());
+            let minted = secret
+                .metadata
+                .annotations
+                .as_ref()
+                .and_then(|a| a.get(keys::MINTED_AT_ANNOTATION))
+                .and_then(|t| t.parse::<k8s_openapi::jiff::Timestamp>().ok());
+            let id = (self.namespace.clone(), name);
+            if let Some(t) = minted {
+                objects.minted_at.insert(id.clone(), t.as_second());
+            }
+            objects.secrets.insert(id, data);
+        }
+        Ok(objects)
+    }
+
+    /// Mints a token for every ApiKey without one (not revoked, no pre-provisioned Secret).
+    /// A Secret another replica created first is left as it is.
+    pub async fn mint_missing(&self, objects: &Objects) -> Result<usize> {
+        let secrets = self.api::<Secret>();
+        let mut minted = 0;
+        for k in &objects.keys {
+            let name = k.name_any();
+            let secret = keys::secret_name(&name);
+            if k.spec.revoked == Some(true)
+                || k.spec.token_secret_ref.is_some()
+                || objects
+                    .secrets
+                    .contains_key(&(self.namespace.clone(), secret.clone()))
+            {
+                continue;
+            }
+            let token = keys::mint_token()?;
+            let mut s = keys::token_secret(
+                &self.namespace,
+                &name,
+                &token,
+                &validate::rfc3339(now()),
+                owner(k),
+            );
+            // Deliver the token in `data`: what an API server stores either way.
+            s.data = s.string_data.take().map(|d| {
+                d.into_iter()
+                    .map(|(k, v)| (k, ByteString(v.into_bytes())))
+                    .collect()
+            });
+            match secrets
+                .create(
+                    &PostParams {
+                        field_manager: Some(FIELD_MANAGER.into()),
+                        ..PostParams::default()
+                    },
+                    &s,
+                )
+                .await
+            {
+                Ok(_) => {
+                    tracing::info!(apikey = %name, secret = %secret, "minted a token");
+                    minted += 1;
+                }
+                Err(kube::Error::Api(e)) if e.is_already_exists() => {}
+                Err(e) => return Err(e).with_context(|| format!("creating Secret {secret}")),
+            }
+        }
+        Ok(minted)
+    }
+
+    /// Writes the rendering into the output Secret when its data differs; true if written.
+    pub async fn publish(&self, files: &[(&'static str, String)]) -> Result<bool> {
+        let secrets = self.api::<Secret>();
+        let data: BTreeMap<String, ByteString> = files
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), ByteString(v.clone().into_bytes())))
+            .collect();
+        let current = secrets
+            .get_opt(&self.output_secret)
+            .await
+            .context("reading the output Secret")?;
+        if current.as_ref().and_then(|s| s.data.as_ref()) == Some(&data) {
+            return Ok(false);
+        }
+        let secret = Secret {
+            metadata: ObjectMeta {
+                name: Some(self.output_secret.clone()),
+                namespace: Some(self.namespace.clone()),
+                labels: Some(BTreeMap::from([(
+                    MANAGED_BY.0.to_owned(),
+                    MANAGED_BY.1.to_owned(),
+                )])),
+                ..ObjectMeta::default()
+            },
+            type_: Some("Opaque".into()),
+            data: Some(data),
+            ..Secret::default()
+        };
+        secrets
+            .patch(
+                &self.output_secret,
+                &PatchParams::apply(FIELD_MANAGER).force(),
+                &Patch::Apply(&secret),
+            )
+            .await
+            .context("writing the output Secret")?;
+        Ok(true)
+    }
+
+    async fn apply_status<K, S>(&self, obj: &K, new: &S, old: Option<&S>) -> Result<bool>
+    where
+        K: Resource<Scope = k8s_openapi::NamespaceResourceScope, DynamicType = ()>
+            + Clone
+            + serde::de::DeserializeOwned
+            + std::fmt::Debug,
+        S: Serialize + PartialEq,
+    {
+        if old == Some(new) {
+            return Ok(false);
+        }
+        let patch = serde_json::json!({
+            "apiVersion": K::api_version(&()),
+            "kind": K::kind(&()),
+            "status": new,
+        });
+        let name = obj.name_any();
+        self.api::<K>()
+            .patch_status(
+                &name,
+                &PatchParams::apply(FIELD_MANAGER).force(),
+                &Patch::Apply(&patch),
+            )
+            .await
+            .with_context(|| format!("writing the status of {} {name}", K::kind(&())))?;
+        self.state.status_writes.fetch_add(1, Ordering::Relaxed);
+        Ok(true)
+    }
+
+    /// Writes every status that changed; records an Event when an object's `Ready` turns to a
+    /// reason the user must fix. Returns (statuses written, events recorded).
+    pub async fn write_statuses(
+        &self,
+        pass: &Pass,
+        probes: &BTreeMap<String, ProbeResult>,
+    ) -> Result<(usize, usize)> {
+        let at = now();
+        let (mut written, mut events) = (0, 0);
+        for o in &pass.objects.stores {
+            let new = status::store(pass, probes.get(&o.name_any()), o, at);
+            if self.apply_status(o, &new, o.status.as_ref()).await? {
+                written += 1;
+                events += self
+                    .event_if_new(
+                        o,
+                        &new.conditions,
+                        o.status.as_ref().map(|s| &s.conditions[..]),
+                    )
+                    .await?;
+            }
+        }
+        for o in &pass.objects.indexes {
+            let new = status::index(pass, o);
+            if self.apply_status(o, &new, o.status.as_ref()).await? {
+                written += 1;
+                events += self
+                    .event_if_new(
+                        o,
+                        &new.conditions,
+                        o.status.as_ref().map(|s| &s.conditions[..]),
+                    )
+                    .await?;
+            }
+        }
+        for o in &pass.objects.keys {
+            let new = status::key(pass, o, at);
+            if self.apply_status(o, &new, o.status.as_ref()).await? {
+                written += 1;
+                events += self
+                    .event_if_new(
+                        o,
+                        &new.conditions,
+                        o.status.as_ref().map(|s| &s.conditions[..]),
+                    )
+                    .await?;
+            }
+        }
+        Ok((written, events))
+    }
+
+    /// Records a Warning Event for a `Ready` condition that needs attention and is new (a
+    /// different reason or message than before).
+    async fn event_if_new<K>(
+        &self,
+        obj: &K,
+        new: &[Condition],
+        old: Option<&[Condition]>,
+    ) -> Result<usize>
+    where
+        K: Resource<DynamicType = ()>,
+    {
+        let Some(c) = new.iter().find(|c| needs_attention(c)) else {
+            return Ok(0);
+        };
+        let seen = old
+            .unwrap_or_default()
+            .iter()
+            .any(|o| o.type_ == c.type_ && o.reason == c.reason && o.message == c.message);
+        if seen {
+            return Ok(0);
+        }
+        let at = now();
+        let name = obj.meta().name.clone().unwrap_or_default();
+        let event = Event {
+            metadata: ObjectMeta {
+                name: Some(format!("{name}.{:x}{:04x}", at, rand_u16())),
+                namespace: Some(self.namespace.clone()),
+                ..ObjectMeta::default()
+            },
+            involved_object: ObjectReference {
+                api_version: Some(K::api_version(&()).into_owned()),
+                kind: Some(K::kind(&()).into_owned()),
+                name: Some(name),
+                namespace: Some(self.namespace.clone()),
+                uid: obj.meta().uid.clone(),
+                ..ObjectReference::default()
+            },
+            reason: Some(c.reason.clone()),
+            message: Some(c.message.clone()),
+            type_: Some("Warning".into()),
+            source: Some(EventSource {
+                component: Some(FIELD_MANAGER.into()),
+                host: None,
+            }),
+            reporting_component: Some(FIELD_MANAGER.into()),
+            first_timestamp: Some(time(at)),
+            last_timestamp: Some(time(at)),
+            count: Some(1),
+            ..Event::default()
+        };
+        Api::<Event>::namespaced(self.client.clone(), &self.namespace)
+            .create(&PostParams::default(), &event)
+            .await
+            .context("recording an Event")?;
+        Ok(1)
+    }
+
+    /// One pass: read, mint (leader), validate keeping last valid forms, render, publish
+    /// (leader), write statuses (leader). Nothing is published when the rendering fails, and
+    /// the last good pass stays in [`State`].
+    pub async fn pass(&self) -> Result<Writes, StepError> {
+        let _serial = self.pass_lock.lock().await;
+        let started = Instant::now();
+        match self.pass_inner().await {
+            Ok((pass, writes)) => {
+                self.state.finish(Ok(pass), started).at(Step::Read)?;
+                Ok(writes)
+            }
+            Err(e) => {
+                if e.step != Step::Render {
+                    self.state.api_errors.fetch_add(1, Ordering::Relaxed);
+                }
+                let _ = self.state.finish(Err(anyhow::anyhow!("{e}")), started);
+                Err(e)
+            }
+        }
+    }
+
+    async fn pass_inner(&self) -> Result<(Pass, Writes), StepError> {
+        let leader = self.is_leader();
+        let mut writes = Writes::default();
+        let mut objects = self.read().await.at(Step::Read)?;
+        if leader {
+            writes.minted = self.mint_missing(&objects).await.at(Step::Mint)?;
+            if writes.minted > 0 {
+                objects = self.read().await.at(Step::Read)?;
+            }
+        }
+        let previous = self.state.last().map(|p| p.validation);
+        let (pass, rendering) = self.render(objects, previous.as_ref()).at(Step::Render)?;
+        if leader {
+            writes.published = self.publish(&rendering.files).await.at(Step::Publish)?;
+            if writes.published {
+                tracing::info!(secret = %self.output_secret, keys = pass.config.api_keys.len(), "published the rendering");
+            }
+            let (s, e) = self
+                .write_statuses(&pass, &self.state.probes())
+                .await
+                .at(Step::Status)?;
+            (writes.statuses, writes.events) = (s, e);
+        }
+        Ok((pass, writes))
+    }
+
+    fn render(
+        &self,
+        objects: Objects,
+        previous: Option<&Validation>,
+    ) -> Result<(Pass, output::Rendering)> {
+        let mut validation = validate::validate(&objects, &self.namespace, now());
+        if let Some(prev) = previous {
+            validate::keep_last_valid(&mut validation, prev);
+        }
+        let rendering = output::render(&validation, &self.settings)?;
+        let policy = Arc::new(Policy::compile(&rendering.config, |_| None)?);
+        let pass = Pass {
+            objects,
+            namespace: self.namespace.clone(),
+            validation,
+            config: rendering.config.clone(),
+            policy,
+        };
+        Ok((pass, rendering))
+    }
+
+    /// Probes every valid store of the last pass and, when leading, writes the statuses that
+    /// changed.
+    pub async fn probe(&self) -> Result<(), StepError> {
+        let stores = self.state.stores();
+        let started = Instant::now();
+        let results = probe::probe_all(&stores, probe::DEFAULT_TIMEOUT).await;
+        for (name, result) in &results {
+            tracing::debug!(vectorstore = %name, probe = ?result, "probed");
+        }
+        self.state.set_probes(results, started.elapsed());
+        if self.is_leader() {
+            if let Some(pass) = self.state.last() {
+                self.write_statuses(&pass, &self.state.probes())
+                    .await
+                    .at(Step::Status)?;
+            }
+        }
+        Ok(())
+    }
+
+    fn block_on<T>(&self, f: impl std::future::Future<Output = T>) -> T {
+        tokio::task::block_in_place(|| self.runtime.block_on(f))
+    }
+}
+
+fn rand_u16() -> u16 {
+    let mut b = [0u8; 2];
+    getrandom::fill(&mut b).map_or(0, |()| u16::from_le_bytes(b))
+}
+
+/// The control API's changes, as Kubernetes writes (called from the API's worker threads).
+impl Source for Cluster {
+    fn state(&self) -> &State {
+        &self.state
+    }
+
+    fn refresh(&self) -> Result<()> {
+        self.block_on(self.pass())
+            .map(|_| ())
+            .map_err(|e| anyhow::anyhow!("{e}"))
+    }
+
+    fn create_key(
+        &self,
+        namespace: &str,
+        name: &str,
+        manifest: &serde_json::Value,
+        token: &str,
+    ) -> Result<()> {
+        self.block_on(async {
+            let key: ApiKey = serde_json::from_value(manifest.clone()).context("the ApiKey")?;
+            let created = self
+                .api::<ApiKey>()
+                .create(
+                    &PostParams {
+                        field_manager: Some(FIELD_MANAGER.into()),
+                        ..PostParams::default()
+                    },
+                    &key,
+                )
+                .await
+                .context("creating the ApiKey")?;
+            let mut s = keys::token_secret(
+                namespace,
+                name,
+                token,
+                &validate::rfc3339(now()),
+                owner(&created),
+            );
+            s.data = s.string_data.take().map(|d| {
+                d.into_iter()
+                    .map(|(k, v)| (k, ByteString(v.into_bytes())))
+                    .collect()
+            });
+            self.api::<Secret>()
+                .create(&PostParams::default(), &s)
+                .await
+                .context("creating the token Secret")?;
+            Ok(())
+        })
+    }
+
+    fn revoke_key(&self, _pass: &Pass, name: &str) -> Result<()> {
+        self.block_on(async {
+            let patch = serde_json::json!({
+                "metadata": {"annotations": {crate::source::REVOKED_AT_ANNOTATION: validate::rfc3339(now())}},
+                "spec": {"revoked": true},
+            });
+            self.api::<ApiKey>()
+                .patch(name, &PatchParams::default(), &Patch::Merge(&patch))
+                .await
+                .with_context(|| format!("revoking ApiKey {name}"))?;
+            Ok(())
+        })
+    }
+
+    fn delete_key(&self, _pass: &Pass, name: &str) -> Result<()> {
+        self.block_on(async {
+            // The token Secret is owned by the key: Kubernetes deletes it too.
+            match self.api::<ApiKey>().delete(name, &Default::default()).await {
+                Ok(_) => Ok(()),
+                Err(kube::Error::Api(e)) if e.is_not_found() => Ok(()),
+                Err(e) => Err(e).with_context(|| format!("deleting ApiKey {name}")),
+            }
+        })
+    }
+}
+
+/// Exponential backoff, per [`Step`]: 1 s doubling to 60 s, reset by a success.
+#[derive(Debug, Default)]
+pub struct Backoff {
+    failures: BTreeMap<Step, u32>,
+}
+
+impl Backoff {
+    /// Shortest delay: the first retry.
+    pub const MIN: Duration = Duration::from_secs(1);
+    /// Longest delay.
+    pub const MAX: Duration = Duration::from_secs(60);
+
+    /// Records a failure of `step`; returns how long to wait before the next try.
+    pub fn failed(&mut self, step: Step) -> Duration {
+        let n = self.failures.entry(step).or_insert(0);
+        *n = n.saturating_add(1);
+        Self::MIN
+            .saturating_mul(1 << (*n - 1).min(6))
+            .min(Self::MAX)
+    }
+
+    /// Records a success: every step's backoff resets.
+    pub fn succeeded(&mut self) {
+        self.failures.clear();
+    }
+
+    /// Consecutive failures of `step`.
+    pub fn failures(&self, step: Step) -> u32 {
+        self.failures.get(&step).copied().unwrap_or(0)
+    }
+}

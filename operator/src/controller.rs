@@ -1,0 +1,226 @@
+//! The kube-mode control loop: watches trigger passes, debounced; the Lease decides whether
+//! passes write; stores are re-probed on a jittered period; a failing step backs off on its
+//! own; shutdown gives the Lease up.
+//!
+//! Watches carry metadata only (the pass reads the objects it needs): VectorStores, Indexes
+//! and ApiKeys trigger when they appear, disappear or their `generation` moves (so the
+//! operator's own status writes do not), Secrets only when one the last pass referenced, or
+//! the output Secret, changes.
+
+use crate::cluster::{referenced_secrets, Backoff, Cluster, Step};
+use crate::crd::{ApiKey, Index, VectorStore};
+use crate::lease::{Leadership, LeaseLock, LEASE_DURATION, RENEW_EVERY};
+use crate::source::{PROBE_INTERVAL, PROBE_JITTER};
+use futures::StreamExt;
+use k8s_openapi::api::core::v1::Secret;
+use kube::core::PartialObjectMeta;
+use kube::runtime::watcher::{self, Event};
+use kube::runtime::{watcher::watcher, WatchStreamExt};
+use kube::{Api, Resource};
+use std::collections::BTreeMap;
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::mpsc;
+use tokio::time::Instant;
+
+/// How long after the first change of a burst the pass runs (changes in between join it).
+pub const DEBOUNCE: Duration = Duration::from_millis(500);
+/// A pass runs at least this often without any change (expiry of keys, missed events).
+pub const RESYNC: Duration = Duration::from_secs(60);
+
+/// Something that should cause a pass.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Trigger {
+    /// A CR of this kind changed.
+    Object(&'static str),
+    /// A Secret changed.
+    Secret(String),
+}
+
+/// Remembers each object's generation so that status-only updates are not changes.
+#[derive(Debug, Default)]
+pub struct Generations(BTreeMap<String, Option<i64>>);
+
+impl Generations {
+    /// True when `name` is new, deleted or at a new generation.
+    pub fn changed(&mut self, name: &str, generation: Option<i64>, deleted: bool) -> bool {
+        if deleted {
+            return self.0.remove(name).is_some();
+        }
+        self.0.insert(name.to_owned(), generation) != Some(generation)
+    }
+}
+
+fn spawn_watch<K>(api: Api<PartialObjectMeta<K>>, kind: &'static str, tx: mpsc::Sender<Trigger>)
+where
+    K: Resource<DynamicType = ()>
+        + Clone
+        + serde::de::DeserializeOwned
+        + std::fmt::Debug
+        + Send
+        + Sync
+        + 'static,
+{
+    tokio::spawn(async move {
+        let mut seen = Generations::default();
+        let mut stream = watcher(api, watcher::Config::default())
+            .default_backoff()
+            .boxed();
+        while let Some(event) = stream.next().await {
+            let fire = match event {
+                Ok(Event::Apply(m) | Event::InitApply(m)) => {
+                    let name = m.metadata.name.clone().unwrap_or_default();
+                    if kind == "Secret" {
+                        Some(Trigger::Secret(name))
+                    } else {
+                        seen.changed(&name, m.metadata.generation, false)
+                            .then_some(Trigger::Object(kind))
+                    }
+                }
+                Ok(Event::Delete(m)) => {
+                    let name = m.metadata.name.clone().unwrap_or_default();
+                    if kind == "Secret" {
+                        Some(Trigger::Secret(name))
+                    } else {
+                        seen.changed(&name, None, true);
+                        Some(Trigger::Object(kind))
+                    }
+                }
+                Ok(Event::Init | Event::InitDone) => None,
+                Err(e) => {
+                    tracing::warn!(kind, "watch: {e}");
+                    None
+                }
+            };
+            if let Some(t) = fire {
+                if tx.send(t).await.is_err() {
+                    return;
+                }
+            }
+        }
+    });
+}
+
+fn jitter() -> Duration {
+    let mut b = [0u8; 2];
+    let n = getrandom::fill(&mut b).map_or(0, |()| u64::from(u16::from_le_bytes(b)));
+    Duration::from_millis(n % (PROBE_JITTER.as_millis() as u64 + 1))
+}
+
+/// Runs the controller until `shutdown` completes.
+pub async fn run(
+    cluster: Arc<Cluster>,
+    lock: LeaseLock,
+    shutdown: impl Future<Output = ()>,
+) -> anyhow::Result<()> {
+    let (tx, mut rx) = mpsc::channel(256);
+    let ns = cluster.namespace.clone();
+    let client = cluster.client.clone();
+    spawn_watch(
+        Api::<PartialObjectMeta<VectorStore>>::namespaced(client.clone(), &ns),
+        "VectorStore",
+        tx.clone(),
+    );
+    spawn_watch(
+        Api::<PartialObjectMeta<Index>>::namespaced(client.clone(), &ns),
+        "Index",
+        tx.clone(),
+    );
+    spawn_watch(
+        Api::<PartialObjectMeta<ApiKey>>::namespaced(client.clone(), &ns),
+        "ApiKey",
+        tx.clone(),
+    );
+    spawn_watch(
+        Api::<PartialObjectMeta<Secret>>::namespaced(client, &ns),
+        "Secret",
+        tx,
+    );
+    tokio::pin!(shutdown);
+
+    let mut backoff = Backoff::default();
+    let mut next_pass = Some(Instant::now());
+    let mut next_probe = Instant::now() + Duration::from_secs(1);
+    let mut next_resync = Instant::now() + RESYNC;
+    let mut renew = tokio::time::interval(RENEW_EVERY);
+    let mut renewed_at: Option<Instant> = None;
+    let far = || Instant::now() + Duration::from_secs(3600);
+    loop {
+        tokio::select! {
+            () = &mut shutdown => break,
+            Some(trigger) = rx.recv() => {
+                let relevant = match &trigger {
+                    Trigger::Object(_) => true,
+                    Trigger::Secret(name) => *name == cluster.output_secret
+                        || cluster.state.last().is_none_or(|p| referenced_secrets(&p.objects).contains(name)),
+                };
+                if relevant && next_pass.is_none() {
+                    tracing::debug!(?trigger, "change");
+                    next_pass = Some(Instant::now() + DEBOUNCE);
+                }
+            }
+            _ = renew.tick() => {
+                let now = k8s_openapi::jiff::Timestamp::now();
+                match lock.try_acquire(now).await {
+                    Ok(Leadership::Leading) => {
+                        renewed_at = Some(Instant::now());
+                        if !cluster.is_leader() {
+                            tracing::info!(identity = %lock.identity, "leading");
+                            cluster.set_leader(true);
+                            next_pass = Some(Instant::now());
+                        }
+                    }
+                    Ok(Leadership::Following(holder)) => {
+                        if cluster.is_leader() {
+                            tracing::warn!(%holder, "lost the lease");
+                        }
+                        cluster.set_leader(false);
+                    }
+                    Err(e) => {
+                        tracing::warn!("lease: {e:#}");
+                        // Stop writing before the Lease can expire under us.
+                        if renewed_at.is_none_or(|t| t.elapsed() + RENEW_EVERY >= LEASE_DURATION) && cluster.is_leader() {
+                            tracing::warn!("could not renew the lease in time; stepping down");
+                            cluster.set_leader(false);
+                        }
+                    }
+                }
+            }
+            () = tokio::time::sleep_until(next_pass.unwrap_or_else(far)), if next_pass.is_some() => {
+                next_pass = None;
+                match cluster.pass().await {
+                    Ok(w) => {
+                        backoff.succeeded();
+                        next_resync = Instant::now() + RESYNC;
+                        tracing::debug!(?w, "pass");
+                    }
+                    Err(e) => {
+                        let wait = backoff.failed(e.step);
+                        tracing::error!(step = ?e.step, retry_in = ?wait, failures = backoff.failures(e.step), "{:#}", e.error);
+                        next_pass = Some(Instant::now() + wait);
+                    }
+                }
+            }
+            () = tokio::time::sleep_until(next_probe) => {
+                if let Err(e) = cluster.probe().await {
+                    let wait = backoff.failed(Step::Status);
+                    tracing::error!(retry_in = ?wait, "probe statuses: {:#}", e.error);
+                }
+                next_probe = Instant::now() + PROBE_INTERVAL + jitter();
+            }
+            () = tokio::time::sleep_until(next_resync) => {
+                next_resync = Instant::now() + RESYNC;
+                next_pass.get_or_insert_with(Instant::now);
+            }
+        }
+    }
+    if cluster.is_leader() {
+        cluster.set_leader(false);
+        if let Err(e) = lock.release().await {
+            tracing::warn!("releasing the lease: {e:#}");
+        }
+    }
+    tracing::info!("stopped");
+    Ok(())
+}
