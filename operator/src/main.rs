@@ -240,6 +240,8 @@ fn authenticate_rate() -> Result<u32> {
 fn run_kube(namespace: Option<&str>) -> Result<()> {
     use layergate_operator::{cluster, controller, lease};
     init_logs(true)?;
+    // One TLS stack: ring, for the API client as for the store probes.
+    let _ = rustls::crypto::ring::default_provider().install_default();
     let control: std::net::SocketAddr = env_or("LAYERGATE_CONTROL", "0.0.0.0:9902")
         .parse()
         .context("LAYERGATE_CONTROL must be IP:PORT")?;

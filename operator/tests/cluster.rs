@@ -1,0 +1,746 @@
+//! Kube mode against an in-process Kubernetes API (kube-fake-client): what each pass reads and
+//! writes, the Lease, restarts and API errors. The demo manifests (`envoy/demo/manifests/`,
+//! namespace `layer`) are the starting objects.
+#![allow(clippy::unwrap_used, clippy::expect_used, missing_docs)]
+
+use base64::Engine as _;
+use k8s_openapi::api::coordination::v1::Lease;
+use k8s_openapi::api::core::v1::{Event, Secret};
+use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams};
+use kube::Client;
+use kube_fake_client::{interceptor, ClientBuilder, Error as FakeError};
+use layergate_operator::cluster::{Backoff, Cluster, Step, DEFAULT_OUTPUT_SECRET};
+use layergate_operator::crd::{ApiKey, ApiKeyPhase, Index, VectorStore};
+use layergate_operator::lease::{Leadership, LeaseLock};
+use layergate_operator::output::Settings;
+use serde_json::{json, Value};
+use sha2::{Digest, Sha256};
+use std::path::Path;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+const NS: &str = "layer";
+
+/// The demo manifests as API objects; Secrets' `stringData` becomes `data`, as an API server
+/// stores it.
+fn demo_objects() -> Vec<Value> {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../envoy/demo/manifests");
+    let mut out = Vec::new();
+    for file in [
+        "secrets.yaml",
+        "vectorstores.yaml",
+        "indexes.yaml",
+        "apikeys.yaml",
+    ] {
+        let text = std::fs::read_to_string(dir.join(file)).unwrap();
+        for doc in text.split("\n---") {
+            let mut v: Value = serde_yaml::from_str(doc).unwrap();
+            if v.is_null() {
+                continue;
+            }
+            if let Some(sd) = v.as_object_mut().and_then(|o| o.remove("stringData")) {
+                let data: serde_json::Map<String, Value> = sd
+                    .as_object()
+                    .unwrap()
+                    .iter()
+                    .map(|(k, x)| {
+                        let b64 =
+                            base64::engine::general_purpose::STANDARD.encode(x.as_str().unwrap());
+                        (k.clone(), json!(b64))
+                    })
+                    .collect();
+                v["data"] = Value::Object(data);
+            }
+            out.push(v);
+        }
+    }
+    out
+}
+
+/// Stand-ins with the CRDs' group/version/kind and a `Default`, which the fake client needs
+/// to be told that these kinds have a status subresource.
+mod gvk {
+    use kube::CustomResource;
+    use serde::{Deserialize, Serialize};
+    #[derive(
+        CustomResource, Default, Clone, Debug, Serialize, Deserialize, schemars::JsonSchema,
+    )]
+    #[kube(
+        group = "hevlayer.com",
+        version = "v1alpha1",
+        kind = "VectorStore",
+        namespaced,
+        derive = "Default"
+    )]
+    pub struct S {}
+    #[derive(
+        CustomResource, Default, Clone, Debug, Serialize, Deserialize, schemars::JsonSchema,
+    )]
+    #[kube(
+        group = "hevlayer.com",
+        version = "v1",
+        kind = "Index",
+        namespaced,
+        derive = "Default"
+    )]
+    pub struct I {}
+    #[derive(
+        CustomResource, Default, Clone, Debug, Serialize, Deserialize, schemars::JsonSchema,
+    )]
+    #[kube(
+        group = "hevlayer.com",
+        version = "v1alpha1",
+        kind = "ApiKey",
+        namespaced,
+        derive = "Default"
+    )]
+    pub struct K {}
+}
+
+fn builder() -> ClientBuilder {
+    ClientBuilder::new()
+        .with_resource::<VectorStore>()
+        .with_resource::<Index>()
+        .with_resource::<ApiKey>()
+        .with_status_subresource::<gvk::VectorStore>()
+        .with_status_subresource::<gvk::Index>()
+        .with_status_subresource::<gvk::ApiKey>()
+        .with_runtime_objects(demo_objects())
+}
+
+fn settings() -> Settings {
+    Settings {
+        listen: "0.0.0.0:8080".parse().unwrap(),
+        admin: "127.0.0.1:9901".parse().unwrap(),
+        wasm_path: "/etc/layergate/wasm/layergate_filter.wasm".into(),
+        control: Some(("layergate-operator.layer.svc".into(), 9902)),
+    }
+}
+
+fn leader(client: &Client) -> Cluster {
+    let c = Cluster::new(client.clone(), NS, settings(), DEFAULT_OUTPUT_SECRET);
+    c.set_leader(true);
+    c
+}
+
+fn api<K>(client: &Client) -> Api<K>
+where
+    K: kube::Resource<Scope = k8s_openapi::NamespaceResourceScope>,
+    K::DynamicType: Default,
+{
+    Api::namespaced(client.clone(), NS)
+}
+
+/// The published filter configuration.
+async fn published(client: &Client) -> Value {
+    let s = api::<Secret>(client)
+        .get(DEFAULT_OUTPUT_SECRET)
+        .await
+        .unwrap();
+    let data = s.data.unwrap();
+    for file in ["cds.yaml", "lds.yaml", "layergate.json"] {
+        assert!(data.contains_key(file), "the output Secret has {file}");
+    }
+    serde_json::from_slice(&data["layergate.json"].0).unwrap()
+}
+
+fn ready(
+    conditions: &[k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition],
+) -> (String, String) {
+    let c = conditions
+        .iter()
+        .find(|c| c.type_ == "Ready")
+        .expect("a Ready condition");
+    (c.status.clone(), c.reason.clone())
+}
+
+fn store_json(name: &str, default: bool, secret: &str) -> VectorStore {
+    serde_json::from_value(json!({
+        "apiVersion": "hevlayer.com/v1alpha1", "kind": "VectorStore",
+        "metadata": {"name": name, "namespace": NS},
+        "spec": {"kind": "turbopuffer", "default": default,
+                 "endpoint": {"url": "https://aws-us-east-1.turbopuffer.com"},
+                 "credential": {"secretRef": {"name": secret, "key": "api-key"}}}
+    }))
+    .unwrap()
+}
+
+fn key_json(name: &str, extra: Value) -> ApiKey {
+    let mut v = json!({
+        "apiVersion": "hevlayer.com/v1alpha1", "kind": "ApiKey",
+        "metadata": {"name": name, "namespace": NS},
+        "spec": {"entitlements": {"vectorstore.primary": {"scopes": ["read"], "namespaces": ["cohort-*"]}}}
+    });
+    if let (Some(spec), Some(more)) = (v["spec"].as_object_mut(), extra.as_object()) {
+        spec.extend(more.clone());
+    }
+    serde_json::from_value(v).unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pass_publishes_the_rendering_statuses_and_mints_nothing_it_need_not() {
+    let client = builder().build().await.unwrap();
+    let c = leader(&client);
+    let w = c.pass().await.unwrap();
+    assert!(w.published);
+    assert_eq!(w.minted, 0, "shop-reader's token is pre-provisioned");
+    assert_eq!(w.statuses, 4, "2 stores, 1 index, 1 key");
+    let config = published(&client).await;
+    assert_eq!(config["stores"].as_array().unwrap().len(), 2);
+    assert_eq!(config["namespaces"]["logs-2026"], "archive");
+    // Status, with observedGeneration, under our field manager.
+    let primary = api::<VectorStore>(&client).get("primary").await.unwrap();
+    let st = primary.status.unwrap();
+    assert_eq!(ready(&st.conditions), ("True".into(), "Valid".into()));
+    assert_eq!(st.observed_generation, primary.metadata.generation);
+    let key = api::<ApiKey>(&client)
+        .get("shop-reader")
+        .await
+        .unwrap()
+        .status
+        .unwrap();
+    assert_eq!(key.phase, Some(ApiKeyPhase::Active));
+    let hash = hex::encode(Sha256::digest(b"hvl_demoShopReader0123456789abcdefABCDEF"));
+    assert_eq!(
+        key.lookup_hash.as_deref(),
+        Some(format!("sha256:{hash}").as_str())
+    );
+    // The control cluster points at the operator's Service.
+    let cds = api::<Secret>(&client)
+        .get(DEFAULT_OUTPUT_SECRET)
+        .await
+        .unwrap()
+        .data
+        .unwrap();
+    assert!(String::from_utf8_lossy(&cds["cds.yaml"].0).contains("layergate-operator.layer.svc"));
+
+    // Nothing changed: nothing is written again.
+    let again = c.pass().await.unwrap();
+    assert_eq!(
+        (again.published, again.statuses, again.events),
+        (false, 0, 0)
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn create_update_and_delete_of_each_kind_reach_status_and_output() {
+    let client = builder().build().await.unwrap();
+    let c = leader(&client);
+    c.pass().await.unwrap();
+    let pp = PostParams::default();
+
+    // VectorStore: a new one with its Secret appears in the rendering.
+    let secret: Secret = serde_json::from_value(
+        json!({"metadata": {"name": "eu", "namespace": NS}, "data": {"api-key": "ZXUta2V5"}}),
+    )
+    .unwrap();
+    api::<Secret>(&client).create(&pp, &secret).await.unwrap();
+    api::<VectorStore>(&client)
+        .create(&pp, &store_json("eu", false, "eu"))
+        .await
+        .unwrap();
+    c.pass().await.unwrap();
+    let stores: Vec<String> = published(&client).await["stores"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["name"].as_str().unwrap().to_owned())
+        .collect();
+    assert!(stores.contains(&"eu".to_owned()), "{stores:?}");
+    // Update: an http endpoint that is not loopback is refused; the store keeps its last
+    // valid form and says so.
+    let patch = json!({"spec": {"endpoint": {"url": "http://example.com"}}});
+    api::<VectorStore>(&client)
+        .patch("eu", &PatchParams::default(), &Patch::Merge(&patch))
+        .await
+        .unwrap();
+    let w = c.pass().await.unwrap();
+    assert!(w.events >= 1, "a Warning Event for the refused endpoint");
+    let eu = api::<VectorStore>(&client).get("eu").await.unwrap();
+    let (status, reason) = ready(&eu.status.unwrap().conditions);
+    assert_eq!(
+        (status.as_str(), reason.as_str()),
+        ("False", "InvalidEndpoint")
+    );
+    assert!(
+        published(&client).await["stores"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|s| s["name"] == "eu"),
+        "last valid form kept"
+    );
+    let events = api::<Event>(&client)
+        .list(&Default::default())
+        .await
+        .unwrap();
+    assert!(events
+        .items
+        .iter()
+        .any(|e| e.reason.as_deref() == Some("InvalidEndpoint")
+            && e.involved_object.name.as_deref() == Some("eu")));
+    // Delete: gone from the rendering.
+    api::<VectorStore>(&client)
+        .delete("eu", &DeleteParams::default())
+        .await
+        .unwrap();
+    c.pass().await.unwrap();
+    assert!(!published(&client).await["stores"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .any(|s| s["name"] == "eu"));
+
+    // Index: create routes a namespace; delete unroutes it.
+    let idx: Index = serde_json::from_value(json!({"apiVersion": "hevlayer.com/v1", "kind": "Index", "metadata": {"name": "cold", "namespace": NS}, "spec": {"backend": {"storeRef": "archive", "namespace": "cold-1"}}})).unwrap();
+    api::<Index>(&client).create(&pp, &idx).await.unwrap();
+    c.pass().await.unwrap();
+    assert_eq!(published(&client).await["namespaces"]["cold-1"], "archive");
+    let st = api::<Index>(&client)
+        .get("cold")
+        .await
+        .unwrap()
+        .status
+        .unwrap();
+    assert_eq!(ready(&st.conditions).0, "True");
+    api::<Index>(&client)
+        .delete("cold", &DeleteParams::default())
+        .await
+        .unwrap();
+    c.pass().await.unwrap();
+    assert!(published(&client).await["namespaces"]
+        .get("cold-1")
+        .is_none());
+
+    // ApiKey: create mints an owned Secret; the key is rendered with its hash.
+    api::<ApiKey>(&client)
+        .create(&pp, &key_json("cohort", json!({})))
+        .await
+        .unwrap();
+    let w = c.pass().await.unwrap();
+    assert_eq!(w.minted, 1);
+    let secret = api::<Secret>(&client).get("apikey-cohort").await.unwrap();
+    let key = api::<ApiKey>(&client).get("cohort").await.unwrap();
+    let owner = &secret.metadata.owner_references.as_ref().unwrap()[0];
+    assert_eq!(
+        (
+            owner.kind.as_str(),
+            owner.name.as_str(),
+            Some(owner.uid.as_str())
+        ),
+        ("ApiKey", "cohort", key.metadata.uid.as_deref())
+    );
+    assert_eq!(owner.controller, Some(true));
+    let token = String::from_utf8(secret.data.unwrap()["token"].0.clone()).unwrap();
+    assert!(token.starts_with("hvl_") && token.len() == 36);
+    let st = key.status.unwrap();
+    assert_eq!(st.phase, Some(ApiKeyPhase::Active));
+    let hash = format!("sha256:{}", hex::encode(Sha256::digest(token.as_bytes())));
+    assert_eq!(st.lookup_hash.as_deref(), Some(hash.as_str()));
+    assert!(published(&client).await["apiKeys"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .any(|k| k["lookupHash"] == hash.as_str()));
+    // Revoke: kept on record, gone from the gateway, the token Secret stays unread.
+    let patch = json!({"spec": {"revoked": true}});
+    api::<ApiKey>(&client)
+        .patch("cohort", &PatchParams::default(), &Patch::Merge(&patch))
+        .await
+        .unwrap();
+    c.pass().await.unwrap();
+    let st = api::<ApiKey>(&client)
+        .get("cohort")
+        .await
+        .unwrap()
+        .status
+        .unwrap();
+    assert_eq!(st.phase, Some(ApiKeyPhase::Revoked));
+    assert!(st.revoked_at.is_some());
+    assert_eq!(
+        st.lookup_hash.as_deref(),
+        Some(hash.as_str()),
+        "the record keeps its hash"
+    );
+    assert!(!published(&client).await["apiKeys"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .any(|k| k["lookupHash"] == hash.as_str()));
+    // Delete: the owned Secret goes with it (the API server's garbage collection).
+    api::<ApiKey>(&client)
+        .delete("cohort", &DeleteParams::default())
+        .await
+        .unwrap();
+    c.pass().await.unwrap();
+    assert!(api::<Secret>(&client)
+        .get_opt("apikey-cohort")
+        .await
+        .unwrap()
+        .is_none());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_expired_key_leaves_the_gateway() {
+    let mut old = key_json("old", json!({"expiresAfter": "30d"}));
+    old.metadata.creation_timestamp = Some(k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(
+        k8s_openapi::jiff::Timestamp::now()
+            - k8s_openapi::jiff::SignedDuration::from_hours(24 * 31),
+    ));
+    let client = builder().with_object(old).build().await.unwrap();
+    let c = leader(&client);
+    c.pass().await.unwrap();
+    let st = api::<ApiKey>(&client)
+        .get("old")
+        .await
+        .unwrap()
+        .status
+        .unwrap();
+    assert_eq!(st.phase, Some(ApiKeyPhase::Expired));
+    assert_eq!(ready(&st.conditions).1, "Expired");
+    assert!(!published(&client).await["apiKeys"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .any(|k| k["name"] == "old"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_secret_deleted_under_a_live_store_keeps_its_last_valid_form() {
+    let client = builder().build().await.unwrap();
+    let c = leader(&client);
+    c.pass().await.unwrap();
+    api::<Secret>(&client)
+        .delete("layer", &DeleteParams::default())
+        .await
+        .unwrap();
+    let w = c.pass().await.unwrap();
+    assert!(
+        !w.published,
+        "the rendering is unchanged: both stores keep their last valid form"
+    );
+    let primary = api::<VectorStore>(&client)
+        .get("primary")
+        .await
+        .unwrap()
+        .status
+        .unwrap();
+    let c0 = primary
+        .conditions
+        .iter()
+        .find(|c| c.type_ == "Ready")
+        .unwrap();
+    assert_eq!(
+        (c0.status.as_str(), c0.reason.as_str()),
+        ("False", "SecretNotFound")
+    );
+    assert!(c0.message.contains("last valid"), "{}", c0.message);
+    assert_eq!(
+        published(&client).await["stores"].as_array().unwrap().len(),
+        2
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_default_stores_and_an_index_conflict_are_conditions_and_events() {
+    let dup: Index = serde_json::from_value(json!({"apiVersion": "hevlayer.com/v1", "kind": "Index", "metadata": {"name": "logs-copy", "namespace": NS, "creationTimestamp": "2030-01-01T00:00:00Z"}, "spec": {"backend": {"storeRef": "archive", "namespace": "logs-2026"}}})).unwrap();
+    let mut second = store_json("second", true, "layer");
+    second.spec.credential.secret_ref.key = "primary-api-key".into();
+    let client = builder()
+        .with_object(dup)
+        .with_object(second)
+        .build()
+        .await
+        .unwrap();
+    let c = leader(&client);
+    let w = c.pass().await.unwrap();
+    for name in ["primary", "second"] {
+        let st = api::<VectorStore>(&client)
+            .get(name)
+            .await
+            .unwrap()
+            .status
+            .unwrap();
+        assert_eq!(
+            ready(&st.conditions),
+            ("False".into(), "MultipleDefaults".into()),
+            "{name}"
+        );
+    }
+    let st = api::<Index>(&client)
+        .get("logs-copy")
+        .await
+        .unwrap()
+        .status
+        .unwrap();
+    assert_eq!(ready(&st.conditions), ("False".into(), "Conflict".into()));
+    let msg = &st
+        .conditions
+        .iter()
+        .find(|c| c.type_ == "Ready")
+        .unwrap()
+        .message;
+    assert!(
+        msg.contains("\"logs\"") || msg.contains(" logs"),
+        "names the Index that owns it: {msg}"
+    );
+    assert!(w.events >= 3, "{w:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restarted_operator_finds_its_outputs_and_rewrites_nothing() {
+    let client = builder()
+        .with_object(key_json("cohort", json!({})))
+        .build()
+        .await
+        .unwrap();
+    leader(&client).pass().await.unwrap();
+    let token = api::<Secret>(&client)
+        .get("apikey-cohort")
+        .await
+        .unwrap()
+        .data
+        .unwrap()["token"]
+        .clone();
+    // A new process: empty memory, same cluster.
+    let restarted = leader(&client);
+    let w = restarted.pass().await.unwrap();
+    assert_eq!(
+        (w.minted, w.published, w.statuses, w.events),
+        (0, false, 0, 0)
+    );
+    let after = api::<Secret>(&client)
+        .get("apikey-cohort")
+        .await
+        .unwrap()
+        .data
+        .unwrap()["token"]
+        .clone();
+    assert_eq!(token, after, "the token is never re-minted");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_follower_renders_in_memory_and_writes_nothing() {
+    let client = builder()
+        .with_object(key_json("cohort", json!({})))
+        .build()
+        .await
+        .unwrap();
+    let c = Cluster::new(client.clone(), NS, settings(), DEFAULT_OUTPUT_SECRET);
+    let w = c.pass().await.unwrap();
+    assert_eq!((w.minted, w.published, w.statuses), (0, false, 0));
+    assert!(api::<Secret>(&client)
+        .get_opt(DEFAULT_OUTPUT_SECRET)
+        .await
+        .unwrap()
+        .is_none());
+    assert!(api::<Secret>(&client)
+        .get_opt("apikey-cohort")
+        .await
+        .unwrap()
+        .is_none());
+    assert!(
+        c.state.last().is_some(),
+        "the control API can answer from a follower"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_lease_hands_over_only_after_it_expires_or_is_released() {
+    let client = builder().build().await.unwrap();
+    let d = Duration::from_secs(15);
+    let a = LeaseLock::new(client.clone(), NS, "layergate-operator", "a", d);
+    let b = LeaseLock::new(client.clone(), NS, "layergate-operator", "b", d);
+    let t0 = k8s_openapi::jiff::Timestamp::now();
+    let secs = |s: i64| t0 + k8s_openapi::jiff::SignedDuration::from_secs(s);
+    assert_eq!(a.try_acquire(t0).await.unwrap(), Leadership::Leading);
+    assert_eq!(
+        b.try_acquire(t0).await.unwrap(),
+        Leadership::Following("a".into())
+    );
+    assert_eq!(
+        a.try_acquire(secs(5)).await.unwrap(),
+        Leadership::Leading,
+        "renewal"
+    );
+    // a stops renewing: b waits out the whole duration from the last renewal.
+    assert_eq!(
+        b.try_acquire(secs(19)).await.unwrap(),
+        Leadership::Following("a".into())
+    );
+    assert_eq!(b.try_acquire(secs(20)).await.unwrap(), Leadership::Leading);
+    assert_eq!(
+        a.try_acquire(secs(21)).await.unwrap(),
+        Leadership::Following("b".into())
+    );
+    let lease = api::<Lease>(&client)
+        .get("layergate-operator")
+        .await
+        .unwrap()
+        .spec
+        .unwrap();
+    assert_eq!(lease.lease_transitions, Some(1));
+    // Release on shutdown: a takes over at once.
+    b.release().await.unwrap();
+    assert_eq!(a.try_acquire(secs(22)).await.unwrap(), Leadership::Leading);
+    a.release().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_candidates_racing_for_a_lease_cannot_both_win() {
+    // Every Lease replace but the first is refused with 409, as an API server refuses a
+    // stale resourceVersion.
+    let replaced = Arc::new(AtomicU32::new(0));
+    let seen = replaced.clone();
+    let client = builder()
+        .with_interceptor_funcs(interceptor::Funcs::new().replace(move |ctx| {
+            if ctx.object["kind"] == "Lease" && seen.fetch_add(1, Ordering::SeqCst) > 0 {
+                return Err(FakeError::Conflict("the object has been modified".into()));
+            }
+            Ok(None)
+        }))
+        .build()
+        .await
+        .unwrap();
+    let t0 = k8s_openapi::jiff::Timestamp::now();
+    let old = LeaseLock::new(client.clone(), NS, "l", "gone", Duration::from_secs(15));
+    old.try_acquire(t0).await.unwrap();
+    let later = t0 + k8s_openapi::jiff::SignedDuration::from_secs(60);
+    let a = LeaseLock::new(client.clone(), NS, "l", "a", Duration::from_secs(15));
+    let b = LeaseLock::new(client.clone(), NS, "l", "b", Duration::from_secs(15));
+    let (ra, rb) = (
+        a.try_acquire(later).await.unwrap(),
+        b.try_acquire(later).await.unwrap(),
+    );
+    assert_eq!(
+        [&ra, &rb]
+            .iter()
+            .filter(|r| ***r == Leadership::Leading)
+            .count(),
+        1,
+        "{ra:?} {rb:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn api_errors_fail_the_step_keep_the_last_pass_and_are_retried() {
+    let fail_lists = Arc::new(AtomicU32::new(0));
+    let fail_status = Arc::new(AtomicU32::new(0));
+    let (fl, fs) = (fail_lists.clone(), fail_status.clone());
+    let client = builder()
+        .with_interceptor_funcs(
+            interceptor::Funcs::new()
+                .list(move |_| {
+                    if fl.load(Ordering::SeqCst) > 0 {
+                        fl.fetch_sub(1, Ordering::SeqCst);
+                        return Err(FakeError::Internal("etcdserver: request timed out".into()));
+                    }
+                    Ok(None)
+                })
+                .patch_status(move |_| {
+                    if fs.load(Ordering::SeqCst) > 0 {
+                        fs.fetch_sub(1, Ordering::SeqCst);
+                        return Err(FakeError::Conflict("Operation cannot be fulfilled".into()));
+                    }
+                    Ok(None)
+                }),
+        )
+        .build()
+        .await
+        .unwrap();
+    let c = leader(&client);
+    c.pass().await.unwrap();
+    let good = c.state.last().unwrap().config;
+
+    fail_lists.store(1, Ordering::SeqCst);
+    let e = c.pass().await.unwrap_err();
+    assert_eq!(e.step, Step::Read);
+    assert!(
+        format!("{e}").contains("500") || format!("{e}").contains("timed out"),
+        "{e}"
+    );
+    assert_eq!(
+        c.state.last().unwrap().config,
+        good,
+        "the last good pass stays"
+    );
+
+    // A status write refused with 409 fails only the status step; the next pass retries it.
+    api::<ApiKey>(&client)
+        .create(&PostParams::default(), &key_json("cohort", json!({})))
+        .await
+        .unwrap();
+    fail_status.store(1, Ordering::SeqCst);
+    let e = c.pass().await.unwrap_err();
+    assert_eq!(e.step, Step::Status);
+    let w = c.pass().await.unwrap();
+    assert!(w.statuses >= 1, "{w:?}");
+    assert_eq!(
+        api::<ApiKey>(&client)
+            .get("cohort")
+            .await
+            .unwrap()
+            .status
+            .unwrap()
+            .phase,
+        Some(ApiKeyPhase::Active)
+    );
+
+    // Backoff per step: doubling, capped, reset by a success.
+    let mut b = Backoff::default();
+    let waits: Vec<u64> = (0..8).map(|_| b.failed(Step::Read).as_secs()).collect();
+    assert_eq!(waits, [1, 2, 4, 8, 16, 32, 60, 60]);
+    assert_eq!(
+        b.failed(Step::Status).as_secs(),
+        1,
+        "each step backs off on its own"
+    );
+    b.succeeded();
+    assert_eq!(b.failed(Step::Read).as_secs(), 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_api_server_that_never_answers_times_the_pass_out() {
+    // A real socket that accepts and never answers.
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    let _hold = std::thread::spawn(move || {
+        let _conns: Vec<_> = listener.incoming().take(8).collect();
+    });
+    let mut config = kube::Config::new(format!("http://{addr}").parse().unwrap());
+    config.read_timeout = Some(Duration::from_millis(300));
+    config.connect_timeout = Some(Duration::from_millis(300));
+    // The test build links both of rustls' providers (the fake client brings aws-lc-rs).
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let client = Client::try_from(config).unwrap();
+    let c = leader(&client);
+    let started = std::time::Instant::now();
+    let e = c.pass().await.unwrap_err();
+    assert_eq!(e.step, Step::Read);
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "{:?}",
+        started.elapsed()
+    );
+    assert!(c.state.last().is_none());
+    assert_eq!(c.state.api_errors.load(Ordering::Relaxed), 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_name_collision_with_an_existing_token_secret_is_not_overwritten() {
+    // Someone else's Secret under the name the operator would mint into: the key uses it as
+    // its token (and the operator never replaces it).
+    let foreign: Secret = serde_json::from_value(json!({"metadata": {"name": "apikey-cohort", "namespace": NS}, "data": {"token": "aHZsX2ZvcmVpZ24="}})).unwrap();
+    let client = builder()
+        .with_object(foreign)
+        .with_object(key_json("cohort", json!({})))
+        .build()
+        .await
+        .unwrap();
+    let w = leader(&client).pass().await.unwrap();
+    assert_eq!(w.minted, 0);
+    let s = api::<Secret>(&client).get("apikey-cohort").await.unwrap();
+    assert_eq!(s.data.unwrap()["token"].0, b"hvl_foreign");
+    assert!(s.metadata.owner_references.is_none());
+}
