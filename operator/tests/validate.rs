@@ -288,9 +288,23 @@ fn demo_manifests_render_the_checked_in_filter_config() {
     );
 }
 
+/// The gateway Deployment's bootstrap, as the ConfigMap `operator/deploy/` applies.
+fn bootstrap_configmap(bootstrap: &str) -> String {
+    let cm = serde_json::json!({
+        "apiVersion": "v1", "kind": "ConfigMap",
+        "metadata": {"name": "layergate-gateway-bootstrap"},
+        "data": {"envoy.yaml": bootstrap},
+    });
+    format!(
+        "# Generated from envoy/bootstrap.yaml by operator/tests/validate.rs (UPDATE_GOLDEN=1).\n{}",
+        serde_yaml::to_string(&cm).unwrap()
+    )
+}
+
 /// The Envoy outputs for the demo manifests, with the default settings, as checked in under
 /// `operator/tests/golden/` (regenerate with `UPDATE_GOLDEN=1 cargo test -p layergate-operator`),
-/// and the production gateway bootstrap in `envoy/bootstrap.yaml`.
+/// and the production gateway bootstrap in `envoy/bootstrap.yaml` (and its ConfigMap in
+/// `operator/deploy/`).
 #[test]
 fn envoy_outputs_match_the_goldens() {
     use layergate_operator::{envoy, output};
@@ -308,7 +322,7 @@ fn envoy_outputs_match_the_goldens() {
     let golden = root.join("operator/tests/golden/demo");
     let production = envoy::dynamic_bootstrap(
         "127.0.0.1:9901".parse().unwrap(),
-        std::path::Path::new("/etc/layergate"),
+        std::path::Path::new("/etc/layergate/config"),
     );
     let pairs = [
         (
@@ -319,7 +333,11 @@ fn envoy_outputs_match_the_goldens() {
             std::fs::read_to_string(out.join("lds.yaml")).unwrap(),
             golden.join("lds.yaml"),
         ),
-        (production, root.join("envoy/bootstrap.yaml")),
+        (production.clone(), root.join("envoy/bootstrap.yaml")),
+        (
+            bootstrap_configmap(&production),
+            root.join("operator/deploy/gateway-bootstrap.yaml"),
+        ),
     ];
     for (rendered, file) in pairs {
         if std::env::var_os("UPDATE_GOLDEN").is_some() {

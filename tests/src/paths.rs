@@ -50,6 +50,15 @@ pub fn python() -> Result<PathBuf> {
     )
 }
 
+/// A command the venv installs (`kubectl`, `kubernetes-validate`): `.venv/bin/<name>`.
+pub fn venv_bin(name: &str) -> Result<PathBuf> {
+    let path = repo_root().join(".venv/bin").join(name);
+    if !path.is_file() {
+        bail!("{name} not found at {} — run `make venv`", path.display());
+    }
+    Ok(path)
+}
+
 /// The demo's filter configuration.
 pub fn demo_filter_config() -> PathBuf {
     repo_root().join("envoy/demo/layergate.json")

@@ -1,0 +1,204 @@
+//! What a platform team applies: `operator/deploy/` (CRDs, operator, gateway) and its example,
+//! built with kubectl's kustomize exactly as the README's "Deploy to Kubernetes" does, and
+//! checked against the real Kubernetes schemas (kubernetes-validate, strict) and our CRDs.
+#![allow(clippy::unwrap_used, clippy::expect_used, missing_docs)]
+
+use layergate_operator::cluster::DEFAULT_OUTPUT_SECRET;
+use layergate_operator::crd::{ApiKey, Index, VectorStore};
+use layergate_operator::{manifests, schema, validate};
+use layergate_tests::paths;
+use serde_json::Value;
+use std::io::Write;
+use std::process::{Command, Stdio};
+
+/// `kubectl kustomize DIR`, as documents.
+fn kustomize(dir: &str) -> Vec<Value> {
+    let out = Command::new(paths::venv_bin("kubectl").unwrap())
+        .args(["kustomize", dir])
+        .current_dir(paths::repo_root())
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "kubectl kustomize {dir}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = String::from_utf8(out.stdout).unwrap();
+    text.split("\n---\n")
+        .map(|d| {
+            serde_json::to_value(serde_yaml::from_str::<serde_yaml::Value>(d).unwrap()).unwrap()
+        })
+        .collect()
+}
+
+/// `kubernetes-validate --strict` on YAML; (exit code, output).
+fn kubernetes_validate(yaml: &str) -> (i32, String) {
+    let mut child = Command::new(paths::venv_bin("kubernetes-validate").unwrap())
+        .args(["--strict", "-"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(yaml.as_bytes())
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    (out.status.code().unwrap_or(-1), text)
+}
+
+fn to_yaml(docs: &[Value]) -> String {
+    docs.iter()
+        .map(|d| serde_yaml::to_string(d).unwrap())
+        .collect::<Vec<_>>()
+        .join("---\n")
+}
+
+fn find<'a>(docs: &'a [Value], kind: &str, name: &str) -> &'a Value {
+    docs.iter()
+        .find(|d| d["kind"] == kind && d["metadata"]["name"] == name)
+        .unwrap_or_else(|| panic!("{kind}/{name} in the build"))
+}
+
+#[test]
+fn the_deploy_kustomization_passes_the_kubernetes_schemas_strictly() {
+    let docs = kustomize("operator/deploy");
+    let (code, out) = kubernetes_validate(&to_yaml(&docs));
+    assert_eq!(code, 0, "{out}");
+    assert_eq!(
+        out.matches("passed for resource").count(),
+        docs.len(),
+        "{out}"
+    );
+    // The check can fail: a misspelt field is refused.
+    let mut typo = find(&docs, "Deployment", "layergate-operator").clone();
+    typo["spec"]["replicass"] = 2.into();
+    let (code, out) = kubernetes_validate(&serde_yaml::to_string(&typo).unwrap());
+    assert_ne!(code, 0, "{out}");
+}
+
+#[test]
+fn rbac_is_namespaced_and_secret_access_stays_in_the_namespace() {
+    let docs = kustomize("operator/deploy");
+    assert!(!docs
+        .iter()
+        .any(|d| d["kind"] == "ClusterRole" || d["kind"] == "ClusterRoleBinding"));
+    for d in &docs {
+        let kind = d["kind"].as_str().unwrap();
+        let cluster_scoped = ["Namespace", "CustomResourceDefinition"].contains(&kind);
+        assert_eq!(
+            d["metadata"]["namespace"].is_null(),
+            cluster_scoped,
+            "{kind} {}",
+            d["metadata"]["name"]
+        );
+    }
+    let role = find(&docs, "Role", "layergate-operator");
+    for rule in role["rules"].as_array().unwrap() {
+        let verbs: Vec<&str> = rule["verbs"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|v| v.as_str().unwrap())
+            .collect();
+        assert!(
+            !verbs.contains(&"*") && !verbs.contains(&"deletecollection"),
+            "{rule}"
+        );
+        if rule["resources"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|r| r == "secrets")
+        {
+            assert!(
+                !verbs.contains(&"delete") && !verbs.contains(&"update"),
+                "{rule}"
+            );
+        }
+    }
+}
+
+#[test]
+fn the_manifests_agree_with_the_operators_defaults() {
+    let docs = kustomize("operator/deploy");
+    let operator = &find(&docs, "Deployment", "layergate-operator")["spec"]["template"]["spec"];
+    let args: Vec<&str> = operator["containers"][0]["args"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| a.as_str().unwrap())
+        .collect();
+    assert_eq!(args, ["run", "--source", "kube"]);
+    let gateway = &find(&docs, "Deployment", "layergate-gateway")["spec"]["template"]["spec"];
+    let volumes = gateway["volumes"].as_array().unwrap();
+    let config = volumes.iter().find(|v| v["name"] == "config").unwrap();
+    assert_eq!(config["secret"]["secretName"], DEFAULT_OUTPUT_SECRET);
+    let mounts = gateway["containers"][0]["volumeMounts"].as_array().unwrap();
+    let mount = |name: &str| {
+        mounts.iter().find(|m| m["name"] == name).unwrap()["mountPath"]
+            .as_str()
+            .unwrap()
+            .to_owned()
+    };
+    // Where the bootstrap looks, where the rendering's listener finds the wasm.
+    let bootstrap = find(&docs, "ConfigMap", "layergate-gateway-bootstrap")["data"]["envoy.yaml"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    assert!(bootstrap.contains(&format!("path: {}/lds.yaml", mount("config"))));
+    assert_eq!(
+        format!("{}/layergate_filter.wasm", mount("wasm")),
+        "/etc/layergate/wasm/layergate_filter.wasm"
+    );
+    assert!(gateway["containers"][0]["args"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .any(|a| *a == format!("{}/envoy.yaml", mount("bootstrap")).as_str()));
+    // The control API Service the rendering routes to (layergate-operator.<ns>.svc:9902).
+    let svc = find(&docs, "Service", "layergate-operator");
+    assert_eq!(svc["spec"]["ports"][0]["port"], 9902);
+    assert_eq!(svc["metadata"]["namespace"], "layer");
+}
+
+#[test]
+fn the_example_is_valid_for_the_crds_and_the_operator() {
+    use kube::CustomResourceExt;
+    let docs = kustomize("operator/deploy/example");
+    let mut objects = manifests::Objects::default();
+    for d in &docs {
+        let crd = match d["kind"].as_str().unwrap() {
+            "VectorStore" => VectorStore::crd(),
+            "Index" => Index::crd(),
+            "ApiKey" => ApiKey::crd(),
+            other => panic!("unexpected {other}"),
+        };
+        let crd = serde_json::to_value(crd).unwrap();
+        let spec = &crd["spec"]["versions"][0]["schema"]["openAPIV3Schema"]["properties"]["spec"];
+        let errors = schema::validate(spec, &d["spec"]);
+        assert!(errors.is_empty(), "{}: {errors:?}", d["kind"]);
+        objects.add_yaml("example", &serde_yaml::to_string(d).unwrap());
+    }
+    // With the Secret the README tells the user to create, every object is valid.
+    objects.add_yaml("secret", "apiVersion: v1\nkind: Secret\nmetadata: {name: turbopuffer, namespace: layer}\nstringData: {api-key: tpuf_example}\n");
+    assert!(objects.problems.is_empty(), "{:?}", objects.problems);
+    let v = validate::validate(&objects, "layer", 1_800_000_000);
+    for (kind, name, conditions) in v.conditions() {
+        let ready = conditions.iter().find(|c| c.type_ == "Ready").unwrap();
+        let expected = if kind == "apikey" {
+            "NotMinted"
+        } else {
+            "Valid"
+        };
+        assert_eq!(ready.reason, expected, "{kind}/{name}: {}", ready.message);
+    }
+}
