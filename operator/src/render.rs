@@ -32,10 +32,30 @@ pub struct RenderOptions {
     pub control_cluster: Option<String>,
     /// Cluster of hev layer's app, if any.
     pub app_cluster: Option<String>,
+    /// Render store credentials as `{env: NAME}` (see [`credential_env`]) instead of inline:
+    /// the Istio target, where the proxy's environment supplies them.
+    pub credentials_from_env: bool,
+}
+
+/// The VM environment variable carrying a store's credential when credentials come from the
+/// environment: `LAYERGATE_CREDENTIAL_<STORE>` (upper case, non-alphanumerics as `_`).
+pub fn credential_env(store: &str) -> String {
+    let safe: String = store
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() {
+                c.to_ascii_uppercase()
+            } else {
+                '_'
+            }
+        })
+        .collect();
+    format!("LAYERGATE_CREDENTIAL_{safe}")
 }
 
 /// Renders the filter configuration from one namespace's validation. Store credentials are
-/// inline: the rendered output holds secrets and belongs in a Secret (or a private directory).
+/// inline unless asked otherwise: the rendered output then holds secrets and belongs in a
+/// Secret (or a private directory).
 pub fn filter_config(v: &Validation, options: &RenderOptions) -> Result<FilterConfig, ConfigError> {
     let stores: Vec<StoreConfig> = v
         .stores
@@ -45,7 +65,11 @@ pub fn filter_config(v: &Validation, options: &RenderOptions) -> Result<FilterCo
             name: s.name.clone(),
             cluster: store_cluster(&s.name),
             authority: None,
-            credential: Credential::Inline(s.credential.clone()),
+            credential: if options.credentials_from_env {
+                Credential::Env(credential_env(&s.name))
+            } else {
+                Credential::Inline(s.credential.clone())
+            },
             inbound_auth: match s.mode {
                 InboundMode::DeriveFromStore => InboundAuth::DeriveFromStore,
                 InboundMode::Open => InboundAuth::Open,

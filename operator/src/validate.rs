@@ -37,6 +37,8 @@ pub struct ValidStore {
     pub endpoint: StoreEndpoint,
     /// The store credential (never logged).
     pub credential: String,
+    /// Where the credential comes from: (Secret name, key).
+    pub credential_ref: (String, String),
     /// Inbound auth mode.
     pub mode: InboundMode,
     /// Inbound keys: name, scopes, SHA-256 hex of the token.
@@ -320,6 +322,7 @@ fn validate_store(
             default,
             endpoint,
             credential,
+            credential_ref: (cred.name.clone(), cred.key.clone()),
             mode: auth.mode,
             keys,
         }),

@@ -107,6 +107,7 @@ fn probe_all_is_bounded_and_keeps_order() {
                 default: i == 0,
                 endpoint: parse_endpoint(&url).unwrap(),
                 credential: "k".into(),
+                credential_ref: ("s".into(), "k".into()),
                 mode: Default::default(),
                 keys: vec![],
             }

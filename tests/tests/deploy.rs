@@ -202,3 +202,121 @@ fn the_example_is_valid_for_the_crds_and_the_operator() {
         assert_eq!(ready.reason, expected, "{kind}/{name}: {}", ready.message);
     }
 }
+
+/// `render --target istio` for the example (plus the Secret the README has the user create):
+/// every resource passes Istio's CRD schemas (strictly: no unknown field), credentials stay
+/// out of them, and the filter accepts the configuration the WasmPlugin carries.
+#[test]
+fn the_istio_target_passes_istios_schemas_and_keeps_credentials_out() {
+    use layergate_operator::istio::{self, IstioSettings};
+    let mut objects = manifests::Objects::default();
+    for d in kustomize("operator/deploy/example") {
+        objects.add_yaml("example", &serde_yaml::to_string(&d).unwrap());
+    }
+    objects.add_yaml("secret", "apiVersion: v1\nkind: Secret\nmetadata: {name: turbopuffer, namespace: layer}\nstringData: {api-key: tpuf_secret_value}\n");
+    let v = validate::validate(&objects, "layer", 1_800_000_000);
+    let settings = IstioSettings {
+        control: Some(("layergate-operator.layer.svc.cluster.local".into(), 9902)),
+        ..IstioSettings::default()
+    };
+    let (resources, patch) = istio::render(&v, &settings).unwrap();
+    let text = serde_json::to_string(&resources).unwrap();
+    assert!(
+        !text.contains("tpuf_secret_value"),
+        "a credential leaked into an Istio resource"
+    );
+    let kinds: Vec<&str> = resources
+        .iter()
+        .map(|r| r["kind"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        kinds,
+        [
+            "WasmPlugin",
+            "ServiceEntry",
+            "DestinationRule",
+            "Gateway",
+            "VirtualService",
+            "EnvoyFilter"
+        ]
+    );
+
+    let validate_istio = |docs: &str| {
+        let mut child = Command::new(paths::python().unwrap())
+            .arg(paths::repo_root().join("tests/python/istio_validate.py"))
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .spawn()
+            .unwrap();
+        child
+            .stdin
+            .take()
+            .unwrap()
+            .write_all(docs.as_bytes())
+            .unwrap();
+        let out = child.wait_with_output().unwrap();
+        let report: Value = serde_json::from_slice(&out.stdout).unwrap();
+        (out.status.success(), report)
+    };
+    let (ok, report) = validate_istio(&text);
+    assert!(ok, "{report}");
+    assert_eq!(report["checked"], 6);
+    // The check can fail: a misspelt field and a wrong enum are both refused.
+    let mut broken = resources.clone();
+    broken[0]["spec"]["failStrategy"] = "FAIL_CLOSED".into();
+    broken[4]["spec"]["http"][0]["rewrite"]["authorty"] = "x".into();
+    let (ok, report) = validate_istio(&serde_json::to_string(&broken).unwrap());
+    assert!(!ok);
+    let errors = report["errors"].to_string();
+    assert!(
+        errors.contains("failStrategy") && errors.contains("authorty"),
+        "{errors}"
+    );
+
+    // Fail closed; credentials from the proxy's environment, which the patch fills from the
+    // store's Secret.
+    let plugin = &resources[0]["spec"];
+    assert_eq!(plugin["failStrategy"], "FAIL_CLOSE");
+    let env = &plugin["vmConfig"]["env"][0];
+    assert_eq!(env["valueFrom"], "HOST");
+    let var = env["name"].as_str().unwrap();
+    let container = &patch["spec"]["template"]["spec"]["containers"][0];
+    assert_eq!(container["name"], "istio-proxy");
+    assert_eq!(container["env"][0]["name"], var);
+    assert_eq!(
+        container["env"][0]["valueFrom"]["secretKeyRef"],
+        serde_json::json!({"name": "turbopuffer", "key": "api-key"})
+    );
+    let config = serde_json::to_vec(&plugin["pluginConfig"]).unwrap();
+    let policy = layergate_filter::policy::Policy::from_json(&config, |name| {
+        (name == var).then(|| "tpuf_secret_value".to_owned())
+    })
+    .unwrap();
+    assert_eq!(policy.stores.len(), 1);
+    // Routes: the store (inspect and plain) and the control API; the buffer filter is
+    // disabled on all but the inspect route.
+    let routes: Vec<&str> = resources[4]["spec"]["http"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        routes,
+        [
+            "layergate-store-turbopuffer-default-inspect",
+            "layergate-store-turbopuffer-default",
+            "layergate-control"
+        ]
+    );
+    let disabled: Vec<&str> = resources[5]["spec"]["configPatches"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|p| p["match"]["routeConfiguration"]["vhost"]["route"]["name"].as_str())
+        .collect();
+    assert_eq!(
+        disabled,
+        ["layergate-store-turbopuffer-default", "layergate-control"]
+    );
+}

@@ -1,0 +1,195 @@
+//! The Istio target (`render --target istio`): the same validation and filter configuration
+//! as the Envoy target, delivered the Istio way to an ingress gateway:
+//!
+//! - a `WasmPlugin` (phase AUTHN, `failStrategy: FAIL_CLOSE`) carrying the filter configuration
+//!   as `pluginConfig`, with store credentials as `{env: LAYERGATE_CREDENTIAL_<STORE>}` read
+//!   from the proxy's environment (`vmConfig.env`, `valueFrom: HOST`): credentials never
+//!   appear in an Istio resource;
+//! - per store, a `ServiceEntry` (MESH_EXTERNAL, DNS) and a `DestinationRule` (TLS origination
+//!   with SNI, connection limits);
+//! - a `Gateway` and a `VirtualService` routing on the filter's `x-layergate-cluster` header
+//!   (one route per store, plus the control API), rewriting `:authority` to the store's host;
+//! - an `EnvoyFilter` adding Envoy's buffer filter after the wasm filter, disabled on every
+//!   route but the body-inspection ones (`x-layergate-inspect: 1`), as in the Envoy target;
+//! - separately, a strategic-merge patch for the ingress gateway Deployment that puts each
+//!   credential into the proxy's environment from its Secret.
+
+use crate::envoy::DEFAULT_BUFFER_LIMIT_BYTES;
+use crate::render::{self, credential_env, store_cluster, RenderOptions};
+use crate::validate::Validation;
+use anyhow::Result;
+use layergate_filter::decision::{CLUSTER_HEADER, INSPECT_HEADER};
+use serde_json::{json, Value};
+use std::collections::BTreeMap;
+
+/// Where and how the Istio resources are rendered.
+#[derive(Debug, Clone)]
+pub struct IstioSettings {
+    /// Namespace of the ingress gateway (and of every rendered resource).
+    pub namespace: String,
+    /// Labels selecting the ingress gateway's pods.
+    pub selector: BTreeMap<String, String>,
+    /// Where Istio fetches the filter (`oci://…`, `https://…` or `file://…`).
+    pub wasm_url: String,
+    /// Hosts the Gateway and VirtualService serve.
+    pub hosts: Vec<String>,
+    /// The operator's control API (host, port), routed for `/v2/keys…` and `/v2/vectorstores…`.
+    pub control: Option<(String, u16)>,
+    /// The ingress gateway Deployment the credential patch is for.
+    pub gateway_deployment: String,
+}
+
+impl Default for IstioSettings {
+    fn default() -> IstioSettings {
+        IstioSettings {
+            namespace: "istio-system".into(),
+            selector: BTreeMap::from([("istio".to_owned(), "ingressgateway".to_owned())]),
+            wasm_url: "oci://ghcr.io/layergate/layergate-filter:0.1.0".into(),
+            hosts: vec!["*".into()],
+            control: None,
+            gateway_deployment: "istio-ingressgateway".into(),
+        }
+    }
+}
+
+/// Name of the rendered resources.
+pub const NAME: &str = "layergate";
+
+fn meta(name: &str, s: &IstioSettings) -> Value {
+    json!({"name": name, "namespace": s.namespace, "labels": {"app.kubernetes.io/managed-by": "layergate"}})
+}
+
+fn route(name: &str, cluster: &str, inspect: bool, host: &str, port: u16) -> Value {
+    let mut headers = json!({CLUSTER_HEADER: {"exact": cluster}});
+    if inspect {
+        headers[INSPECT_HEADER] = json!({"exact": "1"});
+    }
+    json!({
+        "name": name,
+        "match": [{"headers": headers}],
+        "route": [{"destination": {"host": host, "port": {"number": port}}}],
+        "rewrite": {"authority": host},
+        "headers": {"request": {"remove": [CLUSTER_HEADER, INSPECT_HEADER]}},
+        "timeout": "60s",
+    })
+}
+
+/// The Istio resources for one namespace's validation, plus the ingress gateway patch.
+pub fn render(v: &Validation, s: &IstioSettings) -> Result<(Vec<Value>, Value)> {
+    let options = RenderOptions {
+        control_cluster: s
+            .control
+            .as_ref()
+            .map(|_| crate::output::CONTROL_CLUSTER.to_owned()),
+        app_cluster: None,
+        credentials_from_env: true,
+    };
+    let config = render::filter_config(v, &options)?;
+    let stores: Vec<_> = v.stores.iter().filter_map(|x| x.valid.as_ref()).collect();
+    let mut out = Vec::new();
+    out.push(json!({
+        "apiVersion": "extensions.istio.io/v1alpha1", "kind": "WasmPlugin", "metadata": meta(NAME, s),
+        "spec": {
+            "selector": {"matchLabels": s.selector},
+            "url": s.wasm_url,
+            "imagePullPolicy": "IfNotPresent",
+            "phase": "AUTHN",
+            "failStrategy": "FAIL_CLOSE",
+            "pluginName": NAME,
+            "pluginConfig": serde_json::to_value(&config)?,
+            "vmConfig": {"env": stores.iter().map(|st| json!({"name": credential_env(&st.name), "valueFrom": "HOST"})).collect::<Vec<_>>()},
+        }
+    }));
+    let mut http = Vec::new();
+    let mut unbuffered = Vec::new();
+    for st in &stores {
+        let host = st
+            .endpoint
+            .host
+            .trim_start_matches('[')
+            .trim_end_matches(']')
+            .to_owned();
+        let name = format!("{NAME}-store-{}", st.name);
+        out.push(json!({
+            "apiVersion": "networking.istio.io/v1", "kind": "ServiceEntry", "metadata": meta(&name, s),
+            "spec": {
+                "hosts": [host],
+                "location": "MESH_EXTERNAL",
+                "resolution": "DNS",
+                "exportTo": ["."],
+                // The gateway speaks HTTP to this port; the DestinationRule originates TLS.
+                "ports": [{"number": st.endpoint.port, "name": "http-store", "protocol": "HTTP"}],
+            }
+        }));
+        let mut policy = json!({"connectionPool": {"tcp": {"maxConnections": 1024, "connectTimeout": "5s"},
+                                                   "http": {"http1MaxPendingRequests": 1024, "http2MaxRequests": 1024}}});
+        if st.endpoint.tls {
+            policy["tls"] = json!({"mode": "SIMPLE", "sni": host});
+        }
+        out.push(json!({
+            "apiVersion": "networking.istio.io/v1", "kind": "DestinationRule", "metadata": meta(&name, s),
+            "spec": {"host": host, "exportTo": ["."], "trafficPolicy": policy}
+        }));
+        let cluster = store_cluster(&st.name);
+        http.push(route(
+            &format!("{name}-inspect"),
+            &cluster,
+            true,
+            &host,
+            st.endpoint.port,
+        ));
+        http.push(route(&name, &cluster, false, &host, st.endpoint.port));
+        unbuffered.push(name);
+    }
+    if let Some((host, port)) = &s.control {
+        let name = format!("{NAME}-control");
+        http.push(route(
+            &name,
+            crate::output::CONTROL_CLUSTER,
+            false,
+            host,
+            *port,
+        ));
+        unbuffered.push(name);
+    }
+    out.push(json!({
+        "apiVersion": "networking.istio.io/v1", "kind": "Gateway", "metadata": meta(NAME, s),
+        "spec": {"selector": s.selector, "servers": [{"port": {"number": 80, "name": "http", "protocol": "HTTP"}, "hosts": s.hosts}]}
+    }));
+    out.push(json!({
+        "apiVersion": "networking.istio.io/v1", "kind": "VirtualService", "metadata": meta(NAME, s),
+        "spec": {"hosts": s.hosts, "gateways": [NAME], "http": http}
+    }));
+    let mut patches = vec![json!({
+        "applyTo": "HTTP_FILTER",
+        "match": {"context": "GATEWAY", "listener": {"filterChain": {"filter": {
+            "name": "envoy.filters.network.http_connection_manager", "subFilter": {"name": "envoy.filters.http.router"}}}}},
+        "patch": {"operation": "INSERT_BEFORE", "value": {"name": "envoy.filters.http.buffer", "typed_config": {
+            "@type": "type.googleapis.com/envoy.extensions.filters.http.buffer.v3.Buffer", "max_request_bytes": DEFAULT_BUFFER_LIMIT_BYTES}}},
+    })];
+    for name in unbuffered {
+        patches.push(json!({
+            "applyTo": "HTTP_ROUTE",
+            "match": {"context": "GATEWAY", "routeConfiguration": {"vhost": {"route": {"name": name}}}},
+            "patch": {"operation": "MERGE", "value": {"typed_per_filter_config": {"envoy.filters.http.buffer": {
+                "@type": "type.googleapis.com/envoy.extensions.filters.http.buffer.v3.BufferPerRoute", "disabled": true}}}},
+        }));
+    }
+    out.push(json!({
+        "apiVersion": "networking.istio.io/v1alpha3", "kind": "EnvoyFilter", "metadata": meta(&format!("{NAME}-buffer"), s),
+        "spec": {"workloadSelector": {"labels": s.selector}, "configPatches": patches}
+    }));
+    let env: Vec<Value> = stores
+        .iter()
+        .map(|st| {
+            json!({"name": credential_env(&st.name), "valueFrom": {"secretKeyRef": {
+            "name": st.credential_ref.0, "key": st.credential_ref.1}}})
+        })
+        .collect();
+    let gateway_patch = json!({
+        "apiVersion": "apps/v1", "kind": "Deployment",
+        "metadata": {"name": s.gateway_deployment, "namespace": s.namespace},
+        "spec": {"template": {"spec": {"containers": [{"name": "istio-proxy", "env": env}]}}}
+    });
+    Ok((out, gateway_patch))
+}
