@@ -780,3 +780,83 @@ fn the_deployments_arguments_start_kube_mode() {
     assert!(!out.status.success());
     assert!(err.contains("connecting to the Kubernetes API"), "{err}");
 }
+
+/// A raw HTTP/1.1 exchange (the control API closes nothing early; read until the body).
+fn http(addr: std::net::SocketAddr, method: &str, path: &str, body: &str) -> (u16, Value) {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(addr).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    write!(s, "{method} {path} HTTP/1.1\r\nhost: x\r\nauthorization: Bearer demo-admin-token\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}", body.len()).unwrap();
+    let mut out = String::new();
+    s.read_to_string(&mut out).unwrap();
+    let status = out[9..12].parse().unwrap();
+    let json = out
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| serde_json::from_str(b).unwrap_or(Value::Null))
+        .unwrap();
+    (status, json)
+}
+
+/// The control API over kube mode: mint creates the ApiKey and its owned token Secret, revoke
+/// patches the spec, delete deletes; each answer reflects the pass that followed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_control_api_writes_api_keys_through_kubernetes() {
+    let client = builder().build().await.unwrap();
+    let c = Arc::new(leader(&client));
+    c.pass().await.unwrap();
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    let control = Arc::new(layergate_operator::api::Api::new(c.clone(), 120));
+    std::thread::spawn(move || control.serve_on(listener));
+    let call = move |m: &'static str, p: &'static str, b: &'static str| {
+        tokio::task::spawn_blocking(move || http(addr, m, p, b))
+    };
+
+    let (status, minted) = call(
+        "POST",
+        "/v2/keys",
+        r#"{"name": "cohort", "entitlements": {"vectorstore.primary": {"scopes": ["read"]}}}"#,
+    )
+    .await
+    .unwrap();
+    assert_eq!(status, 201, "{minted}");
+    assert_eq!(minted["phase"], "Active");
+    let token = minted["token"].as_str().unwrap().to_owned();
+    let key = api::<ApiKey>(&client).get("cohort").await.unwrap();
+    let secret = api::<Secret>(&client).get("apikey-cohort").await.unwrap();
+    assert_eq!(
+        secret.metadata.owner_references.unwrap()[0].uid,
+        key.metadata.uid.unwrap()
+    );
+    let hash = format!("sha256:{}", hex::encode(Sha256::digest(token.as_bytes())));
+    assert_eq!(minted["lookupHash"], hash.as_str());
+
+    let (status, revoked) = call("POST", "/v2/keys/cohort/revoke", "").await.unwrap();
+    assert_eq!(
+        (status, revoked["phase"].as_str()),
+        (200, Some("Revoked")),
+        "{revoked}"
+    );
+    assert_eq!(
+        api::<ApiKey>(&client)
+            .get("cohort")
+            .await
+            .unwrap()
+            .spec
+            .revoked,
+        Some(true)
+    );
+
+    let (status, _) = call("DELETE", "/v2/keys/cohort", "").await.unwrap();
+    assert_eq!(status, 200);
+    assert!(api::<ApiKey>(&client)
+        .get_opt("cohort")
+        .await
+        .unwrap()
+        .is_none());
+    assert!(api::<Secret>(&client)
+        .get_opt("apikey-cohort")
+        .await
+        .unwrap()
+        .is_none());
+}
