@@ -860,3 +860,76 @@ async fn the_control_api_writes_api_keys_through_kubernetes() {
         .unwrap()
         .is_none());
 }
+
+/// Two controllers (the loop `run --source kube` runs) on one cluster: one leads and
+/// publishes, the other follows; when the leader shuts down it releases the Lease and the
+/// follower takes over at its next renewal, without waiting for the Lease to expire.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_controllers_one_writer_and_a_graceful_hand_over() {
+    use layergate_operator::controller;
+    use layergate_operator::lease::{LEASE_DURATION, RENEW_EVERY};
+    let client = builder().build().await.unwrap();
+    let start = |id: &'static str, stop: tokio::sync::oneshot::Receiver<()>| {
+        let cluster = Arc::new(Cluster::new(
+            client.clone(),
+            NS,
+            settings(),
+            DEFAULT_OUTPUT_SECRET,
+        ));
+        let lock = LeaseLock::new(client.clone(), NS, "layergate-operator", id, LEASE_DURATION);
+        let c = cluster.clone();
+        let task = tokio::spawn(async move {
+            controller::run(c, lock, async { stop.await.unwrap_or(()) }).await
+        });
+        (cluster, task)
+    };
+    let (stop_a, rx_a) = tokio::sync::oneshot::channel();
+    let (a, task_a) = start("a", rx_a);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let (_stop_b, rx_b) = tokio::sync::oneshot::channel();
+    let (b, _task_b) = start("b", rx_b);
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert!(a.is_leader() && !b.is_leader());
+    assert!(
+        api::<Secret>(&client)
+            .get_opt(DEFAULT_OUTPUT_SECRET)
+            .await
+            .unwrap()
+            .is_some(),
+        "the leader published"
+    );
+    assert!(b.state.last().is_some(), "the follower rendered in memory");
+    let holder = |l: Lease| l.spec.unwrap().holder_identity;
+    assert_eq!(
+        holder(
+            api::<Lease>(&client)
+                .get("layergate-operator")
+                .await
+                .unwrap()
+        )
+        .as_deref(),
+        Some("a")
+    );
+
+    stop_a.send(()).unwrap();
+    task_a.await.unwrap().unwrap();
+    assert!(!a.is_leader());
+    let released = std::time::Instant::now();
+    while !b.is_leader() {
+        assert!(
+            released.elapsed() < RENEW_EVERY + Duration::from_secs(2),
+            "b did not take over"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(
+        holder(
+            api::<Lease>(&client)
+                .get("layergate-operator")
+                .await
+                .unwrap()
+        )
+        .as_deref(),
+        Some("b")
+    );
+}
