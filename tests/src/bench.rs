@@ -64,14 +64,27 @@ pub fn parse_wrk(report: &str) -> Result<LoadStats> {
     Ok(stats)
 }
 
-/// Runs wrk (one thread, `connections` keep-alive connections, closed loop) against `url`.
+/// Runs wrk (one thread, `connections` keep-alive connections, closed loop) against `url`:
+/// a GET, or a POST of the file `body` (through a wrk Lua script).
 pub fn load(
     url: &str,
     headers: &[(&str, &str)],
+    body: Option<&std::path::Path>,
     connections: usize,
     duration: Duration,
 ) -> Result<LoadStats> {
     let mut cmd = std::process::Command::new("wrk");
+    if let Some(body) = body {
+        let script = body.with_extension("lua");
+        std::fs::write(
+            &script,
+            format!(
+                "wrk.method = \"POST\"\nlocal f = assert(io.open({:?}, \"rb\"))\nwrk.body = f:read(\"*a\")\nf:close()\n",
+                body.display().to_string()
+            ),
+        )?;
+        cmd.arg("-s").arg(script);
+    }
     cmd.args([
         "-t1",
         "--latency",
@@ -136,46 +149,70 @@ pub fn start_upstream() -> Result<SocketAddr> {
     let listener = std::net::TcpListener::bind("127.0.0.1:0")?;
     let addr = listener.local_addr()?;
     std::thread::spawn(move || {
-        for stream in listener.incoming() {
-            let Ok(mut stream) = stream else { continue };
-            std::thread::spawn(move || {
-                let _ = stream.set_nodelay(true);
-                let mut buf = Vec::with_capacity(8192);
-                let mut chunk = [0u8; 16384];
-                loop {
-                    // Read one request head (and a body, if announced).
-                    let end = loop {
-                        if let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
-                            break end;
-                        }
-                        match stream.read(&mut chunk) {
-                            Ok(0) | Err(_) => return,
-                            Ok(n) => buf.extend_from_slice(&chunk[..n]),
-                        }
-                    };
-                    let head = String::from_utf8_lossy(&buf[..end]).to_ascii_lowercase();
-                    let length: usize = head
-                        .lines()
-                        .find_map(|l| {
-                            l.strip_prefix("content-length:")
-                                .map(|v| v.trim().parse().unwrap_or(0))
-                        })
-                        .unwrap_or(0);
-                    while buf.len() < end + 4 + length {
-                        match stream.read(&mut chunk) {
-                            Ok(0) | Err(_) => return,
-                            Ok(n) => buf.extend_from_slice(&chunk[..n]),
-                        }
-                    }
-                    buf.drain(..end + 4 + length);
-                    if stream.write_all(b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: 2\r\n\r\n{}").is_err() {
-                        return;
-                    }
-                }
-            });
-        }
+        serve_http(listener, |_| {
+            b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: 2\r\n\r\n{}"
+        })
     });
     Ok(addr)
+}
+
+/// Serves keep-alive HTTP/1.1 on `listener` (a thread per connection) until the process ends:
+/// each request's head (lower-cased) goes to `respond`, whose bytes are the whole response.
+/// Bodies announced with `content-length` are read and dropped.
+pub fn serve_http(listener: std::net::TcpListener, respond: fn(&str) -> &'static [u8]) {
+    for stream in listener.incoming() {
+        let Ok(mut stream) = stream else { continue };
+        std::thread::spawn(move || {
+            let _ = stream.set_nodelay(true);
+            let mut buf = Vec::with_capacity(8192);
+            let mut chunk = [0u8; 16384];
+            loop {
+                // Read one request head (and a body, if announced).
+                let end = loop {
+                    if let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                        break end;
+                    }
+                    match stream.read(&mut chunk) {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                    }
+                };
+                let head = String::from_utf8_lossy(&buf[..end]).to_ascii_lowercase();
+                let length: usize = head
+                    .lines()
+                    .find_map(|l| {
+                        l.strip_prefix("content-length:")
+                            .map(|v| v.trim().parse().unwrap_or(0))
+                    })
+                    .unwrap_or(0);
+                while buf.len() < end + 4 + length {
+                    match stream.read(&mut chunk) {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                    }
+                }
+                buf.drain(..end + 4 + length);
+                if stream.write_all(respond(&head)).is_err() {
+                    return;
+                }
+            }
+        });
+    }
+}
+
+/// The cheapest external authorizer: the same key check as the other variants, answering
+/// 200 with the store credential and routing header for Envoy to copy upstream, else 401.
+pub fn authz_response(head: &str) -> &'static [u8] {
+    let key = head
+        .lines()
+        .find_map(|l| l.strip_prefix("authorization:"))
+        .map(str::trim);
+    match key {
+        Some("bearer demo-read-token" | "bearer demo-rw-token" | "bearer demo-admin-token") => {
+            b"HTTP/1.1 200 OK\r\nauthorization: Bearer tpuf-primary-dev-key\r\nx-layergate-cluster: store_primary\r\ncontent-length: 0\r\n\r\n"
+        }
+        _ => b"HTTP/1.1 401 Unauthorized\r\ncontent-length: 0\r\n\r\n",
+    }
 }
 
 #[cfg(test)]

@@ -100,6 +100,11 @@ impl Envoy {
 
     /// Starts Envoy from a bootstrap, in `cwd` (relative paths in the YAML resolve there).
     pub fn start_yaml(yaml: &str, cwd: &Path) -> Result<Envoy> {
+        Envoy::start_yaml_workers(yaml, cwd, 1)
+    }
+
+    /// [`Envoy::start_yaml`] with `workers` worker threads (`--concurrency`).
+    pub fn start_yaml_workers(yaml: &str, cwd: &Path, workers: usize) -> Result<Envoy> {
         let bin = crate::paths::envoy_bin()?;
         let dir = scratch_dir()?;
         let config = dir.join("envoy.yaml");
@@ -119,9 +124,8 @@ impl Envoy {
             .current_dir(cwd)
             .arg("-c")
             .arg(&config)
+            .args(["--concurrency", &workers.to_string()])
             .args([
-                "--concurrency",
-                "1",
                 "--disable-hot-restart",
                 "--log-level",
                 "warn",
