@@ -97,14 +97,14 @@ pub fn check(
         if api_key {
             return Err(forbidden(format!(
                 "{field} names a source_api_key; API key {:?} is limited to some namespaces and may not copy with another key",
-                &*key.name
+                key.name()
             )));
         }
         check_name(field, ns)?;
         match store_grant() {
             Some(g) if g.allows_namespace(ns) => Ok(()),
             _ => Err(namespace_denied(
-                &key.name,
+                key.name(),
                 ns,
                 Scope::Read,
                 &format!("vectorstore.{}", policy.stores[plan.store].name),
@@ -138,7 +138,7 @@ pub fn check(
             let Some(list) = fields.namespaces.as_deref().filter(|l| !l.is_empty()) else {
                 return Err(forbidden(format!(
                     "a federated query with API key {:?} must list its namespaces in \"namespaces\"",
-                    &*key.name
+                    key.name()
                 )));
             };
             if list.len() > MAX_FEDERATED_NAMESPACES {
@@ -154,13 +154,13 @@ pub fn check(
                 match key.stores[store].as_ref() {
                     Some(g) if g.scopes.allows(Scope::Read) && g.allows_namespace(ns) => {}
                     Some(g) if !g.scopes.allows(Scope::Read) => {
-                        return Err(forbidden(format!("API key {:?} lacks the read scope on {target}", &*key.name)))
+                        return Err(forbidden(format!("API key {:?} lacks the read scope on {target}", key.name())))
                     }
-                    Some(_) => return Err(namespace_denied(&key.name, ns, Scope::Read, &target)),
+                    Some(_) => return Err(namespace_denied(key.name(), ns, Scope::Read, &target)),
                     None => {
                         return Err(forbidden(format!(
                             "API key {:?} has no {target} entitlement (namespace {ns:?}); add it to the key's spec.entitlements",
-                            &*key.name
+                            key.name()
                         )))
                     }
                 }
@@ -170,7 +170,7 @@ pub fn check(
             if let Some(ns) = &fields.target_namespace {
                 check_name("target_namespace", ns)?;
                 if !key.layer.as_ref().is_some_and(|g| g.allows_namespace(ns)) {
-                    return Err(namespace_denied(&key.name, ns, Scope::Admin, "layer"));
+                    return Err(namespace_denied(key.name(), ns, Scope::Admin, "layer"));
                 }
             }
         }

@@ -108,13 +108,151 @@ pub struct ApiKeyConfig {
     pub key_id: String,
     /// The ApiKey's name.
     pub name: String,
-    /// `sha256:<hex>` of the token.
-    pub lookup_hash: String,
+    /// SHA-256 of the token, written `sha256:<64 lower-case hex>`.
+    pub lookup_hash: LookupHash,
     /// RFC 3339 UTC expiry (`2027-01-01T00:00:00Z`); absent = never.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub expires_at: Option<String>,
     /// Target (`vectorstore.<name>`, `layer`, `agent.<name>`, `warehouse.<name>`) → grant.
-    pub entitlements: BTreeMap<String, Entitlement>,
+    pub entitlements: Entitlements,
+}
+
+/// The SHA-256 of a token, as hev layer writes it: `sha256:<64 lower-case hex>`. Read straight
+/// into 32 bytes, so the configuration never holds 100,000 hex strings.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct LookupHash(pub [u8; 32]);
+
+impl LookupHash {
+    /// The digest of `token`.
+    pub fn of(token: &str) -> LookupHash {
+        use sha2::Digest as _;
+        LookupHash(sha2::Sha256::digest(token.as_bytes()).into())
+    }
+}
+
+impl std::fmt::Display for LookupHash {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("sha256:")?;
+        for b in self.0 {
+            write!(f, "{b:02x}")?;
+        }
+        Ok(())
+    }
+}
+
+impl std::str::FromStr for LookupHash {
+    type Err = String;
+    fn from_str(s: &str) -> Result<LookupHash, String> {
+        let hex = s
+            .strip_prefix("sha256:")
+            .filter(|h| h.len() == 64 && h.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f')))
+            .ok_or_else(|| format!("lookupHash {s:?} must be sha256:<64 lower-case hex>"))?;
+        let mut out = [0u8; 32];
+        hex::decode_to_slice(hex, &mut out).map_err(|e| e.to_string())?;
+        Ok(LookupHash(out))
+    }
+}
+
+impl Serialize for LookupHash {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
+}
+
+impl<'de> Deserialize<'de> for LookupHash {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<LookupHash, D::Error> {
+        let s = <std::borrow::Cow<'de, str>>::deserialize(d)?;
+        s.parse().map_err(serde::de::Error::custom)
+    }
+}
+
+/// An ApiKey's entitlements: a JSON object of target → grant, held as a vector sorted by
+/// target. A key has one to three targets; a `BTreeMap` would allocate a whole B-tree node
+/// (about 1 KiB) for each of them, which at 100,000 keys is most of a VM's memory while the
+/// configuration is read.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Entitlements(Vec<(String, Entitlement)>);
+
+impl Entitlements {
+    /// (target, grant) pairs, sorted by target.
+    pub fn iter(&self) -> impl Iterator<Item = (&String, &Entitlement)> {
+        self.0.iter().map(|(t, e)| (t, e))
+    }
+
+    /// The grant for `target`.
+    pub fn get(&self, target: &str) -> Option<&Entitlement> {
+        self.0
+            .binary_search_by(|(t, _)| t.as_str().cmp(target))
+            .ok()
+            .map(|i| &self.0[i].1)
+    }
+
+    /// Number of targets.
+    pub fn len(&self) -> usize {
+        self.0.len()
+    }
+
+    /// True when there is no target.
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+}
+
+impl FromIterator<(String, Entitlement)> for Entitlements {
+    /// Sorted by target; a later duplicate replaces an earlier one, as in a map.
+    fn from_iter<I: IntoIterator<Item = (String, Entitlement)>>(iter: I) -> Entitlements {
+        let map: BTreeMap<String, Entitlement> = iter.into_iter().collect();
+        Entitlements(map.into_iter().collect())
+    }
+}
+
+impl<'a> IntoIterator for &'a Entitlements {
+    type Item = (&'a String, &'a Entitlement);
+    type IntoIter = std::iter::Map<
+        std::slice::Iter<'a, (String, Entitlement)>,
+        fn(&'a (String, Entitlement)) -> (&'a String, &'a Entitlement),
+    >;
+    fn into_iter(self) -> Self::IntoIter {
+        self.0.iter().map(|(t, e)| (t, e))
+    }
+}
+
+impl Serialize for Entitlements {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_map(self.0.iter().map(|(t, e)| (t, e)))
+    }
+}
+
+impl<'de> Deserialize<'de> for Entitlements {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Entitlements, D::Error> {
+        struct Visitor;
+        impl<'de> serde::de::Visitor<'de> for Visitor {
+            type Value = Entitlements;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("an object of target → entitlement")
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(
+                self,
+                mut map: A,
+            ) -> Result<Entitlements, A::Error> {
+                let mut v: Vec<(String, Entitlement)> =
+                    Vec::with_capacity(map.size_hint().unwrap_or(1).min(16));
+                while let Some((t, e)) = map.next_entry::<String, Entitlement>()? {
+                    v.push((t, e));
+                }
+                v.sort_by(|a, b| a.0.cmp(&b.0));
+                if let Some(w) = v.windows(2).find(|w| w[0].0 == w[1].0) {
+                    return Err(serde::de::Error::custom(format!(
+                        "entitlement target {:?} appears twice",
+                        w[0].0
+                    )));
+                }
+                v.shrink_to_fit();
+                Ok(Entitlements(v))
+            }
+        }
+        d.deserialize_map(Visitor)
+    }
 }
 
 /// What one entitlement grants.

@@ -464,7 +464,7 @@ fn authenticate(
     let grants = policy
         .tokens
         .get(&crate::policy::token_hash(token.as_bytes()))
-        .map(Vec::as_slice)
+        .map(crate::policy::Grants::as_slice)
         .unwrap_or(&[]);
     let mut expired = None;
     for &g in grants {
@@ -488,7 +488,7 @@ fn authenticate(
     Err(match expired {
         Some(k) => Denial::new(
             DenialKind::InvalidToken,
-            format!("API key {:?} has expired; mint a new key", &*policy.keys[k].name),
+            format!("API key {:?} has expired; mint a new key", policy.keys[k].name()),
         ),
         None if grants.is_empty() => Denial::new(
             DenialKind::InvalidToken,
@@ -545,7 +545,7 @@ fn authorize_minted<'p>(
             scope,
             format!(
                 "API key {:?} has no {target} entitlement; add it to the key's spec.entitlements",
-                &*key.name
+                key.name()
             ),
         ));
     };
@@ -554,14 +554,14 @@ fn authorize_minted<'p>(
             scope,
             format!(
                 "API key {:?} lacks the {scope} scope on {target}; it has [{}]",
-                &*key.name,
+                key.name(),
                 g.scopes.as_str()
             ),
         ));
     }
     if let Some(ns) = route.namespace {
         if !g.allows_namespace(ns) {
-            return Err(namespace_denied(&key.name, ns, scope, &target.to_string()));
+            return Err(namespace_denied(key.name(), ns, scope, &target.to_string()));
         }
     }
     Ok(Some(g))
@@ -606,7 +606,7 @@ fn namespace_list(
             Scope::Read,
             format!(
                 "API key {:?} is limited to namespace globs that are not a single prefix (like shop-*), so it may not list namespaces",
-                &*key.name
+                key.name()
             ),
         ));
     };
@@ -616,7 +616,7 @@ fn namespace_list(
         Some(p) if p.starts_with(prefix) && !p.contains('%') => Ok(None),
         Some(p) => Err(insufficient(
             Scope::Read,
-            format!("API key {:?} may only list namespaces starting with {prefix:?}; prefix={p:?} is wider", &*key.name),
+            format!("API key {:?} may only list namespaces starting with {prefix:?}; prefix={p:?} is wider", key.name()),
         )),
         None => Ok(Some(match query {
             Some(q) if !q.is_empty() => format!("{base}?{q}&prefix={prefix}"),

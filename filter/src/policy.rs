@@ -6,7 +6,7 @@
 //!   stores[]                  stores: Vec<Store>            (index = StoreId)
 //!   namespaces{}              namespaces: HashMap<ns, StoreId>
 //!   inboundAuth.keys[].sha256 ┐
-//!   store credentials         ├► tokens: HashMap<[u8; 32], Vec<Grant>>
+//!   store credentials         ├► tokens: HashMap<[u8; 32], Grants>
 //!   apiKeys[].lookupHash      ┘
 //!   apiKeys[].entitlements    keys: Vec<MintedKey> (per-store grants indexed by StoreId)
 //! ```
@@ -124,11 +124,9 @@ impl Grantee {
 /// A compiled minted ApiKey.
 #[derive(Debug)]
 pub struct MintedKey {
-    /// `status.keyId`.
-    pub key_id: Box<str>,
-    /// The ApiKey's name.
-    pub name: Box<str>,
-    /// Principal name (`apikey:<name>`).
+    /// Principal name (`apikey:<name>`); [`MintedKey::name`] is its tail. (The key id is
+    /// checked for uniqueness when compiling and not kept: nothing on the request path needs
+    /// it, and at 100,000 keys every string per key is memory in every VM copy.)
     pub principal: Box<str>,
     /// Expiry in Unix seconds.
     pub expires_at: Option<i64>,
@@ -138,6 +136,50 @@ pub struct MintedKey {
     pub layer: Option<Grantee>,
     /// `agent.<name>` grants.
     pub agents: Vec<(Box<str>, Grantee)>,
+}
+
+impl MintedKey {
+    /// The ApiKey's name.
+    pub fn name(&self) -> &str {
+        self.principal
+            .strip_prefix("apikey:")
+            .unwrap_or(&self.principal)
+    }
+}
+
+/// The grants one token carries: almost always one, held inline (no allocation per key).
+#[derive(Debug, Clone)]
+pub enum Grants {
+    /// The usual case.
+    One(Grant),
+    /// A token that is several things at once (say, two stores' inbound key).
+    Many(Vec<Grant>),
+}
+
+impl Grants {
+    /// The grants, in configuration order.
+    pub fn as_slice(&self) -> &[Grant] {
+        match self {
+            Grants::One(g) => std::slice::from_ref(g),
+            Grants::Many(v) => v,
+        }
+    }
+
+    fn push(&mut self, g: Grant) {
+        match self {
+            Grants::One(first) => *self = Grants::Many(vec![*first, g]),
+            Grants::Many(v) => v.push(g),
+        }
+    }
+}
+
+fn add_grant(tokens: &mut HashMap<[u8; 32], Grants>, hash: [u8; 32], g: Grant) {
+    match tokens.entry(hash) {
+        std::collections::hash_map::Entry::Occupied(mut e) => e.get_mut().push(g),
+        std::collections::hash_map::Entry::Vacant(e) => {
+            e.insert(Grants::One(g));
+        }
+    }
 }
 
 /// The compiled configuration.
@@ -150,7 +192,7 @@ pub struct Policy {
     /// Upstream namespace → store (from Indexes).
     pub namespaces: HashMap<Box<str>, StoreId>,
     /// SHA-256(token) → grants.
-    pub tokens: HashMap<[u8; 32], Vec<Grant>>,
+    pub tokens: HashMap<[u8; 32], Grants>,
     /// Minted keys.
     pub keys: Vec<MintedKey>,
     /// `app` target cluster.
@@ -202,7 +244,7 @@ impl Policy {
         if cfg.limits.inspect_body_bytes == 0 {
             return invalid("limits.inspectBodyBytes must be greater than 0");
         }
-        let mut tokens: HashMap<[u8; 32], Vec<Grant>> = HashMap::new();
+        let mut tokens: HashMap<[u8; 32], Grants> = HashMap::with_capacity(cfg.api_keys.len() + 8);
         let mut by_name: HashMap<&str, StoreId> = HashMap::new();
         let mut stores = Vec::with_capacity(cfg.stores.len());
         for (id, s) in cfg.stores.iter().enumerate() {
@@ -228,10 +270,11 @@ impl Policy {
                 }
             };
             if let Some(v) = &secret {
-                tokens
-                    .entry(token_hash(v.as_bytes()))
-                    .or_default()
-                    .push(Grant::StoreCredential(id));
+                add_grant(
+                    &mut tokens,
+                    token_hash(v.as_bytes()),
+                    Grant::StoreCredential(id),
+                );
             }
             let (mode, mut key_principals) = match &s.inbound_auth {
                 InboundAuth::DeriveFromStore => (Mode::DeriveFromStore, Vec::new()),
@@ -259,11 +302,15 @@ impl Policy {
                             s.name, key.name
                         ));
                     }
-                    tokens.entry(hash).or_default().push(Grant::InboundKey {
-                        store: id,
-                        key: k,
-                        scopes: Scopes::from_slice(&key.scopes),
-                    });
+                    add_grant(
+                        &mut tokens,
+                        hash,
+                        Grant::InboundKey {
+                            store: id,
+                            key: k,
+                            scopes: Scopes::from_slice(&key.scopes),
+                        },
+                    );
                     key_principals.push(format!("key:{}/{}", s.name, key.name).into_boxed_str());
                 }
             }
@@ -302,20 +349,8 @@ impl Policy {
             if !key_ids.insert(k.key_id.as_str()) {
                 return invalid(format!("apiKeys: keyId {:?} is used twice", k.key_id));
             }
-            let hash = k
-                .lookup_hash
-                .strip_prefix("sha256:")
-                .and_then(parse_hex32)
-                .ok_or_else(|| {
-                    ConfigError::Invalid(format!(
-                        "apiKeys {:?}: lookupHash must be sha256:<64 lower-case hex>",
-                        k.name
-                    ))
-                })?;
-            tokens
-                .entry(hash)
-                .or_default()
-                .push(Grant::Minted(keys.len()));
+            let hash = k.lookup_hash.0;
+            add_grant(&mut tokens, hash, Grant::Minted(keys.len()));
             keys.push(compile_key(k, &by_name, stores.len())?);
         }
         let rules = cfg
@@ -388,8 +423,6 @@ fn compile_key(
         })?),
     };
     let mut key = MintedKey {
-        key_id: k.key_id.as_str().into(),
-        name: k.name.as_str().into(),
         principal: format!("apikey:{}", k.name).into_boxed_str(),
         expires_at,
         stores: vec![None; store_count],

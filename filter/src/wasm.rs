@@ -6,9 +6,10 @@
 //! Envoy stats once a second from the root context's tick.
 #![allow(unsafe_code)] // Raw ABI calls: the SDK's wrappers allocate a String per header.
 
+use crate::config::FilterConfig;
 use crate::decision::{decide, must_strip, Decision, Denial, Inspection, Plan, INSPECT_HEADER};
 use crate::headers::{pairs, RequestHead};
-use crate::policy::Policy;
+use crate::policy::{ConfigError, Policy};
 use proxy_wasm::hostcalls;
 use proxy_wasm::traits::{Context, HttpContext, RootContext};
 use proxy_wasm::types::{Action, BufferType, ContextType, LogLevel, MapType, MetricType};
@@ -116,7 +117,11 @@ impl RootContext for Root {
                 return false;
             }
         };
-        match Policy::from_json(&bytes, |var| std::env::var(var).ok()) {
+        // Parse, then free the document before compiling: linear memory never shrinks, so
+        // the peak (document + parsed + compiled) is what every copy of the VM keeps.
+        let parsed = FilterConfig::from_json(&bytes).map_err(ConfigError::from);
+        drop(bytes);
+        match parsed.and_then(|cfg| Policy::compile(&cfg, |var| std::env::var(var).ok())) {
             Ok(policy) => {
                 for s in &policy.stores {
                     if let Err(var) = &s.bearer {

@@ -235,7 +235,12 @@ impl Api {
             return error(StatusCode::BAD_REQUEST, "send {\"token\": \"hvl_…\"}");
         };
         let hash = format!("sha256:{}", hex::encode(Sha256::digest(token.as_bytes())));
-        match pass.config.api_keys.iter().find(|k| k.lookup_hash == hash) {
+        match pass
+            .config
+            .api_keys
+            .iter()
+            .find(|k| k.lookup_hash.to_string() == hash)
+        {
             Some(k) => {
                 let owner = pass
                     .objects

@@ -118,7 +118,7 @@ pub fn key(pass: &Pass, obj: &ApiKey, now: i64) -> ApiKeyStatus {
     });
     // A key that was active keeps its hash and expiry on record once revoked or expired.
     let lookup_hash = rendered
-        .map(|r| r.lookup_hash.clone())
+        .map(|r| r.lookup_hash.to_string())
         .or_else(|| old.lookup_hash.clone());
     let expires_at = rendered
         .and_then(|r| r.expires_at.clone())

@@ -540,9 +540,9 @@ fn validate_key(
     let config = ApiKeyConfig {
         key_id: key_id(k, ns),
         name: name.clone(),
-        lookup_hash: format!("sha256:{}", sha256_hex(token)),
+        lookup_hash: layergate_filter::config::LookupHash::of(token),
         expires_at: expires.map(rfc3339),
-        entitlements,
+        entitlements: entitlements.into_iter().collect(),
     };
     out(
         ApiKeyPhase::Active,

@@ -173,7 +173,8 @@ fn api_key_phases_and_reasons() {
     assert_eq!(v.phases["k"], ApiKeyPhase::Active);
     let cfg = k.valid.as_ref().unwrap();
     assert!(
-        cfg.lookup_hash.starts_with("sha256:") && !format!("{cfg:?}").contains("hvl_abc"),
+        cfg.lookup_hash.to_string().starts_with("sha256:")
+            && !format!("{cfg:?}").contains("hvl_abc"),
         "the token never leaves the Secret"
     );
     assert_eq!(

@@ -635,6 +635,16 @@ impl FilterHost {
             .with_context(|| format!("calling {name}"))
     }
 
+    /// Size of the VM's linear memory, in bytes: what one copy of the filter holds (it never
+    /// shrinks, so this is the high-water mark).
+    pub fn memory_bytes(&mut self) -> Result<usize> {
+        let memory = self
+            .instance
+            .get_memory(&mut self.store, "memory")
+            .context("the filter exports no memory")?;
+        Ok(memory.data_size(&self.store))
+    }
+
     /// Delivers a plugin configuration; returns what `proxy_on_configure` answered.
     pub fn configure(&mut self, plugin_config: &str) -> Result<bool> {
         self.store.data_mut().plugin_config = plugin_config.as_bytes().to_vec();
