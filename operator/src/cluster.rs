@@ -5,7 +5,7 @@
 //!
 //! What a pass writes, and only when it is the leader ([`crate::lease`]):
 //! - minted tokens, in Secrets `apikey-<name>` owned by their ApiKey (deleted with it);
-//! - the rendering (`cds.yaml`, `lds.yaml`, `layergate.json`) in one Secret the gateway
+//! - the rendering (`cds.json`, `lds.json`, `layergate.json`) in one Secret the gateway
 //!   mounts, server-side applied, and only when its data changed;
 //! - each object's `status`, server-side applied under one field manager, only when it changed;
 //! - a Warning Event for each object whose `Ready` turned False for a reason the user must fix.

@@ -20,7 +20,7 @@ const USAGE: &str = "usage: layergate-operator COMMAND
                               and their Secrets, as YAML files) offline; exit 1 on error
   render -f DIR -o OUT [--namespace NS] [--target envoy|istio]
                               write what the gateway loads: OUT/layergate.json (the filter
-                              configuration), OUT/lds.yaml and OUT/cds.yaml (Envoy's
+                              configuration), OUT/lds.json and OUT/cds.json (Envoy's
                               file-based dynamic config; they hold store credentials, mode
                               0600) and OUT/bootstrap.yaml, which watches them. Environment:
                               LAYERGATE_LISTEN (127.0.0.1:8080), LAYERGATE_ADMIN

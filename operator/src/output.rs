@@ -61,14 +61,14 @@ pub fn namespace(objects: &Objects, asked: Option<&str>) -> Result<String> {
 }
 
 /// The files a rendering consists of, in the order they are replaced.
-pub const FILES: [&str; 4] = ["layergate.json", "cds.yaml", "lds.yaml", "bootstrap.yaml"];
+pub const FILES: [&str; 4] = ["layergate.json", "cds.json", "lds.json", "bootstrap.yaml"];
 
 /// A rendering in memory: the filter configuration and the gateway's files.
 #[derive(Debug, Clone)]
 pub struct Rendering {
     /// The filter configuration (also inside the listener).
     pub config: FilterConfig,
-    /// `layergate.json`, `cds.yaml`, `lds.yaml`, in the order they must be replaced.
+    /// `layergate.json`, `cds.json`, `lds.json`, in the order they must be replaced.
     pub files: Vec<(&'static str, String)>,
 }
 
@@ -106,8 +106,8 @@ pub fn render(v: &Validation, settings: &Settings) -> Result<Rendering> {
             "layergate.json",
             serde_json::to_string_pretty(&config)? + "\n",
         ),
-        ("cds.yaml", envoy::cds(&clusters)),
-        ("lds.yaml", envoy::lds(&listener)),
+        ("cds.json", envoy::cds(&clusters)),
+        ("lds.json", envoy::lds(&listener)),
     ];
     Ok(Rendering { config, files })
 }

@@ -139,7 +139,7 @@ async fn published(client: &Client) -> Value {
         .await
         .unwrap();
     let data = s.data.unwrap();
-    for file in ["cds.yaml", "lds.yaml", "layergate.json"] {
+    for file in ["cds.json", "lds.json", "layergate.json"] {
         assert!(data.contains_key(file), "the output Secret has {file}");
     }
     serde_json::from_slice(&data["layergate.json"].0).unwrap()
@@ -213,7 +213,7 @@ async fn a_pass_publishes_the_rendering_statuses_and_mints_nothing_it_need_not()
         .unwrap()
         .data
         .unwrap();
-    assert!(String::from_utf8_lossy(&cds["cds.yaml"].0).contains("layergate-operator.layer.svc"));
+    assert!(String::from_utf8_lossy(&cds["cds.json"].0).contains("layergate-operator.layer.svc"));
 
     // Nothing changed: nothing is written again.
     let again = c.pass().await.unwrap();

@@ -52,7 +52,7 @@ fn a_new_api_key_is_minted_into_a_secret_file_and_rendered_by_hash_only() {
     )));
     assert!(
         !config.contains(&token)
-            && !std::fs::read_to_string(out.join("lds.yaml"))
+            && !std::fs::read_to_string(out.join("lds.json"))
                 .unwrap()
                 .contains(&token)
     );
@@ -70,7 +70,7 @@ fn a_new_api_key_is_minted_into_a_secret_file_and_rendered_by_hash_only() {
 fn an_unreadable_manifest_never_replaces_the_last_good_output() {
     let (dir, out) = setup("unreadable");
     source::reconcile(&dir, &out, &settings(), None).unwrap();
-    let before = std::fs::read_to_string(out.join("lds.yaml")).unwrap();
+    let before = std::fs::read_to_string(out.join("lds.json")).unwrap();
     std::fs::write(
         dir.join("indexes.yaml"),
         "apiVersion: hevlayer.com/v1\nkind: Index\nmetadata: {name: logs\n",
@@ -82,7 +82,7 @@ fn an_unreadable_manifest_never_replaces_the_last_good_output() {
         "{err:#}"
     );
     assert_eq!(
-        std::fs::read_to_string(out.join("lds.yaml")).unwrap(),
+        std::fs::read_to_string(out.join("lds.json")).unwrap(),
         before
     );
 }

@@ -327,12 +327,12 @@ fn envoy_outputs_match_the_goldens() {
     );
     let pairs = [
         (
-            std::fs::read_to_string(out.join("cds.yaml")).unwrap(),
-            golden.join("cds.yaml"),
+            std::fs::read_to_string(out.join("cds.json")).unwrap(),
+            golden.join("cds.json"),
         ),
         (
-            std::fs::read_to_string(out.join("lds.yaml")).unwrap(),
-            golden.join("lds.yaml"),
+            std::fs::read_to_string(out.join("lds.json")).unwrap(),
+            golden.join("lds.json"),
         ),
         (production.clone(), root.join("envoy/bootstrap.yaml")),
         (

@@ -128,7 +128,9 @@ impl Envoy {
             .args([
                 "--disable-hot-restart",
                 "--log-level",
-                "warn",
+                std::env::var("LAYERGATE_ENVOY_LOG")
+                    .as_deref()
+                    .unwrap_or("warn"),
                 "--file-flush-interval-msec",
                 "100",
             ])

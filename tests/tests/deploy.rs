@@ -154,7 +154,7 @@ fn the_manifests_agree_with_the_operators_defaults() {
         .as_str()
         .unwrap()
         .to_owned();
-    assert!(bootstrap.contains(&format!("path: {}/lds.yaml", mount("config"))));
+    assert!(bootstrap.contains(&format!("path: {}/lds.json", mount("config"))));
     assert_eq!(
         format!("{}/layergate_filter.wasm", mount("wasm")),
         "/etc/layergate/wasm/layergate_filter.wasm"

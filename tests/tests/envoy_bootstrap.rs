@@ -94,9 +94,10 @@ spec:
     .unwrap_or_else(|e| panic!("{e:#}"));
     let bootstrap = std::fs::read_to_string(out.join("bootstrap.yaml")).unwrap();
     envoy::validate(&bootstrap).unwrap_or_else(|e| panic!("{e:#}"));
-    let cds = std::fs::read_to_string(out.join("cds.yaml")).unwrap();
+    let cds = std::fs::read_to_string(out.join("cds.json")).unwrap();
     assert!(
-        cds.contains("sni: aws-us-east-1.turbopuffer.com") && cds.contains("layergate_control"),
+        cds.contains(r#""sni": "aws-us-east-1.turbopuffer.com""#)
+            && cds.contains("layergate_control"),
         "{cds}"
     );
     let _ = std::fs::remove_dir_all(&out);

@@ -514,13 +514,11 @@ fn reload_time(upstream: SocketAddr, keys: usize) -> Result<Duration> {
             tls: false,
         })
         .collect();
-    std::fs::write(dir.join("cds.yaml"), render::cds(&clusters))?;
-    std::fs::write(dir.join("lds.yaml"), lds(scaled_config(keys, 10)?))?;
+    std::fs::write(dir.join("cds.json"), render::cds(&clusters))?;
+    std::fs::write(dir.join("lds.json"), lds(scaled_config(keys, 10)?))?;
     let admin = SocketAddr::from(([127, 0, 0, 1], 0));
-    let envoy = Envoy::start_yaml(
-        &render::dynamic_bootstrap(admin, &dir),
-        &layergate_tests::paths::repo_root(),
-    )?;
+    let bootstrap = render::dynamic_bootstrap(admin, &dir);
+    let envoy = Envoy::start_yaml(&bootstrap, &layergate_tests::paths::repo_root())?;
     let new_token = bench_token(keys);
     let status = |token: &str| {
         Request::new("GET", READ_PATH)
@@ -535,10 +533,10 @@ fn reload_time(upstream: SocketAddr, keys: usize) -> Result<Duration> {
     );
     let next = scaled_config(keys + 1, 10)?;
     let text = lds(next);
-    let tmp = dir.join("lds.yaml.tmp");
+    let tmp = dir.join("lds.tmp");
     std::fs::write(&tmp, text)?;
     let started = Instant::now();
-    std::fs::rename(&tmp, dir.join("lds.yaml"))?;
+    std::fs::rename(&tmp, dir.join("lds.json"))?;
     while status(&new_token) != 200 {
         anyhow::ensure!(
             started.elapsed() < Duration::from_secs(30),
@@ -546,7 +544,12 @@ fn reload_time(upstream: SocketAddr, keys: usize) -> Result<Duration> {
         );
         std::thread::sleep(Duration::from_millis(2));
     }
-    Ok(started.elapsed())
+    let took = started.elapsed();
+    if std::env::var_os("RELOAD_LOG").is_some() {
+        std::thread::sleep(Duration::from_millis(500));
+        eprintln!("{}", envoy.log());
+    }
+    Ok(took)
 }
 
 fn free_port() -> Result<u16> {
@@ -630,6 +633,15 @@ fn operator_render_time(keys: usize, indexes: usize) -> Result<Duration> {
 }
 
 fn main() -> Result<()> {
+    if std::env::args().nth(1).as_deref() == Some("reload") {
+        let upstream = start_upstream()?;
+        let keys = std::env::args()
+            .nth(2)
+            .and_then(|k| k.parse().ok())
+            .unwrap_or(100_000);
+        println!("reload at {keys} keys: {:?}", reload_time(upstream, keys)?);
+        return Ok(());
+    }
     if std::env::args().nth(1).as_deref() == Some("authz") {
         let listener = std::net::TcpListener::bind("127.0.0.1:0")?;
         println!("{}", listener.local_addr()?);
@@ -645,7 +657,7 @@ fn main() -> Result<()> {
     let variants: Vec<Variant> = variants(upstream, authz_addr, authz.id(), &scratch)?
         .into_iter()
         .enumerate()
-        .filter(|(i, v)| *i < 2 || only.is_empty() || v.name.contains(&only))
+        .filter(|(i, v)| *i < 2 || only.is_empty() || only.split('|').any(|o| v.name.contains(o)))
         .map(|(_, v)| v)
         .collect();
     if let Ok(dir) = std::env::var("BENCH_DUMP") {
