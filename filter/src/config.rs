@@ -43,19 +43,6 @@ pub struct FilterConfig {
     /// Size limits.
     #[serde(default)]
     pub limits: Limits,
-    /// Set the filter state `wasm.layergate` (principal, scope, store, decision) on every
-    /// request, for the access log. It is one host call per request, the dearest of the
-    /// filter's four (see the README's performance section); `false` drops it. Default true.
-    #[serde(default = "yes", skip_serializing_if = "is_true")]
-    pub filter_state: bool,
-}
-
-fn yes() -> bool {
-    true
-}
-
-fn is_true(b: &bool) -> bool {
-    *b
 }
 
 /// One VectorStore as the filter sees it.

@@ -203,8 +203,6 @@ pub struct Policy {
     pub rules: Vec<RouteRule>,
     /// `limits.inspectBodyBytes`.
     pub inspect_body_bytes: u64,
-    /// Whether requests set the filter state for the access log.
-    pub filter_state: bool,
 }
 
 /// SHA-256 of a token.
@@ -379,7 +377,6 @@ impl Policy {
             control_cluster: upstream(&cfg.control, "control")?,
             rules,
             inspect_body_bytes: cfg.limits.inspect_body_bytes,
-            filter_state: cfg.filter_state,
         })
     }
 

@@ -244,9 +244,6 @@ fn apply_edits(policy: &Policy, plan: &Plan, header_buf: Option<&[u8]>) -> Resul
 
 /// One `set_property` with `principal=… scope=… store=… decision=…` for access logs.
 fn record(policy: Option<&Policy>, plan: Option<&Plan>, decision: &str) {
-    if policy.is_some_and(|p| !p.filter_state) {
-        return;
-    }
     LOG_LINE.with(|line| {
         let Ok(mut line) = line.try_borrow_mut() else {
             return;

@@ -111,7 +111,6 @@ pub fn filter_config(v: &Validation, options: &RenderOptions) -> Result<FilterCo
             .map(|cluster| UpstreamConfig { cluster }),
         routes: Vec::new(),
         limits: Limits::default(),
-        filter_state: true,
     };
     // Never publish what the filter would refuse.
     Policy::compile(&config, |_| None)?;

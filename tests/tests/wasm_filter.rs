@@ -92,29 +92,6 @@ fn allowed_request_gets_the_store_credential_and_cluster() {
     );
 }
 
-/// `filterState: false` saves the per-request host call and changes nothing else.
-#[test]
-fn the_access_log_property_can_be_turned_off() {
-    let mut config: serde_json::Value =
-        serde_json::from_str(&demo::filter_config().unwrap()).unwrap();
-    config["filterState"] = false.into();
-    let mut vm = FilterHost::load(module(), &config.to_string(), ENV).unwrap();
-    let out = vm
-        .request(
-            Request::new("GET", "/v1/namespaces/shop-a/metadata")
-                .header("authorization", "Bearer demo-read-token"),
-        )
-        .unwrap();
-    let Outcome::Forwarded { headers } = out else {
-        panic!("{out:?}")
-    };
-    assert_eq!(
-        header(&headers, "x-layergate-cluster"),
-        Some("store_primary")
-    );
-    assert_eq!(vm.property("layergate"), None);
-}
-
 #[test]
 fn denied_requests_get_turbopuffer_shaped_local_replies() {
     let mut vm = host();

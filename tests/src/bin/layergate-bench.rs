@@ -187,13 +187,6 @@ fn scaled_config(keys: usize, namespaces: usize) -> Result<String> {
     Ok(serde_json::to_string(&config)?)
 }
 
-/// The configuration with `filterState: false`.
-fn without_filter_state(config: &str) -> Result<String> {
-    let mut v: Value = serde_json::from_str(config)?;
-    v["filterState"] = false.into();
-    Ok(v.to_string())
-}
-
 const WRITER_TOKEN: &str = "hvl_benchWriter0123456789abcdefABCD";
 
 fn headers(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
@@ -302,13 +295,6 @@ fn variants(
             Table::Peers,
             "layergate (demo fixture)",
             gw.render(),
-            READ_PATH,
-            &read,
-        ),
-        v(
-            Table::Peers,
-            "layergate, filterState off (no access-log property)",
-            gateway(without_filter_state(&demo::filter_config()?)?).render(),
             READ_PATH,
             &read,
         ),
