@@ -457,7 +457,11 @@ impl Cluster {
         let name = obj.meta().name.clone().unwrap_or_default();
         let event = Event {
             metadata: ObjectMeta {
-                name: Some(format!("{name}.{:x}{:04x}", at, rand_u16())),
+                name: Some(format!(
+                    "{name}.{:x}{:04x}",
+                    at,
+                    crate::source::random_u16()
+                )),
                 namespace: Some(self.namespace.clone()),
                 ..ObjectMeta::default()
             },
@@ -580,11 +584,6 @@ impl Cluster {
     fn block_on<T>(&self, f: impl std::future::Future<Output = T>) -> T {
         tokio::task::block_in_place(|| self.runtime.block_on(f))
     }
-}
-
-fn rand_u16() -> u16 {
-    let mut b = [0u8; 2];
-    getrandom::fill(&mut b).map_or(0, |()| u16::from_le_bytes(b))
 }
 
 /// The control API's changes, as Kubernetes writes (called from the API's worker threads).

@@ -10,7 +10,7 @@
 use crate::cluster::{referenced_secrets, Backoff, Cluster, Step};
 use crate::crd::{ApiKey, Index, VectorStore};
 use crate::lease::{Leadership, LeaseLock, LEASE_DURATION, RENEW_EVERY};
-use crate::source::{PROBE_INTERVAL, PROBE_JITTER};
+use crate::source::{jitter, PROBE_INTERVAL};
 use futures::StreamExt;
 use k8s_openapi::api::core::v1::Secret;
 use kube::core::PartialObjectMeta;
@@ -100,12 +100,6 @@ where
             }
         }
     });
-}
-
-fn jitter() -> Duration {
-    let mut b = [0u8; 2];
-    let n = getrandom::fill(&mut b).map_or(0, |()| u64::from(u16::from_le_bytes(b)));
-    Duration::from_millis(n % (PROBE_JITTER.as_millis() as u64 + 1))
 }
 
 /// Runs the controller until `shutdown` completes.

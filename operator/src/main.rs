@@ -207,15 +207,7 @@ fn run_dir(dir: &Path, out: &Path) -> Result<()> {
         out.to_owned(),
         settings,
     ));
-    let api = std::sync::Arc::new(api::Api::new(source.clone(), rate));
-    std::thread::Builder::new()
-        .name("control-api".into())
-        .spawn(move || {
-            if let Err(e) = api.serve(control) {
-                tracing::error!("control API stopped: {e:#}");
-                std::process::exit(1);
-            }
-        })?;
+    spawn_control_api(source.clone(), rate, control)?;
     source.watch()
 }
 
@@ -283,10 +275,7 @@ fn run_kube(namespace: Option<&str>) -> Result<()> {
             "LAYERGATE_CONTROL_UPSTREAM",
             &format!("layergate-operator.{ns}.svc:9902"),
         );
-        let (host, port) = upstream
-            .rsplit_once(':')
-            .and_then(|(h, p)| Some((h.to_owned(), p.parse::<u16>().ok()?)))
-            .context("LAYERGATE_CONTROL_UPSTREAM must be HOST:PORT")?;
+        let (host, port) = host_port(&upstream)?;
         let settings = output::Settings {
             listen: env_or("LAYERGATE_LISTEN", "0.0.0.0:8080")
                 .parse()
@@ -311,17 +300,34 @@ fn run_kube(namespace: Option<&str>) -> Result<()> {
             lease::LEASE_DURATION,
         );
         tracing::info!(namespace = %ns, %identity, output = %out, "starting");
-        let api = std::sync::Arc::new(api::Api::new(source.clone(), rate));
-        std::thread::Builder::new()
-            .name("control-api".into())
-            .spawn(move || {
-                if let Err(e) = api.serve(control) {
-                    tracing::error!("control API stopped: {e:#}");
-                    std::process::exit(1);
-                }
-            })?;
+        spawn_control_api(source.clone(), rate, control)?;
         controller::run(source, lock, shutdown_signal()).await
     })
+}
+
+/// `LAYERGATE_CONTROL_UPSTREAM`'s `HOST:PORT`.
+fn host_port(s: &str) -> Result<(String, u16)> {
+    s.rsplit_once(':')
+        .and_then(|(h, p)| Some((h.to_owned(), p.parse::<u16>().ok()?)))
+        .context("LAYERGATE_CONTROL_UPSTREAM must be HOST:PORT")
+}
+
+/// Serves the control API on its own thread; the process exits if it stops.
+fn spawn_control_api(
+    source: std::sync::Arc<dyn layergate_operator::source::Source>,
+    rate: u32,
+    addr: std::net::SocketAddr,
+) -> Result<()> {
+    let api = std::sync::Arc::new(api::Api::new(source, rate));
+    std::thread::Builder::new()
+        .name("control-api".into())
+        .spawn(move || {
+            if let Err(e) = api.serve(addr) {
+                tracing::error!("control API stopped: {e:#}");
+                std::process::exit(1);
+            }
+        })?;
+    Ok(())
 }
 
 /// Completes on SIGTERM (what Kubernetes sends) or Ctrl-C.
@@ -383,11 +389,7 @@ fn render_istio(dir: &Path, out: &Path, namespace: Option<&str>) -> Result<()> {
         Err(_) => defaults.selector,
     };
     let control = match std::env::var("LAYERGATE_CONTROL_UPSTREAM") {
-        Ok(u) => Some(
-            u.rsplit_once(':')
-                .and_then(|(h, p)| Some((h.to_owned(), p.parse::<u16>().ok()?)))
-                .context("LAYERGATE_CONTROL_UPSTREAM must be HOST:PORT")?,
-        ),
+        Ok(u) => Some(host_port(&u)?),
         Err(_) => None,
     };
     let settings = istio::IstioSettings {

@@ -287,10 +287,15 @@ pub const PROBE_INTERVAL: Duration = Duration::from_secs(30);
 /// Random extra delay per probe round.
 pub const PROBE_JITTER: Duration = Duration::from_secs(5);
 
-fn jitter() -> Duration {
+/// 16 random bits from the OS (0 if it has none to give).
+pub fn random_u16() -> u16 {
     let mut b = [0u8; 2];
-    let n = getrandom::fill(&mut b).map_or(0, |()| u64::from(u16::from_le_bytes(b)));
-    Duration::from_millis(n % (PROBE_JITTER.as_millis() as u64 + 1))
+    getrandom::fill(&mut b).map_or(0, |()| u16::from_le_bytes(b))
+}
+
+/// A random delay up to [`PROBE_JITTER`], so replicas and stores spread their probes out.
+pub fn jitter() -> Duration {
+    Duration::from_millis(u64::from(random_u16()) % (PROBE_JITTER.as_millis() as u64 + 1))
 }
 
 impl DirSource {

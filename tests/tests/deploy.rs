@@ -31,10 +31,9 @@ fn kustomize(dir: &str) -> Vec<Value> {
         .collect()
 }
 
-/// `kubernetes-validate --strict` on YAML; (exit code, output).
-fn kubernetes_validate(yaml: &str) -> (i32, String) {
-    let mut child = Command::new(paths::venv_bin("kubernetes-validate").unwrap())
-        .args(["--strict", "-"])
+/// Runs `cmd` with `input` on its standard input.
+fn piped(cmd: &mut Command, input: &str) -> std::process::Output {
+    let mut child = cmd
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
@@ -44,9 +43,17 @@ fn kubernetes_validate(yaml: &str) -> (i32, String) {
         .stdin
         .take()
         .unwrap()
-        .write_all(yaml.as_bytes())
+        .write_all(input.as_bytes())
         .unwrap();
-    let out = child.wait_with_output().unwrap();
+    child.wait_with_output().unwrap()
+}
+
+/// `kubernetes-validate --strict` on YAML; (exit code, output).
+fn kubernetes_validate(yaml: &str) -> (i32, String) {
+    let out = piped(
+        Command::new(paths::venv_bin("kubernetes-validate").unwrap()).args(["--strict", "-"]),
+        yaml,
+    );
     let text = format!(
         "{}{}",
         String::from_utf8_lossy(&out.stdout),
@@ -242,19 +249,11 @@ fn the_istio_target_passes_istios_schemas_and_keeps_credentials_out() {
     );
 
     let validate_istio = |docs: &str| {
-        let mut child = Command::new(paths::python().unwrap())
-            .arg(paths::repo_root().join("tests/python/istio_validate.py"))
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .spawn()
-            .unwrap();
-        child
-            .stdin
-            .take()
-            .unwrap()
-            .write_all(docs.as_bytes())
-            .unwrap();
-        let out = child.wait_with_output().unwrap();
+        let out = piped(
+            Command::new(paths::python().unwrap())
+                .arg(paths::repo_root().join("tests/python/istio_validate.py")),
+            docs,
+        );
         let report: Value = serde_json::from_slice(&out.stdout).unwrap();
         (out.status.success(), report)
     };
