@@ -561,8 +561,9 @@ impl Cluster {
         Ok((pass, rendering))
     }
 
-    /// Probes every valid store of the last pass and, when leading, writes the statuses that
-    /// changed.
+    /// Probes every valid store of the last pass, then runs a pass so that statuses (and
+    /// Events) are judged against the objects as they are now, not the last pass's copies,
+    /// whose statuses that pass may already have rewritten.
     pub async fn probe(&self) -> Result<(), StepError> {
         let stores = self.state.stores();
         let started = Instant::now();
@@ -571,14 +572,7 @@ impl Cluster {
             tracing::debug!(vectorstore = %name, probe = ?result, "probed");
         }
         self.state.set_probes(results, started.elapsed());
-        if self.is_leader() {
-            if let Some(pass) = self.state.last() {
-                self.write_statuses(&pass, &self.state.probes())
-                    .await
-                    .at(Step::Status)?;
-            }
-        }
-        Ok(())
+        self.pass().await.map(|_| ())
     }
 
     fn block_on<T>(&self, f: impl std::future::Future<Output = T>) -> T {

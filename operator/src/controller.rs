@@ -7,7 +7,7 @@
 //! operator's own status writes do not), Secrets only when one the last pass referenced, or
 //! the output Secret, changes.
 
-use crate::cluster::{referenced_secrets, Backoff, Cluster, Step};
+use crate::cluster::{referenced_secrets, Backoff, Cluster};
 use crate::crd::{ApiKey, Index, VectorStore};
 use crate::lease::{Leadership, LeaseLock, LEASE_DURATION, RENEW_EVERY};
 use crate::source::{jitter, PROBE_INTERVAL};
@@ -197,9 +197,14 @@ pub async fn run(
                 }
             }
             () = tokio::time::sleep_until(next_probe) => {
-                if let Err(e) = cluster.probe().await {
-                    let wait = backoff.failed(Step::Status);
-                    tracing::error!(retry_in = ?wait, "probe statuses: {:#}", e.error);
+                // The probe ends with a pass (statuses judged against the objects as they are).
+                match cluster.probe().await {
+                    Ok(()) => backoff.succeeded(),
+                    Err(e) => {
+                        let wait = backoff.failed(e.step);
+                        tracing::error!(step = ?e.step, retry_in = ?wait, "pass after probing: {:#}", e.error);
+                        next_pass.get_or_insert_with(|| Instant::now() + wait);
+                    }
                 }
                 next_probe = Instant::now() + PROBE_INTERVAL + jitter();
             }

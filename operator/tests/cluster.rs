@@ -488,6 +488,42 @@ async fn two_default_stores_and_an_index_conflict_are_conditions_and_events() {
     assert!(w.events >= 3, "{w:?}");
 }
 
+/// A probe round after a pass that wrote a status and an Event writes neither again (it
+/// judges the objects as they are now). The demo's stores are loopback addresses with nothing
+/// listening: the probe finds them unreachable at once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_probe_after_a_pass_repeats_no_status_write_and_no_event() {
+    let dup: Index = serde_json::from_value(json!({"apiVersion": "hevlayer.com/v1", "kind": "Index", "metadata": {"name": "logs-copy", "namespace": NS, "creationTimestamp": "2030-01-01T00:00:00Z"}, "spec": {"backend": {"storeRef": "archive", "namespace": "logs-2026"}}})).unwrap();
+    let client = builder().with_object(dup).build().await.unwrap();
+    let c = leader(&client);
+    let w = c.pass().await.unwrap();
+    assert_eq!(w.events, 1, "the conflict");
+    c.probe().await.unwrap();
+    let st = api::<VectorStore>(&client)
+        .get("primary")
+        .await
+        .unwrap()
+        .status
+        .unwrap();
+    assert_eq!(
+        (st.reachable, ready(&st.conditions).1.as_str()),
+        (Some(false), "Unreachable")
+    );
+    c.probe().await.unwrap();
+    let events = api::<Event>(&client)
+        .list(&Default::default())
+        .await
+        .unwrap()
+        .items;
+    let conflicts = events
+        .iter()
+        .filter(|e| e.reason.as_deref() == Some("Conflict"))
+        .count();
+    assert_eq!(conflicts, 1, "{events:?}");
+    let again = c.pass().await.unwrap();
+    assert_eq!((again.statuses, again.events), (0, 0));
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_restarted_operator_finds_its_outputs_and_rewrites_nothing() {
     let client = builder()
