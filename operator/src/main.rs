@@ -367,8 +367,9 @@ fn settings() -> Result<output::Settings> {
     })
 }
 
-fn render_istio(dir: &Path, out: &Path, namespace: Option<&str>) -> Result<()> {
-    use layergate_operator::istio;
+/// What both render targets start from: the manifests of one namespace, read (refusing any
+/// that cannot be read), validated and reported.
+fn validated(dir: &Path, namespace: Option<&str>) -> Result<Validation> {
     let objects = manifests::load_dir(dir)?;
     if !objects.problems.is_empty() {
         bail!("cannot render: {}", objects.problems.join("; "));
@@ -376,6 +377,12 @@ fn render_istio(dir: &Path, out: &Path, namespace: Option<&str>) -> Result<()> {
     let ns = output::namespace(&objects, namespace)?;
     let v = validate::validate(&objects, &ns, now());
     report(&ns, &v);
+    Ok(v)
+}
+
+fn render_istio(dir: &Path, out: &Path, namespace: Option<&str>) -> Result<()> {
+    use layergate_operator::istio;
+    let v = validated(dir, namespace)?;
     let defaults = istio::IstioSettings::default();
     let selector = match std::env::var("LAYERGATE_ISTIO_SELECTOR") {
         Ok(s) => s
@@ -425,13 +432,7 @@ fn render_istio(dir: &Path, out: &Path, namespace: Option<&str>) -> Result<()> {
 
 fn render(dir: &Path, out: &Path, namespace: Option<&str>) -> Result<()> {
     let settings = settings()?;
-    let objects = manifests::load_dir(dir)?;
-    if !objects.problems.is_empty() {
-        bail!("cannot render: {}", objects.problems.join("; "));
-    }
-    let ns = output::namespace(&objects, namespace)?;
-    let v = validate::validate(&objects, &ns, now());
-    report(&ns, &v);
+    let v = validated(dir, namespace)?;
     output::write(&v, out, &settings)?;
     for name in output::FILES {
         println!("wrote {}", out.join(name).display());

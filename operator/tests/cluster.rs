@@ -166,6 +166,11 @@ fn store_json(name: &str, default: bool, secret: &str) -> VectorStore {
     .unwrap()
 }
 
+/// A newer Index on the demo's `logs-2026`, which the demo's Index `logs` already routes.
+fn conflicting_index() -> Index {
+    serde_json::from_value(json!({"apiVersion": "hevlayer.com/v1", "kind": "Index", "metadata": {"name": "logs-copy", "namespace": NS, "creationTimestamp": "2030-01-01T00:00:00Z"}, "spec": {"backend": {"storeRef": "archive", "namespace": "logs-2026"}}})).unwrap()
+}
+
 fn key_json(name: &str, extra: Value) -> ApiKey {
     let mut v = json!({
         "apiVersion": "hevlayer.com/v1alpha1", "kind": "ApiKey",
@@ -444,7 +449,7 @@ async fn a_secret_deleted_under_a_live_store_keeps_its_last_valid_form() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_default_stores_and_an_index_conflict_are_conditions_and_events() {
-    let dup: Index = serde_json::from_value(json!({"apiVersion": "hevlayer.com/v1", "kind": "Index", "metadata": {"name": "logs-copy", "namespace": NS, "creationTimestamp": "2030-01-01T00:00:00Z"}, "spec": {"backend": {"storeRef": "archive", "namespace": "logs-2026"}}})).unwrap();
+    let dup = conflicting_index();
     let mut second = store_json("second", true, "layer");
     second.spec.credential.secret_ref.key = "primary-api-key".into();
     let client = builder()
@@ -493,7 +498,7 @@ async fn two_default_stores_and_an_index_conflict_are_conditions_and_events() {
 /// listening: the probe finds them unreachable at once.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_probe_after_a_pass_repeats_no_status_write_and_no_event() {
-    let dup: Index = serde_json::from_value(json!({"apiVersion": "hevlayer.com/v1", "kind": "Index", "metadata": {"name": "logs-copy", "namespace": NS, "creationTimestamp": "2030-01-01T00:00:00Z"}, "spec": {"backend": {"storeRef": "archive", "namespace": "logs-2026"}}})).unwrap();
+    let dup = conflicting_index();
     let client = builder().with_object(dup).build().await.unwrap();
     let c = leader(&client);
     let w = c.pass().await.unwrap();
