@@ -1,10 +1,12 @@
-//! Body inspection for namespace-restricted keys (SPEC §5): decompress (bounded), read only
-//! the top-level fields that name namespaces, and check each against the key's grants.
+//! Body inspection (SPEC §5): decompress (bounded), read only the top-level fields that name
+//! namespaces, and judge each with the same [`auth::check`] the header decision uses, on the
+//! store the namespace is read from.
 
-use crate::decision::{
-    namespace_denied, too_large, Denial, DenialKind, Encoding, Inspection, Plan, Principal,
-};
-use crate::policy::{Grant, Policy};
+use crate::auth;
+use crate::decision::{Encoding, Inspection, Plan};
+use crate::denial::Denial;
+use crate::entitlement::{Access, Namespaces, On};
+use crate::policy::Policy;
 use crate::route::{valid_namespace, BodyRule};
 use crate::scope::Scope;
 use serde::de::IgnoredAny;
@@ -45,23 +47,18 @@ struct Fields<'a> {
     target_namespace: Option<Cow<'a, str>>,
 }
 
-fn forbidden(message: String) -> Denial {
-    Denial {
-        kind: DenialKind::InsufficientScope(Scope::Read),
-        message: message.into(),
-    }
-}
-
-/// Checks a fully buffered body. `body` is the raw (possibly gzip) bytes.
+/// Checks a fully buffered body. `body` is the raw (possibly gzip) bytes; `now` the host clock
+/// in Unix seconds.
 pub fn check(
     policy: &Policy,
     plan: &Plan,
     inspection: Inspection,
     body: &[u8],
+    now: impl Fn() -> i64,
 ) -> Result<(), Denial> {
     let limit = policy.inspect_body_bytes;
     if body.len() as u64 > limit {
-        return Err(too_large(policy));
+        return Err(Denial::too_large(limit));
     }
     let inflated;
     let json = match inspection.encoding {
@@ -77,7 +74,7 @@ pub fn check(
                     )
                 })?;
             if out.len() as u64 > limit {
-                return Err(too_large(policy));
+                return Err(Denial::too_large(limit));
             }
             inflated = out;
             &inflated
@@ -88,28 +85,32 @@ pub fn check(
             "the request body must be a JSON object (it is inspected for namespaces): {e}"
         ))
     })?;
-    let Principal::Token(Grant::Minted(k)) = plan.principal else {
-        return Ok(());
-    };
-    let key = &policy.keys[k];
-    let store_grant = || key.stores[plan.store].as_ref();
-    let check_source = |field: &str, ns: &str, api_key: bool| -> Result<(), Denial> {
-        if api_key {
-            return Err(forbidden(format!(
-                "{field} names a source_api_key; API key {:?} is limited to some namespaces and may not copy with another key",
-                key.name()
+    let name = plan.principal.name(policy);
+    // A namespace the body names, judged on `store` with the request's own credential.
+    let allowed = |field: &str, ns: &str, scope: Scope, on: On<'_>, store| {
+        if !valid_namespace(ns) {
+            return Err(Denial::bad_request(format!(
+                "{field} {ns:?} is not a valid namespace name: use 1 to 128 characters from A-Z a-z 0-9 _ - ."
             )));
         }
-        check_name(field, ns)?;
-        match store_grant() {
-            Some(g) if g.allows_namespace(ns) => Ok(()),
-            _ => Err(namespace_denied(
-                key.name(),
-                ns,
+        let access = Access {
+            scope,
+            on,
+            namespaces: Namespaces::Named(ns),
+        };
+        auth::check(policy, plan.credential, store, &access, &now).map(|_| ())
+    };
+    // A copy reads its source from the store the request goes to.
+    let copy_source = |field: &str, ns: &str, api_key: bool| {
+        if api_key && plan.restricted {
+            return Err(Denial::insufficient(
                 Scope::Read,
-                &format!("vectorstore.{}", policy.stores[plan.store].name),
-            )),
+                format!(
+                    "{field} names a source_api_key; {name} is limited to some namespaces and may not copy with another key"
+                ),
+            ));
         }
+        allowed(field, ns, Scope::Read, On::Store, plan.store)
     };
     match inspection.rule {
         BodyRule::NamespaceWrite => {
@@ -119,27 +120,38 @@ pub fn check(
             ] {
                 match src {
                     None => {}
-                    Some(SourceRef::Name(ns)) => check_source(field, ns, false)?,
+                    Some(SourceRef::Name(ns)) => copy_source(field, ns, false)?,
                     Some(SourceRef::Object {
                         source_namespace,
                         source_api_key,
-                    }) => check_source(field, source_namespace, source_api_key.is_some())?,
+                    }) => copy_source(field, source_namespace, source_api_key.is_some())?,
                 }
             }
         }
-        BodyRule::AsyncCopy => {
-            if let Some(ns) = &fields.source_namespace {
-                check_source("source_namespace", ns, fields.source_api_key.is_some())?;
-            } else if fields.source_api_key.is_some() {
-                check_source("source_api_key", "", true)?;
-            }
-        }
+        BodyRule::AsyncCopy => match &fields.source_namespace {
+            Some(ns) => copy_source("source_namespace", ns, fields.source_api_key.is_some())?,
+            None if fields.source_api_key.is_some() => copy_source("source_api_key", "", true)?,
+            None => {}
+        },
         BodyRule::FederatedQuery => {
             let Some(list) = fields.namespaces.as_deref().filter(|l| !l.is_empty()) else {
-                return Err(forbidden(format!(
-                    "a federated query with API key {:?} must list its namespaces in \"namespaces\"",
-                    key.name()
-                )));
+                // No list: the query may touch any namespace of any store, which only a
+                // caller holding every store whole may do.
+                let access = Access {
+                    scope: Scope::Read,
+                    on: On::Store,
+                    namespaces: Namespaces::Unidentified,
+                };
+                let every_store = (0..policy.stores.len()).all(|store| {
+                    auth::check(policy, plan.credential, store, &access, &now).is_ok()
+                });
+                if every_store {
+                    return Ok(());
+                }
+                return Err(Denial::insufficient(
+                    Scope::Read,
+                    format!("{name} may not read every store, so its federated queries must list their namespaces in \"namespaces\""),
+                ));
             };
             if list.len() > MAX_FEDERATED_NAMESPACES {
                 return Err(Denial::bad_request(format!(
@@ -148,43 +160,16 @@ pub fn check(
                 )));
             }
             for ns in list {
-                check_name("namespaces[]", ns)?;
                 let store = policy.store_for(Some(ns)).unwrap_or(plan.store);
-                let target = format!("vectorstore.{}", policy.stores[store].name);
-                match key.stores[store].as_ref() {
-                    Some(g) if g.scopes.allows(Scope::Read) && g.allows_namespace(ns) => {}
-                    Some(g) if !g.scopes.allows(Scope::Read) => {
-                        return Err(forbidden(format!("API key {:?} lacks the read scope on {target}", key.name())))
-                    }
-                    Some(_) => return Err(namespace_denied(key.name(), ns, Scope::Read, &target)),
-                    None => {
-                        return Err(forbidden(format!(
-                            "API key {:?} has no {target} entitlement (namespace {ns:?}); add it to the key's spec.entitlements",
-                            key.name()
-                        )))
-                    }
-                }
+                allowed("namespaces[]", ns, Scope::Read, On::Store, store)?;
             }
         }
         BodyRule::PipelineCreate => {
             if let Some(ns) = &fields.target_namespace {
-                check_name("target_namespace", ns)?;
-                if !key.layer.as_ref().is_some_and(|g| g.allows_namespace(ns)) {
-                    return Err(namespace_denied(key.name(), ns, Scope::Admin, "layer"));
-                }
+                allowed("target_namespace", ns, Scope::Admin, On::Layer, plan.store)?;
             }
         }
         BodyRule::None | BodyRule::NamespaceList => {}
     }
     Ok(())
-}
-
-fn check_name(field: &str, ns: &str) -> Result<(), Denial> {
-    if valid_namespace(ns) {
-        Ok(())
-    } else {
-        Err(Denial::bad_request(format!(
-            "{field} {ns:?} is not a valid namespace name: use 1 to 128 characters from A-Z a-z 0-9 _ - ."
-        )))
-    }
 }

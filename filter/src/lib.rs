@@ -15,9 +15,12 @@
 //!             Deny(denial)         → local reply {"status":"error","error":…}
 //! ```
 
+pub mod auth;
 pub mod body;
 pub mod config;
 pub mod decision;
+pub mod denial;
+pub mod entitlement;
 pub mod glob;
 pub mod headers;
 pub mod policy;

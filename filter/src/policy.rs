@@ -55,6 +55,17 @@ pub enum Mode {
     Open,
 }
 
+impl Mode {
+    /// The name used in config and messages.
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Mode::DeriveFromStore => "deriveFromStore",
+            Mode::Keys => "keys",
+            Mode::Open => "open",
+        }
+    }
+}
+
 /// A compiled store.
 #[derive(Debug)]
 pub struct Store {

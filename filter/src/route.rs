@@ -6,7 +6,7 @@
 //! anything else → `admin` (fail safe).
 
 use crate::config::{RouteRuleConfig, RouteTargetConfig, ScopeRequirement};
-use crate::decision::Denial;
+use crate::denial::Denial;
 use crate::scope::Scope;
 
 /// Where a request goes after it is authorized.
@@ -61,6 +61,9 @@ pub struct Route<'a> {
     pub body: BodyRule,
     /// `POST /v2/agents/{name}/query`: the agent, gated by the `agent.<name>` entitlement.
     pub agent: Option<&'a str>,
+    /// False for requests no row of the table (or of the config's rules) matched; they get the
+    /// fail-safe scope, and restricted principals are refused (SPEC §3 step 4).
+    pub known: bool,
 }
 
 const MAX_SEGMENTS: usize = 12;
@@ -167,7 +170,14 @@ const fn route(scope: Option<Scope>, target: Target) -> Route<'static> {
         namespace: None,
         body: BodyRule::None,
         agent: None,
+        known: true,
     }
+}
+
+const fn unknown(scope: Option<Scope>) -> Route<'static> {
+    let mut r = route(scope, Target::Store);
+    r.known = false;
+    r
 }
 
 const READ: Option<Scope> = Some(Scope::Read);
@@ -257,9 +267,13 @@ fn default_route(method: &str, segs: &[&str]) -> Route<'static> {
         ("GET", ["v2", "vectorstores", ..]) => route(READ, Control),
 
         // --- everything else ---
-        ("GET", ["v2", ..]) => route(READ, App),
-        _ if get => route(READ, Store),
-        _ => route(ADMIN, Store),
+        ("GET", ["v2", ..]) => {
+            let mut r = route(READ, App);
+            r.known = false;
+            r
+        }
+        _ if get => unknown(READ),
+        _ => unknown(ADMIN),
     }
 }
 
@@ -380,13 +394,7 @@ pub fn classify<'a>(rules: &[RouteRule], method: &str, path: &'a str) -> Result<
     let segs = s.get();
     let mut route = match rules.iter().find(|r| r.matches(method, segs)) {
         Some(rule) => route(rule.scope, rule.target),
-        None if s.overflow => {
-            if method == "GET" {
-                route(READ, Target::Store)
-            } else {
-                route(ADMIN, Target::Store)
-            }
-        }
+        None if s.overflow => unknown(if method == "GET" { READ } else { ADMIN }),
         None => default_route(method, segs),
     };
     // Any path under /v1|v2/namespaces/{ns} names a namespace, known route or not.

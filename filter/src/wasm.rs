@@ -7,7 +7,8 @@
 #![allow(unsafe_code)] // Raw ABI calls: the SDK's wrappers allocate a String per header.
 
 use crate::config::FilterConfig;
-use crate::decision::{decide, must_strip, Decision, Denial, Inspection, Plan, INSPECT_HEADER};
+use crate::decision::{decide, must_strip, Decision, Inspection, Plan, INSPECT_HEADER};
+use crate::denial::Denial;
 use crate::headers::{pairs, RequestHead};
 use crate::policy::{ConfigError, Policy};
 use proxy_wasm::hostcalls;
@@ -185,7 +186,23 @@ impl RootContext for Root {
 
 struct Request {
     policy: Option<Rc<Policy>>,
-    pending: Option<(Plan, Inspection)>,
+    /// A body being buffered for inspection, and the refusal owed after it when the request
+    /// has nowhere to go (a 404 or 503 must not come before a 403 the body earns).
+    pending: Option<Pending>,
+}
+
+struct Pending {
+    plan: Plan,
+    inspection: Inspection,
+    after: Option<Denial>,
+}
+
+/// The host clock in Unix seconds (`i64::MAX` when unreadable: every expiry has passed).
+fn now() -> i64 {
+    hostcalls::get_current_time()
+        .ok()
+        .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+        .map_or(i64::MAX, |d| d.as_secs() as i64)
 }
 
 impl Context for Request {}
@@ -268,20 +285,11 @@ fn record(policy: Option<&Policy>, plan: Option<&Plan>, decision: &str) {
 impl HttpContext for Request {
     fn on_http_request_headers(&mut self, _num_headers: usize, end_of_stream: bool) -> Action {
         let Some(policy) = self.policy.clone() else {
-            let d = Denial {
-                kind: crate::decision::DenialKind::Unavailable,
-                message: "layergate has no configuration".into(),
-            };
+            let d = Denial::unavailable("layergate has no configuration");
             return self.deny(None, None, &d);
         };
         let buf = request_header_buffer();
         let head = RequestHead::from_pairs(pairs(&buf));
-        let now = || {
-            hostcalls::get_current_time()
-                .ok()
-                .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
-                .map_or(i64::MAX, |d| d.as_secs() as i64)
-        };
         let head_strip = head.has_layergate_headers.then_some(buf.as_slice());
         match decide(&policy, &head, now) {
             Decision::Forward(plan) => self.forward(&policy, &plan, head_strip, None),
@@ -291,7 +299,7 @@ impl HttpContext for Request {
             Decision::Deny(d) => self.deny(Some(&policy), None, &d),
             Decision::Inspect(plan, inspection) => {
                 if end_of_stream {
-                    return match crate::body::check(&policy, &plan, inspection, &[]) {
+                    return match crate::body::check(&policy, &plan, inspection, &[], now) {
                         Ok(()) => self.forward(&policy, &plan, head_strip, None),
                         Err(d) => self.deny(Some(&policy), Some(&plan), &d),
                     };
@@ -300,49 +308,78 @@ impl HttpContext for Request {
                 // also withhold the body from this filter. So the headers continue, marked with
                 // `x-layergate-inspect`: the route it selects enables Envoy's buffer filter
                 // (after this one), which holds the request back from the router until this
-                // filter lets the complete body through or replaces it with a denial.
-                if let Err(d) = apply_edits(&policy, &plan, head_strip) {
-                    return self.deny(Some(&policy), Some(&plan), &d);
-                }
+                // filter lets the complete body through or replaces it with a denial. A request
+                // with no upstream still has its body judged first: its 404/503 comes after.
+                let after = apply_edits(&policy, &plan, head_strip).err();
                 let _ = hostcalls::set_map_value(
                     MapType::HttpRequestHeaders,
                     INSPECT_HEADER,
                     Some("1"),
                 );
-                self.pending = Some((plan, inspection));
+                self.pending = Some(Pending {
+                    plan,
+                    inspection,
+                    after,
+                });
                 Action::Continue
             }
         }
     }
 
     fn on_http_request_body(&mut self, body_size: usize, end_of_stream: bool) -> Action {
-        let (Some(policy), Some((plan, inspection))) = (self.policy.clone(), self.pending) else {
+        let (Some(policy), Some(pending)) = (self.policy.clone(), self.pending.as_ref()) else {
             return Action::Continue;
         };
         if body_size as u64 > policy.inspect_body_bytes {
+            let plan = pending.plan;
             self.pending = None;
             return self.deny(
                 Some(&policy),
                 Some(&plan),
-                &crate::decision::too_large(&policy),
+                &Denial::too_large(policy.inspect_body_bytes),
             );
         }
         if !end_of_stream {
-            return Action::Pause; // Envoy buffers until the end of the body.
+            // Envoy buffers until the end of the body. If the body ends with trailers instead,
+            // the trailer callback refuses it: nothing buffered here moves on before a verdict.
+            return Action::Pause;
         }
-        self.pending = None;
+        let Some(Pending {
+            plan,
+            inspection,
+            after,
+        }) = self.pending.take()
+        else {
+            return Action::Continue;
+        };
         count(8);
         let body = hostcalls::get_buffer(BufferType::HttpRequestBody, 0, body_size)
             .ok()
             .flatten()
             .unwrap_or_default();
-        match crate::body::check(&policy, &plan, inspection, &body) {
-            Ok(()) => {
-                record(Some(&policy), Some(&plan), "allowed");
-                count(0);
-                Action::Continue
-            }
+        match crate::body::check(&policy, &plan, inspection, &body, now) {
+            Ok(()) => match after {
+                Some(d) => self.deny(Some(&policy), Some(&plan), &d),
+                None => {
+                    record(Some(&policy), Some(&plan), "allowed");
+                    count(0);
+                    Action::Continue
+                }
+            },
             Err(d) => self.deny(Some(&policy), Some(&plan), &d),
         }
+    }
+
+    /// A body under inspection that ends with trailers (HTTP/2, or HTTP/1.1 chunked where the
+    /// codec keeps trailers) is refused: Envoy would release the buffered body with the
+    /// trailers, unjudged, and no turbopuffer client sends request trailers (SPEC §5).
+    fn on_http_request_trailers(&mut self, _num_trailers: usize) -> Action {
+        let (Some(policy), Some(pending)) = (self.policy.clone(), self.pending.take()) else {
+            return Action::Continue;
+        };
+        let d = Denial::bad_request(
+            "this request body is inspected for namespaces and may not end with trailers; send it without trailers",
+        );
+        self.deny(Some(&policy), Some(&pending.plan), &d)
     }
 }

@@ -326,7 +326,7 @@ fn inspect(
 ) -> Result<(), Denial> {
     match call(p, method, path, SHOP) {
         Decision::Inspect(plan, ins) => {
-            body::check(p, &plan, ins, body_json.to_string().as_bytes())
+            body::check(p, &plan, ins, body_json.to_string().as_bytes(), || 0)
         }
         Decision::Deny(d) => Err(d),
         other => panic!("expected Inspect, got {other:?}"),
@@ -471,7 +471,7 @@ fn inspected_bodies_must_be_json_plain_or_gzip_and_within_the_limit() {
     };
     let (plan, ins) = plan_of(call(&p, "POST", ns, SHOP));
     assert_eq!(
-        body::check(&p, &plan, ins, b"not json")
+        body::check(&p, &plan, ins, b"not json", || 0)
             .unwrap_err()
             .status(),
         400
@@ -492,11 +492,24 @@ fn inspected_bodies_must_be_json_plain_or_gzip_and_within_the_limit() {
             ("content-encoding", "gzip"),
         ],
     ));
-    assert!(body::check(&p, &plan, ins, &gz(br#"{"copy_from_namespace":"shop-a"}"#)).is_ok());
+    assert!(body::check(
+        &p,
+        &plan,
+        ins,
+        &gz(br#"{"copy_from_namespace":"shop-a"}"#),
+        || 0
+    )
+    .is_ok());
     assert_eq!(
-        body::check(&p, &plan, ins, &gz(br#"{"copy_from_namespace":"hr"}"#))
-            .unwrap_err()
-            .status(),
+        body::check(
+            &p,
+            &plan,
+            ins,
+            &gz(br#"{"copy_from_namespace":"hr"}"#),
+            || 0
+        )
+        .unwrap_err()
+        .status(),
         403
     );
     let d = denied(run(
@@ -531,7 +544,9 @@ fn inspected_bodies_must_be_json_plain_or_gzip_and_within_the_limit() {
     let bomb = gz(format!(r#"{{"pad":"{}"}}"#, "a".repeat(100_000)).as_bytes());
     assert!(bomb.len() < 1024);
     assert_eq!(
-        body::check(&small, &plan, ins, &bomb).unwrap_err().status(),
+        body::check(&small, &plan, ins, &bomb, || 0)
+            .unwrap_err()
+            .status(),
         413
     );
 }
@@ -675,15 +690,44 @@ fn missing_credential_env_var_is_503_naming_the_variable() {
     let mut v = demo_json();
     v["stores"][0]["credential"] = json!({"env": "LAYERGATE_PRIMARY_KEY"});
     let p = Policy::from_json(v.to_string().as_bytes(), |_| None).unwrap();
-    let plan = forward(call(
+    let d = denied(call(
         &p,
         "GET",
         "/v1/namespaces/shop-a/metadata",
         "demo-read-token",
     ));
-    let d = plan.header_edits(&p).unwrap_err();
     assert_eq!(d.status(), 503);
     assert!(d.message.contains("LAYERGATE_PRIMARY_KEY"), "{}", d.message);
+    // Authentication still comes first.
+    let d = denied(call(&p, "GET", "/v1/namespaces/shop-a/metadata", "nope"));
+    assert_eq!(d.status(), 401);
+}
+
+#[test]
+fn refusals_come_before_what_the_gateway_lacks() {
+    // No app upstream: a caller without the scope or the namespace gets its 403, not the 404.
+    let p = demo();
+    let status = |method, path, token| match call(&p, method, path, token) {
+        Decision::Deny(d) => d.status(),
+        other => panic!("{method} {path}: {other:?}"),
+    };
+    assert_eq!(
+        status("POST", "/v2/namespaces/shop-a/import", "demo-read-token"),
+        403
+    );
+    assert_eq!(status("POST", "/v2/namespaces/shop-a/import", SHOP), 403);
+    assert_eq!(status("POST", "/v2/namespaces/hr/documents", SHOP), 403);
+    assert_eq!(
+        status("POST", "/v2/namespaces/shop-a/documents", "nope"),
+        401
+    );
+    assert_eq!(status("POST", "/v2/pipelines", "demo-read-token"), 403);
+    assert_eq!(status("POST", "/v2/namespaces/shop-a/documents", SHOP), 404);
+    // A federated query is inspected first; its 404 comes after the body (see wasm.rs).
+    assert!(matches!(
+        call(&p, "POST", "/v2/query", SHOP),
+        Decision::Inspect(..)
+    ));
 }
 
 #[test]
@@ -807,4 +851,120 @@ fn hundred_thousand_keys_compile_well_under_a_second() {
         403
     );
     eprintln!("compiled 100,000 keys in {took:?} (debug build)");
+}
+
+#[test]
+fn restricted_listing_reads_the_query_string_strictly() {
+    let p = demo();
+    for query in [
+        "prefix=shop-a&prefix=hr",
+        "prefix=shop-&%70refix=hr",
+        "%70refix=hr",
+        "prefix=shop-a;prefix=hr",
+        "page_size=1;prefix=hr",
+        "Prefix=hr",
+        "PREFIX=hr&prefix=shop-",
+        "prefix",
+        "prefix=shop%2Dhr",
+        "prefix=shop-+hr",
+        "page_size=1&&prefix=shop-",
+        "prefix[]=hr",
+    ] {
+        let path = format!("/v1/namespaces?{query}");
+        let d = denied(call(&p, "GET", &path, SHOP));
+        assert_eq!(d.status(), 400, "{path}: {}", d.message);
+    }
+    // What a client sends stays allowed; cursors may be encoded.
+    forward(call(
+        &p,
+        "GET",
+        "/v1/namespaces?prefix=shop-a&page_size=2&cursor=YWJj%3D",
+        SHOP,
+    ));
+    match call(&p, "GET", "/v1/namespaces?cursor=YWJj%3D", SHOP) {
+        Decision::ForwardWithPath(_, path) => {
+            assert_eq!(path, "/v1/namespaces?cursor=YWJj%3D&prefix=shop-")
+        }
+        other => panic!("{other:?}"),
+    }
+    // Unrestricted callers' listings pass as sent.
+    forward(call(
+        &p,
+        "GET",
+        "/v1/namespaces?prefix=a&prefix=b",
+        "demo-read-token",
+    ));
+}
+
+#[test]
+fn restricted_keys_are_refused_on_routes_the_table_does_not_know() {
+    let p = demo();
+    for (method, path) in [
+        ("GET", "/V1/namespaces/hr/metadata"),
+        ("GET", "/v1/Namespaces/shop-a/metadata"),
+        ("GET", "/v1/namespaces;x=1"),
+        ("GET", "/v1/namespaces;x/hr/metadata"),
+        ("GET", "/v1/unknown"),
+        ("GET", "/v1/namespaces/shop-a/unknown"),
+        ("HEAD", "/v3/namespaces/hr"),
+        ("GET", "/a/b/c/d/e/f/g/h/i/j/k/l/m/n"),
+    ] {
+        let d = denied(call(&p, method, path, SHOP));
+        assert_eq!(d.status(), 403, "{method} {path}: {}", d.message);
+        assert!(d.message.contains("route table"), "{}", d.message);
+        // Unrestricted principals keep the fail-safe default (read on the default store).
+        forward(call(&p, method, path, "demo-read-token"));
+    }
+    // An unrestricted minted key too.
+    let mut v = demo_json();
+    v["apiKeys"][0]["entitlements"]["vectorstore.primary"]
+        .as_object_mut()
+        .unwrap()
+        .remove("namespaces");
+    forward(call(
+        &policy_from(&v),
+        "GET",
+        "/V1/namespaces/hr/metadata",
+        SHOP,
+    ));
+}
+
+#[test]
+fn federated_query_checks_every_namespace_on_its_own_store_for_every_caller() {
+    let mut v = demo_json();
+    v["app"] = json!({"cluster": "layer_app"});
+    let p = policy_from(&v);
+    let judge = |token: &str, body: serde_json::Value| match call(&p, "POST", "/v2/query", token) {
+        Decision::Inspect(plan, ins) => {
+            body::check(&p, &plan, ins, body.to_string().as_bytes(), || NOW).map_err(|d| d.status())
+        }
+        other => panic!("expected Inspect, got {other:?}"),
+    };
+    // demo-read is an inbound key of `primary`; logs-2026 lives on `archive`.
+    assert_eq!(
+        judge("demo-read-token", json!({"namespaces": ["shop-a"]})),
+        Ok(())
+    );
+    assert_eq!(
+        judge(
+            "demo-read-token",
+            json!({"namespaces": ["shop-a", "logs-2026"]})
+        ),
+        Err(401)
+    );
+    assert_eq!(judge("demo-read-token", json!({"queries": []})), Err(403));
+    // A caller that holds every store whole may leave the list out.
+    let mut v = v.clone();
+    v["stores"][1]["inboundAuth"] = json!({"mode": "open"});
+    let all = policy_from(&v);
+    match call(&all, "POST", "/v2/query", "demo-read-token") {
+        Decision::Inspect(plan, ins) => body::check(&all, &plan, ins, b"{}", || NOW).unwrap(),
+        other => panic!("{other:?}"),
+    }
+    // The restricted minted key: its globs on each store.
+    assert_eq!(judge(SHOP, json!({"namespaces": ["logs-2026"]})), Err(403));
+    assert_eq!(
+        judge(SHOP, json!({"namespaces": ["shop-a", "shop-b"]})),
+        Ok(())
+    );
 }
