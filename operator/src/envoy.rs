@@ -86,7 +86,7 @@ pub fn listener(l: &Listener) -> Value {
         json!({"name": "envoy.filters.http.router", "typed_config": {
         "@type": "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router"}}),
     );
-    let log_format = "[%START_TIME%] \"%REQ(:METHOD)% %REQ(X-ENVOY-ORIGINAL-PATH?:PATH)%\" %RESPONSE_CODE% %UPSTREAM_CLUSTER% %FILTER_STATE(wasm.layergate:PLAIN)%\n";
+    let log_format = "[%START_TIME%] \"%REQ(:METHOD)% %REQ(:PATH)%\" %RESPONSE_CODE% %UPSTREAM_CLUSTER% %FILTER_STATE(wasm.layergate:PLAIN)%\n";
     json!({
         "name": "layergate",
         "address": {"socket_address": {"address": l.listen.ip().to_string(), "port_value": l.listen.port()}},

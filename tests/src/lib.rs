@@ -5,6 +5,7 @@ pub mod bench;
 pub mod demo;
 pub mod devstore;
 pub mod envoy;
+pub mod h2;
 pub mod http;
 pub mod paths;
 pub mod python;
