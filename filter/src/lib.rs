@@ -18,6 +18,7 @@
 pub mod body;
 pub mod config;
 pub mod decision;
+pub mod entitlement;
 pub mod glob;
 pub mod headers;
 pub mod policy;

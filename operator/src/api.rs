@@ -344,16 +344,6 @@ fn store_views(source: &dyn Source, pass: &Pass) -> Vec<Value> {
         .collect()
 }
 
-fn valid_key_name(name: &str) -> bool {
-    !name.is_empty()
-        && name.len() <= 63
-        && name
-            .bytes()
-            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
-        && !name.starts_with('-')
-        && !name.ends_with('-')
-}
-
 fn mint(source: &dyn Source, pass: &Pass, body: &[u8]) -> Result<Reply> {
     let req: Value = match serde_json::from_slice(body) {
         Ok(v @ Value::Object(_)) => v,
@@ -365,7 +355,7 @@ fn mint(source: &dyn Source, pass: &Pass, body: &[u8]) -> Result<Reply> {
         }
     };
     let name = req["name"].as_str().unwrap_or_default().to_owned();
-    if !valid_key_name(&name) {
+    if !keys::valid_key_name(&name) {
         return Ok(error(
             StatusCode::BAD_REQUEST,
             "name must be 1-63 lower-case letters, digits or '-' (a Kubernetes name)",

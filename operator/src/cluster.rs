@@ -257,6 +257,10 @@ impl Cluster {
             if let Some(t) = minted {
                 objects.minted_at.insert(id.clone(), t.as_second());
             }
+            objects.secret_marks.insert(
+                id.clone(),
+                crate::manifests::SecretMarks::of(&secret.metadata),
+            );
             objects.secrets.insert(id, data);
         }
         Ok(objects)
@@ -545,7 +549,12 @@ impl Cluster {
         objects: Objects,
         previous: Option<&Validation>,
     ) -> Result<(Pass, output::Rendering)> {
-        let mut validation = validate::validate(&objects, &self.namespace, now());
+        let mut validation = validate::validate_in(
+            &objects,
+            &self.namespace,
+            now(),
+            &self.settings.allow_endpoints,
+        );
         if let Some(prev) = previous {
             validate::keep_last_valid(&mut validation, prev);
         }

@@ -31,6 +31,9 @@ pub mod reason {
     pub const INVALID_NAMESPACE: &str = "InvalidNamespace";
     /// An ApiKey's entitlements or lifetime are malformed.
     pub const INVALID_SPEC: &str = "InvalidSpec";
+    /// The ApiKey's token Secret may not serve as its token (not marked as this key's, left by
+    /// a deleted key of the same name) or holds a token weaker than hev layer's format.
+    pub const INVALID_TOKEN: &str = "InvalidTokenSecret";
     /// The ApiKey has no token yet.
     pub const NOT_MINTED: &str = "NotMinted";
     /// The ApiKey was revoked.

@@ -17,6 +17,7 @@ pub mod cluster;
 pub mod conditions;
 pub mod controller;
 pub mod crd;
+pub mod endpoint;
 pub mod envoy;
 pub mod istio;
 pub mod keys;

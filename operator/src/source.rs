@@ -115,7 +115,8 @@ pub fn reconcile(
             objects.problems.join("; ")
         );
     }
-    let mut validation = validate::validate(&objects, &namespace, now());
+    let mut validation =
+        validate::validate_in(&objects, &namespace, now(), &settings.allow_endpoints);
     if let Some(prev) = previous {
         validate::keep_last_valid(&mut validation, prev);
     }

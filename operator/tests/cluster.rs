@@ -115,6 +115,7 @@ fn settings() -> Settings {
         admin: "127.0.0.1:9901".parse().unwrap(),
         wasm_path: "/etc/layergate/wasm/layergate_filter.wasm".into(),
         control: Some(("layergate-operator.layer.svc".into(), 9902)),
+        allow_endpoints: Default::default(),
     }
 }
 
