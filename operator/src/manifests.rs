@@ -26,6 +26,8 @@ pub struct Objects {
     pub minted_at: BTreeMap<(String, String), i64>,
     /// What marks each Secret as an ApiKey token, by (namespace, name).
     pub secret_marks: BTreeMap<(String, String), SecretMarks>,
+    /// Secrets defined by more than one document: none of them may serve as a token.
+    pub duplicate_secrets: std::collections::BTreeSet<(String, String)>,
     /// The file each Secret was read from, by (namespace, name) (directory mode).
     pub secret_files: BTreeMap<(String, String), String>,
     /// The file each ApiKey was read from, by (namespace, name).
@@ -176,7 +178,9 @@ impl Objects {
                         apikey_owners: Vec::new(),
                     },
                 );
-                self.secret_files.insert(key.clone(), source.to_owned());
+                if self.secret_files.insert(key.clone(), source.to_owned()).is_some() {
+                    self.duplicate_secrets.insert(key.clone());
+                }
                 self.secrets.insert(key, data);
             }
             _ => anyhow::bail!("unsupported object {api_version}/{kind} (expected hevlayer.com VectorStore, Index, ApiKey or v1 Secret)"),

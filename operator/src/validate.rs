@@ -401,9 +401,14 @@ pub fn token_of<'a>(k: &ApiKey, ns: &str, objects: &'a Objects) -> Option<&'a st
 pub fn token_secret_refusal(k: &ApiKey, ns: &str, objects: &Objects) -> Option<String> {
     let name = k.metadata.name.as_deref().unwrap_or_default();
     let source = token_source(k);
-    let marks = objects
-        .secret_marks
-        .get(&(ns.to_owned(), source.name.clone()))?;
+    let id = (ns.to_owned(), source.name.clone());
+    if objects.duplicate_secrets.contains(&id) {
+        return Some(format!(
+            "Secret {ns}/{} is defined by more than one document; keep one",
+            source.name
+        ));
+    }
+    let marks = objects.secret_marks.get(&id)?;
     if !marks.apikey_owners.is_empty() {
         return match &k.metadata.uid {
             Some(uid) if marks.apikey_owners.contains(uid) => None,
@@ -440,6 +445,42 @@ pub fn token_strength(token: &str) -> Result<(), String> {
         ));
     }
     Ok(())
+}
+
+/// What the filter (or the operator) would refuse in an ApiKey's spec, before any token exists:
+/// its name, entitlement targets and globs, and its lifetime counted from now. The control API
+/// refuses such a mint with 400 instead of writing it.
+pub fn key_spec_problem(k: &ApiKey, now: i64) -> Option<String> {
+    let name = k.metadata.name.as_deref().unwrap_or_default();
+    if !crate::keys::valid_key_name(name) {
+        return Some(
+            "name must be 1-63 lower-case letters, digits or '-' (a Kubernetes name)".into(),
+        );
+    }
+    for (target, e) in &k.spec.entitlements {
+        let grant = Entitlement {
+            scopes: e.scopes.clone(),
+            namespaces: e.namespaces.clone(),
+            claims: e.claims.clone(),
+        };
+        if let Err(m) = entitlement::parse_target(target)
+            .map(|_| ())
+            .and_then(|()| entitlement::grant_globs(target, &grant).map(|_| ()))
+        {
+            return Some(m);
+        }
+    }
+    let after = k
+        .spec
+        .expires_after
+        .as_deref()
+        .unwrap_or(DEFAULT_EXPIRES_AFTER);
+    match parse_duration(after) {
+        Err(e) => Some(e.to_string()),
+        Ok(l) => layergate_filter::time::expiry(now, l)
+            .err()
+            .map(|m| format!("expiresAfter {after:?}: {m}")),
+    }
 }
 
 fn validate_key(
