@@ -224,6 +224,14 @@ fn validate_store(
         conditions: vec![condition(conditions::READY, false, r, m, generation, now)],
         valid: None,
     };
+    // The filter refuses a configuration with an empty store name, and keys name stores as
+    // `vectorstore.<name>`: a name the target parser refuses could never be granted.
+    if !entitlement::valid_target_name(&name) {
+        return fail(
+            reason::INVALID_SPEC,
+            format!("metadata.name {name:?} must be 1-253 characters of A-Z a-z 0-9 _ . -"),
+        );
+    }
     if s.spec.kind == StoreKind::Pinecone {
         return fail(
             reason::UNSUPPORTED_KIND,

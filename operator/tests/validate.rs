@@ -365,3 +365,39 @@ fn envoy_outputs_match_the_goldens() {
     }
     let _ = std::fs::remove_dir_all(&out);
 }
+
+/// Issue 11: `tokenSecretRef` could name any Secret — a store credential, another key's token —
+/// and make it a minted key's token; and a weak value was accepted.
+#[test]
+fn token_secret_ref_must_name_a_marked_secret_with_a_strong_token() {
+    let ok = "  entitlements:\n    vectorstore.s: {scopes: [read]}\n";
+    let with_ref =
+        |secret: &str, key: &str| format!("{ok}  tokenSecretRef: {{name: {secret}, key: {key}}}\n");
+    // The store's own credential Secret: not marked as a token.
+    let v = run(&[store("s", ""), key("k", &with_ref("layer", "store-key"))]);
+    assert_eq!(ready_reason(&v.keys[0].conditions).1, reason::INVALID_TOKEN);
+    assert!(v.keys[0].valid.is_none());
+    // Marked, but weak.
+    let weak = "apiVersion: v1\nkind: Secret\nmetadata: {name: pre, namespace: t, labels: {hevlayer.com/apikey-token: k}}\nstringData: {token: hvl_abc}\n";
+    let v = run(&[
+        store("s", ""),
+        key("k", &with_ref("pre", "token")),
+        weak.into(),
+    ]);
+    let (_, why) = ready_reason(&v.keys[0].conditions);
+    assert_eq!(why, reason::INVALID_TOKEN);
+    // Marked for another key.
+    let other = weak
+        .replace("apikey-token: k", "apikey-token: other")
+        .replace("hvl_abc", "hvl_abcdefghijklmnopqrstuvwxyz012345");
+    let v = run(&[
+        store("s", ""),
+        key("k", &with_ref("pre", "token")),
+        other.clone(),
+    ]);
+    assert_eq!(ready_reason(&v.keys[0].conditions).1, reason::INVALID_TOKEN);
+    // Marked for this key and strong: active.
+    let good = other.replace("apikey-token: other", "apikey-token: k");
+    let v = run(&[store("s", ""), key("k", &with_ref("pre", "token")), good]);
+    assert_eq!(v.phases["k"], ApiKeyPhase::Active);
+}
