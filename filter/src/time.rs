@@ -50,6 +50,9 @@ pub fn parse_duration(s: &str) -> Result<Option<i64>, DurationError> {
             "must be a whole number followed by d, h, m or s (like 365d), or never",
         ));
     }
+    if digits.len() > 1 && digits[0] == b'0' {
+        return Err(err("must not start with 0 (write 30d, not 030d)"));
+    }
     // More than 12 digits is over the limit in any unit; checking first keeps the arithmetic small.
     let n = if digits.len() > 12 {
         None
@@ -65,6 +68,47 @@ pub fn parse_duration(s: &str) -> Result<Option<i64>, DurationError> {
             "is longer than 100 years (36500d); use never for a key that does not expire",
         )),
     }
+}
+
+/// A regular expression (anchored, RE2/ECMAScript/Python compatible) matching exactly the
+/// lifetimes [`parse_duration`] accepts — `never`, or 1 up to 100 years in d, h, m or s — for
+/// the CRD schema, so `kubectl apply` refuses what the operator would refuse.
+pub fn duration_pattern() -> String {
+    let units = [('d', 86_400u64), ('h', 3_600), ('m', 60), ('s', 1)];
+    let alts: Vec<String> = units
+        .iter()
+        .map(|(u, mult)| format!("({}){u}", up_to(MAX_LIFETIME_SECS as u64 / mult)))
+        .collect();
+    format!("^(never|{})$", alts.join("|"))
+}
+
+/// A regular expression for the decimal numbers 1..=n without leading zeros.
+fn up_to(n: u64) -> String {
+    let digits: Vec<u8> = n.to_string().bytes().map(|b| b - b'0').collect();
+    let len = digits.len();
+    let mut alts = Vec::new();
+    // Fewer digits than n: any such number.
+    match len {
+        0 | 1 => {}
+        2 => alts.push("[1-9]".to_owned()),
+        _ => alts.push(format!("[1-9][0-9]{{0,{}}}", len - 2)),
+    }
+    // As many digits as n: the same prefix, then a smaller digit, then anything.
+    for i in 0..len {
+        let low = u8::from(i == 0);
+        if digits[i] > low {
+            let prefix: String = digits[..i].iter().map(|d| char::from(b'0' + d)).collect();
+            let rest = len - i - 1;
+            let tail = if rest == 0 {
+                String::new()
+            } else {
+                format!("[0-9]{{{rest}}}")
+            };
+            alts.push(format!("{prefix}[{low}-{}]{tail}", digits[i] - 1));
+        }
+    }
+    alts.push(n.to_string());
+    alts.join("|")
 }
 
 /// The expiry of a key created at `created` (Unix seconds) with `lifetime` (from
@@ -261,6 +305,8 @@ mod tests {
             "5w",
             "1.5d",
             "36501d",
+            "030d",
+            "00d",
             "3000000d",
             "999999999999999999d",
             "99999999999999999999999999999999s",
@@ -271,6 +317,20 @@ mod tests {
         }
         let e = parse_duration("3000000d").unwrap_err().to_string();
         assert!(e.contains("100 years") && e.contains("never"), "{e}");
+    }
+
+    #[test]
+    fn the_schema_pattern_bounds_each_unit_at_100_years() {
+        let p = duration_pattern();
+        assert!(p.starts_with("^(never|(") && p.ends_with(")s)$"), "{p}");
+        assert!(p.contains("|36500)d"), "{p}");
+        assert!(p.contains("|876000)h"), "{p}");
+        assert_eq!(up_to(9), "[1-8]|9");
+        assert_eq!(up_to(10), "[1-9]|10");
+        assert_eq!(
+            up_to(36500),
+            "[1-9][0-9]{0,3}|[1-2][0-9]{4}|3[0-5][0-9]{3}|36[0-4][0-9]{2}|36500"
+        );
     }
 
     #[test]
@@ -352,7 +412,11 @@ mod tests {
     fn property_parsers_never_panic_and_round_trip() {
         let mut rng = Rng(0x9E37_79B9_7F4A_7C15);
         let mut executions = 0u32;
-        for _ in 0..20_000 {
+        let runs: u32 = std::env::var("LAYERGATE_FUZZ_ITERATIONS")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(20_000);
+        for _ in 0..runs {
             let secs = (rng.next() % (MAX_TIMESTAMP as u64 + 1)) as i64;
             let text = format_rfc3339(secs).unwrap_or_default();
             assert_eq!(parse_rfc3339(&text), Some(secs), "{text}");

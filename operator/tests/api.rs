@@ -414,7 +414,10 @@ fn property_random_mint_bodies_never_panic_and_never_widen_the_caller() {
     ];
     let pool: Vec<char> = "{}[]\":,0129dhmsazk-_.*?/ \\日é\u{0}".chars().collect();
     let mut statuses = std::collections::BTreeMap::new();
-    let runs = 400;
+    let runs: usize = std::env::var("LAYERGATE_FUZZ_ITERATIONS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .map_or(400, |n: usize| n.min(20_000));
     for i in 0..runs {
         let mut chars: Vec<char> = rng.pick(&seeds).chars().collect();
         for _ in 0..=(rng.next() % 4) {
