@@ -71,10 +71,12 @@ fuzz-smoke: fuzz-tools ## A bounded fuzz run of every target (FUZZ_RUNS inputs e
 	  else tail -40 target/fuzz-$$t.log; echo "fuzz target $$t failed: the input is in target/fuzz-artifacts/$$t/"; exit 1; fi; \
 	done
 
-fuzz: fuzz-tools ## Long fuzz runs, FUZZ_SECONDS (default 600) per target; prints executions per target
+fuzz: fuzz-tools ## Long fuzz runs: each libFuzzer target FUZZ_SECONDS (default 600), then the operator's property tests (parsers, manifests, API bodies)
 	@for t in $(FUZZ_TARGETS); do \
 	  $(FUZZ_RUN) -max_total_time=$(FUZZ_SECONDS) || { echo "fuzz target $$t failed: the input is in target/fuzz-artifacts/$$t/"; exit 1; }; \
 	done
+	LAYERGATE_FUZZ_ITERATIONS=$${LAYERGATE_FUZZ_ITERATIONS:-200000} $(CARGO) test --locked -p layergate-filter property_ -- --nocapture
+	LAYERGATE_FUZZ_ITERATIONS=$${LAYERGATE_FUZZ_ITERATIONS:-200000} $(CARGO) test --locked -p layergate-operator --test fuzz --test api property_ -- --nocapture
 
 run: tools wasm ## Start the demo gateway on 127.0.0.1:8080 (admin :9901), two devstores and the operator in directory mode; Ctrl-C stops
 	$(CARGO) run --locked --release -p layergate-tests --bin layergate-demo -- run

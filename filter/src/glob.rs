@@ -95,6 +95,47 @@ impl NamespaceGlob {
     }
 }
 
+impl NamespaceGlob {
+    /// True when every namespace `inner` matches is also matched by `self` (language
+    /// containment), judged conservatively: `true` is always right; a few contained pairs that
+    /// need reasoning about lengths (`*?` ⊇ `?*`) answer `false`. Used where a key may only be
+    /// as wide as its maker's (SPEC §7), so "not contained" is the safe answer when unsure.
+    ///
+    /// `inner` is read as a string of tokens: a literal is matched by the same literal, `?` or
+    /// `*` of `self`; its `?` by `?` or `*`; its `*` only by a `*` of `self`.
+    pub fn contains(&self, inner: &NamespaceGlob) -> bool {
+        let (p, q) = (self.pattern.as_bytes(), inner.pattern.as_bytes());
+        // next[j]: does p[i+1..] cover q[j..]; cur[j]: does p[i..]. Filled from the end.
+        let mut next = vec![false; q.len() + 1];
+        next[q.len()] = true;
+        let mut cur = vec![false; q.len() + 1];
+        for &c in p.iter().rev() {
+            for j in (0..=q.len()).rev() {
+                cur[j] = match (c, q.get(j)) {
+                    (b'*', Some(_)) => next[j] || cur[j + 1],
+                    (b'*', None) => next[j],
+                    (b'?', Some(&t)) => t != b'*' && next[j + 1],
+                    (lit, Some(&t)) => t == lit && next[j + 1],
+                    (_, None) => false,
+                };
+            }
+            std::mem::swap(&mut cur, &mut next);
+        }
+        next[0]
+    }
+}
+
+/// True when the namespaces `inner` allows are all allowed by `outer`; an empty list means
+/// every namespace (a grant without `namespaces`). Conservative like
+/// [`NamespaceGlob::contains`]: each inner glob must lie inside one outer glob.
+pub fn globs_contain(outer: &[NamespaceGlob], inner: &[NamespaceGlob]) -> bool {
+    let any = |globs: &[NamespaceGlob]| globs.is_empty() || globs.iter().any(NamespaceGlob::is_any);
+    if any(outer) {
+        return true;
+    }
+    !any(inner) && inner.iter().all(|i| outer.iter().any(|o| o.contains(i)))
+}
+
 impl fmt::Display for NamespaceGlob {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(&self.pattern)
@@ -135,5 +176,154 @@ mod tests {
         assert!(NamespaceGlob::new("").is_err());
         assert!(NamespaceGlob::new("shop/*").is_err());
         assert!(NamespaceGlob::new("[ab]*").is_err());
+    }
+
+    fn contains(outer: &str, inner: &str) -> bool {
+        g(outer).contains(&g(inner))
+    }
+
+    #[test]
+    fn star_contains_everything_and_only_star_contains_star() {
+        for inner in ["*", "a", "shop-*", "?", "a*b?c", "**"] {
+            assert!(contains("*", inner), "* ⊇ {inner}");
+            assert!(contains("**", inner), "** ⊇ {inner}");
+        }
+        for outer in ["a*", "*a", "?*", "shop-*", "a", "?"] {
+            assert!(!contains(outer, "*"), "{outer} ⊉ *");
+        }
+    }
+
+    #[test]
+    fn prefix_globs_contain_narrower_prefixes_and_literals_only() {
+        assert!(contains("shop-*", "shop-*"));
+        assert!(contains("shop-*", "shop-eu-*"));
+        assert!(contains("shop-*", "shop-??"));
+        assert!(contains("shop-*", "shop-"));
+        assert!(contains("shop-*", "shop-x"));
+        assert!(contains("shop-*", "shop-*-x*"));
+        assert!(!contains("shop-*", "shop*"), "shop* also matches shopx");
+        assert!(!contains("shop-*", "sho?-*"), "sho?-* also matches shoX-");
+        assert!(!contains("shop-*", "*shop-*"));
+        assert!(!contains("shop-*", "shop"));
+        assert!(!contains("shop-*", "logs-*"));
+        assert!(!contains("shop-eu-*", "shop-*"), "wider is never contained");
+    }
+
+    #[test]
+    fn question_marks_match_one_character_of_any_kind_but_never_a_star() {
+        assert!(contains("shop-?", "shop-a"));
+        assert!(contains("shop-?", "shop-?"));
+        assert!(!contains("shop-?", "shop-*"));
+        assert!(!contains("shop-?", "shop-ab"));
+        assert!(!contains("shop-?", "shop-"));
+        assert!(contains("??", "a?"));
+        assert!(!contains("a?", "??"));
+        assert!(contains("*?", "?"));
+        assert!(!contains("?", "*?"));
+    }
+
+    #[test]
+    fn literals_contain_only_themselves() {
+        assert!(contains("exact", "exact"));
+        assert!(!contains("exact", "exact2"));
+        assert!(!contains("exact", "exac?"));
+        assert!(!contains("exact", "exac*"));
+        assert!(!contains("exac", "exact"));
+    }
+
+    #[test]
+    fn inner_stars_need_outer_stars_on_both_sides() {
+        assert!(contains("a*b", "a*xb"));
+        assert!(contains("a*b", "ab"));
+        assert!(!contains("a*b", "a*"));
+        assert!(!contains("a*b", "*b"));
+        assert!(contains("*a*", "x*a*y"));
+        assert!(contains("*a*", "*a*a*"));
+        assert!(!contains("*a*", "*b*"));
+        assert!(!contains("a*a", "a"), "a*a needs two a's");
+        assert!(contains("a*a", "aa"));
+    }
+
+    #[test]
+    fn conservative_where_lengths_would_have_to_be_reasoned_about() {
+        // Both are "one or more characters"; the token reading says no, which is safe.
+        assert!(!contains("*?", "?*"));
+    }
+
+    #[test]
+    fn brackets_never_compile_so_they_are_never_contained() {
+        for p in ["[ab]*", "shop-[0-9]", "shop-[!x]", "{a,b}"] {
+            assert!(NamespaceGlob::new(p).is_err(), "{p}");
+        }
+    }
+
+    #[test]
+    fn lists_an_empty_list_is_every_namespace() {
+        let list = |v: &[&str]| v.iter().map(|p| g(p)).collect::<Vec<_>>();
+        assert!(globs_contain(&[], &[]));
+        assert!(globs_contain(&[], &list(&["shop-*"])));
+        assert!(globs_contain(&list(&["*"]), &[]));
+        assert!(!globs_contain(&list(&["shop-*"]), &[]), "all ⊄ shop-*");
+        assert!(!globs_contain(&list(&["shop-*"]), &list(&["*"])));
+        assert!(globs_contain(
+            &list(&["shop-*", "logs-*"]),
+            &list(&["logs-2026", "shop-a*"])
+        ));
+        assert!(!globs_contain(
+            &list(&["shop-*", "logs-*"]),
+            &list(&["logs-2026", "cohort-*"])
+        ));
+    }
+
+    /// Draws a pattern over a small alphabet so that overlaps are common.
+    fn random_glob(rng: &mut u64, max: usize) -> String {
+        let mut next = || {
+            *rng ^= *rng << 13;
+            *rng ^= *rng >> 7;
+            *rng ^= *rng << 17;
+            *rng
+        };
+        let len = 1 + (next() as usize) % max;
+        (0..len)
+            .map(|_| ['a', 'b', '-', '*', '?'][(next() % 5) as usize])
+            .collect()
+    }
+
+    /// Every string of up to `len` characters over the alphabet the patterns use (and one more).
+    fn strings(len: usize) -> Vec<String> {
+        let mut all = vec![String::new()];
+        let mut frontier = vec![String::new()];
+        for _ in 0..len {
+            frontier = frontier
+                .iter()
+                .flat_map(|s| ['a', 'b', '-', 'c'].map(|c| format!("{s}{c}")))
+                .collect();
+            all.extend(frontier.iter().cloned());
+        }
+        all
+    }
+
+    #[test]
+    fn property_containment_is_sound_on_every_short_name() {
+        let names = strings(6);
+        let mut rng = 0x1234_5678_9ABC_DEF1u64;
+        let (mut said_yes, mut pairs) = (0, 0);
+        for _ in 0..3_000 {
+            let (o, i) = (random_glob(&mut rng, 4), random_glob(&mut rng, 4));
+            let (outer, inner) = (g(&o), g(&i));
+            pairs += 1;
+            if outer.contains(&inner) {
+                said_yes += 1;
+                for n in names.iter().filter(|n| inner.matches(n)) {
+                    assert!(outer.matches(n), "{o} ⊇ {i} claimed, but {n:?} breaks it");
+                }
+            }
+            // Reflexive: a glob always contains itself.
+            assert!(inner.contains(&inner), "{i} ⊇ {i}");
+        }
+        assert!(
+            said_yes > 100,
+            "only {said_yes} of {pairs} pairs contained: weak test"
+        );
     }
 }

@@ -424,6 +424,9 @@ fn compile_key(
     stores: &HashMap<&str, StoreId>,
     store_count: usize,
 ) -> Result<MintedKey, ConfigError> {
+    // The same per-key check the operator runs before rendering a key (one validation).
+    crate::entitlement::check_api_key(k)
+        .map_err(|e| ConfigError::Invalid(format!("apiKeys {:?}: {e}", k.name)))?;
     let expires_at = match &k.expires_at {
         None => None,
         Some(t) => Some(crate::time::parse_rfc3339(t).ok_or_else(|| {

@@ -5,12 +5,16 @@
 //!
 //! Callers are authenticated again with the filter crate's own decision code against the
 //! configuration the operator last rendered, so the gateway and this API can never disagree:
-//! admin for every `/v2/keys` route, read for `/v2/vectorstores`.
+//! admin for every `/v2/keys` route, read for `/v2/vectorstores`. Then [`crate::authority`]
+//! bounds what they manage: a caller mints only entitlements it holds and sees, revokes and
+//! deletes only keys it could have minted; `open` mode and anonymous callers get 401 on every
+//! `/v2/keys…` route but `authenticate`, whose rate limit is per client address.
 //!
 //! In directory mode the API changes manifests: a minted key becomes an ApiKey file and a
 //! Secret file in the directory, revoking sets `spec.revoked` in the ApiKey's document, deleting
 //! removes it; the same pass that renders the gateway then picks the change up.
 
+use crate::authority::{self, Caller};
 use crate::keys;
 use crate::source::{Pass, Source, State};
 use crate::status;
@@ -20,24 +24,88 @@ use bytes::Bytes;
 use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::Incoming;
 use hyper::StatusCode;
-use layergate_filter::decision::{decide, Decision};
+use layergate_filter::decision::{decide, Decision, Principal};
 use layergate_filter::headers::{pairs, serialize, RequestHead};
 use serde_json::{json, Value};
-use sha2::{Digest, Sha256};
-use std::net::SocketAddr;
+use std::collections::HashMap;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 
 /// `POST /v2/keys/authenticate` calls allowed per minute (fixed window), as in hev layer.
 pub const DEFAULT_AUTHENTICATE_PER_MINUTE: u32 = 120;
 
-type Reply = hyper::Response<Full<Bytes>>;
+/// An answer before it is put on the wire.
+struct Reply {
+    status: StatusCode,
+    body: Value,
+    /// `WWW-Authenticate` for a 401.
+    challenge: Option<String>,
+}
+
+/// Most clients the `authenticate` rate limiter tracks at once; when the table is full and
+/// nothing in it is from an older minute, further new clients share one overflow budget.
+pub const MAX_RATE_CLIENTS: usize = 4096;
+
+/// A fixed-window limit per client address, in bounded memory.
+#[derive(Debug)]
+pub struct RateLimiter {
+    per_minute: u32,
+    clients: HashMap<IpAddr, (i64, u32)>,
+    overflow: (i64, u32),
+}
+
+impl RateLimiter {
+    /// A limiter allowing `per_minute` calls per client per minute.
+    pub fn new(per_minute: u32) -> RateLimiter {
+        RateLimiter {
+            per_minute,
+            clients: HashMap::new(),
+            overflow: (0, 0),
+        }
+    }
+
+    /// Counts one call of `client` at `now` (Unix seconds); false when over its limit.
+    pub fn allow(&mut self, client: IpAddr, now: i64) -> bool {
+        let minute = now.div_euclid(60);
+        if !self.clients.contains_key(&client) && self.clients.len() >= MAX_RATE_CLIENTS {
+            self.clients.retain(|_, (m, _)| *m == minute);
+        }
+        let slot = if self.clients.len() < MAX_RATE_CLIENTS || self.clients.contains_key(&client) {
+            self.clients.entry(client).or_insert((minute, 0))
+        } else {
+            &mut self.overflow
+        };
+        if slot.0 != minute {
+            *slot = (minute, 0);
+        }
+        slot.1 = slot.1.saturating_add(1);
+        slot.1 <= self.per_minute
+    }
+
+    /// Clients tracked now (at most [`MAX_RATE_CLIENTS`]).
+    pub fn tracked(&self) -> usize {
+        self.clients.len()
+    }
+}
+
+/// The client a request is from: through the gateway, the address Envoy saw (the last
+/// `x-forwarded-for` entry — the rendered listener sets `use_remote_address`, so Envoy appends
+/// the peer address itself and a client cannot choose it); called directly, the peer address.
+pub fn client_address(headers: &[(String, String)], peer: IpAddr) -> IpAddr {
+    headers
+        .iter()
+        .filter(|(k, _)| k.eq_ignore_ascii_case("x-forwarded-for"))
+        .last()
+        .and_then(|(_, v)| v.rsplit(',').next())
+        .and_then(|a| a.trim().parse().ok())
+        .unwrap_or(peer)
+}
 
 /// State of the API.
 pub struct Api {
     source: Arc<dyn Source>,
-    authenticate_per_minute: u32,
-    window: Mutex<(i64, u32)>,
+    limiter: Mutex<RateLimiter>,
 }
 
 fn now() -> i64 {
@@ -47,26 +115,43 @@ fn now() -> i64 {
 }
 
 fn reply(status: StatusCode, body: &Value) -> Reply {
-    let mut r = hyper::Response::new(Full::new(Bytes::from(body.to_string())));
-    *r.status_mut() = status;
-    r.headers_mut().insert(
-        "content-type",
-        hyper::header::HeaderValue::from_static("application/json"),
-    );
-    r
+    Reply {
+        status,
+        body: body.clone(),
+        challenge: None,
+    }
 }
 
 fn error(status: StatusCode, message: &str) -> Reply {
-    reply(status, &json!({"status": "error", "error": message}))
+    let mut r = reply(status, &json!({"status": "error", "error": message}));
+    if status == StatusCode::UNAUTHORIZED {
+        r.challenge = Some("Bearer realm=\"layergate\"".into());
+    }
+    r
+}
+
+fn http(r: Reply) -> hyper::Response<Full<Bytes>> {
+    let mut out = hyper::Response::new(Full::new(Bytes::from(r.body.to_string())));
+    *out.status_mut() = r.status;
+    out.headers_mut().insert(
+        "content-type",
+        hyper::header::HeaderValue::from_static("application/json"),
+    );
+    if let Some(w) = r
+        .challenge
+        .and_then(|w| hyper::header::HeaderValue::from_str(&w).ok())
+    {
+        out.headers_mut().insert("www-authenticate", w);
+    }
+    out
 }
 
 impl Api {
-    /// An API over a directory source.
+    /// An API over a source (directory or cluster).
     pub fn new(source: Arc<dyn Source>, authenticate_per_minute: u32) -> Api {
         Api {
             source,
-            authenticate_per_minute,
-            window: Mutex::new((0, 0)),
+            limiter: Mutex::new(RateLimiter::new(authenticate_per_minute)),
         }
     }
 
@@ -88,12 +173,14 @@ impl Api {
             let listener = tokio::net::TcpListener::from_std(listener)?;
             tracing::info!(addr = %listener.local_addr()?, "control API listening");
             loop {
-                let (stream, _) = listener.accept().await?;
+                let (stream, peer) = listener.accept().await?;
                 let api = self.clone();
                 tokio::spawn(async move {
                     let service = hyper::service::service_fn(move |req| {
                         let api = api.clone();
-                        async move { Ok::<_, std::convert::Infallible>(api.handle(req).await) }
+                        async move {
+                            Ok::<_, std::convert::Infallible>(api.handle(req, peer.ip()).await)
+                        }
                     });
                     let _ = hyper::server::conn::http1::Builder::new()
                         .serve_connection(hyper_util::rt::TokioIo::new(stream), service)
@@ -103,13 +190,20 @@ impl Api {
         })
     }
 
-    async fn handle(&self, req: hyper::Request<Incoming>) -> Reply {
+    async fn handle(
+        &self,
+        req: hyper::Request<Incoming>,
+        peer: IpAddr,
+    ) -> hyper::Response<Full<Bytes>> {
         let method = req.method().as_str().to_owned();
         let path = req
             .uri()
             .path_and_query()
             .map_or("/", |p| p.as_str())
             .to_owned();
+        if method == "GET" && path == "/metrics" {
+            return metrics(self.source.state());
+        }
         let headers: Vec<(String, String)> = req
             .headers()
             .iter()
@@ -123,19 +217,42 @@ impl Api {
         let body = match Limited::new(req.into_body(), 1 << 20).collect().await {
             Ok(b) => b.to_bytes(),
             Err(_) => {
-                return error(
+                return http(error(
                     StatusCode::PAYLOAD_TOO_LARGE,
                     "the request body is over 1 MiB",
-                )
+                ))
             }
         };
-        let source = self.source.clone();
-        let api = self;
         // The handlers touch files and locks: keep them off the async workers.
-        let result = tokio::task::block_in_place(|| {
-            api.route(source.as_ref(), &method, &path, &headers, &body)
-        });
-        result.unwrap_or_else(|e| error(StatusCode::INTERNAL_SERVER_ERROR, &format!("{e:#}")))
+        http(tokio::task::block_in_place(|| {
+            self.reply(&method, &path, &headers, &body, peer)
+        }))
+    }
+
+    /// Answers one request: (status, JSON body). `peer` is the TCP peer's address. This is
+    /// the whole API without the socket, the same for directory and kube mode.
+    pub fn respond(
+        &self,
+        method: &str,
+        path: &str,
+        headers: &[(String, String)],
+        body: &[u8],
+        peer: IpAddr,
+    ) -> (StatusCode, Value) {
+        let r = self.reply(method, path, headers, body, peer);
+        (r.status, r.body)
+    }
+
+    fn reply(
+        &self,
+        method: &str,
+        path: &str,
+        headers: &[(String, String)],
+        body: &[u8],
+        peer: IpAddr,
+    ) -> Reply {
+        self.route(self.source.as_ref(), method, path, headers, body, peer)
+            .unwrap_or_else(|e| error(StatusCode::INTERNAL_SERVER_ERROR, &format!("{e:#}")))
     }
 
     fn route(
@@ -145,6 +262,7 @@ impl Api {
         path: &str,
         headers: &[(String, String)],
         body: &[u8],
+        peer: IpAddr,
     ) -> Result<Reply> {
         let (bare, query) = path.split_once('?').unwrap_or((path, ""));
         let segs: Vec<&str> = bare.trim_start_matches('/').split('/').collect();
@@ -159,7 +277,6 @@ impl Api {
                     ),
                 })
             }
-            ("GET", ["metrics"]) => return Ok(metrics(source.state())),
             _ => {}
         }
         let Some(pass) = source.state().last() else {
@@ -168,28 +285,42 @@ impl Api {
                 "no configuration rendered yet; see the operator's log",
             ));
         };
-        if let Some(denied) = refusal(&pass, method, path, headers) {
-            return Ok(denied);
+        let principal = match check(&pass, method, path, headers) {
+            Ok(p) => p,
+            Err(denied) => return Ok(denied),
+        };
+        if let ("POST", ["v2", "keys", "authenticate"]) = (method, segs.as_slice()) {
+            return Ok(self.authenticate(&pass, body, client_address(headers, peer)));
+        }
+        let caller = authority::caller(&pass.policy, &pass.config.api_keys, principal);
+        if segs.get(..2) == Some(&["v2", "keys"]) && caller == Caller::Anonymous {
+            return Ok(error(
+                StatusCode::UNAUTHORIZED,
+                "key management needs a credential, whatever the store's inboundAuth mode: send 'Authorization: Bearer <admin token>'",
+            ));
         }
         match (method, segs.as_slice()) {
-            ("POST", ["v2", "keys", "authenticate"]) => Ok(self.authenticate(&pass, body)),
-            ("POST", ["v2", "keys"]) => mint(source, &pass, body),
+            ("POST", ["v2", "keys"]) => mint(source, &pass, &caller, body),
             ("GET", ["v2", "keys"]) => {
                 let all = query
                     .split('&')
                     .any(|kv| kv == "includeRevoked=true" || kv == "includeRevoked=1");
-                let keys: Vec<Value> = key_views(&pass)
+                let keys: Vec<Value> = key_views(&pass, &caller)
                     .into_iter()
                     .filter(|k| all || k["phase"] != "Revoked")
                     .collect();
                 Ok(reply(StatusCode::OK, &json!({"keys": keys})))
             }
-            ("GET", ["v2", "keys", id]) => Ok(match find_key(&pass, id) {
+            ("GET", ["v2", "keys", id]) => Ok(match find_key(&pass, &caller, id) {
                 Some(k) => reply(StatusCode::OK, &k),
                 None => error(StatusCode::NOT_FOUND, &format!("no API key {id:?}")),
             }),
-            ("POST", ["v2", "keys", id, "revoke"]) => change_key(source, &pass, id, Change::Revoke),
-            ("DELETE", ["v2", "keys", id]) => change_key(source, &pass, id, Change::Delete),
+            ("POST", ["v2", "keys", id, "revoke"]) => {
+                change_key(source, &pass, &caller, id, Change::Revoke)
+            }
+            ("DELETE", ["v2", "keys", id]) => {
+                change_key(source, &pass, &caller, id, Change::Delete)
+            }
             ("GET", ["v2", "vectorstores"]) => Ok(reply(
                 StatusCode::OK,
                 &json!({"vectorstores": store_views(source, &pass)}),
@@ -210,23 +341,19 @@ impl Api {
         }
     }
 
-    fn authenticate(&self, pass: &Pass, body: &[u8]) -> Reply {
-        {
-            let mut w = self
-                .window
-                .lock()
-                .unwrap_or_else(std::sync::PoisonError::into_inner);
-            let minute = now() / 60;
-            if w.0 != minute {
-                *w = (minute, 0);
-            }
-            w.1 += 1;
-            if w.1 > self.authenticate_per_minute {
-                return error(
-                    StatusCode::TOO_MANY_REQUESTS,
-                    "too many authenticate calls this minute; retry in a minute",
-                );
-            }
+    /// `POST /v2/keys/authenticate`: the token in the body, judged now — an expired or
+    /// revoked key is 401 whatever the last rendering said.
+    fn authenticate(&self, pass: &Pass, body: &[u8], client: IpAddr) -> Reply {
+        let allowed = self
+            .limiter
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .allow(client, now());
+        if !allowed {
+            return error(
+                StatusCode::TOO_MANY_REQUESTS,
+                "too many authenticate calls from your address this minute; retry in a minute",
+            );
         }
         let Some(token) = serde_json::from_slice::<Value>(body)
             .ok()
@@ -234,36 +361,45 @@ impl Api {
         else {
             return error(StatusCode::BAD_REQUEST, "send {\"token\": \"hvl_…\"}");
         };
-        let hash = format!("sha256:{}", hex::encode(Sha256::digest(token.as_bytes())));
-        match pass
-            .config
-            .api_keys
-            .iter()
-            .find(|k| k.lookup_hash.to_string() == hash)
-        {
-            Some(k) => {
-                let owner = pass
-                    .objects
-                    .keys
-                    .iter()
-                    .find(|o| o.metadata.name.as_deref() == Some(k.name.as_str()))
-                    .and_then(|o| o.spec.owner.clone());
-                reply(
-                    StatusCode::OK,
-                    &json!({"keyId": k.key_id, "name": k.name, "owner": owner, "entitlements": k.entitlements, "expiresAt": k.expires_at}),
-                )
-            }
-            None => error(
+        let hash = layergate_filter::config::LookupHash::of(&token);
+        let refused = || {
+            error(
                 StatusCode::UNAUTHORIZED,
-                "the token is not an active API key",
-            ),
+                "the token is not an active API key (unknown, revoked or expired)",
+            )
+        };
+        let Some(k) = pass.config.api_keys.iter().find(|k| k.lookup_hash == hash) else {
+            return refused();
+        };
+        let expired = k
+            .expires_at
+            .as_deref()
+            .is_some_and(|t| layergate_filter::time::parse_rfc3339(t).is_none_or(|at| at <= now()));
+        let object = pass
+            .objects
+            .keys
+            .iter()
+            .find(|o| o.metadata.name.as_deref() == Some(k.name.as_str()));
+        let revoked = object.is_none_or(|o| o.spec.revoked == Some(true));
+        if expired || revoked {
+            return refused();
         }
+        let owner = object.and_then(|o| o.spec.owner.clone());
+        reply(
+            StatusCode::OK,
+            &json!({"keyId": k.key_id, "name": k.name, "owner": owner, "entitlements": k.entitlements, "expiresAt": k.expires_at}),
+        )
     }
 }
 
-/// Checks the caller exactly as the gateway does, with the filter's decision code; returns
-/// the refusal, if any.
-fn refusal(pass: &Pass, method: &str, path: &str, headers: &[(String, String)]) -> Option<Reply> {
+/// Checks the caller exactly as the gateway does, with the filter's decision code: the
+/// principal, or the refusal.
+fn check(
+    pass: &Pass,
+    method: &str,
+    path: &str,
+    headers: &[(String, String)],
+) -> Result<Principal, Reply> {
     let mut all: Vec<(&str, &str)> = vec![(":method", method), (":path", path)];
     all.extend(headers.iter().map(|(k, v)| (k.as_str(), v.as_str())));
     let buf = serialize(all.iter().copied());
@@ -274,22 +410,21 @@ fn refusal(pass: &Pass, method: &str, path: &str, headers: &[(String, String)]) 
                 StatusCode::from_u16(d.status() as u16).unwrap_or(StatusCode::FORBIDDEN),
                 &serde_json::from_str(&d.body()).unwrap_or_default(),
             );
-            if let Some(w) = d
-                .www_authenticate()
-                .and_then(|w| hyper::header::HeaderValue::from_str(w).ok())
-            {
-                r.headers_mut().insert("www-authenticate", w);
-            }
-            Some(r)
+            r.challenge = d.www_authenticate().map(str::to_owned);
+            Err(r)
         }
-        _ => None,
+        Decision::Forward(plan)
+        | Decision::ForwardWithPath(plan, _)
+        | Decision::Inspect(plan, _) => Ok(plan.principal),
     }
 }
 
-fn key_views(pass: &Pass) -> Vec<Value> {
+/// The keys `caller` may see, in hev layer's shape.
+fn key_views(pass: &Pass, caller: &Caller) -> Vec<Value> {
     pass.objects
         .keys
         .iter()
+        .filter(|k| authority::may_manage(caller, k))
         .map(|k| {
             let st = status::key(pass, k, now());
             json!({
@@ -310,8 +445,8 @@ fn key_views(pass: &Pass) -> Vec<Value> {
         .collect()
 }
 
-fn find_key(pass: &Pass, id: &str) -> Option<Value> {
-    key_views(pass)
+fn find_key(pass: &Pass, caller: &Caller, id: &str) -> Option<Value> {
+    key_views(pass, caller)
         .into_iter()
         .find(|k| k["keyId"] == id || k["name"] == id)
 }
@@ -344,19 +479,18 @@ fn store_views(source: &dyn Source, pass: &Pass) -> Vec<Value> {
         .collect()
 }
 
-fn valid_key_name(name: &str) -> bool {
-    !name.is_empty()
-        && name.len() <= 63
-        && name
-            .bytes()
-            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
-        && !name.starts_with('-')
-        && !name.ends_with('-')
-}
+/// The fields a mint request may carry; anything else is refused (a typo must not be ignored).
+const MINT_FIELDS: [&str; 5] = [
+    "name",
+    "owner",
+    "description",
+    "entitlements",
+    "expiresAfter",
+];
 
-fn mint(source: &dyn Source, pass: &Pass, body: &[u8]) -> Result<Reply> {
-    let req: Value = match serde_json::from_slice(body) {
-        Ok(v @ Value::Object(_)) => v,
+fn mint(source: &dyn Source, pass: &Pass, caller: &Caller, body: &[u8]) -> Result<Reply> {
+    let req = match serde_json::from_slice::<Value>(body) {
+        Ok(Value::Object(m)) => m,
         _ => {
             return Ok(error(
                 StatusCode::BAD_REQUEST,
@@ -364,12 +498,50 @@ fn mint(source: &dyn Source, pass: &Pass, body: &[u8]) -> Result<Reply> {
             ))
         }
     };
-    let name = req["name"].as_str().unwrap_or_default().to_owned();
-    if !valid_key_name(&name) {
+    if let Some(k) = req.keys().find(|k| !MINT_FIELDS.contains(&k.as_str())) {
+        return Ok(error(
+            StatusCode::BAD_REQUEST,
+            &format!(
+                "unknown field {:?}; a key has {}",
+                k.chars().take(64).collect::<String>(),
+                MINT_FIELDS.join(", ")
+            ),
+        ));
+    }
+    let name = req
+        .get("name")
+        .and_then(Value::as_str)
+        .unwrap_or_default()
+        .to_owned();
+    if !keys::valid_key_name(&name) {
         return Ok(error(
             StatusCode::BAD_REQUEST,
             "name must be 1-63 lower-case letters, digits or '-' (a Kubernetes name)",
         ));
+    }
+    let mut spec = serde_json::Map::new();
+    for field in ["owner", "description", "entitlements", "expiresAfter"] {
+        if let Some(v) = req.get(field).filter(|v| !v.is_null()) {
+            spec.insert(field.to_owned(), v.clone());
+        }
+    }
+    let manifest = json!({"apiVersion": "hevlayer.com/v1alpha1", "kind": "ApiKey", "metadata": {"name": name, "namespace": pass.namespace}, "spec": spec});
+    // Check it as the operator will, before anything is written: shape, every field the filter
+    // would refuse, then what the caller may grant.
+    let key: crate::crd::ApiKey = match serde_json::from_value(manifest.clone()) {
+        Ok(k) => k,
+        Err(e) => {
+            return Ok(error(
+                StatusCode::BAD_REQUEST,
+                &format!("not a valid ApiKey: {e}"),
+            ))
+        }
+    };
+    if let Some(m) = validate::key_spec_problem(&key, now()) {
+        return Ok(error(StatusCode::BAD_REQUEST, &m));
+    }
+    if let Err(m) = authority::may_mint(caller, &authority::spec_entitlements(&key)) {
+        return Ok(error(StatusCode::FORBIDDEN, &m));
     }
     if pass
         .objects
@@ -382,28 +554,11 @@ fn mint(source: &dyn Source, pass: &Pass, body: &[u8]) -> Result<Reply> {
             &format!("an API key named {name:?} exists; revoke or delete it, or pick another name"),
         ));
     }
-    let mut spec = serde_json::Map::new();
-    for field in ["owner", "description", "entitlements", "expiresAfter"] {
-        if !req[field].is_null() {
-            spec.insert(field.to_owned(), req[field].clone());
-        }
-    }
-    let manifest = json!({"apiVersion": "hevlayer.com/v1alpha1", "kind": "ApiKey", "metadata": {"name": name, "namespace": pass.namespace}, "spec": spec});
-    // Check it as the operator will, before anything is written.
-    let mut trial = pass.objects.clone();
-    trial.add_yaml("request", &serde_yaml::to_string(&manifest)?);
-    if let Some(p) = trial
-        .problems
-        .last()
-        .filter(|_| trial.problems.len() > pass.objects.problems.len())
-    {
-        return Ok(error(StatusCode::BAD_REQUEST, p));
-    }
     let token = keys::mint_token()?;
     source.create_key(&pass.namespace, &name, &manifest, &token)?;
     source.refresh()?;
     let last = source.state().last();
-    let Some(view) = last.as_ref().and_then(|p| find_key(p, &name)) else {
+    let Some(view) = last.as_ref().and_then(|p| find_key(p, caller, &name)) else {
         return Ok(error(
             StatusCode::INTERNAL_SERVER_ERROR,
             "the key was written but is not in the rendering; see the operator's log",
@@ -436,9 +591,16 @@ enum Change {
     Delete,
 }
 
-/// Revokes or deletes an ApiKey through the source.
-fn change_key(source: &dyn Source, pass: &Pass, id: &str, change: Change) -> Result<Reply> {
-    let Some(view) = find_key(pass, id) else {
+/// Revokes or deletes an ApiKey through the source; a key the caller could not have minted
+/// is not found.
+fn change_key(
+    source: &dyn Source,
+    pass: &Pass,
+    caller: &Caller,
+    id: &str,
+    change: Change,
+) -> Result<Reply> {
+    let Some(view) = find_key(pass, caller, id) else {
         return Ok(error(StatusCode::NOT_FOUND, &format!("no API key {id:?}")));
     };
     let name = view["name"].as_str().unwrap_or_default().to_owned();
@@ -454,7 +616,7 @@ fn change_key(source: &dyn Source, pass: &Pass, id: &str, change: Change) -> Res
             &source
                 .state()
                 .last()
-                .and_then(|p| find_key(&p, &name))
+                .and_then(|p| find_key(&p, caller, &name))
                 .unwrap_or(view),
         ),
         Change::Delete => reply(
@@ -464,7 +626,7 @@ fn change_key(source: &dyn Source, pass: &Pass, id: &str, change: Change) -> Res
     })
 }
 
-fn metrics(state: &State) -> Reply {
+fn metrics(state: &State) -> hyper::Response<Full<Bytes>> {
     let pass = state.last();
     let active = pass.as_ref().map_or(0, |p| p.config.api_keys.len());
     let ready = pass.as_ref().map_or(0, |p| {

@@ -257,6 +257,10 @@ impl Cluster {
             if let Some(t) = minted {
                 objects.minted_at.insert(id.clone(), t.as_second());
             }
+            objects.secret_marks.insert(
+                id.clone(),
+                crate::manifests::SecretMarks::of(&secret.metadata),
+            );
             objects.secrets.insert(id, data);
         }
         Ok(objects)
@@ -270,12 +274,30 @@ impl Cluster {
         for k in &objects.keys {
             let name = k.name_any();
             let secret = keys::secret_name(&name);
-            if k.spec.revoked == Some(true)
-                || k.spec.token_secret_ref.is_some()
-                || objects
-                    .secrets
-                    .contains_key(&(self.namespace.clone(), secret.clone()))
-            {
+            let id = (self.namespace.clone(), secret.clone());
+            if k.spec.revoked == Some(true) || k.spec.token_secret_ref.is_some() {
+                continue;
+            }
+            // A Secret of this name owned by another ApiKey was left by a deleted key of the
+            // same name: remove it (never adopt it), and mint anew.
+            let stale = objects.secret_marks.get(&id).is_some_and(|m| {
+                !m.apikey_owners.is_empty()
+                    && k.metadata
+                        .uid
+                        .as_ref()
+                        .is_some_and(|u| !m.apikey_owners.contains(u))
+            });
+            if stale {
+                match secrets.delete(&secret, &Default::default()).await {
+                    Ok(_) => {}
+                    Err(kube::Error::Api(e)) if e.is_not_found() => {}
+                    Err(e) => {
+                        return Err(e)
+                            .with_context(|| format!("deleting the stale Secret {secret}"))
+                    }
+                }
+                tracing::info!(apikey = %name, secret = %secret, "removed a token Secret left by a deleted key");
+            } else if objects.secrets.contains_key(&id) {
                 continue;
             }
             let token = keys::mint_token()?;
@@ -545,7 +567,12 @@ impl Cluster {
         objects: Objects,
         previous: Option<&Validation>,
     ) -> Result<(Pass, output::Rendering)> {
-        let mut validation = validate::validate(&objects, &self.namespace, now());
+        let mut validation = validate::validate_in(
+            &objects,
+            &self.namespace,
+            now(),
+            &self.settings.allow_endpoints,
+        );
         if let Some(prev) = previous {
             validate::keep_last_valid(&mut validation, prev);
         }
@@ -624,10 +651,24 @@ impl Source for Cluster {
                     .map(|(k, v)| (k, ByteString(v.into_bytes())))
                     .collect()
             });
-            self.api::<Secret>()
-                .create(&PostParams::default(), &s)
-                .await
-                .context("creating the token Secret")?;
+            let secrets = self.api::<Secret>();
+            match secrets.create(&PostParams::default(), &s).await {
+                Ok(_) => {}
+                // A Secret of that name left by a deleted key (not yet collected): never adopt
+                // it — replace it, so the new key has the new token only.
+                Err(kube::Error::Api(e)) if e.is_already_exists() => {
+                    let name = keys::secret_name(name);
+                    secrets
+                        .delete(&name, &Default::default())
+                        .await
+                        .with_context(|| format!("replacing the stale Secret {name}"))?;
+                    secrets
+                        .create(&PostParams::default(), &s)
+                        .await
+                        .context("creating the token Secret")?;
+                }
+                Err(e) => return Err(e).context("creating the token Secret"),
+            }
             Ok(())
         })
     }
@@ -646,14 +687,44 @@ impl Source for Cluster {
         })
     }
 
-    fn delete_key(&self, _pass: &Pass, name: &str) -> Result<()> {
+    fn delete_key(&self, pass: &Pass, name: &str) -> Result<()> {
+        // A minted token Secret is owned by the key: Kubernetes deletes it too. A
+        // pre-provisioned one (labelled for this key, not owned) is deleted here.
+        let labelled = pass
+            .objects
+            .keys
+            .iter()
+            .find(|k| k.metadata.name.as_deref() == Some(name))
+            .map(validate::token_source)
+            .filter(|s| {
+                pass.objects
+                    .secret_marks
+                    .get(&(self.namespace.clone(), s.name.clone()))
+                    .is_some_and(|m| {
+                        m.apikey_owners.is_empty() && m.token_label.as_deref() == Some(name)
+                    })
+            });
         self.block_on(async {
-            // The token Secret is owned by the key: Kubernetes deletes it too.
             match self.api::<ApiKey>().delete(name, &Default::default()).await {
-                Ok(_) => Ok(()),
-                Err(kube::Error::Api(e)) if e.is_not_found() => Ok(()),
-                Err(e) => Err(e).with_context(|| format!("deleting ApiKey {name}")),
+                Ok(_) => {}
+                Err(kube::Error::Api(e)) if e.is_not_found() => {}
+                Err(e) => return Err(e).with_context(|| format!("deleting ApiKey {name}")),
             }
+            if let Some(s) = labelled {
+                match self
+                    .api::<Secret>()
+                    .delete(&s.name, &Default::default())
+                    .await
+                {
+                    Ok(_) => {}
+                    Err(kube::Error::Api(e)) if e.is_not_found() => {}
+                    Err(e) => {
+                        return Err(e)
+                            .with_context(|| format!("deleting the token Secret {}", s.name))
+                    }
+                }
+            }
+            Ok(())
         })
     }
 }

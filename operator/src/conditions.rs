@@ -29,8 +29,11 @@ pub mod reason {
     pub const STORE_NOT_FOUND: &str = "StoreNotFound";
     /// The upstream namespace name is not valid for turbopuffer.
     pub const INVALID_NAMESPACE: &str = "InvalidNamespace";
-    /// An ApiKey's entitlements or lifetime are malformed.
+    /// An ApiKey's name, entitlements or lifetime are malformed (or a VectorStore's name).
     pub const INVALID_SPEC: &str = "InvalidSpec";
+    /// The ApiKey's token Secret may not serve as its token (not marked as this key's, left by
+    /// a deleted key of the same name) or holds a token weaker than hev layer's format.
+    pub const INVALID_TOKEN: &str = "InvalidTokenSecret";
     /// The ApiKey has no token yet.
     pub const NOT_MINTED: &str = "NotMinted";
     /// The ApiKey was revoked.

@@ -33,8 +33,11 @@ pub enum StoreKind {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct Endpoint {
-    /// Upstream API base URL, e.g. `https://aws-us-east-1.turbopuffer.com`. Must be https
-    /// (plain http is accepted only for loopback addresses, for local use).
+    /// Upstream API base URL, e.g. `https://aws-us-east-1.turbopuffer.com`: scheme, host and
+    /// optional port, nothing else. The operator sends the store credential only to endpoints
+    /// its allowlist admits (`https://*.turbopuffer.com`, loopback for local use, and what
+    /// `--allow-endpoint` adds); any other is `InvalidEndpoint`.
+    #[schemars(schema_with = "endpoint_url")]
     pub url: String,
     /// Operator-visible region label for this store.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -158,6 +161,7 @@ pub struct IndexBackend {
     /// Upstream namespace (turbopuffer's name); omitted = the Index name. Clients address
     /// this name; routing is keyed by it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(schema_with = "namespace_name")]
     pub namespace: Option<String>,
     /// Distance metric (accepted and preserved; layergate does not interpret it).
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -216,6 +220,33 @@ pub struct IndexStatus {
     pub conditions: Vec<Condition>,
 }
 
+/// The patterns below are the operator's own checks, so `kubectl apply` refuses early what
+/// the operator would refuse (SPEC §7). Each is optional in its field.
+fn expires_after(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+    schemars::json_schema!({"type": "string", "nullable": true,
+        "pattern": layergate_filter::time::duration_pattern()})
+}
+
+/// Upstream namespace names (turbopuffer's alphabet, 1-128 characters).
+pub const NAMESPACE_PATTERN: &str = "^[A-Za-z0-9_.-]{1,128}$";
+/// Namespace globs (the alphabet plus `*` and `?`, 1-256 characters).
+pub const GLOB_PATTERN: &str = "^[A-Za-z0-9_.*?-]{1,256}$";
+/// A base URL: scheme, host, optional port and trailing slash; no path, query or user.
+pub const ENDPOINT_PATTERN: &str = "^https?://[A-Za-z0-9.:\\[\\]-]+/?$";
+
+fn namespace_name(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+    schemars::json_schema!({"type": "string", "nullable": true, "pattern": NAMESPACE_PATTERN})
+}
+
+fn namespace_globs(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+    schemars::json_schema!({"type": "array", "nullable": true, "minItems": 1,
+        "items": {"type": "string", "pattern": GLOB_PATTERN}})
+}
+
+fn endpoint_url(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+    schemars::json_schema!({"type": "string", "pattern": ENDPOINT_PATTERN})
+}
+
 /// An object whose fields Kubernetes keeps as written.
 fn preserved_object(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
     schemars::json_schema!({"type": "object", "x-kubernetes-preserve-unknown-fields": true})
@@ -230,6 +261,7 @@ pub struct EntitlementSpec {
     pub scopes: Vec<Scope>,
     /// Upstream namespace globs (`*`, `?`); omitted = all namespaces.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(schema_with = "namespace_globs")]
     pub namespaces: Option<Vec<String>>,
     /// Opaque claims (warehouse targets); stored and echoed by authenticate only.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
@@ -263,8 +295,10 @@ pub struct ApiKeySpec {
     /// (claims only).
     #[serde(default)]
     pub entitlements: BTreeMap<String, EntitlementSpec>,
-    /// Lifetime from creation: a duration like `365d`, `12h`, `30m`, or `never`. Default 365d.
+    /// Lifetime from creation: a whole number of days, hours, minutes or seconds (`365d`,
+    /// `12h`, `30m`, `45s`), at most 100 years, or `never`. Default 365d.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(schema_with = "expires_after")]
     pub expires_after: Option<String>,
     /// Declarative revoke: true keeps the record (phase Revoked) and removes the key from
     /// the gateway.

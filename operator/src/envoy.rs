@@ -94,6 +94,9 @@ pub fn listener(l: &Listener) -> Value {
         "filter_chains": [{"filters": [{"name": "envoy.filters.network.http_connection_manager", "typed_config": {
             "@type": "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager",
             "stat_prefix": "layergate",
+            // Envoy appends the peer address to x-forwarded-for itself: the control API's
+            // per-client `authenticate` limit keys on it, so a client cannot choose its address.
+            "use_remote_address": true,
             "normalize_path": true,
             "merge_slashes": false,
             "path_with_escaped_slashes_action": "KEEP_UNCHANGED",

@@ -35,6 +35,23 @@ pub fn mint_token() -> Result<String> {
 /// mode ApiKey manifests carry no creationTimestamp; expiry counts from this instead.
 pub const MINTED_AT_ANNOTATION: &str = "hevlayer.com/minted-at";
 
+/// Label marking a Secret as the token of the ApiKey named in its value. The operator puts it
+/// on every token it mints; a pre-provisioned token Secret (`tokenSecretRef`, or a Secret named
+/// `apikey-<name>` written beforehand) must carry it, or be owned by the ApiKey.
+pub const TOKEN_LABEL: &str = "hevlayer.com/apikey-token";
+
+/// True for a name an ApiKey may have: 1-63 lower-case letters, digits or `-`, not at either
+/// end (a Kubernetes name that is also a file name and a Secret name suffix).
+pub fn valid_key_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 63
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+        && !name.starts_with('-')
+        && !name.ends_with('-')
+}
+
 /// Name of the Secret holding an ApiKey's minted token.
 pub fn secret_name(api_key: &str) -> String {
     format!("apikey-{api_key}")
@@ -56,10 +73,13 @@ pub fn token_secret(
         metadata: ObjectMeta {
             name: Some(secret_name(api_key)),
             namespace: Some(namespace.to_owned()),
-            labels: Some(BTreeMap::from([(
-                "app.kubernetes.io/managed-by".to_owned(),
-                "layergate".to_owned(),
-            )])),
+            labels: Some(BTreeMap::from([
+                (
+                    "app.kubernetes.io/managed-by".to_owned(),
+                    "layergate".to_owned(),
+                ),
+                (TOKEN_LABEL.to_owned(), api_key.to_owned()),
+            ])),
             annotations: Some(BTreeMap::from([
                 ("hevlayer.com/apikey".to_owned(), api_key.to_owned()),
                 (MINTED_AT_ANNOTATION.to_owned(), minted_at.to_owned()),

@@ -13,10 +13,12 @@
 #![forbid(unsafe_code)]
 
 pub mod api;
+pub mod authority;
 pub mod cluster;
 pub mod conditions;
 pub mod controller;
 pub mod crd;
+pub mod endpoint;
 pub mod envoy;
 pub mod istio;
 pub mod keys;

@@ -6,6 +6,7 @@ use layergate_filter::policy::Policy;
 use layergate_operator::api;
 use layergate_operator::conditions::{reason, READY};
 use layergate_operator::crd;
+use layergate_operator::endpoint::Allowlist;
 use layergate_operator::manifests;
 use layergate_operator::output;
 use layergate_operator::render::{self, RenderOptions};
@@ -55,6 +56,11 @@ const USAGE: &str = "usage: layergate-operator COMMAND
                               cannot be rendered never replaces the last good output.
                               Serves the control API on LAYERGATE_CONTROL (127.0.0.1:9902):
                               /v2/keys, /v2/vectorstores, /healthz, /readyz, /metrics
+  --allow-endpoint PATTERN    (check, render, run; repeatable) also send store credentials to
+                              endpoints matching SCHEME://HOST[:PORT] (HOST may be *.domain).
+                              Admitted without it: https://*.turbopuffer.com and loopback IP
+                              literals (127.0.0.0/8, ::1) or localhost; a VectorStore elsewhere
+                              is InvalidEndpoint: neither probed nor rendered
   check-filter-config FILE    parse and compile a filter configuration exactly as the wasm
                               filter's on_configure does; exit 1 with the reason if the
                               filter would refuse it";
@@ -66,7 +72,22 @@ fn main() {
     }
 }
 
-fn run(args: Vec<String>) -> Result<()> {
+/// Takes every `--allow-endpoint PATTERN` out of the arguments (run, render and check accept
+/// it anywhere after the command) and returns the allowlist they make.
+fn allow_endpoints(args: &mut Vec<String>) -> Result<Allowlist> {
+    let mut patterns = Vec::new();
+    while let Some(i) = args.iter().position(|a| a == "--allow-endpoint") {
+        if i + 1 >= args.len() {
+            bail!("--allow-endpoint needs a PATTERN (like https://*.example.com)");
+        }
+        patterns.push(args.remove(i + 1));
+        args.remove(i);
+    }
+    Allowlist::with(&patterns).map_err(anyhow::Error::msg)
+}
+
+fn run(mut args: Vec<String>) -> Result<()> {
+    let allow = allow_endpoints(&mut args)?;
     match args
         .iter()
         .map(String::as_str)
@@ -78,16 +99,16 @@ fn run(args: Vec<String>) -> Result<()> {
             Ok(())
         }
         ["check-filter-config", file] => check_filter_config(file),
-        ["check", "-f", dir] => check(Path::new(dir)),
+        ["check", "-f", dir] => check(Path::new(dir), &allow),
         ["run", "--source", source, "--out", out] => match source.strip_prefix("dir:") {
             Some(dir) => {
                 init_logs(false)?;
-                run_dir(Path::new(dir), Path::new(out))
+                run_dir(Path::new(dir), Path::new(out), allow)
             }
             None => bail!("--source must be dir:PATH (with --out) or kube (without)"),
         },
-        ["run", "--source", "kube"] => run_kube(None),
-        ["run", "--source", "kube", "--namespace", ns] => run_kube(Some(ns)),
+        ["run", "--source", "kube"] => run_kube(None, allow),
+        ["run", "--source", "kube", "--namespace", ns] => run_kube(Some(ns), allow),
         ["render", "-f", dir, "-o", out, rest @ ..] => {
             let (mut namespace, mut target) = (None, "envoy");
             let mut flags = rest.iter();
@@ -99,8 +120,8 @@ fn run(args: Vec<String>) -> Result<()> {
                 }
             }
             match target {
-                "envoy" => render(Path::new(dir), Path::new(out), namespace),
-                "istio" => render_istio(Path::new(dir), Path::new(out), namespace),
+                "envoy" => render(Path::new(dir), Path::new(out), namespace, allow),
+                "istio" => render_istio(Path::new(dir), Path::new(out), namespace, &allow),
                 other => bail!("--target must be envoy or istio, not {other:?}"),
             }
         }
@@ -173,14 +194,14 @@ fn report(ns: &str, v: &Validation) -> usize {
     errors
 }
 
-fn check(dir: &Path) -> Result<()> {
+fn check(dir: &Path, allow: &Allowlist) -> Result<()> {
     let objects = manifests::load_dir(dir)?;
     let mut errors = objects.problems.len();
     for p in &objects.problems {
         println!("error: {p}");
     }
     for ns in output::namespaces(&objects) {
-        let v = validate::validate(&objects, &ns, now());
+        let v = validate::validate_in(&objects, &ns, now(), allow);
         errors += report(&ns, &v);
         if let Err(e) = render::filter_config(&v, &RenderOptions::default()) {
             println!("error: namespace {ns}: the rendered configuration would be refused: {e}");
@@ -194,7 +215,7 @@ fn check(dir: &Path) -> Result<()> {
 }
 
 /// Directory mode: the watcher on this thread, the control API on its own.
-fn run_dir(dir: &Path, out: &Path) -> Result<()> {
+fn run_dir(dir: &Path, out: &Path, allow: Allowlist) -> Result<()> {
     let control: std::net::SocketAddr = std::env::var("LAYERGATE_CONTROL")
         .unwrap_or_else(|_| "127.0.0.1:9902".into())
         .parse()
@@ -202,6 +223,7 @@ fn run_dir(dir: &Path, out: &Path) -> Result<()> {
     let rate = authenticate_rate()?;
     let mut settings = settings()?;
     settings.control = Some((control.ip().to_string(), control.port()));
+    settings.allow_endpoints = allow;
     let source = std::sync::Arc::new(source::DirSource::new(
         dir.to_owned(),
         out.to_owned(),
@@ -250,7 +272,7 @@ fn authenticate_rate() -> Result<u32> {
 }
 
 /// Kube mode: the controller on a small runtime, the control API on its own thread.
-fn run_kube(namespace: Option<&str>) -> Result<()> {
+fn run_kube(namespace: Option<&str>, allow: Allowlist) -> Result<()> {
     use layergate_operator::{cluster, controller, lease};
     init_logs(true)?;
     // One TLS stack: ring, for the API client as for the store probes.
@@ -286,6 +308,7 @@ fn run_kube(namespace: Option<&str>) -> Result<()> {
                 "/etc/layergate/wasm/layergate_filter.wasm",
             ),
             control: Some((host, port)),
+            allow_endpoints: allow,
         };
         let out = env_or("LAYERGATE_OUTPUT_SECRET", cluster::DEFAULT_OUTPUT_SECRET);
         let source =
@@ -364,25 +387,26 @@ fn settings() -> Result<output::Settings> {
             "target/wasm32-wasip1/wasm/layergate_filter.wasm",
         ),
         control: None,
+        allow_endpoints: Allowlist::default(),
     })
 }
 
 /// What both render targets start from: the manifests of one namespace, read (refusing any
 /// that cannot be read), validated and reported.
-fn validated(dir: &Path, namespace: Option<&str>) -> Result<Validation> {
+fn validated(dir: &Path, namespace: Option<&str>, allow: &Allowlist) -> Result<Validation> {
     let objects = manifests::load_dir(dir)?;
     if !objects.problems.is_empty() {
         bail!("cannot render: {}", objects.problems.join("; "));
     }
     let ns = output::namespace(&objects, namespace)?;
-    let v = validate::validate(&objects, &ns, now());
+    let v = validate::validate_in(&objects, &ns, now(), allow);
     report(&ns, &v);
     Ok(v)
 }
 
-fn render_istio(dir: &Path, out: &Path, namespace: Option<&str>) -> Result<()> {
+fn render_istio(dir: &Path, out: &Path, namespace: Option<&str>, allow: &Allowlist) -> Result<()> {
     use layergate_operator::istio;
-    let v = validated(dir, namespace)?;
+    let v = validated(dir, namespace, allow)?;
     let defaults = istio::IstioSettings::default();
     let selector = match std::env::var("LAYERGATE_ISTIO_SELECTOR") {
         Ok(s) => s
@@ -430,9 +454,10 @@ fn render_istio(dir: &Path, out: &Path, namespace: Option<&str>) -> Result<()> {
     Ok(())
 }
 
-fn render(dir: &Path, out: &Path, namespace: Option<&str>) -> Result<()> {
-    let settings = settings()?;
-    let v = validated(dir, namespace)?;
+fn render(dir: &Path, out: &Path, namespace: Option<&str>, allow: Allowlist) -> Result<()> {
+    let mut settings = settings()?;
+    let v = validated(dir, namespace, &allow)?;
+    settings.allow_endpoints = allow;
     output::write(&v, out, &settings)?;
     for name in output::FILES {
         println!("wrote {}", out.join(name).display());

@@ -24,10 +24,45 @@ pub struct Objects {
     pub secrets: Secrets,
     /// When minted tokens were minted (Unix seconds), by Secret (namespace, name).
     pub minted_at: BTreeMap<(String, String), i64>,
+    /// What marks each Secret as an ApiKey token, by (namespace, name).
+    pub secret_marks: BTreeMap<(String, String), SecretMarks>,
+    /// Secrets defined by more than one document: none of them may serve as a token.
+    pub duplicate_secrets: std::collections::BTreeSet<(String, String)>,
+    /// The file each Secret was read from, by (namespace, name) (directory mode).
+    pub secret_files: BTreeMap<(String, String), String>,
     /// The file each ApiKey was read from, by (namespace, name).
     pub key_files: BTreeMap<(String, String), String>,
     /// Documents that could not be used: `file: what is wrong`.
     pub problems: Vec<String>,
+}
+
+/// What may make a Secret an ApiKey's token: its [`crate::keys::TOKEN_LABEL`] label and the
+/// uids of the ApiKeys that own it.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct SecretMarks {
+    /// The value of the `hevlayer.com/apikey-token` label (an ApiKey name).
+    pub token_label: Option<String>,
+    /// uids of owner references of kind ApiKey.
+    pub apikey_owners: Vec<String>,
+}
+
+impl SecretMarks {
+    /// The marks of a Secret's metadata.
+    pub fn of(meta: &kube::core::ObjectMeta) -> SecretMarks {
+        SecretMarks {
+            token_label: meta
+                .labels
+                .as_ref()
+                .and_then(|l| l.get(crate::keys::TOKEN_LABEL).cloned()),
+            apikey_owners: meta
+                .owner_references
+                .iter()
+                .flatten()
+                .filter(|o| o.kind == "ApiKey")
+                .map(|o| o.uid.clone())
+                .collect(),
+        }
+    }
 }
 
 #[derive(Deserialize)]
@@ -46,6 +81,8 @@ struct Meta {
     namespace: Option<String>,
     #[serde(default)]
     annotations: BTreeMap<String, String>,
+    #[serde(default)]
+    labels: BTreeMap<String, String>,
 }
 
 /// The namespace objects without one are read into (kubectl's `default`).
@@ -133,6 +170,16 @@ impl Objects {
                 let minted = s.metadata.annotations.get(crate::keys::MINTED_AT_ANNOTATION);
                 if let Some(at) = minted.and_then(|t| layergate_filter::time::parse_rfc3339(t)) {
                     self.minted_at.insert(key.clone(), at);
+                }
+                self.secret_marks.insert(
+                    key.clone(),
+                    SecretMarks {
+                        token_label: s.metadata.labels.get(crate::keys::TOKEN_LABEL).cloned(),
+                        apikey_owners: Vec::new(),
+                    },
+                );
+                if self.secret_files.insert(key.clone(), source.to_owned()).is_some() {
+                    self.duplicate_secrets.insert(key.clone());
                 }
                 self.secrets.insert(key, data);
             }

@@ -26,6 +26,8 @@ pub struct Settings {
     /// `/v2/keys…` and `/v2/vectorstores…` there (cluster `layergate_control`). An IP address
     /// or a DNS name (in a cluster, the operator's Service).
     pub control: Option<(String, u16)>,
+    /// Endpoints store credentials may be sent to (`--allow-endpoint` widens the default).
+    pub allow_endpoints: crate::endpoint::Allowlist,
 }
 
 /// Cluster name of the operator's control API.

@@ -68,11 +68,10 @@ pub fn mint_missing(dir: &Path, objects: &Objects, namespace: &str) -> Result<us
         }
         let file = dir.join(format!("{}.yaml", keys::secret_name(&name)));
         let minted_at = validate::rfc3339(now());
-        std::fs::write(
+        write_private(
             &file,
-            keys::secret_manifest(ns, &name, &keys::mint_token()?, &minted_at)?,
-        )
-        .with_context(|| format!("writing {}", file.display()))?;
+            &keys::secret_manifest(ns, &name, &keys::mint_token()?, &minted_at)?,
+        )?;
         tracing::info!(apikey = %format!("{ns}/{name}"), file = %file.display(), "minted a token");
         minted += 1;
     }
@@ -115,7 +114,8 @@ pub fn reconcile(
             objects.problems.join("; ")
         );
     }
-    let mut validation = validate::validate(&objects, &namespace, now());
+    let mut validation =
+        validate::validate_in(&objects, &namespace, now(), &settings.allow_endpoints);
     if let Some(prev) = previous {
         validate::keep_last_valid(&mut validation, prev);
     }
@@ -393,10 +393,15 @@ impl Source for DirSource {
         manifest: &serde_json::Value,
         token: &str,
     ) -> Result<()> {
+        // A Secret of that name left anywhere (by a deleted key, or written beforehand) must
+        // never be picked up again: the new key gets the new token only.
+        if let Some(pass) = self.state.last() {
+            remove_secret_documents(&pass, &keys::secret_name(name))?;
+        }
         let minted_at = validate::rfc3339(now());
-        std::fs::write(
-            self.dir.join(format!("{}.yaml", keys::secret_name(name))),
-            keys::secret_manifest(namespace, name, token, &minted_at)?,
+        write_private(
+            &self.dir.join(format!("{}.yaml", keys::secret_name(name))),
+            &keys::secret_manifest(namespace, name, token, &minted_at)?,
         )?;
         std::fs::write(
             self.dir.join(format!("{name}.apikey.yaml")),
@@ -414,15 +419,61 @@ impl Source for DirSource {
     fn delete_key(&self, pass: &Pass, name: &str) -> Result<()> {
         let file = Self::key_file(pass, name)
             .unwrap_or_else(|| self.dir.join(format!("{name}.apikey.yaml")));
+        // The token dies with its key: the Secret it was read from goes too, in whichever
+        // file it is (a minted `apikey-<name>.yaml`, or a pre-provisioned one in another file),
+        // when it is this key's (see validate::token_secret_refusal).
+        let key = pass
+            .objects
+            .keys
+            .iter()
+            .find(|k| k.metadata.name.as_deref() == Some(name));
+        if let Some(k) = key {
+            let source = validate::token_source(k);
+            let marks = pass
+                .objects
+                .secret_marks
+                .get(&(pass.namespace.clone(), source.name.clone()));
+            if marks.is_some_and(|m| m.token_label.as_deref() == Some(name)) {
+                remove_secret_documents(pass, &source.name)?;
+            }
+        }
+        remove_secret_documents(pass, &keys::secret_name(name))?;
         if file.exists() {
             rewrite_key_document(&file, name, KeyEdit::Delete)?;
         }
-        let secret = self.dir.join(format!("{}.yaml", keys::secret_name(name)));
-        if secret.exists() {
-            std::fs::remove_file(secret)?;
-        }
         Ok(())
     }
+}
+
+/// Removes every Secret document named `secret` in the pass's namespace from the file it was
+/// read from (a file left empty is removed).
+fn remove_secret_documents(pass: &Pass, secret: &str) -> Result<()> {
+    let id = (pass.namespace.clone(), secret.to_owned());
+    if let Some(file) = pass.objects.secret_files.get(&id) {
+        let file = Path::new(file);
+        if file.exists() {
+            rewrite_documents(file, "Secret", secret, KeyEdit::Delete)?;
+        }
+    }
+    Ok(())
+}
+
+/// Writes a file only its owner can read (tokens), replacing it atomically.
+pub fn write_private(path: &Path, text: &str) -> Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let tmp = path.with_extension("tmp");
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(&tmp)
+        .with_context(|| format!("writing {}", tmp.display()))?;
+    f.write_all(text.as_bytes())?;
+    f.sync_all()?;
+    std::fs::rename(&tmp, path).with_context(|| format!("writing {}", path.display()))?;
+    Ok(())
 }
 
 /// Annotation recording when a key was revoked through the API.
@@ -436,12 +487,17 @@ enum KeyEdit {
 /// Revokes or removes one ApiKey document in a manifest file (other documents stay; comments
 /// in the file are lost).
 fn rewrite_key_document(file: &Path, name: &str, edit: KeyEdit) -> Result<()> {
+    rewrite_documents(file, "ApiKey", name, edit)
+}
+
+/// Revokes (ApiKeys) or removes one `kind`/`name` document in a manifest file.
+fn rewrite_documents(file: &Path, kind: &str, name: &str, edit: KeyEdit) -> Result<()> {
     let text = std::fs::read_to_string(file)?;
     let mut docs: Vec<String> = Vec::new();
     for doc in text.split("\n---\n") {
         let parsed: Option<serde_yaml::Value> = serde_yaml::from_str(doc).ok();
         let is_it = parsed.as_ref().is_some_and(|v| {
-            v["kind"].as_str() == Some("ApiKey") && v["metadata"]["name"].as_str() == Some(name)
+            v["kind"].as_str() == Some(kind) && v["metadata"]["name"].as_str() == Some(name)
         });
         match (is_it, &edit, parsed) {
             (true, KeyEdit::Delete, _) => {}

@@ -7,7 +7,6 @@ use crate::crd::{
     ApiKey, ApiKeyPhase, ApiKeyStatus, Index, IndexStatus, SecretKeyRef, VectorStore,
     VectorStoreStatus,
 };
-use crate::keys;
 use crate::probe::ProbeResult;
 use crate::source::{Pass, REVOKED_AT_ANNOTATION};
 use crate::validate;
@@ -89,14 +88,7 @@ pub fn key(pass: &Pass, obj: &ApiKey, now: i64) -> ApiKeyStatus {
         .get(&name)
         .copied()
         .unwrap_or(ApiKeyPhase::Pending);
-    let secret_ref = obj
-        .spec
-        .token_secret_ref
-        .clone()
-        .unwrap_or_else(|| SecretKeyRef {
-            name: keys::secret_name(&name),
-            key: keys::TOKEN_KEY.to_owned(),
-        });
+    let secret_ref: SecretKeyRef = validate::token_source(obj);
     let created = obj.metadata.creation_timestamp.as_ref().map_or_else(
         || {
             let minted = pass
@@ -124,7 +116,11 @@ pub fn key(pass: &Pass, obj: &ApiKey, now: i64) -> ApiKeyStatus {
         .and_then(|r| r.expires_at.clone())
         .or_else(|| old.expires_at.clone());
     let mut status = ApiKeyStatus {
-        key_id: Some(validate::key_id(obj, &pass.namespace)),
+        key_id: Some(validate::key_id(
+            obj,
+            &pass.namespace,
+            validate::token_of(obj, &pass.namespace, &pass.objects),
+        )),
         phase: Some(phase),
         lookup_hash,
         created_at: Some(created),

@@ -6,7 +6,7 @@ use crate::crd::{ApiKey, ApiKeyPhase, InboundMode, Index, StoreKind, VectorStore
 use crate::manifests::{Objects, Secrets};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
 use layergate_filter::config::{ApiKeyConfig, Entitlement};
-use layergate_filter::glob::NamespaceGlob;
+use layergate_filter::entitlement::{self, Target};
 use layergate_filter::route::valid_namespace;
 use layergate_filter::scope::Scope;
 use sha2::{Digest, Sha256};
@@ -15,16 +15,9 @@ use std::collections::BTreeMap;
 /// Default ApiKey lifetime.
 pub const DEFAULT_EXPIRES_AFTER: &str = "365d";
 
-/// A store endpoint, parsed.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct StoreEndpoint {
-    /// True for https.
-    pub tls: bool,
-    /// Host name or IP.
-    pub host: String,
-    /// Port (443/80 when omitted).
-    pub port: u16,
-}
+pub use crate::endpoint::{parse_endpoint, Allowlist, StoreEndpoint};
+/// Key lifetimes are parsed by the filter crate's own parser (one validation).
+pub use layergate_filter::time::parse_duration;
 
 /// A store that passed validation, with its secrets resolved.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -113,64 +106,10 @@ fn secret<'a>(
     }
 }
 
-/// Parses `https://host[:port][/]`; plain http only for loopback hosts (local use).
-pub fn parse_endpoint(url: &str) -> Result<StoreEndpoint, String> {
-    let (tls, rest) = if let Some(r) = url.strip_prefix("https://") {
-        (true, r)
-    } else if let Some(r) = url.strip_prefix("http://") {
-        (false, r)
-    } else {
-        return Err(format!("endpoint.url {url:?} must start with https://"));
-    };
-    let authority = rest.strip_suffix('/').unwrap_or(rest);
-    if authority.is_empty() || authority.contains(['/', '?', '#', '@', ' ']) {
-        return Err(format!("endpoint.url {url:?} must be a base URL (scheme://host[:port]) without path, query or credentials"));
-    }
-    let (host, port) = match authority.rsplit_once(':') {
-        Some((h, p)) if !h.ends_with(']') || h.starts_with('[') => match p.parse::<u16>() {
-            Ok(p) if p > 0 => (h.to_owned(), p),
-            _ => return Err(format!("endpoint.url {url:?} has an invalid port")),
-        },
-        _ => (authority.to_owned(), if tls { 443 } else { 80 }),
-    };
-    let loopback = matches!(host.as_str(), "localhost" | "[::1]") || host.starts_with("127.");
-    if !tls && !loopback {
-        return Err(format!("endpoint.url {url:?} must use https (plain http is allowed only for loopback, for local use)"));
-    }
-    Ok(StoreEndpoint { tls, host, port })
-}
-
-/// Parses `365d`, `12h`, `30m`, `45s` into seconds; `never` → `None`.
-pub fn parse_duration(s: &str) -> Result<Option<i64>, String> {
-    if s == "never" {
-        return Ok(None);
-    }
-    let (num, unit) = s.split_at(s.len().saturating_sub(1));
-    let n: i64 = num
-        .parse()
-        .map_err(|_| format!("expiresAfter {s:?} must be like 365d, 12h, 30m, 45s or never"))?;
-    let mult = match unit {
-        "d" => 86_400,
-        "h" => 3_600,
-        "m" => 60,
-        "s" => 1,
-        _ => {
-            return Err(format!(
-                "expiresAfter {s:?} must end in d, h, m or s (or be never)"
-            ))
-        }
-    };
-    if n <= 0 {
-        return Err(format!("expiresAfter {s:?} must be positive"));
-    }
-    Ok(Some(n * mult))
-}
-
-/// Formats Unix seconds as RFC 3339 UTC.
+/// Formats Unix seconds as RFC 3339 UTC with the filter's own formatter (what the filter
+/// reads back); empty outside 1970..=9999, which validation never lets through to a rendering.
 pub fn rfc3339(secs: i64) -> String {
-    k8s_openapi::jiff::Timestamp::from_second(secs)
-        .map(|t| t.to_string())
-        .unwrap_or_default()
+    layergate_filter::time::format_rfc3339(secs).unwrap_or_default()
 }
 
 fn created_at(meta: &kube::core::ObjectMeta, now: i64) -> i64 {
@@ -179,8 +118,14 @@ fn created_at(meta: &kube::core::ObjectMeta, now: i64) -> i64 {
         .map_or(now, |t| t.0.as_second())
 }
 
-/// Validates one namespace's objects. `now` is Unix seconds.
+/// Validates one namespace's objects with the default endpoint allowlist. `now` is Unix
+/// seconds.
 pub fn validate(objects: &Objects, namespace: &str, now: i64) -> Validation {
+    validate_in(objects, namespace, now, &Allowlist::default())
+}
+
+/// Validates one namespace's objects; store endpoints must pass `allow`. `now` is Unix seconds.
+pub fn validate_in(objects: &Objects, namespace: &str, now: i64, allow: &Allowlist) -> Validation {
     let in_ns = |m: &kube::core::ObjectMeta| {
         m.namespace
             .as_deref()
@@ -198,7 +143,24 @@ pub fn validate(objects: &Objects, namespace: &str, now: i64) -> Validation {
         .count();
     let store_verdicts: Vec<Verdict<ValidStore>> = stores
         .iter()
-        .map(|s| validate_store(s, namespace, &objects.secrets, defaults, stores.len(), now))
+        .enumerate()
+        .map(|(i, s)| {
+            // Two documents naming the same store: the first wins, the later is left out.
+            let first = stores[..i].iter().all(|o| o.metadata.name != s.metadata.name);
+            let mut v = validate_store(s, namespace, &objects.secrets, defaults, stores.len(), allow, now);
+            if !first {
+                v.valid = None;
+                v.conditions = vec![condition(
+                    conditions::READY,
+                    false,
+                    reason::CONFLICT,
+                    format!("another VectorStore document is also named {:?}; it came first, so it wins", v.name),
+                    s.metadata.generation,
+                    now,
+                )];
+            }
+            v
+        })
         .collect();
     let indexes: Vec<&Index> = objects
         .indexes
@@ -207,13 +169,34 @@ pub fn validate(objects: &Objects, namespace: &str, now: i64) -> Validation {
         .collect();
     let index_verdicts = validate_indexes(&indexes, &store_verdicts, now);
     let mut phases = BTreeMap::new();
-    let key_verdicts = objects
-        .keys
+    let keys: Vec<&ApiKey> = objects.keys.iter().filter(|k| in_ns(&k.metadata)).collect();
+    let key_verdicts = keys
         .iter()
-        .filter(|k| in_ns(&k.metadata))
-        .map(|k| {
-            let (verdict, phase) = validate_key(k, namespace, objects, &store_verdicts, now);
-            phases.insert(verdict.name.clone(), phase);
+        .enumerate()
+        .map(|(i, k)| {
+            let (mut verdict, mut phase) =
+                validate_key(k, namespace, objects, &store_verdicts, now);
+            // Two documents naming the same key would share a keyId, which the filter refuses:
+            // the first wins, the later is left out.
+            if keys[..i].iter().any(|o| o.metadata.name == k.metadata.name) {
+                verdict.valid = None;
+                verdict.conditions = vec![condition(
+                    conditions::READY,
+                    false,
+                    reason::INVALID_SPEC,
+                    format!(
+                        "another ApiKey document is also named {:?}; it came first, so it wins",
+                        verdict.name
+                    ),
+                    k.metadata.generation,
+                    now,
+                )];
+                phase = phases
+                    .get(&verdict.name)
+                    .copied()
+                    .unwrap_or(ApiKeyPhase::Pending);
+            }
+            phases.entry(verdict.name.clone()).or_insert(phase);
             verdict
         })
         .collect();
@@ -231,6 +214,7 @@ fn validate_store(
     secrets: &Secrets,
     defaults: usize,
     count: usize,
+    allow: &Allowlist,
     now: i64,
 ) -> Verdict<ValidStore> {
     let name = s.metadata.name.clone().unwrap_or_default();
@@ -240,13 +224,21 @@ fn validate_store(
         conditions: vec![condition(conditions::READY, false, r, m, generation, now)],
         valid: None,
     };
+    // The filter refuses a configuration with an empty store name, and keys name stores as
+    // `vectorstore.<name>`: a name the target parser refuses could never be granted.
+    if !entitlement::valid_target_name(&name) {
+        return fail(
+            reason::INVALID_SPEC,
+            format!("metadata.name {name:?} must be 1-253 characters of A-Z a-z 0-9 _ . -"),
+        );
+    }
     if s.spec.kind == StoreKind::Pinecone {
         return fail(
             reason::UNSUPPORTED_KIND,
             "kind pinecone is reserved but not supported yet; use kind: turbopuffer".into(),
         );
     }
-    let endpoint = match parse_endpoint(&s.spec.endpoint.url) {
+    let endpoint = match crate::endpoint::admitted(&s.spec.endpoint.url, allow) {
         Ok(e) => e,
         Err(m) => return fail(reason::INVALID_ENDPOINT, m),
     };
@@ -374,17 +366,128 @@ fn validate_indexes(
         .collect()
 }
 
-/// A key's stable id: from its uid in a cluster, else from namespace and name.
-pub fn key_id(k: &ApiKey, ns: &str) -> String {
-    match &k.metadata.uid {
-        Some(uid) => format!("key_{}", uid.replace('-', "")),
-        None => format!(
+/// A key's id: from its uid in a cluster (a new object, a new id); in directory mode from
+/// namespace, name and its token (a re-minted key of the same name gets a new id, and a
+/// revoked key, whose token Secret stays, keeps its id).
+pub fn key_id(k: &ApiKey, ns: &str, token: Option<&str>) -> String {
+    let name = k.metadata.name.as_deref().unwrap_or_default();
+    match (&k.metadata.uid, token) {
+        (Some(uid), _) => format!("key_{}", uid.replace('-', "")),
+        (None, Some(t)) => format!(
             "key_{}",
-            &sha256_hex(&format!(
-                "{ns}/{}",
-                k.metadata.name.as_deref().unwrap_or_default()
-            ))[..24]
+            &sha256_hex(&format!("{ns}/{name}/{}", sha256_hex(t)))[..24]
         ),
+        (None, None) => format!("key_{}", &sha256_hex(&format!("{ns}/{name}"))[..24]),
+    }
+}
+
+/// The Secret (name, key) an ApiKey's token is read from: `tokenSecretRef`, else the minted
+/// `apikey-<name>`/`token`.
+pub fn token_source(k: &ApiKey) -> crate::crd::SecretKeyRef {
+    k.spec
+        .token_secret_ref
+        .clone()
+        .unwrap_or_else(|| crate::crd::SecretKeyRef {
+            name: crate::keys::secret_name(k.metadata.name.as_deref().unwrap_or_default()),
+            key: crate::keys::TOKEN_KEY.into(),
+        })
+}
+
+/// The token an ApiKey would use, when its Secret is one the key may use (see
+/// [`token_secret_refusal`]) and holds a token.
+pub fn token_of<'a>(k: &ApiKey, ns: &str, objects: &'a Objects) -> Option<&'a str> {
+    let source = token_source(k);
+    let t = secret(&objects.secrets, ns, &source.name, &source.key).ok()?;
+    token_secret_refusal(k, ns, objects).is_none().then_some(t)
+}
+
+/// Why the Secret an ApiKey names may not serve as its token, if it may not. A token Secret is
+/// either owned by this very ApiKey (its uid: a Secret left by a deleted key of the same name
+/// is refused) or labelled `hevlayer.com/apikey-token: <key name>` (what the operator writes
+/// in directory mode and what a pre-provisioned Secret must carry), so an ApiKey cannot adopt
+/// an arbitrary Secret — a store credential, another key's token — as its token.
+pub fn token_secret_refusal(k: &ApiKey, ns: &str, objects: &Objects) -> Option<String> {
+    let name = k.metadata.name.as_deref().unwrap_or_default();
+    let source = token_source(k);
+    let id = (ns.to_owned(), source.name.clone());
+    if objects.duplicate_secrets.contains(&id) {
+        return Some(format!(
+            "Secret {ns}/{} is defined by more than one document; keep one",
+            source.name
+        ));
+    }
+    let marks = objects.secret_marks.get(&id)?;
+    if !marks.apikey_owners.is_empty() {
+        return match &k.metadata.uid {
+            Some(uid) if marks.apikey_owners.contains(uid) => None,
+            Some(_) => Some(format!(
+                "Secret {ns}/{} belongs to another (deleted) ApiKey; it is not reused and will be replaced",
+                source.name
+            )),
+            None => None,
+        };
+    }
+    (marks.token_label.as_deref() != Some(name)).then(|| {
+        format!(
+            "Secret {ns}/{} is not marked as this key's token: label it {}={name} (or let the operator mint one)",
+            source.name,
+            crate::keys::TOKEN_LABEL
+        )
+    })
+}
+
+/// Checks a token's strength: `hvl_` + at least 32 base62 characters (hev layer's format,
+/// about 190 bits), or at least 32 base62 characters without the prefix; 256 characters at most.
+pub fn token_strength(token: &str) -> Result<(), String> {
+    let body = token
+        .strip_prefix(crate::keys::TOKEN_PREFIX)
+        .unwrap_or(token);
+    if body.len() < crate::keys::TOKEN_CHARS
+        || token.len() > 256
+        || !body.bytes().all(|b| b.is_ascii_alphanumeric())
+    {
+        return Err(format!(
+            "the token is too weak or malformed: it must be hvl_ followed by at least {} letters and digits \
+             (about 190 random bits); let the operator mint one",
+            crate::keys::TOKEN_CHARS
+        ));
+    }
+    Ok(())
+}
+
+/// What the filter (or the operator) would refuse in an ApiKey's spec, before any token exists:
+/// its name, entitlement targets and globs, and its lifetime counted from now. The control API
+/// refuses such a mint with 400 instead of writing it.
+pub fn key_spec_problem(k: &ApiKey, now: i64) -> Option<String> {
+    let name = k.metadata.name.as_deref().unwrap_or_default();
+    if !crate::keys::valid_key_name(name) {
+        return Some(
+            "name must be 1-63 lower-case letters, digits or '-' (a Kubernetes name)".into(),
+        );
+    }
+    for (target, e) in &k.spec.entitlements {
+        let grant = Entitlement {
+            scopes: e.scopes.clone(),
+            namespaces: e.namespaces.clone(),
+            claims: e.claims.clone(),
+        };
+        if let Err(m) = entitlement::parse_target(target)
+            .map(|_| ())
+            .and_then(|()| entitlement::grant_globs(target, &grant).map(|_| ()))
+        {
+            return Some(m);
+        }
+    }
+    let after = k
+        .spec
+        .expires_after
+        .as_deref()
+        .unwrap_or(DEFAULT_EXPIRES_AFTER);
+    match parse_duration(after) {
+        Err(e) => Some(e.to_string()),
+        Ok(l) => layergate_filter::time::expiry(now, l)
+            .err()
+            .map(|m| format!("expiresAfter {after:?}: {m}")),
     }
 }
 
@@ -417,29 +520,25 @@ fn validate_key(
             phase,
         )
     };
+    if !crate::keys::valid_key_name(&name) {
+        return out(
+            ApiKeyPhase::Pending,
+            reason::INVALID_SPEC,
+            "metadata.name must be 1-63 lower-case letters, digits or '-' (a Kubernetes name)"
+                .into(),
+            vec![],
+            None,
+        );
+    }
     let mut entitlements = BTreeMap::new();
     let mut missing = Vec::new();
     for (target, e) in &k.spec.entitlements {
-        let named = |p: &str| target.strip_prefix(p).filter(|n| !n.is_empty());
-        let store = named("vectorstore.");
-        if !(store.is_some()
-            || target == "layer"
-            || named("agent.").is_some()
-            || named("warehouse.").is_some())
-        {
-            return out(ApiKeyPhase::Pending, reason::INVALID_SPEC, format!("entitlement {target:?}: targets are vectorstore.<name>, layer, agent.<name> or warehouse.<name>"), vec![], None);
-        }
-        for g in e.namespaces.iter().flatten() {
-            if let Err(err) = NamespaceGlob::new(g) {
-                return out(
-                    ApiKeyPhase::Pending,
-                    reason::INVALID_SPEC,
-                    format!("entitlement {target:?}: {err}"),
-                    vec![],
-                    None,
-                );
-            }
-        }
+        // The filter's own parser (one validation).
+        let store = match entitlement::parse_target(target) {
+            Ok(Target::VectorStore(s)) => Some(s),
+            Ok(_) => None,
+            Err(m) => return out(ApiKeyPhase::Pending, reason::INVALID_SPEC, m, vec![], None),
+        };
         if let Some(s) = store {
             if !stores.iter().any(|v| v.name == s) {
                 missing.push(target.clone());
@@ -483,8 +582,29 @@ fn validate_key(
             .unwrap_or(DEFAULT_EXPIRES_AFTER),
     ) {
         Ok(l) => l,
-        Err(m) => return out(ApiKeyPhase::Pending, reason::INVALID_SPEC, m, extra, None),
+        Err(m) => {
+            return out(
+                ApiKeyPhase::Pending,
+                reason::INVALID_SPEC,
+                m.to_string(),
+                extra,
+                None,
+            )
+        }
     };
+    // Everything else the filter checks per key, before any token is looked at: a key the
+    // filter would refuse is left out here, never in the rendering (one bad key must not
+    // freeze every other change).
+    let shape = ApiKeyConfig {
+        key_id: String::new(),
+        name: name.clone(),
+        lookup_hash: layergate_filter::config::LookupHash([0; 32]),
+        expires_at: None,
+        entitlements: entitlements.into_iter().collect(),
+    };
+    if let Err(m) = entitlement::check_api_key(&shape) {
+        return out(ApiKeyPhase::Pending, reason::INVALID_SPEC, m, extra, None);
+    }
     if k.spec.revoked == Some(true) {
         return out(
             ApiKeyPhase::Revoked,
@@ -494,14 +614,7 @@ fn validate_key(
             None,
         );
     }
-    let source = k
-        .spec
-        .token_secret_ref
-        .clone()
-        .unwrap_or(crate::crd::SecretKeyRef {
-            name: format!("apikey-{name}"),
-            key: "token".into(),
-        });
+    let source = token_source(k);
     // Creation time: the object's, else when the operator minted its token (directory mode),
     // else now (a pre-provisioned token without either: its lifetime starts at every start).
     let created = match &k.metadata.creation_timestamp {
@@ -512,15 +625,23 @@ fn validate_key(
             .copied()
             .unwrap_or(now),
     };
-    let expires = lifetime.map(|l| created + l);
-    if expires.is_some_and(|e| e <= now) {
+    let expires = match layergate_filter::time::expiry(created, lifetime) {
+        Ok(e) => e,
+        Err(m) => {
+            return out(
+                ApiKeyPhase::Pending,
+                reason::INVALID_SPEC,
+                format!("expiresAfter: {m}; use a shorter lifetime or never"),
+                extra,
+                None,
+            )
+        }
+    };
+    if let Some(at) = expires.filter(|e| *e <= now) {
         return out(
             ApiKeyPhase::Expired,
             reason::EXPIRED,
-            format!(
-                "expired at {}; mint a new key",
-                rfc3339(expires.unwrap_or_default())
-            ),
+            format!("expired at {}; mint a new key", rfc3339(at)),
             extra,
             None,
         );
@@ -537,13 +658,20 @@ fn validate_key(
             )
         }
     };
-    let config = ApiKeyConfig {
-        key_id: key_id(k, ns),
-        name: name.clone(),
-        lookup_hash: layergate_filter::config::LookupHash::of(token),
-        expires_at: expires.map(rfc3339),
-        entitlements: entitlements.into_iter().collect(),
-    };
+    if let Some(m) = token_secret_refusal(k, ns, objects) {
+        return out(ApiKeyPhase::Pending, reason::INVALID_TOKEN, m, extra, None);
+    }
+    if let Err(m) = token_strength(token) {
+        let m = format!("Secret {ns}/{} key {:?}: {m}", source.name, source.key);
+        return out(ApiKeyPhase::Pending, reason::INVALID_TOKEN, m, extra, None);
+    }
+    let mut config = shape;
+    config.key_id = key_id(k, ns, Some(token));
+    config.lookup_hash = layergate_filter::config::LookupHash::of(token);
+    config.expires_at = expires.map(rfc3339);
+    if let Err(m) = entitlement::check_api_key(&config) {
+        return out(ApiKeyPhase::Pending, reason::INVALID_SPEC, m, extra, None);
+    }
     out(
         ApiKeyPhase::Active,
         reason::VALID,

@@ -115,6 +115,7 @@ fn settings() -> Settings {
         admin: "127.0.0.1:9901".parse().unwrap(),
         wasm_path: "/etc/layergate/wasm/layergate_filter.wasm".into(),
         control: Some(("layergate-operator.layer.svc".into(), 9902)),
+        allow_endpoints: Default::default(),
     }
 }
 
@@ -770,8 +771,9 @@ async fn an_api_server_that_never_answers_times_the_pass_out() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_name_collision_with_an_existing_token_secret_is_not_overwritten() {
-    // Someone else's Secret under the name the operator would mint into: the key uses it as
-    // its token (and the operator never replaces it).
+    // Someone else's Secret under the name the operator would mint into, neither owned by the
+    // key nor labelled for it: the key does not adopt it as its token (issue 10: an old token
+    // picked up by a new key), and the operator never replaces what is not its own.
     let foreign: Secret = serde_json::from_value(json!({"metadata": {"name": "apikey-cohort", "namespace": NS}, "data": {"token": "aHZsX2ZvcmVpZ24="}})).unwrap();
     let client = builder()
         .with_object(foreign)
@@ -784,6 +786,52 @@ async fn a_name_collision_with_an_existing_token_secret_is_not_overwritten() {
     let s = api::<Secret>(&client).get("apikey-cohort").await.unwrap();
     assert_eq!(s.data.unwrap()["token"].0, b"hvl_foreign");
     assert!(s.metadata.owner_references.is_none());
+    let key = api::<ApiKey>(&client).get("cohort").await.unwrap();
+    let status = key.status.unwrap();
+    assert_eq!(status.phase, Some(ApiKeyPhase::Pending));
+    assert_eq!(
+        ready(&status.conditions),
+        ("False".into(), "InvalidTokenSecret".into())
+    );
+    let config = published(&client).await;
+    assert!(!config.to_string().contains("\"cohort\""), "{config}");
+}
+
+/// Issue 10 in kube mode: a key deleted and re-created under the same name before Kubernetes
+/// collected its token Secret got the old token back. The Secret is owned by the old uid: the
+/// operator removes it and mints a new token.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_token_secret_left_by_a_deleted_key_is_replaced_not_adopted() {
+    let old_token = "hvl_OLDoldOLDoldOLDoldOLDoldOLDold12";
+    let stale: Secret = serde_json::from_value(json!({"metadata": {"name": "apikey-cohort", "namespace": NS,
+        "labels": {"hevlayer.com/apikey-token": "cohort"},
+        "ownerReferences": [{"apiVersion": "hevlayer.com/v1alpha1", "kind": "ApiKey", "name": "cohort", "uid": "uid-of-the-deleted-key", "controller": true}]},
+        "data": {"token": base64::engine::general_purpose::STANDARD.encode(old_token)}})).unwrap();
+    let client = builder()
+        .with_object(stale)
+        .with_object(key_json("cohort", json!({})))
+        .build()
+        .await
+        .unwrap();
+    let c = leader(&client);
+    let mut minted = 0;
+    for _ in 0..2 {
+        minted += c.pass().await.unwrap().minted;
+    }
+    assert_eq!(minted, 1, "a new token");
+    let key = api::<ApiKey>(&client).get("cohort").await.unwrap();
+    let s = api::<Secret>(&client).get("apikey-cohort").await.unwrap();
+    assert_eq!(
+        s.metadata.owner_references.unwrap()[0].uid,
+        key.metadata.uid.clone().unwrap()
+    );
+    let new_token = String::from_utf8(s.data.unwrap()["token"].0.clone()).unwrap();
+    assert_ne!(new_token, old_token);
+    let config = published(&client).await.to_string();
+    let hash = |t: &str| format!("sha256:{}", hex::encode(Sha256::digest(t.as_bytes())));
+    assert!(config.contains(&hash(&new_token)), "{config}");
+    assert!(!config.contains(&hash(old_token)), "{config}");
+    assert_eq!(key.status.unwrap().phase, Some(ApiKeyPhase::Active));
 }
 
 /// The Deployment in `operator/deploy/` starts exactly this mode (here it stops where a
@@ -853,6 +901,20 @@ async fn the_control_api_writes_api_keys_through_kubernetes() {
         tokio::task::spawn_blocking(move || http(addr, m, p, b))
     };
 
+    // The same rules as in directory mode: demo-admin (primary's inbound admin) cannot mint
+    // into archive, nor give itself the layer.
+    for body in [
+        r#"{"name": "evil", "entitlements": {"vectorstore.archive": {"scopes": ["admin"]}}}"#,
+        r#"{"name": "evil", "entitlements": {"layer": {"scopes": ["admin"]}}}"#,
+    ] {
+        let (status, refused) = call("POST", "/v2/keys", body).await.unwrap();
+        assert_eq!(status, 403, "{refused}");
+    }
+    assert!(api::<ApiKey>(&client)
+        .get_opt("evil")
+        .await
+        .unwrap()
+        .is_none());
     let (status, minted) = call(
         "POST",
         "/v2/keys",

@@ -105,3 +105,122 @@ fn schema_rejects_typos_and_unknown_kinds_but_accepts_pinecone() {
 }
 
 use serde::Deserialize as _;
+
+/// Evaluates `(pattern, value)` pairs with Python's `re` (the CRD patterns use only syntax
+/// that RE2, ECMAScript and Python read alike); `None` when python3 is missing.
+fn python_matches(pairs: &[(String, String)]) -> Vec<bool> {
+    use std::io::Write;
+    let mut child = std::process::Command::new("python3")
+        .args([
+            "-c",
+            "import json,re,sys; d=json.load(sys.stdin); print(json.dumps([re.search(p,s) is not None for p,s in d]))",
+        ])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("python3 (a prerequisite of make test) runs the CRD pattern check");
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(serde_json::to_string(pairs).unwrap().as_bytes())
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
+/// Issue 10: the CRD schemas carry the operator's own checks, so `kubectl apply` refuses what
+/// the operator would refuse — the same answer on every sample, edge values included.
+#[test]
+fn crd_patterns_refuse_exactly_what_the_operator_refuses() {
+    use layergate_filter::glob::NamespaceGlob;
+    use layergate_filter::route::valid_namespace;
+    use layergate_filter::time::{duration_pattern, parse_duration};
+    use layergate_operator::crd::{GLOB_PATTERN, NAMESPACE_PATTERN};
+    let mut durations: Vec<String> = [
+        "never",
+        "Never",
+        "365d",
+        "36500d",
+        "36501d",
+        "876000h",
+        "876001h",
+        "52560000m",
+        "52560001m",
+        "3153600000s",
+        "3153600001s",
+        "0d",
+        "00d",
+        "01d",
+        "1d",
+        "9s",
+        "10m",
+        "5日",
+        "3000000d",
+        "999999999999999999d",
+        "-1d",
+        "+1d",
+        " 1d",
+        "1d ",
+        "1.5d",
+        "1w",
+        "d",
+        "",
+    ]
+    .iter()
+    .map(|s| (*s).to_owned())
+    .collect();
+    let mut x = 0x2545_F491_4F6C_DD1Du64;
+    for _ in 0..2_000 {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        let n = x % [100u64, 40_000, 1_000_000, 60_000_000, 4_000_000_000][(x >> 60) as usize % 5];
+        durations.push(format!(
+            "{n}{}",
+            ["d", "h", "m", "s"][(x >> 40) as usize % 4]
+        ));
+    }
+    let names = [
+        "shop-books",
+        "a",
+        "A_b.c-d",
+        "",
+        "a/b",
+        "shop books",
+        "日本",
+        "a*",
+        &"n".repeat(128),
+        &"n".repeat(129),
+    ];
+    let globs = [
+        "*",
+        "shop-*",
+        "cohort-??",
+        "",
+        "[ab]*",
+        "a/b",
+        "{a,b}",
+        "a b",
+        &"g".repeat(256),
+        &"g".repeat(257),
+    ];
+    let mut pairs = Vec::new();
+    let mut rust = Vec::new();
+    for d in &durations {
+        pairs.push((duration_pattern(), d.clone()));
+        rust.push(parse_duration(d).is_ok());
+    }
+    for n in names {
+        pairs.push((NAMESPACE_PATTERN.to_owned(), n.to_owned()));
+        rust.push(valid_namespace(n));
+    }
+    for g in globs {
+        pairs.push((GLOB_PATTERN.to_owned(), g.to_owned()));
+        rust.push(NamespaceGlob::new(g).is_ok());
+    }
+    let python = python_matches(&pairs);
+    for ((pair, r), p) in pairs.iter().zip(&rust).zip(&python) {
+        assert_eq!(r, p, "{:?}: operator {r}, CRD pattern {p}", pair.1);
+    }
+}

@@ -4,6 +4,7 @@
 use layergate_operator::conditions::READY;
 use layergate_operator::output::Settings;
 use layergate_operator::source;
+use layergate_operator::validate;
 use sha2::{Digest, Sha256};
 use std::path::{Path, PathBuf};
 
@@ -32,6 +33,7 @@ fn settings() -> Settings {
         admin: "127.0.0.1:9901".parse().unwrap(),
         wasm_path: "filter.wasm".into(),
         control: None,
+        allow_endpoints: Default::default(),
     }
 }
 
@@ -150,4 +152,102 @@ fn expiry_of_a_key_minted_in_directory_mode_counts_from_its_minting() {
         Some(expires.as_str()),
         "expiry does not move"
     );
+}
+
+fn reason_of(pass: &source::Pass, key: &str) -> (String, String) {
+    let v = pass
+        .validation
+        .keys
+        .iter()
+        .find(|k| k.name == key)
+        .unwrap_or_else(|| panic!("no verdict for {key}"));
+    let c = v.conditions.iter().find(|c| c.type_ == READY).unwrap();
+    (c.reason.clone(), c.message.clone())
+}
+
+/// Issue 10: a key whose lifetime the filter cannot represent (`3000000d` ends in year 10239)
+/// used to pass validation and then be refused by the filter's compiler, so every later pass
+/// kept the old configuration — a revocation made right after never reached the gateway.
+#[test]
+fn one_bad_key_is_left_out_and_a_revocation_right_after_still_applies() {
+    let (dir, out) = setup("badkey");
+    let first = source::reconcile(&dir, &out, &settings(), None).unwrap();
+    let config = std::fs::read_to_string(out.join("layergate.json")).unwrap();
+    assert!(config.contains("\"shop-reader\""));
+    // The attack: a key with an unrepresentable lifetime, one with a multibyte lifetime (it
+    // panicked the operator), one with an overflowing count, and then a revocation.
+    for (name, after) in [
+        ("far-future", "3000000d"),
+        ("multibyte", "5日"),
+        ("overflow", "999999999999999999d"),
+    ] {
+        std::fs::write(
+            dir.join(format!("{name}.apikey.yaml")),
+            format!("apiVersion: hevlayer.com/v1alpha1\nkind: ApiKey\nmetadata: {{name: {name}, namespace: layer}}\nspec:\n  entitlements: {{vectorstore.primary: {{scopes: [read]}}}}\n  expiresAfter: \"{after}\"\n"),
+        )
+        .unwrap();
+    }
+    let keys = dir.join("apikeys.yaml");
+    let text = std::fs::read_to_string(&keys).unwrap().replace(
+        "expiresAfter: never",
+        "expiresAfter: never\n  revoked: true",
+    );
+    std::fs::write(&keys, text).unwrap();
+    let second = source::reconcile(&dir, &out, &settings(), Some(&first.validation)).unwrap();
+    let config = std::fs::read_to_string(out.join("layergate.json")).unwrap();
+    assert!(
+        !config.contains("\"shop-reader\""),
+        "the revocation reached the rendering"
+    );
+    for bad in ["far-future", "multibyte", "overflow"] {
+        assert!(!config.contains(bad), "{bad} is left out of the rendering");
+        let (reason, message) = reason_of(&second, bad);
+        assert_eq!(reason, "InvalidSpec", "{bad}: {message}");
+        assert!(message.contains("expiresAfter"), "{bad}: {message}");
+    }
+    assert_eq!(reason_of(&second, "shop-reader").0, "Revoked");
+    // And the filter accepts what was rendered.
+    layergate_filter::policy::Policy::from_json(config.as_bytes(), |_| None).unwrap();
+}
+
+/// Issue 10: a VectorStore whose host merely starts with `127.` was treated as loopback,
+/// rendered as a plain-HTTP cluster and probed with the store credential.
+#[test]
+fn a_store_outside_the_endpoint_allowlist_is_neither_rendered_nor_probed() {
+    let (dir, out) = setup("allowlist");
+    let stores = dir.join("vectorstores.yaml");
+    let text = std::fs::read_to_string(&stores).unwrap().replace(
+        "http://127.0.0.1:18082",
+        "http://127.0.0.1.attacker.example:80",
+    );
+    std::fs::write(&stores, text).unwrap();
+    let pass = source::reconcile(&dir, &out, &settings(), None).unwrap();
+    let archive = pass
+        .validation
+        .stores
+        .iter()
+        .find(|s| s.name == "archive")
+        .unwrap();
+    assert!(archive.valid.is_none(), "left out, so never probed");
+    let ready = archive
+        .conditions
+        .iter()
+        .find(|c| c.type_ == READY)
+        .unwrap();
+    assert_eq!(ready.reason, "InvalidEndpoint", "{}", ready.message);
+    let cds = std::fs::read_to_string(out.join("cds.json")).unwrap();
+    assert!(!cds.contains("attacker"), "no cluster for it");
+    assert!(!std::fs::read_to_string(out.join("layergate.json"))
+        .unwrap()
+        .contains("tpuf-archive-dev-key"));
+    // `--allow-endpoint` widens the list exactly.
+    let mut wide = settings();
+    wide.allow_endpoints =
+        validate::Allowlist::with(&["http://127.0.0.1.attacker.example:80".into()]).unwrap();
+    let pass = source::reconcile(&dir, &out, &wide, None).unwrap();
+    assert!(pass
+        .validation
+        .stores
+        .iter()
+        .any(|s| s.name == "archive" && s.valid.is_some()));
 }

@@ -30,7 +30,10 @@ fn run(docs: &[String]) -> Validation {
         o.add_yaml(&format!("doc{i}"), d);
     }
     assert!(o.problems.is_empty(), "{:?}", o.problems);
-    validate::validate(&o, "t", NOW)
+    // The stores live at api.example.com: outside the default allowlist, so the tests widen
+    // it as `--allow-endpoint` would.
+    let allow = validate::Allowlist::with(&["https://api.example.com".into()]).unwrap();
+    validate::validate_in(&o, "t", NOW, &allow)
 }
 
 fn ready_reason(
@@ -163,7 +166,7 @@ fn key(name: &str, spec: &str) -> String {
     format!("apiVersion: hevlayer.com/v1alpha1\nkind: ApiKey\nmetadata: {{name: {name}, namespace: t, creationTimestamp: \"2026-11-01T00:00:00Z\"}}\nspec:\n{spec}")
 }
 
-const TOKEN: &str = "apiVersion: v1\nkind: Secret\nmetadata: {name: apikey-k, namespace: t}\nstringData: {token: hvl_abc}\n";
+const TOKEN: &str = "apiVersion: v1\nkind: Secret\nmetadata: {name: apikey-k, namespace: t, labels: {hevlayer.com/apikey-token: k}}\nstringData: {token: hvl_abcdefghijklmnopqrstuvwxyz012345}\n";
 
 #[test]
 fn api_key_phases_and_reasons() {
@@ -174,7 +177,7 @@ fn api_key_phases_and_reasons() {
     let cfg = k.valid.as_ref().unwrap();
     assert!(
         cfg.lookup_hash.to_string().starts_with("sha256:")
-            && !format!("{cfg:?}").contains("hvl_abc"),
+            && !format!("{cfg:?}").contains("hvl_abcdefghijklmnop"),
         "the token never leaves the Secret"
     );
     assert_eq!(
@@ -247,10 +250,21 @@ fn endpoint_and_duration_parsing() {
         "https://",
         "https://x/path",
         "https://user@x",
-        "http://example.com",
         "https://x:0",
     ] {
         assert!(parse_endpoint(bad).is_err(), "{bad}");
+    }
+    // Parsed, but outside the default allowlist.
+    let allow = validate::Allowlist::default();
+    for outside in [
+        "http://example.com",
+        "https://x",
+        "http://127.0.0.1.attacker.example:80",
+    ] {
+        assert!(
+            allow.admits(&parse_endpoint(outside).unwrap()).is_err(),
+            "{outside}"
+        );
     }
     assert_eq!(parse_duration("365d").unwrap(), Some(365 * 86_400));
     assert_eq!(parse_duration("never").unwrap(), None);
@@ -317,6 +331,7 @@ fn envoy_outputs_match_the_goldens() {
         admin: "127.0.0.1:9901".parse().unwrap(),
         wasm_path: "target/wasm32-wasip1/wasm/layergate_filter.wasm".into(),
         control: Some(("127.0.0.1".to_owned(), 9902)),
+        allow_endpoints: Default::default(),
     };
     let out = std::env::temp_dir().join(format!("layergate-golden-{}", std::process::id()));
     output::write(&v, &out, &settings).unwrap();
@@ -349,4 +364,40 @@ fn envoy_outputs_match_the_goldens() {
         assert!(rendered == on_disk, "{} differs from the rendering; run UPDATE_GOLDEN=1 cargo test -p layergate-operator and review the diff", file.display());
     }
     let _ = std::fs::remove_dir_all(&out);
+}
+
+/// Issue 11: `tokenSecretRef` could name any Secret — a store credential, another key's token —
+/// and make it a minted key's token; and a weak value was accepted.
+#[test]
+fn token_secret_ref_must_name_a_marked_secret_with_a_strong_token() {
+    let ok = "  entitlements:\n    vectorstore.s: {scopes: [read]}\n";
+    let with_ref =
+        |secret: &str, key: &str| format!("{ok}  tokenSecretRef: {{name: {secret}, key: {key}}}\n");
+    // The store's own credential Secret: not marked as a token.
+    let v = run(&[store("s", ""), key("k", &with_ref("layer", "store-key"))]);
+    assert_eq!(ready_reason(&v.keys[0].conditions).1, reason::INVALID_TOKEN);
+    assert!(v.keys[0].valid.is_none());
+    // Marked, but weak.
+    let weak = "apiVersion: v1\nkind: Secret\nmetadata: {name: pre, namespace: t, labels: {hevlayer.com/apikey-token: k}}\nstringData: {token: hvl_abc}\n";
+    let v = run(&[
+        store("s", ""),
+        key("k", &with_ref("pre", "token")),
+        weak.into(),
+    ]);
+    let (_, why) = ready_reason(&v.keys[0].conditions);
+    assert_eq!(why, reason::INVALID_TOKEN);
+    // Marked for another key.
+    let other = weak
+        .replace("apikey-token: k", "apikey-token: other")
+        .replace("hvl_abc", "hvl_abcdefghijklmnopqrstuvwxyz012345");
+    let v = run(&[
+        store("s", ""),
+        key("k", &with_ref("pre", "token")),
+        other.clone(),
+    ]);
+    assert_eq!(ready_reason(&v.keys[0].conditions).1, reason::INVALID_TOKEN);
+    // Marked for this key and strong: active.
+    let good = other.replace("apikey-token: other", "apikey-token: k");
+    let v = run(&[store("s", ""), key("k", &with_ref("pre", "token")), good]);
+    assert_eq!(v.phases["k"], ApiKeyPhase::Active);
 }

@@ -99,6 +99,7 @@ pub fn test_settings(control: Option<SocketAddr>) -> Result<layergate_operator::
         admin: any,
         wasm_path: crate::paths::wasm_path()?.to_string_lossy().into_owned(),
         control: control.map(|a| (a.ip().to_string(), a.port())),
+        allow_endpoints: Default::default(),
     })
 }
 
@@ -156,6 +157,7 @@ impl Demo {
                 "127.0.0.1".to_owned(),
                 CONTROL.parse::<SocketAddr>()?.port(),
             )),
+            allow_endpoints: Default::default(),
         };
         let source = std::sync::Arc::new(layergate_operator::source::DirSource::new(
             manifests, out, settings,

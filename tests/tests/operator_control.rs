@@ -21,16 +21,22 @@ struct Stack {
 }
 
 fn start(tag: &str) -> Stack {
+    start_with(tag, DEFAULT_AUTHENTICATE_PER_MINUTE, |_| {})
+}
+
+/// A stack whose manifests `edit` may change first, with an `authenticate` limit.
+fn start_with(tag: &str, per_minute: u32, edit: impl Fn(&std::path::Path)) -> Stack {
     let primary = DevStore::start(PRIMARY_KEY).unwrap();
     let archive = DevStore::start(ARCHIVE_KEY).unwrap();
     let (dir, out) = demo::manifests_for(&format!("control-{tag}"), &primary, &archive).unwrap();
+    edit(&dir);
     let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let control = listener.local_addr().unwrap();
     let settings = demo::test_settings(Some(control)).unwrap_or_else(|e| panic!("{e:#}"));
     let source = Arc::new(DirSource::new(dir, out.clone(), settings));
     source.refresh().unwrap();
     source.probe_now().unwrap();
-    let api = Arc::new(Api::new(source, DEFAULT_AUTHENTICATE_PER_MINUTE));
+    let api = Arc::new(Api::new(source, per_minute));
     std::thread::spawn(move || api.serve_on(listener));
     let bootstrap = std::fs::read_to_string(out.join("bootstrap.yaml")).unwrap();
     let envoy =
@@ -312,4 +318,107 @@ fn authenticate_is_rate_limited_per_minute() {
         }
     }
     panic!("two minute boundaries within one test run");
+}
+
+/// Issue 10, through the gateway: `demo-admin` (an inbound admin key of `primary`, refused by
+/// `archive`) minted a key with admin on `archive` whose writes then reached `archive`.
+#[test]
+fn a_primary_admin_cannot_mint_its_way_into_archive() {
+    let s = start("escalate");
+    let admin = Some("demo-admin-token");
+    assert_eq!(
+        call(&s, "GET", "/v1/namespaces/logs-2026/metadata", admin, None).status,
+        401,
+        "demo-admin is nobody on archive"
+    );
+    let evil =
+        json!({"name": "evil", "entitlements": {"vectorstore.archive": {"scopes": ["admin"]}}});
+    let r = call(&s, "POST", "/v2/keys", admin, Some(evil));
+    assert_eq!(r.status, 403, "{}", r.text());
+    assert!(r.text().contains("vectorstore.archive"), "{}", r.text());
+    // What it may mint stays on primary: archive refuses the new key.
+    let own =
+        json!({"name": "own", "entitlements": {"vectorstore.primary": {"scopes": ["admin"]}}});
+    let r = call(&s, "POST", "/v2/keys", admin, Some(own));
+    assert_eq!(r.status, 201, "{}", r.text());
+    let token = r.json().unwrap()["token"].as_str().unwrap().to_owned();
+    eventually(&s, "/v1/namespaces", &token, 200);
+    let write = call(
+        &s,
+        "POST",
+        "/v2/namespaces/logs-2026",
+        Some(&token),
+        Some(json!({"upsert_rows": [{"id": 1}]})),
+    );
+    assert_eq!(write.status, 403, "{}", write.text());
+}
+
+/// Issue 10, through the gateway: with the default store in `open` mode an anonymous caller
+/// minted, listed, revoked and deleted keys.
+#[test]
+fn open_mode_does_not_open_key_management_through_the_gateway() {
+    let s = start_with("open", DEFAULT_AUTHENTICATE_PER_MINUTE, |dir| {
+        let file = dir.join("vectorstores.yaml");
+        let text = std::fs::read_to_string(&file).unwrap();
+        let start = text.find("  inboundAuth:\n    mode: keys").unwrap();
+        let end = text[start..].find("\n---").unwrap() + start;
+        let text = format!(
+            "{}  inboundAuth: {{mode: open}}{}",
+            &text[..start],
+            &text[end..]
+        );
+        std::fs::write(&file, text).unwrap();
+    });
+    // The data plane is open...
+    assert_eq!(call(&s, "GET", "/v1/namespaces", None, None).status, 200);
+    // ...the control plane is not.
+    let mint =
+        json!({"name": "anon", "entitlements": {"vectorstore.primary": {"scopes": ["admin"]}}});
+    for (method, path, body) in [
+        ("POST", "/v2/keys", Some(mint)),
+        ("GET", "/v2/keys", None),
+        ("GET", "/v2/keys/shop-reader", None),
+        ("POST", "/v2/keys/shop-reader/revoke", None),
+        ("DELETE", "/v2/keys/shop-reader", None),
+    ] {
+        let r = call(&s, method, path, None, body);
+        assert_eq!(r.status, 401, "{method} {path}: {}", r.text());
+    }
+    let auth = call(
+        &s,
+        "POST",
+        "/v2/keys/authenticate",
+        None,
+        Some(json!({"token": layergate_tests::tour::SHOP_READER_TOKEN})),
+    );
+    assert_eq!(auth.status, 200, "shop-reader untouched: {}", auth.text());
+}
+
+/// Issue 10, through the gateway: the `authenticate` limit keys on the address Envoy saw, so
+/// a client cannot escape it by sending its own `x-forwarded-for`.
+#[test]
+fn authenticate_limit_through_the_gateway_ignores_a_forged_forwarded_for() {
+    let s = start_with("xff", 2, |_| {});
+    let minute = || {
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_secs()
+            / 60
+    };
+    let first = minute();
+    let statuses: Vec<u16> = ["198.51.100.1", "198.51.100.2", "198.51.100.3"]
+        .iter()
+        .map(|forged| {
+            Request::new("POST", "/v2/keys/authenticate")
+                .header("x-forwarded-for", forged)
+                .json(&json!({"token": layergate_tests::tour::SHOP_READER_TOKEN}))
+                .send(s.envoy.addr)
+                .unwrap()
+                .status
+        })
+        .collect();
+    if minute() == first {
+        assert_eq!(statuses, [200, 200, 429]);
+    }
 }

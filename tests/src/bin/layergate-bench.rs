@@ -620,6 +620,7 @@ fn operator_render_time(keys: usize, indexes: usize) -> Result<Duration> {
         admin: "127.0.0.1:9901".parse()?,
         wasm_path: "x.wasm".into(),
         control: None,
+        allow_endpoints: Default::default(),
     };
     let started = Instant::now();
     let v = validate::validate(&objects, "layer", 1_800_000_000);

@@ -1,0 +1,521 @@
+//! The control API's rules (SPEC §7 "Who may manage keys"), each an attack from issue 10 that
+//! went through before: driven through [`Api::respond`] over directory mode, the same code kube
+//! mode serves.
+#![allow(clippy::unwrap_used, clippy::panic, missing_docs)]
+
+use hyper::StatusCode;
+use layergate_operator::api::{client_address, Api, RateLimiter, MAX_RATE_CLIENTS};
+use layergate_operator::output::Settings;
+use layergate_operator::source::{DirSource, Source};
+use serde_json::{json, Value};
+use std::net::IpAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+const ADMIN: &str = "demo-admin-token"; // inbound admin key of store `primary` (the default)
+const PEER: IpAddr = IpAddr::V4(std::net::Ipv4Addr::LOCALHOST);
+
+struct Fixture {
+    dir: PathBuf,
+    source: Arc<DirSource>,
+    api: Api,
+}
+
+/// The demo manifests in a fresh directory, `edit` applied to each file's text.
+fn fixture(tag: &str, per_minute: u32, edit: impl Fn(&str, String) -> String) -> Fixture {
+    let root = std::env::temp_dir().join(format!("layergate-api-{tag}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&root);
+    let (dir, out) = (root.join("manifests"), root.join("out"));
+    std::fs::create_dir_all(&dir).unwrap();
+    let demo = Path::new(env!("CARGO_MANIFEST_DIR")).join("../envoy/demo/manifests");
+    for f in [
+        "vectorstores.yaml",
+        "indexes.yaml",
+        "apikeys.yaml",
+        "secrets.yaml",
+    ] {
+        let text = std::fs::read_to_string(demo.join(f)).unwrap();
+        std::fs::write(dir.join(f), edit(f, text)).unwrap();
+    }
+    let settings = Settings {
+        listen: "127.0.0.1:8080".parse().unwrap(),
+        admin: "127.0.0.1:9901".parse().unwrap(),
+        wasm_path: "filter.wasm".into(),
+        control: Some(("127.0.0.1".into(), 9902)),
+        allow_endpoints: Default::default(),
+    };
+    let source = Arc::new(DirSource::new(dir.clone(), out, settings));
+    source.refresh().unwrap();
+    let api = Api::new(source.clone(), per_minute);
+    Fixture { dir, source, api }
+}
+
+impl Fixture {
+    fn call(&self, method: &str, path: &str, token: Option<&str>, body: Value) -> (u16, Value) {
+        self.call_from(method, path, token, body, &[])
+    }
+
+    fn call_from(
+        &self,
+        method: &str,
+        path: &str,
+        token: Option<&str>,
+        body: Value,
+        extra: &[(&str, &str)],
+    ) -> (u16, Value) {
+        let mut headers: Vec<(String, String)> = extra
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+            .collect();
+        if let Some(t) = token {
+            headers.push(("authorization".into(), format!("Bearer {t}")));
+        }
+        let body = if body.is_null() {
+            Vec::new()
+        } else {
+            body.to_string().into_bytes()
+        };
+        let (status, v) = self.api.respond(method, path, &headers, &body, PEER);
+        (status.as_u16(), v)
+    }
+
+    fn config(&self) -> String {
+        serde_json::to_string(&self.source.state().last().unwrap().config).unwrap()
+    }
+}
+
+fn key(name: &str, entitlements: Value) -> Value {
+    json!({"name": name, "expiresAfter": "30d", "entitlements": entitlements})
+}
+
+/// Issue 10: `demo-admin`, an inbound admin key of `primary`, minted a key with admin on
+/// `archive` (a store it gets 401 on), and that key wrote to `archive`.
+#[test]
+fn an_inbound_admin_key_mints_only_keys_for_its_own_store() {
+    let f = fixture("escalate", 120, |_, t| t);
+    for (what, ent) in [
+        (
+            "another store",
+            json!({"vectorstore.archive": {"scopes": ["admin"]}}),
+        ),
+        ("the layer", json!({"layer": {"scopes": ["admin"]}})),
+        ("an agent", json!({"agent.x": {"scopes": ["read"]}})),
+        ("a warehouse", json!({"warehouse.w": {"claims": ["x:*"]}})),
+        (
+            "its store plus another",
+            json!({"vectorstore.primary": {"scopes": ["read"]}, "vectorstore.archive": {"scopes": ["read"]}}),
+        ),
+    ] {
+        let (status, body) = f.call("POST", "/v2/keys", Some(ADMIN), key("evil", ent));
+        assert_eq!(status, 403, "{what}: {body}");
+        assert!(
+            body["error"].as_str().unwrap().contains("worth more"),
+            "{body}"
+        );
+    }
+    assert!(!f.dir.join("evil.apikey.yaml").exists(), "nothing written");
+    assert!(!f.config().contains("\"evil\""));
+    // Within its own store, any scope and any globs.
+    let (status, body) = f.call(
+        "POST",
+        "/v2/keys",
+        Some(ADMIN),
+        key(
+            "cohort",
+            json!({"vectorstore.primary": {"scopes": ["read", "write"], "namespaces": ["cohort-*"]}}),
+        ),
+    );
+    assert_eq!(status, 201, "{body}");
+    // Non-admin inbound keys never reach key management at all.
+    let (status, _) = f.call("GET", "/v2/keys", Some("demo-rw-token"), Value::Null);
+    assert_eq!(status, 403);
+}
+
+/// Issue 10: list/get/revoke/delete touched every key, whoever asked.
+#[test]
+fn callers_see_and_touch_only_keys_they_could_have_minted() {
+    let f = fixture("visibility", 120, |_, t| t);
+    std::fs::write(
+        f.dir.join("archive-writer.apikey.yaml"),
+        "apiVersion: hevlayer.com/v1alpha1\nkind: ApiKey\nmetadata: {name: archive-writer, namespace: layer}\nspec:\n  entitlements: {vectorstore.archive: {scopes: [write]}}\n",
+    )
+    .unwrap();
+    f.source.refresh().unwrap();
+    assert!(f.config().contains("\"archive-writer\""), "it is active");
+    let (status, body) = f.call(
+        "GET",
+        "/v2/keys?includeRevoked=true",
+        Some(ADMIN),
+        Value::Null,
+    );
+    assert_eq!(status, 200);
+    let names: Vec<&str> = body["keys"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|k| k["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        names,
+        ["shop-reader"],
+        "archive-writer is not primary's to see"
+    );
+    for (method, path) in [
+        ("GET", "/v2/keys/archive-writer"),
+        ("POST", "/v2/keys/archive-writer/revoke"),
+        ("DELETE", "/v2/keys/archive-writer"),
+    ] {
+        let (status, _) = f.call(method, path, Some(ADMIN), Value::Null);
+        assert_eq!(status, 404, "{method} {path}");
+    }
+    assert!(f.config().contains("\"archive-writer\""), "still active");
+    assert!(f.dir.join("archive-writer.apikey.yaml").exists());
+}
+
+/// Issue 10: with the default store in `open` mode, an anonymous caller minted, listed,
+/// revoked and deleted keys.
+#[test]
+fn open_mode_never_opens_key_management() {
+    let f = fixture("open", 120, |file, t| {
+        if file == "vectorstores.yaml" {
+            t.replacen("    mode: keys\n    keys:\n      - {name: demo-read, scopes: [read], secretRef: {name: layer, key: layer-inbound-demo-read}}\n      - {name: demo-rw, scopes: [read, write], secretRef: {name: layer, key: layer-inbound-demo-rw}}\n      - {name: demo-admin, scopes: [admin], secretRef: {name: layer, key: layer-inbound-demo-admin}}\n", "    mode: open\n", 1)
+        } else {
+            t
+        }
+    });
+    assert!(f.config().contains("\"mode\":\"open\""), "{}", f.config());
+    for (method, path, body) in [
+        ("GET", "/v2/keys", Value::Null),
+        ("GET", "/v2/keys/shop-reader", Value::Null),
+        (
+            "POST",
+            "/v2/keys",
+            key(
+                "anon",
+                json!({"vectorstore.primary": {"scopes": ["admin"]}}),
+            ),
+        ),
+        ("POST", "/v2/keys/shop-reader/revoke", Value::Null),
+        ("DELETE", "/v2/keys/shop-reader", Value::Null),
+    ] {
+        let (status, reply) = f.call(method, path, None, body);
+        assert_eq!(status, 401, "{method} {path}: {reply}");
+    }
+    assert!(f.config().contains("\"shop-reader\""), "untouched");
+    // authenticate needs no bearer in any mode.
+    let (status, _) = f.call(
+        "POST",
+        "/v2/keys/authenticate",
+        None,
+        json!({"token": "hvl_demoShopReader0123456789abcdefABCDEF"}),
+    );
+    assert_eq!(status, 200);
+}
+
+/// Issue 10: authenticate answered 200 for a key whose expiresAt had passed (the rendering
+/// still listed it).
+#[test]
+fn authenticate_judges_expiry_and_revocation_at_request_time() {
+    let f = fixture("authn", 120, |_, t| t);
+    let (status, minted) = f.call(
+        "POST",
+        "/v2/keys",
+        Some(ADMIN),
+        json!({"name": "brief", "expiresAfter": "2s", "entitlements": {"vectorstore.primary": {"scopes": ["read"]}}}),
+    );
+    assert_eq!(status, 201, "{minted}");
+    let token = json!({"token": minted["token"]});
+    assert_eq!(
+        f.call("POST", "/v2/keys/authenticate", None, token.clone())
+            .0,
+        200
+    );
+    std::thread::sleep(std::time::Duration::from_millis(3100));
+    // No pass ran since: the last rendering still lists the key.
+    assert!(f.config().contains("\"brief\""));
+    let (status, body) = f.call("POST", "/v2/keys/authenticate", None, token);
+    assert_eq!(status, 401, "expired: {body}");
+    // Revoked (in the manifest, before any rendering) is refused too.
+    let shop = json!({"token": "hvl_demoShopReader0123456789abcdefABCDEF"});
+    assert_eq!(
+        f.call("POST", "/v2/keys/authenticate", None, shop.clone())
+            .0,
+        200
+    );
+    assert_eq!(
+        f.call(
+            "POST",
+            "/v2/keys/shop-reader/revoke",
+            Some(ADMIN),
+            Value::Null
+        )
+        .0,
+        200
+    );
+    assert_eq!(f.call("POST", "/v2/keys/authenticate", None, shop).0, 401);
+}
+
+/// Issue 10: deleting the demo's `shop-reader` (token Secret written beforehand, in
+/// `secrets.yaml`) and minting a key of the same name picked the old Secret up again.
+#[test]
+fn a_deleted_keys_token_dies_with_it_and_a_remint_gets_a_new_token_and_id() {
+    let f = fixture("remint", 120, |_, t| t);
+    let old_token = "hvl_demoShopReader0123456789abcdefABCDEF";
+    let (_, before) = f.call("GET", "/v2/keys/shop-reader", Some(ADMIN), Value::Null);
+    let old_id = before["keyId"].as_str().unwrap().to_owned();
+    let (status, body) = f.call("DELETE", "/v2/keys/shop-reader", Some(ADMIN), Value::Null);
+    assert_eq!(status, 200, "{body}");
+    let secrets = std::fs::read_to_string(f.dir.join("secrets.yaml")).unwrap();
+    assert!(
+        !secrets.contains(old_token) && secrets.contains("primary-api-key"),
+        "the token Secret is gone, the store Secrets stay:\n{secrets}"
+    );
+    let (status, minted) = f.call(
+        "POST",
+        "/v2/keys",
+        Some(ADMIN),
+        key(
+            "shop-reader",
+            json!({"vectorstore.primary": {"scopes": ["read"], "namespaces": ["shop-*"]}}),
+        ),
+    );
+    assert_eq!(status, 201, "{minted}");
+    assert_eq!(minted["phase"], "Active", "not born expired: {minted}");
+    let new_token = minted["token"].as_str().unwrap();
+    assert_ne!(new_token, old_token);
+    assert_ne!(minted["keyId"].as_str().unwrap(), old_id, "a new keyId");
+    assert_eq!(
+        f.call(
+            "POST",
+            "/v2/keys/authenticate",
+            None,
+            json!({"token": old_token})
+        )
+        .0,
+        401
+    );
+    assert_eq!(
+        f.call(
+            "POST",
+            "/v2/keys/authenticate",
+            None,
+            json!({"token": new_token})
+        )
+        .0,
+        200
+    );
+    // Minted token files are private.
+    use std::os::unix::fs::PermissionsExt;
+    let mode = std::fs::metadata(f.dir.join("apikey-shop-reader.yaml"))
+        .unwrap()
+        .permissions()
+        .mode();
+    assert_eq!(mode & 0o777, 0o600, "mode {mode:o}");
+}
+
+/// A Secret written by hand under a minted key's name, without the token label, is not
+/// adopted (it could be anything: another key's token, a store credential).
+#[test]
+fn an_unmarked_or_weak_token_secret_is_refused_with_a_condition() {
+    for (tag, secret, reason) in [
+        (
+            "unlabelled",
+            "  labels: {hevlayer.com/apikey-token: shop-reader}\n",
+            "",
+        ),
+        ("weak", "", "hvl_short"),
+    ] {
+        let f = fixture(tag, 120, |file, t| {
+            if file != "secrets.yaml" {
+                t
+            } else if reason.is_empty() {
+                t.replace(secret, "")
+            } else {
+                t.replace("hvl_demoShopReader0123456789abcdefABCDEF", reason)
+            }
+        });
+        let pass = f.source.state().last().unwrap();
+        let v = pass
+            .validation
+            .keys
+            .iter()
+            .find(|k| k.name == "shop-reader")
+            .unwrap();
+        assert!(v.valid.is_none(), "{tag}: left out");
+        let ready = v.conditions.iter().find(|c| c.type_ == "Ready").unwrap();
+        assert_eq!(
+            ready.reason, "InvalidTokenSecret",
+            "{tag}: {}",
+            ready.message
+        );
+        assert!(!f.config().contains("\"shop-reader\""));
+    }
+}
+
+/// Issue 10: `"expiresAfter": "5日"` through the API panicked the operator.
+#[test]
+fn malformed_mint_bodies_are_400_never_a_panic() {
+    let f = fixture("bodies", 120, |_, t| t);
+    for (body, want) in [
+        (
+            json!({"name": "a", "expiresAfter": "5日", "entitlements": {}}),
+            "expiresAfter",
+        ),
+        (
+            json!({"name": "a", "expiresAfter": "999999999999999999d"}),
+            "100 years",
+        ),
+        (
+            json!({"name": "a", "expiresAfter": "3000000d"}),
+            "100 years",
+        ),
+        (json!({"name": "a", "entitlements": {"bogus": {}}}), "bogus"),
+        (
+            json!({"name": "a", "entitlements": {"vectorstore.primary": {"namespaces": ["a/b"]}}}),
+            "a/b",
+        ),
+        (json!({"name": "a", "expiresAftr": "1d"}), "unknown field"),
+        (json!({"name": "A_b"}), "name"),
+        (json!({"name": "a", "entitlements": []}), "ApiKey"),
+        (json!([1, 2]), "JSON object"),
+    ] {
+        let (status, reply) = f.call("POST", "/v2/keys", Some(ADMIN), body.clone());
+        assert_eq!(status, 400, "{body} → {reply}");
+        assert!(
+            reply["error"].as_str().unwrap().contains(want),
+            "{body} → {reply}"
+        );
+    }
+    assert!(!f.dir.join("a.apikey.yaml").exists());
+}
+
+/// A tiny deterministic generator, so the property test needs no crate.
+struct Rng(u64);
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0
+    }
+    fn pick<'a, T>(&mut self, v: &'a [T]) -> &'a T {
+        &v[(self.next() % v.len() as u64) as usize]
+    }
+}
+
+#[test]
+fn property_random_mint_bodies_never_panic_and_never_widen_the_caller() {
+    let f = fixture("fuzz", 120, |_, t| t);
+    let mut rng = Rng(0xDEAD_BEEF_CAFE_F00D);
+    let seeds = [
+        r#"{"name":"k","expiresAfter":"30d","entitlements":{"vectorstore.primary":{"scopes":["read"],"namespaces":["shop-*"]}}}"#,
+        r#"{"name":"k","entitlements":{"vectorstore.archive":{"scopes":["admin"]}}}"#,
+        r#"{"name":"k","entitlements":{"layer":{"scopes":["admin"]},"warehouse.w":{"claims":["a"]}}}"#,
+    ];
+    let pool: Vec<char> = "{}[]\":,0129dhmsazk-_.*?/ \\日é\u{0}".chars().collect();
+    let mut statuses = std::collections::BTreeMap::new();
+    let runs: usize = std::env::var("LAYERGATE_FUZZ_ITERATIONS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .map_or(400, |n: usize| n.min(20_000));
+    for i in 0..runs {
+        let mut chars: Vec<char> = rng.pick(&seeds).chars().collect();
+        for _ in 0..=(rng.next() % 4) {
+            let at = (rng.next() % (chars.len() as u64 + 1)) as usize;
+            let c = *rng.pick(&pool);
+            match rng.next() % 3 {
+                0 if at < chars.len() => chars[at] = c,
+                1 if at < chars.len() => {
+                    chars.remove(at);
+                }
+                _ => chars.insert(at, c),
+            }
+        }
+        let body: String = chars.into_iter().collect();
+        let body = body.replacen("\"k\"", &format!("\"k{i}\""), 1);
+        let headers = vec![("authorization".to_owned(), format!("Bearer {ADMIN}"))];
+        let (status, reply) = f
+            .api
+            .respond("POST", "/v2/keys", &headers, body.as_bytes(), PEER);
+        assert!(
+            [
+                StatusCode::CREATED,
+                StatusCode::BAD_REQUEST,
+                StatusCode::FORBIDDEN,
+                StatusCode::CONFLICT
+            ]
+            .contains(&status),
+            "{body} → {status} {reply}"
+        );
+        *statuses.entry(status.as_u16()).or_insert(0) += 1;
+    }
+    // Whatever was minted stays within demo-admin's own store.
+    let config = f.source.state().last().unwrap().config;
+    for k in &config.api_keys {
+        for (target, _) in &k.entitlements {
+            assert!(target == "vectorstore.primary", "{} got {target}", k.name);
+        }
+    }
+    eprintln!("mint bodies: {runs} executions, statuses {statuses:?}");
+}
+
+/// Issue 10: the authenticate limit was one global counter — one client locked out all.
+#[test]
+fn the_authenticate_limit_is_per_client_address() {
+    let f = fixture("ratelimit", 3, |_, t| t);
+    let body = json!({"token": "hvl_demoShopReader0123456789abcdefABCDEF"});
+    let from = |ip: &str| {
+        f.call_from(
+            "POST",
+            "/v2/keys/authenticate",
+            None,
+            body.clone(),
+            &[("x-forwarded-for", ip)],
+        )
+        .0
+    };
+    for _ in 0..3 {
+        assert_eq!(from("198.51.100.7"), 200);
+    }
+    assert_eq!(from("198.51.100.7"), 429, "the noisy client is limited");
+    assert_eq!(
+        from("203.0.113.9"),
+        200,
+        "another client through the gateway is not"
+    );
+    // Envoy appends the address it saw: only the last entry counts.
+    assert_eq!(from("203.0.113.9, 198.51.100.7"), 429);
+    assert_eq!(from("198.51.100.7, 203.0.113.10"), 200);
+}
+
+#[test]
+fn the_client_address_is_the_last_forwarded_hop_else_the_peer() {
+    let peer: IpAddr = "10.1.2.3".parse().unwrap();
+    let h = |v: &str| vec![("X-Forwarded-For".to_owned(), v.to_owned())];
+    assert_eq!(client_address(&[], peer), peer);
+    assert_eq!(
+        client_address(&h("1.1.1.1, 2.2.2.2"), peer),
+        "2.2.2.2".parse::<IpAddr>().unwrap()
+    );
+    assert_eq!(client_address(&h("garbage"), peer), peer);
+    assert_eq!(
+        client_address(&h("::1"), peer),
+        "::1".parse::<IpAddr>().unwrap()
+    );
+}
+
+#[test]
+fn the_rate_limiter_table_stays_bounded() {
+    let mut l = RateLimiter::new(1);
+    let ip = |i: u32| IpAddr::V4(std::net::Ipv4Addr::from(i));
+    for i in 0..(MAX_RATE_CLIENTS as u32 * 3) {
+        assert!(l.allow(ip(i), 60) || i >= MAX_RATE_CLIENTS as u32);
+    }
+    assert!(l.tracked() <= MAX_RATE_CLIENTS);
+    // Overflow clients share one budget this minute; a tracked client keeps its own.
+    assert!(!l.allow(ip(0), 60));
+    // Next minute the old entries make room again.
+    assert!(l.allow(ip(u32::MAX), 120));
+    assert!(l.allow(ip(u32::MAX - 1), 120));
+    assert!(l.tracked() <= MAX_RATE_CLIENTS);
+}
