@@ -113,7 +113,11 @@ pub fn check(
         allowed(field, ns, Scope::Read, On::Store, plan.store)
     };
     match inspection.rule {
-        BodyRule::NamespaceWrite => {
+        // Both write routes are read for every form a copy source takes: turbopuffer's client
+        // 3.1 nests it (`{"copy_from_namespace": {"source_namespace": …}}`) on
+        // `POST /v2/namespaces/{ns}` *and* on `…/async` (`start_copy_from`), and the API
+        // reference describes a top-level `source_namespace` on both.
+        BodyRule::NamespaceWrite | BodyRule::AsyncCopy => {
             for (field, src) in [
                 ("copy_from_namespace", &fields.copy_from_namespace),
                 ("branch_from_namespace", &fields.branch_from_namespace),
@@ -127,12 +131,12 @@ pub fn check(
                     }) => copy_source(field, source_namespace, source_api_key.is_some())?,
                 }
             }
+            match &fields.source_namespace {
+                Some(ns) => copy_source("source_namespace", ns, fields.source_api_key.is_some())?,
+                None if fields.source_api_key.is_some() => copy_source("source_api_key", "", true)?,
+                None => {}
+            }
         }
-        BodyRule::AsyncCopy => match &fields.source_namespace {
-            Some(ns) => copy_source("source_namespace", ns, fields.source_api_key.is_some())?,
-            None if fields.source_api_key.is_some() => copy_source("source_api_key", "", true)?,
-            None => {}
-        },
         BodyRule::FederatedQuery => {
             let Some(list) = fields.namespaces.as_deref().filter(|l| !l.is_empty()) else {
                 // No list: the query may touch any namespace of any store, which only a
@@ -169,7 +173,7 @@ pub fn check(
                 allowed("target_namespace", ns, Scope::Admin, On::Layer, plan.store)?;
             }
         }
-        BodyRule::None | BodyRule::NamespaceList => {}
+        BodyRule::None | BodyRule::NamespaceList | BodyRule::Unjudged => {}
     }
     Ok(())
 }

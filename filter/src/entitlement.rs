@@ -162,7 +162,8 @@ pub fn authorize<'p>(
                 scope,
                 format!(
                     "API key {:?} is limited to some namespaces of {target}, and the gateway cannot tell which \
-                     namespaces this route touches (it is not in the route table); use a key without namespace limits",
+                     namespaces this request touches (its route is not in the route table, or names namespaces where the gateway does not read them); \
+                     use a key without namespace limits",
                     key.name()
                 ),
             ))
