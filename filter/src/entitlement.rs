@@ -28,10 +28,10 @@ pub enum On<'a> {
 pub enum Namespaces<'a> {
     /// Exactly this one.
     Named(&'a str),
-    /// None: a known route that names no namespace (key management, pipelines, metrics).
+    /// None: a known route that names no namespace (key lookups, pipeline and Function ids).
     NoneNamed,
-    /// The filter cannot tell (an unknown route, a store route naming none): refused for
-    /// restricted grants.
+    /// The filter cannot tell (an unknown route, a store route naming none, a route naming
+    /// namespaces where the filter does not read them): refused for restricted grants.
     Unidentified,
 }
 

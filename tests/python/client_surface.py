@@ -229,6 +229,11 @@ def hev_calls(h):
         ("import_namespace[path]", lambda: h.import_namespace(ns, b"ARROW1")),
         ("put_blob[path]", lambda: h.put_blob(ns, b"blob", warm=False)),
         ("get_blob[path]", lambda: h.get_blob(ns, "0" * 64)),
+        # hevlayer.udf.TpufClient, the turbopuffer facade UDF workers get
+        ("udf.TpufClient.fetch[path]", lambda: hevlayer.TpufClient(h).fetch(ns, "1")),
+        ("udf.TpufClient.query[path]", lambda: hevlayer.TpufClient(h).query(ns, {"vector": [0.5, 0.5], "top_k": 1})),
+        ("udf.TpufClient.list_ids[path]", lambda: hevlayer.TpufClient(h).list_ids(ns, None)),
+        ("udf.TpufClient.patch_columns[path]", lambda: hevlayer.TpufClient(h).patch_columns(ns, ["102"], {"note": ["n"]})),
         # query parameters
         ("list_turbopuffer_namespaces[prefix]", lambda: h.list_turbopuffer_namespaces(prefix=list_prefix)),
         ("list_namespaces[prefix]", lambda: h.list_namespaces(prefix=list_prefix)),

@@ -33,11 +33,11 @@
 //! | call (`tpuf.*`: each of sync, sync+gzip, async+gzip) | request | where the namespace is | own namespace |
 //! |---|---|---|---|
 //! | `tpuf.namespaces(prefix=)`, `hev.list_turbopuffer_namespaces(prefix=)` | `GET /v1/namespaces?prefix=` | query `prefix` | store |
-//! | `tpuf ns.write(upsert_rows / patch_rows / deletes …)`, `hev.write_namespace`, `hev.patch_columns` | `POST /v2/namespaces/{ns}` | path | store |
+//! | `tpuf ns.write(upsert_rows / patch_rows / deletes …)`, `hev.write_namespace`, `hev.patch_columns`, `hevlayer.TpufClient.patch_columns` | `POST /v2/namespaces/{ns}` | path | store |
 //! | `tpuf ns.write(copy_from_namespace=str / {source_namespace})`, same for `branch_from_namespace`; `hev.copy_namespace`, `hev.branch_namespace` | `POST /v2/namespaces/{ns}[?stainless_overload=copyFrom\|branchFrom]` | path; body `copy_from_namespace` / `branch_from_namespace` (string or `.source_namespace`) | store |
 //! | `tpuf ns.copy_from`, `ns.branch_from` | `POST /v2/namespaces/{ns}?stainless_overload=copyFrom\|branchFrom` | path; body `copy_from_namespace.source_namespace` / `branch_from_namespace.source_namespace` | store |
 //! | `tpuf ns.start_copy_from` | `POST /v2/namespaces/{ns}/async?stainless_overload=startCopyFrom` | path; body `copy_from_namespace.source_namespace` | store |
-//! | `tpuf ns.query`, `hev.query_namespace` | `POST /v2/namespaces/{ns}/query` | path | store |
+//! | `tpuf ns.query`, `hev.query_namespace`, `hevlayer.TpufClient.query` | `POST /v2/namespaces/{ns}/query` | path | store |
 //! | `tpuf ns.multi_query`, `hev.batch_query_namespace` | `POST /v2/namespaces/{ns}/query?stainless_overload=multiQuery` | path | store |
 //! | `hev.query_turbopuffer_namespace` | `POST /v1/namespaces/{ns}/query` | path | store |
 //! | `tpuf ns.explain_query`, `hev.explain_turbopuffer_query` | `POST /v2/namespaces/{ns}/explain_query` | path | store |
@@ -50,8 +50,8 @@
 //! | `tpuf ns.hint_cache_warm`, `hev.hint_cache_warm` | `GET /v1/namespaces/{ns}/hint_cache_warm[?turbopuffer=…]` | path | store |
 //! | `tpuf ns.poll_copy_from` | `GET /v1/namespaces/{ns}/operations/{token}?stainless_overload=pollCopyFrom` | path | store |
 //! | `tpuf ns.delete_all`, `hev.delete_namespace` | `DELETE /v2/namespaces/{ns}` | path | store |
-//! | `hev.fetch_documents`, `create_scan`, `scan`, `delete_scan`, `create_checkpoint`, `create_snapshot`, `put_snapshot_policy`, `warm_cache`, `warm_namespace`, `init_namespace`, `import_namespace`, `put_blob`, `get_blob` | `POST /v2/namespaces/{ns}/{documents,scans,checkpoints,snapshots,warm,init,import}`, `DELETE …/scans/{id}`, `PUT …/snapshot-policy`, `PUT/GET /v1/namespaces/{ns}/blobs…` | path | app (404: no app here) |
-//! | `hev.fetch_document`, `list_scans`, `get_scan`, `wait_for_scan`, `get_scan_results`, `list_checkpoints`, `get_checkpoint`, `get_namespace_snapshot`, `list_snapshot_jobs`, `get_snapshot_job`, `get_snapshot_policy`, `list_namespace_history`, `get_namespace_capabilities`, `list_clickstream`, `list_search_history`, `list_warm_jobs`, `get_warm_job` | `GET /v2/namespaces/{ns}/…` (not in the route table) | path | 403 (restricted keys: default-deny) |
+//! | `hev.fetch_documents`, `create_scan`, `scan`, `TpufClient.list_ids`, `delete_scan`, `create_checkpoint`, `create_snapshot`, `put_snapshot_policy`, `warm_cache`, `warm_namespace`, `init_namespace`, `import_namespace`, `put_blob`, `get_blob` | `POST /v2/namespaces/{ns}/{documents,scans,checkpoints,snapshots,warm,init,import}`, `DELETE …/scans/{id}`, `PUT …/snapshot-policy`, `PUT/GET /v1/namespaces/{ns}/blobs…` | path | app (404: no app here) |
+//! | `hev.fetch_document`, `TpufClient.fetch`, `list_scans`, `get_scan`, `wait_for_scan`, `get_scan_results`, `list_checkpoints`, `get_checkpoint`, `get_namespace_snapshot`, `list_snapshot_jobs`, `get_snapshot_job`, `get_snapshot_policy`, `list_namespace_history`, `get_namespace_capabilities`, `list_clickstream`, `list_search_history`, `list_warm_jobs`, `get_warm_job` | `GET /v2/namespaces/{ns}/…` (not in the route table) | path | 403 (restricted keys: default-deny) |
 //! | `hev.list_namespaces(prefix=)` | `GET /v2/namespaces?prefix=` (not in the table) | query `prefix` | 403 (default-deny) |
 //! | `hev.list_snapshot_activity(namespace=)` | `GET /v2/activity/snapshots?namespace=` (not in the table) | query `namespace` | 403 (default-deny) |
 //! | `hev.query` | `POST /v2/query` | body `namespaces[]` | app |
@@ -63,10 +63,15 @@
 //! | `hev.query_metrics`, `query_metrics_range`, `query_metrics_api_v1`, `query_metrics_range_api_v1` | `GET /v2/metrics/[api/v1/]{query,query_range}?query=` | query `query` (PromQL label matcher) | 403 (unread) |
 //!
 //! Methods that name no namespace (key lookup/revoke/delete, vector stores, warehouses, cost,
-//! license, metric catalog, pipeline/UDF ids, agents, `authenticate_key`) are not driven.
+//! license, metric catalog, pipeline/UDF ids and their worker queues, agents,
+//! `authenticate_key`) are not driven; `run_udf_worker` only echoes the namespaces the app's
+//! claim returns, through `complete_udf_items`/`fail_udf_items` (driven above).
+//!
+//! The foreign pass runs twice: `hr-salaries` on the default store `primary` (the key's own
+//! store) and `logs-2026`, the Index on store `archive` (where the key has no entitlement).
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, missing_docs)]
 
-use layergate_tests::demo::{self, Demo};
+use layergate_tests::demo::{self, Demo, ARCHIVE_KEY};
 use layergate_tests::http::Request;
 use layergate_tests::tour::SHOP_READER_TOKEN as SHOP;
 use serde_json::{json, Value};
@@ -170,6 +175,10 @@ const SURFACE: &[(&str, &str, &str, Own)] = &[
     ("hev.import_namespace[path]", "POST /v2/namespaces/hr-salaries/import", "path", App),
     ("hev.put_blob[path]", "PUT /v1/namespaces/hr-salaries/blobs?warm=false", "path", App),
     ("hev.get_blob[path]", "GET /v1/namespaces/hr-salaries/blobs/0000000000000000000000000000000000000000000000000000000000000000", "path", App),
+    ("hev.udf.TpufClient.fetch[path]", "GET /v2/namespaces/hr-salaries/documents/1", "path", Refused),
+    ("hev.udf.TpufClient.query[path]", "POST /v2/namespaces/hr-salaries/query", "path", Store),
+    ("hev.udf.TpufClient.list_ids[path]", "POST /v2/namespaces/hr-salaries/scans", "path", App),
+    ("hev.udf.TpufClient.patch_columns[path]", "POST /v2/namespaces/hr-salaries", "path", Store),
     ("hev.list_turbopuffer_namespaces[prefix]", "GET /v1/namespaces?prefix=hr-", "?prefix", Store),
     ("hev.list_namespaces[prefix]", "GET /v2/namespaces?prefix=hr-", "?prefix", Refused),
     ("hev.list_snapshot_activity[namespace]", "GET /v2/activity/snapshots?limit=1&namespace=hr-salaries", "?namespace", Refused),
@@ -306,9 +315,9 @@ fn start() -> Demo {
     Demo::start_with(config.to_string(), Vec::new()).unwrap_or_else(|e| panic!("{e:#}"))
 }
 
-fn seed(d: &Demo, ns: &str, rows: Value) {
+fn seed(d: &Demo, ns: &str, token: &str, rows: Value) {
     let r = Request::new("POST", &format!("/v2/namespaces/{ns}"))
-        .bearer("demo-rw-token")
+        .bearer(token)
         .json(&json!({"upsert_rows": rows, "distance_metric": "cosine_distance"}))
         .send(d.addr())
         .unwrap();
@@ -316,9 +325,9 @@ fn seed(d: &Demo, ns: &str, rows: Value) {
 }
 
 /// Every row of `ns`, read through the gateway with an unrestricted key.
-fn rows(d: &Demo, ns: &str) -> Value {
+fn rows(d: &Demo, ns: &str, token: &str) -> Value {
     let r = Request::new("POST", &format!("/v2/namespaces/{ns}/query"))
-        .bearer("demo-rw-token")
+        .bearer(token)
         .json(&json!({"rank_by": ["id", "asc"], "top_k": 1000,
                       "include_attributes": ["vector", "salary", "name"]}))
         .send(d.addr())
@@ -327,63 +336,84 @@ fn rows(d: &Demo, ns: &str) -> Value {
     r.json().unwrap()["rows"].clone()
 }
 
-#[test]
-fn every_client_method_naming_a_foreign_namespace_is_refused_and_nothing_reaches_a_store() {
-    let d = start();
-    seed(
-        &d,
-        FOREIGN,
-        json!([{"id": 1, "vector": [0.1, 0.2], "salary": 250000, "name": "ceo"},
-               {"id": 2, "vector": [0.2, 0.1], "salary": 90000, "name": "eng"}]),
-    );
-    seed(
-        &d,
-        ALLOWED,
-        json!([{"id": 1, "vector": [0.5, 0.5], "name": "Dune"}]),
-    );
-    let foreign_rows = rows(&d, FOREIGN);
-    assert_eq!(foreign_rows.as_array().unwrap().len(), 2);
-    let namespaces = d.primary.namespaces();
+/// Runs the foreign phase naming `foreign` and checks: every call refused with 403, no store
+/// saw anything, no namespace appeared, `foreign`'s rows unchanged.
+fn foreign_pass(d: &Demo, foreign: &str, reader: &str) {
     let url = format!("http://{}", d.addr());
-    let table = surface();
-
-    // Foreign: every call refused with 403, nothing forwarded anywhere.
+    let rows_before = rows(d, foreign, reader);
+    assert!(!rows_before.as_array().unwrap().is_empty());
+    let namespaces = (d.primary.namespaces(), d.archive.namespaces());
     let before = d.store_counts();
-    let seen_before = d.primary.requests().len();
-    let out = script(&url, "foreign");
-    let leaked: Vec<String> = d.primary.requests()[seen_before..]
+    let seen_before = (d.primary.requests().len(), d.archive.requests().len());
+    let (code, out) = layergate_tests::python::run_script(
+        "client_surface.py",
+        &[&url, SHOP, ALLOWED, foreign, "foreign"],
+    )
+    .unwrap_or_else(|e| panic!("{e:#}"));
+    assert_eq!(code, 0, "client_surface.py foreign {foreign}: {out}");
+    let leaked: Vec<String> = d.primary.requests()[seen_before.0..]
         .iter()
+        .chain(&d.archive.requests()[seen_before.1..])
         .map(|r| format!("{} {}", r.method, r.path))
         .collect();
+    let table = surface();
     assert_eq!(
         names(&out),
         table.iter().map(|r| r.0.clone()).collect(),
         "the script's calls and SURFACE differ"
     );
-    let mut wrong = Vec::new();
-    for (name, ..) in &table {
-        if out[name]["status"] != 403 {
-            wrong.push(format!("{name}: {}", out[name]));
-        }
-    }
+    let wrong: Vec<String> = table
+        .iter()
+        .filter(|(name, ..)| out[name]["status"] != 403)
+        .map(|(name, ..)| format!("{name}: {}", out[name]))
+        .collect();
     assert!(
         wrong.is_empty(),
-        "foreign calls not refused with 403:\n{}\nreached primary: {leaked:?}",
+        "calls naming {foreign} not refused with 403:\n{}\nreached a store: {leaked:?}",
         wrong.join("\n")
     );
     assert_eq!(
         d.store_counts(),
         before,
-        "a foreign call reached a store: {leaked:?}"
+        "a call naming {foreign} reached a store: {leaked:?}"
     );
-    assert_eq!(d.primary.namespaces(), namespaces, "a namespace appeared");
-    assert_eq!(rows(&d, FOREIGN), foreign_rows, "{FOREIGN} changed");
+    assert_eq!(
+        (d.primary.namespaces(), d.archive.namespaces()),
+        namespaces,
+        "a namespace appeared"
+    );
+    assert_eq!(rows(d, foreign, reader), rows_before, "{foreign} changed");
+}
+
+#[test]
+fn every_client_method_naming_a_foreign_namespace_is_refused_and_nothing_reaches_a_store() {
+    let d = start();
+    let hr = json!([{"id": 1, "vector": [0.1, 0.2], "salary": 250000, "name": "ceo"},
+                    {"id": 2, "vector": [0.2, 0.1], "salary": 90000, "name": "eng"}]);
+    seed(&d, FOREIGN, "demo-rw-token", hr);
+    // `logs-2026` is served by `archive`, whose own key is its credential (deriveFromStore).
+    seed(
+        &d,
+        "logs-2026",
+        ARCHIVE_KEY,
+        json!([{"id": 7, "vector": [0.3, 0.3], "name": "boot"}]),
+    );
+    seed(
+        &d,
+        ALLOWED,
+        "demo-rw-token",
+        json!([{"id": 1, "vector": [0.5, 0.5], "name": "Dune"}]),
+    );
+
+    foreign_pass(&d, FOREIGN, "demo-rw-token");
+    foreign_pass(&d, "logs-2026", ARCHIVE_KEY);
 
     // Own namespaces: the same methods work (or get what the gateway documents).
+    let foreign_rows = rows(&d, FOREIGN, "demo-rw-token");
     let before = d.primary.requests().len();
-    let out = script(&url, "allowed");
+    let out = script(&format!("http://{}", d.addr()), "allowed");
     let mut wrong = Vec::new();
-    for (name, _, _, own) in &table {
+    for (name, _, _, own) in &surface() {
         let got = &out[name];
         let status = got["status"].as_u64();
         let error = got["error"].as_str().unwrap_or_default();
@@ -418,7 +448,11 @@ fn every_client_method_naming_a_foreign_namespace_is_refused_and_nothing_reaches
                     "/v2/namespaces/{ALLOWED}-copy/async?stainless_overload=startCopyFrom"
                 )));
     assert!(seen.iter().all(|r| !r.path.contains(FOREIGN)));
-    assert_eq!(rows(&d, FOREIGN), foreign_rows, "{FOREIGN} changed");
+    assert_eq!(
+        rows(&d, FOREIGN, "demo-rw-token"),
+        foreign_rows,
+        "{FOREIGN} changed"
+    );
     assert!(!d
         .primary
         .namespaces()
