@@ -185,6 +185,8 @@ fn access<'a>(route: &Route<'a>) -> Option<Access<'a>> {
         None if route.target == Target::Store && route.body != BodyRule::NamespaceList => {
             Namespaces::Unidentified
         }
+        // Namespaces named where the gateway does not read them.
+        None if route.body == BodyRule::Unjudged => Namespaces::Unidentified,
         None => Namespaces::NoneNamed,
     };
     Some(Access {
@@ -238,7 +240,8 @@ fn decide_inner(
         return Ok(Decision::Forward(plan));
     }
     match route.body {
-        BodyRule::None => Ok(Decision::Forward(plan)),
+        // (`Unjudged` is refused for restricted principals by the check above.)
+        BodyRule::None | BodyRule::Unjudged => Ok(Decision::Forward(plan)),
         BodyRule::NamespaceList => {
             namespace_list(policy, principal, allowed, head.path).map(|p| match p {
                 None => Decision::Forward(plan),

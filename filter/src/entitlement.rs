@@ -182,10 +182,10 @@ pub enum On<'a> {
 pub enum Namespaces<'a> {
     /// Exactly this one.
     Named(&'a str),
-    /// None: a known route that names no namespace (key management, pipelines, metrics).
+    /// None: a known route that names no namespace (key lookups, pipeline and Function ids).
     NoneNamed,
-    /// The filter cannot tell (an unknown route, a store route naming none): refused for
-    /// restricted grants.
+    /// The filter cannot tell (an unknown route, a store route naming none, a route naming
+    /// namespaces where the filter does not read them): refused for restricted grants.
     Unidentified,
 }
 
@@ -316,7 +316,8 @@ pub fn authorize<'p>(
                 scope,
                 format!(
                     "API key {:?} is limited to some namespaces of {target}, and the gateway cannot tell which \
-                     namespaces this route touches (it is not in the route table); use a key without namespace limits",
+                     namespaces this request touches (its route is not in the route table, or names namespaces where the gateway does not read them); \
+                     use a key without namespace limits",
                     key.name()
                 ),
             ))

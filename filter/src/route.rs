@@ -36,9 +36,11 @@ impl Target {
 pub enum BodyRule {
     /// Nothing in the body names a namespace.
     None,
-    /// `POST /v2/namespaces/{ns}`: `copy_from_namespace` / `branch_from_namespace`.
+    /// `POST /v2/namespaces/{ns}`: `copy_from_namespace` / `branch_from_namespace` (a name,
+    /// or an object naming `source_namespace`), and a top-level `source_namespace`.
     NamespaceWrite,
-    /// `POST /v2/namespaces/{ns}/async`: top-level `source_namespace`.
+    /// `POST /v2/namespaces/{ns}/async`: the same fields (turbopuffer's client nests the
+    /// source in `copy_from_namespace`).
     AsyncCopy,
     /// `POST /v2/query`: `namespaces[]` (required for restricted principals, ≤ 512).
     FederatedQuery,
@@ -46,6 +48,11 @@ pub enum BodyRule {
     PipelineCreate,
     /// `GET /v1/namespaces`: the `prefix` query parameter (not a body, but the same idea).
     NamespaceList,
+    /// The body or query names namespaces the gateway does not read (a Function's
+    /// `spec.target_namespaces`, `namespaces[]` to discover, work items' `items[].namespace`,
+    /// a minted key's entitlement globs, PromQL label matchers): restricted principals are
+    /// refused (SPEC §3 step 4), everyone else streams.
+    Unjudged,
 }
 
 /// A classified request. Borrowed from the request path: no allocation.
@@ -217,9 +224,11 @@ fn default_route(method: &str, segs: &[&str]) -> Route<'static> {
         ("POST", ["v2", "namespaces", _, "documents" | "scans" | "search"]) => route(READ, App),
         ("POST", ["v2", "query"]) => with_body(route(READ, App), BodyRule::FederatedQuery),
         ("POST", ["v2", "agents", _, "query"]) => route(READ, App),
-        ("GET" | "POST", ["v2", "metrics", "query" | "query_range"]) => route(READ, App),
+        ("GET" | "POST", ["v2", "metrics", "query" | "query_range"]) => {
+            with_body(route(READ, App), BodyRule::Unjudged)
+        }
         ("GET" | "POST", ["v2", "metrics", "api", "v1", "query" | "query_range"]) => {
-            route(READ, App)
+            with_body(route(READ, App), BodyRule::Unjudged)
         }
         ("GET", ["v2", "metrics", "catalog"] | ["v2", "metrics", "catalog", _]) => route(None, App),
 
@@ -246,21 +255,23 @@ fn default_route(method: &str, segs: &[&str]) -> Route<'static> {
         ) => route(WRITE, App),
         ("POST", ["v2", "udfs", _, "claim"]) => route(WRITE, App),
         ("POST", ["v2", "udfs", _, "items", "complete" | "fail" | "heartbeat"]) => {
-            route(WRITE, App)
+            with_body(route(WRITE, App), BodyRule::Unjudged)
         }
 
         // --- Pipeline / Function control ---
         ("POST", ["v2", "pipelines"]) => with_body(route(ADMIN, App), BodyRule::PipelineCreate),
         ("DELETE", ["v2", "pipelines", _]) => route(ADMIN, App),
-        ("POST", ["v2", "udfs"]) => route(ADMIN, App),
-        ("PUT" | "DELETE", ["v2", "udfs", _]) => route(ADMIN, App),
-        ("POST", ["v2", "udfs", _, "pause" | "resume" | "reset-failed" | "discover"]) => {
-            route(ADMIN, App)
+        ("POST", ["v2", "udfs"]) | ("PUT", ["v2", "udfs", _]) => {
+            with_body(route(ADMIN, App), BodyRule::Unjudged)
         }
+        ("DELETE", ["v2", "udfs", _]) => route(ADMIN, App),
+        ("POST", ["v2", "udfs", _, "pause" | "resume" | "reset-failed"]) => route(ADMIN, App),
+        ("POST", ["v2", "udfs", _, "discover"]) => with_body(route(ADMIN, App), BodyRule::Unjudged),
 
         // --- layergate's control API ---
         ("POST", ["v2", "keys", "authenticate"]) => route(None, Control),
-        ("POST", ["v2", "keys"]) | ("GET", ["v2", "keys", ..]) => route(ADMIN, Control),
+        ("POST", ["v2", "keys"]) => with_body(route(ADMIN, Control), BodyRule::Unjudged),
+        ("GET", ["v2", "keys", ..]) => route(ADMIN, Control),
         ("DELETE", ["v2", "keys", _]) | ("POST", ["v2", "keys", _, "revoke"]) => {
             route(ADMIN, Control)
         }

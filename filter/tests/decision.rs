@@ -461,6 +461,95 @@ fn body_rules_check_every_named_namespace() {
     );
 }
 
+/// What turbopuffer's client 3.1 sends (captured by `tests/python/client_surface.py`):
+/// `start_copy_from` nests the source in `copy_from_namespace` on `…/async`, and the API
+/// reference puts `source_namespace` at the top level of both write routes. Every form is read
+/// on both routes.
+#[test]
+fn copy_sources_are_read_in_every_form_on_both_write_routes() {
+    let p = writer_policy();
+    for path in [
+        "/v2/namespaces/shop-new?stainless_overload=copyFrom",
+        "/v2/namespaces/shop-new/async?stainless_overload=startCopyFrom",
+    ] {
+        for body in [
+            json!({"copy_from_namespace": "secret"}),
+            json!({"copy_from_namespace": {"source_namespace": "secret"}}),
+            json!({"branch_from_namespace": "secret"}),
+            json!({"branch_from_namespace": {"source_namespace": "secret"}}),
+            json!({"source_namespace": "secret"}),
+        ] {
+            let d = inspect(&p, "POST", path, &body).unwrap_err();
+            assert_eq!(d.status(), 403, "{path} {body}: {}", d.message);
+            assert!(d.message.contains("\"secret\""), "{}", d.message);
+        }
+        for body in [
+            json!({"copy_from_namespace": {"source_namespace": "shop-a", "source_api_key": "k"}}),
+            json!({"source_namespace": "shop-a", "source_api_key": "k"}),
+            json!({"source_api_key": "k"}),
+        ] {
+            let d = inspect(&p, "POST", path, &body).unwrap_err();
+            assert_eq!(d.status(), 403, "{path} {body}");
+            assert!(d.message.contains("source_api_key"), "{}", d.message);
+        }
+        for body in [
+            json!({"copy_from_namespace": {"source_namespace": "shop-a"}}),
+            json!({"copy_from_namespace": "shop-a"}),
+            json!({"source_namespace": "shop-a"}),
+        ] {
+            inspect(&p, "POST", path, &body).unwrap_or_else(|d| panic!("{path} {body}: {d:?}"));
+        }
+    }
+}
+
+/// hevlayer 0.7.3 names namespaces in bodies and queries the gateway does not read: a
+/// Function's `spec.target_namespaces` (create/upsert), `namespaces[]` to discover, work items'
+/// `items[].namespace`, a minted key's entitlement globs, PromQL label matchers. Restricted
+/// principals are refused there (SPEC §3 step 4); unrestricted ones pass unread.
+#[test]
+fn restricted_keys_are_refused_where_namespaces_are_named_unread() {
+    let mut v = demo_json();
+    v["apiKeys"][0]["entitlements"]["layer"] =
+        json!({"scopes": ["admin"], "namespaces": ["shop-*"]});
+    v["app"] = json!({"cluster": "layer_app"});
+    v["control"] = json!({"cluster": "layergate_control"});
+    let p = policy_from(&v);
+    let routes = [
+        ("POST", "/v2/udfs"),
+        ("PUT", "/v2/udfs/u1"),
+        ("POST", "/v2/udfs/u1/discover"),
+        ("POST", "/v2/udfs/u1/items/complete"),
+        ("POST", "/v2/udfs/u1/items/fail"),
+        ("POST", "/v2/udfs/u1/items/heartbeat"),
+        ("POST", "/v2/keys"),
+        ("GET", "/v2/metrics/query?query=up"),
+        ("POST", "/v2/metrics/query_range"),
+        ("GET", "/v2/metrics/api/v1/query?query=up"),
+        ("POST", "/v2/metrics/api/v1/query_range"),
+    ];
+    for (method, path) in routes {
+        let d = denied(call(&p, method, path, SHOP));
+        assert_eq!(d.status(), 403, "{method} {path}: {}", d.message);
+        assert!(d.message.contains("does not read"), "{}", d.message);
+    }
+    // The same key's namespace-less routes that name no namespace still pass.
+    for (method, path) in [
+        ("POST", "/v2/udfs/u1/pause"),
+        ("DELETE", "/v2/udfs/u1"),
+        ("POST", "/v2/udfs/u1/claim"),
+        ("GET", "/v2/keys"),
+    ] {
+        forward(call(&p, method, path, SHOP));
+    }
+    // Without namespace limits on `layer`, nothing is read and everything streams.
+    v["apiKeys"][0]["entitlements"]["layer"] = json!({"scopes": ["admin"]});
+    let p = policy_from(&v);
+    for (method, path) in routes {
+        forward(call(&p, method, path, SHOP));
+        forward(call(&p, method, path, "demo-admin-token"));
+    }
+}
+
 #[test]
 fn inspected_bodies_must_be_json_plain_or_gzip_and_within_the_limit() {
     let p = writer_policy();

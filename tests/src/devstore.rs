@@ -500,11 +500,19 @@ fn write(st: &mut State, ns: &str, body: &Value) -> Result<Reply, ApiError> {
     ))
 }
 
+/// `POST …/{ns}/async`: the source as turbopuffer's client 3.1 sends it (nested,
+/// `{"copy_from_namespace": {"source_namespace": …}}`) or top-level `source_namespace`.
 fn start_copy(st: &mut State, ns: &str, body: &Value) -> Result<Reply, ApiError> {
     let src = body
-        .get("source_namespace")
-        .and_then(Value::as_str)
-        .ok_or_else(|| error(StatusCode::BAD_REQUEST, "source_namespace is required"))?;
+        .get("copy_from_namespace")
+        .and_then(source_name)
+        .or_else(|| body.get("source_namespace").and_then(Value::as_str))
+        .ok_or_else(|| {
+            error(
+                StatusCode::BAD_REQUEST,
+                "copy_from_namespace (or source_namespace) is required",
+            )
+        })?;
     let rows = st
         .namespaces
         .get(src)
