@@ -133,8 +133,9 @@ fn denied_requests_get_turbopuffer_shaped_local_replies() {
 #[test]
 fn restricted_key_body_is_checked_and_expiry_follows_the_host_clock() {
     let mut cfg: serde_json::Value = serde_json::from_str(&demo::filter_config().unwrap()).unwrap();
+    // A copy writes its target and reads its source: read and write.
     cfg["apiKeys"][0]["entitlements"]["vectorstore.primary"]["scopes"] =
-        serde_json::json!(["write"]);
+        serde_json::json!(["read", "write"]);
     cfg["apiKeys"][0]["expiresAt"] = serde_json::json!("2027-01-01T00:00:00Z");
     let mut vm = FilterHost::load(module(), &cfg.to_string(), ENV).unwrap();
     let copy = |from: &str| {
@@ -150,6 +151,13 @@ fn restricted_key_body_is_checked_and_expiry_follows_the_host_clock() {
     };
     assert_eq!(header(&headers, "x-layergate-inspect"), Some("1"));
     assert!(matches!(vm.request(copy("hr")).unwrap(), Outcome::LocalReply(r) if r.status == 403));
+    // Without read, copying out of its own namespaces is refused too.
+    cfg["apiKeys"][0]["entitlements"]["vectorstore.primary"]["scopes"] =
+        serde_json::json!(["write"]);
+    let mut write_only = FilterHost::load(module(), &cfg.to_string(), ENV).unwrap();
+    assert!(
+        matches!(write_only.request(copy("shop-old")).unwrap(), Outcome::LocalReply(r) if r.status == 403)
+    );
     vm.set_time(1_798_761_600); // 2027-01-01: expired
     assert!(
         matches!(vm.request(copy("shop-old")).unwrap(), Outcome::LocalReply(r) if r.status == 401)
