@@ -92,6 +92,8 @@ pub fn render(v: &Validation, settings: &Settings) -> Result<Rendering> {
             port: *port,
             hostname: "layergate-control".into(),
             tls: false,
+            trusted_ca: None,
+            label: "the operator's control API".into(),
         });
     }
     let listener = envoy::Listener {

@@ -8,5 +8,6 @@ pub mod envoy;
 pub mod http;
 pub mod paths;
 pub mod python;
+pub mod tls;
 pub mod tour;
 pub mod wasm_host;
