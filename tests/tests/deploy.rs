@@ -439,3 +439,54 @@ fn the_istio_target_keeps_stores_apart_verifies_upstreams_and_is_scoped_to_its_g
     let (resources, _) = istio::render(&v, &defaults).unwrap();
     assert!(resources[0]["spec"]["pluginConfig"].get("hosts").is_none());
 }
+
+/// The control port (mint, revoke, and under `deriveFromStore` the store credential as the
+/// bootstrap bearer) admits the gateway pods and nothing else: a NetworkPolicy selects exactly
+/// the operator's pods, isolates their ingress, and names one peer, the gateway's pod labels
+/// in the same namespace, on the control port only.
+#[test]
+fn only_the_gateway_pods_may_reach_the_operators_control_port() {
+    let docs = kustomize("operator/deploy");
+    let policies: Vec<&Value> = docs
+        .iter()
+        .filter(|d| d["kind"] == "NetworkPolicy")
+        .collect();
+    assert_eq!(policies.len(), 1, "one NetworkPolicy in operator/deploy");
+    let spec = &policies[0]["spec"];
+    let labels = |name: &str| {
+        find(&docs, "Deployment", name)["spec"]["template"]["metadata"]["labels"].clone()
+    };
+    // A selector matches a pod when every one of its labels is on the pod.
+    let selects = |selector: &Value, pod: &Value| {
+        selector["matchLabels"]
+            .as_object()
+            .unwrap()
+            .iter()
+            .all(|(k, v)| pod[k] == *v)
+    };
+    let (operator, gateway) = (labels("layergate-operator"), labels("layergate-gateway"));
+    assert!(selects(&spec["podSelector"], &operator), "{spec}");
+    assert!(!selects(&spec["podSelector"], &gateway), "{spec}");
+    assert_eq!(spec["policyTypes"], serde_json::json!(["Ingress"]));
+    let rules = spec["ingress"].as_array().unwrap();
+    assert_eq!(rules.len(), 1, "{spec}");
+    let peers = rules[0]["from"].as_array().unwrap();
+    assert_eq!(peers.len(), 1, "{spec}");
+    // Same namespace only (no namespaceSelector, no ipBlock), the gateway's pods only.
+    assert!(peers[0].get("namespaceSelector").is_none() && peers[0].get("ipBlock").is_none());
+    assert!(selects(&peers[0]["podSelector"], &gateway), "{spec}");
+    assert!(!selects(&peers[0]["podSelector"], &operator), "{spec}");
+    // The control port, by the container port's name.
+    let container = &find(&docs, "Deployment", "layergate-operator")["spec"]["template"]["spec"]
+        ["containers"][0];
+    let control = container["ports"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["containerPort"] == 9902)
+        .unwrap();
+    assert_eq!(
+        rules[0]["ports"],
+        serde_json::json!([{"protocol": "TCP", "port": control["name"]}])
+    );
+}
