@@ -297,3 +297,106 @@ pub fn dynamic_bootstrap(admin_addr: SocketAddr, dir: &Path) -> String {
         &v,
     )
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn tls_cluster(hostname: &str, address: &str) -> Cluster {
+        Cluster {
+            name: "store_s".into(),
+            address: address.into(),
+            port: 443,
+            hostname: hostname.into(),
+            tls: true,
+            trusted_ca: None,
+            label: store_label("s"),
+        }
+    }
+
+    fn validation_context(c: &Cluster) -> Value {
+        cluster(c)["transport_socket"]["typed_config"]["common_tls_context"]["validation_context"]
+            .clone()
+    }
+
+    #[test]
+    fn a_dns_endpoint_requires_its_name_as_a_dns_san_and_sends_it_as_sni() {
+        let c = tls_cluster(
+            "gcp-us-central1.turbopuffer.com",
+            "gcp-us-central1.turbopuffer.com",
+        );
+        let v = validation_context(&c);
+        assert_eq!(
+            v["match_typed_subject_alt_names"],
+            json!([{"san_type": "DNS", "matcher": {"exact": "gcp-us-central1.turbopuffer.com"}}])
+        );
+        assert_eq!(v["trusted_ca"]["filename"], SYSTEM_CA_BUNDLE);
+        assert_eq!(
+            cluster(&c)["transport_socket"]["typed_config"]["sni"],
+            "gcp-us-central1.turbopuffer.com"
+        );
+        assert_eq!(
+            cluster(&c)["metadata"]["filter_metadata"]["layergate"]["upstream"],
+            r#"store "s""#
+        );
+    }
+
+    #[test]
+    fn an_ip_endpoint_requires_its_address_as_an_ip_san_and_sends_no_sni() {
+        for (hostname, address, ip) in [
+            ("127.0.0.1", "127.0.0.1", "127.0.0.1"),
+            ("[::1]", "::1", "::1"),
+        ] {
+            let c = tls_cluster(hostname, address);
+            assert_eq!(
+                validation_context(&c)["match_typed_subject_alt_names"],
+                json!([{"san_type": "IP_ADDRESS", "matcher": {"exact": ip}}])
+            );
+            assert!(cluster(&c)["transport_socket"]["typed_config"]
+                .get("sni")
+                .is_none());
+        }
+    }
+
+    #[test]
+    fn a_trusted_ca_override_replaces_the_system_bundle_and_plain_http_has_no_tls() {
+        let mut c = tls_cluster("store.test", "127.0.0.1");
+        c.trusted_ca = Some("/tmp/ca.pem".into());
+        assert_eq!(
+            validation_context(&c)["trusted_ca"]["filename"],
+            "/tmp/ca.pem"
+        );
+        c.tls = false;
+        assert!(cluster(&c).get("transport_socket").is_none());
+    }
+
+    #[test]
+    fn only_envoys_upstream_failure_replies_are_rewritten_to_json() {
+        let l = listener(&Listener {
+            listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
+            wasm_path: "f.wasm".into(),
+            filter_config: None,
+            vm_env: Vec::new(),
+            buffer_limit_bytes: DEFAULT_BUFFER_LIMIT_BYTES,
+        });
+        let hcm = &l["filter_chains"][0]["filters"][0]["typed_config"];
+        let mappers = hcm["local_reply_config"]["mappers"]
+            .as_array()
+            .cloned()
+            .unwrap_or_default();
+        assert_eq!(mappers.len(), 1);
+        assert_eq!(
+            mappers[0]["filter"],
+            json!({"response_flag_filter": {"flags": ["UF", "UH"]}})
+        );
+        // No top-level body format: the filter's own JSON replies stay as they are.
+        assert!(hcm["local_reply_config"].get("body_format").is_none());
+        let error = mappers[0]["body_format_override"]["json_format"]["error"]
+            .as_str()
+            .unwrap_or_default();
+        assert!(
+            error.starts_with("%CLUSTER_METADATA(layergate:upstream)%"),
+            "{error}"
+        );
+    }
+}
