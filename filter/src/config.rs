@@ -43,6 +43,14 @@ pub struct FilterConfig {
     /// Size limits.
     #[serde(default)]
     pub limits: Limits,
+    /// The hosts this filter acts for, compared case-insensitively with the request's
+    /// `:authority` without its port: exact names (`vectors.example.com`) or one-label
+    /// wildcards (`*.example.com`). Empty (the default): every host, as on a gateway that
+    /// serves only layergate. On a shared Istio ingress gateway the operator lists the
+    /// `Gateway`'s hosts, and a request for any other host must pass through untouched: no
+    /// authentication, no routing header, no credential.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub hosts: Vec<String>,
 }
 
 /// One VectorStore as the filter sees it.

@@ -5,7 +5,15 @@
 //! The listener: path normalization (escaped slashes kept for the filter to refuse with a JSON
 //! error), the wasm filter with `FAIL_RELOAD`, Envoy's buffer filter (enabled only on the route
 //! the filter selects with `x-layergate-inspect`, see the README), and the router picking the
-//! cluster from `x-layergate-cluster`, which it removes before forwarding.
+//! cluster from `x-layergate-cluster`, which it removes before forwarding. A request whose
+//! upstream cannot be reached over a verified connection gets turbopuffer's JSON error naming
+//! the upstream (the listener's local reply mapper), never Envoy's plain-text one.
+//!
+//! The store clusters (TLS unless the endpoint is loopback HTTP) verify the upstream's
+//! identity, not only its chain: the certificate must chain to the trusted CAs **and** carry
+//! the endpoint's host name as a DNS subject alternative name (an IP SAN for an IP endpoint).
+//! A publicly trusted certificate for another host is refused during the handshake, before
+//! the request, and so the store credential, is sent.
 
 use crate::validate::Validation;
 use serde_json::{json, Value};
@@ -25,6 +33,23 @@ pub struct Cluster {
     pub hostname: String,
     /// TLS to the upstream (always, except loopback endpoints for local use).
     pub tls: bool,
+    /// PEM file of the CAs the upstream's certificate must chain to; `None`: the system
+    /// bundle ([`SYSTEM_CA_BUNDLE`]). Tests point it at a CA they made; a store behind a
+    /// private CA could too.
+    pub trusted_ca: Option<String>,
+    /// Who the upstream is, as the gateway's JSON error names it when the upstream cannot be
+    /// reached over a verified connection (`store "prod-eu"`); rendered as the cluster's
+    /// `layergate.upstream` metadata.
+    pub label: String,
+}
+
+/// The CA bundle TLS clusters trust unless told otherwise (Debian/Ubuntu path, also in the
+/// official Envoy image).
+pub const SYSTEM_CA_BUNDLE: &str = "/etc/ssl/certs/ca-certificates.crt";
+
+/// How a store cluster is labelled in the gateway's errors: `store "<name>"`.
+pub fn store_label(store: &str) -> String {
+    format!("store {store:?}")
 }
 
 /// The gateway listener.
@@ -86,6 +111,17 @@ pub fn listener(l: &Listener) -> Value {
         json!({"name": "envoy.filters.http.router", "typed_config": {
         "@type": "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router"}}),
     );
+    // Envoy's own replies when the upstream cannot be reached (refused connection, failed TLS
+    // verification, no healthy host) are plain text; clients read turbopuffer's JSON error.
+    // Only replies with those response flags are rewritten, never the filter's own.
+    let unreachable = "%CLUSTER_METADATA(layergate:upstream)% could not be reached over a verified connection \
+                       (%UPSTREAM_TRANSPORT_FAILURE_REASON%); nothing was sent to it. Check its endpoint, \
+                       and that its certificate names its host and chains to a trusted CA";
+    let local_reply = json!({"mappers": [{
+        "filter": {"response_flag_filter": {"flags": ["UF", "UH"]}},
+        "status_code": 503,
+        "body_format_override": {"json_format": {"status": "error", "error": unreachable}},
+    }]});
     let log_format = "[%START_TIME%] \"%REQ(:METHOD)% %REQ(:PATH)%\" %RESPONSE_CODE% %UPSTREAM_CLUSTER% %FILTER_STATE(wasm.layergate:PLAIN)%\n";
     json!({
         "name": "layergate",
@@ -100,6 +136,7 @@ pub fn listener(l: &Listener) -> Value {
             "normalize_path": true,
             "merge_slashes": false,
             "path_with_escaped_slashes_action": "KEEP_UNCHANGED",
+            "local_reply_config": local_reply,
             "access_log": [{"name": "envoy.access_loggers.stdout", "typed_config": {
                 "@type": "type.googleapis.com/envoy.extensions.access_loggers.stream.v3.StdoutAccessLog",
                 "log_format": {"text_format_source": {"inline_string": log_format}}}}],
@@ -109,8 +146,34 @@ pub fn listener(l: &Listener) -> Value {
     })
 }
 
+/// The upstream TLS context: SNI (for a DNS name), the trusted CAs, and the subject
+/// alternative name the certificate must carry, exactly the endpoint's host name (Envoy
+/// matches an `exact` DNS matcher against a wildcard certificate entry with DNS wildcard rules,
+/// so `*.turbopuffer.com` still covers `gcp-us-central1.turbopuffer.com`).
+fn upstream_tls(c: &Cluster) -> Value {
+    let host = c.hostname.trim_start_matches('[').trim_end_matches(']');
+    let san_type = if host.parse::<std::net::IpAddr>().is_ok() {
+        "IP_ADDRESS"
+    } else {
+        "DNS"
+    };
+    let mut tls = json!({
+        "@type": "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.UpstreamTlsContext",
+        "common_tls_context": {"validation_context": {
+            "trusted_ca": {"filename": c.trusted_ca.as_deref().unwrap_or(SYSTEM_CA_BUNDLE)},
+            "match_typed_subject_alt_names": [{"san_type": san_type, "matcher": {"exact": host}}],
+        }},
+    });
+    // SNI carries host names only (RFC 6066), never an IP literal.
+    if san_type == "DNS" {
+        tls["sni"] = json!(host);
+    }
+    json!({"name": "envoy.transport_sockets.tls", "typed_config": tls})
+}
+
 /// One cluster resource: connect timeout, circuit breakers, the endpoint's host name (for
-/// `auto_host_rewrite`), and TLS with SNI unless the endpoint is plain loopback HTTP.
+/// `auto_host_rewrite`), the upstream's label (for errors), and TLS verifying the endpoint's
+/// host name unless the endpoint is plain loopback HTTP.
 pub fn cluster(c: &Cluster) -> Value {
     let is_ip = c.address.parse::<std::net::IpAddr>().is_ok();
     let mut v = json!({
@@ -121,15 +184,13 @@ pub fn cluster(c: &Cluster) -> Value {
         "load_assignment": {"cluster_name": c.name, "endpoints": [{"lb_endpoints": [{"endpoint": {
             "hostname": c.hostname,
             "address": {"socket_address": {"address": c.address, "port_value": c.port}}}}]}]},
+        "metadata": {"filter_metadata": {"layergate": {"upstream": c.label}}},
     });
     if !is_ip {
         v["dns_lookup_family"] = json!("V4_PREFERRED");
     }
     if c.tls {
-        v["transport_socket"] = json!({"name": "envoy.transport_sockets.tls", "typed_config": {
-            "@type": "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.UpstreamTlsContext",
-            "sni": c.hostname,
-            "common_tls_context": {"validation_context": {"trusted_ca": {"filename": "/etc/ssl/certs/ca-certificates.crt"}}}}});
+        v["transport_socket"] = upstream_tls(c);
     }
     v
 }
@@ -150,6 +211,8 @@ pub fn clusters_for(v: &Validation) -> Vec<Cluster> {
             port: s.endpoint.port,
             hostname: s.endpoint.host.clone(),
             tls: s.endpoint.tls,
+            trusted_ca: None,
+            label: store_label(&s.name),
         })
         .collect()
 }
@@ -236,4 +299,107 @@ pub fn dynamic_bootstrap(admin_addr: SocketAddr, dir: &Path) -> String {
         "# Rendered by layergate-operator (operator/src/envoy.rs).\n",
         &v,
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn tls_cluster(hostname: &str, address: &str) -> Cluster {
+        Cluster {
+            name: "store_s".into(),
+            address: address.into(),
+            port: 443,
+            hostname: hostname.into(),
+            tls: true,
+            trusted_ca: None,
+            label: store_label("s"),
+        }
+    }
+
+    fn validation_context(c: &Cluster) -> Value {
+        cluster(c)["transport_socket"]["typed_config"]["common_tls_context"]["validation_context"]
+            .clone()
+    }
+
+    #[test]
+    fn a_dns_endpoint_requires_its_name_as_a_dns_san_and_sends_it_as_sni() {
+        let c = tls_cluster(
+            "gcp-us-central1.turbopuffer.com",
+            "gcp-us-central1.turbopuffer.com",
+        );
+        let v = validation_context(&c);
+        assert_eq!(
+            v["match_typed_subject_alt_names"],
+            json!([{"san_type": "DNS", "matcher": {"exact": "gcp-us-central1.turbopuffer.com"}}])
+        );
+        assert_eq!(v["trusted_ca"]["filename"], SYSTEM_CA_BUNDLE);
+        assert_eq!(
+            cluster(&c)["transport_socket"]["typed_config"]["sni"],
+            "gcp-us-central1.turbopuffer.com"
+        );
+        assert_eq!(
+            cluster(&c)["metadata"]["filter_metadata"]["layergate"]["upstream"],
+            r#"store "s""#
+        );
+    }
+
+    #[test]
+    fn an_ip_endpoint_requires_its_address_as_an_ip_san_and_sends_no_sni() {
+        for (hostname, address, ip) in [
+            ("127.0.0.1", "127.0.0.1", "127.0.0.1"),
+            ("[::1]", "::1", "::1"),
+        ] {
+            let c = tls_cluster(hostname, address);
+            assert_eq!(
+                validation_context(&c)["match_typed_subject_alt_names"],
+                json!([{"san_type": "IP_ADDRESS", "matcher": {"exact": ip}}])
+            );
+            assert!(cluster(&c)["transport_socket"]["typed_config"]
+                .get("sni")
+                .is_none());
+        }
+    }
+
+    #[test]
+    fn a_trusted_ca_override_replaces_the_system_bundle_and_plain_http_has_no_tls() {
+        let mut c = tls_cluster("store.test", "127.0.0.1");
+        c.trusted_ca = Some("/tmp/ca.pem".into());
+        assert_eq!(
+            validation_context(&c)["trusted_ca"]["filename"],
+            "/tmp/ca.pem"
+        );
+        c.tls = false;
+        assert!(cluster(&c).get("transport_socket").is_none());
+    }
+
+    #[test]
+    fn only_envoys_upstream_failure_replies_are_rewritten_to_json() {
+        let l = listener(&Listener {
+            listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
+            wasm_path: "f.wasm".into(),
+            filter_config: None,
+            vm_env: Vec::new(),
+            buffer_limit_bytes: DEFAULT_BUFFER_LIMIT_BYTES,
+        });
+        let hcm = &l["filter_chains"][0]["filters"][0]["typed_config"];
+        let mappers = hcm["local_reply_config"]["mappers"]
+            .as_array()
+            .cloned()
+            .unwrap_or_default();
+        assert_eq!(mappers.len(), 1);
+        assert_eq!(
+            mappers[0]["filter"],
+            json!({"response_flag_filter": {"flags": ["UF", "UH"]}})
+        );
+        // No top-level body format: the filter's own JSON replies stay as they are.
+        assert!(hcm["local_reply_config"].get("body_format").is_none());
+        let error = mappers[0]["body_format_override"]["json_format"]["error"]
+            .as_str()
+            .unwrap_or_default();
+        assert!(
+            error.starts_with("%CLUSTER_METADATA(layergate:upstream)%"),
+            "{error}"
+        );
+    }
 }

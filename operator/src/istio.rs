@@ -1,16 +1,25 @@
 //! The Istio target (`render --target istio`): the same validation and filter configuration
-//! as the Envoy target, delivered the Istio way to an ingress gateway:
+//! as the Envoy target, delivered the Istio way to an ingress gateway — by default a
+//! **dedicated** one (`istio=layergate-ingressgateway` in namespace `layergate-ingress`), so
+//! that no other team's traffic passes the filter and its credentials live in a namespace of
+//! their own:
 //!
 //! - a `WasmPlugin` (phase AUTHN, `failStrategy: FAIL_CLOSE`) carrying the filter configuration
 //!   as `pluginConfig`, with store credentials as `{env: LAYERGATE_CREDENTIAL_<STORE>}` read
 //!   from the proxy's environment (`vmConfig.env`, `valueFrom: HOST`): credentials never
-//!   appear in an Istio resource;
+//!   appear in an Istio resource. It applies only to the gateway listener on the layergate
+//!   port (`match[].ports`), and the filter acts only for the `Gateway`'s hosts
+//!   (`pluginConfig.hosts`, unless they are `*`): on a shared gateway, other hosts' requests
+//!   pass untouched and never receive a credential;
 //! - per store, a `ServiceEntry` (MESH_EXTERNAL, DNS) and a `DestinationRule` (TLS origination
-//!   with SNI, connection limits);
-//! - a `Gateway` and a `VirtualService` routing on the filter's `x-layergate-cluster` header
-//!   (one route per store, plus the control API), rewriting `:authority` to the store's host;
-//! - an `EnvoyFilter` adding Envoy's buffer filter after the wasm filter, disabled on every
-//!   route but the body-inspection ones (`x-layergate-inspect: 1`), as in the Envoy target;
+//!   with SNI, the certificate checked for the store's host in `subjectAltNames`, connection
+//!   limits);
+//! - a `Gateway` (the layergate port, the configured hosts) and a `VirtualService` routing on
+//!   the filter's `x-layergate-cluster` header (one route per store, plus the control API),
+//!   rewriting `:authority` to the store's host;
+//! - an `EnvoyFilter` adding Envoy's buffer filter after the wasm filter on the layergate
+//!   port's listener only, disabled on every route of this `Gateway` but the body-inspection
+//!   ones (`x-layergate-inspect: 1`), as in the Envoy target;
 //! - separately, a strategic-merge patch for the ingress gateway Deployment that puts each
 //!   credential into the proxy's environment from its Secret.
 
@@ -31,8 +40,12 @@ pub struct IstioSettings {
     pub selector: BTreeMap<String, String>,
     /// Where Istio fetches the filter (`oci://…`, `https://…` or `file://…`).
     pub wasm_url: String,
-    /// Hosts the Gateway and VirtualService serve.
+    /// Hosts the Gateway and VirtualService serve, and the filter acts for (`*`: all).
     pub hosts: Vec<String>,
+    /// The Gateway server's port, which is the gateway listener's port the WasmPlugin and the
+    /// buffer EnvoyFilter are scoped to. Keep it equal to the gateway Service's `targetPort`
+    /// (istiod binds the listener there).
+    pub port: u16,
     /// The operator's control API (host, port), routed for `/v2/keys…` and `/v2/vectorstores…`.
     pub control: Option<(String, u16)>,
     /// The ingress gateway Deployment the credential patch is for.
@@ -42,12 +55,13 @@ pub struct IstioSettings {
 impl Default for IstioSettings {
     fn default() -> IstioSettings {
         IstioSettings {
-            namespace: "istio-system".into(),
-            selector: BTreeMap::from([("istio".to_owned(), "ingressgateway".to_owned())]),
+            namespace: "layergate-ingress".into(),
+            selector: BTreeMap::from([("istio".to_owned(), "layergate-ingressgateway".to_owned())]),
             wasm_url: "oci://ghcr.io/layergate/layergate-filter:0.1.0".into(),
             hosts: vec!["*".into()],
+            port: 8080,
             control: None,
-            gateway_deployment: "istio-ingressgateway".into(),
+            gateway_deployment: "layergate-ingressgateway".into(),
         }
     }
 }
@@ -74,6 +88,15 @@ fn route(name: &str, cluster: &str, inspect: bool, host: &str, port: u16) -> Val
     })
 }
 
+/// The filter's host list for the Gateway's hosts: empty (every host) when they include `*`.
+fn filter_hosts(hosts: &[String]) -> Vec<String> {
+    if hosts.iter().any(|h| h == "*") {
+        Vec::new()
+    } else {
+        hosts.to_vec()
+    }
+}
+
 /// The Istio resources for one namespace's validation, plus the ingress gateway patch.
 pub fn render(v: &Validation, s: &IstioSettings) -> Result<(Vec<Value>, Value)> {
     let options = RenderOptions {
@@ -83,6 +106,7 @@ pub fn render(v: &Validation, s: &IstioSettings) -> Result<(Vec<Value>, Value)> 
             .map(|_| crate::output::CONTROL_CLUSTER.to_owned()),
         app_cluster: None,
         credentials_from_env: true,
+        hosts: filter_hosts(&s.hosts),
     };
     let config = render::filter_config(v, &options)?;
     let stores: Vec<_> = v.stores.iter().filter_map(|x| x.valid.as_ref()).collect();
@@ -96,6 +120,7 @@ pub fn render(v: &Validation, s: &IstioSettings) -> Result<(Vec<Value>, Value)> 
             "phase": "AUTHN",
             "failStrategy": "FAIL_CLOSE",
             "pluginName": NAME,
+            "match": [{"ports": [{"number": s.port}]}],
             "pluginConfig": serde_json::to_value(&config)?,
             "vmConfig": {"env": stores.iter().map(|st| json!({"name": credential_env(&st.name), "valueFrom": "HOST"})).collect::<Vec<_>>()},
         }
@@ -124,7 +149,12 @@ pub fn render(v: &Validation, s: &IstioSettings) -> Result<(Vec<Value>, Value)> 
         let mut policy = json!({"connectionPool": {"tcp": {"maxConnections": 1024, "connectTimeout": "5s"},
                                                    "http": {"http1MaxPendingRequests": 1024, "http2MaxRequests": 1024}}});
         if st.endpoint.tls {
-            policy["tls"] = json!({"mode": "SIMPLE", "sni": host});
+            // The certificate must name the store's host (Istio verifies the chain against
+            // the proxy's roots and the name against subjectAltNames), as in the Envoy target.
+            policy["tls"] = json!({"mode": "SIMPLE", "subjectAltNames": [host]});
+            if host.parse::<std::net::IpAddr>().is_err() {
+                policy["tls"]["sni"] = json!(host);
+            }
         }
         out.push(json!({
             "apiVersion": "networking.istio.io/v1", "kind": "DestinationRule", "metadata": meta(&name, s),
@@ -154,7 +184,7 @@ pub fn render(v: &Validation, s: &IstioSettings) -> Result<(Vec<Value>, Value)> 
     }
     out.push(json!({
         "apiVersion": "networking.istio.io/v1", "kind": "Gateway", "metadata": meta(NAME, s),
-        "spec": {"selector": s.selector, "servers": [{"port": {"number": 80, "name": "http", "protocol": "HTTP"}, "hosts": s.hosts}]}
+        "spec": {"selector": s.selector, "servers": [{"port": {"number": s.port, "name": "http-layergate", "protocol": "HTTP"}, "hosts": s.hosts}]}
     }));
     out.push(json!({
         "apiVersion": "networking.istio.io/v1", "kind": "VirtualService", "metadata": meta(NAME, s),
@@ -162,7 +192,7 @@ pub fn render(v: &Validation, s: &IstioSettings) -> Result<(Vec<Value>, Value)> 
     }));
     let mut patches = vec![json!({
         "applyTo": "HTTP_FILTER",
-        "match": {"context": "GATEWAY", "listener": {"filterChain": {"filter": {
+        "match": {"context": "GATEWAY", "listener": {"portNumber": s.port, "filterChain": {"filter": {
             "name": "envoy.filters.network.http_connection_manager", "subFilter": {"name": "envoy.filters.http.router"}}}}},
         "patch": {"operation": "INSERT_BEFORE", "value": {"name": "envoy.filters.http.buffer", "typed_config": {
             "@type": "type.googleapis.com/envoy.extensions.filters.http.buffer.v3.Buffer", "max_request_bytes": DEFAULT_BUFFER_LIMIT_BYTES}}},
@@ -170,7 +200,9 @@ pub fn render(v: &Validation, s: &IstioSettings) -> Result<(Vec<Value>, Value)> 
     for name in unbuffered {
         patches.push(json!({
             "applyTo": "HTTP_ROUTE",
-            "match": {"context": "GATEWAY", "routeConfiguration": {"vhost": {"route": {"name": name}}}},
+            // Plain-HTTP gateway route configurations are per port (`http.<port>`); Istio's
+            // `gateway` field matches only HTTPS servers' route configurations.
+            "match": {"context": "GATEWAY", "routeConfiguration": {"portNumber": s.port, "vhost": {"route": {"name": name}}}},
             "patch": {"operation": "MERGE", "value": {"typed_per_filter_config": {"envoy.filters.http.buffer": {
                 "@type": "type.googleapis.com/envoy.extensions.filters.http.buffer.v3.BufferPerRoute", "disabled": true}}}},
         }));

@@ -31,9 +31,14 @@ const USAGE: &str = "usage: layergate-operator COMMAND
                               VirtualService, EnvoyFilter; no credentials) and
                               OUT/ingressgateway-patch.yaml (the proxy's credential
                               environment). Environment: LAYERGATE_ISTIO_NAMESPACE
-                              (istio-system), LAYERGATE_ISTIO_SELECTOR (istio=ingressgateway),
+                              (layergate-ingress), LAYERGATE_ISTIO_SELECTOR
+                              (istio=layergate-ingressgateway: a dedicated gateway),
+                              LAYERGATE_ISTIO_GATEWAY_DEPLOYMENT (layergate-ingressgateway),
+                              LAYERGATE_ISTIO_PORT (8080, the Gateway port the WasmPlugin
+                              and EnvoyFilter are scoped to),
                               LAYERGATE_WASM_URL (oci://ghcr.io/layergate/layergate-filter:0.1.0),
-                              LAYERGATE_HOSTS (*, comma-separated), LAYERGATE_CONTROL_UPSTREAM
+                              LAYERGATE_HOSTS (*, comma-separated; the filter acts only for
+                              these), LAYERGATE_CONTROL_UPSTREAM
                               (HOST:PORT of the control API, not routed if unset)
   run --source kube [--namespace NS]
                               the controller in a cluster: watches the VectorStores, Indexes,
@@ -431,8 +436,17 @@ fn render_istio(dir: &Path, out: &Path, namespace: Option<&str>, allow: &Allowli
             .split(',')
             .map(str::to_owned)
             .collect(),
+        port: match std::env::var("LAYERGATE_ISTIO_PORT") {
+            Ok(p) => p
+                .parse()
+                .context("LAYERGATE_ISTIO_PORT must be a port number")?,
+            Err(_) => defaults.port,
+        },
         control,
-        gateway_deployment: defaults.gateway_deployment,
+        gateway_deployment: env_or(
+            "LAYERGATE_ISTIO_GATEWAY_DEPLOYMENT",
+            &defaults.gateway_deployment,
+        ),
     };
     let (resources, patch) = istio::render(&v, &settings)?;
     std::fs::create_dir_all(out)?;

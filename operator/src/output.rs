@@ -84,6 +84,8 @@ pub fn render(v: &Validation, settings: &Settings) -> Result<Rendering> {
             .map(|_| CONTROL_CLUSTER.to_owned()),
         app_cluster: None,
         credentials_from_env: false,
+        // The Envoy target's gateway serves only layergate: every host.
+        hosts: Vec::new(),
     };
     let config = render::filter_config(v, &options)?;
     let mut clusters = envoy::clusters_for(v);
@@ -94,6 +96,8 @@ pub fn render(v: &Validation, settings: &Settings) -> Result<Rendering> {
             port: *port,
             hostname: "layergate-control".into(),
             tls: false,
+            trusted_ca: None,
+            label: "the operator's control API".into(),
         });
     }
     let listener = envoy::Listener {

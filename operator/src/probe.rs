@@ -2,6 +2,11 @@
 //! credential, bounded by a timeout, a few at a time. `reachable` means the store answered at
 //! all; `Ready` needs a 2xx. TLS uses rustls with the Mozilla roots (webpki-roots); plain HTTP is
 //! only ever used for loopback endpoints (validation refuses it elsewhere).
+//!
+//! The probe sends the store credential, so it holds to the gateway's rule (SPEC §7, issue 11):
+//! the certificate must chain to a trusted root **and** name the endpoint's host (rustls checks
+//! the DNS name, or the IP address, against the certificate's subject alternative names). A
+//! certificate for another host fails the handshake, and the credential is never written.
 
 use crate::conditions::{condition, reason, READY};
 use crate::validate::{StoreEndpoint, ValidStore};
@@ -55,10 +60,40 @@ impl ProbeResult {
     }
 }
 
-fn tls_config() -> Arc<rustls::ClientConfig> {
-    let roots = rustls::RootCertStore {
-        roots: webpki_roots::TLS_SERVER_ROOTS.to_vec(),
-    };
+/// The roots a probe's TLS handshake trusts: the Mozilla roots (webpki-roots) in production;
+/// tests, or a store behind a private CA, add their own.
+#[derive(Clone)]
+pub struct Trust(Arc<rustls::ClientConfig>);
+
+impl std::fmt::Debug for Trust {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Trust")
+    }
+}
+
+impl Default for Trust {
+    /// The Mozilla roots.
+    fn default() -> Trust {
+        Trust(tls_config(rustls::RootCertStore {
+            roots: webpki_roots::TLS_SERVER_ROOTS.to_vec(),
+        }))
+    }
+}
+
+impl Trust {
+    /// Trusts exactly these CA certificates (DER), instead of the Mozilla roots.
+    pub fn only(cas: &[Vec<u8>]) -> Result<Trust, String> {
+        let mut roots = rustls::RootCertStore::empty();
+        for der in cas {
+            roots
+                .add(rustls::pki_types::CertificateDer::from(der.clone()))
+                .map_err(|e| format!("CA certificate: {e}"))?;
+        }
+        Ok(Trust(tls_config(roots)))
+    }
+}
+
+fn tls_config(roots: rustls::RootCertStore) -> Arc<rustls::ClientConfig> {
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let config = rustls::ClientConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()
@@ -75,7 +110,7 @@ fn tls_config() -> Arc<rustls::ClientConfig> {
     }
 }
 
-async fn request(endpoint: &StoreEndpoint, credential: &str) -> Result<u16, String> {
+async fn request(endpoint: &StoreEndpoint, credential: &str, trust: &Trust) -> Result<u16, String> {
     let host = endpoint
         .host
         .trim_start_matches('[')
@@ -106,7 +141,8 @@ async fn request(endpoint: &StoreEndpoint, credential: &str) -> Result<u16, Stri
     if endpoint.tls {
         let name = rustls::pki_types::ServerName::try_from(host.clone())
             .map_err(|e| format!("server name: {e}"))?;
-        let tls = tokio_rustls::TlsConnector::from(tls_config())
+        // The name the certificate must carry: the endpoint's host (rustls verifies it).
+        let tls = tokio_rustls::TlsConnector::from(trust.0.clone())
             .connect(name, tcp)
             .await
             .map_err(|e| format!("TLS: {e}"))?;
@@ -116,9 +152,19 @@ async fn request(endpoint: &StoreEndpoint, credential: &str) -> Result<u16, Stri
     }
 }
 
-/// Probes one store.
+/// Probes one store, trusting the Mozilla roots.
 pub async fn probe(endpoint: &StoreEndpoint, credential: &str, timeout: Duration) -> ProbeResult {
-    match tokio::time::timeout(timeout, request(endpoint, credential)).await {
+    probe_trusting(endpoint, credential, timeout, &Trust::default()).await
+}
+
+/// Probes one store, trusting the given roots.
+pub async fn probe_trusting(
+    endpoint: &StoreEndpoint,
+    credential: &str,
+    timeout: Duration,
+    trust: &Trust,
+) -> ProbeResult {
+    match tokio::time::timeout(timeout, request(endpoint, credential, trust)).await {
         Ok(Ok(status)) => ProbeResult::Answered(status),
         Ok(Err(why)) => ProbeResult::Unreachable(why),
         Err(_) => ProbeResult::Unreachable(format!("no answer within {} ms", timeout.as_millis())),

@@ -10,19 +10,19 @@ use layergate_filter::config::{
 };
 use layergate_filter::policy::{ConfigError, Policy};
 
-/// Envoy cluster name for a store (`store_<name>`, non-alphanumerics as `_`).
+/// Envoy cluster name for a store: `store_<name>`, keeping `a-z 0-9 -` and writing every
+/// other byte as `_` and two hex digits (`prod.eu` → `store_prod_2eeu`). Injective: `_` only
+/// ever starts an escape, so two stores never share a cluster (and so never each other's
+/// endpoint).
 pub fn store_cluster(store: &str) -> String {
-    let safe: String = store
-        .chars()
-        .map(|c| {
-            if c.is_ascii_alphanumeric() || c == '-' {
-                c
-            } else {
-                '_'
-            }
-        })
-        .collect();
-    format!("store_{safe}")
+    let mut out = String::from("store_");
+    for b in store.bytes() {
+        match b {
+            b'a'..=b'z' | b'0'..=b'9' | b'-' => out.push(char::from(b)),
+            _ => out.push_str(&format!("_{b:02x}")),
+        }
+    }
+    out
 }
 
 /// Options that are not part of the objects.
@@ -35,22 +35,27 @@ pub struct RenderOptions {
     /// Render store credentials as `{env: NAME}` (see [`credential_env`]) instead of inline:
     /// the Istio target, where the proxy's environment supplies them.
     pub credentials_from_env: bool,
+    /// The hosts the filter acts for (`FilterConfig::hosts`); empty: every host.
+    pub hosts: Vec<String>,
 }
 
 /// The VM environment variable carrying a store's credential when credentials come from the
-/// environment: `LAYERGATE_CREDENTIAL_<STORE>` (upper case, non-alphanumerics as `_`).
+/// environment: `LAYERGATE_CREDENTIAL_<STORE>`, a C identifier in which `a-z` are upper-cased,
+/// digits stay, `-` becomes `_`, and every other byte is written `x` and two lower-case hex
+/// digits (`prod-eu` → `…_PROD_EU`, `prod.eu` → `…_PRODx2eEU`). Injective: the literal
+/// characters are `A-Z 0-9 _` and a lower-case `x` only ever starts an escape, so two stores
+/// never read each other's credential.
 pub fn credential_env(store: &str) -> String {
-    let safe: String = store
-        .chars()
-        .map(|c| {
-            if c.is_ascii_alphanumeric() {
-                c.to_ascii_uppercase()
-            } else {
-                '_'
-            }
-        })
-        .collect();
-    format!("LAYERGATE_CREDENTIAL_{safe}")
+    let mut out = String::from("LAYERGATE_CREDENTIAL_");
+    for b in store.bytes() {
+        match b {
+            b'a'..=b'z' => out.push(char::from(b.to_ascii_uppercase())),
+            b'0'..=b'9' => out.push(char::from(b)),
+            b'-' => out.push('_'),
+            _ => out.push_str(&format!("x{b:02x}")),
+        }
+    }
+    out
 }
 
 /// Renders the filter configuration from one namespace's validation. Store credentials are
@@ -111,8 +116,61 @@ pub fn filter_config(v: &Validation, options: &RenderOptions) -> Result<FilterCo
             .map(|cluster| UpstreamConfig { cluster }),
         routes: Vec::new(),
         limits: Limits::default(),
+        hosts: options.hosts.clone(),
     };
     // Never publish what the filter would refuse.
     Policy::compile(&config, |_| None)?;
     Ok(config)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Names that a lossy mapping would merge: separators, case, the escape characters
+    /// themselves, and spellings of an escape.
+    const TRICKY: [&str; 14] = [
+        "prod-eu",
+        "prod.eu",
+        "prod_eu",
+        "prod--eu",
+        "prod-2eeu",
+        "prodx2eeu",
+        "prod_2eeu",
+        "PROD-EU",
+        "Prod-eu",
+        "prod-eu.",
+        "prod-eu-",
+        "prodéu",
+        "a",
+        "a-",
+    ];
+
+    #[test]
+    fn credential_variables_are_distinct_for_every_store_name() {
+        assert_eq!(credential_env("prod-eu"), "LAYERGATE_CREDENTIAL_PROD_EU");
+        assert_eq!(credential_env("prod.eu"), "LAYERGATE_CREDENTIAL_PRODx2eEU");
+        let names: std::collections::BTreeSet<String> =
+            TRICKY.iter().map(|s| credential_env(s)).collect();
+        assert_eq!(names.len(), TRICKY.len(), "{names:?}");
+        // Every one is a C identifier (what Istio's vmConfig.env and a container's env take).
+        for n in &names {
+            assert!(
+                n.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_'),
+                "{n}"
+            );
+        }
+    }
+
+    #[test]
+    fn store_clusters_are_distinct_for_every_store_name() {
+        assert_eq!(
+            store_cluster("turbopuffer-default"),
+            "store_turbopuffer-default"
+        );
+        assert_eq!(store_cluster("prod.eu"), "store_prod_2eeu");
+        let names: std::collections::BTreeSet<String> =
+            TRICKY.iter().map(|s| store_cluster(s)).collect();
+        assert_eq!(names.len(), TRICKY.len(), "{names:?}");
+    }
 }

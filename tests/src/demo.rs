@@ -54,6 +54,8 @@ pub fn gateway(
                 port: primary.port(),
                 hostname: "primary.devstore.local".into(),
                 tls: false,
+                trusted_ca: None,
+                label: layergate_operator::envoy::store_label("primary"),
             },
             Cluster {
                 name: "store_archive".into(),
@@ -61,6 +63,8 @@ pub fn gateway(
                 port: archive.port(),
                 hostname: "archive.devstore.local".into(),
                 tls: false,
+                trusted_ca: None,
+                label: layergate_operator::envoy::store_label("archive"),
             },
         ],
         buffer_limit_bytes: layergate_operator::envoy::DEFAULT_BUFFER_LIMIT_BYTES,

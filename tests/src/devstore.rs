@@ -60,11 +60,14 @@ struct State {
     namespaces: BTreeMap<String, Namespace>,
     seen: Vec<SeenRequest>,
     operations: u64,
+    /// TLS handshakes that did not complete (the client refused the certificate, or left).
+    failed_handshakes: usize,
 }
 
 /// A running devstore on a background thread; stops on drop.
 pub struct DevStore {
     addr: SocketAddr,
+    tls: bool,
     api_key: String,
     state: Arc<Mutex<State>>,
     shutdown: Option<tokio::sync::oneshot::Sender<()>>,
@@ -85,6 +88,25 @@ impl DevStore {
 
     /// Starts on a given address.
     pub fn start_on(addr: SocketAddr, api_key: &str) -> Result<DevStore> {
+        DevStore::start_with(addr, api_key, None)
+    }
+
+    /// Starts on `127.0.0.1:0` serving HTTPS with the given certificate: what a real store
+    /// is, for tests of the gateway's and the probe's upstream identity checks.
+    pub fn start_tls(api_key: &str, cert: &crate::tls::ServerCert) -> Result<DevStore> {
+        DevStore::start_with(
+            SocketAddr::from(([127, 0, 0, 1], 0)),
+            api_key,
+            Some(tokio_rustls::TlsAcceptor::from(cert.server_config()?)),
+        )
+    }
+
+    fn start_with(
+        addr: SocketAddr,
+        api_key: &str,
+        tls: Option<tokio_rustls::TlsAcceptor>,
+    ) -> Result<DevStore> {
+        let is_tls = tls.is_some();
         let listener = std::net::TcpListener::bind(addr)
             .with_context(|| format!("devstore: binding {addr}"))?;
         listener.set_nonblocking(true)?;
@@ -98,10 +120,11 @@ impl DevStore {
         let thread = std::thread::Builder::new()
             .name(format!("devstore-{}", addr.port()))
             .spawn(move || {
-                runtime.block_on(serve(listener, key, st, rx));
+                runtime.block_on(serve(listener, key, st, tls, rx));
             })?;
         Ok(DevStore {
             addr,
+            tls: is_tls,
             api_key: api_key.to_owned(),
             state,
             shutdown: Some(tx),
@@ -114,9 +137,16 @@ impl DevStore {
         self.addr
     }
 
-    /// `http://addr`.
+    /// `http://addr`, or `https://addr` for a TLS devstore.
     pub fn url(&self) -> String {
-        format!("http://{}", self.addr)
+        let scheme = if self.tls { "https" } else { "http" };
+        format!("{scheme}://{}", self.addr)
+    }
+
+    /// TLS handshakes that did not complete: a client that refused the certificate shows
+    /// here, and sent nothing ([`DevStore::requests`] stays empty).
+    pub fn failed_handshakes(&self) -> usize {
+        lock(&self.state).failed_handshakes
     }
 
     /// The key it accepts.
@@ -171,6 +201,7 @@ async fn serve(
     listener: std::net::TcpListener,
     key: String,
     state: Arc<Mutex<State>>,
+    tls: Option<tokio_rustls::TlsAcceptor>,
     mut stop: tokio::sync::oneshot::Receiver<()>,
 ) {
     let Ok(listener) = tokio::net::TcpListener::from_std(listener) else {
@@ -182,11 +213,22 @@ async fn serve(
             _ = &mut stop => return,
             accepted = listener.accept() => {
                 let Ok((stream, _)) = accepted else { continue };
-                let (key, state) = (key.clone(), state.clone());
+                let (key, state, tls) = (key.clone(), state.clone(), tls.clone());
                 tokio::spawn(async move {
-                    let service = hyper::service::service_fn(move |req| handle(req, key.clone(), state.clone()));
-                    let io = hyper_util::rt::TokioIo::new(stream);
-                    let _ = hyper::server::conn::http1::Builder::new().serve_connection(io, service).await;
+                    let st = state.clone();
+                    let service = hyper::service::service_fn(move |req| handle(req, key.clone(), st.clone()));
+                    let http = hyper::server::conn::http1::Builder::new();
+                    match tls {
+                        None => {
+                            let _ = http.serve_connection(hyper_util::rt::TokioIo::new(stream), service).await;
+                        }
+                        Some(acceptor) => match acceptor.accept(stream).await {
+                            Ok(stream) => {
+                                let _ = http.serve_connection(hyper_util::rt::TokioIo::new(stream), service).await;
+                            }
+                            Err(_) => lock(&state).failed_handshakes += 1,
+                        },
+                    }
                 });
             }
         }

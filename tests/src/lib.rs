@@ -9,5 +9,6 @@ pub mod h2;
 pub mod http;
 pub mod paths;
 pub mod python;
+pub mod tls;
 pub mod tour;
 pub mod wasm_host;

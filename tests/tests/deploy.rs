@@ -210,6 +210,18 @@ fn the_example_is_valid_for_the_crds_and_the_operator() {
     }
 }
 
+/// Istio's CRD schemas (`tests/python/istio_validate.py`) on a JSON array of resources:
+/// (passed, report).
+fn validate_istio(docs: &str) -> (bool, Value) {
+    let out = piped(
+        Command::new(paths::python().unwrap())
+            .arg(paths::repo_root().join("tests/python/istio_validate.py")),
+        docs,
+    );
+    let report: Value = serde_json::from_slice(&out.stdout).unwrap();
+    (out.status.success(), report)
+}
+
 /// `render --target istio` for the example (plus the Secret the README has the user create):
 /// every resource passes Istio's CRD schemas (strictly: no unknown field), credentials stay
 /// out of them, and the filter accepts the configuration the WasmPlugin carries.
@@ -248,15 +260,6 @@ fn the_istio_target_passes_istios_schemas_and_keeps_credentials_out() {
         ]
     );
 
-    let validate_istio = |docs: &str| {
-        let out = piped(
-            Command::new(paths::python().unwrap())
-                .arg(paths::repo_root().join("tests/python/istio_validate.py")),
-            docs,
-        );
-        let report: Value = serde_json::from_slice(&out.stdout).unwrap();
-        (out.status.success(), report)
-    };
     let (ok, report) = validate_istio(&text);
     assert!(ok, "{report}");
     assert_eq!(report["checked"], 6);
@@ -317,5 +320,173 @@ fn the_istio_target_passes_istios_schemas_and_keeps_credentials_out() {
     assert_eq!(
         disabled,
         ["layergate-store-turbopuffer-default", "layergate-control"]
+    );
+}
+
+/// Two stores whose names differ only by a separator (`prod-eu`, `prod.eu`), on a gateway that
+/// also serves other teams' hosts: each store's credential has its own variable, filled from
+/// its own Secret; every store's certificate must name its host; the WasmPlugin and the buffer
+/// EnvoyFilter apply to the layergate port only and the filter acts only for the Gateway's
+/// hosts. All of it passes Istio's schemas.
+#[test]
+fn the_istio_target_keeps_stores_apart_verifies_upstreams_and_is_scoped_to_its_gateway() {
+    use layergate_operator::istio::{self, IstioSettings};
+    let mut objects = manifests::Objects::default();
+    let store = |name: &str, secret: &str, region: &str, default: bool| {
+        format!(
+            "apiVersion: hevlayer.com/v1alpha1\nkind: VectorStore\nmetadata: {{name: {name}, namespace: layer}}\nspec:\n  kind: turbopuffer\n  default: {default}\n  endpoint: {{url: https://{region}.turbopuffer.com, region: {region}}}\n  credential: {{secretRef: {{name: {secret}, key: api-key}}}}\n  inboundAuth: {{mode: deriveFromStore}}\n"
+        )
+    };
+    objects.add_yaml("a", &store("prod-eu", "org-a", "gcp-europe-west3", true));
+    objects.add_yaml("b", &store("prod.eu", "org-b", "aws-eu-central-1", false));
+    objects.add_yaml("s", "apiVersion: v1\nkind: Secret\nmetadata: {name: org-a, namespace: layer}\nstringData: {api-key: tpuf_org_a}\n---\napiVersion: v1\nkind: Secret\nmetadata: {name: org-b, namespace: layer}\nstringData: {api-key: tpuf_org_b}\n");
+    assert!(objects.problems.is_empty(), "{:?}", objects.problems);
+    let v = validate::validate(&objects, "layer", 1_800_000_000);
+    let settings = IstioSettings {
+        hosts: vec!["vectors.example.com".into()],
+        ..IstioSettings::default()
+    };
+    let (resources, patch) = istio::render(&v, &settings).unwrap();
+    let (ok, report) = validate_istio(&serde_json::to_string(&resources).unwrap());
+    assert!(ok, "{report}");
+    let of =
+        |kind: &str| -> Vec<&Value> { resources.iter().filter(|r| r["kind"] == kind).collect() };
+
+    // One variable per store, each filled from that store's own Secret.
+    let plugin = &of("WasmPlugin")[0]["spec"];
+    let vars: Vec<&str> = plugin["vmConfig"]["env"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(vars.len(), 2);
+    assert_ne!(vars[0], vars[1], "two stores share a credential variable");
+    let env = patch["spec"]["template"]["spec"]["containers"][0]["env"]
+        .as_array()
+        .unwrap();
+    let secret_of = |var: &str| {
+        env.iter().find(|e| e["name"] == var).unwrap()["valueFrom"]["secretKeyRef"]["name"]
+            .as_str()
+            .unwrap()
+            .to_owned()
+    };
+    let config = serde_json::to_vec(&plugin["pluginConfig"]).unwrap();
+    let secrets = [("org-a", "tpuf_org_a"), ("org-b", "tpuf_org_b")];
+    let policy = layergate_filter::policy::Policy::from_json(&config, |var| {
+        let secret = secret_of(var);
+        secrets
+            .iter()
+            .find(|(s, _)| *s == secret)
+            .map(|(_, value)| (*value).to_owned())
+    })
+    .unwrap();
+    assert_eq!(policy.stores.len(), 2);
+    let credential_of = |store: &str| {
+        plugin["pluginConfig"]["stores"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|s| s["name"] == store)
+            .unwrap()["credential"]["env"]
+            .as_str()
+            .unwrap()
+            .to_owned()
+    };
+    assert_eq!(secret_of(&credential_of("prod-eu")), "org-a");
+    assert_eq!(secret_of(&credential_of("prod.eu")), "org-b");
+
+    // Each store's certificate must name its host.
+    for dr in of("DestinationRule") {
+        let host = dr["spec"]["host"].as_str().unwrap();
+        let tls = &dr["spec"]["trafficPolicy"]["tls"];
+        assert_eq!(tls["mode"], "SIMPLE");
+        assert_eq!(tls["sni"], host);
+        assert_eq!(tls["subjectAltNames"], serde_json::json!([host]), "{dr}");
+    }
+
+    // Scoped to the layergate port and hosts.
+    assert_eq!(
+        plugin["match"],
+        serde_json::json!([{"ports": [{"number": settings.port}]}])
+    );
+    assert_eq!(
+        plugin["pluginConfig"]["hosts"],
+        serde_json::json!(["vectors.example.com"])
+    );
+    let server = &of("Gateway")[0]["spec"]["servers"][0];
+    assert_eq!(server["port"]["number"], settings.port);
+    assert_eq!(server["hosts"], serde_json::json!(["vectors.example.com"]));
+    let patches = of("EnvoyFilter")[0]["spec"]["configPatches"]
+        .as_array()
+        .unwrap();
+    assert!(patches.len() >= 3);
+    for p in patches {
+        let m = &p["match"];
+        let port = if p["applyTo"] == "HTTP_FILTER" {
+            &m["listener"]["portNumber"]
+        } else {
+            &m["routeConfiguration"]["portNumber"]
+        };
+        assert_eq!(*port, settings.port, "{p}");
+    }
+    // The default is a dedicated gateway; `*` hosts render no host list (every host).
+    let defaults = IstioSettings::default();
+    assert_eq!(
+        defaults.selector.get("istio").map(String::as_str),
+        Some("layergate-ingressgateway")
+    );
+    let (resources, _) = istio::render(&v, &defaults).unwrap();
+    assert!(resources[0]["spec"]["pluginConfig"].get("hosts").is_none());
+}
+
+/// The control port (mint, revoke, and under `deriveFromStore` the store credential as the
+/// bootstrap bearer) admits the gateway pods and nothing else: a NetworkPolicy selects exactly
+/// the operator's pods, isolates their ingress, and names one peer, the gateway's pod labels
+/// in the same namespace, on the control port only.
+#[test]
+fn only_the_gateway_pods_may_reach_the_operators_control_port() {
+    let docs = kustomize("operator/deploy");
+    let policies: Vec<&Value> = docs
+        .iter()
+        .filter(|d| d["kind"] == "NetworkPolicy")
+        .collect();
+    assert_eq!(policies.len(), 1, "one NetworkPolicy in operator/deploy");
+    let spec = &policies[0]["spec"];
+    let labels = |name: &str| {
+        find(&docs, "Deployment", name)["spec"]["template"]["metadata"]["labels"].clone()
+    };
+    // A selector matches a pod when every one of its labels is on the pod.
+    let selects = |selector: &Value, pod: &Value| {
+        selector["matchLabels"]
+            .as_object()
+            .unwrap()
+            .iter()
+            .all(|(k, v)| pod[k] == *v)
+    };
+    let (operator, gateway) = (labels("layergate-operator"), labels("layergate-gateway"));
+    assert!(selects(&spec["podSelector"], &operator), "{spec}");
+    assert!(!selects(&spec["podSelector"], &gateway), "{spec}");
+    assert_eq!(spec["policyTypes"], serde_json::json!(["Ingress"]));
+    let rules = spec["ingress"].as_array().unwrap();
+    assert_eq!(rules.len(), 1, "{spec}");
+    let peers = rules[0]["from"].as_array().unwrap();
+    assert_eq!(peers.len(), 1, "{spec}");
+    // Same namespace only (no namespaceSelector, no ipBlock), the gateway's pods only.
+    assert!(peers[0].get("namespaceSelector").is_none() && peers[0].get("ipBlock").is_none());
+    assert!(selects(&peers[0]["podSelector"], &gateway), "{spec}");
+    assert!(!selects(&peers[0]["podSelector"], &operator), "{spec}");
+    // The control port, by the container port's name.
+    let container = &find(&docs, "Deployment", "layergate-operator")["spec"]["template"]["spec"]
+        ["containers"][0];
+    let control = container["ports"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["containerPort"] == 9902)
+        .unwrap();
+    assert_eq!(
+        rules[0]["ports"],
+        serde_json::json!([{"protocol": "TCP", "port": control["name"]}])
     );
 }

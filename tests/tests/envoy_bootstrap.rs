@@ -100,5 +100,16 @@ spec:
             && cds.contains("layergate_control"),
         "{cds}"
     );
+    // The certificate must name the store's host, not merely chain to a public root.
+    let cds: serde_json::Value = serde_json::from_str(&cds).unwrap();
+    let tls = &cds["resources"][0]["transport_socket"]["typed_config"];
+    assert_eq!(
+        tls["common_tls_context"]["validation_context"]["match_typed_subject_alt_names"],
+        serde_json::json!([{"san_type": "DNS", "matcher": {"exact": "aws-us-east-1.turbopuffer.com"}}])
+    );
+    assert_eq!(
+        tls["common_tls_context"]["validation_context"]["trusted_ca"]["filename"],
+        render::SYSTEM_CA_BUNDLE
+    );
     let _ = std::fs::remove_dir_all(&out);
 }

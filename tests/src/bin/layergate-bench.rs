@@ -142,6 +142,8 @@ fn with_cluster(yaml: &str, name: &str, addr: SocketAddr) -> Result<String> {
         port: addr.port(),
         hostname: name.into(),
         tls: false,
+        trusted_ca: None,
+        label: name.into(),
     }));
     Ok(serde_yaml::to_string(&v)?)
 }
@@ -512,6 +514,8 @@ fn reload_time(upstream: SocketAddr, keys: usize) -> Result<Duration> {
             port: c.port,
             hostname: c.hostname.clone(),
             tls: false,
+            trusted_ca: None,
+            label: c.label.clone(),
         })
         .collect();
     std::fs::write(dir.join("cds.json"), render::cds(&clusters))?;
