@@ -67,7 +67,7 @@ pub enum Decision {
 }
 
 /// Up to five header writes; `None` value removes the header.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct HeaderEdits<'p> {
     items: [(&'static str, Option<&'p str>); 5],
     len: usize,

@@ -58,6 +58,8 @@ pub struct RequestHead<'a> {
     pub method: &'a str,
     /// `:path` including the query string.
     pub path: &'a str,
+    /// `:authority` (Envoy maps HTTP/1.1's `Host` to it).
+    pub authority: &'a str,
     /// `authorization`.
     pub authorization: Authorization<'a>,
     /// `content-length`, when present and numeric.
@@ -80,6 +82,7 @@ impl<'a> RequestHead<'a> {
         let mut head = RequestHead {
             method: "",
             path: "",
+            authority: "",
             authorization: Authorization::Absent,
             content_length: None,
             content_encoding: None,
@@ -101,6 +104,7 @@ impl<'a> RequestHead<'a> {
                         ""
                     })
                 }
+                b":authority" => head.authority = text().unwrap_or_default(),
                 b"authorization" => {
                     head.authorization = match head.authorization {
                         // Envoy folds repeated headers into one, comma-separated; a bearer

@@ -214,6 +214,9 @@ pub struct Policy {
     pub rules: Vec<RouteRule>,
     /// `limits.inspectBodyBytes`.
     pub inspect_body_bytes: u64,
+    /// The hosts the filter acts for (lower-case; `*.` prefixed for one-label wildcards);
+    /// empty for every host.
+    pub hosts: Vec<Box<str>>,
 }
 
 /// SHA-256 of a token.
@@ -388,7 +391,34 @@ impl Policy {
             control_cluster: upstream(&cfg.control, "control")?,
             rules,
             inspect_body_bytes: cfg.limits.inspect_body_bytes,
+            hosts: cfg
+                .hosts
+                .iter()
+                .map(|h| compile_host(h))
+                .collect::<Result<_, _>>()?,
         })
+    }
+
+    /// True when the filter acts for a request to `authority` (`host[:port]`): every host when
+    /// no hosts are configured, else an exact name or a one-label `*.` wildcard, compared
+    /// case-insensitively without the port.
+    pub fn serves_host(&self, authority: &str) -> bool {
+        if self.hosts.is_empty() {
+            return true;
+        }
+        let host = match authority.rsplit_once(':') {
+            // `[::1]:8080`, `name:8080`; a bare IPv6 literal has no brackets to split after.
+            Some((h, port)) if port.bytes().all(|b| b.is_ascii_digit()) && !h.ends_with(':') => h,
+            _ => authority,
+        };
+        self.hosts
+            .iter()
+            .any(|pattern| match pattern.strip_prefix("*.") {
+                Some(suffix) => host.split_once('.').is_some_and(|(label, rest)| {
+                    !label.is_empty() && rest.eq_ignore_ascii_case(suffix)
+                }),
+                None => host.eq_ignore_ascii_case(pattern),
+            })
     }
 
     /// The store serving an upstream namespace: its Index's store, else the default.
@@ -396,6 +426,22 @@ impl Policy {
         ns.and_then(|ns| self.namespaces.get(ns).copied())
             .or(self.default_store)
     }
+}
+
+/// A `hosts[]` entry: a DNS name or IP literal, or `*.` and a DNS name; lower-cased.
+fn compile_host(h: &str) -> Result<Box<str>, ConfigError> {
+    let name = h.strip_prefix("*.").unwrap_or(h);
+    let ok = !name.is_empty()
+        && name.len() <= 253
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'-' | b':' | b'[' | b']'));
+    if !ok {
+        return invalid(format!(
+            "hosts entry {h:?} is not a host name, an IP literal or '*.' and a host name"
+        ));
+    }
+    Ok(h.to_ascii_lowercase().into_boxed_str())
 }
 
 fn compile_grantee(key: &str, target: &str, e: &Entitlement) -> Result<Grantee, ConfigError> {

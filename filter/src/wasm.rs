@@ -7,7 +7,9 @@
 #![allow(unsafe_code)] // Raw ABI calls: the SDK's wrappers allocate a String per header.
 
 use crate::config::FilterConfig;
-use crate::decision::{decide, must_strip, Decision, Inspection, Plan, INSPECT_HEADER};
+use crate::decision::{
+    decide, must_strip, Decision, HeaderEdits, Inspection, Plan, INSPECT_HEADER,
+};
 use crate::denial::Denial;
 use crate::headers::{pairs, RequestHead};
 use crate::policy::{ConfigError, Policy};
@@ -245,18 +247,24 @@ impl Request {
 fn apply_edits(policy: &Policy, plan: &Plan, header_buf: Option<&[u8]>) -> Result<(), Denial> {
     let edits = plan.header_edits(policy)?;
     if let Some(buf) = header_buf {
-        for (name, _) in pairs(buf) {
-            if must_strip(name, &edits) {
-                if let Ok(name) = std::str::from_utf8(name) {
-                    let _ = hostcalls::remove_map_value(MapType::HttpRequestHeaders, name);
-                }
-            }
-        }
+        strip_layergate_headers(buf, &edits);
     }
     for &(name, value) in edits.as_slice() {
         let _ = hostcalls::set_map_value(MapType::HttpRequestHeaders, name, value);
     }
     Ok(())
+}
+
+/// Removes the client's `x-layergate-*` headers that `edits` does not overwrite; `buf` is the
+/// serialized request map.
+fn strip_layergate_headers(buf: &[u8], edits: &HeaderEdits<'_>) {
+    for (name, _) in pairs(buf) {
+        if must_strip(name, edits) {
+            if let Ok(name) = std::str::from_utf8(name) {
+                let _ = hostcalls::remove_map_value(MapType::HttpRequestHeaders, name);
+            }
+        }
+    }
 }
 
 /// One `set_property` with `principal=… scope=… store=… decision=…` for access logs.
@@ -291,6 +299,15 @@ impl HttpContext for Request {
         let buf = request_header_buffer();
         let head = RequestHead::from_pairs(pairs(&buf));
         let head_strip = head.has_layergate_headers.then_some(buf.as_slice());
+        if !policy.serves_host(head.authority) {
+            // Another team's host on a shared gateway: no authentication, no credential, no
+            // routing header — only client `x-layergate-*` headers are removed, since the
+            // routing header is ours wherever it appears.
+            if let Some(buf) = head_strip {
+                strip_layergate_headers(buf, &HeaderEdits::default());
+            }
+            return Action::Continue;
+        }
         match decide(&policy, &head, now) {
             Decision::Forward(plan) => self.forward(&policy, &plan, head_strip, None),
             Decision::ForwardWithPath(plan, path) => {

@@ -1057,3 +1057,34 @@ fn federated_query_checks_every_namespace_on_its_own_store_for_every_caller() {
         Ok(())
     );
 }
+
+#[test]
+fn hosts_are_checked_when_compiled_and_matched_without_port_or_case() {
+    let mut v = demo_json();
+    v["hosts"] = json!(["vectors.example.com", "*.eu.example.com"]);
+    let p = policy_from(&v);
+    for yes in [
+        "vectors.example.com",
+        "Vectors.Example.com:443",
+        "a.eu.example.com",
+    ] {
+        assert!(p.serves_host(yes), "{yes}");
+    }
+    for no in [
+        "example.com",
+        "x.vectors.example.com",
+        "a.b.eu.example.com",
+        "eu.example.com",
+        "",
+    ] {
+        assert!(!p.serves_host(no), "{no}");
+    }
+    assert!(demo().serves_host("anything"), "no hosts: every host");
+    for bad in ["a b", "*", "*.", "x.*.com", "ex ample.com"] {
+        v["hosts"] = json!([bad]);
+        assert!(
+            Policy::from_json(v.to_string().as_bytes(), env).is_err(),
+            "{bad}"
+        );
+    }
+}

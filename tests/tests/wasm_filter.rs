@@ -163,3 +163,61 @@ fn restricted_key_body_is_checked_and_expiry_follows_the_host_clock() {
         matches!(vm.request(copy("shop-old")).unwrap(), Outcome::LocalReply(r) if r.status == 401)
     );
 }
+
+#[test]
+fn other_hosts_of_a_shared_gateway_pass_untouched() {
+    let mut cfg: serde_json::Value = serde_json::from_str(&demo::filter_config().unwrap()).unwrap();
+    cfg["hosts"] = serde_json::json!(["vectors.example.com", "*.vectors.example.org"]);
+    let mut vm = FilterHost::load(module(), &cfg.to_string(), ENV).unwrap();
+    let to = |authority: &str, token: &str| {
+        let mut r = Request::new("POST", "/v2/namespaces/shop-a/query")
+            .header("authorization", &format!("Bearer {token}"))
+            .header("x-layergate-cluster", "store_archive");
+        for (k, v) in &mut r.headers {
+            if k == ":authority" {
+                *v = authority.to_owned();
+            }
+        }
+        r
+    };
+    // Another team's host: its own Authorization stays, no store credential, no routing
+    // header (the client's is removed), even for a token layergate does not know.
+    for authority in [
+        "other.example.com",
+        "vectors.example.com.evil",
+        "a.b.vectors.example.org",
+    ] {
+        let Outcome::Forwarded { headers } = vm.request(to(authority, "their-own-token")).unwrap()
+        else {
+            panic!("{authority}: not passed through")
+        };
+        assert_eq!(
+            header(&headers, "authorization"),
+            Some("Bearer their-own-token")
+        );
+        assert_eq!(header(&headers, "x-layergate-cluster"), None, "{authority}");
+    }
+    // The gateway's own hosts (any case, with a port, one-label wildcard) are judged.
+    for authority in [
+        "vectors.example.com",
+        "VECTORS.example.com:8080",
+        "eu.vectors.example.org",
+    ] {
+        assert!(
+            matches!(vm.request(to(authority, "nope")).unwrap(), Outcome::LocalReply(r) if r.status == 401),
+            "{authority}"
+        );
+        let Outcome::Forwarded { headers } = vm.request(to(authority, "demo-read-token")).unwrap()
+        else {
+            panic!("{authority}")
+        };
+        assert_eq!(
+            header(&headers, "authorization"),
+            Some("Bearer tpuf-primary-dev-key")
+        );
+        assert_eq!(
+            header(&headers, "x-layergate-cluster"),
+            Some("store_primary")
+        );
+    }
+}
