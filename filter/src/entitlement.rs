@@ -331,6 +331,7 @@ pub fn authorize<'p>(
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
 

@@ -208,6 +208,7 @@ pub fn admitted(url: &str, allow: &Allowlist) -> Result<StoreEndpoint, String> {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::panic)]
 mod tests {
     use super::*;
 

@@ -1,6 +1,6 @@
 //! The generated CRDs: checked in and in sync, and hev layer's own manifests are accepted by
 //! the generated OpenAPI schemas unchanged.
-#![allow(clippy::unwrap_used, clippy::panic, missing_docs)]
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, missing_docs)]
 
 use kube::CustomResourceExt;
 use layergate_operator::crd::{self, ApiKey, Index, VectorStore};
