@@ -28,9 +28,15 @@ pub struct FilterConfig {
     /// Upstream namespace → store name, from Index objects.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub namespaces: BTreeMap<String, String>,
-    /// Minted ApiKeys that are usable (Active). Revoked keys are not rendered.
+    /// Minted ApiKeys that are usable (Active), for hand-written configurations. Revoked keys
+    /// are not listed. Not allowed together with [`FilterConfig::key_service`]: with a key
+    /// service, minted keys come only from it (SPEC §6), and the rendering no longer grows
+    /// with their number.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub api_keys: Vec<ApiKeyConfig>,
+    /// Where the filter syncs minted keys from: the operator's key service.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub key_service: Option<KeyServiceConfig>,
     /// Upstream for hev-layer-only routes (`app` target). Absent: those routes answer 404.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub app: Option<UpstreamConfig>,
@@ -106,6 +112,79 @@ pub struct InboundKey {
     pub scopes: Vec<Scope>,
     /// Lower-case hex SHA-256 of the token.
     pub sha256: String,
+}
+
+/// The operator's key service (SPEC §6), polled by the filter's root context with
+/// `dispatch_http_call`:
+///
+/// ```text
+///  GET {path}?since=<revision>&wait=<pollSeconds>      (no `since` on the first call)
+///  :authority: {authority}   authorization: Bearer <credential>
+///  → 200 application/json  SyncResponse
+/// ```
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct KeyServiceConfig {
+    /// The Envoy cluster of the operator's control port.
+    pub cluster: String,
+    /// `:authority` sent; default: the cluster name.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub authority: Option<String>,
+    /// The sync path; default [`DEFAULT_KEY_SYNC_PATH`].
+    #[serde(default = "default_key_sync_path")]
+    pub path: String,
+    /// The gateway credential the key service accepts (a bearer token).
+    pub credential: Credential,
+    /// How long the last table keeps serving minted tokens when syncs fail; after that they
+    /// get 503 until a sync succeeds. Default 300 s.
+    #[serde(default = "default_max_staleness")]
+    pub max_staleness_seconds: u64,
+    /// How long the key service may hold a sync open when nothing changed (long poll); the
+    /// filter's call times out 5 s after it. Default 30 s, at most 30.
+    #[serde(default = "default_poll_seconds")]
+    pub poll_seconds: u64,
+}
+
+/// Default path of the key service.
+pub const DEFAULT_KEY_SYNC_PATH: &str = "/v2/keys/sync";
+
+fn default_key_sync_path() -> String {
+    DEFAULT_KEY_SYNC_PATH.to_owned()
+}
+
+fn default_max_staleness() -> u64 {
+    300
+}
+
+fn default_poll_seconds() -> u64 {
+    30
+}
+
+/// What the key service answers (`GET /v2/keys/sync`).
+///
+/// - `snapshot: true`: `keys` is the whole table of usable keys (Active: not revoked; expired
+///   keys may be listed, the filter judges expiry by its clock), `removed` is empty. Sent on a
+///   first call, and whenever the service does not know `since` (another replica's or an old
+///   revision).
+/// - `snapshot: false`: the changes since `since`: `keys` are added or replaced (by `keyId`),
+///   `removed` are the `keyId`s to drop (deleted or revoked keys). Nothing new within the wait:
+///   the same `revision` and both lists empty.
+///
+/// `revision` is derived from the content (the same on every operator replica), never a
+/// per-process counter. Tokens are never sent, only `lookupHash`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct SyncResponse {
+    /// The revision this answer brings the caller to.
+    pub revision: String,
+    /// True when `keys` replaces the whole table.
+    pub snapshot: bool,
+    /// Keys added or replaced (the whole table for a snapshot).
+    #[serde(default)]
+    pub keys: Vec<ApiKeyConfig>,
+    /// `keyId`s removed (deltas only).
+    #[serde(default)]
+    pub removed: Vec<String>,
 }
 
 /// A minted ApiKey (hev layer's model).

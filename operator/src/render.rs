@@ -117,6 +117,7 @@ pub fn filter_config(v: &Validation, options: &RenderOptions) -> Result<FilterCo
         routes: Vec::new(),
         limits: Limits::default(),
         hosts: options.hosts.clone(),
+        key_service: None,
     };
     // Never publish what the filter would refuse.
     Policy::compile(&config, |_| None)?;
