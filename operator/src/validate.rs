@@ -520,12 +520,11 @@ fn validate_key(
             phase,
         )
     };
-    if !crate::keys::valid_key_name(&name) {
+    if !crate::keys::valid_object_name(&name) {
         return out(
             ApiKeyPhase::Pending,
             reason::INVALID_SPEC,
-            "metadata.name must be 1-63 lower-case letters, digits or '-' (a Kubernetes name)"
-                .into(),
+            "metadata.name must be 1-246 lower-case letters, digits, '-' or '.' (a Kubernetes name that leaves room for the apikey- prefix of its Secret)".into(),
             vec![],
             None,
         );
@@ -690,7 +689,17 @@ pub fn keep_last_valid(current: &mut Validation, previous: &Validation) {
         before: &[Verdict<T>],
         allowed: impl Fn(&Verdict<T>, &T) -> bool,
     ) {
+        // A name that is already valid now (a second document of the same name) never gets a
+        // second, carried form: two forms of one key would share a keyId, which the filter refuses.
+        let valid_now: Vec<String> = now
+            .iter()
+            .filter(|v| v.valid.is_some())
+            .map(|v| v.name.clone())
+            .collect();
         for v in now.iter_mut().filter(|v| v.valid.is_none()) {
+            if valid_now.contains(&v.name) {
+                continue;
+            }
             let Some(last) = before
                 .iter()
                 .find(|b| b.name == v.name)
