@@ -387,11 +387,17 @@ mod tests {
             expires_at: Some("10239-01-01T00:00:00Z".into()),
             entitlements: ents(&[("layer", grant(&[Scope::Read], None))]),
         };
-        assert!(check_api_key(&k).unwrap_err().contains("RFC 3339"));
+        assert!(check_api_key(&k)
+            .err()
+            .unwrap_or_default()
+            .contains("RFC 3339"));
         k.expires_at = Some("2027-01-01T00:00:00Z".into());
         assert_eq!(check_api_key(&k), Ok(()));
         k.entitlements = ents(&[("vectorstore.a", grant(&[], Some(&[])))]);
-        assert!(check_api_key(&k).unwrap_err().contains("empty namespaces"));
+        assert!(check_api_key(&k)
+            .err()
+            .unwrap_or_default()
+            .contains("empty namespaces"));
         k.entitlements = ents(&[("vectorstore.a", grant(&[], Some(&["a/b"])))]);
         assert!(check_api_key(&k).is_err());
         k.entitlements = ents(&[("bogus", grant(&[], None))]);
@@ -406,9 +412,13 @@ mod tests {
         assert!(grant_within("t", &admin, &rw).is_ok());
         assert!(grant_within("t", &admin, &admin).is_ok());
         assert!(grant_within("t", &rw, &read).is_ok());
-        assert!(grant_within("t", &read, &rw).unwrap_err().contains("write"));
+        assert!(grant_within("t", &read, &rw)
+            .err()
+            .unwrap_or_default()
+            .contains("write"));
         assert!(grant_within("t", &rw, &admin)
-            .unwrap_err()
+            .err()
+            .unwrap_or_default()
             .contains("admin"));
     }
 
@@ -447,7 +457,8 @@ mod tests {
         assert!(within(&held, &ok).is_ok());
         let other_store = ents(&[("vectorstore.archive", grant(&[Scope::Admin], None))]);
         assert!(within(&held, &other_store)
-            .unwrap_err()
+            .err()
+            .unwrap_or_default()
             .contains("vectorstore.archive"));
         let layer = ents(&[("layer", grant(&[Scope::Read], None))]);
         assert!(within(&held, &layer).is_err());

@@ -95,8 +95,7 @@ impl RateLimiter {
 pub fn client_address(headers: &[(String, String)], peer: IpAddr) -> IpAddr {
     headers
         .iter()
-        .rev()
-        .find(|(k, _)| k.eq_ignore_ascii_case("x-forwarded-for"))
+        .rfind(|(k, _)| k.eq_ignore_ascii_case("x-forwarded-for"))
         .and_then(|(_, v)| v.rsplit(',').next())
         .and_then(|a| a.trim().parse().ok())
         .unwrap_or(peer)

@@ -52,6 +52,19 @@ pub fn valid_key_name(name: &str) -> bool {
         && !name.ends_with('-')
 }
 
+/// True for a name an ApiKey manifest may have: a Kubernetes object name (lower-case letters,
+/// digits, `-` and `.`, starting and ending with a letter or digit) short enough that
+/// `apikey-<name>` is one too (246 characters).
+pub fn valid_object_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 246
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'.')
+        && name.starts_with(|c: char| c.is_ascii_alphanumeric())
+        && name.ends_with(|c: char| c.is_ascii_alphanumeric())
+}
+
 /// Name of the Secret holding an ApiKey's minted token.
 pub fn secret_name(api_key: &str) -> String {
     format!("apikey-{api_key}")

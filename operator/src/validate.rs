@@ -404,8 +404,9 @@ pub fn token_of<'a>(k: &ApiKey, ns: &str, objects: &'a Objects) -> Option<&'a st
 /// Why the Secret an ApiKey names may not serve as its token, if it may not. A token Secret is
 /// either owned by this very ApiKey (its uid: a Secret left by a deleted key of the same name
 /// is refused) or labelled `hevlayer.com/apikey-token: <key name>` (what the operator writes
-/// in directory mode and what a pre-provisioned Secret must carry), so an ApiKey cannot adopt
-/// an arbitrary Secret — a store credential, another key's token — as its token.
+/// in directory mode and what a pre-provisioned Secret must carry; `"true"` for a Secret
+/// holding many keys' tokens), so an ApiKey cannot adopt an arbitrary Secret — a store
+/// credential, another key's token — as its token.
 pub fn token_secret_refusal(k: &ApiKey, ns: &str, objects: &Objects) -> Option<String> {
     let name = k.metadata.name.as_deref().unwrap_or_default();
     let source = token_source(k);
@@ -427,7 +428,10 @@ pub fn token_secret_refusal(k: &ApiKey, ns: &str, objects: &Objects) -> Option<S
             None => None,
         };
     }
-    (marks.token_label.as_deref() != Some(name)).then(|| {
+    // `true` marks a Secret holding many keys' tokens (one data key each), for bulk
+    // provisioning; it is never deleted with one of them.
+    let marked = matches!(marks.token_label.as_deref(), Some(l) if l == name || l == "true");
+    (!marked).then(|| {
         format!(
             "Secret {ns}/{} is not marked as this key's token: label it {}={name} (or let the operator mint one)",
             source.name,
@@ -520,12 +524,11 @@ fn validate_key(
             phase,
         )
     };
-    if !crate::keys::valid_key_name(&name) {
+    if !crate::keys::valid_object_name(&name) {
         return out(
             ApiKeyPhase::Pending,
             reason::INVALID_SPEC,
-            "metadata.name must be 1-63 lower-case letters, digits or '-' (a Kubernetes name)"
-                .into(),
+            "metadata.name must be 1-246 lower-case letters, digits, '-' or '.' (a Kubernetes name that leaves room for the apikey- prefix of its Secret)".into(),
             vec![],
             None,
         );
@@ -690,7 +693,17 @@ pub fn keep_last_valid(current: &mut Validation, previous: &Validation) {
         before: &[Verdict<T>],
         allowed: impl Fn(&Verdict<T>, &T) -> bool,
     ) {
+        // A name that is already valid now (a second document of the same name) never gets a
+        // second, carried form: two forms of one key would share a keyId, which the filter refuses.
+        let valid_now: Vec<String> = now
+            .iter()
+            .filter(|v| v.valid.is_some())
+            .map(|v| v.name.clone())
+            .collect();
         for v in now.iter_mut().filter(|v| v.valid.is_none()) {
+            if valid_now.contains(&v.name) {
+                continue;
+            }
             let Some(last) = before
                 .iter()
                 .find(|b| b.name == v.name)

@@ -107,7 +107,7 @@ fn schema_rejects_typos_and_unknown_kinds_but_accepts_pinecone() {
 use serde::Deserialize as _;
 
 /// Evaluates `(pattern, value)` pairs with Python's `re` (the CRD patterns use only syntax
-/// that RE2, ECMAScript and Python read alike); `None` when python3 is missing.
+/// that RE2, ECMAScript and Python read alike).
 fn python_matches(pairs: &[(String, String)]) -> Vec<bool> {
     use std::io::Write;
     let mut child = std::process::Command::new("python3")
@@ -118,7 +118,9 @@ fn python_matches(pairs: &[(String, String)]) -> Vec<bool> {
         .stdin(std::process::Stdio::piped())
         .stdout(std::process::Stdio::piped())
         .spawn()
-        .expect("python3 (a prerequisite of make test) runs the CRD pattern check");
+        .unwrap_or_else(|e| {
+            panic!("python3 (a prerequisite of make test) runs the CRD pattern check: {e}")
+        });
     child
         .stdin
         .take()

@@ -251,3 +251,31 @@ fn a_store_outside_the_endpoint_allowlist_is_neither_rendered_nor_probed() {
         .iter()
         .any(|s| s.name == "archive" && s.valid.is_some()));
 }
+
+/// Two documents naming the same ApiKey would share a keyId, which the filter refuses: the
+/// later is left out (and never gets the first one's last valid form), the rest renders.
+#[test]
+fn an_api_key_named_twice_is_left_out_not_a_frozen_rendering() {
+    let (dir, out) = setup("twice");
+    let first = source::reconcile(&dir, &out, &settings(), None).unwrap();
+    let keys = std::fs::read_to_string(dir.join("apikeys.yaml")).unwrap();
+    std::fs::write(
+        dir.join("copy.apikey.yaml"),
+        keys.replace("shop-*", "logs-*"),
+    )
+    .unwrap();
+    let second = source::reconcile(&dir, &out, &settings(), Some(&first.validation)).unwrap();
+    let verdicts: Vec<_> = second
+        .validation
+        .keys
+        .iter()
+        .filter(|k| k.name == "shop-reader")
+        .collect();
+    assert_eq!(verdicts.len(), 2);
+    assert_eq!(verdicts.iter().filter(|k| k.valid.is_some()).count(), 1);
+    let config = std::fs::read_to_string(out.join("layergate.json")).unwrap();
+    assert!(
+        config.contains("shop-*") && !config.contains("logs-*"),
+        "{config}"
+    );
+}

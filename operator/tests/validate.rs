@@ -396,8 +396,11 @@ fn token_secret_ref_must_name_a_marked_secret_with_a_strong_token() {
         other.clone(),
     ]);
     assert_eq!(ready_reason(&v.keys[0].conditions).1, reason::INVALID_TOKEN);
-    // Marked for this key and strong: active.
+    // Marked for this key and strong: active; so is a Secret marked as holding many tokens.
     let good = other.replace("apikey-token: other", "apikey-token: k");
     let v = run(&[store("s", ""), key("k", &with_ref("pre", "token")), good]);
+    assert_eq!(v.phases["k"], ApiKeyPhase::Active);
+    let shared = other.replace("apikey-token: other", "apikey-token: \"true\"");
+    let v = run(&[store("s", ""), key("k", &with_ref("pre", "token")), shared]);
     assert_eq!(v.phases["k"], ApiKeyPhase::Active);
 }

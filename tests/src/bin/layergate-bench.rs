@@ -607,7 +607,7 @@ fn vm_linear_memory(config: &str) -> Result<(usize, usize)> {
 fn operator_render_time(keys: usize, indexes: usize) -> Result<Duration> {
     use layergate_operator::{manifests, output, validate};
     let mut yaml = String::from("apiVersion: v1\nkind: Secret\nmetadata: {name: layer, namespace: layer}\nstringData: {key: tpuf-key}\n---\napiVersion: hevlayer.com/v1alpha1\nkind: VectorStore\nmetadata: {name: primary, namespace: layer}\nspec: {kind: turbopuffer, default: true, endpoint: {url: \"https://aws-us-east-1.turbopuffer.com\"}, credential: {secretRef: {name: layer, key: key}}}\n");
-    let mut tokens = String::from("---\napiVersion: v1\nkind: Secret\nmetadata: {name: tokens, namespace: layer}\nstringData:\n");
+    let mut tokens = String::from("---\napiVersion: v1\nkind: Secret\nmetadata: {name: tokens, namespace: layer, labels: {hevlayer.com/apikey-token: \"true\"}}\nstringData:\n");
     for i in 0..keys {
         let _ = write!(yaml, "---\napiVersion: hevlayer.com/v1alpha1\nkind: ApiKey\nmetadata: {{name: k{i}, namespace: layer}}\nspec: {{entitlements: {{vectorstore.primary: {{scopes: [read], namespaces: [\"team-{i}-*\"]}}}}, tokenSecretRef: {{name: tokens, key: t{i}}}}}\n");
         let _ = writeln!(tokens, "  t{i}: {}", bench_token(i));
