@@ -9,6 +9,7 @@
 use crate::denial::Denial;
 use crate::entitlement::{self, Access, Allowed};
 use crate::headers::Authorization;
+use crate::keys::Unusable;
 use crate::policy::{token_hash, Grant, Mode, Policy, StoreId};
 
 /// Longest bearer token considered (hev layer tokens are ~36 characters).
@@ -101,7 +102,7 @@ impl Principal {
             Principal::Token(Grant::InboundKey { store, key, .. }) => {
                 &policy.stores[store].key_principals[key]
             }
-            Principal::Token(Grant::Minted(k)) => &policy.keys[k].principal,
+            Principal::Token(Grant::Minted(k)) => policy.keys.key(k).principal,
         }
     }
 }
@@ -134,7 +135,6 @@ pub fn authenticate(
         .get(&hash)
         .map(crate::policy::Grants::as_slice)
         .unwrap_or(&[]);
-    let mut expired = None;
     for &g in grants {
         match g {
             Grant::StoreCredential(id)
@@ -146,22 +146,36 @@ pub fn authenticate(
             Grant::InboundKey { store: id, .. } if id == store && s.mode == Mode::Keys => {
                 return Ok(Principal::Token(g))
             }
-            Grant::Minted(k) => match policy.keys[k].expires_at {
-                Some(at) if at <= now() => expired = Some(k),
-                _ => return Ok(Principal::Token(g)),
-            },
             _ => {}
         }
     }
-    Err(match expired {
-        Some(k) => Denial::invalid_token(format!(
-            "API key {:?} has expired; mint a new key",
-            policy.keys[k].name()
-        )),
-        None if grants.is_empty() => Denial::invalid_token(
+    // Not a credential of the configuration: a minted key, judged by a table that must be
+    // fresh (SPEC §6: fail closed, visibly).
+    if let Err(why) = policy.keys.usable(now()) {
+        return Err(Denial::unavailable(match why {
+            Unusable::NotLoaded => {
+                "the key table is not loaded yet (the gateway has not synced with the layergate key service); retry shortly"
+            }
+            Unusable::Stale => {
+                "the key table is stale (the gateway could not reach the layergate key service for longer than keyService.maxStalenessSeconds); minted keys are refused until it syncs"
+            }
+        }));
+    }
+    if let Some(k) = policy.keys.lookup(&hash) {
+        let key = policy.keys.key(k);
+        return match key.expires_at {
+            Some(at) if at <= now() => Err(Denial::invalid_token(format!(
+                "API key {:?} has expired; mint a new key",
+                key.name()
+            ))),
+            _ => Ok(Principal::Token(Grant::Minted(k))),
+        };
+    }
+    Err(match () {
+        () if grants.is_empty() => Denial::invalid_token(
             "the bearer token is not a known key (unknown, revoked or mistyped); check the token or mint a new key",
         ),
-        None => Denial::invalid_token(format!(
+        () => Denial::invalid_token(format!(
             "the bearer token is not accepted by store {:?} (inboundAuth mode {})",
             &*s.name,
             s.mode.as_str()

@@ -277,12 +277,13 @@ pub fn authorize<'p>(
         }
         Principal::Token(Grant::Minted(k)) => k,
     };
-    let key = &policy.keys[k];
+    let key = policy.keys.key(k);
     let target = TargetName(access.on, &policy.stores[store].name);
     let grant = match access.on {
-        On::Store => key.stores[store].as_ref(),
-        On::Layer => key.layer.as_ref(),
+        On::Store => key.grants.stores[store].as_ref(),
+        On::Layer => key.grants.layer.as_ref(),
         On::Agent(agent) => key
+            .grants
             .agents
             .iter()
             .find(|(a, _)| **a == *agent)

@@ -9,7 +9,7 @@ use std::fmt;
 
 /// A compiled namespace glob: `*` matches any run of characters, `?` exactly one; every other
 /// character matches itself.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct NamespaceGlob {
     pattern: Box<str>,
 }

@@ -23,6 +23,7 @@ pub mod denial;
 pub mod entitlement;
 pub mod glob;
 pub mod headers;
+pub mod keys;
 pub mod policy;
 pub mod route;
 pub mod scope;

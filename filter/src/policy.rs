@@ -15,10 +15,12 @@ use crate::config::{
     ApiKeyConfig, Credential, Entitlement, FilterConfig, InboundAuth, CONFIG_VERSION,
 };
 use crate::glob::NamespaceGlob;
+use crate::keys::{Freshness, KeyTable};
 use crate::route::{valid_namespace, RouteRule};
 use crate::scope::Scopes;
 use sha2::{Digest, Sha256};
 use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
 
 /// Index of a store in [`Policy::stores`].
 pub type StoreId = usize;
@@ -67,7 +69,7 @@ impl Mode {
 }
 
 /// A compiled store.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub struct Store {
     /// VectorStore name.
     pub name: Box<str>,
@@ -104,7 +106,7 @@ pub enum Grant {
 }
 
 /// One entitlement of a minted key, compiled.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct Grantee {
     /// Scopes granted.
     pub scopes: Scopes,
@@ -132,15 +134,10 @@ impl Grantee {
     }
 }
 
-/// A compiled minted ApiKey.
-#[derive(Debug)]
-pub struct MintedKey {
-    /// Principal name (`apikey:<name>`); [`MintedKey::name`] is its tail. (The key id is
-    /// checked for uniqueness when compiling and not kept: nothing on the request path needs
-    /// it, and at 100,000 keys every string per key is memory in every VM copy.)
-    pub principal: Box<str>,
-    /// Expiry in Unix seconds.
-    pub expires_at: Option<i64>,
+/// What a minted key's entitlements grant, compiled. Keys with the same entitlements share
+/// one (the key table interns them).
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct KeyGrants {
     /// `vectorstore.<name>` grants, indexed by [`StoreId`].
     pub stores: Vec<Option<Grantee>>,
     /// `layer` grant.
@@ -149,13 +146,13 @@ pub struct MintedKey {
     pub agents: Vec<(Box<str>, Grantee)>,
 }
 
-impl MintedKey {
-    /// The ApiKey's name.
-    pub fn name(&self) -> &str {
-        self.principal
-            .strip_prefix("apikey:")
-            .unwrap_or(&self.principal)
-    }
+/// A compiled minted ApiKey, before the key table stores it compactly.
+#[derive(Debug, Clone)]
+pub struct MintedKey {
+    /// Expiry in Unix seconds.
+    pub expires_at: Option<i64>,
+    /// What it grants.
+    pub grants: KeyGrants,
 }
 
 /// The grants one token carries: almost always one, held inline (no allocation per key).
@@ -194,7 +191,7 @@ fn add_grant(tokens: &mut HashMap<[u8; 32], Grants>, hash: [u8; 32], g: Grant) {
 }
 
 /// The compiled configuration.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub struct Policy {
     /// Stores by [`StoreId`].
     pub stores: Vec<Store>,
@@ -205,7 +202,9 @@ pub struct Policy {
     /// SHA-256(token) → grants.
     pub tokens: HashMap<[u8; 32], Grants>,
     /// Minted keys.
-    pub keys: Vec<MintedKey>,
+    pub keys: Arc<KeyTable>,
+    /// Where minted keys are synced from (`keyService`), resolved.
+    pub key_service: Option<KeyService>,
     /// `app` target cluster.
     pub app_cluster: Option<Box<str>>,
     /// `control` target cluster.
@@ -357,16 +356,20 @@ impl Policy {
             };
             namespaces.insert(ns.as_str().into(), id);
         }
-        let mut keys = Vec::with_capacity(cfg.api_keys.len());
-        let mut key_ids = HashSet::with_capacity(cfg.api_keys.len());
-        for k in &cfg.api_keys {
-            if !key_ids.insert(k.key_id.as_str()) {
-                return invalid(format!("apiKeys: keyId {:?} is used twice", k.key_id));
+        let keys = match &cfg.key_service {
+            Some(_) if !cfg.api_keys.is_empty() => {
+                return invalid(
+                    "apiKeys and keyService are exclusive: with a key service, minted keys come only from it",
+                )
             }
-            let hash = k.lookup_hash.0;
-            add_grant(&mut tokens, hash, Grant::Minted(keys.len()));
-            keys.push(compile_key(k, &by_name, stores.len())?);
-        }
+            Some(ks) => KeyTable::awaiting_sync(Arc::new(Freshness::new(ks.max_staleness_seconds))),
+            None => KeyTable::from_keys(&cfg.api_keys, &by_name, stores.len())?,
+        };
+        let key_service = cfg
+            .key_service
+            .as_ref()
+            .map(|ks| KeyService::compile(ks, &env))
+            .transpose()?;
         let rules = cfg
             .routes
             .iter()
@@ -386,7 +389,8 @@ impl Policy {
             default_store,
             namespaces,
             tokens,
-            keys,
+            keys: Arc::new(keys),
+            key_service,
             app_cluster: upstream(&cfg.app, "app")?,
             control_cluster: upstream(&cfg.control, "control")?,
             rules,
@@ -421,10 +425,84 @@ impl Policy {
             })
     }
 
+    /// Store name → id, as key compilation wants it.
+    pub fn store_ids(&self) -> HashMap<&str, StoreId> {
+        self.stores
+            .iter()
+            .enumerate()
+            .map(|(id, s)| (&*s.name, id))
+            .collect()
+    }
+
+    /// This policy with another key table (a key-service sync): everything else shared.
+    pub fn with_keys(&self, keys: KeyTable) -> Policy {
+        Policy {
+            keys: Arc::new(keys),
+            ..self.clone()
+        }
+    }
+
     /// The store serving an upstream namespace: its Index's store, else the default.
     pub fn store_for(&self, ns: Option<&str>) -> Option<StoreId> {
         ns.and_then(|ns| self.namespaces.get(ns).copied())
             .or(self.default_store)
+    }
+}
+
+/// The key service, resolved from `keyService` (SPEC §6).
+#[derive(Debug, Clone)]
+pub struct KeyService {
+    /// Envoy cluster of the operator's control port.
+    pub cluster: Box<str>,
+    /// `:authority` sent.
+    pub authority: Box<str>,
+    /// Sync path.
+    pub path: Box<str>,
+    /// `Bearer <gateway credential>`, or the environment variable that is not set.
+    pub bearer: Result<Box<str>, Box<str>>,
+    /// Long-poll hold asked for (≤ 30 s).
+    pub poll_seconds: u64,
+}
+
+impl KeyService {
+    fn compile(
+        ks: &crate::config::KeyServiceConfig,
+        env: &impl Fn(&str) -> Option<String>,
+    ) -> Result<KeyService, ConfigError> {
+        if !valid_cluster(&ks.cluster) {
+            return invalid(format!(
+                "keyService.cluster {:?} is not a valid Envoy cluster name",
+                ks.cluster
+            ));
+        }
+        if !ks.path.starts_with('/') || ks.path.contains(['?', '#']) {
+            return invalid(format!(
+                "keyService.path {:?} must start with '/' and carry no query",
+                ks.path
+            ));
+        }
+        if ks.max_staleness_seconds == 0 || ks.poll_seconds == 0 || ks.poll_seconds > 30 {
+            return invalid(
+                "keyService: maxStalenessSeconds must be > 0 and pollSeconds between 1 and 30",
+            );
+        }
+        let bearer = match &ks.credential {
+            Credential::Inline(v) if v.is_empty() => {
+                return invalid("keyService.credential.inline is empty")
+            }
+            Credential::Inline(v) => Ok(format!("Bearer {v}").into_boxed_str()),
+            Credential::Env(var) => match env(var).filter(|v| !v.is_empty()) {
+                Some(v) => Ok(format!("Bearer {v}").into_boxed_str()),
+                None => Err(var.as_str().into()),
+            },
+        };
+        Ok(KeyService {
+            cluster: ks.cluster.as_str().into(),
+            authority: ks.authority.as_deref().unwrap_or(&ks.cluster).into(),
+            path: ks.path.as_str().into(),
+            bearer,
+            poll_seconds: ks.poll_seconds,
+        })
     }
 }
 
@@ -465,7 +543,7 @@ fn compile_grantee(key: &str, target: &str, e: &Entitlement) -> Result<Grantee, 
     })
 }
 
-fn compile_key(
+pub(crate) fn compile_key(
     k: &ApiKeyConfig,
     stores: &HashMap<&str, StoreId>,
     store_count: usize,
@@ -483,23 +561,25 @@ fn compile_key(
         })?),
     };
     let mut key = MintedKey {
-        principal: format!("apikey:{}", k.name).into_boxed_str(),
         expires_at,
-        stores: vec![None; store_count],
-        layer: None,
-        agents: Vec::new(),
+        grants: KeyGrants {
+            stores: vec![None; store_count],
+            layer: None,
+            agents: Vec::new(),
+        },
     };
     for (target, e) in &k.entitlements {
         if let Some(store) = target.strip_prefix("vectorstore.") {
             // A target naming a store that does not exist grants nothing (the operator reports
             // EntitlementTargetMissing); it is not a config error.
             if let Some(&id) = stores.get(store) {
-                key.stores[id] = Some(compile_grantee(&k.name, target, e)?);
+                key.grants.stores[id] = Some(compile_grantee(&k.name, target, e)?);
             }
         } else if target == "layer" {
-            key.layer = Some(compile_grantee(&k.name, target, e)?);
+            key.grants.layer = Some(compile_grantee(&k.name, target, e)?);
         } else if let Some(agent) = target.strip_prefix("agent.").filter(|a| !a.is_empty()) {
-            key.agents
+            key.grants
+                .agents
                 .push((agent.into(), compile_grantee(&k.name, target, e)?));
         } else if target.strip_prefix("warehouse.").is_none_or(str::is_empty) {
             return invalid(format!(

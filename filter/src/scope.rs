@@ -42,7 +42,7 @@ impl fmt::Display for Scope {
 }
 
 /// A set of scopes, compiled from a config list.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
 pub struct Scopes(u8);
 
 impl Scopes {

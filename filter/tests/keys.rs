@@ -1,0 +1,230 @@
+//! The minted-key table from the key service (SPEC §6): snapshots, deltas, fail-closed rules,
+//! and what 100,000 keys cost in memory (live heap bytes, counted by the allocator).
+#![allow(unsafe_code, clippy::unwrap_used, clippy::panic, missing_docs)]
+
+use layergate_filter::config::{ApiKeyConfig, SyncResponse};
+use layergate_filter::decision::{decide, Decision};
+use layergate_filter::headers::{pairs, serialize, RequestHead};
+use layergate_filter::policy::Policy;
+use serde_json::json;
+use std::alloc::{GlobalAlloc, Layout, System};
+use std::sync::atomic::{AtomicI64, Ordering};
+
+struct Live;
+
+static LIVE: AtomicI64 = AtomicI64::new(0);
+
+// SAFETY: delegates to the system allocator; only counts live bytes.
+unsafe impl GlobalAlloc for Live {
+    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
+        LIVE.fetch_add(layout.size() as i64, Ordering::Relaxed);
+        unsafe { System.alloc(layout) }
+    }
+    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
+        LIVE.fetch_sub(layout.size() as i64, Ordering::Relaxed);
+        unsafe { System.dealloc(ptr, layout) }
+    }
+}
+
+#[global_allocator]
+static GLOBAL: Live = Live;
+
+const NOW: i64 = 1_795_528_719;
+
+fn token(i: usize) -> String {
+    format!("hvl_{i:0>32}")
+}
+
+fn key(i: usize, namespaces: Option<&[&str]>) -> ApiKeyConfig {
+    let mut e = json!({"scopes": ["read"]});
+    if let Some(n) = namespaces {
+        e["namespaces"] = json!(n);
+    }
+    serde_json::from_value(json!({
+        "keyId": format!("key_{i:024x}"),
+        "name": format!("tenant-{i}-reader"),
+        "lookupHash": format!("sha256:{}", hex_sha256(&token(i))),
+        "entitlements": {"vectorstore.primary": e},
+    }))
+    .unwrap()
+}
+
+fn hex_sha256(t: &str) -> String {
+    layergate_filter::policy::token_hash(t.as_bytes())
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+fn synced_policy() -> Policy {
+    let v = json!({
+        "version": 1,
+        "stores": [{"name": "primary", "cluster": "store_primary",
+                    "credential": {"inline": "store-key"}, "inboundAuth": {"mode": "deriveFromStore"}}],
+        "defaultStore": "primary",
+        "keyService": {"cluster": "layergate_control", "credential": {"inline": "gw"}, "maxStalenessSeconds": 300},
+    });
+    Policy::from_json(v.to_string().as_bytes(), |_| None).unwrap()
+}
+
+fn status(p: &Policy, token: &str, ns: &str, now: i64) -> u32 {
+    let auth = format!("Bearer {token}");
+    let path = format!("/v2/namespaces/{ns}/query");
+    let buf = serialize([
+        (":method", "POST"),
+        (":path", path.as_str()),
+        ("authorization", auth.as_str()),
+    ]);
+    match decide(p, &RequestHead::from_pairs(pairs(&buf)), || now) {
+        Decision::Deny(d) => d.status(),
+        _ => 200,
+    }
+}
+
+fn sync(p: &Policy, answer: SyncResponse, now: i64) -> Policy {
+    let table = p
+        .keys
+        .apply(&answer, &p.store_ids(), p.stores.len())
+        .unwrap();
+    let next = p.with_keys(table);
+    if let Some(f) = next.keys.freshness() {
+        f.synced(now);
+    }
+    next
+}
+
+fn answer(
+    revision: &str,
+    snapshot: bool,
+    keys: Vec<ApiKeyConfig>,
+    removed: &[String],
+) -> SyncResponse {
+    SyncResponse {
+        revision: revision.into(),
+        snapshot,
+        keys,
+        removed: removed.to_vec(),
+    }
+}
+
+#[test]
+fn minted_tokens_get_503_until_the_first_sync_and_after_max_staleness_store_credentials_never() {
+    let p = synced_policy();
+    assert_eq!(status(&p, &token(1), "a", NOW), 503);
+    assert_eq!(
+        status(&p, "store-key", "a", NOW),
+        200,
+        "the store credential works at once"
+    );
+    let p = sync(&p, answer("r1", true, vec![key(1, None)], &[]), NOW);
+    assert_eq!(status(&p, &token(1), "a", NOW), 200);
+    assert_eq!(status(&p, &token(2), "a", NOW), 401);
+    assert_eq!(status(&p, &token(1), "a", NOW + 300), 200);
+    assert_eq!(status(&p, &token(1), "a", NOW + 301), 503, "stale");
+    assert_eq!(status(&p, "store-key", "a", NOW + 10_000), 200);
+    // A later sync (even one that changes nothing) makes it fresh again.
+    p.keys.freshness().unwrap().synced(NOW + 400);
+    assert_eq!(status(&p, &token(1), "a", NOW + 401), 200);
+}
+
+#[test]
+fn deltas_add_replace_and_remove_by_key_id_and_keep_every_lookup_right() {
+    let p = synced_policy();
+    let p = sync(
+        &p,
+        answer("r1", true, (0..5).map(|i| key(i, None)).collect(), &[]),
+        NOW,
+    );
+    assert_eq!(p.keys.len(), 5);
+    // Remove a key in the middle and the first: the moved keys keep their tokens.
+    let p = sync(
+        &p,
+        answer(
+            "r2",
+            false,
+            vec![key(7, None)],
+            &[key(2, None).key_id, key(0, None).key_id],
+        ),
+        NOW,
+    );
+    assert_eq!(p.keys.revision(), Some("r2"));
+    for (i, want) in [(0, 401), (1, 200), (2, 401), (3, 200), (4, 200), (7, 200)] {
+        assert_eq!(status(&p, &token(i), "a", NOW), want, "token {i}");
+    }
+    // Replace key 3: narrower globs, and (re-minted) a new token under the same keyId.
+    let mut k3 = key(3, Some(&["shop-*"]));
+    k3.lookup_hash = key(9, None).lookup_hash;
+    let p = sync(&p, answer("r3", false, vec![k3], &[]), NOW);
+    assert_eq!(status(&p, &token(3), "shop-a", NOW), 401, "old token gone");
+    assert_eq!(status(&p, &token(9), "shop-a", NOW), 200);
+    assert_eq!(status(&p, &token(9), "hr", NOW), 403);
+    // A snapshot replaces everything.
+    let p = sync(&p, answer("r4", true, vec![key(4, None)], &[]), NOW);
+    assert_eq!(p.keys.len(), 1);
+    assert_eq!(status(&p, &token(1), "a", NOW), 401);
+    assert_eq!(status(&p, &token(4), "a", NOW), 200);
+}
+
+#[test]
+fn an_answer_with_a_key_the_filter_cannot_compile_changes_nothing() {
+    let p = synced_policy();
+    let p = sync(&p, answer("r1", true, vec![key(1, None)], &[]), NOW);
+    let mut bad = key(2, None);
+    bad.expires_at = Some("not a time".into());
+    assert!(p
+        .keys
+        .apply(
+            &answer("r2", false, vec![bad], &[key(1, None).key_id]),
+            &p.store_ids(),
+            1
+        )
+        .is_err());
+    assert_eq!(status(&p, &token(1), "a", NOW), 200);
+}
+
+#[test]
+fn static_api_keys_and_a_key_service_are_exclusive() {
+    let mut v: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../envoy/demo/layergate.json"
+        ))
+        .unwrap(),
+    )
+    .unwrap();
+    v["keyService"] = json!({"cluster": "c", "credential": {"inline": "gw"}});
+    let err = Policy::from_json(v.to_string().as_bytes(), |_| None).unwrap_err();
+    assert!(err.to_string().contains("exclusive"), "{err}");
+}
+
+/// SPEC §9: ≤ 12 MiB of table per VM copy at 100,000 keys. Counted natively (the wasm build
+/// has the same layout, 32-bit pointers making it smaller still).
+#[test]
+fn a_table_of_100_000_keys_fits_its_memory_budget() {
+    let p = synced_policy();
+    let keys: Vec<ApiKeyConfig> = (0..100_000)
+        .map(|i| {
+            key(
+                i,
+                if i % 2 == 0 {
+                    Some(&["shop-*"][..])
+                } else {
+                    None
+                },
+            )
+        })
+        .collect();
+    let stores = p.store_ids();
+    let snapshot = answer("r", true, keys, &[]);
+    let before = LIVE.load(Ordering::Relaxed);
+    let table = p.keys.apply(&snapshot, &stores, p.stores.len()).unwrap();
+    let bytes = LIVE.load(Ordering::Relaxed) - before;
+    drop(snapshot);
+    assert_eq!(table.len(), 100_000);
+    let mib = bytes as f64 / 1024.0 / 1024.0;
+    println!("key table at 100,000 keys: {mib:.1} MiB live heap");
+    assert!(
+        mib <= 12.0,
+        "key table at 100,000 keys: {mib:.1} MiB > 12 MiB"
+    );
+}
