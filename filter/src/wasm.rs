@@ -6,7 +6,7 @@
 //! Envoy stats once a second from the root context's tick.
 #![allow(unsafe_code)] // Raw ABI calls: the SDK's wrappers allocate a String per header.
 
-use crate::config::FilterConfig;
+use crate::config::{FilterConfig, SyncResponse};
 use crate::decision::{
     decide, must_strip, Decision, HeaderEdits, Inspection, Plan, INSPECT_HEADER,
 };
@@ -71,8 +71,8 @@ fn set_log_property(value: &str) {
     }
 }
 
-/// Counters, indexed by [`Counter`]; flushed to Envoy stats on tick.
-const COUNTERS: [&str; 9] = [
+/// Counters, indexed by position; flushed to Envoy stats on tick.
+const COUNTERS: [&str; 11] = [
     "layergate.allowed",
     "layergate.denied_400",
     "layergate.denied_401",
@@ -82,10 +82,18 @@ const COUNTERS: [&str; 9] = [
     "layergate.denied_415",
     "layergate.denied_503",
     "layergate.inspected_bodies",
+    "layergate.keys_syncs",
+    "layergate.keys_sync_failures",
 ];
+const SYNCED: usize = 9;
+const SYNC_FAILED: usize = 10;
+
+/// Gauge: seconds since the key table was last confirmed by the key service (since the
+/// configuration was loaded, before the first sync).
+const STALE_GAUGE: &str = "layergate.keys_stale_seconds";
 
 thread_local! {
-    static PENDING: [Cell<u64>; 9] = Default::default();
+    static PENDING: [Cell<u64>; 11] = Default::default();
     static LOG_LINE: RefCell<String> = RefCell::new(String::with_capacity(160));
 }
 
@@ -104,9 +112,151 @@ fn counter_for(label: &str) -> usize {
 struct Root {
     policy: Option<Rc<Policy>>,
     metric_ids: Vec<u32>,
+    stale_gauge: Option<u32>,
+    sync: Sync,
 }
 
-impl Context for Root {}
+/// The key-service sync loop's state (SPEC §6): one long poll in flight at a time; after a
+/// failure, retries back off from 1 s to 10 s.
+#[derive(Default)]
+struct Sync {
+    /// The call in flight and the revision it asked from.
+    in_flight: Option<(u32, Option<Box<str>>)>,
+    /// Unix seconds before which no new call is made (after failures).
+    not_before: i64,
+    failures: u32,
+    /// When the configuration was loaded (for the gauge before the first sync).
+    configured_at: i64,
+}
+
+impl Root {
+    /// Starts a sync when a key service is configured, none is in flight and no back-off holds.
+    fn sync_keys(&mut self) {
+        let Some(policy) = self.policy.clone() else {
+            return;
+        };
+        let Some(ks) = &policy.key_service else {
+            return;
+        };
+        if self.sync.in_flight.is_some() || now() < self.sync.not_before {
+            return;
+        }
+        let Ok(bearer) = ks.bearer.as_deref() else {
+            self.sync_failed("the keyService credential's environment variable is not set");
+            return;
+        };
+        let since = policy.keys.revision().map(Box::<str>::from);
+        let mut path = String::with_capacity(ks.path.len() + 96);
+        path.push_str(&ks.path);
+        let _ = write!(path, "?wait={}", ks.poll_seconds);
+        if let Some(rev) = &since {
+            path.push_str("&since=");
+            for b in rev.bytes() {
+                if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b'~') {
+                    path.push(char::from(b));
+                } else {
+                    let _ = write!(path, "%{b:02X}");
+                }
+            }
+        }
+        let call = self.dispatch_http_call(
+            &ks.cluster,
+            vec![
+                (":method", "GET"),
+                (":path", &path),
+                (":authority", &ks.authority),
+                ("authorization", bearer),
+            ],
+            None,
+            vec![],
+            std::time::Duration::from_secs(ks.poll_seconds + 5),
+        );
+        match call {
+            Ok(token) => self.sync.in_flight = Some((token, since)),
+            Err(_) => self.sync_failed("dispatch_http_call to the key service's cluster failed"),
+        }
+    }
+
+    fn sync_failed(&mut self, why: &str) {
+        self.sync.failures = self.sync.failures.saturating_add(1);
+        let backoff = 1i64 << self.sync.failures.min(4).saturating_sub(1);
+        self.sync.not_before = now().saturating_add(backoff.min(10));
+        count(SYNC_FAILED);
+        if self.sync.failures == 1 || self.sync.failures.is_multiple_of(30) {
+            let _ = hostcalls::log(
+                LogLevel::Warn,
+                &format!(
+                    "layergate: key service sync failed ({why}); {} failures in a row, the last table keeps serving until keyService.maxStalenessSeconds",
+                    self.sync.failures
+                ),
+            );
+        }
+    }
+
+    /// Applies a key-service answer: a new table swapped in whole, or nothing.
+    fn synced(&mut self, asked: Option<&str>, body: &[u8]) -> Result<(), String> {
+        let Some(policy) = self.policy.clone() else {
+            return Ok(());
+        };
+        let answer: SyncResponse = serde_json::from_slice(body)
+            .map_err(|e| format!("the answer is not a SyncResponse: {e}"))?;
+        // A delta only applies to the revision it was asked from (the table may have been
+        // replaced meanwhile by a new configuration).
+        if !answer.snapshot && policy.keys.revision() != asked {
+            return Err("a delta for a revision this table is not at".into());
+        }
+        if answer.snapshot || !answer.keys.is_empty() || !answer.removed.is_empty() {
+            let table = policy
+                .keys
+                .apply(&answer, &policy.store_ids(), policy.stores.len())
+                .map_err(|e| format!("the answer was refused: {e}"))?;
+            self.policy = Some(Rc::new(policy.with_keys(table)));
+        }
+        if let Some(f) = policy.keys.freshness() {
+            f.synced(now());
+        }
+        Ok(())
+    }
+}
+
+impl Context for Root {
+    fn on_http_call_response(
+        &mut self,
+        token: u32,
+        _num_headers: usize,
+        body_size: usize,
+        _num_trailers: usize,
+    ) {
+        let Some((expected, asked)) = self.sync.in_flight.take() else {
+            return;
+        };
+        if expected != token {
+            return;
+        }
+        let status = hostcalls::get_map_value(MapType::HttpCallResponseHeaders, ":status")
+            .ok()
+            .flatten();
+        let result = match status.as_deref() {
+            Some("200") => {
+                let body = hostcalls::get_buffer(BufferType::HttpCallResponseBody, 0, body_size)
+                    .ok()
+                    .flatten()
+                    .unwrap_or_default();
+                self.synced(asked.as_deref(), &body)
+            }
+            Some(other) => Err(format!("the key service answered {other}")),
+            None => Err("no answer (timeout or connection failure)".into()),
+        };
+        match result {
+            Ok(()) => {
+                self.sync.failures = 0;
+                count(SYNCED);
+            }
+            Err(why) => self.sync_failed(&why),
+        }
+        self.sync_keys();
+    }
+}
 
 impl RootContext for Root {
     fn on_configure(&mut self, _size: usize) -> bool {
@@ -149,8 +299,15 @@ impl RootContext for Root {
                         .iter()
                         .filter_map(|name| hostcalls::define_metric(MetricType::Counter, name).ok())
                         .collect();
+                    self.stale_gauge =
+                        hostcalls::define_metric(MetricType::Gauge, STALE_GAUGE).ok();
                 }
                 let _ = hostcalls::set_tick_period(std::time::Duration::from_secs(1));
+                self.sync = Sync {
+                    configured_at: now(),
+                    ..Sync::default()
+                };
+                self.sync_keys();
                 true
             }
             Err(e) => {
@@ -164,6 +321,16 @@ impl RootContext for Root {
     }
 
     fn on_tick(&mut self) {
+        if let (Some(policy), Some(gauge)) = (&self.policy, self.stale_gauge) {
+            if let Some(f) = policy.keys.freshness() {
+                let now = now();
+                let stale = f
+                    .stale_seconds(now)
+                    .unwrap_or_else(|| now.saturating_sub(self.sync.configured_at));
+                let _ = hostcalls::record_metric(gauge, u64::try_from(stale).unwrap_or(0));
+            }
+        }
+        self.sync_keys();
         PENDING.with(|p| {
             for (cell, id) in p.iter().zip(&self.metric_ids) {
                 let n = cell.replace(0);

@@ -19,11 +19,13 @@ const NOT_FOUND: i32 = 1;
 
 /// proxy-wasm buffer types used here.
 const HTTP_REQUEST_BODY: i32 = 0;
+const HTTP_CALL_RESPONSE_BODY: i32 = 4;
 const VM_CONFIGURATION: i32 = 6;
 const PLUGIN_CONFIGURATION: i32 = 7;
 
 /// proxy-wasm map type of the request headers.
 const HTTP_REQUEST_HEADERS: i32 = 0;
+const HTTP_CALL_RESPONSE_HEADERS: i32 = 6;
 
 /// A local reply the filter sent.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -96,6 +98,33 @@ struct HostState {
     metrics: Vec<(String, i64)>,
     properties: HashMap<String, Vec<u8>>,
     now_nanos: u64,
+    /// `dispatch_http_call`s made, in order.
+    calls: Vec<HttpCall>,
+    /// The answer being delivered to `proxy_on_http_call_response`.
+    call_response: (Vec<(String, String)>, Vec<u8>),
+}
+
+/// A `dispatch_http_call` the filter made.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HttpCall {
+    /// The token the host gave it.
+    pub token: u32,
+    /// The Envoy cluster it went to.
+    pub upstream: String,
+    /// Its headers (`:method`, `:path`, …).
+    pub headers: Vec<(String, String)>,
+    /// Its timeout in milliseconds.
+    pub timeout_ms: u32,
+}
+
+impl HttpCall {
+    /// A header value by (lower-case) name.
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v.as_str())
+    }
 }
 
 /// One loaded filter VM.
@@ -224,6 +253,7 @@ fn link(linker: &mut Linker<HostState>) -> Result<()> {
                 PLUGIN_CONFIGURATION => c.data().plugin_config.clone(),
                 VM_CONFIGURATION => Vec::new(),
                 HTTP_REQUEST_BODY => c.data().body.clone(),
+                HTTP_CALL_RESPONSE_BODY => c.data().call_response.1.clone(),
                 _ => return Ok(NOT_FOUND),
             };
             let start = usize::try_from(start)?.min(data.len());
@@ -271,16 +301,20 @@ fn link(linker: &mut Linker<HostState>) -> Result<()> {
         env,
         "proxy_get_header_map_value",
         |mut c: Caller<'_, HostState>,
-         _map: i32,
+         map: i32,
          kp: i32,
          kn: i32,
          ptr_ptr: i32,
          size_ptr: i32|
          -> Result<i32> {
             let key = read_str(&mut c, kp, kn)?.to_ascii_lowercase();
-            let value = c
-                .data()
-                .headers
+            let data = c.data();
+            let headers = if map == HTTP_CALL_RESPONSE_HEADERS {
+                &data.call_response.0
+            } else {
+                &data.headers
+            };
+            let value = headers
                 .iter()
                 .find(|(k, _)| *k == key)
                 .map(|(_, v)| v.clone());
@@ -532,6 +566,34 @@ fn link(linker: &mut Linker<HostState>) -> Result<()> {
         },
     )?;
     linker.func_wrap(
+        env,
+        "proxy_http_call",
+        |mut c: Caller<'_, HostState>,
+         up: i32,
+         un: i32,
+         hp: i32,
+         hn: i32,
+         _bp: i32,
+         _bn: i32,
+         _tp: i32,
+         _tn: i32,
+         timeout_ms: i32,
+         token_ptr: i32|
+         -> Result<i32> {
+            let upstream = read_str(&mut c, up, un)?;
+            let headers = deserialize(&read(&mut c, hp, hn)?);
+            let token = u32::try_from(c.data().calls.len())? + 1;
+            c.data_mut().calls.push(HttpCall {
+                token,
+                upstream,
+                headers,
+                timeout_ms: u32::try_from(timeout_ms).unwrap_or(0),
+            });
+            write(&mut c, token_ptr, &token.to_le_bytes())?;
+            Ok(OK)
+        },
+    )?;
+    linker.func_wrap(
         wasi,
         "proc_exit",
         |_: Caller<'_, HostState>, code: i32| -> Result<()> {
@@ -700,6 +762,26 @@ impl FilterHost {
                 headers: st.headers.clone(),
             },
         })
+    }
+
+    /// The `dispatch_http_call`s the filter has made so far.
+    pub fn calls(&self) -> Vec<HttpCall> {
+        self.store.data().calls.clone()
+    }
+
+    /// Answers call `token`: `status` (`None`: the call failed, no response) and `body`,
+    /// through `proxy_on_http_call_response` on the root context.
+    pub fn answer_call(&mut self, token: u32, status: Option<u16>, body: &[u8]) -> Result<()> {
+        let headers: Vec<(String, String)> = status
+            .map(|s| vec![(":status".to_owned(), s.to_string())])
+            .unwrap_or_default();
+        let n = i32::try_from(headers.len())?;
+        let size = i32::try_from(body.len())?;
+        self.store.data_mut().call_response = (headers, body.to_vec());
+        self.call::<(i32, i32, i32, i32, i32), ()>(
+            "proxy_on_http_call_response",
+            (ROOT, i32::try_from(token)?, n, size, 0),
+        )
     }
 
     /// Everything the filter logged.

@@ -221,3 +221,110 @@ fn other_hosts_of_a_shared_gateway_pass_untouched() {
         );
     }
 }
+
+/// The key-service sync loop of the root context (SPEC §6), driven through the ABI: the first
+/// call at configure, 503 for minted tokens until it answers, snapshot then deltas swapped in,
+/// a long poll asking from the revision it holds, back-off after a failure, the stale gauge,
+/// and 503 past maxStalenessSeconds while inbound keys keep working.
+#[test]
+fn minted_keys_come_from_the_key_service_and_fail_closed_when_it_is_gone() {
+    let mut cfg: serde_json::Value = serde_json::from_str(&demo::filter_config().unwrap()).unwrap();
+    let shop = cfg["apiKeys"][0].clone();
+    cfg.as_object_mut().unwrap().remove("apiKeys");
+    cfg["keyService"] = serde_json::json!({
+        "cluster": "layergate_control", "credential": {"inline": "gw-cred"},
+        "maxStalenessSeconds": 60, "pollSeconds": 20,
+    });
+    let mut vm = FilterHost::load(module(), &cfg.to_string(), ENV).unwrap();
+    let t0 = 1_795_528_719u64;
+    let query = |token: &str| {
+        Request::new("POST", "/v2/namespaces/shop-a/query")
+            .header("authorization", &format!("Bearer {token}"))
+    };
+    let status = |vm: &mut FilterHost, token: &str| match vm.request(query(token)).unwrap() {
+        Outcome::LocalReply(r) => r.status,
+        Outcome::Forwarded { .. } => 200,
+    };
+    let calls = vm.calls();
+    assert_eq!(calls.len(), 1, "the first sync starts at configure");
+    let first = &calls[0];
+    assert_eq!(first.upstream, "layergate_control");
+    assert_eq!(first.header(":path"), Some("/v2/keys/sync?wait=20"));
+    assert_eq!(first.header("authorization"), Some("Bearer gw-cred"));
+    assert_eq!(first.timeout_ms, 25_000);
+    assert_eq!(
+        status(&mut vm, layergate_tests::tour::SHOP_READER_TOKEN),
+        503
+    );
+    assert_eq!(
+        status(&mut vm, "demo-read-token"),
+        200,
+        "inbound keys work from the start"
+    );
+
+    let snapshot = serde_json::json!({"revision": "r1", "snapshot": true, "keys": [shop]});
+    vm.answer_call(1, Some(200), snapshot.to_string().as_bytes())
+        .unwrap();
+    assert_eq!(
+        status(&mut vm, layergate_tests::tour::SHOP_READER_TOKEN),
+        200
+    );
+    let calls = vm.calls();
+    assert_eq!(calls.len(), 2, "the next long poll starts at once");
+    assert_eq!(
+        calls[1].header(":path"),
+        Some("/v2/keys/sync?wait=20&since=r1")
+    );
+
+    // Revoked: a delta removes it.
+    let delta = serde_json::json!({"revision": "r2", "snapshot": false, "keys": [],
+                                   "removed": [shop["keyId"]]});
+    vm.answer_call(2, Some(200), delta.to_string().as_bytes())
+        .unwrap();
+    assert_eq!(
+        status(&mut vm, layergate_tests::tour::SHOP_READER_TOKEN),
+        401
+    );
+    // Minted again.
+    let delta =
+        serde_json::json!({"revision": "r3", "snapshot": false, "keys": [shop], "removed": []});
+    vm.answer_call(3, Some(200), delta.to_string().as_bytes())
+        .unwrap();
+    assert_eq!(
+        status(&mut vm, layergate_tests::tour::SHOP_READER_TOKEN),
+        200
+    );
+
+    // The key service goes away: no new call until the back-off passes; the table serves.
+    vm.answer_call(4, None, b"").unwrap();
+    assert_eq!(vm.calls().len(), 4);
+    vm.set_time(t0 + 2);
+    vm.tick().unwrap();
+    assert_eq!(vm.calls().len(), 5, "retried after the back-off");
+    vm.answer_call(5, Some(503), b"").unwrap();
+    vm.set_time(t0 + 30);
+    vm.tick().unwrap();
+    assert_eq!(vm.metric("layergate.keys_stale_seconds"), Some(30));
+    assert!(vm.metric("layergate.keys_sync_failures").unwrap_or(0) >= 2);
+    assert_eq!(
+        status(&mut vm, layergate_tests::tour::SHOP_READER_TOKEN),
+        200
+    );
+    // Past maxStalenessSeconds: minted tokens 503, inbound keys unaffected.
+    vm.set_time(t0 + 61);
+    assert_eq!(
+        status(&mut vm, layergate_tests::tour::SHOP_READER_TOKEN),
+        503
+    );
+    assert_eq!(status(&mut vm, "demo-read-token"), 200);
+    // It comes back: a sync with nothing new makes the table fresh again.
+    vm.tick().unwrap();
+    let last = vm.calls().last().unwrap().token;
+    let same = serde_json::json!({"revision": "r3", "snapshot": false, "keys": [], "removed": []});
+    vm.answer_call(last, Some(200), same.to_string().as_bytes())
+        .unwrap();
+    assert_eq!(
+        status(&mut vm, layergate_tests::tour::SHOP_READER_TOKEN),
+        200
+    );
+}
