@@ -14,6 +14,10 @@
 //!             Inspect(plan, rule)  → buffer body → body::check → forward or deny
 //!             Deny(denial)         → local reply {"status":"error","error":…}
 //! ```
+//!
+//! The operator validates with this crate's own checks — [`time`] (lifetimes, timestamps),
+//! [`entitlement`] (targets, a key's grants, containment of one grant in another), [`glob`]
+//! and [`route::valid_namespace`] — so it refuses exactly what the filter refuses.
 
 pub mod auth;
 pub mod body;

@@ -26,6 +26,7 @@ use hyper::body::Incoming;
 use hyper::StatusCode;
 use layergate_filter::decision::{decide, Decision, Principal};
 use layergate_filter::headers::{pairs, serialize, RequestHead};
+use layergate_filter::policy::Grant;
 use serde_json::{json, Value};
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
@@ -291,6 +292,12 @@ impl Api {
         if let ("POST", ["v2", "keys", "authenticate"]) = (method, segs.as_slice()) {
             return Ok(self.authenticate(&pass, body, client_address(headers, peer)));
         }
+        // `open` ignores tokens on the data plane; key management still needs one, so a
+        // minted key's token counts here (a `layer` admin manages keys in an open install).
+        let principal = match principal {
+            Principal::Open => minted_bearer(&pass, headers).unwrap_or(principal),
+            p => p,
+        };
         let caller = authority::caller(&pass.policy, &pass.config.api_keys, principal);
         if segs.get(..2) == Some(&["v2", "keys"]) && caller == Caller::Anonymous {
             return Ok(error(
@@ -416,6 +423,37 @@ fn check(
         | Decision::ForwardWithPath(plan, _)
         | Decision::Inspect(plan, _) => Ok(plan.principal),
     }
+}
+
+/// The minted key (active, not expired) whose token is the request's bearer, if any.
+fn minted_bearer(pass: &Pass, headers: &[(String, String)]) -> Option<Principal> {
+    let value = headers
+        .iter()
+        .find(|(k, _)| k.eq_ignore_ascii_case("authorization"))?
+        .1
+        .trim();
+    let (scheme, token) = value.split_once(' ')?;
+    if !scheme.eq_ignore_ascii_case("bearer") {
+        return None;
+    }
+    let grants = pass
+        .policy
+        .tokens
+        .get(&layergate_filter::policy::token_hash(
+            token.trim().as_bytes(),
+        ))?;
+    grants.as_slice().iter().find_map(|g| match *g {
+        Grant::Minted(k)
+            if pass
+                .policy
+                .keys
+                .get(k)
+                .is_some_and(|m| m.expires_at.is_none_or(|at| at > now())) =>
+        {
+            Some(Principal::Token(*g))
+        }
+        _ => None,
+    })
 }
 
 /// The keys `caller` may see, in hev layer's shape.

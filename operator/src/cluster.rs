@@ -335,6 +335,42 @@ impl Cluster {
         Ok(minted)
     }
 
+    /// Makes each pre-provisioned token Secret (labelled for exactly one ApiKey, not owned)
+    /// owned by that ApiKey, so that deleting the key — with kubectl as through the API —
+    /// deletes its token too, and a new key of the same name never finds the old token.
+    /// Returns how many Secrets it adopted.
+    pub async fn adopt_token_secrets(&self, objects: &Objects) -> Result<usize> {
+        let mut adopted = 0;
+        for k in &objects.keys {
+            let name = k.name_any();
+            let source = validate::token_source(k);
+            let unowned_and_ours = objects
+                .secret_marks
+                .get(&(self.namespace.clone(), source.name.clone()))
+                .is_some_and(|m| {
+                    m.apikey_owners.is_empty() && m.token_label.as_deref() == Some(name.as_str())
+                });
+            let Some(reference) = owner(k).filter(|_| unowned_and_ours) else {
+                continue;
+            };
+            // Not a controller: the user created it; the key only takes it along when deleted.
+            let reference = OwnerReference {
+                controller: None,
+                ..reference
+            };
+            let patch = serde_json::json!({"metadata": {"ownerReferences": [reference]}});
+            self.api::<Secret>()
+                .patch(&source.name, &PatchParams::default(), &Patch::Merge(&patch))
+                .await
+                .with_context(|| {
+                    format!("making ApiKey {name} the owner of Secret {}", source.name)
+                })?;
+            tracing::info!(apikey = %name, secret = %source.name, "token Secret now owned by its ApiKey");
+            adopted += 1;
+        }
+        Ok(adopted)
+    }
+
     /// Writes the rendering into the output Secret when its data differs; true if written.
     pub async fn publish(&self, files: &[(&'static str, String)]) -> Result<bool> {
         let secrets = self.api::<Secret>();
@@ -542,6 +578,7 @@ impl Cluster {
         let mut objects = self.read().await.at(Step::Read)?;
         if leader {
             writes.minted = self.mint_missing(&objects).await.at(Step::Mint)?;
+            self.adopt_token_secrets(&objects).await.at(Step::Mint)?;
             if writes.minted > 0 {
                 objects = self.read().await.at(Step::Read)?;
             }

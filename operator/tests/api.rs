@@ -202,6 +202,17 @@ fn open_mode_never_opens_key_management() {
         assert_eq!(status, 401, "{method} {path}: {reply}");
     }
     assert!(f.config().contains("\"shop-reader\""), "untouched");
+    // A minted `layer` admin still manages keys there (tokens count for key management).
+    let token = "hvl_OpenLayerAdmin0123456789abcdefABCDEF";
+    std::fs::write(
+        f.dir.join("root.apikey.yaml"),
+        format!("apiVersion: hevlayer.com/v1alpha1\nkind: ApiKey\nmetadata: {{name: root, namespace: layer}}\nspec:\n  entitlements: {{layer: {{scopes: [admin]}}}}\n  tokenSecretRef: {{name: root-token, key: token}}\n---\napiVersion: v1\nkind: Secret\nmetadata: {{name: root-token, namespace: layer, labels: {{hevlayer.com/apikey-token: root}}}}\nstringData: {{token: {token}}}\n"),
+    )
+    .unwrap();
+    f.source.refresh().unwrap();
+    let (status, body) = f.call("GET", "/v2/keys", Some(token), Value::Null);
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["keys"].as_array().unwrap().len(), 2, "{body}");
     // authenticate needs no bearer in any mode.
     let (status, _) = f.call(
         "POST",

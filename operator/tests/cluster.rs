@@ -1036,3 +1036,29 @@ async fn two_controllers_one_writer_and_a_graceful_hand_over() {
         Some("b")
     );
 }
+
+/// A pre-provisioned token Secret (the demo's `apikey-shop-reader`, labelled for its key) is
+/// made owned by its ApiKey, so `kubectl delete apikey` takes the token along and a new key of
+/// the same name cannot find it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pre_provisioned_token_secret_is_taken_along_when_its_key_is_deleted() {
+    let client = builder().build().await.unwrap();
+    let c = leader(&client);
+    c.pass().await.unwrap();
+    let key = api::<ApiKey>(&client).get("shop-reader").await.unwrap();
+    let s = api::<Secret>(&client)
+        .get("apikey-shop-reader")
+        .await
+        .unwrap();
+    let owners = s.metadata.owner_references.unwrap_or_default();
+    assert_eq!(owners.len(), 1, "{owners:?}");
+    assert_eq!(Some(&owners[0].uid), key.metadata.uid.as_ref());
+    assert_eq!(owners[0].kind, "ApiKey");
+    // The next pass has nothing to adopt.
+    c.pass().await.unwrap();
+    let again = api::<Secret>(&client)
+        .get("apikey-shop-reader")
+        .await
+        .unwrap();
+    assert_eq!(again.metadata.owner_references.unwrap_or_default().len(), 1);
+}
