@@ -403,6 +403,13 @@ pub fn classify<'a>(rules: &[RouteRule], method: &str, path: &'a str) -> Result<
     }
     let s = segments(path);
     let segs = s.get();
+    // The key service is internal (SPEC §6): the gateways reach the operator on its own
+    // cluster; through the public listener the route does not exist, for any caller.
+    if let ["v2", "keys", "sync", ..] = segs {
+        return Err(Denial::no_upstream(
+            "the layergate key service (internal: gateways sync from the operator directly)",
+        ));
+    }
     let mut route = match rules.iter().find(|r| r.matches(method, segs)) {
         Some(rule) => route(rule.scope, rule.target),
         None if s.overflow => unknown(if method == "GET" { READ } else { ADMIN }),

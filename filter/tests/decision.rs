@@ -1088,3 +1088,22 @@ fn hosts_are_checked_when_compiled_and_matched_without_port_or_case() {
         );
     }
 }
+
+#[test]
+fn the_key_service_is_never_routed_from_the_public_listener() {
+    let mut v = demo_json();
+    v["control"] = json!({"cluster": "layergate_control"});
+    let p = policy_from(&v);
+    for (method, path) in [
+        ("GET", "/v2/keys/sync"),
+        ("GET", "/v2/keys/sync?since=r1"),
+        ("POST", "/v2/keys/sync/x"),
+    ] {
+        for token in ["demo-admin-token", "tpuf-primary-dev-key", "nope"] {
+            let d = denied(call(&p, method, path, token));
+            assert_eq!(d.status(), 404, "{method} {path} {token}");
+        }
+    }
+    // The other key routes still reach the control API.
+    forward(call(&p, "GET", "/v2/keys/shop-reader", "demo-admin-token"));
+}
