@@ -10,6 +10,7 @@ use layergate_filter::body;
 use layergate_filter::decision::{decide, Decision, Plan};
 use layergate_filter::headers::{pairs, serialize, RequestHead};
 use layergate_filter::policy::Policy;
+use layergate_filter::route::Target;
 use std::io::Write;
 use std::sync::OnceLock;
 
@@ -55,16 +56,14 @@ fn decode(s: &str, plus: bool) -> String {
     let mut i = 0;
     while i < b.len() {
         match b[i] {
-            b'%' if i + 2 < b.len() => {
-                match (hex(b[i + 1]), hex(b[i + 2])) {
-                    (Some(h), Some(l)) => {
-                        out.push(h * 16 + l);
-                        i += 3;
-                        continue;
-                    }
-                    _ => out.push(b'%'),
+            b'%' if i + 2 < b.len() => match (hex(b[i + 1]), hex(b[i + 2])) {
+                (Some(h), Some(l)) => {
+                    out.push(h * 16 + l);
+                    i += 3;
+                    continue;
                 }
-            }
+                _ => out.push(b'%'),
+            },
             b'+' if plus => out.push(b' '),
             c => out.push(c),
         }
@@ -74,9 +73,10 @@ fn decode(s: &str, plus: bool) -> String {
 }
 
 /// Panics when a forwarded request of the restricted key names a namespace outside
-/// `shop-*` in its path, or lists namespaces without a `shop-` prefix, as a lenient store
-/// would read them: percent-decoded, case-insensitive, `;` parameters stripped or kept.
-fn judge_path(forwarded: &str) {
+/// `shop-*` in its path, or (going to a store) lists namespaces without a `shop-` prefix, as
+/// a lenient server would read them: percent-decoded, case-insensitive, `;` parameters
+/// stripped or kept.
+fn judge_path(forwarded: &str, to_store: bool) {
     let (path, query) = forwarded.split_once('?').unwrap_or((forwarded, ""));
     let decoded = decode(path, false);
     let segments: Vec<&str> = decoded.split('/').collect();
@@ -95,9 +95,13 @@ fn judge_path(forwarded: &str) {
         }
     }
     // A listing: the path ends at `namespaces` (any case, any `;` parameters).
-    let listing = segments
-        .last()
-        .is_some_and(|s| s.split(';').next().unwrap_or("").eq_ignore_ascii_case("namespaces"));
+    let listing = to_store
+        && segments.last().is_some_and(|s| {
+            s.split(';')
+                .next()
+                .unwrap_or("")
+                .eq_ignore_ascii_case("namespaces")
+        });
     if listing {
         let mut prefixes = 0;
         for param in query.split(['&', ';']) {
@@ -108,7 +112,10 @@ fn judge_path(forwarded: &str) {
                 assert!(allowed(&v), "forwarded {forwarded:?}: lists prefix {v:?}");
             }
         }
-        assert!(prefixes >= 1, "forwarded {forwarded:?}: a listing without prefix");
+        assert!(
+            prefixes >= 1,
+            "forwarded {forwarded:?}: a listing without prefix"
+        );
     }
 }
 
@@ -116,16 +123,22 @@ fn judge_path(forwarded: &str) {
 fn judge(decision: &Decision, path: &str) {
     match decision {
         Decision::Forward(plan) | Decision::Inspect(plan, _) if plan.restricted => {
-            judge_path(path)
+            judge_path(path, plan.target == Target::Store)
         }
-        Decision::ForwardWithPath(plan, p) if plan.restricted => judge_path(p),
+        Decision::ForwardWithPath(plan, p) if plan.restricted => {
+            judge_path(p, plan.target == Target::Store)
+        }
         _ => {}
     }
 }
 
 fn run(method: &str, path: &str, extra: &[(&str, &str)]) -> Decision {
     let auth = format!("Bearer {SHOP}");
-    let mut headers = vec![(":method", method), (":path", path), ("authorization", auth.as_str())];
+    let mut headers = vec![
+        (":method", method),
+        (":path", path),
+        ("authorization", auth.as_str()),
+    ];
     headers.extend_from_slice(extra);
     let buf = serialize(headers.iter().copied());
     decide(policy(), &RequestHead::from_pairs(pairs(&buf)), || NOW)
@@ -150,13 +163,18 @@ pub fn route(data: &[u8]) {
     let method = METHODS[m as usize % METHODS.len()];
     if let Ok(r) = layergate_filter::route::classify(&policy().rules, method, path) {
         if let Some(ns) = r.namespace {
-            assert!(layergate_filter::route::valid_namespace(ns), "{path:?} → {ns:?}");
+            assert!(
+                layergate_filter::route::valid_namespace(ns),
+                "{path:?} → {ns:?}"
+            );
             assert!(path.contains(ns));
         }
     }
 }
 
-const METHODS: [&str; 8] = ["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS", "get"];
+const METHODS: [&str; 8] = [
+    "GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS", "get",
+];
 
 /// A request line of the restricted key (first byte picks the method): the path, its query
 /// string and the decision obey the oracle.
@@ -195,8 +213,15 @@ fn judge_body(route: &str, json: &[u8]) {
     for field in ["copy_from_namespace", "branch_from_namespace"] {
         match fields.get(field) {
             Some(serde_json::Value::Object(o)) => {
-                check(field, o.get("source_namespace").unwrap_or(&serde_json::Value::Null));
-                assert!(!o.contains_key("source_api_key"), "{route}: source_api_key accepted");
+                check(
+                    field,
+                    o.get("source_namespace")
+                        .unwrap_or(&serde_json::Value::Null),
+                );
+                assert!(
+                    !o.contains_key("source_api_key"),
+                    "{route}: source_api_key accepted"
+                );
             }
             Some(v) => check(field, v),
             None => {}
@@ -207,10 +232,15 @@ fn judge_body(route: &str, json: &[u8]) {
             check(field, v);
         }
     }
-    assert!(!fields.contains_key("source_api_key"), "{route}: source_api_key accepted");
+    assert!(
+        !fields.contains_key("source_api_key"),
+        "{route}: source_api_key accepted"
+    );
     match fields.get("namespaces") {
         Some(serde_json::Value::Array(list)) => list.iter().for_each(|v| check("namespaces[]", v)),
-        _ if route == "/v2/query" => panic!("{route}: a federated query without a namespace list accepted"),
+        _ if route == "/v2/query" => {
+            panic!("{route}: a federated query without a namespace list accepted")
+        }
         _ => {}
     }
 }
@@ -228,7 +258,10 @@ pub fn body(data: &[u8]) {
         1 => {
             let mut gz = GzEncoder::new(Vec::new(), flate2::Compression::fast());
             let _ = gz.write_all(json);
-            (gz.finish().unwrap_or_default(), &[("content-encoding", "gzip")])
+            (
+                gz.finish().unwrap_or_default(),
+                &[("content-encoding", "gzip")],
+            )
         }
         _ => (json.to_vec(), &[("content-encoding", "gzip")]),
     };
