@@ -7,8 +7,8 @@
 //! - **What**: the usable keys of the last pass (validated, not revoked; expired keys stay until
 //!   the pass drops them, the filter judges expiry by its clock) as the filter's own
 //!   [`ApiKeyConfig`]: `lookupHash`, never a token.
-//! - **Revisions** are derived from the content: SHA-256 over the keys sorted by `keyId`, each
-//!   as its canonical JSON. Two replicas over the same objects name the same revision, so a
+//! - **Revisions** are derived from the content: SHA-256 over the SHA-256s of the keys'
+//!   canonical JSON, sorted by `keyId`. Two replicas over the same objects name the same revision, so a
 //!   gateway can move between them; a `since` this process does not know (another content, an
 //!   old revision, a restart) is answered with a snapshot.
 //! - **Deltas**: the last [`HISTORY`] revisions are remembered with the `keyId`s each change
@@ -109,11 +109,13 @@ pub fn credential_in_dir(dir: &std::path::Path) -> anyhow::Result<String> {
     Ok(credential)
 }
 
-/// One key of the table: its configuration and its JSON, serialized once.
-#[derive(Debug, Clone)]
+/// One key of the table: its configuration, its JSON (serialized once) and that JSON's
+/// SHA-256 (what the revision is computed from).
+#[derive(Debug)]
 struct Entry {
     key: ApiKeyConfig,
     json: Bytes,
+    digest: [u8; 32],
 }
 
 /// The key set of one revision.
@@ -121,7 +123,7 @@ struct Entry {
 pub struct Table {
     /// The revision: `sha256:<hex>` over the keys' JSON sorted by `keyId`.
     pub revision: String,
-    keys: BTreeMap<String, Entry>,
+    keys: BTreeMap<String, Arc<Entry>>,
     /// Past revisions, oldest first, each with the `keyId`s changed since it up to the next
     /// revision.
     history: VecDeque<(String, BTreeSet<String>)>,
@@ -140,17 +142,19 @@ impl Table {
     }
 
     fn next(&self, keys: &[ApiKeyConfig]) -> Option<Table> {
-        let mut next: BTreeMap<String, Entry> = BTreeMap::new();
+        let mut next: BTreeMap<String, Arc<Entry>> = BTreeMap::new();
         let mut changed = BTreeSet::new();
         for k in keys {
             let entry = match self.keys.get(&k.key_id) {
                 Some(e) if e.key == *k => e.clone(),
                 _ => {
                     changed.insert(k.key_id.clone());
-                    Entry {
+                    let json = serde_json::to_vec(k).unwrap_or_default();
+                    Arc::new(Entry {
                         key: k.clone(),
-                        json: Bytes::from(serde_json::to_vec(k).unwrap_or_default()),
-                    }
+                        digest: Sha256::digest(&json).into(),
+                        json: Bytes::from(json),
+                    })
                 }
             };
             next.insert(k.key_id.clone(), entry);
@@ -166,8 +170,7 @@ impl Table {
         }
         let mut h = Sha256::new();
         for e in next.values() {
-            h.update((e.json.len() as u64).to_le_bytes());
-            h.update(&e.json);
+            h.update(e.digest);
         }
         let revision = format!("sha256:{}", hex::encode(h.finalize()));
         if revision == self.revision {
