@@ -79,8 +79,10 @@ impl Fixture {
         (status.as_u16(), v)
     }
 
+    /// What the gateway accepts: the rendering, and the minted keys the key service serves.
     fn config(&self) -> String {
-        serde_json::to_string(&self.source.state().last().unwrap().config).unwrap()
+        let pass = self.source.state().last().unwrap();
+        serde_json::to_string(&pass.config).unwrap() + &serde_json::to_string(&pass.keys).unwrap()
     }
 }
 
