@@ -236,7 +236,7 @@ fn directory_mode_serves_snapshots_deltas_and_long_polls_to_the_gateway_credenti
     );
     assert!(delay < Duration::from_secs(2), "{delay:?}");
     assert!(!d2.snapshot && d2.keys.is_empty());
-    assert_eq!(d2.removed, [id1.clone()]);
+    assert_eq!(d2.removed, std::slice::from_ref(&id1));
     let rev2 = d2.revision.clone();
 
     // A long poll with nothing new ends after its wait with the same revision.
