@@ -732,6 +732,24 @@ fn metrics(state: &State) -> hyper::Response<Full<Bytes>> {
         active.to_string(),
     );
     metric(
+        "key_syncs_total",
+        "counter",
+        "Key service syncs answered (snapshots, deltas, long polls that ended).",
+        get(&state.keys.answered).to_string(),
+    );
+    metric(
+        "key_syncs_refused_total",
+        "counter",
+        "Key service calls refused: not the gateway credential.",
+        get(&state.keys.refused).to_string(),
+    );
+    metric(
+        "key_syncs_waiting",
+        "gauge",
+        "Long polls the key service holds now.",
+        get(&state.keys.waiting).to_string(),
+    );
+    metric(
         "vectorstores_rendered",
         "gauge",
         "VectorStores in the rendering.",

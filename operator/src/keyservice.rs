@@ -25,6 +25,7 @@ use bytes::Bytes;
 use layergate_filter::config::ApiKeyConfig;
 use sha2::{Digest, Sha256};
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -266,6 +267,12 @@ impl Table {
 pub struct KeyService {
     table: tokio::sync::watch::Sender<Arc<Table>>,
     credential: Mutex<Option<GatewayCredential>>,
+    /// Syncs answered (snapshots and deltas).
+    pub answered: AtomicU64,
+    /// Syncs refused: not the gateway credential.
+    pub refused: AtomicU64,
+    /// Long polls being held now.
+    pub waiting: AtomicU64,
 }
 
 impl Default for KeyService {
@@ -273,7 +280,19 @@ impl Default for KeyService {
         KeyService {
             table: tokio::sync::watch::Sender::new(Arc::new(Table::default())),
             credential: Mutex::new(None),
+            answered: AtomicU64::new(0),
+            refused: AtomicU64::new(0),
+            waiting: AtomicU64::new(0),
         }
+    }
+}
+
+/// Counts a held long poll while it lives.
+struct Waiting<'a>(&'a AtomicU64);
+
+impl Drop for Waiting<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
     }
 }
 
@@ -327,6 +346,7 @@ impl KeyService {
     /// Answers `GET /v2/keys/sync?<query>` for a caller presenting `bearer`.
     pub async fn sync(&self, query: &str, bearer: Option<&str>) -> Sync {
         if !self.accepts(bearer) {
+            self.refused.fetch_add(1, Ordering::Relaxed);
             return Sync::Unauthorized;
         }
         let (mut since, mut wait) = (None, 0u64);
@@ -346,11 +366,15 @@ impl KeyService {
         }
         if wait > 0 && since.as_deref() == Some(table.revision.as_str()) {
             let wait = Duration::from_secs(wait).min(MAX_WAIT);
+            self.waiting.fetch_add(1, Ordering::Relaxed);
+            let _held = Waiting(&self.waiting);
             if let Ok(Ok(())) = tokio::time::timeout(wait, rx.changed()).await {
                 let now = rx.borrow_and_update().clone();
+                self.answered.fetch_add(1, Ordering::Relaxed);
                 return Sync::Answer(now.answer(since.as_deref()));
             }
         }
+        self.answered.fetch_add(1, Ordering::Relaxed);
         Sync::Answer(table.answer(since.as_deref()))
     }
 }

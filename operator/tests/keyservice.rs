@@ -280,6 +280,18 @@ fn directory_mode_serves_snapshots_deltas_and_long_polls_to_the_gateway_credenti
     let (unknown, _) = sync(addr, "?since=sha256:0000", &credential);
     assert!(unknown.snapshot && unknown.keys.len() == 1);
 
+    // The metrics count syncs and refusals.
+    let (status, metrics) = http(addr, "GET", "/metrics", None, None);
+    assert_eq!(status, 200);
+    assert!(
+        metrics.contains("layergate_operator_key_syncs_refused_total 5"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("layergate_operator_key_syncs_waiting 0"),
+        "{metrics}"
+    );
+
     // A restart reuses the credential; a second instance over the same objects names the same
     // revision.
     let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
