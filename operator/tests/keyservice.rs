@@ -167,6 +167,13 @@ fn directory_mode_serves_snapshots_deltas_and_long_polls_to_the_gateway_credenti
         layergate_filter::config::LookupHash::of(DEMO_TOKEN)
     );
     assert!(!body.contains("hvl_"), "{body}");
+    // No other secret or digest: the revision and one lookupHash per key are the only
+    // digests, and no store credential or inbound key hash appears.
+    assert_eq!(body.matches("sha256:").count(), 2, "{body}");
+    assert!(
+        !body.contains("tpuf-") && !body.contains("91c16f0d6cc1bec3"),
+        "{body}"
+    );
     let rev0 = first.revision.clone();
 
     // Nothing new, no wait: the same revision, empty lists.
@@ -208,6 +215,7 @@ fn directory_mode_serves_snapshots_deltas_and_long_polls_to_the_gateway_credenti
         layergate_filter::config::LookupHash::of(&token1)
     );
     assert!(!body.contains(&token1) && !body.contains("hvl_"), "{body}");
+    assert_eq!(body.matches("sha256:").count(), 2, "{body}");
     let rev1 = d1.revision.clone();
     assert_ne!(rev1, rev0);
 
