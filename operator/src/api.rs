@@ -204,6 +204,23 @@ impl Api {
         if method == "GET" && path == "/metrics" {
             return metrics(self.source.state());
         }
+        let (bare, query) = path.split_once('?').unwrap_or((&path, ""));
+        if method == "GET" && bare == crate::keyservice::SYNC_PATH {
+            let bearer = req
+                .headers()
+                .get("authorization")
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| v.split_once(' '))
+                .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
+                .map(|(_, token)| token.trim().to_owned());
+            return key_sync(
+                self.source
+                    .state()
+                    .keys
+                    .sync(query, bearer.as_deref())
+                    .await,
+            );
+        }
         let headers: Vec<(String, String)> = req
             .headers()
             .iter()
@@ -298,7 +315,7 @@ impl Api {
             Principal::Open => minted_bearer(&pass, headers).unwrap_or(principal),
             p => p,
         };
-        let caller = authority::caller(&pass.policy, &pass.config.api_keys, principal);
+        let caller = authority::caller(&pass.policy, &pass.keys, principal);
         if segs.get(..2) == Some(&["v2", "keys"]) && caller == Caller::Anonymous {
             return Ok(error(
                 StatusCode::UNAUTHORIZED,
@@ -374,7 +391,7 @@ impl Api {
                 "the token is not an active API key (unknown, revoked or expired)",
             )
         };
-        let Some(k) = pass.config.api_keys.iter().find(|k| k.lookup_hash == hash) else {
+        let Some(k) = pass.keys.iter().find(|k| k.lookup_hash == hash) else {
             return refused();
         };
         let expired = k
@@ -436,24 +453,14 @@ fn minted_bearer(pass: &Pass, headers: &[(String, String)]) -> Option<Principal>
     if !scheme.eq_ignore_ascii_case("bearer") {
         return None;
     }
-    let grants = pass
-        .policy
-        .tokens
-        .get(&layergate_filter::policy::token_hash(
-            token.trim().as_bytes(),
-        ))?;
-    grants.as_slice().iter().find_map(|g| match *g {
-        Grant::Minted(k)
-            if pass
-                .policy
-                .keys
-                .get(k)
-                .is_some_and(|m| m.expires_at.is_none_or(|at| at > now())) =>
-        {
-            Some(Principal::Token(*g))
-        }
-        _ => None,
-    })
+    let keys = &pass.policy.keys;
+    let k = keys.lookup(&layergate_filter::policy::token_hash(
+        token.trim().as_bytes(),
+    ))?;
+    keys.key(k)
+        .expires_at
+        .is_none_or(|at| at > now())
+        .then_some(Principal::Token(Grant::Minted(k)))
 }
 
 /// The keys `caller` may see, in hev layer's shape.
@@ -663,9 +670,32 @@ fn change_key(
     })
 }
 
+/// The key service's answer on the wire (see [`crate::keyservice`]).
+fn key_sync(answer: crate::keyservice::Sync) -> hyper::Response<Full<Bytes>> {
+    use crate::keyservice::Sync;
+    match answer {
+        Sync::Answer(body) => {
+            let mut out = hyper::Response::new(Full::new(body));
+            out.headers_mut().insert(
+                "content-type",
+                hyper::header::HeaderValue::from_static("application/json"),
+            );
+            out
+        }
+        Sync::Unauthorized => http(error(
+            StatusCode::UNAUTHORIZED,
+            "the key service accepts only the gateway credential (keyService.credential in the rendering)",
+        )),
+        Sync::NotReady => http(error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "no key table yet: the operator has not completed a pass; see its log",
+        )),
+    }
+}
+
 fn metrics(state: &State) -> hyper::Response<Full<Bytes>> {
     let pass = state.last();
-    let active = pass.as_ref().map_or(0, |p| p.config.api_keys.len());
+    let active = pass.as_ref().map_or(0, |p| p.keys.len());
     let ready = pass.as_ref().map_or(0, |p| {
         p.validation
             .stores
@@ -726,8 +756,26 @@ fn metrics(state: &State) -> hyper::Response<Full<Bytes>> {
     metric(
         "api_keys_active",
         "gauge",
-        "API keys in the rendering.",
+        "API keys the key service serves (usable: valid, not revoked).",
         active.to_string(),
+    );
+    metric(
+        "key_syncs_total",
+        "counter",
+        "Key service syncs answered (snapshots, deltas, long polls that ended).",
+        get(&state.keys.answered).to_string(),
+    );
+    metric(
+        "key_syncs_refused_total",
+        "counter",
+        "Key service calls refused: not the gateway credential.",
+        get(&state.keys.refused).to_string(),
+    );
+    metric(
+        "key_syncs_waiting",
+        "gauge",
+        "Long polls the key service holds now.",
+        get(&state.keys.waiting).to_string(),
     );
     metric(
         "vectorstores_rendered",

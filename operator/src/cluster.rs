@@ -16,6 +16,7 @@
 use crate::conditions::{reason, READY};
 use crate::crd::{ApiKey, Index, VectorStore};
 use crate::keys;
+use crate::keyservice;
 use crate::manifests::Objects;
 use crate::output::{self, Settings};
 use crate::probe::{self, ProbeResult};
@@ -28,7 +29,6 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, ObjectMeta, Owne
 use k8s_openapi::ByteString;
 use kube::api::{ListParams, Patch, PatchParams, PostParams};
 use kube::{Api, Client, Resource, ResourceExt};
-use layergate_filter::policy::Policy;
 use serde::Serialize;
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::atomic::Ordering;
@@ -583,12 +583,15 @@ impl Cluster {
                 objects = self.read().await.at(Step::Read)?;
             }
         }
+        let gateway = self.gateway_credential().await.at(Step::Read)?;
         let previous = self.state.last().map(|p| p.validation);
-        let (pass, rendering) = self.render(objects, previous.as_ref()).at(Step::Render)?;
+        let (pass, rendering) = self
+            .render(objects, previous.as_ref(), &gateway)
+            .at(Step::Render)?;
         if leader {
             writes.published = self.publish(&rendering.files).await.at(Step::Publish)?;
             if writes.published {
-                tracing::info!(secret = %self.output_secret, keys = pass.config.api_keys.len(), "published the rendering");
+                tracing::info!(secret = %self.output_secret, keys = pass.keys.len(), "published the rendering");
             }
             let (s, e) = self
                 .write_statuses(&pass, &self.state.probes())
@@ -599,10 +602,85 @@ impl Cluster {
         Ok((pass, writes))
     }
 
+    /// The gateway credential the key service accepts, from the Secret
+    /// [`keyservice::CREDENTIAL_SECRET`]; created (OS CSPRNG) when absent. Any replica may
+    /// create it: the API server keeps the first, and the others read that one.
+    pub async fn gateway_credential(&self) -> Result<String> {
+        let secrets = self.api::<Secret>();
+        let name = keyservice::CREDENTIAL_SECRET;
+        let value = |s: &Secret| {
+            s.data
+                .as_ref()
+                .and_then(|d| d.get(keyservice::CREDENTIAL_KEY))
+                .map(|b| String::from_utf8_lossy(&b.0).trim().to_owned())
+                .or_else(|| {
+                    s.string_data
+                        .as_ref()
+                        .and_then(|d| d.get(keyservice::CREDENTIAL_KEY))
+                        .map(|v| v.trim().to_owned())
+                })
+                .filter(|v| !v.is_empty())
+        };
+        if let Some(s) = secrets
+            .get_opt(name)
+            .await
+            .with_context(|| format!("reading Secret {name}"))?
+        {
+            return value(&s).with_context(|| {
+                format!(
+                    "Secret {name} has no {:?} value",
+                    keyservice::CREDENTIAL_KEY
+                )
+            });
+        }
+        let credential = keyservice::new_credential()?;
+        let secret = Secret {
+            metadata: ObjectMeta {
+                name: Some(name.to_owned()),
+                namespace: Some(self.namespace.clone()),
+                labels: Some(BTreeMap::from([(
+                    MANAGED_BY.0.to_owned(),
+                    MANAGED_BY.1.to_owned(),
+                )])),
+                ..ObjectMeta::default()
+            },
+            type_: Some("Opaque".into()),
+            data: Some(BTreeMap::from([(
+                keyservice::CREDENTIAL_KEY.to_owned(),
+                ByteString(credential.clone().into_bytes()),
+            )])),
+            ..Secret::default()
+        };
+        let params = PostParams {
+            field_manager: Some(FIELD_MANAGER.into()),
+            ..PostParams::default()
+        };
+        match secrets.create(&params, &secret).await {
+            Ok(_) => {
+                tracing::info!(secret = %name, "created the gateway credential");
+                Ok(credential)
+            }
+            Err(kube::Error::Api(e)) if e.is_already_exists() => {
+                let s = secrets
+                    .get(name)
+                    .await
+                    .with_context(|| format!("reading Secret {name}"))?;
+                value(&s).with_context(|| {
+                    format!(
+                        "Secret {name} has no {:?} value",
+                        keyservice::CREDENTIAL_KEY
+                    )
+                })
+            }
+            Err(e) => Err(e).with_context(|| format!("creating Secret {name}")),
+        }
+    }
+
     fn render(
         &self,
         objects: Objects,
         previous: Option<&Validation>,
+        gateway: &str,
     ) -> Result<(Pass, output::Rendering)> {
         let mut validation = validate::validate_in(
             &objects,
@@ -613,14 +691,17 @@ impl Cluster {
         if let Some(prev) = previous {
             validate::keep_last_valid(&mut validation, prev);
         }
-        let rendering = output::render(&validation, &self.settings)?;
-        let policy = Arc::new(Policy::compile(&rendering.config, |_| None)?);
+        let rendering = output::render_keyed(&validation, &self.settings, Some(gateway))?;
+        let keys = crate::render::usable_keys(&validation);
+        let policy = Arc::new(crate::source::api_policy(&rendering.config, &keys)?);
         let pass = Pass {
             objects,
             namespace: self.namespace.clone(),
             validation,
             config: rendering.config.clone(),
             policy,
+            keys,
+            gateway: Some(keyservice::GatewayCredential::of(gateway)),
         };
         Ok((pass, rendering))
     }

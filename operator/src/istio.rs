@@ -27,6 +27,7 @@ use crate::envoy::DEFAULT_BUFFER_LIMIT_BYTES;
 use crate::render::{self, credential_env, store_cluster, RenderOptions};
 use crate::validate::Validation;
 use anyhow::Result;
+use layergate_filter::config::{Credential, KeyServiceConfig};
 use layergate_filter::decision::{CLUSTER_HEADER, INSPECT_HEADER};
 use serde_json::{json, Value};
 use std::collections::BTreeMap;
@@ -88,6 +89,22 @@ fn route(name: &str, cluster: &str, inspect: bool, host: &str, port: u16) -> Val
     })
 }
 
+/// A Kubernetes Service host as Istio's registry names it: `<svc>.<ns>.svc` completed with
+/// `.cluster.local`; other names unchanged.
+fn mesh_host(host: &str) -> String {
+    if host.ends_with(".svc") {
+        format!("{host}.cluster.local")
+    } else {
+        host.to_owned()
+    }
+}
+
+/// The Envoy cluster Istio gives the proxy for a mesh destination: `outbound|<port>||<host>`.
+/// The key service is reached over it (the filter's `dispatch_http_call` names a cluster).
+pub fn mesh_cluster(host: &str, port: u16) -> String {
+    format!("outbound|{port}||{}", mesh_host(host))
+}
+
 /// The filter's host list for the Gateway's hosts: empty (every host) when they include `*`.
 fn filter_hosts(hosts: &[String]) -> Vec<String> {
     if hosts.iter().any(|h| h == "*") {
@@ -107,9 +124,24 @@ pub fn render(v: &Validation, s: &IstioSettings) -> Result<(Vec<Value>, Value)> 
         app_cluster: None,
         credentials_from_env: true,
         hosts: filter_hosts(&s.hosts),
+        key_service: s.control.as_ref().map(|(host, port)| KeyServiceConfig {
+            cluster: mesh_cluster(host, *port),
+            authority: Some(format!("{}:{port}", mesh_host(host))),
+            path: crate::keyservice::SYNC_PATH.to_owned(),
+            credential: Credential::Env(crate::keyservice::CREDENTIAL_ENV.to_owned()),
+            max_staleness_seconds: 300,
+            poll_seconds: crate::keyservice::MAX_WAIT.as_secs(),
+        }),
     };
     let config = render::filter_config(v, &options)?;
     let stores: Vec<_> = v.stores.iter().filter_map(|x| x.valid.as_ref()).collect();
+    let mut vm_env: Vec<Value> = stores
+        .iter()
+        .map(|st| json!({"name": credential_env(&st.name), "valueFrom": "HOST"}))
+        .collect();
+    if config.key_service.is_some() {
+        vm_env.push(json!({"name": crate::keyservice::CREDENTIAL_ENV, "valueFrom": "HOST"}));
+    }
     let mut out = Vec::new();
     out.push(json!({
         "apiVersion": "extensions.istio.io/v1alpha1", "kind": "WasmPlugin", "metadata": meta(NAME, s),
@@ -122,7 +154,7 @@ pub fn render(v: &Validation, s: &IstioSettings) -> Result<(Vec<Value>, Value)> 
             "pluginName": NAME,
             "match": [{"ports": [{"number": s.port}]}],
             "pluginConfig": serde_json::to_value(&config)?,
-            "vmConfig": {"env": stores.iter().map(|st| json!({"name": credential_env(&st.name), "valueFrom": "HOST"})).collect::<Vec<_>>()},
+            "vmConfig": {"env": vm_env},
         }
     }));
     let mut http = Vec::new();
@@ -211,13 +243,19 @@ pub fn render(v: &Validation, s: &IstioSettings) -> Result<(Vec<Value>, Value)> 
         "apiVersion": "networking.istio.io/v1alpha3", "kind": "EnvoyFilter", "metadata": meta(&format!("{NAME}-buffer"), s),
         "spec": {"workloadSelector": {"labels": s.selector}, "configPatches": patches}
     }));
-    let env: Vec<Value> = stores
+    let mut env: Vec<Value> = stores
         .iter()
         .map(|st| {
             json!({"name": credential_env(&st.name), "valueFrom": {"secretKeyRef": {
             "name": st.credential_ref.0, "key": st.credential_ref.1}}})
         })
         .collect();
+    // The gateway credential the key service accepts, from the Secret the operator creates
+    // (copied into the gateway's namespace, like the store credentials' Secrets).
+    if config.key_service.is_some() {
+        env.push(json!({"name": crate::keyservice::CREDENTIAL_ENV, "valueFrom": {"secretKeyRef": {
+            "name": crate::keyservice::CREDENTIAL_SECRET, "key": crate::keyservice::CREDENTIAL_KEY}}}));
+    }
     let gateway_patch = json!({
         "apiVersion": "apps/v1", "kind": "Deployment",
         "metadata": {"name": s.gateway_deployment, "namespace": s.namespace},

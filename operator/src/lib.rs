@@ -22,6 +22,7 @@ pub mod endpoint;
 pub mod envoy;
 pub mod istio;
 pub mod keys;
+pub mod keyservice;
 pub mod lease;
 pub mod manifests;
 pub mod output;

@@ -52,7 +52,10 @@ const USAGE: &str = "usage: layergate-operator COMMAND
                               LAYERGATE_WASM (/etc/layergate/wasm/layergate_filter.wasm),
                               LAYERGATE_CONTROL_UPSTREAM (HOST:PORT the gateway reaches the
                               control API at; layergate-operator.NS.svc:9902). Serves the
-                              control API on LAYERGATE_CONTROL (0.0.0.0:9902). JSON logs
+                              control API on LAYERGATE_CONTROL (0.0.0.0:9902), with the key
+                              service the gateway syncs minted keys from (GET /v2/keys/sync;
+                              gateway credential in the Secret layergate-gateway-credential,
+                              created when absent). JSON logs
                               (LAYERGATE_LOG=text for plain lines)
   run --source dir:DIR --out OUT
                               directory mode: render DIR into OUT now and again whenever a
@@ -60,7 +63,9 @@ const USAGE: &str = "usage: layergate-operator COMMAND
                               ApiKeys into Secret files in DIR; log status. A change that
                               cannot be rendered never replaces the last good output.
                               Serves the control API on LAYERGATE_CONTROL (127.0.0.1:9902):
-                              /v2/keys, /v2/vectorstores, /healthz, /readyz, /metrics
+                              /v2/keys, /v2/keys/sync (the key service; gateway credential in
+                              OUT/gateway-credential, 0600, created once), /v2/vectorstores,
+                              /healthz, /readyz, /metrics
   --allow-endpoint PATTERN    (check, render, run; repeatable) also send store credentials to
                               endpoints matching SCHEME://HOST[:PORT] (HOST may be *.domain).
                               Admitted without it: https://*.turbopuffer.com and loopback IP

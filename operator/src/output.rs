@@ -8,7 +8,7 @@ use crate::manifests::{Objects, DEFAULT_NAMESPACE};
 use crate::render::{self, RenderOptions};
 use crate::validate::Validation;
 use anyhow::{bail, Context, Result};
-use layergate_filter::config::FilterConfig;
+use layergate_filter::config::{Credential, FilterConfig, KeyServiceConfig};
 use std::collections::BTreeSet;
 use std::net::SocketAddr;
 use std::path::Path;
@@ -74,10 +74,36 @@ pub struct Rendering {
     pub files: Vec<(&'static str, String)>,
 }
 
-/// Renders the filter configuration, CDS and LDS for a validation. Fails (and nothing may be
-/// published) when the filter would refuse the configuration.
+/// Renders the filter configuration, CDS and LDS for a validation, without a key service:
+/// minted keys inline (an offline `render`). See [`render_keyed`].
 pub fn render(v: &Validation, settings: &Settings) -> Result<Rendering> {
+    render_keyed(v, settings, None)
+}
+
+/// Renders the filter configuration, CDS and LDS for a validation. With a control API
+/// (`settings.control`) and the `gateway` credential, the filter syncs minted keys from the
+/// operator's key service over the control cluster (`keyService`, the credential inline: the
+/// files are 0600 / in the rendering Secret) and the rendering carries no `apiKeys`, so its
+/// size does not grow with them. Fails (and nothing may be published) when the filter would
+/// refuse the configuration.
+pub fn render_keyed(
+    v: &Validation,
+    settings: &Settings,
+    gateway: Option<&str>,
+) -> Result<Rendering> {
+    let key_service = match (&settings.control, gateway) {
+        (Some(_), Some(credential)) => Some(KeyServiceConfig {
+            cluster: CONTROL_CLUSTER.to_owned(),
+            authority: None,
+            path: crate::keyservice::SYNC_PATH.to_owned(),
+            credential: Credential::Inline(credential.to_owned()),
+            max_staleness_seconds: 300,
+            poll_seconds: crate::keyservice::MAX_WAIT.as_secs(),
+        }),
+        _ => None,
+    };
     let options = RenderOptions {
+        key_service,
         control_cluster: settings
             .control
             .as_ref()
@@ -121,7 +147,17 @@ pub fn render(v: &Validation, settings: &Settings) -> Result<Rendering> {
 /// Renders and writes [`FILES`] into `out`; returns the filter configuration written.
 /// Nothing is written when the rendering is refused.
 pub fn write(v: &Validation, out: &Path, settings: &Settings) -> Result<FilterConfig> {
-    let Rendering { config, mut files } = render(v, settings)?;
+    write_keyed(v, out, settings, None)
+}
+
+/// [`write`] with the key service (see [`render_keyed`]).
+pub fn write_keyed(
+    v: &Validation,
+    out: &Path,
+    settings: &Settings,
+    gateway: Option<&str>,
+) -> Result<FilterConfig> {
+    let Rendering { config, mut files } = render_keyed(v, settings, gateway)?;
     std::fs::create_dir_all(out).with_context(|| format!("creating {}", out.display()))?;
     let out = out.canonicalize()?;
     files.push((

@@ -5,8 +5,8 @@
 use crate::crd::InboundMode;
 use crate::validate::Validation;
 use layergate_filter::config::{
-    ApiKeyConfig, Credential, FilterConfig, InboundAuth, InboundKey, Limits, StoreConfig,
-    UpstreamConfig, CONFIG_VERSION,
+    ApiKeyConfig, Credential, FilterConfig, InboundAuth, InboundKey, KeyServiceConfig, Limits,
+    StoreConfig, UpstreamConfig, CONFIG_VERSION,
 };
 use layergate_filter::policy::{ConfigError, Policy};
 
@@ -37,6 +37,10 @@ pub struct RenderOptions {
     pub credentials_from_env: bool,
     /// The hosts the filter acts for (`FilterConfig::hosts`); empty: every host.
     pub hosts: Vec<String>,
+    /// Where the filter syncs minted keys from (the operator's key service, SPEC §6). Set:
+    /// the rendering carries no `apiKeys`, so it does not grow with them. Unset (an offline
+    /// `render` with no operator to sync from, `check`): the usable keys are inline.
+    pub key_service: Option<KeyServiceConfig>,
 }
 
 /// The VM environment variable carrying a store's credential when credentials come from the
@@ -56,6 +60,12 @@ pub fn credential_env(store: &str) -> String {
         }
     }
     out
+}
+
+/// The minted keys a gateway may accept: every valid ApiKey (validation leaves revoked and
+/// invalid ones out), what the key service serves.
+pub fn usable_keys(v: &Validation) -> Vec<ApiKeyConfig> {
+    v.keys.iter().filter_map(|k| k.valid.clone()).collect()
 }
 
 /// Renders the filter configuration from one namespace's validation. Store credentials are
@@ -99,7 +109,10 @@ pub fn filter_config(v: &Validation, options: &RenderOptions) -> Result<FilterCo
         .find(|s| s.default)
         .map(|s| s.name.clone());
     let namespaces = v.indexes.iter().filter_map(|i| i.valid.clone()).collect();
-    let api_keys: Vec<ApiKeyConfig> = v.keys.iter().filter_map(|k| k.valid.clone()).collect();
+    let api_keys: Vec<ApiKeyConfig> = match options.key_service {
+        Some(_) => Vec::new(),
+        None => usable_keys(v),
+    };
     let config = FilterConfig {
         version: CONFIG_VERSION,
         stores,
@@ -117,7 +130,7 @@ pub fn filter_config(v: &Validation, options: &RenderOptions) -> Result<FilterCo
         routes: Vec::new(),
         limits: Limits::default(),
         hosts: options.hosts.clone(),
-        key_service: None,
+        key_service: options.key_service.clone(),
     };
     // Never publish what the filter would refuse.
     Policy::compile(&config, |_| None)?;

@@ -4,13 +4,14 @@
 //! replaces the last good output, and the log says why.
 
 use crate::keys;
+use crate::keyservice::{self, GatewayCredential, KeyService};
 use crate::manifests::{self, Objects};
 use crate::output::{self, Settings};
 use crate::probe::{self, ProbeResult};
 use crate::validate::{self, Validation};
 use anyhow::{Context, Result};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
-use layergate_filter::config::FilterConfig;
+use layergate_filter::config::{ApiKeyConfig, FilterConfig};
 use layergate_filter::policy::Policy;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -89,8 +90,25 @@ pub struct Pass {
     pub validation: Validation,
     /// The filter configuration written.
     pub config: FilterConfig,
-    /// That configuration compiled, for the control API's checks of its callers.
+    /// That configuration compiled with the usable keys, for the control API's checks of its
+    /// callers.
     pub policy: Arc<Policy>,
+    /// The usable minted keys (valid, not revoked): what the key service serves, whether or
+    /// not the rendering carries them.
+    pub keys: Vec<ApiKeyConfig>,
+    /// The gateway credential the key service accepts (its digest), when it is rendered.
+    pub gateway: Option<GatewayCredential>,
+}
+
+/// The policy the control API checks callers with: the rendered configuration with the usable
+/// minted keys inline, as the gateway sees them once synced.
+pub fn api_policy(config: &FilterConfig, keys: &[ApiKeyConfig]) -> Result<Policy> {
+    let mut full = config.clone();
+    full.key_service = None;
+    if full.api_keys.is_empty() {
+        full.api_keys = keys.to_vec();
+    }
+    Ok(Policy::compile(&full, |_| None)?)
 }
 
 /// One pass: read, mint, validate (keeping last valid forms), render. Nothing is written when
@@ -145,15 +163,24 @@ pub fn reconcile(
             );
         }
     }
-    let config =
-        output::write(&validation, out, settings).context("keeping the last good configuration")?;
-    let policy = Arc::new(Policy::compile(&config, |_| None)?);
+    // With a control API the gateway syncs minted keys from its key service, with the
+    // credential kept in the output directory (created once, reused across restarts).
+    let gateway = match &settings.control {
+        Some(_) => Some(keyservice::credential_in_dir(out)?),
+        None => None,
+    };
+    let config = output::write_keyed(&validation, out, settings, gateway.as_deref())
+        .context("keeping the last good configuration")?;
+    let keys = crate::render::usable_keys(&validation);
+    let policy = Arc::new(api_policy(&config, &keys)?);
     Ok(Pass {
         objects,
         namespace,
         validation,
         config,
         policy,
+        keys,
+        gateway: gateway.as_deref().map(GatewayCredential::of),
     })
 }
 
@@ -177,6 +204,8 @@ pub struct State {
     pub status_writes: AtomicU64,
     /// Calls to the Kubernetes API that failed (kube mode).
     pub api_errors: AtomicU64,
+    /// The key service, fed by every successful pass.
+    pub keys: KeyService,
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -196,15 +225,27 @@ impl State {
         let started = Instant::now();
         let result = pass(last.as_ref().map(|p| &p.validation));
         self.count(result.as_ref().map(|_| ()), started);
-        *last = Some(result?);
+        let pass = result?;
+        self.serve_keys(&pass);
+        *last = Some(pass);
         Ok(())
+    }
+
+    /// Hands a pass's keys (and gateway credential) to the key service.
+    fn serve_keys(&self, pass: &Pass) {
+        if let Some(g) = &pass.gateway {
+            self.keys.set_credential(g.clone());
+        }
+        self.keys.publish(&pass.keys);
     }
 
     /// Keeps a pass made elsewhere (kube mode serializes its own passes) and counts it; a
     /// failed pass leaves the last good one in place.
     pub fn finish(&self, result: Result<Pass>, started: Instant) -> Result<()> {
         self.count(result.as_ref().map(|_| ()), started);
-        *lock(&self.last) = Some(result?);
+        let pass = result?;
+        self.serve_keys(&pass);
+        *lock(&self.last) = Some(pass);
         Ok(())
     }
 

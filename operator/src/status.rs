@@ -80,7 +80,7 @@ pub fn index(pass: &Pass, obj: &Index) -> IndexStatus {
 /// operator first saw the key revoked.
 pub fn key(pass: &Pass, obj: &ApiKey, now: i64) -> ApiKeyStatus {
     let name = name_of(&obj.metadata);
-    let rendered = pass.config.api_keys.iter().find(|c| c.name == name);
+    let rendered = pass.keys.iter().find(|c| c.name == name);
     let verdict = pass.validation.keys.iter().find(|v| v.name == name);
     let phase = pass
         .validation

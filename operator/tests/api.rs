@@ -79,8 +79,10 @@ impl Fixture {
         (status.as_u16(), v)
     }
 
+    /// What the gateway accepts: the rendering, and the minted keys the key service serves.
     fn config(&self) -> String {
-        serde_json::to_string(&self.source.state().last().unwrap().config).unwrap()
+        let pass = self.source.state().last().unwrap();
+        serde_json::to_string(&pass.config).unwrap() + &serde_json::to_string(&pass.keys).unwrap()
     }
 }
 
@@ -461,8 +463,12 @@ fn property_random_mint_bodies_never_panic_and_never_widen_the_caller() {
         *statuses.entry(status.as_u16()).or_insert(0) += 1;
     }
     // Whatever was minted stays within demo-admin's own store.
-    let config = f.source.state().last().unwrap().config;
-    for k in &config.api_keys {
+    let pass = f.source.state().last().unwrap();
+    assert!(
+        pass.config.api_keys.is_empty(),
+        "minted keys travel by the key service"
+    );
+    for k in &pass.keys {
         for (target, _) in &k.entitlements {
             assert!(target == "vectorstore.primary", "{} got {target}", k.name);
         }

@@ -146,6 +146,11 @@ async fn published(client: &Client) -> Value {
     serde_json::from_slice(&data["layergate.json"].0).unwrap()
 }
 
+/// What the key service serves now, as a snapshot.
+fn served(c: &Cluster) -> layergate_filter::config::SyncResponse {
+    serde_json::from_slice(&c.state.keys.table().answer(None)).unwrap()
+}
+
 fn ready(
     conditions: &[k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition],
 ) -> (String, String) {
@@ -344,11 +349,11 @@ async fn create_update_and_delete_of_each_kind_reach_status_and_output() {
     assert_eq!(st.phase, Some(ApiKeyPhase::Active));
     let hash = format!("sha256:{}", hex::encode(Sha256::digest(token.as_bytes())));
     assert_eq!(st.lookup_hash.as_deref(), Some(hash.as_str()));
-    assert!(published(&client).await["apiKeys"]
-        .as_array()
-        .unwrap()
+    assert!(served(&c)
+        .keys
         .iter()
-        .any(|k| k["lookupHash"] == hash.as_str()));
+        .any(|k| k.lookup_hash.to_string() == hash));
+    assert!(published(&client).await.get("apiKeys").is_none());
     // Revoke: kept on record, gone from the gateway, the token Secret stays unread.
     let patch = json!({"spec": {"revoked": true}});
     api::<ApiKey>(&client)
@@ -369,11 +374,10 @@ async fn create_update_and_delete_of_each_kind_reach_status_and_output() {
         Some(hash.as_str()),
         "the record keeps its hash"
     );
-    assert!(!published(&client).await["apiKeys"]
-        .as_array()
-        .unwrap()
+    assert!(!served(&c)
+        .keys
         .iter()
-        .any(|k| k["lookupHash"] == hash.as_str()));
+        .any(|k| k.lookup_hash.to_string() == hash));
     // Delete: the owned Secret goes with it (the API server's garbage collection).
     api::<ApiKey>(&client)
         .delete("cohort", &DeleteParams::default())
@@ -405,11 +409,7 @@ async fn an_expired_key_leaves_the_gateway() {
         .unwrap();
     assert_eq!(st.phase, Some(ApiKeyPhase::Expired));
     assert_eq!(ready(&st.conditions).1, "Expired");
-    assert!(!published(&client).await["apiKeys"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .any(|k| k["name"] == "old"));
+    assert!(!served(&c).keys.iter().any(|k| k.name == "old"));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -827,7 +827,7 @@ async fn a_token_secret_left_by_a_deleted_key_is_replaced_not_adopted() {
     );
     let new_token = String::from_utf8(s.data.unwrap()["token"].0.clone()).unwrap();
     assert_ne!(new_token, old_token);
-    let config = published(&client).await.to_string();
+    let config = serde_json::to_string(&served(&c)).unwrap();
     let hash = |t: &str| format!("sha256:{}", hex::encode(Sha256::digest(t.as_bytes())));
     assert!(config.contains(&hash(&new_token)), "{config}");
     assert!(!config.contains(&hash(old_token)), "{config}");
@@ -1061,4 +1061,230 @@ async fn a_pre_provisioned_token_secret_is_taken_along_when_its_key_is_deleted()
         .await
         .unwrap();
     assert_eq!(again.metadata.owner_references.unwrap_or_default().len(), 1);
+}
+
+/// `GET /v2/keys/sync{query}` over a fresh connection: (status, body).
+fn sync_http(addr: std::net::SocketAddr, query: &str, token: &str) -> (u16, String) {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(addr).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(40))).unwrap();
+    write!(s, "GET /v2/keys/sync{query} HTTP/1.1\r\nhost: x\r\nauthorization: Bearer {token}\r\nconnection: close\r\n\r\n").unwrap();
+    let mut out = String::new();
+    s.read_to_string(&mut out).unwrap();
+    let status = out[9..12].parse().unwrap();
+    (status, out.split_once("\r\n\r\n").unwrap().1.to_owned())
+}
+
+fn synced(
+    addr: std::net::SocketAddr,
+    query: &str,
+    token: &str,
+) -> (layergate_filter::config::SyncResponse, String) {
+    let (status, body) = sync_http(addr, query, token);
+    assert_eq!(status, 200, "{body}");
+    (serde_json::from_str(&body).unwrap(), body)
+}
+
+/// Kube mode: the gateway credential is a Secret the operator creates once and every replica
+/// reads; the key service over the real HTTP server follows ApiKeys created, revoked and
+/// deleted through the API server; two replicas name the same revision.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kube_mode_serves_the_key_service_with_a_credential_secret() {
+    use layergate_operator::keyservice::{CREDENTIAL_KEY, CREDENTIAL_SECRET};
+    let client = builder().build().await.unwrap();
+    let c = Arc::new(leader(&client));
+    c.pass().await.unwrap();
+    let secret = api::<Secret>(&client).get(CREDENTIAL_SECRET).await.unwrap();
+    let credential = String::from_utf8(secret.data.unwrap()[CREDENTIAL_KEY].0.clone()).unwrap();
+    assert!(credential.starts_with("lgw_") && credential.len() == 36);
+    let config = published(&client).await;
+    assert!(config.get("apiKeys").is_none(), "{config}");
+    assert_eq!(config["keyService"]["cluster"], "layergate_control");
+    assert_eq!(
+        config["keyService"]["credential"]["inline"],
+        credential.as_str()
+    );
+    // A follower reads the same credential and names the same revision.
+    let follower = Cluster::new(client.clone(), NS, settings(), DEFAULT_OUTPUT_SECRET);
+    follower.pass().await.unwrap();
+    assert_eq!(
+        follower.state.keys.table().revision,
+        c.state.keys.table().revision
+    );
+    c.pass().await.unwrap();
+    let again = api::<Secret>(&client).get(CREDENTIAL_SECRET).await.unwrap();
+    assert_eq!(
+        again.data.unwrap()[CREDENTIAL_KEY].0,
+        credential.as_bytes(),
+        "kept"
+    );
+
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    let control = Arc::new(layergate_operator::api::Api::new(c.clone(), 120));
+    std::thread::spawn(move || control.serve_on(listener));
+    let get = |query: String, token: String| {
+        tokio::task::spawn_blocking(move || sync_http(addr, &query, &token))
+    };
+    let get_ok = |query: String| {
+        let credential = credential.clone();
+        tokio::task::spawn_blocking(move || synced(addr, &query, &credential))
+    };
+    for token in [
+        "demo-admin-token",
+        "tpuf-primary-dev-key",
+        "hvl_demoShopReader0123456789abcdefABCDEF",
+        "x",
+    ] {
+        let (status, body) = get(String::new(), token.into()).await.unwrap();
+        assert_eq!(status, 401, "{token}: {body}");
+    }
+    let (first, _) = get_ok(String::new()).await.unwrap();
+    assert!(first.snapshot);
+    assert_eq!(
+        first
+            .keys
+            .iter()
+            .map(|k| k.name.as_str())
+            .collect::<Vec<_>>(),
+        ["shop-reader"]
+    );
+
+    // Create → delta with the key (never its token).
+    api::<ApiKey>(&client)
+        .create(&PostParams::default(), &key_json("cohort", json!({})))
+        .await
+        .unwrap();
+    c.pass().await.unwrap();
+    let token = String::from_utf8(
+        api::<Secret>(&client)
+            .get("apikey-cohort")
+            .await
+            .unwrap()
+            .data
+            .unwrap()["token"]
+            .0
+            .clone(),
+    )
+    .unwrap();
+    let (d1, body) = get_ok(format!("?since={}", first.revision)).await.unwrap();
+    assert!(!d1.snapshot && d1.removed.is_empty());
+    assert_eq!(d1.keys.len(), 1);
+    assert_eq!(
+        d1.keys[0].lookup_hash,
+        layergate_filter::config::LookupHash::of(&token)
+    );
+    assert!(!body.contains(&token) && !body.contains("hvl_"), "{body}");
+    let id = d1.keys[0].key_id.clone();
+
+    // Long poll, then revoke: answered with the removal as soon as the pass publishes.
+    let poll = get_ok(format!("?since={}&wait=20", d1.revision));
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let patch = json!({"spec": {"revoked": true}});
+    api::<ApiKey>(&client)
+        .patch("cohort", &PatchParams::default(), &Patch::Merge(&patch))
+        .await
+        .unwrap();
+    let changed = std::time::Instant::now();
+    c.pass().await.unwrap();
+    let passed = changed.elapsed();
+    let (d2, _) = poll.await.unwrap();
+    let answered = changed.elapsed();
+    eprintln!(
+        "kube mode: revoke pass {passed:?}, long poll answered {answered:?} after the pass started"
+    );
+    assert!(answered < passed + Duration::from_secs(1), "{answered:?}");
+    assert_eq!((d2.keys.len(), d2.removed.clone()), (0, vec![id.clone()]));
+
+    // Delete → removed; the follower agrees on the revision.
+    api::<ApiKey>(&client)
+        .create(&PostParams::default(), &key_json("second", json!({})))
+        .await
+        .unwrap();
+    c.pass().await.unwrap();
+    let (d3, _) = get_ok(format!("?since={}", d2.revision)).await.unwrap();
+    assert_eq!(d3.keys.len(), 1);
+    api::<ApiKey>(&client)
+        .delete("second", &DeleteParams::default())
+        .await
+        .unwrap();
+    c.pass().await.unwrap();
+    let (d4, _) = get_ok(format!("?since={}", d3.revision)).await.unwrap();
+    assert_eq!(
+        (d4.keys.len(), d4.removed.clone()),
+        (0, vec![d3.keys[0].key_id.clone()])
+    );
+    follower.pass().await.unwrap();
+    assert_eq!(follower.state.keys.table().revision, d4.revision);
+    // An unknown revision: a snapshot.
+    let (unknown, _) = get_ok("?since=sha256:feed".into()).await.unwrap();
+    assert!(unknown.snapshot && unknown.keys.len() == 1);
+}
+
+/// Issue 12: the rendering Secret carried every minted key and the API server refuses objects
+/// over 1 MiB, so kube mode stopped publishing near 1,500 keys. The fake API server has no
+/// limit: this one refuses every write over 1 MiB, as a real one does. At 100,000 ApiKeys the
+/// rendering with the key service publishes (every file < 64 KiB); the old inline rendering
+/// is refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_rendering_at_100000_api_keys_publishes_under_the_1_mib_object_limit() {
+    const LIMIT: usize = 1024 * 1024;
+    let too_big = |v: &Value| {
+        let n = serde_json::to_vec(v).unwrap().len();
+        (n > LIMIT).then(|| {
+            FakeError::InvalidRequest(format!(
+                "request entity too large: {n} bytes, limit is {LIMIT}"
+            ))
+        })
+    };
+    let client = builder()
+        .with_interceptor_funcs(
+            interceptor::Funcs::new()
+                .create(move |ctx| too_big(ctx.object).map_or(Ok(None), Err))
+                .patch(move |ctx| too_big(ctx.patch).map_or(Ok(None), Err))
+                .replace(move |ctx| too_big(ctx.object).map_or(Ok(None), Err)),
+        )
+        .build()
+        .await
+        .unwrap();
+    let c = leader(&client);
+    c.pass().await.unwrap();
+    let mut v = c.state.last().unwrap().validation;
+    for i in 0..100_000 {
+        let key: layergate_filter::config::ApiKeyConfig = serde_json::from_value(json!({
+            "keyId": format!("key_{i:024x}"),
+            "name": format!("k{i}"),
+            "lookupHash": format!("sha256:{:064x}", i + 1),
+            "expiresAt": "2027-11-30T00:00:00Z",
+            "entitlements": {"vectorstore.primary": {"scopes": ["read"], "namespaces": [format!("team-{i}-*")]}},
+        }))
+        .unwrap();
+        v.keys.push(layergate_operator::validate::Verdict {
+            name: key.name.clone(),
+            conditions: Vec::new(),
+            valid: Some(key),
+        });
+    }
+    let rendering = layergate_operator::output::render_keyed(
+        &v,
+        &settings(),
+        Some("lgw_0123456789abcdefghijABCDEFGHIJ01"),
+    )
+    .unwrap();
+    for (name, text) in &rendering.files {
+        eprintln!("100,000 ApiKeys: {name} is {} bytes", text.len());
+        assert!(text.len() < 64 * 1024, "{name}: {} bytes", text.len());
+    }
+    assert!(c.publish(&rendering.files).await.unwrap());
+    let secret = api::<Secret>(&client)
+        .get(DEFAULT_OUTPUT_SECRET)
+        .await
+        .unwrap();
+    let total: usize = secret.data.unwrap().values().map(|b| b.0.len()).sum();
+    eprintln!("100,000 ApiKeys: the rendering Secret holds {total} bytes");
+    assert!(total < 64 * 1024, "{total}");
+    // The old rendering (every key inline) is refused by the limit.
+    let inline = layergate_operator::output::render(&v, &settings()).unwrap();
+    let err = c.publish(&inline.files).await.unwrap_err();
+    assert!(format!("{err:#}").contains("too large"), "{err:#}");
 }

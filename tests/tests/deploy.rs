@@ -490,3 +490,58 @@ fn only_the_gateway_pods_may_reach_the_operators_control_port() {
         serde_json::json!([{"protocol": "TCP", "port": control["name"]}])
     );
 }
+
+/// The Istio target's key service (SPEC §6): the operator's Service as a mesh destination
+/// (`outbound|<port>||<svc>.<ns>.svc.cluster.local`, the cluster Istio gives the proxy), the
+/// gateway credential from the proxy's environment, filled from the operator's Secret. At
+/// 100,000 ApiKeys the WasmPlugin stays under 64 KiB and passes Istio's schemas.
+#[test]
+fn the_istio_target_syncs_keys_from_the_operator_service_and_stays_small() {
+    use layergate_operator::istio::{self, IstioSettings};
+    use layergate_operator::keyservice::{CREDENTIAL_ENV, CREDENTIAL_KEY, CREDENTIAL_SECRET};
+    let mut objects = manifests::Objects::default();
+    for d in kustomize("operator/deploy/example") {
+        objects.add_yaml("example", &serde_yaml::to_string(&d).unwrap());
+    }
+    objects.add_yaml("secret", "apiVersion: v1\nkind: Secret\nmetadata: {name: turbopuffer, namespace: layer}\nstringData: {api-key: tpuf_secret_value}\n");
+    let mut v = validate::validate(&objects, "layer", 1_800_000_000);
+    for i in 0..100_000 {
+        let key: layergate_filter::config::ApiKeyConfig = serde_json::from_value(serde_json::json!({
+            "keyId": format!("key_{i:024x}"), "name": format!("k{i}"),
+            "lookupHash": format!("sha256:{:064x}", i + 1),
+            "entitlements": {"vectorstore.turbopuffer": {"scopes": ["read"], "namespaces": [format!("team-{i}-*")]}},
+        }))
+        .unwrap();
+        v.keys.push(validate::Verdict {
+            name: key.name.clone(),
+            conditions: Vec::new(),
+            valid: Some(key),
+        });
+    }
+    let settings = IstioSettings {
+        control: Some(("layergate-operator.layer.svc".into(), 9902)),
+        ..IstioSettings::default()
+    };
+    let (resources, patch) = istio::render(&v, &settings).unwrap();
+    let plugin = serde_json::to_string(&resources[0]).unwrap();
+    eprintln!("100,000 ApiKeys: the WasmPlugin is {} bytes", plugin.len());
+    assert!(plugin.len() < 64 * 1024, "{} bytes", plugin.len());
+    let spec = &resources[0]["spec"];
+    assert!(spec["pluginConfig"].get("apiKeys").is_none());
+    assert_eq!(
+        spec["pluginConfig"]["keyService"],
+        serde_json::json!({"cluster": "outbound|9902||layergate-operator.layer.svc.cluster.local",
+            "authority": "layergate-operator.layer.svc.cluster.local:9902", "path": "/v2/keys/sync",
+            "credential": {"env": CREDENTIAL_ENV}, "maxStalenessSeconds": 300, "pollSeconds": 30})
+    );
+    assert!(spec["vmConfig"]["env"]
+        .as_array()
+        .unwrap()
+        .contains(&serde_json::json!({"name": CREDENTIAL_ENV, "valueFrom": "HOST"})));
+    assert!(patch["spec"]["template"]["spec"]["containers"][0]["env"]
+        .as_array()
+        .unwrap()
+        .contains(&serde_json::json!({"name": CREDENTIAL_ENV, "valueFrom": {"secretKeyRef": {"name": CREDENTIAL_SECRET, "key": CREDENTIAL_KEY}}})));
+    let (ok, report) = validate_istio(&serde_json::to_string(&resources).unwrap());
+    assert!(ok, "{report}");
+}

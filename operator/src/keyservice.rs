@@ -1,0 +1,380 @@
+//! The key service (SPEC §6): `GET /v2/keys/sync?since=<revision>&wait=<seconds>` on the
+//! control port, what every gateway's filter syncs its table of minted keys from, so that the
+//! rendering no longer carries them.
+//!
+//! - **Who may call**: only the gateway credential ([`GatewayCredential`]), compared as SHA-256
+//!   digests in constant time. Admin keys, store credentials and minted keys get 401.
+//! - **What**: the usable keys of the last pass (validated, not revoked; expired keys stay until
+//!   the pass drops them, the filter judges expiry by its clock) as the filter's own
+//!   [`ApiKeyConfig`]: `lookupHash`, never a token.
+//! - **Revisions** are derived from the content: SHA-256 over the SHA-256s of the keys'
+//!   canonical JSON, sorted by `keyId`. Two replicas over the same objects name the same revision, so a
+//!   gateway can move between them; a `since` this process does not know (another content, an
+//!   old revision, a restart) is answered with a snapshot.
+//! - **Deltas**: the last [`HISTORY`] revisions are remembered with the `keyId`s each change
+//!   touched; `since` one of them answers `snapshot:false` with the keys added or changed and
+//!   the `keyId`s removed (deleted, revoked, or invalid now).
+//! - **Long poll**: `since` = the current revision holds the call up to `min(wait, 30)` s and
+//!   answers as soon as a pass changes the key set (a `tokio::sync::watch` fed by the pass);
+//!   nothing new: the same revision with both lists empty.
+//!
+//! Every key's JSON is serialized once, when it first appears or changes, and kept: a snapshot
+//! of 100,000 keys is a concatenation, not a serialization.
+
+use bytes::Bytes;
+use layergate_filter::config::ApiKeyConfig;
+use sha2::{Digest, Sha256};
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+/// How many past revisions deltas can be answered from.
+pub const HISTORY: usize = 64;
+
+/// Longest a sync is held open when nothing changed.
+pub const MAX_WAIT: Duration = Duration::from_secs(30);
+
+/// The path of the key service.
+pub const SYNC_PATH: &str = layergate_filter::config::DEFAULT_KEY_SYNC_PATH;
+
+/// Name of the Secret holding the gateway credential in kube mode (and of the file in the
+/// output directory in directory mode: [`CREDENTIAL_FILE`]).
+pub const CREDENTIAL_SECRET: &str = "layergate-gateway-credential";
+
+/// The key of the credential in [`CREDENTIAL_SECRET`].
+pub const CREDENTIAL_KEY: &str = "credential";
+
+/// Directory mode: the file in the output directory holding the gateway credential (0600).
+pub const CREDENTIAL_FILE: &str = "gateway-credential";
+
+/// Istio target: the proxy environment variable carrying the gateway credential.
+pub const CREDENTIAL_ENV: &str = "LAYERGATE_GATEWAY_CREDENTIAL";
+
+/// Prefix of a gateway credential (not `hvl_`: it is not an API key and no API key route
+/// accepts it).
+pub const CREDENTIAL_PREFIX: &str = "lgw_";
+
+/// A new gateway credential: [`CREDENTIAL_PREFIX`] + 32 base62 characters from the OS CSPRNG
+/// (≥ 190 random bits, the strength of a minted token).
+pub fn new_credential() -> anyhow::Result<String> {
+    let token = crate::keys::mint_token()?;
+    Ok(format!(
+        "{CREDENTIAL_PREFIX}{}",
+        &token[crate::keys::TOKEN_PREFIX.len()..]
+    ))
+}
+
+/// The gateway credential as the key service checks it: its SHA-256 only.
+#[derive(Clone, PartialEq, Eq)]
+pub struct GatewayCredential([u8; 32]);
+
+impl std::fmt::Debug for GatewayCredential {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("GatewayCredential(…)")
+    }
+}
+
+impl GatewayCredential {
+    /// The digest of `credential`.
+    pub fn of(credential: &str) -> GatewayCredential {
+        GatewayCredential(Sha256::digest(credential.as_bytes()).into())
+    }
+
+    /// True when `bearer` is the credential: digests compared in constant time.
+    pub fn accepts(&self, bearer: &str) -> bool {
+        let d: [u8; 32] = Sha256::digest(bearer.as_bytes()).into();
+        let diff = d
+            .iter()
+            .zip(self.0.iter())
+            .fold(0u8, |a, (x, y)| a | (x ^ y));
+        std::hint::black_box(diff) == 0
+    }
+}
+
+/// Reads the gateway credential from `dir/`[`CREDENTIAL_FILE`], or creates it (0600) when
+/// absent: generated once, reused across restarts.
+pub fn credential_in_dir(dir: &std::path::Path) -> anyhow::Result<String> {
+    use anyhow::Context as _;
+    let file = dir.join(CREDENTIAL_FILE);
+    match std::fs::read_to_string(&file) {
+        Ok(text) if !text.trim().is_empty() => return Ok(text.trim().to_owned()),
+        Ok(_) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(e).with_context(|| format!("reading {}", file.display())),
+    }
+    std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    let credential = new_credential()?;
+    crate::source::write_private(&file, &format!("{credential}\n"))?;
+    tracing::info!(file = %file.display(), "created the gateway credential");
+    Ok(credential)
+}
+
+/// One key of the table: its configuration, its JSON (serialized once) and that JSON's
+/// SHA-256 (what the revision is computed from).
+#[derive(Debug)]
+struct Entry {
+    key: ApiKeyConfig,
+    json: Bytes,
+    digest: [u8; 32],
+}
+
+/// The key set of one revision.
+#[derive(Debug, Default)]
+pub struct Table {
+    /// The revision: `sha256:<hex>` over the keys' JSON sorted by `keyId`.
+    pub revision: String,
+    keys: BTreeMap<String, Arc<Entry>>,
+    /// Past revisions, oldest first, each with the `keyId`s changed since it up to the next
+    /// revision.
+    history: VecDeque<(String, BTreeSet<String>)>,
+    snapshot: Mutex<Option<Bytes>>,
+}
+
+impl Table {
+    /// Number of keys.
+    pub fn len(&self) -> usize {
+        self.keys.len()
+    }
+
+    /// True when there is no key.
+    pub fn is_empty(&self) -> bool {
+        self.keys.is_empty()
+    }
+
+    fn next(&self, keys: &[ApiKeyConfig]) -> Option<Table> {
+        let mut next: BTreeMap<String, Arc<Entry>> = BTreeMap::new();
+        let mut changed = BTreeSet::new();
+        for k in keys {
+            let entry = match self.keys.get(&k.key_id) {
+                Some(e) if e.key == *k => e.clone(),
+                _ => {
+                    changed.insert(k.key_id.clone());
+                    let json = serde_json::to_vec(k).unwrap_or_default();
+                    Arc::new(Entry {
+                        key: k.clone(),
+                        digest: Sha256::digest(&json).into(),
+                        json: Bytes::from(json),
+                    })
+                }
+            };
+            next.insert(k.key_id.clone(), entry);
+        }
+        changed.extend(
+            self.keys
+                .keys()
+                .filter(|id| !next.contains_key(*id))
+                .cloned(),
+        );
+        if changed.is_empty() && !self.revision.is_empty() {
+            return None;
+        }
+        let mut h = Sha256::new();
+        for e in next.values() {
+            h.update(e.digest);
+        }
+        let revision = format!("sha256:{}", hex::encode(h.finalize()));
+        if revision == self.revision {
+            return None;
+        }
+        let mut history = VecDeque::new();
+        if !self.revision.is_empty() {
+            history.clone_from(&self.history);
+            history.push_back((self.revision.clone(), changed));
+            while history.len() > HISTORY {
+                history.pop_front();
+            }
+        }
+        Some(Table {
+            revision,
+            keys: next,
+            history,
+            snapshot: Mutex::new(None),
+        })
+    }
+
+    /// What a caller at `since` gets: a snapshot (no or unknown `since`) or the changes.
+    pub fn answer(&self, since: Option<&str>) -> Bytes {
+        let Some(since) = since else {
+            return self.snapshot();
+        };
+        if since == self.revision {
+            return self.delta(&BTreeSet::new());
+        }
+        let Some(at) = self.history.iter().position(|(r, _)| r == since) else {
+            return self.snapshot();
+        };
+        let mut touched = BTreeSet::new();
+        for (_, ids) in self.history.iter().skip(at) {
+            touched.extend(ids.iter().map(String::as_str));
+        }
+        self.delta(&touched)
+    }
+
+    fn snapshot(&self) -> Bytes {
+        let mut cached = self
+            .snapshot
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if let Some(b) = cached.as_ref() {
+            return b.clone();
+        }
+        let size: usize = self.keys.values().map(|e| e.json.len() + 1).sum();
+        let mut out = Vec::with_capacity(size + 160);
+        out.extend_from_slice(b"{\"revision\":\"");
+        out.extend_from_slice(self.revision.as_bytes());
+        out.extend_from_slice(b"\",\"snapshot\":true,\"keys\":[");
+        for (i, e) in self.keys.values().enumerate() {
+            if i > 0 {
+                out.push(b',');
+            }
+            out.extend_from_slice(&e.json);
+        }
+        out.extend_from_slice(b"],\"removed\":[]}");
+        let b = Bytes::from(out);
+        *cached = Some(b.clone());
+        b
+    }
+
+    fn delta(&self, touched: &BTreeSet<&str>) -> Bytes {
+        let mut out = Vec::with_capacity(256);
+        out.extend_from_slice(b"{\"revision\":\"");
+        out.extend_from_slice(self.revision.as_bytes());
+        out.extend_from_slice(b"\",\"snapshot\":false,\"keys\":[");
+        let mut removed = Vec::new();
+        let mut first = true;
+        for id in touched {
+            match self.keys.get(*id) {
+                Some(e) => {
+                    if !first {
+                        out.push(b',');
+                    }
+                    first = false;
+                    out.extend_from_slice(&e.json);
+                }
+                None => removed.push(*id),
+            }
+        }
+        out.extend_from_slice(b"],\"removed\":");
+        out.extend_from_slice(&serde_json::to_vec(&removed).unwrap_or_else(|_| b"[]".to_vec()));
+        out.push(b'}');
+        Bytes::from(out)
+    }
+}
+
+/// The key service's state in a running operator: the current table (a `watch`, so long
+/// polls wake on a change) and the gateway credential.
+pub struct KeyService {
+    table: tokio::sync::watch::Sender<Arc<Table>>,
+    credential: Mutex<Option<GatewayCredential>>,
+    /// Syncs answered (snapshots and deltas).
+    pub answered: AtomicU64,
+    /// Syncs refused: not the gateway credential.
+    pub refused: AtomicU64,
+    /// Long polls being held now.
+    pub waiting: AtomicU64,
+}
+
+impl Default for KeyService {
+    fn default() -> KeyService {
+        KeyService {
+            table: tokio::sync::watch::Sender::new(Arc::new(Table::default())),
+            credential: Mutex::new(None),
+            answered: AtomicU64::new(0),
+            refused: AtomicU64::new(0),
+            waiting: AtomicU64::new(0),
+        }
+    }
+}
+
+/// Counts a held long poll while it lives.
+struct Waiting<'a>(&'a AtomicU64);
+
+impl Drop for Waiting<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// The outcome of a sync call.
+#[derive(Debug)]
+pub enum Sync {
+    /// 200 with this JSON body.
+    Answer(Bytes),
+    /// 401: not the gateway credential.
+    Unauthorized,
+    /// 503: no pass has published keys yet.
+    NotReady,
+}
+
+impl KeyService {
+    /// Publishes the usable keys of a pass; long polls wake when the revision changes.
+    /// Returns the current revision.
+    pub fn publish(&self, keys: &[ApiKeyConfig]) -> String {
+        let current = self.table.borrow().clone();
+        if let Some(next) = current.next(keys) {
+            let revision = next.revision.clone();
+            self.table.send_replace(Arc::new(next));
+            revision
+        } else {
+            current.revision.clone()
+        }
+    }
+
+    /// The current table.
+    pub fn table(&self) -> Arc<Table> {
+        self.table.borrow().clone()
+    }
+
+    /// Sets the gateway credential the service accepts.
+    pub fn set_credential(&self, credential: GatewayCredential) {
+        *self
+            .credential
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(credential);
+    }
+
+    fn accepts(&self, bearer: Option<&str>) -> bool {
+        let credential = self
+            .credential
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone();
+        matches!((credential, bearer), (Some(c), Some(b)) if c.accepts(b))
+    }
+
+    /// Answers `GET /v2/keys/sync?<query>` for a caller presenting `bearer`.
+    pub async fn sync(&self, query: &str, bearer: Option<&str>) -> Sync {
+        if !self.accepts(bearer) {
+            self.refused.fetch_add(1, Ordering::Relaxed);
+            return Sync::Unauthorized;
+        }
+        let (mut since, mut wait) = (None, 0u64);
+        for kv in query.split('&') {
+            match kv.split_once('=') {
+                Some(("since", v)) if !v.is_empty() => {
+                    since = Some(v.replace("%3A", ":").replace("%3a", ":"));
+                }
+                Some(("wait", v)) => wait = v.parse().unwrap_or(0),
+                _ => {}
+            }
+        }
+        let mut rx = self.table.subscribe();
+        let table = rx.borrow_and_update().clone();
+        if table.revision.is_empty() {
+            return Sync::NotReady;
+        }
+        if wait > 0 && since.as_deref() == Some(table.revision.as_str()) {
+            let wait = Duration::from_secs(wait).min(MAX_WAIT);
+            self.waiting.fetch_add(1, Ordering::Relaxed);
+            let _held = Waiting(&self.waiting);
+            if let Ok(Ok(())) = tokio::time::timeout(wait, rx.changed()).await {
+                let now = rx.borrow_and_update().clone();
+                self.answered.fetch_add(1, Ordering::Relaxed);
+                return Sync::Answer(now.answer(since.as_deref()));
+            }
+        }
+        self.answered.fetch_add(1, Ordering::Relaxed);
+        Sync::Answer(table.answer(since.as_deref()))
+    }
+}
