@@ -34,4 +34,6 @@ pub mod scope;
 pub mod time;
 
 #[cfg(target_arch = "wasm32")]
+mod abi;
+#[cfg(target_arch = "wasm32")]
 mod wasm;

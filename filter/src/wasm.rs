@@ -1,11 +1,18 @@
-//! The one module that talks proxy-wasm (compiled only for `wasm32`).
+//! The one module that talks proxy-wasm (compiled only for `wasm32`): the callbacks the
+//! filter exports, over the host calls of [`crate::abi`].
 //!
-//! Host calls cost about 1 µs each, so a header-only request makes exactly: one read of the
-//! whole request header map, the targeted writes of [`Plan::header_edits`] (two for a store
-//! route), one `set_property` for the access log. Counters are kept in the VM and flushed to
-//! Envoy stats once a second from the root context's tick.
-#![allow(unsafe_code)] // Raw ABI calls: the SDK's wrappers allocate a String per header.
+//! Envoy enters the VM only for what the filter needs: `proxy_on_context_create` and
+//! `proxy_on_delete` (which root a stream belongs to: Envoy keeps one root context per
+//! distinct configuration and reuses an old one when a configuration comes back, so "the
+//! latest configuration" is not the stream's), `proxy_on_request_headers` (every request),
+//! `proxy_on_request_body` / `proxy_on_request_trailers` (requests with a body), and the root's
+//! configure, tick and http-call callbacks. No `proxy_on_done` or `proxy_on_log`. A header-only request makes exactly one read of
+//! the whole header map, the targeted writes of [`Plan::header_edits`] (two for a store
+//! route) and one `set_property` for the access log. Counters are kept in the VM and flushed
+//! to Envoy stats once a second from the root's tick.
+#![allow(unsafe_code)] // `#[no_mangle]` exports of the ABI.
 
+use crate::abi::{self, Action, BufferType, LogLevel, MapType, MetricType};
 use crate::config::{FilterConfig, SyncResponse};
 use crate::decision::{
     decide, must_strip, Decision, HeaderEdits, Inspection, Plan, INSPECT_HEADER,
@@ -13,63 +20,15 @@ use crate::decision::{
 use crate::denial::Denial;
 use crate::headers::{pairs, RequestHead};
 use crate::policy::{ConfigError, Policy};
-use proxy_wasm::hostcalls;
-use proxy_wasm::traits::{Context, HttpContext, RootContext};
-use proxy_wasm::types::{Action, BufferType, ContextType, LogLevel, MapType, MetricType};
 use std::cell::{Cell, RefCell};
+use std::collections::HashMap;
 use std::fmt::Write as _;
 use std::rc::Rc;
 
-proxy_wasm::main! {{
-    proxy_wasm::set_log_level(LogLevel::Info);
-    std::panic::set_hook(Box::new(|info| {
-        let _ = hostcalls::log(LogLevel::Critical, &format!("layergate: panic: {info}"));
-    }));
-    proxy_wasm::set_root_context(|_| -> Box<dyn RootContext> { Box::new(Root::default()) });
-}}
-
-#[link(wasm_import_module = "env")]
-extern "C" {
-    fn proxy_get_header_map_pairs(map_type: u32, data: *mut *mut u8, size: *mut usize) -> u32;
-    fn proxy_set_property(
-        path: *const u8,
-        path_size: usize,
-        value: *const u8,
-        value_size: usize,
-    ) -> u32;
-}
-
-/// Reads the whole request header map in one host call, into a buffer the host filled through
-/// `proxy_on_memory_allocate`.
-fn request_header_buffer() -> Vec<u8> {
-    let mut data: *mut u8 = std::ptr::null_mut();
-    let mut size: usize = 0;
-    // SAFETY: the host writes a pointer to `size` bytes it allocated with the SDK's
-    // `proxy_on_memory_allocate` (a boxed slice of exactly `size` bytes), or null.
-    unsafe {
-        if proxy_get_header_map_pairs(MapType::HttpRequestHeaders as u32, &mut data, &mut size) != 0
-            || data.is_null()
-        {
-            return Vec::new();
-        }
-        Vec::from_raw_parts(data, size, size)
-    }
-}
+use abi::now;
 
 /// Filter-state key read by access logs as `%FILTER_STATE(wasm.layergate:PLAIN)%`.
 const LOG_PROPERTY: &[u8] = b"layergate";
-
-fn set_log_property(value: &str) {
-    // SAFETY: both pointers are valid for their lengths for the duration of the call.
-    unsafe {
-        proxy_set_property(
-            LOG_PROPERTY.as_ptr(),
-            LOG_PROPERTY.len(),
-            value.as_ptr(),
-            value.len(),
-        );
-    }
-}
 
 /// Counters, indexed by position; flushed to Envoy stats on tick.
 const COUNTERS: [&str; 11] = [
@@ -85,6 +44,7 @@ const COUNTERS: [&str; 11] = [
     "layergate.keys_syncs",
     "layergate.keys_sync_failures",
 ];
+const INSPECTED: usize = 8;
 const SYNCED: usize = 9;
 const SYNC_FAILED: usize = 10;
 
@@ -93,12 +53,19 @@ const SYNC_FAILED: usize = 10;
 const STALE_GAUGE: &str = "layergate.keys_stale_seconds";
 
 thread_local! {
-    static PENDING: [Cell<u64>; 11] = Default::default();
+    static COUNTS: [Cell<u64>; 11] = Default::default();
     static LOG_LINE: RefCell<String> = RefCell::new(String::with_capacity(160));
+    /// Root contexts by id: one per configuration Envoy holds.
+    static ROOTS: RefCell<HashMap<u32, Root>> = RefCell::new(HashMap::new());
+    /// Stream context → its root context.
+    static STREAMS: RefCell<HashMap<u32, u32>> = RefCell::new(HashMap::new());
+    /// Requests whose body is being inspected, by context id (removed at the verdict or in
+    /// `proxy_on_delete`).
+    static INSPECTING: RefCell<HashMap<u32, Pending>> = RefCell::new(HashMap::new());
 }
 
 fn count(index: usize) {
-    PENDING.with(|p| p[index].set(p[index].get() + 1));
+    COUNTS.with(|p| p[index].set(p[index].get() + 1));
 }
 
 fn counter_for(label: &str) -> usize {
@@ -107,6 +74,137 @@ fn counter_for(label: &str) -> usize {
         .position(|c| c.strip_prefix("layergate.") == Some(label))
         .unwrap_or(0)
 }
+
+/// The policy a stream starts with: its root's configuration and current key table.
+fn policy_of(ctx: u32) -> Option<Rc<Policy>> {
+    let root = STREAMS.with(|s| s.try_borrow().ok().and_then(|s| s.get(&ctx).copied()))?;
+    with_root(root, |r| r.policy.clone()).flatten()
+}
+
+/// Runs `f` on root context `root`, if it exists and is not busy.
+fn with_root<T>(root: u32, f: impl FnOnce(&mut Root) -> T) -> Option<T> {
+    ROOTS.with(|roots| {
+        let mut roots = roots.try_borrow_mut().ok()?;
+        roots.get_mut(&root).map(f)
+    })
+}
+
+// ---- exports ----------------------------------------------------------------------------
+
+/// The ABI this module speaks.
+#[no_mangle]
+pub extern "C" fn proxy_abi_version_0_2_1() {}
+
+/// VM start: a panic is logged at critical (then the VM aborts; `FAIL_RELOAD` reloads it).
+#[no_mangle]
+pub extern "C" fn proxy_on_vm_start(_root: u32, _vm_config_size: usize) -> u32 {
+    std::panic::set_hook(Box::new(|info| {
+        abi::log(LogLevel::Critical, &format!("layergate: panic: {info}"));
+    }));
+    1
+}
+
+/// A context: a root (`parent` 0, one per configuration) or a stream of root `parent`.
+#[no_mangle]
+pub extern "C" fn proxy_on_context_create(ctx: u32, parent: u32) {
+    if parent == 0 {
+        ROOTS.with(|r| {
+            if let Ok(mut r) = r.try_borrow_mut() {
+                r.entry(ctx).or_default();
+            }
+        });
+    } else {
+        STREAMS.with(|s| {
+            if let Ok(mut s) = s.try_borrow_mut() {
+                s.insert(ctx, parent);
+            }
+        });
+    }
+}
+
+/// A new plugin configuration for root `root`; 0 refuses it (Envoy keeps the previous
+/// listener).
+#[no_mangle]
+pub extern "C" fn proxy_on_configure(root: u32, _size: usize) -> u32 {
+    let accepted = ROOTS.with(|r| {
+        r.try_borrow_mut()
+            .is_ok_and(|mut r| r.entry(root).or_default().configure())
+    });
+    if accepted {
+        with_root(root, Root::sync_keys);
+    }
+    u32::from(accepted)
+}
+
+/// Once a second: counters and the stale gauge to Envoy; a key sync if one is due.
+#[no_mangle]
+pub extern "C" fn proxy_on_tick(root: u32) {
+    with_root(root, |r| {
+        r.flush();
+        r.sync_keys();
+    });
+}
+
+/// The key service's answer.
+#[no_mangle]
+pub extern "C" fn proxy_on_http_call_response(
+    root: u32,
+    token: u32,
+    _num_headers: usize,
+    body_size: usize,
+    _num_trailers: usize,
+) {
+    with_root(root, |r| {
+        r.answered(token, body_size);
+        r.sync_keys();
+    });
+}
+
+/// Request headers: the decision.
+#[no_mangle]
+pub extern "C" fn proxy_on_request_headers(ctx: u32, _num_headers: usize, end: u32) -> u32 {
+    on_request_headers(ctx, end != 0) as u32
+}
+
+/// A chunk of request body (buffered by Envoy while the filter pauses).
+#[no_mangle]
+pub extern "C" fn proxy_on_request_body(ctx: u32, body_size: usize, end: u32) -> u32 {
+    on_request_body(ctx, body_size, end != 0) as u32
+}
+
+/// Request trailers: an inspected body that ends with them is refused.
+#[no_mangle]
+pub extern "C" fn proxy_on_request_trailers(ctx: u32, _num_trailers: usize) -> u32 {
+    let Some(pending) = INSPECTING.with(|m| m.borrow_mut().remove(&ctx)) else {
+        return Action::Continue as u32;
+    };
+    let d = Denial::bad_request(
+        "this request body is inspected for namespaces and may not end with trailers; send it without trailers",
+    );
+    deny(Some(&pending.policy), Some(&pending.plan), &d) as u32
+}
+
+/// A context is gone: a stream (completed or reset: forget its root and inspection) or a
+/// root (its configuration is no longer used).
+#[no_mangle]
+pub extern "C" fn proxy_on_delete(ctx: u32) {
+    let stream = STREAMS.with(|s| s.try_borrow_mut().ok().and_then(|mut s| s.remove(&ctx)));
+    if stream.is_some() {
+        INSPECTING.with(|m| {
+            if let Ok(mut m) = m.try_borrow_mut() {
+                m.remove(&ctx);
+            }
+        });
+    } else {
+        ROOTS.with(|r| {
+            if let Ok(mut r) = r.try_borrow_mut() {
+                r.remove(&ctx);
+            }
+        });
+    }
+}
+
+// ---- root: configuration, counters, key sync --------------------------------------------
 
 #[derive(Default)]
 struct Root {
@@ -130,6 +228,81 @@ struct Sync {
 }
 
 impl Root {
+    fn configure(&mut self) -> bool {
+        let Some(bytes) = abi::get_buffer(BufferType::PluginConfiguration, 0, usize::MAX) else {
+            abi::log(
+                LogLevel::Critical,
+                "layergate: no plugin configuration; refusing to start",
+            );
+            return false;
+        };
+        // Parse, then free the document before compiling: linear memory never shrinks, so
+        // the peak (document + parsed + compiled) is what every copy of the VM keeps.
+        let parsed = FilterConfig::from_json(&bytes).map_err(ConfigError::from);
+        drop(bytes);
+        let policy = match parsed.and_then(|cfg| Policy::compile(&cfg, |var| std::env::var(var).ok())) {
+            Ok(policy) => policy,
+            Err(e) => {
+                abi::log(
+                    LogLevel::Critical,
+                    &format!("layergate: {e}; configuration refused"),
+                );
+                return false;
+            }
+        };
+        for s in &policy.stores {
+            if let Err(var) = &s.bearer {
+                abi::log(
+                    LogLevel::Error,
+                    &format!("layergate: store {:?}: environment variable {var} is not set; its requests get 503", s.name),
+                );
+            }
+        }
+        abi::log(
+            LogLevel::Info,
+            &format!(
+                "layergate: configured {} stores, {} namespaces, {} api keys",
+                policy.stores.len(),
+                policy.namespaces.len(),
+                policy.keys.len()
+            ),
+        );
+        self.policy = Some(Rc::new(policy));
+        if self.metric_ids.is_empty() {
+            self.metric_ids = COUNTERS
+                .iter()
+                .filter_map(|name| abi::define_metric(MetricType::Counter, name))
+                .collect();
+            self.stale_gauge = abi::define_metric(MetricType::Gauge, STALE_GAUGE);
+        }
+        abi::set_tick_period(std::time::Duration::from_secs(1));
+        self.sync = Sync {
+            configured_at: now(),
+            ..Sync::default()
+        };
+        true
+    }
+
+    fn flush(&self) {
+        if let (Some(policy), Some(gauge)) = (&self.policy, self.stale_gauge) {
+            if let Some(f) = policy.keys.freshness() {
+                let now = now();
+                let stale = f
+                    .stale_seconds(now)
+                    .unwrap_or_else(|| now.saturating_sub(self.sync.configured_at));
+                abi::record_metric(gauge, u64::try_from(stale).unwrap_or(0));
+            }
+        }
+        COUNTS.with(|p| {
+            for (cell, id) in p.iter().zip(&self.metric_ids) {
+                let n = cell.replace(0);
+                if n > 0 {
+                    abi::increment_metric(*id, i64::try_from(n).unwrap_or(i64::MAX));
+                }
+            }
+        });
+    }
+
     /// Starts a sync when a key service is configured, none is in flight and no back-off holds.
     fn sync_keys(&mut self) {
         let Some(policy) = self.policy.clone() else {
@@ -159,21 +332,19 @@ impl Root {
                 }
             }
         }
-        let call = self.dispatch_http_call(
+        let call = abi::dispatch_http_call(
             &ks.cluster,
-            vec![
+            &[
                 (":method", "GET"),
                 (":path", &path),
                 (":authority", &ks.authority),
                 ("authorization", bearer),
             ],
-            None,
-            vec![],
             std::time::Duration::from_secs(ks.poll_seconds + 5),
         );
         match call {
-            Ok(token) => self.sync.in_flight = Some((token, since)),
-            Err(_) => self.sync_failed("dispatch_http_call to the key service's cluster failed"),
+            Some(token) => self.sync.in_flight = Some((token, since)),
+            None => self.sync_failed("dispatch_http_call to the key service's cluster failed"),
         }
     }
 
@@ -183,13 +354,43 @@ impl Root {
         self.sync.not_before = now().saturating_add(backoff.min(10));
         count(SYNC_FAILED);
         if self.sync.failures == 1 || self.sync.failures.is_multiple_of(30) {
-            let _ = hostcalls::log(
+            abi::log(
                 LogLevel::Warn,
                 &format!(
                     "layergate: key service sync failed ({why}); {} failures in a row, the last table keeps serving until keyService.maxStalenessSeconds",
                     self.sync.failures
                 ),
             );
+        }
+    }
+
+    /// The answer to call `token`.
+    fn answered(&mut self, token: u32, body_size: usize) {
+        let Some((expected, asked)) = self.sync.in_flight.take() else {
+            return;
+        };
+        if expected != token {
+            return;
+        }
+        let status = abi::get_header(MapType::HttpCallResponseHeaders, ":status");
+        let result = match status.as_deref() {
+            Some(b"200") => {
+                let body = abi::get_buffer(BufferType::HttpCallResponseBody, 0, body_size)
+                    .unwrap_or_default();
+                self.synced(asked.as_deref(), &body)
+            }
+            Some(other) => Err(format!(
+                "the key service answered {}",
+                String::from_utf8_lossy(other)
+            )),
+            None => Err("no answer (timeout or connection failure)".into()),
+        };
+        match result {
+            Ok(()) => {
+                self.sync.failures = 0;
+                count(SYNCED);
+            }
+            Err(why) => self.sync_failed(&why),
         }
     }
 
@@ -219,194 +420,45 @@ impl Root {
     }
 }
 
-impl Context for Root {
-    fn on_http_call_response(
-        &mut self,
-        token: u32,
-        _num_headers: usize,
-        body_size: usize,
-        _num_trailers: usize,
-    ) {
-        let Some((expected, asked)) = self.sync.in_flight.take() else {
-            return;
-        };
-        if expected != token {
-            return;
-        }
-        let status = hostcalls::get_map_value(MapType::HttpCallResponseHeaders, ":status")
-            .ok()
-            .flatten();
-        let result = match status.as_deref() {
-            Some("200") => {
-                let body = hostcalls::get_buffer(BufferType::HttpCallResponseBody, 0, body_size)
-                    .ok()
-                    .flatten()
-                    .unwrap_or_default();
-                self.synced(asked.as_deref(), &body)
-            }
-            Some(other) => Err(format!("the key service answered {other}")),
-            None => Err("no answer (timeout or connection failure)".into()),
-        };
-        match result {
-            Ok(()) => {
-                self.sync.failures = 0;
-                count(SYNCED);
-            }
-            Err(why) => self.sync_failed(&why),
-        }
-        self.sync_keys();
-    }
-}
+// ---- requests ---------------------------------------------------------------------------
 
-impl RootContext for Root {
-    fn on_configure(&mut self, _size: usize) -> bool {
-        let bytes = match hostcalls::get_buffer(BufferType::PluginConfiguration, 0, usize::MAX) {
-            Ok(Some(b)) => b,
-            _ => {
-                let _ = hostcalls::log(
-                    LogLevel::Critical,
-                    "layergate: no plugin configuration; refusing to start",
-                );
-                return false;
-            }
-        };
-        // Parse, then free the document before compiling: linear memory never shrinks, so
-        // the peak (document + parsed + compiled) is what every copy of the VM keeps.
-        let parsed = FilterConfig::from_json(&bytes).map_err(ConfigError::from);
-        drop(bytes);
-        match parsed.and_then(|cfg| Policy::compile(&cfg, |var| std::env::var(var).ok())) {
-            Ok(policy) => {
-                for s in &policy.stores {
-                    if let Err(var) = &s.bearer {
-                        let _ = hostcalls::log(
-                            LogLevel::Error,
-                            &format!("layergate: store {:?}: environment variable {var} is not set; its requests get 503", s.name),
-                        );
-                    }
-                }
-                let _ = hostcalls::log(
-                    LogLevel::Info,
-                    &format!(
-                        "layergate: configured {} stores, {} namespaces, {} api keys",
-                        policy.stores.len(),
-                        policy.namespaces.len(),
-                        policy.keys.len()
-                    ),
-                );
-                self.policy = Some(Rc::new(policy));
-                if self.metric_ids.is_empty() {
-                    self.metric_ids = COUNTERS
-                        .iter()
-                        .filter_map(|name| hostcalls::define_metric(MetricType::Counter, name).ok())
-                        .collect();
-                    self.stale_gauge =
-                        hostcalls::define_metric(MetricType::Gauge, STALE_GAUGE).ok();
-                }
-                let _ = hostcalls::set_tick_period(std::time::Duration::from_secs(1));
-                self.sync = Sync {
-                    configured_at: now(),
-                    ..Sync::default()
-                };
-                self.sync_keys();
-                true
-            }
-            Err(e) => {
-                let _ = hostcalls::log(
-                    LogLevel::Critical,
-                    &format!("layergate: {e}; configuration refused"),
-                );
-                false
-            }
-        }
-    }
-
-    fn on_tick(&mut self) {
-        if let (Some(policy), Some(gauge)) = (&self.policy, self.stale_gauge) {
-            if let Some(f) = policy.keys.freshness() {
-                let now = now();
-                let stale = f
-                    .stale_seconds(now)
-                    .unwrap_or_else(|| now.saturating_sub(self.sync.configured_at));
-                let _ = hostcalls::record_metric(gauge, u64::try_from(stale).unwrap_or(0));
-            }
-        }
-        self.sync_keys();
-        PENDING.with(|p| {
-            for (cell, id) in p.iter().zip(&self.metric_ids) {
-                let n = cell.replace(0);
-                if n > 0 {
-                    let _ = hostcalls::increment_metric(*id, n as i64);
-                }
-            }
-        });
-    }
-
-    fn create_http_context(&self, _id: u32) -> Option<Box<dyn HttpContext>> {
-        Some(Box::new(Request {
-            policy: self.policy.clone(),
-            pending: None,
-        }))
-    }
-
-    fn get_type(&self) -> Option<ContextType> {
-        Some(ContextType::HttpContext)
-    }
-}
-
-struct Request {
-    policy: Option<Rc<Policy>>,
-    /// A body being buffered for inspection, and the refusal owed after it when the request
-    /// has nowhere to go (a 404 or 503 must not come before a 403 the body earns).
-    pending: Option<Pending>,
-}
-
+/// A body being buffered for inspection, with the policy the request started with, and the
+/// refusal owed after it when the request has nowhere to go (a 404 or 503 must not come
+/// before a 403 the body earns).
 struct Pending {
+    policy: Rc<Policy>,
     plan: Plan,
     inspection: Inspection,
     after: Option<Denial>,
 }
 
-/// The host clock in Unix seconds (`i64::MAX` when unreadable: every expiry has passed).
-fn now() -> i64 {
-    hostcalls::get_current_time()
-        .ok()
-        .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
-        .map_or(i64::MAX, |d| d.as_secs() as i64)
+fn deny(policy: Option<&Policy>, plan: Option<&Plan>, denial: &Denial) -> Action {
+    let body = denial.body();
+    let mut headers = [("content-type", "application/json"), ("", "")];
+    let n = match denial.www_authenticate() {
+        Some(w) => {
+            headers[1] = ("www-authenticate", w);
+            2
+        }
+        None => 1,
+    };
+    record(policy, plan, denial.label());
+    count(counter_for(denial.label()));
+    abi::send_local_response(denial.status(), &headers[..n], body.as_bytes());
+    Action::Pause
 }
 
-impl Context for Request {}
-
-impl Request {
-    fn deny(&self, policy: Option<&Policy>, plan: Option<&Plan>, denial: &Denial) -> Action {
-        let body = denial.body();
-        let mut headers = vec![("content-type", "application/json")];
-        if let Some(w) = denial.www_authenticate() {
-            headers.push(("www-authenticate", w));
-        }
-        record(policy, plan, denial.label());
-        count(counter_for(denial.label()));
-        let _ = hostcalls::send_http_response(denial.status(), headers, Some(body.as_bytes()));
-        Action::Pause
+/// Forwards: header writes, optional `:path`, access-log record and counter.
+fn forward(policy: &Policy, plan: &Plan, header_buf: Option<&[u8]>, path: Option<&str>) -> Action {
+    if let Err(d) = apply_edits(policy, plan, header_buf) {
+        return deny(Some(policy), Some(plan), &d);
     }
-
-    /// Forwards: header writes, optional `:path`, access-log record and counter.
-    fn forward(
-        &self,
-        policy: &Policy,
-        plan: &Plan,
-        header_buf: Option<&[u8]>,
-        path: Option<&str>,
-    ) -> Action {
-        if let Err(d) = apply_edits(policy, plan, header_buf) {
-            return self.deny(Some(policy), Some(plan), &d);
-        }
-        if let Some(p) = path {
-            let _ = hostcalls::set_map_value(MapType::HttpRequestHeaders, ":path", Some(p));
-        }
-        record(Some(policy), Some(plan), "allowed");
-        count(0);
-        Action::Continue
+    if let Some(p) = path {
+        abi::set_header(":path", Some(p));
     }
+    record(Some(policy), Some(plan), "allowed");
+    count(0);
+    Action::Continue
 }
 
 /// Writes the plan's headers and strips client `x-layergate-*` headers it does not overwrite.
@@ -417,7 +469,7 @@ fn apply_edits(policy: &Policy, plan: &Plan, header_buf: Option<&[u8]>) -> Resul
         strip_layergate_headers(buf, &edits);
     }
     for &(name, value) in edits.as_slice() {
-        let _ = hostcalls::set_map_value(MapType::HttpRequestHeaders, name, value);
+        abi::set_header(name, value);
     }
     Ok(())
 }
@@ -428,7 +480,7 @@ fn strip_layergate_headers(buf: &[u8], edits: &HeaderEdits<'_>) {
     for (name, _) in pairs(buf) {
         if must_strip(name, edits) {
             if let Ok(name) = std::str::from_utf8(name) {
-                let _ = hostcalls::remove_map_value(MapType::HttpRequestHeaders, name);
+                abi::set_header(name, None);
             }
         }
     }
@@ -453,117 +505,107 @@ fn record(policy: Option<&Policy>, plan: Option<&Plan>, decision: &str) {
             line,
             "principal={principal} scope={scope} store={store} decision={decision}"
         );
-        set_log_property(&line);
+        abi::set_property(LOG_PROPERTY, &line);
     });
 }
 
-impl HttpContext for Request {
-    fn on_http_request_headers(&mut self, _num_headers: usize, end_of_stream: bool) -> Action {
-        let Some(policy) = self.policy.clone() else {
-            let d = Denial::unavailable("layergate has no configuration");
-            return self.deny(None, None, &d);
-        };
-        let buf = request_header_buffer();
-        let head = RequestHead::from_pairs(pairs(&buf));
-        let head_strip = head.has_layergate_headers.then_some(buf.as_slice());
-        if !policy.serves_host(head.authority) {
-            // Another team's host on a shared gateway: no authentication, no credential, no
-            // routing header — only client `x-layergate-*` headers are removed, since the
-            // routing header is ours wherever it appears.
-            if let Some(buf) = head_strip {
-                strip_layergate_headers(buf, &HeaderEdits::default());
-            }
-            return Action::Continue;
+fn on_request_headers(ctx: u32, end_of_stream: bool) -> Action {
+    let Some(policy) = policy_of(ctx) else {
+        return deny(
+            None,
+            None,
+            &Denial::unavailable("layergate has no configuration"),
+        );
+    };
+    let buf = abi::header_map(MapType::HttpRequestHeaders);
+    let head = RequestHead::from_pairs(pairs(&buf));
+    let head_strip = head.has_layergate_headers.then_some(buf.as_slice());
+    if !policy.serves_host(head.authority) {
+        // Another team's host on a shared gateway: no authentication, no credential, no
+        // routing header — only client `x-layergate-*` headers are removed, since the
+        // routing header is ours wherever it appears.
+        if let Some(buf) = head_strip {
+            strip_layergate_headers(buf, &HeaderEdits::default());
         }
-        match decide(&policy, &head, now) {
-            Decision::Forward(plan) => self.forward(&policy, &plan, head_strip, None),
-            Decision::ForwardWithPath(plan, path) => {
-                self.forward(&policy, &plan, head_strip, Some(&path))
+        return Action::Continue;
+    }
+    match decide(&policy, &head, now) {
+        Decision::Forward(plan) => forward(&policy, &plan, head_strip, None),
+        Decision::ForwardWithPath(plan, path) => forward(&policy, &plan, head_strip, Some(&path)),
+        Decision::Deny(d) => deny(Some(&policy), None, &d),
+        Decision::Inspect(plan, inspection) => {
+            if end_of_stream {
+                return match crate::body::check(&policy, &plan, inspection, &[], now) {
+                    Ok(()) => forward(&policy, &plan, head_strip, None),
+                    Err(d) => deny(Some(&policy), Some(&plan), &d),
+                };
             }
-            Decision::Deny(d) => self.deny(Some(&policy), None, &d),
-            Decision::Inspect(plan, inspection) => {
-                if end_of_stream {
-                    return match crate::body::check(&policy, &plan, inspection, &[], now) {
-                        Ok(()) => self.forward(&policy, &plan, head_strip, None),
-                        Err(d) => self.deny(Some(&policy), Some(&plan), &d),
-                    };
-                }
-                // Envoy turns a paused header callback into "stop all iteration", which would
-                // also withhold the body from this filter. So the headers continue, marked with
-                // `x-layergate-inspect`: the route it selects enables Envoy's buffer filter
-                // (after this one), which holds the request back from the router until this
-                // filter lets the complete body through or replaces it with a denial. A request
-                // with no upstream still has its body judged first: its 404/503 comes after.
-                let after = apply_edits(&policy, &plan, head_strip).err();
-                let _ = hostcalls::set_map_value(
-                    MapType::HttpRequestHeaders,
-                    INSPECT_HEADER,
-                    Some("1"),
-                );
-                self.pending = Some(Pending {
-                    plan,
-                    inspection,
-                    after,
-                });
-                Action::Continue
-            }
+            // Envoy turns a paused header callback into "stop all iteration", which would
+            // also withhold the body from this filter. So the headers continue, marked with
+            // `x-layergate-inspect`: the route it selects enables Envoy's buffer filter
+            // (after this one), which holds the request back from the router until this
+            // filter lets the complete body through or replaces it with a denial. A request
+            // with no upstream still has its body judged first: its 404/503 comes after.
+            let after = apply_edits(&policy, &plan, head_strip).err();
+            abi::set_header(INSPECT_HEADER, Some("1"));
+            INSPECTING.with(|m| {
+                m.borrow_mut().insert(
+                    ctx,
+                    Pending {
+                        policy: Rc::clone(&policy),
+                        plan,
+                        inspection,
+                        after,
+                    },
+                )
+            });
+            Action::Continue
         }
     }
+}
 
-    fn on_http_request_body(&mut self, body_size: usize, end_of_stream: bool) -> Action {
-        let (Some(policy), Some(pending)) = (self.policy.clone(), self.pending.as_ref()) else {
-            return Action::Continue;
-        };
-        if body_size as u64 > policy.inspect_body_bytes {
-            let plan = pending.plan;
-            self.pending = None;
-            return self.deny(
-                Some(&policy),
-                Some(&plan),
-                &Denial::too_large(policy.inspect_body_bytes),
-            );
-        }
-        if !end_of_stream {
+fn on_request_body(ctx: u32, body_size: usize, end_of_stream: bool) -> Action {
+    let over = INSPECTING.with(|m| {
+        m.borrow()
+            .get(&ctx)
+            .map(|p| body_size as u64 > p.policy.inspect_body_bytes)
+    });
+    match over {
+        None => return Action::Continue, // Not inspected: the body streams.
+        Some(false) if !end_of_stream => {
             // Envoy buffers until the end of the body. If the body ends with trailers instead,
             // the trailer callback refuses it: nothing buffered here moves on before a verdict.
             return Action::Pause;
         }
-        let Some(Pending {
-            plan,
-            inspection,
-            after,
-        }) = self.pending.take()
-        else {
-            return Action::Continue;
-        };
-        count(8);
-        let body = hostcalls::get_buffer(BufferType::HttpRequestBody, 0, body_size)
-            .ok()
-            .flatten()
-            .unwrap_or_default();
-        match crate::body::check(&policy, &plan, inspection, &body, now) {
-            Ok(()) => match after {
-                Some(d) => self.deny(Some(&policy), Some(&plan), &d),
-                None => {
-                    record(Some(&policy), Some(&plan), "allowed");
-                    count(0);
-                    Action::Continue
-                }
-            },
-            Err(d) => self.deny(Some(&policy), Some(&plan), &d),
-        }
+        _ => {}
     }
-
-    /// A body under inspection that ends with trailers (HTTP/2, or HTTP/1.1 chunked where the
-    /// codec keeps trailers) is refused: Envoy would release the buffered body with the
-    /// trailers, unjudged, and no turbopuffer client sends request trailers (SPEC §5).
-    fn on_http_request_trailers(&mut self, _num_trailers: usize) -> Action {
-        let (Some(policy), Some(pending)) = (self.policy.clone(), self.pending.take()) else {
-            return Action::Continue;
-        };
-        let d = Denial::bad_request(
-            "this request body is inspected for namespaces and may not end with trailers; send it without trailers",
+    let Some(Pending {
+        policy,
+        plan,
+        inspection,
+        after,
+    }) = INSPECTING.with(|m| m.borrow_mut().remove(&ctx))
+    else {
+        return Action::Continue;
+    };
+    if over == Some(true) {
+        return deny(
+            Some(&policy),
+            Some(&plan),
+            &Denial::too_large(policy.inspect_body_bytes),
         );
-        self.deny(Some(&policy), Some(&pending.plan), &d)
+    }
+    count(INSPECTED);
+    let body = abi::get_buffer(BufferType::HttpRequestBody, 0, body_size).unwrap_or_default();
+    match crate::body::check(&policy, &plan, inspection, &body, now) {
+        Ok(()) => match after {
+            Some(d) => deny(Some(&policy), Some(&plan), &d),
+            None => {
+                record(Some(&policy), Some(&plan), "allowed");
+                count(0);
+                Action::Continue
+            }
+        },
+        Err(d) => deny(Some(&policy), Some(&plan), &d),
     }
 }

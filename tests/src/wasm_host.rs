@@ -677,7 +677,7 @@ impl FilterHost {
             instance,
             next_context: ROOT + 1,
         };
-        host.call::<(i32, i32), ()>("proxy_on_context_create", (ROOT, 0))?;
+        host.call_if_exported::<(i32, i32), ()>("proxy_on_context_create", (ROOT, 0))?;
         if host.call::<(i32, i32), i32>("proxy_on_vm_start", (ROOT, 0))? == 0 {
             bail!("proxy_on_vm_start returned false");
         }
@@ -695,6 +695,18 @@ impl FilterHost {
             .with_context(|| format!("export {name}"))?;
         f.call(&mut self.store, params)
             .with_context(|| format!("calling {name}"))
+    }
+
+    /// Calls an optional export; nothing when the module does not export it.
+    fn call_if_exported<P: wasmtime::WasmParams, R: wasmtime::WasmResults>(
+        &mut self,
+        name: &str,
+        params: P,
+    ) -> Result<Option<R>> {
+        if self.instance.get_func(&mut self.store, name).is_none() {
+            return Ok(None);
+        }
+        self.call(name, params).map(Some)
     }
 
     /// Size of the VM's linear memory, in bytes: what one copy of the filter holds (it never
@@ -738,7 +750,8 @@ impl FilterHost {
             st.body = req.body.clone().unwrap_or_default();
             st.reply = None;
         }
-        self.call::<(i32, i32), ()>("proxy_on_context_create", (ctx, ROOT))?;
+        // Callbacks a filter need not export (the SDK's dispatcher exports all of them).
+        self.call_if_exported::<(i32, i32), ()>("proxy_on_context_create", (ctx, ROOT))?;
         let n = i32::try_from(req.headers.len())?;
         let eos = i32::from(req.body.is_none());
         let action =
@@ -752,9 +765,9 @@ impl FilterHost {
                 self.call::<(i32, i32, i32), i32>("proxy_on_request_body", (ctx, size, 1))?;
             }
         }
-        self.call::<i32, ()>("proxy_on_log", ctx)?;
-        self.call::<i32, i32>("proxy_on_done", ctx)?;
-        self.call::<i32, ()>("proxy_on_delete", ctx)?;
+        self.call_if_exported::<i32, ()>("proxy_on_log", ctx)?;
+        self.call_if_exported::<i32, i32>("proxy_on_done", ctx)?;
+        self.call_if_exported::<i32, ()>("proxy_on_delete", ctx)?;
         let st = self.store.data_mut();
         Ok(match st.reply.take() {
             Some(reply) => Outcome::LocalReply(reply),
