@@ -149,6 +149,14 @@ pub fn authenticate(
             _ => {}
         }
     }
+    if !grants.is_empty() {
+        // A credential of the configuration, for another store: never a minted key.
+        return Err(Denial::invalid_token(format!(
+            "the bearer token is not accepted by store {:?} (inboundAuth mode {})",
+            &*s.name,
+            s.mode.as_str()
+        )));
+    }
     // Not a credential of the configuration: a minted key, judged by a table that must be
     // fresh (SPEC §6: fail closed, visibly).
     if let Err(why) = policy.keys.usable(now()) {
@@ -171,16 +179,9 @@ pub fn authenticate(
             _ => Ok(Principal::Token(Grant::Minted(k))),
         };
     }
-    Err(match () {
-        () if grants.is_empty() => Denial::invalid_token(
-            "the bearer token is not a known key (unknown, revoked or mistyped); check the token or mint a new key",
-        ),
-        () => Denial::invalid_token(format!(
-            "the bearer token is not accepted by store {:?} (inboundAuth mode {})",
-            &*s.name,
-            s.mode.as_str()
-        )),
-    })
+    Err(Denial::invalid_token(
+        "the bearer token is not a known key (unknown, revoked or mistyped); check the token or mint a new key",
+    ))
 }
 
 /// The one authorization check: `credential` authenticated on `store`, then `access`

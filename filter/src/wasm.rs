@@ -240,16 +240,17 @@ impl Root {
         // the peak (document + parsed + compiled) is what every copy of the VM keeps.
         let parsed = FilterConfig::from_json(&bytes).map_err(ConfigError::from);
         drop(bytes);
-        let policy = match parsed.and_then(|cfg| Policy::compile(&cfg, |var| std::env::var(var).ok())) {
-            Ok(policy) => policy,
-            Err(e) => {
-                abi::log(
-                    LogLevel::Critical,
-                    &format!("layergate: {e}; configuration refused"),
-                );
-                return false;
-            }
-        };
+        let policy =
+            match parsed.and_then(|cfg| Policy::compile(&cfg, |var| std::env::var(var).ok())) {
+                Ok(policy) => policy,
+                Err(e) => {
+                    abi::log(
+                        LogLevel::Critical,
+                        &format!("layergate: {e}; configuration refused"),
+                    );
+                    return false;
+                }
+            };
         for s in &policy.stores {
             if let Err(var) = &s.bearer {
                 abi::log(
