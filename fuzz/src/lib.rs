@@ -122,6 +122,12 @@ fn judge_path(forwarded: &str, to_store: bool) {
 /// Applies the path oracle to a decision of the restricted key.
 fn judge(decision: &Decision, path: &str) {
     match decision {
+        // The control API is layergate's own operator: it serves key and store records, never
+        // namespace data, whatever its path says.
+        Decision::Forward(plan)
+        | Decision::Inspect(plan, _)
+        | Decision::ForwardWithPath(plan, _)
+            if plan.target == Target::Control => {}
         Decision::Forward(plan) | Decision::Inspect(plan, _) if plan.restricted => {
             judge_path(path, plan.target == Target::Store)
         }
