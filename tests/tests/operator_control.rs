@@ -422,3 +422,75 @@ fn authenticate_limit_through_the_gateway_ignores_a_forged_forwarded_for() {
         assert_eq!(statuses, [200, 200, 429]);
     }
 }
+
+/// SPEC §6 in the real Envoy with the real key service: the key service is down when the
+/// gateway starts (minted tokens 503, inbound keys 200), comes up and the gateway syncs on its
+/// own; then a revocation and a mint are enforced at the gateway shortly after the operator
+/// answers (the figures are printed; the bound asserted is generous for a loaded machine).
+#[test]
+fn minted_keys_follow_the_key_service_down_at_start_then_changes_within_a_second() {
+    let primary = DevStore::start(PRIMARY_KEY).unwrap();
+    let archive = DevStore::start(ARCHIVE_KEY).unwrap();
+    let (dir, out) = demo::manifests_for("control-keysync", &primary, &archive).unwrap();
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let control = listener.local_addr().unwrap();
+    let settings = demo::test_settings(Some(control)).unwrap_or_else(|e| panic!("{e:#}"));
+    let source = Arc::new(DirSource::new(dir, out.clone(), settings));
+    source.refresh().unwrap();
+    let rendered = std::fs::read_to_string(out.join("layergate.json")).unwrap();
+    assert!(
+        rendered.contains("keyService") && !rendered.contains("apiKeys"),
+        "{rendered}"
+    );
+    let bootstrap = std::fs::read_to_string(out.join("bootstrap.yaml")).unwrap();
+    let envoy =
+        Envoy::start_yaml(&bootstrap, &paths::repo_root()).unwrap_or_else(|e| panic!("{e:#}"));
+    let s = Stack {
+        envoy,
+        _stores: (primary, archive),
+        control,
+    };
+    let shop = layergate_tests::tour::SHOP_READER_TOKEN;
+    let path = "/v1/namespaces/shop-a/metadata";
+    // The key service is not listening yet: minted tokens fail closed, inbound keys work.
+    let r = call(&s, "GET", path, Some(shop), None);
+    assert_eq!(r.status, 503, "{}", r.text());
+    assert!(r.text().contains("key table is not loaded"), "{}", r.text());
+    assert_ne!(
+        call(&s, "GET", path, Some("demo-read-token"), None).status,
+        503
+    );
+    // It comes up: the gateway's retries find it.
+    let api = Arc::new(Api::new(source, DEFAULT_AUTHENTICATE_PER_MINUTE));
+    std::thread::spawn(move || api.serve_on(listener));
+    let started = std::time::Instant::now();
+    eventually(&s, path, shop, 404); // the devstore has no such namespace: the key passed
+    println!(
+        "first sync after the key service came up: {:?}",
+        started.elapsed()
+    );
+    // Revoke, then measure until the gateway refuses the token.
+    let admin = Some("demo-admin-token");
+    let revoked = call(&s, "POST", "/v2/keys/shop-reader/revoke", admin, None);
+    assert_eq!(revoked.status, 200, "{}", revoked.text());
+    let answered = std::time::Instant::now();
+    eventually(&s, path, shop, 401);
+    let revoke_delay = answered.elapsed();
+    // Mint, and measure until the new token is accepted.
+    let spec = json!({"name": "late-reader", "entitlements": {"vectorstore.primary": {"scopes": ["read"]}}});
+    let minted = call(&s, "POST", "/v2/keys", admin, Some(spec));
+    assert_eq!(minted.status, 201, "{}", minted.text());
+    let token = minted.json().unwrap()["token"].as_str().unwrap().to_owned();
+    let answered = std::time::Instant::now();
+    eventually(&s, path, &token, 404);
+    let mint_delay = answered.elapsed();
+    println!("revoke enforced {revoke_delay:?} and mint usable {mint_delay:?} after the operator answered (polled every 50 ms)");
+    assert!(
+        revoke_delay < std::time::Duration::from_secs(2),
+        "{revoke_delay:?}"
+    );
+    assert!(
+        mint_delay < std::time::Duration::from_secs(2),
+        "{mint_delay:?}"
+    );
+}
