@@ -117,8 +117,8 @@ pub struct Cluster {
     pub state: State,
     /// Serializes passes (the controller loop and the control API both start them).
     pass_lock: tokio::sync::Mutex<()>,
-    /// True while this replica holds the lease.
-    leader: std::sync::atomic::AtomicBool,
+    /// Until when this replica may write (the lease's local "leader until"; [`crate::lease`]).
+    leader_until: std::sync::Mutex<Option<Instant>>,
     /// The runtime the client lives on, for the control API's blocking calls.
     runtime: tokio::runtime::Handle,
 }
@@ -186,19 +186,40 @@ impl Cluster {
             output_secret: output_secret.to_owned(),
             state: State::default(),
             pass_lock: tokio::sync::Mutex::new(()),
-            leader: std::sync::atomic::AtomicBool::new(false),
+            leader_until: std::sync::Mutex::new(None),
             runtime: tokio::runtime::Handle::current(),
         }
     }
 
-    /// Whether passes write (this replica leads).
+    /// Whether passes write: `true` leads with no deadline (tests, a single replica),
+    /// `false` stops at once. The controller uses [`Cluster::lead_until`].
     pub fn set_leader(&self, leader: bool) {
-        self.leader.store(leader, Ordering::SeqCst);
+        self.lead_until(leader.then(|| Instant::now() + Duration::from_secs(100 * 365 * 86_400)));
     }
 
-    /// True while this replica leads.
+    /// Leads until `deadline` (None: follows). Writes check it, so a replica whose renewal
+    /// hangs stops writing at the deadline even while a pass is under way.
+    pub fn lead_until(&self, deadline: Option<Instant>) {
+        *self.leader_until.lock().unwrap_or_else(|p| p.into_inner()) = deadline;
+    }
+
+    /// True while this replica leads (its deadline is in the future).
     pub fn is_leader(&self) -> bool {
-        self.leader.load(Ordering::SeqCst)
+        self.leader_until
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .is_some_and(|t| Instant::now() < t)
+    }
+
+    /// Checked before every write: an error once leadership has lapsed.
+    fn ensure_leader(&self) -> Result<()> {
+        if self.is_leader() {
+            Ok(())
+        } else {
+            Err(anyhow::anyhow!(
+                "not writing: this replica no longer holds the lease"
+            ))
+        }
     }
 
     fn api<K: Resource<Scope = k8s_openapi::NamespaceResourceScope>>(&self) -> Api<K>
@@ -288,6 +309,7 @@ impl Cluster {
                         .is_some_and(|u| !m.apikey_owners.contains(u))
             });
             if stale {
+                self.ensure_leader()?;
                 match secrets.delete(&secret, &Default::default()).await {
                     Ok(_) => {}
                     Err(kube::Error::Api(e)) if e.is_not_found() => {}
@@ -314,6 +336,7 @@ impl Cluster {
                     .map(|(k, v)| (k, ByteString(v.into_bytes())))
                     .collect()
             });
+            self.ensure_leader()?;
             match secrets
                 .create(
                     &PostParams {
@@ -363,6 +386,7 @@ impl Cluster {
             data: Some(data),
             ..Secret::default()
         };
+        self.ensure_leader()?;
         secrets
             .patch(
                 &self.output_secret,
@@ -391,6 +415,7 @@ impl Cluster {
             "status": new,
         });
         let name = obj.name_any();
+        self.ensure_leader()?;
         self.api::<K>()
             .patch_status(
                 &name,
@@ -508,6 +533,7 @@ impl Cluster {
             count: Some(1),
             ..Event::default()
         };
+        self.ensure_leader()?;
         Api::<Event>::namespaced(self.client.clone(), &self.namespace)
             .create(&PostParams::default(), &event)
             .await
