@@ -255,12 +255,23 @@ impl Cluster {
         };
         let secrets = self.api::<Secret>();
         for name in referenced_secrets(&objects) {
-            let Some(secret) = secrets
-                .get_opt(&name)
-                .await
-                .with_context(|| format!("reading Secret {name}"))?
-            else {
+            // An empty name is the referring object's condition (validation), never a GET.
+            if name.is_empty() {
                 continue;
+            }
+            // One Secret that cannot be read (RBAC, a timeout) is its referrers' condition;
+            // every other object still renders and publishes.
+            let secret = match secrets.get_opt(&name).await {
+                Ok(Some(s)) => s,
+                Ok(None) => continue,
+                Err(e) => {
+                    tracing::warn!(secret = %name, "reading a Secret: {e}");
+                    let id = (self.namespace.clone(), name);
+                    objects
+                        .secret_errors
+                        .insert(id, format!("could not be read: {e}"));
+                    continue;
+                }
             };
             let mut data: BTreeMap<String, String> = BTreeMap::new();
             for (k, v) in secret.data.unwrap_or_default() {
@@ -287,16 +298,25 @@ impl Cluster {
         Ok(objects)
     }
 
-    /// Mints a token for every ApiKey without one (not revoked, no pre-provisioned Secret).
-    /// A Secret another replica created first is left as it is.
-    pub async fn mint_missing(&self, objects: &Objects) -> Result<usize> {
+    /// Mints a token for every ApiKey without one (not revoked, no pre-provisioned Secret,
+    /// a name its Secret can carry). A Secret another replica created first is left as it is.
+    /// A Secret the API server refuses (a quota, an admission policy) is recorded in
+    /// `failed` for that key's condition; the others are still minted.
+    pub async fn mint_missing(
+        &self,
+        objects: &Objects,
+        failed: &mut BTreeMap<(String, String), String>,
+    ) -> Result<usize> {
         let secrets = self.api::<Secret>();
         let mut minted = 0;
         for k in &objects.keys {
             let name = k.name_any();
             let secret = keys::secret_name(&name);
             let id = (self.namespace.clone(), secret.clone());
-            if k.spec.revoked == Some(true) || k.spec.token_secret_ref.is_some() {
+            if k.spec.revoked == Some(true)
+                || k.spec.token_secret_ref.is_some()
+                || !keys::valid_object_name(&name)
+            {
                 continue;
             }
             // A Secret of this name owned by another ApiKey was left by a deleted key of the
@@ -352,6 +372,10 @@ impl Cluster {
                     minted += 1;
                 }
                 Err(kube::Error::Api(e)) if e.is_already_exists() => {}
+                Err(kube::Error::Api(e)) => {
+                    tracing::warn!(apikey = %name, secret = %secret, "minting: {e}");
+                    failed.insert(id, format!("could not be created: {e}"));
+                }
                 Err(e) => return Err(e).with_context(|| format!("creating Secret {secret}")),
             }
         }
@@ -429,7 +453,9 @@ impl Cluster {
     }
 
     /// Writes every status that changed; records an Event when an object's `Ready` turns to a
-    /// reason the user must fix. Returns (statuses written, events recorded).
+    /// reason the user must fix. Returns (statuses written, events recorded). One object's
+    /// refused write (an admission policy, a conflict) does not stop the others'; the first
+    /// error is returned after all were tried, so the step is retried.
     pub async fn write_statuses(
         &self,
         pass: &Pass,
@@ -437,46 +463,87 @@ impl Cluster {
     ) -> Result<(usize, usize)> {
         let at = now();
         let (mut written, mut events) = (0, 0);
+        let mut first_error: Option<anyhow::Error> = None;
+        let mut tally = |r: Result<(usize, usize)>| match r {
+            Ok((w, e)) => {
+                written += w;
+                events += e;
+            }
+            Err(e) => {
+                first_error.get_or_insert(e);
+            }
+        };
         for o in &pass.objects.stores {
             let new = status::store(pass, probes.get(&o.name_any()), o, at);
-            if self.apply_status(o, &new, o.status.as_ref()).await? {
-                written += 1;
-                events += self
-                    .event_if_new(
-                        o,
-                        &new.conditions,
-                        o.status.as_ref().map(|s| &s.conditions[..]),
-                    )
-                    .await?;
-            }
+            let old = o.status.as_ref();
+            tally(
+                self.status_and_event(
+                    o,
+                    &new,
+                    old,
+                    &new.conditions,
+                    old.map(|s| &s.conditions[..]),
+                )
+                .await,
+            );
         }
         for o in &pass.objects.indexes {
             let new = status::index(pass, o);
-            if self.apply_status(o, &new, o.status.as_ref()).await? {
-                written += 1;
-                events += self
-                    .event_if_new(
-                        o,
-                        &new.conditions,
-                        o.status.as_ref().map(|s| &s.conditions[..]),
-                    )
-                    .await?;
-            }
+            let old = o.status.as_ref();
+            tally(
+                self.status_and_event(
+                    o,
+                    &new,
+                    old,
+                    &new.conditions,
+                    old.map(|s| &s.conditions[..]),
+                )
+                .await,
+            );
         }
         for o in &pass.objects.keys {
             let new = status::key(pass, o, at);
-            if self.apply_status(o, &new, o.status.as_ref()).await? {
-                written += 1;
-                events += self
-                    .event_if_new(
-                        o,
-                        &new.conditions,
-                        o.status.as_ref().map(|s| &s.conditions[..]),
-                    )
-                    .await?;
-            }
+            let old = o.status.as_ref();
+            tally(
+                self.status_and_event(
+                    o,
+                    &new,
+                    old,
+                    &new.conditions,
+                    old.map(|s| &s.conditions[..]),
+                )
+                .await,
+            );
         }
-        Ok((written, events))
+        match first_error {
+            Some(e) => Err(e),
+            None => Ok((written, events)),
+        }
+    }
+
+    /// One object's status (when changed) and its Event (when new): (written, recorded).
+    async fn status_and_event<K, S>(
+        &self,
+        obj: &K,
+        new: &S,
+        old: Option<&S>,
+        new_conditions: &[Condition],
+        old_conditions: Option<&[Condition]>,
+    ) -> Result<(usize, usize)>
+    where
+        K: Resource<Scope = k8s_openapi::NamespaceResourceScope, DynamicType = ()>
+            + Clone
+            + serde::de::DeserializeOwned
+            + std::fmt::Debug,
+        S: Serialize + PartialEq,
+    {
+        if !self.apply_status(obj, new, old).await? {
+            return Ok((0, 0));
+        }
+        let events = self
+            .event_if_new(obj, new_conditions, old_conditions)
+            .await?;
+        Ok((1, events))
     }
 
     /// Records a Warning Event for a `Ready` condition that needs attention and is new (a
@@ -567,10 +634,15 @@ impl Cluster {
         let mut writes = Writes::default();
         let mut objects = self.read().await.at(Step::Read)?;
         if leader {
-            writes.minted = self.mint_missing(&objects).await.at(Step::Mint)?;
+            let mut failed = BTreeMap::new();
+            writes.minted = self
+                .mint_missing(&objects, &mut failed)
+                .await
+                .at(Step::Mint)?;
             if writes.minted > 0 {
                 objects = self.read().await.at(Step::Read)?;
             }
+            objects.secret_errors.extend(failed);
         }
         let previous = self.state.last().map(|p| p.validation);
         let (pass, rendering) = self.render(objects, previous.as_ref()).at(Step::Render)?;

@@ -1363,3 +1363,97 @@ async fn a_pass_longer_than_the_lease_does_not_stop_renewal() {
     one_writer_at_a_time(&log);
     drop(c.stops);
 }
+
+/// Issue 13: in kube mode one object's broken Secret used to stop every pass. A Secret the API
+/// server will not return (500/403), an empty `secretRef.name`, an ApiKey whose token Secret
+/// name would be over 253 characters, and a token Secret the API server refuses to create (a
+/// quota) each become that object's condition; every other object, and a revocation, still
+/// publishes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_broken_secret_or_name_is_that_objects_condition_and_the_rest_publishes() {
+    let long = "k".repeat(250);
+    let client = builder()
+        .with_object(store_json("locked", false, "locked-credential"))
+        .with_object(store_json("unnamed", false, ""))
+        .with_object(key_json(&long, json!({})))
+        .with_object(key_json("quota", json!({})))
+        .with_object(key_json("cohort", json!({})))
+        .with_interceptor_funcs(
+            interceptor::Funcs::new()
+                .get(|ctx| {
+                    if ctx.name == "locked-credential" {
+                        return Err(FakeError::Internal("etcdserver: request timed out".into()));
+                    }
+                    Ok(None)
+                })
+                .create(move |ctx| {
+                    let name = ctx.object["metadata"]["name"].as_str().unwrap_or_default();
+                    if name.len() > 253 {
+                        return Err(FakeError::InvalidRequest(format!(
+                            "metadata.name: must be no more than 253 characters: {name}"
+                        )));
+                    }
+                    if name == "apikey-quota" {
+                        return Err(FakeError::InvalidRequest(
+                            "exceeded quota: secrets=100".into(),
+                        ));
+                    }
+                    Ok(None)
+                }),
+        )
+        .build()
+        .await
+        .unwrap();
+    let c = leader(&client);
+    let _ = c.pass().await;
+    let _ = c.pass().await;
+    let config = published(&client).await;
+    let names: Vec<&str> = config["apiKeys"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|k| k["name"].as_str())
+        .collect();
+    assert!(names.contains(&"cohort"), "{names:?}");
+    assert!(!names.contains(&"quota") && !names.contains(&long.as_str()));
+    let stores = api::<VectorStore>(&client);
+    let reason = |s: Option<layergate_operator::crd::VectorStoreStatus>| {
+        ready(&s.expect("a status").conditions)
+    };
+    assert_eq!(
+        reason(stores.get("locked").await.unwrap().status),
+        ("False".into(), "SecretUnreadable".into())
+    );
+    assert_eq!(
+        reason(stores.get("unnamed").await.unwrap().status),
+        ("False".into(), "InvalidSpec".into())
+    );
+    let keys = api::<ApiKey>(&client);
+    let key_reason = |k: ApiKey| ready(&k.status.expect("a status").conditions);
+    assert_eq!(
+        key_reason(keys.get("quota").await.unwrap()),
+        ("False".into(), "SecretUnreadable".into())
+    );
+    assert_eq!(
+        key_reason(keys.get(&long).await.unwrap()),
+        ("False".into(), "InvalidSpec".into())
+    );
+    // A revocation still publishes while all of that stays broken.
+    keys.patch(
+        "cohort",
+        &PatchParams::default(),
+        &Patch::Merge(json!({"spec": {"revoked": true}})),
+    )
+    .await
+    .unwrap();
+    let _ = c.pass().await;
+    let config = published(&client).await;
+    assert!(
+        !config["apiKeys"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|k| k["name"] == "cohort"),
+        "the revoked key left the gateway"
+    );
+}
