@@ -390,7 +390,15 @@ impl Api {
         let (bare, query) = path.split_once('?').unwrap_or((path, ""));
         let segs: Vec<&str> = bare.trim_start_matches('/').split('/').collect();
         match (method, segs.as_slice()) {
-            ("GET", ["healthz"]) => return Ok(reply(StatusCode::OK, &json!({"status": "ok"}))),
+            ("GET", ["healthz"]) => {
+                return Ok(match source.state().stuck_for() {
+                    None => reply(StatusCode::OK, &json!({"status": "ok"})),
+                    Some(d) => error(
+                        StatusCode::SERVICE_UNAVAILABLE,
+                        &format!("the controller loop has not turned for {} s", d.as_secs()),
+                    ),
+                })
+            }
             ("GET", ["readyz"]) => {
                 return Ok(match source.state().last() {
                     Some(_) => reply(StatusCode::OK, &json!({"status": "ready"})),

@@ -32,6 +32,9 @@ use tokio::time::Instant;
 pub const DEBOUNCE: Duration = Duration::from_millis(500);
 /// A pass runs at least this often without any change (expiry of keys, missed events).
 pub const RESYNC: Duration = Duration::from_secs(60);
+/// The loop turns at least this often, so `/healthz` can tell a stuck loop from a quiet one
+/// ([`crate::source::STUCK_AFTER`]).
+pub const HEARTBEAT: Duration = Duration::from_secs(10);
 
 /// Something that should cause a pass.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -178,8 +181,11 @@ pub async fn run(
     let mut next_probe = Instant::now() + Duration::from_secs(1);
     let mut next_resync = Instant::now() + RESYNC;
     let far = || Instant::now() + Duration::from_secs(3600);
+    let mut heartbeat = tokio::time::interval(HEARTBEAT);
     loop {
+        cluster.state.beat();
         tokio::select! {
+            _ = heartbeat.tick() => {}
             () = &mut shutdown => break,
             Some(trigger) = rx.recv() => {
                 let relevant = match &trigger {

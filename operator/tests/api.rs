@@ -662,3 +662,29 @@ fn idle_connections_beyond_the_limit_are_refused_and_the_api_recovers() {
         .unwrap();
     assert_eq!(answer(&mut s).0, 200);
 }
+
+#[test]
+fn healthz_fails_while_the_controller_loop_is_stuck() {
+    let f = fixture("healthz", 120, |_, t| t);
+    assert_eq!(
+        f.call("GET", "/healthz", None, Value::Null).0,
+        200,
+        "no loop to watch"
+    );
+    f.source.state().beat();
+    assert_eq!(f.call("GET", "/healthz", None, Value::Null).0, 200);
+    let stuck = layergate_operator::source::STUCK_AFTER + Duration::from_secs(1);
+    // (A monotonic clock younger than that cannot show it.)
+    let Some(then) = Instant::now().checked_sub(stuck) else {
+        return;
+    };
+    f.source.state().beat_at(then);
+    let (code, body) = f.call("GET", "/healthz", None, Value::Null);
+    assert_eq!(code, 503, "{body}");
+    assert!(
+        body["error"].as_str().unwrap().contains("controller loop"),
+        "{body}"
+    );
+    f.source.state().beat();
+    assert_eq!(f.call("GET", "/healthz", None, Value::Null).0, 200);
+}
