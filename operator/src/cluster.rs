@@ -10,6 +10,11 @@
 //! - each object's `status`, server-side applied under one field manager, only when it changed;
 //! - a Warning Event for each object whose `Ready` turned False for a reason the user must fix.
 //!
+//! Every one of those writes first checks the local "leader until" deadline the elector keeps
+//! ([`Cluster::lead_until`]), so a replica whose renewal hangs stops writing mid-pass. One
+//! object's broken Secret, unmintable name or refused write is that object's condition; the
+//! others, revocations included, still publish.
+//!
 //! A replica that is not the leader runs the same pass without writing, so its control API
 //! answers from the same view.
 
