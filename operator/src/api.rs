@@ -44,6 +44,44 @@ struct Reply {
     challenge: Option<String>,
 }
 
+/// What one control API listener may hold (issue 13): the public gateway forwards
+/// `authenticate` to it, so nothing a client sends may hold memory, sockets or time unbounded.
+#[derive(Debug, Clone, Copy)]
+pub struct ServeLimits {
+    /// Connections served at once; one more is answered 503 and closed at once.
+    pub max_connections: usize,
+    /// Time to send a request's headers (also the idle time of a kept-alive connection).
+    pub header_timeout: std::time::Duration,
+    /// Time to send a request's body once its headers are in; then 408.
+    pub body_timeout: std::time::Duration,
+}
+
+impl Default for ServeLimits {
+    fn default() -> ServeLimits {
+        ServeLimits {
+            max_connections: 256,
+            header_timeout: std::time::Duration::from_secs(10),
+            body_timeout: std::time::Duration::from_secs(10),
+        }
+    }
+}
+
+/// Body cap of `POST /v2/keys/authenticate` (`{"token": "hvl_…"}`).
+pub const AUTHENTICATE_BODY_BYTES: usize = 4 * 1024;
+/// Body cap of a mint (`POST /v2/keys`: entitlements with up to 512 namespace globs each).
+pub const MINT_BODY_BYTES: usize = 256 * 1024;
+/// Body cap of every other route.
+pub const OTHER_BODY_BYTES: usize = 64 * 1024;
+
+/// The body cap for a route.
+fn body_cap(method: &str, path: &str) -> usize {
+    match (method, path.split('?').next().unwrap_or_default()) {
+        ("POST", "/v2/keys/authenticate") => AUTHENTICATE_BODY_BYTES,
+        ("POST", "/v2/keys") => MINT_BODY_BYTES,
+        _ => OTHER_BODY_BYTES,
+    }
+}
+
 /// Most clients the `authenticate` rate limiter tracks at once; when the table is full and
 /// nothing in it is from an older minute, further new clients share one overflow budget.
 pub const MAX_RATE_CLIENTS: usize = 4096;
@@ -106,6 +144,7 @@ pub fn client_address(headers: &[(String, String)], peer: IpAddr) -> IpAddr {
 pub struct Api {
     source: Arc<dyn Source>,
     limiter: Mutex<RateLimiter>,
+    limits: ServeLimits,
 }
 
 fn now() -> i64 {
@@ -146,13 +185,56 @@ fn http(r: Reply) -> hyper::Response<Full<Bytes>> {
     out
 }
 
+/// Marks a reply that leaves a body unread: the connection is closed after it, so nothing
+/// more of that body is read.
+fn close(mut r: hyper::Response<Full<Bytes>>) -> hyper::Response<Full<Bytes>> {
+    r.headers_mut().insert(
+        hyper::header::CONNECTION,
+        hyper::header::HeaderValue::from_static("close"),
+    );
+    r
+}
+
 impl Api {
     /// An API over a source (directory or cluster).
     pub fn new(source: Arc<dyn Source>, authenticate_per_minute: u32) -> Api {
         Api {
             source,
             limiter: Mutex::new(RateLimiter::new(authenticate_per_minute)),
+            limits: ServeLimits::default(),
         }
+    }
+
+    /// The same API with other connection limits and timeouts (tests use small ones).
+    pub fn with_limits(mut self, limits: ServeLimits) -> Api {
+        self.limits = limits;
+        self
+    }
+
+    /// The `authenticate` rate limit, checked before anything of the body is read: 429 for a
+    /// client over its budget this minute.
+    fn rate_limited(
+        &self,
+        method: &str,
+        path: &str,
+        headers: &[(String, String)],
+        peer: IpAddr,
+    ) -> Option<Reply> {
+        if (method, path.split('?').next().unwrap_or_default()) != ("POST", "/v2/keys/authenticate")
+        {
+            return None;
+        }
+        let allowed = self
+            .limiter
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .allow(client_address(headers, peer), now());
+        (!allowed).then(|| {
+            error(
+                StatusCode::TOO_MANY_REQUESTS,
+                "too many authenticate calls from your address this minute; retry in a minute",
+            )
+        })
     }
 
     /// Binds `addr` and serves until the process stops.
@@ -172,10 +254,29 @@ impl Api {
         runtime.block_on(async move {
             let listener = tokio::net::TcpListener::from_std(listener)?;
             tracing::info!(addr = %listener.local_addr()?, "control API listening");
+            let permits = Arc::new(tokio::sync::Semaphore::new(self.limits.max_connections));
             loop {
-                let (stream, peer) = listener.accept().await?;
+                let (stream, peer) = match listener.accept().await {
+                    Ok(c) => c,
+                    Err(e) => {
+                        // Out of file descriptors (EMFILE) and the like: log, let connections
+                        // close, and keep serving.
+                        tracing::warn!("control API: accept: {e}");
+                        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+                        continue;
+                    }
+                };
+                let Ok(permit) = permits.clone().try_acquire_owned() else {
+                    tracing::debug!(%peer, "control API: connection limit reached");
+                    let _ = stream.try_write(
+                        b"HTTP/1.1 503 Service Unavailable\r\ncontent-length: 0\r\nconnection: close\r\n\r\n",
+                    );
+                    continue;
+                };
                 let api = self.clone();
                 tokio::spawn(async move {
+                    let _permit = permit;
+                    let header_timeout = api.limits.header_timeout;
                     let service = hyper::service::service_fn(move |req| {
                         let api = api.clone();
                         async move {
@@ -183,6 +284,8 @@ impl Api {
                         }
                     });
                     let _ = hyper::server::conn::http1::Builder::new()
+                        .timer(hyper_util::rt::TokioTimer::new())
+                        .header_read_timeout(header_timeout)
                         .serve_connection(hyper_util::rt::TokioIo::new(stream), service)
                         .await;
                 });
@@ -231,13 +334,32 @@ impl Api {
                 )
             })
             .collect();
-        let body = match Limited::new(req.into_body(), 1 << 20).collect().await {
-            Ok(b) => b.to_bytes(),
+        if let Some(limited) = self.rate_limited(&method, &path, &headers, peer) {
+            return close(http(limited));
+        }
+        let cap = body_cap(&method, &path);
+        let too_large = || {
+            close(http(error(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                &format!("the request body is over {cap} bytes"),
+            )))
+        };
+        let declared = req
+            .headers()
+            .get(hyper::header::CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
+        if declared.is_some_and(|n| n > cap as u64) {
+            return too_large();
+        }
+        let read = Limited::new(req.into_body(), cap).collect();
+        let body = match tokio::time::timeout(self.limits.body_timeout, read).await {
+            Ok(Ok(b)) => b.to_bytes(),
+            Ok(Err(_)) => return too_large(),
             Err(_) => {
-                return http(error(
-                    StatusCode::PAYLOAD_TOO_LARGE,
-                    "the request body is over 1 MiB",
-                ))
+                return close(http(error(
+                    StatusCode::REQUEST_TIMEOUT,
+                    "the request body did not arrive in time",
+                )))
             }
         };
         // The handlers touch files and locks: keep them off the async workers.
@@ -256,7 +378,9 @@ impl Api {
         body: &[u8],
         peer: IpAddr,
     ) -> (StatusCode, Value) {
-        let r = self.reply(method, path, headers, body, peer);
+        let r = self
+            .rate_limited(method, path, headers, peer)
+            .unwrap_or_else(|| self.reply(method, path, headers, body, peer));
         (r.status, r.body)
     }
 
@@ -279,12 +403,20 @@ impl Api {
         path: &str,
         headers: &[(String, String)],
         body: &[u8],
-        peer: IpAddr,
+        _peer: IpAddr,
     ) -> Result<Reply> {
         let (bare, query) = path.split_once('?').unwrap_or((path, ""));
         let segs: Vec<&str> = bare.trim_start_matches('/').split('/').collect();
         match (method, segs.as_slice()) {
-            ("GET", ["healthz"]) => return Ok(reply(StatusCode::OK, &json!({"status": "ok"}))),
+            ("GET", ["healthz"]) => {
+                return Ok(match source.state().stuck_for() {
+                    None => reply(StatusCode::OK, &json!({"status": "ok"})),
+                    Some(d) => error(
+                        StatusCode::SERVICE_UNAVAILABLE,
+                        &format!("the controller loop has not turned for {} s", d.as_secs()),
+                    ),
+                })
+            }
             ("GET", ["readyz"]) => {
                 return Ok(match source.state().last() {
                     Some(_) => reply(StatusCode::OK, &json!({"status": "ready"})),
@@ -307,7 +439,7 @@ impl Api {
             Err(denied) => return Ok(denied),
         };
         if let ("POST", ["v2", "keys", "authenticate"]) = (method, segs.as_slice()) {
-            return Ok(self.authenticate(&pass, body, client_address(headers, peer)));
+            return Ok(self.authenticate(&pass, body));
         }
         // `open` ignores tokens on the data plane; key management still needs one, so a
         // minted key's token counts here (a `layer` admin manages keys in an open install).
@@ -366,18 +498,8 @@ impl Api {
 
     /// `POST /v2/keys/authenticate`: the token in the body, judged now — an expired or
     /// revoked key is 401 whatever the last rendering said.
-    fn authenticate(&self, pass: &Pass, body: &[u8], client: IpAddr) -> Reply {
-        let allowed = self
-            .limiter
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .allow(client, now());
-        if !allowed {
-            return error(
-                StatusCode::TOO_MANY_REQUESTS,
-                "too many authenticate calls from your address this minute; retry in a minute",
-            );
-        }
+    /// The rate limit was checked before the body was read ([`Api::rate_limited`]).
+    fn authenticate(&self, pass: &Pass, body: &[u8]) -> Reply {
         let Some(token) = serde_json::from_slice::<Value>(body)
             .ok()
             .and_then(|v| v["token"].as_str().map(str::to_owned))

@@ -10,6 +10,11 @@
 //! - each object's `status`, server-side applied under one field manager, only when it changed;
 //! - a Warning Event for each object whose `Ready` turned False for a reason the user must fix.
 //!
+//! Every one of those writes first checks the local "leader until" deadline the elector keeps
+//! ([`Cluster::lead_until`]), so a replica whose renewal hangs stops writing mid-pass. One
+//! object's broken Secret, unmintable name or refused write is that object's condition; the
+//! others, revocations included, still publish.
+//!
 //! A replica that is not the leader runs the same pass without writing, so its control API
 //! answers from the same view.
 
@@ -117,8 +122,8 @@ pub struct Cluster {
     pub state: State,
     /// Serializes passes (the controller loop and the control API both start them).
     pass_lock: tokio::sync::Mutex<()>,
-    /// True while this replica holds the lease.
-    leader: std::sync::atomic::AtomicBool,
+    /// Until when this replica may write (the lease's local "leader until"; [`crate::lease`]).
+    leader_until: std::sync::Mutex<Option<Instant>>,
     /// The runtime the client lives on, for the control API's blocking calls.
     runtime: tokio::runtime::Handle,
 }
@@ -186,19 +191,40 @@ impl Cluster {
             output_secret: output_secret.to_owned(),
             state: State::default(),
             pass_lock: tokio::sync::Mutex::new(()),
-            leader: std::sync::atomic::AtomicBool::new(false),
+            leader_until: std::sync::Mutex::new(None),
             runtime: tokio::runtime::Handle::current(),
         }
     }
 
-    /// Whether passes write (this replica leads).
+    /// Whether passes write: `true` leads with no deadline (tests, a single replica),
+    /// `false` stops at once. The controller uses [`Cluster::lead_until`].
     pub fn set_leader(&self, leader: bool) {
-        self.leader.store(leader, Ordering::SeqCst);
+        self.lead_until(leader.then(|| Instant::now() + Duration::from_secs(100 * 365 * 86_400)));
     }
 
-    /// True while this replica leads.
+    /// Leads until `deadline` (None: follows). Writes check it, so a replica whose renewal
+    /// hangs stops writing at the deadline even while a pass is under way.
+    pub fn lead_until(&self, deadline: Option<Instant>) {
+        *self.leader_until.lock().unwrap_or_else(|p| p.into_inner()) = deadline;
+    }
+
+    /// True while this replica leads (its deadline is in the future).
     pub fn is_leader(&self) -> bool {
-        self.leader.load(Ordering::SeqCst)
+        self.leader_until
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .is_some_and(|t| Instant::now() < t)
+    }
+
+    /// Checked before every write: an error once leadership has lapsed.
+    fn ensure_leader(&self) -> Result<()> {
+        if self.is_leader() {
+            Ok(())
+        } else {
+            Err(anyhow::anyhow!(
+                "not writing: this replica no longer holds the lease"
+            ))
+        }
     }
 
     fn api<K: Resource<Scope = k8s_openapi::NamespaceResourceScope>>(&self) -> Api<K>
@@ -234,12 +260,23 @@ impl Cluster {
         };
         let secrets = self.api::<Secret>();
         for name in referenced_secrets(&objects) {
-            let Some(secret) = secrets
-                .get_opt(&name)
-                .await
-                .with_context(|| format!("reading Secret {name}"))?
-            else {
+            // An empty name is the referring object's condition (validation), never a GET.
+            if name.is_empty() {
                 continue;
+            }
+            // One Secret that cannot be read (RBAC, a timeout) is its referrers' condition;
+            // every other object still renders and publishes.
+            let secret = match secrets.get_opt(&name).await {
+                Ok(Some(s)) => s,
+                Ok(None) => continue,
+                Err(e) => {
+                    tracing::warn!(secret = %name, "reading a Secret: {e}");
+                    let id = (self.namespace.clone(), name);
+                    objects
+                        .secret_errors
+                        .insert(id, format!("could not be read: {e}"));
+                    continue;
+                }
             };
             let mut data: BTreeMap<String, String> = BTreeMap::new();
             for (k, v) in secret.data.unwrap_or_default() {
@@ -266,16 +303,25 @@ impl Cluster {
         Ok(objects)
     }
 
-    /// Mints a token for every ApiKey without one (not revoked, no pre-provisioned Secret).
-    /// A Secret another replica created first is left as it is.
-    pub async fn mint_missing(&self, objects: &Objects) -> Result<usize> {
+    /// Mints a token for every ApiKey without one (not revoked, no pre-provisioned Secret,
+    /// a name its Secret can carry). A Secret another replica created first is left as it is.
+    /// A Secret the API server refuses (a quota, an admission policy) is recorded in
+    /// `failed` for that key's condition; the others are still minted.
+    pub async fn mint_missing(
+        &self,
+        objects: &Objects,
+        failed: &mut BTreeMap<(String, String), String>,
+    ) -> Result<usize> {
         let secrets = self.api::<Secret>();
         let mut minted = 0;
         for k in &objects.keys {
             let name = k.name_any();
             let secret = keys::secret_name(&name);
             let id = (self.namespace.clone(), secret.clone());
-            if k.spec.revoked == Some(true) || k.spec.token_secret_ref.is_some() {
+            if k.spec.revoked == Some(true)
+                || k.spec.token_secret_ref.is_some()
+                || !keys::valid_object_name(&name)
+            {
                 continue;
             }
             // A Secret of this name owned by another ApiKey was left by a deleted key of the
@@ -288,6 +334,7 @@ impl Cluster {
                         .is_some_and(|u| !m.apikey_owners.contains(u))
             });
             if stale {
+                self.ensure_leader()?;
                 match secrets.delete(&secret, &Default::default()).await {
                     Ok(_) => {}
                     Err(kube::Error::Api(e)) if e.is_not_found() => {}
@@ -314,6 +361,7 @@ impl Cluster {
                     .map(|(k, v)| (k, ByteString(v.into_bytes())))
                     .collect()
             });
+            self.ensure_leader()?;
             match secrets
                 .create(
                     &PostParams {
@@ -329,6 +377,10 @@ impl Cluster {
                     minted += 1;
                 }
                 Err(kube::Error::Api(e)) if e.is_already_exists() => {}
+                Err(kube::Error::Api(e)) => {
+                    tracing::warn!(apikey = %name, secret = %secret, "minting: {e}");
+                    failed.insert(id, format!("could not be created: {e}"));
+                }
                 Err(e) => return Err(e).with_context(|| format!("creating Secret {secret}")),
             }
         }
@@ -399,6 +451,7 @@ impl Cluster {
             data: Some(data),
             ..Secret::default()
         };
+        self.ensure_leader()?;
         secrets
             .patch(
                 &self.output_secret,
@@ -427,6 +480,7 @@ impl Cluster {
             "status": new,
         });
         let name = obj.name_any();
+        self.ensure_leader()?;
         self.api::<K>()
             .patch_status(
                 &name,
@@ -440,7 +494,9 @@ impl Cluster {
     }
 
     /// Writes every status that changed; records an Event when an object's `Ready` turns to a
-    /// reason the user must fix. Returns (statuses written, events recorded).
+    /// reason the user must fix. Returns (statuses written, events recorded). One object's
+    /// refused write (an admission policy, a conflict) does not stop the others'; the first
+    /// error is returned after all were tried, so the step is retried.
     pub async fn write_statuses(
         &self,
         pass: &Pass,
@@ -448,46 +504,87 @@ impl Cluster {
     ) -> Result<(usize, usize)> {
         let at = now();
         let (mut written, mut events) = (0, 0);
+        let mut first_error: Option<anyhow::Error> = None;
+        let mut tally = |r: Result<(usize, usize)>| match r {
+            Ok((w, e)) => {
+                written += w;
+                events += e;
+            }
+            Err(e) => {
+                first_error.get_or_insert(e);
+            }
+        };
         for o in &pass.objects.stores {
             let new = status::store(pass, probes.get(&o.name_any()), o, at);
-            if self.apply_status(o, &new, o.status.as_ref()).await? {
-                written += 1;
-                events += self
-                    .event_if_new(
-                        o,
-                        &new.conditions,
-                        o.status.as_ref().map(|s| &s.conditions[..]),
-                    )
-                    .await?;
-            }
+            let old = o.status.as_ref();
+            tally(
+                self.status_and_event(
+                    o,
+                    &new,
+                    old,
+                    &new.conditions,
+                    old.map(|s| &s.conditions[..]),
+                )
+                .await,
+            );
         }
         for o in &pass.objects.indexes {
             let new = status::index(pass, o);
-            if self.apply_status(o, &new, o.status.as_ref()).await? {
-                written += 1;
-                events += self
-                    .event_if_new(
-                        o,
-                        &new.conditions,
-                        o.status.as_ref().map(|s| &s.conditions[..]),
-                    )
-                    .await?;
-            }
+            let old = o.status.as_ref();
+            tally(
+                self.status_and_event(
+                    o,
+                    &new,
+                    old,
+                    &new.conditions,
+                    old.map(|s| &s.conditions[..]),
+                )
+                .await,
+            );
         }
         for o in &pass.objects.keys {
             let new = status::key(pass, o, at);
-            if self.apply_status(o, &new, o.status.as_ref()).await? {
-                written += 1;
-                events += self
-                    .event_if_new(
-                        o,
-                        &new.conditions,
-                        o.status.as_ref().map(|s| &s.conditions[..]),
-                    )
-                    .await?;
-            }
+            let old = o.status.as_ref();
+            tally(
+                self.status_and_event(
+                    o,
+                    &new,
+                    old,
+                    &new.conditions,
+                    old.map(|s| &s.conditions[..]),
+                )
+                .await,
+            );
         }
-        Ok((written, events))
+        match first_error {
+            Some(e) => Err(e),
+            None => Ok((written, events)),
+        }
+    }
+
+    /// One object's status (when changed) and its Event (when new): (written, recorded).
+    async fn status_and_event<K, S>(
+        &self,
+        obj: &K,
+        new: &S,
+        old: Option<&S>,
+        new_conditions: &[Condition],
+        old_conditions: Option<&[Condition]>,
+    ) -> Result<(usize, usize)>
+    where
+        K: Resource<Scope = k8s_openapi::NamespaceResourceScope, DynamicType = ()>
+            + Clone
+            + serde::de::DeserializeOwned
+            + std::fmt::Debug,
+        S: Serialize + PartialEq,
+    {
+        if !self.apply_status(obj, new, old).await? {
+            return Ok((0, 0));
+        }
+        let events = self
+            .event_if_new(obj, new_conditions, old_conditions)
+            .await?;
+        Ok((1, events))
     }
 
     /// Records a Warning Event for a `Ready` condition that needs attention and is new (a
@@ -544,6 +641,7 @@ impl Cluster {
             count: Some(1),
             ..Event::default()
         };
+        self.ensure_leader()?;
         Api::<Event>::namespaced(self.client.clone(), &self.namespace)
             .create(&PostParams::default(), &event)
             .await
@@ -577,11 +675,16 @@ impl Cluster {
         let mut writes = Writes::default();
         let mut objects = self.read().await.at(Step::Read)?;
         if leader {
-            writes.minted = self.mint_missing(&objects).await.at(Step::Mint)?;
+            let mut failed = BTreeMap::new();
+            writes.minted = self
+                .mint_missing(&objects, &mut failed)
+                .await
+                .at(Step::Mint)?;
             self.adopt_token_secrets(&objects).await.at(Step::Mint)?;
             if writes.minted > 0 {
                 objects = self.read().await.at(Step::Read)?;
             }
+            objects.secret_errors.extend(failed);
         }
         let gateway = self.gateway_credential().await.at(Step::Read)?;
         let previous = self.state.last().map(|p| p.validation);
@@ -603,8 +706,10 @@ impl Cluster {
     }
 
     /// The gateway credential the key service accepts, from the Secret
-    /// [`keyservice::CREDENTIAL_SECRET`]; created (OS CSPRNG) when absent. Any replica may
-    /// create it: the API server keeps the first, and the others read that one.
+    /// [`keyservice::CREDENTIAL_SECRET`]; created (OS CSPRNG) by the leader when absent (if
+    /// two leaders' terms overlap at a hand-over, the API server keeps the first create and
+    /// the other reads it). A follower only reads it; until it exists the follower uses a
+    /// value nobody holds, so its key service answers no gateway.
     pub async fn gateway_credential(&self) -> Result<String> {
         let secrets = self.api::<Secret>();
         let name = keyservice::CREDENTIAL_SECRET;
@@ -634,6 +739,11 @@ impl Cluster {
             });
         }
         let credential = keyservice::new_credential()?;
+        if !self.is_leader() {
+            // Only the leader writes. Until its Secret exists, a follower renders in memory
+            // with a credential nobody holds: its key service accepts no gateway yet.
+            return Ok(credential);
+        }
         let secret = Secret {
             metadata: ObjectMeta {
                 name: Some(name.to_owned()),

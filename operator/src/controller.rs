@@ -2,6 +2,10 @@
 //! passes write; stores are re-probed on a jittered period; a failing step backs off on its
 //! own; shutdown gives the Lease up.
 //!
+//! The Lease is renewed by its own task ([`elect`]), never behind a pass: a pass that runs
+//! longer than the Lease does not stop renewal, and a renewal that hangs does not stop passes;
+//! it only lets the local "leader until" deadline lapse, after which every write is refused.
+//!
 //! Watches carry metadata only (the pass reads the objects it needs): VectorStores, Indexes
 //! and ApiKeys trigger when they appear, disappear or their `generation` moves (so the
 //! operator's own status writes do not), Secrets only when one the last pass referenced, or
@@ -9,7 +13,7 @@
 
 use crate::cluster::{referenced_secrets, Backoff, Cluster};
 use crate::crd::{ApiKey, Index, VectorStore};
-use crate::lease::{Leadership, LeaseLock, LEASE_DURATION, RENEW_EVERY};
+use crate::lease::{Leadership, LeaseLock};
 use crate::source::{jitter, PROBE_INTERVAL};
 use futures::StreamExt;
 use k8s_openapi::api::core::v1::Secret;
@@ -21,13 +25,16 @@ use std::collections::BTreeMap;
 use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, Notify};
 use tokio::time::Instant;
 
 /// How long after the first change of a burst the pass runs (changes in between join it).
 pub const DEBOUNCE: Duration = Duration::from_millis(500);
 /// A pass runs at least this often without any change (expiry of keys, missed events).
 pub const RESYNC: Duration = Duration::from_secs(60);
+/// The loop turns at least this often, so `/healthz` can tell a stuck loop from a quiet one
+/// ([`crate::source::STUCK_AFTER`]).
+pub const HEARTBEAT: Duration = Duration::from_secs(10);
 
 /// Something that should cause a pass.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -102,12 +109,48 @@ where
     });
 }
 
+/// Renews (or tries to take) the Lease every [`LeaseLock::renew_every`], for ever. Each
+/// success moves the cluster's "leader until" to the start of that attempt plus the renew
+/// deadline; a failure or a hang (each call is cut off) changes nothing, so the deadline
+/// lapses on its own before any other replica may take over. `leading` is notified when this
+/// replica starts to lead.
+pub async fn elect(cluster: Arc<Cluster>, lock: Arc<LeaseLock>, leading: Arc<Notify>) {
+    let mut tick = tokio::time::interval(lock.renew_every());
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        let started = std::time::Instant::now();
+        let attempt = lock.try_acquire(k8s_openapi::jiff::Timestamp::now(), started);
+        match tokio::time::timeout(lock.renew_deadline(), attempt).await {
+            Ok(Ok(Leadership::Leading)) => {
+                let was = cluster.is_leader();
+                cluster.lead_until(Some(started + lock.renew_deadline()));
+                if !was {
+                    tracing::info!(identity = %lock.identity, "leading");
+                    leading.notify_one();
+                }
+            }
+            Ok(Ok(Leadership::Following(holder))) => {
+                if cluster.is_leader() {
+                    tracing::warn!(%holder, "lost the lease");
+                }
+                cluster.lead_until(None);
+            }
+            Ok(Err(e)) => tracing::warn!("lease: {e:#}"),
+            Err(_) => tracing::warn!("lease: renewal did not finish in time"),
+        }
+    }
+}
+
 /// Runs the controller until `shutdown` completes.
 pub async fn run(
     cluster: Arc<Cluster>,
     lock: LeaseLock,
     shutdown: impl Future<Output = ()>,
 ) -> anyhow::Result<()> {
+    let lock = Arc::new(lock);
+    let leading = Arc::new(Notify::new());
+    let elector = tokio::spawn(elect(cluster.clone(), lock.clone(), leading.clone()));
     let (tx, mut rx) = mpsc::channel(256);
     let ns = cluster.namespace.clone();
     let client = cluster.client.clone();
@@ -137,11 +180,12 @@ pub async fn run(
     let mut next_pass = Some(Instant::now());
     let mut next_probe = Instant::now() + Duration::from_secs(1);
     let mut next_resync = Instant::now() + RESYNC;
-    let mut renew = tokio::time::interval(RENEW_EVERY);
-    let mut renewed_at: Option<Instant> = None;
     let far = || Instant::now() + Duration::from_secs(3600);
+    let mut heartbeat = tokio::time::interval(HEARTBEAT);
     loop {
+        cluster.state.beat();
         tokio::select! {
+            _ = heartbeat.tick() => {}
             () = &mut shutdown => break,
             Some(trigger) = rx.recv() => {
                 let relevant = match &trigger {
@@ -154,32 +198,8 @@ pub async fn run(
                     next_pass = Some(Instant::now() + DEBOUNCE);
                 }
             }
-            _ = renew.tick() => {
-                let now = k8s_openapi::jiff::Timestamp::now();
-                match lock.try_acquire(now).await {
-                    Ok(Leadership::Leading) => {
-                        renewed_at = Some(Instant::now());
-                        if !cluster.is_leader() {
-                            tracing::info!(identity = %lock.identity, "leading");
-                            cluster.set_leader(true);
-                            next_pass = Some(Instant::now());
-                        }
-                    }
-                    Ok(Leadership::Following(holder)) => {
-                        if cluster.is_leader() {
-                            tracing::warn!(%holder, "lost the lease");
-                        }
-                        cluster.set_leader(false);
-                    }
-                    Err(e) => {
-                        tracing::warn!("lease: {e:#}");
-                        // Stop writing before the Lease can expire under us.
-                        if renewed_at.is_none_or(|t| t.elapsed() + RENEW_EVERY >= LEASE_DURATION) && cluster.is_leader() {
-                            tracing::warn!("could not renew the lease in time; stepping down");
-                            cluster.set_leader(false);
-                        }
-                    }
-                }
+            () = leading.notified() => {
+                next_pass = Some(Instant::now());
             }
             () = tokio::time::sleep_until(next_pass.unwrap_or_else(far)), if next_pass.is_some() => {
                 next_pass = None;
@@ -214,6 +234,8 @@ pub async fn run(
             }
         }
     }
+    elector.abort();
+    let _ = elector.await;
     if cluster.is_leader() {
         cluster.set_leader(false);
         if let Err(e) = lock.release().await {

@@ -14,9 +14,27 @@ use std::collections::BTreeMap;
 #[serde(rename_all = "camelCase")]
 pub struct SecretKeyRef {
     /// Name of the Secret (same namespace as the referring object).
+    #[schemars(schema_with = "secret_name")]
     pub name: String,
     /// Key inside the Secret's data.
+    #[schemars(schema_with = "secret_key")]
     pub key: String,
+}
+
+/// A Secret's name as Kubernetes accepts it: a DNS subdomain (RFC 1123), 1-253 characters.
+pub const SECRET_NAME_PATTERN: &str =
+    r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$";
+/// A key of a Secret's data as Kubernetes accepts it.
+pub const SECRET_KEY_PATTERN: &str = r"^[-._a-zA-Z0-9]+$";
+
+fn secret_name(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+    schemars::json_schema!({"type": "string", "minLength": 1, "maxLength": 253,
+        "pattern": SECRET_NAME_PATTERN})
+}
+
+fn secret_key(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+    schemars::json_schema!({"type": "string", "minLength": 1, "maxLength": 253,
+        "pattern": SECRET_KEY_PATTERN})
 }
 
 /// Store kinds the schema accepts.

@@ -9,6 +9,12 @@
 //! upstream cannot be reached over a verified connection gets turbopuffer's JSON error naming
 //! the upstream (the listener's local reply mapper), never Envoy's plain-text one.
 //!
+//! The listener is bounded (issue 13): header, request and idle timeouts, HTTP/2 stream and
+//! window limits, a header size limit, a small per-connection buffer (only the inspection route
+//! buffers up to the inspection limit, through the buffer filter), and every bootstrap carries
+//! the overload manager: a global downstream connection limit and a fixed-heap monitor whose
+//! actions stop keep-alive, shrink the heap and finally refuse new requests. See [`limits`].
+//!
 //! The store clusters (TLS unless the endpoint is loopback HTTP) verify the upstream's
 //! identity, not only its chain: the certificate must chain to the trusted CAs **and** carry
 //! the endpoint's host name as a DNS subject alternative name (an IP SAN for an IP endpoint).
@@ -63,13 +69,68 @@ pub struct Listener {
     pub filter_config: Option<String>,
     /// The wasm VM's environment (`vm_config.environment_variables.key_values`).
     pub vm_env: Vec<(String, String)>,
-    /// `per_connection_buffer_limit_bytes` and the buffer filter's limit; must cover the
-    /// filter's `limits.inspectBodyBytes`.
+    /// The buffer filter's limit, on the inspection route only (it raises that stream's
+    /// buffer limit); must cover the filter's `limits.inspectBodyBytes`. Every other stream
+    /// and connection buffers at most [`limits::CONNECTION_BUFFER_BYTES`].
     pub buffer_limit_bytes: u64,
 }
 
 /// Default buffer limit: the 16 MiB inspection limit plus headroom.
 pub const DEFAULT_BUFFER_LIMIT_BYTES: u64 = 17 * 1024 * 1024;
+
+/// The gateway's resource limits, as rendered into every listener and bootstrap.
+pub mod limits {
+    /// `per_connection_buffer_limit_bytes`: what a connection (and a stream off the inspection
+    /// route) may buffer before Envoy stops reading from it (Envoy's default is 1 MiB too).
+    pub const CONNECTION_BUFFER_BYTES: u64 = 1024 * 1024;
+    /// Time for a client to send all request headers.
+    pub const REQUEST_HEADERS_TIMEOUT: &str = "10s";
+    /// Time for a client to send the whole request, body included (a 16 MiB upload needs
+    /// about 1.1 Mbit/s); Envoy answers 408 and closes the stream.
+    pub const REQUEST_TIMEOUT: &str = "120s";
+    /// A stream with no bytes either way for this long is reset (a stalled upload).
+    pub const STREAM_IDLE_TIMEOUT: &str = "30s";
+    /// A connection with no streams for this long is closed.
+    pub const CONNECTION_IDLE_TIMEOUT: &str = "300s";
+    /// Request headers larger than this are refused with 431.
+    pub const MAX_REQUEST_HEADERS_KB: u32 = 32;
+    /// Request headers more numerous than this are refused with 431.
+    pub const MAX_REQUEST_HEADERS_COUNT: u32 = 100;
+    /// HTTP/2: concurrent streams per connection.
+    pub const H2_MAX_CONCURRENT_STREAMS: u32 = 100;
+    /// HTTP/2: per-stream flow-control window (Envoy's default is 256 MiB).
+    pub const H2_STREAM_WINDOW_BYTES: u32 = 1024 * 1024;
+    /// HTTP/2: per-connection flow-control window.
+    pub const H2_CONNECTION_WINDOW_BYTES: u32 = 4 * 1024 * 1024;
+    /// Overload manager: downstream connections accepted across all listeners.
+    pub const MAX_DOWNSTREAM_CONNECTIONS: u64 = 10_000;
+    /// Overload manager: the heap the fixed-heap monitor measures against (the gateway's
+    /// container limit is 1 GiB; the wasm VMs' memory is outside Envoy's heap).
+    pub const MAX_HEAP_BYTES: u64 = 512 * 1024 * 1024;
+}
+
+/// The overload manager every bootstrap carries: a global downstream connection limit, and a
+/// fixed-heap monitor whose rising pressure first ends keep-alive (0.90), then shrinks the
+/// heap (0.95), then refuses new requests with 503 (0.98).
+pub fn overload_manager() -> Value {
+    let action = |name: &str, value: f64| json!({"name": name, "triggers": [{"name": "envoy.resource_monitors.fixed_heap", "threshold": {"value": value}}]});
+    json!({
+        "refresh_interval": "0.25s",
+        "resource_monitors": [
+            {"name": "envoy.resource_monitors.fixed_heap", "typed_config": {
+                "@type": "type.googleapis.com/envoy.extensions.resource_monitors.fixed_heap.v3.FixedHeapConfig",
+                "max_heap_size_bytes": limits::MAX_HEAP_BYTES}},
+            {"name": "envoy.resource_monitors.global_downstream_max_connections", "typed_config": {
+                "@type": "type.googleapis.com/envoy.extensions.resource_monitors.downstream_connections.v3.DownstreamConnectionsConfig",
+                "max_active_downstream_connections": limits::MAX_DOWNSTREAM_CONNECTIONS}},
+        ],
+        "actions": [
+            action("envoy.overload_actions.disable_http_keepalive", 0.90),
+            action("envoy.overload_actions.shrink_heap", 0.95),
+            action("envoy.overload_actions.stop_accepting_requests", 0.98),
+        ],
+    })
+}
 
 fn route(inspect: bool) -> Value {
     let mut r = json!({
@@ -126,7 +187,7 @@ pub fn listener(l: &Listener) -> Value {
     json!({
         "name": "layergate",
         "address": {"socket_address": {"address": l.listen.ip().to_string(), "port_value": l.listen.port()}},
-        "per_connection_buffer_limit_bytes": l.buffer_limit_bytes,
+        "per_connection_buffer_limit_bytes": limits::CONNECTION_BUFFER_BYTES,
         "filter_chains": [{"filters": [{"name": "envoy.filters.network.http_connection_manager", "typed_config": {
             "@type": "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager",
             "stat_prefix": "layergate",
@@ -136,6 +197,19 @@ pub fn listener(l: &Listener) -> Value {
             "normalize_path": true,
             "merge_slashes": false,
             "path_with_escaped_slashes_action": "KEEP_UNCHANGED",
+            "request_headers_timeout": limits::REQUEST_HEADERS_TIMEOUT,
+            "request_timeout": limits::REQUEST_TIMEOUT,
+            "stream_idle_timeout": limits::STREAM_IDLE_TIMEOUT,
+            "max_request_headers_kb": limits::MAX_REQUEST_HEADERS_KB,
+            "common_http_protocol_options": {
+                "idle_timeout": limits::CONNECTION_IDLE_TIMEOUT,
+                "max_headers_count": limits::MAX_REQUEST_HEADERS_COUNT,
+            },
+            "http2_protocol_options": {
+                "max_concurrent_streams": limits::H2_MAX_CONCURRENT_STREAMS,
+                "initial_stream_window_size": limits::H2_STREAM_WINDOW_BYTES,
+                "initial_connection_window_size": limits::H2_CONNECTION_WINDOW_BYTES,
+            },
             "local_reply_config": local_reply,
             "access_log": [{"name": "envoy.access_loggers.stdout", "typed_config": {
                 "@type": "type.googleapis.com/envoy.extensions.access_loggers.stream.v3.StdoutAccessLog",
@@ -239,6 +313,7 @@ pub fn bootstrap_with_listener(
 ) -> String {
     let v = json!({
         "admin": admin(admin_addr),
+        "overload_manager": overload_manager(),
         "static_resources": {"listeners": [listener], "clusters": clusters.iter().map(cluster).collect::<Vec<_>>()},
     });
     yaml(
@@ -293,6 +368,7 @@ pub fn dynamic_bootstrap(admin_addr: SocketAddr, dir: &Path) -> String {
     let v = json!({
         "node": {"id": "layergate", "cluster": "layergate"},
         "admin": admin(admin_addr),
+        "overload_manager": overload_manager(),
         "dynamic_resources": {"lds_config": file("lds.json"), "cds_config": file("cds.json")},
     });
     yaml(
@@ -371,6 +447,94 @@ mod tests {
         );
         c.tls = false;
         assert!(cluster(&c).get("transport_socket").is_none());
+    }
+
+    #[test]
+    fn the_listener_is_bounded_and_every_bootstrap_carries_the_overload_manager() {
+        let l = listener(&Listener {
+            listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
+            wasm_path: "f.wasm".into(),
+            filter_config: None,
+            vm_env: Vec::new(),
+            buffer_limit_bytes: DEFAULT_BUFFER_LIMIT_BYTES,
+        });
+        assert_eq!(
+            l["per_connection_buffer_limit_bytes"],
+            limits::CONNECTION_BUFFER_BYTES
+        );
+        let hcm = &l["filter_chains"][0]["filters"][0]["typed_config"];
+        for (k, v) in [
+            (
+                "request_headers_timeout",
+                json!(limits::REQUEST_HEADERS_TIMEOUT),
+            ),
+            ("request_timeout", json!(limits::REQUEST_TIMEOUT)),
+            ("stream_idle_timeout", json!(limits::STREAM_IDLE_TIMEOUT)),
+            (
+                "max_request_headers_kb",
+                json!(limits::MAX_REQUEST_HEADERS_KB),
+            ),
+        ] {
+            assert_eq!(hcm[k], v, "{k}");
+        }
+        let h2 = &hcm["http2_protocol_options"];
+        assert_eq!(
+            h2["max_concurrent_streams"],
+            limits::H2_MAX_CONCURRENT_STREAMS
+        );
+        assert_eq!(
+            h2["initial_stream_window_size"],
+            limits::H2_STREAM_WINDOW_BYTES
+        );
+        // Only the buffer filter (enabled on the inspection route only) buffers more.
+        let buffer = hcm["http_filters"]
+            .as_array()
+            .and_then(|f| f.iter().find(|f| f["name"] == "envoy.filters.http.buffer"))
+            .cloned()
+            .unwrap_or_default();
+        assert_eq!(
+            buffer["typed_config"]["max_request_bytes"],
+            DEFAULT_BUFFER_LIMIT_BYTES
+        );
+        let admin_addr = SocketAddr::from(([127, 0, 0, 1], 9901));
+        for bootstrap in [
+            static_bootstrap(
+                admin_addr,
+                &Listener {
+                    filter_config: None,
+                    ..l_spec()
+                },
+                &[],
+            ),
+            dynamic_bootstrap(admin_addr, Path::new("/etc/layergate/config")),
+        ] {
+            let v: Value = serde_yaml::from_str(&bootstrap).unwrap_or_default();
+            let om = &v["overload_manager"];
+            let monitors: Vec<&str> = om["resource_monitors"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .filter_map(|m| m["name"].as_str())
+                .collect();
+            assert_eq!(
+                monitors,
+                [
+                    "envoy.resource_monitors.fixed_heap",
+                    "envoy.resource_monitors.global_downstream_max_connections"
+                ]
+            );
+            assert_eq!(om["actions"].as_array().map(Vec::len), Some(3));
+        }
+    }
+
+    fn l_spec() -> Listener {
+        Listener {
+            listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
+            wasm_path: "f.wasm".into(),
+            filter_config: None,
+            vm_env: Vec::new(),
+            buffer_limit_bytes: DEFAULT_BUFFER_LIMIT_BYTES,
+        }
     }
 
     #[test]

@@ -34,6 +34,9 @@ pub struct Objects {
     pub key_files: BTreeMap<(String, String), String>,
     /// Documents that could not be used: `file: what is wrong`.
     pub problems: Vec<String>,
+    /// Secrets that could not be read or created (kube mode), by (namespace, name): the
+    /// error, which becomes the referring object's condition (the rest still publishes).
+    pub secret_errors: BTreeMap<(String, String), String>,
 }
 
 /// What may make a Secret an ApiKey's token: its [`crate::keys::TOKEN_LABEL`] label and the

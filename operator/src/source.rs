@@ -206,13 +206,38 @@ pub struct State {
     pub api_errors: AtomicU64,
     /// The key service, fed by every successful pass.
     pub keys: KeyService,
+    /// When the controller loop last turned (kube mode; `None`: no loop to watch).
+    heartbeat: Mutex<Option<Instant>>,
 }
+
+/// `/healthz` fails when the controller loop has not turned for this long (it turns at least
+/// every [`crate::controller::HEARTBEAT`]; a pass that takes longer is stuck on something),
+/// so the kubelet restarts the process.
+pub const STUCK_AFTER: Duration = Duration::from_secs(300);
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
 impl State {
+    /// The controller loop turned now.
+    pub fn beat(&self) {
+        self.beat_at(Instant::now());
+    }
+
+    /// The controller loop turned at `at` (tests set an old one).
+    pub fn beat_at(&self, at: Instant) {
+        *lock(&self.heartbeat) = Some(at);
+    }
+
+    /// How long the controller loop has not turned, when that is longer than
+    /// [`STUCK_AFTER`]: the process is alive but stuck, and should be restarted.
+    pub fn stuck_for(&self) -> Option<Duration> {
+        lock(&self.heartbeat)
+            .map(|t| t.elapsed())
+            .filter(|d| *d > STUCK_AFTER)
+    }
+
     /// The last good pass, if any.
     pub fn last(&self) -> Option<Pass> {
         lock(&self.last).clone()

@@ -3,7 +3,7 @@
 
 use crate::conditions::{self, condition, reason};
 use crate::crd::{ApiKey, ApiKeyPhase, InboundMode, Index, StoreKind, VectorStore};
-use crate::manifests::{Objects, Secrets};
+use crate::manifests::Objects;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
 use layergate_filter::config::{ApiKeyConfig, Entitlement};
 use layergate_filter::entitlement::{self, Target};
@@ -86,12 +86,22 @@ fn sha256_hex(s: &str) -> String {
 }
 
 fn secret<'a>(
-    secrets: &'a Secrets,
+    objects: &'a Objects,
     ns: &str,
     name: &str,
     key: &str,
 ) -> Result<&'a str, (&'static str, String)> {
-    let Some(data) = secrets.get(&(ns.to_owned(), name.to_owned())) else {
+    if name.is_empty() {
+        return Err((reason::INVALID_SPEC, "secretRef.name is empty".into()));
+    }
+    let id = (ns.to_owned(), name.to_owned());
+    if let Some(e) = objects.secret_errors.get(&id) {
+        return Err((
+            reason::SECRET_UNREADABLE,
+            format!("Secret {ns}/{name}: {e}"),
+        ));
+    }
+    let Some(data) = objects.secrets.get(&id) else {
         return Err((
             reason::SECRET_NOT_FOUND,
             format!("Secret {ns}/{name} not found; create it with the key {key:?}"),
@@ -147,7 +157,7 @@ pub fn validate_in(objects: &Objects, namespace: &str, now: i64, allow: &Allowli
         .map(|(i, s)| {
             // Two documents naming the same store: the first wins, the later is left out.
             let first = stores[..i].iter().all(|o| o.metadata.name != s.metadata.name);
-            let mut v = validate_store(s, namespace, &objects.secrets, defaults, stores.len(), allow, now);
+            let mut v = validate_store(s, namespace, objects, defaults, stores.len(), allow, now);
             if !first {
                 v.valid = None;
                 v.conditions = vec![condition(
@@ -211,7 +221,7 @@ pub fn validate_in(objects: &Objects, namespace: &str, now: i64, allow: &Allowli
 fn validate_store(
     s: &VectorStore,
     ns: &str,
-    secrets: &Secrets,
+    objects: &Objects,
     defaults: usize,
     count: usize,
     allow: &Allowlist,
@@ -261,7 +271,7 @@ fn validate_store(
         );
     }
     let cred = &s.spec.credential.secret_ref;
-    let credential = match secret(secrets, ns, &cred.name, &cred.key) {
+    let credential = match secret(objects, ns, &cred.name, &cred.key) {
         Ok(v) => v.to_owned(),
         Err((r, m)) => return fail(r, format!("credential: {m}")),
     };
@@ -292,7 +302,7 @@ fn validate_store(
                 ),
             );
         }
-        let token = match secret(secrets, ns, &k.secret_ref.name, &k.secret_ref.key) {
+        let token = match secret(objects, ns, &k.secret_ref.name, &k.secret_ref.key) {
             Ok(v) => v,
             Err((r, m)) => return fail(r, format!("inboundAuth.keys {:?}: {m}", k.name)),
         };
@@ -397,7 +407,7 @@ pub fn token_source(k: &ApiKey) -> crate::crd::SecretKeyRef {
 /// [`token_secret_refusal`]) and holds a token.
 pub fn token_of<'a>(k: &ApiKey, ns: &str, objects: &'a Objects) -> Option<&'a str> {
     let source = token_source(k);
-    let t = secret(&objects.secrets, ns, &source.name, &source.key).ok()?;
+    let t = secret(objects, ns, &source.name, &source.key).ok()?;
     token_secret_refusal(k, ns, objects).is_none().then_some(t)
 }
 
@@ -502,7 +512,6 @@ fn validate_key(
     stores: &[Verdict<ValidStore>],
     now: i64,
 ) -> (Verdict<ApiKeyConfig>, ApiKeyPhase) {
-    let secrets = &objects.secrets;
     let name = k.metadata.name.clone().unwrap_or_default();
     let generation = k.metadata.generation;
     let out = |phase, r: &str, m: String, extra: Vec<Condition>, valid: Option<ApiKeyConfig>| {
@@ -649,8 +658,11 @@ fn validate_key(
             None,
         );
     }
-    let token = match secret(secrets, ns, &source.name, &source.key) {
+    let token = match secret(objects, ns, &source.name, &source.key) {
         Ok(t) => t,
+        Err((r, m)) if r != reason::SECRET_NOT_FOUND && r != reason::SECRET_KEY_MISSING => {
+            return out(ApiKeyPhase::Pending, r, m, extra, None)
+        }
         Err((_, m)) => {
             return out(
                 ApiKeyPhase::Pending,

@@ -4,13 +4,16 @@
 #![allow(clippy::unwrap_used, clippy::panic, missing_docs)]
 
 use hyper::StatusCode;
-use layergate_operator::api::{client_address, Api, RateLimiter, MAX_RATE_CLIENTS};
+use layergate_operator::api::{client_address, Api, RateLimiter, ServeLimits, MAX_RATE_CLIENTS};
 use layergate_operator::output::Settings;
 use layergate_operator::source::{DirSource, Source};
 use serde_json::{json, Value};
+use std::io::{Read, Write};
 use std::net::IpAddr;
+use std::net::TcpStream;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 const ADMIN: &str = "demo-admin-token"; // inbound admin key of store `primary` (the default)
 const PEER: IpAddr = IpAddr::V4(std::net::Ipv4Addr::LOCALHOST);
@@ -535,4 +538,170 @@ fn the_rate_limiter_table_stays_bounded() {
     assert!(l.allow(ip(u32::MAX), 120));
     assert!(l.allow(ip(u32::MAX - 1), 120));
     assert!(l.tracked() <= MAX_RATE_CLIENTS);
+}
+
+/// The API served on a real socket with `limits`; its address.
+fn serve(f: &Fixture, per_minute: u32, limits: ServeLimits) -> std::net::SocketAddr {
+    let api = Arc::new(Api::new(f.source.clone(), per_minute).with_limits(limits));
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    std::thread::spawn(move || api.serve_on(listener));
+    addr
+}
+
+fn small_limits() -> ServeLimits {
+    ServeLimits {
+        max_connections: 8,
+        header_timeout: Duration::from_secs(1),
+        body_timeout: Duration::from_secs(1),
+    }
+}
+
+/// Reads until the server closes (or 10 s pass); the status line's code, and how long it took.
+fn answer(s: &mut TcpStream) -> (u16, Duration) {
+    let started = Instant::now();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let mut out = Vec::new();
+    let _ = s.read_to_end(&mut out);
+    let text = String::from_utf8_lossy(&out);
+    let code = text
+        .split(' ')
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0);
+    (code, started.elapsed())
+}
+
+fn authenticate_head(len: &str) -> String {
+    format!("POST /v2/keys/authenticate HTTP/1.1\r\nhost: control\r\ncontent-type: application/json\r\n{len}\r\n")
+}
+
+#[test]
+fn a_slow_1_mib_upload_to_authenticate_is_refused_without_being_read() {
+    let f = fixture("slow-upload", 120, |_, t| t);
+    let addr = serve(&f, 120, small_limits());
+    // Declared 1 MiB: refused on its headers, and the connection closed.
+    let mut s = TcpStream::connect(addr).unwrap();
+    s.write_all(authenticate_head("content-length: 1048576\r\n").as_bytes())
+        .unwrap();
+    s.write_all(&[b'x'; 1024]).unwrap();
+    let (code, took) = answer(&mut s);
+    assert_eq!(code, 413);
+    assert!(took < Duration::from_millis(900), "{took:?}");
+    // Chunked, 1 KiB every 20 ms: cut at the 4 KiB cap, long before 1 MiB.
+    let mut s = TcpStream::connect(addr).unwrap();
+    s.write_all(authenticate_head("transfer-encoding: chunked\r\n").as_bytes())
+        .unwrap();
+    let mut sent = 0;
+    let reader = s.try_clone().unwrap();
+    let started = Instant::now();
+    while sent < 1 << 20 {
+        let chunk = format!("400\r\n{}\r\n", "x".repeat(1024));
+        if s.write_all(chunk.as_bytes()).is_err() {
+            break;
+        }
+        sent += 1024;
+        std::thread::sleep(Duration::from_millis(20));
+        let mut probe = [0u8; 1];
+        reader.set_nonblocking(true).unwrap();
+        let closed = reader.peek(&mut probe).is_ok();
+        reader.set_nonblocking(false).unwrap();
+        if closed {
+            break;
+        }
+    }
+    let (code, _) = answer(&mut s);
+    assert_eq!(code, 413);
+    assert!(
+        sent <= 64 * 1024,
+        "the server read {sent} bytes before refusing"
+    );
+    assert!(started.elapsed() < Duration::from_secs(3));
+    // A body under the cap that never finishes: 408 after the body timeout.
+    let mut s = TcpStream::connect(addr).unwrap();
+    s.write_all(authenticate_head("content-length: 200\r\n").as_bytes())
+        .unwrap();
+    s.write_all(b"{\"token\": ").unwrap();
+    let (code, took) = answer(&mut s);
+    assert_eq!(code, 408);
+    assert!(took < Duration::from_secs(3), "{took:?}");
+}
+
+#[test]
+fn the_authenticate_rate_limit_answers_before_the_body_is_read() {
+    let f = fixture("rate-first", 1, |_, t| t);
+    let addr = serve(&f, 1, small_limits());
+    let body = r#"{"token": "hvl_nope"}"#;
+    let mut s = TcpStream::connect(addr).unwrap();
+    s.write_all(
+        format!(
+            "{}{body}",
+            authenticate_head(&format!(
+                "content-length: {}\r\nconnection: close\r\n",
+                body.len()
+            ))
+        )
+        .as_bytes(),
+    )
+    .unwrap();
+    assert_eq!(answer(&mut s).0, 401);
+    // Over budget: 429 on the headers alone, the body never sent.
+    let mut s = TcpStream::connect(addr).unwrap();
+    s.write_all(authenticate_head("content-length: 4000\r\n").as_bytes())
+        .unwrap();
+    let (code, took) = answer(&mut s);
+    assert_eq!(code, 429);
+    assert!(took < Duration::from_millis(500), "{took:?}");
+}
+
+#[test]
+fn idle_connections_beyond_the_limit_are_refused_and_the_api_recovers() {
+    let f = fixture("conn-limit", 120, |_, t| t);
+    let addr = serve(&f, 120, small_limits());
+    let idle: Vec<TcpStream> = (0..8).map(|_| TcpStream::connect(addr).unwrap()).collect();
+    std::thread::sleep(Duration::from_millis(200));
+    // The ninth is answered 503 and closed at once.
+    let mut extra = TcpStream::connect(addr).unwrap();
+    let (code, took) = answer(&mut extra);
+    assert_eq!(code, 503);
+    assert!(took < Duration::from_millis(500), "{took:?}");
+    // The idle ones are closed by the header timeout...
+    for mut s in idle {
+        let (_, took) = answer(&mut s);
+        assert!(
+            took < Duration::from_secs(3),
+            "an idle connection held {took:?}"
+        );
+    }
+    // ...and a good request works again.
+    let mut s = TcpStream::connect(addr).unwrap();
+    s.write_all(b"GET /healthz HTTP/1.1\r\nhost: control\r\nconnection: close\r\n\r\n")
+        .unwrap();
+    assert_eq!(answer(&mut s).0, 200);
+}
+
+#[test]
+fn healthz_fails_while_the_controller_loop_is_stuck() {
+    let f = fixture("healthz", 120, |_, t| t);
+    assert_eq!(
+        f.call("GET", "/healthz", None, Value::Null).0,
+        200,
+        "no loop to watch"
+    );
+    f.source.state().beat();
+    assert_eq!(f.call("GET", "/healthz", None, Value::Null).0, 200);
+    let stuck = layergate_operator::source::STUCK_AFTER + Duration::from_secs(1);
+    // (A monotonic clock younger than that cannot show it.)
+    let Some(then) = Instant::now().checked_sub(stuck) else {
+        return;
+    };
+    f.source.state().beat_at(then);
+    let (code, body) = f.call("GET", "/healthz", None, Value::Null);
+    assert_eq!(code, 503, "{body}");
+    assert!(
+        body["error"].as_str().unwrap().contains("controller loop"),
+        "{body}"
+    );
+    f.source.state().beat();
+    assert_eq!(f.call("GET", "/healthz", None, Value::Null).0, 200);
 }

@@ -594,26 +594,45 @@ async fn the_lease_hands_over_only_after_it_expires_or_is_released() {
     let d = Duration::from_secs(15);
     let a = LeaseLock::new(client.clone(), NS, "layergate-operator", "a", d);
     let b = LeaseLock::new(client.clone(), NS, "layergate-operator", "b", d);
-    let t0 = k8s_openapi::jiff::Timestamp::now();
-    let secs = |s: i64| t0 + k8s_openapi::jiff::SignedDuration::from_secs(s);
-    assert_eq!(a.try_acquire(t0).await.unwrap(), Leadership::Leading);
+    let (t0, l0) = (
+        k8s_openapi::jiff::Timestamp::now(),
+        std::time::Instant::now(),
+    );
+    let at = |s: u64| {
+        (
+            t0 + k8s_openapi::jiff::SignedDuration::from_secs(s as i64),
+            l0 + Duration::from_secs(s),
+        )
+    };
+    let (w, l) = at(0);
+    assert_eq!(a.try_acquire(w, l).await.unwrap(), Leadership::Leading);
     assert_eq!(
-        b.try_acquire(t0).await.unwrap(),
+        b.try_acquire(w, l).await.unwrap(),
         Leadership::Following("a".into())
     );
+    let (w, l) = at(5);
     assert_eq!(
-        a.try_acquire(secs(5)).await.unwrap(),
+        a.try_acquire(w, l).await.unwrap(),
         Leadership::Leading,
         "renewal"
     );
-    // a stops renewing: b waits out the whole duration from the last renewal.
+    // b sees the renewal at 6 (its local clock); a stops renewing: b waits out the whole
+    // duration from when it saw the last change.
+    let (w, l) = at(6);
     assert_eq!(
-        b.try_acquire(secs(19)).await.unwrap(),
+        b.try_acquire(w, l).await.unwrap(),
         Leadership::Following("a".into())
     );
-    assert_eq!(b.try_acquire(secs(20)).await.unwrap(), Leadership::Leading);
+    let (w, l) = at(20);
     assert_eq!(
-        a.try_acquire(secs(21)).await.unwrap(),
+        b.try_acquire(w, l).await.unwrap(),
+        Leadership::Following("a".into())
+    );
+    let (w, l) = at(21);
+    assert_eq!(b.try_acquire(w, l).await.unwrap(), Leadership::Leading);
+    let (w, l) = at(22);
+    assert_eq!(
+        a.try_acquire(w, l).await.unwrap(),
         Leadership::Following("b".into())
     );
     let lease = api::<Lease>(&client)
@@ -625,8 +644,79 @@ async fn the_lease_hands_over_only_after_it_expires_or_is_released() {
     assert_eq!(lease.lease_transitions, Some(1));
     // Release on shutdown: a takes over at once.
     b.release().await.unwrap();
-    assert_eq!(a.try_acquire(secs(22)).await.unwrap(), Leadership::Leading);
+    let (w, l) = at(23);
+    assert_eq!(a.try_acquire(w, l).await.unwrap(), Leadership::Leading);
     a.release().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_holder_whose_clock_is_a_minute_off_keeps_its_lease() {
+    // Expiry is judged on the candidate's own clock since it last saw the Lease change, never
+    // by comparing the holder's renewTime with the local wall clock.
+    let client = builder().build().await.unwrap();
+    let d = Duration::from_secs(15);
+    let minute = k8s_openapi::jiff::SignedDuration::from_secs(60);
+    let slow = LeaseLock::new(client.clone(), NS, "skew", "slow", d);
+    let fast = LeaseLock::new(client.clone(), NS, "skew", "fast", d);
+    let me = LeaseLock::new(client.clone(), NS, "skew", "me", d);
+    let (t0, l0) = (
+        k8s_openapi::jiff::Timestamp::now(),
+        std::time::Instant::now(),
+    );
+    // The holder's wall clock runs 60 s behind: its renewTime looks a minute old.
+    assert_eq!(
+        slow.try_acquire(t0 - minute, l0).await.unwrap(),
+        Leadership::Leading
+    );
+    assert_eq!(
+        me.try_acquire(t0, l0).await.unwrap(),
+        Leadership::Following("slow".into()),
+        "a live Lease is not stolen because its holder's clock is behind"
+    );
+    let s = |n: u64| l0 + Duration::from_secs(n);
+    assert_eq!(
+        slow.try_acquire(
+            t0 - minute + k8s_openapi::jiff::SignedDuration::from_secs(10),
+            s(10)
+        )
+        .await
+        .unwrap(),
+        Leadership::Leading
+    );
+    assert_eq!(
+        me.try_acquire(t0, s(12)).await.unwrap(),
+        Leadership::Following("slow".into())
+    );
+    // It stops renewing: taken over a whole duration after the last change was seen.
+    assert_eq!(
+        me.try_acquire(t0, s(26)).await.unwrap(),
+        Leadership::Following("slow".into())
+    );
+    assert_eq!(
+        me.try_acquire(t0, s(27)).await.unwrap(),
+        Leadership::Leading
+    );
+    me.release().await.unwrap();
+    // A holder whose clock runs 60 s ahead cannot keep a dead Lease alive for a minute.
+    let (t1, l1) = (
+        k8s_openapi::jiff::Timestamp::now(),
+        std::time::Instant::now(),
+    );
+    assert_eq!(
+        fast.try_acquire(t1 + minute, l1).await.unwrap(),
+        Leadership::Leading
+    );
+    assert_eq!(
+        me.try_acquire(t1, l1).await.unwrap(),
+        Leadership::Following("fast".into())
+    );
+    assert_eq!(
+        me.try_acquire(t1, l1 + Duration::from_secs(16))
+            .await
+            .unwrap(),
+        Leadership::Leading,
+        "expired 15 s after the last observed change, whatever its renewTime says"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -645,15 +735,24 @@ async fn two_candidates_racing_for_a_lease_cannot_both_win() {
         .build()
         .await
         .unwrap();
-    let t0 = k8s_openapi::jiff::Timestamp::now();
+    let (t0, l0) = (
+        k8s_openapi::jiff::Timestamp::now(),
+        std::time::Instant::now(),
+    );
     let old = LeaseLock::new(client.clone(), NS, "l", "gone", Duration::from_secs(15));
-    old.try_acquire(t0).await.unwrap();
-    let later = t0 + k8s_openapi::jiff::SignedDuration::from_secs(60);
+    old.try_acquire(t0, l0).await.unwrap();
     let a = LeaseLock::new(client.clone(), NS, "l", "a", Duration::from_secs(15));
     let b = LeaseLock::new(client.clone(), NS, "l", "b", Duration::from_secs(15));
+    // Both see the Lease at l0, and again a minute later unchanged: expired for both.
+    a.try_acquire(t0, l0).await.unwrap();
+    b.try_acquire(t0, l0).await.unwrap();
+    let later = (
+        t0 + k8s_openapi::jiff::SignedDuration::from_secs(60),
+        l0 + Duration::from_secs(60),
+    );
     let (ra, rb) = (
-        a.try_acquire(later).await.unwrap(),
-        b.try_acquire(later).await.unwrap(),
+        a.try_acquire(later.0, later.1).await.unwrap(),
+        b.try_acquire(later.0, later.1).await.unwrap(),
     );
     assert_eq!(
         [&ra, &rb]
@@ -1287,4 +1386,322 @@ async fn the_rendering_at_100000_api_keys_publishes_under_the_1_mib_object_limit
     let inline = layergate_operator::output::render(&v, &settings()).unwrap();
     let err = c.publish(&inline.files).await.unwrap_err();
     assert!(format!("{err:#}").contains("too large"), "{err:#}");
+}
+
+/// A kube client for one replica over the shared fake API server that records every write the
+/// server accepted (who, when, and for Lease writes the holder it set), can make this
+/// replica's Lease calls hang, and can slow its other writes down.
+#[derive(Clone)]
+struct Replica {
+    inner: Client,
+    id: &'static str,
+    log: Arc<std::sync::Mutex<Vec<Applied>>>,
+    hang_lease: Arc<std::sync::atomic::AtomicBool>,
+    slow_writes_ms: Arc<std::sync::atomic::AtomicU64>,
+}
+
+#[derive(Debug, Clone)]
+struct Applied {
+    by: &'static str,
+    at: std::time::Instant,
+    /// For a Lease write, the holder it set; None for any other write.
+    lease_holder: Option<Option<String>>,
+    what: String,
+}
+
+impl tower_service::Service<hyper::Request<kube::client::Body>> for Replica {
+    type Response = hyper::Response<kube::client::Body>;
+    type Error = kube::Error;
+    type Future = std::pin::Pin<
+        Box<dyn std::future::Future<Output = Result<Self::Response, kube::Error>> + Send>,
+    >;
+    fn poll_ready(
+        &mut self,
+        _: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Result<(), kube::Error>> {
+        std::task::Poll::Ready(Ok(()))
+    }
+    fn call(&mut self, req: hyper::Request<kube::client::Body>) -> Self::Future {
+        let this = self.clone();
+        Box::pin(async move {
+            let lease = req.uri().path().contains("/leases");
+            let write = req.method() != hyper::Method::GET;
+            let what = format!("{} {}", req.method(), req.uri().path());
+            if lease && this.hang_lease.load(Ordering::SeqCst) {
+                std::future::pending::<()>().await;
+            }
+            let slow = this.slow_writes_ms.load(Ordering::SeqCst);
+            if write && !lease && slow > 0 {
+                tokio::time::sleep(Duration::from_millis(slow)).await;
+            }
+            let resp = this.inner.send(req).await?;
+            if !write || !resp.status().is_success() {
+                return Ok(resp);
+            }
+            let (parts, body) = resp.into_parts();
+            let bytes = body.collect_bytes().await?;
+            let lease_holder = lease.then(|| {
+                serde_json::from_slice::<Lease>(&bytes)
+                    .ok()
+                    .and_then(|l| l.spec)
+                    .and_then(|s| s.holder_identity)
+            });
+            this.log.lock().unwrap().push(Applied {
+                by: this.id,
+                at: std::time::Instant::now(),
+                lease_holder,
+                what,
+            });
+            Ok(hyper::Response::from_parts(parts, bytes.into()))
+        })
+    }
+}
+
+/// Asserts that every non-Lease write was applied while its writer was the last one the
+/// Lease named: never two writers.
+fn one_writer_at_a_time(log: &[Applied]) {
+    let mut holder: Option<&str> = None;
+    for w in log {
+        match &w.lease_holder {
+            Some(h) => holder = h.as_deref(),
+            None => assert_eq!(
+                Some(w.by),
+                holder,
+                "{} wrote ({}) while the Lease named {holder:?}; log: {log:#?}",
+                w.by,
+                w.what
+            ),
+        }
+    }
+}
+
+struct Candidates {
+    clusters: Vec<Arc<Cluster>>,
+    replicas: Vec<Replica>,
+    log: Arc<std::sync::Mutex<Vec<Applied>>>,
+    stops: Vec<tokio::sync::oneshot::Sender<()>>,
+}
+
+/// Two controllers ("a" first, then "b") on one fake API server, with a `lease` duration;
+/// each of a's writes other than the Lease's takes `slow_a_ms`.
+async fn candidates(client: &Client, lease: Duration, slow_a_ms: u64) -> Candidates {
+    use layergate_operator::controller;
+    let log = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let mut out = Candidates {
+        clusters: vec![],
+        replicas: vec![],
+        log: log.clone(),
+        stops: vec![],
+    };
+    for id in ["a", "b"] {
+        let replica = Replica {
+            inner: client.clone(),
+            id,
+            log: log.clone(),
+            hang_lease: Arc::default(),
+            slow_writes_ms: Arc::new(std::sync::atomic::AtomicU64::new(if id == "a" {
+                slow_a_ms
+            } else {
+                0
+            })),
+        };
+        let rc = Client::new(replica.clone(), NS);
+        let cluster = Arc::new(Cluster::new(
+            rc.clone(),
+            NS,
+            settings(),
+            DEFAULT_OUTPUT_SECRET,
+        ));
+        let lock = LeaseLock::new(rc, NS, "layergate-operator", id, lease);
+        let (stop, rx) = tokio::sync::oneshot::channel();
+        let c = cluster.clone();
+        tokio::spawn(
+            async move { controller::run(c, lock, async { rx.await.unwrap_or(()) }).await },
+        );
+        out.clusters.push(cluster);
+        out.replicas.push(replica);
+        out.stops.push(stop);
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+    out
+}
+
+/// Keeps creating ApiKeys (each one a mint, a status and a publish for the leader).
+fn keep_changing(client: &Client) -> tokio::task::JoinHandle<()> {
+    let client = client.clone();
+    tokio::spawn(async move {
+        for i in 0.. {
+            let _ = api::<ApiKey>(&client)
+                .create(
+                    &PostParams::default(),
+                    &key_json(&format!("k{i}"), json!({})),
+                )
+                .await;
+            tokio::time::sleep(Duration::from_millis(250)).await;
+        }
+    })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_renewal_that_hangs_stops_the_leader_writing_before_another_takes_over() {
+    let client = builder().build().await.unwrap();
+    let lease = Duration::from_secs(3);
+    let c = candidates(&client, lease, 0).await;
+    let (a, b) = (c.clusters[0].clone(), c.clusters[1].clone());
+    let load = keep_changing(&client);
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert!(a.is_leader() && !b.is_leader());
+    // a's Lease calls never answer from now on; its passes (and the control API's, which
+    // call pass() directly) go on.
+    c.replicas[0].hang_lease.store(true, Ordering::SeqCst);
+    let hung = std::time::Instant::now();
+    while !b.is_leader() {
+        let _ = a.pass().await;
+        assert!(hung.elapsed() < lease * 3, "b never took over");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(!a.is_leader(), "a stopped leading before b could take over");
+    for _ in 0..20 {
+        let _ = a.pass().await;
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    load.abort();
+    let log = c.log.lock().unwrap().clone();
+    assert!(log.iter().any(|w| w.by == "a" && w.lease_holder.is_none()));
+    assert!(log.iter().any(|w| w.by == "b" && w.lease_holder.is_none()));
+    one_writer_at_a_time(&log);
+    drop(c.stops);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pass_longer_than_the_lease_does_not_stop_renewal() {
+    // Five keys to mint, and every write of a's (but the Lease's) takes 700 ms: its first
+    // pass (mints, publish, statuses) runs well past the 3 s Lease.
+    let mut b = builder();
+    for i in 0..5 {
+        b = b.with_object(key_json(&format!("k{i}"), json!({})));
+    }
+    let client = b.build().await.unwrap();
+    let lease = Duration::from_secs(3);
+    let c = candidates(&client, lease, 700).await;
+    let (a, b) = (c.clusters[0].clone(), c.clusters[1].clone());
+    // The controller's own pass (triggered by the watch) runs for seconds; b looks on.
+    let mut b_led = false;
+    for _ in 0..240 {
+        b_led |= b.is_leader();
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(!b_led, "b took over a Lease a was renewing");
+    assert!(a.is_leader());
+    let log = c.log.lock().unwrap().clone();
+    assert!(
+        log.iter()
+            .filter(|w| w.lease_holder.is_none())
+            .all(|w| w.by == "a"),
+        "only a wrote: {log:#?}"
+    );
+    let writes: Vec<_> = log.iter().filter(|w| w.lease_holder.is_none()).collect();
+    let (first, last) = (writes[0].at, writes[writes.len() - 1].at);
+    assert!(
+        last - first > lease * 2,
+        "the pass wrote for only {:?}",
+        last - first
+    );
+    assert!(
+        log.iter()
+            .any(|w| w.lease_holder.is_some() && w.at > first && w.at < last),
+        "a renewed while its pass was writing"
+    );
+    one_writer_at_a_time(&log);
+    drop(c.stops);
+}
+
+/// Issue 13: in kube mode one object's broken Secret used to stop every pass. A Secret the API
+/// server will not return (500/403), an empty `secretRef.name`, an ApiKey whose token Secret
+/// name would be over 253 characters, and a token Secret the API server refuses to create (a
+/// quota) each become that object's condition; every other object, and a revocation, still
+/// publishes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_broken_secret_or_name_is_that_objects_condition_and_the_rest_publishes() {
+    let long = "k".repeat(250);
+    let client = builder()
+        .with_object(store_json("locked", false, "locked-credential"))
+        .with_object(store_json("unnamed", false, ""))
+        .with_object(key_json(&long, json!({})))
+        .with_object(key_json("quota", json!({})))
+        .with_object(key_json("cohort", json!({})))
+        .with_interceptor_funcs(
+            interceptor::Funcs::new()
+                .get(|ctx| {
+                    if ctx.name == "locked-credential" {
+                        return Err(FakeError::Internal("etcdserver: request timed out".into()));
+                    }
+                    Ok(None)
+                })
+                .create(move |ctx| {
+                    let name = ctx.object["metadata"]["name"].as_str().unwrap_or_default();
+                    if name.len() > 253 {
+                        return Err(FakeError::InvalidRequest(format!(
+                            "metadata.name: must be no more than 253 characters: {name}"
+                        )));
+                    }
+                    if name == "apikey-quota" {
+                        return Err(FakeError::InvalidRequest(
+                            "exceeded quota: secrets=100".into(),
+                        ));
+                    }
+                    Ok(None)
+                }),
+        )
+        .build()
+        .await
+        .unwrap();
+    let c = leader(&client);
+    let _ = c.pass().await;
+    let _ = c.pass().await;
+    // Minted keys reach the gateways through the key service: what it serves.
+    let served = c.state.last().unwrap().keys;
+    let names: Vec<&str> = served.iter().map(|k| k.name.as_str()).collect();
+    assert!(names.contains(&"cohort"), "{names:?}");
+    assert!(!names.contains(&"quota") && !names.contains(&long.as_str()));
+    let stores = api::<VectorStore>(&client);
+    let reason = |s: Option<layergate_operator::crd::VectorStoreStatus>| {
+        ready(&s.expect("a status").conditions)
+    };
+    assert_eq!(
+        reason(stores.get("locked").await.unwrap().status),
+        ("False".into(), "SecretUnreadable".into())
+    );
+    assert_eq!(
+        reason(stores.get("unnamed").await.unwrap().status),
+        ("False".into(), "InvalidSpec".into())
+    );
+    let keys = api::<ApiKey>(&client);
+    let key_reason = |k: ApiKey| ready(&k.status.expect("a status").conditions);
+    assert_eq!(
+        key_reason(keys.get("quota").await.unwrap()),
+        ("False".into(), "SecretUnreadable".into())
+    );
+    assert_eq!(
+        key_reason(keys.get(&long).await.unwrap()),
+        ("False".into(), "InvalidSpec".into())
+    );
+    // A revocation still publishes while all of that stays broken.
+    keys.patch(
+        "cohort",
+        &PatchParams::default(),
+        &Patch::Merge(json!({"spec": {"revoked": true}})),
+    )
+    .await
+    .unwrap();
+    let _ = c.pass().await;
+    assert!(
+        !c.state
+            .last()
+            .unwrap()
+            .keys
+            .iter()
+            .any(|k| k.name == "cohort"),
+        "the revoked key left what the key service serves"
+    );
 }

@@ -226,3 +226,55 @@ fn crd_patterns_refuse_exactly_what_the_operator_refuses() {
         assert_eq!(r, p, "{:?}: operator {r}, CRD pattern {p}", pair.1);
     }
 }
+
+/// Issue 13: an empty `secretRef.name` (or one Kubernetes could never name a Secret) stopped
+/// every kube-mode pass; the CRDs now refuse it at `kubectl apply`, as the operator does.
+#[test]
+fn every_secret_ref_carries_kubernetes_own_name_and_key_limits() {
+    let crds = crd::crds_yaml().unwrap();
+    let mut refs = 0;
+    for doc in crds.split("\n---") {
+        let v: Value = match serde_yaml::from_str(doc) {
+            Ok(v) => v,
+            Err(_) => continue,
+        };
+        let mut stack = vec![v];
+        while let Some(v) = stack.pop() {
+            if let Some(obj) = v.as_object() {
+                let props = &v["properties"];
+                if props["name"]["description"]
+                    .as_str()
+                    .is_some_and(|d| d.starts_with("Name of the Secret"))
+                {
+                    refs += 1;
+                    for field in ["name", "key"] {
+                        assert_eq!(props[field]["minLength"], 1, "{field}");
+                        assert_eq!(props[field]["maxLength"], 253, "{field}");
+                    }
+                }
+                stack.extend(obj.values().cloned());
+            } else if let Some(a) = v.as_array() {
+                stack.extend(a.iter().cloned());
+            }
+        }
+    }
+    assert!(refs >= 4, "{refs} secretRefs found");
+    use layergate_operator::crd::{SECRET_KEY_PATTERN, SECRET_NAME_PATTERN};
+    let cases = [
+        (SECRET_NAME_PATTERN, "layer", true),
+        (SECRET_NAME_PATTERN, "apikey-a.b-1", true),
+        (SECRET_NAME_PATTERN, "Layer", false),
+        (SECRET_NAME_PATTERN, "-layer", false),
+        (SECRET_NAME_PATTERN, "a_b", false),
+        (SECRET_KEY_PATTERN, "turbopuffer-api-key", true),
+        (SECRET_KEY_PATTERN, "a/b", false),
+    ];
+    let pairs: Vec<(String, String)> = cases
+        .iter()
+        .map(|(p, v, _)| ((*p).to_owned(), (*v).to_owned()))
+        .collect();
+    let got = python_matches(&pairs);
+    for ((p, v, want), got) in cases.iter().zip(got) {
+        assert_eq!(got, *want, "{p} on {v:?}");
+    }
+}

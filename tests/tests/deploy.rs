@@ -545,3 +545,38 @@ fn the_istio_target_syncs_keys_from_the_operator_service_and_stays_small() {
     let (ok, report) = validate_istio(&serde_json::to_string(&resources).unwrap());
     assert!(ok, "{report}");
 }
+
+/// Issue 13: a drain could take both replicas at once, they could share a node, and minting
+/// failed with 403 on clusters enforcing owner-reference permissions.
+#[test]
+fn both_deployments_survive_a_drain_and_minting_may_block_owner_deletion() {
+    let docs = kustomize("operator/deploy");
+    for name in ["layergate-gateway", "layergate-operator"] {
+        let deployment = find(&docs, "Deployment", name);
+        let labels = &deployment["spec"]["template"]["metadata"]["labels"];
+        let pdb = find(&docs, "PodDisruptionBudget", name);
+        assert_eq!(pdb["spec"]["minAvailable"], 1, "{name}");
+        assert!(
+            deployment["spec"]["replicas"].as_u64().unwrap() > 1,
+            "{name}"
+        );
+        let selector = pdb["spec"]["selector"]["matchLabels"].as_object().unwrap();
+        assert!(
+            selector.iter().all(|(k, v)| labels[k] == *v),
+            "{name}: the PDB selects the Deployment's pods"
+        );
+        let anti = &deployment["spec"]["template"]["spec"]["affinity"]["podAntiAffinity"]
+            ["preferredDuringSchedulingIgnoredDuringExecution"][0]["podAffinityTerm"];
+        assert_eq!(anti["topologyKey"], "kubernetes.io/hostname", "{name}");
+        let own = anti["labelSelector"]["matchLabels"].as_object().unwrap();
+        assert!(own.iter().all(|(k, v)| labels[k] == *v), "{name}");
+    }
+    let role = find(&docs, "Role", "layergate-operator");
+    assert!(
+        role["rules"].as_array().unwrap().iter().any(|r| {
+            r["resources"] == serde_json::json!(["apikeys/finalizers"])
+                && r["verbs"] == serde_json::json!(["update"])
+        }),
+        "{role}"
+    );
+}
