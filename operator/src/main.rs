@@ -203,8 +203,16 @@ fn report(ns: &str, v: &Validation) -> usize {
     errors
 }
 
+/// Says on stderr what was read but left out (other kinds, kustomize features not applied).
+fn note_skipped(objects: &manifests::Objects) {
+    for s in &objects.skipped {
+        eprintln!("note: {s}");
+    }
+}
+
 fn check(dir: &Path, allow: &Allowlist) -> Result<()> {
     let objects = manifests::load_dir(dir)?;
+    note_skipped(&objects);
     let mut errors = objects.problems.len();
     for p in &objects.problems {
         println!("error: {p}");
@@ -404,6 +412,7 @@ fn settings() -> Result<output::Settings> {
 /// that cannot be read), validated and reported.
 fn validated(dir: &Path, namespace: Option<&str>, allow: &Allowlist) -> Result<Validation> {
     let objects = manifests::load_dir(dir)?;
+    note_skipped(&objects);
     if !objects.problems.is_empty() {
         bail!("cannot render: {}", objects.problems.join("; "));
     }
