@@ -7,7 +7,9 @@
 //! the filter selects with `x-layergate-inspect`, see the README), and the router picking the
 //! cluster from `x-layergate-cluster`, which it removes before forwarding. A request whose
 //! upstream cannot be reached over a verified connection gets turbopuffer's JSON error naming
-//! the upstream (the listener's local reply mapper), never Envoy's plain-text one.
+//! the upstream (the listener's local reply mapper), never Envoy's plain-text one; so does one
+//! that times out (504), closes before answering or has its circuit breaker open (503); see
+//! [`UpstreamLimits`].
 //!
 //! The store clusters (TLS unless the endpoint is loopback HTTP) verify the upstream's
 //! identity, not only its chain: the certificate must chain to the trusted CAs **and** carry
