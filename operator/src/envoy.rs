@@ -104,8 +104,13 @@ impl Default for UpstreamLimits {
     }
 }
 
+/// A duration in ms as Envoy reads it (`5s`, `1.500s`).
 fn ms(v: u64) -> String {
-    format!("{}.{:03}s", v / 1000, v % 1000)
+    if v % 1000 == 0 {
+        format!("{}s", v / 1000)
+    } else {
+        format!("{}.{:03}s", v / 1000, v % 1000)
+    }
 }
 
 fn route(inspect: bool) -> Value {
