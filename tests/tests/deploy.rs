@@ -509,3 +509,39 @@ fn only_the_gateway_pods_may_reach_the_operators_control_port() {
         serde_json::json!([{"protocol": "TCP", "port": control["name"]}])
     );
 }
+
+/// Image names live in the Makefile (IMAGE_REGISTRY, IMAGE_TAG; `make image-filter` builds
+/// FILTER_IMAGE): the deploy manifests run OPERATOR_IMAGE and the Istio target's WasmPlugin
+/// pulls `oci://` FILTER_IMAGE by default.
+#[test]
+fn image_names_come_from_the_makefile() {
+    let makefile = std::fs::read_to_string(paths::repo_root().join("Makefile")).unwrap();
+    let var = |name: &str| {
+        makefile
+            .lines()
+            .find_map(|l| {
+                let (k, v) = l.split_once(":=")?;
+                (k.trim() == name).then(|| v.trim().to_owned())
+            })
+            .unwrap_or_else(|| panic!("{name} not in the Makefile"))
+    };
+    let (registry, tag) = (var("IMAGE_REGISTRY"), var("IMAGE_TAG"));
+    let operator_image = format!("{registry}/layergate-operator:{tag}");
+    let filter_image = format!("{registry}/layergate-filter:{tag}");
+    for file in [
+        "operator/deploy/operator.yaml",
+        "operator/deploy/gateway.yaml",
+    ] {
+        let text = std::fs::read_to_string(paths::repo_root().join(file)).unwrap();
+        for line in text
+            .lines()
+            .filter(|l| l.trim_start().starts_with("image: ghcr.io/layergate/"))
+        {
+            assert_eq!(line.trim(), format!("image: {operator_image}"), "{file}");
+        }
+    }
+    assert_eq!(
+        layergate_operator::istio::IstioSettings::default().wasm_url,
+        format!("oci://{filter_image}")
+    );
+}
