@@ -106,7 +106,7 @@ impl Default for UpstreamLimits {
 
 /// A duration in ms as Envoy reads it (`5s`, `1.500s`).
 fn ms(v: u64) -> String {
-    if v % 1000 == 0 {
+    if v.is_multiple_of(1000) {
         format!("{}s", v / 1000)
     } else {
         format!("{}.{:03}s", v / 1000, v % 1000)
