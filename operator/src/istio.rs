@@ -4,7 +4,8 @@
 //! that no other team's traffic passes the filter and its credentials live in a namespace of
 //! their own:
 //!
-//! - a `WasmPlugin` (phase AUTHN, `failStrategy: FAIL_CLOSE`) carrying the filter configuration
+//! - a `WasmPlugin` (phase AUTHN, `failStrategy: FAIL_RELOAD`, see [`FailStrategy`]) carrying
+//!   the filter configuration
 //!   as `pluginConfig`, with store credentials as `{env: LAYERGATE_CREDENTIAL_<STORE>}` read
 //!   from the proxy's environment (`vmConfig.env`, `valueFrom: HOST`): credentials never
 //!   appear in an Istio resource. It applies only to the gateway listener on the layergate
@@ -32,6 +33,42 @@ use layergate_filter::decision::{CLUSTER_HEADER, INSPECT_HEADER};
 use serde_json::{json, Value};
 use std::collections::BTreeMap;
 
+/// What the proxy does when the filter's VM fails (a panic, a trap): the `WasmPlugin`'s
+/// `failStrategy`. Requests never bypass the filter under either.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum FailStrategy {
+    /// `FAIL_RELOAD` (the default; Istio 1.27 and later): the failing request gets a 503 and
+    /// the VM is reloaded for the next one — the policy the Envoy target uses.
+    #[default]
+    Reload,
+    /// `FAIL_CLOSE`, only for meshes older than Istio 1.27, which do not accept `FAIL_RELOAD`.
+    /// Consequence: after one panic the VM stays failed, and every request on that worker is
+    /// answered 503 until the gateway pod restarts.
+    Close,
+}
+
+impl FailStrategy {
+    /// The `failStrategy` value Istio's schema names.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            FailStrategy::Reload => "FAIL_RELOAD",
+            FailStrategy::Close => "FAIL_CLOSE",
+        }
+    }
+
+    /// `FAIL_RELOAD` or `FAIL_CLOSE` (FAIL_OPEN is refused: it would let requests past an
+    /// authentication filter that failed).
+    pub fn parse(s: &str) -> Result<FailStrategy> {
+        match s {
+            "FAIL_RELOAD" => Ok(FailStrategy::Reload),
+            "FAIL_CLOSE" => Ok(FailStrategy::Close),
+            other => anyhow::bail!(
+                "the fail strategy must be FAIL_RELOAD (default) or FAIL_CLOSE (Istio < 1.27), not {other:?}"
+            ),
+        }
+    }
+}
+
 /// Where and how the Istio resources are rendered.
 #[derive(Debug, Clone)]
 pub struct IstioSettings {
@@ -51,6 +88,8 @@ pub struct IstioSettings {
     pub control: Option<(String, u16)>,
     /// The ingress gateway Deployment the credential patch is for.
     pub gateway_deployment: String,
+    /// The WasmPlugin's `failStrategy`.
+    pub fail_strategy: FailStrategy,
 }
 
 impl Default for IstioSettings {
@@ -63,6 +102,7 @@ impl Default for IstioSettings {
             port: 8080,
             control: None,
             gateway_deployment: "layergate-ingressgateway".into(),
+            fail_strategy: FailStrategy::default(),
         }
     }
 }
@@ -150,7 +190,7 @@ pub fn render(v: &Validation, s: &IstioSettings) -> Result<(Vec<Value>, Value)> 
             "url": s.wasm_url,
             "imagePullPolicy": "IfNotPresent",
             "phase": "AUTHN",
-            "failStrategy": "FAIL_CLOSE",
+            "failStrategy": s.fail_strategy.as_str(),
             "pluginName": NAME,
             "match": [{"ports": [{"number": s.port}]}],
             "pluginConfig": serde_json::to_value(&config)?,

@@ -39,7 +39,11 @@ const USAGE: &str = "usage: layergate-operator COMMAND
                               LAYERGATE_WASM_URL (oci://ghcr.io/layergate/layergate-filter:0.1.0),
                               LAYERGATE_HOSTS (*, comma-separated; the filter acts only for
                               these), LAYERGATE_CONTROL_UPSTREAM
-                              (HOST:PORT of the control API, not routed if unset)
+                              (HOST:PORT of the control API, not routed if unset),
+                              LAYERGATE_ISTIO_FAIL_STRATEGY (FAIL_RELOAD: a filter panic
+                              fails that request and reloads the VM; FAIL_CLOSE only for
+                              Istio < 1.27: one panic turns that worker's requests into
+                              503s until the pod restarts)
   run --source kube [--namespace NS]
                               the controller in a cluster: watches the VectorStores, Indexes,
                               ApiKeys (and the Secrets they name) of NS (default: the pod's own
@@ -204,8 +208,16 @@ fn report(ns: &str, v: &Validation) -> usize {
     errors
 }
 
+/// Says on stderr what was read but left out (other kinds, kustomize features not applied).
+fn note_skipped(objects: &manifests::Objects) {
+    for s in &objects.skipped {
+        eprintln!("note: {s}");
+    }
+}
+
 fn check(dir: &Path, allow: &Allowlist) -> Result<()> {
     let objects = manifests::load_dir(dir)?;
+    note_skipped(&objects);
     let mut errors = objects.problems.len();
     for p in &objects.problems {
         println!("error: {p}");
@@ -405,6 +417,7 @@ fn settings() -> Result<output::Settings> {
 /// that cannot be read), validated and reported.
 fn validated(dir: &Path, namespace: Option<&str>, allow: &Allowlist) -> Result<Validation> {
     let objects = manifests::load_dir(dir)?;
+    note_skipped(&objects);
     if !objects.problems.is_empty() {
         bail!("cannot render: {}", objects.problems.join("; "));
     }
@@ -452,6 +465,10 @@ fn render_istio(dir: &Path, out: &Path, namespace: Option<&str>, allow: &Allowli
             "LAYERGATE_ISTIO_GATEWAY_DEPLOYMENT",
             &defaults.gateway_deployment,
         ),
+        fail_strategy: match std::env::var("LAYERGATE_ISTIO_FAIL_STRATEGY") {
+            Ok(v) => istio::FailStrategy::parse(&v)?,
+            Err(_) => defaults.fail_strategy,
+        },
     };
     let (resources, patch) = istio::render(&v, &settings)?;
     std::fs::create_dir_all(out)?;

@@ -37,6 +37,9 @@ pub struct Objects {
     /// Secrets that could not be read or created (kube mode), by (namespace, name): the
     /// error, which becomes the referring object's condition (the rest still publishes).
     pub secret_errors: BTreeMap<(String, String), String>,
+    /// What was read but left out, and why (other kinds of object, kustomize features not
+    /// applied): `file: what`. Not errors; the CLI prints them on stderr.
+    pub skipped: Vec<String>,
 }
 
 /// What may make a Secret an ApiKey's token: its [`crate::keys::TOKEN_LABEL`] label and the
@@ -91,33 +94,129 @@ struct Meta {
 /// The namespace objects without one are read into (kubectl's `default`).
 pub const DEFAULT_NAMESPACE: &str = "default";
 
-/// Reads every `*.yaml` / `*.yml` file directly in `dir`, in name order.
+/// The names kustomize reads a directory's kustomization from.
+pub const KUSTOMIZATION_FILES: [&str; 3] =
+    ["kustomization.yaml", "kustomization.yml", "Kustomization"];
+
+/// Kustomization fields that change nothing the operator reads.
+const KUSTOMIZE_NEUTRAL: [&str; 7] = [
+    "apiVersion",
+    "kind",
+    "metadata",
+    "resources",
+    "namespace",
+    "commonAnnotations",
+    "labels",
+];
+
+/// How deep kustomize bases may nest (a cycle stops here).
+const MAX_KUSTOMIZE_DEPTH: usize = 8;
+
+/// Reads a directory of manifests the way `kubectl apply -k` / `-f` would see it: with a
+/// kustomization file, the files and directories its `resources` lists, each object put in its
+/// `namespace`; without one, every `*.yaml` / `*.yml` file directly in `dir`, in name order.
+/// Objects of other kinds (a Deployment beside the CRs) are skipped and listed in
+/// [`Objects::skipped`], as are kustomize features that are not applied.
 pub fn load_dir(dir: &Path) -> Result<Objects> {
-    let mut files: Vec<PathBuf> = std::fs::read_dir(dir)
-        .with_context(|| format!("reading directory {}", dir.display()))?
-        .filter_map(|e| e.ok().map(|e| e.path()))
-        .filter(|p| p.extension().is_some_and(|x| x == "yaml" || x == "yml"))
-        .collect();
-    files.sort();
     let mut objects = Objects::default();
-    for file in files {
-        let text = std::fs::read_to_string(&file)
-            .with_context(|| format!("reading {}", file.display()))?;
-        objects.add_yaml(&file.display().to_string(), &text);
-    }
+    objects.load(dir, None, 0)?;
     Ok(objects)
+}
+
+impl Objects {
+    fn load(&mut self, dir: &Path, namespace: Option<&str>, depth: usize) -> Result<()> {
+        let kustomization = KUSTOMIZATION_FILES
+            .iter()
+            .map(|name| dir.join(name))
+            .find(|p| p.is_file());
+        let Some(kfile) = kustomization else {
+            let mut files: Vec<PathBuf> = std::fs::read_dir(dir)
+                .with_context(|| format!("reading directory {}", dir.display()))?
+                .filter_map(|e| e.ok().map(|e| e.path()))
+                .filter(|p| p.extension().is_some_and(|x| x == "yaml" || x == "yml"))
+                .collect();
+            files.sort();
+            for file in files {
+                let text = std::fs::read_to_string(&file)
+                    .with_context(|| format!("reading {}", file.display()))?;
+                self.add_yaml_in(&file.display().to_string(), &text, namespace);
+            }
+            return Ok(());
+        };
+        let source = kfile.display().to_string();
+        if depth >= MAX_KUSTOMIZE_DEPTH {
+            self.problems.push(format!(
+                "{source}: kustomize bases nest deeper than {MAX_KUSTOMIZE_DEPTH} (a cycle?)"
+            ));
+            return Ok(());
+        }
+        let text = std::fs::read_to_string(&kfile).with_context(|| format!("reading {source}"))?;
+        let k: serde_json::Value = match serde_yaml::from_str::<serde_yaml::Value>(&text)
+            .map_err(anyhow::Error::from)
+            .and_then(|v| Ok(serde_json::to_value(v)?))
+        {
+            Ok(v @ serde_json::Value::Object(_)) => v,
+            Ok(_) => serde_json::json!({}),
+            Err(e) => {
+                self.problems.push(format!("{source}: not YAML: {e}"));
+                return Ok(());
+            }
+        };
+        for field in k.as_object().into_iter().flat_map(|m| m.keys()) {
+            if !KUSTOMIZE_NEUTRAL.contains(&field.as_str()) {
+                self.skipped.push(format!(
+                    "{source}: `{field}` is not applied (render from `kubectl kustomize {}` output if it matters)",
+                    dir.display()
+                ));
+            }
+        }
+        // An outer kustomization's namespace wins, as kustomize applies it last.
+        let own = k["namespace"].as_str().map(str::to_owned);
+        let namespace = namespace.map(str::to_owned).or(own);
+        let resources = k["resources"].as_array().cloned().unwrap_or_default();
+        for r in resources {
+            let Some(r) = r.as_str() else {
+                self.problems
+                    .push(format!("{source}: resources: {r} is not a path"));
+                continue;
+            };
+            if r.contains("://") || r.starts_with("github.com/") {
+                self.skipped
+                    .push(format!("{source}: remote resource {r} is not read"));
+                continue;
+            }
+            let path = dir.join(r);
+            if path.is_dir() {
+                self.load(&path, namespace.as_deref(), depth + 1)?;
+            } else {
+                match std::fs::read_to_string(&path) {
+                    Ok(text) => {
+                        self.add_yaml_in(&path.display().to_string(), &text, namespace.as_deref())
+                    }
+                    Err(e) => self.problems.push(format!("{source}: resource {r}: {e}")),
+                }
+            }
+        }
+        Ok(())
+    }
 }
 
 impl Objects {
     /// Adds every document of a YAML stream; `source` names it in problems.
     pub fn add_yaml(&mut self, source: &str, text: &str) {
+        self.add_yaml_in(source, text, None);
+    }
+
+    /// Adds every document of a YAML stream, each put in `namespace` if one is given (as a
+    /// kustomization's `namespace` does).
+    pub fn add_yaml_in(&mut self, source: &str, text: &str, namespace: Option<&str>) {
         // Documents are split on `---` lines and parsed one by one, so one broken document
         // neither hides the others nor stalls the reader.
         for (i, doc) in split_documents(text).into_iter().enumerate() {
             match serde_yaml::from_str::<serde_yaml::Value>(&doc) {
                 Ok(serde_yaml::Value::Null) => {}
                 Ok(v) => {
-                    if let Err(e) = self.add_value(v, source) {
+                    if let Err(e) = self.add_value(v, source, namespace) {
                         self.problems
                             .push(format!("{source}: document {}: {e:#}", i + 1));
                     }
@@ -129,8 +228,18 @@ impl Objects {
         }
     }
 
-    fn add_value(&mut self, value: serde_yaml::Value, source: &str) -> Result<()> {
-        let json = serde_json::to_value(&value)?;
+    fn add_value(
+        &mut self,
+        value: serde_yaml::Value,
+        source: &str,
+        namespace: Option<&str>,
+    ) -> Result<()> {
+        let mut json = serde_json::to_value(&value)?;
+        if let (Some(ns), Some(meta)) = (namespace, json.get_mut("metadata")) {
+            if let Some(meta) = meta.as_object_mut() {
+                meta.insert("namespace".into(), ns.into());
+            }
+        }
         let api_version = json["apiVersion"].as_str().unwrap_or_default().to_owned();
         let kind = json["kind"].as_str().unwrap_or_default().to_owned();
         let with_ns = |mut meta: kube::core::ObjectMeta| {
@@ -186,7 +295,13 @@ impl Objects {
                 }
                 self.secrets.insert(key, data);
             }
-            _ => anyhow::bail!("unsupported object {api_version}/{kind} (expected hevlayer.com VectorStore, Index, ApiKey or v1 Secret)"),
+            (group, _) if group.starts_with("hevlayer.com/") || kind.is_empty() => anyhow::bail!("unsupported object {api_version}/{kind} (expected hevlayer.com VectorStore, Index, ApiKey or v1 Secret)"),
+            _ => {
+                let name = json["metadata"]["name"].as_str().unwrap_or_default();
+                self.skipped.push(format!(
+                    "{source}: {api_version} {kind} {name} skipped (not a VectorStore, Index, ApiKey or Secret)"
+                ));
+            }
         }
         Ok(())
     }

@@ -261,3 +261,64 @@ fn probe_over_tls_sends_the_credential_only_to_a_certificate_naming_the_host() {
 fn endpoint_for(port: u16) -> layergate_operator::validate::StoreEndpoint {
     parse_endpoint(&format!("https://localhost:{port}")).unwrap()
 }
+
+/// The store faults the gateway tests put behind Envoy (tests/tests/envoy_faults.rs), as the
+/// probe and the `Ready` condition see them: a store that accepts and never answers, one that
+/// closes the connection before answering, and one answering 503 — each `Ready=False` with a
+/// reason and a message saying what happened.
+#[test]
+fn probe_reports_store_faults_in_the_ready_condition() {
+    let rt = runtime();
+    let t = Duration::from_millis(500);
+    let fault_server = |close: bool| {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let url = format!("http://{}", listener.local_addr().unwrap());
+        std::thread::spawn(move || {
+            let mut held = Vec::new();
+            for stream in listener.incoming().take(4) {
+                let Ok(mut stream) = stream else { continue };
+                let mut buf = [0u8; 4096];
+                let _ = stream.read(&mut buf);
+                if !close {
+                    held.push(stream); // hangs: the connection stays open, unanswered
+                }
+            }
+        });
+        url
+    };
+    let hang = fault_server(false);
+    let r = rt.block_on(probe(&parse_endpoint(&hang).unwrap(), "k", t));
+    let c = r.condition("s", None, 0);
+    assert_eq!(
+        (c.status.as_str(), c.reason.as_str()),
+        ("False", "Unreachable")
+    );
+    assert!(
+        c.message.contains("no answer within 500 ms"),
+        "{}",
+        c.message
+    );
+
+    let closes = fault_server(true);
+    let r = rt.block_on(probe(&parse_endpoint(&closes).unwrap(), "k", t));
+    assert!(!r.reachable(), "{r:?}");
+    let c = r.condition("s", None, 0);
+    assert_eq!(c.reason, "Unreachable");
+    assert!(
+        c.message
+            .starts_with("the store did not answer the probe: ")
+            && c.message.len() > 40,
+        "{}",
+        c.message
+    );
+
+    let (overloaded, _) = server(503, Duration::ZERO);
+    let r = rt.block_on(probe(&parse_endpoint(&overloaded).unwrap(), "k", t));
+    assert!(r.reachable());
+    let c = r.condition("s", None, 0);
+    assert_eq!(
+        (c.status.as_str(), c.reason.as_str()),
+        ("False", "Unhealthy")
+    );
+    assert!(c.message.contains("503"), "{}", c.message);
+}

@@ -281,8 +281,20 @@ fn malformed_manifests_are_reported_not_fatal() {
     o.add_yaml("a.yaml", "apiVersion: hevlayer.com/v1alpha1\nkind: VectorStore\nmetadata: {name: x}\nspec: {kind: milvus}\n");
     o.add_yaml("b.yaml", "kind: Deployment\napiVersion: apps/v1\n");
     o.add_yaml("c.yaml", ": : :\n");
+    o.add_yaml(
+        "d.yaml",
+        "apiVersion: hevlayer.com/v1\nkind: VectorStore\nmetadata: {name: y}\n",
+    );
+    // Another kind beside ours is skipped with a note (issue 15), not refused.
     assert_eq!(o.problems.len(), 3, "{:?}", o.problems);
     assert!(o.problems[0].starts_with("a.yaml"));
+    assert!(o.problems[2].starts_with("d.yaml"), "{:?}", o.problems);
+    assert_eq!(o.skipped.len(), 1, "{:?}", o.skipped);
+    assert!(
+        o.skipped[0].contains("apps/v1 Deployment"),
+        "{:?}",
+        o.skipped
+    );
 }
 
 #[test]

@@ -1,16 +1,38 @@
 """Validates Istio resources (JSON array on stdin) against Istio's CRD schemas as the PyPI
-package cloudcoil-models-istio ships them (pydantic models generated from Istio's CRDs):
+package cloudcoil-models-istio (1.31, pinned in the Makefile) ships them (pydantic models generated from Istio's CRDs):
 types, enums and required fields by pydantic, plus a walk that refuses every field the
 schema does not declare (the models themselves would ignore a misspelt field, and so would
-Istio: the API server prunes it). Prints {"errors": [...]}; exit 1 if any."""
+Istio: the API server prunes it). Prints {"errors": [...], "checked": N, "istio_models": V};
+exit 1 if any.
+
+cloudcoil-models-istio 1.31 declares Requires-Python >=3.14 because its runtime (cloudcoil 0.7)
+and its package index (`_lookup.py`, deferred annotations) need 3.14; the generated model modules
+themselves are plain 3.11 code. The Makefile installs them alone (--no-deps) beside cloudcoil
+0.6's runtime, and this script loads the model modules without the package's __init__."""
+import importlib.metadata
+import importlib.util
 import json
 import sys
+import types
 import typing
 
 import pydantic
-from cloudcoil.models.istio.extensions import v1alpha1 as extensions
-from cloudcoil.models.istio.networking import v1 as networking
-from cloudcoil.models.istio.networking import v1alpha3 as networking_alpha
+import cloudcoil.models
+import cloudcoil.pydantic
+
+# The one name the 1.31 builders import that cloudcoil 0.6 lacks (a sentinel for builders only).
+if not hasattr(cloudcoil.pydantic, "UNSET"):
+    cloudcoil.pydantic.UNSET = object()
+_spec = importlib.util.find_spec("cloudcoil.models.istio")
+_pkg = types.ModuleType("cloudcoil.models.istio")
+_pkg.__path__ = list(_spec.submodule_search_locations)
+sys.modules["cloudcoil.models.istio"] = _pkg
+
+from cloudcoil.models.istio.extensions import v1alpha1 as extensions  # noqa: E402
+from cloudcoil.models.istio.networking import v1 as networking  # noqa: E402
+from cloudcoil.models.istio.networking import v1alpha3 as networking_alpha  # noqa: E402
+
+VERSION = importlib.metadata.version("cloudcoil-models-istio")
 
 MODELS = {
     ("extensions.istio.io/v1alpha1", "WasmPlugin"): extensions.WasmPlugin,
@@ -40,7 +62,10 @@ def check(annotation, value, path, errors):
     """Appends the unknown fields of `value` as `annotation` reads it."""
     origin = typing.get_origin(annotation)
     args = typing.get_args(annotation)
-    if is_model(annotation):
+    if is_model(annotation) and issubclass(annotation, pydantic.RootModel):
+        # A oneOf in the CRD (1.31's models): the value is the root, one of the alternatives.
+        check(annotation.model_fields["root"].annotation, value, path, errors)
+    elif is_model(annotation):
         if not isinstance(value, dict):
             return
         fields = {(f.alias or name): f for name, f in annotation.model_fields.items()}
@@ -87,7 +112,7 @@ def main():
         except pydantic.ValidationError as e:
             errors.extend(f"{where}: {line}" for line in str(e).splitlines()[1:] if line.strip())
         check(model.model_fields["spec"].annotation, doc.get("spec", {}), f"{where} spec", errors)
-    print(json.dumps({"errors": errors, "checked": len(docs)}))
+    print(json.dumps({"errors": errors, "checked": len(docs), "istio_models": VERSION}))
     sys.exit(1 if errors else 0)
 
 

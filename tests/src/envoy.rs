@@ -46,6 +46,18 @@ impl Gateway {
         };
         envoy::static_bootstrap(self.admin, &listener, &self.clusters)
     }
+
+    /// [`Gateway::render`] with other upstream timeouts and circuit breakers.
+    pub fn render_with(&self, limits: &envoy::UpstreamLimits) -> String {
+        let listener = envoy::Listener {
+            listen: self.listen,
+            wasm_path: self.wasm_path.to_string_lossy().into_owned(),
+            filter_config: self.filter_config.clone(),
+            vm_env: self.vm_env.clone(),
+            buffer_limit_bytes: self.buffer_limit_bytes,
+        };
+        envoy::static_bootstrap_with(self.admin, &listener, &self.clusters, limits)
+    }
 }
 
 /// A running Envoy; killed on drop.

@@ -263,6 +263,14 @@ fn the_istio_target_passes_istios_schemas_and_keeps_credentials_out() {
     let (ok, report) = validate_istio(&text);
     assert!(ok, "{report}");
     assert_eq!(report["checked"], 6);
+    // Against Istio 1.31's schemas (the first to know FAIL_RELOAD is 1.27).
+    assert!(
+        report["istio_models"]
+            .as_str()
+            .is_some_and(|v| v.starts_with("1.31.")),
+        "validated with Istio models {} — run `make venv`",
+        report["istio_models"]
+    );
     // The check can fail: a misspelt field and a wrong enum are both refused.
     let mut broken = resources.clone();
     broken[0]["spec"]["failStrategy"] = "FAIL_CLOSED".into();
@@ -275,10 +283,11 @@ fn the_istio_target_passes_istios_schemas_and_keeps_credentials_out() {
         "{errors}"
     );
 
-    // Fail closed; credentials from the proxy's environment, which the patch fills from the
-    // store's Secret.
+    // Fail safe: a panic fails one request and reloads the VM (FAIL_CLOSE would keep the VM
+    // failed, 503 for that worker until the pod restarts); credentials from the proxy's
+    // environment, which the patch fills from the store's Secret.
     let plugin = &resources[0]["spec"];
-    assert_eq!(plugin["failStrategy"], "FAIL_CLOSE");
+    assert_eq!(plugin["failStrategy"], "FAIL_RELOAD");
     let env = &plugin["vmConfig"]["env"][0];
     assert_eq!(env["valueFrom"], "HOST");
     let var = env["name"].as_str().unwrap();
@@ -289,6 +298,16 @@ fn the_istio_target_passes_istios_schemas_and_keeps_credentials_out() {
         container["env"][0]["valueFrom"]["secretKeyRef"],
         serde_json::json!({"name": "turbopuffer", "key": "api-key"})
     );
+    // FAIL_CLOSE only when asked for (meshes before Istio 1.27); FAIL_OPEN never.
+    let older = IstioSettings {
+        fail_strategy: istio::FailStrategy::parse("FAIL_CLOSE").unwrap(),
+        ..settings.clone()
+    };
+    let (closed, _) = istio::render(&v, &older).unwrap();
+    assert_eq!(closed[0]["spec"]["failStrategy"], "FAIL_CLOSE");
+    let (ok, report) = validate_istio(&serde_json::to_string(&closed).unwrap());
+    assert!(ok, "{report}");
+    assert!(istio::FailStrategy::parse("FAIL_OPEN").is_err());
     let config = serde_json::to_vec(&plugin["pluginConfig"]).unwrap();
     let policy = layergate_filter::policy::Policy::from_json(&config, |name| {
         (name == var).then(|| "tpuf_secret_value".to_owned())
@@ -578,5 +597,41 @@ fn both_deployments_survive_a_drain_and_minting_may_block_owner_deletion() {
                 && r["verbs"] == serde_json::json!(["update"])
         }),
         "{role}"
+    );
+}
+
+/// Image names live in the Makefile (IMAGE_REGISTRY, IMAGE_TAG; `make image-filter` builds
+/// FILTER_IMAGE): the deploy manifests run OPERATOR_IMAGE and the Istio target's WasmPlugin
+/// pulls `oci://` FILTER_IMAGE by default.
+#[test]
+fn image_names_come_from_the_makefile() {
+    let makefile = std::fs::read_to_string(paths::repo_root().join("Makefile")).unwrap();
+    let var = |name: &str| {
+        makefile
+            .lines()
+            .find_map(|l| {
+                let (k, v) = l.split_once(":=")?;
+                (k.trim() == name).then(|| v.trim().to_owned())
+            })
+            .unwrap_or_else(|| panic!("{name} not in the Makefile"))
+    };
+    let (registry, tag) = (var("IMAGE_REGISTRY"), var("IMAGE_TAG"));
+    let operator_image = format!("{registry}/layergate-operator:{tag}");
+    let filter_image = format!("{registry}/layergate-filter:{tag}");
+    for file in [
+        "operator/deploy/operator.yaml",
+        "operator/deploy/gateway.yaml",
+    ] {
+        let text = std::fs::read_to_string(paths::repo_root().join(file)).unwrap();
+        for line in text
+            .lines()
+            .filter(|l| l.trim_start().starts_with("image: ghcr.io/layergate/"))
+        {
+            assert_eq!(line.trim(), format!("image: {operator_image}"), "{file}");
+        }
+    }
+    assert_eq!(
+        layergate_operator::istio::IstioSettings::default().wasm_url,
+        format!("oci://{filter_image}")
     );
 }

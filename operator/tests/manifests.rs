@@ -1,0 +1,135 @@
+//! Manifests as users keep them: a kustomize directory (the shipped `operator/deploy/example`)
+//! read the way `kubectl apply -k` reads it, and other kinds of object beside ours skipped
+//! with a note on stderr instead of failing `check` and `render`.
+#![allow(clippy::unwrap_used, clippy::panic, missing_docs)]
+
+use layergate_operator::manifests;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+fn repo() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
+}
+
+fn scratch(tag: &str) -> PathBuf {
+    let dir =
+        std::env::temp_dir().join(format!("layergate-manifests-{tag}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+fn operator(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_layergate-operator"))
+        .args(args)
+        .output()
+        .unwrap()
+}
+
+fn text(b: &[u8]) -> String {
+    String::from_utf8_lossy(b).into_owned()
+}
+
+/// The shipped example is a kustomization (`namespace: layer`, three resources): it reads as
+/// kubectl would apply it — every object in `layer`, nothing refused, nothing skipped.
+#[test]
+fn the_shipped_example_reads_as_kubectl_apply_k_would() {
+    let objects = manifests::load_dir(&repo().join("operator/deploy/example")).unwrap();
+    assert!(objects.problems.is_empty(), "{:?}", objects.problems);
+    assert!(objects.skipped.is_empty(), "{:?}", objects.skipped);
+    assert_eq!(objects.stores.len(), 1);
+    assert_eq!(objects.indexes.len(), 1);
+    assert_eq!(objects.keys.len(), 1);
+    let namespaces: Vec<_> = objects
+        .stores
+        .iter()
+        .map(|o| o.metadata.namespace.clone())
+        .chain(objects.indexes.iter().map(|o| o.metadata.namespace.clone()))
+        .chain(objects.keys.iter().map(|o| o.metadata.namespace.clone()))
+        .collect();
+    assert!(
+        namespaces.iter().all(|ns| ns.as_deref() == Some("layer")),
+        "{namespaces:?}"
+    );
+}
+
+/// `check -f` and `render -f` on the example as a user keeps it: the example's kustomization
+/// plus the Secret the README has the user create, and a Deployment of their own beside it.
+/// Both succeed; the Deployment and the kustomize feature that is not applied are named on
+/// stderr; a misspelt kind of ours is still an error.
+#[test]
+fn check_and_render_work_on_a_kustomize_directory_and_skip_other_kinds() {
+    let dir = scratch("kustomize");
+    for f in ["vectorstore.yaml", "index.yaml", "apikey.yaml"] {
+        std::fs::copy(repo().join("operator/deploy/example").join(f), dir.join(f)).unwrap();
+    }
+    std::fs::write(
+        dir.join("secret.yaml"),
+        "apiVersion: v1\nkind: Secret\nmetadata: {name: turbopuffer}\nstringData: {api-key: tpuf_example}\n\
+         ---\napiVersion: v1\nkind: Secret\nmetadata: {name: apikey-shop-reader, labels: {hevlayer.com/apikey-token: shop-reader}}\nstringData: {token: hvl_Example0Token1Example2Token3Example4Token5}\n",
+    )
+    .unwrap();
+    std::fs::write(
+        dir.join("app.yaml"),
+        "apiVersion: apps/v1\nkind: Deployment\nmetadata: {name: shop}\nspec: {}\n",
+    )
+    .unwrap();
+    let example =
+        std::fs::read_to_string(repo().join("operator/deploy/example/kustomization.yaml")).unwrap();
+    std::fs::write(
+        dir.join("kustomization.yaml"),
+        format!("{example}  - secret.yaml\n  - app.yaml\ncommonLabels: {{team: shop}}\n"),
+    )
+    .unwrap();
+    // A file kustomize does not list is not read (kubectl apply -k would not apply it).
+    std::fs::write(
+        dir.join("notes.yaml"),
+        "apiVersion: hevlayer.com/v1alpha1\nkind: VectorStor\nmetadata: {name: x}\n",
+    )
+    .unwrap();
+
+    let d = dir.to_str().unwrap();
+    let check = operator(&["check", "-f", d]);
+    let (stdout, stderr) = (text(&check.stdout), text(&check.stderr));
+    assert!(check.status.success(), "{stdout}\n{stderr}");
+    assert!(
+        stderr.contains("apps/v1 Deployment shop skipped"),
+        "{stderr}"
+    );
+    assert!(stderr.contains("`commonLabels` is not applied"), "{stderr}");
+    assert!(stdout.contains("(namespace layer)"), "{stdout}");
+
+    let out = dir.join("out");
+    let render = operator(&["render", "-f", d, "-o", out.to_str().unwrap()]);
+    assert!(
+        render.status.success(),
+        "{}\n{}",
+        text(&render.stdout),
+        text(&render.stderr)
+    );
+    let config = std::fs::read_to_string(out.join("layergate.json")).unwrap();
+    assert!(config.contains("turbopuffer-default"), "{config}");
+    let istio = operator(&[
+        "render",
+        "-f",
+        d,
+        "-o",
+        dir.join("istio").to_str().unwrap(),
+        "--target",
+        "istio",
+    ]);
+    assert!(istio.status.success(), "{}", text(&istio.stderr));
+
+    // Without a kustomization every YAML file is read: the Deployment is skipped with a note,
+    // a misspelt kind of ours is an error.
+    std::fs::remove_file(dir.join("kustomization.yaml")).unwrap();
+    let check = operator(&["check", "-f", d]);
+    let (stdout, stderr) = (text(&check.stdout), text(&check.stderr));
+    assert!(!check.status.success());
+    assert!(stderr.contains("Deployment shop skipped"), "{stderr}");
+    assert!(
+        stdout.contains("notes.yaml") && stdout.contains("unsupported object"),
+        "{stdout}"
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}
