@@ -17,6 +17,43 @@ use std::io::Read;
 /// Most namespaces a federated query may name.
 pub const MAX_FEDERATED_NAMESPACES: usize = 512;
 
+/// Largest inflation of a gzip body inspected: `inflated ≤ compressed × ratio` (and the
+/// inspection limit). JSON with base64 vectors compresses a few times; a body that inflates
+/// beyond this is a bomb, refused before it grows the VM's memory (which never shrinks).
+pub const MAX_INFLATE_RATIO: u64 = 64;
+
+/// `namespaces[]`, read no further than one past [`MAX_FEDERATED_NAMESPACES`]: a longer list
+/// is refused while it is parsed, never held whole.
+struct NamespaceList<'a>(Vec<Cow<'a, str>>);
+
+impl<'de: 'a, 'a> Deserialize<'de> for NamespaceList<'a> {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct Visit<'a>(std::marker::PhantomData<&'a ()>);
+        impl<'de: 'a, 'a> serde::de::Visitor<'de> for Visit<'a> {
+            type Value = NamespaceList<'a>;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("a list of namespace names")
+            }
+            fn visit_seq<A: serde::de::SeqAccess<'de>>(
+                self,
+                mut seq: A,
+            ) -> Result<Self::Value, A::Error> {
+                let mut out = Vec::new();
+                while let Some(ns) = seq.next_element::<Cow<'de, str>>()? {
+                    if out.len() == MAX_FEDERATED_NAMESPACES {
+                        return Err(serde::de::Error::custom(format!(
+                            "namespaces names more than {MAX_FEDERATED_NAMESPACES} namespaces; a federated query may name at most {MAX_FEDERATED_NAMESPACES}"
+                        )));
+                    }
+                    out.push(ns);
+                }
+                Ok(NamespaceList(out))
+            }
+        }
+        d.deserialize_seq(Visit(std::marker::PhantomData))
+    }
+}
+
 /// `copy_from_namespace` / `branch_from_namespace`: a name, or an object naming the source.
 #[derive(Deserialize)]
 #[serde(untagged)]
@@ -42,7 +79,7 @@ struct Fields<'a> {
     #[serde(default)]
     source_api_key: Option<IgnoredAny>,
     #[serde(borrow, default)]
-    namespaces: Option<Vec<Cow<'a, str>>>,
+    namespaces: Option<NamespaceList<'a>>,
     #[serde(borrow, default)]
     target_namespace: Option<Cow<'a, str>>,
 }
@@ -64,17 +101,22 @@ pub fn check(
     let json = match inspection.encoding {
         Encoding::Identity => body,
         Encoding::Gzip => {
+            let cap = limit.min((body.len() as u64).saturating_mul(MAX_INFLATE_RATIO));
             let mut out = Vec::new();
             flate2::read::GzDecoder::new(body)
-                .take(limit + 1)
+                .take(cap + 1)
                 .read_to_end(&mut out)
                 .map_err(|_| {
                     Denial::bad_request(
                         "the request body is not valid gzip (Content-Encoding: gzip)",
                     )
                 })?;
-            if out.len() as u64 > limit {
-                return Err(Denial::too_large(limit));
+            if out.len() as u64 > cap {
+                return Err(if cap == limit {
+                    Denial::too_large(limit)
+                } else {
+                    Denial::too_large_inflation(MAX_INFLATE_RATIO)
+                });
             }
             inflated = out;
             &inflated
@@ -136,14 +178,8 @@ pub fn check(
     if let Some(ns) = &fields.target_namespace {
         allowed("target_namespace", ns, Scope::Admin, On::Layer, plan.store)?;
     }
-    match fields.namespaces.as_deref() {
+    match fields.namespaces.as_ref().map(|l| l.0.as_slice()) {
         Some(list) if !list.is_empty() => {
-            if list.len() > MAX_FEDERATED_NAMESPACES {
-                return Err(Denial::bad_request(format!(
-                    "a federated query may name at most {MAX_FEDERATED_NAMESPACES} namespaces; it names {}",
-                    list.len()
-                )));
-            }
             for ns in list {
                 let store = policy.store_for(Some(ns)).unwrap_or(plan.store);
                 allowed("namespaces[]", ns, Scope::Read, On::Store, store)?;

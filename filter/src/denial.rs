@@ -140,6 +140,17 @@ impl Denial {
         )
     }
 
+    /// 413 for a gzip body that inflates more than `ratio` times.
+    pub fn too_large_inflation(ratio: u64) -> Denial {
+        Denial::new(
+            DenialKind::PayloadTooLarge,
+            format!(
+                "the gzip request body inflates more than {ratio} times its size; it is inspected for namespaces, \
+                 so send it less compressed or uncompressed"
+            ),
+        )
+    }
+
     /// 415 for a body encoding the filter cannot inspect.
     pub fn unsupported_encoding() -> Denial {
         Denial::new(

@@ -638,6 +638,51 @@ fn inspected_bodies_must_be_json_plain_or_gzip_and_within_the_limit() {
             .status(),
         413
     );
+    // Under the 16 MiB limit, a body that inflates more than 64 times is refused as it
+    // inflates: a 2 KiB upload no longer grows the VM by megabytes.
+    let (plan, ins) = plan_of(run(
+        &p,
+        "POST",
+        ns,
+        &[
+            ("authorization", &bearer(SHOP)),
+            ("content-encoding", "gzip"),
+        ],
+    ));
+    let bomb = gz(format!(
+        r#"{{"copy_from_namespace":"shop-a","pad":"{}"}}"#,
+        "a".repeat(4_000_000)
+    )
+    .as_bytes());
+    let d = body::check(&p, &plan, ins, &bomb, || 0).unwrap_err();
+    assert_eq!(d.status(), 413);
+    assert!(d.message.contains("64 times"), "{}", d.message);
+    let ordinary: String = (0..2_000)
+        .map(|i| format!("{{\"id\":{i},\"title\":\"book {i}\"}},"))
+        .collect();
+    let body = gz(format!(
+        r#"{{"copy_from_namespace":"shop-a","upsert_rows":[{}{{}}]}}"#,
+        ordinary
+    )
+    .as_bytes());
+    body::check(&p, &plan, ins, &body, || 0).unwrap();
+}
+
+#[test]
+fn a_namespace_list_is_refused_at_its_513th_name() {
+    let mut v = demo_json();
+    v["app"] = json!({"cluster": "layer_app"});
+    let p = policy_from(&v);
+    let (plan, ins) = match call(&p, "POST", "/v2/query", SHOP) {
+        Decision::Inspect(plan, ins) => (plan, ins),
+        other => panic!("{other:?}"),
+    };
+    let list =
+        |n: usize| json!({"namespaces": (0..n).map(|i| format!("shop-{i}")).collect::<Vec<_>>()});
+    body::check(&p, &plan, ins, list(512).to_string().as_bytes(), || NOW).unwrap();
+    let d = body::check(&p, &plan, ins, list(513).to_string().as_bytes(), || NOW).unwrap_err();
+    assert_eq!(d.status(), 400);
+    assert!(d.message.contains("at most 512"), "{}", d.message);
 }
 
 #[test]
