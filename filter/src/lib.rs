@@ -5,15 +5,21 @@
 //! tests natively; the operator depends on this crate for the configuration types.
 //!
 //! ```text
-//!  on_configure:  JSON ──serde──► config::FilterConfig ──compile──► policy::Policy (shared, Rc)
+//!  on_configure:  JSON ──serde──► config::FilterConfig ──compile──► policy::Policy (per root, Rc)
+//!  key sync:      operator's key service ──dispatch_http_call──► keys::KeyTable (swapped whole)
 //!
 //!  on_request_headers (one header-map read):
-//!    headers::RequestHead ──► route::classify ──► Policy::store_for ──► authenticate
-//!        ──► authorize ──► decision::Decision
+//!    headers::RequestHead ──► route::classify ──► Policy::store_for
+//!        ──► auth::check  (auth::authenticate, then entitlement::authorize)
+//!        ──► decision::Decision
 //!             Forward(plan)        → plan.header_edits(): credential swap + x-layergate-cluster
-//!             Inspect(plan, rule)  → buffer body → body::check → forward or deny
-//!             Deny(denial)         → local reply {"status":"error","error":…}
+//!             Inspect(plan, rule)  → buffer body → body::check (auth::check per namespace)
+//!             Deny(denial)         → local reply {"status":"error","error":…} (denial)
 //! ```
+//!
+//! Floors, nothing importing upward: `wasm` (+ `abi`, the hand-declared proxy-wasm ABI) →
+//! `decision`, `body` → `auth` → `entitlement` → `policy`, `keys` → `route` → leaves
+//! (`denial`, `glob`, `scope`, `time`, `config`, `headers`).
 //!
 //! The operator validates with this crate's own checks — [`time`] (lifetimes, timestamps),
 //! [`entitlement`] (targets, a key's grants, containment of one grant in another), [`glob`]
