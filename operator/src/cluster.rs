@@ -19,7 +19,7 @@
 //! answers from the same view.
 
 use crate::conditions::{reason, READY};
-use crate::crd::{ApiKey, Index, VectorStore};
+use crate::crd::{ApiKey, Conditioned, Index, VectorStore};
 use crate::keys;
 use crate::keyservice;
 use crate::manifests::Objects;
@@ -516,45 +516,15 @@ impl Cluster {
         };
         for o in &pass.objects.stores {
             let new = status::store(pass, probes.get(&o.name_any()), o, at);
-            let old = o.status.as_ref();
-            tally(
-                self.status_and_event(
-                    o,
-                    &new,
-                    old,
-                    &new.conditions,
-                    old.map(|s| &s.conditions[..]),
-                )
-                .await,
-            );
+            tally(self.status_and_event(o, &new, o.status.as_ref()).await);
         }
         for o in &pass.objects.indexes {
             let new = status::index(pass, o);
-            let old = o.status.as_ref();
-            tally(
-                self.status_and_event(
-                    o,
-                    &new,
-                    old,
-                    &new.conditions,
-                    old.map(|s| &s.conditions[..]),
-                )
-                .await,
-            );
+            tally(self.status_and_event(o, &new, o.status.as_ref()).await);
         }
         for o in &pass.objects.keys {
             let new = status::key(pass, o, at);
-            let old = o.status.as_ref();
-            tally(
-                self.status_and_event(
-                    o,
-                    &new,
-                    old,
-                    &new.conditions,
-                    old.map(|s| &s.conditions[..]),
-                )
-                .await,
-            );
+            tally(self.status_and_event(o, &new, o.status.as_ref()).await);
         }
         match first_error {
             Some(e) => Err(e),
@@ -568,21 +538,19 @@ impl Cluster {
         obj: &K,
         new: &S,
         old: Option<&S>,
-        new_conditions: &[Condition],
-        old_conditions: Option<&[Condition]>,
     ) -> Result<(usize, usize)>
     where
         K: Resource<Scope = k8s_openapi::NamespaceResourceScope, DynamicType = ()>
             + Clone
             + serde::de::DeserializeOwned
             + std::fmt::Debug,
-        S: Serialize + PartialEq,
+        S: Serialize + PartialEq + Conditioned,
     {
         if !self.apply_status(obj, new, old).await? {
             return Ok((0, 0));
         }
         let events = self
-            .event_if_new(obj, new_conditions, old_conditions)
+            .event_if_new(obj, new.conditions(), old.map(Conditioned::conditions))
             .await?;
         Ok((1, events))
     }

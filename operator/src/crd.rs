@@ -383,3 +383,27 @@ pub fn crds_yaml() -> Result<String, serde_yaml::Error> {
     }
     Ok(out)
 }
+
+/// A status that carries conditions (every kind's), so status writers treat them alike.
+pub trait Conditioned {
+    /// The status's conditions.
+    fn conditions(&self) -> &[Condition];
+}
+
+impl Conditioned for VectorStoreStatus {
+    fn conditions(&self) -> &[Condition] {
+        &self.conditions
+    }
+}
+
+impl Conditioned for IndexStatus {
+    fn conditions(&self) -> &[Condition] {
+        &self.conditions
+    }
+}
+
+impl Conditioned for ApiKeyStatus {
+    fn conditions(&self) -> &[Condition] {
+        &self.conditions
+    }
+}
