@@ -42,6 +42,8 @@ struct Reply {
     body: Value,
     /// `WWW-Authenticate` for a 401.
     challenge: Option<String>,
+    /// `Retry-After` (seconds) for a 503 the client should simply retry.
+    retry_after: Option<u64>,
 }
 
 /// What one control API listener may hold (issue 13): the public gateway forwards
@@ -65,6 +67,14 @@ impl Default for ServeLimits {
         }
     }
 }
+
+/// `Retry-After` of a write refused by a replica that does not lead (one renewal period).
+pub const RETRY_AFTER_SECS: u64 = 2;
+
+/// How long a mint waits for the pass that publishes its key before answering anyway: the
+/// token is returned once the ApiKey and its Secret exist, and the key is enforced when
+/// that pass ends (issue 13: a slow pass must not lose the token to a client's timeout).
+pub const MINT_WAIT: std::time::Duration = std::time::Duration::from_secs(2);
 
 /// Body cap of `POST /v2/keys/authenticate` (`{"token": "hvl_…"}`).
 pub const AUTHENTICATE_BODY_BYTES: usize = 4 * 1024;
@@ -158,6 +168,7 @@ fn reply(status: StatusCode, body: &Value) -> Reply {
         status,
         body: body.clone(),
         challenge: None,
+        retry_after: None,
     }
 }
 
@@ -181,6 +192,12 @@ fn http(r: Reply) -> hyper::Response<Full<Bytes>> {
         .and_then(|w| hyper::header::HeaderValue::from_str(&w).ok())
     {
         out.headers_mut().insert("www-authenticate", w);
+    }
+    if let Some(secs) = r.retry_after {
+        out.headers_mut().insert(
+            hyper::header::RETRY_AFTER,
+            hyper::header::HeaderValue::from(secs),
+        );
     }
     out
 }
@@ -393,7 +410,20 @@ impl Api {
         peer: IpAddr,
     ) -> Reply {
         self.route(self.source.as_ref(), method, path, headers, body, peer)
-            .unwrap_or_else(|e| error(StatusCode::INTERNAL_SERVER_ERROR, &format!("{e:#}")))
+            .unwrap_or_else(|e| {
+                // The chain names Secrets, API server messages and file paths: the log gets
+                // it, the caller only a reference to look it up by.
+                let reference = format!(
+                    "{:04x}{:04x}",
+                    crate::source::random_u16(),
+                    crate::source::random_u16()
+                );
+                tracing::error!(%method, path = %path.split('?').next().unwrap_or_default(), reference, "control API: {e:#}");
+                error(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    &format!("internal error (reference {reference}); see the operator's log"),
+                )
+            })
     }
 
     fn route(
@@ -453,6 +483,22 @@ impl Api {
                 StatusCode::UNAUTHORIZED,
                 "key management needs a credential, whatever the store's inboundAuth mode: send 'Authorization: Bearer <admin token>'",
             ));
+        }
+        let writes = matches!(
+            (method, segs.as_slice()),
+            ("POST", ["v2", "keys"])
+                | ("POST", ["v2", "keys", _, "revoke"])
+                | ("DELETE", ["v2", "keys", _])
+        );
+        if writes && !source.writable() {
+            // Only the replica holding the Lease writes (two writers never); the Service
+            // spreads calls over both, so the other answers "retry" rather than forwarding.
+            let mut r = error(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "this operator replica does not hold the lease and does not write; retry (the call reaches the leader or a new one within seconds)",
+            );
+            r.retry_after = Some(RETRY_AFTER_SECS);
+            return Ok(r);
         }
         match (method, segs.as_slice()) {
             ("POST", ["v2", "keys"]) => mint(source, &pass, &caller, body),
@@ -721,35 +767,98 @@ fn mint(source: &dyn Source, pass: &Pass, caller: &Caller, body: &[u8]) -> Resul
         ));
     }
     let token = keys::mint_token()?;
-    source.create_key(&pass.namespace, &name, &manifest, &token)?;
-    source.refresh()?;
-    let last = source.state().last();
-    let Some(view) = last.as_ref().and_then(|p| find_key(p, caller, &name)) else {
-        return Ok(error(
-            StatusCode::INTERNAL_SERVER_ERROR,
-            "the key was written but is not in the rendering; see the operator's log",
-        ));
-    };
-    if view["phase"] != "Active" {
-        let reason = last.as_ref().and_then(|p| {
-            p.validation
-                .keys
-                .iter()
-                .find(|k| k.name == name)
-                .map(|k| k.conditions.clone())
-        });
-        if let Some(p) = &last {
-            source.delete_key(p, &name)?;
-        }
-        source.refresh()?;
-        let msg = reason
-            .and_then(|c| c.into_iter().next())
+    // Judged as the next pass will judge it, before anything is written: a key that pass
+    // would not make Active is refused here and never exists.
+    let (verdict, phase) = validate::validate_new_key(
+        &key,
+        &pass.namespace,
+        &token,
+        &pass.validation.stores,
+        now(),
+    );
+    if phase != crate::crd::ApiKeyPhase::Active {
+        let msg = verdict
+            .conditions
+            .into_iter()
+            .next()
             .map_or_else(|| "invalid key".to_owned(), |c| c.message);
         return Ok(error(StatusCode::BAD_REQUEST, &msg));
     }
+    let created = source.create_key(&pass.namespace, &name, &manifest, &token)?;
+    // The key and its token exist now: from here on the caller gets the token. The pass that
+    // publishes the key is waited for only so long; a slow one (API latency, a queue of
+    // passes) ends in the background and the key is enforced when it does.
+    let published = match source.refresh_within(MINT_WAIT) {
+        Ok(done) => done,
+        Err(e) => {
+            tracing::warn!(apikey = %name, "the pass after a mint failed (it is retried): {e:#}");
+            false
+        }
+    };
+    let last = source.state().last().filter(|_| published);
+    let view = match last.as_ref().and_then(|p| find_key(p, caller, &name)) {
+        Some(v) if v["phase"] != "Active" => {
+            // The pass saw more than this request could (the objects changed meanwhile).
+            let reason = last.as_ref().and_then(|p| {
+                p.validation
+                    .keys
+                    .iter()
+                    .find(|k| k.name == name)
+                    .map(|k| k.conditions.clone())
+            });
+            if let Some(p) = &last {
+                source.delete_key(p, &name)?;
+            }
+            source.refresh()?;
+            let msg = reason
+                .and_then(|c| c.into_iter().next())
+                .map_or_else(|| "invalid key".to_owned(), |c| c.message);
+            return Ok(error(StatusCode::BAD_REQUEST, &msg));
+        }
+        Some(v) => v,
+        None => {
+            // As the pass will show it (the keyId comes from the stored object's uid).
+            let (verdict, _) = validate::validate_new_key(
+                &created,
+                &pass.namespace,
+                &token,
+                &pass.validation.stores,
+                now(),
+            );
+            let Some(config) = verdict.valid else {
+                return Err(anyhow::anyhow!(
+                    "ApiKey {name} was written but no longer validates"
+                ));
+            };
+            new_key_view(&created, &config)
+        }
+    };
     let mut out = view;
     out["token"] = json!(token);
     Ok(reply(StatusCode::CREATED, &out))
+}
+
+/// A key just minted, in the shape of [`key_views`], before any pass has seen it.
+fn new_key_view(k: &crate::crd::ApiKey, config: &layergate_filter::config::ApiKeyConfig) -> Value {
+    let created = k
+        .metadata
+        .creation_timestamp
+        .as_ref()
+        .map_or_else(now, |t| t.0.as_second());
+    json!({
+        "keyId": config.key_id,
+        "name": k.metadata.name,
+        "owner": k.spec.owner,
+        "description": k.spec.description,
+        "entitlements": k.spec.entitlements,
+        "expiresAfter": k.spec.expires_after.clone().unwrap_or_else(|| validate::DEFAULT_EXPIRES_AFTER.to_owned()),
+        "phase": crate::crd::ApiKeyPhase::Active,
+        "createdAt": validate::rfc3339(created),
+        "expiresAt": config.expires_at,
+        "revokedAt": null,
+        "lookupHash": config.lookup_hash.to_string(),
+        "secretRef": validate::token_source(k),
+    })
 }
 
 enum Change {
@@ -766,8 +875,22 @@ fn change_key(
     id: &str,
     change: Change,
 ) -> Result<Reply> {
-    let Some(view) = find_key(pass, caller, id) else {
-        return Ok(error(StatusCode::NOT_FOUND, &format!("no API key {id:?}")));
+    // A key minted a moment ago may not be in the last pass yet (mint answers before the
+    // pass that publishes it ends): look again after one.
+    let fresh;
+    let (pass, view) = match find_key(pass, caller, id) {
+        Some(v) => (pass, v),
+        None => {
+            source.refresh()?;
+            fresh = source.state().last();
+            match fresh
+                .as_ref()
+                .and_then(|p| find_key(p, caller, id).map(|v| (p, v)))
+            {
+                Some(found) => found,
+                None => return Ok(error(StatusCode::NOT_FOUND, &format!("no API key {id:?}"))),
+            }
+        }
     };
     let name = view["name"].as_str().unwrap_or_default().to_owned();
     match change {

@@ -278,9 +278,25 @@ impl Cluster {
                     continue;
                 }
             };
+            // Values are text exactly as stored: bytes that are not UTF-8 make the Secret its
+            // referrers' condition (as a directory-mode document), never a lossy decode.
             let mut data: BTreeMap<String, String> = BTreeMap::new();
+            let mut not_text = None;
             for (k, v) in secret.data.unwrap_or_default() {
-                data.insert(k, String::from_utf8_lossy(&v.0).into_owned());
+                match String::from_utf8(v.0) {
+                    Ok(text) => {
+                        data.insert(k, text);
+                    }
+                    Err(_) => not_text = Some(k),
+                }
+            }
+            if let Some(k) = not_text {
+                let id = (self.namespace.clone(), name);
+                objects.secret_errors.insert(
+                    id,
+                    format!("data.{k} is not UTF-8 text; a credential or token is text"),
+                );
+                continue;
             }
             // stringData is write-only on a real API server; stand-ins may keep it.
             data.extend(secret.string_data.unwrap_or_default());
@@ -681,30 +697,34 @@ impl Cluster {
     pub async fn gateway_credential(&self) -> Result<String> {
         let secrets = self.api::<Secret>();
         let name = keyservice::CREDENTIAL_SECRET;
-        let value = |s: &Secret| {
-            s.data
-                .as_ref()
-                .and_then(|d| d.get(keyservice::CREDENTIAL_KEY))
-                .map(|b| String::from_utf8_lossy(&b.0).trim().to_owned())
-                .or_else(|| {
-                    s.string_data
-                        .as_ref()
-                        .and_then(|d| d.get(keyservice::CREDENTIAL_KEY))
-                        .map(|v| v.trim().to_owned())
-                })
-                .filter(|v| !v.is_empty())
+        // Used exactly as stored: a value that is not UTF-8, or has a newline or spaces
+        // around it, is an error naming the Secret, never trimmed or decoded lossily.
+        let value = |s: &Secret| -> Result<String> {
+            let key = keyservice::CREDENTIAL_KEY;
+            let v = match s.data.as_ref().and_then(|d| d.get(key)) {
+                Some(b) => String::from_utf8(b.0.clone())
+                    .map_err(|_| anyhow::anyhow!("Secret {name} key {key:?} is not UTF-8 text"))?,
+                None => s
+                    .string_data
+                    .as_ref()
+                    .and_then(|d| d.get(key))
+                    .cloned()
+                    .unwrap_or_default(),
+            };
+            if v.is_empty() {
+                anyhow::bail!("Secret {name} has no {key:?} value");
+            }
+            if let Some(p) = validate::credential_problem(&v) {
+                anyhow::bail!("Secret {name} key {key:?}: {p}");
+            }
+            Ok(v)
         };
         if let Some(s) = secrets
             .get_opt(name)
             .await
             .with_context(|| format!("reading Secret {name}"))?
         {
-            return value(&s).with_context(|| {
-                format!(
-                    "Secret {name} has no {:?} value",
-                    keyservice::CREDENTIAL_KEY
-                )
-            });
+            return value(&s);
         }
         let credential = keyservice::new_credential()?;
         if !self.is_leader() {
@@ -743,12 +763,7 @@ impl Cluster {
                     .get(name)
                     .await
                     .with_context(|| format!("reading Secret {name}"))?;
-                value(&s).with_context(|| {
-                    format!(
-                        "Secret {name} has no {:?} value",
-                        keyservice::CREDENTIAL_KEY
-                    )
-                })
+                value(&s)
             }
             Err(e) => Err(e).with_context(|| format!("creating Secret {name}")),
         }
@@ -815,15 +830,29 @@ impl Source for Cluster {
             .map_err(|e| anyhow::anyhow!("{e}"))
     }
 
+    /// A pass cut off at `bound` is dropped (its writes are idempotent); the watch on the
+    /// object just written starts the controller's own pass, which publishes the change.
+    fn refresh_within(&self, bound: Duration) -> Result<bool> {
+        match self.block_on(tokio::time::timeout(bound, self.pass())) {
+            Ok(r) => r.map(|_| true).map_err(|e| anyhow::anyhow!("{e}")),
+            Err(_) => Ok(false),
+        }
+    }
+
+    fn writable(&self) -> bool {
+        self.is_leader()
+    }
+
     fn create_key(
         &self,
         namespace: &str,
         name: &str,
         manifest: &serde_json::Value,
         token: &str,
-    ) -> Result<()> {
+    ) -> Result<ApiKey> {
         self.block_on(async {
             let key: ApiKey = serde_json::from_value(manifest.clone()).context("the ApiKey")?;
+            self.ensure_leader()?;
             let created = self
                 .api::<ApiKey>()
                 .create(
@@ -842,6 +871,7 @@ impl Source for Cluster {
                 &validate::rfc3339(now()),
                 owner(&created),
             );
+            self.ensure_leader()?;
             s.data = s.string_data.take().map(|d| {
                 d.into_iter()
                     .map(|(k, v)| (k, ByteString(v.into_bytes())))
@@ -865,12 +895,13 @@ impl Source for Cluster {
                 }
                 Err(e) => return Err(e).context("creating the token Secret"),
             }
-            Ok(())
+            Ok(created)
         })
     }
 
     fn revoke_key(&self, _pass: &Pass, name: &str) -> Result<()> {
         self.block_on(async {
+            self.ensure_leader()?;
             let patch = serde_json::json!({
                 "metadata": {"annotations": {crate::source::REVOKED_AT_ANNOTATION: validate::rfc3339(now())}},
                 "spec": {"revoked": true},
@@ -901,6 +932,7 @@ impl Source for Cluster {
                     })
             });
         self.block_on(async {
+            self.ensure_leader()?;
             match self.api::<ApiKey>().delete(name, &Default::default()).await {
                 Ok(_) => {}
                 Err(kube::Error::Api(e)) if e.is_not_found() => {}

@@ -18,6 +18,10 @@ pub mod reason {
     pub const SECRET_UNREADABLE: &str = "SecretUnreadable";
     /// The Secret exists but lacks the key, or its value is empty.
     pub const SECRET_KEY_MISSING: &str = "SecretKeyMissing";
+    /// The Secret's value is not usable as sent: surrounding whitespace (a trailing newline
+    /// from `echo`), a control character, or (kube mode) bytes that are not UTF-8 text. It
+    /// is refused, never trimmed or decoded lossily into another credential.
+    pub const SECRET_VALUE_INVALID: &str = "SecretValueInvalid";
     /// `spec.kind` is not supported (pinecone).
     pub const UNSUPPORTED_KIND: &str = "UnsupportedKind";
     /// `spec.endpoint` is not a usable URL or region.

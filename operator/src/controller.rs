@@ -142,9 +142,21 @@ pub async fn elect(cluster: Arc<Cluster>, lock: Arc<LeaseLock>, leading: Arc<Not
     }
 }
 
-/// Runs the controller until `shutdown` completes.
+/// Runs the controller until `shutdown` completes, watching with the cluster's own client.
 pub async fn run(
     cluster: Arc<Cluster>,
+    lock: LeaseLock,
+    shutdown: impl Future<Output = ()>,
+) -> anyhow::Result<()> {
+    let watches = cluster.client.clone();
+    run_with_watches(cluster, watches, lock, shutdown).await
+}
+
+/// Runs the controller until `shutdown` completes; the watches use `watches`, a client
+/// without a read timeout ([`crate::kubeclient::for_watches`]).
+pub async fn run_with_watches(
+    cluster: Arc<Cluster>,
+    watches: kube::Client,
     lock: LeaseLock,
     shutdown: impl Future<Output = ()>,
 ) -> anyhow::Result<()> {
@@ -153,7 +165,7 @@ pub async fn run(
     let elector = tokio::spawn(elect(cluster.clone(), lock.clone(), leading.clone()));
     let (tx, mut rx) = mpsc::channel(256);
     let ns = cluster.namespace.clone();
-    let client = cluster.client.clone();
+    let client = watches;
     spawn_watch(
         Api::<PartialObjectMeta<VectorStore>>::namespaced(client.clone(), &ns),
         "VectorStore",

@@ -295,7 +295,7 @@ fn authenticate_rate() -> Result<u32> {
 
 /// Kube mode: the controller on a small runtime, the control API on its own thread.
 fn run_kube(namespace: Option<&str>, allow: Allowlist) -> Result<()> {
-    use layergate_operator::{cluster, controller, lease};
+    use layergate_operator::{cluster, controller, kubeclient, lease};
     init_logs(true)?;
     // One TLS stack: ring, for the API client as for the store probes.
     let _ = rustls::crypto::ring::default_provider().install_default();
@@ -308,9 +308,13 @@ fn run_kube(namespace: Option<&str>, allow: Allowlist) -> Result<()> {
         .enable_all()
         .build()?;
     runtime.block_on(async move {
-        let client = kube::Client::try_default()
+        let config = kube::Config::infer()
             .await
-            .context("connecting to the Kubernetes API (in-cluster or KUBECONFIG)")?;
+            .context("finding the Kubernetes API (in-cluster or KUBECONFIG)")?;
+        let client = kube::Client::try_from(kubeclient::for_calls(config.clone()))
+            .context("connecting to the Kubernetes API")?;
+        let watches = kube::Client::try_from(kubeclient::for_watches(config))
+            .context("connecting to the Kubernetes API")?;
         let ns = namespace
             .map(str::to_owned)
             .or_else(|| std::env::var("POD_NAMESPACE").ok())
@@ -346,7 +350,7 @@ fn run_kube(namespace: Option<&str>, allow: Allowlist) -> Result<()> {
         );
         tracing::info!(namespace = %ns, %identity, output = %out, "starting");
         spawn_control_api(source.clone(), rate, control)?;
-        controller::run(source, lock, shutdown_signal()).await
+        controller::run_with_watches(source, watches, lock, shutdown_signal()).await
     })
 }
 

@@ -3,6 +3,7 @@
 //! written there as Secret files; status is logged; a change that cannot be rendered never
 //! replaces the last good output, and the log says why.
 
+use crate::crd::ApiKey;
 use crate::keys;
 use crate::keyservice::{self, GatewayCredential, KeyService};
 use crate::manifests::{self, Objects};
@@ -321,14 +322,27 @@ pub trait Source: Send + Sync {
     fn state(&self) -> &State;
     /// Runs one pass now.
     fn refresh(&self) -> Result<()>;
-    /// Writes a new ApiKey (`manifest`, a complete object) and the Secret with its token.
+    /// Runs one pass, waiting for it at most `bound`: true when it finished in time. A pass
+    /// that takes longer goes on (or is started again) in the background; the control API
+    /// answers a mint without waiting for it (issue 13).
+    fn refresh_within(&self, bound: Duration) -> Result<bool> {
+        let _ = bound;
+        self.refresh().map(|()| true)
+    }
+    /// Whether the control API may write now: false on a replica that does not hold the
+    /// Lease (kube mode), which answers writes with 503 and `Retry-After`.
+    fn writable(&self) -> bool {
+        true
+    }
+    /// Writes a new ApiKey (`manifest`, a complete object) and the Secret with its token;
+    /// returns the ApiKey as stored (in a cluster, with its uid and creation time).
     fn create_key(
         &self,
         namespace: &str,
         name: &str,
         manifest: &serde_json::Value,
         token: &str,
-    ) -> Result<()>;
+    ) -> Result<ApiKey>;
     /// Sets `spec.revoked` (and the revoked-at annotation) on an ApiKey.
     fn revoke_key(&self, pass: &Pass, name: &str) -> Result<()>;
     /// Deletes an ApiKey and its token Secret.
@@ -458,7 +472,7 @@ impl Source for DirSource {
         name: &str,
         manifest: &serde_json::Value,
         token: &str,
-    ) -> Result<()> {
+    ) -> Result<ApiKey> {
         // A Secret of that name left anywhere (by a deleted key, or written beforehand) must
         // never be picked up again: the new key gets the new token only.
         if let Some(pass) = self.state.last() {
@@ -473,7 +487,7 @@ impl Source for DirSource {
             self.dir.join(format!("{name}.apikey.yaml")),
             serde_yaml::to_string(manifest)?,
         )?;
-        Ok(())
+        serde_json::from_value(manifest.clone()).context("the ApiKey")
     }
 
     fn revoke_key(&self, pass: &Pass, name: &str) -> Result<()> {

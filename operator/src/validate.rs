@@ -108,11 +108,33 @@ fn secret<'a>(
         ));
     };
     match data.get(key).map(String::as_str) {
-        Some(v) if !v.is_empty() => Ok(v),
+        Some(v) if !v.is_empty() => match credential_problem(v) {
+            None => Ok(v),
+            Some(p) => Err((
+                reason::SECRET_VALUE_INVALID,
+                format!("Secret {ns}/{name} key {key:?}: {p}"),
+            )),
+        },
         _ => Err((
             reason::SECRET_KEY_MISSING,
             format!("Secret {ns}/{name} has no non-empty key {key:?}"),
         )),
+    }
+}
+
+/// What makes a Secret value unusable as a credential or token exactly as stored, if
+/// anything: whitespace around it (a trailing newline from `echo` into a file) or a control
+/// character. Such a value is refused with this reason, never trimmed: a silent change would
+/// send another credential than the one stored.
+pub fn credential_problem(v: &str) -> Option<String> {
+    if v.ends_with('\n') || v.ends_with('\r') {
+        Some("the value ends with a newline; store it without one (printf '%s', kubectl create secret --from-literal)".into())
+    } else if v.trim() != v {
+        Some("the value has whitespace around it; store it without".into())
+    } else if v.chars().any(char::is_control) {
+        Some("the value contains a control character".into())
+    } else {
+        None
     }
 }
 
@@ -503,6 +525,26 @@ pub fn key_spec_problem(k: &ApiKey, now: i64) -> Option<String> {
             .err()
             .map(|m| format!("expiresAfter {after:?}: {m}")),
     }
+}
+
+/// Judges a key about to be minted with `token` exactly as the next pass will (against the
+/// last pass's `stores`), without reading anything: the control API answers a mint from this
+/// instead of waiting for a pass that may be slow (issue 13).
+pub fn validate_new_key(
+    k: &ApiKey,
+    ns: &str,
+    token: &str,
+    stores: &[Verdict<ValidStore>],
+    now: i64,
+) -> (Verdict<ApiKeyConfig>, ApiKeyPhase) {
+    let source = token_source(k);
+    let mut objects = Objects::default();
+    let id = (ns.to_owned(), source.name);
+    objects
+        .secrets
+        .insert(id.clone(), BTreeMap::from([(source.key, token.to_owned())]));
+    objects.minted_at.insert(id, now);
+    validate_key(k, ns, &objects, stores, now)
 }
 
 fn validate_key(

@@ -126,10 +126,8 @@ fn rbac_is_namespaced_and_secret_access_stays_in_the_namespace() {
             .iter()
             .any(|r| r == "secrets")
         {
-            assert!(
-                !verbs.contains(&"delete") && !verbs.contains(&"update"),
-                "{rule}"
-            );
+            // delete: a token Secret left by a deleted key of the same name (operator/src/rbac.rs).
+            assert!(!verbs.contains(&"update"), "{rule}");
         }
     }
 }

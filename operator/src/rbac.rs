@@ -1,0 +1,178 @@
+//! The operator's Kubernetes permissions, as one table: every (API group, resource, verb) a
+//! code path of `run --source kube` calls, and why. The Role in `operator/deploy/operator.yaml`
+//! grants exactly these (a test compares the two, and runs the code paths against a recording
+//! API server to check that each call is in the table and each entry is called).
+
+/// One permission: `verb` on `resource` of `group` (`""`: the core group), limited to the
+/// object `name` when set.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub struct Permission {
+    /// The API group (`""` for core).
+    pub group: &'static str,
+    /// The resource, with its subresource (`apikeys/status`).
+    pub resource: &'static str,
+    /// The verb.
+    pub verb: &'static str,
+    /// The one object it is limited to (`resourceNames`), if any.
+    pub name: Option<&'static str>,
+    /// The code path that needs it.
+    pub why: &'static str,
+}
+
+const fn p(
+    group: &'static str,
+    resource: &'static str,
+    verb: &'static str,
+    name: Option<&'static str>,
+    why: &'static str,
+) -> Permission {
+    Permission {
+        group,
+        resource,
+        verb,
+        name,
+        why,
+    }
+}
+
+const HEV: &str = "hevlayer.com";
+const CORE: &str = "";
+const COORDINATION: &str = "coordination.k8s.io";
+
+/// Everything the operator calls, in its own namespace. The Lease's name is
+/// [`crate::lease::DEFAULT_LEASE`]; a Lease renamed with `LAYERGATE_LEASE` needs the Role's
+/// `resourceNames` renamed too.
+pub const PERMISSIONS: &[Permission] = &[
+    p(
+        HEV,
+        "vectorstores",
+        "list",
+        None,
+        "controller watch (metadata) and the pass's read",
+    ),
+    p(HEV, "vectorstores", "watch", None, "controller watch"),
+    p(
+        HEV,
+        "indexes",
+        "list",
+        None,
+        "controller watch and the pass's read",
+    ),
+    p(HEV, "indexes", "watch", None, "controller watch"),
+    p(
+        HEV,
+        "apikeys",
+        "list",
+        None,
+        "controller watch and the pass's read",
+    ),
+    p(HEV, "apikeys", "watch", None, "controller watch"),
+    p(
+        HEV,
+        "apikeys",
+        "create",
+        None,
+        "control API mint (Cluster::create_key)",
+    ),
+    p(
+        HEV,
+        "apikeys",
+        "patch",
+        None,
+        "control API revoke (Cluster::revoke_key)",
+    ),
+    p(
+        HEV,
+        "apikeys",
+        "delete",
+        None,
+        "control API delete (Cluster::delete_key)",
+    ),
+    p(
+        HEV,
+        "vectorstores/status",
+        "patch",
+        None,
+        "status writes (Cluster::write_statuses)",
+    ),
+    p(HEV, "indexes/status", "patch", None, "status writes"),
+    p(HEV, "apikeys/status", "patch", None, "status writes"),
+    p(
+        HEV,
+        "apikeys/finalizers",
+        "update",
+        None,
+        "token Secrets' owner references set blockOwnerDeletion, which \
+         OwnerReferencesPermissionEnforcement admits only with this",
+    ),
+    p(
+        CORE,
+        "secrets",
+        "get",
+        None,
+        "the pass reads the Secrets objects name, the output Secret and the gateway credential",
+    ),
+    p(
+        CORE,
+        "secrets",
+        "list",
+        None,
+        "controller watch (metadata only)",
+    ),
+    p(
+        CORE,
+        "secrets",
+        "watch",
+        None,
+        "controller watch (metadata only)",
+    ),
+    p(
+        CORE,
+        "secrets",
+        "create",
+        None,
+        "minted tokens (mint_missing, create_key) and the gateway credential",
+    ),
+    p(
+        CORE,
+        "secrets",
+        "patch",
+        None,
+        "the rendering (publish, server-side apply) and adopting pre-provisioned tokens",
+    ),
+    p(
+        CORE,
+        "secrets",
+        "delete",
+        None,
+        "a token Secret left by a deleted key of the same name, a deleted key's labelled token",
+    ),
+    p(
+        CORE,
+        "events",
+        "create",
+        None,
+        "Warning Events (Cluster::event_if_new)",
+    ),
+    p(
+        COORDINATION,
+        "leases",
+        "create",
+        None,
+        "the first replica creates the Lease",
+    ),
+    p(
+        COORDINATION,
+        "leases",
+        "get",
+        Some(crate::lease::DEFAULT_LEASE),
+        "leader election: read before each renewal",
+    ),
+    p(
+        COORDINATION,
+        "leases",
+        "update",
+        Some(crate::lease::DEFAULT_LEASE),
+        "leader election: renew, take over, release",
+    ),
+];
