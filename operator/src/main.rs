@@ -310,7 +310,7 @@ fn run_kube(namespace: Option<&str>, allow: Allowlist) -> Result<()> {
     runtime.block_on(async move {
         let config = kube::Config::infer()
             .await
-            .context("finding the Kubernetes API (in-cluster or KUBECONFIG)")?;
+            .context("connecting to the Kubernetes API (in-cluster or KUBECONFIG)")?;
         let client = kube::Client::try_from(kubeclient::for_calls(config.clone()))
             .context("connecting to the Kubernetes API")?;
         let watches = kube::Client::try_from(kubeclient::for_watches(config))

@@ -1798,7 +1798,6 @@ fn control_api(c: Arc<Cluster>) -> std::net::SocketAddr {
 /// whole pass inside the request, behind the controller's: over 20 s here.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_mint_answers_before_a_slow_pass_and_the_token_then_works() {
-    use layergate_operator::api::MINT_WAIT;
     use layergate_operator::controller;
     let fake = builder().build().await.unwrap();
     let tap = Tap::new(&fake);
@@ -1847,7 +1846,7 @@ async fn a_mint_answers_before_a_slow_pass_and_the_token_then_works() {
     let took = asked.elapsed();
     assert_eq!(status, 201, "{minted}");
     assert!(
-        took < MINT_WAIT + Duration::from_secs(2),
+        took < Duration::from_secs(4),
         "the mint took {took:?} behind slow passes"
     );
     assert_eq!(minted["phase"], "Active");

@@ -416,7 +416,13 @@ impl Source for Keys {
     fn refresh(&self) -> anyhow::Result<()> {
         Ok(())
     }
-    fn create_key(&self, _: &str, _: &str, _: &Value, _: &str) -> anyhow::Result<()> {
+    fn create_key(
+        &self,
+        _: &str,
+        _: &str,
+        _: &Value,
+        _: &str,
+    ) -> anyhow::Result<layergate_operator::crd::ApiKey> {
         anyhow::bail!("read-only")
     }
     fn revoke_key(&self, _: &layergate_operator::source::Pass, _: &str) -> anyhow::Result<()> {
