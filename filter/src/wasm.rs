@@ -13,7 +13,7 @@
 #![allow(unsafe_code)] // `#[no_mangle]` exports of the ABI.
 
 use crate::abi::{self, Action, BufferType, LogLevel, MapType, MetricType};
-use crate::config::{FilterConfig, SyncResponse};
+use crate::config::{FilterConfig, SyncResponse, CONFIG_VERSION};
 use crate::decision::{
     decide, must_strip, Decision, HeaderEdits, Inspection, Plan, INSPECT_HEADER,
 };
@@ -47,6 +47,12 @@ const COUNTERS: [&str; 11] = [
 const INSPECTED: usize = 8;
 const SYNCED: usize = 9;
 const SYNC_FAILED: usize = 10;
+
+/// Counter: configurations this filter refused (an unknown field from a newer operator, a
+/// version it does not read, a value it would not accept). Envoy then keeps the previous
+/// configuration, which goes on enforcing (its key-service sync included); this counter and
+/// a critical log line make the refusal visible (issue 13).
+const REJECTED: &str = "layergate.config_rejected";
 
 /// Gauge: seconds since the key table was last confirmed by the key service (since the
 /// configuration was loaded, before the first sync).
@@ -240,17 +246,24 @@ impl Root {
         // the peak (document + parsed + compiled) is what every copy of the VM keeps.
         let parsed = FilterConfig::from_json(&bytes).map_err(ConfigError::from);
         drop(bytes);
-        let policy =
-            match parsed.and_then(|cfg| Policy::compile(&cfg, |var| std::env::var(var).ok())) {
-                Ok(policy) => policy,
-                Err(e) => {
-                    abi::log(
+        let policy = match parsed
+            .and_then(|cfg| Policy::compile(&cfg, |var| std::env::var(var).ok()))
+        {
+            Ok(policy) => policy,
+            Err(e) => {
+                abi::log(
                         LogLevel::Critical,
-                        &format!("layergate: {e}; configuration refused"),
+                        &format!(
+                            "layergate: configuration refused: {e}; this filter reads configuration version {CONFIG_VERSION} (filter {}); the previous configuration stays in force — upgrade the gateway's filter to the operator's",
+                            env!("CARGO_PKG_VERSION")
+                        ),
                     );
-                    return false;
+                if let Some(id) = abi::define_metric(MetricType::Counter, REJECTED) {
+                    abi::increment_metric(id, 1);
                 }
-            };
+                return false;
+            }
+        };
         for s in &policy.stores {
             if let Err(var) = &s.bearer {
                 abi::log(

@@ -494,3 +494,128 @@ fn minted_keys_follow_the_key_service_down_at_start_then_changes_within_a_second
         "{mint_delay:?}"
     );
 }
+
+/// Issue 13, upgrades: a gateway whose filter is older than the operator's rendering (here a
+/// field this filter does not know) refuses that rendering visibly — the counter
+/// `layergate.config_rejected`, a critical log line naming the field and what to do, Envoy's
+/// `listener_manager.lds.update_rejected` — and never silently: the previous configuration
+/// stays in force, and keeps following the key service, so a revocation made afterwards is
+/// still enforced. The gateway reads its own copy of the rendering (as it mounts the Secret
+/// in a cluster), into which the new rendering is written.
+#[test]
+fn a_rendering_the_filter_cannot_read_is_refused_visibly_and_the_old_one_keeps_enforcing() {
+    let primary = DevStore::start(PRIMARY_KEY).unwrap();
+    let archive = DevStore::start(ARCHIVE_KEY).unwrap();
+    let (dir, out) = demo::manifests_for("control-upgrade", &primary, &archive).unwrap();
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let control = listener.local_addr().unwrap();
+    let settings = demo::test_settings(Some(control)).unwrap_or_else(|e| panic!("{e:#}"));
+    let source = Arc::new(DirSource::new(dir, out.clone(), settings));
+    source.refresh().unwrap();
+    let api = Arc::new(Api::new(source, DEFAULT_AUTHENTICATE_PER_MINUTE));
+    std::thread::spawn(move || api.serve_on(listener));
+    // The gateway's copy: what the kubelet mounts from the output Secret.
+    let mounted = out.parent().unwrap().join("mounted");
+    std::fs::create_dir_all(&mounted).unwrap();
+    let (out, mounted) = (out.canonicalize().unwrap(), mounted.canonicalize().unwrap());
+    for f in ["cds.json", "lds.json"] {
+        std::fs::copy(out.join(f), mounted.join(f)).unwrap();
+    }
+    let bootstrap = std::fs::read_to_string(out.join("bootstrap.yaml"))
+        .unwrap()
+        .replace(out.to_str().unwrap(), mounted.to_str().unwrap());
+    assert!(bootstrap.contains(mounted.to_str().unwrap()), "{bootstrap}");
+    let envoy =
+        Envoy::start_yaml(&bootstrap, &paths::repo_root()).unwrap_or_else(|e| panic!("{e:#}"));
+    let s = Stack {
+        envoy,
+        _stores: (primary, archive),
+        control,
+    };
+    let shop = layergate_tests::tour::SHOP_READER_TOKEN;
+    let path = "/v1/namespaces/shop-a/metadata";
+    eventually(&s, path, shop, 404); // synced: the key passes (the devstore has no namespace)
+    assert_eq!(
+        s.envoy
+            .stat("wasmcustom.layergate.config_rejected")
+            .unwrap(),
+        None
+    );
+
+    // A newer operator's rendering: one field this filter does not know.
+    let lds = std::fs::read_to_string(mounted.join("lds.json")).unwrap();
+    let marker = r#"\"version\":1,"#;
+    assert!(
+        lds.contains(marker),
+        "the filter configuration in lds.json: {lds}"
+    );
+    let newer = lds.replacen(marker, r#"\"version\":1,\"futureField\":true,"#, 1);
+    let tmp = mounted.join("lds.json.tmp");
+    std::fs::write(&tmp, newer).unwrap();
+    std::fs::rename(&tmp, mounted.join("lds.json")).unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while s
+        .envoy
+        .stat("wasmcustom.layergate.config_rejected")
+        .unwrap()
+        .unwrap_or(0)
+        == 0
+    {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no layergate.config_rejected; log:\n{}",
+            s.envoy.log()
+        );
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    assert!(
+        s.envoy
+            .stat("listener_manager.lds.update_rejected")
+            .unwrap()
+            .unwrap_or(0)
+            >= 1
+    );
+    let log = s.envoy.log();
+    let line = log
+        .lines()
+        .find(|l| l.contains("layergate: configuration refused"))
+        .unwrap_or_else(|| panic!("no refusal in the log:\n{log}"));
+    assert!(
+        line.contains("futureField") && line.contains("previous configuration stays"),
+        "{line}"
+    );
+
+    // The previous configuration keeps enforcing: inbound keys, minted keys, and a
+    // revocation made now, which reaches it through the key service.
+    assert_ne!(
+        call(&s, "GET", path, Some("demo-read-token"), None).status,
+        401
+    );
+    assert_eq!(call(&s, "GET", path, Some(shop), None).status, 404);
+    assert_eq!(
+        call(
+            &s,
+            "GET",
+            path,
+            Some("hvl_notAKeyAtAllNotAKeyAtAll0123456"),
+            None
+        )
+        .status,
+        401
+    );
+    let revoked = call(
+        &s,
+        "POST",
+        "/v2/keys/shop-reader/revoke",
+        Some("demo-admin-token"),
+        None,
+    );
+    assert_eq!(revoked.status, 200, "{}", revoked.text());
+    eventually(&s, path, shop, 401);
+    assert!(
+        std::fs::read_to_string(mounted.join("lds.json"))
+            .unwrap()
+            .contains("futureField"),
+        "the gateway still has only the rendering it refused"
+    );
+}
