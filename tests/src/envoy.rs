@@ -117,6 +117,11 @@ impl Envoy {
 
     /// [`Envoy::start_yaml`] with `workers` worker threads (`--concurrency`).
     pub fn start_yaml_workers(yaml: &str, cwd: &Path, workers: usize) -> Result<Envoy> {
+        Envoy::start_yaml_args(yaml, cwd, workers, &[])
+    }
+
+    /// [`Envoy::start_yaml_workers`] with more command-line arguments (`--drain-strategy`).
+    pub fn start_yaml_args(yaml: &str, cwd: &Path, workers: usize, args: &[&str]) -> Result<Envoy> {
         let bin = crate::paths::envoy_bin()?;
         let dir = scratch_dir()?;
         let config = dir.join("envoy.yaml");
@@ -146,6 +151,7 @@ impl Envoy {
                 "--file-flush-interval-msec",
                 "100",
             ])
+            .args(args)
             .arg("--admin-address-path")
             .arg(&admin_file)
             .stdin(Stdio::null())

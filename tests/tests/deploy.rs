@@ -633,3 +633,122 @@ fn image_names_come_from_the_makefile() {
         format!("oci://{filter_image}")
     );
 }
+
+/// Issue 13: the gateway drains on shutdown. Its preStop hook, run as shipped against a real
+/// Envoy started with the Deployment's drain arguments (only the admin port and the sleep
+/// differ: the test's Envoy listens on a free port, and waits 0 s instead of the drain time),
+/// starts a graceful drain: a keep-alive request answered before it keeps its connection, one
+/// answered after it gets `connection: close`, and Envoy counts the drain close. The hook
+/// waits the drain time, within the grace period, on the admin address the bootstrap sets.
+/// Before, `--drain-time-s` alone did nothing: Envoy closes its listeners at once on SIGTERM.
+#[test]
+fn the_gateway_drains_on_shutdown_through_its_pre_stop_hook() {
+    use layergate_tests::envoy::Envoy;
+    use layergate_tests::http::send_raw;
+    let docs = kustomize("operator/deploy");
+    let pod = &find(&docs, "Deployment", "layergate-gateway")["spec"]["template"]["spec"];
+    let envoy = &pod["containers"][0];
+    let args: Vec<&str> = envoy["args"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| a.as_str().unwrap())
+        .collect();
+    let arg = |name: &str| {
+        let at = args
+            .iter()
+            .position(|a| *a == name)
+            .unwrap_or_else(|| panic!("{name}"));
+        args[at + 1]
+    };
+    let drain_secs: u64 = arg("--drain-time-s").parse().unwrap();
+    let strategy = arg("--drain-strategy");
+    let grace = pod["terminationGracePeriodSeconds"].as_u64().unwrap();
+    assert!(
+        drain_secs + 5 <= grace,
+        "drain {drain_secs} s, grace {grace} s"
+    );
+    let command: Vec<&str> = envoy["lifecycle"]["preStop"]["exec"]["command"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| a.as_str().unwrap())
+        .collect();
+    assert_eq!(command[..2], ["/bin/bash", "-c"]);
+    let script = command[2];
+    let bootstrap =
+        std::fs::read_to_string(paths::repo_root().join("operator/deploy/gateway-bootstrap.yaml"))
+            .unwrap();
+    assert!(
+        bootstrap.contains("address: 127.0.0.1") && bootstrap.contains("port_value: 9901"),
+        "the admin address the hook calls"
+    );
+    assert!(script.contains("/dev/tcp/127.0.0.1/9901"), "{script}");
+    assert!(script.contains(&format!("sleep {drain_secs}")), "{script}");
+
+    let any = "127.0.0.1:0".parse().unwrap();
+    let gw = layergate_tests::demo::gateway(
+        any,
+        any,
+        "127.0.0.1:1".parse().unwrap(),
+        "127.0.0.1:2".parse().unwrap(),
+        paths::wasm_path().unwrap(),
+        layergate_tests::demo::filter_config().unwrap(),
+    );
+    let envoy = Envoy::start_yaml_args(
+        &gw.render(),
+        &paths::repo_root(),
+        1,
+        &[
+            "--drain-time-s",
+            &drain_secs.to_string(),
+            "--drain-strategy",
+            strategy,
+        ],
+    )
+    .unwrap();
+    // Keep-alive: no `connection: close` from the client.
+    let ask = || {
+        send_raw(
+            envoy.addr,
+            b"GET /v1/namespaces/shop-a/metadata HTTP/1.1\r\nhost: gw\r\n\r\n",
+        )
+        .unwrap()
+    };
+    let before = ask();
+    assert_eq!(before.status, 401);
+    assert_ne!(before.header("connection"), Some("close"));
+    let hook = script
+        .replace(
+            "/dev/tcp/127.0.0.1/9901",
+            &format!("/dev/tcp/127.0.0.1/{}", envoy.admin.port()),
+        )
+        .replace(&format!("sleep {drain_secs}"), "sleep 0");
+    let ran = Command::new("/bin/bash")
+        .args(["-c", &hook])
+        .output()
+        .unwrap();
+    assert!(
+        ran.status.success(),
+        "{}",
+        String::from_utf8_lossy(&ran.stderr)
+    );
+    let after = ask();
+    assert_eq!(
+        after.status, 401,
+        "the listener still answers while it drains"
+    );
+    assert_eq!(
+        after.header("connection"),
+        Some("close"),
+        "{:?}",
+        after.text()
+    );
+    assert!(
+        envoy
+            .stat("http.layergate.downstream_cx_drain_close")
+            .unwrap()
+            .unwrap_or(0)
+            >= 1
+    );
+}
