@@ -335,7 +335,9 @@ impl Root {
         let since = policy.keys.revision().map(Box::<str>::from);
         let mut path = String::with_capacity(ks.path.len() + 96);
         path.push_str(&ks.path);
-        let _ = write!(path, "?wait={}", ks.poll_seconds);
+        // `config`: the configuration version this filter reads, so the operator can see a
+        // gateway whose filter is older than its rendering (issue 13).
+        let _ = write!(path, "?wait={}&config={CONFIG_VERSION}", ks.poll_seconds);
         if let Some(rev) = &since {
             path.push_str("&since=");
             for b in rev.bytes() {

@@ -1023,6 +1023,18 @@ fn metrics(state: &State) -> hyper::Response<Full<Bytes>> {
         get(&state.keys.waiting).to_string(),
     );
     metric(
+        "key_syncs_outdated_filter_total",
+        "counter",
+        "Key service syncs from a gateway whose filter reads an older configuration version than this operator renders (it refuses the rendering and keeps its previous one).",
+        get(&state.keys.outdated).to_string(),
+    );
+    metric(
+        "gateway_filter_outdated",
+        "gauge",
+        "1 when a gateway filter reported, in the last two minutes, a configuration version older than this operator renders.",
+        u8::from(state.keys.outdated_reader(now()).is_some()).to_string(),
+    );
+    metric(
         "vectorstores_rendered",
         "gauge",
         "VectorStores in the rendering.",

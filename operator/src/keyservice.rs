@@ -273,6 +273,12 @@ pub struct KeyService {
     pub refused: AtomicU64,
     /// Long polls being held now.
     pub waiting: AtomicU64,
+    /// Syncs from a gateway whose filter reads an older configuration version than this
+    /// operator renders (`config=` in the query): that gateway refuses the rendering and
+    /// keeps its previous one (issue 13, upgrades).
+    pub outdated: AtomicU64,
+    /// The last outdated configuration version a gateway reported, and when (Unix seconds).
+    oldest_reader: Mutex<Option<(u32, i64)>>,
 }
 
 impl Default for KeyService {
@@ -283,9 +289,15 @@ impl Default for KeyService {
             answered: AtomicU64::new(0),
             refused: AtomicU64::new(0),
             waiting: AtomicU64::new(0),
+            outdated: AtomicU64::new(0),
+            oldest_reader: Mutex::new(None),
         }
     }
 }
+
+/// How long a gateway's reported configuration version counts (every gateway syncs at
+/// least every [`MAX_WAIT`] plus its retry delay).
+pub const OUTDATED_FOR: i64 = 120;
 
 /// Counts a held long poll while it lives.
 struct Waiting<'a>(&'a AtomicU64);
@@ -343,6 +355,39 @@ impl KeyService {
         matches!((credential, bearer), (Some(c), Some(b)) if c.accepts(b))
     }
 
+    /// Notes a gateway filter that reads configuration version `reads`; one older than
+    /// [`layergate_filter::config::CONFIG_VERSION`] (what this operator renders) is counted and
+    /// logged: its gateway refuses the rendering and keeps enforcing its previous one.
+    fn saw_reader(&self, reads: u32) {
+        if reads >= layergate_filter::config::CONFIG_VERSION {
+            return;
+        }
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs() as i64);
+        *self
+            .oldest_reader
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = Some((reads, now));
+        if self.outdated.fetch_add(1, Ordering::Relaxed) % 100 == 0 {
+            tracing::warn!(
+                gateway_reads = reads,
+                operator_renders = layergate_filter::config::CONFIG_VERSION,
+                "a gateway's filter is older than this operator's rendering: it refuses it and keeps its previous configuration; roll the gateway to the operator's filter"
+            );
+        }
+    }
+
+    /// The configuration version of the last outdated gateway filter seen in the last
+    /// [`OUTDATED_FOR`] seconds, if one was.
+    pub fn outdated_reader(&self, now: i64) -> Option<u32> {
+        self.oldest_reader
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .filter(|(_, at)| now - at < OUTDATED_FOR)
+            .map(|(v, _)| v)
+    }
+
     /// Answers `GET /v2/keys/sync?<query>` for a caller presenting `bearer`.
     pub async fn sync(&self, query: &str, bearer: Option<&str>) -> Sync {
         if !self.accepts(bearer) {
@@ -356,6 +401,11 @@ impl KeyService {
                     since = Some(v.replace("%3A", ":").replace("%3a", ":"));
                 }
                 Some(("wait", v)) => wait = v.parse().unwrap_or(0),
+                Some(("config", v)) => {
+                    if let Ok(reads) = v.parse::<u32>() {
+                        self.saw_reader(reads);
+                    }
+                }
                 _ => {}
             }
         }

@@ -457,3 +457,47 @@ fn a_snapshot_of_100000_keys_over_http() {
     eprintln!("snapshot of 100,000 keys over HTTP (first builds the body): {times:?}");
     assert!(times[0] < Duration::from_secs(5), "{times:?}");
 }
+
+/// Issue 13, upgrades: each gateway filter says which configuration version it reads when it
+/// syncs; the operator counts and shows (`/metrics`) a gateway older than its rendering, which
+/// refuses the rendering and keeps its previous one. Filters at its version, and filters that
+/// do not say, change nothing. Before, the operator could not tell.
+#[test]
+fn a_gateway_filter_older_than_the_rendering_is_visible_in_the_metrics() {
+    use layergate_filter::config::CONFIG_VERSION;
+    let (dir, out) = demo_dir("outdated");
+    let (source, addr) = serve_dir(&dir, &out);
+    let rendered: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("layergate.json")).unwrap())
+            .unwrap();
+    assert_eq!(rendered["version"], CONFIG_VERSION);
+    let credential = std::fs::read_to_string(out.join(keyservice::CREDENTIAL_FILE))
+        .unwrap()
+        .trim()
+        .to_owned();
+    let metric = |name: &str| -> u64 {
+        let (status, text) = http(addr, "GET", "/metrics", None, None);
+        assert_eq!(status, 200);
+        text.lines()
+            .find_map(|l| l.strip_prefix(&format!("layergate_operator_{name} ")))
+            .unwrap_or_else(|| panic!("no {name} in {text}"))
+            .parse()
+            .unwrap()
+    };
+    sync(addr, "", &credential);
+    sync(addr, &format!("?config={CONFIG_VERSION}"), &credential);
+    assert_eq!(metric("key_syncs_outdated_filter_total"), 0);
+    assert_eq!(metric("gateway_filter_outdated"), 0);
+    sync(
+        addr,
+        &format!("?config={}", CONFIG_VERSION - 1),
+        &credential,
+    );
+    assert_eq!(metric("key_syncs_outdated_filter_total"), 1);
+    assert_eq!(metric("gateway_filter_outdated"), 1);
+    assert_eq!(
+        source.state.keys.outdated_reader(i64::MAX / 2),
+        None,
+        "it is forgotten once no such gateway has synced for a while"
+    );
+}
