@@ -369,7 +369,11 @@ impl KeyService {
             .oldest_reader
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner) = Some((reads, now));
-        if self.outdated.fetch_add(1, Ordering::Relaxed) % 100 == 0 {
+        if self
+            .outdated
+            .fetch_add(1, Ordering::Relaxed)
+            .is_multiple_of(100)
+        {
             tracing::warn!(
                 gateway_reads = reads,
                 operator_renders = layergate_filter::config::CONFIG_VERSION,
