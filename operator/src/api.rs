@@ -881,7 +881,10 @@ fn change_key(
     let (pass, view) = match find_key(pass, caller, id) {
         Some(v) => (pass, v),
         None => {
-            source.refresh()?;
+            // Bounded: a missing key must not make every 404 wait for a slow pass.
+            if let Err(e) = source.refresh_within(MINT_WAIT) {
+                tracing::warn!("a pass before answering {id:?}: {e:#}");
+            }
             fresh = source.state().last();
             match fresh
                 .as_ref()

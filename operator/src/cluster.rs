@@ -427,6 +427,7 @@ impl Cluster {
                 ..reference
             };
             let patch = serde_json::json!({"metadata": {"ownerReferences": [reference]}});
+            self.ensure_leader()?;
             self.api::<Secret>()
                 .patch(&source.name, &PatchParams::default(), &Patch::Merge(&patch))
                 .await
