@@ -118,7 +118,9 @@ pub struct InboundKey {
 /// `dispatch_http_call`:
 ///
 /// ```text
-///  GET {path}?since=<revision>&wait=<pollSeconds>      (no `since` on the first call)
+///  GET {path}?wait=<pollSeconds>&config=<CONFIG_VERSION>&since=<revision>
+///                                  (no `since` on the first call; `config`: the
+///                                   configuration version this filter reads)
 ///  :authority: {authority}   authorization: Bearer <credential>
 ///  → 200 application/json  SyncResponse
 /// ```

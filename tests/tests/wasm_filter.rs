@@ -249,7 +249,10 @@ fn minted_keys_come_from_the_key_service_and_fail_closed_when_it_is_gone() {
     assert_eq!(calls.len(), 1, "the first sync starts at configure");
     let first = &calls[0];
     assert_eq!(first.upstream, "layergate_control");
-    assert_eq!(first.header(":path"), Some("/v2/keys/sync?wait=20"));
+    assert_eq!(
+        first.header(":path"),
+        Some("/v2/keys/sync?wait=20&config=1")
+    );
     assert_eq!(first.header("authorization"), Some("Bearer gw-cred"));
     assert_eq!(first.timeout_ms, 25_000);
     assert_eq!(
@@ -273,7 +276,7 @@ fn minted_keys_come_from_the_key_service_and_fail_closed_when_it_is_gone() {
     assert_eq!(calls.len(), 2, "the next long poll starts at once");
     assert_eq!(
         calls[1].header(":path"),
-        Some("/v2/keys/sync?wait=20&since=r1")
+        Some("/v2/keys/sync?wait=20&config=1&since=r1")
     );
 
     // Revoked: a delta removes it.
