@@ -44,12 +44,17 @@ const USAGE: &str = "usage: layergate-operator COMMAND
                               fails that request and reloads the VM; FAIL_CLOSE only for
                               Istio < 1.27: one panic turns that worker's requests into
                               503s until the pod restarts)
-  run --source kube [--namespace NS]
+  run --source kube [--namespace NS] [--target envoy|istio]
                               the controller in a cluster: watches the VectorStores, Indexes,
                               ApiKeys (and the Secrets they name) of NS (default: the pod's own
                               namespace, POD_NAMESPACE), mints tokens into Secrets owned by
                               their ApiKey, writes the rendering into the Secret
-                              LAYERGATE_OUTPUT_SECRET (layergate-gateway-config) and statuses
+                              LAYERGATE_OUTPUT_SECRET (layergate-gateway-config) or, with
+                              --target istio, server-side applies the Istio resources into
+                              LAYERGATE_ISTIO_NAMESPACE (settings as for render; deleting
+                              those of removed stores), the credentials into the Secret
+                              layergate-istio-credentials there, and their digest into the
+                              gateway Deployment's pod template (which rolls it), and statuses
                               (server-side apply), with a Lease (LAYERGATE_LEASE,
                               layergate-operator; identity POD_NAME) so one replica writes.
                               Gateway settings: LAYERGATE_LISTEN (0.0.0.0:8080),
@@ -121,8 +126,21 @@ fn run(mut args: Vec<String>) -> Result<()> {
             }
             None => bail!("--source must be dir:PATH (with --out) or kube (without)"),
         },
-        ["run", "--source", "kube"] => run_kube(None, allow),
-        ["run", "--source", "kube", "--namespace", ns] => run_kube(Some(ns), allow),
+        ["run", "--source", "kube", rest @ ..] => {
+            let (mut namespace, mut target) = (None, "envoy");
+            let mut flags = rest.iter();
+            while let Some(flag) = flags.next() {
+                match (*flag, flags.next()) {
+                    ("--namespace", Some(ns)) => namespace = Some(*ns),
+                    ("--target", Some(t)) => target = t,
+                    (other, _) => bail!("unknown run option {other:?}\n{USAGE}"),
+                }
+            }
+            if !["envoy", "istio"].contains(&target) {
+                bail!("--target must be envoy or istio, not {target:?}");
+            }
+            run_kube(namespace, target == "istio", allow)
+        }
         ["render", "-f", dir, "-o", out, rest @ ..] => {
             let (mut namespace, mut target) = (None, "envoy");
             let mut flags = rest.iter();
@@ -294,7 +312,7 @@ fn authenticate_rate() -> Result<u32> {
 }
 
 /// Kube mode: the controller on a small runtime, the control API on its own thread.
-fn run_kube(namespace: Option<&str>, allow: Allowlist) -> Result<()> {
+fn run_kube(namespace: Option<&str>, istio: bool, allow: Allowlist) -> Result<()> {
     use layergate_operator::{cluster, controller, lease};
     init_logs(true)?;
     // One TLS stack: ring, for the API client as for the store probes.
@@ -333,8 +351,16 @@ fn run_kube(namespace: Option<&str>, allow: Allowlist) -> Result<()> {
             allow_endpoints: allow,
         };
         let out = env_or("LAYERGATE_OUTPUT_SECRET", cluster::DEFAULT_OUTPUT_SECRET);
-        let source =
-            std::sync::Arc::new(cluster::Cluster::new(client.clone(), &ns, settings, &out));
+        let target = if istio {
+            render::Target::Istio(layergate_operator::istio::IstioSettings::from_env(
+                settings.control.clone(),
+            )?)
+        } else {
+            render::Target::Envoy
+        };
+        let source = std::sync::Arc::new(
+            cluster::Cluster::new(client.clone(), &ns, settings, &out).with_target(target),
+        );
         let identity = std::env::var("POD_NAME")
             .unwrap_or_else(|_| format!("layergate-operator-{:08x}", std::process::id()));
         let lock = lease::LeaseLock::new(
@@ -430,46 +456,11 @@ fn validated(dir: &Path, namespace: Option<&str>, allow: &Allowlist) -> Result<V
 fn render_istio(dir: &Path, out: &Path, namespace: Option<&str>, allow: &Allowlist) -> Result<()> {
     use layergate_operator::istio;
     let v = validated(dir, namespace, allow)?;
-    let defaults = istio::IstioSettings::default();
-    let selector = match std::env::var("LAYERGATE_ISTIO_SELECTOR") {
-        Ok(s) => s
-            .split(',')
-            .map(|kv| {
-                kv.split_once('=')
-                    .map(|(k, v)| (k.trim().to_owned(), v.trim().to_owned()))
-            })
-            .collect::<Option<_>>()
-            .context("LAYERGATE_ISTIO_SELECTOR must be key=value[,key=value]")?,
-        Err(_) => defaults.selector,
-    };
     let control = match std::env::var("LAYERGATE_CONTROL_UPSTREAM") {
         Ok(u) => Some(host_port(&u)?),
         Err(_) => None,
     };
-    let settings = istio::IstioSettings {
-        namespace: env_or("LAYERGATE_ISTIO_NAMESPACE", &defaults.namespace),
-        selector,
-        wasm_url: env_or("LAYERGATE_WASM_URL", &defaults.wasm_url),
-        hosts: env_or("LAYERGATE_HOSTS", "*")
-            .split(',')
-            .map(str::to_owned)
-            .collect(),
-        port: match std::env::var("LAYERGATE_ISTIO_PORT") {
-            Ok(p) => p
-                .parse()
-                .context("LAYERGATE_ISTIO_PORT must be a port number")?,
-            Err(_) => defaults.port,
-        },
-        control,
-        gateway_deployment: env_or(
-            "LAYERGATE_ISTIO_GATEWAY_DEPLOYMENT",
-            &defaults.gateway_deployment,
-        ),
-        fail_strategy: match std::env::var("LAYERGATE_ISTIO_FAIL_STRATEGY") {
-            Ok(v) => istio::FailStrategy::parse(&v)?,
-            Err(_) => defaults.fail_strategy,
-        },
-    };
+    let settings = istio::IstioSettings::from_env(control)?;
     let (resources, patch) = istio::render(&v, &settings)?;
     std::fs::create_dir_all(out)?;
     let yaml = |docs: &[serde_json::Value]| -> Result<String> {

@@ -25,6 +25,19 @@ pub fn store_cluster(store: &str) -> String {
     out
 }
 
+/// Where a rendering goes, which decides its translation and its writer: the Envoy target
+/// (the gateway's files: a directory, or in kube mode the rendering Secret) or the Istio
+/// target (Istio resources: files from `render`, or in kube mode server-side applied into the
+/// Istio namespace).
+#[derive(Debug, Clone, Default)]
+pub enum Target {
+    /// Envoy's file-based dynamic configuration.
+    #[default]
+    Envoy,
+    /// Istio resources for an ingress gateway.
+    Istio(crate::istio::IstioSettings),
+}
+
 /// Options that are not part of the objects.
 #[derive(Debug, Clone, Default)]
 pub struct RenderOptions {
