@@ -635,3 +635,126 @@ fn image_names_come_from_the_makefile() {
         format!("oci://{filter_image}")
     );
 }
+
+/// `kubectl kustomize` of the base with the Istio component (`operator/deploy/istio`), as the
+/// component's header says to use it: from a kustomization of one's own (here in the target
+/// directory; kustomize wants relative paths).
+fn kustomize_istio() -> Vec<Value> {
+    let dir = std::path::PathBuf::from(env!("CARGO_TARGET_TMPDIR"))
+        .join(format!("kustomize-istio-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let dir = dir.canonicalize().unwrap();
+    let up = "../".repeat(dir.components().count() - 1);
+    let root = paths::repo_root();
+    let rel = |p: &str| {
+        format!(
+            "{up}{}",
+            root.join(p).to_string_lossy().trim_start_matches('/')
+        )
+    };
+    std::fs::write(
+        dir.join("kustomization.yaml"),
+        format!(
+            "resources: [{}]\ncomponents: [{}]\n",
+            rel("operator/deploy"),
+            rel("operator/deploy/istio")
+        ),
+    )
+    .unwrap();
+    let docs = kustomize(dir.to_str().unwrap());
+    std::fs::remove_dir_all(&dir).unwrap();
+    docs
+}
+
+/// Kube mode's Istio target: the component runs the operator with `--target istio`, leaves
+/// the Envoy gateway out, admits only the Istio gateway to the control port, and gives the
+/// operator a least-privilege Role in the Istio namespace; all of it passes the Kubernetes
+/// schemas strictly.
+#[test]
+fn the_istio_component_runs_the_istio_target_with_least_privilege() {
+    use layergate_operator::istio::{IstioSettings, CREDENTIALS_SECRET, KINDS};
+    let docs = kustomize_istio();
+    let (code, out) = kubernetes_validate(&to_yaml(&docs));
+    assert_eq!(code, 0, "{out}");
+    let operator = &find(&docs, "Deployment", "layergate-operator")["spec"]["template"]["spec"];
+    assert_eq!(
+        operator["containers"][0]["args"],
+        serde_json::json!(["run", "--source", "kube", "--target", "istio"])
+    );
+    assert!(!docs.iter().any(|d| d["metadata"]["name"]
+        .as_str()
+        .unwrap()
+        .starts_with("layergate-gateway")));
+    let defaults = IstioSettings::default();
+    let policy = find(&docs, "NetworkPolicy", "layergate-operator-control");
+    assert_eq!(
+        policy["spec"]["ingress"][0]["from"],
+        serde_json::json!([{"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": defaults.namespace}},
+                            "podSelector": {"matchLabels": defaults.selector}}])
+    );
+    let in_ns = |kind: &str, ns: &str| {
+        docs.iter()
+            .find(|d| d["kind"] == kind && d["metadata"]["namespace"] == ns)
+            .unwrap_or_else(|| panic!("a {kind} in {ns}"))
+    };
+    let (role, binding) = (in_ns("Role", "layer"), in_ns("RoleBinding", "layer"));
+    let mesh_role = docs
+        .iter()
+        .find(|d| d["kind"] == "Role" && d["metadata"]["namespace"] == defaults.namespace.as_str())
+        .expect("a Role in the Istio namespace");
+    assert_eq!(
+        role["metadata"]["namespace"], "layer",
+        "the base's Role stays"
+    );
+    let mesh_binding = docs
+        .iter()
+        .find(|d| {
+            d["kind"] == "RoleBinding" && d["metadata"]["namespace"] == defaults.namespace.as_str()
+        })
+        .unwrap();
+    assert_eq!(binding["metadata"]["namespace"], "layer");
+    assert_eq!(
+        mesh_binding["subjects"],
+        serde_json::json!([{"kind": "ServiceAccount", "name": "layergate-operator", "namespace": "layer"}])
+    );
+    assert_eq!(
+        mesh_binding["roleRef"]["name"],
+        mesh_role["metadata"]["name"]
+    );
+    // Every Istio kind the operator writes, and nothing wider: no wildcard, no get or watch on
+    // Secrets beyond the one it owns, the gateway Deployment by name.
+    let rules = mesh_role["rules"].as_array().unwrap();
+    for (group, _, _, plural) in KINDS {
+        assert!(
+            rules.iter().any(|r| r["apiGroups"][0] == group
+                && r["resources"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .any(|x| x == plural)
+                && r["verbs"]
+                    == serde_json::json!(["list", "create", "patch", "update", "delete"])),
+            "{plural}"
+        );
+    }
+    for r in rules {
+        let text = r.to_string();
+        assert!(!text.contains('*') && !text.contains("watch"), "{text}");
+        let resources = r["resources"].to_string();
+        if resources.contains("secrets") && r["verbs"] != serde_json::json!(["create"]) {
+            assert_eq!(
+                r["resourceNames"],
+                serde_json::json!([CREDENTIALS_SECRET]),
+                "{text}"
+            );
+        }
+        if resources.contains("deployments") {
+            assert_eq!(
+                r["resourceNames"],
+                serde_json::json!([defaults.gateway_deployment]),
+                "{text}"
+            );
+            assert_eq!(r["verbs"], serde_json::json!(["get", "patch"]));
+        }
+    }
+}
