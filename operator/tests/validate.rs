@@ -352,7 +352,23 @@ fn envoy_outputs_match_the_goldens() {
         "127.0.0.1:9901".parse().unwrap(),
         std::path::Path::new("/etc/layergate/config"),
     );
+    // The Istio target of the same objects, as `render --target istio` writes it.
+    let istio_settings = layergate_operator::istio::IstioSettings {
+        control: Some(("layergate-operator.layer.svc".to_owned(), 9902)),
+        ..Default::default()
+    };
+    let (resources, patch) = layergate_operator::istio::render(&v, &istio_settings).unwrap();
+    let yaml = |docs: &[serde_json::Value]| {
+        let mut text = String::from("# Rendered by layergate-operator (render --target istio).\n");
+        for d in docs {
+            text.push_str("---\n");
+            text.push_str(&serde_yaml::to_string(d).unwrap());
+        }
+        text
+    };
     let pairs = [
+        (yaml(&resources), golden.join("istio.yaml")),
+        (yaml(&[patch]), golden.join("ingressgateway-patch.yaml")),
         (
             std::fs::read_to_string(out.join("cds.json")).unwrap(),
             golden.join("cds.json"),
