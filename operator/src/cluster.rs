@@ -24,9 +24,9 @@ use crate::istio;
 use crate::keys;
 use crate::keyservice;
 use crate::manifests::Objects;
-use crate::output::{self, Settings};
+use crate::output::Settings;
 use crate::probe::{self, ProbeResult};
-use crate::render::Target;
+use crate::render::{self, Output, Rendering, Target};
 use crate::source::{Pass, Source, State};
 use crate::status;
 use crate::validate::{self, Validation};
@@ -855,20 +855,23 @@ impl Cluster {
             .render(objects, previous.as_ref(), &gateway)
             .at(Step::Render)?;
         if leader {
-            match &self.target {
-                Target::Envoy => {
-                    writes.published = self.publish(&rendering.files).await.at(Step::Publish)?;
+            match (&self.target, &rendering.output) {
+                (Target::Istio(s), Output::Istio { resources, .. }) => {
+                    let data = istio::credentials(&pass.validation, &gateway);
+                    (writes.applied, writes.deleted, writes.published) = self
+                        .publish_istio(s, resources, &data)
+                        .await
+                        .at(Step::Publish)?;
+                }
+                (_, Output::Envoy(files)) => {
+                    writes.published = self.publish(files).await.at(Step::Publish)?;
                     if writes.published {
                         tracing::info!(secret = %self.output_secret, keys = pass.keys.len(), "published the rendering");
                     }
                 }
-                Target::Istio(s) => {
-                    let resources = istio::render(&pass.validation, s).at(Step::Render)?.0;
-                    let data = istio::credentials(&pass.validation, &gateway);
-                    (writes.applied, writes.deleted, writes.published) = self
-                        .publish_istio(s, &resources, &data)
-                        .await
-                        .at(Step::Publish)?;
+                (Target::Envoy, Output::Istio { .. }) => {
+                    return Err(anyhow::anyhow!("the Envoy target rendered Istio resources"))
+                        .at(Step::Render);
                 }
             }
             let (s, e) = self
@@ -966,7 +969,7 @@ impl Cluster {
         objects: Objects,
         previous: Option<&Validation>,
         gateway: &str,
-    ) -> Result<(Pass, output::Rendering)> {
+    ) -> Result<(Pass, Rendering)> {
         let mut validation = validate::validate_in(
             &objects,
             &self.namespace,
@@ -976,9 +979,15 @@ impl Cluster {
         if let Some(prev) = previous {
             validate::keep_last_valid(&mut validation, prev);
         }
-        let rendering = output::render_keyed(&validation, &self.settings, Some(gateway))?;
-        let keys = crate::render::usable_keys(&validation);
-        let policy = Arc::new(crate::source::api_policy(&rendering.config, &keys)?);
+        let rendering = render::render(&validation, &self.settings, &self.target, Some(gateway))?;
+        let keys = render::usable_keys(&validation);
+        // The Istio target's credentials are variables; the control API resolves them as the
+        // proxy's environment does.
+        let env = match &self.target {
+            Target::Envoy => BTreeMap::new(),
+            Target::Istio(_) => istio::credentials(&validation, gateway),
+        };
+        let policy = Arc::new(crate::source::api_policy(&rendering.config, &keys, &env)?);
         let pass = Pass {
             objects,
             namespace: self.namespace.clone(),

@@ -24,11 +24,11 @@
 //! - separately, a strategic-merge patch for the ingress gateway Deployment that puts each
 //!   credential into the proxy's environment from its Secret.
 
-use crate::envoy::DEFAULT_BUFFER_LIMIT_BYTES;
-use crate::render::{self, credential_env, store_cluster, RenderOptions};
+use crate::envoy::{ms, UpstreamLimits, DEFAULT_BUFFER_LIMIT_BYTES};
+use crate::render::{self, credential_env, Output, RenderOptions, Rendering, Upstream};
 use crate::validate::Validation;
 use anyhow::Result;
-use layergate_filter::config::{Credential, KeyServiceConfig};
+use layergate_filter::config::Credential;
 use layergate_filter::decision::{CLUSTER_HEADER, INSPECT_HEADER};
 use serde_json::{json, Value};
 use std::collections::BTreeMap;
@@ -331,10 +331,10 @@ pub fn gateway_apply(s: &IstioSettings, data: &BTreeMap<String, String>, hash: &
 }
 
 fn meta(name: &str, s: &IstioSettings) -> Value {
-    json!({"name": name, "namespace": s.namespace, "labels": {"app.kubernetes.io/managed-by": "layergate"}})
+    json!({"name": name, "namespace": s.namespace, "labels": {MANAGED_BY.0: MANAGED_BY.1}})
 }
 
-fn route(name: &str, cluster: &str, inspect: bool, host: &str, port: u16) -> Value {
+fn route(name: &str, cluster: &str, inspect: bool, host: &str, port: u16, timeout: &str) -> Value {
     let mut headers = json!({CLUSTER_HEADER: {"exact": cluster}});
     if inspect {
         headers[INSPECT_HEADER] = json!({"exact": "1"});
@@ -345,7 +345,7 @@ fn route(name: &str, cluster: &str, inspect: bool, host: &str, port: u16) -> Val
         "route": [{"destination": {"host": host, "port": {"number": port}}}],
         "rewrite": {"authority": host},
         "headers": {"request": {"remove": [CLUSTER_HEADER, INSPECT_HEADER]}},
-        "timeout": "60s",
+        "timeout": timeout,
     })
 }
 
@@ -374,8 +374,11 @@ fn filter_hosts(hosts: &[String]) -> Vec<String> {
     }
 }
 
-/// The Istio resources for one namespace's validation, plus the ingress gateway patch.
-pub fn render(v: &Validation, s: &IstioSettings) -> Result<(Vec<Value>, Value)> {
+/// The Istio target's translation ([`crate::render::render`]): the filter configuration
+/// (credentials from the proxy's environment, the Gateway's hosts, `keyService` over the
+/// operator's Service when `s.control` is set), the Istio resources, and the offline ingress
+/// gateway patch.
+pub fn translate(v: &Validation, upstreams: &[Upstream], s: &IstioSettings) -> Result<Rendering> {
     let options = RenderOptions {
         control_cluster: s
             .control
@@ -384,20 +387,18 @@ pub fn render(v: &Validation, s: &IstioSettings) -> Result<(Vec<Value>, Value)> 
         app_cluster: None,
         credentials_from_env: true,
         hosts: filter_hosts(&s.hosts),
-        key_service: s.control.as_ref().map(|(host, port)| KeyServiceConfig {
-            cluster: mesh_cluster(host, *port),
-            authority: Some(format!("{}:{port}", mesh_host(host))),
-            path: crate::keyservice::SYNC_PATH.to_owned(),
-            credential: Credential::Env(crate::keyservice::CREDENTIAL_ENV.to_owned()),
-            max_staleness_seconds: 300,
-            poll_seconds: crate::keyservice::MAX_WAIT.as_secs(),
+        key_service: s.control.as_ref().map(|(host, port)| {
+            render::key_service(
+                mesh_cluster(host, *port),
+                Some(format!("{}:{port}", mesh_host(host))),
+                Credential::Env(crate::keyservice::CREDENTIAL_ENV.to_owned()),
+            )
         }),
     };
     let config = render::filter_config(v, &options)?;
-    let stores: Vec<_> = v.stores.iter().filter_map(|x| x.valid.as_ref()).collect();
-    let mut vm_env: Vec<Value> = stores
+    let mut vm_env: Vec<Value> = upstreams
         .iter()
-        .map(|st| json!({"name": credential_env(&st.name), "valueFrom": "HOST"}))
+        .map(|u| json!({"name": credential_env(&u.store), "valueFrom": "HOST"}))
         .collect();
     if config.key_service.is_some() {
         vm_env.push(json!({"name": crate::keyservice::CREDENTIAL_ENV, "valueFrom": "HOST"}));
@@ -419,14 +420,9 @@ pub fn render(v: &Validation, s: &IstioSettings) -> Result<(Vec<Value>, Value)> 
     }));
     let mut http = Vec::new();
     let mut unbuffered = Vec::new();
-    for st in &stores {
-        let host = st
-            .endpoint
-            .host
-            .trim_start_matches('[')
-            .trim_end_matches(']')
-            .to_owned();
-        let name = format!("{NAME}-store-{}", st.name);
+    for u in upstreams {
+        let host = u.host.as_str();
+        let name = format!("{NAME}-store-{}", u.store);
         out.push(json!({
             "apiVersion": "networking.istio.io/v1", "kind": "ServiceEntry", "metadata": meta(&name, s),
             "spec": {
@@ -435,42 +431,46 @@ pub fn render(v: &Validation, s: &IstioSettings) -> Result<(Vec<Value>, Value)> 
                 "resolution": "DNS",
                 "exportTo": ["."],
                 // The gateway speaks HTTP to this port; the DestinationRule originates TLS.
-                "ports": [{"number": st.endpoint.port, "name": "http-store", "protocol": "HTTP"}],
+                "ports": [{"number": u.port, "name": "http-store", "protocol": "HTTP"}],
             }
         }));
-        let mut policy = json!({"connectionPool": {"tcp": {"maxConnections": 1024, "connectTimeout": "5s"},
-                                                   "http": {"http1MaxPendingRequests": 1024, "http2MaxRequests": 1024}}});
-        if st.endpoint.tls {
+        let l = &u.limits;
+        let mut policy = json!({"connectionPool": {"tcp": {"maxConnections": l.max_connections, "connectTimeout": ms(l.connect_timeout_ms)},
+                                                   "http": {"http1MaxPendingRequests": l.max_pending_requests, "http2MaxRequests": l.max_requests}}});
+        if u.tls {
             // The certificate must name the store's host (Istio verifies the chain against
             // the proxy's roots and the name against subjectAltNames), as in the Envoy target.
             policy["tls"] = json!({"mode": "SIMPLE", "subjectAltNames": [host]});
-            if host.parse::<std::net::IpAddr>().is_err() {
-                policy["tls"]["sni"] = json!(host);
+            if let Some(sni) = u.sni() {
+                policy["tls"]["sni"] = json!(sni);
             }
         }
         out.push(json!({
             "apiVersion": "networking.istio.io/v1", "kind": "DestinationRule", "metadata": meta(&name, s),
             "spec": {"host": host, "exportTo": ["."], "trafficPolicy": policy}
         }));
-        let cluster = store_cluster(&st.name);
+        let timeout = ms(l.request_timeout_ms);
         http.push(route(
             &format!("{name}-inspect"),
-            &cluster,
+            &u.cluster,
             true,
-            &host,
-            st.endpoint.port,
+            host,
+            u.port,
+            &timeout,
         ));
-        http.push(route(&name, &cluster, false, &host, st.endpoint.port));
+        http.push(route(&name, &u.cluster, false, host, u.port, &timeout));
         unbuffered.push(name);
     }
     if let Some((host, port)) = &s.control {
         let name = format!("{NAME}-control");
+        let timeout = ms(UpstreamLimits::default().request_timeout_ms);
         http.push(route(
             &name,
             crate::output::CONTROL_CLUSTER,
             false,
             host,
             *port,
+            &timeout,
         ));
         unbuffered.push(name);
     }
@@ -503,8 +503,10 @@ pub fn render(v: &Validation, s: &IstioSettings) -> Result<(Vec<Value>, Value)> 
         "apiVersion": "networking.istio.io/v1alpha3", "kind": "EnvoyFilter", "metadata": meta(&format!("{NAME}-buffer"), s),
         "spec": {"workloadSelector": {"labels": s.selector}, "configPatches": patches}
     }));
-    let mut env: Vec<Value> = stores
+    let mut env: Vec<Value> = v
+        .stores
         .iter()
+        .filter_map(|x| x.valid.as_ref())
         .map(|st| {
             json!({"name": credential_env(&st.name), "valueFrom": {"secretKeyRef": {
             "name": st.credential_ref.0, "key": st.credential_ref.1}}})
@@ -521,5 +523,11 @@ pub fn render(v: &Validation, s: &IstioSettings) -> Result<(Vec<Value>, Value)> 
         "metadata": {"name": s.gateway_deployment, "namespace": s.namespace},
         "spec": {"template": {"spec": {"containers": [{"name": "istio-proxy", "env": env}]}}}
     });
-    Ok((out, gateway_patch))
+    Ok(Rendering {
+        config,
+        output: Output::Istio {
+            resources: out,
+            gateway_patch,
+        },
+    })
 }

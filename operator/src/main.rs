@@ -9,7 +9,7 @@ use layergate_operator::crd;
 use layergate_operator::endpoint::Allowlist;
 use layergate_operator::manifests;
 use layergate_operator::output;
-use layergate_operator::render::{self, RenderOptions};
+use layergate_operator::render;
 use layergate_operator::source;
 use layergate_operator::validate::{self, Validation};
 use std::path::Path;
@@ -151,11 +151,7 @@ fn run(mut args: Vec<String>) -> Result<()> {
                     (other, _) => bail!("unknown render option {other:?}\n{USAGE}"),
                 }
             }
-            match target {
-                "envoy" => render(Path::new(dir), Path::new(out), namespace, allow),
-                "istio" => render_istio(Path::new(dir), Path::new(out), namespace, &allow),
-                other => bail!("--target must be envoy or istio, not {other:?}"),
-            }
+            render(Path::new(dir), Path::new(out), namespace, target, allow)
         }
         ["help" | "--help" | "-h"] | [] => {
             println!("{USAGE}");
@@ -243,7 +239,7 @@ fn check(dir: &Path, allow: &Allowlist) -> Result<()> {
     for ns in output::namespaces(&objects) {
         let v = validate::validate_in(&objects, &ns, now(), allow);
         errors += report(&ns, &v);
-        if let Err(e) = render::filter_config(&v, &RenderOptions::default()) {
+        if let Err(e) = render::filter_config(&v, &render::RenderOptions::default()) {
             println!("error: namespace {ns}: the rendered configuration would be refused: {e}");
             errors += 1;
         }
@@ -453,41 +449,33 @@ fn validated(dir: &Path, namespace: Option<&str>, allow: &Allowlist) -> Result<V
     Ok(v)
 }
 
-fn render_istio(dir: &Path, out: &Path, namespace: Option<&str>, allow: &Allowlist) -> Result<()> {
-    use layergate_operator::istio;
-    let v = validated(dir, namespace, allow)?;
-    let control = match std::env::var("LAYERGATE_CONTROL_UPSTREAM") {
-        Ok(u) => Some(host_port(&u)?),
-        Err(_) => None,
-    };
-    let settings = istio::IstioSettings::from_env(control)?;
-    let (resources, patch) = istio::render(&v, &settings)?;
-    std::fs::create_dir_all(out)?;
-    let yaml = |docs: &[serde_json::Value]| -> Result<String> {
-        let mut text = String::from("# Rendered by layergate-operator (render --target istio).\n");
-        for d in docs {
-            text.push_str("---\n");
-            text.push_str(&serde_yaml::to_string(d)?);
-        }
-        Ok(text)
-    };
-    for (name, text) in [
-        ("istio.yaml", yaml(&resources)?),
-        ("ingressgateway-patch.yaml", yaml(&[patch])?),
-    ] {
-        std::fs::write(out.join(name), text)?;
-        println!("wrote {}", out.join(name).display());
-    }
-    Ok(())
-}
-
-fn render(dir: &Path, out: &Path, namespace: Option<&str>, allow: Allowlist) -> Result<()> {
+/// `render`: one rendering for the target asked for, written into `out`. The Istio target's
+/// control API is `LAYERGATE_CONTROL_UPSTREAM` (not routed if unset); the Envoy target's
+/// offline rendering has none (minted keys inline).
+fn render(
+    dir: &Path,
+    out: &Path,
+    namespace: Option<&str>,
+    target: &str,
+    allow: Allowlist,
+) -> Result<()> {
     let mut settings = settings()?;
+    let target = match target {
+        "envoy" => render::Target::Envoy,
+        "istio" => {
+            let control = match std::env::var("LAYERGATE_CONTROL_UPSTREAM") {
+                Ok(u) => Some(host_port(&u)?),
+                Err(_) => None,
+            };
+            render::Target::Istio(layergate_operator::istio::IstioSettings::from_env(control)?)
+        }
+        other => bail!("--target must be envoy or istio, not {other:?}"),
+    };
     let v = validated(dir, namespace, &allow)?;
     settings.allow_endpoints = allow;
-    output::write(&v, out, &settings)?;
-    for name in output::FILES {
-        println!("wrote {}", out.join(name).display());
+    let rendering = render::render(&v, &settings, &target, None)?;
+    for path in output::write(&rendering, out, &settings)? {
+        println!("wrote {}", path.display());
     }
     Ok(())
 }

@@ -210,6 +210,28 @@ fn the_example_is_valid_for_the_crds_and_the_operator() {
     }
 }
 
+/// The Istio target's rendering: (resources, gateway patch).
+fn istio_render(
+    v: &validate::Validation,
+    s: &layergate_operator::istio::IstioSettings,
+) -> Result<(Vec<Value>, Value), anyhow::Error> {
+    use layergate_operator::render::{self, Output, Target};
+    let settings = layergate_operator::output::Settings {
+        listen: "127.0.0.1:8080".parse()?,
+        admin: "127.0.0.1:9901".parse()?,
+        wasm_path: "unused.wasm".into(),
+        control: None,
+        allow_endpoints: Default::default(),
+    };
+    match render::render(v, &settings, &Target::Istio(s.clone()), None)?.output {
+        Output::Istio {
+            resources,
+            gateway_patch,
+        } => Ok((resources, gateway_patch)),
+        Output::Envoy(_) => anyhow::bail!("the Istio target rendered Envoy files"),
+    }
+}
+
 /// Istio's CRD schemas (`tests/python/istio_validate.py`) on a JSON array of resources:
 /// (passed, report).
 fn validate_istio(docs: &str) -> (bool, Value) {
@@ -238,7 +260,7 @@ fn the_istio_target_passes_istios_schemas_and_keeps_credentials_out() {
         control: Some(("layergate-operator.layer.svc.cluster.local".into(), 9902)),
         ..IstioSettings::default()
     };
-    let (resources, patch) = istio::render(&v, &settings).unwrap();
+    let (resources, patch) = istio_render(&v, &settings).unwrap();
     let text = serde_json::to_string(&resources).unwrap();
     assert!(
         !text.contains("tpuf_secret_value"),
@@ -303,7 +325,7 @@ fn the_istio_target_passes_istios_schemas_and_keeps_credentials_out() {
         fail_strategy: istio::FailStrategy::parse("FAIL_CLOSE").unwrap(),
         ..settings.clone()
     };
-    let (closed, _) = istio::render(&v, &older).unwrap();
+    let (closed, _) = istio_render(&v, &older).unwrap();
     assert_eq!(closed[0]["spec"]["failStrategy"], "FAIL_CLOSE");
     let (ok, report) = validate_istio(&serde_json::to_string(&closed).unwrap());
     assert!(ok, "{report}");
@@ -365,7 +387,7 @@ fn the_istio_target_keeps_stores_apart_verifies_upstreams_and_is_scoped_to_its_g
         hosts: vec!["vectors.example.com".into()],
         ..IstioSettings::default()
     };
-    let (resources, patch) = istio::render(&v, &settings).unwrap();
+    let (resources, patch) = istio_render(&v, &settings).unwrap();
     let (ok, report) = validate_istio(&serde_json::to_string(&resources).unwrap());
     assert!(ok, "{report}");
     let of =
@@ -455,7 +477,7 @@ fn the_istio_target_keeps_stores_apart_verifies_upstreams_and_is_scoped_to_its_g
         defaults.selector.get("istio").map(String::as_str),
         Some("layergate-ingressgateway")
     );
-    let (resources, _) = istio::render(&v, &defaults).unwrap();
+    let (resources, _) = istio_render(&v, &defaults).unwrap();
     assert!(resources[0]["spec"]["pluginConfig"].get("hosts").is_none());
 }
 
@@ -541,7 +563,7 @@ fn the_istio_target_syncs_keys_from_the_operator_service_and_stays_small() {
         control: Some(("layergate-operator.layer.svc".into(), 9902)),
         ..IstioSettings::default()
     };
-    let (resources, patch) = istio::render(&v, &settings).unwrap();
+    let (resources, patch) = istio_render(&v, &settings).unwrap();
     let plugin = serde_json::to_string(&resources[0]).unwrap();
     eprintln!("100,000 ApiKeys: the WasmPlugin is {} bytes", plugin.len());
     assert!(plugin.len() < 64 * 1024, "{} bytes", plugin.len());
