@@ -390,6 +390,19 @@ async fn kube_mode_applies_the_istio_target_and_follows_store_index_and_key_chan
     assert!(ok, "{report}");
     assert_eq!(report["checked"], 8);
 
+    // The control API checks callers against the same rendering, its credential variables
+    // resolved as the proxy's environment has them (deriveFromStore needs the store's).
+    let pass = c.state.last().unwrap();
+    assert!(
+        pass.policy.stores.iter().all(|s| s.bearer.is_ok()),
+        "every store credential resolved for the control API"
+    );
+    assert_eq!(
+        serde_json::to_value(&pass.config).unwrap(),
+        config,
+        "one rendering"
+    );
+
     // Unchanged: nothing written.
     let w = c.pass().await.unwrap();
     assert_eq!((w.applied, w.deleted, w.published), (0, 0, false), "{w:?}");

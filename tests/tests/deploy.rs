@@ -371,7 +371,7 @@ fn the_istio_target_passes_istios_schemas_and_keeps_credentials_out() {
 /// hosts. All of it passes Istio's schemas.
 #[test]
 fn the_istio_target_keeps_stores_apart_verifies_upstreams_and_is_scoped_to_its_gateway() {
-    use layergate_operator::istio::{self, IstioSettings};
+    use layergate_operator::istio::IstioSettings;
     let mut objects = manifests::Objects::default();
     let store = |name: &str, secret: &str, region: &str, default: bool| {
         format!(
@@ -538,7 +538,7 @@ fn only_the_gateway_pods_may_reach_the_operators_control_port() {
 /// 100,000 ApiKeys the WasmPlugin stays under 64 KiB and passes Istio's schemas.
 #[test]
 fn the_istio_target_syncs_keys_from_the_operator_service_and_stays_small() {
-    use layergate_operator::istio::{self, IstioSettings};
+    use layergate_operator::istio::IstioSettings;
     use layergate_operator::keyservice::{CREDENTIAL_ENV, CREDENTIAL_KEY, CREDENTIAL_SECRET};
     let mut objects = manifests::Objects::default();
     for d in kustomize("operator/deploy/example") {
