@@ -490,6 +490,30 @@ async fn kube_mode_applies_the_istio_target_and_follows_store_index_and_key_chan
         "back to the first credentials"
     );
 
+    // Drift is undone by the next pass (the controller resyncs every minute): a namespace
+    // mapping someone slipped into the WasmPlugin goes, a deleted DestinationRule returns.
+    let rendered = plugin_config(&objects);
+    dynamic(&client, "WasmPlugin")
+        .patch(
+            "layergate",
+            &PatchParams::default(),
+            &Patch::Merge(json!({"spec": {"pluginConfig": {"namespaces": {"stolen": "primary"}}}})),
+        )
+        .await
+        .unwrap();
+    dynamic(&client, "DestinationRule")
+        .delete("layergate-store-primary", &DeleteParams::default())
+        .await
+        .unwrap();
+    let w = c.pass().await.unwrap();
+    assert_eq!((w.applied, w.deleted), (2, 0), "{w:?}");
+    let objects = mesh_objects(&client).await;
+    assert_eq!(plugin_config(&objects), rendered);
+    assert!(objects.contains_key(&(
+        "DestinationRule".to_owned(),
+        "layergate-store-primary".to_owned()
+    )));
+
     // A revoked key: the key service stops listing it; the mesh is not written.
     let listed = |c: &Cluster| -> BTreeSet<String> {
         let r: layergate_filter::config::SyncResponse =
