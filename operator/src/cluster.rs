@@ -6,7 +6,9 @@
 //! What a pass writes, and only when it is the leader ([`crate::lease`]):
 //! - minted tokens, in Secrets `apikey-<name>` owned by their ApiKey (deleted with it);
 //! - the rendering (`cds.json`, `lds.json`, `layergate.json`) in one Secret the gateway
-//!   mounts, server-side applied, and only when its data changed;
+//!   mounts, server-side applied, and only when its data changed; or, for the Istio target
+//!   ([`Cluster::with_target`]), the Istio resources in the Istio namespace, the credentials
+//!   Secret there and the gateway Deployment's credential digest ([`Cluster::publish_istio`]);
 //! - each object's `status`, server-side applied under one field manager, only when it changed;
 //! - a Warning Event for each object whose `Ready` turned False for a reason the user must fix.
 //!

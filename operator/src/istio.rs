@@ -1,4 +1,5 @@
-//! The Istio target (`render --target istio`): the same validation and filter configuration
+//! The Istio target (`render --target istio`, kube mode's `--target istio`): the same
+//! validation, filter configuration and store upstreams ([`crate::render::upstreams`])
 //! as the Envoy target, delivered the Istio way to an ingress gateway — by default a
 //! **dedicated** one (`istio=layergate-ingressgateway` in namespace `layergate-ingress`), so
 //! that no other team's traffic passes the filter and its credentials live in a namespace of
@@ -22,7 +23,13 @@
 //!   port's listener only, disabled on every route of this `Gateway` but the body-inspection
 //!   ones (`x-layergate-inspect: 1`), as in the Envoy target;
 //! - separately, a strategic-merge patch for the ingress gateway Deployment that puts each
-//!   credential into the proxy's environment from its Secret.
+//!   credential into the proxy's environment from its Secret (offline `render`).
+//!
+//! Kube mode (`run --source kube --target istio`) applies the same resources live: [`plan`]
+//! decides what to apply and what to delete, [`credentials`] is the one Secret the proxy's
+//! environment reads in the Istio namespace, and [`gateway_apply`] points the gateway
+//! Deployment at it with a digest that rolls the pods when it changes
+//! (`cluster::Cluster::publish_istio` writes them).
 
 use crate::envoy::{ms, UpstreamLimits, DEFAULT_BUFFER_LIMIT_BYTES};
 use crate::render::{self, credential_env, Output, RenderOptions, Rendering, Upstream};
