@@ -6,7 +6,9 @@
 //! What a pass writes, and only when it is the leader ([`crate::lease`]):
 //! - minted tokens, in Secrets `apikey-<name>` owned by their ApiKey (deleted with it);
 //! - the rendering (`cds.json`, `lds.json`, `layergate.json`) in one Secret the gateway
-//!   mounts, server-side applied, and only when its data changed;
+//!   mounts, server-side applied, and only when its data changed; or, for the Istio target
+//!   ([`Cluster::with_target`]), the Istio resources in the Istio namespace, the credentials
+//!   Secret there and the gateway Deployment's credential digest ([`Cluster::publish_istio`]);
 //! - each object's `status`, server-side applied under one field manager, only when it changed;
 //! - a Warning Event for each object whose `Ready` turned False for a reason the user must fix.
 //!
@@ -20,11 +22,13 @@
 
 use crate::conditions::{reason, READY};
 use crate::crd::{ApiKey, Conditioned, Index, VectorStore};
+use crate::istio;
 use crate::keys;
 use crate::keyservice;
 use crate::manifests::Objects;
-use crate::output::{self, Settings};
+use crate::output::Settings;
 use crate::probe::{self, ProbeResult};
+use crate::render::{self, Output, Rendering, Target};
 use crate::source::{Pass, Source, State};
 use crate::status;
 use crate::validate::{self, Validation};
@@ -100,8 +104,13 @@ impl<T, E: Into<anyhow::Error>> AtStep<T> for Result<T, E> {
 pub struct Writes {
     /// Token Secrets created.
     pub minted: usize,
-    /// True when the rendering Secret changed.
+    /// True when the rendering changed: the rendering Secret (Envoy target), or any Istio
+    /// resource, the credentials Secret or the gateway Deployment (Istio target).
     pub published: bool,
+    /// Istio target: resources server-side applied (absent or changed).
+    pub applied: usize,
+    /// Istio target: managed resources deleted (no longer rendered).
+    pub deleted: usize,
     /// Statuses written.
     pub statuses: usize,
     /// Events recorded.
@@ -116,8 +125,11 @@ pub struct Cluster {
     pub namespace: String,
     /// Gateway settings (listener, wasm path, control API address).
     pub settings: Settings,
-    /// The Secret the rendering goes to.
+    /// The Secret the rendering goes to (Envoy target).
     pub output_secret: String,
+    /// The target rendered and written (Envoy: the output Secret; Istio: resources in the
+    /// Istio namespace).
+    pub target: Target,
     /// Last pass, probes, counters.
     pub state: State,
     /// Serializes passes (the controller loop and the control API both start them).
@@ -189,11 +201,25 @@ impl Cluster {
             namespace: namespace.to_owned(),
             settings,
             output_secret: output_secret.to_owned(),
+            target: Target::Envoy,
             state: State::default(),
             pass_lock: tokio::sync::Mutex::new(()),
             leader_until: std::sync::Mutex::new(None),
             runtime: tokio::runtime::Handle::current(),
         }
+    }
+
+    /// Renders and writes `target` instead of the Envoy target. For the Istio target the
+    /// control API is the operator's (`settings.control`), through which gateways sync keys.
+    pub fn with_target(mut self, target: Target) -> Cluster {
+        self.target = match target {
+            Target::Istio(mut s) => {
+                s.control = self.settings.control.clone();
+                Target::Istio(s)
+            }
+            t => t,
+        };
+        self
     }
 
     /// Whether passes write: `true` leads with no deadline (tests, a single replica),
@@ -258,6 +284,11 @@ impl Cluster {
                 .items,
             ..Objects::default()
         };
+        // A rendering must not depend on the order a list comes in (the Istio target compares
+        // it with what is applied): by name, as a real API server lists.
+        objects.stores.sort_by_key(ResourceExt::name_any);
+        objects.indexes.sort_by_key(ResourceExt::name_any);
+        objects.keys.sort_by_key(ResourceExt::name_any);
         let secrets = self.api::<Secret>();
         for name in referenced_secrets(&objects) {
             // An empty name is the referring object's condition (validation), never a GET.
@@ -480,6 +511,172 @@ impl Cluster {
         Ok(true)
     }
 
+    /// Istio target: brings the Istio namespace to the rendering. The credentials Secret
+    /// ([`istio::CREDENTIALS_SECRET`]) when its data changed; the resources [`istio::plan`]
+    /// finds absent or changed (server-side apply, forced) and the managed ones no longer
+    /// rendered (deleted); the gateway Deployment's credential environment and digest
+    /// annotation when the digest changed (a Deployment that does not exist yet is left
+    /// alone: the pass after it appears fills it). Returns (applied, deleted, anything
+    /// written).
+    pub async fn publish_istio(
+        &self,
+        s: &istio::IstioSettings,
+        resources: &[serde_json::Value],
+        data: &BTreeMap<String, String>,
+    ) -> Result<(usize, usize, bool)> {
+        use kube::api::{DeleteParams, DynamicObject};
+        let ns = s.namespace.as_str();
+        let apply = PatchParams::apply(FIELD_MANAGER).force();
+        let mut wrote = false;
+        // What the proxy's environment reads, before the resources that name it.
+        let secrets: Api<Secret> = Api::namespaced(self.client.clone(), ns);
+        let bytes: BTreeMap<String, ByteString> = data
+            .iter()
+            .map(|(k, v)| (k.clone(), ByteString(v.clone().into_bytes())))
+            .collect();
+        let current = secrets
+            .get_opt(istio::CREDENTIALS_SECRET)
+            .await
+            .context("reading the Istio credentials Secret")?;
+        if current.as_ref().and_then(|c| c.data.as_ref()) != Some(&bytes) {
+            // The whole Secret is the operator's: replaced as a whole (a removed store's key
+            // goes with it), against the version read, or created.
+            let secret = Secret {
+                metadata: ObjectMeta {
+                    name: Some(istio::CREDENTIALS_SECRET.into()),
+                    namespace: Some(ns.to_owned()),
+                    labels: Some(BTreeMap::from([(
+                        MANAGED_BY.0.to_owned(),
+                        MANAGED_BY.1.to_owned(),
+                    )])),
+                    resource_version: current.as_ref().and_then(|c| c.resource_version()),
+                    ..ObjectMeta::default()
+                },
+                type_: Some("Opaque".into()),
+                data: Some(bytes),
+                ..Secret::default()
+            };
+            let params = PostParams {
+                field_manager: Some(FIELD_MANAGER.into()),
+                ..PostParams::default()
+            };
+            self.ensure_leader()?;
+            match current {
+                Some(_) => secrets
+                    .replace(istio::CREDENTIALS_SECRET, &params, &secret)
+                    .await
+                    .map(|_| ()),
+                None => secrets.create(&params, &secret).await.map(|_| ()),
+            }
+            .context("writing the Istio credentials Secret")?;
+            wrote = true;
+        }
+        let api = |kind: &str| -> Result<Api<DynamicObject>> {
+            let ar = istio::api_resource(kind)
+                .with_context(|| format!("{kind} is not an Istio kind layergate renders"))?;
+            Ok(Api::namespaced_with(self.client.clone(), ns, &ar))
+        };
+        let managed = ListParams::default().labels(&format!("{}={}", MANAGED_BY.0, MANAGED_BY.1));
+        let mut present = Vec::new();
+        for (_, _, kind, _) in istio::KINDS {
+            for o in api(kind)?
+                .list(&managed)
+                .await
+                .with_context(|| format!("listing {kind}s in {ns}"))?
+            {
+                present.push(serde_json::json!({
+                    "kind": kind, "metadata": o.metadata, "spec": o.data["spec"],
+                }));
+            }
+        }
+        let plan = istio::plan(resources, &present);
+        for r in &plan.apply {
+            let (kind, name) = (
+                r["kind"].as_str().unwrap_or_default(),
+                r["metadata"]["name"].as_str().unwrap_or_default(),
+            );
+            self.ensure_leader()?;
+            let api = api(kind)?;
+            let applied = api
+                .patch(name, &apply, &Patch::Apply(r))
+                .await
+                .with_context(|| format!("applying {kind} {ns}/{name}"))?;
+            // Apply removes the fields this manager no longer sets, but keeps those another
+            // writer added to the spec (a namespace mapping someone slipped into the
+            // WasmPlugin); a server that merges apply patches keeps removed map keys too.
+            // The spec must be exactly the rendering: replaced when it is not.
+            if applied.data["spec"] != r["spec"] {
+                let mut exact: DynamicObject =
+                    serde_json::from_value(r.clone()).with_context(|| format!("{kind} {name}"))?;
+                exact.metadata.resource_version = applied.metadata.resource_version.clone();
+                self.ensure_leader()?;
+                api.replace(
+                    name,
+                    &PostParams {
+                        field_manager: Some(FIELD_MANAGER.into()),
+                        ..PostParams::default()
+                    },
+                    &exact,
+                )
+                .await
+                .with_context(|| format!("replacing {kind} {ns}/{name}"))?;
+            }
+            tracing::info!(%kind, %name, namespace = %ns, "applied");
+        }
+        for (kind, name) in &plan.delete {
+            self.ensure_leader()?;
+            match api(kind)?.delete(name, &DeleteParams::default()).await {
+                Ok(_) => tracing::info!(%kind, %name, namespace = %ns, "deleted"),
+                Err(kube::Error::Api(e)) if e.is_not_found() => {}
+                Err(e) => return Err(e).with_context(|| format!("deleting {kind} {ns}/{name}")),
+            }
+        }
+        wrote |= !plan.is_empty();
+        wrote |= self.roll_gateway(s, data).await?;
+        Ok((plan.apply.len(), plan.delete.len(), wrote))
+    }
+
+    /// Server-side applies [`istio::gateway_apply`] to the gateway Deployment when its pod
+    /// template's digest annotation differs (which rolls its pods); true if written.
+    async fn roll_gateway(
+        &self,
+        s: &istio::IstioSettings,
+        data: &BTreeMap<String, String>,
+    ) -> Result<bool> {
+        use k8s_openapi::api::apps::v1::Deployment;
+        let deployments: Api<Deployment> = Api::namespaced(self.client.clone(), &s.namespace);
+        let name = s.gateway_deployment.as_str();
+        let Some(current) = deployments
+            .get_opt(name)
+            .await
+            .with_context(|| format!("reading the gateway Deployment {name}"))?
+        else {
+            tracing::warn!(deployment = %name, namespace = %s.namespace, "the gateway Deployment does not exist (yet): its proxies have no credentials");
+            return Ok(false);
+        };
+        let hash = istio::credentials_hash(data);
+        let annotated = current
+            .spec
+            .as_ref()
+            .and_then(|d| d.template.metadata.as_ref())
+            .and_then(|m| m.annotations.as_ref())
+            .and_then(|a| a.get(istio::CREDENTIALS_HASH_ANNOTATION));
+        if annotated == Some(&hash) {
+            return Ok(false);
+        }
+        self.ensure_leader()?;
+        deployments
+            .patch(
+                name,
+                &PatchParams::apply(FIELD_MANAGER).force(),
+                &Patch::Apply(&istio::gateway_apply(s, data, &hash)),
+            )
+            .await
+            .with_context(|| format!("applying the gateway Deployment {name}"))?;
+        tracing::info!(deployment = %name, namespace = %s.namespace, "the gateway's credentials changed: rolling its pods");
+        Ok(true)
+    }
+
     async fn apply_status<K, S>(&self, obj: &K, new: &S, old: Option<&S>) -> Result<bool>
     where
         K: Resource<Scope = k8s_openapi::NamespaceResourceScope, DynamicType = ()>
@@ -677,9 +874,24 @@ impl Cluster {
             .render(objects, previous.as_ref(), &gateway)
             .at(Step::Render)?;
         if leader {
-            writes.published = self.publish(&rendering.files).await.at(Step::Publish)?;
-            if writes.published {
-                tracing::info!(secret = %self.output_secret, keys = pass.keys.len(), "published the rendering");
+            match (&self.target, &rendering.output) {
+                (Target::Istio(s), Output::Istio { resources, .. }) => {
+                    let data = istio::credentials(&pass.validation, &gateway);
+                    (writes.applied, writes.deleted, writes.published) = self
+                        .publish_istio(s, resources, &data)
+                        .await
+                        .at(Step::Publish)?;
+                }
+                (_, Output::Envoy(files)) => {
+                    writes.published = self.publish(files).await.at(Step::Publish)?;
+                    if writes.published {
+                        tracing::info!(secret = %self.output_secret, keys = pass.keys.len(), "published the rendering");
+                    }
+                }
+                (Target::Envoy, Output::Istio { .. }) => {
+                    return Err(anyhow::anyhow!("the Envoy target rendered Istio resources"))
+                        .at(Step::Render);
+                }
             }
             let (s, e) = self
                 .write_statuses(&pass, &self.state.probes())
@@ -775,7 +987,7 @@ impl Cluster {
         objects: Objects,
         previous: Option<&Validation>,
         gateway: &str,
-    ) -> Result<(Pass, output::Rendering)> {
+    ) -> Result<(Pass, Rendering)> {
         let mut validation = validate::validate_in(
             &objects,
             &self.namespace,
@@ -785,9 +997,15 @@ impl Cluster {
         if let Some(prev) = previous {
             validate::keep_last_valid(&mut validation, prev);
         }
-        let rendering = output::render_keyed(&validation, &self.settings, Some(gateway))?;
-        let keys = crate::render::usable_keys(&validation);
-        let policy = Arc::new(crate::source::api_policy(&rendering.config, &keys)?);
+        let rendering = render::render(&validation, &self.settings, &self.target, Some(gateway))?;
+        let keys = render::usable_keys(&validation);
+        // The Istio target's credentials are variables; the control API resolves them as the
+        // proxy's environment does.
+        let env = match &self.target {
+            Target::Envoy => BTreeMap::new(),
+            Target::Istio(_) => istio::credentials(&validation, gateway),
+        };
+        let policy = Arc::new(crate::source::api_policy(&rendering.config, &keys, &env)?);
         let pass = Pass {
             objects,
             namespace: self.namespace.clone(),

@@ -23,7 +23,11 @@
 //! A publicly trusted certificate for another host is refused during the handshake, before
 //! the request, and so the store credential, is sent.
 
+use crate::output::{Settings, CONTROL_CLUSTER};
+use crate::render::{self, Output, RenderOptions, Rendering, Upstream};
 use crate::validate::Validation;
+use anyhow::Result;
+use layergate_filter::config::Credential;
 use serde_json::{json, Value};
 use std::net::SocketAddr;
 use std::path::Path;
@@ -165,8 +169,8 @@ impl Default for UpstreamLimits {
     }
 }
 
-/// A duration in ms as Envoy reads it (`5s`, `1.500s`).
-fn ms(v: u64) -> String {
+/// A duration in ms as Envoy (and Istio) read it (`5s`, `1.500s`).
+pub fn ms(v: u64) -> String {
     if v.is_multiple_of(1000) {
         format!("{}s", v / 1000)
     } else {
@@ -340,26 +344,82 @@ pub fn cluster_with(c: &Cluster, limits: &UpstreamLimits) -> Value {
     v
 }
 
-/// The clusters for a namespace's valid stores.
-pub fn clusters_for(v: &Validation) -> Vec<Cluster> {
-    v.stores
-        .iter()
-        .filter_map(|s| s.valid.as_ref())
-        .map(|s| Cluster {
-            name: crate::render::store_cluster(&s.name),
-            address: s
-                .endpoint
-                .host
-                .trim_start_matches('[')
-                .trim_end_matches(']')
-                .to_owned(),
-            port: s.endpoint.port,
-            hostname: s.endpoint.host.clone(),
-            tls: s.endpoint.tls,
+impl Cluster {
+    /// A store's cluster: its [`Upstream`], translated.
+    pub fn of(u: &Upstream) -> Cluster {
+        Cluster {
+            name: u.cluster.clone(),
+            address: u.host.clone(),
+            port: u.port,
+            hostname: u.authority_host.clone(),
+            tls: u.tls,
             trusted_ca: None,
-            label: store_label(&s.name),
-        })
-        .collect()
+            label: u.label.clone(),
+        }
+    }
+}
+
+/// The Envoy target's translation ([`crate::render::render`]): the filter configuration (store
+/// credentials inline; with a control API and the `gateway` credential, `keyService` through
+/// the control cluster and no `apiKeys`), the store clusters (plus the control API's) and the
+/// listener, as `layergate.json`, `cds.json` and `lds.json`.
+pub fn translate(
+    v: &Validation,
+    upstreams: &[Upstream],
+    settings: &Settings,
+    gateway: Option<&str>,
+) -> Result<Rendering> {
+    let key_service = match (&settings.control, gateway) {
+        (Some(_), Some(credential)) => Some(render::key_service(
+            CONTROL_CLUSTER.to_owned(),
+            None,
+            Credential::Inline(credential.to_owned()),
+        )),
+        _ => None,
+    };
+    let options = RenderOptions {
+        key_service,
+        control_cluster: settings
+            .control
+            .as_ref()
+            .map(|_| CONTROL_CLUSTER.to_owned()),
+        app_cluster: None,
+        credentials_from_env: false,
+        // The Envoy target's gateway serves only layergate: every host.
+        hosts: Vec::new(),
+    };
+    let config = render::filter_config(v, &options)?;
+    let mut clusters: Vec<Cluster> = upstreams.iter().map(Cluster::of).collect();
+    if let Some((host, port)) = &settings.control {
+        clusters.push(Cluster {
+            name: CONTROL_CLUSTER.into(),
+            address: host.clone(),
+            port: *port,
+            hostname: "layergate-control".into(),
+            tls: false,
+            trusted_ca: None,
+            label: "the operator's control API".into(),
+        });
+    }
+    let listener = Listener {
+        listen: settings.listen,
+        wasm_path: settings.wasm_path.clone(),
+        filter_config: Some(serde_json::to_string(&config)?),
+        vm_env: Vec::new(),
+        buffer_limit_bytes: DEFAULT_BUFFER_LIMIT_BYTES,
+    };
+    let files = vec![
+        (
+            "layergate.json",
+            serde_json::to_string_pretty(&config)? + "\n",
+        ),
+        ("cds.json", cds(&clusters)),
+        ("lds.json", lds(&listener)),
+    ];
+    Ok(Rendering {
+        config,
+        output: Output::Envoy(files),
+    })
 }
 
 fn yaml(header: &str, v: &Value) -> String {

@@ -8,7 +8,9 @@
 //!                                                      │
 //!                                                      ▼
 //!                                     render ─► filter config (layergate-filter types)
-//!                                            └► Envoy CDS / LDS
+//!                                            └► one upstream per store
+//!                                                 ├► envoy: CDS / LDS ──► output (dir) / cluster (Secret)
+//!                                                 └► istio: resources ──► output (dir) / cluster (applied)
 //! ```
 #![forbid(unsafe_code)]
 

@@ -9,7 +9,7 @@ use layergate_operator::crd;
 use layergate_operator::endpoint::Allowlist;
 use layergate_operator::manifests;
 use layergate_operator::output;
-use layergate_operator::render::{self, RenderOptions};
+use layergate_operator::render;
 use layergate_operator::source;
 use layergate_operator::validate::{self, Validation};
 use std::path::Path;
@@ -44,12 +44,17 @@ const USAGE: &str = "usage: layergate-operator COMMAND
                               fails that request and reloads the VM; FAIL_CLOSE only for
                               Istio < 1.27: one panic turns that worker's requests into
                               503s until the pod restarts)
-  run --source kube [--namespace NS]
+  run --source kube [--namespace NS] [--target envoy|istio]
                               the controller in a cluster: watches the VectorStores, Indexes,
                               ApiKeys (and the Secrets they name) of NS (default: the pod's own
                               namespace, POD_NAMESPACE), mints tokens into Secrets owned by
                               their ApiKey, writes the rendering into the Secret
-                              LAYERGATE_OUTPUT_SECRET (layergate-gateway-config) and statuses
+                              LAYERGATE_OUTPUT_SECRET (layergate-gateway-config) or, with
+                              --target istio, server-side applies the Istio resources into
+                              LAYERGATE_ISTIO_NAMESPACE (settings as for render; deleting
+                              those of removed stores), the credentials into the Secret
+                              layergate-istio-credentials there, and their digest into the
+                              gateway Deployment's pod template (which rolls it), and statuses
                               (server-side apply), with a Lease (LAYERGATE_LEASE,
                               layergate-operator; identity POD_NAME) so one replica writes.
                               Gateway settings: LAYERGATE_LISTEN (0.0.0.0:8080),
@@ -121,8 +126,21 @@ fn run(mut args: Vec<String>) -> Result<()> {
             }
             None => bail!("--source must be dir:PATH (with --out) or kube (without)"),
         },
-        ["run", "--source", "kube"] => run_kube(None, allow),
-        ["run", "--source", "kube", "--namespace", ns] => run_kube(Some(ns), allow),
+        ["run", "--source", "kube", rest @ ..] => {
+            let (mut namespace, mut target) = (None, "envoy");
+            let mut flags = rest.iter();
+            while let Some(flag) = flags.next() {
+                match (*flag, flags.next()) {
+                    ("--namespace", Some(ns)) => namespace = Some(*ns),
+                    ("--target", Some(t)) => target = t,
+                    (other, _) => bail!("unknown run option {other:?}\n{USAGE}"),
+                }
+            }
+            if !["envoy", "istio"].contains(&target) {
+                bail!("--target must be envoy or istio, not {target:?}");
+            }
+            run_kube(namespace, target == "istio", allow)
+        }
         ["render", "-f", dir, "-o", out, rest @ ..] => {
             let (mut namespace, mut target) = (None, "envoy");
             let mut flags = rest.iter();
@@ -133,11 +151,7 @@ fn run(mut args: Vec<String>) -> Result<()> {
                     (other, _) => bail!("unknown render option {other:?}\n{USAGE}"),
                 }
             }
-            match target {
-                "envoy" => render(Path::new(dir), Path::new(out), namespace, allow),
-                "istio" => render_istio(Path::new(dir), Path::new(out), namespace, &allow),
-                other => bail!("--target must be envoy or istio, not {other:?}"),
-            }
+            render(Path::new(dir), Path::new(out), namespace, target, allow)
         }
         ["help" | "--help" | "-h"] | [] => {
             println!("{USAGE}");
@@ -225,7 +239,7 @@ fn check(dir: &Path, allow: &Allowlist) -> Result<()> {
     for ns in output::namespaces(&objects) {
         let v = validate::validate_in(&objects, &ns, now(), allow);
         errors += report(&ns, &v);
-        if let Err(e) = render::filter_config(&v, &RenderOptions::default()) {
+        if let Err(e) = render::filter_config(&v, &render::RenderOptions::default()) {
             println!("error: namespace {ns}: the rendered configuration would be refused: {e}");
             errors += 1;
         }
@@ -294,7 +308,7 @@ fn authenticate_rate() -> Result<u32> {
 }
 
 /// Kube mode: the controller on a small runtime, the control API on its own thread.
-fn run_kube(namespace: Option<&str>, allow: Allowlist) -> Result<()> {
+fn run_kube(namespace: Option<&str>, istio: bool, allow: Allowlist) -> Result<()> {
     use layergate_operator::{cluster, controller, kubeclient, lease};
     init_logs(true)?;
     // One TLS stack: ring, for the API client as for the store probes.
@@ -337,8 +351,16 @@ fn run_kube(namespace: Option<&str>, allow: Allowlist) -> Result<()> {
             allow_endpoints: allow,
         };
         let out = env_or("LAYERGATE_OUTPUT_SECRET", cluster::DEFAULT_OUTPUT_SECRET);
-        let source =
-            std::sync::Arc::new(cluster::Cluster::new(client.clone(), &ns, settings, &out));
+        let target = if istio {
+            render::Target::Istio(layergate_operator::istio::IstioSettings::from_env(
+                settings.control.clone(),
+            )?)
+        } else {
+            render::Target::Envoy
+        };
+        let source = std::sync::Arc::new(
+            cluster::Cluster::new(client.clone(), &ns, settings, &out).with_target(target),
+        );
         let identity = std::env::var("POD_NAME")
             .unwrap_or_else(|_| format!("layergate-operator-{:08x}", std::process::id()));
         let lock = lease::LeaseLock::new(
@@ -431,76 +453,33 @@ fn validated(dir: &Path, namespace: Option<&str>, allow: &Allowlist) -> Result<V
     Ok(v)
 }
 
-fn render_istio(dir: &Path, out: &Path, namespace: Option<&str>, allow: &Allowlist) -> Result<()> {
-    use layergate_operator::istio;
-    let v = validated(dir, namespace, allow)?;
-    let defaults = istio::IstioSettings::default();
-    let selector = match std::env::var("LAYERGATE_ISTIO_SELECTOR") {
-        Ok(s) => s
-            .split(',')
-            .map(|kv| {
-                kv.split_once('=')
-                    .map(|(k, v)| (k.trim().to_owned(), v.trim().to_owned()))
-            })
-            .collect::<Option<_>>()
-            .context("LAYERGATE_ISTIO_SELECTOR must be key=value[,key=value]")?,
-        Err(_) => defaults.selector,
-    };
-    let control = match std::env::var("LAYERGATE_CONTROL_UPSTREAM") {
-        Ok(u) => Some(host_port(&u)?),
-        Err(_) => None,
-    };
-    let settings = istio::IstioSettings {
-        namespace: env_or("LAYERGATE_ISTIO_NAMESPACE", &defaults.namespace),
-        selector,
-        wasm_url: env_or("LAYERGATE_WASM_URL", &defaults.wasm_url),
-        hosts: env_or("LAYERGATE_HOSTS", "*")
-            .split(',')
-            .map(str::to_owned)
-            .collect(),
-        port: match std::env::var("LAYERGATE_ISTIO_PORT") {
-            Ok(p) => p
-                .parse()
-                .context("LAYERGATE_ISTIO_PORT must be a port number")?,
-            Err(_) => defaults.port,
-        },
-        control,
-        gateway_deployment: env_or(
-            "LAYERGATE_ISTIO_GATEWAY_DEPLOYMENT",
-            &defaults.gateway_deployment,
-        ),
-        fail_strategy: match std::env::var("LAYERGATE_ISTIO_FAIL_STRATEGY") {
-            Ok(v) => istio::FailStrategy::parse(&v)?,
-            Err(_) => defaults.fail_strategy,
-        },
-    };
-    let (resources, patch) = istio::render(&v, &settings)?;
-    std::fs::create_dir_all(out)?;
-    let yaml = |docs: &[serde_json::Value]| -> Result<String> {
-        let mut text = String::from("# Rendered by layergate-operator (render --target istio).\n");
-        for d in docs {
-            text.push_str("---\n");
-            text.push_str(&serde_yaml::to_string(d)?);
-        }
-        Ok(text)
-    };
-    for (name, text) in [
-        ("istio.yaml", yaml(&resources)?),
-        ("ingressgateway-patch.yaml", yaml(&[patch])?),
-    ] {
-        std::fs::write(out.join(name), text)?;
-        println!("wrote {}", out.join(name).display());
-    }
-    Ok(())
-}
-
-fn render(dir: &Path, out: &Path, namespace: Option<&str>, allow: Allowlist) -> Result<()> {
+/// `render`: one rendering for the target asked for, written into `out`. The Istio target's
+/// control API is `LAYERGATE_CONTROL_UPSTREAM` (not routed if unset); the Envoy target's
+/// offline rendering has none (minted keys inline).
+fn render(
+    dir: &Path,
+    out: &Path,
+    namespace: Option<&str>,
+    target: &str,
+    allow: Allowlist,
+) -> Result<()> {
     let mut settings = settings()?;
+    let target = match target {
+        "envoy" => render::Target::Envoy,
+        "istio" => {
+            let control = match std::env::var("LAYERGATE_CONTROL_UPSTREAM") {
+                Ok(u) => Some(host_port(&u)?),
+                Err(_) => None,
+            };
+            render::Target::Istio(layergate_operator::istio::IstioSettings::from_env(control)?)
+        }
+        other => bail!("--target must be envoy or istio, not {other:?}"),
+    };
     let v = validated(dir, namespace, &allow)?;
     settings.allow_endpoints = allow;
-    output::write(&v, out, &settings)?;
-    for name in output::FILES {
-        println!("wrote {}", out.join(name).display());
+    let rendering = render::render(&v, &settings, &target, None)?;
+    for path in output::write(&rendering, out, &settings)? {
+        println!("wrote {}", path.display());
     }
     Ok(())
 }

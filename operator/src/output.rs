@@ -1,17 +1,16 @@
-//! Writing a rendering to a directory for Envoy's file-based dynamic config: each file is
-//! written beside its final name and renamed over it, so Envoy (which watches the directory)
-//! only ever reads complete files; the clusters are replaced before the listener that names
-//! them. Files holding credentials are created mode 0600.
+//! The directory writer of a [`Rendering`] (offline `render`, directory mode), and the gateway
+//! settings a rendering takes. Envoy's file-based dynamic config: each file is written beside
+//! its final name and renamed over it, so Envoy (which watches the directory) only ever reads
+//! complete files; the clusters are replaced before the listener that names them. Files are
+//! created mode 0600.
 
 use crate::envoy;
 use crate::manifests::{Objects, DEFAULT_NAMESPACE};
-use crate::render::{self, RenderOptions};
-use crate::validate::Validation;
+use crate::render::{Output, Rendering};
 use anyhow::{bail, Context, Result};
-use layergate_filter::config::{Credential, FilterConfig, KeyServiceConfig};
 use std::collections::BTreeSet;
 use std::net::SocketAddr;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 /// Where the gateway listens and finds the filter.
 #[derive(Debug, Clone)]
@@ -62,112 +61,54 @@ pub fn namespace(objects: &Objects, asked: Option<&str>) -> Result<String> {
     }
 }
 
-/// The files a rendering consists of, in the order they are replaced.
+/// The Envoy target's files, in the order they are replaced.
 pub const FILES: [&str; 4] = ["layergate.json", "cds.json", "lds.json", "bootstrap.yaml"];
 
-/// A rendering in memory: the filter configuration and the gateway's files.
-#[derive(Debug, Clone)]
-pub struct Rendering {
-    /// The filter configuration (also inside the listener).
-    pub config: FilterConfig,
-    /// `layergate.json`, `cds.json`, `lds.json`, in the order they must be replaced.
-    pub files: Vec<(&'static str, String)>,
-}
+/// The Istio target's files.
+pub const ISTIO_FILES: [&str; 2] = ["istio.yaml", "ingressgateway-patch.yaml"];
 
-/// Renders the filter configuration, CDS and LDS for a validation, without a key service:
-/// minted keys inline (an offline `render`). See [`render_keyed`].
-pub fn render(v: &Validation, settings: &Settings) -> Result<Rendering> {
-    render_keyed(v, settings, None)
-}
-
-/// Renders the filter configuration, CDS and LDS for a validation. With a control API
-/// (`settings.control`) and the `gateway` credential, the filter syncs minted keys from the
-/// operator's key service over the control cluster (`keyService`, the credential inline: the
-/// files are 0600 / in the rendering Secret) and the rendering carries no `apiKeys`, so its
-/// size does not grow with them. Fails (and nothing may be published) when the filter would
-/// refuse the configuration.
-pub fn render_keyed(
-    v: &Validation,
-    settings: &Settings,
-    gateway: Option<&str>,
-) -> Result<Rendering> {
-    let key_service = match (&settings.control, gateway) {
-        (Some(_), Some(credential)) => Some(KeyServiceConfig {
-            cluster: CONTROL_CLUSTER.to_owned(),
-            authority: None,
-            path: crate::keyservice::SYNC_PATH.to_owned(),
-            credential: Credential::Inline(credential.to_owned()),
-            max_staleness_seconds: 300,
-            poll_seconds: crate::keyservice::MAX_WAIT.as_secs(),
-        }),
-        _ => None,
-    };
-    let options = RenderOptions {
-        key_service,
-        control_cluster: settings
-            .control
-            .as_ref()
-            .map(|_| CONTROL_CLUSTER.to_owned()),
-        app_cluster: None,
-        credentials_from_env: false,
-        // The Envoy target's gateway serves only layergate: every host.
-        hosts: Vec::new(),
-    };
-    let config = render::filter_config(v, &options)?;
-    let mut clusters = envoy::clusters_for(v);
-    if let Some((host, port)) = &settings.control {
-        clusters.push(envoy::Cluster {
-            name: CONTROL_CLUSTER.into(),
-            address: host.clone(),
-            port: *port,
-            hostname: "layergate-control".into(),
-            tls: false,
-            trusted_ca: None,
-            label: "the operator's control API".into(),
-        });
-    }
-    let listener = envoy::Listener {
-        listen: settings.listen,
-        wasm_path: settings.wasm_path.clone(),
-        filter_config: Some(serde_json::to_string(&config)?),
-        vm_env: Vec::new(),
-        buffer_limit_bytes: envoy::DEFAULT_BUFFER_LIMIT_BYTES,
-    };
-    let files = vec![
-        (
-            "layergate.json",
-            serde_json::to_string_pretty(&config)? + "\n",
-        ),
-        ("cds.json", envoy::cds(&clusters)),
-        ("lds.json", envoy::lds(&listener)),
-    ];
-    Ok(Rendering { config, files })
-}
-
-/// Renders and writes [`FILES`] into `out`; returns the filter configuration written.
-/// Nothing is written when the rendering is refused.
-pub fn write(v: &Validation, out: &Path, settings: &Settings) -> Result<FilterConfig> {
-    write_keyed(v, out, settings, None)
-}
-
-/// [`write`] with the key service (see [`render_keyed`]).
-pub fn write_keyed(
-    v: &Validation,
-    out: &Path,
-    settings: &Settings,
-    gateway: Option<&str>,
-) -> Result<FilterConfig> {
-    let Rendering { config, mut files } = render_keyed(v, settings, gateway)?;
+/// Writes a rendering into `out` (created if absent); returns the paths written, in order.
+/// Envoy target: [`FILES`], mode 0600 (they hold credentials), each replaced atomically, the
+/// clusters before the listener that names them; `bootstrap.yaml` watches `out`. Istio target:
+/// [`ISTIO_FILES`] as YAML documents (no credentials in them).
+pub fn write(r: &Rendering, out: &Path, settings: &Settings) -> Result<Vec<PathBuf>> {
     std::fs::create_dir_all(out).with_context(|| format!("creating {}", out.display()))?;
     let out = out.canonicalize()?;
-    files.push((
-        "bootstrap.yaml",
-        envoy::dynamic_bootstrap(settings.admin, &out),
-    ));
+    let files: Vec<(&str, String)> = match &r.output {
+        Output::Envoy(files) => {
+            let mut files = files.clone();
+            files.push((
+                "bootstrap.yaml",
+                envoy::dynamic_bootstrap(settings.admin, &out),
+            ));
+            files
+        }
+        Output::Istio {
+            resources,
+            gateway_patch,
+        } => {
+            let yaml = |docs: &[serde_json::Value]| -> Result<String> {
+                let mut text =
+                    String::from("# Rendered by layergate-operator (render --target istio).\n");
+                for d in docs {
+                    text.push_str("---\n");
+                    text.push_str(&serde_yaml::to_string(d)?);
+                }
+                Ok(text)
+            };
+            vec![
+                (ISTIO_FILES[0], yaml(resources)?),
+                (ISTIO_FILES[1], yaml(std::slice::from_ref(gateway_patch))?),
+            ]
+        }
+    };
+    let mut written = Vec::new();
     for (name, text) in files {
-        write_private(&out.join(name), &text)?;
+        let path = out.join(name);
+        write_private(&path, &text)?;
+        written.push(path);
     }
-    Ok(config)
+    Ok(written)
 }
 
 /// Writes a file only its owner can read, replacing it atomically.

@@ -1,9 +1,23 @@
-//! Rendering (pure: validated objects in → outputs out). Today: the filter configuration, in
-//! the filter crate's own types, checked by the filter's own compiler before it is returned —
-//! a configuration the filter would refuse is never published.
+//! Rendering (pure: validated objects in → outputs out), in one place for both targets:
+//!
+//! ```text
+//!  Validation ─► filter_config ─► FilterConfig (checked by the filter's own compiler)
+//!             └► upstreams ─────► Upstream per store (host, port, TLS, SAN/SNI, limits)
+//!                                   │
+//!        Target::Envoy ─► envoy::translate: clusters, listener → Output::Envoy (files)
+//!        Target::Istio ─► istio::translate: ServiceEntry, DestinationRule, … → Output::Istio
+//! ```
+//!
+//! [`render`] is the one entry; the writers take its [`Rendering`]: `output::write` (a
+//! directory: offline `render`, directory mode), `cluster::Cluster` (kube mode: the rendering
+//! Secret, or the Istio resources server-side applied). A configuration the filter would
+//! refuse is never returned, so never published.
 
 use crate::crd::InboundMode;
+use crate::envoy::UpstreamLimits;
+use crate::output::Settings;
 use crate::validate::Validation;
+use anyhow::Result;
 use layergate_filter::config::{
     ApiKeyConfig, Credential, FilterConfig, InboundAuth, InboundKey, KeyServiceConfig, Limits,
     StoreConfig, UpstreamConfig, CONFIG_VERSION,
@@ -23,6 +37,141 @@ pub fn store_cluster(store: &str) -> String {
         }
     }
     out
+}
+
+/// Where a rendering goes, which decides its translation and its writer: the Envoy target
+/// (the gateway's files: a directory, or in kube mode the rendering Secret) or the Istio
+/// target (Istio resources: files from `render`, or in kube mode server-side applied into the
+/// Istio namespace).
+#[derive(Debug, Clone, Default)]
+pub enum Target {
+    /// Envoy's file-based dynamic configuration.
+    #[default]
+    Envoy,
+    /// Istio resources for an ingress gateway.
+    Istio(crate::istio::IstioSettings),
+}
+
+/// One store as an upstream: the step both targets translate (Envoy: a cluster; Istio: a
+/// ServiceEntry, a DestinationRule and VirtualService routes), so the two never derive a
+/// store's host, TLS or limits differently.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Upstream {
+    /// The store's name.
+    pub store: String,
+    /// The cluster the filter routes the store's requests to ([`store_cluster`]).
+    pub cluster: String,
+    /// The host to connect to and to verify: a DNS name or an IP address, without brackets.
+    pub host: String,
+    /// The host as the endpoint URL writes it (an IPv6 address in brackets): the
+    /// `:authority` Envoy rewrites to.
+    pub authority_host: String,
+    /// Port.
+    pub port: u16,
+    /// TLS to the upstream (always, except loopback endpoints for local use). The certificate
+    /// must name [`Upstream::host`] as a subject alternative name; SNI is sent for a DNS name.
+    pub tls: bool,
+    /// Who the upstream is in the gateway's errors (`store "prod-eu"`).
+    pub label: String,
+    /// Timeouts and connection limits.
+    pub limits: UpstreamLimits,
+}
+
+impl Upstream {
+    /// True when [`Upstream::host`] is an IP address (an IP SAN, no SNI).
+    pub fn host_is_ip(&self) -> bool {
+        self.host.parse::<std::net::IpAddr>().is_ok()
+    }
+
+    /// The SNI to send: the host, when TLS and a DNS name (RFC 6066 allows no IP literal).
+    pub fn sni(&self) -> Option<&str> {
+        (self.tls && !self.host_is_ip()).then_some(self.host.as_str())
+    }
+}
+
+/// The upstream of every valid store, in the validation's order.
+pub fn upstreams(v: &Validation) -> Vec<Upstream> {
+    v.stores
+        .iter()
+        .filter_map(|s| s.valid.as_ref())
+        .map(|s| Upstream {
+            store: s.name.clone(),
+            cluster: store_cluster(&s.name),
+            host: s
+                .endpoint
+                .host
+                .trim_start_matches('[')
+                .trim_end_matches(']')
+                .to_owned(),
+            authority_host: s.endpoint.host.clone(),
+            port: s.endpoint.port,
+            tls: s.endpoint.tls,
+            label: crate::envoy::store_label(&s.name),
+            limits: UpstreamLimits::default(),
+        })
+        .collect()
+}
+
+/// The key service as a rendering names it (SPEC §6): the cluster and `:authority` the
+/// filter calls, and the gateway credential it sends; path, staleness and poll are the
+/// operator's.
+pub fn key_service(
+    cluster: String,
+    authority: Option<String>,
+    credential: Credential,
+) -> KeyServiceConfig {
+    KeyServiceConfig {
+        cluster,
+        authority,
+        path: crate::keyservice::SYNC_PATH.to_owned(),
+        credential,
+        max_staleness_seconds: 300,
+        poll_seconds: crate::keyservice::MAX_WAIT.as_secs(),
+    }
+}
+
+/// What a target's translation produced.
+#[derive(Debug, Clone)]
+pub enum Output {
+    /// `layergate.json`, `cds.json`, `lds.json`, in the order they must be replaced.
+    Envoy(Vec<(&'static str, String)>),
+    /// The Istio resources, and the offline patch for the gateway Deployment that fills the
+    /// proxy's credential environment from the stores' own Secrets (kube mode fills it from
+    /// its one Secret instead, see `istio::gateway_apply`).
+    Istio {
+        /// WasmPlugin, per store ServiceEntry and DestinationRule, Gateway, VirtualService,
+        /// EnvoyFilter.
+        resources: Vec<serde_json::Value>,
+        /// Strategic-merge patch for the ingress gateway Deployment.
+        gateway_patch: serde_json::Value,
+    },
+}
+
+/// A rendering: the filter configuration and the target's output.
+#[derive(Debug, Clone)]
+pub struct Rendering {
+    /// The filter configuration (inside the listener, or the WasmPlugin's `pluginConfig`).
+    pub config: FilterConfig,
+    /// What the writer writes.
+    pub output: Output,
+}
+
+/// Renders a validation for `target`. `gateway` is the key service's gateway credential: with
+/// it and a control API (`settings.control`; for Istio, the target's `control`), the filter
+/// syncs minted keys from the operator and the rendering carries none, so its size does not
+/// grow with them. Fails (and nothing may be published) when the filter would refuse the
+/// configuration.
+pub fn render(
+    v: &Validation,
+    settings: &Settings,
+    target: &Target,
+    gateway: Option<&str>,
+) -> Result<Rendering> {
+    let upstreams = upstreams(v);
+    match target {
+        Target::Envoy => crate::envoy::translate(v, &upstreams, settings, gateway),
+        Target::Istio(s) => crate::istio::translate(v, &upstreams, s),
+    }
 }
 
 /// Options that are not part of the objects.

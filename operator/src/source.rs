@@ -9,6 +9,7 @@ use crate::keyservice::{self, GatewayCredential, KeyService};
 use crate::manifests::{self, Objects};
 use crate::output::{self, Settings};
 use crate::probe::{self, ProbeResult};
+use crate::render::{self, Target};
 use crate::validate::{self, Validation};
 use anyhow::{Context, Result};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
@@ -102,14 +103,19 @@ pub struct Pass {
 }
 
 /// The policy the control API checks callers with: the rendered configuration with the usable
-/// minted keys inline, as the gateway sees them once synced.
-pub fn api_policy(config: &FilterConfig, keys: &[ApiKeyConfig]) -> Result<Policy> {
+/// minted keys inline, as the gateway sees them once synced, and credentials rendered as
+/// `{env: NAME}` (the Istio target) resolved from `env`, as the proxy's environment has them.
+pub fn api_policy(
+    config: &FilterConfig,
+    keys: &[ApiKeyConfig],
+    env: &BTreeMap<String, String>,
+) -> Result<Policy> {
     let mut full = config.clone();
     full.key_service = None;
     if full.api_keys.is_empty() {
         full.api_keys = keys.to_vec();
     }
-    Ok(Policy::compile(&full, |_| None)?)
+    Ok(Policy::compile(&full, |var| env.get(var).cloned())?)
 }
 
 /// One pass: read, mint, validate (keeping last valid forms), render. Nothing is written when
@@ -170,10 +176,12 @@ pub fn reconcile(
         Some(_) => Some(keyservice::credential_in_dir(out)?),
         None => None,
     };
-    let config = output::write_keyed(&validation, out, settings, gateway.as_deref())
+    let rendering = render::render(&validation, settings, &Target::Envoy, gateway.as_deref())
+        .and_then(|r| output::write(&r, out, settings).map(|_| r))
         .context("keeping the last good configuration")?;
-    let keys = crate::render::usable_keys(&validation);
-    let policy = Arc::new(api_policy(&config, &keys)?);
+    let config = rendering.config;
+    let keys = render::usable_keys(&validation);
+    let policy = Arc::new(api_policy(&config, &keys, &BTreeMap::new())?);
     Ok(Pass {
         objects,
         namespace,

@@ -13,6 +13,7 @@ use layergate_operator::cluster::{Backoff, Cluster, Step, DEFAULT_OUTPUT_SECRET}
 use layergate_operator::crd::{ApiKey, ApiKeyPhase, Index, VectorStore};
 use layergate_operator::lease::{Leadership, LeaseLock};
 use layergate_operator::output::Settings;
+use layergate_operator::render;
 use serde_json::{json, Value};
 use sha2::{Digest, Sha256};
 use std::collections::BTreeSet;
@@ -1365,17 +1366,24 @@ async fn the_rendering_at_100000_api_keys_publishes_under_the_1_mib_object_limit
             valid: Some(key),
         });
     }
-    let rendering = layergate_operator::output::render_keyed(
-        &v,
-        &settings(),
-        Some("lgw_0123456789abcdefghijABCDEFGHIJ01"),
-    )
-    .unwrap();
-    for (name, text) in &rendering.files {
+    let envoy_files = |r: render::Rendering| match r.output {
+        render::Output::Envoy(files) => files,
+        render::Output::Istio { .. } => unreachable!("the Envoy target renders files"),
+    };
+    let files = envoy_files(
+        render::render(
+            &v,
+            &settings(),
+            &render::Target::Envoy,
+            Some("lgw_0123456789abcdefghijABCDEFGHIJ01"),
+        )
+        .unwrap(),
+    );
+    for (name, text) in &files {
         eprintln!("100,000 ApiKeys: {name} is {} bytes", text.len());
         assert!(text.len() < 64 * 1024, "{name}: {} bytes", text.len());
     }
-    assert!(c.publish(&rendering.files).await.unwrap());
+    assert!(c.publish(&files).await.unwrap());
     let secret = api::<Secret>(&client)
         .get(DEFAULT_OUTPUT_SECRET)
         .await
@@ -1384,8 +1392,9 @@ async fn the_rendering_at_100000_api_keys_publishes_under_the_1_mib_object_limit
     eprintln!("100,000 ApiKeys: the rendering Secret holds {total} bytes");
     assert!(total < 64 * 1024, "{total}");
     // The old rendering (every key inline) is refused by the limit.
-    let inline = layergate_operator::output::render(&v, &settings()).unwrap();
-    let err = c.publish(&inline.files).await.unwrap_err();
+    let inline =
+        envoy_files(render::render(&v, &settings(), &render::Target::Envoy, None).unwrap());
+    let err = c.publish(&inline).await.unwrap_err();
     assert!(format!("{err:#}").contains("too large"), "{err:#}");
 }
 

@@ -334,7 +334,7 @@ fn bootstrap_configmap(bootstrap: &str) -> String {
 /// `operator/deploy/`).
 #[test]
 fn envoy_outputs_match_the_goldens() {
-    use layergate_operator::{envoy, output};
+    use layergate_operator::{envoy, output, render};
     let root = std::path::Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/.."));
     let objects = manifests::load_dir(&root.join("envoy/demo/manifests")).unwrap();
     let v = validate::validate(&objects, "layer", NOW);
@@ -346,13 +346,29 @@ fn envoy_outputs_match_the_goldens() {
         allow_endpoints: Default::default(),
     };
     let out = std::env::temp_dir().join(format!("layergate-golden-{}", std::process::id()));
-    output::write(&v, &out, &settings).unwrap();
+    let envoy = render::render(&v, &settings, &render::Target::Envoy, None).unwrap();
+    output::write(&envoy, &out, &settings).unwrap();
     let golden = root.join("operator/tests/golden/demo");
     let production = envoy::dynamic_bootstrap(
         "127.0.0.1:9901".parse().unwrap(),
         std::path::Path::new("/etc/layergate/config"),
     );
+    // The Istio target of the same objects, as `render --target istio` writes it.
+    let istio_settings = layergate_operator::istio::IstioSettings {
+        control: Some(("layergate-operator.layer.svc".to_owned(), 9902)),
+        ..Default::default()
+    };
+    let istio =
+        render::render(&v, &settings, &render::Target::Istio(istio_settings), None).unwrap();
+    let istio_out = out.join("istio");
+    output::write(&istio, &istio_out, &settings).unwrap();
+    let read = |dir: &std::path::Path, name: &str| std::fs::read_to_string(dir.join(name)).unwrap();
     let pairs = [
+        (read(&istio_out, "istio.yaml"), golden.join("istio.yaml")),
+        (
+            read(&istio_out, "ingressgateway-patch.yaml"),
+            golden.join("ingressgateway-patch.yaml"),
+        ),
         (
             std::fs::read_to_string(out.join("cds.json")).unwrap(),
             golden.join("cds.json"),

@@ -208,6 +208,28 @@ fn the_example_is_valid_for_the_crds_and_the_operator() {
     }
 }
 
+/// The Istio target's rendering: (resources, gateway patch).
+fn istio_render(
+    v: &validate::Validation,
+    s: &layergate_operator::istio::IstioSettings,
+) -> Result<(Vec<Value>, Value), anyhow::Error> {
+    use layergate_operator::render::{self, Output, Target};
+    let settings = layergate_operator::output::Settings {
+        listen: "127.0.0.1:8080".parse()?,
+        admin: "127.0.0.1:9901".parse()?,
+        wasm_path: "unused.wasm".into(),
+        control: None,
+        allow_endpoints: Default::default(),
+    };
+    match render::render(v, &settings, &Target::Istio(s.clone()), None)?.output {
+        Output::Istio {
+            resources,
+            gateway_patch,
+        } => Ok((resources, gateway_patch)),
+        Output::Envoy(_) => anyhow::bail!("the Istio target rendered Envoy files"),
+    }
+}
+
 /// Istio's CRD schemas (`tests/python/istio_validate.py`) on a JSON array of resources:
 /// (passed, report).
 fn validate_istio(docs: &str) -> (bool, Value) {
@@ -236,7 +258,7 @@ fn the_istio_target_passes_istios_schemas_and_keeps_credentials_out() {
         control: Some(("layergate-operator.layer.svc.cluster.local".into(), 9902)),
         ..IstioSettings::default()
     };
-    let (resources, patch) = istio::render(&v, &settings).unwrap();
+    let (resources, patch) = istio_render(&v, &settings).unwrap();
     let text = serde_json::to_string(&resources).unwrap();
     assert!(
         !text.contains("tpuf_secret_value"),
@@ -301,7 +323,7 @@ fn the_istio_target_passes_istios_schemas_and_keeps_credentials_out() {
         fail_strategy: istio::FailStrategy::parse("FAIL_CLOSE").unwrap(),
         ..settings.clone()
     };
-    let (closed, _) = istio::render(&v, &older).unwrap();
+    let (closed, _) = istio_render(&v, &older).unwrap();
     assert_eq!(closed[0]["spec"]["failStrategy"], "FAIL_CLOSE");
     let (ok, report) = validate_istio(&serde_json::to_string(&closed).unwrap());
     assert!(ok, "{report}");
@@ -347,7 +369,7 @@ fn the_istio_target_passes_istios_schemas_and_keeps_credentials_out() {
 /// hosts. All of it passes Istio's schemas.
 #[test]
 fn the_istio_target_keeps_stores_apart_verifies_upstreams_and_is_scoped_to_its_gateway() {
-    use layergate_operator::istio::{self, IstioSettings};
+    use layergate_operator::istio::IstioSettings;
     let mut objects = manifests::Objects::default();
     let store = |name: &str, secret: &str, region: &str, default: bool| {
         format!(
@@ -363,7 +385,7 @@ fn the_istio_target_keeps_stores_apart_verifies_upstreams_and_is_scoped_to_its_g
         hosts: vec!["vectors.example.com".into()],
         ..IstioSettings::default()
     };
-    let (resources, patch) = istio::render(&v, &settings).unwrap();
+    let (resources, patch) = istio_render(&v, &settings).unwrap();
     let (ok, report) = validate_istio(&serde_json::to_string(&resources).unwrap());
     assert!(ok, "{report}");
     let of =
@@ -453,7 +475,7 @@ fn the_istio_target_keeps_stores_apart_verifies_upstreams_and_is_scoped_to_its_g
         defaults.selector.get("istio").map(String::as_str),
         Some("layergate-ingressgateway")
     );
-    let (resources, _) = istio::render(&v, &defaults).unwrap();
+    let (resources, _) = istio_render(&v, &defaults).unwrap();
     assert!(resources[0]["spec"]["pluginConfig"].get("hosts").is_none());
 }
 
@@ -514,7 +536,7 @@ fn only_the_gateway_pods_may_reach_the_operators_control_port() {
 /// 100,000 ApiKeys the WasmPlugin stays under 64 KiB and passes Istio's schemas.
 #[test]
 fn the_istio_target_syncs_keys_from_the_operator_service_and_stays_small() {
-    use layergate_operator::istio::{self, IstioSettings};
+    use layergate_operator::istio::IstioSettings;
     use layergate_operator::keyservice::{CREDENTIAL_ENV, CREDENTIAL_KEY, CREDENTIAL_SECRET};
     let mut objects = manifests::Objects::default();
     for d in kustomize("operator/deploy/example") {
@@ -539,7 +561,7 @@ fn the_istio_target_syncs_keys_from_the_operator_service_and_stays_small() {
         control: Some(("layergate-operator.layer.svc".into(), 9902)),
         ..IstioSettings::default()
     };
-    let (resources, patch) = istio::render(&v, &settings).unwrap();
+    let (resources, patch) = istio_render(&v, &settings).unwrap();
     let plugin = serde_json::to_string(&resources[0]).unwrap();
     eprintln!("100,000 ApiKeys: the WasmPlugin is {} bytes", plugin.len());
     assert!(plugin.len() < 64 * 1024, "{} bytes", plugin.len());
@@ -751,4 +773,127 @@ fn the_gateway_drains_on_shutdown_through_its_pre_stop_hook() {
             .unwrap_or(0)
             >= 1
     );
+}
+
+/// `kubectl kustomize` of the base with the Istio component (`operator/deploy/istio`), as the
+/// component's header says to use it: from a kustomization of one's own (here in the target
+/// directory; kustomize wants relative paths).
+fn kustomize_istio() -> Vec<Value> {
+    let dir = std::path::PathBuf::from(env!("CARGO_TARGET_TMPDIR"))
+        .join(format!("kustomize-istio-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let dir = dir.canonicalize().unwrap();
+    let up = "../".repeat(dir.components().count() - 1);
+    let root = paths::repo_root();
+    let rel = |p: &str| {
+        format!(
+            "{up}{}",
+            root.join(p).to_string_lossy().trim_start_matches('/')
+        )
+    };
+    std::fs::write(
+        dir.join("kustomization.yaml"),
+        format!(
+            "resources: [{}]\ncomponents: [{}]\n",
+            rel("operator/deploy"),
+            rel("operator/deploy/istio")
+        ),
+    )
+    .unwrap();
+    let docs = kustomize(dir.to_str().unwrap());
+    std::fs::remove_dir_all(&dir).unwrap();
+    docs
+}
+
+/// Kube mode's Istio target: the component runs the operator with `--target istio`, leaves
+/// the Envoy gateway out, admits only the Istio gateway to the control port, and gives the
+/// operator a least-privilege Role in the Istio namespace; all of it passes the Kubernetes
+/// schemas strictly.
+#[test]
+fn the_istio_component_runs_the_istio_target_with_least_privilege() {
+    use layergate_operator::istio::{IstioSettings, CREDENTIALS_SECRET, KINDS};
+    let docs = kustomize_istio();
+    let (code, out) = kubernetes_validate(&to_yaml(&docs));
+    assert_eq!(code, 0, "{out}");
+    let operator = &find(&docs, "Deployment", "layergate-operator")["spec"]["template"]["spec"];
+    assert_eq!(
+        operator["containers"][0]["args"],
+        serde_json::json!(["run", "--source", "kube", "--target", "istio"])
+    );
+    assert!(!docs.iter().any(|d| d["metadata"]["name"]
+        .as_str()
+        .unwrap()
+        .starts_with("layergate-gateway")));
+    let defaults = IstioSettings::default();
+    let policy = find(&docs, "NetworkPolicy", "layergate-operator-control");
+    assert_eq!(
+        policy["spec"]["ingress"][0]["from"],
+        serde_json::json!([{"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": defaults.namespace}},
+                            "podSelector": {"matchLabels": defaults.selector}}])
+    );
+    let in_ns = |kind: &str, ns: &str| {
+        docs.iter()
+            .find(|d| d["kind"] == kind && d["metadata"]["namespace"] == ns)
+            .unwrap_or_else(|| panic!("a {kind} in {ns}"))
+    };
+    let (role, binding) = (in_ns("Role", "layer"), in_ns("RoleBinding", "layer"));
+    let mesh_role = docs
+        .iter()
+        .find(|d| d["kind"] == "Role" && d["metadata"]["namespace"] == defaults.namespace.as_str())
+        .expect("a Role in the Istio namespace");
+    assert_eq!(
+        role["metadata"]["namespace"], "layer",
+        "the base's Role stays"
+    );
+    let mesh_binding = docs
+        .iter()
+        .find(|d| {
+            d["kind"] == "RoleBinding" && d["metadata"]["namespace"] == defaults.namespace.as_str()
+        })
+        .unwrap();
+    assert_eq!(binding["metadata"]["namespace"], "layer");
+    assert_eq!(
+        mesh_binding["subjects"],
+        serde_json::json!([{"kind": "ServiceAccount", "name": "layergate-operator", "namespace": "layer"}])
+    );
+    assert_eq!(
+        mesh_binding["roleRef"]["name"],
+        mesh_role["metadata"]["name"]
+    );
+    // Every Istio kind the operator writes, and nothing wider: no wildcard, no get or watch on
+    // Secrets beyond the one it owns, the gateway Deployment by name.
+    let rules = mesh_role["rules"].as_array().unwrap();
+    for (group, _, _, plural) in KINDS {
+        assert!(
+            rules.iter().any(|r| r["apiGroups"][0] == group
+                && r["resources"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .any(|x| x == plural)
+                && r["verbs"]
+                    == serde_json::json!(["list", "create", "patch", "update", "delete"])),
+            "{plural}"
+        );
+    }
+    for r in rules {
+        let text = r.to_string();
+        assert!(!text.contains('*') && !text.contains("watch"), "{text}");
+        let resources = r["resources"].to_string();
+        if resources.contains("secrets") && r["verbs"] != serde_json::json!(["create"]) {
+            assert_eq!(
+                r["resourceNames"],
+                serde_json::json!([CREDENTIALS_SECRET]),
+                "{text}"
+            );
+        }
+        if resources.contains("deployments") {
+            assert_eq!(
+                r["resourceNames"],
+                serde_json::json!([defaults.gateway_deployment]),
+                "{text}"
+            );
+            assert_eq!(r["verbs"], serde_json::json!(["get", "patch"]));
+        }
+    }
 }

@@ -68,7 +68,10 @@ spec:
     );
     assert!(objects.problems.is_empty(), "{:?}", objects.problems);
     let v = validate::validate(&objects, "layer", 1_795_528_719);
-    let clusters = render::clusters_for(&v);
+    let clusters: Vec<render::Cluster> = layergate_operator::render::upstreams(&v)
+        .iter()
+        .map(render::Cluster::of)
+        .collect();
     assert_eq!(clusters.len(), 1);
     assert!(
         clusters[0].tls
@@ -78,7 +81,15 @@ spec:
     let out = std::env::temp_dir().join(format!("layergate-render-tls-{}", std::process::id()));
     let settings = demo::test_settings(Some("127.0.0.1:9902".parse().unwrap()))
         .unwrap_or_else(|e| panic!("{e:#}"));
-    let config = output::write(&v, &out, &settings).unwrap();
+    let rendering = layergate_operator::render::render(
+        &v,
+        &settings,
+        &layergate_operator::render::Target::Envoy,
+        None,
+    )
+    .unwrap();
+    output::write(&rendering, &out, &settings).unwrap();
+    let config = rendering.config;
     let listener = render::Listener {
         listen: settings.listen,
         wasm_path: settings.wasm_path.clone(),

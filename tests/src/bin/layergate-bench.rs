@@ -628,7 +628,12 @@ fn operator_render_time(keys: usize, indexes: usize) -> Result<Duration> {
     };
     let started = Instant::now();
     let v = validate::validate(&objects, "layer", 1_800_000_000);
-    let rendering = output::render(&v, &settings)?;
+    let rendering = layergate_operator::render::render(
+        &v,
+        &settings,
+        &layergate_operator::render::Target::Envoy,
+        None,
+    )?;
     let took = started.elapsed();
     anyhow::ensure!(
         rendering.config.api_keys.len() == keys && rendering.config.namespaces.len() == indexes,
