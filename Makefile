@@ -143,6 +143,7 @@ lint: ## rustfmt check and clippy (native and wasm)
 bench: tools wasm ## Benchmarks (not part of make test): Envoy pinned to CPU 0, wrk on CPU 1; writes tests/bench/results.md
 	@command -v wrk > /dev/null || { apt-get update -qq && apt-get install -y -qq wrk; }
 	$(CARGO) build --locked -p layergate-noop-filter --target wasm32-wasip1 --profile wasm
+	$(CARGO) build --locked -p layergate-probe-filter --target wasm32-wasip1 --profile wasm
 	$(CARGO) build --locked --release -p layergate-tests --bin layergate-bench
 	LAYERGATE_ENVOY_CPU=0 taskset -c 1 target/release/layergate-bench
 

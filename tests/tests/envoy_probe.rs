@@ -14,6 +14,10 @@ use std::net::SocketAddr;
 /// Envoy with the probe filter running `steps`, before the router that picks the cluster from
 /// `x-layergate-cluster` (as in the bench), routing to `store`.
 fn envoy_with_probe(steps: &str, store: &DevStore) -> Envoy {
+    start_probe(steps, store).unwrap_or_else(|e| panic!("{e:#}"))
+}
+
+fn start_probe(steps: &str, store: &DevStore) -> anyhow::Result<Envoy> {
     let any = SocketAddr::from(([127, 0, 0, 1], 0));
     let probe = paths::probe_wasm_path().unwrap_or_else(|e| panic!("{e:#}"));
     let gw = demo::gateway(
@@ -36,7 +40,7 @@ fn envoy_with_probe(steps: &str, store: &DevStore) -> Envoy {
     let wasm = filters[0].clone();
     *filters = json!([wasm, {"name": "envoy.filters.http.router", "typed_config": {"@type": "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router"}}]);
     let yaml = render::bootstrap_with_listener(any, listener, &gw.clusters);
-    Envoy::start_yaml(&yaml, &paths::repo_root()).unwrap_or_else(|e| panic!("{e:#}"))
+    Envoy::start_yaml(&yaml, &paths::repo_root())
 }
 
 fn request() -> Request {
@@ -81,4 +85,25 @@ fn with_no_steps_the_request_passes_untouched() {
     let last = seen.last().unwrap();
     assert_eq!(last.header("x-drop"), Some("1"), "{last:?}");
     assert_eq!(last.header("x-probe-a"), None, "{last:?}");
+}
+
+#[test]
+fn a_repeated_step_repeats_and_a_bad_one_refuses_the_configuration() {
+    let store = DevStore::start(demo::PRIMARY_KEY).unwrap();
+    let envoy = envoy_with_probe("map*3,get:authorization*16,set:x-probe-a*2", &store);
+    let r = request().send(envoy.addr).unwrap();
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(
+        store.requests().last().unwrap().header("x-probe-a"),
+        Some("1")
+    );
+    drop(envoy);
+    // Envoy does not start a listener whose filter refuses its configuration.
+    for bad in ["get:", "map*0", "map*x", "read"] {
+        let err = start_probe(bad, &store).err().map(|e| format!("{e:#}"));
+        assert!(
+            err.as_deref().is_some_and(|e| e.contains("Wasm")),
+            "{bad:?}: {err:?}"
+        );
+    }
 }
