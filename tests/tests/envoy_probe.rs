@@ -54,7 +54,7 @@ fn request() -> Request {
 fn each_step_is_a_host_call_that_happens() {
     let store = DevStore::start(demo::PRIMARY_KEY).unwrap();
     let envoy = envoy_with_probe(
-        "map,get:authorization,set:x-probe-a,remove:x-drop,property",
+        "map,get:authorization,set:x-probe-a,remove:x-drop,property,sha256*2",
         &store,
     );
     let r = request().send(envoy.addr).unwrap();

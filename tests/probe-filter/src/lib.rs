@@ -1,4 +1,4 @@
-//! A proxy-wasm HTTP filter with hand-written exports (no SDK, no dependencies) that makes, on
+//! A proxy-wasm HTTP filter with hand-written exports (no SDK; `sha2` is its one dependency) that makes, on
 //! every request, exactly the host calls its configuration names — so `make bench` can price
 //! each part of the wasm filter's per-request work on its own, against the same module doing
 //! nothing.
@@ -16,7 +16,9 @@
 //! - `set:NAME`: replace header NAME with `1` (`proxy_replace_header_map_value`);
 //! - `remove:NAME`: remove header NAME (`proxy_remove_header_map_value`);
 //! - `property`: set a filter-state property (`proxy_set_property`, as layergate does for the
-//!   access log).
+//!   access log);
+//! - `sha256`: no host call — SHA-256 of a 36-byte token inside the VM, as layergate digests
+//!   every bearer before the key lookup.
 //!
 //! A step may end with `*N` to be made N times in a row (`get:authorization*16`): one call
 //! costs a microsecond or two, below this shared machine's run-to-run noise, so the bench
@@ -36,6 +38,8 @@ const REQUEST_HEADERS: u32 = 0;
 const PLUGIN_CONFIGURATION: u32 = 7;
 const CONTINUE: u32 = 0;
 const PAUSE: u32 = 1;
+/// What `sha256` digests: a minted token's length.
+const TOKEN: &[u8] = b"hvl_bench000000000000000000000000042";
 
 #[link(wasm_import_module = "env")]
 extern "C" {
@@ -87,6 +91,7 @@ enum Call {
     Set(Box<str>),
     Remove(Box<str>),
     Property,
+    Sha256,
 }
 
 /// A call and how many times in a row to make it.
@@ -118,6 +123,7 @@ impl Call {
         match word {
             "map" => Some(Call::Map),
             "property" => Some(Call::Property),
+            "sha256" => Some(Call::Sha256),
             _ => named("get:")
                 .map(Call::Get)
                 .or_else(|| named("set:").map(Call::Set))
@@ -231,13 +237,27 @@ fn run(call: &Call) -> Result<(), &str> {
         }
         // SAFETY (both writes): pointers and lengths of live `str`s.
         Call::Set(name) => unsafe {
-            proxy_replace_header_map_value(REQUEST_HEADERS, name.as_ptr(), name.len(), b"1".as_ptr(), 1);
+            proxy_replace_header_map_value(
+                REQUEST_HEADERS,
+                name.as_ptr(),
+                name.len(),
+                b"1".as_ptr(),
+                1,
+            );
         },
         Call::Remove(name) => unsafe {
             proxy_remove_header_map_value(REQUEST_HEADERS, name.as_ptr(), name.len());
         },
+        Call::Sha256 => {
+            use sha2::Digest;
+            let digest = sha2::Sha256::digest(std::hint::black_box(TOKEN));
+            std::hint::black_box(digest);
+        }
         Call::Property => {
-            let (path, value) = (b"probe", b"principal=probe scope=read store=primary decision=allowed");
+            let (path, value) = (
+                b"probe",
+                b"principal=probe scope=read store=primary decision=allowed",
+            );
             // SAFETY: pointers and lengths of live byte strings.
             unsafe {
                 proxy_set_property(path.as_ptr(), path.len(), value.as_ptr(), value.len());

@@ -379,11 +379,32 @@ fn variants(
     // 16 separates the write from the route re-pick it causes (once per request).
     for (name, steps, repeat) in [
         (PROBE_ENTER, "", 1),
-        ("probe: 16 × read the header map (get_header_map_pairs)", "map*16", 16),
-        ("probe: 16 × read 1 header (get_header_map_value)", "get:authorization*16", 16),
-        ("probe: 1 × header write (replace authorization)", "set:authorization", 1),
-        ("probe: 16 × header write (replace authorization)", "set:authorization*16", 16),
+        (
+            "probe: 16 × read the header map (get_header_map_pairs)",
+            "map*16",
+            16,
+        ),
+        (
+            "probe: 16 × read 1 header (get_header_map_value)",
+            "get:authorization*16",
+            16,
+        ),
+        (
+            "probe: 1 × header write (replace authorization)",
+            "set:authorization",
+            1,
+        ),
+        (
+            "probe: 16 × header write (replace authorization)",
+            "set:authorization*16",
+            16,
+        ),
         ("probe: 16 × set_property", "property*16", 16),
+        (
+            "probe: 16 × SHA-256 of a token (in the VM)",
+            "sha256*16",
+            16,
+        ),
         (
             "probe: layergate's calls (map read, 2 writes, set_property)",
             "map,set:authorization,set:x-probe-a,property",
@@ -741,7 +762,11 @@ fn main() -> Result<()> {
             t.p99.push(stats.p99);
             t.rss = t.rss.max(rss);
             let per_request = (cpu + side).as_secs_f64() * 1e6 / stats.requests.max(1) as f64;
-            t.best = if round == 0 { per_request } else { t.best.min(per_request) };
+            t.best = if round == 0 {
+                per_request
+            } else {
+                t.best.min(per_request)
+            };
         }
     }
     let _ = authz.kill();
