@@ -709,6 +709,104 @@ fn operator_render_time(keys: usize, indexes: usize) -> Result<Duration> {
     Ok(took)
 }
 
+/// `layergate-bench probes`: the per-call prices with less noise than the tables. Bare Envoy
+/// and every probe run side by side (all started once, so rounds can be short and many); each
+/// round loads each for `BENCH_SECONDS` (default 1), and a price is the median over rounds of
+/// a difference within one round — against bare Envoy, and for one call, against the probe
+/// that only enters the VM, ÷ its calls. Other load on a shared machine comes in bursts; a
+/// median of paired differences leaves most of them out, where totals and best rounds do not.
+fn probes() -> Result<()> {
+    let seconds: u64 = env_number("BENCH_SECONDS", 1);
+    let rounds: usize = env_number("BENCH_ROUNDS", 15);
+    let upstream = start_upstream()?;
+    let scratch = tempdir("probes")?;
+    let any = SocketAddr::from(([127, 0, 0, 1], 0));
+    let all = variants(upstream, any, 0, &scratch)?;
+    let chosen: Vec<&Variant> = all
+        .iter()
+        .enumerate()
+        .filter(|(i, v)| *i == 0 || v.table == Table::Probes)
+        .map(|(_, v)| v)
+        .collect();
+    let enter = chosen
+        .iter()
+        .position(|v| v.name == PROBE_ENTER)
+        .context("the enter-only probe")?;
+    let envoys = chosen
+        .iter()
+        .map(|v| {
+            Envoy::start_yaml(&v.yaml, &layergate_tests::paths::repo_root())
+                .with_context(|| format!("starting {}", v.name))
+        })
+        .collect::<Result<Vec<_>>>()?;
+    let run = |v: &Variant, envoy: &Envoy, length: Duration| -> Result<f64> {
+        let url = format!("http://{}{}", envoy.addr, v.path);
+        let hs: Vec<(&str, &str)> = v
+            .headers
+            .iter()
+            .map(|(k, x)| (k.as_str(), x.as_str()))
+            .collect();
+        let before = cpu_time(envoy.pid())?;
+        let stats = load(&url, &hs, None, CONNECTIONS, length)?;
+        anyhow::ensure!(stats.errors == 0, "{}: {} non-2xx", v.name, stats.errors);
+        Ok((cpu_time(envoy.pid())? - before).as_secs_f64() * 1e6 / stats.requests.max(1) as f64)
+    };
+    for (v, envoy) in chosen.iter().zip(&envoys) {
+        run(v, envoy, Duration::from_secs(1))?; // warm-up
+    }
+    // per_request[variant][round]
+    let mut per_request = vec![Vec::with_capacity(rounds); chosen.len()];
+    for round in 0..rounds {
+        for (i, (v, envoy)) in chosen.iter().zip(&envoys).enumerate() {
+            per_request[i].push(run(v, envoy, Duration::from_secs(seconds))?);
+        }
+        eprintln!(
+            "round {}: bare {:.1} µs/req, enter {:.1}",
+            round + 1,
+            per_request[0][round],
+            per_request[enter][round]
+        );
+    }
+    let median = |mut xs: Vec<f64>| {
+        xs.sort_by(f64::total_cmp);
+        xs.get(xs.len() / 2).copied().unwrap_or(f64::NAN)
+    };
+    let diff = |a: usize, b: usize| -> Vec<f64> {
+        per_request[a]
+            .iter()
+            .zip(&per_request[b])
+            .map(|(x, y)| x - y)
+            .collect()
+    };
+    let bare = median(per_request[0].clone());
+    let mut out = format!(
+        "Paired probes: Envoy {} side by side, one worker each{}; {rounds} rounds, each loading every variant for {seconds} s in turn (wrk, one thread, {CONNECTIONS} connections); {}. Medians over rounds of differences within a round; bare Envoy's median is {bare:.2} µs/req.\n\n| variant | µs/req − bare | × bare | µs per call (− enter-only, ÷ calls) |\n|---|---|---|---|\n",
+        chosen.len(),
+        std::env::var("LAYERGATE_ENVOY_CPU").map(|c| format!(", all pinned to CPU {c}")).unwrap_or_default(),
+        machine()
+    );
+    for (i, v) in chosen.iter().enumerate().skip(1) {
+        let over_bare = median(diff(i, 0));
+        let per_call = if i == enter {
+            "—".to_owned()
+        } else {
+            let calls = f64::from(v.repeat.max(1));
+            format!(
+                "{:+.2}",
+                median(diff(i, enter).into_iter().map(|d| d / calls).collect())
+            )
+        };
+        let _ = writeln!(
+            out,
+            "| {} | {over_bare:+.2} | {:.3} | {per_call} |",
+            v.name,
+            (bare + over_bare) / bare
+        );
+    }
+    print!("{out}");
+    Ok(())
+}
+
 fn main() -> Result<()> {
     if std::env::args().nth(1).as_deref() == Some("reload") {
         let upstream = start_upstream()?;
@@ -718,6 +816,9 @@ fn main() -> Result<()> {
             .unwrap_or(100_000);
         println!("reload at {keys} keys: {:?}", reload_time(upstream, keys)?);
         return Ok(());
+    }
+    if std::env::args().nth(1).as_deref() == Some("probes") {
+        return probes();
     }
     if std::env::args().nth(1).as_deref() == Some("authz") {
         let listener = std::net::TcpListener::bind("127.0.0.1:0")?;
