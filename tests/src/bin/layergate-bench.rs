@@ -709,8 +709,8 @@ fn operator_render_time(keys: usize, indexes: usize) -> Result<Duration> {
     Ok(took)
 }
 
-/// `layergate-bench probes`: the per-call prices with less noise than the tables. Bare Envoy
-/// and every probe run side by side (all started once, so rounds can be short and many); each
+/// `layergate-bench probes`: the per-call prices with less noise than the tables. Bare Envoy,
+/// the SDK no-op floor, layergate and every probe run side by side (all started once, so rounds can be short and many); each
 /// round loads each for `BENCH_SECONDS` (default 1), and a price is the median over rounds of
 /// a difference within one round — against bare Envoy, and for one call, against the probe
 /// that only enters the VM, ÷ its calls. Other load on a shared machine comes in bursts; a
@@ -725,7 +725,8 @@ fn probes() -> Result<()> {
     let chosen: Vec<&Variant> = all
         .iter()
         .enumerate()
-        .filter(|(i, v)| *i == 0 || v.table == Table::Probes)
+        // Bare Envoy, the SDK no-op floor, layergate, then the probes.
+        .filter(|(i, v)| *i < 3 || v.table == Table::Probes)
         .map(|(_, v)| v)
         .collect();
     let enter = chosen
