@@ -31,6 +31,7 @@ pub mod config;
 pub mod decision;
 pub mod denial;
 pub mod entitlement;
+pub mod fasthash;
 pub mod glob;
 pub mod headers;
 pub mod keys;
