@@ -59,6 +59,7 @@ const TABLES: [(Table, &str); 5] = [
     (Table::Bodies, "Request bodies: 1 MiB writes"),
 ];
 
+#[derive(Clone)]
 struct Variant {
     table: Table,
     name: String,
@@ -721,12 +722,35 @@ fn probes() -> Result<()> {
     let upstream = start_upstream()?;
     let scratch = tempdir("probes")?;
     let any = SocketAddr::from(([127, 0, 0, 1], 0));
-    let all = variants(upstream, any, 0, &scratch)?;
+    let mut all = variants(upstream, any, 0, &scratch)?;
+    // `LAYERGATE_BASELINE_WASM`: another build of the filter beside layergate in the same
+    // paired rounds (before/after a change, on the same loaded machine).
+    if let Ok(baseline) = std::env::var("LAYERGATE_BASELINE_WASM") {
+        let wasm = layergate_tests::paths::wasm_path()?;
+        let mut v = all[2].clone();
+        v.name = format!("layergate, baseline build ({baseline})");
+        v.yaml = v.yaml.replace(&*wasm.to_string_lossy(), &baseline);
+        anyhow::ensure!(
+            v.yaml != all[2].yaml,
+            "the baseline build's path did not go in"
+        );
+        all.insert(3, v);
+    }
+    // `BENCH_ONLY` narrows the probes (bare Envoy, the floor, layergate, a baseline build and
+    // the enter-only probe always run).
+    let only = std::env::var("BENCH_ONLY").unwrap_or_default();
     let chosen: Vec<&Variant> = all
         .iter()
         .enumerate()
         // Bare Envoy, the SDK no-op floor, layergate, then the probes.
-        .filter(|(i, v)| *i < 3 || v.table == Table::Probes)
+        .filter(|(i, v)| {
+            *i < 3
+                || v.name.starts_with("layergate, baseline build")
+                || v.table == Table::Probes
+                    && (only.is_empty()
+                        || v.name == PROBE_ENTER
+                        || only.split('|').any(|o| v.name.contains(o)))
+        })
         .map(|(_, v)| v)
         .collect();
     let enter = chosen
