@@ -73,8 +73,9 @@ $(VENV)/.installed: Makefile
 	$(VENV)/bin/pip install --quiet --no-deps --ignore-requires-python $(ISTIO_MODELS)
 	touch $@
 
-wasm: $(TOOLS)/.wasm-target ## Build the filter (target/wasm32-wasip1/wasm/layergate_filter.wasm)
+wasm: $(TOOLS)/.wasm-target ## Build the filter (target/wasm32-wasip1/wasm/layergate_filter.wasm) and the bench's probe filter (tested in envoy_probe)
 	$(CARGO) build -p layergate-filter --target wasm32-wasip1 --profile wasm
+	$(CARGO) build -p layergate-probe-filter --target wasm32-wasip1 --profile wasm
 
 test: tools venv wasm ## Unit, wasm-host and real-Envoy end-to-end tests, and a short fuzz run (what CI runs)
 	ENVOY_BIN=$(CURDIR)/$(ENVOY) $(CARGO) test --workspace --locked

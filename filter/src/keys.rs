@@ -14,6 +14,7 @@
 //! records each successful sync, and every table it built.
 
 use crate::config::{ApiKeyConfig, SyncResponse};
+use crate::fasthash::FastMap;
 use crate::policy::{compile_key, token_hash, ConfigError, KeyGrants, MintedKey, StoreId};
 use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicI64, Ordering};
@@ -112,7 +113,7 @@ pub struct KeyTable {
     slots: Vec<Slot>,
     /// Per slot: SHA-256 of its keyId, first 16 bytes.
     ids: Vec<[u8; 16]>,
-    by_hash: HashMap<[u8; 32], u32>,
+    by_hash: FastMap<[u8; 32], u32>,
     arena: String,
     /// Arena bytes no slot refers to any more.
     garbage: usize,

@@ -19,7 +19,7 @@
 //!
 //! Floors, nothing importing upward: `wasm` (+ `abi`, the hand-declared proxy-wasm ABI) →
 //! `decision`, `body` → `auth` → `entitlement` → `policy`, `keys` → `route` → leaves
-//! (`denial`, `glob`, `scope`, `time`, `config`, `headers`).
+//! (`denial`, `glob`, `scope`, `time`, `config`, `headers`, `fasthash`).
 //!
 //! The operator validates with this crate's own checks — [`time`] (lifetimes, timestamps),
 //! [`entitlement`] (targets, a key's grants, containment of one grant in another), [`glob`]
@@ -31,6 +31,7 @@ pub mod config;
 pub mod decision;
 pub mod denial;
 pub mod entitlement;
+pub mod fasthash;
 pub mod glob;
 pub mod headers;
 pub mod keys;

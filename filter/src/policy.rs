@@ -4,9 +4,9 @@
 //! ```text
 //! FilterConfig ──compile──► Policy
 //!   stores[]                  stores: Vec<Store>            (index = StoreId)
-//!   namespaces{}              namespaces: HashMap<ns, StoreId>
+//!   namespaces{}              namespaces: FastMap<ns, StoreId>
 //!   inboundAuth.keys[].sha256 ┐
-//!   store credentials         ├► tokens: HashMap<[u8; 32], Grants>
+//!   store credentials         ├► tokens: FastMap<[u8; 32], Grants>
 //!   apiKeys[].lookupHash      ┘
 //!   apiKeys[].entitlements    keys: Vec<MintedKey> (per-store grants indexed by StoreId)
 //! ```
@@ -14,6 +14,7 @@
 use crate::config::{
     ApiKeyConfig, Credential, Entitlement, FilterConfig, InboundAuth, CONFIG_VERSION,
 };
+use crate::fasthash::{self, FastMap};
 use crate::glob::NamespaceGlob;
 use crate::keys::{Freshness, KeyTable};
 use crate::route::{valid_namespace, RouteRule};
@@ -181,7 +182,7 @@ impl Grants {
     }
 }
 
-fn add_grant(tokens: &mut HashMap<[u8; 32], Grants>, hash: [u8; 32], g: Grant) {
+fn add_grant(tokens: &mut FastMap<[u8; 32], Grants>, hash: [u8; 32], g: Grant) {
     match tokens.entry(hash) {
         std::collections::hash_map::Entry::Occupied(mut e) => e.get_mut().push(g),
         std::collections::hash_map::Entry::Vacant(e) => {
@@ -198,9 +199,9 @@ pub struct Policy {
     /// The default store.
     pub default_store: Option<StoreId>,
     /// Upstream namespace → store (from Indexes).
-    pub namespaces: HashMap<Box<str>, StoreId>,
+    pub namespaces: FastMap<Box<str>, StoreId>,
     /// SHA-256(token) → grants.
-    pub tokens: HashMap<[u8; 32], Grants>,
+    pub tokens: FastMap<[u8; 32], Grants>,
     /// Minted keys.
     pub keys: Arc<KeyTable>,
     /// Where minted keys are synced from (`keyService`), resolved.
@@ -257,7 +258,7 @@ impl Policy {
         if cfg.limits.inspect_body_bytes == 0 {
             return invalid("limits.inspectBodyBytes must be greater than 0");
         }
-        let mut tokens: HashMap<[u8; 32], Grants> = HashMap::with_capacity(cfg.api_keys.len() + 8);
+        let mut tokens: FastMap<[u8; 32], Grants> = fasthash::with_capacity(cfg.api_keys.len() + 8);
         let mut by_name: HashMap<&str, StoreId> = HashMap::new();
         let mut stores = Vec::with_capacity(cfg.stores.len());
         for (id, s) in cfg.stores.iter().enumerate() {
@@ -344,7 +345,7 @@ impl Policy {
                 None => return invalid(format!("defaultStore {name:?} is not one of the stores")),
             },
         };
-        let mut namespaces = HashMap::with_capacity(cfg.namespaces.len());
+        let mut namespaces = fasthash::with_capacity(cfg.namespaces.len());
         for (ns, store) in &cfg.namespaces {
             if !valid_namespace(ns) {
                 return invalid(format!("namespaces: {ns:?} is not a valid namespace name"));

@@ -111,11 +111,23 @@ pub fn split_query(path: &str) -> (&str, Option<&str>) {
     }
 }
 
-fn has_ci(haystack: &str, needle: &str) -> bool {
-    haystack
-        .as_bytes()
-        .windows(needle.len())
-        .any(|w| w.eq_ignore_ascii_case(needle.as_bytes()))
+/// True when `path` holds a control character (NUL included), and when it holds `%2f`, `%5c`,
+/// `%2e` or `%00` in any case: one pass over the bytes (four substring searches were about
+/// two thousand instructions a request in the VM).
+fn control_and_encoded(path: &str) -> (bool, bool) {
+    let b = path.as_bytes();
+    let (mut control, mut encoded) = (false, false);
+    for (i, &c) in b.iter().enumerate() {
+        if c.is_ascii_control() {
+            control = true;
+        } else if c == b'%' && i + 2 < b.len() && !encoded {
+            encoded = matches!(
+                (b[i + 1], b[i + 2].to_ascii_lowercase()),
+                (b'2', b'f' | b'e') | (b'5', b'c') | (b'0', b'0')
+            );
+        }
+    }
+    (control, encoded)
 }
 
 /// Rejects what Envoy's normalization should already have removed, and what it must not pass:
@@ -124,18 +136,19 @@ fn check_path(path: &str) -> Result<(), Denial> {
     if !path.starts_with('/') {
         return Err(Denial::bad_request("the request path must start with '/'"));
     }
-    if path.bytes().any(|b| b == 0 || b.is_ascii_control()) {
+    let (control, encoded) = control_and_encoded(path);
+    if control {
         return Err(Denial::bad_request(
             "the request path contains a control character (NUL?); remove it",
         ));
     }
-    if ["%2f", "%5c", "%2e", "%00"].iter().any(|n| has_ci(path, n)) {
+    if encoded {
         return Err(Denial::bad_request(
             "the request path contains an encoded '/', '\\', '.' or NUL; send the path unencoded",
         ));
     }
     if path.len() > 1 {
-        for seg in path[1..].split('/') {
+        for seg in SlashSplit::new(&path[1..]) {
             if seg.is_empty() {
                 return Err(Denial::bad_request(
                     "the request path contains an empty segment ('//'); remove it",
@@ -151,6 +164,34 @@ fn check_path(path: &str) -> Result<(), Denial> {
     Ok(())
 }
 
+/// `str::split('/')` as a plain byte scan: the same pieces, without the generic searcher's
+/// set-up on every call (in the VM, each `split` cost several hundred instructions).
+struct SlashSplit<'a>(Option<&'a str>);
+
+impl<'a> SlashSplit<'a> {
+    fn new(s: &'a str) -> SlashSplit<'a> {
+        SlashSplit(Some(s))
+    }
+}
+
+impl<'a> Iterator for SlashSplit<'a> {
+    type Item = &'a str;
+
+    fn next(&mut self) -> Option<&'a str> {
+        let rest = self.0?;
+        match rest.bytes().position(|b| b == b'/') {
+            Some(i) => {
+                self.0 = Some(&rest[i + 1..]);
+                Some(&rest[..i])
+            }
+            None => {
+                self.0 = None;
+                Some(rest)
+            }
+        }
+    }
+}
+
 fn segments(path: &str) -> Segments<'_> {
     let mut s = Segments {
         items: [""; MAX_SEGMENTS],
@@ -158,7 +199,7 @@ fn segments(path: &str) -> Segments<'_> {
         overflow: false,
     };
     if path.len() > 1 {
-        for seg in path[1..].split('/') {
+        for seg in SlashSplit::new(&path[1..]) {
             if s.len == MAX_SEGMENTS {
                 s.overflow = true;
                 break;
@@ -442,6 +483,55 @@ mod tests {
     fn is(method: &str, path: &str, scope: Option<Scope>, target: Target) {
         let r = c(method, path);
         assert_eq!((r.scope, r.target), (scope, target), "{method} {path}");
+    }
+
+    #[test]
+    fn encoded_and_control_bytes_are_found_in_one_pass() {
+        // Against the plain definition: any case-insensitive occurrence of the four escapes.
+        let naive = |p: &str| {
+            let l = p.to_ascii_lowercase();
+            (
+                p.bytes().any(|b| b.is_ascii_control()),
+                ["%2f", "%5c", "%2e", "%00"].iter().any(|n| l.contains(n)),
+            )
+        };
+        for p in [
+            "/v1/namespaces/a",
+            "/a%2Fb",
+            "/a%2fb",
+            "/a%5Cb",
+            "/a%2E%2e",
+            "/a%00",
+            "/a%0",
+            "/a%",
+            "/a%%2f",
+            "/a%25%32%66",
+            "/a%41%2e",
+            "/a\x01b",
+            "/a\x7f",
+            "/%2",
+            "/ok%20x%2F",
+        ] {
+            assert_eq!(control_and_encoded(p), naive(p), "{p:?}");
+        }
+    }
+
+    #[test]
+    fn slash_split_is_split() {
+        for p in [
+            "",
+            "a",
+            "a/b",
+            "a//b",
+            "/",
+            "a/",
+            "/a/",
+            "v1/namespaces/x/metadata",
+        ] {
+            let ours: Vec<&str> = SlashSplit::new(p).collect();
+            let std: Vec<&str> = p.split('/').collect();
+            assert_eq!(ours, std, "{p:?}");
+        }
     }
 
     // One test per row of SPEC §4.

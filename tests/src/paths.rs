@@ -40,6 +40,17 @@ pub fn wasm_path() -> Result<PathBuf> {
     )
 }
 
+/// The bench's probe filter (`tests/probe-filter`, SDK-free, makes only the host calls its
+/// configuration names): `$LAYERGATE_PROBE_WASM` or its wasm32-wasip1 artifact.
+pub fn probe_wasm_path() -> Result<PathBuf> {
+    existing(
+        "LAYERGATE_PROBE_WASM",
+        repo_root().join("target/wasm32-wasip1/wasm/layergate_probe_filter.wasm"),
+        "bench",
+        "the probe filter wasm (cargo build -p layergate-probe-filter --target wasm32-wasip1 --profile wasm)",
+    )
+}
+
 /// The Python interpreter with the official clients: `$LAYERGATE_PYTHON` or `.venv/bin/python`.
 pub fn python() -> Result<PathBuf> {
     existing(

@@ -11,7 +11,9 @@
 use anyhow::{anyhow, bail, Context, Result};
 use std::collections::HashMap;
 use std::path::Path;
-use wasmtime::{Caller, Engine, Extern, Instance, Linker, Memory, Module, Store, TypedFunc};
+use wasmtime::{
+    Caller, Config, Engine, Extern, Instance, Linker, Memory, Module, Store, TypedFunc,
+};
 
 /// proxy-wasm status codes.
 const OK: i32 = 0;
@@ -102,6 +104,15 @@ struct HostState {
     calls: Vec<HttpCall>,
     /// The answer being delivered to `proxy_on_http_call_response`.
     call_response: (Vec<(String, String)>, Vec<u8>),
+    /// Metered VMs: each host call of the current export call, with the fuel used before it.
+    marks: Vec<(&'static str, u64)>,
+}
+
+/// Notes a host call and the fuel the export call had used when it was made (metered VMs).
+fn mark(caller: &mut Caller<'_, HostState>, name: &'static str) {
+    if let Ok(left) = caller.get_fuel() {
+        caller.data_mut().marks.push((name, FUEL - left));
+    }
 }
 
 /// A `dispatch_http_call` the filter made.
@@ -132,7 +143,15 @@ pub struct FilterHost {
     store: Store<HostState>,
     instance: Instance,
     next_context: i32,
+    metered: bool,
+    /// Fuel each export call of the current request consumed, in call order.
+    fuel: Vec<(&'static str, u64)>,
+    /// The host calls of the last metered export call, with the fuel used before each.
+    marks: Vec<(&'static str, u64)>,
 }
+
+/// Fuel a metered VM starts with: far more than any test spends.
+const FUEL: u64 = u64::MAX / 2;
 
 /// The root context id the host uses.
 const ROOT: i32 = 1;
@@ -218,6 +237,7 @@ fn link(linker: &mut Linker<HostState>) -> Result<()> {
         env,
         "proxy_get_current_time_nanoseconds",
         |mut c: Caller<'_, HostState>, ret: i32| -> Result<i32> {
+            mark(&mut c, "proxy_get_current_time_nanoseconds");
             let now = c.data().now_nanos;
             write(&mut c, ret, &now.to_le_bytes())?;
             Ok(OK)
@@ -249,6 +269,7 @@ fn link(linker: &mut Linker<HostState>) -> Result<()> {
          ptr_ptr: i32,
          size_ptr: i32|
          -> Result<i32> {
+            mark(&mut c, "proxy_get_buffer_bytes");
             let data = match kind {
                 PLUGIN_CONFIGURATION => c.data().plugin_config.clone(),
                 VM_CONFIGURATION => Vec::new(),
@@ -268,6 +289,7 @@ fn link(linker: &mut Linker<HostState>) -> Result<()> {
         env,
         "proxy_get_header_map_pairs",
         |mut c: Caller<'_, HostState>, map: i32, ptr_ptr: i32, size_ptr: i32| -> Result<i32> {
+            mark(&mut c, "proxy_get_header_map_pairs");
             if map != HTTP_REQUEST_HEADERS {
                 give(&mut c, &serialize(&[]), ptr_ptr, size_ptr)?;
                 return Ok(OK);
@@ -307,6 +329,7 @@ fn link(linker: &mut Linker<HostState>) -> Result<()> {
          ptr_ptr: i32,
          size_ptr: i32|
          -> Result<i32> {
+            mark(&mut c, "proxy_get_header_map_value");
             let key = read_str(&mut c, kp, kn)?.to_ascii_lowercase();
             let data = c.data();
             let headers = if map == HTTP_CALL_RESPONSE_HEADERS {
@@ -337,6 +360,7 @@ fn link(linker: &mut Linker<HostState>) -> Result<()> {
          vp: i32,
          vn: i32|
          -> Result<i32> {
+            mark(&mut c, "proxy_replace_header_map_value");
             let (key, value) = (
                 read_str(&mut c, kp, kn)?.to_ascii_lowercase(),
                 read_str(&mut c, vp, vn)?,
@@ -369,6 +393,7 @@ fn link(linker: &mut Linker<HostState>) -> Result<()> {
         env,
         "proxy_remove_header_map_value",
         |mut c: Caller<'_, HostState>, _map: i32, kp: i32, kn: i32| -> Result<i32> {
+            mark(&mut c, "proxy_remove_header_map_value");
             let key = read_str(&mut c, kp, kn)?.to_ascii_lowercase();
             c.data_mut().headers.retain(|(k, _)| *k != key);
             Ok(OK)
@@ -387,6 +412,7 @@ fn link(linker: &mut Linker<HostState>) -> Result<()> {
          hn: i32,
          _grpc: i32|
          -> Result<i32> {
+            mark(&mut c, "proxy_send_local_response");
             let body = read(&mut c, bp, bn)?;
             let headers = deserialize(&read(&mut c, hp, hn)?);
             c.data_mut().reply = Some(LocalReply {
@@ -420,6 +446,7 @@ fn link(linker: &mut Linker<HostState>) -> Result<()> {
         env,
         "proxy_set_property",
         |mut c: Caller<'_, HostState>, pp: i32, pn: i32, vp: i32, vn: i32| -> Result<i32> {
+            mark(&mut c, "proxy_set_property");
             let (path, value) = (read_str(&mut c, pp, pn)?, read(&mut c, vp, vn)?);
             c.data_mut().properties.insert(path, value);
             Ok(OK)
@@ -608,15 +635,35 @@ fn link(linker: &mut Linker<HostState>) -> Result<()> {
 pub struct FilterModule {
     engine: Engine,
     module: Module,
+    metered: bool,
 }
 
 impl FilterModule {
     /// Compiles a `.wasm` file.
     pub fn compile(wasm: &Path) -> Result<FilterModule> {
-        let engine = Engine::default();
+        FilterModule::build(wasm, false)
+    }
+
+    /// Compiles a `.wasm` file with wasmtime's fuel metering: every wasm instruction the
+    /// filter executes costs one unit (a few, like `nop` and `drop`, none), counted per
+    /// export call ([`FilterHost::request_fuel`]). Deterministic for a given `.wasm` and
+    /// input, unlike time, so it can bound the filter's in-VM work in a test. Host calls are
+    /// not counted (their guest side is: the argument set-up and `proxy_on_memory_allocate`).
+    pub fn compile_metered(wasm: &Path) -> Result<FilterModule> {
+        FilterModule::build(wasm, true)
+    }
+
+    fn build(wasm: &Path, metered: bool) -> Result<FilterModule> {
+        let mut config = Config::new();
+        config.consume_fuel(metered);
+        let engine = Engine::new(&config)?;
         let module = Module::from_file(&engine, wasm)
             .with_context(|| format!("loading {}", wasm.display()))?;
-        Ok(FilterModule { engine, module })
+        Ok(FilterModule {
+            engine,
+            module,
+            metered,
+        })
     }
 }
 
@@ -640,7 +687,11 @@ impl FilterHost {
 
     /// Starts a VM (its own `Store`) without configuring it.
     pub fn start(module: &FilterModule, env: &[(&str, &str)]) -> Result<FilterHost> {
-        let FilterModule { engine, module } = module;
+        let FilterModule {
+            engine,
+            module,
+            metered,
+        } = module;
         let mut linker = Linker::new(engine);
         link(&mut linker)?;
         for import in module.imports() {
@@ -668,6 +719,9 @@ impl FilterHost {
             ..HostState::default()
         };
         let mut store = Store::new(engine, state);
+        if *metered {
+            store.set_fuel(FUEL)?;
+        }
         let instance = linker.instantiate(&mut store, module)?;
         if let Ok(init) = instance.get_typed_func::<(), ()>(&mut store, "_initialize") {
             init.call(&mut store, ())?;
@@ -676,6 +730,9 @@ impl FilterHost {
             store,
             instance,
             next_context: ROOT + 1,
+            metered: *metered,
+            fuel: Vec::new(),
+            marks: Vec::new(),
         };
         host.call_if_exported::<(i32, i32), ()>("proxy_on_context_create", (ROOT, 0))?;
         if host.call::<(i32, i32), i32>("proxy_on_vm_start", (ROOT, 0))? == 0 {
@@ -686,21 +743,33 @@ impl FilterHost {
 
     fn call<P: wasmtime::WasmParams, R: wasmtime::WasmResults>(
         &mut self,
-        name: &str,
+        name: &'static str,
         params: P,
     ) -> Result<R> {
         let f = self
             .instance
             .get_typed_func::<P, R>(&mut self.store, name)
             .with_context(|| format!("export {name}"))?;
-        f.call(&mut self.store, params)
-            .with_context(|| format!("calling {name}"))
+        if !self.metered {
+            return f
+                .call(&mut self.store, params)
+                .with_context(|| format!("calling {name}"));
+        }
+        self.store.set_fuel(FUEL)?;
+        self.store.data_mut().marks.clear();
+        let result = f.call(&mut self.store, params);
+        let used = FUEL - self.store.get_fuel()?;
+        self.fuel.push((name, used));
+        let marks = std::mem::take(&mut self.store.data_mut().marks);
+        self.marks.extend(marks);
+        self.marks.push((name, used));
+        result.with_context(|| format!("calling {name}"))
     }
 
     /// Calls an optional export; nothing when the module does not export it.
     fn call_if_exported<P: wasmtime::WasmParams, R: wasmtime::WasmResults>(
         &mut self,
-        name: &str,
+        name: &'static str,
         params: P,
     ) -> Result<Option<R>> {
         if self.instance.get_func(&mut self.store, name).is_none() {
@@ -740,6 +809,8 @@ impl FilterHost {
     pub fn request(&mut self, req: Request) -> Result<Outcome> {
         let ctx = self.next_context;
         self.next_context += 1;
+        self.fuel.clear();
+        self.marks.clear();
         {
             let st = self.store.data_mut();
             st.headers = req
@@ -775,6 +846,19 @@ impl FilterHost {
                 headers: st.headers.clone(),
             },
         })
+    }
+
+    /// Fuel each callback of the last [`FilterHost::request`] consumed, in call order (the
+    /// exports the filter has; empty unless the module was [`FilterModule::compile_metered`]).
+    pub fn request_fuel(&self) -> &[(&'static str, u64)] {
+        &self.fuel
+    }
+
+    /// The host calls of the last [`FilterHost::request`] (metered VMs), each with the fuel its
+    /// export call had used before it, and after each export call its name and total: where
+    /// between host calls the filter's work goes.
+    pub fn host_call_marks(&self) -> &[(&'static str, u64)] {
+        &self.marks
     }
 
     /// The `dispatch_http_call`s the filter has made so far.

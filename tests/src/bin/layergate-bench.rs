@@ -27,16 +27,19 @@ use std::time::{Duration, Instant};
 const READ_PATH: &str = "/v1/namespaces/shop-a/metadata";
 const WRITE_PATH: &str = "/v2/namespaces/shop-a";
 const CONNECTIONS: usize = 16;
+/// The SDK-free probe that enters the VM and returns: the base of the per-call prices.
+const PROBE_ENTER: &str = "probe: enter the VM and return";
 
 #[derive(Clone, Copy, PartialEq, Eq)]
 enum Table {
     Peers,
     HostCalls,
+    Probes,
     Scale,
     Bodies,
 }
 
-const TABLES: [(Table, &str); 4] = [
+const TABLES: [(Table, &str); 5] = [
     (
         Table::Peers,
         "Header-only read: layergate and the alternatives",
@@ -46,12 +49,17 @@ const TABLES: [(Table, &str); 4] = [
         "The price of host calls: the no-op filter making them on every request",
     ),
     (
+        Table::Probes,
+        "The wasm filter's per-request parts: an SDK-free probe (six exports) making one kind of host call",
+    ),
+    (
         Table::Scale,
         "Scale: per-request cost with many keys and namespaces",
     ),
     (Table::Bodies, "Request bodies: 1 MiB writes"),
 ];
 
+#[derive(Clone)]
 struct Variant {
     table: Table,
     name: String,
@@ -61,6 +69,8 @@ struct Variant {
     body: Option<PathBuf>,
     /// A process whose CPU counts with Envoy's (the ext_authz service).
     sidecar: Option<u32>,
+    /// For the SDK-free probes: how many times in a row it makes its call (0: not a probe).
+    repeat: u32,
 }
 
 #[derive(Default, Clone)]
@@ -72,6 +82,8 @@ struct Totals {
     sidecar_cpu: Duration,
     p50: Vec<Duration>,
     p99: Vec<Duration>,
+    /// The lowest CPU µs/req of any round: on a shared machine, other load only ever adds.
+    best: f64,
     rss: u64,
 }
 
@@ -252,6 +264,18 @@ fn variants(
             buffer_limit_bytes: render::DEFAULT_BUFFER_LIMIT_BYTES,
         }))
     };
+    // The SDK-free probe (`tests/probe-filter`) in the same chain: the price of each part of
+    // layergate's per-request work, against the same module doing nothing.
+    let probe_wasm = layergate_tests::paths::probe_wasm_path()?;
+    let sdk_free = |steps: &str| {
+        bootstrap(render::listener(&render::Listener {
+            listen: any,
+            wasm_path: probe_wasm.to_string_lossy().into_owned(),
+            filter_config: Some(steps.to_owned()),
+            vm_env: Vec::new(),
+            buffer_limit_bytes: render::DEFAULT_BUFFER_LIMIT_BYTES,
+        }))
+    };
     let lua = json!({"name": "envoy.filters.http.lua", "typed_config": {
         "@type": "type.googleapis.com/envoy.extensions.filters.http.lua.v3.Lua",
         "default_source_code": {"inline_string": LUA_KEY_CHECK}}});
@@ -277,6 +301,7 @@ fn variants(
         headers: headers.clone(),
         body: None,
         sidecar: None,
+        repeat: 0,
     };
     let mut all = vec![
         v(
@@ -350,6 +375,54 @@ fn variants(
             &read_routed,
         ),
     ];
+    // One call costs a microsecond or two, below this machine's run-to-run noise: the probes
+    // make it 16 times, and the price of one is (probe − "enter") ÷ 16. A single write beside
+    // 16 separates the write from the route re-pick it causes (once per request).
+    for (name, steps, repeat) in [
+        (PROBE_ENTER, "", 1),
+        (
+            "probe: 16 × read the header map (get_header_map_pairs)",
+            "map*16",
+            16,
+        ),
+        (
+            "probe: 16 × read 1 header (get_header_map_value)",
+            "get:authorization*16",
+            16,
+        ),
+        (
+            "probe: 1 × header write (replace authorization)",
+            "set:authorization",
+            1,
+        ),
+        (
+            "probe: 16 × header write (replace authorization)",
+            "set:authorization*16",
+            16,
+        ),
+        ("probe: 16 × set_property", "property*16", 16),
+        (
+            "probe: 16 × SHA-256 of a token (in the VM)",
+            "sha256*16",
+            16,
+        ),
+        (
+            "probe: layergate's calls (map read, 2 writes, set_property)",
+            "map,set:authorization,set:x-probe-a,property",
+            1,
+        ),
+    ] {
+        all.push(Variant {
+            repeat,
+            ..v(
+                Table::Probes,
+                name,
+                sdk_free(steps),
+                READ_PATH,
+                &read_routed,
+            )
+        });
+    }
     for (keys, namespaces) in [(10, 10), (10_000, 10), (100_000, 10), (10, 10_000)] {
         let minted = headers(&[(
             "authorization",
@@ -642,6 +715,128 @@ fn operator_render_time(keys: usize, indexes: usize) -> Result<Duration> {
     Ok(took)
 }
 
+/// `layergate-bench probes`: the per-call prices with less noise than the tables. Bare Envoy,
+/// the SDK no-op floor, layergate and every probe run side by side (all started once, so rounds can be short and many); each
+/// round loads each for `BENCH_SECONDS` (default 1), and a price is the median over rounds of
+/// a difference within one round — against bare Envoy, and for one call, against the probe
+/// that only enters the VM, ÷ its calls. Other load on a shared machine comes in bursts; a
+/// median of paired differences leaves most of them out, where totals and best rounds do not.
+fn probes() -> Result<()> {
+    let seconds: u64 = env_number("BENCH_SECONDS", 1);
+    let rounds: usize = env_number("BENCH_ROUNDS", 15);
+    let upstream = start_upstream()?;
+    let scratch = tempdir("probes")?;
+    let any = SocketAddr::from(([127, 0, 0, 1], 0));
+    let mut all = variants(upstream, any, 0, &scratch)?;
+    // `LAYERGATE_BASELINE_WASM`: another build of the filter beside layergate in the same
+    // paired rounds (before/after a change, on the same loaded machine).
+    if let Ok(baseline) = std::env::var("LAYERGATE_BASELINE_WASM") {
+        let wasm = layergate_tests::paths::wasm_path()?;
+        let mut v = all[2].clone();
+        v.name = format!("layergate, baseline build ({baseline})");
+        v.yaml = v.yaml.replace(&*wasm.to_string_lossy(), &baseline);
+        anyhow::ensure!(
+            v.yaml != all[2].yaml,
+            "the baseline build's path did not go in"
+        );
+        all.insert(3, v);
+    }
+    // `BENCH_ONLY` narrows the probes (bare Envoy, the floor, layergate, a baseline build and
+    // the enter-only probe always run).
+    let only = std::env::var("BENCH_ONLY").unwrap_or_default();
+    let chosen: Vec<&Variant> = all
+        .iter()
+        .enumerate()
+        // Bare Envoy, the SDK no-op floor, layergate, then the probes.
+        .filter(|(i, v)| {
+            *i < 3
+                || v.name.starts_with("layergate, baseline build")
+                || v.table == Table::Probes
+                    && (only.is_empty()
+                        || v.name == PROBE_ENTER
+                        || only.split('|').any(|o| v.name.contains(o)))
+        })
+        .map(|(_, v)| v)
+        .collect();
+    let enter = chosen
+        .iter()
+        .position(|v| v.name == PROBE_ENTER)
+        .context("the enter-only probe")?;
+    let envoys = chosen
+        .iter()
+        .map(|v| {
+            Envoy::start_yaml(&v.yaml, &layergate_tests::paths::repo_root())
+                .with_context(|| format!("starting {}", v.name))
+        })
+        .collect::<Result<Vec<_>>>()?;
+    let run = |v: &Variant, envoy: &Envoy, length: Duration| -> Result<f64> {
+        let url = format!("http://{}{}", envoy.addr, v.path);
+        let hs: Vec<(&str, &str)> = v
+            .headers
+            .iter()
+            .map(|(k, x)| (k.as_str(), x.as_str()))
+            .collect();
+        let before = cpu_time(envoy.pid())?;
+        let stats = load(&url, &hs, None, CONNECTIONS, length)?;
+        anyhow::ensure!(stats.errors == 0, "{}: {} non-2xx", v.name, stats.errors);
+        Ok((cpu_time(envoy.pid())? - before).as_secs_f64() * 1e6 / stats.requests.max(1) as f64)
+    };
+    for (v, envoy) in chosen.iter().zip(&envoys) {
+        run(v, envoy, Duration::from_secs(1))?; // warm-up
+    }
+    // per_request[variant][round]
+    let mut per_request = vec![Vec::with_capacity(rounds); chosen.len()];
+    for round in 0..rounds {
+        for (i, (v, envoy)) in chosen.iter().zip(&envoys).enumerate() {
+            per_request[i].push(run(v, envoy, Duration::from_secs(seconds))?);
+        }
+        eprintln!(
+            "round {}: bare {:.1} µs/req, enter {:.1}",
+            round + 1,
+            per_request[0][round],
+            per_request[enter][round]
+        );
+    }
+    let median = |mut xs: Vec<f64>| {
+        xs.sort_by(f64::total_cmp);
+        xs.get(xs.len() / 2).copied().unwrap_or(f64::NAN)
+    };
+    let diff = |a: usize, b: usize| -> Vec<f64> {
+        per_request[a]
+            .iter()
+            .zip(&per_request[b])
+            .map(|(x, y)| x - y)
+            .collect()
+    };
+    let bare = median(per_request[0].clone());
+    let mut out = format!(
+        "Paired probes: Envoy {} side by side, one worker each{}; {rounds} rounds, each loading every variant for {seconds} s in turn (wrk, one thread, {CONNECTIONS} connections); {}. Medians over rounds of differences within a round; bare Envoy's median is {bare:.2} µs/req.\n\n| variant | µs/req − bare | × bare | µs per call (− enter-only, ÷ calls) |\n|---|---|---|---|\n",
+        chosen.len(),
+        std::env::var("LAYERGATE_ENVOY_CPU").map(|c| format!(", all pinned to CPU {c}")).unwrap_or_default(),
+        machine()
+    );
+    for (i, v) in chosen.iter().enumerate().skip(1) {
+        let over_bare = median(diff(i, 0));
+        let per_call = if i == enter {
+            "—".to_owned()
+        } else {
+            let calls = f64::from(v.repeat.max(1));
+            format!(
+                "{:+.2}",
+                median(diff(i, enter).into_iter().map(|d| d / calls).collect())
+            )
+        };
+        let _ = writeln!(
+            out,
+            "| {} | {over_bare:+.2} | {:.3} | {per_call} |",
+            v.name,
+            (bare + over_bare) / bare
+        );
+    }
+    print!("{out}");
+    Ok(())
+}
+
 fn main() -> Result<()> {
     if std::env::args().nth(1).as_deref() == Some("reload") {
         let upstream = start_upstream()?;
@@ -651,6 +846,9 @@ fn main() -> Result<()> {
             .unwrap_or(100_000);
         println!("reload at {keys} keys: {:?}", reload_time(upstream, keys)?);
         return Ok(());
+    }
+    if std::env::args().nth(1).as_deref() == Some("probes") {
+        return probes();
     }
     if std::env::args().nth(1).as_deref() == Some("authz") {
         let listener = std::net::TcpListener::bind("127.0.0.1:0")?;
@@ -694,6 +892,12 @@ fn main() -> Result<()> {
             t.p50.push(stats.p50);
             t.p99.push(stats.p99);
             t.rss = t.rss.max(rss);
+            let per_request = (cpu + side).as_secs_f64() * 1e6 / stats.requests.max(1) as f64;
+            t.best = if round == 0 {
+                per_request
+            } else {
+                t.best.min(per_request)
+            };
         }
     }
     let _ = authz.kill();
@@ -718,14 +922,18 @@ fn main() -> Result<()> {
     let cpu_us =
         |t: &Totals| (t.cpu + t.sidecar_cpu).as_secs_f64() * 1e6 / t.requests.max(1) as f64;
     let (bare, floor) = (cpu_us(&totals[0]), cpu_us(&totals[1]));
+    let bare_best = totals[0].best;
     let mut out = format!(
         "Envoy {envoy_version}, one worker (`--concurrency 1`{}); wrk, one thread, {CONNECTIONS} keep-alive connections, closed loop; {rounds} interleaved rounds of {seconds} s after a 1 s warm-up per run; {}; {date}. \
-CPU µs/req is Envoy's user+system time over the run ÷ requests (for ext_authz, plus the authorizer's); × and − are against bare Envoy and the no-op wasm filter of this run.\n",
+CPU µs/req is Envoy's user+system time over the run ÷ requests (for ext_authz, plus the authorizer's); × and − are against bare Envoy and the no-op wasm filter of this run; the best round is each variant's lowest CPU µs/req over the rounds (other load on a shared machine only adds), compared with bare Envoy's lowest.\n",
         std::env::var("LAYERGATE_ENVOY_CPU").map(|c| format!(", pinned to CPU {c}")).unwrap_or_default(),
         machine()
     );
     for (table, title) in TABLES {
-        let _ = write!(out, "\n### {title}\n\n| variant | req/s | p50 | p99 | CPU µs/req | × bare | − wasm floor µs | Envoy RSS MiB | non-2xx |\n|---|---|---|---|---|---|---|---|---|\n");
+        if !variants.iter().any(|v| v.table == table) {
+            continue;
+        }
+        let _ = write!(out, "\n### {title}\n\n| variant | req/s | p50 | p99 | CPU µs/req | × bare | − wasm floor µs | best round µs/req | best × bare's best | Envoy RSS MiB | non-2xx |\n|---|---|---|---|---|---|---|---|---|---|---|\n");
         for (v, t) in variants
             .iter()
             .zip(&mut totals)
@@ -738,7 +946,7 @@ CPU µs/req is Envoy's user+system time over the run ÷ requests (for ext_authz,
             let (p50, p99) = (median(&mut t.p50), median(&mut t.p99));
             let _ = writeln!(
                 out,
-                "| {} | {:.0} | {:.0} µs | {:.0} µs | {:.2} | {:.2} | {:+.2} | {:.1} | {} |",
+                "| {} | {:.0} | {:.0} µs | {:.0} µs | {:.2} | {:.2} | {:+.2} | {:.2} | {:.2} | {:.1} | {} |",
                 v.name,
                 t.requests as f64 / t.secs.max(1e-9),
                 p50.as_secs_f64() * 1e6,
@@ -746,9 +954,35 @@ CPU µs/req is Envoy's user+system time over the run ÷ requests (for ext_authz,
                 cpu_us(t),
                 cpu_us(t) / bare,
                 cpu_us(t) - floor,
+                t.best,
+                t.best / bare_best,
                 t.rss as f64 / (1 << 20) as f64,
                 t.errors
             );
+        }
+    }
+    // Each probe's call, priced from the best rounds against the probe that only enters.
+    let enter = variants
+        .iter()
+        .zip(&totals)
+        .find(|(v, _)| v.name == PROBE_ENTER)
+        .map(|(_, t)| t.best);
+    if let Some(enter) = enter {
+        let _ = write!(
+            out,
+            "\nPer call (best rounds): (probe − \"enter the VM and return\") ÷ calls; the enter-only probe is {:.2}× bare's best, {:+.2} µs.\n\n| probe | µs per call |\n|---|---|\n",
+            enter / bare_best,
+            enter - bare_best
+        );
+        for (v, t) in variants.iter().zip(&totals).filter(|(v, _)| v.repeat > 0) {
+            if v.name != PROBE_ENTER {
+                let _ = writeln!(
+                    out,
+                    "| {} | {:+.2} |",
+                    v.name,
+                    (t.best - enter) / f64::from(v.repeat)
+                );
+            }
         }
     }
     if !only.is_empty() {
