@@ -140,6 +140,7 @@ pub extern "C" fn proxy_on_configure(root: u32, _size: usize) -> u32 {
 #[no_mangle]
 pub extern "C" fn proxy_on_tick(root: u32) {
     with_root(root, |r| {
+        r.hold_confirms();
         r.flush();
         r.sync_keys();
     });
@@ -215,11 +216,19 @@ struct Root {
 }
 
 /// The key-service sync loop's state (SPEC §6): one long poll in flight at a time; after a
-/// failure, retries back off from 1 s to 10 s.
+/// failure, retries back off from 1 s to 10 s and ask without waiting, so a key service that
+/// comes back confirms the table at once (a held poll would only answer at the next change).
+///
+/// A long poll held open is the key service's promise to answer as soon as something changes,
+/// within `pollSeconds`: while one is held (and the last call succeeded) the table counts as
+/// confirmed, up to `pollSeconds` after it was sent. So the stale gauge reads 0 in steady state
+/// and grows from the moment the key service stops answering, not from its last change.
 #[derive(Default)]
 struct Sync {
     /// The call in flight and the revision it asked from.
     in_flight: Option<(u32, Option<Box<str>>)>,
+    /// When the call in flight was sent (Unix seconds).
+    sent_at: i64,
     /// Unix seconds before which no new call is made (after failures).
     not_before: i64,
     failures: u32,
@@ -322,7 +331,12 @@ impl Root {
         let since = policy.keys.revision().map(Box::<str>::from);
         let mut path = String::with_capacity(ks.path.len() + 96);
         path.push_str(&ks.path);
-        let _ = write!(path, "?wait={}", ks.poll_seconds);
+        let wait = if self.sync.failures == 0 {
+            ks.poll_seconds
+        } else {
+            0
+        };
+        let _ = write!(path, "?wait={wait}");
         if let Some(rev) = &since {
             path.push_str("&since=");
             for b in rev.bytes() {
@@ -344,8 +358,31 @@ impl Root {
             std::time::Duration::from_secs(ks.poll_seconds + 5),
         );
         match call {
-            Some(token) => self.sync.in_flight = Some((token, since)),
+            Some(token) => {
+                self.sync.in_flight = Some((token, since));
+                self.sync.sent_at = now();
+            }
             None => self.sync_failed("dispatch_http_call to the key service's cluster failed"),
+        }
+    }
+
+    /// A long poll held after a successful call confirms the table until `pollSeconds` after
+    /// it was sent (see [`Sync`]).
+    fn hold_confirms(&self) {
+        let Some(policy) = &self.policy else {
+            return;
+        };
+        let (Some(ks), Some(f)) = (&policy.key_service, policy.keys.freshness()) else {
+            return;
+        };
+        if self.sync.in_flight.is_some() && self.sync.failures == 0 {
+            let until = self
+                .sync
+                .sent_at
+                .saturating_add(i64::try_from(ks.poll_seconds).unwrap_or(i64::MAX));
+            if f.stale_seconds(self.sync.sent_at).is_some() {
+                f.synced(now().min(until));
+            }
         }
     }
 

@@ -28,7 +28,14 @@ pub struct Settings {
     pub control: Option<(String, u16)>,
     /// Endpoints store credentials may be sent to (`--allow-endpoint` widens the default).
     pub allow_endpoints: crate::endpoint::Allowlist,
+    /// `keyService.maxStalenessSeconds` of the rendering: how long the gateway keeps judging
+    /// minted tokens without a successful sync ([`DEFAULT_MAX_STALENESS_SECONDS`]; tests
+    /// render a few seconds).
+    pub key_max_staleness_seconds: u64,
 }
+
+/// The default `keyService.maxStalenessSeconds` (SPEC §6: 5 minutes).
+pub const DEFAULT_MAX_STALENESS_SECONDS: u64 = 300;
 
 /// Cluster name of the operator's control API.
 pub const CONTROL_CLUSTER: &str = "layergate_control";
@@ -97,7 +104,7 @@ pub fn render_keyed(
             authority: None,
             path: crate::keyservice::SYNC_PATH.to_owned(),
             credential: Credential::Inline(credential.to_owned()),
-            max_staleness_seconds: 300,
+            max_staleness_seconds: settings.key_max_staleness_seconds,
             poll_seconds: crate::keyservice::MAX_WAIT.as_secs(),
         }),
         _ => None,
