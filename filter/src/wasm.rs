@@ -19,11 +19,12 @@ use crate::decision::{
 };
 use crate::denial::Denial;
 use crate::headers::{pairs, RequestHead};
-use crate::policy::{ConfigError, Policy};
+use crate::policy::{ConfigError, Policy, StoreId};
 use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
 use std::fmt::Write as _;
 use std::rc::Rc;
+use std::sync::Arc;
 
 use abi::now;
 
@@ -445,12 +446,39 @@ impl Root {
             return Err("a delta for a revision this table is not at".into());
         }
         if answer.snapshot || !answer.keys.is_empty() || !answer.removed.is_empty() {
-            let table = policy
-                .keys
-                .apply(&answer, &policy.store_ids(), policy.stores.len())
-                .map_err(|e| format!("the answer was refused: {e}"))?;
-            self.policy = Some(Rc::new(policy.with_keys(table)));
+            let refused = |e: ConfigError| format!("the answer was refused: {e}");
+            drop(policy);
+            let Some(current) = self.policy.as_mut() else {
+                return Ok(());
+            };
+            // Nothing else holds the policy or its table (no request is buffering a body
+            // with them): change the table where it is, in O(changes). Otherwise the
+            // requests that hold them keep theirs and a changed copy is swapped in.
+            match Rc::get_mut(current).and_then(|p| {
+                let stores: HashMap<&str, StoreId> = p
+                    .stores
+                    .iter()
+                    .enumerate()
+                    .map(|(id, s)| (&*s.name, id))
+                    .collect();
+                let count = p.stores.len();
+                Arc::get_mut(&mut p.keys).map(|t| (t, stores, count))
+            }) {
+                Some((table, stores, count)) => table
+                    .apply_in_place(&answer, &stores, count)
+                    .map_err(refused)?,
+                None => {
+                    let table = current
+                        .keys
+                        .apply(&answer, &current.store_ids(), current.stores.len())
+                        .map_err(refused)?;
+                    *current = Rc::new(current.with_keys(table));
+                }
+            }
         }
+        let Some(policy) = self.policy.clone() else {
+            return Ok(());
+        };
         if let Some(f) = policy.keys.freshness() {
             f.synced(now());
         }

@@ -603,12 +603,13 @@ fn minted_bearer(pass: &Pass, headers: &[(String, String)]) -> Option<Principal>
 
 /// The keys `caller` may see, in hev layer's shape.
 fn key_views(pass: &Pass, caller: &Caller) -> Vec<Value> {
+    let lookup = status::KeyLookup::of(pass);
     pass.objects
         .keys
         .iter()
         .filter(|k| authority::may_manage(caller, k))
         .map(|k| {
-            let st = status::key(pass, k, now());
+            let st = status::key_in(&lookup, pass, k, now());
             json!({
                 "keyId": st.key_id,
                 "name": k.metadata.name,
