@@ -1722,7 +1722,7 @@ async fn one_broken_secret_or_name_is_that_objects_condition_and_the_rest_publis
 /// SPEC §9: a kube-mode pass over 100,000 ApiKeys + 1,000 Indexes in under a second. The
 /// number of keys is `LAYERGATE_KUBE_PASS_KEYS` (default 2,000, so `make test` stays quick;
 /// `make bench` runs it at 100,000 in release and reports the figure). Each key has its own
-/// token Secret, as minted ones do. The first pass writes every status; what is measured is
+/// token Secret owned by it, as minted ones are. The first pass writes every status; what is measured is
 /// the pass after it (nothing changed) and the pass after one key is revoked, split into the
 /// reads (lists from the API server; Secrets are only fetched when their resourceVersion
 /// moved) and the operator's own work (validation, rendering, status comparison). Asserted:
@@ -1750,7 +1750,9 @@ async fn a_kube_pass_at_scale_stays_under_a_second_per_100000_keys() {
         objects.push(json!({
             "apiVersion": "v1", "kind": "Secret",
             "metadata": {"name": format!("apikey-{name}"), "namespace": NS,
-                         "labels": {"hevlayer.com/apikey-token": name}},
+                         "labels": {"hevlayer.com/apikey-token": name},
+                         "ownerReferences": [{"apiVersion": "hevlayer.com/v1alpha1", "kind": "ApiKey",
+                                              "name": name, "uid": format!("uid-{i}")}]},
             "data": {"token": base64::engine::general_purpose::STANDARD.encode(token)}
         }));
     }
