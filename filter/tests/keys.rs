@@ -31,6 +31,10 @@ static GLOBAL: Live = Live;
 
 const NOW: i64 = 1_795_528_719;
 
+/// The two 100,000-key tests run one at a time: the memory test counts every live byte of the
+/// process, and the other allocates and frees a whole table meanwhile.
+static HEAVY: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
 fn token(i: usize) -> String {
     format!("hvl_{i:0>32}")
 }
@@ -201,6 +205,9 @@ fn static_api_keys_and_a_key_service_are_exclusive() {
 /// has the same layout, 32-bit pointers making it smaller still).
 #[test]
 fn a_table_of_100_000_keys_fits_its_memory_budget() {
+    let _alone = HEAVY
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
     let p = synced_policy();
     let keys: Vec<ApiKeyConfig> = (0..100_000)
         .map(|i| {
@@ -236,6 +243,9 @@ fn a_table_of_100_000_keys_fits_its_memory_budget() {
 /// table, through at least one rewrite of the dead slots, and every token still answers right.
 #[test]
 fn deltas_on_a_100_000_key_table_cost_what_they_change() {
+    let _alone = HEAVY
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
     const N: usize = 100_000;
     let p = synced_policy();
     let stores = p.store_ids();
