@@ -3,10 +3,17 @@
 //! change, so a request sees one table from start to end.
 //!
 //! ```text
-//!  SyncResponse{snapshot}  ──KeyTable::from_keys──►  new table
-//!  SyncResponse{deltas}    ──KeyTable::apply──────►  copy of the old one, changed
+//!  SyncResponse{snapshot}  ──KeyTable::from_keys──────►  new table
+//!  SyncResponse{deltas}    ──KeyTable::apply_in_place──►  the table, changed: O(changes)
+//!                          ──KeyTable::apply───────────►  a copy, changed (the old one is
+//!                                                          still held by a request)
 //!  request: lookup(sha256(token)) ─► index ─► MintedKey (entitlements, expiry)
 //! ```
+//!
+//! A delta costs what it changes, not what the table holds: keys are found by keyId through
+//! a map, a removed key's slot is marked dead (its digest entry is dropped lazily), and the
+//! table is rewritten without the dead slots only once they are half of it, so the rewrite is
+//! amortized over the removals that caused it.
 //!
 //! A synced table is only trusted while it is fresh: until the first sync and after
 //! `maxStalenessSeconds` without one, minted tokens get 503 (inbound keys and store
@@ -105,18 +112,22 @@ impl std::ops::Deref for KeyRef<'_> {
 }
 
 /// The minted keys, by token digest. About 100 bytes a key: the digest map, a 24-byte slot,
-/// a 16-byte keyId digest and the principal text; grants are shared by every key with the
-/// same entitlements. Removals and replacements by keyId scan the slots (they are rare: a
-/// revocation or re-mint), so no second map is kept.
+/// the keyId map (8 bytes of the keyId's SHA-256 → slot) and the principal text; grants are
+/// shared by every key with the same entitlements.
 #[derive(Debug, Clone, Default)]
 pub struct KeyTable {
     slots: Vec<Slot>,
-    /// Per slot: SHA-256 of its keyId, first 16 bytes.
-    ids: Vec<[u8; 16]>,
+    /// keyId digest → its live slot. 64 bits of SHA-256 over operator-made keyIds: a second
+    /// keyId with the digest of a given one takes about 2^64 tries to find.
+    by_id: FastMap<[u8; 8], u32>,
+    /// Token digest → slot; an entry of a removed key stays until the next rewrite and is
+    /// never answered (its slot is dead).
     by_hash: FastMap<[u8; 32], u32>,
     arena: String,
-    /// Arena bytes no slot refers to any more.
+    /// Arena bytes no live slot refers to any more.
     garbage: usize,
+    /// Slots of removed or replaced keys.
+    dead: usize,
     interned: HashSet<Arc<KeyGrants>>,
     /// `Some` for a table from the key service: judged for freshness.
     freshness: Option<Arc<Freshness>>,
@@ -124,10 +135,13 @@ pub struct KeyTable {
     revision: Option<Box<str>>,
 }
 
-fn id_digest(key_id: &str) -> [u8; 16] {
+/// `Slot::start` of a removed key.
+const DEAD: u32 = u32::MAX;
+
+fn id_digest(key_id: &str) -> [u8; 8] {
     let full = token_hash(key_id.as_bytes());
-    let mut out = [0u8; 16];
-    out.copy_from_slice(&full[..16]);
+    let mut out = [0u8; 8];
+    out.copy_from_slice(&full[..8]);
     out
 }
 
@@ -141,7 +155,7 @@ impl KeyTable {
     ) -> Result<KeyTable, ConfigError> {
         let mut table = KeyTable::default();
         table.slots.reserve(keys.len());
-        table.ids.reserve(keys.len());
+        table.by_id.reserve(keys.len());
         table.by_hash.reserve(keys.len());
         let mut seen = HashSet::with_capacity(keys.len());
         for k in keys {
@@ -165,39 +179,59 @@ impl KeyTable {
         }
     }
 
-    /// The table after a key-service answer: the snapshot, or this table with the deltas
-    /// applied. The answer is compiled whole before anything changes; a key the filter
-    /// cannot compile fails the answer (the table in use stays).
+    /// The table after a key-service answer, as a new table: the snapshot, or a copy of this
+    /// one with the deltas applied (O(table): for when a request still holds this one; else
+    /// use [`KeyTable::apply_in_place`]). A key the filter cannot compile fails the answer.
     pub fn apply(
         &self,
         answer: &SyncResponse,
         stores: &HashMap<&str, StoreId>,
         store_count: usize,
     ) -> Result<KeyTable, ConfigError> {
-        let mut next = if answer.snapshot {
-            KeyTable::from_keys(&answer.keys, stores, store_count)?
+        if answer.snapshot {
+            let mut next = KeyTable::from_keys(&answer.keys, stores, store_count)?;
+            next.freshness.clone_from(&self.freshness);
+            next.revision = Some(answer.revision.as_str().into());
+            return Ok(next);
+        }
+        let mut next = self.clone();
+        next.apply_in_place(answer, stores, store_count)?;
+        Ok(next)
+    }
+
+    /// Applies a key-service answer to this table: a snapshot replaces it, deltas change it in
+    /// O(changes). The answer is compiled whole before anything changes: a key the filter
+    /// cannot compile fails the answer and leaves the table as it was. The caller swaps the
+    /// table as one (the wasm VM runs nothing else meanwhile).
+    pub fn apply_in_place(
+        &mut self,
+        answer: &SyncResponse,
+        stores: &HashMap<&str, StoreId>,
+        store_count: usize,
+    ) -> Result<(), ConfigError> {
+        if answer.snapshot {
+            let mut next = KeyTable::from_keys(&answer.keys, stores, store_count)?;
+            next.freshness = self.freshness.take();
+            *self = next;
         } else {
             let compiled = answer
                 .keys
                 .iter()
                 .map(|k| compile_key(k, stores, store_count).map(|c| (k, c)))
                 .collect::<Result<Vec<_>, _>>()?;
-            let mut next = self.clone();
             for id in &answer.removed {
-                next.remove(&id_digest(id));
+                self.remove(&id_digest(id));
             }
             for (k, c) in compiled {
-                next.remove(&id_digest(&k.key_id));
-                next.push(k, c);
+                self.push(k, c);
             }
-            next.compact();
-            next
-        };
-        next.freshness.clone_from(&self.freshness);
-        next.revision = Some(answer.revision.as_str().into());
-        Ok(next)
+            self.compact();
+        }
+        self.revision = Some(answer.revision.as_str().into());
+        Ok(())
     }
 
+    /// Adds a key; one with the same keyId is replaced.
     fn push(&mut self, k: &ApiKeyConfig, key: MintedKey) {
         let grants = match self.interned.get(&key.grants) {
             Some(g) => Arc::clone(g),
@@ -217,47 +251,70 @@ impl KeyTable {
             expires_at: key.expires_at.unwrap_or(i64::MAX),
             grants,
         });
-        self.ids.push(id_digest(&k.key_id));
+        if let Some(old) = self.by_id.insert(id_digest(&k.key_id), i) {
+            self.kill(old as usize);
+        }
         self.by_hash.insert(k.lookup_hash.0, i);
     }
 
-    fn remove(&mut self, id: &[u8; 16]) {
-        let Some(slot) = self.ids.iter().position(|x| x == id) else {
-            return;
-        };
-        let last = self.slots.len() - 1;
-        let gone = self.slots.swap_remove(slot);
-        self.ids.swap_remove(slot);
-        self.garbage += gone.len as usize;
-        // Drop its digest and point the moved key's digest at its new slot.
-        self.by_hash.retain(|_, j| *j as usize != slot);
-        if slot < last {
-            for j in self.by_hash.values_mut() {
-                if *j as usize == last {
-                    *j = slot as u32;
-                }
-            }
+    /// Removes the key with this keyId digest, if any: O(1).
+    fn remove(&mut self, id: &[u8; 8]) {
+        if let Some(slot) = self.by_id.remove(id) {
+            self.kill(slot as usize);
         }
     }
 
-    /// Rewrites the arena once most of it is garbage, and forgets grants no key uses.
+    /// Marks a slot dead: its token digest no longer answers (see [`KeyTable::lookup`]).
+    fn kill(&mut self, slot: usize) {
+        let s = &mut self.slots[slot];
+        if s.start != DEAD {
+            self.garbage += s.len as usize;
+            s.start = DEAD;
+            s.len = 0;
+            self.dead += 1;
+        }
+    }
+
+    /// Rewrites the table without its dead slots once they are half of it (so the O(n)
+    /// rewrite is paid for by the n/2 removals before it), and forgets grants no key uses.
     fn compact(&mut self) {
-        if self.garbage * 2 > self.arena.len() {
-            let mut arena = String::with_capacity(self.arena.len() - self.garbage);
-            for s in &mut self.slots {
-                let text = &self.arena[s.start as usize..(s.start + s.len) as usize];
-                s.start = arena.len() as u32;
-                arena.push_str(text);
-            }
-            self.arena = arena;
-            self.garbage = 0;
-            self.interned.retain(|g| Arc::strong_count(g) > 1);
+        if self.dead * 2 <= self.slots.len() && self.garbage * 2 <= self.arena.len() {
+            return;
         }
+        let live = self.slots.len() - self.dead;
+        let mut remap = vec![DEAD; self.slots.len()];
+        let mut slots = Vec::with_capacity(live);
+        let mut arena = String::with_capacity(self.arena.len() - self.garbage);
+        for (i, mut s) in std::mem::take(&mut self.slots).into_iter().enumerate() {
+            if s.start == DEAD {
+                continue;
+            }
+            let text = &self.arena[s.start as usize..(s.start + s.len) as usize];
+            s.start = arena.len() as u32;
+            arena.push_str(text);
+            remap[i] = slots.len() as u32;
+            slots.push(s);
+        }
+        let moved = |j: &mut u32| {
+            let to = remap[*j as usize];
+            *j = to;
+            to != DEAD
+        };
+        self.by_hash.retain(|_, j| moved(j));
+        self.by_id.retain(|_, j| moved(j));
+        self.by_hash.shrink_to_fit();
+        self.by_id.shrink_to_fit();
+        self.slots = slots;
+        self.arena = arena;
+        self.garbage = 0;
+        self.dead = 0;
+        self.interned.retain(|g| Arc::strong_count(g) > 1);
     }
 
-    /// The key a token digest belongs to.
+    /// The key a token digest belongs to (never a removed one).
     pub fn lookup(&self, hash: &[u8; 32]) -> Option<usize> {
-        self.by_hash.get(hash).map(|&i| i as usize)
+        let i = *self.by_hash.get(hash)? as usize;
+        (self.slots[i].start != DEAD).then_some(i)
     }
 
     /// The key in slot `k` (from [`KeyTable::lookup`]). Panics on an index this table never
@@ -271,9 +328,9 @@ impl KeyTable {
         }
     }
 
-    /// The key in slot `k`, if any.
+    /// The key in slot `k`, if any (none for a removed key's slot).
     pub fn get(&self, k: usize) -> Option<KeyRef<'_>> {
-        (k < self.slots.len()).then(|| self.key(k))
+        (k < self.slots.len() && self.slots[k].start != DEAD).then(|| self.key(k))
     }
 
     /// Whether minted tokens can be judged at `now` (Unix seconds).
@@ -290,12 +347,12 @@ impl KeyTable {
 
     /// Number of keys.
     pub fn len(&self) -> usize {
-        self.slots.len()
+        self.slots.len() - self.dead
     }
 
     /// True when there are no keys.
     pub fn is_empty(&self) -> bool {
-        self.slots.is_empty()
+        self.len() == 0
     }
 
     /// The key service's revision this table is at (`None` for static keys or before the

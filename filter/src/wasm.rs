@@ -20,10 +20,11 @@ use crate::decision::{
 use crate::denial::Denial;
 use crate::fasthash::FastMap;
 use crate::headers::{pairs, RequestHead};
-use crate::policy::{ConfigError, Policy};
+use crate::policy::{ConfigError, Policy, StoreId};
 use std::cell::{Cell, RefCell};
 use std::fmt::Write as _;
 use std::rc::Rc;
+use std::sync::Arc;
 
 use abi::now;
 
@@ -146,6 +147,7 @@ pub extern "C" fn proxy_on_configure(root: u32, _size: usize) -> u32 {
 #[no_mangle]
 pub extern "C" fn proxy_on_tick(root: u32) {
     with_root(root, |r| {
+        r.hold_confirms();
         r.flush();
         r.sync_keys();
     });
@@ -221,11 +223,19 @@ struct Root {
 }
 
 /// The key-service sync loop's state (SPEC §6): one long poll in flight at a time; after a
-/// failure, retries back off from 1 s to 10 s.
+/// failure, retries back off from 1 s to 10 s and ask without waiting, so a key service that
+/// comes back confirms the table at once (a held poll would only answer at the next change).
+///
+/// A long poll held open is the key service's promise to answer as soon as something changes,
+/// within `pollSeconds`: while one is held (and the last call succeeded) the table counts as
+/// confirmed, up to `pollSeconds` after it was sent. So the stale gauge reads 0 in steady state
+/// and grows from the moment the key service stops answering, not from its last change.
 #[derive(Default)]
 struct Sync {
     /// The call in flight and the revision it asked from.
     in_flight: Option<(u32, Option<Box<str>>)>,
+    /// When the call in flight was sent (Unix seconds).
+    sent_at: i64,
     /// Unix seconds before which no new call is made (after failures).
     not_before: i64,
     failures: u32,
@@ -335,9 +345,14 @@ impl Root {
         let since = policy.keys.revision().map(Box::<str>::from);
         let mut path = String::with_capacity(ks.path.len() + 96);
         path.push_str(&ks.path);
+        let wait = if self.sync.failures == 0 {
+            ks.poll_seconds
+        } else {
+            0
+        };
         // `config`: the configuration version this filter reads, so the operator can see a
         // gateway whose filter is older than its rendering (issue 13).
-        let _ = write!(path, "?wait={}&config={CONFIG_VERSION}", ks.poll_seconds);
+        let _ = write!(path, "?wait={wait}&config={CONFIG_VERSION}");
         if let Some(rev) = &since {
             path.push_str("&since=");
             for b in rev.bytes() {
@@ -359,8 +374,31 @@ impl Root {
             std::time::Duration::from_secs(ks.poll_seconds + 5),
         );
         match call {
-            Some(token) => self.sync.in_flight = Some((token, since)),
+            Some(token) => {
+                self.sync.in_flight = Some((token, since));
+                self.sync.sent_at = now();
+            }
             None => self.sync_failed("dispatch_http_call to the key service's cluster failed"),
+        }
+    }
+
+    /// A long poll held after a successful call confirms the table until `pollSeconds` after
+    /// it was sent (see [`Sync`]).
+    fn hold_confirms(&self) {
+        let Some(policy) = &self.policy else {
+            return;
+        };
+        let (Some(ks), Some(f)) = (&policy.key_service, policy.keys.freshness()) else {
+            return;
+        };
+        if self.sync.in_flight.is_some() && self.sync.failures == 0 {
+            let until = self
+                .sync
+                .sent_at
+                .saturating_add(i64::try_from(ks.poll_seconds).unwrap_or(i64::MAX));
+            if f.stale_seconds(self.sync.sent_at).is_some() {
+                f.synced(now().min(until));
+            }
         }
     }
 
@@ -423,12 +461,39 @@ impl Root {
             return Err("a delta for a revision this table is not at".into());
         }
         if answer.snapshot || !answer.keys.is_empty() || !answer.removed.is_empty() {
-            let table = policy
-                .keys
-                .apply(&answer, &policy.store_ids(), policy.stores.len())
-                .map_err(|e| format!("the answer was refused: {e}"))?;
-            self.policy = Some(Rc::new(policy.with_keys(table)));
+            let refused = |e: ConfigError| format!("the answer was refused: {e}");
+            drop(policy);
+            let Some(current) = self.policy.as_mut() else {
+                return Ok(());
+            };
+            // Nothing else holds the policy or its table (no request is buffering a body
+            // with them): change the table where it is, in O(changes). Otherwise the
+            // requests that hold them keep theirs and a changed copy is swapped in.
+            match Rc::get_mut(current).and_then(|p| {
+                let stores: std::collections::HashMap<&str, StoreId> = p
+                    .stores
+                    .iter()
+                    .enumerate()
+                    .map(|(id, s)| (&*s.name, id))
+                    .collect();
+                let count = p.stores.len();
+                Arc::get_mut(&mut p.keys).map(|t| (t, stores, count))
+            }) {
+                Some((table, stores, count)) => table
+                    .apply_in_place(&answer, &stores, count)
+                    .map_err(refused)?,
+                None => {
+                    let table = current
+                        .keys
+                        .apply(&answer, &current.store_ids(), current.stores.len())
+                        .map_err(refused)?;
+                    *current = Rc::new(current.with_keys(table));
+                }
+            }
         }
+        let Some(policy) = self.policy.clone() else {
+            return Ok(());
+        };
         if let Some(f) = policy.keys.freshness() {
             f.synced(now());
         }

@@ -263,6 +263,17 @@ impl Api {
 
     /// Serves on a bound listener until the process stops.
     pub fn serve_on(self: Arc<Self>, listener: std::net::TcpListener) -> Result<()> {
+        self.serve_until(listener, std::future::pending())
+    }
+
+    /// Serves on a bound listener until `stop` completes; then the listener and every open
+    /// connection (held key-service long polls too) are closed, as when the process dies.
+    /// Tests stop one operator replica and start another on the same address this way.
+    pub fn serve_until(
+        self: Arc<Self>,
+        listener: std::net::TcpListener,
+        stop: impl std::future::Future<Output = ()> + Send,
+    ) -> Result<()> {
         listener.set_nonblocking(true)?;
         let runtime = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(1)
@@ -272,8 +283,13 @@ impl Api {
             let listener = tokio::net::TcpListener::from_std(listener)?;
             tracing::info!(addr = %listener.local_addr()?, "control API listening");
             let permits = Arc::new(tokio::sync::Semaphore::new(self.limits.max_connections));
+            let mut stop = std::pin::pin!(stop);
             loop {
-                let (stream, peer) = match listener.accept().await {
+                let accepted = tokio::select! {
+                    () = &mut stop => return Ok::<(), anyhow::Error>(()),
+                    accepted = listener.accept() => accepted,
+                };
+                let (stream, peer) = match accepted {
                     Ok(c) => c,
                     Err(e) => {
                         // Out of file descriptors (EMFILE) and the like: log, let connections
@@ -633,12 +649,13 @@ fn minted_bearer(pass: &Pass, headers: &[(String, String)]) -> Option<Principal>
 
 /// The keys `caller` may see, in hev layer's shape.
 fn key_views(pass: &Pass, caller: &Caller) -> Vec<Value> {
+    let lookup = status::KeyLookup::of(pass);
     pass.objects
         .keys
         .iter()
         .filter(|k| authority::may_manage(caller, k))
         .map(|k| {
-            let st = status::key(pass, k, now());
+            let st = status::key_in(&lookup, pass, k, now());
             json!({
                 "keyId": st.key_id,
                 "name": k.metadata.name,

@@ -115,6 +115,9 @@ pub struct Writes {
     pub statuses: usize,
     /// Events recorded.
     pub events: usize,
+    /// Time spent reading objects and Secrets from the API server in this pass (the rest of
+    /// the pass is the operator's own work: validation, rendering, status comparison).
+    pub read_time: Duration,
 }
 
 /// One watched namespace in a cluster.
@@ -138,7 +141,55 @@ pub struct Cluster {
     leader_until: std::sync::Mutex<Option<Instant>>,
     /// The runtime the client lives on, for the control API's blocking calls.
     runtime: tokio::runtime::Handle,
+    /// The referenced Secrets as the last pass read them, by name, with their
+    /// `resourceVersion`: a pass lists Secrets' metadata and GETs only the ones that changed.
+    secrets: std::sync::Mutex<BTreeMap<String, CachedSecret>>,
 }
+
+/// What a pass needs of a Secret, and the `resourceVersion` it was read at.
+#[derive(Clone)]
+struct CachedSecret {
+    version: String,
+    data: BTreeMap<String, String>,
+    minted_at: Option<i64>,
+    marks: crate::manifests::SecretMarks,
+    /// A key whose value is not UTF-8 (the Secret is then its referrers' condition).
+    not_text: Option<String>,
+}
+
+impl CachedSecret {
+    fn of(secret: Secret) -> CachedSecret {
+        let mut data: BTreeMap<String, String> = BTreeMap::new();
+        let mut not_text = None;
+        for (k, v) in secret.data.unwrap_or_default() {
+            match String::from_utf8(v.0) {
+                Ok(text) => {
+                    data.insert(k, text);
+                }
+                Err(_) => not_text = Some(k),
+            }
+        }
+        // stringData is write-only on a real API server; stand-ins may keep it.
+        data.extend(secret.string_data.unwrap_or_default());
+        let minted_at = secret
+            .metadata
+            .annotations
+            .as_ref()
+            .and_then(|a| a.get(keys::MINTED_AT_ANNOTATION))
+            .and_then(|t| t.parse::<k8s_openapi::jiff::Timestamp>().ok())
+            .map(|t| t.as_second());
+        CachedSecret {
+            version: secret.metadata.resource_version.clone().unwrap_or_default(),
+            marks: crate::manifests::SecretMarks::of(&secret.metadata),
+            data,
+            minted_at,
+            not_text,
+        }
+    }
+}
+
+/// Secrets fetched at once when a pass must read many (the first pass at 100,000 keys).
+const SECRET_READS_IN_FLIGHT: usize = 16;
 
 fn now() -> i64 {
     std::time::SystemTime::now()
@@ -206,6 +257,7 @@ impl Cluster {
             pass_lock: tokio::sync::Mutex::new(()),
             leader_until: std::sync::Mutex::new(None),
             runtime: tokio::runtime::Handle::current(),
+            secrets: std::sync::Mutex::new(BTreeMap::new()),
         }
     }
 
@@ -289,65 +341,103 @@ impl Cluster {
         objects.stores.sort_by_key(ResourceExt::name_any);
         objects.indexes.sort_by_key(ResourceExt::name_any);
         objects.keys.sort_by_key(ResourceExt::name_any);
-        let secrets = self.api::<Secret>();
-        for name in referenced_secrets(&objects) {
+        self.read_secrets(&mut objects).await?;
+        Ok(objects)
+    }
+
+    /// Reads the Secrets the objects reference into `objects`: one metadata list, then a GET
+    /// for each referenced Secret whose `resourceVersion` moved since the last pass (all of
+    /// them on the first pass, [`SECRET_READS_IN_FLIGHT`] at a time); the others come from
+    /// the cache. A Secret that cannot be read (RBAC, a timeout) is its referrers' condition;
+    /// every other object still renders and publishes.
+    async fn read_secrets(&self, objects: &mut Objects) -> Result<()> {
+        use futures::StreamExt as _;
+        let versions: BTreeMap<String, String> = self
+            .api::<Secret>()
+            .list_metadata(&ListParams::default())
+            .await
+            .context("listing Secrets (metadata)")?
+            .items
+            .into_iter()
+            .filter_map(|m| {
+                let version = m.metadata.resource_version.unwrap_or_default();
+                Some((m.metadata.name?, version))
+            })
+            .collect();
+        let referenced = referenced_secrets(objects);
+        let stale: Vec<String> = {
+            let cache = self
+                .secrets
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            referenced
+                .iter()
+                .filter(|name| {
+                    versions
+                        .get(*name)
+                        .is_some_and(|v| cache.get(*name).is_none_or(|c| &c.version != v))
+                })
+                .cloned()
+                .collect()
+        };
+        let api = self.api::<Secret>();
+        let fetched: Vec<(String, kube::Result<Option<Secret>>)> = futures::stream::iter(stale)
+            .map(|name| {
+                let api = api.clone();
+                async move {
+                    let got = api.get_opt(&name).await;
+                    (name, got)
+                }
+            })
+            .buffer_unordered(SECRET_READS_IN_FLIGHT)
+            .collect()
+            .await;
+        let mut cache = self
+            .secrets
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        for (name, got) in fetched {
+            match got {
+                Ok(Some(secret)) => {
+                    cache.insert(name, CachedSecret::of(secret));
+                }
+                Ok(None) => {
+                    cache.remove(&name);
+                }
+                Err(e) => {
+                    tracing::warn!(secret = %name, "reading a Secret: {e}");
+                    cache.remove(&name);
+                    objects.secret_errors.insert(
+                        (self.namespace.clone(), name),
+                        format!("could not be read: {e}"),
+                    );
+                }
+            }
+        }
+        // Forget what is gone or no longer referenced.
+        cache.retain(|name, _| referenced.contains(name) && versions.contains_key(name));
+        for (name, c) in cache.iter() {
             // An empty name is the referring object's condition (validation), never a GET.
             if name.is_empty() {
                 continue;
             }
-            // One Secret that cannot be read (RBAC, a timeout) is its referrers' condition;
-            // every other object still renders and publishes.
-            let secret = match secrets.get_opt(&name).await {
-                Ok(Some(s)) => s,
-                Ok(None) => continue,
-                Err(e) => {
-                    tracing::warn!(secret = %name, "reading a Secret: {e}");
-                    let id = (self.namespace.clone(), name);
-                    objects
-                        .secret_errors
-                        .insert(id, format!("could not be read: {e}"));
-                    continue;
-                }
-            };
+            let id = (self.namespace.clone(), name.clone());
             // Values are text exactly as stored: bytes that are not UTF-8 make the Secret its
             // referrers' condition (as a directory-mode document), never a lossy decode.
-            let mut data: BTreeMap<String, String> = BTreeMap::new();
-            let mut not_text = None;
-            for (k, v) in secret.data.unwrap_or_default() {
-                match String::from_utf8(v.0) {
-                    Ok(text) => {
-                        data.insert(k, text);
-                    }
-                    Err(_) => not_text = Some(k),
-                }
-            }
-            if let Some(k) = not_text {
-                let id = (self.namespace.clone(), name);
+            if let Some(k) = &c.not_text {
                 objects.secret_errors.insert(
                     id,
                     format!("data.{k} is not UTF-8 text; a credential or token is text"),
                 );
                 continue;
             }
-            // stringData is write-only on a real API server; stand-ins may keep it.
-            data.extend(secret.string_data.unwrap_or_default());
-            let minted = secret
-                .metadata
-                .annotations
-                .as_ref()
-                .and_then(|a| a.get(keys::MINTED_AT_ANNOTATION))
-                .and_then(|t| t.parse::<k8s_openapi::jiff::Timestamp>().ok());
-            let id = (self.namespace.clone(), name);
-            if let Some(t) = minted {
-                objects.minted_at.insert(id.clone(), t.as_second());
+            if let Some(t) = c.minted_at {
+                objects.minted_at.insert(id.clone(), t);
             }
-            objects.secret_marks.insert(
-                id.clone(),
-                crate::manifests::SecretMarks::of(&secret.metadata),
-            );
-            objects.secrets.insert(id, data);
+            objects.secret_marks.insert(id.clone(), c.marks.clone());
+            objects.secrets.insert(id, c.data.clone());
         }
-        Ok(objects)
+        Ok(())
     }
 
     /// Mints a token for every ApiKey without one (not revoked, no pre-provisioned Secret,
@@ -736,8 +826,9 @@ impl Cluster {
             let new = status::index(pass, o);
             tally(self.status_and_event(o, &new, o.status.as_ref()).await);
         }
+        let lookup = status::KeyLookup::of(pass);
         for o in &pass.objects.keys {
-            let new = status::key(pass, o, at);
+            let new = status::key_in(&lookup, pass, o, at);
             tally(self.status_and_event(o, &new, o.status.as_ref()).await);
         }
         match first_error {
@@ -855,7 +946,9 @@ impl Cluster {
     async fn pass_inner(&self) -> Result<(Pass, Writes), StepError> {
         let leader = self.is_leader();
         let mut writes = Writes::default();
+        let reading = Instant::now();
         let mut objects = self.read().await.at(Step::Read)?;
+        writes.read_time = reading.elapsed();
         if leader {
             let mut failed = BTreeMap::new();
             writes.minted = self
@@ -864,7 +957,9 @@ impl Cluster {
                 .at(Step::Mint)?;
             self.adopt_token_secrets(&objects).await.at(Step::Mint)?;
             if writes.minted > 0 {
+                let reading = Instant::now();
                 objects = self.read().await.at(Step::Read)?;
+                writes.read_time += reading.elapsed();
             }
             objects.secret_errors.extend(failed);
         }

@@ -374,6 +374,7 @@ pub fn translate(
             CONTROL_CLUSTER.to_owned(),
             None,
             Credential::Inline(credential.to_owned()),
+            settings.key_max_staleness_seconds,
         )),
         _ => None,
     };

@@ -399,6 +399,7 @@ pub fn translate(v: &Validation, upstreams: &[Upstream], s: &IstioSettings) -> R
                 mesh_cluster(host, *port),
                 Some(format!("{}:{port}", mesh_host(host))),
                 Credential::Env(crate::keyservice::CREDENTIAL_ENV.to_owned()),
+                crate::output::DEFAULT_MAX_STALENESS_SECONDS,
             )
         }),
     };

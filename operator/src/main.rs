@@ -349,6 +349,7 @@ fn run_kube(namespace: Option<&str>, istio: bool, allow: Allowlist) -> Result<()
             ),
             control: Some((host, port)),
             allow_endpoints: allow,
+            key_max_staleness_seconds: output::DEFAULT_MAX_STALENESS_SECONDS,
         };
         let out = env_or("LAYERGATE_OUTPUT_SECRET", cluster::DEFAULT_OUTPUT_SECRET);
         let target = if istio {
@@ -436,6 +437,7 @@ fn settings() -> Result<output::Settings> {
         ),
         control: None,
         allow_endpoints: Allowlist::default(),
+        key_max_staleness_seconds: output::DEFAULT_MAX_STALENESS_SECONDS,
     })
 }
 

@@ -27,7 +27,14 @@ pub struct Settings {
     pub control: Option<(String, u16)>,
     /// Endpoints store credentials may be sent to (`--allow-endpoint` widens the default).
     pub allow_endpoints: crate::endpoint::Allowlist,
+    /// `keyService.maxStalenessSeconds` of the rendering: how long the gateway keeps judging
+    /// minted tokens without a successful sync ([`DEFAULT_MAX_STALENESS_SECONDS`]; tests
+    /// render a few seconds).
+    pub key_max_staleness_seconds: u64,
 }
+
+/// The default `keyService.maxStalenessSeconds` (SPEC §6: 5 minutes).
+pub const DEFAULT_MAX_STALENESS_SECONDS: u64 = 300;
 
 /// Cluster name of the operator's control API.
 pub const CONTROL_CLUSTER: &str = "layergate_control";

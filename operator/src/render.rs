@@ -113,19 +113,20 @@ pub fn upstreams(v: &Validation) -> Vec<Upstream> {
 }
 
 /// The key service as a rendering names it (SPEC §6): the cluster and `:authority` the
-/// filter calls, and the gateway credential it sends; path, staleness and poll are the
-/// operator's.
+/// filter calls, the gateway credential it sends, and how long minted tokens are judged
+/// without a sync; path and poll are the operator's.
 pub fn key_service(
     cluster: String,
     authority: Option<String>,
     credential: Credential,
+    max_staleness_seconds: u64,
 ) -> KeyServiceConfig {
     KeyServiceConfig {
         cluster,
         authority,
         path: crate::keyservice::SYNC_PATH.to_owned(),
         credential,
-        max_staleness_seconds: 300,
+        max_staleness_seconds,
         poll_seconds: crate::keyservice::MAX_WAIT.as_secs(),
     }
 }

@@ -202,15 +202,15 @@ pub fn validate_in(objects: &Objects, namespace: &str, now: i64, allow: &Allowli
     let index_verdicts = validate_indexes(&indexes, &store_verdicts, now);
     let mut phases = BTreeMap::new();
     let keys: Vec<&ApiKey> = objects.keys.iter().filter(|k| in_ns(&k.metadata)).collect();
+    let mut names = std::collections::HashSet::with_capacity(keys.len());
     let key_verdicts = keys
         .iter()
-        .enumerate()
-        .map(|(i, k)| {
+        .map(|k| {
             let (mut verdict, mut phase) =
                 validate_key(k, namespace, objects, &store_verdicts, now);
             // Two documents naming the same key would share a keyId, which the filter refuses:
             // the first wins, the later is left out.
-            if keys[..i].iter().any(|o| o.metadata.name == k.metadata.name) {
+            if !names.insert(k.metadata.name.as_deref()) {
                 verdict.valid = None;
                 verdict.conditions = vec![condition(
                     conditions::READY,
@@ -749,18 +749,22 @@ pub fn keep_last_valid(current: &mut Validation, previous: &Validation) {
     ) {
         // A name that is already valid now (a second document of the same name) never gets a
         // second, carried form: two forms of one key would share a keyId, which the filter refuses.
-        let valid_now: Vec<String> = now
+        let valid_now: std::collections::HashSet<String> = now
             .iter()
             .filter(|v| v.valid.is_some())
             .map(|v| v.name.clone())
             .collect();
+        // The first of a name, as `find` would.
+        let mut last_forms = std::collections::HashMap::with_capacity(before.len());
+        for b in before {
+            last_forms.entry(b.name.as_str()).or_insert(b);
+        }
         for v in now.iter_mut().filter(|v| v.valid.is_none()) {
             if valid_now.contains(&v.name) {
                 continue;
             }
-            let Some(last) = before
-                .iter()
-                .find(|b| b.name == v.name)
+            let Some(last) = last_forms
+                .get(v.name.as_str())
                 .and_then(|b| b.valid.clone())
             else {
                 continue;

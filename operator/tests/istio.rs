@@ -156,6 +156,7 @@ fn settings() -> Settings {
         wasm_path: "/etc/layergate/wasm/layergate_filter.wasm".into(),
         control: Some(("layergate-operator.layer.svc".into(), 9902)),
         allow_endpoints: Default::default(),
+        key_max_staleness_seconds: layergate_operator::output::DEFAULT_MAX_STALENESS_SECONDS,
     }
 }
 

@@ -34,6 +34,7 @@ fn settings() -> Settings {
         wasm_path: "filter.wasm".into(),
         control: None,
         allow_endpoints: Default::default(),
+        key_max_staleness_seconds: layergate_operator::output::DEFAULT_MAX_STALENESS_SECONDS,
     }
 }
 

@@ -220,6 +220,7 @@ fn istio_render(
         wasm_path: "unused.wasm".into(),
         control: None,
         allow_endpoints: Default::default(),
+        key_max_staleness_seconds: layergate_operator::output::DEFAULT_MAX_STALENESS_SECONDS,
     };
     match render::render(v, &settings, &Target::Istio(s.clone()), None)?.output {
         Output::Istio {

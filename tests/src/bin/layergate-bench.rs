@@ -6,7 +6,11 @@
 //! Tables: the peers (header-only read); the price of each kind of host call (a no-op filter
 //! that makes them); scale (minted keys, Index namespaces); request bodies (1 MiB writes).
 //! Then one-off measurements: config reload at 100,000 keys, VM memory per copy, the filter's
-//! configure time and the operator's render time.
+//! configure time and the operator's render time; then the key churn run ([`churn`]:
+//! 100,000 keys from the key service, ≥ 10 changes/s under load; alone: `BENCH_ONLY=churn`).
+
+#[path = "layergate-bench/churn.rs"]
+mod churn;
 
 use anyhow::{Context, Result};
 use layergate_filter::config::{ApiKeyConfig, Entitlement, FilterConfig};
@@ -698,6 +702,7 @@ fn operator_render_time(keys: usize, indexes: usize) -> Result<Duration> {
         wasm_path: "x.wasm".into(),
         control: None,
         allow_endpoints: Default::default(),
+        key_max_staleness_seconds: layergate_operator::output::DEFAULT_MAX_STALENESS_SECONDS,
     };
     let started = Instant::now();
     let v = validate::validate(&objects, "layer", 1_800_000_000);
@@ -859,6 +864,10 @@ fn main() -> Result<()> {
     let seconds: u64 = env_number("BENCH_SECONDS", 4);
     let rounds: usize = env_number("BENCH_ROUNDS", 3);
     let upstream = start_upstream()?;
+    if std::env::var("BENCH_ONLY").as_deref() == Ok("churn") {
+        print!("{}", churn::run(upstream)?);
+        return Ok(());
+    }
     let (mut authz, authz_addr) = start_authz()?;
     let scratch = tempdir("bodies")?;
     let only = std::env::var("BENCH_ONLY").unwrap_or_default();
@@ -1025,6 +1034,8 @@ CPU µs/req is Envoy's user+system time over the run ÷ requests (for ext_authz,
         mib(linear_again as i64),
         render_time.as_secs_f64() * 1e3,
     );
+    eprintln!("key churn…");
+    out.push_str(&churn::run(upstream)?);
     print!("{out}");
     let file = layergate_tests::paths::repo_root().join("tests/bench/results.md");
     std::fs::create_dir_all(file.parent().context("results dir")?)?;
