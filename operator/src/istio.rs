@@ -90,6 +90,8 @@ pub struct IstioSettings {
     pub gateway_deployment: String,
     /// The WasmPlugin's `failStrategy`.
     pub fail_strategy: FailStrategy,
+    /// Timeouts and circuit breakers per store (DestinationRule, VirtualService route).
+    pub limits: crate::envoy::UpstreamLimits,
 }
 
 impl Default for IstioSettings {
@@ -103,6 +105,7 @@ impl Default for IstioSettings {
             control: None,
             gateway_deployment: "layergate-ingressgateway".into(),
             fail_strategy: FailStrategy::default(),
+            limits: crate::envoy::UpstreamLimits::default(),
         }
     }
 }
@@ -114,7 +117,14 @@ fn meta(name: &str, s: &IstioSettings) -> Value {
     json!({"name": name, "namespace": s.namespace, "labels": {"app.kubernetes.io/managed-by": "layergate"}})
 }
 
-fn route(name: &str, cluster: &str, inspect: bool, host: &str, port: u16) -> Value {
+fn route(
+    name: &str,
+    cluster: &str,
+    inspect: bool,
+    host: &str,
+    port: u16,
+    timeout_ms: u64,
+) -> Value {
     let mut headers = json!({CLUSTER_HEADER: {"exact": cluster}});
     if inspect {
         headers[INSPECT_HEADER] = json!({"exact": "1"});
@@ -125,7 +135,7 @@ fn route(name: &str, cluster: &str, inspect: bool, host: &str, port: u16) -> Val
         "route": [{"destination": {"host": host, "port": {"number": port}}}],
         "rewrite": {"authority": host},
         "headers": {"request": {"remove": [CLUSTER_HEADER, INSPECT_HEADER]}},
-        "timeout": "60s",
+        "timeout": crate::envoy::ms(timeout_ms),
     })
 }
 
@@ -218,8 +228,10 @@ pub fn render(v: &Validation, s: &IstioSettings) -> Result<(Vec<Value>, Value)> 
                 "ports": [{"number": st.endpoint.port, "name": "http-store", "protocol": "HTTP"}],
             }
         }));
-        let mut policy = json!({"connectionPool": {"tcp": {"maxConnections": 1024, "connectTimeout": "5s"},
-                                                   "http": {"http1MaxPendingRequests": 1024, "http2MaxRequests": 1024}}});
+        let l = &s.limits;
+        let mut policy = json!({"connectionPool": {
+            "tcp": {"maxConnections": l.max_connections, "connectTimeout": crate::envoy::ms(l.connect_timeout_ms)},
+            "http": {"http1MaxPendingRequests": l.max_pending_requests, "http2MaxRequests": l.max_requests}}});
         if st.endpoint.tls {
             // The certificate must name the store's host (Istio verifies the chain against
             // the proxy's roots and the name against subjectAltNames), as in the Envoy target.
@@ -239,8 +251,16 @@ pub fn render(v: &Validation, s: &IstioSettings) -> Result<(Vec<Value>, Value)> 
             true,
             &host,
             st.endpoint.port,
+            s.limits.request_timeout_ms,
         ));
-        http.push(route(&name, &cluster, false, &host, st.endpoint.port));
+        http.push(route(
+            &name,
+            &cluster,
+            false,
+            &host,
+            st.endpoint.port,
+            s.limits.request_timeout_ms,
+        ));
         unbuffered.push(name);
     }
     if let Some((host, port)) = &s.control {
@@ -251,6 +271,7 @@ pub fn render(v: &Validation, s: &IstioSettings) -> Result<(Vec<Value>, Value)> 
             false,
             host,
             *port,
+            s.limits.request_timeout_ms,
         ));
         unbuffered.push(name);
     }

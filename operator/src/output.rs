@@ -28,6 +28,8 @@ pub struct Settings {
     pub control: Option<(String, u16)>,
     /// Endpoints store credentials may be sent to (`--allow-endpoint` widens the default).
     pub allow_endpoints: crate::endpoint::Allowlist,
+    /// Timeouts and circuit breakers of the store clusters and their routes.
+    pub limits: envoy::UpstreamLimits,
 }
 
 /// Cluster name of the operator's control API.
@@ -138,8 +140,8 @@ pub fn render_keyed(
             "layergate.json",
             serde_json::to_string_pretty(&config)? + "\n",
         ),
-        ("cds.json", envoy::cds(&clusters)),
-        ("lds.json", envoy::lds(&listener)),
+        ("cds.json", envoy::cds_with(&clusters, &settings.limits)),
+        ("lds.json", envoy::lds_with(&listener, &settings.limits)),
     ];
     Ok(Rendering { config, files })
 }

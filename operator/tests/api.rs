@@ -46,6 +46,7 @@ fn fixture(tag: &str, per_minute: u32, edit: impl Fn(&str, String) -> String) ->
         wasm_path: "filter.wasm".into(),
         control: Some(("127.0.0.1".into(), 9902)),
         allow_endpoints: Default::default(),
+        limits: Default::default(),
     };
     let source = Arc::new(DirSource::new(dir.clone(), out, settings));
     source.refresh().unwrap();

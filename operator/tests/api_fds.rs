@@ -51,6 +51,7 @@ fn an_accept_error_for_lack_of_file_descriptors_is_survived() {
         wasm_path: "filter.wasm".into(),
         control: Some(("127.0.0.1".into(), 9902)),
         allow_endpoints: Default::default(),
+        limits: Default::default(),
     };
     let source = Arc::new(DirSource::new(dir, out, settings));
     source.refresh().unwrap();

@@ -122,6 +122,7 @@ fn settings() -> Settings {
         wasm_path: "/etc/layergate/wasm/layergate_filter.wasm".into(),
         control: Some(("layergate-operator.layer.svc".into(), 9902)),
         allow_endpoints: Default::default(),
+        limits: Default::default(),
     }
 }
 
@@ -966,6 +967,64 @@ fn the_deployments_arguments_start_kube_mode() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success());
     assert!(err.contains("connecting to the Kubernetes API"), "{err}");
+}
+
+/// Issue 15: the operator image has no shell and no `cp`; the gateway's initContainer runs
+/// the binary's `copy-filter` with the arguments deploy/gateway.yaml gives it (the paths moved
+/// into a scratch directory). A file that is not wasm is refused and nothing is written.
+#[test]
+fn the_gateways_init_container_copies_the_filter_with_the_binary() {
+    let text =
+        std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("deploy/gateway.yaml"))
+            .unwrap();
+    let deployment: Value = text
+        .split("\n---\n")
+        .map(|d| {
+            serde_json::to_value(serde_yaml::from_str::<serde_yaml::Value>(d).unwrap()).unwrap()
+        })
+        .find(|d| d["kind"] == "Deployment")
+        .unwrap();
+    let args: Vec<String> = serde_json::from_value(
+        deployment["spec"]["template"]["spec"]["initContainers"][0]["args"].clone(),
+    )
+    .unwrap();
+    assert_eq!(args.len(), 3, "{args:?}");
+    let scratch = std::env::temp_dir().join(format!("lg-copy-filter-{}", std::process::id()));
+    let (from, to) = (
+        scratch.join(args[1].trim_start_matches('/')),
+        scratch.join(args[2].trim_start_matches('/')),
+    );
+    std::fs::create_dir_all(from.parent().unwrap()).unwrap();
+    std::fs::create_dir_all(&to).unwrap();
+    let run = |from: &Path| {
+        std::process::Command::new(env!("CARGO_BIN_EXE_layergate-operator"))
+            .args([
+                args[0].as_str(),
+                from.to_str().unwrap(),
+                to.to_str().unwrap(),
+            ])
+            .output()
+            .unwrap()
+    };
+    std::fs::write(&from, b"not wasm").unwrap();
+    assert!(!run(&from).status.success());
+    assert!(std::fs::read_dir(&to).unwrap().next().is_none());
+    let module = b"\0asm\x01\0\0\0".to_vec();
+    std::fs::write(&from, &module).unwrap();
+    let out = run(&from);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let copied = to.join(from.file_name().unwrap());
+    assert_eq!(std::fs::read(copied).unwrap(), module);
+    assert_eq!(
+        std::fs::read_dir(&to).unwrap().count(),
+        1,
+        "no temporary file left"
+    );
+    std::fs::remove_dir_all(scratch).unwrap();
 }
 
 /// A raw HTTP/1.1 exchange (the control API closes nothing early; read until the body).

@@ -94,6 +94,7 @@ fn settings(control: SocketAddr) -> Settings {
         wasm_path: "filter.wasm".into(),
         control: Some((control.ip().to_string(), control.port())),
         allow_endpoints: Default::default(),
+        limits: Default::default(),
     }
 }
 

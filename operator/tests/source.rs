@@ -34,6 +34,7 @@ fn settings() -> Settings {
         wasm_path: "filter.wasm".into(),
         control: None,
         allow_endpoints: Default::default(),
+        limits: Default::default(),
     }
 }
 

@@ -344,6 +344,7 @@ fn envoy_outputs_match_the_goldens() {
         wasm_path: "target/wasm32-wasip1/wasm/layergate_filter.wasm".into(),
         control: Some(("127.0.0.1".to_owned(), 9902)),
         allow_endpoints: Default::default(),
+        limits: Default::default(),
     };
     let out = std::env::temp_dir().join(format!("layergate-golden-{}", std::process::id()));
     output::write(&v, &out, &settings).unwrap();

@@ -104,6 +104,7 @@ pub fn test_settings(control: Option<SocketAddr>) -> Result<layergate_operator::
         wasm_path: crate::paths::wasm_path()?.to_string_lossy().into_owned(),
         control: control.map(|a| (a.ip().to_string(), a.port())),
         allow_endpoints: Default::default(),
+        limits: Default::default(),
     })
 }
 
@@ -162,6 +163,7 @@ impl Demo {
                 CONTROL.parse::<SocketAddr>()?.port(),
             )),
             allow_endpoints: Default::default(),
+            limits: Default::default(),
         };
         let source = std::sync::Arc::new(layergate_operator::source::DirSource::new(
             manifests, out, settings,

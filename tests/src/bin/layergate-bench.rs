@@ -625,6 +625,7 @@ fn operator_render_time(keys: usize, indexes: usize) -> Result<Duration> {
         wasm_path: "x.wasm".into(),
         control: None,
         allow_endpoints: Default::default(),
+        limits: Default::default(),
     };
     let started = Instant::now();
     let v = validate::validate(&objects, "layer", 1_800_000_000);
