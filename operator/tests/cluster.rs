@@ -1,7 +1,7 @@
 //! Kube mode against an in-process Kubernetes API (kube-fake-client): what each pass reads and
 //! writes, the Lease, restarts and API errors. The demo manifests (`envoy/demo/manifests/`,
 //! namespace `layer`) are the starting objects.
-#![allow(clippy::unwrap_used, clippy::expect_used, missing_docs)]
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, missing_docs)]
 
 use base64::Engine as _;
 use k8s_openapi::api::coordination::v1::Lease;

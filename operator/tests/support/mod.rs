@@ -24,7 +24,7 @@
 //!
 //! The starting objects given to the builder are checked the same way when the client is made:
 //! a real cluster could not hold one the server refuses.
-#![allow(dead_code)]
+#![allow(dead_code, clippy::panic)]
 
 use kube::client::Body;
 use kube::Client;
@@ -118,9 +118,9 @@ struct Target {
 
 fn target(path: &str) -> Option<Target> {
     let segs: Vec<&str> = path.split('/').filter(|s| !s.is_empty()).collect();
-    let (group, version, rest) = match segs.first()? {
-        &"api" => ("", *segs.get(1)?, &segs[2..]),
-        &"apis" => (*segs.get(1)?, *segs.get(2)?, &segs[3..]),
+    let (group, version, rest) = match *segs.first()? {
+        "api" => ("", *segs.get(1)?, &segs[2..]),
+        "apis" => (*segs.get(1)?, *segs.get(2)?, &segs[3..]),
         _ => return None,
     };
     let rest = if rest.first() == Some(&"namespaces") && rest.len() > 2 {
