@@ -169,7 +169,52 @@ impl Default for UpstreamLimits {
     }
 }
 
-/// A duration in ms as Envoy (and Istio) read it (`5s`, `1.500s`).
+impl UpstreamLimits {
+    /// The environment variables that set the limits (the operator's `render` and `run`),
+    /// each with its bounds: (variable, min, max).
+    pub const VARS: [(&'static str, u64, u64); 5] = [
+        ("LAYERGATE_UPSTREAM_CONNECT_TIMEOUT_MS", 100, 60_000),
+        ("LAYERGATE_UPSTREAM_REQUEST_TIMEOUT_MS", 100, 3_600_000),
+        ("LAYERGATE_UPSTREAM_MAX_CONNECTIONS", 1, 100_000),
+        ("LAYERGATE_UPSTREAM_MAX_PENDING_REQUESTS", 1, 100_000),
+        ("LAYERGATE_UPSTREAM_MAX_REQUESTS", 1, 100_000),
+    ];
+
+    /// The defaults, with each of [`Self::VARS`] that `var` returns in place of its default;
+    /// a value that is not a whole number within its bounds is an error naming the variable.
+    pub fn from_vars(var: impl Fn(&str) -> Option<String>) -> Result<UpstreamLimits, String> {
+        let d = UpstreamLimits::default();
+        let mut v = [
+            d.connect_timeout_ms,
+            d.request_timeout_ms,
+            u64::from(d.max_connections),
+            u64::from(d.max_pending_requests),
+            u64::from(d.max_requests),
+        ];
+        for (slot, (name, min, max)) in v.iter_mut().zip(Self::VARS) {
+            if let Some(text) = var(name) {
+                *slot = text
+                    .trim()
+                    .parse::<u64>()
+                    .ok()
+                    .filter(|n| (min..=max).contains(n))
+                    .ok_or_else(|| {
+                        format!("{name} must be a whole number from {min} to {max}, not {text:?}")
+                    })?;
+            }
+        }
+        let narrow = |n: u64| u32::try_from(n).unwrap_or(u32::MAX);
+        Ok(UpstreamLimits {
+            connect_timeout_ms: v[0],
+            request_timeout_ms: v[1],
+            max_connections: narrow(v[2]),
+            max_pending_requests: narrow(v[3]),
+            max_requests: narrow(v[4]),
+        })
+    }
+}
+
+/// A duration in ms as Envoy (and Istio) reads it (`5s`, `1.500s`).
 pub fn ms(v: u64) -> String {
     if v.is_multiple_of(1000) {
         format!("{}s", v / 1000)
@@ -414,8 +459,8 @@ pub fn translate(
             "layergate.json",
             serde_json::to_string_pretty(&config)? + "\n",
         ),
-        ("cds.json", cds(&clusters)),
-        ("lds.json", lds(&listener)),
+        ("cds.json", cds_with(&clusters, &settings.limits)),
+        ("lds.json", lds_with(&listener, &settings.limits)),
     ];
     Ok(Rendering {
         config,
@@ -474,9 +519,13 @@ pub fn bootstrap_with_listener(
 
 /// `lds.json`: the listener as a file-based discovery response.
 pub fn lds(l: &Listener) -> String {
+    lds_with(l, &UpstreamLimits::default())
+}
+/// [`lds`], its routes timing out after `limits.request_timeout_ms`.
+pub fn lds_with(l: &Listener, limits: &UpstreamLimits) -> String {
     let resource = typed(
         "type.googleapis.com/envoy.config.listener.v3.Listener",
-        listener(l),
+        listener_with(l, limits),
     );
     discovery(&json!({"resources": [resource]}))
 }
@@ -499,12 +548,16 @@ fn typed(type_url: &str, resource: Value) -> Value {
 
 /// `cds.json`: the store clusters as a file-based discovery response.
 pub fn cds(clusters: &[Cluster]) -> String {
+    cds_with(clusters, &UpstreamLimits::default())
+}
+/// [`cds`] with the given connect timeout and circuit breakers.
+pub fn cds_with(clusters: &[Cluster], limits: &UpstreamLimits) -> String {
     let resources: Vec<Value> = clusters
         .iter()
         .map(|c| {
             typed(
                 "type.googleapis.com/envoy.config.cluster.v3.Cluster",
-                cluster(c),
+                cluster_with(c, limits),
             )
         })
         .collect();

@@ -17,6 +17,8 @@ use std::path::Path;
 const USAGE: &str = "usage: layergate-operator COMMAND
 
   crds                        print the CRD YAML (the same as operator/crds/)
+  copy-filter WASM DIR        copy the filter .wasm into DIR (the gateway's initContainer;
+                              the image has no shell)
   check -f DIR                validate the manifests in DIR (VectorStores, Indexes, ApiKeys
                               and their Secrets, as YAML files) offline; exit 1 on error
   render -f DIR -o OUT [--namespace NS] [--target envoy|istio]
@@ -80,6 +82,12 @@ const USAGE: &str = "usage: layergate-operator COMMAND
                               Admitted without it: https://*.turbopuffer.com and loopback IP
                               literals (127.0.0.0/8, ::1) or localhost; a VectorStore elsewhere
                               is InvalidEndpoint: neither probed nor rendered
+  LAYERGATE_UPSTREAM_*        (render, both targets, and run) each store's limits, in the
+                              clusters/DestinationRules and routes: _CONNECT_TIMEOUT_MS (5000;
+                              100-60000), _REQUEST_TIMEOUT_MS (60000; 100-3600000: the whole
+                              response, beyond it 504), _MAX_CONNECTIONS,
+                              _MAX_PENDING_REQUESTS, _MAX_REQUESTS (circuit breakers, 1024
+                              each; 1-100000, beyond them 503)
   check-filter-config FILE    parse and compile a filter configuration exactly as the wasm
                               filter's on_configure does; exit 1 with the reason if the
                               filter would refuse it";
@@ -118,6 +126,7 @@ fn run(mut args: Vec<String>) -> Result<()> {
             Ok(())
         }
         ["check-filter-config", file] => check_filter_config(file),
+        ["copy-filter", from, to_dir] => copy_filter(Path::new(from), Path::new(to_dir)),
         ["check", "-f", dir] => check(Path::new(dir), &allow),
         ["run", "--source", source, "--out", out] => match source.strip_prefix("dir:") {
             Some(dir) => {
@@ -159,6 +168,23 @@ fn run(mut args: Vec<String>) -> Result<()> {
         }
         other => bail!("unknown command {other:?}\n{USAGE}"),
     }
+}
+
+/// Copies the filter `.wasm` into a directory (the gateway's initContainer: the operator image
+/// has no shell and no `cp`). Written under a temporary name and renamed, so Envoy never sees a
+/// partial file.
+fn copy_filter(from: &Path, to_dir: &Path) -> Result<()> {
+    let name = from.file_name().context("the filter path names no file")?;
+    let bytes = std::fs::read(from).with_context(|| format!("reading {}", from.display()))?;
+    if !bytes.starts_with(b"\0asm") {
+        bail!("{} is not a wasm module", from.display());
+    }
+    let tmp = to_dir.join(".layergate_filter.wasm.tmp");
+    std::fs::write(&tmp, &bytes).with_context(|| format!("writing {}", tmp.display()))?;
+    let to = to_dir.join(name);
+    std::fs::rename(&tmp, &to).with_context(|| format!("renaming to {}", to.display()))?;
+    println!("{}: {} bytes", to.display(), bytes.len());
+    Ok(())
 }
 
 fn check_filter_config(file: &str) -> Result<()> {
@@ -350,6 +376,7 @@ fn run_kube(namespace: Option<&str>, istio: bool, allow: Allowlist) -> Result<()
             control: Some((host, port)),
             allow_endpoints: allow,
             key_max_staleness_seconds: output::DEFAULT_MAX_STALENESS_SECONDS,
+            limits: upstream_limits()?,
         };
         let out = env_or("LAYERGATE_OUTPUT_SECRET", cluster::DEFAULT_OUTPUT_SECRET);
         let target = if istio {
@@ -438,7 +465,15 @@ fn settings() -> Result<output::Settings> {
         control: None,
         allow_endpoints: Allowlist::default(),
         key_max_staleness_seconds: output::DEFAULT_MAX_STALENESS_SECONDS,
+        limits: upstream_limits()?,
     })
+}
+
+/// The store clusters' timeouts and circuit breakers: the defaults, or the
+/// `LAYERGATE_UPSTREAM_*` variables (see the usage text).
+fn upstream_limits() -> Result<layergate_operator::envoy::UpstreamLimits> {
+    layergate_operator::envoy::UpstreamLimits::from_vars(|v| std::env::var(v).ok())
+        .map_err(anyhow::Error::msg)
 }
 
 /// What both render targets start from: the manifests of one namespace, read (refusing any

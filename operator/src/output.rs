@@ -31,6 +31,8 @@ pub struct Settings {
     /// minted tokens without a successful sync ([`DEFAULT_MAX_STALENESS_SECONDS`]; tests
     /// render a few seconds).
     pub key_max_staleness_seconds: u64,
+    /// Timeouts and circuit breakers of the store clusters and their routes.
+    pub limits: envoy::UpstreamLimits,
 }
 
 /// The default `keyService.maxStalenessSeconds` (SPEC §6: 5 minutes).

@@ -89,8 +89,9 @@ impl Upstream {
     }
 }
 
-/// The upstream of every valid store, in the validation's order.
-pub fn upstreams(v: &Validation) -> Vec<Upstream> {
+/// The upstream of every valid store, in the validation's order, each with the operator's
+/// `limits` (one set for every store: `LAYERGATE_UPSTREAM_*`).
+pub fn upstreams(v: &Validation, limits: &UpstreamLimits) -> Vec<Upstream> {
     v.stores
         .iter()
         .filter_map(|s| s.valid.as_ref())
@@ -107,7 +108,7 @@ pub fn upstreams(v: &Validation) -> Vec<Upstream> {
             port: s.endpoint.port,
             tls: s.endpoint.tls,
             label: crate::envoy::store_label(&s.name),
-            limits: UpstreamLimits::default(),
+            limits: limits.clone(),
         })
         .collect()
 }
@@ -168,7 +169,7 @@ pub fn render(
     target: &Target,
     gateway: Option<&str>,
 ) -> Result<Rendering> {
-    let upstreams = upstreams(v);
+    let upstreams = upstreams(v, &settings.limits);
     match target {
         Target::Envoy => crate::envoy::translate(v, &upstreams, settings, gateway),
         Target::Istio(s) => crate::istio::translate(v, &upstreams, s),

@@ -157,7 +157,9 @@ pub fn key_in(lookup: &KeyLookup<'_>, pass: &Pass, obj: &ApiKey, now: i64) -> Ap
         created_at: Some(created),
         expires_at,
         revoked_at,
-        secret_ref: Some(secret_ref),
+        // Only a Secret that can exist: the CRD caps `secretRef.name` at 253 characters, as
+        // the API server caps names, and refuses the whole status write over a longer one.
+        secret_ref: (secret_ref.name.len() <= 253).then_some(secret_ref),
         observed_generation: obj.metadata.generation,
         conditions: verdict.map(|v| v.conditions.clone()).unwrap_or_default(),
     };

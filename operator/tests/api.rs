@@ -47,6 +47,7 @@ fn fixture(tag: &str, per_minute: u32, edit: impl Fn(&str, String) -> String) ->
         control: Some(("127.0.0.1".into(), 9902)),
         allow_endpoints: Default::default(),
         key_max_staleness_seconds: layergate_operator::output::DEFAULT_MAX_STALENESS_SECONDS,
+        limits: Default::default(),
     };
     let source = Arc::new(DirSource::new(dir.clone(), out, settings));
     source.refresh().unwrap();

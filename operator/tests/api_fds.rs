@@ -52,6 +52,7 @@ fn an_accept_error_for_lack_of_file_descriptors_is_survived() {
         control: Some(("127.0.0.1".into(), 9902)),
         allow_endpoints: Default::default(),
         key_max_staleness_seconds: layergate_operator::output::DEFAULT_MAX_STALENESS_SECONDS,
+        limits: Default::default(),
     };
     let source = Arc::new(DirSource::new(dir, out, settings));
     source.refresh().unwrap();

@@ -5,6 +5,7 @@
 //! they change; a follower writes nothing. The pure plan ([`istio::plan`]) is tested directly.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, missing_docs)]
 
+mod support;
 use base64::Engine as _;
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::Secret;
@@ -22,6 +23,7 @@ use std::collections::BTreeSet;
 use std::io::Write;
 use std::path::Path;
 use std::process::{Command, Stdio};
+use support::StrictBuild;
 
 const NS: &str = "layer";
 const MESH: &str = "layergate-ingress";
@@ -144,9 +146,8 @@ async fn client(with_gateway: bool) -> Client {
         .with_resource::<kinds::VirtualService>()
         .with_resource::<kinds::EnvoyFilter>()
         .with_runtime_objects(objects)
-        .build()
+        .strict()
         .await
-        .unwrap()
 }
 
 fn settings() -> Settings {
@@ -157,6 +158,7 @@ fn settings() -> Settings {
         control: Some(("layergate-operator.layer.svc".into(), 9902)),
         allow_endpoints: Default::default(),
         key_max_staleness_seconds: layergate_operator::output::DEFAULT_MAX_STALENESS_SECONDS,
+        limits: Default::default(),
     }
 }
 

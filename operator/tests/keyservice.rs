@@ -95,6 +95,7 @@ fn settings(control: SocketAddr) -> Settings {
         control: Some((control.ip().to_string(), control.port())),
         allow_endpoints: Default::default(),
         key_max_staleness_seconds: layergate_operator::output::DEFAULT_MAX_STALENESS_SECONDS,
+        limits: Default::default(),
     }
 }
 

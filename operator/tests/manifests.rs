@@ -133,3 +133,107 @@ fn check_and_render_work_on_a_kustomize_directory_and_skip_other_kinds() {
     );
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// Issue 15: the store clusters' timeouts and circuit breakers are the operator's to set
+/// (`LAYERGATE_UPSTREAM_*`), and reach both targets: the Envoy clusters (`connect_timeout`,
+/// `circuit_breakers`) and routes (`timeout`), and the Istio DestinationRules
+/// (`connectionPool`) and VirtualService routes (`timeout`). A value out of bounds is refused.
+#[test]
+fn upstream_limits_from_the_environment_reach_the_envoy_and_istio_renderings() {
+    let dir = scratch("limits");
+    let manifests = repo().join("envoy/demo/manifests");
+    let limits = [
+        ("LAYERGATE_UPSTREAM_CONNECT_TIMEOUT_MS", "750"),
+        ("LAYERGATE_UPSTREAM_REQUEST_TIMEOUT_MS", "2500"),
+        ("LAYERGATE_UPSTREAM_MAX_CONNECTIONS", "7"),
+        ("LAYERGATE_UPSTREAM_MAX_PENDING_REQUESTS", "5"),
+        ("LAYERGATE_UPSTREAM_MAX_REQUESTS", "9"),
+    ];
+    let render = |target: &str, out: &Path, env: &[(&str, &str)]| {
+        Command::new(env!("CARGO_BIN_EXE_layergate-operator"))
+            .args(["render", "-f", manifests.to_str().unwrap(), "-o"])
+            .arg(out)
+            .args(["--target", target])
+            .envs(env.iter().copied())
+            .output()
+            .unwrap()
+    };
+    let envoy = dir.join("envoy");
+    let r = render("envoy", &envoy, &limits);
+    assert!(r.status.success(), "{}", text(&r.stderr));
+    let json = |f: &str| -> serde_json::Value {
+        serde_json::from_str(&std::fs::read_to_string(envoy.join(f)).unwrap()).unwrap()
+    };
+    let clusters = json("cds.json");
+    let clusters = clusters["resources"].as_array().unwrap();
+    assert!(!clusters.is_empty());
+    for c in clusters {
+        assert_eq!(c["connect_timeout"], "0.750s", "{c}");
+        let t = &c["circuit_breakers"]["thresholds"][0];
+        assert_eq!(
+            (
+                &t["max_connections"],
+                &t["max_pending_requests"],
+                &t["max_requests"]
+            ),
+            (&7.into(), &5.into(), &9.into()),
+            "{c}"
+        );
+    }
+    // Every route action's timeout.
+    fn route_timeouts(v: &serde_json::Value, out: &mut Vec<String>) {
+        match v {
+            serde_json::Value::Object(o) => {
+                if o.contains_key("cluster_header") || o.contains_key("cluster") {
+                    if let Some(t) = o.get("timeout") {
+                        out.push(t.to_string());
+                    }
+                }
+                o.values().for_each(|x| route_timeouts(x, out));
+            }
+            serde_json::Value::Array(a) => a.iter().for_each(|x| route_timeouts(x, out)),
+            _ => {}
+        }
+    }
+    let mut timeouts = Vec::new();
+    route_timeouts(&json("lds.json"), &mut timeouts);
+    assert!(!timeouts.is_empty());
+    assert!(timeouts.iter().all(|t| t == "\"2.500s\""), "{timeouts:?}");
+
+    let istio = dir.join("istio");
+    let r = render("istio", &istio, &limits);
+    assert!(r.status.success(), "{}", text(&r.stderr));
+    let yaml = std::fs::read_to_string(istio.join("istio.yaml")).unwrap();
+    let docs: Vec<serde_json::Value> = yaml
+        .split("\n---\n")
+        .filter_map(|d| serde_yaml::from_str::<serde_json::Value>(d).ok())
+        .filter(|d| d.is_object())
+        .collect();
+    let rules: Vec<_> = docs
+        .iter()
+        .filter(|d| d["kind"] == "DestinationRule")
+        .collect();
+    assert!(!rules.is_empty());
+    for d in rules {
+        let pool = &d["spec"]["trafficPolicy"]["connectionPool"];
+        assert_eq!(pool["tcp"]["connectTimeout"], "0.750s", "{d}");
+        assert_eq!(pool["tcp"]["maxConnections"], 7, "{d}");
+        assert_eq!(pool["http"]["http1MaxPendingRequests"], 5, "{d}");
+        assert_eq!(pool["http"]["http2MaxRequests"], 9, "{d}");
+    }
+    let vs = docs.iter().find(|d| d["kind"] == "VirtualService").unwrap();
+    for route in vs["spec"]["http"].as_array().unwrap() {
+        assert_eq!(route["timeout"], "2.500s", "{route}");
+    }
+
+    for (var, bad) in [
+        ("LAYERGATE_UPSTREAM_CONNECT_TIMEOUT_MS", "0"),
+        ("LAYERGATE_UPSTREAM_REQUEST_TIMEOUT_MS", "1h"),
+        ("LAYERGATE_UPSTREAM_MAX_REQUESTS", "100001"),
+    ] {
+        let r = render("envoy", &dir.join("bad"), &[(var, bad)]);
+        assert!(!r.status.success());
+        assert!(text(&r.stderr).contains(var), "{}", text(&r.stderr));
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -35,6 +35,7 @@ fn settings() -> Settings {
         control: None,
         allow_endpoints: Default::default(),
         key_max_staleness_seconds: layergate_operator::output::DEFAULT_MAX_STALENESS_SECONDS,
+        limits: Default::default(),
     }
 }
 

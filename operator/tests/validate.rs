@@ -345,6 +345,7 @@ fn envoy_outputs_match_the_goldens() {
         control: Some(("127.0.0.1".to_owned(), 9902)),
         allow_endpoints: Default::default(),
         key_max_staleness_seconds: layergate_operator::output::DEFAULT_MAX_STALENESS_SECONDS,
+        limits: Default::default(),
     };
     let out = std::env::temp_dir().join(format!("layergate-golden-{}", std::process::id()));
     let envoy = render::render(&v, &settings, &render::Target::Envoy, None).unwrap();

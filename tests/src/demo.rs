@@ -105,6 +105,7 @@ pub fn test_settings(control: Option<SocketAddr>) -> Result<layergate_operator::
         control: control.map(|a| (a.ip().to_string(), a.port())),
         allow_endpoints: Default::default(),
         key_max_staleness_seconds: layergate_operator::output::DEFAULT_MAX_STALENESS_SECONDS,
+        limits: Default::default(),
     })
 }
 
@@ -164,6 +165,7 @@ impl Demo {
             )),
             allow_endpoints: Default::default(),
             key_max_staleness_seconds: layergate_operator::output::DEFAULT_MAX_STALENESS_SECONDS,
+            limits: Default::default(),
         };
         let source = std::sync::Arc::new(layergate_operator::source::DirSource::new(
             manifests, out, settings,

@@ -11,4 +11,7 @@ pub mod paths;
 pub mod python;
 pub mod tls;
 pub mod tour;
+/// The wasmtime proxy-wasm host; only with the `wasm-host` feature (on by default; `make run`
+/// builds without it).
+#[cfg(feature = "wasm-host")]
 pub mod wasm_host;

@@ -221,6 +221,7 @@ fn istio_render(
         control: None,
         allow_endpoints: Default::default(),
         key_max_staleness_seconds: layergate_operator::output::DEFAULT_MAX_STALENESS_SECONDS,
+        limits: Default::default(),
     };
     match render::render(v, &settings, &Target::Istio(s.clone()), None)?.output {
         Output::Istio {
@@ -897,4 +898,93 @@ fn the_istio_component_runs_the_istio_target_with_least_privilege() {
             assert_eq!(r["verbs"], serde_json::json!(["get", "patch"]));
         }
     }
+}
+
+/// Issue 15: the image recipes (images/*.Containerfile), the Makefile that fills their build
+/// directories and the manifests that run them agree: the operator image is FROM scratch, runs
+/// the binary it copies as its entrypoint, as the non-root user operator.yaml names; the
+/// gateway's initContainer copies the filter from the path the image puts it at, with the
+/// binary (no `cp`: the image has no shell), into the volume Envoy reads; every file a
+/// Containerfile copies is one the Makefile puts in its build directory.
+#[test]
+fn the_containerfiles_agree_with_the_makefile_and_the_manifests() {
+    let root = paths::repo_root();
+    let read = |p: &str| std::fs::read_to_string(root.join(p)).unwrap();
+    let makefile = read("Makefile");
+    let instructions = |file: &str| -> Vec<(String, String)> {
+        read(file)
+            .lines()
+            .filter(|l| !l.trim().is_empty() && !l.starts_with('#'))
+            .map(|l| {
+                let (k, v) = l.split_once(' ').unwrap();
+                (k.to_owned(), v.trim().to_owned())
+            })
+            .collect()
+    };
+    let copies = |ins: &[(String, String)]| -> Vec<(String, String)> {
+        ins.iter()
+            .filter(|(k, _)| k == "COPY")
+            .map(|(_, v)| {
+                let (src, dst) = v.split_once(' ').unwrap();
+                (src.to_owned(), dst.to_owned())
+            })
+            .collect()
+    };
+    for (file, dir) in [
+        ("images/operator.Containerfile", "target/image-operator"),
+        ("images/filter.Containerfile", "target/image-filter"),
+    ] {
+        let ins = instructions(file);
+        assert_eq!(ins[0], ("FROM".into(), "scratch".into()), "{file}");
+        assert!(
+            !ins.iter().any(|(k, _)| k == "RUN"),
+            "{file}: nothing runs at build"
+        );
+        for (src, _) in copies(&ins) {
+            assert!(
+                makefile.contains(&format!(" {dir}/{src}\n")),
+                "{file} copies {src}; the Makefile does not put it in {dir}"
+            );
+            assert!(
+                makefile.contains(&format!("-f {file} {dir}")),
+                "the Makefile builds {file} from {dir}"
+            );
+        }
+    }
+    let ins = instructions("images/operator.Containerfile");
+    let copied = copies(&ins);
+    let dest = |src: &str| {
+        copied
+            .iter()
+            .find(|(s, _)| s == src)
+            .map(|(_, d)| d.clone())
+            .unwrap_or_else(|| panic!("operator.Containerfile copies no {src}"))
+    };
+    let (binary, wasm) = (dest("layergate-operator"), dest("layergate_filter.wasm"));
+    let get = |k: &str| {
+        ins.iter()
+            .find(|(i, _)| i == k)
+            .map(|(_, v)| v.clone())
+            .unwrap()
+    };
+    assert_eq!(get("ENTRYPOINT"), format!("[\"{binary}\"]"));
+    let docs = kustomize("operator/deploy");
+    let operator = find(&docs, "Deployment", "layergate-operator");
+    let uid = operator["spec"]["template"]["spec"]["securityContext"]["runAsUser"]
+        .as_u64()
+        .unwrap();
+    assert_ne!(uid, 0);
+    assert_eq!(get("USER"), format!("{uid}:{uid}"));
+    let gateway = find(&docs, "Deployment", "layergate-gateway");
+    let init = &gateway["spec"]["template"]["spec"]["initContainers"][0];
+    assert!(
+        init["command"].is_null(),
+        "the image's entrypoint runs: {init}"
+    );
+    let mount = init["volumeMounts"][0]["mountPath"].as_str().unwrap();
+    assert_eq!(
+        init["args"],
+        serde_json::json!(["copy-filter", wasm, mount]),
+        "{init}"
+    );
 }

@@ -68,10 +68,11 @@ spec:
     );
     assert!(objects.problems.is_empty(), "{:?}", objects.problems);
     let v = validate::validate(&objects, "layer", 1_795_528_719);
-    let clusters: Vec<render::Cluster> = layergate_operator::render::upstreams(&v)
-        .iter()
-        .map(render::Cluster::of)
-        .collect();
+    let clusters: Vec<render::Cluster> =
+        layergate_operator::render::upstreams(&v, &Default::default())
+            .iter()
+            .map(render::Cluster::of)
+            .collect();
     assert_eq!(clusters.len(), 1);
     assert!(
         clusters[0].tls

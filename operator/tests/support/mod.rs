@@ -1,0 +1,655 @@
+//! The fake Kubernetes API the kube-mode tests run against, holding the real API server's rules.
+//!
+//! kube-fake-client 0.3 keeps objects, resourceVersions (a stale one is a 409), generations,
+//! `AlreadyExists`, and on `PUT`/`PATCH` it keeps the stored `status` (or `spec`, on the status
+//! subresource) of a kind registered with a status subresource. It does not limit object sizes,
+//! validate custom resources against their CRD schema, drop `status` from a create, or check
+//! names. [`StrictBuild::strict`], the one way these tests get a client, puts a layer in front
+//! of it that refuses (or, where the real server silently drops something, drops) what a real
+//! kube-apiserver would:
+//!
+//! - a request body over 3 MiB (the API server's limit, 413), and an object over 1.5 MiB as
+//!   etcd stores it (Secret and ConfigMap values counted decoded, not as base64; 413
+//!   `etcdserver: request is too large`);
+//! - a Secret whose values add up to more than 1 MiB, a ConfigMap whose keys and values do
+//!   (422 `Too long: must have at most 1048576 bytes`);
+//! - a custom resource that does not satisfy its version's `openAPIV3Schema` in
+//!   `operator/crds/hevlayer.com.yaml` (types, `required`, `enum`, `minLength`/`maxLength`,
+//!   `pattern`, `minItems`/`maxItems`, `minimum`/`maximum`, `nullable`): 422 `Invalid`. A field
+//!   the schema does not name is refused too, where the real server drops it with a warning: a
+//!   field the operator writes and the cluster would lose is a bug either way;
+//! - `status` written other than through the status subresource of a kind that has one (it is
+//!   dropped, as the real server drops it), and anything but `status` written through it;
+//! - a name that is not a DNS-1123 subdomain of at most 253 characters (422).
+//!
+//! The starting objects given to the builder are checked the same way when the client is made:
+//! a real cluster could not hold one the server refuses.
+#![allow(dead_code, clippy::panic)]
+
+use kube::client::Body;
+use kube::Client;
+use kube_fake_client::ClientBuilder;
+use serde_json::{json, Map, Value};
+use std::collections::HashMap;
+use std::sync::OnceLock;
+
+/// The API server's limit on a request body: 3 MiB.
+pub const REQUEST_LIMIT: usize = 3 * 1024 * 1024;
+/// etcd's limit on one request, and so on one stored object: 1.5 MiB.
+pub const STORE_LIMIT: usize = 3 * 512 * 1024;
+/// The API server's limit on a Secret's values, and on a ConfigMap's keys and values: 1 MiB.
+pub const DATA_LIMIT: usize = 1024 * 1024;
+
+/// How a test gets its client: the fake API server with the real one's rules in front.
+pub trait StrictBuild {
+    /// Builds the fake API server, checks its starting objects, and returns a client whose
+    /// every write is checked first.
+    async fn strict(self) -> Client;
+}
+
+impl StrictBuild for ClientBuilder {
+    async fn strict(self) -> Client {
+        let inner = self.build().await.expect("the fake API server builds");
+        let strict = Strict { inner };
+        strict.check_seeds().await;
+        Client::new(strict, "default")
+    }
+}
+
+/// One custom resource kind as its CRD declares it.
+struct Kind {
+    kind: String,
+    /// Version name → its `openAPIV3Schema`.
+    schemas: HashMap<String, Value>,
+    status: bool,
+}
+
+/// The CRDs in operator/crds/hevlayer.com.yaml, by `group/plural`.
+fn crds() -> &'static HashMap<String, Kind> {
+    static CRDS: OnceLock<HashMap<String, Kind>> = OnceLock::new();
+    CRDS.get_or_init(|| {
+        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("crds/hevlayer.com.yaml");
+        let text = std::fs::read_to_string(&path).expect("operator/crds/hevlayer.com.yaml");
+        let mut out = HashMap::new();
+        for doc in serde_yaml::Deserializer::from_str(&text) {
+            let v: Value = serde::Deserialize::deserialize(doc).expect("CRD YAML");
+            if v.is_null() {
+                continue;
+            }
+            let spec = &v["spec"];
+            let mut status = false;
+            let mut schemas = HashMap::new();
+            for ver in spec["versions"].as_array().expect("versions") {
+                status |= ver["subresources"]["status"].is_object();
+                schemas.insert(
+                    ver["name"].as_str().expect("version name").to_string(),
+                    ver["schema"]["openAPIV3Schema"].clone(),
+                );
+            }
+            out.insert(
+                format!(
+                    "{}/{}",
+                    spec["group"].as_str().expect("group"),
+                    spec["names"]["plural"].as_str().expect("plural")
+                ),
+                Kind {
+                    kind: spec["names"]["kind"].as_str().expect("kind").to_string(),
+                    schemas,
+                    status,
+                },
+            );
+        }
+        out
+    })
+}
+
+/// A request path taken apart: `/api/v1/namespaces/ns/secrets/name` or
+/// `/apis/group/version/namespaces/ns/plural/name/status`.
+#[derive(Debug)]
+struct Target {
+    group: String,
+    version: String,
+    plural: String,
+    name: Option<String>,
+    status: bool,
+    /// The path without `/status`, to read the stored object.
+    object_path: String,
+}
+
+fn target(path: &str) -> Option<Target> {
+    let segs: Vec<&str> = path.split('/').filter(|s| !s.is_empty()).collect();
+    let (group, version, rest) = match *segs.first()? {
+        "api" => ("", *segs.get(1)?, &segs[2..]),
+        "apis" => (*segs.get(1)?, *segs.get(2)?, &segs[3..]),
+        _ => return None,
+    };
+    let rest = if rest.first() == Some(&"namespaces") && rest.len() > 2 {
+        &rest[2..]
+    } else {
+        rest
+    };
+    let status = rest.get(2) == Some(&"status");
+    let object_path = if status {
+        path.trim_end_matches("/status").to_string()
+    } else {
+        path.to_string()
+    };
+    Some(Target {
+        group: group.into(),
+        version: version.into(),
+        plural: (*rest.first()?).into(),
+        name: rest.get(1).map(|s| s.to_string()),
+        status,
+        object_path,
+    })
+}
+
+/// A refusal as the API server words it (a `Status` object).
+#[derive(Debug)]
+struct Refusal {
+    code: u16,
+    reason: &'static str,
+    message: String,
+}
+
+impl Refusal {
+    fn invalid(what: &str, errors: &[String]) -> Self {
+        Refusal {
+            code: 422,
+            reason: "Invalid",
+            message: format!("{what} is invalid: {}", errors.join(", ")),
+        }
+    }
+    fn response(&self) -> hyper::Response<Body> {
+        let status = json!({
+            "kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Failure",
+            "message": self.message, "reason": self.reason, "code": self.code,
+        });
+        hyper::Response::builder()
+            .status(self.code)
+            .header("content-type", "application/json")
+            .body(Body::from(serde_json::to_vec(&status).expect("JSON")))
+            .expect("a response")
+    }
+}
+
+/// The layer in front of the fake API server (see the module's documentation).
+#[derive(Clone)]
+pub struct Strict {
+    inner: Client,
+}
+
+impl tower_service::Service<hyper::Request<Body>> for Strict {
+    type Response = hyper::Response<Body>;
+    type Error = kube::Error;
+    type Future = std::pin::Pin<
+        Box<dyn std::future::Future<Output = Result<Self::Response, kube::Error>> + Send>,
+    >;
+    fn poll_ready(
+        &mut self,
+        _: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Result<(), kube::Error>> {
+        std::task::Poll::Ready(Ok(()))
+    }
+    fn call(&mut self, req: hyper::Request<Body>) -> Self::Future {
+        let this = self.clone();
+        Box::pin(async move {
+            let m = req.method().clone();
+            if m != hyper::Method::POST && m != hyper::Method::PUT && m != hyper::Method::PATCH {
+                return this.inner.send(req).await;
+            }
+            let (mut parts, body) = req.into_parts();
+            let bytes = body.collect_bytes().await?;
+            match this.admit(&parts, &bytes).await {
+                Ok(body) => {
+                    parts.headers.remove(hyper::header::CONTENT_LENGTH);
+                    this.inner
+                        .send(hyper::Request::from_parts(parts, Body::from(body)))
+                        .await
+                }
+                Err(refusal) => Ok(refusal.response()),
+            }
+        })
+    }
+}
+
+impl Strict {
+    /// Checks one write; returns the body to forward (with `status` dropped where the real
+    /// server drops it) or the refusal.
+    async fn admit(
+        &self,
+        parts: &hyper::http::request::Parts,
+        bytes: &[u8],
+    ) -> Result<Vec<u8>, Refusal> {
+        if bytes.len() > REQUEST_LIMIT {
+            return Err(Refusal {
+                code: 413,
+                reason: "RequestEntityTooLarge",
+                message: format!(
+                    "Request entity too large: {} bytes, limit is {REQUEST_LIMIT}",
+                    bytes.len()
+                ),
+            });
+        }
+        let Some(t) = target(parts.uri.path()) else {
+            return Ok(bytes.to_vec());
+        };
+        let mut body: Value = serde_json::from_slice(bytes).map_err(|e| Refusal {
+            code: 400,
+            reason: "BadRequest",
+            message: format!("the body is not JSON: {e}"),
+        })?;
+        let crd = crds().get(&format!("{}/{}", t.group, t.plural));
+        let has_status = crd.is_some_and(|k| k.status);
+        let content_type = parts
+            .headers
+            .get(hyper::header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or_default()
+            .to_string();
+        if content_type.contains("json-patch") {
+            return Err(Refusal {
+                code: 415,
+                reason: "UnsupportedMediaType",
+                message: "JSON patches are not checked by this fake API server; the operator \
+                          does not send them"
+                    .into(),
+            });
+        }
+        // The status subresource: only `status` goes through it; anything else keeps `status`
+        // out.
+        if has_status {
+            if let Some(o) = body.as_object_mut() {
+                if t.status {
+                    o.retain(|k, _| {
+                        matches!(k.as_str(), "status" | "apiVersion" | "kind" | "metadata")
+                    });
+                } else {
+                    o.remove("status");
+                }
+            }
+        }
+        let existing = match (&t.name, parts.method == hyper::Method::POST) {
+            (Some(_), false) => self.stored(&t.object_path).await,
+            _ => None,
+        };
+        let result = if parts.method == hyper::Method::PATCH {
+            let mut base = existing.clone().unwrap_or_else(|| json!({}));
+            merge(&mut base, &body);
+            base
+        } else {
+            let mut r = body.clone();
+            if let (Some(old), true) = (&existing, has_status) {
+                // What the stored object keeps: its status on a main write, its spec on a
+                // status write.
+                let keep = if t.status { "spec" } else { "status" };
+                match old.get(keep) {
+                    Some(v) => r[keep] = v.clone(),
+                    None => {
+                        if let Some(o) = r.as_object_mut() {
+                            o.remove(keep);
+                        }
+                    }
+                }
+            }
+            r
+        };
+        let name = result["metadata"]["name"]
+            .as_str()
+            .or(t.name.as_deref())
+            .unwrap_or_default()
+            .to_string();
+        check_object(&t, crd, &name, &result)?;
+        serde_json::to_vec(&body).map_err(|e| Refusal {
+            code: 500,
+            reason: "InternalError",
+            message: e.to_string(),
+        })
+    }
+
+    /// The stored object at `path`, if there is one.
+    async fn stored(&self, path: &str) -> Option<Value> {
+        let req = hyper::Request::get(path).body(Body::empty()).ok()?;
+        let resp = self.inner.send(req).await.ok()?;
+        if !resp.status().is_success() {
+            return None;
+        }
+        serde_json::from_slice(&resp.into_body().collect_bytes().await.ok()?).ok()
+    }
+
+    /// The builder's starting objects: every one must be an object the real server would hold.
+    async fn check_seeds(&self) {
+        let mut lists: Vec<(String, String)> = vec![
+            ("/api/v1/secrets".into(), "secrets".into()),
+            ("/api/v1/configmaps".into(), "configmaps".into()),
+        ];
+        for (key, kind) in crds() {
+            let (group, plural) = key.split_once('/').expect("group/plural");
+            for version in kind.schemas.keys() {
+                lists.push((format!("/apis/{group}/{version}/{plural}"), plural.into()));
+            }
+        }
+        for (path, _) in lists {
+            let Some(list) = self.stored(&path).await else {
+                continue;
+            };
+            for item in list["items"].as_array().into_iter().flatten() {
+                let name = item["metadata"]["name"].as_str().unwrap_or_default();
+                let t = target(&format!("{path}/{name}")).expect("a list path");
+                let crd = crds().get(&format!("{}/{}", t.group, t.plural));
+                if let Err(r) = check_object(&t, crd, name, item) {
+                    panic!(
+                        "a starting object the real API server would refuse: {}",
+                        r.message
+                    );
+                }
+            }
+        }
+    }
+}
+
+/// JSON merge patch (RFC 7386), which is also how the fake applies strategic-merge and
+/// server-side-apply patches.
+pub fn merge(target: &mut Value, patch: &Value) {
+    match (target.as_object_mut(), patch.as_object()) {
+        (Some(t), Some(p)) => {
+            for (k, v) in p {
+                if v.is_null() {
+                    t.remove(k);
+                } else {
+                    merge(t.entry(k.clone()).or_insert(Value::Null), v);
+                }
+            }
+        }
+        (_, Some(_)) => {
+            *target = json!({});
+            merge(target, patch);
+        }
+        _ => *target = patch.clone(),
+    }
+}
+
+/// Whether `name` is a DNS-1123 subdomain (what Kubernetes requires of most object names).
+pub fn dns1123_subdomain(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 253
+        && name.split('.').all(|label| {
+            let b = label.as_bytes();
+            !b.is_empty()
+                && b.iter()
+                    .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || *c == b'-')
+                && b[0] != b'-'
+                && b[b.len() - 1] != b'-'
+        })
+}
+
+fn check_object(t: &Target, crd: Option<&Kind>, name: &str, obj: &Value) -> Result<(), Refusal> {
+    let what = format!(
+        "{} \"{name}\"",
+        crd.map(|k| k.kind.as_str()).unwrap_or(t.plural.as_str())
+    );
+    let mut errors = Vec::new();
+    // A generated name is made valid by the server; only a given one is checked.
+    if obj["metadata"]["generateName"].is_null() && !dns1123_subdomain(name) {
+        errors.push(format!(
+            "metadata.name: Invalid value: {name:?}: a lowercase RFC 1123 subdomain must consist of \
+             lower case alphanumeric characters, '-' or '.', and must start and end with an \
+             alphanumeric character, at most 253 characters"
+        ));
+    }
+    match (t.group.as_str(), t.plural.as_str()) {
+        ("", "secrets") => {
+            let mut total = 0usize;
+            for (k, v) in obj["data"].as_object().into_iter().flatten() {
+                use base64::Engine as _;
+                match base64::engine::general_purpose::STANDARD
+                    .decode(v.as_str().unwrap_or_default())
+                {
+                    Ok(b) => total += b.len(),
+                    Err(_) => errors.push(format!("data[{k}]: Invalid value: not base64")),
+                }
+                config_key(k, "data", &mut errors);
+            }
+            for (k, v) in obj["stringData"].as_object().into_iter().flatten() {
+                total += v.as_str().map_or(0, str::len);
+                config_key(k, "stringData", &mut errors);
+            }
+            if total > DATA_LIMIT {
+                errors.push(format!(
+                    "data: Too long: must have at most {DATA_LIMIT} bytes (has {total})"
+                ));
+            }
+        }
+        ("", "configmaps") => {
+            let mut total = 0usize;
+            for field in ["data", "binaryData"] {
+                for (k, v) in obj[field].as_object().into_iter().flatten() {
+                    total += k.len() + v.as_str().map_or(0, str::len);
+                    config_key(k, field, &mut errors);
+                }
+            }
+            if total > DATA_LIMIT {
+                errors.push(format!(
+                    "[]: Too long: must have at most {DATA_LIMIT} bytes (has {total})"
+                ));
+            }
+        }
+        _ => {}
+    }
+    if let Some(kind) = crd {
+        match kind.schemas.get(&t.version) {
+            Some(schema) => {
+                let mut root = obj.clone();
+                if let Some(o) = root.as_object_mut() {
+                    // Checked by the server itself, not by the CRD's schema.
+                    o.remove("metadata");
+                    o.remove("apiVersion");
+                    o.remove("kind");
+                }
+                validate(schema, &root, "", &mut errors);
+            }
+            None => errors.push(format!("version {} is not served", t.version)),
+        }
+    }
+    if !errors.is_empty() {
+        return Err(Refusal::invalid(&what, &errors));
+    }
+    // etcd stores Secret and ConfigMap bytes as bytes, not as the base64 of the JSON form.
+    let mut size = serde_json::to_vec(obj).map(|v| v.len()).unwrap_or(0);
+    for field in ["data", "binaryData"] {
+        for v in obj[field].as_object().into_iter().flatten() {
+            let b64 = v.1.as_str().map_or(0, str::len);
+            if t.group.is_empty() && (t.plural == "secrets" || field == "binaryData") {
+                size -= b64 - b64 / 4 * 3;
+            }
+        }
+    }
+    if size > STORE_LIMIT {
+        return Err(Refusal {
+            code: 413,
+            reason: "RequestEntityTooLarge",
+            message: format!(
+                "etcdserver: request is too large ({size} bytes, limit is {STORE_LIMIT})"
+            ),
+        });
+    }
+    Ok(())
+}
+
+/// A Secret or ConfigMap key: `[-._a-zA-Z0-9]+`, at most 253 characters.
+fn config_key(k: &str, field: &str, errors: &mut Vec<String>) {
+    if k.is_empty()
+        || k.len() > 253
+        || !k
+            .bytes()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, b'-' | b'.' | b'_'))
+    {
+        errors.push(format!(
+            "{field}[{k}]: Invalid value: {k:?}: a valid config key must consist of alphanumeric \
+             characters, '-', '_' or '.'"
+        ));
+    }
+}
+
+fn join(path: &str, key: &str) -> String {
+    if path.is_empty() {
+        key.to_string()
+    } else {
+        format!("{path}.{key}")
+    }
+}
+
+/// Validates `v` against the subset of structural OpenAPI v3 the generated CRDs use.
+pub fn validate(schema: &Value, v: &Value, path: &str, errors: &mut Vec<String>) {
+    let shown = if path.is_empty() { "<root>" } else { path };
+    if v.is_null() {
+        if schema["nullable"].as_bool() != Some(true) {
+            errors.push(format!(
+                "{shown}: Invalid value: \"null\": {shown} in body must not be null"
+            ));
+        }
+        return;
+    }
+    if let Some(allowed) = schema["enum"].as_array() {
+        if !allowed.contains(v) {
+            errors.push(format!(
+                "{shown}: Unsupported value: {v}: supported values: {}",
+                allowed
+                    .iter()
+                    .map(Value::to_string)
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ));
+        }
+    }
+    let int_or_string = schema["x-kubernetes-int-or-string"].as_bool() == Some(true);
+    let ty = schema["type"].as_str().unwrap_or_default();
+    let type_ok = match ty {
+        "" => true,
+        "object" => v.is_object(),
+        "array" => v.is_array(),
+        "string" => v.is_string() || (int_or_string && (v.is_i64() || v.is_u64())),
+        "integer" => v.is_i64() || v.is_u64(),
+        "number" => v.is_number(),
+        "boolean" => v.is_boolean(),
+        other => {
+            errors.push(format!("{shown}: the schema names an unknown type {other}"));
+            return;
+        }
+    };
+    if !type_ok {
+        errors.push(format!(
+            "{shown}: Invalid value: {v}: {shown} in body must be of type {ty}"
+        ));
+        return;
+    }
+    match v {
+        Value::Object(o) => object(schema, o, path, errors),
+        Value::Array(items) => {
+            if let Some(n) = schema["maxItems"].as_u64() {
+                if items.len() as u64 > n {
+                    errors.push(format!(
+                        "{shown}: Too many: {}: must have at most {n} items",
+                        items.len()
+                    ));
+                }
+            }
+            if let Some(n) = schema["minItems"].as_u64() {
+                if (items.len() as u64) < n {
+                    errors.push(format!("{shown}: Invalid value: {}: {shown} in body should have at least {n} items", items.len()));
+                }
+            }
+            if schema["items"].is_object() {
+                for (i, item) in items.iter().enumerate() {
+                    validate(&schema["items"], item, &format!("{path}[{i}]"), errors);
+                }
+            }
+        }
+        Value::String(s) => {
+            let chars = s.chars().count() as u64;
+            if let Some(n) = schema["maxLength"].as_u64() {
+                if chars > n {
+                    errors.push(format!("{shown}: Too long: may not be more than {n} bytes"));
+                }
+            }
+            if let Some(n) = schema["minLength"].as_u64() {
+                if chars < n {
+                    errors.push(format!("{shown}: Invalid value: {s:?}: {shown} in body should be at least {n} chars long"));
+                }
+            }
+            if let Some(p) = schema["pattern"].as_str() {
+                let re = regex::Regex::new(p).expect("the CRD's pattern compiles");
+                if !re.is_match(s) {
+                    errors.push(format!(
+                        "{shown}: Invalid value: {s:?}: {shown} in body should match '{p}'"
+                    ));
+                }
+            }
+            if schema["format"].as_str() == Some("date-time") && !date_time(s) {
+                errors.push(format!(
+                    "{shown}: Invalid value: {s:?}: {shown} in body must be of type date-time"
+                ));
+            }
+        }
+        Value::Number(n) => {
+            let x = n.as_f64().unwrap_or_default();
+            if let Some(max) = schema["maximum"].as_f64() {
+                if x > max {
+                    errors.push(format!("{shown}: Invalid value: {n}: {shown} in body should be less than or equal to {max}"));
+                }
+            }
+            if let Some(min) = schema["minimum"].as_f64() {
+                if x < min {
+                    errors.push(format!("{shown}: Invalid value: {n}: {shown} in body should be greater than or equal to {min}"));
+                }
+            }
+        }
+        _ => {}
+    }
+}
+
+fn object(schema: &Value, o: &Map<String, Value>, path: &str, errors: &mut Vec<String>) {
+    let props = schema["properties"].as_object();
+    for req in schema["required"].as_array().into_iter().flatten() {
+        let key = req.as_str().unwrap_or_default();
+        // A null in a field that is not nullable is pruned before validation, so it is as
+        // good as absent.
+        let present = o.get(key).is_some_and(|x| {
+            !x.is_null()
+                || props
+                    .and_then(|p| p.get(key))
+                    .is_some_and(|s| s["nullable"] == true)
+        });
+        if !present {
+            errors.push(format!("{}: Required value", join(path, key)));
+        }
+    }
+    let preserve = schema["x-kubernetes-preserve-unknown-fields"].as_bool() == Some(true);
+    for (k, x) in o {
+        let child = join(path, k);
+        match (
+            props.and_then(|p| p.get(k)),
+            &schema["additionalProperties"],
+        ) {
+            (Some(s), _) => {
+                if !(x.is_null() && s["nullable"] != true) {
+                    validate(s, x, &child, errors);
+                }
+            }
+            (None, add) if add.is_object() => validate(add, x, &child, errors),
+            (None, add) if add == &Value::Bool(true) || preserve => {}
+            (None, _) => errors.push(format!(
+                "{child}: unknown field (the real API server drops it, with a warning)"
+            )),
+        }
+    }
+}
+
+/// RFC 3339 date-time, as Kubernetes' `date-time` format takes it.
+fn date_time(s: &str) -> bool {
+    let re = regex::Regex::new(
+        r"^\d{4}-\d{2}-\d{2}[Tt ]\d{2}:\d{2}:\d{2}(\.\d+)?([Zz]|[+-]\d{2}:\d{2})$",
+    )
+    .expect("regex");
+    re.is_match(s)
+}
