@@ -1,7 +1,9 @@
 //! The operator's Kubernetes permissions, as one table: every (API group, resource, verb) a
 //! code path of `run --source kube` calls, and why. The Role in `operator/deploy/operator.yaml`
 //! grants exactly these (a test compares the two, and runs the code paths against a recording
-//! API server to check that each call is in the table and each entry is called).
+//! API server to check that each call is in the table and each entry is called). The Istio
+//! target's calls in the Istio namespace are a second table, [`istio_permissions`], which the
+//! Role in `operator/deploy/istio/rbac.yaml` grants exactly (checked the same way).
 
 /// One permission: `verb` on `resource` of `group` (`""`: the core group), limited to the
 /// object `name` when set.
@@ -176,3 +178,113 @@ pub const PERMISSIONS: &[Permission] = &[
         "leader election: renew, take over, release",
     ),
 ];
+
+const APPS: &str = "apps";
+const ISTIO_NETWORKING: &str = "networking.istio.io";
+const ISTIO_EXTENSIONS: &str = "extensions.istio.io";
+
+/// The Istio kinds the Istio target renders, each listed by label, server-side applied
+/// (`patch`; `create` when the object does not exist yet, which the API server authorizes as
+/// `create`), replaced when a field another manager added survives the apply (`update`) and
+/// deleted when the rendering no longer has it.
+macro_rules! istio_kind {
+    ($group:expr, $resource:expr) => {
+        [
+            p(
+                $group,
+                $resource,
+                "list",
+                None,
+                "Istio target: the managed objects present",
+            ),
+            p(
+                $group,
+                $resource,
+                "create",
+                None,
+                "Istio target: apply of a missing object",
+            ),
+            p(
+                $group,
+                $resource,
+                "patch",
+                None,
+                "Istio target: server-side apply",
+            ),
+            p(
+                $group,
+                $resource,
+                "update",
+                None,
+                "Istio target: replace a drifted object",
+            ),
+            p(
+                $group,
+                $resource,
+                "delete",
+                None,
+                "Istio target: an object no longer rendered",
+            ),
+        ]
+    };
+}
+
+const ISTIO_KINDS: [[Permission; 5]; 6] = [
+    istio_kind!(ISTIO_EXTENSIONS, "wasmplugins"),
+    istio_kind!(ISTIO_NETWORKING, "serviceentries"),
+    istio_kind!(ISTIO_NETWORKING, "destinationrules"),
+    istio_kind!(ISTIO_NETWORKING, "gateways"),
+    istio_kind!(ISTIO_NETWORKING, "virtualservices"),
+    istio_kind!(ISTIO_NETWORKING, "envoyfilters"),
+];
+
+const ISTIO_OTHERS: [Permission; 5] = [
+    p(
+        CORE,
+        "secrets",
+        "create",
+        None,
+        "Istio target: the credentials Secret, first pass (RBAC cannot name an object to create)",
+    ),
+    p(
+        CORE,
+        "secrets",
+        "get",
+        Some(crate::istio::CREDENTIALS_SECRET),
+        "Istio target: the credentials Secret, read before it is replaced",
+    ),
+    p(
+        CORE,
+        "secrets",
+        "update",
+        Some(crate::istio::CREDENTIALS_SECRET),
+        "Istio target: the credentials Secret, replaced whole",
+    ),
+    p(
+        APPS,
+        "deployments",
+        "get",
+        Some("layergate-ingressgateway"),
+        "Istio target: the gateway's credential digest, read",
+    ),
+    p(
+        APPS,
+        "deployments",
+        "patch",
+        Some("layergate-ingressgateway"),
+        "Istio target: the gateway's credential environment and digest annotation (rolls it)",
+    ),
+];
+
+/// Everything the Istio target (`run --source kube --target istio`) calls in the Istio
+/// namespace, beyond [`PERMISSIONS`] in its own: the Role in `operator/deploy/istio/rbac.yaml`
+/// grants exactly these. The gateway Deployment's name is the default
+/// `LAYERGATE_ISTIO_GATEWAY_DEPLOYMENT`; another name needs the Role's `resourceNames` renamed.
+pub fn istio_permissions() -> Vec<Permission> {
+    ISTIO_KINDS
+        .iter()
+        .flatten()
+        .chain(ISTIO_OTHERS.iter())
+        .copied()
+        .collect()
+}

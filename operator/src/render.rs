@@ -108,7 +108,7 @@ pub fn upstreams(v: &Validation, limits: &UpstreamLimits) -> Vec<Upstream> {
             port: s.endpoint.port,
             tls: s.endpoint.tls,
             label: crate::envoy::store_label(&s.name),
-            limits: limits.clone(),
+            limits: *limits,
         })
         .collect()
 }

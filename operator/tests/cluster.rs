@@ -1964,62 +1964,6 @@ async fn one_broken_secret_or_name_is_that_objects_condition_and_the_rest_publis
     );
 }
 
-/// A kube client over the fake API server that records every request (method, path, query)
-/// and can hold each LIST (a pass's reads) for a while: a slow API server.
-#[derive(Clone)]
-struct Tap {
-    inner: Client,
-    calls: Arc<std::sync::Mutex<Vec<(String, String, String)>>>,
-    slow_lists_ms: Arc<std::sync::atomic::AtomicU64>,
-}
-
-impl Tap {
-    fn new(inner: &Client) -> Tap {
-        Tap {
-            inner: inner.clone(),
-            calls: Arc::default(),
-            slow_lists_ms: Arc::default(),
-        }
-    }
-    fn client(&self) -> Client {
-        Client::new(self.clone(), NS)
-    }
-}
-
-impl tower_service::Service<hyper::Request<kube::client::Body>> for Tap {
-    type Response = hyper::Response<kube::client::Body>;
-    type Error = kube::Error;
-    type Future = std::pin::Pin<
-        Box<dyn std::future::Future<Output = Result<Self::Response, kube::Error>> + Send>,
-    >;
-    fn poll_ready(
-        &mut self,
-        _: &mut std::task::Context<'_>,
-    ) -> std::task::Poll<Result<(), kube::Error>> {
-        std::task::Poll::Ready(Ok(()))
-    }
-    fn call(&mut self, req: hyper::Request<kube::client::Body>) -> Self::Future {
-        let this = self.clone();
-        Box::pin(async move {
-            let method = req.method().to_string();
-            let path = req.uri().path().to_owned();
-            let query = req.uri().query().unwrap_or_default().to_owned();
-            this.calls
-                .lock()
-                .unwrap()
-                .push((method.clone(), path.clone(), query.clone()));
-            let segments = path.trim_start_matches('/').split('/').count();
-            // A collection: /api/v1/namespaces/NS/R (5) or /apis/G/V/namespaces/NS/R (6).
-            let collection = segments == if path.starts_with("/api/") { 5 } else { 6 };
-            let slow = this.slow_lists_ms.load(Ordering::SeqCst);
-            if method == "GET" && collection && !query.contains("watch") && slow > 0 {
-                tokio::time::sleep(Duration::from_millis(slow)).await;
-            }
-            this.inner.send(req).await
-        })
-    }
-}
-
 /// A raw HTTP/1.1 exchange that keeps the response head: (status, head, JSON body).
 fn http_head(
     addr: std::net::SocketAddr,
@@ -2057,15 +2001,15 @@ fn control_api(c: Arc<Cluster>) -> std::net::SocketAddr {
 async fn a_mint_answers_before_a_slow_pass_and_the_token_then_works() {
     use layergate_operator::controller;
     let fake = builder().build().await.unwrap();
-    let tap = Tap::new(&fake);
+    let tap = support::Tap::new(&fake);
     let c = Arc::new(Cluster::new(
-        tap.client(),
+        tap.client(NS),
         NS,
         settings(),
         DEFAULT_OUTPUT_SECRET,
     ));
     let lock = LeaseLock::new(
-        tap.client(),
+        tap.client(NS),
         NS,
         "layergate-operator",
         "a",
@@ -2155,12 +2099,12 @@ async fn a_mint_answers_before_a_slow_pass_and_the_token_then_works() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_follower_refuses_control_api_writes_with_503_and_retry_after() {
     let fake = builder().build().await.unwrap();
-    let leader_tap = Tap::new(&fake);
-    let follower_tap = Tap::new(&fake);
-    let a = Arc::new(leader(&leader_tap.client()));
+    let leader_tap = support::Tap::new(&fake);
+    let follower_tap = support::Tap::new(&fake);
+    let a = Arc::new(leader(&leader_tap.client(NS)));
     a.pass().await.unwrap();
     let b = Arc::new(Cluster::new(
-        follower_tap.client(),
+        follower_tap.client(NS),
         NS,
         settings(),
         DEFAULT_OUTPUT_SECRET,
@@ -2391,38 +2335,6 @@ async fn a_500_from_the_control_api_has_no_internal_error_chain() {
     }
 }
 
-/// The Kubernetes API calls a set of recorded requests made: (group, resource, verb).
-fn permissions_used(calls: &[(String, String, String)]) -> BTreeSet<(String, String, String)> {
-    calls
-        .iter()
-        .map(|(method, path, query)| {
-            let segs: Vec<&str> = path.trim_start_matches('/').split('/').collect();
-            // api/v1/namespaces/NS/R[/NAME[/SUB]] or apis/G/V/namespaces/NS/R[/NAME[/SUB]]
-            let (group, rest) = if segs[0] == "api" {
-                ("", &segs[4..])
-            } else {
-                (segs[1], &segs[5..])
-            };
-            let resource = match rest {
-                [r, _, sub] => format!("{r}/{sub}"),
-                [r, ..] => (*r).to_owned(),
-                [] => panic!("{path}"),
-            };
-            let verb = match (method.as_str(), rest.len()) {
-                ("GET", 1) if query.contains("watch=true") => "watch",
-                ("GET", 1) => "list",
-                ("GET", _) => "get",
-                ("POST", _) => "create",
-                ("PUT", _) => "update",
-                ("PATCH", _) => "patch",
-                ("DELETE", _) => "delete",
-                (m, _) => panic!("{m} {path}"),
-            };
-            (group.to_owned(), resource, verb.to_owned())
-        })
-        .collect()
-}
-
 /// Issue 13: the Role grants exactly what the code calls. The table in `rbac.rs` names each
 /// (group, resource, verb); this runs every code path that calls the API (the controller's
 /// watches, passes that mint, adopt, replace a stale token, publish, write statuses and
@@ -2456,15 +2368,15 @@ async fn the_role_grants_exactly_what_the_code_calls() {
         .build()
         .await
         .unwrap();
-    let tap = Tap::new(&client);
+    let tap = support::Tap::new(&client);
     let c = Arc::new(Cluster::new(
-        tap.client(),
+        tap.client(NS),
         NS,
         settings(),
         DEFAULT_OUTPUT_SECRET,
     ));
     let lock = LeaseLock::new(
-        tap.client(),
+        tap.client(NS),
         NS,
         layergate_operator::lease::DEFAULT_LEASE,
         "a",
@@ -2526,7 +2438,7 @@ async fn the_role_grants_exactly_what_the_code_calls() {
         "owner references need apikeys/finalizers"
     );
 
-    let used = permissions_used(&tap.calls.lock().unwrap());
+    let used = support::permissions_used(&tap.calls.lock().unwrap());
     let table: BTreeSet<(String, String, String)> = PERMISSIONS
         .iter()
         .map(|p| (p.group.to_owned(), p.resource.to_owned(), p.verb.to_owned()))
@@ -2542,56 +2454,9 @@ async fn the_role_grants_exactly_what_the_code_calls() {
     assert!(unused.is_empty(), "in rbac.rs but never called: {unused:?}");
 
     // The deployed Role is the table: every (group, resource, verb, resourceName).
-    let text =
-        std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("deploy/operator.yaml"))
-            .unwrap();
-    let role = text
-        .split("\n---")
-        .map(|d| serde_yaml::from_str::<Value>(d).unwrap())
-        .find(|d| d["kind"] == "Role")
-        .unwrap();
-    let mut granted = BTreeSet::new();
-    for rule in role["rules"].as_array().unwrap() {
-        let list = |k: &str| -> Vec<String> {
-            rule[k]
-                .as_array()
-                .map(|a| a.iter().map(|v| v.as_str().unwrap().to_owned()).collect())
-                .unwrap_or_default()
-        };
-        let names = list("resourceNames");
-        for g in list("apiGroups") {
-            for r in list("resources") {
-                for v in list("verbs") {
-                    let name = names.first().cloned();
-                    assert!(names.len() <= 1, "{rule}");
-                    assert!(
-                        granted.insert((g.clone(), r.clone(), v, name)),
-                        "{rule}: twice"
-                    );
-                }
-            }
-        }
-    }
-    let want: BTreeSet<_> = PERMISSIONS
-        .iter()
-        .map(|p| {
-            (
-                p.group.to_owned(),
-                p.resource.to_owned(),
-                p.verb.to_owned(),
-                p.name.map(str::to_owned),
-            )
-        })
-        .collect();
-    assert_eq!(
-        granted.difference(&want).collect::<Vec<_>>(),
-        Vec::<&(String, String, String, Option<String>)>::new(),
-        "the Role grants more than rbac.rs"
-    );
-    assert_eq!(
-        want.difference(&granted).collect::<Vec<_>>(),
-        Vec::<&(String, String, String, Option<String>)>::new(),
-        "the Role grants less than rbac.rs"
+    support::assert_role_is(
+        &Path::new(env!("CARGO_MANIFEST_DIR")).join("deploy/operator.yaml"),
+        PERMISSIONS,
     );
 }
 

@@ -272,7 +272,10 @@ fn store(name: &str, url: &str) -> VectorStore {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kube_mode_applies_the_istio_target_and_follows_store_index_and_key_changes() {
     let client = client(true).await;
-    let c = cluster(&client, true);
+    // The operator's calls are recorded: what it does in the Istio namespace is checked
+    // against the Role of operator/deploy/istio at the end.
+    let tap = support::Tap::new(&client);
+    let c = cluster(&tap.client(NS), true);
     // Someone else's ServiceEntry in the same namespace: never touched.
     dynamic(&client, "ServiceEntry")
         .create(
@@ -535,6 +538,44 @@ async fn kube_mode_applies_the_istio_target_and_follows_store_index_and_key_chan
     let w = c.pass().await.unwrap();
     assert_eq!((w.applied, w.deleted, w.published), (0, 0, false), "{w:?}");
     assert!(!listed(&c).contains("shop-reader"));
+
+    // Least privilege in the Istio namespace: every call the passes above made there (first
+    // apply, credentials created and replaced, the gateway patched, a store's objects deleted,
+    // drift replaced) is in rbac.rs's Istio table; every entry was called (for the Istio
+    // kinds, each verb on some kind, and `create`, which a server-side apply of a missing
+    // object needs though it is recorded as a PATCH); the component's Role is the table.
+    let in_mesh: Vec<_> = tap
+        .calls
+        .lock()
+        .unwrap()
+        .iter()
+        .filter(|(_, path, _)| path.contains(&format!("/namespaces/{MESH}/")))
+        .cloned()
+        .collect();
+    let used = support::permissions_used(&in_mesh);
+    let table = layergate_operator::rbac::istio_permissions();
+    let granted: BTreeSet<(String, String, String)> = table
+        .iter()
+        .map(|p| (p.group.to_owned(), p.resource.to_owned(), p.verb.to_owned()))
+        .collect();
+    let missing: Vec<_> = used.difference(&granted).collect();
+    assert!(missing.is_empty(), "called but not in rbac.rs: {missing:?}");
+    // One generic code path writes every Istio kind: a verb it used on one kind counts for all.
+    let istio_verbs: BTreeSet<&str> = used
+        .iter()
+        .filter(|(g, _, _)| g.ends_with("istio.io"))
+        .map(|(_, _, v)| v.as_str())
+        .chain(["create"])
+        .collect();
+    let unused: Vec<_> = granted
+        .difference(&used)
+        .filter(|(g, _, v)| !(g.ends_with("istio.io") && istio_verbs.contains(v.as_str())))
+        .collect();
+    assert!(unused.is_empty(), "in rbac.rs but never called: {unused:?}");
+    support::assert_role_is(
+        &std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("deploy/istio/rbac.yaml"),
+        &table,
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
