@@ -99,6 +99,24 @@ fn main() {
     }
 }
 
+/// `[--namespace NS] [--target envoy|istio]`, in any order, after `run --source kube` or
+/// `render -f DIR -o OUT` (`command` names which, for the error).
+fn namespace_and_target<'a>(command: &str, rest: &[&'a str]) -> Result<(Option<&'a str>, &'a str)> {
+    let (mut namespace, mut target) = (None, "envoy");
+    let mut flags = rest.iter();
+    while let Some(flag) = flags.next() {
+        match (*flag, flags.next()) {
+            ("--namespace", Some(ns)) => namespace = Some(*ns),
+            ("--target", Some(t)) => target = t,
+            (other, _) => bail!("unknown {command} option {other:?}\n{USAGE}"),
+        }
+    }
+    if !["envoy", "istio"].contains(&target) {
+        bail!("--target must be envoy or istio, not {target:?}");
+    }
+    Ok((namespace, target))
+}
+
 /// Takes every `--allow-endpoint PATTERN` out of the arguments (run, render and check accept
 /// it anywhere after the command) and returns the allowlist they make.
 fn allow_endpoints(args: &mut Vec<String>) -> Result<Allowlist> {
@@ -136,30 +154,11 @@ fn run(mut args: Vec<String>) -> Result<()> {
             None => bail!("--source must be dir:PATH (with --out) or kube (without)"),
         },
         ["run", "--source", "kube", rest @ ..] => {
-            let (mut namespace, mut target) = (None, "envoy");
-            let mut flags = rest.iter();
-            while let Some(flag) = flags.next() {
-                match (*flag, flags.next()) {
-                    ("--namespace", Some(ns)) => namespace = Some(*ns),
-                    ("--target", Some(t)) => target = t,
-                    (other, _) => bail!("unknown run option {other:?}\n{USAGE}"),
-                }
-            }
-            if !["envoy", "istio"].contains(&target) {
-                bail!("--target must be envoy or istio, not {target:?}");
-            }
+            let (namespace, target) = namespace_and_target("run", rest)?;
             run_kube(namespace, target == "istio", allow)
         }
         ["render", "-f", dir, "-o", out, rest @ ..] => {
-            let (mut namespace, mut target) = (None, "envoy");
-            let mut flags = rest.iter();
-            while let Some(flag) = flags.next() {
-                match (*flag, flags.next()) {
-                    ("--namespace", Some(ns)) => namespace = Some(*ns),
-                    ("--target", Some(t)) => target = t,
-                    (other, _) => bail!("unknown render option {other:?}\n{USAGE}"),
-                }
-            }
+            let (namespace, target) = namespace_and_target("render", rest)?;
             render(Path::new(dir), Path::new(out), namespace, target, allow)
         }
         ["help" | "--help" | "-h"] | [] => {

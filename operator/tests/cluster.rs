@@ -27,42 +27,6 @@ use support::StrictBuild as _;
 
 const NS: &str = "layer";
 
-/// The demo manifests as API objects; Secrets' `stringData` becomes `data`, as an API server
-/// stores it.
-fn demo_objects() -> Vec<Value> {
-    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../envoy/demo/manifests");
-    let mut out = Vec::new();
-    for file in [
-        "secrets.yaml",
-        "vectorstores.yaml",
-        "indexes.yaml",
-        "apikeys.yaml",
-    ] {
-        let text = std::fs::read_to_string(dir.join(file)).unwrap();
-        for doc in text.split("\n---") {
-            let mut v: Value = serde_yaml::from_str(doc).unwrap();
-            if v.is_null() {
-                continue;
-            }
-            if let Some(sd) = v.as_object_mut().and_then(|o| o.remove("stringData")) {
-                let data: serde_json::Map<String, Value> = sd
-                    .as_object()
-                    .unwrap()
-                    .iter()
-                    .map(|(k, x)| {
-                        let b64 =
-                            base64::engine::general_purpose::STANDARD.encode(x.as_str().unwrap());
-                        (k.clone(), json!(b64))
-                    })
-                    .collect();
-                v["data"] = Value::Object(data);
-            }
-            out.push(v);
-        }
-    }
-    out
-}
-
 /// Stand-ins with the CRDs' group/version/kind and a `Default`, which the fake client needs
 /// to be told that these kinds have a status subresource.
 mod gvk {
@@ -114,7 +78,7 @@ fn builder() -> ClientBuilder {
         .with_status_subresource::<gvk::VectorStore>()
         .with_status_subresource::<gvk::Index>()
         .with_status_subresource::<gvk::ApiKey>()
-        .with_runtime_objects(demo_objects())
+        .with_runtime_objects(support::demo_objects())
 }
 
 fn settings() -> Settings {
@@ -2213,7 +2177,7 @@ async fn a_hung_api_call_ends_within_the_clients_read_timeout() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn secret_values_with_a_newline_or_not_utf8_are_conditions_not_silent_changes() {
     use base64::engine::general_purpose::STANDARD;
-    let mut objects = demo_objects();
+    let mut objects = support::demo_objects();
     for o in &mut objects {
         if o["kind"] == "Secret" && o["metadata"]["name"] == "layer" {
             o["data"]["primary-api-key"] = json!(STANDARD.encode("tpuf-primary-dev-key\n"));
@@ -2346,7 +2310,7 @@ async fn a_500_from_the_control_api_has_no_internal_error_chain() {
 async fn the_role_grants_exactly_what_the_code_calls() {
     use layergate_operator::controller;
     use layergate_operator::rbac::PERMISSIONS;
-    let mut objects = demo_objects();
+    let mut objects = support::demo_objects();
     // A token Secret left by a deleted key of the same name as a live one: replaced.
     objects.push(json!({"apiVersion": "v1", "kind": "Secret",
         "metadata": {"name": "apikey-stale", "namespace": NS,
@@ -2477,7 +2441,7 @@ async fn a_kube_pass_at_scale_stays_under_a_second_per_100000_keys() {
         .and_then(|v| v.parse().ok())
         .unwrap_or(2_000);
     let indexes = 1_000usize.min(keys / 5).max(1);
-    let mut objects = demo_objects();
+    let mut objects = support::demo_objects();
     for i in 0..keys {
         let name = format!("k{i}");
         objects.push(json!({

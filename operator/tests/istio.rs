@@ -6,7 +6,6 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, missing_docs)]
 
 mod support;
-use base64::Engine as _;
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::Secret;
 use kube::api::{Api, DeleteParams, DynamicObject, ListParams, Patch, PatchParams, PostParams};
@@ -27,41 +26,6 @@ use support::StrictBuild;
 
 const NS: &str = "layer";
 const MESH: &str = "layergate-ingress";
-
-/// The demo manifests as API objects (`stringData` stored as `data`, as an API server does).
-fn demo_objects() -> Vec<Value> {
-    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../envoy/demo/manifests");
-    let mut out = Vec::new();
-    for file in [
-        "secrets.yaml",
-        "vectorstores.yaml",
-        "indexes.yaml",
-        "apikeys.yaml",
-    ] {
-        let text = std::fs::read_to_string(dir.join(file)).unwrap();
-        for doc in text.split("\n---") {
-            let mut v: Value = serde_yaml::from_str(doc).unwrap();
-            if v.is_null() {
-                continue;
-            }
-            if let Some(sd) = v.as_object_mut().and_then(|o| o.remove("stringData")) {
-                let data: serde_json::Map<String, Value> = sd
-                    .as_object()
-                    .unwrap()
-                    .iter()
-                    .map(|(k, x)| {
-                        let b64 =
-                            base64::engine::general_purpose::STANDARD.encode(x.as_str().unwrap());
-                        (k.clone(), json!(b64))
-                    })
-                    .collect();
-                v["data"] = Value::Object(data);
-            }
-            out.push(v);
-        }
-    }
-    out
-}
 
 /// Stand-ins the fake API server is told about: the CRDs' kinds with a status subresource,
 /// and the six Istio kinds (group, version, kind and plural as Istio's CRDs have them).
@@ -128,7 +92,7 @@ fn gateway_deployment() -> Value {
 }
 
 async fn client(with_gateway: bool) -> Client {
-    let mut objects = demo_objects();
+    let mut objects = support::demo_objects();
     if with_gateway {
         objects.push(gateway_deployment());
     }

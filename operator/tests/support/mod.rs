@@ -805,3 +805,40 @@ pub fn assert_role_is(path: &std::path::Path, table: &[layergate_operator::rbac:
         path.display()
     );
 }
+
+/// The demo manifests as API objects; Secrets' `stringData` becomes `data`, as an API server
+/// stores it.
+pub fn demo_objects() -> Vec<Value> {
+    use base64::Engine as _;
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../envoy/demo/manifests");
+    let mut out = Vec::new();
+    for file in [
+        "secrets.yaml",
+        "vectorstores.yaml",
+        "indexes.yaml",
+        "apikeys.yaml",
+    ] {
+        let text = std::fs::read_to_string(dir.join(file)).unwrap();
+        for doc in text.split("\n---") {
+            let mut v: Value = serde_yaml::from_str(doc).unwrap();
+            if v.is_null() {
+                continue;
+            }
+            if let Some(sd) = v.as_object_mut().and_then(|o| o.remove("stringData")) {
+                let data: serde_json::Map<String, Value> = sd
+                    .as_object()
+                    .unwrap()
+                    .iter()
+                    .map(|(k, x)| {
+                        let b64 =
+                            base64::engine::general_purpose::STANDARD.encode(x.as_str().unwrap());
+                        (k.clone(), json!(b64))
+                    })
+                    .collect();
+                v["data"] = Value::Object(data);
+            }
+            out.push(v);
+        }
+    }
+    out
+}
