@@ -905,7 +905,7 @@ fn change_key(
             fresh = source.state().last();
             match fresh
                 .as_ref()
-                .and_then(|p| find_key(p, caller, id).map(|v| (p, v)))
+                .and_then(|p| find_key(p, caller, id).map(|v| (&**p, v)))
             {
                 Some(found) => found,
                 None => return Ok(error(StatusCode::NOT_FOUND, &format!("no API key {id:?}"))),

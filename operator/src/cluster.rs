@@ -964,9 +964,13 @@ impl Cluster {
             objects.secret_errors.extend(failed);
         }
         let gateway = self.gateway_credential().await.at(Step::Read)?;
-        let previous = self.state.last().map(|p| p.validation);
+        let previous = self.state.last();
         let (pass, rendering) = self
-            .render(objects, previous.as_ref(), &gateway)
+            .render(
+                objects,
+                previous.as_deref().map(|p| &p.validation),
+                &gateway,
+            )
             .at(Step::Render)?;
         if leader {
             match (&self.target, &rendering.output) {

@@ -197,7 +197,7 @@ pub fn reconcile(
 /// pass, the latest probe results and counters.
 #[derive(Default)]
 pub struct State {
-    last: Mutex<Option<Pass>>,
+    last: Mutex<Option<Arc<Pass>>>,
     probes: Mutex<BTreeMap<String, ProbeResult>>,
     /// Successful passes.
     pub renders: AtomicU64,
@@ -247,8 +247,9 @@ impl State {
             .filter(|d| *d > STUCK_AFTER)
     }
 
-    /// The last good pass, if any.
-    pub fn last(&self) -> Option<Pass> {
+    /// The last good pass, if any: shared, so a control-API call or a probe round costs no
+    /// copy of the pass (at 100,000 ApiKeys a deep clone per `/readyz` was megabytes).
+    pub fn last(&self) -> Option<Arc<Pass>> {
         lock(&self.last).clone()
     }
 
@@ -261,7 +262,7 @@ impl State {
         self.count(result.as_ref().map(|_| ()), started);
         let pass = result?;
         self.serve_keys(&pass);
-        *last = Some(pass);
+        *last = Some(Arc::new(pass));
         Ok(())
     }
 
@@ -279,7 +280,7 @@ impl State {
         self.count(result.as_ref().map(|_| ()), started);
         let pass = result?;
         self.serve_keys(&pass);
-        *lock(&self.last) = Some(pass);
+        *lock(&self.last) = Some(Arc::new(pass));
         Ok(())
     }
 
@@ -407,7 +408,7 @@ impl DirSource {
     }
 
     /// The last good pass, if any.
-    pub fn last(&self) -> Option<Pass> {
+    pub fn last(&self) -> Option<Arc<Pass>> {
         self.state.last()
     }
 

@@ -761,7 +761,7 @@ async fn api_errors_fail_the_step_keep_the_last_pass_and_are_retried() {
         .await;
     let c = leader(&client);
     c.pass().await.unwrap();
-    let good = c.state.last().unwrap().config;
+    let good = c.state.last().unwrap().config.clone();
 
     fail_lists.store(1, Ordering::SeqCst);
     let e = c.pass().await.unwrap_err();
@@ -1374,7 +1374,7 @@ async fn a_rendering_secret_over_1_mib_is_refused_as_the_real_api_server_refuses
     let client = builder().strict().await;
     let c = leader(&client);
     c.pass().await.unwrap();
-    let base = c.state.last().unwrap().validation;
+    let base = c.state.last().unwrap().validation.clone();
     // The old inline rendering, with as many keys as bring its Secret to about 1.2 MiB.
     let size = |n: usize| {
         let mut v = base.clone();
@@ -1574,7 +1574,7 @@ async fn the_rendering_at_100000_api_keys_publishes_under_the_1_mib_object_limit
     let client = builder().strict().await;
     let c = leader(&client);
     c.pass().await.unwrap();
-    let mut v = c.state.last().unwrap().validation;
+    let mut v = c.state.last().unwrap().validation.clone();
     add_minted_keys(&mut v, 100_000);
     let envoy_files = |r: render::Rendering| match r.output {
         render::Output::Envoy(files) => files,
@@ -1886,7 +1886,7 @@ async fn one_broken_secret_or_name_is_that_objects_condition_and_the_rest_publis
     let _ = c.pass().await;
     let _ = c.pass().await;
     // Minted keys reach the gateways through the key service: what it serves.
-    let served = c.state.last().unwrap().keys;
+    let served = c.state.last().unwrap().keys.clone();
     let names: Vec<&str> = served.iter().map(|k| k.name.as_str()).collect();
     assert!(names.contains(&"cohort"), "{names:?}");
     assert!(!names.contains(&"quota") && !names.contains(&long.as_str()));
@@ -2374,7 +2374,7 @@ async fn the_role_grants_exactly_what_the_code_calls() {
     let (s, _, v) = call("DELETE", "/v2/keys/cohort", "").await.unwrap();
     assert_eq!(s, 200, "{v}");
     // A labelled, not yet owned token Secret goes with its key.
-    let mut marks = c.state.last().unwrap();
+    let mut marks = (*c.state.last().unwrap()).clone();
     marks.objects.secret_marks.insert(
         (NS.into(), "apikey-shop-reader".into()),
         layergate_operator::manifests::SecretMarks {
