@@ -266,13 +266,18 @@ fn a_hanging_store_gets_504_json_within_the_timeout_and_connections_stay_bounded
         "{opened} connections opened"
     );
     // A connection opened for a pending request that timed out while it was connecting may
-    // stay in the pool, idle (seen on several versions, under load): at most one, reused by the
-    // next request.
+    // stay in the pool, idle, to be reused by the next request (seen on every version under
+    // load: one, and once two on 1.36 in a matrix run): what stays is bounded by the breaker's
+    // max_connections, never by the number of requests that came.
     let deadline = Instant::now() + Duration::from_secs(10);
     while stat(&s, "upstream_cx_active") > 1 && Instant::now() < deadline {
         std::thread::sleep(Duration::from_millis(100));
     }
-    assert!(stat(&s, "upstream_cx_active") <= 1);
+    let idle = stat(&s, "upstream_cx_active");
+    assert!(
+        idle <= u64::from(LIMITS.max_connections),
+        "{idle} upstream connections left"
+    );
     assert_eq!(stat(&s, "upstream_rq_pending_active"), 0);
     assert_eq!(stat(&s, "upstream_rq_active"), 0);
 }
