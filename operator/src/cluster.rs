@@ -191,6 +191,27 @@ impl CachedSecret {
 /// Secrets fetched at once when a pass must read many (the first pass at 100,000 keys).
 const SECRET_READS_IN_FLIGHT: usize = 16;
 
+/// Objects per LIST call: large collections are read a page at a time, as the API server
+/// prefers (each page a bounded response), following its `continue` token.
+pub const LIST_PAGE: u32 = 500;
+
+/// Every object of a collection, [`LIST_PAGE`] per call.
+async fn list_all<K>(api: &Api<K>) -> kube::Result<Vec<K>>
+where
+    K: Clone + serde::de::DeserializeOwned + std::fmt::Debug,
+{
+    let mut items = Vec::new();
+    let mut lp = ListParams::default().limit(LIST_PAGE);
+    loop {
+        let page = api.list(&lp).await?;
+        items.extend(page.items);
+        match page.metadata.continue_.filter(|c| !c.is_empty()) {
+            Some(token) => lp = lp.continue_token(&token),
+            None => return Ok(items),
+        }
+    }
+}
+
 fn now() -> i64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
@@ -314,26 +335,16 @@ impl Cluster {
 
     /// Reads the namespace: every VectorStore, Index and ApiKey, and the Secrets they name.
     pub async fn read(&self) -> Result<Objects> {
-        let lp = ListParams::default();
         let mut objects = Objects {
-            stores: self
-                .api::<VectorStore>()
-                .list(&lp)
+            stores: list_all(&self.api::<VectorStore>())
                 .await
-                .context("listing VectorStores")?
-                .items,
-            indexes: self
-                .api::<Index>()
-                .list(&lp)
+                .context("listing VectorStores")?,
+            indexes: list_all(&self.api::<Index>())
                 .await
-                .context("listing Indexes")?
-                .items,
-            keys: self
-                .api::<ApiKey>()
-                .list(&lp)
+                .context("listing Indexes")?,
+            keys: list_all(&self.api::<ApiKey>())
                 .await
-                .context("listing ApiKeys")?
-                .items,
+                .context("listing ApiKeys")?,
             ..Objects::default()
         };
         // A rendering must not depend on the order a list comes in (the Istio target compares
@@ -352,12 +363,21 @@ impl Cluster {
     /// every other object still renders and publishes.
     async fn read_secrets(&self, objects: &mut Objects) -> Result<()> {
         use futures::StreamExt as _;
-        let versions: BTreeMap<String, String> = self
-            .api::<Secret>()
-            .list_metadata(&ListParams::default())
-            .await
-            .context("listing Secrets (metadata)")?
-            .items
+        let api = self.api::<Secret>();
+        let mut metas = Vec::new();
+        let mut lp = ListParams::default().limit(LIST_PAGE);
+        loop {
+            let page = api
+                .list_metadata(&lp)
+                .await
+                .context("listing Secrets (metadata)")?;
+            metas.extend(page.items);
+            match page.metadata.continue_.filter(|c| !c.is_empty()) {
+                Some(token) => lp = lp.continue_token(&token),
+                None => break,
+            }
+        }
+        let versions: BTreeMap<String, String> = metas
             .into_iter()
             .filter_map(|m| {
                 let version = m.metadata.resource_version.unwrap_or_default();
@@ -380,7 +400,6 @@ impl Cluster {
                 .cloned()
                 .collect()
         };
-        let api = self.api::<Secret>();
         let fetched: Vec<(String, kube::Result<Option<Secret>>)> = futures::stream::iter(stale)
             .map(|name| {
                 let api = api.clone();

@@ -195,6 +195,9 @@ impl tower_service::Service<hyper::Request<Body>> for Strict {
         let this = self.clone();
         Box::pin(async move {
             let m = req.method().clone();
+            if m == hyper::Method::GET {
+                return this.paged(req).await;
+            }
             if m != hyper::Method::POST && m != hyper::Method::PUT && m != hyper::Method::PATCH {
                 return this.inner.send(req).await;
             }
@@ -214,6 +217,71 @@ impl tower_service::Service<hyper::Request<Body>> for Strict {
 }
 
 impl Strict {
+    /// A LIST with `limit` answered a page at a time with a `continue` token, as the real
+    /// server does (kube-fake-client cuts the list at `limit` and gives no token, which would
+    /// lose every object past the first page without a sound). Other GETs pass through.
+    async fn paged(&self, req: hyper::Request<Body>) -> Result<hyper::Response<Body>, kube::Error> {
+        let query = req.uri().query().unwrap_or_default().to_owned();
+        let pairs: Vec<(String, String)> = query
+            .split('&')
+            .filter(|p| !p.is_empty())
+            .map(|p| {
+                let (k, v) = p.split_once('=').unwrap_or((p, ""));
+                (k.to_owned(), v.to_owned())
+            })
+            .collect();
+        let get = |k: &str| pairs.iter().find(|(n, _)| n == k).map(|(_, v)| v.clone());
+        let Some(limit) = get("limit").and_then(|l| l.parse::<usize>().ok()) else {
+            return self.inner.send(req).await;
+        };
+        if get("watch").is_some_and(|w| w == "true") {
+            return self.inner.send(req).await;
+        }
+        let from: usize = get("continue")
+            .and_then(|c| c.strip_prefix("page-").and_then(|n| n.parse().ok()))
+            .unwrap_or(0);
+        let rest: Vec<String> = pairs
+            .iter()
+            .filter(|(k, _)| k != "limit" && k != "continue")
+            .map(|(k, v)| format!("{k}={v}"))
+            .collect();
+        let (mut parts, body) = req.into_parts();
+        let path = parts.uri.path().to_owned();
+        parts.uri = if rest.is_empty() {
+            path
+        } else {
+            format!("{path}?{}", rest.join("&"))
+        }
+        .parse()
+        .expect("a URI");
+        let response = self
+            .inner
+            .send(hyper::Request::from_parts(parts, body))
+            .await?;
+        let (parts, body) = response.into_parts();
+        let bytes = body.collect_bytes().await?;
+        let Ok(mut list) = serde_json::from_slice::<Value>(&bytes) else {
+            return Ok(hyper::Response::from_parts(
+                parts,
+                Body::from(bytes.to_vec()),
+            ));
+        };
+        if let Some(items) = list.get_mut("items").and_then(Value::as_array_mut) {
+            let total = items.len();
+            let page: Vec<Value> = items.drain(..).skip(from).take(limit).collect();
+            *items = page;
+            if from + limit < total {
+                list["metadata"]["continue"] = json!(format!("page-{}", from + limit));
+            }
+        }
+        let mut parts = parts;
+        parts.headers.remove(hyper::header::CONTENT_LENGTH);
+        Ok(hyper::Response::from_parts(
+            parts,
+            Body::from(serde_json::to_vec(&list).expect("JSON")),
+        ))
+    }
+
     /// Checks one write; returns the body to forward (with `status` dropped where the real
     /// server drops it) or the refusal.
     async fn admit(
