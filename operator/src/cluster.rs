@@ -195,15 +195,18 @@ const SECRET_READS_IN_FLIGHT: usize = 16;
 /// prefers (each page a bounded response), following its `continue` token.
 pub const LIST_PAGE: u32 = 500;
 
-/// Every object of a collection, [`LIST_PAGE`] per call.
-async fn list_all<K>(api: &Api<K>) -> kube::Result<Vec<K>>
+/// Every item of a collection, [`LIST_PAGE`] per call: `fetch` lists one page (a list or a
+/// metadata list), and the pages follow the `continue` token.
+async fn list_all<T, F, Fut>(mut fetch: F) -> kube::Result<Vec<T>>
 where
-    K: Clone + serde::de::DeserializeOwned + std::fmt::Debug,
+    T: Clone,
+    F: FnMut(ListParams) -> Fut,
+    Fut: std::future::Future<Output = kube::Result<kube::core::ObjectList<T>>>,
 {
     let mut items = Vec::new();
     let mut lp = ListParams::default().limit(LIST_PAGE);
     loop {
-        let page = api.list(&lp).await?;
+        let page = fetch(lp.clone()).await?;
         items.extend(page.items);
         match page.metadata.continue_.filter(|c| !c.is_empty()) {
             Some(token) => lp = lp.continue_token(&token),
@@ -336,15 +339,24 @@ impl Cluster {
     /// Reads the namespace: every VectorStore, Index and ApiKey, and the Secrets they name.
     pub async fn read(&self) -> Result<Objects> {
         let mut objects = Objects {
-            stores: list_all(&self.api::<VectorStore>())
-                .await
-                .context("listing VectorStores")?,
-            indexes: list_all(&self.api::<Index>())
-                .await
-                .context("listing Indexes")?,
-            keys: list_all(&self.api::<ApiKey>())
-                .await
-                .context("listing ApiKeys")?,
+            stores: list_all(|lp| {
+                let api = self.api::<VectorStore>();
+                async move { api.list(&lp).await }
+            })
+            .await
+            .context("listing VectorStores")?,
+            indexes: list_all(|lp| {
+                let api = self.api::<Index>();
+                async move { api.list(&lp).await }
+            })
+            .await
+            .context("listing Indexes")?,
+            keys: list_all(|lp| {
+                let api = self.api::<ApiKey>();
+                async move { api.list(&lp).await }
+            })
+            .await
+            .context("listing ApiKeys")?,
             ..Objects::default()
         };
         // A rendering must not depend on the order a list comes in (the Istio target compares
@@ -364,19 +376,12 @@ impl Cluster {
     async fn read_secrets(&self, objects: &mut Objects) -> Result<()> {
         use futures::StreamExt as _;
         let api = self.api::<Secret>();
-        let mut metas = Vec::new();
-        let mut lp = ListParams::default().limit(LIST_PAGE);
-        loop {
-            let page = api
-                .list_metadata(&lp)
-                .await
-                .context("listing Secrets (metadata)")?;
-            metas.extend(page.items);
-            match page.metadata.continue_.filter(|c| !c.is_empty()) {
-                Some(token) => lp = lp.continue_token(&token),
-                None => break,
-            }
-        }
+        let metas = list_all(|lp| {
+            let api = api.clone();
+            async move { api.list_metadata(&lp).await }
+        })
+        .await
+        .context("listing Secrets (metadata)")?;
         let versions: BTreeMap<String, String> = metas
             .into_iter()
             .filter_map(|m| {
