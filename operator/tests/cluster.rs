@@ -12,7 +12,6 @@ use kube_fake_client::{interceptor, ClientBuilder, Error as FakeError};
 use layergate_operator::cluster::{Backoff, Cluster, Step, DEFAULT_OUTPUT_SECRET};
 use layergate_operator::crd::{ApiKey, ApiKeyPhase, Index, VectorStore};
 use layergate_operator::lease::{Leadership, LeaseLock};
-use layergate_operator::output::Settings;
 use layergate_operator::render;
 use serde_json::{json, Value};
 use sha2::{Digest, Sha256};
@@ -81,20 +80,13 @@ fn builder() -> ClientBuilder {
         .with_runtime_objects(support::demo_objects())
 }
 
-fn settings() -> Settings {
-    Settings {
-        listen: "0.0.0.0:8080".parse().unwrap(),
-        admin: "127.0.0.1:9901".parse().unwrap(),
-        wasm_path: "/etc/layergate/wasm/layergate_filter.wasm".into(),
-        control: Some(("layergate-operator.layer.svc".into(), 9902)),
-        allow_endpoints: Default::default(),
-        key_max_staleness_seconds: layergate_operator::output::DEFAULT_MAX_STALENESS_SECONDS,
-        limits: Default::default(),
-    }
-}
-
 fn leader(client: &Client) -> Cluster {
-    let c = Cluster::new(client.clone(), NS, settings(), DEFAULT_OUTPUT_SECRET);
+    let c = Cluster::new(
+        client.clone(),
+        NS,
+        support::kube_settings(),
+        DEFAULT_OUTPUT_SECRET,
+    );
     c.set_leader(true);
     c
 }
@@ -540,7 +532,12 @@ async fn a_follower_renders_in_memory_and_writes_nothing() {
         .with_object(key_json("cohort", json!({})))
         .strict()
         .await;
-    let c = Cluster::new(client.clone(), NS, settings(), DEFAULT_OUTPUT_SECRET);
+    let c = Cluster::new(
+        client.clone(),
+        NS,
+        support::kube_settings(),
+        DEFAULT_OUTPUT_SECRET,
+    );
     let w = c.pass().await.unwrap();
     assert_eq!((w.minted, w.published, w.statuses), (0, false, 0));
     assert!(api::<Secret>(&client)
@@ -900,20 +897,27 @@ async fn a_token_secret_left_by_a_deleted_key_is_replaced_not_adopted() {
     assert_eq!(key.status.unwrap().phase, Some(ApiKeyPhase::Active));
 }
 
-/// The Deployment in `operator/deploy/` starts exactly this mode (here it stops where a
-/// cluster is missing, after parsing its arguments and settings).
-#[test]
-fn the_deployments_arguments_start_kube_mode() {
-    let text =
-        std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("deploy/operator.yaml"))
-            .unwrap();
-    let deployment: Value = text
-        .split("\n---\n")
+/// The Deployment in `operator/deploy/FILE`, as JSON.
+fn deployment_in(file: &str) -> Value {
+    let text = std::fs::read_to_string(
+        Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("deploy")
+            .join(file),
+    )
+    .unwrap();
+    text.split("\n---\n")
         .map(|d| {
             serde_json::to_value(serde_yaml::from_str::<serde_yaml::Value>(d).unwrap()).unwrap()
         })
         .find(|d| d["kind"] == "Deployment")
-        .unwrap();
+        .unwrap()
+}
+
+/// The Deployment in `operator/deploy/` starts exactly this mode (here it stops where a
+/// cluster is missing, after parsing its arguments and settings).
+#[test]
+fn the_deployments_arguments_start_kube_mode() {
+    let deployment = deployment_in("operator.yaml");
     let container = &deployment["spec"]["template"]["spec"]["containers"][0];
     let args: Vec<&str> = container["args"]
         .as_array()
@@ -941,16 +945,7 @@ fn the_deployments_arguments_start_kube_mode() {
 /// into a scratch directory). A file that is not wasm is refused and nothing is written.
 #[test]
 fn the_gateways_init_container_copies_the_filter_with_the_binary() {
-    let text =
-        std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("deploy/gateway.yaml"))
-            .unwrap();
-    let deployment: Value = text
-        .split("\n---\n")
-        .map(|d| {
-            serde_json::to_value(serde_yaml::from_str::<serde_yaml::Value>(d).unwrap()).unwrap()
-        })
-        .find(|d| d["kind"] == "Deployment")
-        .unwrap();
+    let deployment = deployment_in("gateway.yaml");
     let args: Vec<String> = serde_json::from_value(
         deployment["spec"]["template"]["spec"]["initContainers"][0]["args"].clone(),
     )
@@ -1100,7 +1095,7 @@ async fn two_controllers_one_writer_and_a_graceful_hand_over() {
         let cluster = Arc::new(Cluster::new(
             client.clone(),
             NS,
-            settings(),
+            support::kube_settings(),
             DEFAULT_OUTPUT_SECRET,
         ));
         let lock = LeaseLock::new(client.clone(), NS, "layergate-operator", id, LEASE_DURATION);
@@ -1229,7 +1224,12 @@ async fn kube_mode_serves_the_key_service_with_a_credential_secret() {
         credential.as_str()
     );
     // A follower reads the same credential and names the same revision.
-    let follower = Cluster::new(client.clone(), NS, settings(), DEFAULT_OUTPUT_SECRET);
+    let follower = Cluster::new(
+        client.clone(),
+        NS,
+        support::kube_settings(),
+        DEFAULT_OUTPUT_SECRET,
+    );
     follower.pass().await.unwrap();
     assert_eq!(
         follower.state.keys.table().revision,
@@ -1379,7 +1379,8 @@ async fn a_rendering_secret_over_1_mib_is_refused_as_the_real_api_server_refuses
     let size = |n: usize| {
         let mut v = base.clone();
         add_minted_keys(&mut v, n);
-        let r = render::render(&v, &settings(), &render::Target::Envoy, None).unwrap();
+        let r =
+            render::render(&v, &support::kube_settings(), &render::Target::Envoy, None).unwrap();
         let render::Output::Envoy(files) = r.output else {
             unreachable!("the Envoy target renders files")
         };
@@ -1583,7 +1584,7 @@ async fn the_rendering_at_100000_api_keys_publishes_under_the_1_mib_object_limit
     let files = envoy_files(
         render::render(
             &v,
-            &settings(),
+            &support::kube_settings(),
             &render::Target::Envoy,
             Some("lgw_0123456789abcdefghijABCDEFGHIJ01"),
         )
@@ -1602,8 +1603,9 @@ async fn the_rendering_at_100000_api_keys_publishes_under_the_1_mib_object_limit
     eprintln!("100,000 ApiKeys: the rendering Secret holds {total} bytes");
     assert!(total < 64 * 1024, "{total}");
     // The old rendering (every key inline) is refused by the limit.
-    let inline =
-        envoy_files(render::render(&v, &settings(), &render::Target::Envoy, None).unwrap());
+    let inline = envoy_files(
+        render::render(&v, &support::kube_settings(), &render::Target::Envoy, None).unwrap(),
+    );
     let err = c.publish(&inline).await.unwrap_err();
     assert!(format!("{err:#}").contains("too large"), "{err:#}");
 }
@@ -1729,7 +1731,7 @@ async fn candidates(client: &Client, lease: Duration, slow_a_ms: u64) -> Candida
         let cluster = Arc::new(Cluster::new(
             rc.clone(),
             NS,
-            settings(),
+            support::kube_settings(),
             DEFAULT_OUTPUT_SECRET,
         ));
         let lock = LeaseLock::new(rc, NS, "layergate-operator", id, lease);
@@ -1969,7 +1971,7 @@ async fn a_mint_answers_before_a_slow_pass_and_the_token_then_works() {
     let c = Arc::new(Cluster::new(
         tap.client(NS),
         NS,
-        settings(),
+        support::kube_settings(),
         DEFAULT_OUTPUT_SECRET,
     ));
     let lock = LeaseLock::new(
@@ -2070,7 +2072,7 @@ async fn a_follower_refuses_control_api_writes_with_503_and_retry_after() {
     let b = Arc::new(Cluster::new(
         follower_tap.client(NS),
         NS,
-        settings(),
+        support::kube_settings(),
         DEFAULT_OUTPUT_SECRET,
     ));
     b.pass().await.unwrap();
@@ -2336,7 +2338,7 @@ async fn the_role_grants_exactly_what_the_code_calls() {
     let c = Arc::new(Cluster::new(
         tap.client(NS),
         NS,
-        settings(),
+        support::kube_settings(),
         DEFAULT_OUTPUT_SECRET,
     ));
     let lock = LeaseLock::new(
@@ -2552,7 +2554,12 @@ async fn a_pass_lists_a_page_at_a_time_and_reads_every_page() {
     let fake = b.strict().await;
     let tap = support::Tap::new(&fake);
     // A follower: it reads and renders as the leader does, and writes nothing.
-    let c = Cluster::new(tap.client(NS), NS, settings(), DEFAULT_OUTPUT_SECRET);
+    let c = Cluster::new(
+        tap.client(NS),
+        NS,
+        support::kube_settings(),
+        DEFAULT_OUTPUT_SECRET,
+    );
     c.pass().await.unwrap();
     let pass = c.state.last().unwrap();
     let read = pass

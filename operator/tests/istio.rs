@@ -15,7 +15,6 @@ use layergate_operator::cluster::{Cluster, DEFAULT_OUTPUT_SECRET};
 use layergate_operator::crd::{ApiKey, Index, VectorStore};
 use layergate_operator::istio::{self, IstioSettings};
 use layergate_operator::keyservice;
-use layergate_operator::output::Settings;
 use layergate_operator::render::{credential_env, Target};
 use serde_json::{json, Value};
 use std::collections::BTreeSet;
@@ -114,21 +113,14 @@ async fn client(with_gateway: bool) -> Client {
         .await
 }
 
-fn settings() -> Settings {
-    Settings {
-        listen: "0.0.0.0:8080".parse().unwrap(),
-        admin: "127.0.0.1:9901".parse().unwrap(),
-        wasm_path: "/etc/layergate/wasm/layergate_filter.wasm".into(),
-        control: Some(("layergate-operator.layer.svc".into(), 9902)),
-        allow_endpoints: Default::default(),
-        key_max_staleness_seconds: layergate_operator::output::DEFAULT_MAX_STALENESS_SECONDS,
-        limits: Default::default(),
-    }
-}
-
 fn cluster(client: &Client, leader: bool) -> Cluster {
-    let c = Cluster::new(client.clone(), NS, settings(), DEFAULT_OUTPUT_SECRET)
-        .with_target(Target::Istio(IstioSettings::default()));
+    let c = Cluster::new(
+        client.clone(),
+        NS,
+        support::kube_settings(),
+        DEFAULT_OUTPUT_SECRET,
+    )
+    .with_target(Target::Istio(IstioSettings::default()));
     c.set_leader(leader);
     c
 }

@@ -910,3 +910,17 @@ pub fn demo_objects() -> Vec<Value> {
     }
     out
 }
+
+/// The gateway settings kube mode runs with in these tests: the in-cluster listener and
+/// wasm path, and the operator's Service as the control API.
+pub fn kube_settings() -> layergate_operator::output::Settings {
+    layergate_operator::output::Settings {
+        listen: "0.0.0.0:8080".parse().unwrap(),
+        admin: "127.0.0.1:9901".parse().unwrap(),
+        wasm_path: "/etc/layergate/wasm/layergate_filter.wasm".into(),
+        control: Some(("layergate-operator.layer.svc".into(), 9902)),
+        allow_endpoints: Default::default(),
+        key_max_staleness_seconds: layergate_operator::output::DEFAULT_MAX_STALENESS_SECONDS,
+        limits: Default::default(),
+    }
+}
