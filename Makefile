@@ -34,7 +34,7 @@ OPERATOR_BIN   := target/$(MUSL_TARGET)/release/layergate-operator
 MUSL_CC        ?= $(shell command -v musl-gcc || echo cc)
 CARGO         ?= cargo
 
-.PHONY: help tools venv wasm test test-envoy-matrix FORCE image-tools image image-operator image-filter run demo lint crds envoy-demo bench fuzz fuzz-smoke fuzz-tools clean
+.PHONY: help tools venv wasm wasm-filter test test-envoy-matrix FORCE image-tools image image-operator image-filter run demo lint crds envoy-demo bench fuzz fuzz-smoke fuzz-tools clean
 
 help: ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-11s %s\n", $$1, $$2}'
@@ -91,9 +91,11 @@ $(VENV)/.installed: Makefile
 	$(VENV)/bin/pip install --quiet --no-deps --ignore-requires-python $(ISTIO_MODELS)
 	touch $@
 
-wasm: $(TOOLS)/.wasm-target ## Build the filter (target/wasm32-wasip1/wasm/layergate_filter.wasm) and the bench's probe filter (tested in envoy_probe)
-	$(CARGO) build -p layergate-filter --target wasm32-wasip1 --profile wasm
+wasm: wasm-filter ## Build the filter (target/wasm32-wasip1/wasm/layergate_filter.wasm) and the bench's probe filter (tested in envoy_probe)
 	$(CARGO) build -p layergate-probe-filter --target wasm32-wasip1 --profile wasm
+
+wasm-filter: $(TOOLS)/.wasm-target
+	$(CARGO) build -p layergate-filter --target wasm32-wasip1 --profile wasm
 
 test: tools venv wasm ## Unit, wasm-host and real-Envoy end-to-end tests, and a short fuzz run (what CI runs)
 	ENVOY_BIN=$(CURDIR)/$(ENVOY) $(CARGO) test --workspace --locked
@@ -140,11 +142,13 @@ fuzz: fuzz-tools ## Long fuzz runs: each libFuzzer target FUZZ_SECONDS (default 
 	LAYERGATE_FUZZ_ITERATIONS=$${LAYERGATE_FUZZ_ITERATIONS:-200000} $(CARGO) test --locked -p layergate-filter property_ -- --nocapture
 	LAYERGATE_FUZZ_ITERATIONS=$${LAYERGATE_FUZZ_ITERATIONS:-200000} $(CARGO) test --locked -p layergate-operator --test fuzz --test api property_ -- --nocapture
 
-run: tools wasm ## Start the demo gateway on 127.0.0.1:8080 (admin :9901), two devstores and the operator in directory mode; Ctrl-C stops
-	$(CARGO) run --locked --release -p layergate-tests --no-default-features --bin layergate-demo -- run
+# The demo is a debug build (the dev profile make test shares): it serves a handful of requests,
+# and a release build of the operator's Kubernetes client took most of a first run's time.
+run: tools wasm-filter ## Start the demo gateway on 127.0.0.1:8080 (admin :9901), two devstores and the operator in directory mode; Ctrl-C stops
+	$(CARGO) run --locked -p layergate-tests --no-default-features --bin layergate-demo -- run
 
 demo: ## Scripted tour against `make run` (prints a table; exit 0 iff every outcome is as documented)
-	$(CARGO) run --locked --release -p layergate-tests --no-default-features --bin layergate-demo -- tour
+	$(CARGO) run --locked -p layergate-tests --no-default-features --bin layergate-demo -- tour
 
 crds: ## Regenerate operator/crds/ and operator/deploy/crds.yaml from the CRD types
 	$(CARGO) run --locked -q -p layergate-operator -- crds > operator/crds/hevlayer.com.yaml
