@@ -3,8 +3,10 @@
 //! the filter cannot drift apart.
 
 use crate::http::Request;
+use anyhow::{bail, Context, Result};
 use serde_json::json;
 use std::net::SocketAddr;
+use std::time::{Duration, Instant};
 
 /// The demo's minted key `shop-reader` (vectorstore.primary: read, `shop-*`).
 pub const SHOP_READER_TOKEN: &str = "hvl_demoShopReader0123456789abcdefABCDEF";
@@ -300,4 +302,72 @@ pub fn table(outcomes: &[Outcome]) -> String {
         );
     }
     out
+}
+
+/// How long a key took to take effect at the gateway (`make demo`'s last two rows).
+#[derive(Debug, Clone, Copy)]
+pub struct Lifecycle {
+    /// From sending the mint request until the new token's first 200.
+    pub minted_works: Duration,
+    /// From sending the revocation until the token's first 401.
+    pub revoked_refused: Duration,
+}
+
+/// How long [`key_lifecycle`] waits for each change before it calls the change lost.
+const LIFECYCLE_WAIT: Duration = Duration::from_secs(10);
+
+/// Mints a key through the gateway's control API (`demo-admin-token`), times until its token
+/// lists namespaces (200), revokes it and times until the token is refused (401), then
+/// deletes the key. The key's name is unique per run, so the tour can run again.
+pub fn key_lifecycle(gateway: SocketAddr) -> Result<Lifecycle> {
+    let admin = "demo-admin-token";
+    let name = format!(
+        "tour-{}",
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis())
+    );
+    let send = |req: Request| req.send(gateway);
+    // Polls `token` on a route its grant allows until the gateway answers `want`.
+    let until = |token: &str, want: u16, since: Instant| -> Result<Duration> {
+        loop {
+            let got = send(Request::new("GET", "/v1/namespaces").bearer(token))?.status;
+            if got == want {
+                return Ok(since.elapsed());
+            }
+            if since.elapsed() > LIFECYCLE_WAIT {
+                bail!("key {name}: still {got}, not {want}, after {LIFECYCLE_WAIT:?}");
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    };
+    let minting = Instant::now();
+    let minted = send(Request::new("POST", "/v2/keys").bearer(admin).json(&json!({
+        "name": name,
+        "owner": "make-demo",
+        "expiresAfter": "1h",
+        "entitlements": {"vectorstore.primary": {"scopes": ["read"], "namespaces": ["tour-*"]}}
+    })))?;
+    if minted.status != 201 {
+        bail!("minting {name}: {} {}", minted.status, minted.text());
+    }
+    let token = minted.json()?["token"]
+        .as_str()
+        .context("the mint answer has no token")?
+        .to_owned();
+    let minted_works = until(&token, 200, minting)?;
+    let revoking = Instant::now();
+    let revoked = send(Request::new("POST", &format!("/v2/keys/{name}/revoke")).bearer(admin))?;
+    if revoked.status != 200 {
+        bail!("revoking {name}: {} {}", revoked.status, revoked.text());
+    }
+    let revoked_refused = until(&token, 401, revoking)?;
+    let deleted = send(Request::new("DELETE", &format!("/v2/keys/{name}")).bearer(admin))?;
+    if !(200..300).contains(&deleted.status) {
+        bail!("deleting {name}: {} {}", deleted.status, deleted.text());
+    }
+    Ok(Lifecycle {
+        minted_works,
+        revoked_refused,
+    })
 }

@@ -26,13 +26,33 @@ fn main() -> Result<()> {
             let addr = args.get(1).map_or(demo::LISTEN, String::as_str).parse()?;
             let outcomes = tour::run(addr, None);
             print!("{}", tour::table(&outcomes));
-            let failed = outcomes.iter().filter(|o| !o.ok).count();
+            let mut failed = outcomes.iter().filter(|o| !o.ok).count();
+            // A key minted, then revoked, through the gateway: each must take effect at the
+            // gateway within a second (SPEC §6).
+            let bound = std::time::Duration::from_secs(1);
+            match tour::key_lifecycle(addr) {
+                Ok(l) => {
+                    for (what, took) in [
+                        ("a key minted through the gateway works", l.minted_works),
+                        ("the same key revoked is refused (401)", l.revoked_refused),
+                    ] {
+                        let ok = took < bound;
+                        failed += usize::from(!ok);
+                        let mark = if ok { "ok" } else { "FAIL" };
+                        println!("{mark:<4} {what:<60} < 1 s   {took:.0?}");
+                    }
+                }
+                Err(e) => {
+                    failed += 1;
+                    println!("FAIL minting and revoking a key: {e:#}");
+                }
+            }
             if failed > 0 {
                 bail!(
                     "{failed} step(s) did not go as documented (is `make run` running on {addr}?)"
                 );
             }
-            println!("all {} steps as documented", outcomes.len());
+            println!("all {} steps as documented", outcomes.len() + 2);
             Ok(())
         }
         _ => bail!("usage: layergate-demo run | tour [GATEWAY_ADDR]"),
