@@ -627,7 +627,10 @@ fn a_rendering_the_filter_cannot_read_is_refused_visibly_and_the_old_one_keeps_e
 fn the_tour_mints_and_revokes_a_key_and_each_takes_effect_promptly() {
     let s = start("lifecycle");
     let l = layergate_tests::tour::key_lifecycle(s.envoy.addr).unwrap_or_else(|e| panic!("{e:#}"));
-    println!("minted → works {:?}, revoked → refused {:?}", l.minted_works, l.revoked_refused);
+    println!(
+        "minted → works {:?}, revoked → refused {:?}",
+        l.minted_works, l.revoked_refused
+    );
     let bound = std::time::Duration::from_secs(3);
     assert!(l.minted_works < bound && l.revoked_refused < bound, "{l:?}");
 }

@@ -734,18 +734,23 @@ fn probes() -> Result<()> {
     let scratch = tempdir("probes")?;
     let any = SocketAddr::from(([127, 0, 0, 1], 0));
     let mut all = variants(upstream, any, 0, &scratch)?;
-    // `LAYERGATE_BASELINE_WASM`: another build of the filter beside layergate in the same
-    // paired rounds (before/after a change, on the same loaded machine).
-    if let Ok(baseline) = std::env::var("LAYERGATE_BASELINE_WASM") {
+    // `LAYERGATE_BASELINE_WASM`: other builds of the filter (comma-separated paths) beside
+    // layergate in the same paired rounds (before/after a change, or the stage-cut builds, on
+    // the same loaded machine). They get the routing header with the request, as bare Envoy
+    // does, so a build cut before its header writes still reaches the upstream.
+    if let Ok(baselines) = std::env::var("LAYERGATE_BASELINE_WASM") {
         let wasm = layergate_tests::paths::wasm_path()?;
-        let mut v = all[2].clone();
-        v.name = format!("layergate, baseline build ({baseline})");
-        v.yaml = v.yaml.replace(&*wasm.to_string_lossy(), &baseline);
-        anyhow::ensure!(
-            v.yaml != all[2].yaml,
-            "the baseline build's path did not go in"
-        );
-        all.insert(3, v);
+        for (i, baseline) in baselines.split(',').enumerate() {
+            let mut v = all[2].clone();
+            v.name = format!("layergate, baseline build ({baseline})");
+            v.yaml = v.yaml.replace(&*wasm.to_string_lossy(), baseline);
+            v.headers = all[0].headers.clone();
+            anyhow::ensure!(
+                v.yaml != all[2].yaml,
+                "the baseline build's path did not go in"
+            );
+            all.insert(3 + i, v);
+        }
     }
     // `BENCH_ONLY` narrows the probes (bare Envoy, the floor, layergate, a baseline build and
     // the enter-only probe always run).
