@@ -920,36 +920,16 @@ impl Cluster {
     }
 
     /// The gateway credential the key service accepts, from the Secret
-    /// [`keyservice::CREDENTIAL_SECRET`]; created (OS CSPRNG) by the leader when absent (if
-    /// two leaders' terms overlap at a hand-over, the API server keeps the first create and
-    /// the other reads it). A follower only reads it; until it exists the follower uses a
+    /// [`keyservice::CREDENTIAL_SECRET`] as the cache holds it; created (OS CSPRNG) by the
+    /// leader when absent (if two leaders' terms overlap at a hand-over, the API server keeps
+    /// the first create and the other waits for it to reach its cache). A follower only reads it; until it exists the follower uses a
     /// value nobody holds, so its key service answers no gateway.
     pub async fn gateway_credential(&self) -> Result<String> {
         let secrets = self.api::<Secret>();
         let name = keyservice::CREDENTIAL_SECRET;
-        // Read from the cache; after a create that lost a race, from the API server.
-        // Used exactly as stored: a value that is not UTF-8, or has a newline or spaces
-        // around it, is an error naming the Secret, never trimmed or decoded lossily.
-        let value = |s: &Secret| -> Result<String> {
-            let key = keyservice::CREDENTIAL_KEY;
-            let v = match s.data.as_ref().and_then(|d| d.get(key)) {
-                Some(b) => String::from_utf8(b.0.clone())
-                    .map_err(|_| anyhow::anyhow!("Secret {name} key {key:?} is not UTF-8 text"))?,
-                None => s
-                    .string_data
-                    .as_ref()
-                    .and_then(|d| d.get(key))
-                    .cloned()
-                    .unwrap_or_default(),
-            };
-            if v.is_empty() {
-                anyhow::bail!("Secret {name} has no {key:?} value");
-            }
-            if let Some(p) = validate::credential_problem(&v) {
-                anyhow::bail!("Secret {name} key {key:?}: {p}");
-            }
-            Ok(v)
-        };
+        // Read from the cache, used exactly as stored: a value that is not UTF-8, or has a
+        // newline or spaces around it, is an error naming the Secret, never trimmed or
+        // decoded lossily.
         let caches = self.caches();
         if let Some(c) = caches.secrets.get(name) {
             let key = keyservice::CREDENTIAL_KEY;
@@ -998,12 +978,17 @@ impl Cluster {
                 caches.merge(created);
                 Ok(credential)
             }
+            // Another leader's create won (terms overlapping at a hand-over): its Secret
+            // comes through the watch.
             Err(kube::Error::Api(e)) if e.is_already_exists() => {
-                let s = secrets
-                    .get(name)
-                    .await
-                    .with_context(|| format!("reading Secret {name}"))?;
-                value(&s)
+                let deadline = Instant::now() + crate::informer::SYNC_TIMEOUT;
+                while Instant::now() < deadline {
+                    if caches.secrets.get(name).is_some() {
+                        return Box::pin(self.gateway_credential()).await;
+                    }
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                }
+                anyhow::bail!("Secret {name} was created by another replica and has not reached the cache yet")
             }
             Err(e) => Err(e).with_context(|| format!("creating Secret {name}")),
         }

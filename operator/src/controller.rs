@@ -93,7 +93,14 @@ pub async fn run_with_watches(
     tokio::pin!(shutdown);
 
     let mut backoff = Backoff::default();
-    let mut next_pass = Some(Instant::now());
+    // The first pass waits for the caches' first full lists.
+    let mut next_pass = None;
+    let synced = {
+        let caches = caches.clone();
+        async move { caches.synced().await }
+    };
+    tokio::pin!(synced);
+    let mut first_sync = true;
     let mut next_probe = Instant::now() + Duration::from_secs(1);
     let mut next_resync = Instant::now() + RESYNC;
     let far = || Instant::now() + Duration::from_secs(3600);
@@ -104,18 +111,27 @@ pub async fn run_with_watches(
             _ = heartbeat.tick() => {}
             () = &mut shutdown => break,
             Some(trigger) = rx.recv() => {
-                let relevant = match &trigger {
+                // Before the first sync the first pass is already coming; while one is due,
+                // the change joins it (the set of referenced Secrets is only built when not).
+                let relevant = || match &trigger {
                     Trigger::Object(_) => true,
                     Trigger::Secret(name) => *name == cluster.output_secret
                         || cluster.state.last().is_none_or(|p| referenced_secrets(&p.objects).contains(name)),
                 };
-                if relevant && next_pass.is_none() {
+                if !first_sync && next_pass.is_none() && relevant() {
                     tracing::debug!(?trigger, "change");
                     next_pass = Some(Instant::now() + DEBOUNCE);
                 }
             }
-            () = leading.notified() => {
+            () = &mut synced, if first_sync => {
+                first_sync = false;
+                tracing::info!("caches synced");
                 next_pass = Some(Instant::now());
+            }
+            () = leading.notified() => {
+                if !first_sync {
+                    next_pass = Some(Instant::now());
+                }
             }
             () = tokio::time::sleep_until(next_pass.unwrap_or_else(far)), if next_pass.is_some() => {
                 next_pass = None;
@@ -132,7 +148,7 @@ pub async fn run_with_watches(
                     }
                 }
             }
-            () = tokio::time::sleep_until(next_probe) => {
+            () = tokio::time::sleep_until(next_probe), if !first_sync => {
                 // The probe ends with a pass (statuses judged against the objects as they are).
                 match cluster.probe().await {
                     Ok(()) => backoff.succeeded(),
@@ -144,7 +160,7 @@ pub async fn run_with_watches(
                 }
                 next_probe = Instant::now() + PROBE_INTERVAL + jitter();
             }
-            () = tokio::time::sleep_until(next_resync) => {
+            () = tokio::time::sleep_until(next_resync), if !first_sync => {
                 next_resync = Instant::now() + RESYNC;
                 next_pass.get_or_insert_with(Instant::now);
             }

@@ -1335,3 +1335,52 @@ pub fn kube_settings() -> layergate_operator::output::Settings {
         limits: Default::default(),
     }
 }
+
+/// Waits (at most 10 s) until `c`'s caches hold every VectorStore, Index, ApiKey and Secret
+/// of `namespace` at the version the API server holds (listed through `c`'s client).
+pub async fn settle(c: &layergate_operator::cluster::Cluster, namespace: &str) {
+    use k8s_openapi::api::core::v1::Secret;
+    use layergate_operator::crd::{ApiKey, Index, VectorStore};
+    async fn versions<K>(client: &Client, ns: &str) -> Option<std::collections::BTreeMap<String, String>>
+    where
+        K: kube::Resource<Scope = k8s_openapi::NamespaceResourceScope, DynamicType = ()>
+            + Clone
+            + serde::de::DeserializeOwned
+            + std::fmt::Debug,
+    {
+        let list = kube::Api::<K>::namespaced(client.clone(), ns)
+            .list(&Default::default())
+            .await
+            .ok()?;
+        Some(
+            list.items
+                .iter()
+                .map(|o| {
+                    (
+                        o.meta().name.clone().unwrap_or_default(),
+                        o.meta().resource_version.clone().unwrap_or_default(),
+                    )
+                })
+                .collect(),
+        )
+    }
+    let caches = c.caches();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while std::time::Instant::now() < deadline {
+        let want = [
+            ("VectorStore", versions::<VectorStore>(&c.client, namespace).await),
+            ("Index", versions::<Index>(&c.client, namespace).await),
+            ("ApiKey", versions::<ApiKey>(&c.client, namespace).await),
+            ("Secret", versions::<Secret>(&c.client, namespace).await),
+        ];
+        // An API server that does not answer lists: nothing to wait for.
+        if want.iter().any(|(_, v)| v.is_none()) {
+            return;
+        }
+        let have = caches.versions();
+        if caches.is_synced() && want.iter().all(|(k, v)| have.get(k) == v.as_ref()) {
+            return;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+}
