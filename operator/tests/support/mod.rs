@@ -132,6 +132,8 @@ struct JournalState {
     compacted: u64,
     /// Bumped by [`Journal::end_watches`]: open watches end.
     epoch: u64,
+    /// While set, open watches deliver nothing (a watch that lags behind the writes).
+    held: bool,
 }
 
 impl Journal {
@@ -175,9 +177,11 @@ impl Journal {
         self.lock().epoch += 1;
         self.moved().send_modify(|n| *n += 1);
     }
-    /// Watch requests served so far, by `group/plural`.
-    pub fn events_len(&self) -> usize {
-        self.lock().events.len()
+    /// Holds every open watch's events back (true) or lets them go (false): a watch that
+    /// lags behind the writes, as a busy API server's may.
+    pub fn hold_watches(&self, held: bool) {
+        self.lock().held = held;
+        self.moved().send_modify(|n| *n += 1);
     }
 }
 
@@ -631,6 +635,16 @@ impl Strict {
             let epoch = journal.lock().epoch;
             let mut last_round = false;
             loop {
+                let held = {
+                    let s = journal.lock();
+                    s.held && s.epoch == epoch
+                };
+                if held {
+                    if moved.changed().await.is_err() {
+                        return;
+                    }
+                    continue;
+                }
                 let (lines, expired, ended, latest) = {
                     let s = journal.lock();
                     let expired = cursor < s.compacted;
@@ -1383,4 +1397,16 @@ pub async fn settle(c: &layergate_operator::cluster::Cluster, namespace: &str) {
         }
         tokio::time::sleep(std::time::Duration::from_millis(10)).await;
     }
+}
+
+/// This process's resident set, in bytes (Linux; 0 elsewhere).
+pub fn resident_bytes() -> usize {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("VmRSS:"))
+                .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<usize>().ok())
+        })
+        .map_or(0, |kb| kb * 1024)
 }
