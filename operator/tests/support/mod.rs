@@ -134,6 +134,8 @@ struct JournalState {
     epoch: u64,
     /// While set, open watches deliver nothing (a watch that lags behind the writes).
     held: bool,
+    /// Lists being read a page at a time, by (path and query, resourceVersion).
+    snapshots: HashMap<(String, u64), std::sync::Arc<Value>>,
 }
 
 impl Journal {
@@ -159,6 +161,20 @@ impl Journal {
         });
         drop(s);
         self.moved().send_modify(|n| *n += 1);
+    }
+    fn snapshot(&self, key: &str, version: u64) -> Option<std::sync::Arc<Value>> {
+        self.lock().snapshots.get(&(key.to_owned(), version)).cloned()
+    }
+    fn keep_snapshot(&self, key: &str, version: u64, list: std::sync::Arc<Value>) {
+        let mut s = self.lock();
+        // A few lists at a time, as the real server keeps continuations for a while only.
+        if s.snapshots.len() > 16 {
+            s.snapshots.clear();
+        }
+        s.snapshots.insert((key.to_owned(), version), list);
+    }
+    fn drop_snapshot(&self, key: &str, version: u64) {
+        self.lock().snapshots.remove(&(key.to_owned(), version));
     }
     /// The newest resourceVersion.
     pub fn latest(&self) -> u64 {
@@ -549,6 +565,24 @@ impl Strict {
             .collect();
         let (mut parts, body) = req.into_parts();
         let path = parts.uri.path().to_owned();
+        let key = format!("{path}?{}", rest.join("&"));
+        // A continued list reads the snapshot its first page was cut from, as the real server
+        // reads etcd at the first page's revision; a token whose snapshot is gone is 410.
+        if let Some((from, version)) = token {
+            let Some(snapshot) = self.journal.snapshot(&key, version) else {
+                return Ok(Refusal {
+                    code: 410,
+                    reason: "Expired",
+                    message: "The provided continue parameter is too old to display a \
+                              consistent list result. You can start a new list without the \
+                              continue parameter."
+                        .into(),
+                }
+                .response()
+                .map(boxed));
+            };
+            return Ok(self.page(&key, &snapshot, from, limit, version));
+        }
         parts.uri = if rest.is_empty() {
             path
         } else {
@@ -567,28 +601,45 @@ impl Strict {
         };
         let (parts, body) = response.into_parts();
         let bytes = body.collect_bytes().await?;
-        let Ok(mut list) = serde_json::from_slice::<Value>(&bytes) else {
+        let Ok(list) = serde_json::from_slice::<Value>(&bytes) else {
             return Ok(hyper::Response::from_parts(parts, whole(bytes)));
         };
-        if list.get("items").is_none() {
+        if !parts.status.is_success() || list.get("items").is_none() {
             return Ok(hyper::Response::from_parts(parts, whole(bytes)));
         }
-        let (from, version) = token.unwrap_or((0, latest));
-        list["metadata"]["resourceVersion"] = json!(version.to_string());
-        if let (Some(limit), Some(items)) = (limit, list.get_mut("items").and_then(Value::as_array_mut)) {
-            let total = items.len();
-            let page: Vec<Value> = items.drain(..).skip(from).take(limit).collect();
-            *items = page;
-            if from + limit < total {
-                list["metadata"]["continue"] = json!(format!("page-{}-{version}", from + limit));
-            }
+        let snapshot = std::sync::Arc::new(list);
+        Ok(self.page(&key, &snapshot, 0, limit, latest))
+    }
+
+    /// One page of a list snapshot taken at `version`; the snapshot is kept for the next
+    /// page while there is one.
+    fn page(
+        &self,
+        key: &str,
+        snapshot: &std::sync::Arc<Value>,
+        from: usize,
+        limit: Option<usize>,
+        version: u64,
+    ) -> hyper::Response<StrictBody> {
+        let items = snapshot["items"].as_array().map_or(&[][..], Vec::as_slice);
+        let total = items.len();
+        let take = limit.unwrap_or(total);
+        let mut list = json!({
+            "kind": snapshot["kind"], "apiVersion": snapshot["apiVersion"],
+            "metadata": {"resourceVersion": version.to_string()},
+            "items": items.iter().skip(from).take(take).collect::<Vec<_>>(),
+        });
+        if from + take < total {
+            list["metadata"]["continue"] = json!(format!("page-{}-{version}", from + take));
+            self.journal.keep_snapshot(key, version, snapshot.clone());
+        } else {
+            self.journal.drop_snapshot(key, version);
         }
-        let mut parts = parts;
-        parts.headers.remove(hyper::header::CONTENT_LENGTH);
-        Ok(hyper::Response::from_parts(
-            parts,
-            whole(serde_json::to_vec(&list).expect("JSON")),
-        ))
+        hyper::Response::builder()
+            .status(200)
+            .header("content-type", "application/json")
+            .body(whole(serde_json::to_vec(&list).expect("JSON")))
+            .expect("a response")
     }
 
     /// A watch, as the real server answers one: 200 and a stream of newline-delimited
