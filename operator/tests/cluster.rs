@@ -2525,6 +2525,21 @@ async fn a_kube_pass_at_scale_stays_under_a_second_per_100000_keys() {
     assert!(c.caches().synced_within(Duration::from_secs(600)).await);
     let sync_took = started.elapsed();
     let rss_synced = support::resident_bytes();
+    // What the caches hold, as JSON (a lower bound for the structures in memory).
+    let cached_json: usize = {
+        let caches = c.caches();
+        let crs = caches.keys.values().iter().map(|k| serde_json::to_vec(k).unwrap().len()).sum::<usize>()
+            + caches.indexes.values().iter().map(|k| serde_json::to_vec(k).unwrap().len()).sum::<usize>()
+            + caches.stores.values().iter().map(|k| serde_json::to_vec(k).unwrap().len()).sum::<usize>();
+        let secrets: usize = caches
+            .secrets
+            .versions()
+            .keys()
+            .filter_map(|n| caches.secrets.get(n))
+            .map(|s| s.data.iter().map(|(k, v)| k.len() + v.len()).sum::<usize>() + 64)
+            .sum();
+        crs + secrets
+    };
     let started = std::time::Instant::now();
     let first = c.pass().await.unwrap();
     let first_took = started.elapsed();
@@ -2565,8 +2580,9 @@ async fn a_kube_pass_at_scale_stays_under_a_second_per_100000_keys() {
         "the revoked key left the key service"
     );
     println!(
-        "kube pass at {keys} ApiKeys + {indexes} Indexes (reads from the caches): caches' first sync {sync_took:?} (resident set +{} MiB); first pass {first_took:?} ({} statuses, reads {:?}); steady {steady_took:?} (reads {:?}); revocation seen by the watch after {watch_took:?}, its pass {change_took:?} (reads {:?})",
+        "kube pass at {keys} ApiKeys + {indexes} Indexes (reads from the caches): caches' first sync {sync_took:?} (resident set +{} MiB, {} MiB as JSON); first pass {first_took:?} ({} statuses, reads {:?}); steady {steady_took:?} (reads {:?}); revocation seen by the watch after {watch_took:?}, its pass {change_took:?} (reads {:?})",
         rss_synced.saturating_sub(rss_before) / (1024 * 1024),
+        cached_json / (1024 * 1024),
         first.statuses,
         first.read_time,
         steady.read_time,

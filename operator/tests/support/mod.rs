@@ -1122,8 +1122,7 @@ pub fn validate(schema: &Value, v: &Value, path: &str, errors: &mut Vec<String>)
                 }
             }
             if let Some(p) = schema["pattern"].as_str() {
-                let re = regex::Regex::new(p).expect("the CRD's pattern compiles");
-                if !re.is_match(s) {
+                if !compiled(p).is_match(s) {
                     errors.push(format!(
                         "{shown}: Invalid value: {s:?}: {shown} in body should match '{p}'"
                     ));
@@ -1189,13 +1188,21 @@ fn object(schema: &Value, o: &Map<String, Value>, path: &str, errors: &mut Vec<S
     }
 }
 
+/// `pattern` compiled once per process (a write at 100,000 keys was mostly compiling them).
+fn compiled(pattern: &str) -> regex::Regex {
+    static CACHE: OnceLock<std::sync::Mutex<HashMap<String, regex::Regex>>> = OnceLock::new();
+    CACHE
+        .get_or_init(Default::default)
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .entry(pattern.to_owned())
+        .or_insert_with(|| regex::Regex::new(pattern).expect("the pattern compiles"))
+        .clone()
+}
+
 /// RFC 3339 date-time, as Kubernetes' `date-time` format takes it.
 fn date_time(s: &str) -> bool {
-    let re = regex::Regex::new(
-        r"^\d{4}-\d{2}-\d{2}[Tt ]\d{2}:\d{2}:\d{2}(\.\d+)?([Zz]|[+-]\d{2}:\d{2})$",
-    )
-    .expect("regex");
-    re.is_match(s)
+    compiled(r"^\d{4}-\d{2}-\d{2}[Tt ]\d{2}:\d{2}:\d{2}(\.\d+)?([Zz]|[+-]\d{2}:\d{2})$").is_match(s)
 }
 
 /// A kube client over the fake API server that records every request (method, path, query)
