@@ -190,7 +190,11 @@ impl<T: Clone> Cache<T> {
 
     /// Every object, by name.
     pub fn values(&self) -> Vec<T> {
-        self.read().items.values().map(|e| e.value.clone()).collect()
+        self.read()
+            .items
+            .values()
+            .map(|e| e.value.clone())
+            .collect()
     }
 
     /// The object `name`.
@@ -199,7 +203,11 @@ impl<T: Clone> Cache<T> {
     }
 
     /// Applies `f` to each object whose name is in `names`.
-    pub fn each_of<'a>(&self, names: impl IntoIterator<Item = &'a String>, mut f: impl FnMut(&str, &T)) {
+    pub fn each_of<'a>(
+        &self,
+        names: impl IntoIterator<Item = &'a String>,
+        mut f: impl FnMut(&str, &T),
+    ) {
         let s = self.read();
         for n in names {
             if let Some(e) = s.items.get(n) {
@@ -241,11 +249,14 @@ impl<T: Clone> Cache<T> {
     fn apply(&self, name: String, uid: String, version: String, value: T) -> Option<T> {
         self.write()
             .items
-            .insert(name, Entry {
-                uid,
-                version,
-                value,
-            })
+            .insert(
+                name,
+                Entry {
+                    uid,
+                    version,
+                    value,
+                },
+            )
             .map(|e| e.value)
     }
 
@@ -325,9 +336,21 @@ impl Caches {
             tasks: Mutex::new(Vec::new()),
         });
         let tasks = vec![
-            spawn::<VectorStore>(Api::namespaced(client.clone(), namespace), &caches, tx.clone()),
-            spawn::<Index>(Api::namespaced(client.clone(), namespace), &caches, tx.clone()),
-            spawn::<ApiKey>(Api::namespaced(client.clone(), namespace), &caches, tx.clone()),
+            spawn::<VectorStore>(
+                Api::namespaced(client.clone(), namespace),
+                &caches,
+                tx.clone(),
+            ),
+            spawn::<Index>(
+                Api::namespaced(client.clone(), namespace),
+                &caches,
+                tx.clone(),
+            ),
+            spawn::<ApiKey>(
+                Api::namespaced(client.clone(), namespace),
+                &caches,
+                tx.clone(),
+            ),
             spawn::<Secret>(Api::namespaced(client, namespace), &caches, tx),
         ];
         *caches.tasks.lock().unwrap_or_else(|p| p.into_inner()) = tasks;
@@ -336,7 +359,10 @@ impl Caches {
 
     /// The watches' triggers (once: the controller takes them).
     pub fn take_triggers(&self) -> Option<mpsc::Receiver<Trigger>> {
-        self.triggers.lock().unwrap_or_else(|p| p.into_inner()).take()
+        self.triggers
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .take()
     }
 
     /// True once every cache holds its first full list.
@@ -387,13 +413,22 @@ impl Caches {
 
 impl Drop for Caches {
     fn drop(&mut self) {
-        for t in self.tasks.lock().unwrap_or_else(|p| p.into_inner()).drain(..) {
+        for t in self
+            .tasks
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .drain(..)
+        {
             t.abort();
         }
     }
 }
 
-fn spawn<K>(api: Api<K>, caches: &Arc<Caches>, tx: mpsc::Sender<Trigger>) -> tokio::task::JoinHandle<()>
+fn spawn<K>(
+    api: Api<K>,
+    caches: &Arc<Caches>,
+    tx: mpsc::Sender<Trigger>,
+) -> tokio::task::JoinHandle<()>
 where
     K: Cached + serde::de::DeserializeOwned + std::fmt::Debug,
 {

@@ -52,7 +52,13 @@ pub const PERMISSIONS: &[Permission] = &[
         None,
         "the cache's (re)list (informer.rs): passes read the cache",
     ),
-    p(HEV, "vectorstores", "watch", None, "the cache's watch, which also triggers passes"),
+    p(
+        HEV,
+        "vectorstores",
+        "watch",
+        None,
+        "the cache's watch, which also triggers passes",
+    ),
     p(
         HEV,
         "indexes",
@@ -60,7 +66,13 @@ pub const PERMISSIONS: &[Permission] = &[
         None,
         "the cache's (re)list (informer.rs): passes read the cache",
     ),
-    p(HEV, "indexes", "watch", None, "the cache's watch, which also triggers passes"),
+    p(
+        HEV,
+        "indexes",
+        "watch",
+        None,
+        "the cache's watch, which also triggers passes",
+    ),
     p(
         HEV,
         "apikeys",
@@ -68,7 +80,13 @@ pub const PERMISSIONS: &[Permission] = &[
         None,
         "the cache's (re)list (informer.rs): passes read the cache",
     ),
-    p(HEV, "apikeys", "watch", None, "the cache's watch, which also triggers passes"),
+    p(
+        HEV,
+        "apikeys",
+        "watch",
+        None,
+        "the cache's watch, which also triggers passes",
+    ),
     p(
         HEV,
         "apikeys",

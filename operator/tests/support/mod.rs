@@ -163,7 +163,10 @@ impl Journal {
         self.moved().send_modify(|n| *n += 1);
     }
     fn snapshot(&self, key: &str, version: u64) -> Option<std::sync::Arc<Value>> {
-        self.lock().snapshots.get(&(key.to_owned(), version)).cloned()
+        self.lock()
+            .snapshots
+            .get(&(key.to_owned(), version))
+            .cloned()
     }
     fn keep_snapshot(&self, key: &str, version: u64, list: std::sync::Arc<Value>) {
         let mut s = self.lock();
@@ -414,8 +417,9 @@ impl Strict {
             ))
             .expect("a request");
         let resp = self.inner.send(req).await.expect("the fake answers");
-        let v: Value = serde_json::from_slice(&resp.into_body().collect_bytes().await.expect("a body"))
-            .expect("JSON");
+        let v: Value =
+            serde_json::from_slice(&resp.into_body().collect_bytes().await.expect("a body"))
+                .expect("JSON");
         let del = hyper::Request::delete(format!("{path}/{name}"))
             .body(Body::empty())
             .expect("a request");
@@ -519,13 +523,8 @@ impl Strict {
                 if self.stored(&p).await.is_none() {
                     let v = self.next_version().await;
                     object["metadata"]["resourceVersion"] = json!(v.to_string());
-                    self.journal.log(
-                        v,
-                        resource.to_owned(),
-                        ns.clone(),
-                        "DELETED",
-                        &object,
-                    );
+                    self.journal
+                        .log(v, resource.to_owned(), ns.clone(), "DELETED", &object);
                 }
             }
         }
@@ -667,7 +666,10 @@ impl Strict {
         {
             return refuse("this fake API server does not filter watches by selector");
         }
-        let Some(from) = get("resourceVersion").and_then(|v| v.parse::<u64>().ok()).filter(|v| *v > 0) else {
+        let Some(from) = get("resourceVersion")
+            .and_then(|v| v.parse::<u64>().ok())
+            .filter(|v| *v > 0)
+        else {
             return refuse("this fake API server watches only from a list's resourceVersion");
         };
         let timeout = get("timeoutSeconds")
@@ -678,7 +680,9 @@ impl Strict {
         let resource = format!("{}/{}", t.group, t.plural);
         let ns = namespace_of(uri.path());
         let journal = self.journal.clone();
-        let (mut tx, rx) = futures::channel::mpsc::channel::<Result<hyper::body::Frame<bytes::Bytes>, Box<dyn std::error::Error + Send + Sync>>>(64);
+        let (mut tx, rx) = futures::channel::mpsc::channel::<
+            Result<hyper::body::Frame<bytes::Bytes>, Box<dyn std::error::Error + Send + Sync>>,
+        >(64);
         tokio::spawn(async move {
             let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(timeout);
             let mut moved = journal.moved().subscribe();
@@ -1413,7 +1417,10 @@ pub fn kube_settings() -> layergate_operator::output::Settings {
 pub async fn settle(c: &layergate_operator::cluster::Cluster, namespace: &str) {
     use k8s_openapi::api::core::v1::Secret;
     use layergate_operator::crd::{ApiKey, Index, VectorStore};
-    async fn versions<K>(client: &Client, ns: &str) -> Option<std::collections::BTreeMap<String, String>>
+    async fn versions<K>(
+        client: &Client,
+        ns: &str,
+    ) -> Option<std::collections::BTreeMap<String, String>>
     where
         K: kube::Resource<Scope = k8s_openapi::NamespaceResourceScope, DynamicType = ()>
             + Clone
@@ -1440,7 +1447,10 @@ pub async fn settle(c: &layergate_operator::cluster::Cluster, namespace: &str) {
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
     while std::time::Instant::now() < deadline {
         let want = [
-            ("VectorStore", versions::<VectorStore>(&c.client, namespace).await),
+            (
+                "VectorStore",
+                versions::<VectorStore>(&c.client, namespace).await,
+            ),
             ("Index", versions::<Index>(&c.client, namespace).await),
             ("ApiKey", versions::<ApiKey>(&c.client, namespace).await),
             ("Secret", versions::<Secret>(&c.client, namespace).await),
