@@ -62,7 +62,7 @@ pub const MANAGED_BY: (&str, &str) = ("app.kubernetes.io/managed-by", "layergate
 /// does not delay minting or publishing.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 pub enum Step {
-    /// Listing the CRs or reading Secrets.
+    /// Reading the caches (their first sync) or the gateway credential.
     Read,
     /// Creating token Secrets.
     Mint,
@@ -120,8 +120,9 @@ pub struct Writes {
     pub statuses: usize,
     /// Events recorded.
     pub events: usize,
-    /// Time spent reading objects and Secrets from the API server in this pass (the rest of
-    /// the pass is the operator's own work: validation, rendering, status comparison).
+    /// Time spent reading objects and Secrets in this pass: copying them out of the
+    /// watch-fed caches (and waiting for their first sync); the rest of the pass is the
+    /// operator's own work (validation, rendering, status comparison) and its writes.
     pub read_time: Duration,
 }
 
