@@ -19,9 +19,14 @@
 //!
 //! A replica that is not the leader runs the same pass without writing, so its control API
 //! answers from the same view.
+//!
+//! A pass reads the namespace from watch-fed caches ([`crate::informer`]), never by a LIST or
+//! a GET of its own once they are synced; what this replica writes is merged into them from
+//! the API server's answers, so the next pass sees its own writes.
 
 use crate::conditions::{reason, READY};
-use crate::crd::{ApiKey, Conditioned, Index, VectorStore};
+use crate::crd::{ApiKey, Conditioned};
+use crate::informer::{Cached, Caches};
 use crate::istio;
 use crate::keys;
 use crate::keyservice;
@@ -57,7 +62,7 @@ pub const MANAGED_BY: (&str, &str) = ("app.kubernetes.io/managed-by", "layergate
 /// does not delay minting or publishing.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 pub enum Step {
-    /// Listing the CRs or reading Secrets.
+    /// Reading the caches (their first sync) or the gateway credential.
     Read,
     /// Creating token Secrets.
     Mint,
@@ -115,8 +120,9 @@ pub struct Writes {
     pub statuses: usize,
     /// Events recorded.
     pub events: usize,
-    /// Time spent reading objects and Secrets from the API server in this pass (the rest of
-    /// the pass is the operator's own work: validation, rendering, status comparison).
+    /// Time spent reading objects and Secrets in this pass: copying them out of the
+    /// watch-fed caches (and waiting for their first sync); the rest of the pass is the
+    /// operator's own work (validation, rendering, status comparison) and its writes.
     pub read_time: Duration,
 }
 
@@ -141,79 +147,14 @@ pub struct Cluster {
     leader_until: std::sync::Mutex<Option<Instant>>,
     /// The runtime the client lives on, for the control API's blocking calls.
     runtime: tokio::runtime::Handle,
-    /// The referenced Secrets as the last pass read them, by name, with their
-    /// `resourceVersion`: a pass lists Secrets' metadata and GETs only the ones that changed.
-    secrets: std::sync::Mutex<BTreeMap<String, CachedSecret>>,
+    /// The watch-fed caches a pass reads; started by the controller with its watch client
+    /// ([`Cluster::start_caches`]) or, on the first pass, with the call client.
+    caches: std::sync::OnceLock<Arc<Caches>>,
 }
 
-/// What a pass needs of a Secret, and the `resourceVersion` it was read at.
-#[derive(Clone)]
-struct CachedSecret {
-    version: String,
-    data: BTreeMap<String, String>,
-    minted_at: Option<i64>,
-    marks: crate::manifests::SecretMarks,
-    /// A key whose value is not UTF-8 (the Secret is then its referrers' condition).
-    not_text: Option<String>,
-}
-
-impl CachedSecret {
-    fn of(secret: Secret) -> CachedSecret {
-        let mut data: BTreeMap<String, String> = BTreeMap::new();
-        let mut not_text = None;
-        for (k, v) in secret.data.unwrap_or_default() {
-            match String::from_utf8(v.0) {
-                Ok(text) => {
-                    data.insert(k, text);
-                }
-                Err(_) => not_text = Some(k),
-            }
-        }
-        // stringData is write-only on a real API server; stand-ins may keep it.
-        data.extend(secret.string_data.unwrap_or_default());
-        let minted_at = secret
-            .metadata
-            .annotations
-            .as_ref()
-            .and_then(|a| a.get(keys::MINTED_AT_ANNOTATION))
-            .and_then(|t| t.parse::<k8s_openapi::jiff::Timestamp>().ok())
-            .map(|t| t.as_second());
-        CachedSecret {
-            version: secret.metadata.resource_version.clone().unwrap_or_default(),
-            marks: crate::manifests::SecretMarks::of(&secret.metadata),
-            data,
-            minted_at,
-            not_text,
-        }
-    }
-}
-
-/// Secrets fetched at once when a pass must read many (the first pass at 100,000 keys).
-const SECRET_READS_IN_FLIGHT: usize = 16;
-
-/// Objects per LIST call: large collections are read a page at a time, as the API server
-/// prefers (each page a bounded response), following its `continue` token.
-pub const LIST_PAGE: u32 = 500;
-
-/// Every item of a collection, [`LIST_PAGE`] per call: `fetch` lists one page (a list or a
-/// metadata list), and the pages follow the `continue` token.
-async fn list_all<T, F, Fut>(mut fetch: F) -> kube::Result<Vec<T>>
-where
-    T: Clone,
-    F: FnMut(ListParams) -> Fut,
-    Fut: std::future::Future<Output = kube::Result<kube::core::ObjectList<T>>>,
-{
-    let mut items = Vec::new();
-    let mut lp = ListParams::default().limit(LIST_PAGE);
-    loop {
-        let page = fetch(lp.clone()).await?;
-        items.extend(page.items);
-        match page.metadata.continue_.filter(|c| !c.is_empty()) {
-            Some(token) => lp = lp.continue_token(&token),
-            None => return Ok(items),
-        }
-    }
-}
+/// Objects per LIST call of a cache's (re)list: large collections are read a page at a
+/// time, as the API server prefers, following its `continue` token.
+pub const LIST_PAGE: u32 = crate::informer::LIST_PAGE;
 
 fn now() -> i64 {
     std::time::SystemTime::now()
@@ -281,8 +222,22 @@ impl Cluster {
             pass_lock: tokio::sync::Mutex::new(()),
             leader_until: std::sync::Mutex::new(None),
             runtime: tokio::runtime::Handle::current(),
-            secrets: std::sync::Mutex::new(BTreeMap::new()),
+            caches: std::sync::OnceLock::new(),
         }
+    }
+
+    /// Starts the watch-fed caches with `watches` (a client without a read timeout) unless
+    /// they run already; returns them. Followers keep them too, so a hand-over needs no
+    /// relist.
+    pub fn start_caches(&self, watches: Client) -> Arc<Caches> {
+        self.caches
+            .get_or_init(|| Caches::start(watches, &self.namespace))
+            .clone()
+    }
+
+    /// The caches (started with the call client if nothing started them yet).
+    pub fn caches(&self) -> Arc<Caches> {
+        self.start_caches(self.client.clone())
     }
 
     /// Renders and writes `target` instead of the Envoy target. For the Istio target the
@@ -336,116 +291,50 @@ impl Cluster {
         Api::namespaced(self.client.clone(), &self.namespace)
     }
 
-    /// Reads the namespace: every VectorStore, Index and ApiKey, and the Secrets they name.
+    /// Reads the namespace from the caches: every VectorStore, Index and ApiKey, and the
+    /// Secrets they name. Waits for the caches' first sync (at most
+    /// [`crate::informer::SYNC_TIMEOUT`]).
     pub async fn read(&self) -> Result<Objects> {
+        let caches = self.caches();
+        if !caches.synced_within(crate::informer::SYNC_TIMEOUT).await {
+            anyhow::bail!(
+                "the caches did not finish their first list within {:?}",
+                crate::informer::SYNC_TIMEOUT
+            );
+        }
         let mut objects = Objects {
-            stores: list_all(|lp| {
-                let api = self.api::<VectorStore>();
-                async move { api.list(&lp).await }
-            })
-            .await
-            .context("listing VectorStores")?,
-            indexes: list_all(|lp| {
-                let api = self.api::<Index>();
-                async move { api.list(&lp).await }
-            })
-            .await
-            .context("listing Indexes")?,
-            keys: list_all(|lp| {
-                let api = self.api::<ApiKey>();
-                async move { api.list(&lp).await }
-            })
-            .await
-            .context("listing ApiKeys")?,
+            stores: caches.stores.values(),
+            indexes: caches.indexes.values(),
+            keys: caches.keys.values(),
             ..Objects::default()
         };
-        // A rendering must not depend on the order a list comes in (the Istio target compares
-        // it with what is applied): by name, as a real API server lists.
-        objects.stores.sort_by_key(ResourceExt::name_any);
-        objects.indexes.sort_by_key(ResourceExt::name_any);
-        objects.keys.sort_by_key(ResourceExt::name_any);
-        self.read_secrets(&mut objects).await?;
+        // A rendering must not depend on the order objects come in (the Istio target compares
+        // it with what is applied): by name, as a real API server lists. The caches are
+        // ordered by name already; this keeps it so whatever they become.
+        // (Compared in place: a key function that returns the name allocates per comparison,
+        // and on the caches' already sorted lists the sort is one linear check.)
+        objects
+            .stores
+            .sort_by(|a, b| a.metadata.name.cmp(&b.metadata.name));
+        objects
+            .indexes
+            .sort_by(|a, b| a.metadata.name.cmp(&b.metadata.name));
+        objects
+            .keys
+            .sort_by(|a, b| a.metadata.name.cmp(&b.metadata.name));
+        self.read_secrets(&caches, &mut objects);
         Ok(objects)
     }
 
-    /// Reads the Secrets the objects reference into `objects`: one metadata list, then a GET
-    /// for each referenced Secret whose `resourceVersion` moved since the last pass (all of
-    /// them on the first pass, [`SECRET_READS_IN_FLIGHT`] at a time); the others come from
-    /// the cache. A Secret that cannot be read (RBAC, a timeout) is its referrers' condition;
-    /// every other object still renders and publishes.
-    async fn read_secrets(&self, objects: &mut Objects) -> Result<()> {
-        use futures::StreamExt as _;
-        let api = self.api::<Secret>();
-        let metas = list_all(|lp| {
-            let api = api.clone();
-            async move { api.list_metadata(&lp).await }
-        })
-        .await
-        .context("listing Secrets (metadata)")?;
-        let versions: BTreeMap<String, String> = metas
-            .into_iter()
-            .filter_map(|m| {
-                let version = m.metadata.resource_version.unwrap_or_default();
-                Some((m.metadata.name?, version))
-            })
-            .collect();
+    /// Puts the referenced Secrets, as the cache holds them, into `objects`.
+    fn read_secrets(&self, caches: &Caches, objects: &mut Objects) {
         let referenced = referenced_secrets(objects);
-        let stale: Vec<String> = {
-            let cache = self
-                .secrets
-                .lock()
-                .unwrap_or_else(std::sync::PoisonError::into_inner);
-            referenced
-                .iter()
-                .filter(|name| {
-                    versions
-                        .get(*name)
-                        .is_some_and(|v| cache.get(*name).is_none_or(|c| &c.version != v))
-                })
-                .cloned()
-                .collect()
-        };
-        let fetched: Vec<(String, kube::Result<Option<Secret>>)> = futures::stream::iter(stale)
-            .map(|name| {
-                let api = api.clone();
-                async move {
-                    let got = api.get_opt(&name).await;
-                    (name, got)
-                }
-            })
-            .buffer_unordered(SECRET_READS_IN_FLIGHT)
-            .collect()
-            .await;
-        let mut cache = self
-            .secrets
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
-        for (name, got) in fetched {
-            match got {
-                Ok(Some(secret)) => {
-                    cache.insert(name, CachedSecret::of(secret));
-                }
-                Ok(None) => {
-                    cache.remove(&name);
-                }
-                Err(e) => {
-                    tracing::warn!(secret = %name, "reading a Secret: {e}");
-                    cache.remove(&name);
-                    objects.secret_errors.insert(
-                        (self.namespace.clone(), name),
-                        format!("could not be read: {e}"),
-                    );
-                }
-            }
-        }
-        // Forget what is gone or no longer referenced.
-        cache.retain(|name, _| referenced.contains(name) && versions.contains_key(name));
-        for (name, c) in cache.iter() {
-            // An empty name is the referring object's condition (validation), never a GET.
+        caches.secrets.each_of(&referenced, |name, c| {
+            // An empty name is the referring object's condition (validation).
             if name.is_empty() {
-                continue;
+                return;
             }
-            let id = (self.namespace.clone(), name.clone());
+            let id = (self.namespace.clone(), name.to_owned());
             // Values are text exactly as stored: bytes that are not UTF-8 make the Secret its
             // referrers' condition (as a directory-mode document), never a lossy decode.
             if let Some(k) = &c.not_text {
@@ -453,15 +342,14 @@ impl Cluster {
                     id,
                     format!("data.{k} is not UTF-8 text; a credential or token is text"),
                 );
-                continue;
+                return;
             }
             if let Some(t) = c.minted_at {
                 objects.minted_at.insert(id.clone(), t);
             }
             objects.secret_marks.insert(id.clone(), c.marks.clone());
             objects.secrets.insert(id, c.data.clone());
-        }
-        Ok(())
+        });
     }
 
     /// Mints a token for every ApiKey without one (not revoked, no pre-provisioned Secret,
@@ -497,7 +385,7 @@ impl Cluster {
             if stale {
                 self.ensure_leader()?;
                 match secrets.delete(&secret, &Default::default()).await {
-                    Ok(_) => {}
+                    Ok(_) => self.caches().secrets.forget(&secret),
                     Err(kube::Error::Api(e)) if e.is_not_found() => {}
                     Err(e) => {
                         return Err(e)
@@ -533,8 +421,11 @@ impl Cluster {
                 )
                 .await
             {
-                Ok(_) => {
+                Ok(created) => {
                     tracing::info!(apikey = %name, secret = %secret, "minted a token");
+                    // Read-your-writes: the pass that follows sees the token before the watch
+                    // brings it.
+                    self.caches().merge(created);
                     minted += 1;
                 }
                 Err(kube::Error::Api(e)) if e.is_already_exists() => {}
@@ -573,32 +464,38 @@ impl Cluster {
             };
             let patch = serde_json::json!({"metadata": {"ownerReferences": [reference]}});
             self.ensure_leader()?;
-            self.api::<Secret>()
+            let patched = self
+                .api::<Secret>()
                 .patch(&source.name, &PatchParams::default(), &Patch::Merge(&patch))
                 .await
                 .with_context(|| {
                     format!("making ApiKey {name} the owner of Secret {}", source.name)
                 })?;
+            self.caches().merge(patched);
             tracing::info!(apikey = %name, secret = %source.name, "token Secret now owned by its ApiKey");
             adopted += 1;
         }
         Ok(adopted)
     }
 
-    /// Writes the rendering into the output Secret when its data differs; true if written.
+    /// Writes the rendering into the output Secret when its data differs from what the cache
+    /// holds; true if written.
     pub async fn publish(&self, files: &[(&'static str, String)]) -> Result<bool> {
         let secrets = self.api::<Secret>();
+        let caches = self.caches();
+        let current = caches.secrets.get(&self.output_secret);
+        let same = current.as_ref().is_some_and(|c| {
+            c.not_text.is_none()
+                && c.data.len() == files.len()
+                && files.iter().all(|(k, v)| c.data.get(*k) == Some(v))
+        });
+        if same {
+            return Ok(false);
+        }
         let data: BTreeMap<String, ByteString> = files
             .iter()
             .map(|(k, v)| ((*k).to_owned(), ByteString(v.clone().into_bytes())))
             .collect();
-        let current = secrets
-            .get_opt(&self.output_secret)
-            .await
-            .context("reading the output Secret")?;
-        if current.as_ref().and_then(|s| s.data.as_ref()) == Some(&data) {
-            return Ok(false);
-        }
         let secret = Secret {
             metadata: ObjectMeta {
                 name: Some(self.output_secret.clone()),
@@ -614,7 +511,7 @@ impl Cluster {
             ..Secret::default()
         };
         self.ensure_leader()?;
-        secrets
+        let written = secrets
             .patch(
                 &self.output_secret,
                 &PatchParams::apply(FIELD_MANAGER).force(),
@@ -622,6 +519,7 @@ impl Cluster {
             )
             .await
             .context("writing the output Secret")?;
+        caches.merge(written);
         Ok(true)
     }
 
@@ -794,6 +692,7 @@ impl Cluster {
     async fn apply_status<K, S>(&self, obj: &K, new: &S, old: Option<&S>) -> Result<bool>
     where
         K: Resource<Scope = k8s_openapi::NamespaceResourceScope, DynamicType = ()>
+            + Cached
             + Clone
             + serde::de::DeserializeOwned
             + std::fmt::Debug,
@@ -809,7 +708,8 @@ impl Cluster {
         });
         let name = obj.name_any();
         self.ensure_leader()?;
-        self.api::<K>()
+        let written = self
+            .api::<K>()
             .patch_status(
                 &name,
                 &PatchParams::apply(FIELD_MANAGER).force(),
@@ -817,6 +717,8 @@ impl Cluster {
             )
             .await
             .with_context(|| format!("writing the status of {} {name}", K::kind(&())))?;
+        // The next pass compares with this status, not the one before it.
+        self.caches().merge(written);
         self.state.status_writes.fetch_add(1, Ordering::Relaxed);
         Ok(true)
     }
@@ -874,6 +776,7 @@ impl Cluster {
             + serde::de::DeserializeOwned
             + std::fmt::Debug,
         S: Serialize + PartialEq + Conditioned,
+        K: Cached,
     {
         if !self.apply_status(obj, new, old).await? {
             return Ok((0, 0));
@@ -1026,41 +929,30 @@ impl Cluster {
     }
 
     /// The gateway credential the key service accepts, from the Secret
-    /// [`keyservice::CREDENTIAL_SECRET`]; created (OS CSPRNG) by the leader when absent (if
-    /// two leaders' terms overlap at a hand-over, the API server keeps the first create and
-    /// the other reads it). A follower only reads it; until it exists the follower uses a
+    /// [`keyservice::CREDENTIAL_SECRET`] as the cache holds it; created (OS CSPRNG) by the
+    /// leader when absent (if two leaders' terms overlap at a hand-over, the API server keeps
+    /// the first create and the other waits for it to reach its cache). A follower only reads it; until it exists the follower uses a
     /// value nobody holds, so its key service answers no gateway.
     pub async fn gateway_credential(&self) -> Result<String> {
         let secrets = self.api::<Secret>();
         let name = keyservice::CREDENTIAL_SECRET;
-        // Used exactly as stored: a value that is not UTF-8, or has a newline or spaces
-        // around it, is an error naming the Secret, never trimmed or decoded lossily.
-        let value = |s: &Secret| -> Result<String> {
+        // Read from the cache, used exactly as stored: a value that is not UTF-8, or has a
+        // newline or spaces around it, is an error naming the Secret, never trimmed or
+        // decoded lossily.
+        let caches = self.caches();
+        if let Some(c) = caches.secrets.get(name) {
             let key = keyservice::CREDENTIAL_KEY;
-            let v = match s.data.as_ref().and_then(|d| d.get(key)) {
-                Some(b) => String::from_utf8(b.0.clone())
-                    .map_err(|_| anyhow::anyhow!("Secret {name} key {key:?} is not UTF-8 text"))?,
-                None => s
-                    .string_data
-                    .as_ref()
-                    .and_then(|d| d.get(key))
-                    .cloned()
-                    .unwrap_or_default(),
-            };
+            if c.not_text.as_deref() == Some(key) {
+                anyhow::bail!("Secret {name} key {key:?} is not UTF-8 text");
+            }
+            let v = c.data.get(key).cloned().unwrap_or_default();
             if v.is_empty() {
                 anyhow::bail!("Secret {name} has no {key:?} value");
             }
             if let Some(p) = validate::credential_problem(&v) {
                 anyhow::bail!("Secret {name} key {key:?}: {p}");
             }
-            Ok(v)
-        };
-        if let Some(s) = secrets
-            .get_opt(name)
-            .await
-            .with_context(|| format!("reading Secret {name}"))?
-        {
-            return value(&s);
+            return Ok(v);
         }
         let credential = keyservice::new_credential()?;
         if !self.is_leader() {
@@ -1090,16 +982,22 @@ impl Cluster {
             ..PostParams::default()
         };
         match secrets.create(&params, &secret).await {
-            Ok(_) => {
+            Ok(created) => {
                 tracing::info!(secret = %name, "created the gateway credential");
+                caches.merge(created);
                 Ok(credential)
             }
+            // Another leader's create won (terms overlapping at a hand-over): its Secret
+            // comes through the watch.
             Err(kube::Error::Api(e)) if e.is_already_exists() => {
-                let s = secrets
-                    .get(name)
-                    .await
-                    .with_context(|| format!("reading Secret {name}"))?;
-                value(&s)
+                let deadline = Instant::now() + crate::informer::SYNC_TIMEOUT;
+                while Instant::now() < deadline {
+                    if caches.secrets.get(name).is_some() {
+                        return Box::pin(self.gateway_credential()).await;
+                    }
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                }
+                anyhow::bail!("Secret {name} was created by another replica and has not reached the cache yet")
             }
             Err(e) => Err(e).with_context(|| format!("creating Secret {name}")),
         }
@@ -1206,6 +1104,7 @@ impl Source for Cluster {
                 )
                 .await
                 .context("creating the ApiKey")?;
+            self.caches().merge(created.clone());
             let mut s = keys::token_secret(
                 namespace,
                 name,
@@ -1221,7 +1120,7 @@ impl Source for Cluster {
             });
             let secrets = self.api::<Secret>();
             match secrets.create(&PostParams::default(), &s).await {
-                Ok(_) => {}
+                Ok(made) => self.caches().merge(made),
                 // A Secret of that name left by a deleted key (not yet collected): never adopt
                 // it — replace it, so the new key has the new token only.
                 Err(kube::Error::Api(e)) if e.is_already_exists() => {
@@ -1230,10 +1129,12 @@ impl Source for Cluster {
                         .delete(&name, &Default::default())
                         .await
                         .with_context(|| format!("replacing the stale Secret {name}"))?;
-                    secrets
+                    self.caches().secrets.forget(&name);
+                    let made = secrets
                         .create(&PostParams::default(), &s)
                         .await
                         .context("creating the token Secret")?;
+                    self.caches().merge(made);
                 }
                 Err(e) => return Err(e).context("creating the token Secret"),
             }
@@ -1248,10 +1149,12 @@ impl Source for Cluster {
                 "metadata": {"annotations": {crate::source::REVOKED_AT_ANNOTATION: validate::rfc3339(now())}},
                 "spec": {"revoked": true},
             });
-            self.api::<ApiKey>()
+            let revoked = self
+                .api::<ApiKey>()
                 .patch(name, &PatchParams::default(), &Patch::Merge(&patch))
                 .await
                 .with_context(|| format!("revoking ApiKey {name}"))?;
+            self.caches().merge(revoked);
             Ok(())
         })
     }
@@ -1276,8 +1179,8 @@ impl Source for Cluster {
         self.block_on(async {
             self.ensure_leader()?;
             match self.api::<ApiKey>().delete(name, &Default::default()).await {
-                Ok(_) => {}
-                Err(kube::Error::Api(e)) if e.is_not_found() => {}
+                Ok(_) => self.caches().keys.forget(name),
+                Err(kube::Error::Api(e)) if e.is_not_found() => self.caches().keys.forget(name),
                 Err(e) => return Err(e).with_context(|| format!("deleting ApiKey {name}")),
             }
             if let Some(s) = labelled {
@@ -1286,7 +1189,7 @@ impl Source for Cluster {
                     .delete(&s.name, &Default::default())
                     .await
                 {
-                    Ok(_) => {}
+                    Ok(_) => self.caches().secrets.forget(&s.name),
                     Err(kube::Error::Api(e)) if e.is_not_found() => {}
                     Err(e) => {
                         return Err(e)

@@ -13,8 +13,9 @@ pub mod reason {
     pub const VALID: &str = "Valid";
     /// A referenced Secret does not exist.
     pub const SECRET_NOT_FOUND: &str = "SecretNotFound";
-    /// A referenced Secret could not be read (an API error other than 404: RBAC, a timeout)
-    /// or, for a minted token, could not be created (a quota, an admission policy).
+    /// A referenced Secret's value is not UTF-8 text or, for a minted token, the Secret could
+    /// not be created (a quota, an admission policy). Kube mode reads Secrets from its
+    /// watch-fed cache, so no single Secret's read fails on its own.
     pub const SECRET_UNREADABLE: &str = "SecretUnreadable";
     /// The Secret exists but lacks the key, or its value is empty.
     pub const SECRET_KEY_MISSING: &str = "SecretKeyMissing";

@@ -6,22 +6,15 @@
 //! longer than the Lease does not stop renewal, and a renewal that hangs does not stop passes;
 //! it only lets the local "leader until" deadline lapse, after which every write is refused.
 //!
-//! Watches carry metadata only (the pass reads the objects it needs): VectorStores, Indexes
-//! and ApiKeys trigger when they appear, disappear or their `generation` moves (so the
-//! operator's own status writes do not), Secrets only when one the last pass referenced, or
-//! the output Secret, changes.
+//! The watches are the caches' ([`crate::informer`]), the one mechanism that both feeds the
+//! pass and triggers it: VectorStores, Indexes and ApiKeys trigger when they appear,
+//! disappear or their `generation` moves (so the operator's own status writes do not),
+//! Secrets only when one the last pass referenced, or the output Secret, changes. Every
+//! replica keeps its caches, leader or not, so a hand-over starts from synced caches.
 
 use crate::cluster::{referenced_secrets, Backoff, Cluster};
-use crate::crd::{ApiKey, Index, VectorStore};
 use crate::lease::{Leadership, LeaseLock};
 use crate::source::{jitter, PROBE_INTERVAL};
-use futures::StreamExt;
-use k8s_openapi::api::core::v1::Secret;
-use kube::core::PartialObjectMeta;
-use kube::runtime::watcher::{self, Event};
-use kube::runtime::{watcher::watcher, WatchStreamExt};
-use kube::{Api, Resource};
-use std::collections::BTreeMap;
 use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
@@ -36,78 +29,7 @@ pub const RESYNC: Duration = Duration::from_secs(60);
 /// ([`crate::source::STUCK_AFTER`]).
 pub const HEARTBEAT: Duration = Duration::from_secs(10);
 
-/// Something that should cause a pass.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Trigger {
-    /// A CR of this kind changed.
-    Object(&'static str),
-    /// A Secret changed.
-    Secret(String),
-}
-
-/// Remembers each object's generation so that status-only updates are not changes.
-#[derive(Debug, Default)]
-pub struct Generations(BTreeMap<String, Option<i64>>);
-
-impl Generations {
-    /// True when `name` is new, deleted or at a new generation.
-    pub fn changed(&mut self, name: &str, generation: Option<i64>, deleted: bool) -> bool {
-        if deleted {
-            return self.0.remove(name).is_some();
-        }
-        self.0.insert(name.to_owned(), generation) != Some(generation)
-    }
-}
-
-fn spawn_watch<K>(api: Api<PartialObjectMeta<K>>, kind: &'static str, tx: mpsc::Sender<Trigger>)
-where
-    K: Resource<DynamicType = ()>
-        + Clone
-        + serde::de::DeserializeOwned
-        + std::fmt::Debug
-        + Send
-        + Sync
-        + 'static,
-{
-    tokio::spawn(async move {
-        let mut seen = Generations::default();
-        let mut stream = watcher(api, watcher::Config::default())
-            .default_backoff()
-            .boxed();
-        while let Some(event) = stream.next().await {
-            let fire = match event {
-                Ok(Event::Apply(m) | Event::InitApply(m)) => {
-                    let name = m.metadata.name.clone().unwrap_or_default();
-                    if kind == "Secret" {
-                        Some(Trigger::Secret(name))
-                    } else {
-                        seen.changed(&name, m.metadata.generation, false)
-                            .then_some(Trigger::Object(kind))
-                    }
-                }
-                Ok(Event::Delete(m)) => {
-                    let name = m.metadata.name.clone().unwrap_or_default();
-                    if kind == "Secret" {
-                        Some(Trigger::Secret(name))
-                    } else {
-                        seen.changed(&name, None, true);
-                        Some(Trigger::Object(kind))
-                    }
-                }
-                Ok(Event::Init | Event::InitDone) => None,
-                Err(e) => {
-                    tracing::warn!(kind, "watch: {e}");
-                    None
-                }
-            };
-            if let Some(t) = fire {
-                if tx.send(t).await.is_err() {
-                    return;
-                }
-            }
-        }
-    });
-}
+pub use crate::informer::Trigger;
 
 /// Renews (or tries to take) the Lease every [`LeaseLock::renew_every`], for ever. Each
 /// success moves the cluster's "leader until" to the start of that attempt plus the renew
@@ -163,33 +85,22 @@ pub async fn run_with_watches(
     let lock = Arc::new(lock);
     let leading = Arc::new(Notify::new());
     let elector = tokio::spawn(elect(cluster.clone(), lock.clone(), leading.clone()));
-    let (tx, mut rx) = mpsc::channel(256);
-    let ns = cluster.namespace.clone();
-    let client = watches;
-    spawn_watch(
-        Api::<PartialObjectMeta<VectorStore>>::namespaced(client.clone(), &ns),
-        "VectorStore",
-        tx.clone(),
-    );
-    spawn_watch(
-        Api::<PartialObjectMeta<Index>>::namespaced(client.clone(), &ns),
-        "Index",
-        tx.clone(),
-    );
-    spawn_watch(
-        Api::<PartialObjectMeta<ApiKey>>::namespaced(client.clone(), &ns),
-        "ApiKey",
-        tx.clone(),
-    );
-    spawn_watch(
-        Api::<PartialObjectMeta<Secret>>::namespaced(client, &ns),
-        "Secret",
-        tx,
-    );
+    let caches = cluster.start_caches(watches);
+    let mut rx = caches.take_triggers().unwrap_or_else(|| {
+        tracing::warn!("the caches' triggers are taken: passes run on the resync period only");
+        mpsc::channel(1).1
+    });
     tokio::pin!(shutdown);
 
     let mut backoff = Backoff::default();
-    let mut next_pass = Some(Instant::now());
+    // The first pass waits for the caches' first full lists.
+    let mut next_pass = None;
+    let synced = {
+        let caches = caches.clone();
+        async move { caches.synced().await }
+    };
+    tokio::pin!(synced);
+    let mut first_sync = true;
     let mut next_probe = Instant::now() + Duration::from_secs(1);
     let mut next_resync = Instant::now() + RESYNC;
     let far = || Instant::now() + Duration::from_secs(3600);
@@ -200,18 +111,27 @@ pub async fn run_with_watches(
             _ = heartbeat.tick() => {}
             () = &mut shutdown => break,
             Some(trigger) = rx.recv() => {
-                let relevant = match &trigger {
+                // Before the first sync the first pass is already coming; while one is due,
+                // the change joins it (the set of referenced Secrets is only built when not).
+                let relevant = || match &trigger {
                     Trigger::Object(_) => true,
                     Trigger::Secret(name) => *name == cluster.output_secret
                         || cluster.state.last().is_none_or(|p| referenced_secrets(&p.objects).contains(name)),
                 };
-                if relevant && next_pass.is_none() {
+                if !first_sync && next_pass.is_none() && relevant() {
                     tracing::debug!(?trigger, "change");
                     next_pass = Some(Instant::now() + DEBOUNCE);
                 }
             }
-            () = leading.notified() => {
+            () = &mut synced, if first_sync => {
+                first_sync = false;
+                tracing::info!("caches synced");
                 next_pass = Some(Instant::now());
+            }
+            () = leading.notified() => {
+                if !first_sync {
+                    next_pass = Some(Instant::now());
+                }
             }
             () = tokio::time::sleep_until(next_pass.unwrap_or_else(far)), if next_pass.is_some() => {
                 next_pass = None;
@@ -228,7 +148,7 @@ pub async fn run_with_watches(
                     }
                 }
             }
-            () = tokio::time::sleep_until(next_probe) => {
+            () = tokio::time::sleep_until(next_probe), if !first_sync => {
                 // The probe ends with a pass (statuses judged against the objects as they are).
                 match cluster.probe().await {
                     Ok(()) => backoff.succeeded(),
@@ -240,7 +160,7 @@ pub async fn run_with_watches(
                 }
                 next_probe = Instant::now() + PROBE_INTERVAL + jitter();
             }
-            () = tokio::time::sleep_until(next_resync) => {
+            () = tokio::time::sleep_until(next_resync), if !first_sync => {
                 next_resync = Instant::now() + RESYNC;
                 next_pass.get_or_insert_with(Instant::now);
             }

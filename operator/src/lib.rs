@@ -22,6 +22,7 @@ pub mod controller;
 pub mod crd;
 pub mod endpoint;
 pub mod envoy;
+pub mod informer;
 pub mod istio;
 pub mod keys;
 pub mod keyservice;

@@ -398,6 +398,8 @@ fn run_kube(namespace: Option<&str>, istio: bool, allow: Allowlist) -> Result<()
             lease::LEASE_DURATION,
         );
         tracing::info!(namespace = %ns, %identity, output = %out, "starting");
+        // The caches watch with the watch client, before the control API can start a pass.
+        source.start_caches(watches.clone());
         spawn_control_api(source.clone(), rate, control)?;
         controller::run_with_watches(source, watches, lock, shutdown_signal()).await
     })

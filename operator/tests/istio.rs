@@ -125,6 +125,15 @@ fn cluster(client: &Client, leader: bool) -> Cluster {
     c
 }
 
+/// A pass once the cluster's caches hold what the API server holds now (the operator's own
+/// passes are started by the watch that brings a change).
+async fn settled_pass(
+    c: &Cluster,
+) -> Result<layergate_operator::cluster::Writes, layergate_operator::cluster::StepError> {
+    support::settle(c, NS).await;
+    c.pass().await
+}
+
 fn dynamic(client: &Client, kind: &str) -> Api<DynamicObject> {
     Api::namespaced_with(client.clone(), MESH, &istio::api_resource(kind).unwrap())
 }
@@ -244,7 +253,7 @@ async fn kube_mode_applies_the_istio_target_and_follows_store_index_and_key_chan
         .await
         .unwrap();
 
-    let w = c.pass().await.unwrap();
+    let w = settled_pass(&c).await.unwrap();
     assert!(w.published);
     assert_eq!((w.applied, w.deleted), (8, 0), "{w:?}");
     let objects = mesh_objects(&client).await;
@@ -366,7 +375,7 @@ async fn kube_mode_applies_the_istio_target_and_follows_store_index_and_key_chan
     );
 
     // Unchanged: nothing written.
-    let w = c.pass().await.unwrap();
+    let w = settled_pass(&c).await.unwrap();
     assert_eq!((w.applied, w.deleted, w.published), (0, 0, false), "{w:?}");
 
     // A store added: its ServiceEntry and DestinationRule appear, the WasmPlugin names it,
@@ -378,7 +387,7 @@ async fn kube_mode_applies_the_istio_target_and_follows_store_index_and_key_chan
         )
         .await
         .unwrap();
-    let w = c.pass().await.unwrap();
+    let w = settled_pass(&c).await.unwrap();
     assert!(w.published);
     let objects = mesh_objects(&client).await;
     let se = &objects[&("ServiceEntry".to_owned(), "layergate-store-eu".to_owned())];
@@ -421,7 +430,7 @@ async fn kube_mode_applies_the_istio_target_and_follows_store_index_and_key_chan
         )
         .await
         .unwrap();
-    let w = c.pass().await.unwrap();
+    let w = settled_pass(&c).await.unwrap();
     assert_eq!((w.applied, w.deleted), (1, 0), "{w:?}");
     let after = plugin_config(&mesh_objects(&client).await);
     assert_ne!(before["namespaces"], after["namespaces"]);
@@ -433,7 +442,7 @@ async fn kube_mode_applies_the_istio_target_and_follows_store_index_and_key_chan
         .delete("eu", &DeleteParams::default())
         .await
         .unwrap();
-    let w = c.pass().await.unwrap();
+    let w = settled_pass(&c).await.unwrap();
     assert_eq!(w.deleted, 2, "{w:?}");
     let objects = mesh_objects(&client).await;
     assert!(!objects.contains_key(&("ServiceEntry".to_owned(), "layergate-store-eu".to_owned())));
@@ -467,7 +476,7 @@ async fn kube_mode_applies_the_istio_target_and_follows_store_index_and_key_chan
         .delete("layergate-store-primary", &DeleteParams::default())
         .await
         .unwrap();
-    let w = c.pass().await.unwrap();
+    let w = settled_pass(&c).await.unwrap();
     assert_eq!((w.applied, w.deleted), (2, 0), "{w:?}");
     let objects = mesh_objects(&client).await;
     assert_eq!(plugin_config(&objects), rendered);
@@ -491,7 +500,7 @@ async fn kube_mode_applies_the_istio_target_and_follows_store_index_and_key_chan
         )
         .await
         .unwrap();
-    let w = c.pass().await.unwrap();
+    let w = settled_pass(&c).await.unwrap();
     assert_eq!((w.applied, w.deleted, w.published), (0, 0, false), "{w:?}");
     assert!(!listed(&c).contains("shop-reader"));
 
@@ -538,7 +547,7 @@ async fn kube_mode_applies_the_istio_target_and_follows_store_index_and_key_chan
 async fn an_istio_follower_writes_nothing_and_a_missing_gateway_is_filled_when_it_appears() {
     let client = client(false).await;
     let follower = cluster(&client, false);
-    let w = follower.pass().await.unwrap();
+    let w = settled_pass(&follower).await.unwrap();
     assert_eq!((w.applied, w.deleted, w.published), (0, 0, false));
     assert!(mesh_objects(&client).await.is_empty());
     assert!(Api::<Secret>::namespaced(client.clone(), MESH)
@@ -551,7 +560,7 @@ async fn an_istio_follower_writes_nothing_and_a_missing_gateway_is_filled_when_i
     // The leader publishes without a gateway Deployment; once it exists, the next pass fills
     // its environment although nothing else changed.
     let leader = cluster(&client, true);
-    let w = leader.pass().await.unwrap();
+    let w = settled_pass(&leader).await.unwrap();
     assert_eq!(w.applied, 8);
     Api::<Deployment>::namespaced(client.clone(), MESH)
         .create(
@@ -560,7 +569,7 @@ async fn an_istio_follower_writes_nothing_and_a_missing_gateway_is_filled_when_i
         )
         .await
         .unwrap();
-    let w = leader.pass().await.unwrap();
+    let w = settled_pass(&leader).await.unwrap();
     assert_eq!((w.applied, w.deleted, w.published), (0, 0, true));
     assert_eq!(
         gateway_hash(&client).await,

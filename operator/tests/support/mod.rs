@@ -49,10 +49,158 @@ pub trait StrictBuild {
 
 impl StrictBuild for ClientBuilder {
     async fn strict(self) -> Client {
+        self.strict_with_journal().await.0
+    }
+}
+
+impl ClientBuilderJournal for ClientBuilder {
+    async fn strict_with_journal(self) -> (Client, Journal) {
         let inner = self.build().await.expect("the fake API server builds");
-        let strict = Strict { inner };
+        let strict = Strict {
+            inner,
+            journal: Journal::default(),
+        };
         strict.check_seeds().await;
-        Client::new(strict, "default")
+        // The counter after the starting objects: where lists and watches begin.
+        let start = strict.next_version().await;
+        strict.journal.lock().latest = start;
+        strict.journal.lock().compacted = start;
+        let journal = strict.journal.clone();
+        (Client::new(strict, "default"), journal)
+    }
+}
+
+/// [`StrictBuild`] that also hands over the fake's [`Journal`] (to compact it, or to end its
+/// watches, as a restarted API server would).
+pub trait ClientBuilderJournal {
+    /// The strict client and the journal its watches are served from.
+    async fn strict_with_journal(self) -> (Client, Journal);
+}
+
+/// A response body of the strict fake: whole, or a watch's stream of lines.
+pub type StrictBody = http_body_util::combinators::UnsyncBoxBody<
+    bytes::Bytes,
+    Box<dyn std::error::Error + Send + Sync>,
+>;
+
+fn whole(bytes: impl Into<bytes::Bytes>) -> StrictBody {
+    use http_body_util::BodyExt as _;
+    http_body_util::Full::new(bytes.into())
+        .map_err(|e| match e {})
+        .boxed_unsync()
+}
+
+fn boxed(body: Body) -> StrictBody {
+    use http_body_util::BodyExt as _;
+    body.map_err(|e| Box::new(e) as Box<dyn std::error::Error + Send + Sync>)
+        .boxed_unsync()
+}
+
+/// One write as a watch event: the collection it belongs to, its resourceVersion, and the
+/// event line as the API server sends it.
+struct Logged {
+    version: u64,
+    /// `group/plural`.
+    resource: String,
+    namespace: String,
+    line: bytes::Bytes,
+}
+
+/// Every write made through the strict client since the client was built (or since the last
+/// [`Journal::compact`]), in resourceVersion order: what its watches serve. kube-fake-client
+/// has no watch; this is the real server's watch cache in miniature (a window of events, 410
+/// Gone below it).
+#[derive(Clone, Default)]
+pub struct Journal(std::sync::Arc<JournalInner>);
+
+#[derive(Default)]
+struct JournalInner {
+    state: std::sync::Mutex<JournalState>,
+    /// Writes are serialized, as etcd serializes them: the log's order is resourceVersion
+    /// order, and a list's resourceVersion is exactly the writes it contains.
+    writes: tokio::sync::Mutex<()>,
+    /// Moves on every logged event and every compaction; open watches wait on it.
+    moved: std::sync::OnceLock<tokio::sync::watch::Sender<u64>>,
+}
+
+#[derive(Default)]
+struct JournalState {
+    events: std::collections::VecDeque<Logged>,
+    /// The newest resourceVersion.
+    latest: u64,
+    /// Events at or below this are gone: a watch from an older resourceVersion is 410.
+    compacted: u64,
+    /// Bumped by [`Journal::end_watches`]: open watches end.
+    epoch: u64,
+    /// While set, open watches deliver nothing (a watch that lags behind the writes).
+    held: bool,
+    /// Lists being read a page at a time, by (path and query, resourceVersion).
+    snapshots: HashMap<(String, u64), std::sync::Arc<Value>>,
+}
+
+impl Journal {
+    fn lock(&self) -> std::sync::MutexGuard<'_, JournalState> {
+        self.0.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+    fn moved(&self) -> &tokio::sync::watch::Sender<u64> {
+        self.0
+            .moved
+            .get_or_init(|| tokio::sync::watch::channel(0).0)
+    }
+    fn log(&self, version: u64, resource: String, namespace: String, kind: &str, object: &Value) {
+        let line = serde_json::to_vec(&json!({"type": kind, "object": object})).expect("JSON");
+        let mut line = line;
+        line.push(b'\n');
+        let mut s = self.lock();
+        s.latest = s.latest.max(version);
+        s.events.push_back(Logged {
+            version,
+            resource,
+            namespace,
+            line: line.into(),
+        });
+        drop(s);
+        self.moved().send_modify(|n| *n += 1);
+    }
+    fn snapshot(&self, key: &str, version: u64) -> Option<std::sync::Arc<Value>> {
+        self.lock()
+            .snapshots
+            .get(&(key.to_owned(), version))
+            .cloned()
+    }
+    fn keep_snapshot(&self, key: &str, version: u64, list: std::sync::Arc<Value>) {
+        let mut s = self.lock();
+        // A few lists at a time, as the real server keeps continuations for a while only.
+        if s.snapshots.len() > 16 {
+            s.snapshots.clear();
+        }
+        s.snapshots.insert((key.to_owned(), version), list);
+    }
+    fn drop_snapshot(&self, key: &str, version: u64) {
+        self.lock().snapshots.remove(&(key.to_owned(), version));
+    }
+    /// The newest resourceVersion.
+    pub fn latest(&self) -> u64 {
+        self.lock().latest
+    }
+    /// Forgets every event so far (etcd's compaction): a watch that resumes from a version
+    /// before now gets 410 Gone and must list again.
+    pub fn compact(&self) {
+        let mut s = self.lock();
+        s.events.clear();
+        s.compacted = s.latest;
+    }
+    /// Ends every open watch (an API server restart); the clients watch again from the last
+    /// version they saw.
+    pub fn end_watches(&self) {
+        self.lock().epoch += 1;
+        self.moved().send_modify(|n| *n += 1);
+    }
+    /// Holds every open watch's events back (true) or lets them go (false): a watch that
+    /// lags behind the writes, as a busy API server's may.
+    pub fn hold_watches(&self, held: bool) {
+        self.lock().held = held;
+        self.moved().send_modify(|n| *n += 1);
     }
 }
 
@@ -177,10 +325,11 @@ impl Refusal {
 #[derive(Clone)]
 pub struct Strict {
     inner: Client,
+    journal: Journal,
 }
 
 impl tower_service::Service<hyper::Request<Body>> for Strict {
-    type Response = hyper::Response<Body>;
+    type Response = hyper::Response<StrictBody>;
     type Error = kube::Error;
     type Future = std::pin::Pin<
         Box<dyn std::future::Future<Output = Result<Self::Response, kube::Error>> + Send>,
@@ -196,50 +345,218 @@ impl tower_service::Service<hyper::Request<Body>> for Strict {
         Box::pin(async move {
             let m = req.method().clone();
             if m == hyper::Method::GET {
-                return this.paged(req).await;
+                return this.read(req).await;
+            }
+            if m == hyper::Method::DELETE {
+                return this.delete(req).await;
             }
             if m != hyper::Method::POST && m != hyper::Method::PUT && m != hyper::Method::PATCH {
-                return this.inner.send(req).await;
+                return this.inner.send(req).await.map(|r| r.map(boxed));
             }
             let (mut parts, body) = req.into_parts();
             let bytes = body.collect_bytes().await?;
             match this.admit(&parts, &bytes).await {
                 Ok(body) => {
                     parts.headers.remove(hyper::header::CONTENT_LENGTH);
-                    this.inner
+                    let _serial = this.journal.0.writes.lock().await;
+                    let existed = match target(parts.uri.path()) {
+                        Some(t) if t.name.is_some() && parts.method != hyper::Method::POST => {
+                            this.stored(&t.object_path).await.is_some()
+                        }
+                        _ => false,
+                    };
+                    let path = parts.uri.path().to_owned();
+                    let response = this
+                        .inner
                         .send(hyper::Request::from_parts(parts, Body::from(body)))
-                        .await
+                        .await?;
+                    let kind = if existed { "MODIFIED" } else { "ADDED" };
+                    this.logged(&path, kind, response).await
                 }
-                Err(refusal) => Ok(refusal.response()),
+                Err(refusal) => Ok(refusal.response().map(boxed)),
             }
         })
     }
 }
 
+/// The query of a request as (name, value) pairs.
+fn query_pairs(uri: &hyper::Uri) -> Vec<(String, String)> {
+    uri.query()
+        .unwrap_or_default()
+        .split('&')
+        .filter(|p| !p.is_empty())
+        .map(|p| {
+            let (k, v) = p.split_once('=').unwrap_or((p, ""));
+            (k.to_owned(), v.to_owned())
+        })
+        .collect()
+}
+
+/// The namespace of a path (`""` for a cluster-wide collection).
+fn namespace_of(path: &str) -> String {
+    let segs: Vec<&str> = path.split('/').filter(|s| !s.is_empty()).collect();
+    segs.iter()
+        .position(|s| *s == "namespaces")
+        .and_then(|i| segs.get(i + 1))
+        .map_or_else(String::new, |s| (*s).to_owned())
+}
+
 impl Strict {
-    /// A LIST with `limit` answered a page at a time with a `continue` token, as the real
-    /// server does (kube-fake-client cuts the list at `limit` and gives no token, which would
-    /// lose every object past the first page without a sound). Other GETs pass through.
-    async fn paged(&self, req: hyper::Request<Body>) -> Result<hyper::Response<Body>, kube::Error> {
-        let query = req.uri().query().unwrap_or_default().to_owned();
-        let pairs: Vec<(String, String)> = query
-            .split('&')
-            .filter(|p| !p.is_empty())
-            .map(|p| {
-                let (k, v) = p.split_once('=').unwrap_or((p, ""));
-                (k.to_owned(), v.to_owned())
-            })
-            .collect();
-        let get = |k: &str| pairs.iter().find(|(n, _)| n == k).map(|(_, v)| v.clone());
-        let Some(limit) = get("limit").and_then(|l| l.parse::<usize>().ok()) else {
-            return self.inner.send(req).await;
-        };
-        if get("watch").is_some_and(|w| w == "true") {
-            return self.inner.send(req).await;
+    /// Takes the next resourceVersion of the fake's counter (a throwaway ConfigMap is created
+    /// and removed: kube-fake-client does not give a deletion a version of its own, the real
+    /// server does).
+    async fn next_version(&self) -> u64 {
+        let path = "/api/v1/namespaces/kube-fake-journal/configmaps";
+        let name = format!("v{}", std::process::id());
+        let req = hyper::Request::post(path)
+            .header("content-type", "application/json")
+            .body(Body::from(
+                serde_json::to_vec(&json!({"apiVersion": "v1", "kind": "ConfigMap",
+                    "metadata": {"name": name, "namespace": "kube-fake-journal"}}))
+                .expect("JSON"),
+            ))
+            .expect("a request");
+        let resp = self.inner.send(req).await.expect("the fake answers");
+        let v: Value =
+            serde_json::from_slice(&resp.into_body().collect_bytes().await.expect("a body"))
+                .expect("JSON");
+        let del = hyper::Request::delete(format!("{path}/{name}"))
+            .body(Body::empty())
+            .expect("a request");
+        let _ = self.inner.send(del).await;
+        v["metadata"]["resourceVersion"]
+            .as_str()
+            .and_then(|r| r.parse().ok())
+            .expect("a resourceVersion")
+    }
+
+    /// A successful write's answer, logged as `kind` for the watches of its collection.
+    async fn logged(
+        &self,
+        path: &str,
+        kind: &str,
+        response: hyper::Response<Body>,
+    ) -> Result<hyper::Response<StrictBody>, kube::Error> {
+        let (mut parts, body) = response.into_parts();
+        let bytes = body.collect_bytes().await?;
+        if parts.status.is_success() {
+            if let (Some(t), Ok(object)) = (target(path), serde_json::from_slice::<Value>(&bytes)) {
+                let version = object["metadata"]["resourceVersion"]
+                    .as_str()
+                    .and_then(|r| r.parse::<u64>().ok());
+                if let Some(version) = version {
+                    let ns = object["metadata"]["namespace"]
+                        .as_str()
+                        .map_or_else(|| namespace_of(path), str::to_owned);
+                    self.journal.log(
+                        version,
+                        format!("{}/{}", t.group, t.plural),
+                        ns,
+                        kind,
+                        &object,
+                    );
+                }
+            }
         }
-        let from: usize = get("continue")
-            .and_then(|c| c.strip_prefix("page-").and_then(|n| n.parse().ok()))
-            .unwrap_or(0);
+        parts.headers.remove(hyper::header::CONTENT_LENGTH);
+        Ok(hyper::Response::from_parts(parts, whole(bytes)))
+    }
+
+    /// A DELETE, and a DELETED event for the object and for each dependent the fake's
+    /// garbage collection took with it (each at a version of its own, as the real server
+    /// gives one).
+    async fn delete(
+        &self,
+        req: hyper::Request<Body>,
+    ) -> Result<hyper::Response<StrictBody>, kube::Error> {
+        let path = req.uri().path().to_owned();
+        let _serial = self.journal.0.writes.lock().await;
+        let Some(t) = target(&path).filter(|t| t.name.is_some()) else {
+            return self.inner.send(req).await.map(|r| r.map(boxed));
+        };
+        let ns = namespace_of(&path);
+        // Who could go with it: objects of the namespace that name it as an owner.
+        let uid = self
+            .stored(&t.object_path)
+            .await
+            .and_then(|o| o["metadata"]["uid"].as_str().map(str::to_owned));
+        let mut dependents = Vec::new();
+        if let Some(uid) = &uid {
+            for (collection, resource) in [
+                (format!("/api/v1/namespaces/{ns}/secrets"), "/secrets"),
+                (format!("/api/v1/namespaces/{ns}/configmaps"), "/configmaps"),
+            ] {
+                let Some(list) = self.stored(&collection).await else {
+                    continue;
+                };
+                for item in list["items"].as_array().into_iter().flatten() {
+                    let owned = item["metadata"]["ownerReferences"]
+                        .as_array()
+                        .into_iter()
+                        .flatten()
+                        .any(|o| o["uid"].as_str() == Some(uid));
+                    if owned {
+                        let name = item["metadata"]["name"].as_str().unwrap_or_default();
+                        dependents.push((format!("{collection}/{name}"), resource, item.clone()));
+                    }
+                }
+            }
+        }
+        let response = self.inner.send(req).await?;
+        let (mut parts, body) = response.into_parts();
+        let bytes = body.collect_bytes().await?;
+        if parts.status.is_success() {
+            if let Ok(mut object) = serde_json::from_slice::<Value>(&bytes) {
+                if object["metadata"]["name"].is_string() {
+                    let v = self.next_version().await;
+                    object["metadata"]["resourceVersion"] = json!(v.to_string());
+                    self.journal.log(
+                        v,
+                        format!("{}/{}", t.group, t.plural),
+                        ns.clone(),
+                        "DELETED",
+                        &object,
+                    );
+                }
+            }
+            for (p, resource, mut object) in dependents {
+                if self.stored(&p).await.is_none() {
+                    let v = self.next_version().await;
+                    object["metadata"]["resourceVersion"] = json!(v.to_string());
+                    self.journal
+                        .log(v, resource.to_owned(), ns.clone(), "DELETED", &object);
+                }
+            }
+        }
+        parts.headers.remove(hyper::header::CONTENT_LENGTH);
+        Ok(hyper::Response::from_parts(parts, whole(bytes)))
+    }
+
+    /// GETs: a watch is served from the journal; a LIST carries the resourceVersion it was
+    /// read at and, with `limit`, is answered a page at a time with a `continue` token, as
+    /// the real server does (kube-fake-client cuts the list at `limit` and gives no token,
+    /// which would lose every object past the first page without a sound). Other GETs pass
+    /// through.
+    async fn read(
+        &self,
+        req: hyper::Request<Body>,
+    ) -> Result<hyper::Response<StrictBody>, kube::Error> {
+        let pairs = query_pairs(req.uri());
+        let get = |k: &str| pairs.iter().find(|(n, _)| n == k).map(|(_, v)| v.clone());
+        let collection = target(req.uri().path()).is_some_and(|t| t.name.is_none());
+        if !collection {
+            return self.inner.send(req).await.map(|r| r.map(boxed));
+        }
+        if get("watch").is_some_and(|w| w == "true" || w == "1") {
+            return Ok(self.watch(req.uri()));
+        }
+        let limit = get("limit").and_then(|l| l.parse::<usize>().ok());
+        // continue token: page-<offset>-<resourceVersion of the first page>
+        let token = get("continue").and_then(|c| {
+            let rest = c.strip_prefix("page-")?;
+            let (from, version) = rest.split_once('-')?;
+            Some((from.parse::<usize>().ok()?, version.parse::<u64>().ok()?))
+        });
         let rest: Vec<String> = pairs
             .iter()
             .filter(|(k, _)| k != "limit" && k != "continue")
@@ -247,6 +564,24 @@ impl Strict {
             .collect();
         let (mut parts, body) = req.into_parts();
         let path = parts.uri.path().to_owned();
+        let key = format!("{path}?{}", rest.join("&"));
+        // A continued list reads the snapshot its first page was cut from, as the real server
+        // reads etcd at the first page's revision; a token whose snapshot is gone is 410.
+        if let Some((from, version)) = token {
+            let Some(snapshot) = self.journal.snapshot(&key, version) else {
+                return Ok(Refusal {
+                    code: 410,
+                    reason: "Expired",
+                    message: "The provided continue parameter is too old to display a \
+                              consistent list result. You can start a new list without the \
+                              continue parameter."
+                        .into(),
+                }
+                .response()
+                .map(boxed));
+            };
+            return Ok(self.page(&key, &snapshot, from, limit, version));
+        }
         parts.uri = if rest.is_empty() {
             path
         } else {
@@ -254,32 +589,177 @@ impl Strict {
         }
         .parse()
         .expect("a URI");
-        let response = self
-            .inner
-            .send(hyper::Request::from_parts(parts, body))
-            .await?;
+        // A list is a snapshot at one version: no write lands while it is read.
+        let (response, latest) = {
+            let _serial = self.journal.0.writes.lock().await;
+            let r = self
+                .inner
+                .send(hyper::Request::from_parts(parts, body))
+                .await?;
+            (r, self.journal.latest())
+        };
         let (parts, body) = response.into_parts();
         let bytes = body.collect_bytes().await?;
-        let Ok(mut list) = serde_json::from_slice::<Value>(&bytes) else {
-            return Ok(hyper::Response::from_parts(
-                parts,
-                Body::from(bytes.to_vec()),
-            ));
+        let Ok(list) = serde_json::from_slice::<Value>(&bytes) else {
+            return Ok(hyper::Response::from_parts(parts, whole(bytes)));
         };
-        if let Some(items) = list.get_mut("items").and_then(Value::as_array_mut) {
-            let total = items.len();
-            let page: Vec<Value> = items.drain(..).skip(from).take(limit).collect();
-            *items = page;
-            if from + limit < total {
-                list["metadata"]["continue"] = json!(format!("page-{}", from + limit));
-            }
+        if !parts.status.is_success() || list.get("items").is_none() {
+            return Ok(hyper::Response::from_parts(parts, whole(bytes)));
         }
-        let mut parts = parts;
-        parts.headers.remove(hyper::header::CONTENT_LENGTH);
-        Ok(hyper::Response::from_parts(
-            parts,
-            Body::from(serde_json::to_vec(&list).expect("JSON")),
-        ))
+        let snapshot = std::sync::Arc::new(list);
+        Ok(self.page(&key, &snapshot, 0, limit, latest))
+    }
+
+    /// One page of a list snapshot taken at `version`; the snapshot is kept for the next
+    /// page while there is one.
+    fn page(
+        &self,
+        key: &str,
+        snapshot: &std::sync::Arc<Value>,
+        from: usize,
+        limit: Option<usize>,
+        version: u64,
+    ) -> hyper::Response<StrictBody> {
+        let items = snapshot["items"].as_array().map_or(&[][..], Vec::as_slice);
+        let total = items.len();
+        let take = limit.unwrap_or(total);
+        let mut list = json!({
+            "kind": snapshot["kind"], "apiVersion": snapshot["apiVersion"],
+            "metadata": {"resourceVersion": version.to_string()},
+            "items": items.iter().skip(from).take(take).collect::<Vec<_>>(),
+        });
+        if from + take < total {
+            list["metadata"]["continue"] = json!(format!("page-{}-{version}", from + take));
+            self.journal.keep_snapshot(key, version, snapshot.clone());
+        } else {
+            self.journal.drop_snapshot(key, version);
+        }
+        hyper::Response::builder()
+            .status(200)
+            .header("content-type", "application/json")
+            .body(whole(serde_json::to_vec(&list).expect("JSON")))
+            .expect("a response")
+    }
+
+    /// A watch, as the real server answers one: 200 and a stream of newline-delimited
+    /// `{"type","object"}` events of the collection after `resourceVersion`; an ERROR event
+    /// with a 410 `Expired` Status when that version is older than the journal keeps; a
+    /// BOOKMARK at the newest version before the stream ends at `timeoutSeconds` (when
+    /// bookmarks were asked for). A watch from no version or "0" (the current state first)
+    /// and selectors are refused: the operator sends neither, and an unfiltered answer to a
+    /// filtered watch would be wrong.
+    fn watch(&self, uri: &hyper::Uri) -> hyper::Response<StrictBody> {
+        use futures::SinkExt as _;
+        let pairs = query_pairs(uri);
+        let get = |k: &str| pairs.iter().find(|(n, _)| n == k).map(|(_, v)| v.clone());
+        let refuse = |message: &str| {
+            Refusal {
+                code: 400,
+                reason: "BadRequest",
+                message: message.to_owned(),
+            }
+            .response()
+            .map(boxed)
+        };
+        if get("labelSelector").is_some_and(|v| !v.is_empty())
+            || get("fieldSelector").is_some_and(|v| !v.is_empty())
+        {
+            return refuse("this fake API server does not filter watches by selector");
+        }
+        let Some(from) = get("resourceVersion")
+            .and_then(|v| v.parse::<u64>().ok())
+            .filter(|v| *v > 0)
+        else {
+            return refuse("this fake API server watches only from a list's resourceVersion");
+        };
+        let timeout = get("timeoutSeconds")
+            .and_then(|t| t.parse::<u64>().ok())
+            .unwrap_or(1800);
+        let bookmarks = get("allowWatchBookmarks").is_some_and(|b| b == "true");
+        let t = target(uri.path()).expect("a collection");
+        let resource = format!("{}/{}", t.group, t.plural);
+        let ns = namespace_of(uri.path());
+        let journal = self.journal.clone();
+        let (mut tx, rx) = futures::channel::mpsc::channel::<
+            Result<hyper::body::Frame<bytes::Bytes>, Box<dyn std::error::Error + Send + Sync>>,
+        >(64);
+        tokio::spawn(async move {
+            let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(timeout);
+            let mut moved = journal.moved().subscribe();
+            let mut cursor = from;
+            let epoch = journal.lock().epoch;
+            let mut last_round = false;
+            loop {
+                let held = {
+                    let s = journal.lock();
+                    s.held && s.epoch == epoch
+                };
+                if held {
+                    if moved.changed().await.is_err() {
+                        return;
+                    }
+                    continue;
+                }
+                let (lines, expired, ended, latest) = {
+                    let s = journal.lock();
+                    let expired = cursor < s.compacted;
+                    let start = s.events.partition_point(|e| e.version <= cursor);
+                    let lines: Vec<(u64, bytes::Bytes)> = s
+                        .events
+                        .iter()
+                        .skip(start)
+                        .filter(|e| e.resource == resource && (ns.is_empty() || e.namespace == ns))
+                        .map(|e| (e.version, e.line.clone()))
+                        .collect();
+                    let last = s.events.back().map_or(cursor, |e| e.version.max(cursor));
+                    (lines, expired, s.epoch != epoch, last)
+                };
+                if expired {
+                    let gone = json!({"type": "ERROR", "object": {
+                        "kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Failure",
+                        "message": format!("too old resource version: {cursor}"),
+                        "reason": "Expired", "code": 410}});
+                    let mut line = serde_json::to_vec(&gone).expect("JSON");
+                    line.push(b'\n');
+                    let _ = tx.send(Ok(hyper::body::Frame::data(line.into()))).await;
+                    return;
+                }
+                for (_, line) in lines {
+                    if tx.send(Ok(hyper::body::Frame::data(line))).await.is_err() {
+                        return;
+                    }
+                }
+                cursor = latest;
+                if ended {
+                    return;
+                }
+                if last_round {
+                    // Everything up to `cursor` was sent: the client may resume from there.
+                    if bookmarks {
+                        let mark = json!({"type": "BOOKMARK", "object": {
+                            "kind": t.plural.clone(), "apiVersion": "v1",
+                            "metadata": {"resourceVersion": cursor.to_string()}}});
+                        let mut line = serde_json::to_vec(&mark).expect("JSON");
+                        line.push(b'\n');
+                        let _ = tx.send(Ok(hyper::body::Frame::data(line.into()))).await;
+                    }
+                    return;
+                }
+                tokio::select! {
+                    r = moved.changed() => if r.is_err() { return },
+                    () = tokio::time::sleep_until(deadline) => last_round = true,
+                    () = tokio::time::sleep(std::time::Duration::from_secs(1)) => {
+                        if tx.is_closed() { return; }
+                    }
+                }
+            }
+        });
+        use http_body_util::BodyExt as _;
+        hyper::Response::builder()
+            .status(200)
+            .header("content-type", "application/json")
+            .body(http_body_util::StreamBody::new(rx).boxed_unsync())
+            .expect("a response")
     }
 
     /// Checks one write; returns the body to forward (with `status` dropped where the real
@@ -646,8 +1126,7 @@ pub fn validate(schema: &Value, v: &Value, path: &str, errors: &mut Vec<String>)
                 }
             }
             if let Some(p) = schema["pattern"].as_str() {
-                let re = regex::Regex::new(p).expect("the CRD's pattern compiles");
-                if !re.is_match(s) {
+                if !compiled(p).is_match(s) {
                     errors.push(format!(
                         "{shown}: Invalid value: {s:?}: {shown} in body should match '{p}'"
                     ));
@@ -713,13 +1192,21 @@ fn object(schema: &Value, o: &Map<String, Value>, path: &str, errors: &mut Vec<S
     }
 }
 
+/// `pattern` compiled once per process (a write at 100,000 keys was mostly compiling them).
+fn compiled(pattern: &str) -> regex::Regex {
+    static CACHE: OnceLock<std::sync::Mutex<HashMap<String, regex::Regex>>> = OnceLock::new();
+    CACHE
+        .get_or_init(Default::default)
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .entry(pattern.to_owned())
+        .or_insert_with(|| regex::Regex::new(pattern).expect("the pattern compiles"))
+        .clone()
+}
+
 /// RFC 3339 date-time, as Kubernetes' `date-time` format takes it.
 fn date_time(s: &str) -> bool {
-    let re = regex::Regex::new(
-        r"^\d{4}-\d{2}-\d{2}[Tt ]\d{2}:\d{2}:\d{2}(\.\d+)?([Zz]|[+-]\d{2}:\d{2})$",
-    )
-    .expect("regex");
-    re.is_match(s)
+    compiled(r"^\d{4}-\d{2}-\d{2}[Tt ]\d{2}:\d{2}:\d{2}(\.\d+)?([Zz]|[+-]\d{2}:\d{2})$").is_match(s)
 }
 
 /// A kube client over the fake API server that records every request (method, path, query)
@@ -923,4 +1410,71 @@ pub fn kube_settings() -> layergate_operator::output::Settings {
         key_max_staleness_seconds: layergate_operator::output::DEFAULT_MAX_STALENESS_SECONDS,
         limits: Default::default(),
     }
+}
+
+/// Waits (at most 10 s) until `c`'s caches hold every VectorStore, Index, ApiKey and Secret
+/// of `namespace` at the version the API server holds (listed through `c`'s client).
+pub async fn settle(c: &layergate_operator::cluster::Cluster, namespace: &str) {
+    use k8s_openapi::api::core::v1::Secret;
+    use layergate_operator::crd::{ApiKey, Index, VectorStore};
+    async fn versions<K>(
+        client: &Client,
+        ns: &str,
+    ) -> Option<std::collections::BTreeMap<String, String>>
+    where
+        K: kube::Resource<Scope = k8s_openapi::NamespaceResourceScope, DynamicType = ()>
+            + Clone
+            + serde::de::DeserializeOwned
+            + std::fmt::Debug,
+    {
+        let list = kube::Api::<K>::namespaced(client.clone(), ns)
+            .list(&Default::default())
+            .await
+            .ok()?;
+        Some(
+            list.items
+                .iter()
+                .map(|o| {
+                    (
+                        o.meta().name.clone().unwrap_or_default(),
+                        o.meta().resource_version.clone().unwrap_or_default(),
+                    )
+                })
+                .collect(),
+        )
+    }
+    let caches = c.caches();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while std::time::Instant::now() < deadline {
+        let want = [
+            (
+                "VectorStore",
+                versions::<VectorStore>(&c.client, namespace).await,
+            ),
+            ("Index", versions::<Index>(&c.client, namespace).await),
+            ("ApiKey", versions::<ApiKey>(&c.client, namespace).await),
+            ("Secret", versions::<Secret>(&c.client, namespace).await),
+        ];
+        // An API server that does not answer lists: nothing to wait for.
+        if want.iter().any(|(_, v)| v.is_none()) {
+            return;
+        }
+        let have = caches.versions();
+        if caches.is_synced() && want.iter().all(|(k, v)| have.get(k) == v.as_ref()) {
+            return;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+}
+
+/// This process's resident set, in bytes (Linux; 0 elsewhere).
+pub fn resident_bytes() -> usize {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("VmRSS:"))
+                .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<usize>().ok())
+        })
+        .map_or(0, |kb| kb * 1024)
 }
