@@ -213,6 +213,57 @@ pub struct Change {
     pub remove: Vec<String>,
 }
 
+impl Change {
+    /// What turns the key set `old` into `new` (each with unique `keyId`s, as a pass's
+    /// usable keys are). Two passes list their keys in the same order, so the lists are
+    /// walked side by side, comparing neighbours: a key added or removed shifts the walk by
+    /// one; anything else (a reordering) is matched by `keyId` for the rest of the lists.
+    pub fn between(old: &[ApiKeyConfig], new: &[ApiKeyConfig]) -> Change {
+        let mut change = Change::default();
+        let (mut i, mut j) = (0, 0);
+        while i < old.len() && j < new.len() {
+            let (o, n) = (&old[i], &new[j]);
+            if o.key_id == n.key_id {
+                if o != n {
+                    change.upsert.push(n.clone());
+                }
+                i += 1;
+                j += 1;
+            } else if old.get(i + 1).is_some_and(|o| o.key_id == n.key_id) {
+                change.remove.push(o.key_id.clone());
+                i += 1;
+            } else if new.get(j + 1).is_some_and(|n| n.key_id == o.key_id) {
+                change.upsert.push(n.clone());
+                j += 1;
+            } else {
+                break;
+            }
+        }
+        let rest: std::collections::HashMap<&str, &ApiKeyConfig> = old[i..]
+            .iter()
+            .map(|k| (k.key_id.as_str(), k))
+            .collect();
+        let mut seen = std::collections::HashSet::new();
+        for n in &new[j..] {
+            seen.insert(n.key_id.as_str());
+            if rest.get(n.key_id.as_str()) != Some(&n) {
+                change.upsert.push(n.clone());
+            }
+        }
+        change.remove.extend(
+            old[i..]
+                .iter()
+                .filter(|o| !seen.contains(o.key_id.as_str()))
+                .map(|o| o.key_id.clone()),
+        );
+        // A key the walk took for removed that turns up further on (a reordering) stays.
+        let upserted: std::collections::HashSet<&str> =
+            change.upsert.iter().map(|k| k.key_id.as_str()).collect();
+        change.remove.retain(|id| !upserted.contains(id.as_str()));
+        change
+    }
+}
+
 /// The key set of one revision.
 ///
 /// A table is a shared base map plus a small overlay of the changes since it, so the next
@@ -779,6 +830,45 @@ mod tests {
             let fresh = KeyService::default();
             fresh.publish(&model.values().cloned().collect::<Vec<_>>());
             assert_eq!(ks.table().answer(None), fresh.table().answer(None));
+        }
+    }
+
+    #[test]
+    fn the_change_between_two_key_lists_turns_one_into_the_other() {
+        let mut rng = Rng(42);
+        for round in 0..300 {
+            let n = 1 + rng.below(40);
+            let old: Vec<ApiKeyConfig> = (0..n).map(|i| key(i, 0)).collect();
+            let mut new = old.clone();
+            for _ in 0..rng.below(4) {
+                match rng.below(5) {
+                    0 if !new.is_empty() => {
+                        new.remove(rng.below(new.len() as u64) as usize);
+                    }
+                    1 => {
+                        let at = rng.below(new.len() as u64 + 1) as usize;
+                        new.insert(at, key(100 + rng.below(20), 0));
+                    }
+                    2 if !new.is_empty() => {
+                        let at = rng.below(new.len() as u64) as usize;
+                        new[at] = key(at as u64, 1 + rng.below(3));
+                    }
+                    3 if new.len() > 1 => {
+                        let (a, b) = (
+                            rng.below(new.len() as u64) as usize,
+                            rng.below(new.len() as u64) as usize,
+                        );
+                        new.swap(a, b);
+                    }
+                    _ => new.reverse(),
+                }
+            }
+            let mut ids = BTreeSet::new();
+            new.retain(|k| ids.insert(k.key_id.clone()));
+            let ks = KeyService::default();
+            ks.publish(&old);
+            let revision = ks.apply(Change::between(&old, &new));
+            assert_eq!(revision, from_scratch(&new), "round {round}: {old:?} → {new:?}");
         }
     }
 
