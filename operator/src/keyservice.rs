@@ -239,10 +239,8 @@ impl Change {
                 break;
             }
         }
-        let rest: std::collections::HashMap<&str, &ApiKeyConfig> = old[i..]
-            .iter()
-            .map(|k| (k.key_id.as_str(), k))
-            .collect();
+        let rest: std::collections::HashMap<&str, &ApiKeyConfig> =
+            old[i..].iter().map(|k| (k.key_id.as_str(), k)).collect();
         let mut seen = std::collections::HashSet::new();
         for n in &new[j..] {
             seen.insert(n.key_id.as_str());
@@ -727,8 +725,7 @@ mod tests {
     /// A gateway's view: applies what `answer(since)` says, as the filter does.
     fn sync(view: &mut Model<String, ApiKeyConfig>, at: &mut Option<String>, table: &Table) {
         let body = table.answer(at.as_deref());
-        let r: SyncResponse =
-            serde_json::from_slice(&body).unwrap_or_else(|e| unreachable!("{e}"));
+        let r: SyncResponse = serde_json::from_slice(&body).unwrap_or_else(|e| unreachable!("{e}"));
         if r.snapshot {
             view.clear();
         }
@@ -748,8 +745,7 @@ mod tests {
     }
 
     #[test]
-    fn random_changes_name_the_revision_a_from_scratch_table_names_and_deltas_reach_the_same_set(
-    ) {
+    fn random_changes_name_the_revision_a_from_scratch_table_names_and_deltas_reach_the_same_set() {
         for seed in [1u64, 7, 2026] {
             let mut rng = Rng(seed);
             let ks = KeyService::default();
@@ -868,7 +864,11 @@ mod tests {
             let ks = KeyService::default();
             ks.publish(&old);
             let revision = ks.apply(Change::between(&old, &new));
-            assert_eq!(revision, from_scratch(&new), "round {round}: {old:?} → {new:?}");
+            assert_eq!(
+                revision,
+                from_scratch(&new),
+                "round {round}: {old:?} → {new:?}"
+            );
         }
     }
 

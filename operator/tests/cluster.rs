@@ -2520,6 +2520,11 @@ async fn a_kube_pass_at_scale_stays_under_a_second_per_100000_keys() {
         change.read_time,
         own(change_took, &change),
     );
+    println!("steady pass, own work by step: {:?}", steady.steps);
+    println!(
+        "pass after one revocation, own work by step: {:?}",
+        change.steps
+    );
     // Timing is asserted in release builds only (`make bench`); a debug build on a shared
     // machine varies by more than the budget.
     if cfg!(debug_assertions) {
