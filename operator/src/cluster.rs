@@ -104,6 +104,14 @@ impl<T, E: Into<anyhow::Error>> AtStep<T> for Result<T, E> {
     }
 }
 
+/// The time since `*since`, which moves to now.
+fn lap(since: &mut Instant) -> Duration {
+    let now = Instant::now();
+    let took = now - *since;
+    *since = now;
+    took
+}
+
 /// What one pass wrote.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
 pub struct Writes {
@@ -124,6 +132,9 @@ pub struct Writes {
     /// watch-fed caches (and waiting for their first sync); the rest of the pass is the
     /// operator's own work (validation, rendering, status comparison) and its writes.
     pub read_time: Duration,
+    /// The operator's own work, step by step (name, time), in the order done: where a pass's
+    /// time goes beside its reads.
+    pub steps: Vec<(&'static str, Duration)>,
 }
 
 /// One watched namespace in a cluster.
@@ -856,8 +867,12 @@ impl Cluster {
         let _serial = self.pass_lock.lock().await;
         let started = Instant::now();
         match self.pass_inner().await {
-            Ok((pass, writes)) => {
+            Ok((pass, mut writes)) => {
+                let mut step = Instant::now();
                 self.state.finish(Ok(pass), started).at(Step::Read)?;
+                writes
+                    .steps
+                    .push(("serve the keys, keep the pass", lap(&mut step)));
                 Ok(writes)
             }
             Err(e) => {
@@ -877,6 +892,7 @@ impl Cluster {
         let mut objects = self.read().await.at(Step::Read)?;
         writes.read_time = reading.elapsed();
         if leader {
+            let minting = Instant::now();
             let mut failed = BTreeMap::new();
             writes.minted = self
                 .mint_missing(&objects, &mut failed)
@@ -889,16 +905,25 @@ impl Cluster {
                 writes.read_time += reading.elapsed();
             }
             objects.secret_errors.extend(failed);
+            writes
+                .steps
+                .push(("mint, adopt token Secrets", minting.elapsed()));
         }
+        let mut step = Instant::now();
         let gateway = self.gateway_credential().await.at(Step::Read)?;
+        writes
+            .steps
+            .push(("read the gateway credential", lap(&mut step)));
         let previous = self.state.last();
         let (pass, rendering) = self
             .render(
                 objects,
                 previous.as_deref().map(|p| &p.validation),
                 &gateway,
+                &mut writes.steps,
             )
             .at(Step::Render)?;
+        let mut step = Instant::now();
         if leader {
             match (&self.target, &rendering.output) {
                 (Target::Istio(s), Output::Istio { resources, .. }) => {
@@ -919,11 +944,13 @@ impl Cluster {
                         .at(Step::Render);
                 }
             }
+            writes.steps.push(("publish the rendering", lap(&mut step)));
             let (s, e) = self
                 .write_statuses(&pass, &self.state.probes())
                 .await
                 .at(Step::Status)?;
             (writes.statuses, writes.events) = (s, e);
+            writes.steps.push(("statuses", lap(&mut step)));
         }
         Ok((pass, writes))
     }
@@ -1008,17 +1035,22 @@ impl Cluster {
         objects: Objects,
         previous: Option<&Validation>,
         gateway: &str,
+        steps: &mut Vec<(&'static str, Duration)>,
     ) -> Result<(Pass, Rendering)> {
+        let mut step = Instant::now();
         let mut validation = validate::validate_in(
             &objects,
             &self.namespace,
             now(),
             &self.settings.allow_endpoints,
         );
+        steps.push(("validate", lap(&mut step)));
         if let Some(prev) = previous {
             validate::keep_last_valid(&mut validation, prev);
         }
+        steps.push(("keep last valid forms", lap(&mut step)));
         let rendering = render::render(&validation, &self.settings, &self.target, Some(gateway))?;
+        steps.push(("render", lap(&mut step)));
         let keys = render::usable_keys(&validation);
         // The Istio target's credentials are variables; the control API resolves them as the
         // proxy's environment does.
@@ -1027,6 +1059,7 @@ impl Cluster {
             Target::Istio(_) => istio::credentials(&validation, gateway),
         };
         let policy = Arc::new(crate::source::api_policy(&rendering.config, &keys, &env)?);
+        steps.push(("usable keys, the control API's policy", lap(&mut step)));
         let pass = Pass {
             objects,
             namespace: self.namespace.clone(),

@@ -215,6 +215,9 @@ pub struct State {
     pub api_errors: AtomicU64,
     /// The key service, fed by every successful pass.
     pub keys: KeyService,
+    /// The revision the last pass's keys were served at: while the key service is still
+    /// there, the next pass hands over only what changed since that pass.
+    served: Mutex<Option<String>>,
     /// When the controller loop last turned (kube mode; `None`: no loop to watch).
     heartbeat: Mutex<Option<Instant>>,
 }
@@ -261,17 +264,26 @@ impl State {
         let result = pass(last.as_ref().map(|p| &p.validation));
         self.count(result.as_ref().map(|_| ()), started);
         let pass = result?;
-        self.serve_keys(&pass);
+        self.serve_keys(&pass, last.as_deref());
         *last = Some(Arc::new(pass));
         Ok(())
     }
 
-    /// Hands a pass's keys (and gateway credential) to the key service.
-    fn serve_keys(&self, pass: &Pass) {
+    /// Hands a pass's keys (and gateway credential) to the key service: what changed since
+    /// `previous` (the pass whose keys the key service serves now, when it does), else the
+    /// whole set.
+    fn serve_keys(&self, pass: &Pass, previous: Option<&Pass>) {
         if let Some(g) = &pass.gateway {
             self.keys.set_credential(g.clone());
         }
-        self.keys.publish(&pass.keys);
+        let mut served = lock(&self.served);
+        let revision = match previous {
+            Some(p) if served.as_deref() == Some(self.keys.table().revision.as_str()) => self
+                .keys
+                .apply(keyservice::Change::between(&p.keys, &pass.keys)),
+            _ => self.keys.publish(&pass.keys),
+        };
+        *served = Some(revision);
     }
 
     /// Keeps a pass made elsewhere (kube mode serializes its own passes) and counts it; a
@@ -279,8 +291,9 @@ impl State {
     pub fn finish(&self, result: Result<Pass>, started: Instant) -> Result<()> {
         self.count(result.as_ref().map(|_| ()), started);
         let pass = result?;
-        self.serve_keys(&pass);
-        *lock(&self.last) = Some(Arc::new(pass));
+        let mut last = lock(&self.last);
+        self.serve_keys(&pass, last.as_deref());
+        *last = Some(Arc::new(pass));
         Ok(())
     }
 

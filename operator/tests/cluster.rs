@@ -2625,6 +2625,11 @@ async fn a_kube_pass_at_scale_stays_under_a_second_per_100000_keys() {
         steady.read_time,
         change.read_time,
     );
+    println!("steady pass, own work by step: {:?}", steady.steps);
+    println!(
+        "pass after one revocation, own work by step: {:?}",
+        change.steps
+    );
     // Timing is asserted in release builds only (`make bench`); a debug build on a shared
     // machine varies by more than the budget. The budget is the whole pass: reads come from
     // the caches, so nothing of it waits on the API server but the writes it makes.
