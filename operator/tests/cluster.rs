@@ -2346,7 +2346,6 @@ async fn a_500_from_the_control_api_has_no_internal_error_chain() {
 /// deleted key's labelled token) and granted `get` and `patch` that nothing used.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_role_grants_exactly_what_the_code_calls() {
-    use layergate_operator::controller;
     use layergate_operator::rbac::PERMISSIONS;
     let mut objects = support::demo_objects();
     // A token Secret left by a deleted key of the same name as a live one: replaced.
@@ -2370,30 +2369,7 @@ async fn the_role_grants_exactly_what_the_code_calls() {
         .strict()
         .await;
     let tap = support::Tap::new(&client);
-    let c = Arc::new(Cluster::new(
-        tap.client(NS),
-        NS,
-        support::kube_settings(),
-        DEFAULT_OUTPUT_SECRET,
-    ));
-    let lock = LeaseLock::new(
-        tap.client(NS),
-        NS,
-        layergate_operator::lease::DEFAULT_LEASE,
-        "a",
-        layergate_operator::lease::LEASE_DURATION,
-    );
-    let (stop, rx) = tokio::sync::oneshot::channel::<()>();
-    let run = c.clone();
-    let task =
-        tokio::spawn(
-            async move { controller::run(run, lock, async { rx.await.unwrap_or(()) }).await },
-        );
-    let started = std::time::Instant::now();
-    while !(c.is_leader() && c.state.last().is_some()) {
-        assert!(started.elapsed() < Duration::from_secs(10));
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    let (c, stop, task) = running(&tap).await;
     let addr = control_api(c.clone());
     let call = move |m: &'static str, p: &'static str, b: &'static str| {
         tokio::task::spawn_blocking(move || http_head(addr, m, p, b))
