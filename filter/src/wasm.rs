@@ -600,11 +600,15 @@ fn record(policy: Option<&Policy>, plan: Option<&Plan>, decision: &str) {
     });
 }
 
-/// A measurement build only (`LAYERGATE_STAGE_CUT=enter|read|decide|edits cargo build …`):
-/// request headers stop after that stage and continue, so `layergate-bench probes` can price
-/// each stage (README, "The wasm filter's stages"). Unset in every shipped build, where the
-/// checks below compile away.
+/// A measurement build only (feature `stage-cut` and `LAYERGATE_STAGE_CUT=enter|read|decide|edits`
+/// at build time): request headers stop after that stage and continue unchecked, so
+/// `layergate-bench probes` can price each stage (README, "The wasm filter's stages"). Such a
+/// build fails open, so it takes both the feature and the variable; in every other build this is
+/// `None` and the checks below compile away.
+#[cfg(feature = "stage-cut")]
 const CUT: Option<&str> = option_env!("LAYERGATE_STAGE_CUT");
+#[cfg(not(feature = "stage-cut"))]
+const CUT: Option<&str> = None;
 
 fn on_request_headers(ctx: u32, end_of_stream: bool) -> Action {
     if CUT == Some("enter") {
