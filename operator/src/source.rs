@@ -81,6 +81,56 @@ pub fn mint_missing(dir: &Path, objects: &Objects, namespace: &str) -> Result<us
     Ok(minted)
 }
 
+/// Directory mode's record, in the output directory, of when it first saw each token Secret
+/// that carries no start of its own (a hand-written token: no `minted-at` annotation, and an
+/// ApiKey without `creationTimestamp`), as `{"<namespace>/<secret>": unix seconds}`.
+pub const KEY_STARTS_FILE: &str = "key-starts.json";
+
+/// Gives every such token a start that stays put: the one recorded in [`KEY_STARTS_FILE`],
+/// else now (recorded). Without it a key's lifetime counted from each pass's "now" and it never
+/// expired. Entries of tokens no longer present are dropped. A record that cannot be read is
+/// an error (the pass fails and the last good configuration stays), never a fresh start.
+pub fn fill_key_starts(out: &Path, objects: &mut Objects, namespace: &str) -> Result<()> {
+    let file = out.join(KEY_STARTS_FILE);
+    let recorded: BTreeMap<String, i64> = match std::fs::read_to_string(&file) {
+        Ok(text) => serde_json::from_str(&text)
+            .with_context(|| format!("{} is not a JSON object of Unix seconds", file.display()))?,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => BTreeMap::new(),
+        Err(e) => return Err(e).with_context(|| format!("reading {}", file.display())),
+    };
+    let mut starts = BTreeMap::new();
+    for k in &objects.keys {
+        if k.metadata.creation_timestamp.is_some() {
+            continue;
+        }
+        let ns = k
+            .metadata
+            .namespace
+            .as_deref()
+            .unwrap_or(manifests::DEFAULT_NAMESPACE);
+        let secret = k.spec.token_secret_ref.as_ref().map_or_else(
+            || keys::secret_name(k.metadata.name.as_deref().unwrap_or_default()),
+            |r| r.name.clone(),
+        );
+        let id = (ns.to_owned(), secret);
+        if ns != namespace
+            || objects.minted_at.contains_key(&id)
+            || !objects.secrets.contains_key(&id)
+        {
+            continue;
+        }
+        let name = format!("{}/{}", id.0, id.1);
+        let at = recorded.get(&name).copied().unwrap_or_else(now);
+        objects.minted_at.insert(id, at);
+        starts.insert(name, at);
+    }
+    if starts != recorded {
+        std::fs::create_dir_all(out).with_context(|| format!("creating {}", out.display()))?;
+        write_private(&file, &serde_json::to_string(&starts)?)?;
+    }
+    Ok(())
+}
+
 /// What one successful pass produced.
 #[derive(Debug, Clone)]
 pub struct Pass {
@@ -131,6 +181,7 @@ pub fn reconcile(
     if mint_missing(dir, &objects, &namespace)? > 0 {
         objects = manifests::load_dir(dir)?;
     }
+    fill_key_starts(out, &mut objects, &namespace)?;
     // A manifest that cannot be read might be a Store or Index in mid-edit: rendering without
     // it could send its traffic elsewhere, so nothing is rendered until it reads again.
     if !objects.problems.is_empty() {

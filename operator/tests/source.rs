@@ -281,3 +281,32 @@ fn an_api_key_named_twice_is_left_out_not_a_frozen_rendering() {
         "{config}"
     );
 }
+
+/// A hand-written token (no `minted-at`) for an ApiKey without `creationTimestamp` counted its
+/// lifetime from each pass's "now", so it never expired. Directory mode now records when it
+/// first saw the token (`out/key-starts.json`) and counts from there, across restarts too.
+#[test]
+fn a_hand_written_token_expires_counted_from_when_it_was_first_seen() {
+    let (dir, out) = setup("starts");
+    std::fs::write(
+        dir.join("handmade.yaml"),
+        "apiVersion: hevlayer.com/v1alpha1\nkind: ApiKey\nmetadata: {name: handmade, namespace: layer}\nspec:\n  entitlements: {vectorstore.primary: {scopes: [read]}}\n  expiresAfter: 2s\n  tokenSecretRef: {name: handmade-token, key: token}\n---\napiVersion: v1\nkind: Secret\nmetadata: {name: handmade-token, namespace: layer, labels: {hevlayer.com/apikey-token: handmade}}\nstringData: {token: hvl_HandMadeToken0123456789abcdefABCDEF}\n",
+    )
+    .unwrap();
+    let phase = |v: &source::Pass| v.validation.phases["handmade"];
+    let first = source::reconcile(&dir, &out, &settings(), None).unwrap();
+    assert_eq!(phase(&first), layergate_operator::crd::ApiKeyPhase::Active);
+    let starts = std::fs::read_to_string(out.join(source::KEY_STARTS_FILE)).unwrap();
+    assert!(starts.contains("\"layer/handmade-token\""), "{starts}");
+    std::thread::sleep(std::time::Duration::from_millis(3_100));
+    // A later pass (and a restart: no previous pass) counts from the recorded start.
+    let later = source::reconcile(&dir, &out, &settings(), None).unwrap();
+    assert_eq!(phase(&later), layergate_operator::crd::ApiKeyPhase::Expired);
+    // A record that cannot be read fails the pass; it is never a fresh start.
+    std::fs::write(out.join(source::KEY_STARTS_FILE), "not json").unwrap();
+    let err = source::reconcile(&dir, &out, &settings(), None).unwrap_err();
+    assert!(
+        format!("{err:#}").contains(source::KEY_STARTS_FILE),
+        "{err:#}"
+    );
+}
