@@ -69,7 +69,8 @@ mod gvk {
 /// The fake API server with the three kinds and the demo objects; a test adds what it needs
 /// and gets its client from [`StrictBuild::strict`], which checks every write against the
 /// real API server's rules.
-fn builder() -> ClientBuilder {
+/// The fake's three kinds with their status subresources, and no objects yet.
+fn kinds() -> ClientBuilder {
     ClientBuilder::new()
         .with_resource::<VectorStore>()
         .with_resource::<Index>()
@@ -77,7 +78,10 @@ fn builder() -> ClientBuilder {
         .with_status_subresource::<gvk::VectorStore>()
         .with_status_subresource::<gvk::Index>()
         .with_status_subresource::<gvk::ApiKey>()
-        .with_runtime_objects(support::demo_objects())
+}
+
+fn builder() -> ClientBuilder {
+    kinds().with_runtime_objects(support::demo_objects())
 }
 
 fn leader(client: &Client) -> Cluster {
@@ -2226,16 +2230,7 @@ async fn secret_values_with_a_newline_or_not_utf8_are_conditions_not_silent_chan
         "metadata": {"name": "binary", "namespace": NS},
         "data": {"api-key": STANDARD.encode([0x74u8, 0x70, 0xff, 0xfe, 0x21])}}));
     objects.push(serde_json::to_value(store_json("third", false, "binary")).unwrap());
-    let client = ClientBuilder::new()
-        .with_resource::<VectorStore>()
-        .with_resource::<Index>()
-        .with_resource::<ApiKey>()
-        .with_status_subresource::<gvk::VectorStore>()
-        .with_status_subresource::<gvk::Index>()
-        .with_status_subresource::<gvk::ApiKey>()
-        .with_runtime_objects(objects)
-        .strict()
-        .await;
+    let client = kinds().with_runtime_objects(objects).strict().await;
     let c = leader(&client);
     pass(&c).await.unwrap();
     let status = |name: &'static str| {
@@ -2358,16 +2353,7 @@ async fn the_role_grants_exactly_what_the_code_calls() {
     objects.push(serde_json::to_value(store_json("broken", false, "missing")).unwrap());
     // A pre-provisioned token labelled for its key, deleted with it through the control API
     // before any pass adopts it.
-    let client = ClientBuilder::new()
-        .with_resource::<VectorStore>()
-        .with_resource::<Index>()
-        .with_resource::<ApiKey>()
-        .with_status_subresource::<gvk::VectorStore>()
-        .with_status_subresource::<gvk::Index>()
-        .with_status_subresource::<gvk::ApiKey>()
-        .with_runtime_objects(objects)
-        .strict()
-        .await;
+    let client = kinds().with_runtime_objects(objects).strict().await;
     let tap = support::Tap::new(&client);
     let (c, stop, task) = running(&tap).await;
     let addr = control_api(c.clone());
@@ -2482,16 +2468,7 @@ async fn a_kube_pass_at_scale_stays_under_a_second_per_100000_keys() {
             "spec": {"backend": {"storeRef": "primary", "namespace": format!("ix-{i}")}}
         }));
     }
-    let client = ClientBuilder::new()
-        .with_resource::<VectorStore>()
-        .with_resource::<Index>()
-        .with_resource::<ApiKey>()
-        .with_status_subresource::<gvk::VectorStore>()
-        .with_status_subresource::<gvk::Index>()
-        .with_status_subresource::<gvk::ApiKey>()
-        .with_runtime_objects(objects)
-        .strict()
-        .await;
+    let client = kinds().with_runtime_objects(objects).strict().await;
     let c = leader(&client);
     // The caches' first sync (paged lists of every kind), before any pass; its memory is
     // the growth of the process's resident set (an upper bound: it includes what the fake

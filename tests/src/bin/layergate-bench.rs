@@ -259,27 +259,21 @@ fn variants(
         "{} is missing: run `make bench`",
         noop_wasm.display()
     );
-    let probe = |calls: &str| {
+    // A wasm module in layergate's chain (wasm, buffer, router) with the given configuration.
+    let in_chain = |wasm: &Path, config: &str| {
         bootstrap(render::listener(&render::Listener {
             listen: any,
-            wasm_path: noop_wasm.to_string_lossy().into_owned(),
-            filter_config: Some(calls.to_owned()),
+            wasm_path: wasm.to_string_lossy().into_owned(),
+            filter_config: Some(config.to_owned()),
             vm_env: Vec::new(),
             buffer_limit_bytes: render::DEFAULT_BUFFER_LIMIT_BYTES,
         }))
     };
+    let probe = |calls: &str| in_chain(&noop_wasm, calls);
     // The SDK-free probe (`tests/probe-filter`) in the same chain: the price of each part of
     // layergate's per-request work, against the same module doing nothing.
     let probe_wasm = layergate_tests::paths::probe_wasm_path()?;
-    let sdk_free = |steps: &str| {
-        bootstrap(render::listener(&render::Listener {
-            listen: any,
-            wasm_path: probe_wasm.to_string_lossy().into_owned(),
-            filter_config: Some(steps.to_owned()),
-            vm_env: Vec::new(),
-            buffer_limit_bytes: render::DEFAULT_BUFFER_LIMIT_BYTES,
-        }))
-    };
+    let sdk_free = |steps: &str| in_chain(&probe_wasm, steps);
     let lua = json!({"name": "envoy.filters.http.lua", "typed_config": {
         "@type": "type.googleapis.com/envoy.extensions.filters.http.lua.v3.Lua",
         "default_source_code": {"inline_string": LUA_KEY_CHECK}}});
