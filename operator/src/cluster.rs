@@ -25,7 +25,7 @@
 //! the API server's answers, so the next pass sees its own writes.
 
 use crate::conditions::{reason, READY};
-use crate::crd::{ApiKey, Conditioned};
+use crate::crd::{ApiKey, ApiKeyPhase, Conditioned};
 use crate::informer::{Cached, Caches};
 use crate::istio;
 use crate::keys;
@@ -36,7 +36,7 @@ use crate::probe::{self, ProbeResult};
 use crate::render::{self, Output, Rendering, Target};
 use crate::source::{Pass, Source, State};
 use crate::status;
-use crate::validate::{self, Validation};
+use crate::validate::{self, Earlier};
 use anyhow::{Context, Result};
 use k8s_openapi::api::core::v1::{Event, EventSource, ObjectReference, Secret};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, ObjectMeta, OwnerReference, Time};
@@ -215,6 +215,21 @@ fn needs_attention(c: &Condition) -> bool {
         && ![reason::NOT_MINTED, reason::REVOKED, reason::EXPIRED].contains(&c.reason.as_str())
 }
 
+/// By ApiKey of `objects`: true when the last pass, a leader's, found it active with its
+/// status as written, and neither the key nor its token Secret changed since — there is
+/// nothing to mint or adopt for it.
+fn with_token(objects: &Objects, earlier: Option<&Earlier<'_>>) -> Vec<bool> {
+    let Some(e) = earlier else {
+        return vec![false; objects.keys.len()];
+    };
+    objects
+        .keys
+        .iter()
+        .enumerate()
+        .map(|(o, k)| e.settled(o, k) == Some(ApiKeyPhase::Active))
+        .collect()
+}
+
 impl Cluster {
     /// A cluster source for one namespace; call from inside the runtime the client uses.
     pub fn new(
@@ -337,9 +352,13 @@ impl Cluster {
         Ok(objects)
     }
 
-    /// Puts the referenced Secrets, as the cache holds them, into `objects`.
+    /// Puts the referenced Secrets, as the cache holds them, into `objects`. Their data is
+    /// shared with the cache, not copied; the maps are built from name-ordered lists (the
+    /// referenced set is ordered), which a BTreeMap takes in bulk.
     fn read_secrets(&self, caches: &Caches, objects: &mut Objects) {
         let referenced = referenced_secrets(objects);
+        let (mut secrets, mut marks, mut minted) = (Vec::new(), Vec::new(), Vec::new());
+        let mut errors = Vec::new();
         caches.secrets.each_of(&referenced, |name, c| {
             // An empty name is the referring object's condition (validation).
             if name.is_empty() {
@@ -349,18 +368,22 @@ impl Cluster {
             // Values are text exactly as stored: bytes that are not UTF-8 make the Secret its
             // referrers' condition (as a directory-mode document), never a lossy decode.
             if let Some(k) = &c.not_text {
-                objects.secret_errors.insert(
+                errors.push((
                     id,
                     format!("data.{k} is not UTF-8 text; a credential or token is text"),
-                );
+                ));
                 return;
             }
             if let Some(t) = c.minted_at {
-                objects.minted_at.insert(id.clone(), t);
+                minted.push((id.clone(), t));
             }
-            objects.secret_marks.insert(id.clone(), c.marks.clone());
-            objects.secrets.insert(id, c.data.clone());
+            marks.push((id.clone(), c.marks.clone()));
+            secrets.push((id, Arc::clone(&c.data)));
         });
+        objects.secret_errors.extend(errors);
+        objects.minted_at = minted.into_iter().collect();
+        objects.secret_marks = marks.into_iter().collect();
+        objects.secrets = secrets.into_iter().collect();
     }
 
     /// Mints a token for every ApiKey without one (not revoked, no pre-provisioned Secret,
@@ -370,11 +393,15 @@ impl Cluster {
     pub async fn mint_missing(
         &self,
         objects: &Objects,
+        with_token: &[bool],
         failed: &mut BTreeMap<(String, String), String>,
     ) -> Result<usize> {
         let secrets = self.api::<Secret>();
         let mut minted = 0;
-        for k in &objects.keys {
+        for (o, k) in objects.keys.iter().enumerate() {
+            if with_token.get(o) == Some(&true) {
+                continue;
+            }
             let name = k.name_any();
             let secret = keys::secret_name(&name);
             let id = (self.namespace.clone(), secret.clone());
@@ -454,9 +481,16 @@ impl Cluster {
     /// owned by that ApiKey, so that deleting the key — with kubectl as through the API —
     /// deletes its token too, and a new key of the same name never finds the old token.
     /// Returns how many Secrets it adopted.
-    pub async fn adopt_token_secrets(&self, objects: &Objects) -> Result<usize> {
+    pub async fn adopt_token_secrets(
+        &self,
+        objects: &Objects,
+        with_token: &[bool],
+    ) -> Result<usize> {
         let mut adopted = 0;
-        for k in &objects.keys {
+        for (o, k) in objects.keys.iter().enumerate() {
+            if with_token.get(o) == Some(&true) {
+                continue;
+            }
             let name = k.name_any();
             let source = validate::token_source(k);
             let unowned_and_ours = objects
@@ -700,7 +734,15 @@ impl Cluster {
         Ok(true)
     }
 
-    async fn apply_status<K, S>(&self, obj: &K, new: &S, old: Option<&S>) -> Result<bool>
+    /// Writes `new` as `obj`'s status unless `old` is it already: `None` when nothing was
+    /// written, else what the cache holds after the write (`Some(None)` when the watch saw
+    /// the object deleted meanwhile).
+    async fn apply_status<K, S>(
+        &self,
+        obj: &K,
+        new: &S,
+        old: Option<&S>,
+    ) -> Result<Option<Option<Arc<K::Kept>>>>
     where
         K: Resource<Scope = k8s_openapi::NamespaceResourceScope, DynamicType = ()>
             + Cached
@@ -710,7 +752,7 @@ impl Cluster {
         S: Serialize + PartialEq,
     {
         if old == Some(new) {
-            return Ok(false);
+            return Ok(None);
         }
         let patch = serde_json::json!({
             "apiVersion": K::api_version(&()),
@@ -729,58 +771,83 @@ impl Cluster {
             .await
             .with_context(|| format!("writing the status of {} {name}", K::kind(&())))?;
         // The next pass compares with this status, not the one before it.
-        self.caches().merge(written);
+        let cached = self.caches().merge(written);
         self.state.status_writes.fetch_add(1, Ordering::Relaxed);
-        Ok(true)
+        Ok(Some(cached))
     }
 
     /// Writes every status that changed; records an Event when an object's `Ready` turns to a
-    /// reason the user must fix. Returns (statuses written, events recorded). One object's
+    /// reason the user must fix. Returns (statuses written, events recorded, the pass's
+    /// `settled`). An ApiKey that is unchanged since the last pass, whose verdict was taken
+    /// over and whose status that pass found as written, is not looked at. One object's
     /// refused write (an admission policy, a conflict) does not stop the others'; the first
     /// error is returned after all were tried, so the step is retried.
     pub async fn write_statuses(
         &self,
         pass: &Pass,
+        earlier: Option<&Earlier<'_>>,
         probes: &BTreeMap<String, ProbeResult>,
-    ) -> Result<(usize, usize)> {
+    ) -> Result<(usize, usize, Vec<Option<Arc<ApiKey>>>)> {
         let at = now();
         let (mut written, mut events) = (0, 0);
         let mut first_error: Option<anyhow::Error> = None;
-        let mut tally = |r: Result<(usize, usize)>| match r {
-            Ok((w, e)) => {
+        // Counts a write; what the cache holds after it, if it was made.
+        let mut tally = |r: Result<(usize, usize, _)>| match r {
+            Ok((w, e, cached)) => {
                 written += w;
                 events += e;
+                cached
             }
             Err(e) => {
                 first_error.get_or_insert(e);
+                None
             }
         };
         for o in &pass.objects.stores {
             let new = status::store(pass, probes.get(&o.name_any()), o, at);
-            tally(self.status_and_event(o, &new, o.status.as_ref()).await);
+            let r = self.status_and_event(&**o, &new, o.status.as_ref()).await;
+            tally(r.map(|(w, e, _)| (w, e, None)));
         }
         for o in &pass.objects.indexes {
             let new = status::index(pass, o);
-            tally(self.status_and_event(o, &new, o.status.as_ref()).await);
+            let r = self.status_and_event(&**o, &new, o.status.as_ref()).await;
+            tally(r.map(|(w, e, _)| (w, e, None)));
         }
         let lookup = status::KeyLookup::of(pass);
-        for o in &pass.objects.keys {
+        let mut settled = vec![None; pass.objects.keys.len()];
+        // Verdicts are by key of the namespace (every cached key is).
+        let mut verdict = 0;
+        for (i, o) in pass.objects.keys.iter().enumerate() {
+            if !validate::in_namespace(&o.metadata, &self.namespace) {
+                continue;
+            }
+            let taken_over = pass.validation.taken_over.get(verdict) == Some(&true);
+            verdict += 1;
+            if taken_over && earlier.is_some_and(|e| e.settled(i, o).is_some()) {
+                settled[i] = Some(Arc::clone(o));
+                continue;
+            }
             let new = status::key_in(&lookup, pass, o, at);
-            tally(self.status_and_event(o, &new, o.status.as_ref()).await);
+            settled[i] = if o.status.as_ref() == Some(&new) {
+                Some(Arc::clone(o))
+            } else {
+                tally(self.status_and_event(&**o, &new, o.status.as_ref()).await)
+            };
         }
         match first_error {
             Some(e) => Err(e),
-            None => Ok((written, events)),
+            None => Ok((written, events, settled)),
         }
     }
 
-    /// One object's status (when changed) and its Event (when new): (written, recorded).
+    /// One object's status (when changed) and its Event (when new): (written, recorded, the
+    /// object whose status is now `new`: what the cache holds after a write).
     async fn status_and_event<K, S>(
         &self,
         obj: &K,
         new: &S,
         old: Option<&S>,
-    ) -> Result<(usize, usize)>
+    ) -> Result<(usize, usize, Option<Arc<K::Kept>>)>
     where
         K: Resource<Scope = k8s_openapi::NamespaceResourceScope, DynamicType = ()>
             + Clone
@@ -789,13 +856,13 @@ impl Cluster {
         S: Serialize + PartialEq + Conditioned,
         K: Cached,
     {
-        if !self.apply_status(obj, new, old).await? {
-            return Ok((0, 0));
-        }
+        let Some(cached) = self.apply_status(obj, new, old).await? else {
+            return Ok((0, 0, None));
+        };
         let events = self
             .event_if_new(obj, new.conditions(), old.map(Conditioned::conditions))
             .await?;
-        Ok((1, events))
+        Ok((1, events, cached))
     }
 
     /// Records a Warning Event for a `Ready` condition that needs attention and is new (a
@@ -888,17 +955,28 @@ impl Cluster {
     async fn pass_inner(&self) -> Result<(Pass, Writes), StepError> {
         let leader = self.is_leader();
         let mut writes = Writes::default();
+        // The last good pass: what did not change since is taken over from it, not judged
+        // again (validate::Earlier).
+        let previous = self.state.last();
+        let earlier = |objects: &Objects| {
+            previous.as_deref().map(|p| {
+                Earlier::new(objects, &p.objects, &p.validation, &p.settled, &self.namespace)
+            })
+        };
         let reading = Instant::now();
         let mut objects = self.read().await.at(Step::Read)?;
         writes.read_time = reading.elapsed();
         if leader {
             let minting = Instant::now();
             let mut failed = BTreeMap::new();
+            let done = with_token(&objects, earlier(&objects).as_ref());
             writes.minted = self
-                .mint_missing(&objects, &mut failed)
+                .mint_missing(&objects, &done, &mut failed)
                 .await
                 .at(Step::Mint)?;
-            self.adopt_token_secrets(&objects).await.at(Step::Mint)?;
+            self.adopt_token_secrets(&objects, &done)
+                .await
+                .at(Step::Mint)?;
             if writes.minted > 0 {
                 let reading = Instant::now();
                 objects = self.read().await.at(Step::Read)?;
@@ -914,11 +992,13 @@ impl Cluster {
         writes
             .steps
             .push(("read the gateway credential", lap(&mut step)));
-        let previous = self.state.last();
-        let (pass, rendering) = self
+        let since = earlier(&objects);
+        writes.steps.push(("what changed since the last pass", lap(&mut step)));
+        let (mut pass, rendering) = self
             .render(
                 objects,
-                previous.as_deref().map(|p| &p.validation),
+                previous.as_deref(),
+                since.as_ref(),
                 &gateway,
                 &mut writes.steps,
             )
@@ -945,13 +1025,14 @@ impl Cluster {
                 }
             }
             writes.steps.push(("publish the rendering", lap(&mut step)));
-            let (s, e) = self
-                .write_statuses(&pass, &self.state.probes())
+            let (s, e, settled) = self
+                .write_statuses(&pass, since.as_ref(), &self.state.probes())
                 .await
                 .at(Step::Status)?;
-            (writes.statuses, writes.events) = (s, e);
+            (writes.statuses, writes.events, pass.settled) = (s, e, settled);
             writes.steps.push(("statuses", lap(&mut step)));
         }
+        drop(since);
         Ok((pass, writes))
     }
 
@@ -1030,23 +1111,27 @@ impl Cluster {
         }
     }
 
+    /// Validates `objects` (taking over from `earlier` what did not change), keeps last valid
+    /// forms and renders.
     fn render(
         &self,
         objects: Objects,
-        previous: Option<&Validation>,
+        last_pass: Option<&Pass>,
+        earlier: Option<&Earlier<'_>>,
         gateway: &str,
         steps: &mut Vec<(&'static str, Duration)>,
     ) -> Result<(Pass, Rendering)> {
         let mut step = Instant::now();
-        let mut validation = validate::validate_in(
+        let mut validation = validate::validate_since(
             &objects,
             &self.namespace,
             now(),
             &self.settings.allow_endpoints,
+            earlier,
         );
         steps.push(("validate", lap(&mut step)));
-        if let Some(prev) = previous {
-            validate::keep_last_valid(&mut validation, prev);
+        if let Some(prev) = last_pass {
+            validate::keep_last_valid(&mut validation, &prev.validation);
         }
         steps.push(("keep last valid forms", lap(&mut step)));
         let rendering = render::render(&validation, &self.settings, &self.target, Some(gateway))?;
@@ -1058,7 +1143,14 @@ impl Cluster {
             Target::Envoy => BTreeMap::new(),
             Target::Istio(_) => istio::credentials(&validation, gateway),
         };
-        let policy = Arc::new(crate::source::api_policy(&rendering.config, &keys, &env)?);
+        // The last pass's table, when its rendering had no inline keys either.
+        let last = last_pass.filter(|p| p.config.api_keys.is_empty());
+        let policy = Arc::new(crate::source::api_policy(
+            &rendering.config,
+            &keys,
+            &env,
+            last.map(|p| (&*p.policy, p.keys.as_slice())),
+        )?);
         steps.push(("usable keys, the control API's policy", lap(&mut step)));
         let pass = Pass {
             objects,
@@ -1068,6 +1160,7 @@ impl Cluster {
             policy,
             keys,
             gateway: Some(keyservice::GatewayCredential::of(gateway)),
+            settled: Vec::new(),
         };
         Ok((pass, rendering))
     }
@@ -1153,7 +1246,9 @@ impl Source for Cluster {
             });
             let secrets = self.api::<Secret>();
             match secrets.create(&PostParams::default(), &s).await {
-                Ok(made) => self.caches().merge(made),
+                Ok(made) => {
+                    self.caches().merge(made);
+                }
                 // A Secret of that name left by a deleted key (not yet collected): never adopt
                 // it — replace it, so the new key has the new token only.
                 Err(kube::Error::Api(e)) if e.is_already_exists() => {
@@ -1200,7 +1295,7 @@ impl Source for Cluster {
             .keys
             .iter()
             .find(|k| k.metadata.name.as_deref() == Some(name))
-            .map(validate::token_source)
+            .map(|k| validate::token_source(k))
             .filter(|s| {
                 pass.objects
                     .secret_marks

@@ -50,8 +50,8 @@ pub enum Trigger {
 /// What a pass needs of a Secret, and the `resourceVersion` it was read at.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct CachedSecret {
-    /// Values that are UTF-8 text, by key.
-    pub data: BTreeMap<String, String>,
+    /// Values that are UTF-8 text, by key (shared with the passes that read them).
+    pub data: Arc<BTreeMap<String, String>>,
     /// The minted-at annotation, in Unix seconds.
     pub minted_at: Option<i64>,
     /// What may make it an ApiKey's token.
@@ -84,7 +84,7 @@ impl CachedSecret {
             .map(|t| t.as_second());
         CachedSecret {
             marks: SecretMarks::of(&secret.metadata),
-            data,
+            data: Arc::new(data),
             minted_at,
             not_text,
         }
@@ -145,7 +145,9 @@ impl Cached for Secret {
 struct Entry<T> {
     uid: String,
     version: String,
-    value: T,
+    /// Shared with the passes that read it: a pass takes objects without copying them, and
+    /// an object that did not change is the same allocation in two passes.
+    value: Arc<T>,
 }
 
 /// One kind's objects by name, as the watch last told them.
@@ -188,8 +190,8 @@ impl<T: Clone> Cache<T> {
         self.state.write().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Every object, by name.
-    pub fn values(&self) -> Vec<T> {
+    /// Every object, by name (shared, not copied).
+    pub fn values(&self) -> Vec<Arc<T>> {
         self.read()
             .items
             .values()
@@ -198,7 +200,7 @@ impl<T: Clone> Cache<T> {
     }
 
     /// The object `name`.
-    pub fn get(&self, name: &str) -> Option<T> {
+    pub fn get(&self, name: &str) -> Option<Arc<T>> {
         self.read().items.get(name).map(|e| e.value.clone())
     }
 
@@ -206,7 +208,7 @@ impl<T: Clone> Cache<T> {
     pub fn each_of<'a>(
         &self,
         names: impl IntoIterator<Item = &'a String>,
-        mut f: impl FnMut(&str, &T),
+        mut f: impl FnMut(&str, &Arc<T>),
     ) {
         let s = self.read();
         for n in names {
@@ -245,10 +247,17 @@ impl<T: Clone> Cache<T> {
         let _ = rx.wait_for(|s| *s).await;
     }
 
-    /// The watch's object; returns the one it replaces.
-    fn apply(&self, name: String, uid: String, version: String, value: T) -> Option<T> {
-        self.write()
-            .items
+    /// The watch's object; returns the one it replaces. The version already cached (this
+    /// replica's own write, merged from the API server's answer, coming back through the
+    /// watch) is kept as it is: the same object, so passes see it unchanged.
+    fn apply(&self, name: String, uid: String, version: String, value: Arc<T>) -> Option<Arc<T>> {
+        let mut s = self.write();
+        if let Some(e) = s.items.get(&name) {
+            if e.uid == uid && e.version == version && !version.is_empty() {
+                return Some(Arc::clone(&e.value));
+            }
+        }
+        s.items
             .insert(
                 name,
                 Entry {
@@ -267,35 +276,46 @@ impl<T: Clone> Cache<T> {
         s.items.remove(name).is_some()
     }
 
-    /// A full list: replaces everything.
-    fn replace(&self, items: BTreeMap<String, Entry<T>>) {
+    /// A full list: replaces everything. An object listed at the version already cached
+    /// stays the same object, so passes see it unchanged.
+    fn replace(&self, mut items: BTreeMap<String, Entry<T>>) {
         let mut s = self.write();
+        for (name, e) in &mut items {
+            if let Some(old) = s.items.get(name) {
+                if old.uid == e.uid && old.version == e.version && !e.version.is_empty() {
+                    e.value = Arc::clone(&old.value);
+                }
+            }
+        }
         s.items = items;
         s.deleted.clear();
         drop(s);
         self.synced.send_replace(true);
     }
 
-    /// This replica's own write, as the API server answered it (read-your-writes). Skipped
-    /// when the watch already saw this object deleted or delivered a newer version.
-    pub fn merge(&self, name: &str, uid: &str, version: &str, value: T) {
+    /// This replica's own write, as the API server answered it (read-your-writes); returns
+    /// the object the cache holds for it now. Skipped when the watch already saw this object
+    /// deleted (None) or delivered this or a newer version (that one is returned).
+    pub fn merge(&self, name: &str, uid: &str, version: &str, value: T) -> Option<Arc<T>> {
         let mut s = self.write();
         if s.deleted.contains(uid) {
-            return;
+            return None;
         }
         if let Some(e) = s.items.get(name) {
             if e.uid == uid && !older(&e.version, version) {
-                return;
+                return Some(Arc::clone(&e.value));
             }
         }
+        let value = Arc::new(value);
         s.items.insert(
             name.to_owned(),
             Entry {
                 uid: uid.to_owned(),
                 version: version.to_owned(),
-                value,
+                value: Arc::clone(&value),
             },
         );
+        Some(value)
     }
 
     /// This replica deleted `name`: it leaves the cache now (and does not come back by a
@@ -387,16 +407,17 @@ impl Caches {
         tokio::time::timeout(bound, self.synced()).await.is_ok()
     }
 
-    /// Merges this replica's own write of `obj` (the API server's answer) into its cache.
-    pub fn merge<K: Cached>(&self, obj: K) {
+    /// Merges this replica's own write of `obj` (the API server's answer) into its cache;
+    /// returns what the cache holds for it now ([`Cache::merge`]).
+    pub fn merge<K: Cached>(&self, obj: K) -> Option<Arc<K::Kept>> {
         let (Some(name), Some(uid), Some(version)) = (
             obj.meta().name.clone(),
             obj.meta().uid.clone(),
             obj.meta().resource_version.clone(),
         ) else {
-            return;
+            return None;
         };
-        K::cache(self).merge(&name, &uid, &version, obj.keep());
+        K::cache(self).merge(&name, &uid, &version, obj.keep())
     }
 
     /// Name → resourceVersion of every cached object, by kind (health and tests: how far
@@ -506,7 +527,7 @@ fn entry_of<K: Cached>(o: K) -> Option<(String, Entry<K::Kept>)> {
         Entry {
             uid,
             version,
-            value: o.keep(),
+            value: Arc::new(o.keep()),
         },
     ))
 }

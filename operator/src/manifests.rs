@@ -6,20 +6,24 @@ use anyhow::{Context, Result};
 use base64::Engine as _;
 use serde::Deserialize;
 use std::collections::BTreeMap;
+use std::sync::Arc;
 use std::path::{Path, PathBuf};
 
-/// Secret data by (namespace, name) → key → value.
-pub type Secrets = BTreeMap<(String, String), BTreeMap<String, String>>;
+/// Secret data by (namespace, name) → key → value. Shared: a kube-mode pass takes each
+/// Secret's data from the watch-fed cache without copying it, and an unchanged Secret is the
+/// same allocation from one pass to the next ([`std::sync::Arc::ptr_eq`]).
+pub type Secrets = BTreeMap<(String, String), Arc<BTreeMap<String, String>>>;
 
 /// Everything read from a directory.
 #[derive(Debug, Default, Clone)]
 pub struct Objects {
-    /// VectorStores.
-    pub stores: Vec<VectorStore>,
+    /// VectorStores (shared with the kube-mode caches, as every object here: an object that
+    /// did not change between two passes is the same allocation in both).
+    pub stores: Vec<Arc<VectorStore>>,
     /// Indexes.
-    pub indexes: Vec<Index>,
+    pub indexes: Vec<Arc<Index>>,
     /// ApiKeys.
-    pub keys: Vec<ApiKey>,
+    pub keys: Vec<Arc<ApiKey>>,
     /// Secrets (decoded).
     pub secrets: Secrets,
     /// When minted tokens were minted (Unix seconds), by Secret (namespace, name).
@@ -251,19 +255,19 @@ impl Objects {
             ("hevlayer.com/v1alpha1", "VectorStore") => {
                 let mut o: VectorStore = serde_json::from_value(json).context("invalid VectorStore")?;
                 o.metadata = with_ns(o.metadata);
-                self.stores.push(o);
+                self.stores.push(Arc::new(o));
             }
             ("hevlayer.com/v1", "Index") => {
                 let mut o: Index = serde_json::from_value(json).context("invalid Index")?;
                 o.metadata = with_ns(o.metadata);
-                self.indexes.push(o);
+                self.indexes.push(Arc::new(o));
             }
             ("hevlayer.com/v1alpha1", "ApiKey") => {
                 let mut o: ApiKey = serde_json::from_value(json).context("invalid ApiKey")?;
                 o.metadata = with_ns(o.metadata);
                 let key = (o.metadata.namespace.clone().unwrap_or_default(), o.metadata.name.clone().unwrap_or_default());
                 self.key_files.insert(key, source.to_owned());
-                self.keys.push(o);
+                self.keys.push(Arc::new(o));
             }
             ("v1", "Secret") => {
                 let s: SecretDoc = serde_json::from_value(json).context("invalid Secret")?;
@@ -293,7 +297,7 @@ impl Objects {
                 if self.secret_files.insert(key.clone(), source.to_owned()).is_some() {
                     self.duplicate_secrets.insert(key.clone());
                 }
-                self.secrets.insert(key, data);
+                self.secrets.insert(key, Arc::new(data));
             }
             (group, _) if group.starts_with("hevlayer.com/") || kind.is_empty() => anyhow::bail!("unsupported object {api_version}/{kind} (expected hevlayer.com VectorStore, Index, ApiKey or v1 Secret)"),
             _ => {

@@ -14,6 +14,7 @@ use crate::validate::{self, Validation};
 use anyhow::{Context, Result};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
 use layergate_filter::config::{ApiKeyConfig, FilterConfig};
+use layergate_filter::keys::KeyTable;
 use layergate_filter::policy::Policy;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -150,22 +151,56 @@ pub struct Pass {
     pub keys: Vec<ApiKeyConfig>,
     /// The gateway credential the key service accepts (its digest), when it is rendered.
     pub gateway: Option<GatewayCredential>,
+    /// Kube mode, a leader's pass: by ApiKey in `objects.keys`, the object whose status is
+    /// as this pass wanted it — that very object when its status was found as written, the
+    /// API server's answer when this pass wrote it; `None` where it is not known (a refused
+    /// write). The next pass skips minting, adopting and the status of a key that is still
+    /// that object ([`crate::validate::Earlier`]). Empty when no statuses were compared (a
+    /// follower's pass, directory mode).
+    pub settled: Vec<Option<Arc<ApiKey>>>,
 }
 
 /// The policy the control API checks callers with: the rendered configuration with the usable
 /// minted keys inline, as the gateway sees them once synced, and credentials rendered as
 /// `{env: NAME}` (the Istio target) resolved from `env`, as the proxy's environment has them.
+///
+/// With `earlier` (the last pass's policy and usable keys), a rendering without inline keys
+/// takes the last pass's key table with the change between the two key sets applied (as a
+/// gateway applies a key-service delta): what changed is compiled, not every key. The table is
+/// built from scratch when the stores differ (keys' grants refer to stores by position).
 pub fn api_policy(
     config: &FilterConfig,
     keys: &[ApiKeyConfig],
     env: &BTreeMap<String, String>,
+    earlier: Option<(&Policy, &[ApiKeyConfig])>,
 ) -> Result<Policy> {
     let mut full = config.clone();
     full.key_service = None;
-    if full.api_keys.is_empty() {
-        full.api_keys = keys.to_vec();
+    if !full.api_keys.is_empty() {
+        return Ok(Policy::compile(&full, |var| env.get(var).cloned())?);
     }
-    Ok(Policy::compile(&full, |var| env.get(var).cloned())?)
+    let policy = Policy::compile(&full, |var| env.get(var).cloned())?;
+    let stores = policy.store_ids();
+    let table = match earlier {
+        Some((last, last_keys))
+            if last.stores.len() == policy.stores.len()
+                && last.stores.iter().zip(&policy.stores).all(|(a, b)| a.name == b.name) =>
+        {
+            let change = keyservice::Change::between(last_keys, keys);
+            last.keys.apply(
+                &layergate_filter::config::SyncResponse {
+                    revision: String::new(),
+                    snapshot: false,
+                    keys: change.upsert,
+                    removed: change.remove,
+                },
+                &stores,
+                policy.stores.len(),
+            )?
+        }
+        _ => KeyTable::from_keys(keys, &stores, policy.stores.len())?,
+    };
+    Ok(policy.with_keys(table))
 }
 
 /// One pass: read, mint, validate (keeping last valid forms), render. Nothing is written when
@@ -232,7 +267,7 @@ pub fn reconcile(
         .context("keeping the last good configuration")?;
     let config = rendering.config;
     let keys = render::usable_keys(&validation);
-    let policy = Arc::new(api_policy(&config, &keys, &BTreeMap::new())?);
+    let policy = Arc::new(api_policy(&config, &keys, &BTreeMap::new(), None)?);
     Ok(Pass {
         objects,
         namespace,
@@ -241,6 +276,7 @@ pub fn reconcile(
         policy,
         keys,
         gateway: gateway.as_deref().map(GatewayCredential::of),
+        settled: Vec::new(),
     })
 }
 
@@ -344,7 +380,16 @@ impl State {
         let pass = result?;
         let mut last = lock(&self.last);
         self.serve_keys(&pass, last.as_deref());
-        *last = Some(Arc::new(pass));
+        let replaced = last.replace(Arc::new(pass));
+        drop(last);
+        // Freeing a pass of 100,000 keys takes a good part of a pass's budget; nothing waits
+        // for it, so it is done beside the next one.
+        // (A thread that cannot be started drops its closure, and the pass, right here.)
+        if let Some(old) = replaced {
+            let _ = std::thread::Builder::new()
+                .name("free-pass".into())
+                .spawn(move || drop(old));
+        }
         Ok(())
     }
 

@@ -9,7 +9,7 @@ use crate::crd::{
 };
 use crate::probe::ProbeResult;
 use crate::source::{Pass, REVOKED_AT_ANNOTATION};
-use crate::validate::{self, Verdict};
+use crate::validate;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
 use layergate_filter::config::ApiKeyConfig;
 use std::collections::HashMap;
@@ -82,7 +82,8 @@ pub fn index(pass: &Pass, obj: &Index) -> IndexStatus {
 /// and minutes). The first of two documents of one name wins, as in the validation.
 pub struct KeyLookup<'p> {
     rendered: HashMap<&'p str, &'p ApiKeyConfig>,
-    verdicts: HashMap<&'p str, &'p Verdict<ApiKeyConfig>>,
+    /// Name → index of its (first) verdict.
+    verdicts: HashMap<&'p str, usize>,
 }
 
 impl<'p> KeyLookup<'p> {
@@ -93,8 +94,8 @@ impl<'p> KeyLookup<'p> {
             rendered.entry(k.name.as_str()).or_insert(k);
         }
         let mut verdicts = HashMap::with_capacity(pass.validation.keys.len());
-        for v in &pass.validation.keys {
-            verdicts.entry(v.name.as_str()).or_insert(v);
+        for (i, v) in pass.validation.keys.iter().enumerate() {
+            verdicts.entry(v.name.as_str()).or_insert(i);
         }
         KeyLookup { rendered, verdicts }
     }
@@ -112,12 +113,10 @@ pub fn key(pass: &Pass, obj: &ApiKey, now: i64) -> ApiKeyStatus {
 pub fn key_in(lookup: &KeyLookup<'_>, pass: &Pass, obj: &ApiKey, now: i64) -> ApiKeyStatus {
     let name = name_of(&obj.metadata);
     let rendered = lookup.rendered.get(name.as_str()).copied();
-    let verdict = lookup.verdicts.get(name.as_str()).copied();
-    let phase = pass
-        .validation
-        .phases
-        .get(&name)
-        .copied()
+    let index = lookup.verdicts.get(name.as_str()).copied();
+    let verdict = index.map(|i| &pass.validation.keys[i]);
+    let phase = index
+        .and_then(|i| pass.validation.phases.get(i).copied())
         .unwrap_or(ApiKeyPhase::Pending);
     let secret_ref: SecretKeyRef = validate::token_source(obj);
     let created = obj.metadata.creation_timestamp.as_ref().map_or_else(

@@ -10,7 +10,8 @@ use layergate_filter::entitlement::{self, Target};
 use layergate_filter::route::valid_namespace;
 use layergate_filter::scope::Scope;
 use sha2::{Digest, Sha256};
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::sync::Arc;
 
 /// Default ApiKey lifetime.
 pub const DEFAULT_EXPIRES_AFTER: &str = "365d";
@@ -56,13 +57,24 @@ pub struct Validation {
     pub stores: Vec<Verdict<ValidStore>>,
     /// Indexes: upstream namespace → store name.
     pub indexes: Vec<Verdict<(String, String)>>,
-    /// ApiKeys: the filter's view of usable keys, plus phase.
-    pub keys: Vec<Verdict<ApiKeyConfig>>,
-    /// Phases of the ApiKeys, by name.
-    pub phases: BTreeMap<String, ApiKeyPhase>,
+    /// ApiKeys: the filter's view of usable keys. Shared: a verdict taken over from the last
+    /// pass is that pass's ([`validate_since`]).
+    pub keys: Vec<Arc<Verdict<ApiKeyConfig>>>,
+    /// Phases of the ApiKeys, by verdict in `keys` (a second document of a name has the
+    /// first's).
+    pub phases: Vec<ApiKeyPhase>,
+    /// By verdict in `keys`: true where the verdict was taken over from the last pass
+    /// unjudged ([`validate_since`]); false (or absent) where it was judged now.
+    pub taken_over: Vec<bool>,
 }
 
 impl Validation {
+    /// The phase of the ApiKey named `name` (the first document of that name).
+    pub fn phase(&self, name: &str) -> Option<ApiKeyPhase> {
+        let i = self.keys.iter().position(|k| k.name == name)?;
+        self.phases.get(i).copied()
+    }
+
     /// Every object's conditions: (kind, name, conditions), stores then indexes then keys.
     pub fn conditions(&self) -> impl Iterator<Item = (&'static str, &str, &[Condition])> {
         let stores = self
@@ -158,16 +170,203 @@ pub fn validate(objects: &Objects, namespace: &str, now: i64) -> Validation {
 
 /// Validates one namespace's objects; store endpoints must pass `allow`. `now` is Unix seconds.
 pub fn validate_in(objects: &Objects, namespace: &str, now: i64, allow: &Allowlist) -> Validation {
-    let in_ns = |m: &kube::core::ObjectMeta| {
-        m.namespace
-            .as_deref()
-            .unwrap_or(crate::manifests::DEFAULT_NAMESPACE)
-            == namespace
-    };
+    validate_since(objects, namespace, now, allow, None)
+}
+
+/// True when an object with `meta` belongs to `namespace` (no namespace: the default one).
+pub fn in_namespace(meta: &kube::core::ObjectMeta, namespace: &str) -> bool {
+    meta.namespace
+        .as_deref()
+        .unwrap_or(crate::manifests::DEFAULT_NAMESPACE)
+        == namespace
+}
+
+/// A pass's identities, for the pass after it to judge again only what changed (kube mode,
+/// where an object that did not change is the same shared allocation in both passes).
+///
+/// An ApiKey is *unchanged* when the last pass judged the same key — this very object
+/// ([`Arc::ptr_eq`]), or one that differs only in what a verdict does not read (its status,
+/// labels, annotations: same uid, name, creation time, generation and spec) — and nothing
+/// about its token Secret changed (data, minted-at, marks, read errors, duplicates). Its
+/// verdict then depends only on the stores' names (compared once) and on time: an active key
+/// with an expiry is judged again once the expiry is reached, and a key without a creation
+/// time (whose lifetime counts from now) always is.
+///
+/// Its status is *settled* when, besides, the object is the very one whose status the last
+/// pass found as written, or wrote ([`crate::source::Pass::settled`]).
+pub struct Earlier<'e> {
+    validation: &'e Validation,
+    /// By ApiKey of this pass's objects: (index of the last pass's verdict, index of the
+    /// object in the last pass's objects) when it is unchanged.
+    unchanged: Vec<Option<(usize, usize)>>,
+    /// By index in the last pass's objects: the object whose status is as that pass wanted.
+    settled: &'e [Option<Arc<ApiKey>>],
+}
+
+impl<'e> Earlier<'e> {
+    /// What `now` (this pass's objects) has in common with the last pass (`objects`, judged
+    /// as `validation`, with `settled` statuses by object: see [`crate::source::Pass`]) in
+    /// `namespace`: one walk of each, each key compared once, with no allocation per
+    /// unchanged key.
+    pub fn new(
+        now: &Objects,
+        objects: &'e Objects,
+        validation: &'e Validation,
+        settled: &'e [Option<Arc<ApiKey>>],
+        namespace: &str,
+    ) -> Earlier<'e> {
+        let in_ns = |k: &Arc<ApiKey>| in_namespace(&k.metadata, namespace);
+        let mut last = HashMap::with_capacity(validation.keys.len());
+        // Verdicts are in the order of the namespace's keys; the first of a name wins.
+        let mut i = 0;
+        for (o, k) in objects.keys.iter().enumerate() {
+            if !in_ns(k) {
+                continue;
+            }
+            if let Some(name) = k.metadata.name.as_deref() {
+                last.entry(name).or_insert((k, i, o));
+            }
+            i += 1;
+        }
+        let mut changed_secrets = HashSet::new();
+        changed(&objects.secrets, &now.secrets, Arc::ptr_eq, &mut changed_secrets);
+        changed(&objects.minted_at, &now.minted_at, PartialEq::eq, &mut changed_secrets);
+        changed(&objects.secret_marks, &now.secret_marks, PartialEq::eq, &mut changed_secrets);
+        changed(&objects.secret_errors, &now.secret_errors, PartialEq::eq, &mut changed_secrets);
+        changed_secrets.extend(
+            objects
+                .duplicate_secrets
+                .symmetric_difference(&now.duplicate_secrets)
+                .cloned(),
+        );
+        let unchanged = now
+            .keys
+            .iter()
+            .map(|k| {
+                let (was, i, o) = last.get(k.metadata.name.as_deref()?)?;
+                if !in_ns(k) || !same_key(was, k) {
+                    return None;
+                }
+                let secret_changed = !changed_secrets.is_empty()
+                    && changed_secrets.contains(&(namespace.to_owned(), token_source(k).name));
+                (!secret_changed).then_some((*i, *o))
+            })
+            .collect();
+        Earlier {
+            validation,
+            unchanged,
+            settled,
+        }
+    }
+
+    /// The last pass's phase of `k` (this pass's key number `o`) when `k` is unchanged since
+    /// and that pass found its status as written (a leader's pass, which had also minted and
+    /// adopted what `k` needed) on this very object.
+    pub fn settled(&self, o: usize, k: &Arc<ApiKey>) -> Option<ApiKeyPhase> {
+        let (i, was) = self.unchanged.get(o).copied().flatten()?;
+        if !self.settled.get(was)?.as_ref().is_some_and(|s| Arc::ptr_eq(s, k)) {
+            return None;
+        }
+        self.validation.phases.get(i).copied()
+    }
+
+    /// The last verdict on `k` (this pass's key number `o`) and its phase, when nothing it
+    /// depends on can have changed.
+    fn verdict(
+        &self,
+        o: usize,
+        k: &ApiKey,
+        stores_same: bool,
+        now: i64,
+    ) -> Option<(&'e Arc<Verdict<ApiKeyConfig>>, ApiKeyPhase)> {
+        if !stores_same || k.metadata.creation_timestamp.is_none() {
+            return None;
+        }
+        let (i, _) = self.unchanged.get(o).copied().flatten()?;
+        let v = &self.validation.keys[i];
+        let expired = v
+            .valid
+            .as_ref()
+            .and_then(|c| c.expires_at.as_deref())
+            .is_some_and(|at| layergate_filter::time::parse_rfc3339(at).is_none_or(|at| at <= now));
+        if expired {
+            return None;
+        }
+        Some((v, *self.validation.phases.get(i)?))
+    }
+}
+
+/// True when `a` and `b` are the same key as far as a verdict goes: one object, or objects
+/// that differ only in what validation does not read (status, labels, annotations, version).
+fn same_key(a: &Arc<ApiKey>, b: &Arc<ApiKey>) -> bool {
+    Arc::ptr_eq(a, b)
+        || (a.metadata.uid == b.metadata.uid
+            && a.metadata.name == b.metadata.name
+            && a.metadata.namespace == b.metadata.namespace
+            && a.metadata.creation_timestamp == b.metadata.creation_timestamp
+            && a.metadata.generation == b.metadata.generation
+            && a.spec == b.spec)
+}
+
+/// Adds to `out` every id whose entry differs between `a` and `b` (by `same`), in one walk
+/// of both maps side by side.
+fn changed<V>(
+    a: &BTreeMap<(String, String), V>,
+    b: &BTreeMap<(String, String), V>,
+    same: impl Fn(&V, &V) -> bool,
+    out: &mut HashSet<(String, String)>,
+) {
+    let (mut a, mut b) = (a.iter().peekable(), b.iter().peekable());
+    loop {
+        match (a.peek(), b.peek()) {
+            (None, None) => return,
+            (Some((ka, _)), None) => {
+                out.insert((*ka).clone());
+                a.next();
+            }
+            (None, Some((kb, _))) => {
+                out.insert((*kb).clone());
+                b.next();
+            }
+            (Some((ka, va)), Some((kb, vb))) => match ka.cmp(kb) {
+                std::cmp::Ordering::Less => {
+                    out.insert((*ka).clone());
+                    a.next();
+                }
+                std::cmp::Ordering::Greater => {
+                    out.insert((*kb).clone());
+                    b.next();
+                }
+                std::cmp::Ordering::Equal => {
+                    if !same(va, vb) {
+                        out.insert((*ka).clone());
+                    }
+                    a.next();
+                    b.next();
+                }
+            },
+        }
+    }
+}
+
+/// [`validate_in`], taking over from `earlier` (the last pass) the verdict of every ApiKey
+/// that did not change ([`Earlier`]): the cost of a pass follows what changed, not how many
+/// keys there are. The result is the one [`validate_in`] gives, but for the
+/// `lastTransitionTime` of a taken-over condition, which is the last pass's (the status write
+/// keeps the recorded time of a condition that did not change in any case).
+pub fn validate_since(
+    objects: &Objects,
+    namespace: &str,
+    now: i64,
+    allow: &Allowlist,
+    earlier: Option<&Earlier<'_>>,
+) -> Validation {
+    let in_ns = |m: &kube::core::ObjectMeta| in_namespace(m, namespace);
     let stores: Vec<&VectorStore> = objects
         .stores
         .iter()
         .filter(|s| in_ns(&s.metadata))
+        .map(|s| &**s)
         .collect();
     let defaults = stores
         .iter()
@@ -198,45 +397,79 @@ pub fn validate_in(objects: &Objects, namespace: &str, now: i64, allow: &Allowli
         .indexes
         .iter()
         .filter(|i| in_ns(&i.metadata))
+        .map(|i| &**i)
         .collect();
     let index_verdicts = validate_indexes(&indexes, &store_verdicts, now);
-    let mut phases = BTreeMap::new();
-    let keys: Vec<&ApiKey> = objects.keys.iter().filter(|k| in_ns(&k.metadata)).collect();
-    let mut names = std::collections::HashSet::with_capacity(keys.len());
-    let key_verdicts = keys
+    // Keys name stores by name: a verdict may be taken over while the names are the same.
+    let stores_same = earlier.is_some_and(|e| {
+        e.validation.stores.len() == store_verdicts.len()
+            && e.validation.stores.iter().zip(&store_verdicts).all(|(a, b)| a.name == b.name)
+    });
+    // (number among all keys, key) of the namespace's keys.
+    let keys: Vec<(usize, &Arc<ApiKey>)> = objects
+        .keys
         .iter()
-        .map(|k| {
-            let (mut verdict, mut phase) =
-                validate_key(k, namespace, objects, &store_verdicts, now);
-            // Two documents naming the same key would share a keyId, which the filter refuses:
-            // the first wins, the later is left out.
-            if !names.insert(k.metadata.name.as_deref()) {
-                verdict.valid = None;
-                verdict.conditions = vec![condition(
-                    conditions::READY,
-                    false,
-                    reason::INVALID_SPEC,
-                    format!(
-                        "another ApiKey document is also named {:?}; it came first, so it wins",
-                        verdict.name
-                    ),
-                    k.metadata.generation,
-                    now,
-                )];
-                phase = phases
-                    .get(&verdict.name)
-                    .copied()
-                    .unwrap_or(ApiKeyPhase::Pending);
-            }
-            phases.entry(verdict.name.clone()).or_insert(phase);
-            verdict
-        })
+        .enumerate()
+        .filter(|(_, k)| in_ns(&k.metadata))
         .collect();
+    // Names in strictly increasing order (as kube mode lists them) have no duplicates.
+    let unique = keys
+        .windows(2)
+        .all(|w| w[0].1.metadata.name < w[1].1.metadata.name);
+    let mut first_of: HashMap<Option<&str>, usize> = HashMap::new();
+    let mut key_verdicts = Vec::with_capacity(keys.len());
+    let mut phases = Vec::with_capacity(keys.len());
+    let mut taken_over = Vec::with_capacity(keys.len());
+    for (n, &(o, k)) in keys.iter().enumerate() {
+        let (mut verdict, mut phase) = match earlier.and_then(|e| e.verdict(o, k, stores_same, now)) {
+            Some((v, phase)) => {
+                taken_over.push(true);
+                (Arc::clone(v), phase)
+            }
+            None => {
+                taken_over.push(false);
+                let (v, phase) = validate_key(k, namespace, objects, &store_verdicts, now);
+                (Arc::new(v), phase)
+            }
+        };
+        // Two documents naming the same key would share a keyId, which the filter refuses:
+        // the first wins, the later is left out.
+        let first = if unique {
+            None
+        } else {
+            match first_of.entry(k.metadata.name.as_deref()) {
+                std::collections::hash_map::Entry::Occupied(e) => Some(*e.get()),
+                std::collections::hash_map::Entry::Vacant(e) => {
+                    e.insert(n);
+                    None
+                }
+            }
+        };
+        if let Some(first) = first {
+            let v = Arc::make_mut(&mut verdict);
+            v.valid = None;
+            v.conditions = vec![condition(
+                conditions::READY,
+                false,
+                reason::INVALID_SPEC,
+                format!(
+                    "another ApiKey document is also named {:?}; it came first, so it wins",
+                    v.name
+                ),
+                k.metadata.generation,
+                now,
+            )];
+            phase = phases[first];
+        }
+        key_verdicts.push(verdict);
+        phases.push(phase);
+    }
     Validation {
         stores: store_verdicts,
         indexes: index_verdicts,
         keys: key_verdicts,
         phases,
+        taken_over,
     }
 }
 
@@ -542,7 +775,7 @@ pub fn validate_new_key(
     let id = (ns.to_owned(), source.name);
     objects
         .secrets
-        .insert(id.clone(), BTreeMap::from([(source.key, token.to_owned())]));
+        .insert(id.clone(), Arc::new(BTreeMap::from([(source.key, token.to_owned())])));
     objects.minted_at.insert(id, now);
     validate_key(k, ns, &objects, stores, now)
 }
@@ -742,36 +975,49 @@ fn validate_key(
 /// condition says so); objects that were deleted, revoked or expired are really gone. An
 /// Index keeps its last form only while its store is still rendered.
 pub fn keep_last_valid(current: &mut Validation, previous: &Validation) {
-    fn carry<T: Clone>(
-        now: &mut [Verdict<T>],
-        before: &[Verdict<T>],
+    /// Carries last valid forms into `now`; returns the indexes that got one. Costs one walk
+    /// of each list plus what is invalid now (usually nothing).
+    fn carry<T: Clone, V: std::borrow::Borrow<Verdict<T>>>(
+        now: &mut [V],
+        before: &[V],
+        edit: impl Fn(&mut V) -> &mut Verdict<T>,
         allowed: impl Fn(&Verdict<T>, &T) -> bool,
-    ) {
+    ) -> Vec<usize> {
+        fn at<T, V: std::borrow::Borrow<Verdict<T>>>(v: &V) -> &Verdict<T> {
+            v.borrow()
+        }
+        let invalid: Vec<usize> = (0..now.len()).filter(|&i| at(&now[i]).valid.is_none()).collect();
+        if invalid.is_empty() {
+            return Vec::new();
+        }
+        let names: HashSet<&str> = invalid.iter().map(|&i| at(&now[i]).name.as_str()).collect();
         // A name that is already valid now (a second document of the same name) never gets a
         // second, carried form: two forms of one key would share a keyId, which the filter refuses.
-        let valid_now: std::collections::HashSet<String> = now
+        let valid_now: HashSet<String> = now
             .iter()
-            .filter(|v| v.valid.is_some())
+            .map(at)
+            .filter(|v| v.valid.is_some() && names.contains(v.name.as_str()))
             .map(|v| v.name.clone())
             .collect();
         // The first of a name, as `find` would.
-        let mut last_forms = std::collections::HashMap::with_capacity(before.len());
-        for b in before {
-            last_forms.entry(b.name.as_str()).or_insert(b);
+        let mut last_forms: HashMap<String, Option<T>> = HashMap::new();
+        for b in before.iter().map(at).filter(|b| names.contains(b.name.as_str())) {
+            last_forms
+                .entry(b.name.clone())
+                .or_insert_with(|| b.valid.clone());
         }
-        for v in now.iter_mut().filter(|v| v.valid.is_none()) {
-            if valid_now.contains(&v.name) {
+        let mut carried = Vec::new();
+        for i in invalid {
+            if valid_now.contains(&at(&now[i]).name) {
                 continue;
             }
-            let Some(last) = last_forms
-                .get(v.name.as_str())
-                .and_then(|b| b.valid.clone())
-            else {
+            let Some(last) = last_forms.get(&at(&now[i]).name).cloned().flatten() else {
                 continue;
             };
-            if !allowed(v, &last) {
+            if !allowed(at(&now[i]), &last) {
                 continue;
             }
+            let v = edit(&mut now[i]);
             for c in v
                 .conditions
                 .iter_mut()
@@ -782,7 +1028,9 @@ pub fn keep_last_valid(current: &mut Validation, previous: &Validation) {
                 );
             }
             v.valid = Some(last);
+            carried.push(i);
         }
+        carried
     }
     let is_error = |v: &[Condition]| {
         v.iter().any(|c| {
@@ -791,7 +1039,7 @@ pub fn keep_last_valid(current: &mut Validation, previous: &Validation) {
                     .contains(&c.reason.as_str())
         })
     };
-    carry(&mut current.stores, &previous.stores, |v, _| {
+    carry(&mut current.stores, &previous.stores, |v| v, |v, _| {
         is_error(&v.conditions)
     });
     let stores: Vec<String> = current
@@ -800,15 +1048,16 @@ pub fn keep_last_valid(current: &mut Validation, previous: &Validation) {
         .filter(|s| s.valid.is_some())
         .map(|s| s.name.clone())
         .collect();
-    carry(&mut current.indexes, &previous.indexes, |v, (_, store)| {
+    carry(&mut current.indexes, &previous.indexes, |v| v, |v, (_, store)| {
         is_error(&v.conditions) && stores.contains(store)
     });
-    carry(&mut current.keys, &previous.keys, |v, _| {
+    let carried = carry(&mut current.keys, &previous.keys, Arc::make_mut, |v, _| {
         v.conditions
             .iter()
             .any(|c| c.type_ == conditions::READY && c.reason == reason::INVALID_SPEC)
     });
-    for k in current.keys.iter().filter(|k| k.valid.is_some()) {
-        current.phases.insert(k.name.clone(), ApiKeyPhase::Active);
+    // Every other valid key is active already.
+    for i in carried {
+        current.phases[i] = ApiKeyPhase::Active;
     }
 }

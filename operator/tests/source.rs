@@ -293,7 +293,7 @@ fn a_hand_written_token_expires_counted_from_when_it_was_first_seen() {
         "apiVersion: hevlayer.com/v1alpha1\nkind: ApiKey\nmetadata: {name: handmade, namespace: layer}\nspec:\n  entitlements: {vectorstore.primary: {scopes: [read]}}\n  expiresAfter: 2s\n  tokenSecretRef: {name: handmade-token, key: token}\n---\napiVersion: v1\nkind: Secret\nmetadata: {name: handmade-token, namespace: layer, labels: {hevlayer.com/apikey-token: handmade}}\nstringData: {token: hvl_HandMadeToken0123456789abcdefABCDEF}\n",
     )
     .unwrap();
-    let phase = |v: &source::Pass| v.validation.phases["handmade"];
+    let phase = |v: &source::Pass| v.validation.phase("handmade").unwrap();
     let first = source::reconcile(&dir, &out, &settings(), None).unwrap();
     assert_eq!(phase(&first), layergate_operator::crd::ApiKeyPhase::Active);
     let starts = std::fs::read_to_string(out.join(source::KEY_STARTS_FILE)).unwrap();

@@ -173,7 +173,7 @@ fn api_key_phases_and_reasons() {
     let ok = "  entitlements:\n    vectorstore.s: {scopes: [read], namespaces: [\"a-*\"]}\n";
     let v = run(&[store("s", ""), key("k", ok), TOKEN.into()]);
     let k = &v.keys[0];
-    assert_eq!(v.phases["k"], ApiKeyPhase::Active);
+    assert_eq!(v.phase("k").unwrap(), ApiKeyPhase::Active);
     let cfg = k.valid.as_ref().unwrap();
     assert!(
         cfg.lookup_hash.to_string().starts_with("sha256:")
@@ -188,7 +188,7 @@ fn api_key_phases_and_reasons() {
     // Not minted yet.
     let v = run(&[store("s", ""), key("k", ok)]);
     assert_eq!(
-        (v.phases["k"], ready_reason(&v.keys[0].conditions).1),
+        (v.phase("k").unwrap(), ready_reason(&v.keys[0].conditions).1),
         (ApiKeyPhase::Pending, reason::NOT_MINTED.into())
     );
     // Revoked, expired.
@@ -197,14 +197,14 @@ fn api_key_phases_and_reasons() {
         key("k", &format!("{ok}  revoked: true\n")),
         TOKEN.into(),
     ]);
-    assert_eq!(v.phases["k"], ApiKeyPhase::Revoked);
+    assert_eq!(v.phase("k").unwrap(), ApiKeyPhase::Revoked);
     assert!(v.keys[0].valid.is_none());
     let v = run(&[
         store("s", ""),
         key("k", &format!("{ok}  expiresAfter: 1d\n")),
         TOKEN.into(),
     ]);
-    assert_eq!(v.phases["k"], ApiKeyPhase::Expired);
+    assert_eq!(v.phase("k").unwrap(), ApiKeyPhase::Expired);
     // Malformed targets, globs and lifetimes.
     for bad in [
         "  entitlements: {bucket.x: {scopes: [read]}}\n",
@@ -221,7 +221,7 @@ fn api_key_phases_and_reasons() {
     }
     // A target naming a missing store is a condition, not an error.
     let v = run(&[store("s", ""), key("k", "  entitlements:\n    vectorstore.gone: {scopes: [read]}\n    warehouse.w: {claims: [\"x:*\"]}\n"), TOKEN.into()]);
-    assert_eq!(v.phases["k"], ApiKeyPhase::Active);
+    assert_eq!(v.phase("k").unwrap(), ApiKeyPhase::Active);
     let missing = v.keys[0]
         .conditions
         .iter()
@@ -429,8 +429,128 @@ fn token_secret_ref_must_name_a_marked_secret_with_a_strong_token() {
     // Marked for this key and strong: active; so is a Secret marked as holding many tokens.
     let good = other.replace("apikey-token: other", "apikey-token: k");
     let v = run(&[store("s", ""), key("k", &with_ref("pre", "token")), good]);
-    assert_eq!(v.phases["k"], ApiKeyPhase::Active);
+    assert_eq!(v.phase("k").unwrap(), ApiKeyPhase::Active);
     let shared = other.replace("apikey-token: other", "apikey-token: \"true\"");
     let v = run(&[store("s", ""), key("k", &with_ref("pre", "token")), shared]);
-    assert_eq!(v.phases["k"], ApiKeyPhase::Active);
+    assert_eq!(v.phase("k").unwrap(), ApiKeyPhase::Active);
+}
+
+/// A verdict without its conditions' times (a verdict taken over keeps the last pass's).
+fn timeless(v: &Validation) -> Validation {
+    let mut v = v.clone();
+    for k in &mut v.keys {
+        for c in &mut std::sync::Arc::make_mut(k).conditions {
+            c.last_transition_time = k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(
+                k8s_openapi::jiff::Timestamp::UNIX_EPOCH,
+            );
+        }
+    }
+    v.taken_over.clear();
+    v
+}
+
+/// A pass that takes over the verdicts of unchanged keys (kube mode: the same shared objects
+/// as the last pass) judges exactly as one that judges every key: a key replaced, its token
+/// Secret's data, marks or read error changed, its expiry reached, the stores renamed — each
+/// is judged again, and only the rest is taken over.
+#[test]
+fn a_pass_that_takes_over_unchanged_verdicts_judges_as_one_from_scratch() {
+    use std::sync::Arc;
+    let allow = validate::Allowlist::with(&["https://api.example.com".into()]).unwrap();
+    let mut first = Objects::default();
+    first.add_yaml("secrets", SECRETS);
+    first.add_yaml("store", &store("s", ""));
+    for i in 0..10 {
+        let lifetime = if i == 5 { "1h" } else { "never" };
+        first.add_yaml(
+            &format!("k{i}"),
+            &key(
+                &format!("k{i}"),
+                &format!("  expiresAfter: \"{lifetime}\"\n  entitlements: {{vectorstore.s: {{scopes: [read]}}}}\n"),
+            ),
+        );
+        first.add_yaml(
+            &format!("t{i}"),
+            &TOKEN
+                .replace("apikey-k,", &format!("apikey-k{i},"))
+                .replace("apikey-token: k}", &format!("apikey-token: k{i}}}")),
+        );
+    }
+    assert!(first.problems.is_empty(), "{:?}", first.problems);
+    // k5 lives an hour from its creation: judged within it, then after it.
+    let created = 1_793_491_200; // 2026-11-01T00:00:00Z
+    let (t1, t2) = (created + 1_800, created + 7_200);
+    let v1 = validate::validate_in(&first, "t", t1, &allow);
+    assert!(v1.keys.iter().all(|k| k.valid.is_some()), "{v1:?}");
+    let id = |name: &str| ("t".to_owned(), name.to_owned());
+    let index = |o: &Objects, name: &str| {
+        o.keys
+            .iter()
+            .position(|k| k.metadata.name.as_deref() == Some(name))
+            .unwrap()
+    };
+
+    let mut second = first.clone();
+    // k1: revoked (a new object).
+    let i = index(&second, "k1");
+    let mut k1 = (*second.keys[i]).clone();
+    k1.spec.revoked = Some(true);
+    second.keys[i] = Arc::new(k1);
+    // k2: its token replaced by a weak one (new data).
+    second.secrets.insert(
+        id("apikey-k2"),
+        Arc::new([("token".to_owned(), "hvl_short".to_owned())].into()),
+    );
+    // k3: its Secret no longer marked as its token (same data).
+    second.secret_marks.get_mut(&id("apikey-k3")).unwrap().token_label = None;
+    // k4: its Secret could not be read.
+    second
+        .secret_errors
+        .insert(id("apikey-k4"), "forbidden".into());
+    // k6: deleted; k10: new.
+    second.keys.remove(index(&second, "k6"));
+    second.add_yaml(
+        "k10",
+        &key("k10", "  entitlements: {vectorstore.s: {scopes: [read]}}\n"),
+    );
+    second.add_yaml(
+        "t10",
+        &TOKEN
+            .replace("apikey-k,", "apikey-k10,")
+            .replace("apikey-token: k}", "apikey-token: k10}"),
+    );
+    let earlier = validate::Earlier::new(&second, &first, &v1, &[], "t");
+    let since = validate::validate_since(&second, "t", t2, &allow, Some(&earlier));
+    let scratch = validate::validate_in(&second, "t", t2, &allow);
+    assert_eq!(timeless(&since), timeless(&scratch));
+    let taken: Vec<&str> = since
+        .keys
+        .iter()
+        .zip(&since.taken_over)
+        .filter(|(_, t)| **t)
+        .map(|(k, _)| k.name.as_str())
+        .collect();
+    assert_eq!(taken, ["k0", "k7", "k8", "k9"]);
+    let reason_of = |name: &str| {
+        let k = since.keys.iter().find(|k| k.name == name).unwrap();
+        ready_reason(&k.conditions).1
+    };
+    assert_eq!(reason_of("k1"), reason::REVOKED);
+    assert_eq!(reason_of("k2"), reason::INVALID_TOKEN);
+    assert_eq!(reason_of("k3"), reason::INVALID_TOKEN);
+    assert_eq!(reason_of("k4"), reason::SECRET_UNREADABLE);
+    assert_eq!(reason_of("k5"), reason::EXPIRED);
+
+    // The stores renamed: every key is judged again (its entitlement names a store).
+    let mut third = second.clone();
+    let s = Arc::make_mut(&mut third.stores[0]);
+    s.metadata.name = Some("s2".into());
+    let earlier = validate::Earlier::new(&third, &second, &since, &[], "t");
+    let again = validate::validate_since(&third, "t", t2, &allow, Some(&earlier));
+    assert_eq!(timeless(&again), timeless(&validate::validate_in(&third, "t", t2, &allow)));
+    assert!(again.taken_over.iter().all(|t| !t));
+    assert_eq!(
+        again.keys[0].conditions[1].type_,
+        ENTITLEMENT_TARGET_MISSING
+    );
 }

@@ -553,11 +553,11 @@ fn the_istio_target_syncs_keys_from_the_operator_service_and_stays_small() {
             "entitlements": {"vectorstore.turbopuffer": {"scopes": ["read"], "namespaces": [format!("team-{i}-*")]}},
         }))
         .unwrap();
-        v.keys.push(validate::Verdict {
+        v.keys.push(std::sync::Arc::new(validate::Verdict {
             name: key.name.clone(),
             conditions: Vec::new(),
             valid: Some(key),
-        });
+        }));
     }
     let settings = IstioSettings {
         control: Some(("layergate-operator.layer.svc".into(), 9902)),
