@@ -966,10 +966,15 @@ impl Cluster {
         let reading = Instant::now();
         let mut objects = self.read().await.at(Step::Read)?;
         writes.read_time = reading.elapsed();
+        let mut step = Instant::now();
+        let mut since = earlier(&objects);
+        writes
+            .steps
+            .push(("what changed since the last pass", lap(&mut step)));
         if leader {
             let minting = Instant::now();
             let mut failed = BTreeMap::new();
-            let done = with_token(&objects, earlier(&objects).as_ref());
+            let done = with_token(&objects, since.as_ref());
             writes.minted = self
                 .mint_missing(&objects, &done, &mut failed)
                 .await
@@ -982,7 +987,11 @@ impl Cluster {
                 objects = self.read().await.at(Step::Read)?;
                 writes.read_time += reading.elapsed();
             }
-            objects.secret_errors.extend(failed);
+            // What changed is found again only when minting changed the objects.
+            if writes.minted > 0 || !failed.is_empty() {
+                objects.secret_errors.extend(failed);
+                since = earlier(&objects);
+            }
             writes
                 .steps
                 .push(("mint, adopt token Secrets", minting.elapsed()));
@@ -992,8 +1001,6 @@ impl Cluster {
         writes
             .steps
             .push(("read the gateway credential", lap(&mut step)));
-        let since = earlier(&objects);
-        writes.steps.push(("what changed since the last pass", lap(&mut step)));
         let (mut pass, rendering) = self
             .render(
                 objects,

@@ -310,3 +310,46 @@ fn a_hand_written_token_expires_counted_from_when_it_was_first_seen() {
         "{err:#}"
     );
 }
+
+/// The control API's policy built from the last pass's key table with the change applied
+/// answers every token as one compiled from scratch: changed, added and removed keys included.
+#[test]
+fn the_control_apis_key_table_taken_over_with_a_change_answers_as_one_built_anew() {
+    use layergate_filter::config::{ApiKeyConfig, FilterConfig};
+    use layergate_filter::policy::token_hash;
+    let config: FilterConfig = serde_json::from_value(serde_json::json!({
+        "version": 1,
+        "stores": [{"name": "a", "cluster": "c", "credential": {"inline": "store-secret"}, "inboundAuth": {"mode": "deriveFromStore"}}],
+    }))
+    .unwrap();
+    let key = |i: usize, scope: &str| -> ApiKeyConfig {
+        serde_json::from_value(serde_json::json!({
+            "keyId": format!("key_{i:024x}"), "name": format!("k{i}"),
+            "lookupHash": format!("sha256:{}", hex::encode(token_hash(format!("token-{i}").as_bytes()))),
+            "entitlements": {"vectorstore.a": {"scopes": [scope]}},
+        }))
+        .unwrap()
+    };
+    let env = std::collections::BTreeMap::new();
+    let before: Vec<ApiKeyConfig> = (0..20).map(|i| key(i, "read")).collect();
+    let last = source::api_policy(&config, &before, &env, None).unwrap();
+    // k3 removed, k5 granted write, k20 added.
+    let mut after: Vec<ApiKeyConfig> = before.clone();
+    after.remove(3);
+    after[4] = key(5, "write");
+    after.push(key(20, "read"));
+    let taken = source::api_policy(&config, &after, &env, Some((&last, &before))).unwrap();
+    let anew = source::api_policy(&config, &after, &env, None).unwrap();
+    for i in 0..=21 {
+        let hash = token_hash(format!("token-{i}").as_bytes());
+        let answer = |p: &layergate_filter::policy::Policy| {
+            p.keys.lookup(&hash).map(|k| {
+                let k = p.keys.key(k);
+                (k.name().to_owned(), format!("{:?}", k.grants))
+            })
+        };
+        assert_eq!(answer(&taken), answer(&anew), "token-{i}");
+    }
+    assert!(taken.keys.lookup(&token_hash(b"token-3")).is_none());
+    assert!(taken.keys.lookup(&token_hash(b"token-20")).is_some());
+}
