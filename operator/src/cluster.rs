@@ -960,7 +960,13 @@ impl Cluster {
         let previous = self.state.last();
         let earlier = |objects: &Objects| {
             previous.as_deref().map(|p| {
-                Earlier::new(objects, &p.objects, &p.validation, &p.settled, &self.namespace)
+                Earlier::new(
+                    objects,
+                    &p.objects,
+                    &p.validation,
+                    &p.settled,
+                    &self.namespace,
+                )
             })
         };
         let reading = Instant::now();

@@ -6,8 +6,8 @@ use anyhow::{Context, Result};
 use base64::Engine as _;
 use serde::Deserialize;
 use std::collections::BTreeMap;
-use std::sync::Arc;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 /// Secret data by (namespace, name) → key → value. Shared: a kube-mode pass takes each
 /// Secret's data from the watch-fed cache without copying it, and an unchanged Secret is the

@@ -184,7 +184,11 @@ pub fn api_policy(
     let table = match earlier {
         Some((last, last_keys))
             if last.stores.len() == policy.stores.len()
-                && last.stores.iter().zip(&policy.stores).all(|(a, b)| a.name == b.name) =>
+                && last
+                    .stores
+                    .iter()
+                    .zip(&policy.stores)
+                    .all(|(a, b)| a.name == b.name) =>
         {
             let change = keyservice::Change::between(last_keys, keys);
             last.keys.apply(

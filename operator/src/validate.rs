@@ -229,10 +229,30 @@ impl<'e> Earlier<'e> {
             i += 1;
         }
         let mut changed_secrets = HashSet::new();
-        changed(&objects.secrets, &now.secrets, Arc::ptr_eq, &mut changed_secrets);
-        changed(&objects.minted_at, &now.minted_at, PartialEq::eq, &mut changed_secrets);
-        changed(&objects.secret_marks, &now.secret_marks, PartialEq::eq, &mut changed_secrets);
-        changed(&objects.secret_errors, &now.secret_errors, PartialEq::eq, &mut changed_secrets);
+        changed(
+            &objects.secrets,
+            &now.secrets,
+            Arc::ptr_eq,
+            &mut changed_secrets,
+        );
+        changed(
+            &objects.minted_at,
+            &now.minted_at,
+            PartialEq::eq,
+            &mut changed_secrets,
+        );
+        changed(
+            &objects.secret_marks,
+            &now.secret_marks,
+            PartialEq::eq,
+            &mut changed_secrets,
+        );
+        changed(
+            &objects.secret_errors,
+            &now.secret_errors,
+            PartialEq::eq,
+            &mut changed_secrets,
+        );
         changed_secrets.extend(
             objects
                 .duplicate_secrets
@@ -264,7 +284,12 @@ impl<'e> Earlier<'e> {
     /// adopted what `k` needed) on this very object.
     pub fn settled(&self, o: usize, k: &Arc<ApiKey>) -> Option<ApiKeyPhase> {
         let (i, was) = self.unchanged.get(o).copied().flatten()?;
-        if !self.settled.get(was)?.as_ref().is_some_and(|s| Arc::ptr_eq(s, k)) {
+        if !self
+            .settled
+            .get(was)?
+            .as_ref()
+            .is_some_and(|s| Arc::ptr_eq(s, k))
+        {
             return None;
         }
         self.validation.phases.get(i).copied()
@@ -403,7 +428,11 @@ pub fn validate_since(
     // Keys name stores by name: a verdict may be taken over while the names are the same.
     let stores_same = earlier.is_some_and(|e| {
         e.validation.stores.len() == store_verdicts.len()
-            && e.validation.stores.iter().zip(&store_verdicts).all(|(a, b)| a.name == b.name)
+            && e.validation
+                .stores
+                .iter()
+                .zip(&store_verdicts)
+                .all(|(a, b)| a.name == b.name)
     });
     // (number among all keys, key) of the namespace's keys.
     let keys: Vec<(usize, &Arc<ApiKey>)> = objects
@@ -421,7 +450,8 @@ pub fn validate_since(
     let mut phases = Vec::with_capacity(keys.len());
     let mut taken_over = Vec::with_capacity(keys.len());
     for (n, &(o, k)) in keys.iter().enumerate() {
-        let (mut verdict, mut phase) = match earlier.and_then(|e| e.verdict(o, k, stores_same, now)) {
+        let (mut verdict, mut phase) = match earlier.and_then(|e| e.verdict(o, k, stores_same, now))
+        {
             Some((v, phase)) => {
                 taken_over.push(true);
                 (Arc::clone(v), phase)
@@ -773,9 +803,10 @@ pub fn validate_new_key(
     let source = token_source(k);
     let mut objects = Objects::default();
     let id = (ns.to_owned(), source.name);
-    objects
-        .secrets
-        .insert(id.clone(), Arc::new(BTreeMap::from([(source.key, token.to_owned())])));
+    objects.secrets.insert(
+        id.clone(),
+        Arc::new(BTreeMap::from([(source.key, token.to_owned())])),
+    );
     objects.minted_at.insert(id, now);
     validate_key(k, ns, &objects, stores, now)
 }
@@ -986,7 +1017,9 @@ pub fn keep_last_valid(current: &mut Validation, previous: &Validation) {
         fn at<T, V: std::borrow::Borrow<Verdict<T>>>(v: &V) -> &Verdict<T> {
             v.borrow()
         }
-        let invalid: Vec<usize> = (0..now.len()).filter(|&i| at(&now[i]).valid.is_none()).collect();
+        let invalid: Vec<usize> = (0..now.len())
+            .filter(|&i| at(&now[i]).valid.is_none())
+            .collect();
         if invalid.is_empty() {
             return Vec::new();
         }
@@ -1001,7 +1034,11 @@ pub fn keep_last_valid(current: &mut Validation, previous: &Validation) {
             .collect();
         // The first of a name, as `find` would.
         let mut last_forms: HashMap<String, Option<T>> = HashMap::new();
-        for b in before.iter().map(at).filter(|b| names.contains(b.name.as_str())) {
+        for b in before
+            .iter()
+            .map(at)
+            .filter(|b| names.contains(b.name.as_str()))
+        {
             last_forms
                 .entry(b.name.clone())
                 .or_insert_with(|| b.valid.clone());
@@ -1039,18 +1076,24 @@ pub fn keep_last_valid(current: &mut Validation, previous: &Validation) {
                     .contains(&c.reason.as_str())
         })
     };
-    carry(&mut current.stores, &previous.stores, |v| v, |v, _| {
-        is_error(&v.conditions)
-    });
+    carry(
+        &mut current.stores,
+        &previous.stores,
+        |v| v,
+        |v, _| is_error(&v.conditions),
+    );
     let stores: Vec<String> = current
         .stores
         .iter()
         .filter(|s| s.valid.is_some())
         .map(|s| s.name.clone())
         .collect();
-    carry(&mut current.indexes, &previous.indexes, |v| v, |v, (_, store)| {
-        is_error(&v.conditions) && stores.contains(store)
-    });
+    carry(
+        &mut current.indexes,
+        &previous.indexes,
+        |v| v,
+        |v, (_, store)| is_error(&v.conditions) && stores.contains(store),
+    );
     let carried = carry(&mut current.keys, &previous.keys, Arc::make_mut, |v, _| {
         v.conditions
             .iter()

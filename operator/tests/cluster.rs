@@ -1380,11 +1380,12 @@ fn add_minted_keys(v: &mut layergate_operator::validate::Validation, n: usize) {
             "entitlements": {"vectorstore.primary": {"scopes": ["read"], "namespaces": [format!("team-{i}-*")]}},
         }))
         .unwrap();
-        v.keys.push(std::sync::Arc::new(layergate_operator::validate::Verdict {
-            name: key.name.clone(),
-            conditions: Vec::new(),
-            valid: Some(key),
-        }));
+        v.keys
+            .push(std::sync::Arc::new(layergate_operator::validate::Verdict {
+                name: key.name.clone(),
+                conditions: Vec::new(),
+                valid: Some(key),
+            }));
     }
 }
 

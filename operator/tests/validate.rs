@@ -502,7 +502,11 @@ fn a_pass_that_takes_over_unchanged_verdicts_judges_as_one_from_scratch() {
         Arc::new([("token".to_owned(), "hvl_short".to_owned())].into()),
     );
     // k3: its Secret no longer marked as its token (same data).
-    second.secret_marks.get_mut(&id("apikey-k3")).unwrap().token_label = None;
+    second
+        .secret_marks
+        .get_mut(&id("apikey-k3"))
+        .unwrap()
+        .token_label = None;
     // k4: its Secret could not be read.
     second
         .secret_errors
@@ -547,7 +551,10 @@ fn a_pass_that_takes_over_unchanged_verdicts_judges_as_one_from_scratch() {
     s.metadata.name = Some("s2".into());
     let earlier = validate::Earlier::new(&third, &second, &since, &[], "t");
     let again = validate::validate_since(&third, "t", t2, &allow, Some(&earlier));
-    assert_eq!(timeless(&again), timeless(&validate::validate_in(&third, "t", t2, &allow)));
+    assert_eq!(
+        timeless(&again),
+        timeless(&validate::validate_in(&third, "t", t2, &allow))
+    );
     assert!(again.taken_over.iter().all(|t| !t));
     assert_eq!(
         again.keys[0].conditions[1].type_,
