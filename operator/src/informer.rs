@@ -150,6 +150,13 @@ struct Entry<T> {
     value: Arc<T>,
 }
 
+impl<T> Entry<T> {
+    /// True when this is the object `uid` at `version` (an empty version is never known).
+    fn is_version(&self, uid: &str, version: &str) -> bool {
+        self.uid == uid && self.version == version && !version.is_empty()
+    }
+}
+
 /// One kind's objects by name, as the watch last told them.
 pub struct Cache<T> {
     state: RwLock<State<T>>,
@@ -253,7 +260,7 @@ impl<T: Clone> Cache<T> {
     fn apply(&self, name: String, uid: String, version: String, value: Arc<T>) -> Option<Arc<T>> {
         let mut s = self.write();
         if let Some(e) = s.items.get(&name) {
-            if e.uid == uid && e.version == version && !version.is_empty() {
+            if e.is_version(&uid, &version) {
                 return Some(Arc::clone(&e.value));
             }
         }
@@ -282,7 +289,7 @@ impl<T: Clone> Cache<T> {
         let mut s = self.write();
         for (name, e) in &mut items {
             if let Some(old) = s.items.get(name) {
-                if old.uid == e.uid && old.version == e.version && !e.version.is_empty() {
+                if old.is_version(&e.uid, &e.version) {
                     e.value = Arc::clone(&old.value);
                 }
             }

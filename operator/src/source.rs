@@ -176,10 +176,10 @@ pub fn api_policy(
 ) -> Result<Policy> {
     let mut full = config.clone();
     full.key_service = None;
-    if !full.api_keys.is_empty() {
-        return Ok(Policy::compile(&full, |var| env.get(var).cloned())?);
-    }
     let policy = Policy::compile(&full, |var| env.get(var).cloned())?;
+    if !full.api_keys.is_empty() {
+        return Ok(policy);
+    }
     let stores = policy.store_ids();
     let table = match earlier {
         Some((last, last_keys))
