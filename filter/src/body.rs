@@ -64,6 +64,8 @@ enum SourceRef<'a> {
         source_namespace: Cow<'a, str>,
         #[serde(default)]
         source_api_key: Option<IgnoredAny>,
+        #[serde(default)]
+        source_region: Option<IgnoredAny>,
     },
 }
 
@@ -78,6 +80,8 @@ struct Fields<'a> {
     source_namespace: Option<Cow<'a, str>>,
     #[serde(default)]
     source_api_key: Option<IgnoredAny>,
+    #[serde(default)]
+    source_region: Option<IgnoredAny>,
     #[serde(borrow, default)]
     namespaces: Option<NamespaceList<'a>>,
     #[serde(borrow, default)]
@@ -142,8 +146,13 @@ pub fn check(
         };
         auth::check(policy, plan.credential, store, &access, &now).map(|_| ())
     };
-    // A copy reads its source from the store the request goes to.
-    let copy_source = |field: &str, ns: &str, api_key: bool| {
+    // A copy reads its source with the credential of the store the request goes to, inside
+    // that store's organisation (and, with `source_region`, another region of it): the source
+    // is judged on the store its Index assigns it, and a source that is not the destination
+    // store's — or a region the gateway cannot map to a store — is refused for every caller.
+    // Only a `source_api_key` (another organisation's key) reads elsewhere, which restricted
+    // callers may not do.
+    let copy_source = |field: &str, ns: &str, api_key: bool, region: bool| {
         if api_key && plan.restricted {
             return Err(Denial::insufficient(
                 Scope::Read,
@@ -152,7 +161,28 @@ pub fn check(
                 ),
             ));
         }
-        allowed(field, ns, Scope::Read, On::Store, plan.store)
+        if region && !api_key {
+            return Err(Denial::insufficient(
+                Scope::Read,
+                format!(
+                    "{field} names a source_region; the gateway cannot tell which of its stores a region is, so it copies only within the destination's store"
+                ),
+            ));
+        }
+        if api_key {
+            return allowed(field, ns, Scope::Read, On::Store, plan.store);
+        }
+        let source = policy.store_for(Some(ns)).unwrap_or(plan.store);
+        if source != plan.store {
+            return Err(Denial::insufficient(
+                Scope::Read,
+                format!(
+                    "{field} {ns:?} is served by store {:?}, and this request writes to store {:?}; a copy reads its source with the destination store's credential, so copies across stores are refused",
+                    &*policy.stores[source].name, &*policy.stores[plan.store].name
+                ),
+            ));
+        }
+        allowed(field, ns, Scope::Read, On::Store, source)
     };
     // Every field that names a namespace is judged on every inspected route, whichever the
     // route's own fields are: a store that reads a field on more routes than documented
@@ -163,16 +193,29 @@ pub fn check(
     ] {
         match src {
             None => {}
-            Some(SourceRef::Name(ns)) => copy_source(field, ns, false)?,
+            Some(SourceRef::Name(ns)) => {
+                copy_source(field, ns, false, fields.source_region.is_some())?;
+            }
             Some(SourceRef::Object {
                 source_namespace,
                 source_api_key,
-            }) => copy_source(field, source_namespace, source_api_key.is_some())?,
+                source_region,
+            }) => copy_source(
+                field,
+                source_namespace,
+                source_api_key.is_some() || fields.source_api_key.is_some(),
+                source_region.is_some() || fields.source_region.is_some(),
+            )?,
         }
     }
+    let (api_key, region) = (
+        fields.source_api_key.is_some(),
+        fields.source_region.is_some(),
+    );
     match &fields.source_namespace {
-        Some(ns) => copy_source("source_namespace", ns, fields.source_api_key.is_some())?,
-        None if fields.source_api_key.is_some() => copy_source("source_api_key", "", true)?,
+        Some(ns) => copy_source("source_namespace", ns, api_key, region)?,
+        None if api_key => copy_source("source_api_key", "", true, region)?,
+        None if region => copy_source("source_region", "", false, true)?,
         None => {}
     }
     if let Some(ns) = &fields.target_namespace {

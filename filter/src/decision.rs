@@ -237,6 +237,13 @@ fn decide_inner(
     plan.scopes = allowed.scopes;
     plan.restricted = allowed.is_restricted();
     if !plan.restricted {
+        // A copy reads its source with the destination store's credential, inside that
+        // store's organisation (SPEC §5): with several stores, whether the source is the
+        // destination's is judged for every caller, so a write that may copy is inspected.
+        let may_copy = matches!(route.body, BodyRule::NamespaceWrite | BodyRule::AsyncCopy);
+        if may_copy && policy.stores.len() > 1 {
+            return inspect(policy, head, plan, route.body);
+        }
         return Ok(Decision::Forward(plan));
     }
     match route.body {

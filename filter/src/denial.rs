@@ -135,7 +135,8 @@ impl Denial {
             DenialKind::PayloadTooLarge,
             format!(
                 "the request body is over the inspection limit of {limit} bytes (limits.inspectBodyBytes) that applies to \
-                 namespace-restricted keys; send a smaller body or use a key without namespace restrictions"
+                 bodies the gateway reads for namespaces (namespace-restricted keys; writes that may copy, when several \
+                 stores are configured); send a smaller body"
             ),
         )
     }

@@ -313,10 +313,11 @@ fn default_route(method: &str, segs: &[&str]) -> Route<'static> {
         ("POST", ["v2", "keys", "authenticate"]) => route(None, Control),
         ("POST", ["v2", "keys"]) => with_body(route(ADMIN, Control), BodyRule::Unjudged),
         ("GET", ["v2", "keys", ..]) => route(ADMIN, Control),
-        ("DELETE", ["v2", "keys", _]) | ("POST", ["v2", "keys", _, "revoke"]) => {
-            route(ADMIN, Control)
-        }
+        // Every other key path too (a rotation, a typo): the control API answers it (its
+        // JSON 404 for what it does not know), never a store with the store's credential.
+        (_, ["v2", "keys", ..]) => route(ADMIN, Control),
         ("GET", ["v2", "vectorstores", ..]) => route(READ, Control),
+        (_, ["v2", "vectorstores", ..]) => route(ADMIN, Control),
 
         // --- everything else ---
         ("GET", ["v2", ..]) => {

@@ -57,6 +57,15 @@ fn forward(d: Decision) -> Plan {
     }
 }
 
+/// The plan of an allowed request, forwarded now or once its body is judged (with several
+/// stores, every write that may copy is inspected).
+fn allowed(d: Decision) -> Plan {
+    match d {
+        Decision::Forward(p) | Decision::Inspect(p, _) => p,
+        other => panic!("expected Forward or Inspect, got {other:?}"),
+    }
+}
+
 fn denied(d: Decision) -> Denial {
     match d {
         Decision::Deny(d) => d,
@@ -130,7 +139,7 @@ fn each_scope_against_read_write_and_admin_routes() {
         let d = call(&p, m, path, token);
         match status {
             0 => assert!(
-                matches!(d, Decision::Forward(_)),
+                matches!(d, Decision::Forward(_) | Decision::Inspect(..)),
                 "{token} {m} {path}: {d:?}"
             ),
             s => assert_eq!(denied(d).status(), s, "{token} {m} {path}"),
@@ -202,7 +211,7 @@ fn index_routes_namespace_to_the_archive_store_under_derive_from_store() {
     let p = demo();
     // Archive's own credential and the default store's credential are accepted, with full scopes.
     for token in ["tpuf-archive-dev-key", "tpuf-primary-dev-key"] {
-        let plan = forward(call(&p, "POST", "/v2/namespaces/logs-2026", token));
+        let plan = allowed(call(&p, "POST", "/v2/namespaces/logs-2026", token));
         let edits = plan.header_edits(&p).unwrap();
         assert_eq!(
             edits.as_slice()[0],
@@ -687,15 +696,14 @@ fn a_namespace_list_is_refused_at_its_513th_name() {
 
 #[test]
 fn unrestricted_principals_stream_without_inspection() {
-    let p = demo();
+    // One store: a copy's source is always the destination's store, so nothing is read.
+    let mut one = demo_json();
+    one["stores"].as_array_mut().unwrap().truncate(1);
+    one["namespaces"] = json!({});
+    let p = policy_from(&one);
     forward(call(&p, "POST", "/v2/namespaces/shop-a", "demo-rw-token"));
-    forward(call(
-        &p,
-        "POST",
-        "/v2/namespaces/logs-2026",
-        "tpuf-archive-dev-key",
-    ));
-    let mut v = demo_json();
+    forward(call(&p, "POST", "/v2/namespaces/shop-a/async", "demo-rw-token"));
+    let mut v = one.clone();
     v["apiKeys"][0]["entitlements"]["vectorstore.primary"] = json!({"scopes": ["write"]});
     forward(call(
         &policy_from(&v),
@@ -703,6 +711,18 @@ fn unrestricted_principals_stream_without_inspection() {
         "/v2/namespaces/anything",
         SHOP,
     ));
+    // Several stores: only the writes that may copy are read, for every caller (issue 21).
+    let p = demo();
+    forward(call(&p, "POST", "/v2/namespaces/shop-a/query", "demo-rw-token"));
+    forward(call(&p, "DELETE", "/v2/namespaces/shop-a", "demo-rw-token"));
+    for (path, token) in [
+        ("/v2/namespaces/shop-a", "demo-rw-token"),
+        ("/v2/namespaces/shop-a/async", "demo-rw-token"),
+        ("/v2/namespaces/logs-2026", "tpuf-archive-dev-key"),
+    ] {
+        let d = call(&p, "POST", path, token);
+        assert!(matches!(d, Decision::Inspect(..)), "{path}: {d:?}");
+    }
 }
 
 #[test]
@@ -810,11 +830,11 @@ fn open_mode_needs_no_token_and_ignores_one() {
     v["stores"][0]["inboundAuth"] = json!({"mode": "open"});
     let p = policy_from(&v);
     assert_eq!(
-        forward(run(&p, "POST", "/v2/namespaces/shop-a", &[])).principal,
+        allowed(run(&p, "POST", "/v2/namespaces/shop-a", &[])).principal,
         Principal::Open
     );
     assert_eq!(
-        forward(call(&p, "POST", "/v2/namespaces/shop-a", "garbage")).principal,
+        allowed(call(&p, "POST", "/v2/namespaces/shop-a", "garbage")).principal,
         Principal::Open
     );
 }
@@ -1151,4 +1171,58 @@ fn the_key_service_is_never_routed_from_the_public_listener() {
     }
     // The other key routes still reach the control API.
     forward(call(&p, "GET", "/v2/keys/shop-reader", "demo-admin-token"));
+}
+
+/// Issue 21.1: a copy or branch source is judged on the store its Index assigns it, for every
+/// caller, and a source on another store (or in a region the gateway cannot map) is refused:
+/// the destination store's credential would read it inside that store's organisation.
+#[test]
+fn a_copy_source_on_another_store_is_refused_for_every_caller() {
+    let mut v = demo_json();
+    v["apiKeys"][0]["entitlements"]["vectorstore.primary"]["scopes"] = json!(["read", "write"]);
+    v["namespaces"]["shop-vault"] = json!("archive");
+    let p = policy_from(&v);
+    let judge = |token: &str, path: &str, body: &serde_json::Value| match call(&p, "POST", path, token)
+    {
+        Decision::Inspect(plan, ins) => {
+            body::check(&p, &plan, ins, body.to_string().as_bytes(), || NOW)
+        }
+        other => panic!("{token} {path}: expected Inspect, got {other:?}"),
+    };
+    let bodies = [
+        ("/v2/namespaces/shop-new", json!({"copy_from_namespace": "shop-vault"})),
+        ("/v2/namespaces/shop-new", json!({"copy_from_namespace": {"source_namespace": "shop-vault"}})),
+        ("/v2/namespaces/shop-new", json!({"branch_from_namespace": "shop-vault"})),
+        ("/v2/namespaces/shop-new", json!({"branch_from_namespace": {"source_namespace": "shop-vault"}})),
+        ("/v2/namespaces/shop-new/async", json!({"source_namespace": "shop-vault"})),
+        ("/v2/namespaces/shop-new/async", json!({"copy_from_namespace": {"source_namespace": "shop-vault"}})),
+    ];
+    // The restricted shop-* writer and the unrestricted inbound key alike.
+    for token in [SHOP, "demo-rw-token", "demo-admin-token"] {
+        for (path, body) in &bodies {
+            let d = judge(token, path, body).expect_err(&format!("{token} {path} {body}"));
+            assert_eq!(d.status(), 403, "{token} {path} {body}");
+            assert!(d.message.contains("across stores"), "{}", d.message);
+        }
+        // The same copies within the destination's store pass.
+        judge(token, "/v2/namespaces/shop-new", &json!({"copy_from_namespace": "shop-old"})).unwrap();
+        judge(token, "/v2/namespaces/shop-new/async", &json!({"source_namespace": "shop-old"})).unwrap();
+        // A region the gateway cannot map to a store, in any form.
+        for body in [
+            json!({"copy_from_namespace": {"source_namespace": "shop-old", "source_region": "gcp-us-east4"}}),
+            json!({"copy_from_namespace": "shop-old", "source_region": "gcp-us-east4"}),
+            json!({"source_namespace": "shop-old", "source_region": "gcp-us-east4"}),
+        ] {
+            let d = judge(token, "/v2/namespaces/shop-new", &body).expect_err(&body.to_string());
+            assert!(d.message.contains("source_region"), "{}", d.message);
+        }
+    }
+    // The store credential of `archive` writing into archive's namespace cannot copy primary's.
+    let d = judge(
+        "tpuf-archive-dev-key",
+        "/v2/namespaces/logs-2026",
+        &json!({"copy_from_namespace": "shop-a"}),
+    )
+    .unwrap_err();
+    assert_eq!(d.status(), 403);
 }

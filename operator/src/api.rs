@@ -155,6 +155,8 @@ pub struct Api {
     source: Arc<dyn Source>,
     limiter: Mutex<RateLimiter>,
     limits: ServeLimits,
+    /// Held through a mint: mints are serialized.
+    mints: Mutex<()>,
 }
 
 fn now() -> i64 {
@@ -219,6 +221,7 @@ impl Api {
             source,
             limiter: Mutex::new(RateLimiter::new(authenticate_per_minute)),
             limits: ServeLimits::default(),
+            mints: Mutex::new(()),
         }
     }
 
@@ -493,12 +496,18 @@ impl Api {
             Principal::Open => minted_bearer(&pass, headers).unwrap_or(principal),
             p => p,
         };
-        let caller = authority::caller(&pass.policy, &pass.keys, principal);
-        if segs.get(..2) == Some(&["v2", "keys"]) && caller == Caller::Anonymous {
-            return Ok(error(
-                StatusCode::UNAUTHORIZED,
-                "key management needs a credential, whatever the store's inboundAuth mode: send 'Authorization: Bearer <admin token>'",
-            ));
+        let caller = authority::caller(&pass.policy, principal);
+        if segs.get(..2) == Some(&["v2", "keys"]) {
+            match &caller {
+                Caller::Anonymous => {
+                    return Ok(error(
+                        StatusCode::UNAUTHORIZED,
+                        "key management needs a credential, whatever the store's inboundAuth mode: send 'Authorization: Bearer <admin token>'",
+                    ))
+                }
+                Caller::Refused(why) => return Ok(error(StatusCode::FORBIDDEN, why)),
+                Caller::Manager { .. } => {}
+            }
         }
         let writes = matches!(
             (method, segs.as_slice()),
@@ -517,7 +526,13 @@ impl Api {
             return Ok(r);
         }
         match (method, segs.as_slice()) {
-            ("POST", ["v2", "keys"]) => mint(source, &pass, &caller, body),
+            ("POST", ["v2", "keys"]) => {
+                // One mint at a time: parallel mints of one name get one winner and 409s,
+                // never two writers of the same files.
+                let _one = self.mints.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+                let pass = source.state().last().unwrap_or(pass);
+                mint(source, &pass, &caller, body)
+            }
             ("GET", ["v2", "keys"]) => {
                 let all = query
                     .split('&')
@@ -772,6 +787,24 @@ fn mint(source: &dyn Source, pass: &Pass, caller: &Caller, body: &[u8]) -> Resul
     if let Err(m) = authority::may_mint(caller, &authority::spec_entitlements(&key)) {
         return Ok(error(StatusCode::FORBIDDEN, &m));
     }
+    // Never longer-lived than its maker: a shorter lifetime is written into the spec, so the
+    // object says what the gateway enforces.
+    let asked = key
+        .spec
+        .expires_after
+        .as_deref()
+        .unwrap_or(validate::DEFAULT_EXPIRES_AFTER);
+    let asked = layergate_filter::time::parse_duration(asked).ok().flatten();
+    let (manifest, key) = match authority::lifetime(caller, asked, now()) {
+        Err(m) => return Ok(error(StatusCode::FORBIDDEN, &m)),
+        Ok(l) if l == asked => (manifest, key),
+        Ok(l) => {
+            let mut m = manifest;
+            m["spec"]["expiresAfter"] = json!(format!("{}s", l.unwrap_or_default()));
+            let key = serde_json::from_value(m.clone()).context("the capped ApiKey")?;
+            (m, key)
+        }
+    };
     if pass
         .objects
         .keys
@@ -801,7 +834,15 @@ fn mint(source: &dyn Source, pass: &Pass, caller: &Caller, body: &[u8]) -> Resul
             .map_or_else(|| "invalid key".to_owned(), |c| c.message);
         return Ok(error(StatusCode::BAD_REQUEST, &msg));
     }
-    let created = source.create_key(&pass.namespace, &name, &manifest, &token)?;
+    let created = match source.create_key(&pass.namespace, &name, &manifest, &token) {
+        Ok(created) => created,
+        Err(e) => {
+            return match e.downcast_ref::<crate::source::Exists>() {
+                Some(exists) => Ok(error(StatusCode::CONFLICT, &exists.0)),
+                None => Err(e),
+            }
+        }
+    };
     // The key and its token exist now: from here on the caller gets the token. The pass that
     // publishes the key is waited for only so long; a slow one (API latency, a queue of
     // passes) ends in the background and the key is enforced when it does.
@@ -919,19 +960,27 @@ fn change_key(
         Change::Delete => source.delete_key(pass, &name)?,
     }
     source.refresh()?;
-    Ok(match change {
-        Change::Revoke => reply(
-            StatusCode::OK,
-            &source
-                .state()
-                .last()
-                .and_then(|p| find_key(&p, caller, &name))
-                .unwrap_or(view),
-        ),
-        Change::Delete => reply(
+    // The answer is the state read back after the write, never the one hoped for: a write
+    // that changed nothing is an error.
+    let after = source.state().last();
+    let now_seen = after.as_ref().and_then(|p| find_key(p, caller, &name));
+    Ok(match (change, now_seen) {
+        (Change::Revoke, Some(v)) if v["phase"] == "Revoked" => reply(StatusCode::OK, &v),
+        (Change::Revoke, seen) => {
+            return Err(anyhow::anyhow!(
+                "API key {name} was written revoked, but the pass after the write reads it as {}",
+                seen.map_or_else(|| "gone".to_owned(), |v| v["phase"].to_string())
+            ))
+        }
+        (Change::Delete, None) => reply(
             StatusCode::OK,
             &json!({"status": "OK", "message": format!("API key {name} deleted")}),
         ),
+        (Change::Delete, Some(_)) => {
+            return Err(anyhow::anyhow!(
+                "API key {name} was deleted, but the pass after the write still reads it"
+            ))
+        }
     })
 }
 

@@ -1,35 +1,61 @@
-//! Who may manage which keys (SPEC §7 "Who may manage keys"), as pure functions the control
-//! API calls in both modes: a key is never worth more than the caller who made it.
+//! Who may manage which keys (SPEC §7 "Who may manage keys"): the one place this is decided,
+//! for both modes and every key route. A key is never worth more than the caller who made it,
+//! in lifetime too.
 //!
 //! ```text
-//!  Principal (the filter's decision) ──caller──► Caller::{Anonymous, Everything, Holds(grants)}
-//!  Caller + asked entitlements ──may_mint──► Ok | what the caller does not hold
-//!  Caller + an existing ApiKey ──may_manage──► list/get/revoke/delete it, or not even see it
+//!  Principal (the filter's decision) ──caller──► Anonymous | Refused(why) | Manager{holds, expires}
+//!  Manager + asked entitlements ──may_mint──► Ok | what the caller does not hold
+//!  Manager + asked lifetime ──lifetime──► no longer than the maker's
+//!  Manager + an existing ApiKey ──may_manage──► list/get/revoke/delete it, or not even see it
 //! ```
 //!
-//! - the bootstrap admin (the default store's credential under `deriveFromStore`) and a minted
-//!   key holding `layer` admin: everything;
-//! - an inbound key of store A (only `admin` ones reach key management): `vectorstore.A` with
-//!   its scopes and every namespace — so it mints and manages `vectorstore.A` keys only;
-//! - anyone else (`open` mode, no token): nothing; the API answers 401.
+//! | caller | manages |
+//! |---|---|
+//! | the bootstrap admin (the default store's credential under `deriveFromStore`) | every key |
+//! | a minted key with `layer` admin and no namespace globs | every key, never outliving it |
+//! | an inbound `admin` key of store A | `vectorstore.A` keys |
+//! | any other credential (a minted key without that grant, a glob-limited `layer` admin, a non-admin inbound key) | nothing: 403 |
+//! | no credential (`open` mode included) | nothing: 401 |
+//!
+//! A `layer` admin grant limited by globs keeps its meaning on the app routes that name
+//! namespaces (`target_namespace` of a pipeline); key management names none, so such a grant
+//! manages no keys — the same answer the gateway gives for any restricted grant on a route
+//! whose namespaces it cannot identify. Agent grants never reach key management.
 
 use crate::crd::ApiKey;
-use layergate_filter::config::{ApiKeyConfig, Entitlement, Entitlements};
+use layergate_filter::config::{Entitlement, Entitlements};
 use layergate_filter::decision::Principal;
 use layergate_filter::entitlement;
 use layergate_filter::policy::{Grant, Policy};
 use layergate_filter::scope::{Scope, Scopes};
 
-/// What a control-API caller holds.
+/// What a manager holds.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Holds {
+    /// Every target (the bootstrap admin, an unrestricted `layer` admin).
+    Everything,
+    /// These grants and no more (an inbound admin key: its store whole).
+    Grants(Entitlements),
+}
+
+/// What a control-API caller is, for key management.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Caller {
-    /// No credential (or `open` mode): may manage nothing.
+    /// No credential (or `open` mode without a minted key's token): 401.
     Anonymous,
-    /// The bootstrap admin or a `layer` admin key: may manage every key.
-    Everything,
-    /// These grants and no more.
-    Holds(Entitlements),
+    /// A credential that manages no keys: 403, saying why.
+    Refused(String),
+    /// A credential that manages keys.
+    Manager {
+        /// What it may grant, see and touch.
+        holds: Holds,
+        /// When it expires (Unix seconds): what it mints expires no later.
+        expires_at: Option<i64>,
+    },
 }
+
+/// The SPEC's default-deny message for key management, naming who may.
+const WHO_MAY: &str = "key management needs the bootstrap admin, a minted key with an unrestricted `layer` admin grant, or an inbound admin key";
 
 fn scope_list(s: Scopes) -> Vec<Scope> {
     [Scope::Read, Scope::Write, Scope::Admin]
@@ -38,41 +64,56 @@ fn scope_list(s: Scopes) -> Vec<Scope> {
         .collect()
 }
 
-/// The caller a principal is, given the policy and the minted keys it was compiled from.
-pub fn caller(policy: &Policy, keys: &[ApiKeyConfig], principal: Principal) -> Caller {
+/// The caller a principal is for key management, given the policy it was authenticated with.
+/// `open` is the principal of an `open` store with no (usable) minted key's token: anonymous.
+pub fn caller(policy: &Policy, principal: Principal) -> Caller {
     match principal {
         Principal::Anonymous | Principal::Open => Caller::Anonymous,
         // Only the default store's credential under deriveFromStore reaches the control routes
         // (namespace-less, so resolved to the default store): the bootstrap admin.
-        Principal::Token(Grant::StoreCredential(_)) => Caller::Everything,
+        Principal::Token(Grant::StoreCredential(_)) => Caller::Manager {
+            holds: Holds::Everything,
+            expires_at: None,
+        },
         Principal::Token(Grant::InboundKey { store, scopes, .. }) => {
             let Some(s) = policy.stores.get(store) else {
                 return Caller::Anonymous;
             };
-            Caller::Holds(Entitlements::from_iter([(
-                format!("vectorstore.{}", s.name),
-                Entitlement {
-                    scopes: scope_list(scopes),
-                    namespaces: None,
-                    claims: Vec::new(),
-                },
-            )]))
+            if !scopes.allows(Scope::Admin) {
+                return Caller::Refused(format!(
+                    "{} is not an admin key; {WHO_MAY}",
+                    principal.name(policy)
+                ));
+            }
+            Caller::Manager {
+                holds: Holds::Grants(Entitlements::from_iter([(
+                    format!("vectorstore.{}", s.name),
+                    Entitlement {
+                        scopes: scope_list(scopes),
+                        namespaces: None,
+                        claims: Vec::new(),
+                    },
+                )])),
+                expires_at: None,
+            }
         }
         Principal::Token(Grant::Minted(k)) => {
-            let Some(name) = policy.keys.get(k).map(|m| m.name()) else {
+            let Some(key) = policy.keys.get(k) else {
                 return Caller::Anonymous;
             };
-            let Some(cfg) = keys.iter().find(|c| c.name == name) else {
-                return Caller::Anonymous;
-            };
-            let layer_admin = cfg
-                .entitlements
-                .get("layer")
-                .is_some_and(|e| e.scopes.contains(&Scope::Admin));
-            if layer_admin {
-                Caller::Everything
-            } else {
-                Caller::Holds(cfg.entitlements.clone())
+            match &key.grants.layer {
+                Some(g) if g.scopes.allows(Scope::Admin) && !g.is_restricted() => Caller::Manager {
+                    holds: Holds::Everything,
+                    expires_at: key.expires_at,
+                },
+                Some(g) if g.scopes.allows(Scope::Admin) => Caller::Refused(format!(
+                    "API key {:?} holds `layer` admin only for some namespaces, and key management names none; {WHO_MAY}",
+                    key.name()
+                )),
+                _ => Caller::Refused(format!(
+                    "API key {:?} holds no `layer` admin grant; {WHO_MAY}",
+                    key.name()
+                )),
             }
         }
     }
@@ -100,12 +141,45 @@ pub fn spec_entitlements(k: &ApiKey) -> Entitlements {
 pub fn may_mint(caller: &Caller, asked: &Entitlements) -> Result<(), String> {
     match caller {
         Caller::Anonymous => Err("key management needs a credential".into()),
-        Caller::Everything => Ok(()),
-        Caller::Holds(held) => entitlement::within(held, asked).map_err(|m| {
+        Caller::Refused(why) => Err(why.clone()),
+        Caller::Manager {
+            holds: Holds::Everything,
+            ..
+        } => Ok(()),
+        Caller::Manager {
+            holds: Holds::Grants(held),
+            ..
+        } => entitlement::within(held, asked).map_err(|m| {
             format!("a key can never be worth more than the caller who makes it: {m}")
         }),
     }
 }
+
+/// How far a key minted now may be from its end of life: what was asked (`None`: never),
+/// cut to the maker's remaining lifetime less [`CREATION_MARGIN_SECS`] (the new key's life
+/// counts from its creation, which the API server stamps a moment later). `Err` when the maker
+/// has too little left to mint anything.
+pub fn lifetime(caller: &Caller, asked: Option<i64>, now: i64) -> Result<Option<i64>, String> {
+    let Caller::Manager {
+        expires_at: Some(end),
+        ..
+    } = caller
+    else {
+        return Ok(asked);
+    };
+    let left = end - now - CREATION_MARGIN_SECS;
+    if left < 1 {
+        return Err(format!(
+            "a key never outlives the key that mints it, and yours expires at {}",
+            crate::validate::rfc3339(*end)
+        ));
+    }
+    Ok(Some(asked.map_or(left, |a| a.min(left))))
+}
+
+/// Seconds a minted key's lifetime is kept short of its maker's end, to cover the time between
+/// the mint and the creation stamp its lifetime counts from.
+pub const CREATION_MARGIN_SECS: i64 = 60;
 
 /// May `caller` see, revoke or delete `key`: exactly when it could have minted it.
 pub fn may_manage(caller: &Caller, key: &ApiKey) -> bool {
@@ -130,5 +204,21 @@ mod tests {
             scope_list(Scopes::from_slice(&[Scope::Read])),
             [Scope::Read]
         );
+    }
+
+    #[test]
+    fn a_minted_lifetime_is_cut_to_the_makers() {
+        let maker = |end| Caller::Manager {
+            holds: Holds::Everything,
+            expires_at: end,
+        };
+        let now = 1_000_000;
+        assert_eq!(lifetime(&maker(None), None, now), Ok(None));
+        assert_eq!(lifetime(&maker(None), Some(5), now), Ok(Some(5)));
+        let end = Some(now + 3_600);
+        assert_eq!(lifetime(&maker(end), None, now), Ok(Some(3_540)));
+        assert_eq!(lifetime(&maker(end), Some(86_400), now), Ok(Some(3_540)));
+        assert_eq!(lifetime(&maker(end), Some(60), now), Ok(Some(60)));
+        assert!(lifetime(&maker(Some(now + 30)), Some(5), now).is_err());
     }
 }

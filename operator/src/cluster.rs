@@ -1242,7 +1242,14 @@ impl Source for Cluster {
                     &key,
                 )
                 .await
-                .context("creating the ApiKey")?;
+                .map_err(|e| match e {
+                    kube::Error::Api(a) if a.is_already_exists() => {
+                        anyhow::Error::from(crate::source::Exists(format!(
+                            "an ApiKey named {name} exists; revoke or delete it, or pick another name"
+                        )))
+                    }
+                    e => anyhow::Error::from(e).context("creating the ApiKey"),
+                })?;
             self.caches().merge(created.clone());
             let mut s = keys::token_secret(
                 namespace,
@@ -1262,10 +1269,31 @@ impl Source for Cluster {
                 Ok(made) => {
                     self.caches().merge(made);
                 }
-                // A Secret of that name left by a deleted key (not yet collected): never adopt
-                // it — replace it, so the new key has the new token only.
+                // A Secret of that name left by a deleted key of this name (owned by it, not
+                // yet collected): never adopt it — replace it, so the new key has the new token
+                // only. Any other Secret of that name is not the mint's to touch: the mint is
+                // undone and refused.
                 Err(kube::Error::Api(e)) if e.is_already_exists() => {
                     let name = keys::secret_name(name);
+                    // (From the cache: the Role has no `get` on Secrets.)
+                    let key_name = created.metadata.name.clone().unwrap_or_default();
+                    let left_by_a_deleted_key = self.caches().secrets.get(&name).is_some_and(|s| {
+                        let m = &s.marks;
+                        m.token_label.as_deref() == Some(key_name.as_str())
+                            && !m.apikey_owners.is_empty()
+                            && m.apikey_owners.iter().all(|uid| Some(uid) != created.metadata.uid.as_ref())
+                    });
+                    if !left_by_a_deleted_key {
+                        self.api::<ApiKey>()
+                            .delete(&key_name, &Default::default())
+                            .await
+                            .with_context(|| format!("undoing the mint of {key_name}"))?;
+                        self.caches().keys.forget(&key_name);
+                        return Err(crate::source::Exists(format!(
+                            "a Secret named {name} exists and is not a deleted key's token; delete it or pick another key name"
+                        ))
+                        .into());
+                    }
                     secrets
                         .delete(&name, &Default::default())
                         .await

@@ -311,8 +311,10 @@ impl Objects {
     }
 }
 
-/// Splits a YAML stream into documents at `---` lines.
-fn split_documents(text: &str) -> Vec<String> {
+/// Splits a YAML stream into documents at `---` lines (`---`, or `---` and a space and more:
+/// a comment), whatever the line endings: the one splitter for reading manifests and for
+/// rewriting them.
+pub fn split_documents(text: &str) -> Vec<String> {
     let mut docs = vec![String::new()];
     for line in text.lines() {
         if line == "---" || line.starts_with("--- ") {

@@ -72,10 +72,15 @@ pub fn mint_missing(dir: &Path, objects: &Objects, namespace: &str) -> Result<us
         }
         let file = dir.join(format!("{}.yaml", keys::secret_name(&name)));
         let minted_at = validate::rfc3339(now());
-        write_private(
+        if !create_private(
             &file,
             &keys::secret_manifest(ns, &name, &keys::mint_token()?, &minted_at)?,
-        )?;
+        )? {
+            // Never overwrite a file the operator did not make: the key stays without a
+            // token (its condition says so) until the file is moved away.
+            tracing::warn!(apikey = %format!("{ns}/{name}"), file = %file.display(), "not minting: the token's file exists and holds no Secret of that name");
+            continue;
+        }
         tracing::info!(apikey = %format!("{ns}/{name}"), file = %file.display(), "minted a token");
         minted += 1;
     }
@@ -595,20 +600,42 @@ impl Source for DirSource {
         manifest: &serde_json::Value,
         token: &str,
     ) -> Result<ApiKey> {
-        // A Secret of that name left anywhere (by a deleted key, or written beforehand) must
-        // never be picked up again: the new key gets the new token only.
-        if let Some(pass) = self.state.last() {
-            remove_secret_documents(&pass, &keys::secret_name(name))?;
+        // Never overwrite: a Secret of the token's name anywhere in the directory (a
+        // hand-written one, or one another key reads) or a file of either name that exists is
+        // refused — the new key gets a new token and touches nothing it did not make.
+        let secret = keys::secret_name(name);
+        if let Some(file) = self.state.last().and_then(|p| {
+            p.objects
+                .secret_files
+                .get(&(namespace.to_owned(), secret.clone()))
+                .cloned()
+        }) {
+            return Err(Exists(format!(
+                "a Secret named {secret} is already in {file}; delete it or pick another key name"
+            ))
+            .into());
         }
         let minted_at = validate::rfc3339(now());
-        write_private(
-            &self.dir.join(format!("{}.yaml", keys::secret_name(name))),
+        let secret_file = self.dir.join(format!("{secret}.yaml"));
+        if !create_private(
+            &secret_file,
             &keys::secret_manifest(namespace, name, token, &minted_at)?,
-        )?;
-        std::fs::write(
-            self.dir.join(format!("{name}.apikey.yaml")),
-            serde_yaml::to_string(manifest)?,
-        )?;
+        )? {
+            return Err(Exists(format!(
+                "the file {} exists; the mint would overwrite it (delete it or pick another key name)",
+                secret_file.display()
+            ))
+            .into());
+        }
+        let key_file = self.dir.join(format!("{name}.apikey.yaml"));
+        if !create_private(&key_file, &serde_yaml::to_string(manifest)?)? {
+            let _ = std::fs::remove_file(&secret_file);
+            return Err(Exists(format!(
+                "the file {} exists; the mint would overwrite it (delete it or pick another key name)",
+                key_file.display()
+            ))
+            .into());
+        }
         serde_json::from_value(manifest.clone()).context("the ApiKey")
     }
 
@@ -629,17 +656,18 @@ impl Source for DirSource {
             .keys
             .iter()
             .find(|k| k.metadata.name.as_deref() == Some(name));
+        let minted = keys::secret_name(name);
         if let Some(k) = key {
             let source = validate::token_source(k);
             let marks = pass
                 .objects
                 .secret_marks
                 .get(&(pass.namespace.clone(), source.name.clone()));
-            if marks.is_some_and(|m| m.token_label.as_deref() == Some(name)) {
+            if source.name != minted && marks.is_some_and(|m| m.token_label.as_deref() == Some(name)) {
                 remove_secret_documents(pass, &source.name)?;
             }
         }
-        remove_secret_documents(pass, &keys::secret_name(name))?;
+        remove_secret_documents(pass, &minted)?;
         if file.exists() {
             rewrite_key_document(&file, name, KeyEdit::Delete)?;
         }
@@ -662,21 +690,53 @@ fn remove_secret_documents(pass: &Pass, secret: &str) -> Result<()> {
 
 /// Writes a file only its owner can read (tokens), replacing it atomically.
 pub fn write_private(path: &Path, text: &str) -> Result<()> {
+    let tmp = private_temp(path, text)?;
+    std::fs::rename(&tmp, path).with_context(|| format!("writing {}", path.display()))?;
+    Ok(())
+}
+
+/// Creates a file only its owner can read, atomically and only if no file of that name exists:
+/// `Ok(false)` (and nothing written) when one does. A mint never overwrites a file it did not
+/// make, which may hold other keys.
+pub fn create_private(path: &Path, text: &str) -> Result<bool> {
+    let tmp = private_temp(path, text)?;
+    let linked = std::fs::hard_link(&tmp, path);
+    let _ = std::fs::remove_file(&tmp);
+    match linked {
+        Ok(()) => Ok(true),
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Ok(false),
+        Err(e) => Err(e).with_context(|| format!("creating {}", path.display())),
+    }
+}
+
+/// `text` in a new 0600 file beside `path`, named for this writer alone (parallel writers
+/// never share a temporary file).
+fn private_temp(path: &Path, text: &str) -> Result<PathBuf> {
     use std::io::Write;
     use std::os::unix::fs::OpenOptionsExt;
-    let tmp = path.with_extension("tmp");
+    let mut name = path.file_name().unwrap_or_default().to_os_string();
+    name.push(format!(
+        ".{}-{:04x}{:04x}.tmp",
+        std::process::id(),
+        random_u16(),
+        random_u16()
+    ));
+    let tmp = path.with_file_name(name);
     let mut f = std::fs::OpenOptions::new()
         .write(true)
-        .create(true)
-        .truncate(true)
+        .create_new(true)
         .mode(0o600)
         .open(&tmp)
         .with_context(|| format!("writing {}", tmp.display()))?;
     f.write_all(text.as_bytes())?;
     f.sync_all()?;
-    std::fs::rename(&tmp, path).with_context(|| format!("writing {}", path.display()))?;
-    Ok(())
+    Ok(tmp)
 }
+
+/// A write refused because its object (or file) exists: the control API answers 409.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct Exists(pub String);
 
 /// Annotation recording when a key was revoked through the API.
 pub const REVOKED_AT_ANNOTATION: &str = "hevlayer.com/revoked-at";
@@ -692,15 +752,19 @@ fn rewrite_key_document(file: &Path, name: &str, edit: KeyEdit) -> Result<()> {
     rewrite_documents(file, "ApiKey", name, edit)
 }
 
-/// Revokes (ApiKeys) or removes one `kind`/`name` document in a manifest file.
+/// Revokes (ApiKeys) or removes one `kind`/`name` document in a manifest file, split into
+/// documents exactly as the loader reads it ([`manifests::split_documents`]). A file that holds
+/// no such document is an error: the write would change nothing.
 fn rewrite_documents(file: &Path, kind: &str, name: &str, edit: KeyEdit) -> Result<()> {
     let text = std::fs::read_to_string(file)?;
     let mut docs: Vec<String> = Vec::new();
-    for doc in text.split("\n---\n") {
-        let parsed: Option<serde_yaml::Value> = serde_yaml::from_str(doc).ok();
+    let mut found = 0;
+    for doc in manifests::split_documents(&text) {
+        let parsed: Option<serde_yaml::Value> = serde_yaml::from_str(&doc).ok();
         let is_it = parsed.as_ref().is_some_and(|v| {
             v["kind"].as_str() == Some(kind) && v["metadata"]["name"].as_str() == Some(name)
         });
+        found += usize::from(is_it);
         match (is_it, &edit, parsed) {
             (true, KeyEdit::Delete, _) => {}
             (true, KeyEdit::Revoke, Some(mut v)) => {
@@ -714,20 +778,27 @@ fn rewrite_documents(file: &Path, kind: &str, name: &str, edit: KeyEdit) -> Resu
                 }
                 docs.push(serde_yaml::to_string(&v)?);
             }
-            _ => docs.push(doc.to_owned()),
+            _ => docs.push(doc),
         }
+    }
+    if found == 0 {
+        anyhow::bail!(
+            "{} holds no {kind} document named {name:?}; nothing was changed",
+            file.display()
+        );
     }
     let kept: Vec<&String> = docs.iter().filter(|d| !d.trim().is_empty()).collect();
     if kept.is_empty() {
         std::fs::remove_file(file)?;
     } else {
-        std::fs::write(
+        write_private(
             file,
-            kept.iter()
+            &(kept
+                .iter()
                 .map(|d| d.trim_end().to_owned())
                 .collect::<Vec<_>>()
                 .join("\n---\n")
-                + "\n",
+                + "\n"),
         )?;
     }
     Ok(())

@@ -839,6 +839,17 @@ fn validate_key(
             phase,
         )
     };
+    // Revoked wins over everything (SPEC §7): whatever else is wrong with the spec, a key that
+    // says revoked is Revoked, and a Revoked verdict never gets a last valid form.
+    if k.spec.revoked == Some(true) {
+        return out(
+            ApiKeyPhase::Revoked,
+            reason::REVOKED,
+            "revoked; the gateway no longer accepts this key".into(),
+            vec![],
+            None,
+        );
+    }
     if !crate::keys::valid_object_name(&name) {
         return out(
             ApiKeyPhase::Pending,
@@ -922,15 +933,6 @@ fn validate_key(
     };
     if let Err(m) = entitlement::check_api_key(&shape) {
         return out(ApiKeyPhase::Pending, reason::INVALID_SPEC, m, extra, None);
-    }
-    if k.spec.revoked == Some(true) {
-        return out(
-            ApiKeyPhase::Revoked,
-            reason::REVOKED,
-            "revoked; the gateway no longer accepts this key".into(),
-            extra,
-            None,
-        );
     }
     let source = token_source(k);
     // Creation time: the object's, else when the operator minted its token (directory mode),
