@@ -702,7 +702,12 @@ fn unrestricted_principals_stream_without_inspection() {
     one["namespaces"] = json!({});
     let p = policy_from(&one);
     forward(call(&p, "POST", "/v2/namespaces/shop-a", "demo-rw-token"));
-    forward(call(&p, "POST", "/v2/namespaces/shop-a/async", "demo-rw-token"));
+    forward(call(
+        &p,
+        "POST",
+        "/v2/namespaces/shop-a/async",
+        "demo-rw-token",
+    ));
     let mut v = one.clone();
     v["apiKeys"][0]["entitlements"]["vectorstore.primary"] = json!({"scopes": ["write"]});
     forward(call(
@@ -713,7 +718,12 @@ fn unrestricted_principals_stream_without_inspection() {
     ));
     // Several stores: only the writes that may copy are read, for every caller (issue 21).
     let p = demo();
-    forward(call(&p, "POST", "/v2/namespaces/shop-a/query", "demo-rw-token"));
+    forward(call(
+        &p,
+        "POST",
+        "/v2/namespaces/shop-a/query",
+        "demo-rw-token",
+    ));
     forward(call(&p, "DELETE", "/v2/namespaces/shop-a", "demo-rw-token"));
     for (path, token) in [
         ("/v2/namespaces/shop-a", "demo-rw-token"),
@@ -1182,20 +1192,38 @@ fn a_copy_source_on_another_store_is_refused_for_every_caller() {
     v["apiKeys"][0]["entitlements"]["vectorstore.primary"]["scopes"] = json!(["read", "write"]);
     v["namespaces"]["shop-vault"] = json!("archive");
     let p = policy_from(&v);
-    let judge = |token: &str, path: &str, body: &serde_json::Value| match call(&p, "POST", path, token)
-    {
-        Decision::Inspect(plan, ins) => {
-            body::check(&p, &plan, ins, body.to_string().as_bytes(), || NOW)
-        }
-        other => panic!("{token} {path}: expected Inspect, got {other:?}"),
-    };
+    let judge =
+        |token: &str, path: &str, body: &serde_json::Value| match call(&p, "POST", path, token) {
+            Decision::Inspect(plan, ins) => {
+                body::check(&p, &plan, ins, body.to_string().as_bytes(), || NOW)
+            }
+            other => panic!("{token} {path}: expected Inspect, got {other:?}"),
+        };
     let bodies = [
-        ("/v2/namespaces/shop-new", json!({"copy_from_namespace": "shop-vault"})),
-        ("/v2/namespaces/shop-new", json!({"copy_from_namespace": {"source_namespace": "shop-vault"}})),
-        ("/v2/namespaces/shop-new", json!({"branch_from_namespace": "shop-vault"})),
-        ("/v2/namespaces/shop-new", json!({"branch_from_namespace": {"source_namespace": "shop-vault"}})),
-        ("/v2/namespaces/shop-new/async", json!({"source_namespace": "shop-vault"})),
-        ("/v2/namespaces/shop-new/async", json!({"copy_from_namespace": {"source_namespace": "shop-vault"}})),
+        (
+            "/v2/namespaces/shop-new",
+            json!({"copy_from_namespace": "shop-vault"}),
+        ),
+        (
+            "/v2/namespaces/shop-new",
+            json!({"copy_from_namespace": {"source_namespace": "shop-vault"}}),
+        ),
+        (
+            "/v2/namespaces/shop-new",
+            json!({"branch_from_namespace": "shop-vault"}),
+        ),
+        (
+            "/v2/namespaces/shop-new",
+            json!({"branch_from_namespace": {"source_namespace": "shop-vault"}}),
+        ),
+        (
+            "/v2/namespaces/shop-new/async",
+            json!({"source_namespace": "shop-vault"}),
+        ),
+        (
+            "/v2/namespaces/shop-new/async",
+            json!({"copy_from_namespace": {"source_namespace": "shop-vault"}}),
+        ),
     ];
     // The restricted shop-* writer and the unrestricted inbound key alike.
     for token in [SHOP, "demo-rw-token", "demo-admin-token"] {
@@ -1205,8 +1233,18 @@ fn a_copy_source_on_another_store_is_refused_for_every_caller() {
             assert!(d.message.contains("across stores"), "{}", d.message);
         }
         // The same copies within the destination's store pass.
-        judge(token, "/v2/namespaces/shop-new", &json!({"copy_from_namespace": "shop-old"})).unwrap();
-        judge(token, "/v2/namespaces/shop-new/async", &json!({"source_namespace": "shop-old"})).unwrap();
+        judge(
+            token,
+            "/v2/namespaces/shop-new",
+            &json!({"copy_from_namespace": "shop-old"}),
+        )
+        .unwrap();
+        judge(
+            token,
+            "/v2/namespaces/shop-new/async",
+            &json!({"source_namespace": "shop-old"}),
+        )
+        .unwrap();
         // A region the gateway cannot map to a store, in any form.
         for body in [
             json!({"copy_from_namespace": {"source_namespace": "shop-old", "source_region": "gcp-us-east4"}}),

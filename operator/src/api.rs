@@ -529,7 +529,10 @@ impl Api {
             ("POST", ["v2", "keys"]) => {
                 // One mint at a time: parallel mints of one name get one winner and 409s,
                 // never two writers of the same files.
-                let _one = self.mints.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+                let _one = self
+                    .mints
+                    .lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner);
                 let pass = source.state().last().unwrap_or(pass);
                 mint(source, &pass, &caller, body)
             }
@@ -664,35 +667,71 @@ fn minted_bearer(pass: &Pass, headers: &[(String, String)]) -> Option<Principal>
 
 /// The keys `caller` may see, in hev layer's shape.
 fn key_views(pass: &Pass, caller: &Caller) -> Vec<Value> {
+    key_views_where(pass, caller, |_| true)
+}
+
+/// The views of the keys `caller` may see (see [`authority::may_manage`]) for which `pick`
+/// holds (given the object; a view is built only for those).
+fn key_views_where(
+    pass: &Pass,
+    caller: &Caller,
+    pick: impl Fn(&crate::crd::ApiKey) -> bool,
+) -> Vec<Value> {
+    let lookup = status::KeyLookup::of(pass);
+    let enforced = |i: usize, k: &crate::crd::ApiKey| {
+        pass.validation
+            .keys
+            .get(i)
+            .filter(|v| Some(v.name.as_str()) == k.metadata.name.as_deref())
+            .and_then(|v| v.valid.as_ref())
+    };
+    pass.objects
+        .keys
+        .iter()
+        .enumerate()
+        .filter(|(i, k)| pick(k) && authority::may_manage(caller, k, enforced(*i, k)))
+        .map(|(_, k)| key_view(&lookup, pass, k))
+        .collect()
+}
+
+/// One key in hev layer's shape.
+fn key_view(lookup: &status::KeyLookup, pass: &Pass, k: &crate::crd::ApiKey) -> Value {
+    let st = status::key_in(lookup, pass, k, now());
+    json!({
+        "keyId": st.key_id,
+        "name": k.metadata.name,
+        "owner": k.spec.owner,
+        "description": k.spec.description,
+        "entitlements": k.spec.entitlements,
+        "expiresAfter": k.spec.expires_after.clone().unwrap_or_else(|| validate::DEFAULT_EXPIRES_AFTER.to_owned()),
+        "phase": st.phase,
+        "createdAt": st.created_at,
+        "expiresAt": st.expires_at,
+        "revokedAt": st.revoked_at,
+        "lookupHash": st.lookup_hash,
+        "secretRef": st.secret_ref,
+    })
+}
+
+fn find_key(pass: &Pass, caller: &Caller, id: &str) -> Option<Value> {
+    // By name first: one view built, not every key's.
+    let by_name = key_views_where(pass, caller, |k| k.metadata.name.as_deref() == Some(id));
+    by_name.into_iter().next().or_else(|| {
+        key_views(pass, caller)
+            .into_iter()
+            .find(|k| k["keyId"] == id)
+    })
+}
+
+/// The key named `name` as `pass` reads it, whoever may see it now: a write's answer, read
+/// back after the write the caller was allowed to make.
+fn read_back(pass: &Pass, name: &str) -> Option<Value> {
     let lookup = status::KeyLookup::of(pass);
     pass.objects
         .keys
         .iter()
-        .filter(|k| authority::may_manage(caller, k))
-        .map(|k| {
-            let st = status::key_in(&lookup, pass, k, now());
-            json!({
-                "keyId": st.key_id,
-                "name": k.metadata.name,
-                "owner": k.spec.owner,
-                "description": k.spec.description,
-                "entitlements": k.spec.entitlements,
-                "expiresAfter": k.spec.expires_after.clone().unwrap_or_else(|| validate::DEFAULT_EXPIRES_AFTER.to_owned()),
-                "phase": st.phase,
-                "createdAt": st.created_at,
-                "expiresAt": st.expires_at,
-                "revokedAt": st.revoked_at,
-                "lookupHash": st.lookup_hash,
-                "secretRef": st.secret_ref,
-            })
-        })
-        .collect()
-}
-
-fn find_key(pass: &Pass, caller: &Caller, id: &str) -> Option<Value> {
-    key_views(pass, caller)
-        .into_iter()
-        .find(|k| k["keyId"] == id || k["name"] == id)
+        .find(|k| k.metadata.name.as_deref() == Some(name))
+        .map(|k| key_view(&lookup, pass, k))
 }
 
 fn store_views(source: &dyn Source, pass: &Pass) -> Vec<Value> {
@@ -963,7 +1002,7 @@ fn change_key(
     // The answer is the state read back after the write, never the one hoped for: a write
     // that changed nothing is an error.
     let after = source.state().last();
-    let now_seen = after.as_ref().and_then(|p| find_key(p, caller, &name));
+    let now_seen = after.as_ref().and_then(|p| read_back(p, &name));
     Ok(match (change, now_seen) {
         (Change::Revoke, Some(v)) if v["phase"] == "Revoked" => reply(StatusCode::OK, &v),
         (Change::Revoke, seen) => {

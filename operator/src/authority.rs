@@ -23,7 +23,7 @@
 //! whose namespaces it cannot identify. Agent grants never reach key management.
 
 use crate::crd::ApiKey;
-use layergate_filter::config::{Entitlement, Entitlements};
+use layergate_filter::config::{ApiKeyConfig, Entitlement, Entitlements};
 use layergate_filter::decision::Principal;
 use layergate_filter::entitlement;
 use layergate_filter::policy::{Grant, Policy};
@@ -181,9 +181,38 @@ pub fn lifetime(caller: &Caller, asked: Option<i64>, now: i64) -> Result<Option<
 /// the mint and the creation stamp its lifetime counts from.
 pub const CREATION_MARGIN_SECS: i64 = 60;
 
-/// May `caller` see, revoke or delete `key`: exactly when it could have minted it.
-pub fn may_manage(caller: &Caller, key: &ApiKey) -> bool {
-    may_mint(caller, &spec_entitlements(key)).is_ok()
+/// May `caller` see, revoke or delete `key`: exactly when it could have minted what the key
+/// grants — `enforced`, the form the gateway enforces (a last valid form while the spec is
+/// invalid), else its spec read as a grant: a target that does not parse grants nothing and is
+/// left out, a grant whose globs do not compile counts as the whole target. So a key whose spec
+/// went bad stays revocable by whoever could have minted what it still names; a key naming no
+/// target that parses, only by a caller holding everything.
+pub fn may_manage(caller: &Caller, key: &ApiKey, enforced: Option<&ApiKeyConfig>) -> bool {
+    if let Some(config) = enforced {
+        return may_mint(caller, &config.entitlements).is_ok();
+    }
+    let spec = spec_entitlements(key);
+    let named: Entitlements = spec
+        .iter()
+        .filter(|(target, _)| entitlement::parse_target(target).is_ok())
+        .map(|(target, e)| {
+            let mut e = e.clone();
+            if entitlement::grant_globs(target, &e).is_err() {
+                e.namespaces = None;
+            }
+            (target.clone(), e)
+        })
+        .collect();
+    if named.is_empty() && !key.spec.entitlements.is_empty() {
+        return matches!(
+            caller,
+            Caller::Manager {
+                holds: Holds::Everything,
+                ..
+            }
+        );
+    }
+    may_mint(caller, &named).is_ok()
 }
 
 #[cfg(test)]

@@ -94,8 +94,12 @@ pub mod limits {
     /// Time for a client to send the whole request, body included (a 16 MiB upload needs
     /// about 1.1 Mbit/s); Envoy answers 408 and closes the stream.
     pub const REQUEST_TIMEOUT: &str = "120s";
-    /// A stream with no bytes either way for this long is reset (a stalled upload).
-    pub const STREAM_IDLE_TIMEOUT: &str = "30s";
+    /// A stream with no bytes either way for this long is reset (a stalled upload), ms — at
+    /// least; the listener renders [`super::stream_idle_ms`], which outlasts the route timeout
+    /// so a store that hangs gets the route's JSON 504 naming it, not an idle reset first.
+    pub const STREAM_IDLE_TIMEOUT_MS: u64 = 30_000;
+    /// How much longer than the route timeout a stream may be idle.
+    pub const STREAM_IDLE_GRACE_MS: u64 = 15_000;
     /// A connection with no streams for this long is closed.
     pub const CONNECTION_IDLE_TIMEOUT: &str = "300s";
     /// Request headers larger than this are refused with 431.
@@ -239,6 +243,14 @@ fn route(inspect: bool) -> Value {
     r
 }
 
+/// The listener's stream idle timeout, ms: [`limits::STREAM_IDLE_TIMEOUT_MS`], or the route
+/// timeout plus [`limits::STREAM_IDLE_GRACE_MS`] when that is longer. With Envoy's defaults the
+/// idle timer (30 s) fired before the route's (60 s): a hanging store got a plain-text
+/// `504 stream timeout` instead of the JSON error naming it.
+pub fn stream_idle_ms(limits: &UpstreamLimits) -> u64 {
+    limits::STREAM_IDLE_TIMEOUT_MS.max(limits.request_timeout_ms + limits::STREAM_IDLE_GRACE_MS)
+}
+
 /// The listener resource (default [`UpstreamLimits`]).
 pub fn listener(l: &Listener) -> Value {
     listener_with(l, &UpstreamLimits::default())
@@ -287,11 +299,26 @@ pub fn listener_with(l: &Listener, limits: &UpstreamLimits) -> Value {
         json!({"filter": {"response_flag_filter": {"flags": flags}}, "status_code": status,
                "body_format_override": {"json_format": {"status": "error", "error": error}}})
     };
+    // Envoy's own timers on the client side: a stream idle in both directions (SI: 408 while
+    // the request is still arriving, 504 after), and the whole request not arriving in time
+    // (408, which the filter never sends). The status stays Envoy's; the body is JSON.
+    let idle = format!(
+        "no bytes moved either way for {}; the request was cut off and may or may not have been applied",
+        ms(stream_idle_ms(limits))
+    );
+    let late = format!(
+        "the request did not arrive in time (headers within {}, the whole request within {})",
+        limits::REQUEST_HEADERS_TIMEOUT,
+        limits::REQUEST_TIMEOUT
+    );
+    let keep_status = |filter: Value, error: &str| json!({"filter": filter, "body_format_override": {"json_format": {"status": "error", "error": error}}});
     let local_reply = json!({"mappers": [
         mapper(&["UF", "UH"], 503, unreachable),
         mapper(&["UT"], 504, &timeout),
         mapper(&["UC", "UR"], 503, reset),
         mapper(&["UO"], 503, overflow),
+        keep_status(json!({"response_flag_filter": {"flags": ["SI"]}}), &idle),
+        keep_status(json!({"status_code_filter": {"comparison": {"op": "EQ", "value": {"default_value": 408, "runtime_key": "layergate.local_reply.408"}}}}), &late),
     ]});
     let routes = [route(true), route(false)].map(|mut r| {
         r["route"]["timeout"] = json!(ms(limits.request_timeout_ms));
@@ -313,7 +340,7 @@ pub fn listener_with(l: &Listener, limits: &UpstreamLimits) -> Value {
             "path_with_escaped_slashes_action": "KEEP_UNCHANGED",
             "request_headers_timeout": limits::REQUEST_HEADERS_TIMEOUT,
             "request_timeout": limits::REQUEST_TIMEOUT,
-            "stream_idle_timeout": limits::STREAM_IDLE_TIMEOUT,
+            "stream_idle_timeout": ms(stream_idle_ms(limits)),
             "max_request_headers_kb": limits::MAX_REQUEST_HEADERS_KB,
             "common_http_protocol_options": {
                 "idle_timeout": limits::CONNECTION_IDLE_TIMEOUT,
@@ -672,7 +699,7 @@ mod tests {
                 json!(limits::REQUEST_HEADERS_TIMEOUT),
             ),
             ("request_timeout", json!(limits::REQUEST_TIMEOUT)),
-            ("stream_idle_timeout", json!(limits::STREAM_IDLE_TIMEOUT)),
+            ("stream_idle_timeout", json!("75s")),
             (
                 "max_request_headers_kb",
                 json!(limits::MAX_REQUEST_HEADERS_KB),

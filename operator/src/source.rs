@@ -663,7 +663,9 @@ impl Source for DirSource {
                 .objects
                 .secret_marks
                 .get(&(pass.namespace.clone(), source.name.clone()));
-            if source.name != minted && marks.is_some_and(|m| m.token_label.as_deref() == Some(name)) {
+            if source.name != minted
+                && marks.is_some_and(|m| m.token_label.as_deref() == Some(name))
+            {
                 remove_secret_documents(pass, &source.name)?;
             }
         }

@@ -707,3 +707,477 @@ fn healthz_fails_while_the_controller_loop_is_stuck() {
     f.source.state().beat();
     assert_eq!(f.call("GET", "/healthz", None, Value::Null).0, 200);
 }
+
+// ---------------------------------------------------------------------------------------------
+// Issue 21: who may manage keys, walked row by row from docs/control-api.md, and the write path.
+
+/// Minted keys the table's rows are made of: (name, entitlements, token).
+const TABLE_KEYS: [(&str, &str, &str); 5] = [
+    ("boss", "{layer: {scopes: [admin]}}", "hvl_tableBoss0123456789abcdefABCDEFGHIJ"),
+    ("glob-boss", "{layer: {scopes: [admin], namespaces: [\"shop-*\"]}, vectorstore.primary: {scopes: [admin], namespaces: [\"shop-*\"]}}", "hvl_tableGlobBoss0123456789abcdefABCDEF"),
+    ("layer-rw", "{layer: {scopes: [read, write]}}", "hvl_tableLayerRw0123456789abcdefABCDEFG"),
+    ("store-admin", "{vectorstore.primary: {scopes: [admin]}}", "hvl_tableStoreAdmin0123456789abcdefABCD"),
+    ("vault-reader", "{vectorstore.archive: {scopes: [read]}}", "hvl_tableVaultReader0123456789abcdefABC"),
+];
+
+/// The demo manifests with the default store in `mode` and the table's minted keys.
+fn table_fixture(tag: &str, mode: &str) -> Fixture {
+    fixture(tag, 120, |file, text| match file {
+        "vectorstores.yaml" => {
+            let (primary, rest) = text.split_once("\n---\n").unwrap();
+            let head = &primary[..primary.find("  inboundAuth:").unwrap()];
+            let auth = if mode == "keys" {
+                &primary[primary.find("  inboundAuth:").unwrap()..]
+            } else {
+                ""
+            };
+            if mode == "keys" {
+                format!("{head}{auth}\n---\n{rest}")
+            } else {
+                format!("{head}  inboundAuth: {{mode: {mode}}}\n---\n{rest}")
+            }
+        }
+        "apikeys.yaml" => {
+            let mut t = text;
+            for (name, ent, _) in TABLE_KEYS {
+                t.push_str(&format!("\n---\napiVersion: hevlayer.com/v1alpha1\nkind: ApiKey\nmetadata: {{name: {name}, namespace: layer}}\nspec:\n  entitlements: {ent}\n  expiresAfter: 30d\n"));
+            }
+            t
+        }
+        "secrets.yaml" => {
+            let mut t = text;
+            for (name, _, token) in TABLE_KEYS {
+                t.push_str(&format!("\n---\napiVersion: v1\nkind: Secret\nmetadata:\n  name: apikey-{name}\n  namespace: layer\n  labels: {{hevlayer.com/apikey-token: {name}}}\nstringData:\n  token: {token}\n"));
+            }
+            t
+        }
+        _ => text,
+    })
+}
+
+/// The token a table row's caller sends, or `None` for no credential.
+fn table_caller(row: &str) -> Option<&'static str> {
+    let minted = |name: &str| TABLE_KEYS.iter().find(|k| k.0 == name).map(|k| k.2);
+    Some(match row {
+        r if r.starts_with("no credential") => return None,
+        r if r.starts_with("a token the gateway does not know") => {
+            "hvl_unknownUnknown0123456789abcdefABCDEF"
+        }
+        r if r.starts_with("the default store's credential") => "tpuf-primary-dev-key",
+        r if r.starts_with("another store's credential") => "tpuf-archive-dev-key",
+        r if r.starts_with("an inbound `admin` key") => ADMIN,
+        r if r.starts_with("an inbound `read`/`write` key") => "demo-rw-token",
+        r if r.starts_with("a minted key with `layer: {scopes: [admin]}`") => minted("boss")?,
+        r if r.starts_with("a minted key with `layer` admin limited") => minted("glob-boss")?,
+        r if r.starts_with("a minted key with `layer` read or write") => minted("layer-rw")?,
+        r if r.starts_with("a minted key with `vectorstore.<default>") => minted("store-admin")?,
+        r if r.starts_with("a minted key with no `layer` grant") => minted("vault-reader")?,
+        r => panic!("docs/control-api.md names a caller the test does not know: {r:?}"),
+    })
+}
+
+/// SPEC §7 / issue 21: docs/control-api.md's table of who may manage keys, every row and mode,
+/// on list, get, mint, revoke and delete.
+#[test]
+fn the_who_may_manage_keys_table_holds_row_by_row() {
+    let doc = std::fs::read_to_string(
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("../docs/control-api.md"),
+    )
+    .unwrap();
+    let table: Vec<Vec<String>> = doc
+        .lines()
+        .skip_while(|l| !l.starts_with("| caller | deriveFromStore | keys | open |"))
+        .skip(2)
+        .take_while(|l| l.starts_with('|'))
+        .map(|l| {
+            l.trim_matches('|')
+                .split(" | ")
+                .map(|c| c.trim().to_owned())
+                .collect()
+        })
+        .collect();
+    assert_eq!(table.len(), 11, "the table's rows: {table:?}");
+    let modes = ["deriveFromStore", "keys", "open"];
+    let fixtures: Vec<Fixture> = modes
+        .iter()
+        .map(|m| table_fixture(&format!("table-{m}"), m))
+        .collect();
+    let mut walked = 0;
+    for row in &table {
+        let token = table_caller(&row[0]);
+        for (i, mode) in modes.iter().enumerate() {
+            let cell = row[i + 1].as_str();
+            let f = &fixtures[i];
+            let what = format!("{} under {mode}", row[0]);
+            match cell {
+                "n/a" => continue,
+                "401" | "403" => {
+                    let want: u16 = cell.parse().unwrap();
+                    for (method, path, body) in [
+                        ("GET", "/v2/keys", Value::Null),
+                        ("GET", "/v2/keys/shop-reader", Value::Null),
+                        (
+                            "POST",
+                            "/v2/keys",
+                            key(
+                                "intruder",
+                                json!({"vectorstore.primary": {"scopes": ["read"]}}),
+                            ),
+                        ),
+                        ("POST", "/v2/keys/shop-reader/revoke", Value::Null),
+                        ("DELETE", "/v2/keys/shop-reader", Value::Null),
+                        ("POST", "/v2/keys/shop-reader/rotate", json!({})),
+                    ] {
+                        let (status, reply) = f.call(method, path, token, body);
+                        assert_eq!(status, want, "{what}: {method} {path}: {reply}");
+                    }
+                }
+                "all" | "store" => {
+                    let all = cell == "all";
+                    let (status, body) = f.call("GET", "/v2/keys", token, Value::Null);
+                    assert_eq!(status, 200, "{what}: {body}");
+                    let names: Vec<&str> = body["keys"]
+                        .as_array()
+                        .unwrap()
+                        .iter()
+                        .map(|k| k["name"].as_str().unwrap())
+                        .collect();
+                    assert_eq!(names.contains(&"vault-reader"), all, "{what}: {names:?}");
+                    assert!(names.contains(&"shop-reader"), "{what}: {names:?}");
+                    let (status, _) = f.call("GET", "/v2/keys/vault-reader", token, Value::Null);
+                    assert_eq!(status, if all { 200 } else { 404 }, "{what}");
+                    let (status, body) = f.call(
+                        "POST",
+                        "/v2/keys",
+                        token,
+                        key(
+                            &format!("vault-{walked}"),
+                            json!({"vectorstore.archive": {"scopes": ["read"]}}),
+                        ),
+                    );
+                    assert_eq!(status, if all { 201 } else { 403 }, "{what}: {body}");
+                    let (status, body) = f.call(
+                        "POST",
+                        "/v2/keys",
+                        token,
+                        key(
+                            &format!("shop-{walked}"),
+                            json!({"vectorstore.primary": {"scopes": ["read"]}}),
+                        ),
+                    );
+                    assert_eq!(status, 201, "{what}: {body}");
+                    let (status, body) = f.call(
+                        "POST",
+                        &format!("/v2/keys/shop-{walked}/revoke"),
+                        token,
+                        Value::Null,
+                    );
+                    assert_eq!(
+                        (status, body["phase"].as_str()),
+                        (200, Some("Revoked")),
+                        "{what}: {body}"
+                    );
+                    let (status, body) = f.call(
+                        "DELETE",
+                        &format!("/v2/keys/shop-{walked}"),
+                        token,
+                        Value::Null,
+                    );
+                    assert_eq!(status, 200, "{what}: {body}");
+                    let (status, _) =
+                        f.call("POST", "/v2/keys/vault-reader/revoke", token, Value::Null);
+                    assert_eq!(status, if all { 200 } else { 404 }, "{what}");
+                    if all {
+                        // Put it back for the rows after this one.
+                        let text = std::fs::read_to_string(f.dir.join("apikeys.yaml")).unwrap();
+                        std::fs::write(
+                            f.dir.join("apikeys.yaml"),
+                            text.replace("revoked: true", "revoked: false"),
+                        )
+                        .unwrap();
+                        f.source.refresh().unwrap();
+                    }
+                    // Unknown key routes are the control API's JSON 404, never a store's.
+                    let (status, body) =
+                        f.call("POST", "/v2/keys/shop-reader/rotate", token, json!({}));
+                    assert_eq!(status, 404, "{what}: {body}");
+                    assert!(
+                        body["error"]
+                            .as_str()
+                            .unwrap()
+                            .contains("control API has no route"),
+                        "{body}"
+                    );
+                }
+                other => panic!("unknown cell {other:?} in docs/control-api.md"),
+            }
+            walked += 1;
+        }
+    }
+    assert!(walked >= 25, "walked {walked} cells");
+}
+
+/// Issue 21.3: under an `open` default store, a read-only minted key listed keys, revoked
+/// another tenant's key and minted a never-expiring copy of itself.
+#[test]
+fn under_open_a_minted_key_without_layer_admin_manages_nothing() {
+    let f = table_fixture("open-minted", "open");
+    let reader = "hvl_demoShopReader0123456789abcdefABCDEF";
+    for (method, path, body) in [
+        ("GET", "/v2/keys", Value::Null),
+        ("POST", "/v2/keys/vault-reader/revoke", Value::Null),
+        (
+            "POST",
+            "/v2/keys",
+            json!({"name": "copy", "expiresAfter": "never", "entitlements": {"vectorstore.primary": {"scopes": ["read"], "namespaces": ["shop-*"]}}}),
+        ),
+    ] {
+        let (status, reply) = f.call(method, path, Some(reader), body);
+        assert_eq!(status, 403, "{method} {path}: {reply}");
+    }
+    assert!(!f.dir.join("copy.apikey.yaml").exists());
+    assert!(f.config().contains("\"vault-reader\""), "untouched");
+}
+
+/// Issue 21.3: a key minted by a key never outlives its maker.
+#[test]
+fn a_key_minted_by_a_key_never_outlives_it() {
+    let f = table_fixture("outlive", "keys");
+    let boss = TABLE_KEYS[0].2;
+    for asked in ["never", "365d"] {
+        let name = format!("heir-{}", asked.trim_end_matches('d'));
+        let (status, body) = f.call(
+            "POST",
+            "/v2/keys",
+            Some(boss),
+            json!({"name": name, "expiresAfter": asked, "entitlements": {"layer": {"scopes": ["admin"]}}}),
+        );
+        assert_eq!(status, 201, "{body}");
+        let heir =
+            layergate_filter::time::parse_rfc3339(body["expiresAt"].as_str().unwrap()).unwrap();
+        let (_, maker) = f.call("GET", "/v2/keys/boss", Some(boss), Value::Null);
+        let maker =
+            layergate_filter::time::parse_rfc3339(maker["expiresAt"].as_str().unwrap()).unwrap();
+        assert!(
+            heir < maker,
+            "{asked}: the heir expires at {heir}, its maker at {maker}"
+        );
+        let written = std::fs::read_to_string(f.dir.join(format!("{name}.apikey.yaml"))).unwrap();
+        let line = written
+            .lines()
+            .find(|l| l.contains("expiresAfter: "))
+            .unwrap();
+        assert!(
+            line.trim_end().ends_with('s') && !line.contains(asked),
+            "{written}"
+        );
+    }
+    // An inbound admin key has no end: what it asks for stands.
+    let (status, body) = f.call("POST", "/v2/keys", Some(ADMIN), json!({"name": "forever", "expiresAfter": "never", "entitlements": {"vectorstore.primary": {"scopes": ["read"]}}}));
+    assert_eq!(
+        (status, body["expiresAt"].clone()),
+        (201, Value::Null),
+        "{body}"
+    );
+}
+
+/// Issue 21.4: with CRLF line endings or a `--- # comment` separator, revoke and delete
+/// answered 200 and changed nothing (the rewriter split on a literal "\n---\n").
+#[test]
+fn revoke_and_delete_work_whatever_the_document_separators() {
+    for (tag, edit) in [
+        (
+            "crlf",
+            (|t: String| t.replace('\n', "\r\n")) as fn(String) -> String,
+        ),
+        ("comment", |t: String| {
+            t.replace("\n---\n", "\n--- # next\n")
+        }),
+    ] {
+        let f = fixture(&format!("sep-{tag}"), 120, |file, t| {
+            if file == "apikeys.yaml" {
+                edit(format!("{t}\n---\napiVersion: hevlayer.com/v1alpha1\nkind: ApiKey\nmetadata: {{name: second, namespace: layer}}\nspec:\n  entitlements: {{vectorstore.primary: {{scopes: [read]}}}}\n"))
+            } else {
+                t
+            }
+        });
+        let token = {
+            f.source.refresh().unwrap();
+            let pass = f.source.state().last().unwrap();
+            assert!(
+                pass.keys.iter().any(|k| k.name == "second"),
+                "{tag}: minted"
+            );
+            "hvl_demoShopReader0123456789abcdefABCDEF"
+        };
+        let (status, body) = f.call(
+            "POST",
+            "/v2/keys/shop-reader/revoke",
+            Some(ADMIN),
+            Value::Null,
+        );
+        assert_eq!(
+            (status, body["phase"].as_str()),
+            (200, Some("Revoked")),
+            "{tag}: {body}"
+        );
+        let (status, _) = f.call(
+            "POST",
+            "/v2/keys/authenticate",
+            None,
+            json!({"token": token}),
+        );
+        assert_eq!(status, 401, "{tag}: the revoked token is refused");
+        let (status, body) = f.call("DELETE", "/v2/keys/second", Some(ADMIN), Value::Null);
+        assert_eq!(status, 200, "{tag}: {body}");
+        assert!(!f.config().contains("\"second\""), "{tag}: deleted");
+        let (status, _) = f.call("GET", "/v2/keys/second", Some(ADMIN), Value::Null);
+        assert_eq!(status, 404, "{tag}");
+    }
+}
+
+/// Issue 21.5: a key whose spec became invalid could not be revoked (validation stopped at the
+/// bad field and the last valid, Active form was carried).
+#[test]
+fn a_key_with_an_invalid_spec_is_still_revoked() {
+    let f = fixture("invalid-revoke", 120, |_, t| t);
+    let token = json!({"token": "hvl_demoShopReader0123456789abcdefABCDEF"});
+    let file = f.dir.join("apikeys.yaml");
+    let text = std::fs::read_to_string(&file).unwrap();
+    // A mistyped target (the CRD cannot check map keys): the last valid form is carried.
+    std::fs::write(
+        &file,
+        text.replace("vectorstore.primary:", "\"vectorstore.primary!\":"),
+    )
+    .unwrap();
+    f.source.refresh().unwrap();
+    assert_eq!(
+        f.call("POST", "/v2/keys/authenticate", None, token.clone())
+            .0,
+        200,
+        "carried"
+    );
+    let (status, body) = f.call(
+        "POST",
+        "/v2/keys/shop-reader/revoke",
+        Some(ADMIN),
+        Value::Null,
+    );
+    assert_eq!(
+        (status, body["phase"].as_str()),
+        (200, Some("Revoked")),
+        "{body}"
+    );
+    assert_eq!(
+        f.call("POST", "/v2/keys/authenticate", None, token.clone())
+            .0,
+        401
+    );
+    assert!(!f.config().contains("hvl_demoShopReader"));
+    // Written by hand beside the bad target, too.
+    let f = fixture("invalid-revoke-hand", 120, |_, t| t);
+    std::fs::write(&file.clone(), text.clone()).unwrap();
+    let file = f.dir.join("apikeys.yaml");
+    std::fs::write(
+        &file,
+        text.replace("vectorstore.primary:", "\"vectorstore.primary!\":"),
+    )
+    .unwrap();
+    f.source.refresh().unwrap();
+    std::fs::write(
+        &file,
+        text.replace("vectorstore.primary:", "\"vectorstore.primary!\":") + "  revoked: true\n",
+    )
+    .unwrap();
+    f.source.refresh().unwrap();
+    assert_eq!(f.call("POST", "/v2/keys/authenticate", None, token).0, 401);
+    let pass = f.source.state().last().unwrap();
+    assert!(
+        !pass.keys.iter().any(|k| k.name == "shop-reader"),
+        "not served"
+    );
+    assert_eq!(
+        pass.validation.phase("shop-reader"),
+        Some(layergate_operator::crd::ApiKeyPhase::Revoked)
+    );
+}
+
+/// Issue 21.6: minting `team` replaced `team.apikey.yaml` and `apikey-team.yaml`, files that
+/// held other keys and their token Secret.
+#[test]
+fn a_mint_never_overwrites_a_file_it_did_not_make() {
+    let f = fixture("overwrite", 120, |_, t| t);
+    let other = "apiVersion: hevlayer.com/v1alpha1\nkind: ApiKey\nmetadata: {name: other, namespace: layer}\nspec:\n  entitlements: {vectorstore.primary: {scopes: [read]}}\n  tokenSecretRef: {name: other-token, key: token}\n---\napiVersion: v1\nkind: Secret\nmetadata: {name: other-token, namespace: layer, labels: {hevlayer.com/apikey-token: other}}\nstringData: {token: hvl_otherOther0123456789abcdefABCDEFGHI}\n";
+    for file in ["team.apikey.yaml", "apikey-team.yaml"] {
+        let _ = std::fs::remove_file(f.dir.join("team.apikey.yaml"));
+        let _ = std::fs::remove_file(f.dir.join("apikey-team.yaml"));
+        std::fs::write(f.dir.join(file), other).unwrap();
+        f.source.refresh().unwrap();
+        assert!(f.config().contains("\"other\""), "{file}: other is active");
+        let (status, body) = f.call(
+            "POST",
+            "/v2/keys",
+            Some(ADMIN),
+            key("team", json!({"vectorstore.primary": {"scopes": ["read"]}})),
+        );
+        assert_eq!(status, 409, "{file}: {body}");
+        assert_eq!(
+            std::fs::read_to_string(f.dir.join(file)).unwrap(),
+            other,
+            "{file} untouched"
+        );
+        f.source.refresh().unwrap();
+        assert!(
+            f.config().contains("\"other\""),
+            "{file}: other still active"
+        );
+        assert!(!f.config().contains("\"team\""));
+    }
+}
+
+/// Issue 21.7: parallel mints of one name answered 201 with tokens the gateway refused, or 500.
+#[test]
+fn parallel_mints_of_one_name_have_one_winner_whose_token_works() {
+    let f = Arc::new(fixture("parallel", 120, |_, t| t));
+    for round in 0..3 {
+        let name = format!("race-{round}");
+        let answers: Vec<(u16, Value)> = std::thread::scope(|s| {
+            let calls: Vec<_> = (0..6)
+                .map(|_| {
+                    let (f, name) = (f.clone(), name.clone());
+                    s.spawn(move || {
+                        f.call(
+                            "POST",
+                            "/v2/keys",
+                            Some(ADMIN),
+                            key(&name, json!({"vectorstore.primary": {"scopes": ["read"]}})),
+                        )
+                    })
+                })
+                .collect();
+            calls.into_iter().map(|c| c.join().unwrap()).collect()
+        });
+        let won: Vec<&Value> = answers
+            .iter()
+            .filter(|a| a.0 == 201)
+            .map(|a| &a.1)
+            .collect();
+        assert_eq!(won.len(), 1, "{answers:?}");
+        assert!(
+            answers.iter().all(|a| a.0 == 201 || a.0 == 409),
+            "{answers:?}"
+        );
+        f.source.refresh().unwrap();
+        let (status, body) = f.call(
+            "POST",
+            "/v2/keys/authenticate",
+            None,
+            json!({"token": won[0]["token"]}),
+        );
+        assert_eq!(
+            (status, body["name"].as_str()),
+            (200, Some(name.as_str())),
+            "{body}"
+        );
+    }
+}

@@ -153,6 +153,29 @@ fn scenario(fault: Option<Fault>) -> Scenario {
     }
 }
 
+/// The demo gateway with `primary` hanging, rendered with the shipped default limits.
+fn scenario_with_defaults() -> Scenario {
+    let primary = FaultyStore::start(Fault::Hang);
+    let archive = DevStore::start(ARCHIVE_KEY).unwrap();
+    let any = SocketAddr::from(([127, 0, 0, 1], 0));
+    let gw = demo::gateway(
+        any,
+        any,
+        primary.addr,
+        archive.addr(),
+        paths::wasm_path().unwrap_or_else(|e| panic!("{e:#}")),
+        demo::filter_config().unwrap(),
+    );
+    let yaml = gw.render_with(&UpstreamLimits::default());
+    layergate_tests::envoy::validate(&yaml).unwrap_or_else(|e| panic!("{e:#}"));
+    let envoy = Envoy::start_yaml(&yaml, &paths::repo_root()).unwrap_or_else(|e| panic!("{e:#}"));
+    Scenario {
+        envoy,
+        archive,
+        _primary: Some(primary),
+    }
+}
+
 /// A read on the default store, `primary`.
 fn to_primary(s: &Scenario) -> (Response, Duration) {
     let start = Instant::now();
@@ -355,4 +378,63 @@ fn a_store_answering_5xx_is_passed_through_and_the_other_store_serves() {
         assert_eq!(stat(&s, "upstream_rq_retry"), 0);
         archive_serves(&s);
     }
+}
+
+/// Issue 21.11: with the shipped defaults the listener's 30 s stream idle timeout fired before
+/// the 60 s route timeout, and a client of a hanging store got a plain-text `504 stream
+/// timeout` after 30 s. Now the route's timer fires first: the JSON 504 naming the store.
+#[test]
+fn a_hanging_store_gets_the_json_504_with_the_shipped_default_limits() {
+    let s = scenario_with_defaults();
+    let limits = UpstreamLimits::default();
+    let start = Instant::now();
+    let mut stream = TcpStream::connect(s.envoy.addr).unwrap();
+    stream
+        .set_read_timeout(Some(Duration::from_millis(
+            limits.request_timeout_ms + 30_000,
+        )))
+        .unwrap();
+    stream
+        .write_all(b"GET /v1/namespaces?page_size=1 HTTP/1.1\r\nhost: gw\r\nauthorization: Bearer demo-read-token\r\nconnection: close\r\n\r\n")
+        .unwrap();
+    let mut raw = Vec::new();
+    let _ = stream.read_to_end(&mut raw);
+    let took = start.elapsed();
+    let text = String::from_utf8_lossy(&raw);
+    let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
+    assert!(head.starts_with("HTTP/1.1 504"), "after {took:?}: {text}");
+    assert!(
+        head.to_ascii_lowercase()
+            .contains("content-type: application/json"),
+        "{text}"
+    );
+    let body: serde_json::Value =
+        serde_json::from_str(body).unwrap_or_else(|e| panic!("{e}: {text}"));
+    let error = body["error"].as_str().unwrap();
+    assert!(
+        error.contains(r#"store "primary""#) && error.contains("did not answer within 60s"),
+        "{error}"
+    );
+    assert!(
+        took >= Duration::from_millis(limits.request_timeout_ms - 500),
+        "the route timeout, not an earlier one: {took:?}"
+    );
+    // The idle timer, when it does fire, answers JSON too.
+    let listener = layergate_operator::envoy::listener_with(
+        &layergate_operator::envoy::Listener {
+            listen: s.envoy.addr,
+            wasm_path: "f.wasm".into(),
+            filter_config: None,
+            vm_env: Vec::new(),
+            buffer_limit_bytes: 1024,
+        },
+        &limits,
+    );
+    let hcm = &listener["filter_chains"][0]["filters"][0]["typed_config"];
+    assert_eq!(hcm["stream_idle_timeout"], "75s");
+    let mappers = hcm["local_reply_config"]["mappers"].to_string();
+    assert!(
+        mappers.contains("\"SI\"") && mappers.contains("408"),
+        "{mappers}"
+    );
 }
