@@ -384,6 +384,18 @@ fn open_mode_does_not_open_key_management_through_the_gateway() {
         let r = call(&s, method, path, None, body);
         assert_eq!(r.status, 401, "{method} {path}: {}", r.text());
     }
+    // Issue 21.3: a read-only minted key's token counts there, and manages nothing: it listed
+    // keys, revoked others and minted a never-expiring copy of itself.
+    let reader = layergate_tests::tour::SHOP_READER_TOKEN;
+    let copy = json!({"name": "copy", "expiresAfter": "never", "entitlements": {"vectorstore.primary": {"scopes": ["read"], "namespaces": ["shop-*"]}}});
+    for (method, path, body) in [
+        ("POST", "/v2/keys", Some(copy)),
+        ("GET", "/v2/keys", None),
+        ("POST", "/v2/keys/shop-reader/revoke", None),
+    ] {
+        let r = call(&s, method, path, Some(reader), body);
+        assert_eq!(r.status, 403, "{method} {path}: {}", r.text());
+    }
     let auth = call(
         &s,
         "POST",
@@ -392,6 +404,78 @@ fn open_mode_does_not_open_key_management_through_the_gateway() {
         Some(json!({"token": layergate_tests::tour::SHOP_READER_TOKEN})),
     );
     assert_eq!(auth.status, 200, "shop-reader untouched: {}", auth.text());
+}
+
+/// Issue 21.10 and 21.1 through the real gateway: an unknown key route went to the default
+/// store with the store credential swapped in; a copy's source on another store was judged on
+/// the destination store (and not at all for unrestricted callers).
+#[test]
+fn key_paths_are_the_control_apis_and_copies_stay_within_a_store() {
+    let s = start("issue21");
+    let r = call(
+        &s,
+        "POST",
+        "/v2/keys/shop-reader/rotate",
+        Some("demo-admin-token"),
+        Some(json!({"overlap": "24h"})),
+    );
+    assert_eq!(r.status, 404, "{}", r.text());
+    assert!(
+        r.text().contains("control API has no route"),
+        "{}",
+        r.text()
+    );
+    let r = call(
+        &s,
+        "POST",
+        "/v2/keys/shop-reader/rotate",
+        None,
+        Some(json!({})),
+    );
+    assert_eq!(r.status, 401, "{}", r.text());
+    // `logs-2026` is archive's (its Index); demo-rw holds primary whole.
+    for body in [
+        json!({"copy_from_namespace": "logs-2026"}),
+        json!({"copy_from_namespace": {"source_namespace": "logs-2026"}}),
+        json!({"branch_from_namespace": "logs-2026"}),
+    ] {
+        let r = call(
+            &s,
+            "POST",
+            "/v2/namespaces/shop-stolen",
+            Some("demo-rw-token"),
+            Some(body.clone()),
+        );
+        assert_eq!(r.status, 403, "{body}: {}", r.text());
+        assert!(r.text().contains("across stores"), "{}", r.text());
+    }
+    let r = call(
+        &s,
+        "POST",
+        "/v2/namespaces/shop-stolen/async",
+        Some("demo-rw-token"),
+        Some(json!({"source_namespace": "logs-2026"})),
+    );
+    assert_eq!(r.status, 403, "{}", r.text());
+    let r = call(
+        &s,
+        "POST",
+        "/v2/namespaces/shop-a",
+        Some("demo-rw-token"),
+        Some(json!({"copy_from_namespace": "shop-b", "source_region": "aws-eu-west-1"})),
+    );
+    assert_eq!(r.status, 403, "{}", r.text());
+    // A plain write of an unrestricted caller still goes through (read, judged, forwarded).
+    let r = call(
+        &s,
+        "POST",
+        "/v2/namespaces/shop-a",
+        Some("demo-rw-token"),
+        Some(
+            json!({"upsert_rows": [{"id": 1, "vector": [0.1, 0.2]}], "distance_metric": "cosine_distance"}),
+        ),
+    );
+    assert_eq!(r.status, 200, "{}", r.text());
 }
 
 /// Issue 10, through the gateway: the `authenticate` limit keys on the address Envoy saw, so
