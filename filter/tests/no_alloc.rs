@@ -59,7 +59,8 @@ fn header_only_decisions_allocate_nothing() {
             "/v2/namespaces/shop-books/query",
             "Bearer hvl_demoShopReader0123456789abcdefABCDEF",
         ),
-        ("POST", "/v2/namespaces/shop-a", "Bearer demo-rw-token"),
+        // (A write that may copy is inspected when several stores are configured.)
+        ("DELETE", "/v2/namespaces/shop-a", "Bearer demo-rw-token"),
     ];
     for (method, path, auth) in requests {
         let buf = serialize([

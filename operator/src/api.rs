@@ -68,6 +68,20 @@ impl Default for ServeLimits {
     }
 }
 
+/// Which routes a listener serves.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Role {
+    /// The control API (and, for gateways rendered before the key service had its own
+    /// listener, the key service too).
+    Control,
+    /// The key service alone.
+    Keys,
+}
+
+/// Connections the key service's own listener serves at once: one long poll per gateway VM
+/// (workers and the main thread of every replica), with room to spare.
+pub const KEY_SERVICE_MAX_CONNECTIONS: usize = 1024;
+
 /// `Retry-After` of a write refused by a replica that does not lead (one renewal period).
 pub const RETRY_AFTER_SECS: u64 = 2;
 
@@ -277,6 +291,38 @@ impl Api {
         listener: std::net::TcpListener,
         stop: impl std::future::Future<Output = ()> + Send,
     ) -> Result<()> {
+        self.serve_role(listener, stop, Role::Control)
+    }
+
+    /// Binds `addr` and serves the key service alone (see [`Api::serve_keys_until`]).
+    pub fn serve_keys(self: Arc<Self>, addr: SocketAddr) -> Result<()> {
+        let listener = std::net::TcpListener::bind(addr)
+            .with_context(|| format!("binding the key service on {addr}"))?;
+        self.serve_keys_until(listener, std::future::pending())
+    }
+
+    /// Serves the key service (`GET /v2/keys/sync`, and `/healthz`) alone on its own
+    /// listener, with its own connection budget ([`KEY_SERVICE_MAX_CONNECTIONS`]): what clients
+    /// of the public gateway do to the control API's listener (slow bodies, many connections)
+    /// never takes the capacity the gateways sync through (SPEC §7). Every other path is 404.
+    pub fn serve_keys_until(
+        self: Arc<Self>,
+        listener: std::net::TcpListener,
+        stop: impl std::future::Future<Output = ()> + Send,
+    ) -> Result<()> {
+        self.serve_role(listener, stop, Role::Keys)
+    }
+
+    fn serve_role(
+        self: Arc<Self>,
+        listener: std::net::TcpListener,
+        stop: impl std::future::Future<Output = ()> + Send,
+        role: Role,
+    ) -> Result<()> {
+        let (what, max_connections) = match role {
+            Role::Control => ("control API", self.limits.max_connections),
+            Role::Keys => ("key service", KEY_SERVICE_MAX_CONNECTIONS),
+        };
         listener.set_nonblocking(true)?;
         let runtime = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(1)
@@ -284,8 +330,8 @@ impl Api {
             .build()?;
         runtime.block_on(async move {
             let listener = tokio::net::TcpListener::from_std(listener)?;
-            tracing::info!(addr = %listener.local_addr()?, "control API listening");
-            let permits = Arc::new(tokio::sync::Semaphore::new(self.limits.max_connections));
+            tracing::info!(addr = %listener.local_addr()?, "{what} listening");
+            let permits = Arc::new(tokio::sync::Semaphore::new(max_connections));
             let mut stop = std::pin::pin!(stop);
             loop {
                 let accepted = tokio::select! {
@@ -297,13 +343,13 @@ impl Api {
                     Err(e) => {
                         // Out of file descriptors (EMFILE) and the like: log, let connections
                         // close, and keep serving.
-                        tracing::warn!("control API: accept: {e}");
+                        tracing::warn!("{what}: accept: {e}");
                         tokio::time::sleep(std::time::Duration::from_millis(100)).await;
                         continue;
                     }
                 };
                 let Ok(permit) = permits.clone().try_acquire_owned() else {
-                    tracing::debug!(%peer, "control API: connection limit reached");
+                    tracing::debug!(%peer, "{what}: connection limit reached");
                     let _ = stream.try_write(
                         b"HTTP/1.1 503 Service Unavailable\r\ncontent-length: 0\r\nconnection: close\r\n\r\n",
                     );
@@ -316,7 +362,10 @@ impl Api {
                     let service = hyper::service::service_fn(move |req| {
                         let api = api.clone();
                         async move {
-                            Ok::<_, std::convert::Infallible>(api.handle(req, peer.ip()).await)
+                            Ok::<_, std::convert::Infallible>(match role {
+                                Role::Control => api.handle(req, peer.ip()).await,
+                                Role::Keys => api.handle_keys(req).await,
+                            })
                         }
                     });
                     let _ = hyper::server::conn::http1::Builder::new()
@@ -343,22 +392,10 @@ impl Api {
         if method == "GET" && path == "/metrics" {
             return metrics(self.source.state());
         }
-        let (bare, query) = path.split_once('?').unwrap_or((&path, ""));
+        let bare = path.split_once('?').map_or(path.as_str(), |(b, _)| b);
         if method == "GET" && bare == crate::keyservice::SYNC_PATH {
-            let bearer = req
-                .headers()
-                .get("authorization")
-                .and_then(|v| v.to_str().ok())
-                .and_then(|v| v.split_once(' '))
-                .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
-                .map(|(_, token)| token.trim().to_owned());
-            return key_sync(
-                self.source
-                    .state()
-                    .keys
-                    .sync(query, bearer.as_deref())
-                    .await,
-            );
+            // Gateways rendered before the key service had its own listener sync here.
+            return self.handle_keys(req).await;
         }
         let headers: Vec<(String, String)> = req
             .headers()
@@ -402,6 +439,38 @@ impl Api {
         http(tokio::task::block_in_place(|| {
             self.reply(&method, &path, &headers, &body, peer)
         }))
+    }
+
+    /// The key service's listener: `GET /v2/keys/sync` and `/healthz`, nothing else.
+    async fn handle_keys(&self, req: hyper::Request<Incoming>) -> hyper::Response<Full<Bytes>> {
+        let path = req.uri().path_and_query().map_or("/", |p| p.as_str());
+        let (bare, query) = path.split_once('?').unwrap_or((path, ""));
+        match (req.method().as_str(), bare) {
+            ("GET", crate::keyservice::SYNC_PATH) => {
+                let bearer = req
+                    .headers()
+                    .get("authorization")
+                    .and_then(|v| v.to_str().ok())
+                    .and_then(|v| v.split_once(' '))
+                    .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
+                    .map(|(_, token)| token.trim().to_owned());
+                key_sync(
+                    self.source
+                        .state()
+                        .keys
+                        .sync(query, bearer.as_deref())
+                        .await,
+                )
+            }
+            ("GET", "/healthz") => http(health(self.source.state())),
+            (method, _) => http(error(
+                StatusCode::NOT_FOUND,
+                &format!(
+                    "the key service has no route {method} {bare}; it serves GET {} only",
+                    crate::keyservice::SYNC_PATH
+                ),
+            )),
+        }
     }
 
     /// Answers one request: (status, JSON body). `peer` is the TCP peer's address. This is
@@ -457,15 +526,7 @@ impl Api {
         let (bare, query) = path.split_once('?').unwrap_or((path, ""));
         let segs: Vec<&str> = bare.trim_start_matches('/').split('/').collect();
         match (method, segs.as_slice()) {
-            ("GET", ["healthz"]) => {
-                return Ok(match source.state().stuck_for() {
-                    None => reply(StatusCode::OK, &json!({"status": "ok"})),
-                    Some(d) => error(
-                        StatusCode::SERVICE_UNAVAILABLE,
-                        &format!("the controller loop has not turned for {} s", d.as_secs()),
-                    ),
-                })
-            }
+            ("GET", ["healthz"]) => return Ok(health(source.state())),
             ("GET", ["readyz"]) => {
                 return Ok(match source.state().last() {
                     Some(_) => reply(StatusCode::OK, &json!({"status": "ready"})),
@@ -1021,6 +1082,17 @@ fn change_key(
             ))
         }
     })
+}
+
+/// `/healthz`: 503 while the controller loop is stuck.
+fn health(state: &State) -> Reply {
+    match state.stuck_for() {
+        None => reply(StatusCode::OK, &json!({"status": "ok"})),
+        Some(d) => error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            &format!("the controller loop has not turned for {} s", d.as_secs()),
+        ),
+    }
 }
 
 /// The key service's answer on the wire (see [`crate::keyservice`]).

@@ -23,7 +23,7 @@
 //! A publicly trusted certificate for another host is refused during the handshake, before
 //! the request, and so the store credential, is sent.
 
-use crate::output::{Settings, CONTROL_CLUSTER};
+use crate::output::{Settings, CONTROL_CLUSTER, KEY_SERVICE_CLUSTER};
 use crate::render::{self, Output, RenderOptions, Rendering, Upstream};
 use crate::validate::Validation;
 use anyhow::Result;
@@ -227,18 +227,44 @@ pub fn ms(v: u64) -> String {
     }
 }
 
-fn route(inspect: bool) -> Value {
+/// Which of the listener's routes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum RouteKind {
+    /// A body the filter inspects: buffered up to the inspection limit.
+    Inspect,
+    /// The operator's control API: the body is held by the gateway (at most
+    /// [`CONTROL_BODY_BYTES`]) and sent on only once complete, so a client trickling a body
+    /// never holds one of the operator's connections (issue 21).
+    Control,
+    /// Everything else: streamed.
+    Stream,
+}
+
+/// The most a control-API request body may be (the control API's own largest cap, a mint).
+pub const CONTROL_BODY_BYTES: u64 = crate::api::MINT_BODY_BYTES as u64;
+
+fn route(kind: RouteKind) -> Value {
     let mut r = json!({
         "match": {"prefix": "/"},
         "route": {"cluster_header": "x-layergate-cluster", "auto_host_rewrite": true, "timeout": "60s"},
         "request_headers_to_remove": ["x-layergate-cluster"],
     });
-    if inspect {
-        r["match"]["headers"] = json!([{"name": "x-layergate-inspect", "present_match": true}]);
-        r["request_headers_to_remove"] = json!(["x-layergate-cluster", "x-layergate-inspect"]);
-    } else {
-        r["typed_per_filter_config"] = json!({"envoy.filters.http.buffer": {
-            "@type": "type.googleapis.com/envoy.extensions.filters.http.buffer.v3.BufferPerRoute", "disabled": true}});
+    const PER_ROUTE: &str =
+        "type.googleapis.com/envoy.extensions.filters.http.buffer.v3.BufferPerRoute";
+    match kind {
+        RouteKind::Inspect => {
+            r["match"]["headers"] = json!([{"name": "x-layergate-inspect", "present_match": true}]);
+            r["request_headers_to_remove"] = json!(["x-layergate-cluster", "x-layergate-inspect"]);
+        }
+        RouteKind::Control => {
+            r["match"]["headers"] = json!([{"name": "x-layergate-cluster", "string_match": {"exact": CONTROL_CLUSTER}}]);
+            r["typed_per_filter_config"] = json!({"envoy.filters.http.buffer": {
+                "@type": PER_ROUTE, "buffer": {"max_request_bytes": CONTROL_BODY_BYTES}}});
+        }
+        RouteKind::Stream => {
+            r["typed_per_filter_config"] =
+                json!({"envoy.filters.http.buffer": {"@type": PER_ROUTE, "disabled": true}});
+        }
     }
     r
 }
@@ -320,7 +346,12 @@ pub fn listener_with(l: &Listener, limits: &UpstreamLimits) -> Value {
         keep_status(json!({"response_flag_filter": {"flags": ["SI"]}}), &idle),
         keep_status(json!({"status_code_filter": {"comparison": {"op": "EQ", "value": {"default_value": 408, "runtime_key": "layergate.local_reply.408"}}}}), &late),
     ]});
-    let routes = [route(true), route(false)].map(|mut r| {
+    let routes = [
+        route(RouteKind::Inspect),
+        route(RouteKind::Control),
+        route(RouteKind::Stream),
+    ]
+    .map(|mut r| {
         r["route"]["timeout"] = json!(ms(limits.request_timeout_ms));
         r
     });
@@ -441,9 +472,15 @@ pub fn translate(
     settings: &Settings,
     gateway: Option<&str>,
 ) -> Result<Rendering> {
-    let key_service = match (&settings.control, gateway) {
-        (Some(_), Some(credential)) => Some(render::key_service(
-            CONTROL_CLUSTER.to_owned(),
+    // Gateways sync from the key service's own listener when the operator has one.
+    let keys_cluster = match (&settings.key_service, &settings.control) {
+        (Some(_), _) => Some(KEY_SERVICE_CLUSTER),
+        (None, Some(_)) => Some(CONTROL_CLUSTER),
+        (None, None) => None,
+    };
+    let key_service = match (keys_cluster, gateway) {
+        (Some(cluster), Some(credential)) => Some(render::key_service(
+            cluster.to_owned(),
             None,
             Credential::Inline(credential.to_owned()),
             settings.key_max_staleness_seconds,
@@ -472,6 +509,17 @@ pub fn translate(
             tls: false,
             trusted_ca: None,
             label: "the operator's control API".into(),
+        });
+    }
+    if let Some((host, port)) = &settings.key_service {
+        clusters.push(Cluster {
+            name: KEY_SERVICE_CLUSTER.into(),
+            address: host.clone(),
+            port: *port,
+            hostname: "layergate-keys".into(),
+            tls: false,
+            trusted_ca: None,
+            label: "the operator's key service".into(),
         });
     }
     let listener = Listener {

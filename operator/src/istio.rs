@@ -93,6 +93,9 @@ pub struct IstioSettings {
     pub port: u16,
     /// The operator's control API (host, port), routed for `/v2/keys…` and `/v2/vectorstores…`.
     pub control: Option<(String, u16)>,
+    /// The operator's key service listener (host, port) the filter syncs from; `None`: the
+    /// control API's.
+    pub key_service: Option<(String, u16)>,
     /// The ingress gateway Deployment the credential patch is for.
     pub gateway_deployment: String,
     /// The WasmPlugin's `failStrategy`.
@@ -108,6 +111,7 @@ impl Default for IstioSettings {
             hosts: vec!["*".into()],
             port: 8080,
             control: None,
+            key_service: None,
             gateway_deployment: "layergate-ingressgateway".into(),
             fail_strategy: FailStrategy::default(),
         }
@@ -121,7 +125,10 @@ impl IstioSettings {
     /// `LAYERGATE_ISTIO_FAIL_STRATEGY`), each defaulting as [`IstioSettings::default`]; the
     /// control API is the caller's (`render` reads `LAYERGATE_CONTROL_UPSTREAM`, kube mode
     /// always has its own Service). The same for the offline render and kube mode.
-    pub fn from_env(control: Option<(String, u16)>) -> Result<IstioSettings> {
+    pub fn from_env(
+        control: Option<(String, u16)>,
+        key_service: Option<(String, u16)>,
+    ) -> Result<IstioSettings> {
         use anyhow::Context;
         let d = IstioSettings::default();
         let var = |name: &str| std::env::var(name).ok();
@@ -150,6 +157,7 @@ impl IstioSettings {
                 None => d.port,
             },
             control,
+            key_service,
             gateway_deployment: var("LAYERGATE_ISTIO_GATEWAY_DEPLOYMENT")
                 .unwrap_or(d.gateway_deployment),
             fail_strategy: match var("LAYERGATE_ISTIO_FAIL_STRATEGY") {
@@ -394,7 +402,8 @@ pub fn translate(v: &Validation, upstreams: &[Upstream], s: &IstioSettings) -> R
         app_cluster: None,
         credentials_from_env: true,
         hosts: filter_hosts(&s.hosts),
-        key_service: s.control.as_ref().map(|(host, port)| {
+        key_service: s.control.as_ref().map(|control| {
+            let (host, port) = s.key_service.as_ref().unwrap_or(control);
             render::key_service(
                 mesh_cluster(host, *port),
                 Some(format!("{}:{port}", mesh_host(host))),
@@ -428,6 +437,7 @@ pub fn translate(v: &Validation, upstreams: &[Upstream], s: &IstioSettings) -> R
     }));
     let mut http = Vec::new();
     let mut unbuffered = Vec::new();
+    let mut control_route = None;
     for u in upstreams {
         let host = u.host.as_str();
         let name = format!("{NAME}-store-{}", u.store);
@@ -480,7 +490,7 @@ pub fn translate(v: &Validation, upstreams: &[Upstream], s: &IstioSettings) -> R
             *port,
             &timeout,
         ));
-        unbuffered.push(name);
+        control_route = Some(name);
     }
     out.push(json!({
         "apiVersion": "networking.istio.io/v1", "kind": "Gateway", "metadata": meta(NAME, s),
@@ -505,6 +515,18 @@ pub fn translate(v: &Validation, upstreams: &[Upstream], s: &IstioSettings) -> R
             "match": {"context": "GATEWAY", "routeConfiguration": {"portNumber": s.port, "vhost": {"route": {"name": name}}}},
             "patch": {"operation": "MERGE", "value": {"typed_per_filter_config": {"envoy.filters.http.buffer": {
                 "@type": "type.googleapis.com/envoy.extensions.filters.http.buffer.v3.BufferPerRoute", "disabled": true}}}},
+        }));
+    }
+    // The control API's body is held by the gateway (up to the control API's own largest
+    // cap) and sent on only once complete: a client trickling a body never holds one of the
+    // operator's connections (issue 21).
+    if let Some(name) = control_route {
+        patches.push(json!({
+            "applyTo": "HTTP_ROUTE",
+            "match": {"context": "GATEWAY", "routeConfiguration": {"portNumber": s.port, "vhost": {"route": {"name": name}}}},
+            "patch": {"operation": "MERGE", "value": {"typed_per_filter_config": {"envoy.filters.http.buffer": {
+                "@type": "type.googleapis.com/envoy.extensions.filters.http.buffer.v3.BufferPerRoute",
+                "buffer": {"max_request_bytes": crate::envoy::CONTROL_BODY_BYTES}}}}},
         }));
     }
     out.push(json!({

@@ -281,16 +281,21 @@ fn run_dir(dir: &Path, out: &Path, allow: Allowlist) -> Result<()> {
         .unwrap_or_else(|_| "127.0.0.1:9902".into())
         .parse()
         .context("LAYERGATE_CONTROL must be IP:PORT")?;
+    let keys: std::net::SocketAddr = std::env::var("LAYERGATE_KEY_SERVICE")
+        .unwrap_or_else(|_| "127.0.0.1:9903".into())
+        .parse()
+        .context("LAYERGATE_KEY_SERVICE must be IP:PORT")?;
     let rate = authenticate_rate()?;
     let mut settings = settings()?;
     settings.control = Some((control.ip().to_string(), control.port()));
+    settings.key_service = Some((keys.ip().to_string(), keys.port()));
     settings.allow_endpoints = allow;
     let source = std::sync::Arc::new(source::DirSource::new(
         dir.to_owned(),
         out.to_owned(),
         settings,
     ));
-    spawn_control_api(source.clone(), rate, control)?;
+    spawn_control_api(source.clone(), rate, control, keys)?;
     source.watch()
 }
 
@@ -341,6 +346,9 @@ fn run_kube(namespace: Option<&str>, istio: bool, allow: Allowlist) -> Result<()
     let control: std::net::SocketAddr = env_or("LAYERGATE_CONTROL", "0.0.0.0:9902")
         .parse()
         .context("LAYERGATE_CONTROL must be IP:PORT")?;
+    let keys: std::net::SocketAddr = env_or("LAYERGATE_KEY_SERVICE", "0.0.0.0:9903")
+        .parse()
+        .context("LAYERGATE_KEY_SERVICE must be IP:PORT")?;
     let rate = authenticate_rate()?;
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
@@ -363,6 +371,11 @@ fn run_kube(namespace: Option<&str>, istio: bool, allow: Allowlist) -> Result<()
             &format!("layergate-operator.{ns}.svc:9902"),
         );
         let (host, port) = host_port(&upstream)?;
+        let keys_upstream = env_or(
+            "LAYERGATE_KEY_SERVICE_UPSTREAM",
+            &format!("layergate-operator.{ns}.svc:{}", keys.port()),
+        );
+        let keys_upstream = host_port(&keys_upstream)?;
         let settings = output::Settings {
             listen: env_or("LAYERGATE_LISTEN", "0.0.0.0:8080")
                 .parse()
@@ -373,6 +386,7 @@ fn run_kube(namespace: Option<&str>, istio: bool, allow: Allowlist) -> Result<()
                 "/etc/layergate/wasm/layergate_filter.wasm",
             ),
             control: Some((host, port)),
+            key_service: Some(keys_upstream),
             allow_endpoints: allow,
             key_max_staleness_seconds: output::DEFAULT_MAX_STALENESS_SECONDS,
             limits: upstream_limits()?,
@@ -381,6 +395,7 @@ fn run_kube(namespace: Option<&str>, istio: bool, allow: Allowlist) -> Result<()
         let target = if istio {
             render::Target::Istio(layergate_operator::istio::IstioSettings::from_env(
                 settings.control.clone(),
+                settings.key_service.clone(),
             )?)
         } else {
             render::Target::Envoy
@@ -400,30 +415,41 @@ fn run_kube(namespace: Option<&str>, istio: bool, allow: Allowlist) -> Result<()
         tracing::info!(namespace = %ns, %identity, output = %out, "starting");
         // The caches watch with the watch client, before the control API can start a pass.
         source.start_caches(watches.clone());
-        spawn_control_api(source.clone(), rate, control)?;
+        spawn_control_api(source.clone(), rate, control, keys)?;
         controller::run_with_watches(source, watches, lock, shutdown_signal()).await
     })
 }
 
-/// `LAYERGATE_CONTROL_UPSTREAM`'s `HOST:PORT`.
+/// `LAYERGATE_CONTROL_UPSTREAM`'s (or `LAYERGATE_KEY_SERVICE_UPSTREAM`'s) `HOST:PORT`.
 fn host_port(s: &str) -> Result<(String, u16)> {
     s.rsplit_once(':')
         .and_then(|(h, p)| Some((h.to_owned(), p.parse::<u16>().ok()?)))
-        .context("LAYERGATE_CONTROL_UPSTREAM must be HOST:PORT")
+        .with_context(|| format!("{s:?} must be HOST:PORT"))
 }
 
-/// Serves the control API on its own thread; the process exits if it stops.
+/// Serves the control API and the key service, each on its own listener and thread; the
+/// process exits if either stops.
 fn spawn_control_api(
     source: std::sync::Arc<dyn layergate_operator::source::Source>,
     rate: u32,
-    addr: std::net::SocketAddr,
+    control: std::net::SocketAddr,
+    keys: std::net::SocketAddr,
 ) -> Result<()> {
     let api = std::sync::Arc::new(api::Api::new(source, rate));
+    let key_service = api.clone();
     std::thread::Builder::new()
         .name("control-api".into())
         .spawn(move || {
-            if let Err(e) = api.serve(addr) {
+            if let Err(e) = api.serve(control) {
                 tracing::error!("control API stopped: {e:#}");
+                std::process::exit(1);
+            }
+        })?;
+    std::thread::Builder::new()
+        .name("key-service".into())
+        .spawn(move || {
+            if let Err(e) = key_service.serve_keys(keys) {
+                tracing::error!("key service stopped: {e:#}");
                 std::process::exit(1);
             }
         })?;
@@ -464,6 +490,7 @@ fn settings() -> Result<output::Settings> {
             "target/wasm32-wasip1/wasm/layergate_filter.wasm",
         ),
         control: None,
+        key_service: None,
         allow_endpoints: Allowlist::default(),
         key_max_staleness_seconds: output::DEFAULT_MAX_STALENESS_SECONDS,
         limits: upstream_limits()?,
@@ -505,11 +532,14 @@ fn render(
     let target = match target {
         "envoy" => render::Target::Envoy,
         "istio" => {
-            let control = match std::env::var("LAYERGATE_CONTROL_UPSTREAM") {
-                Ok(u) => Some(host_port(&u)?),
-                Err(_) => None,
+            let upstream = |var: &str| match std::env::var(var) {
+                Ok(u) => host_port(&u).map(Some),
+                Err(_) => Ok(None),
             };
-            render::Target::Istio(layergate_operator::istio::IstioSettings::from_env(control)?)
+            render::Target::Istio(layergate_operator::istio::IstioSettings::from_env(
+                upstream("LAYERGATE_CONTROL_UPSTREAM")?,
+                upstream("LAYERGATE_KEY_SERVICE_UPSTREAM")?,
+            )?)
         }
         other => bail!("--target must be envoy or istio, not {other:?}"),
     };

@@ -25,6 +25,9 @@ pub struct Settings {
     /// `/v2/keys…` and `/v2/vectorstores…` there (cluster `layergate_control`). An IP address
     /// or a DNS name (in a cluster, the operator's Service).
     pub control: Option<(String, u16)>,
+    /// The operator's key service (host, port) on its own listener, which the gateways sync
+    /// from (cluster `layergate_keys`); `None`: through the control API's listener.
+    pub key_service: Option<(String, u16)>,
     /// Endpoints store credentials may be sent to (`--allow-endpoint` widens the default).
     pub allow_endpoints: crate::endpoint::Allowlist,
     /// `keyService.maxStalenessSeconds` of the rendering: how long the gateway keeps judging
@@ -40,6 +43,9 @@ pub const DEFAULT_MAX_STALENESS_SECONDS: u64 = 300;
 
 /// Cluster name of the operator's control API.
 pub const CONTROL_CLUSTER: &str = "layergate_control";
+
+/// Cluster name of the operator's key service listener.
+pub const KEY_SERVICE_CLUSTER: &str = "layergate_keys";
 
 /// The namespaces the objects are in.
 pub fn namespaces(objects: &Objects) -> BTreeSet<String> {

@@ -45,6 +45,7 @@ fn fixture(tag: &str, per_minute: u32, edit: impl Fn(&str, String) -> String) ->
         admin: "127.0.0.1:9901".parse().unwrap(),
         wasm_path: "filter.wasm".into(),
         control: Some(("127.0.0.1".into(), 9902)),
+        key_service: None,
         allow_endpoints: Default::default(),
         key_max_staleness_seconds: layergate_operator::output::DEFAULT_MAX_STALENESS_SECONDS,
         limits: Default::default(),
@@ -1180,4 +1181,59 @@ fn parallel_mints_of_one_name_have_one_winner_whose_token_works() {
             "{body}"
         );
     }
+}
+
+/// Issue 21.8: ~320 slow requests through the public gateway held the control API's
+/// connections, and key syncs failed with them. The key service has a listener of its own:
+/// with every control connection taken, a sync still answers at once.
+#[test]
+fn the_key_service_keeps_its_capacity_when_the_control_api_is_full() {
+    let f = fixture("keys-capacity", 120, |_, t| t);
+    let limits = ServeLimits {
+        header_timeout: Duration::from_secs(30),
+        body_timeout: Duration::from_secs(30),
+        ..small_limits()
+    };
+    let api = Arc::new(Api::new(f.source.clone(), 120).with_limits(limits));
+    let (control, keys) = (
+        std::net::TcpListener::bind("127.0.0.1:0").unwrap(),
+        std::net::TcpListener::bind("127.0.0.1:0").unwrap(),
+    );
+    let (control_addr, keys_addr) = (control.local_addr().unwrap(), keys.local_addr().unwrap());
+    let key_service = api.clone();
+    std::thread::spawn(move || api.serve_on(control));
+    std::thread::spawn(move || key_service.serve_keys_until(keys, std::future::pending()));
+    // Every control connection held by a request whose body trickles.
+    let held: Vec<TcpStream> = (0..limits.max_connections)
+        .map(|_| {
+            let mut s = TcpStream::connect(control_addr).unwrap();
+            s.write_all(authenticate_head("content-length: 100\r\n").as_bytes())
+                .unwrap();
+            s.write_all(b"{").unwrap();
+            s
+        })
+        .collect();
+    std::thread::sleep(Duration::from_millis(200));
+    let mut refused = TcpStream::connect(control_addr).unwrap();
+    assert_eq!(answer(&mut refused).0, 503, "the control API is full");
+    let out = f.source.state().last().unwrap();
+    let credential = match &out.config.key_service.as_ref().unwrap().credential {
+        layergate_filter::config::Credential::Inline(c) => c.clone(),
+        other => panic!("{other:?}"),
+    };
+    let started = Instant::now();
+    let mut s = TcpStream::connect(keys_addr).unwrap();
+    s.write_all(format!("GET /v2/keys/sync HTTP/1.1\r\nhost: keys\r\nauthorization: Bearer {credential}\r\nconnection: close\r\n\r\n").as_bytes()).unwrap();
+    assert_eq!(answer(&mut s).0, 200, "the key service answers");
+    assert!(
+        started.elapsed() < Duration::from_secs(2),
+        "{:?}",
+        started.elapsed()
+    );
+    // The key service's listener serves nothing else.
+    let mut s = TcpStream::connect(keys_addr).unwrap();
+    s.write_all(b"GET /v2/keys HTTP/1.1\r\nhost: keys\r\nconnection: close\r\n\r\n")
+        .unwrap();
+    assert_eq!(answer(&mut s).0, 404);
+    drop(held);
 }

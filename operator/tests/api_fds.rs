@@ -50,6 +50,7 @@ fn an_accept_error_for_lack_of_file_descriptors_is_survived() {
         admin: "127.0.0.1:9901".parse().unwrap(),
         wasm_path: "filter.wasm".into(),
         control: Some(("127.0.0.1".into(), 9902)),
+        key_service: None,
         allow_endpoints: Default::default(),
         key_max_staleness_seconds: layergate_operator::output::DEFAULT_MAX_STALENESS_SECONDS,
         limits: Default::default(),

@@ -93,6 +93,7 @@ fn settings(control: SocketAddr) -> Settings {
         admin: "127.0.0.1:9901".parse().unwrap(),
         wasm_path: "filter.wasm".into(),
         control: Some((control.ip().to_string(), control.port())),
+        key_service: None,
         allow_endpoints: Default::default(),
         key_max_staleness_seconds: layergate_operator::output::DEFAULT_MAX_STALENESS_SECONDS,
         limits: Default::default(),

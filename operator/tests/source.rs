@@ -33,6 +33,7 @@ fn settings() -> Settings {
         admin: "127.0.0.1:9901".parse().unwrap(),
         wasm_path: "filter.wasm".into(),
         control: None,
+        key_service: None,
         allow_endpoints: Default::default(),
         key_max_staleness_seconds: layergate_operator::output::DEFAULT_MAX_STALENESS_SECONDS,
         limits: Default::default(),

@@ -343,6 +343,7 @@ fn envoy_outputs_match_the_goldens() {
         admin: "127.0.0.1:9901".parse().unwrap(),
         wasm_path: "target/wasm32-wasip1/wasm/layergate_filter.wasm".into(),
         control: Some(("127.0.0.1".to_owned(), 9902)),
+        key_service: None,
         allow_endpoints: Default::default(),
         key_max_staleness_seconds: layergate_operator::output::DEFAULT_MAX_STALENESS_SECONDS,
         limits: Default::default(),

@@ -20,6 +20,8 @@ pub const ADMIN: &str = "127.0.0.1:9901";
 pub const PRIMARY_ADDR: &str = "127.0.0.1:18081";
 /// The operator's control API in `make run`.
 pub const CONTROL: &str = "127.0.0.1:9902";
+/// The operator's key service (its own listener) of `make run`.
+pub const KEY_SERVICE: &str = "127.0.0.1:9903";
 /// `archive` devstore address of `make run`.
 pub const ARCHIVE_ADDR: &str = "127.0.0.1:18082";
 
@@ -103,6 +105,7 @@ pub fn test_settings(control: Option<SocketAddr>) -> Result<layergate_operator::
         admin: any,
         wasm_path: crate::paths::wasm_path()?.to_string_lossy().into_owned(),
         control: control.map(|a| (a.ip().to_string(), a.port())),
+        key_service: None,
         allow_endpoints: Default::default(),
         key_max_staleness_seconds: layergate_operator::output::DEFAULT_MAX_STALENESS_SECONDS,
         limits: Default::default(),
@@ -163,6 +166,10 @@ impl Demo {
                 "127.0.0.1".to_owned(),
                 CONTROL.parse::<SocketAddr>()?.port(),
             )),
+            key_service: Some((
+                "127.0.0.1".to_owned(),
+                KEY_SERVICE.parse::<SocketAddr>()?.port(),
+            )),
             allow_endpoints: Default::default(),
             key_max_staleness_seconds: layergate_operator::output::DEFAULT_MAX_STALENESS_SECONDS,
             limits: Default::default(),
@@ -176,11 +183,20 @@ impl Demo {
             layergate_operator::api::DEFAULT_AUTHENTICATE_PER_MINUTE,
         ));
         let control = CONTROL.parse()?;
+        let key_service = api.clone();
         std::thread::Builder::new()
             .name("control-api".into())
             .spawn(move || {
                 if let Err(e) = api.serve(control) {
                     eprintln!("layergate-operator: control API stopped: {e:#}");
+                }
+            })?;
+        let keys = KEY_SERVICE.parse()?;
+        std::thread::Builder::new()
+            .name("key-service".into())
+            .spawn(move || {
+                if let Err(e) = key_service.serve_keys(keys) {
+                    eprintln!("layergate-operator: key service stopped: {e:#}");
                 }
             })?;
         std::thread::Builder::new()

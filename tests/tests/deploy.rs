@@ -172,6 +172,10 @@ fn the_manifests_agree_with_the_operators_defaults() {
     // The control API Service the rendering routes to (layergate-operator.<ns>.svc:9902).
     let svc = find(&docs, "Service", "layergate-operator");
     assert_eq!(svc["spec"]["ports"][0]["port"], 9902);
+    // The key service's own listener (layergate-operator.<ns>.svc:9903), which kube mode
+    // renders the gateways' keyService to.
+    assert_eq!(svc["spec"]["ports"][1]["port"], 9903);
+    assert_eq!(svc["spec"]["ports"][1]["targetPort"], "keys");
     assert_eq!(svc["metadata"]["namespace"], "layer");
 }
 
@@ -219,6 +223,7 @@ fn istio_render(
         admin: "127.0.0.1:9901".parse()?,
         wasm_path: "unused.wasm".into(),
         control: None,
+        key_service: None,
         allow_endpoints: Default::default(),
         key_max_staleness_seconds: layergate_operator::output::DEFAULT_MAX_STALENESS_SECONDS,
         limits: Default::default(),
@@ -517,18 +522,21 @@ fn only_the_gateway_pods_may_reach_the_operators_control_port() {
     assert!(peers[0].get("namespaceSelector").is_none() && peers[0].get("ipBlock").is_none());
     assert!(selects(&peers[0]["podSelector"], &gateway), "{spec}");
     assert!(!selects(&peers[0]["podSelector"], &operator), "{spec}");
-    // The control port, by the container port's name.
+    // The control port and the key service's, by the container ports' names.
     let container = &find(&docs, "Deployment", "layergate-operator")["spec"]["template"]["spec"]
         ["containers"][0];
-    let control = container["ports"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|p| p["containerPort"] == 9902)
-        .unwrap();
+    let port = |n: u16| {
+        container["ports"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|p| p["containerPort"] == n)
+            .unwrap()["name"]
+            .clone()
+    };
     assert_eq!(
         rules[0]["ports"],
-        serde_json::json!([{"protocol": "TCP", "port": control["name"]}])
+        serde_json::json!([{"protocol": "TCP", "port": port(9902)}, {"protocol": "TCP", "port": port(9903)}])
     );
 }
 

@@ -3,7 +3,7 @@
 //! client calling mint_key / list_keys / list_vectorstores.
 #![allow(clippy::unwrap_used, clippy::panic, missing_docs)]
 
-use layergate_operator::api::{Api, DEFAULT_AUTHENTICATE_PER_MINUTE};
+use layergate_operator::api::{Api, ServeLimits, DEFAULT_AUTHENTICATE_PER_MINUTE};
 use layergate_operator::source::DirSource;
 use layergate_tests::demo::{self, ARCHIVE_KEY, PRIMARY_KEY};
 use layergate_tests::devstore::DevStore;
@@ -26,6 +26,16 @@ fn start(tag: &str) -> Stack {
 
 /// A stack whose manifests `edit` may change first, with an `authenticate` limit.
 fn start_with(tag: &str, per_minute: u32, edit: impl Fn(&std::path::Path)) -> Stack {
+    start_limited(tag, per_minute, ServeLimits::default(), edit)
+}
+
+/// [`start_with`], the control API with other connection limits.
+fn start_limited(
+    tag: &str,
+    per_minute: u32,
+    limits: ServeLimits,
+    edit: impl Fn(&std::path::Path),
+) -> Stack {
     let primary = DevStore::start(PRIMARY_KEY).unwrap();
     let archive = DevStore::start(ARCHIVE_KEY).unwrap();
     let (dir, out) = demo::manifests_for(&format!("control-{tag}"), &primary, &archive).unwrap();
@@ -36,7 +46,7 @@ fn start_with(tag: &str, per_minute: u32, edit: impl Fn(&std::path::Path)) -> St
     let source = Arc::new(DirSource::new(dir, out.clone(), settings));
     source.refresh().unwrap();
     source.probe_now().unwrap();
-    let api = Arc::new(Api::new(source, per_minute));
+    let api = Arc::new(Api::new(source, per_minute).with_limits(limits));
     std::thread::spawn(move || api.serve_on(listener));
     let bootstrap = std::fs::read_to_string(out.join("bootstrap.yaml")).unwrap();
     let envoy =
@@ -717,4 +727,52 @@ fn the_tour_mints_and_revokes_a_key_and_each_takes_effect_promptly() {
     );
     let bound = std::time::Duration::from_secs(3);
     assert!(l.minted_works < bound && l.revoked_refused < bound, "{l:?}");
+}
+
+/// Issue 21.8: requests that sent their headers and then a byte every 2 s held the operator's
+/// connections through the gateway until key management answered 503. The gateway holds a
+/// control request's body itself and sends it on only once complete: with more trickling
+/// requests than the operator has connections, key management still answers.
+#[test]
+fn trickling_control_bodies_never_reach_the_operator() {
+    use std::io::Write;
+    let limits = ServeLimits {
+        max_connections: 4,
+        header_timeout: std::time::Duration::from_secs(30),
+        body_timeout: std::time::Duration::from_secs(30),
+    };
+    let s = start_limited("trickle", DEFAULT_AUTHENTICATE_PER_MINUTE, limits, |_| {});
+    let head = |path: &str, token: &str| {
+        format!("POST {path} HTTP/1.1\r\nhost: gw\r\ncontent-type: application/json\r\nauthorization: Bearer {token}\r\ncontent-length: 64\r\n\r\n{{")
+    };
+    let held: Vec<std::net::TcpStream> = (0..12)
+        .map(|i| {
+            let mut c = std::net::TcpStream::connect(s.envoy.addr).unwrap();
+            let req = if i % 2 == 0 {
+                head("/v2/keys/authenticate", "none")
+            } else {
+                head("/v2/keys", "demo-admin-token")
+            };
+            c.write_all(req.as_bytes()).unwrap();
+            c
+        })
+        .collect();
+    std::thread::sleep(std::time::Duration::from_millis(500));
+    for _ in 0..3 {
+        let r = call(&s, "GET", "/v2/keys", Some("demo-admin-token"), None);
+        assert_eq!(r.status, 200, "{}", r.text());
+        let r = call(&s, "GET", "/v2/vectorstores", Some("demo-read-token"), None);
+        assert_eq!(r.status, 200, "{}", r.text());
+    }
+    // A body larger than the control API could take is refused by the gateway.
+    let big = "x".repeat(300 * 1024);
+    let r = call(
+        &s,
+        "POST",
+        "/v2/keys",
+        Some("demo-admin-token"),
+        Some(json!({"name": "big", "description": big})),
+    );
+    assert_eq!(r.status, 413, "{}", r.text());
+    drop(held);
 }

@@ -1406,6 +1406,7 @@ pub fn kube_settings() -> layergate_operator::output::Settings {
         admin: "127.0.0.1:9901".parse().unwrap(),
         wasm_path: "/etc/layergate/wasm/layergate_filter.wasm".into(),
         control: Some(("layergate-operator.layer.svc".into(), 9902)),
+        key_service: None,
         allow_endpoints: Default::default(),
         key_max_staleness_seconds: layergate_operator::output::DEFAULT_MAX_STALENESS_SECONDS,
         limits: Default::default(),

@@ -695,6 +695,7 @@ fn operator_render_time(keys: usize, indexes: usize) -> Result<Duration> {
         admin: "127.0.0.1:9901".parse()?,
         wasm_path: "x.wasm".into(),
         control: None,
+        key_service: None,
         allow_endpoints: Default::default(),
         key_max_staleness_seconds: layergate_operator::output::DEFAULT_MAX_STALENESS_SECONDS,
         limits: Default::default(),
