@@ -829,7 +829,17 @@ mod tests {
             .as_array()
             .cloned()
             .unwrap_or_default();
-        assert_eq!(mappers.len(), 4);
+        // Upstream failures (4), then Envoy's own client-side timers: stream idle (SI) and
+        // request timeouts (408, which the filter never sends).
+        assert_eq!(mappers.len(), 6);
+        assert_eq!(
+            mappers[4]["filter"],
+            json!({"response_flag_filter": {"flags": ["SI"]}})
+        );
+        assert_eq!(
+            mappers[5]["filter"]["status_code_filter"]["comparison"]["value"]["default_value"],
+            408
+        );
         assert_eq!(
             mappers[0]["filter"],
             json!({"response_flag_filter": {"flags": ["UF", "UH"]}})
