@@ -111,6 +111,20 @@ extern "C" {
         value: *const u8,
         value_size: usize,
     ) -> u32;
+    fn proxy_get_shared_data(
+        key: *const u8,
+        key_size: usize,
+        data: *mut *mut u8,
+        size: *mut usize,
+        cas: *mut u32,
+    ) -> u32;
+    fn proxy_set_shared_data(
+        key: *const u8,
+        key_size: usize,
+        value: *const u8,
+        value_size: usize,
+        cas: u32,
+    ) -> u32;
     fn proxy_define_metric(kind: u32, name: *const u8, name_size: usize, id: *mut u32) -> u32;
     fn proxy_increment_metric(id: u32, offset: i64) -> u32;
     fn proxy_record_metric(id: u32, value: u64) -> u32;
@@ -244,6 +258,25 @@ pub fn set_property(path: &[u8], value: &str) {
     unsafe {
         proxy_set_property(path.as_ptr(), path.len(), value.as_ptr(), value.len());
     }
+}
+
+/// A shared-data value (shared by every VM of the plugin's VM id in the process) and its CAS
+/// token; `None` when the key has no value.
+pub fn get_shared_data(key: &str) -> Option<(Vec<u8>, u32)> {
+    let (mut data, mut size, mut cas) = (std::ptr::null_mut(), 0usize, 0u32);
+    // SAFETY: pointer and length of a live `&str`; valid out pointers.
+    let status =
+        unsafe { proxy_get_shared_data(key.as_ptr(), key.len(), &mut data, &mut size, &mut cas) };
+    (status == OK).then(|| (take(data, size), cas))
+}
+
+/// Sets a shared-data value if its CAS token is still `cas` (0: whatever it is); false when
+/// another VM changed it meanwhile (or the host refused).
+pub fn set_shared_data(key: &str, value: &[u8], cas: u32) -> bool {
+    // SAFETY: pointers and lengths of live buffers.
+    let status =
+        unsafe { proxy_set_shared_data(key.as_ptr(), key.len(), value.as_ptr(), value.len(), cas) };
+    status == OK
 }
 
 /// Defines a metric; its id.

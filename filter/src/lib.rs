@@ -38,6 +38,7 @@ pub mod keys;
 pub mod policy;
 pub mod route;
 pub mod scope;
+pub mod staleness;
 pub mod time;
 
 #[cfg(target_arch = "wasm32")]

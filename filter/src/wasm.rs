@@ -212,6 +212,49 @@ pub extern "C" fn proxy_on_delete(ctx: u32) {
     }
 }
 
+// ---- the stale gauge: the worst VM of the process ----------------------------------------
+
+thread_local! {
+    /// This VM's id among the process's VMs (random; see [`crate::staleness`]).
+    static VM_ID: String = {
+        use std::hash::{BuildHasher, Hasher};
+        let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+        h.write_u64(0);
+        format!("{:016x}", h.finish())
+    };
+}
+
+/// Publishes this VM's staleness `own` and returns the worst of every live VM's (SPEC §6: the
+/// gauge must not read 0 while a worker's table is stale). Falls back to `own` when the host
+/// has no shared data.
+fn worst_stale(now: i64, own: u64) -> u64 {
+    use crate::staleness::{self, ENTRY_PREFIX, REGISTRY_KEY};
+    VM_ID.with(|id| {
+        let key = format!("{ENTRY_PREFIX}{id}");
+        if !abi::set_shared_data(&key, staleness::entry(now, own).as_bytes(), 0) {
+            return own;
+        }
+        let heartbeat = |vm: &str| {
+            abi::get_shared_data(&format!("{ENTRY_PREFIX}{vm}"))
+                .and_then(|(v, _)| staleness::parse_entry(&v))
+        };
+        // Put this VM in the registry (and forget dead ones); a lost race is retried next tick.
+        let (registry, cas) = abi::get_shared_data(REGISTRY_KEY).unwrap_or_default();
+        if let Some(updated) =
+            staleness::registry_with(&registry, id, now, |vm| heartbeat(vm).map(|(hb, _)| hb))
+        {
+            abi::set_shared_data(REGISTRY_KEY, updated.as_bytes(), cas);
+        }
+        staleness::worst(
+            now,
+            own,
+            staleness::ids(&registry)
+                .filter(|vm| vm != id)
+                .filter_map(heartbeat),
+        )
+    })
+}
+
 // ---- root: configuration, counters, key sync --------------------------------------------
 
 #[derive(Default)]
@@ -314,7 +357,8 @@ impl Root {
                 let stale = f
                     .stale_seconds(now)
                     .unwrap_or_else(|| now.saturating_sub(self.sync.configured_at));
-                abi::record_metric(gauge, u64::try_from(stale).unwrap_or(0));
+                let own = u64::try_from(stale).unwrap_or(0);
+                abi::record_metric(gauge, worst_stale(now, own));
             }
         }
         COUNTS.with(|p| {

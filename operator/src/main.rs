@@ -42,6 +42,8 @@ const USAGE: &str = "usage: layergate-operator COMMAND
                               LAYERGATE_HOSTS (*, comma-separated; the filter acts only for
                               these), LAYERGATE_CONTROL_UPSTREAM
                               (HOST:PORT of the control API, not routed if unset),
+                              LAYERGATE_KEY_SERVICE_UPSTREAM (HOST:PORT of the key
+                              service's own listener; unset: the control API's),
                               LAYERGATE_ISTIO_FAIL_STRATEGY (FAIL_RELOAD: a filter panic
                               fails that request and reloads the VM; FAIL_CLOSE only for
                               Istio < 1.27: one panic turns that worker's requests into
@@ -62,11 +64,14 @@ const USAGE: &str = "usage: layergate-operator COMMAND
                               Gateway settings: LAYERGATE_LISTEN (0.0.0.0:8080),
                               LAYERGATE_WASM (/etc/layergate/wasm/layergate_filter.wasm),
                               LAYERGATE_CONTROL_UPSTREAM (HOST:PORT the gateway reaches the
-                              control API at; layergate-operator.NS.svc:9902). Serves the
-                              control API on LAYERGATE_CONTROL (0.0.0.0:9902), with the key
-                              service the gateway syncs minted keys from (GET /v2/keys/sync;
-                              gateway credential in the Secret layergate-gateway-credential,
-                              created when absent). JSON logs
+                              control API at; layergate-operator.NS.svc:9902),
+                              LAYERGATE_KEY_SERVICE_UPSTREAM (the key service;
+                              layergate-operator.NS.svc:9903). Serves the control API on
+                              LAYERGATE_CONTROL (0.0.0.0:9902) and, on a listener of its own,
+                              LAYERGATE_KEY_SERVICE (0.0.0.0:9903), the key service the
+                              gateway syncs minted keys from (GET /v2/keys/sync; gateway
+                              credential in the Secret layergate-gateway-credential, created
+                              when absent). JSON logs
                               (LAYERGATE_LOG=text for plain lines)
   run --source dir:DIR --out OUT
                               directory mode: render DIR into OUT now and again whenever a
@@ -74,9 +79,10 @@ const USAGE: &str = "usage: layergate-operator COMMAND
                               ApiKeys into Secret files in DIR; log status. A change that
                               cannot be rendered never replaces the last good output.
                               Serves the control API on LAYERGATE_CONTROL (127.0.0.1:9902):
-                              /v2/keys, /v2/keys/sync (the key service; gateway credential in
-                              OUT/gateway-credential, 0600, created once), /v2/vectorstores,
-                              /healthz, /readyz, /metrics
+                              /v2/keys, /v2/vectorstores, /healthz, /readyz, /metrics; and
+                              the key service on LAYERGATE_KEY_SERVICE (127.0.0.1:9903):
+                              /v2/keys/sync (gateway credential in OUT/gateway-credential,
+                              0600, created once)
   --allow-endpoint PATTERN    (check, render, run; repeatable) also send store credentials to
                               endpoints matching SCHEME://HOST[:PORT] (HOST may be *.domain).
                               Admitted without it: https://*.turbopuffer.com and loopback IP

@@ -18,6 +18,7 @@ use wasmtime::{
 /// proxy-wasm status codes.
 const OK: i32 = 0;
 const NOT_FOUND: i32 = 1;
+const CAS_MISMATCH: i32 = 8;
 
 /// proxy-wasm buffer types used here.
 const HTTP_REQUEST_BODY: i32 = 0;
@@ -106,6 +107,9 @@ struct HostState {
     call_response: (Vec<(String, String)>, Vec<u8>),
     /// Metered VMs: each host call of the current export call, with the fuel used before it.
     marks: Vec<(&'static str, u64)>,
+    /// Shared data (key → value, CAS token), as Envoy keeps it for the VMs of one VM id:
+    /// hosts made to share it ([`FilterHost::share_data_with`]) are one process's VMs.
+    shared: std::sync::Arc<std::sync::Mutex<HashMap<String, (Vec<u8>, u32)>>>,
 }
 
 /// Notes a host call and the fuel the export call had used when it was made (metered VMs).
@@ -216,6 +220,62 @@ fn deserialize(bytes: &[u8]) -> Vec<(String, String)> {
 
 fn link(linker: &mut Linker<HostState>) -> Result<()> {
     let env = "env";
+    linker.func_wrap(
+        env,
+        "proxy_get_shared_data",
+        |mut c: Caller<'_, HostState>,
+         kp: i32,
+         kn: i32,
+         ptr_ptr: i32,
+         size_ptr: i32,
+         cas_ptr: i32|
+         -> Result<i32> {
+            mark(&mut c, "proxy_get_shared_data");
+            let key = read_str(&mut c, kp, kn)?;
+            let value = c
+                .data()
+                .shared
+                .lock()
+                .map_err(|_| anyhow::anyhow!("poisoned"))?
+                .get(&key)
+                .cloned();
+            match value {
+                Some((value, cas)) => {
+                    give(&mut c, &value, ptr_ptr, size_ptr)?;
+                    write(&mut c, cas_ptr, &cas.to_le_bytes())?;
+                    Ok(OK)
+                }
+                None => Ok(NOT_FOUND),
+            }
+        },
+    )?;
+    linker.func_wrap(
+        env,
+        "proxy_set_shared_data",
+        |mut c: Caller<'_, HostState>,
+         kp: i32,
+         kn: i32,
+         vp: i32,
+         vn: i32,
+         cas: i32|
+         -> Result<i32> {
+            mark(&mut c, "proxy_set_shared_data");
+            let key = read_str(&mut c, kp, kn)?;
+            let value = read(&mut c, vp, vn)?;
+            let mut shared = c
+                .data()
+                .shared
+                .lock()
+                .map_err(|_| anyhow::anyhow!("poisoned"))?;
+            let current = shared.get(&key).map_or(0, |(_, cas)| *cas);
+            // Envoy's CAS: 0 sets whatever is there; another token must be the current one.
+            if cas != 0 && u32::try_from(cas).ok() != Some(current) {
+                return Ok(CAS_MISMATCH);
+            }
+            shared.insert(key, (value, current.wrapping_add(1).max(1)));
+            Ok(OK)
+        },
+    )?;
     linker.func_wrap(
         env,
         "proxy_log",
@@ -879,6 +939,12 @@ impl FilterHost {
             "proxy_on_http_call_response",
             (ROOT, i32::try_from(token)?, n, size, 0),
         )
+    }
+
+    /// Makes this VM share the host's shared data with `other`, as two VMs of one Envoy
+    /// process (workers) do.
+    pub fn share_data_with(&mut self, other: &FilterHost) {
+        self.store.data_mut().shared = other.store.data().shared.clone();
     }
 
     /// Everything the filter logged.

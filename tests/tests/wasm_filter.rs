@@ -397,3 +397,41 @@ fn hostile_bodies_do_not_grow_the_vm() {
         (after - before) / 1024
     );
 }
+
+/// Issue 21.9: `keys_stale_seconds` was one gauge every VM overwrote, so it could read 0 while
+/// a worker's table was stale. Each VM now records the worst of the process's live VMs.
+#[test]
+fn the_stale_gauge_is_the_worst_vm_of_the_process() {
+    let mut cfg: serde_json::Value = serde_json::from_str(&demo::filter_config().unwrap()).unwrap();
+    cfg.as_object_mut().unwrap().remove("apiKeys");
+    cfg["keyService"] = serde_json::json!({
+        "cluster": "layergate_control", "credential": {"inline": "gw-cred"},
+        "maxStalenessSeconds": 60, "pollSeconds": 20,
+    });
+    let mut fresh = FilterHost::load(module(), &cfg.to_string(), ENV).unwrap();
+    let mut stale = FilterHost::load(module(), &cfg.to_string(), ENV).unwrap();
+    stale.share_data_with(&fresh);
+    let t0 = 1_795_528_719u64;
+    let snapshot = serde_json::json!({"revision": "r1", "snapshot": true, "keys": []});
+    fresh
+        .answer_call(1, Some(200), snapshot.to_string().as_bytes())
+        .unwrap();
+    // `stale`'s first sync never answers; `fresh` keeps a long poll held.
+    for t in [t0 + 10, t0 + 20] {
+        fresh.set_time(t);
+        stale.set_time(t);
+        stale.tick().unwrap();
+        fresh.tick().unwrap();
+    }
+    assert_eq!(stale.metric("layergate.keys_stale_seconds"), Some(20));
+    assert_eq!(
+        fresh.metric("layergate.keys_stale_seconds"),
+        Some(20),
+        "the fresh VM reports the stale one"
+    );
+    // A VM that stops ticking (gone) stops counting after a few seconds: `fresh` reports its
+    // own (its long poll, unanswered here, confirmed the table until 20 s after it was sent).
+    fresh.set_time(t0 + 30);
+    fresh.tick().unwrap();
+    assert_eq!(fresh.metric("layergate.keys_stale_seconds"), Some(10));
+}
