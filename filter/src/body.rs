@@ -55,18 +55,67 @@ impl<'de: 'a, 'a> Deserialize<'de> for NamespaceList<'a> {
 }
 
 /// `copy_from_namespace` / `branch_from_namespace`: a name, or an object naming the source.
-#[derive(Deserialize)]
-#[serde(untagged)]
+/// Read as it streams (an untagged enum would first buffer the whole value, every field the
+/// filter ignores included: a 16 MiB padding field grew a VM by hundreds of MiB).
 enum SourceRef<'a> {
-    Name(#[serde(borrow)] Cow<'a, str>),
+    Name(Cow<'a, str>),
     Object {
-        #[serde(borrow)]
         source_namespace: Cow<'a, str>,
-        #[serde(default)]
-        source_api_key: Option<IgnoredAny>,
-        #[serde(default)]
-        source_region: Option<IgnoredAny>,
+        source_api_key: bool,
+        source_region: bool,
     },
+}
+
+impl<'de: 'a, 'a> Deserialize<'de> for SourceRef<'a> {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct Visit<'a>(std::marker::PhantomData<&'a ()>);
+        impl<'de: 'a, 'a> serde::de::Visitor<'de> for Visit<'a> {
+            type Value = SourceRef<'a>;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("a namespace name, or an object with source_namespace")
+            }
+            fn visit_borrowed_str<E: serde::de::Error>(
+                self,
+                v: &'de str,
+            ) -> Result<Self::Value, E> {
+                Ok(SourceRef::Name(Cow::Borrowed(v)))
+            }
+            fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<Self::Value, E> {
+                Ok(SourceRef::Name(Cow::Owned(v.to_owned())))
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(
+                self,
+                mut map: A,
+            ) -> Result<Self::Value, A::Error> {
+                let (mut ns, mut api_key, mut region) = (None, false, false);
+                while let Some(key) = map.next_key::<Cow<'de, str>>()? {
+                    match &*key {
+                        "source_namespace" if ns.is_some() => {
+                            return Err(serde::de::Error::duplicate_field("source_namespace"))
+                        }
+                        "source_namespace" => ns = Some(map.next_value::<Cow<'de, str>>()?),
+                        "source_api_key" => {
+                            api_key |= map.next_value::<Option<IgnoredAny>>()?.is_some();
+                        }
+                        "source_region" => {
+                            region |= map.next_value::<Option<IgnoredAny>>()?.is_some();
+                        }
+                        _ => {
+                            map.next_value::<IgnoredAny>()?;
+                        }
+                    }
+                }
+                let source_namespace =
+                    ns.ok_or_else(|| serde::de::Error::missing_field("source_namespace"))?;
+                Ok(SourceRef::Object {
+                    source_namespace,
+                    source_api_key: api_key,
+                    source_region: region,
+                })
+            }
+        }
+        d.deserialize_any(Visit(std::marker::PhantomData))
+    }
 }
 
 /// The top-level fields that can name namespaces; everything else is skipped unparsed.
@@ -193,9 +242,12 @@ pub fn check(
     ] {
         match src {
             None => {}
-            Some(SourceRef::Name(ns)) => {
-                copy_source(field, ns, false, fields.source_region.is_some())?;
-            }
+            Some(SourceRef::Name(ns)) => copy_source(
+                field,
+                ns,
+                fields.source_api_key.is_some(),
+                fields.source_region.is_some(),
+            )?,
             Some(SourceRef::Object {
                 source_namespace,
                 source_api_key,
@@ -203,8 +255,8 @@ pub fn check(
             }) => copy_source(
                 field,
                 source_namespace,
-                source_api_key.is_some() || fields.source_api_key.is_some(),
-                source_region.is_some() || fields.source_region.is_some(),
+                *source_api_key || fields.source_api_key.is_some(),
+                *source_region || fields.source_region.is_some(),
             )?,
         }
     }

@@ -644,20 +644,7 @@ fn record(policy: Option<&Policy>, plan: Option<&Plan>, decision: &str) {
     });
 }
 
-/// A measurement build only (feature `stage-cut` and `LAYERGATE_STAGE_CUT=enter|read|decide|edits`
-/// at build time): request headers stop after that stage and continue unchecked, so
-/// `layergate-bench probes` can price each stage (README, "The wasm filter's stages"). Such a
-/// build fails open, so it takes both the feature and the variable; in every other build this is
-/// `None` and the checks below compile away.
-#[cfg(feature = "stage-cut")]
-const CUT: Option<&str> = option_env!("LAYERGATE_STAGE_CUT");
-#[cfg(not(feature = "stage-cut"))]
-const CUT: Option<&str> = None;
-
 fn on_request_headers(ctx: u32, end_of_stream: bool) -> Action {
-    if CUT == Some("enter") {
-        return Action::Continue;
-    }
     let Some(policy) = policy_of(ctx) else {
         return deny(
             None,
@@ -667,9 +654,6 @@ fn on_request_headers(ctx: u32, end_of_stream: bool) -> Action {
     };
     let buf = abi::header_map(MapType::HttpRequestHeaders);
     let head = RequestHead::from_pairs(pairs(&buf));
-    if CUT == Some("read") {
-        return Action::Continue;
-    }
     let head_strip = head.has_layergate_headers.then_some(buf.as_slice());
     if !policy.serves_host(head.authority) {
         // Another team's host on a shared gateway: no authentication, no credential, no
@@ -681,16 +665,6 @@ fn on_request_headers(ctx: u32, end_of_stream: bool) -> Action {
         return Action::Continue;
     }
     let d = decide(&policy, &head, now);
-    if CUT == Some("decide") {
-        std::hint::black_box(&d);
-        return Action::Continue;
-    }
-    if CUT == Some("edits") {
-        if let Decision::Forward(plan) = &d {
-            let _ = apply_edits(&policy, plan, None);
-        }
-        return Action::Continue;
-    }
     match d {
         Decision::Forward(plan) => forward(&policy, &plan, head_strip, None),
         Decision::ForwardWithPath(plan, path) => forward(&policy, &plan, head_strip, Some(&path)),

@@ -1264,3 +1264,45 @@ fn a_copy_source_on_another_store_is_refused_for_every_caller() {
     .unwrap_err();
     assert_eq!(d.status(), 403);
 }
+
+/// Helper report on issue 21: a string `copy_from_namespace` beside a top-level
+/// `source_api_key` was judged as a copy within the store; a restricted key may not copy with
+/// another key in any form.
+#[test]
+fn a_top_level_source_api_key_counts_for_every_copy_form() {
+    let p = writer_policy();
+    for body in [
+        json!({"copy_from_namespace": "shop-old", "source_api_key": "k"}),
+        json!({"branch_from_namespace": "shop-old", "source_api_key": "k"}),
+        json!({"copy_from_namespace": {"source_namespace": "shop-old"}, "source_api_key": "k"}),
+    ] {
+        let d = inspect(&p, "POST", "/v2/namespaces/shop-new", &body).unwrap_err();
+        assert!(
+            d.message.contains("source_api_key"),
+            "{body}: {}",
+            d.message
+        );
+    }
+    // An object without source_namespace, or a duplicate one, is malformed.
+    for body in [
+        json!({"copy_from_namespace": {"source_region": "x"}}),
+        serde_json::from_str::<serde_json::Value>(r#"{"copy_from_namespace": 7}"#).unwrap(),
+    ] {
+        assert_eq!(
+            inspect(&p, "POST", "/v2/namespaces/shop-new", &body)
+                .unwrap_err()
+                .status(),
+            400,
+            "{body}"
+        );
+    }
+    let dup =
+        br#"{"copy_from_namespace": {"source_namespace": "shop-a", "source_namespace": "secret"}}"#;
+    match call(&p, "POST", "/v2/namespaces/shop-new", SHOP) {
+        Decision::Inspect(plan, ins) => {
+            let d = body::check(&p, &plan, ins, dup, || 0).unwrap_err();
+            assert_eq!(d.status(), 400, "{}", d.message);
+        }
+        other => panic!("{other:?}"),
+    }
+}

@@ -169,8 +169,8 @@ pub struct Api {
     source: Arc<dyn Source>,
     limiter: Mutex<RateLimiter>,
     limits: ServeLimits,
-    /// Held through a mint: mints are serialized.
-    mints: Mutex<()>,
+    /// Held through a write (mint, revoke, delete): writes are serialized.
+    writes: Mutex<()>,
 }
 
 fn now() -> i64 {
@@ -235,7 +235,7 @@ impl Api {
             source,
             limiter: Mutex::new(RateLimiter::new(authenticate_per_minute)),
             limits: ServeLimits::default(),
-            mints: Mutex::new(()),
+            writes: Mutex::new(()),
         }
     }
 
@@ -576,6 +576,18 @@ impl Api {
                 | ("POST", ["v2", "keys", _, "revoke"])
                 | ("DELETE", ["v2", "keys", _])
         );
+        // One write at a time (mint, revoke, delete): parallel mints of one name get one
+        // winner and 409s, and two rewrites of one manifest file never undo each other.
+        let _one_writer = writes.then(|| {
+            self.writes
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+        });
+        // A write judges the state as it is once it holds the lock.
+        let pass = match writes {
+            true => source.state().last().unwrap_or(pass),
+            false => pass,
+        };
         if writes && !source.writable() {
             // Only the replica holding the Lease writes (two writers never); the Service
             // spreads calls over both, so the other answers "retry" rather than forwarding.
@@ -587,16 +599,7 @@ impl Api {
             return Ok(r);
         }
         match (method, segs.as_slice()) {
-            ("POST", ["v2", "keys"]) => {
-                // One mint at a time: parallel mints of one name get one winner and 409s,
-                // never two writers of the same files.
-                let _one = self
-                    .mints
-                    .lock()
-                    .unwrap_or_else(std::sync::PoisonError::into_inner);
-                let pass = source.state().last().unwrap_or(pass);
-                mint(source, &pass, &caller, body)
-            }
+            ("POST", ["v2", "keys"]) => mint(source, &pass, &caller, body),
             ("GET", ["v2", "keys"]) => {
                 let all = query
                     .split('&')

@@ -316,6 +316,8 @@ pub struct State {
     served: Mutex<Option<String>>,
     /// When the controller loop last turned (kube mode; `None`: no loop to watch).
     heartbeat: Mutex<Option<Instant>>,
+    /// How long the loop may not turn before `/healthz` fails (`None`: [`STUCK_AFTER`]).
+    stuck_after: Mutex<Option<Duration>>,
 }
 
 /// `/healthz` fails when the controller loop has not turned for this long (it turns at least
@@ -330,20 +332,23 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 impl State {
     /// The controller loop turned now.
     pub fn beat(&self) {
-        self.beat_at(Instant::now());
+        *lock(&self.heartbeat) = Some(Instant::now());
     }
 
-    /// The controller loop turned at `at` (tests set an old one).
-    pub fn beat_at(&self, at: Instant) {
-        *lock(&self.heartbeat) = Some(at);
+    /// How long the controller loop may not turn before `/healthz` fails (default
+    /// [`STUCK_AFTER`]).
+    pub fn set_stuck_after(&self, after: Duration) {
+        *lock(&self.stuck_after) = Some(after);
     }
 
     /// How long the controller loop has not turned, when that is longer than
-    /// [`STUCK_AFTER`]: the process is alive but stuck, and should be restarted.
+    /// [`STUCK_AFTER`] (or what [`State::set_stuck_after`] said): the process is alive but
+    /// stuck, and should be restarted.
     pub fn stuck_for(&self) -> Option<Duration> {
+        let after = lock(&self.stuck_after).unwrap_or(STUCK_AFTER);
         lock(&self.heartbeat)
             .map(|t| t.elapsed())
-            .filter(|d| *d > STUCK_AFTER)
+            .filter(|d| *d > after)
     }
 
     /// The last good pass, if any: shared, so a control-API call or a probe round costs no
@@ -656,20 +661,24 @@ impl Source for DirSource {
             .keys
             .iter()
             .find(|k| k.metadata.name.as_deref() == Some(name));
+        // Only Secrets labelled as this key's token: one labelled for another key (or a store
+        // credential that happens to be named `apikey-<name>`) is not this delete's to touch.
+        let this_keys = |secret: &str| {
+            pass.objects
+                .secret_marks
+                .get(&(pass.namespace.clone(), secret.to_owned()))
+                .is_some_and(|m| m.token_label.as_deref() == Some(name))
+        };
         let minted = keys::secret_name(name);
         if let Some(k) = key {
             let source = validate::token_source(k);
-            let marks = pass
-                .objects
-                .secret_marks
-                .get(&(pass.namespace.clone(), source.name.clone()));
-            if source.name != minted
-                && marks.is_some_and(|m| m.token_label.as_deref() == Some(name))
-            {
+            if source.name != minted && this_keys(&source.name) {
                 remove_secret_documents(pass, &source.name)?;
             }
         }
-        remove_secret_documents(pass, &minted)?;
+        if this_keys(&minted) {
+            remove_secret_documents(pass, &minted)?;
+        }
         if file.exists() {
             rewrite_key_document(&file, name, KeyEdit::Delete)?;
         }

@@ -330,6 +330,7 @@ fn same_key(a: &Arc<ApiKey>, b: &Arc<ApiKey>) -> bool {
             && a.metadata.namespace == b.metadata.namespace
             && a.metadata.creation_timestamp == b.metadata.creation_timestamp
             && a.metadata.generation == b.metadata.generation
+            && a.metadata.deletion_timestamp == b.metadata.deletion_timestamp
             && a.spec == b.spec)
 }
 
@@ -846,6 +847,17 @@ fn validate_key(
             ApiKeyPhase::Revoked,
             reason::REVOKED,
             "revoked; the gateway no longer accepts this key".into(),
+            vec![],
+            None,
+        );
+    }
+    // Being deleted (a finalizer holds the object): gone for the gateway from the moment the
+    // delete was accepted, so a delete that answers 200 never leaves the token working.
+    if k.metadata.deletion_timestamp.is_some() {
+        return out(
+            ApiKeyPhase::Revoked,
+            reason::REVOKED,
+            "being deleted; the gateway no longer accepts this key".into(),
             vec![],
             None,
         );

@@ -1872,6 +1872,10 @@ async fn a_pass_longer_than_the_lease_does_not_stop_renewal() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn one_broken_secret_or_name_is_that_objects_condition_and_the_rest_publishes() {
     let long = "k".repeat(250);
+    // Counts GETs of the store's Secret, each failed as an etcd timeout would: a pass must make
+    // none (it reads Secrets from the watch's cache).
+    let secret_gets = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let counted = secret_gets.clone();
     let client = builder()
         .with_object(store_json("locked", false, "locked-credential"))
         .with_object(Secret {
@@ -1891,8 +1895,9 @@ async fn one_broken_secret_or_name_is_that_objects_condition_and_the_rest_publis
         .with_object(key_json("cohort", json!({})))
         .with_interceptor_funcs(
             interceptor::Funcs::new()
-                .get(|ctx| {
+                .get(move |ctx| {
                     if ctx.name == "locked-credential" {
+                        counted.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
                         return Err(FakeError::Internal("etcdserver: request timed out".into()));
                     }
                     Ok(None)
@@ -1923,6 +1928,11 @@ async fn one_broken_secret_or_name_is_that_objects_condition_and_the_rest_publis
     };
     // A pass reads Secrets from the watch's cache, never by a GET of its own: a GET of this
     // Secret that would fail does not matter (before issue 12 it was the store's condition).
+    assert_eq!(
+        secret_gets.load(std::sync::atomic::Ordering::SeqCst),
+        0,
+        "no pass GETs a Secret"
+    );
     assert_eq!(
         reason(stores.get("locked").await.unwrap().status),
         ("True".into(), "Valid".into())
@@ -2433,9 +2443,12 @@ async fn the_role_grants_exactly_what_the_code_calls() {
 /// that publishes it. Asserted: the whole of the steady and the revocation passes under one
 /// second per 100,000 keys (scaled; release builds only) — reads come from the caches (issue
 /// 12), so the pass no longer waits on the API server for them — and one status write for the
-/// revocation.
+/// revocation. In `make test` (a debug build, 2,000 keys) what is asserted is the structure: no
+/// status written and no key judged again when nothing changed, one of each for a revocation;
+/// the time budget is asserted by `make bench` (release, 100,000 keys), where speed targets
+/// live.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_kube_pass_at_scale_stays_under_a_second_per_100000_keys() {
+async fn a_kube_pass_at_scale_judges_only_what_changed_and_in_release_stays_under_its_budget() {
     let keys: usize = std::env::var("LAYERGATE_KUBE_PASS_KEYS")
         .ok()
         .and_then(|v| v.parse().ok())

@@ -562,3 +562,26 @@ fn a_pass_that_takes_over_unchanged_verdicts_judges_as_one_from_scratch() {
         ENTITLEMENT_TARGET_MISSING
     );
 }
+
+/// Helper report on issue 21: a kube-mode delete of an ApiKey held by a finalizer answered
+/// 200, and the watch brought the object back (with its deletionTimestamp), served again.
+/// A key being deleted is gone for the gateway.
+#[test]
+fn a_key_being_deleted_is_not_served() {
+    let ok = "  entitlements:\n    vectorstore.s: {scopes: [read]}\n";
+    let deleting = key("k", ok).replace(
+        "creationTimestamp: \"2026-11-01T00:00:00Z\"}",
+        "creationTimestamp: \"2026-11-01T00:00:00Z\", deletionTimestamp: \"2026-11-24T00:00:00Z\", finalizers: [example.com/hold]}",
+    );
+    let v = run(&[store("s", ""), deleting, TOKEN.into()]);
+    assert_eq!(v.phase("k").unwrap(), ApiKeyPhase::Revoked);
+    assert!(v.keys[0].valid.is_none(), "not served");
+    // Revoked wins over an invalid spec too (issue 21.5).
+    let bad =
+        format!("  entitlements: {{\"vectorstore.s!\": {{scopes: [read]}}}}\n  revoked: true\n");
+    let v = run(&[store("s", ""), key("k", &bad), TOKEN.into()]);
+    assert_eq!(
+        (v.phase("k").unwrap(), ready_reason(&v.keys[0].conditions).1),
+        (ApiKeyPhase::Revoked, reason::REVOKED.into())
+    );
+}

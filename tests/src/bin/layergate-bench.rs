@@ -730,9 +730,9 @@ fn probes() -> Result<()> {
     let any = SocketAddr::from(([127, 0, 0, 1], 0));
     let mut all = variants(upstream, any, 0, &scratch)?;
     // `LAYERGATE_BASELINE_WASM`: other builds of the filter (comma-separated paths) beside
-    // layergate in the same paired rounds (before/after a change, or the stage-cut builds, on
-    // the same loaded machine). They get the routing header with the request, as bare Envoy
-    // does, so a build cut before its header writes still reaches the upstream.
+    // layergate in the same paired rounds (before/after a change, on the same loaded machine).
+    // They get the routing header with the request, as bare Envoy does, so a build that writes
+    // no headers still reaches the upstream.
     if let Ok(baselines) = std::env::var("LAYERGATE_BASELINE_WASM") {
         let wasm = layergate_tests::paths::wasm_path()?;
         for (i, baseline) in baselines.split(',').enumerate() {
