@@ -86,6 +86,7 @@ pub fn worst(now: i64, own: u64, entries: impl Iterator<Item = (i64, u64)>) -> u
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
 

@@ -577,9 +577,8 @@ fn a_key_being_deleted_is_not_served() {
     assert_eq!(v.phase("k").unwrap(), ApiKeyPhase::Revoked);
     assert!(v.keys[0].valid.is_none(), "not served");
     // Revoked wins over an invalid spec too (issue 21.5).
-    let bad =
-        format!("  entitlements: {{\"vectorstore.s!\": {{scopes: [read]}}}}\n  revoked: true\n");
-    let v = run(&[store("s", ""), key("k", &bad), TOKEN.into()]);
+    let bad = "  entitlements: {\"vectorstore.s!\": {scopes: [read]}}\n  revoked: true\n";
+    let v = run(&[store("s", ""), key("k", bad), TOKEN.into()]);
     assert_eq!(
         (v.phase("k").unwrap(), ready_reason(&v.keys[0].conditions).1),
         (ApiKeyPhase::Revoked, reason::REVOKED.into())

@@ -90,6 +90,9 @@ impl Request {
 }
 
 /// Host-side state of one VM.
+/// Shared data of one process's VMs: key → (value, CAS token).
+type SharedData = std::sync::Arc<std::sync::Mutex<HashMap<String, (Vec<u8>, u32)>>>;
+
 #[derive(Default)]
 struct HostState {
     plugin_config: Vec<u8>,
@@ -109,7 +112,7 @@ struct HostState {
     marks: Vec<(&'static str, u64)>,
     /// Shared data (key → value, CAS token), as Envoy keeps it for the VMs of one VM id:
     /// hosts made to share it ([`FilterHost::share_data_with`]) are one process's VMs.
-    shared: std::sync::Arc<std::sync::Mutex<HashMap<String, (Vec<u8>, u32)>>>,
+    shared: SharedData,
 }
 
 /// Notes a host call and the fuel the export call had used when it was made (metered VMs).
