@@ -173,12 +173,12 @@ fn bench_token(i: usize) -> String {
 /// `namespaces` Index namespaces (`ns-<i>` on primary), and a restricted writer.
 fn scaled_config(keys: usize, namespaces: usize) -> Result<String> {
     let mut config: FilterConfig = serde_json::from_str(&demo::filter_config()?)?;
-    let grant = |scopes: &str| -> Result<Entitlement> {
+    let grant = |scopes: &[&str]| -> Result<Entitlement> {
         Ok(serde_json::from_value(
-            json!({"scopes": [scopes], "namespaces": ["shop-*"]}),
+            json!({"scopes": scopes, "namespaces": ["shop-*"]}),
         )?)
     };
-    let key = |name: String, token: &str, scope: &str| -> Result<ApiKeyConfig> {
+    let key = |name: String, token: &str, scope: &[&str]| -> Result<ApiKeyConfig> {
         Ok(ApiKeyConfig {
             key_id: format!("key_{name}"),
             name,
@@ -192,11 +192,12 @@ fn scaled_config(keys: usize, namespaces: usize) -> Result<String> {
     for i in 0..keys {
         config
             .api_keys
-            .push(key(format!("bench-{i}"), &bench_token(i), "read")?);
+            .push(key(format!("bench-{i}"), &bench_token(i), &["read"])?);
     }
     config
         .api_keys
-        .push(key("bench-writer".into(), WRITER_TOKEN, "write")?);
+        // Read too: its copy_from body reads the source namespace (a write-only key is 403).
+        .push(key("bench-writer".into(), WRITER_TOKEN, &["read", "write"])?);
     for i in 0..namespaces {
         config
             .namespaces
@@ -475,10 +476,30 @@ fn variants(
         ),
         &plain_body,
     ));
+    // With one store a copy's source is always the destination's: unrestricted writes stream.
+    // With several, the writes that may copy are read for every caller (issue 21).
+    let one_store = {
+        let mut c: serde_json::Value = serde_json::from_str(&demo::filter_config()?)?;
+        if let Some(stores) = c["stores"].as_array_mut() {
+            stores.truncate(1);
+        }
+        c["namespaces"] = json!({});
+        c.to_string()
+    };
     all.push(with_body(
         v(
             Table::Bodies,
-            "layergate: 1 MiB write, unrestricted key (streamed)",
+            "layergate: 1 MiB write, unrestricted key, one store (streamed)",
+            gateway(one_store).render(),
+            WRITE_PATH,
+            &rw,
+        ),
+        &plain_body,
+    ));
+    all.push(with_body(
+        v(
+            Table::Bodies,
+            "layergate: 1 MiB write, unrestricted key, two stores (read for copy sources)",
             gw.render(),
             WRITE_PATH,
             &rw,
