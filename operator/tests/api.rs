@@ -92,6 +92,35 @@ impl Fixture {
     }
 }
 
+/// Every key route (list, get, mint, revoke, delete, an unknown one) answers `status` to the
+/// caller with `token`, and nothing changes.
+fn refused_on_every_key_route(f: &Fixture, token: Option<&str>, status: u16, who: &str) {
+    let before = f.config();
+    for (method, path, body) in [
+        ("GET", "/v2/keys", Value::Null),
+        ("GET", "/v2/keys/shop-reader", Value::Null),
+        (
+            "POST",
+            "/v2/keys",
+            key(
+                "intruder",
+                json!({"vectorstore.primary": {"scopes": ["admin"]}}),
+            ),
+        ),
+        ("POST", "/v2/keys/shop-reader/revoke", Value::Null),
+        ("DELETE", "/v2/keys/shop-reader", Value::Null),
+        ("POST", "/v2/keys/shop-reader/rotate", json!({})),
+    ] {
+        let (got, reply) = f.call(method, path, token, body);
+        assert_eq!(got, status, "{who}: {method} {path}: {reply}");
+    }
+    assert!(
+        !f.dir.join("intruder.apikey.yaml").exists(),
+        "{who}: nothing minted"
+    );
+    assert_eq!(f.config(), before, "{who}: nothing changed");
+}
+
 fn key(name: &str, entitlements: Value) -> Value {
     json!({"name": name, "expiresAfter": "30d", "entitlements": entitlements})
 }
@@ -192,23 +221,7 @@ fn open_mode_never_opens_key_management() {
         }
     });
     assert!(f.config().contains("\"mode\":\"open\""), "{}", f.config());
-    for (method, path, body) in [
-        ("GET", "/v2/keys", Value::Null),
-        ("GET", "/v2/keys/shop-reader", Value::Null),
-        (
-            "POST",
-            "/v2/keys",
-            key(
-                "anon",
-                json!({"vectorstore.primary": {"scopes": ["admin"]}}),
-            ),
-        ),
-        ("POST", "/v2/keys/shop-reader/revoke", Value::Null),
-        ("DELETE", "/v2/keys/shop-reader", Value::Null),
-    ] {
-        let (status, reply) = f.call(method, path, None, body);
-        assert_eq!(status, 401, "{method} {path}: {reply}");
-    }
+    refused_on_every_key_route(&f, None, 401, "anonymous under open");
     assert!(f.config().contains("\"shop-reader\""), "untouched");
     // A minted `layer` admin still manages keys there (tokens count for key management).
     let token = "hvl_OpenLayerAdmin0123456789abcdefABCDEF";
@@ -810,27 +823,7 @@ fn the_who_may_manage_keys_table_holds_row_by_row() {
             let what = format!("{} under {mode}", row[0]);
             match cell {
                 "n/a" => continue,
-                "401" | "403" => {
-                    let want: u16 = cell.parse().unwrap();
-                    for (method, path, body) in [
-                        ("GET", "/v2/keys", Value::Null),
-                        ("GET", "/v2/keys/shop-reader", Value::Null),
-                        (
-                            "POST",
-                            "/v2/keys",
-                            key(
-                                "intruder",
-                                json!({"vectorstore.primary": {"scopes": ["read"]}}),
-                            ),
-                        ),
-                        ("POST", "/v2/keys/shop-reader/revoke", Value::Null),
-                        ("DELETE", "/v2/keys/shop-reader", Value::Null),
-                        ("POST", "/v2/keys/shop-reader/rotate", json!({})),
-                    ] {
-                        let (status, reply) = f.call(method, path, token, body);
-                        assert_eq!(status, want, "{what}: {method} {path}: {reply}");
-                    }
-                }
+                "401" | "403" => refused_on_every_key_route(f, token, cell.parse().unwrap(), &what),
                 "all" | "store" => {
                     let all = cell == "all";
                     let (status, body) = f.call("GET", "/v2/keys", token, Value::Null);

@@ -197,7 +197,11 @@ fn scaled_config(keys: usize, namespaces: usize) -> Result<String> {
     config
         .api_keys
         // Read too: its copy_from body reads the source namespace (a write-only key is 403).
-        .push(key("bench-writer".into(), WRITER_TOKEN, &["read", "write"])?);
+        .push(key(
+            "bench-writer".into(),
+            WRITER_TOKEN,
+            &["read", "write"],
+        )?);
     for i in 0..namespaces {
         config
             .namespaces
