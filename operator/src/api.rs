@@ -16,7 +16,8 @@
 
 use crate::authority::{self, Caller};
 use crate::keys;
-use crate::source::{Pass, Source, State};
+use crate::pass::Pass;
+use crate::state::{Source, State};
 use crate::status;
 use crate::validate;
 use anyhow::{Context, Result};
@@ -503,8 +504,8 @@ impl Api {
                 // it, the caller only a reference to look it up by.
                 let reference = format!(
                     "{:04x}{:04x}",
-                    crate::source::random_u16(),
-                    crate::source::random_u16()
+                    crate::state::random_u16(),
+                    crate::state::random_u16()
                 );
                 tracing::error!(%method, path = %path.split('?').next().unwrap_or_default(), reference, "control API: {e:#}");
                 error(
@@ -940,7 +941,7 @@ fn mint(source: &dyn Source, pass: &Pass, caller: &Caller, body: &[u8]) -> Resul
     let created = match source.create_key(&pass.namespace, &name, &manifest, &token) {
         Ok(created) => created,
         Err(e) => {
-            return match e.downcast_ref::<crate::source::Exists>() {
+            return match e.downcast_ref::<crate::state::Exists>() {
                 Some(exists) => Ok(error(StatusCode::CONFLICT, &exists.0)),
                 None => Err(e),
             }

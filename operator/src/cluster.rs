@@ -31,10 +31,12 @@ use crate::istio;
 use crate::keys;
 use crate::keyservice;
 use crate::manifests::Objects;
-use crate::output::Settings;
+use crate::pass::lap;
+use crate::pass::Pass;
 use crate::probe::{self, ProbeResult};
-use crate::render::{self, Output, Rendering, Target};
-use crate::source::{Pass, Source, State};
+use crate::render::{Output, Rendering, Target};
+use crate::settings::Settings;
+use crate::state::{Source, State};
 use crate::status;
 use crate::validate::{self, Earlier};
 use anyhow::{Context, Result};
@@ -102,14 +104,6 @@ impl<T, E: Into<anyhow::Error>> AtStep<T> for Result<T, E> {
             error: e.into(),
         })
     }
-}
-
-/// The time since `*since`, which moves to now.
-fn lap(since: &mut Instant) -> Duration {
-    let now = Instant::now();
-    let took = now - *since;
-    *since = now;
-    took
 }
 
 /// What one pass wrote.
@@ -890,11 +884,7 @@ impl Cluster {
         let name = obj.meta().name.clone().unwrap_or_default();
         let event = Event {
             metadata: ObjectMeta {
-                name: Some(format!(
-                    "{name}.{:x}{:04x}",
-                    at,
-                    crate::source::random_u16()
-                )),
+                name: Some(format!("{name}.{:x}{:04x}", at, crate::state::random_u16())),
                 namespace: Some(self.namespace.clone()),
                 ..ObjectMeta::default()
             },
@@ -1134,48 +1124,22 @@ impl Cluster {
         gateway: &str,
         steps: &mut Vec<(&'static str, Duration)>,
     ) -> Result<(Pass, Rendering)> {
-        let mut step = Instant::now();
-        let mut validation = validate::validate_since(
-            &objects,
-            &self.namespace,
-            now(),
-            &self.settings.allow_endpoints,
+        let ctx = crate::pass::Context {
+            namespace: &self.namespace,
+            settings: &self.settings,
+            target: &self.target,
+            gateway: Some(gateway),
+            now: now(),
+        };
+        let before = crate::pass::Before {
+            validation: last_pass.map(|p| &p.validation),
             earlier,
-        );
-        steps.push(("validate", lap(&mut step)));
-        if let Some(prev) = last_pass {
-            validate::keep_last_valid(&mut validation, &prev.validation);
-        }
-        steps.push(("keep last valid forms", lap(&mut step)));
-        let rendering = render::render(&validation, &self.settings, &self.target, Some(gateway))?;
-        steps.push(("render", lap(&mut step)));
-        let keys = render::usable_keys(&validation);
-        // The Istio target's credentials are variables; the control API resolves them as the
-        // proxy's environment does.
-        let env = match &self.target {
-            Target::Envoy => BTreeMap::new(),
-            Target::Istio(_) => istio::credentials(&validation, gateway),
+            // The last pass's table, when its rendering had no inline keys either.
+            table: last_pass
+                .filter(|p| p.config.api_keys.is_empty())
+                .map(|p| (&*p.policy, p.keys.as_slice())),
         };
-        // The last pass's table, when its rendering had no inline keys either.
-        let last = last_pass.filter(|p| p.config.api_keys.is_empty());
-        let policy = Arc::new(crate::source::api_policy(
-            &rendering.config,
-            &keys,
-            &env,
-            last.map(|p| (&*p.policy, p.keys.as_slice())),
-        )?);
-        steps.push(("usable keys, the control API's policy", lap(&mut step)));
-        let pass = Pass {
-            objects,
-            namespace: self.namespace.clone(),
-            validation,
-            config: rendering.config.clone(),
-            policy,
-            keys,
-            gateway: Some(keyservice::GatewayCredential::of(gateway)),
-            settled: Vec::new(),
-        };
-        Ok((pass, rendering))
+        crate::pass::run(objects, before, &ctx, steps)
     }
 
     /// Probes every valid store of the last pass, then runs a pass so that statuses (and
@@ -1244,7 +1208,7 @@ impl Source for Cluster {
                 .await
                 .map_err(|e| match e {
                     kube::Error::Api(a) if a.is_already_exists() => {
-                        anyhow::Error::from(crate::source::Exists(format!(
+                        anyhow::Error::from(crate::state::Exists(format!(
                             "an ApiKey named {name} exists; revoke or delete it, or pick another name"
                         )))
                     }
@@ -1289,7 +1253,7 @@ impl Source for Cluster {
                             .await
                             .with_context(|| format!("undoing the mint of {key_name}"))?;
                         self.caches().keys.forget(&key_name);
-                        return Err(crate::source::Exists(format!(
+                        return Err(crate::state::Exists(format!(
                             "a Secret named {name} exists and is not a deleted key's token; delete it or pick another key name"
                         ))
                         .into());
@@ -1315,7 +1279,7 @@ impl Source for Cluster {
         self.block_on(async {
             self.ensure_leader()?;
             let patch = serde_json::json!({
-                "metadata": {"annotations": {crate::source::REVOKED_AT_ANNOTATION: validate::rfc3339(now())}},
+                "metadata": {"annotations": {crate::state::REVOKED_AT_ANNOTATION: validate::rfc3339(now())}},
                 "spec": {"revoked": true},
             });
             let revoked = self

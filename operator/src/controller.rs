@@ -14,7 +14,7 @@
 
 use crate::cluster::{referenced_secrets, Backoff, Cluster};
 use crate::lease::{Leadership, LeaseLock};
-use crate::source::{jitter, PROBE_INTERVAL};
+use crate::state::{jitter, PROBE_INTERVAL};
 use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
@@ -26,7 +26,7 @@ pub const DEBOUNCE: Duration = Duration::from_millis(500);
 /// A pass runs at least this often without any change (expiry of keys, missed events).
 pub const RESYNC: Duration = Duration::from_secs(60);
 /// The loop turns at least this often, so `/healthz` can tell a stuck loop from a quiet one
-/// ([`crate::source::STUCK_AFTER`]).
+/// ([`crate::state::STUCK_AFTER`]).
 pub const HEARTBEAT: Duration = Duration::from_secs(10);
 
 pub use crate::informer::Trigger;

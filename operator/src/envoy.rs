@@ -23,8 +23,9 @@
 //! A publicly trusted certificate for another host is refused during the handshake, before
 //! the request, and so the store credential, is sent.
 
-use crate::output::{Settings, CONTROL_CLUSTER, KEY_SERVICE_CLUSTER};
 use crate::render::{self, Output, RenderOptions, Rendering, Upstream};
+pub use crate::settings::UpstreamLimits;
+use crate::settings::{Settings, CONTROL_CLUSTER, KEY_SERVICE_CLUSTER};
 use crate::validate::Validation;
 use anyhow::Result;
 use layergate_filter::config::Credential;
@@ -140,82 +141,6 @@ pub fn overload_manager() -> Value {
             action("envoy.overload_actions.stop_accepting_requests", 0.98),
         ],
     })
-}
-
-/// How long the gateway waits for a store, and how much it lets pile up in front of one. A
-/// store that exceeds them costs its own clients a JSON 503/504 naming it; the other stores'
-/// clients are not affected (limits are per cluster).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct UpstreamLimits {
-    /// TCP (and TLS) connect timeout, ms: refused or unroutable → 503 `could not be reached`.
-    pub connect_timeout_ms: u64,
-    /// Whole-response timeout per request (the route's `timeout`), ms: a store that hangs or
-    /// answers too slowly → 504 `did not answer within …`.
-    pub request_timeout_ms: u64,
-    /// Circuit breakers per store cluster: open connections, requests waiting for one, and
-    /// requests in flight; beyond them → 503 `has too many requests in flight`.
-    pub max_connections: u32,
-    /// See `max_connections`.
-    pub max_pending_requests: u32,
-    /// See `max_connections`.
-    pub max_requests: u32,
-}
-
-impl Default for UpstreamLimits {
-    fn default() -> UpstreamLimits {
-        UpstreamLimits {
-            connect_timeout_ms: 5_000,
-            request_timeout_ms: 60_000,
-            max_connections: 1024,
-            max_pending_requests: 1024,
-            max_requests: 1024,
-        }
-    }
-}
-
-impl UpstreamLimits {
-    /// The environment variables that set the limits (the operator's `render` and `run`),
-    /// each with its bounds: (variable, min, max).
-    pub const VARS: [(&'static str, u64, u64); 5] = [
-        ("LAYERGATE_UPSTREAM_CONNECT_TIMEOUT_MS", 100, 60_000),
-        ("LAYERGATE_UPSTREAM_REQUEST_TIMEOUT_MS", 100, 3_600_000),
-        ("LAYERGATE_UPSTREAM_MAX_CONNECTIONS", 1, 100_000),
-        ("LAYERGATE_UPSTREAM_MAX_PENDING_REQUESTS", 1, 100_000),
-        ("LAYERGATE_UPSTREAM_MAX_REQUESTS", 1, 100_000),
-    ];
-
-    /// The defaults, with each of [`Self::VARS`] that `var` returns in place of its default;
-    /// a value that is not a whole number within its bounds is an error naming the variable.
-    pub fn from_vars(var: impl Fn(&str) -> Option<String>) -> Result<UpstreamLimits, String> {
-        let d = UpstreamLimits::default();
-        let mut v = [
-            d.connect_timeout_ms,
-            d.request_timeout_ms,
-            u64::from(d.max_connections),
-            u64::from(d.max_pending_requests),
-            u64::from(d.max_requests),
-        ];
-        for (slot, (name, min, max)) in v.iter_mut().zip(Self::VARS) {
-            if let Some(text) = var(name) {
-                *slot = text
-                    .trim()
-                    .parse::<u64>()
-                    .ok()
-                    .filter(|n| (min..=max).contains(n))
-                    .ok_or_else(|| {
-                        format!("{name} must be a whole number from {min} to {max}, not {text:?}")
-                    })?;
-            }
-        }
-        let narrow = |n: u64| u32::try_from(n).unwrap_or(u32::MAX);
-        Ok(UpstreamLimits {
-            connect_timeout_ms: v[0],
-            request_timeout_ms: v[1],
-            max_connections: narrow(v[2]),
-            max_pending_requests: narrow(v[3]),
-            max_requests: narrow(v[4]),
-        })
-    }
 }
 
 /// A duration in ms as Envoy (and Istio) reads it (`5s`, `1.500s`).

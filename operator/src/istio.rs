@@ -31,8 +31,9 @@
 //! Deployment at it with a digest that rolls the pods when it changes
 //! (`cluster::Cluster::publish_istio` writes them).
 
-use crate::envoy::{ms, UpstreamLimits, DEFAULT_BUFFER_LIMIT_BYTES};
+use crate::envoy::{ms, DEFAULT_BUFFER_LIMIT_BYTES};
 use crate::render::{self, credential_env, Output, RenderOptions, Rendering, Upstream};
+use crate::settings::UpstreamLimits;
 use crate::validate::Validation;
 use anyhow::Result;
 use layergate_filter::config::Credential;
@@ -398,7 +399,7 @@ pub fn translate(v: &Validation, upstreams: &[Upstream], s: &IstioSettings) -> R
         control_cluster: s
             .control
             .as_ref()
-            .map(|_| crate::output::CONTROL_CLUSTER.to_owned()),
+            .map(|_| crate::settings::CONTROL_CLUSTER.to_owned()),
         app_cluster: None,
         credentials_from_env: true,
         hosts: filter_hosts(&s.hosts),
@@ -408,7 +409,7 @@ pub fn translate(v: &Validation, upstreams: &[Upstream], s: &IstioSettings) -> R
                 mesh_cluster(host, *port),
                 Some(format!("{}:{port}", mesh_host(host))),
                 Credential::Env(crate::keyservice::CREDENTIAL_ENV.to_owned()),
-                crate::output::DEFAULT_MAX_STALENESS_SECONDS,
+                crate::settings::DEFAULT_MAX_STALENESS_SECONDS,
             )
         }),
     };
@@ -484,7 +485,7 @@ pub fn translate(v: &Validation, upstreams: &[Upstream], s: &IstioSettings) -> R
         let timeout = ms(UpstreamLimits::default().request_timeout_ms);
         http.push(route(
             &name,
-            crate::output::CONTROL_CLUSTER,
+            crate::settings::CONTROL_CLUSTER,
             false,
             host,
             *port,

@@ -106,7 +106,7 @@ pub fn credential_in_dir(dir: &std::path::Path) -> anyhow::Result<String> {
     }
     std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
     let credential = new_credential()?;
-    crate::source::write_private(&file, &format!("{credential}\n"))?;
+    crate::files::write_private(&file, &format!("{credential}\n"))?;
     tracing::info!(file = %file.display(), "created the gateway credential");
     Ok(credential)
 }

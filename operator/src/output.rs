@@ -5,47 +5,16 @@
 //! created mode 0600.
 
 use crate::envoy;
+use crate::files::write_private;
 use crate::manifests::{Objects, DEFAULT_NAMESPACE};
 use crate::render::{Output, Rendering};
 use anyhow::{bail, Context, Result};
 use std::collections::BTreeSet;
-use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
-/// Where the gateway listens and finds the filter.
-#[derive(Debug, Clone)]
-pub struct Settings {
-    /// Gateway listener.
-    pub listen: SocketAddr,
-    /// Envoy admin.
-    pub admin: SocketAddr,
-    /// The filter `.wasm` as Envoy sees it.
-    pub wasm_path: String,
-    /// The operator's control API (host, port), when it serves one: the gateway routes
-    /// `/v2/keys…` and `/v2/vectorstores…` there (cluster `layergate_control`). An IP address
-    /// or a DNS name (in a cluster, the operator's Service).
-    pub control: Option<(String, u16)>,
-    /// The operator's key service (host, port) on its own listener, which the gateways sync
-    /// from (cluster `layergate_keys`); `None`: through the control API's listener.
-    pub key_service: Option<(String, u16)>,
-    /// Endpoints store credentials may be sent to (`--allow-endpoint` widens the default).
-    pub allow_endpoints: crate::endpoint::Allowlist,
-    /// `keyService.maxStalenessSeconds` of the rendering: how long the gateway keeps judging
-    /// minted tokens without a successful sync ([`DEFAULT_MAX_STALENESS_SECONDS`]; tests
-    /// render a few seconds).
-    pub key_max_staleness_seconds: u64,
-    /// Timeouts and circuit breakers of the store clusters and their routes.
-    pub limits: envoy::UpstreamLimits,
-}
-
-/// The default `keyService.maxStalenessSeconds` (SPEC §6: 5 minutes).
-pub const DEFAULT_MAX_STALENESS_SECONDS: u64 = 300;
-
-/// Cluster name of the operator's control API.
-pub const CONTROL_CLUSTER: &str = "layergate_control";
-
-/// Cluster name of the operator's key service listener.
-pub const KEY_SERVICE_CLUSTER: &str = "layergate_keys";
+pub use crate::settings::{
+    Settings, CONTROL_CLUSTER, DEFAULT_MAX_STALENESS_SECONDS, KEY_SERVICE_CLUSTER,
+};
 
 /// The namespaces the objects are in.
 pub fn namespaces(objects: &Objects) -> BTreeSet<String> {
@@ -124,21 +93,4 @@ pub fn write(r: &Rendering, out: &Path, settings: &Settings) -> Result<Vec<PathB
         written.push(path);
     }
     Ok(written)
-}
-
-/// Writes a file only its owner can read, replacing it atomically.
-fn write_private(path: &Path, text: &str) -> Result<()> {
-    use std::io::Write;
-    use std::os::unix::fs::OpenOptionsExt;
-    let tmp = path.with_extension("tmp");
-    let mut f = std::fs::OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .mode(0o600)
-        .open(&tmp)?;
-    f.write_all(text.as_bytes())?;
-    f.sync_all()?;
-    std::fs::rename(&tmp, path).with_context(|| format!("writing {}", path.display()))?;
-    Ok(())
 }

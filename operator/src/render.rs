@@ -14,8 +14,7 @@
 //! refuse is never returned, so never published.
 
 use crate::crd::InboundMode;
-use crate::envoy::UpstreamLimits;
-use crate::output::Settings;
+use crate::settings::{Settings, UpstreamLimits};
 use crate::validate::Validation;
 use anyhow::Result;
 use layergate_filter::config::{

@@ -4,22 +4,26 @@
 //! replaces the last good output, and the log says why.
 
 use crate::crd::ApiKey;
+use crate::files::{create_private, write_private};
 use crate::keys;
-use crate::keyservice::{self, GatewayCredential, KeyService};
+use crate::keyservice;
 use crate::manifests::{self, Objects};
-use crate::output::{self, Settings};
+use crate::output;
+use crate::pass;
+pub use crate::pass::{api_policy, Pass};
 use crate::probe::{self, ProbeResult};
-use crate::render::{self, Target};
+use crate::render::Target;
+use crate::settings::Settings;
+pub use crate::state::{
+    jitter, random_u16, Exists, Source, State, PROBE_INTERVAL, PROBE_JITTER, REVOKED_AT_ANNOTATION,
+    STUCK_AFTER,
+};
 use crate::validate::{self, Validation};
 use anyhow::{Context, Result};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
-use layergate_filter::config::{ApiKeyConfig, FilterConfig};
-use layergate_filter::keys::KeyTable;
-use layergate_filter::policy::Policy;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
 /// How often the directory is checked for changes.
@@ -137,81 +141,6 @@ pub fn fill_key_starts(out: &Path, objects: &mut Objects, namespace: &str) -> Re
     Ok(())
 }
 
-/// What one successful pass produced.
-#[derive(Debug, Clone)]
-pub struct Pass {
-    /// The objects read.
-    pub objects: Objects,
-    /// The namespace rendered.
-    pub namespace: String,
-    /// Verdicts (with last valid forms carried forward).
-    pub validation: Validation,
-    /// The filter configuration written.
-    pub config: FilterConfig,
-    /// That configuration compiled with the usable keys, for the control API's checks of its
-    /// callers.
-    pub policy: Arc<Policy>,
-    /// The usable minted keys (valid, not revoked): what the key service serves, whether or
-    /// not the rendering carries them.
-    pub keys: Vec<ApiKeyConfig>,
-    /// The gateway credential the key service accepts (its digest), when it is rendered.
-    pub gateway: Option<GatewayCredential>,
-    /// Kube mode, a leader's pass: by ApiKey in `objects.keys`, the object whose status is
-    /// as this pass wanted it — that very object when its status was found as written, the
-    /// API server's answer when this pass wrote it; `None` where it is not known (a refused
-    /// write). The next pass skips minting, adopting and the status of a key that is still
-    /// that object ([`crate::validate::Earlier`]). Empty when no statuses were compared (a
-    /// follower's pass, directory mode).
-    pub settled: Vec<Option<Arc<ApiKey>>>,
-}
-
-/// The policy the control API checks callers with: the rendered configuration with the usable
-/// minted keys inline, as the gateway sees them once synced, and credentials rendered as
-/// `{env: NAME}` (the Istio target) resolved from `env`, as the proxy's environment has them.
-///
-/// With `earlier` (the last pass's policy and usable keys), a rendering without inline keys
-/// takes the last pass's key table with the change between the two key sets applied (as a
-/// gateway applies a key-service delta): what changed is compiled, not every key. The table is
-/// built from scratch when the stores differ (keys' grants refer to stores by position).
-pub fn api_policy(
-    config: &FilterConfig,
-    keys: &[ApiKeyConfig],
-    env: &BTreeMap<String, String>,
-    earlier: Option<(&Policy, &[ApiKeyConfig])>,
-) -> Result<Policy> {
-    let mut full = config.clone();
-    full.key_service = None;
-    let policy = Policy::compile(&full, |var| env.get(var).cloned())?;
-    if !full.api_keys.is_empty() {
-        return Ok(policy);
-    }
-    let stores = policy.store_ids();
-    let table = match earlier {
-        Some((last, last_keys))
-            if last.stores.len() == policy.stores.len()
-                && last
-                    .stores
-                    .iter()
-                    .zip(&policy.stores)
-                    .all(|(a, b)| a.name == b.name) =>
-        {
-            let change = keyservice::Change::between(last_keys, keys);
-            last.keys.apply(
-                &layergate_filter::config::SyncResponse {
-                    revision: String::new(),
-                    snapshot: false,
-                    keys: change.upsert,
-                    removed: change.remove,
-                },
-                &stores,
-                policy.stores.len(),
-            )?
-        }
-        _ => KeyTable::from_keys(keys, &stores, policy.stores.len())?,
-    };
-    Ok(policy.with_keys(table))
-}
-
 /// One pass: read, mint, validate (keeping last valid forms), render. Nothing is written when
 /// the pass fails.
 pub fn reconcile(
@@ -234,12 +163,33 @@ pub fn reconcile(
             objects.problems.join("; ")
         );
     }
-    let mut validation =
-        validate::validate_in(&objects, &namespace, now(), &settings.allow_endpoints);
-    if let Some(prev) = previous {
-        validate::keep_last_valid(&mut validation, prev);
-    }
-    // Status is logged when it changes (timestamps aside), like a status write.
+    // With a control API the gateway syncs minted keys from its key service, with the
+    // credential kept in the output directory (created once, reused across restarts).
+    let gateway = match &settings.control {
+        Some(_) => Some(keyservice::credential_in_dir(out)?),
+        None => None,
+    };
+    let ctx = pass::Context {
+        namespace: &namespace,
+        settings,
+        target: &Target::Envoy,
+        gateway: gateway.as_deref(),
+        now: now(),
+    };
+    let before = pass::Before {
+        validation: previous,
+        ..pass::Before::default()
+    };
+    let (pass, rendering) = pass::run(objects, before, &ctx, &mut Vec::new())
+        .context("keeping the last good configuration")?;
+    log_changed_conditions(&pass.validation, previous);
+    output::write(&rendering, out, settings).context("keeping the last good configuration")?;
+    Ok(pass)
+}
+
+/// Logs each object's conditions that changed since `previous` (timestamps aside), as kube mode
+/// writes a status.
+fn log_changed_conditions(validation: &Validation, previous: Option<&Validation>) {
     let same = |a: &Condition, b: &Condition| {
         (&a.type_, &a.status, &a.reason, &a.message) == (&b.type_, &b.status, &b.reason, &b.message)
     };
@@ -265,220 +215,6 @@ pub fn reconcile(
             );
         }
     }
-    // With a control API the gateway syncs minted keys from its key service, with the
-    // credential kept in the output directory (created once, reused across restarts).
-    let gateway = match &settings.control {
-        Some(_) => Some(keyservice::credential_in_dir(out)?),
-        None => None,
-    };
-    let rendering = render::render(&validation, settings, &Target::Envoy, gateway.as_deref())
-        .and_then(|r| output::write(&r, out, settings).map(|_| r))
-        .context("keeping the last good configuration")?;
-    let config = rendering.config;
-    let keys = render::usable_keys(&validation);
-    let policy = Arc::new(api_policy(&config, &keys, &BTreeMap::new(), None)?);
-    Ok(Pass {
-        objects,
-        namespace,
-        validation,
-        config,
-        policy,
-        keys,
-        gateway: gateway.as_deref().map(GatewayCredential::of),
-        settled: Vec::new(),
-    })
-}
-
-/// What every source keeps while it runs, for the control API and `/metrics`: the last good
-/// pass, the latest probe results and counters.
-#[derive(Default)]
-pub struct State {
-    last: Mutex<Option<Arc<Pass>>>,
-    probes: Mutex<BTreeMap<String, ProbeResult>>,
-    /// Successful passes.
-    pub renders: AtomicU64,
-    /// Failed passes (the last good rendering stayed).
-    pub render_errors: AtomicU64,
-    /// Time spent in successful passes, microseconds.
-    pub render_micros: AtomicU64,
-    /// Probe rounds made (every valid store, at most 4 at once).
-    pub probe_rounds: AtomicU64,
-    /// Time the probe rounds took, microseconds.
-    pub probe_micros: AtomicU64,
-    /// Status writes made (kube mode).
-    pub status_writes: AtomicU64,
-    /// Calls to the Kubernetes API that failed (kube mode).
-    pub api_errors: AtomicU64,
-    /// The key service, fed by every successful pass.
-    pub keys: KeyService,
-    /// The revision the last pass's keys were served at: while the key service is still
-    /// there, the next pass hands over only what changed since that pass.
-    served: Mutex<Option<String>>,
-    /// When the controller loop last turned (kube mode; `None`: no loop to watch).
-    heartbeat: Mutex<Option<Instant>>,
-    /// How long the loop may not turn before `/healthz` fails (`None`: [`STUCK_AFTER`]).
-    stuck_after: Mutex<Option<Duration>>,
-}
-
-/// `/healthz` fails when the controller loop has not turned for this long (it turns at least
-/// every [`crate::controller::HEARTBEAT`]; a pass that takes longer is stuck on something),
-/// so the kubelet restarts the process.
-pub const STUCK_AFTER: Duration = Duration::from_secs(300);
-
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
-}
-
-impl State {
-    /// The controller loop turned now.
-    pub fn beat(&self) {
-        *lock(&self.heartbeat) = Some(Instant::now());
-    }
-
-    /// How long the controller loop may not turn before `/healthz` fails (default
-    /// [`STUCK_AFTER`]).
-    pub fn set_stuck_after(&self, after: Duration) {
-        *lock(&self.stuck_after) = Some(after);
-    }
-
-    /// How long the controller loop has not turned, when that is longer than
-    /// [`STUCK_AFTER`] (or what [`State::set_stuck_after`] said): the process is alive but
-    /// stuck, and should be restarted.
-    pub fn stuck_for(&self) -> Option<Duration> {
-        let after = lock(&self.stuck_after).unwrap_or(STUCK_AFTER);
-        lock(&self.heartbeat)
-            .map(|t| t.elapsed())
-            .filter(|d| *d > after)
-    }
-
-    /// The last good pass, if any: shared, so a control-API call or a probe round costs no
-    /// copy of the pass (at 100,000 ApiKeys a deep clone per `/readyz` was megabytes).
-    pub fn last(&self) -> Option<Arc<Pass>> {
-        lock(&self.last).clone()
-    }
-
-    /// Runs `pass` with the previous validation, serialized with every other pass; keeps the
-    /// result when it succeeds and counts it either way.
-    pub fn run_pass(&self, pass: impl FnOnce(Option<&Validation>) -> Result<Pass>) -> Result<()> {
-        let mut last = lock(&self.last);
-        let started = Instant::now();
-        let result = pass(last.as_ref().map(|p| &p.validation));
-        self.count(result.as_ref().map(|_| ()), started);
-        let pass = result?;
-        self.serve_keys(&pass, last.as_deref());
-        *last = Some(Arc::new(pass));
-        Ok(())
-    }
-
-    /// Hands a pass's keys (and gateway credential) to the key service: what changed since
-    /// `previous` (the pass whose keys the key service serves now, when it does), else the
-    /// whole set.
-    fn serve_keys(&self, pass: &Pass, previous: Option<&Pass>) {
-        if let Some(g) = &pass.gateway {
-            self.keys.set_credential(g.clone());
-        }
-        let mut served = lock(&self.served);
-        let revision = match previous {
-            Some(p) if served.as_deref() == Some(self.keys.table().revision.as_str()) => self
-                .keys
-                .apply(keyservice::Change::between(&p.keys, &pass.keys)),
-            _ => self.keys.publish(&pass.keys),
-        };
-        *served = Some(revision);
-    }
-
-    /// Keeps a pass made elsewhere (kube mode serializes its own passes) and counts it; a
-    /// failed pass leaves the last good one in place.
-    pub fn finish(&self, result: Result<Pass>, started: Instant) -> Result<()> {
-        self.count(result.as_ref().map(|_| ()), started);
-        let pass = result?;
-        let mut last = lock(&self.last);
-        self.serve_keys(&pass, last.as_deref());
-        let replaced = last.replace(Arc::new(pass));
-        drop(last);
-        // Freeing a pass of 100,000 keys takes a good part of a pass's budget; nothing waits
-        // for it, so it is done beside the next one.
-        // (A thread that cannot be started drops its closure, and the pass, right here.)
-        if let Some(old) = replaced {
-            let _ = std::thread::Builder::new()
-                .name("free-pass".into())
-                .spawn(move || drop(old));
-        }
-        Ok(())
-    }
-
-    fn count(&self, result: Result<(), &anyhow::Error>, started: Instant) {
-        if result.is_ok() {
-            self.renders.fetch_add(1, Ordering::Relaxed);
-            self.render_micros
-                .fetch_add(started.elapsed().as_micros() as u64, Ordering::Relaxed);
-        } else {
-            self.render_errors.fetch_add(1, Ordering::Relaxed);
-        }
-    }
-
-    /// The latest probe result per store.
-    pub fn probes(&self) -> BTreeMap<String, ProbeResult> {
-        lock(&self.probes).clone()
-    }
-
-    /// Replaces the probe results.
-    pub fn set_probes(&self, results: Vec<(String, ProbeResult)>, took: Duration) {
-        self.probe_rounds.fetch_add(1, Ordering::Relaxed);
-        self.probe_micros
-            .fetch_add(took.as_micros() as u64, Ordering::Relaxed);
-        let mut probes = lock(&self.probes);
-        probes.clear();
-        probes.extend(results);
-    }
-
-    /// Stores to probe: the valid ones of the last pass.
-    pub fn stores(&self) -> Vec<validate::ValidStore> {
-        self.last()
-            .map(|p| {
-                p.validation
-                    .stores
-                    .iter()
-                    .filter_map(|s| s.valid.clone())
-                    .collect()
-            })
-            .unwrap_or_default()
-    }
-}
-
-/// What the control API needs from a running operator, whichever source feeds it: the state,
-/// a way to run a pass now, and the three changes the API makes to ApiKeys. Directory mode
-/// edits manifest files; kube mode writes objects.
-pub trait Source: Send + Sync {
-    /// The shared state.
-    fn state(&self) -> &State;
-    /// Runs one pass now.
-    fn refresh(&self) -> Result<()>;
-    /// Runs one pass, waiting for it at most `bound`: true when it finished in time. A pass
-    /// that takes longer goes on (or is started again) in the background; the control API
-    /// answers a mint without waiting for it (issue 13).
-    fn refresh_within(&self, bound: Duration) -> Result<bool> {
-        let _ = bound;
-        self.refresh().map(|()| true)
-    }
-    /// Whether the control API may write now: false on a replica that does not hold the
-    /// Lease (kube mode), which answers writes with 503 and `Retry-After`.
-    fn writable(&self) -> bool {
-        true
-    }
-    /// Writes a new ApiKey (`manifest`, a complete object) and the Secret with its token;
-    /// returns the ApiKey as stored (in a cluster, with its uid and creation time).
-    fn create_key(
-        &self,
-        namespace: &str,
-        name: &str,
-        manifest: &serde_json::Value,
-        token: &str,
-    ) -> Result<ApiKey>;
-    /// Sets `spec.revoked` (and the revoked-at annotation) on an ApiKey.
-    fn revoke_key(&self, pass: &Pass, name: &str) -> Result<()>;
-    /// Deletes an ApiKey and its token Secret.
-    fn delete_key(&self, pass: &Pass, name: &str) -> Result<()>;
 }
 
 /// A directory of manifests rendered into an output directory, with the last good pass kept
@@ -492,22 +228,6 @@ pub struct DirSource {
     pub settings: Settings,
     /// Last pass, probes, counters.
     pub state: State,
-}
-
-/// How often stores are probed (plus up to [`PROBE_JITTER`], so replicas and stores spread out).
-pub const PROBE_INTERVAL: Duration = Duration::from_secs(30);
-/// Random extra delay per probe round.
-pub const PROBE_JITTER: Duration = Duration::from_secs(5);
-
-/// 16 random bits from the OS (0 if it has none to give).
-pub fn random_u16() -> u16 {
-    let mut b = [0u8; 2];
-    getrandom::fill(&mut b).map_or(0, |()| u16::from_le_bytes(b))
-}
-
-/// A random delay up to [`PROBE_JITTER`], so replicas and stores spread their probes out.
-pub fn jitter() -> Duration {
-    Duration::from_millis(u64::from(random_u16()) % (PROBE_JITTER.as_millis() as u64 + 1))
 }
 
 impl DirSource {
@@ -698,59 +418,6 @@ fn remove_secret_documents(pass: &Pass, secret: &str) -> Result<()> {
     }
     Ok(())
 }
-
-/// Writes a file only its owner can read (tokens), replacing it atomically.
-pub fn write_private(path: &Path, text: &str) -> Result<()> {
-    let tmp = private_temp(path, text)?;
-    std::fs::rename(&tmp, path).with_context(|| format!("writing {}", path.display()))?;
-    Ok(())
-}
-
-/// Creates a file only its owner can read, atomically and only if no file of that name exists:
-/// `Ok(false)` (and nothing written) when one does. A mint never overwrites a file it did not
-/// make, which may hold other keys.
-pub fn create_private(path: &Path, text: &str) -> Result<bool> {
-    let tmp = private_temp(path, text)?;
-    let linked = std::fs::hard_link(&tmp, path);
-    let _ = std::fs::remove_file(&tmp);
-    match linked {
-        Ok(()) => Ok(true),
-        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Ok(false),
-        Err(e) => Err(e).with_context(|| format!("creating {}", path.display())),
-    }
-}
-
-/// `text` in a new 0600 file beside `path`, named for this writer alone (parallel writers
-/// never share a temporary file).
-fn private_temp(path: &Path, text: &str) -> Result<PathBuf> {
-    use std::io::Write;
-    use std::os::unix::fs::OpenOptionsExt;
-    let mut name = path.file_name().unwrap_or_default().to_os_string();
-    name.push(format!(
-        ".{}-{:04x}{:04x}.tmp",
-        std::process::id(),
-        random_u16(),
-        random_u16()
-    ));
-    let tmp = path.with_file_name(name);
-    let mut f = std::fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(0o600)
-        .open(&tmp)
-        .with_context(|| format!("writing {}", tmp.display()))?;
-    f.write_all(text.as_bytes())?;
-    f.sync_all()?;
-    Ok(tmp)
-}
-
-/// A write refused because its object (or file) exists: the control API answers 409.
-#[derive(Debug, thiserror::Error)]
-#[error("{0}")]
-pub struct Exists(pub String);
-
-/// Annotation recording when a key was revoked through the API.
-pub const REVOKED_AT_ANNOTATION: &str = "hevlayer.com/revoked-at";
 
 enum KeyEdit {
     Revoke,

@@ -7,8 +7,9 @@ use crate::crd::{
     ApiKey, ApiKeyPhase, ApiKeyStatus, Index, IndexStatus, SecretKeyRef, VectorStore,
     VectorStoreStatus,
 };
+use crate::pass::Pass;
 use crate::probe::ProbeResult;
-use crate::source::{Pass, REVOKED_AT_ANNOTATION};
+use crate::state::REVOKED_AT_ANNOTATION;
 use crate::validate;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
 use layergate_filter::config::ApiKeyConfig;

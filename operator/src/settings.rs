@@ -1,0 +1,117 @@
+//! The gateway settings a rendering takes — where it listens, where the filter is, the
+//! operator's control API and key service, the endpoint allowlist, the upstream limits — and
+//! the cluster names they are rendered under. The bottom of the operator's house: rendering,
+//! both targets and both sources read it; it imports nothing of theirs.
+
+use std::net::SocketAddr;
+
+/// Where the gateway listens and finds the filter.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    /// Gateway listener.
+    pub listen: SocketAddr,
+    /// Envoy admin.
+    pub admin: SocketAddr,
+    /// The filter `.wasm` as Envoy sees it.
+    pub wasm_path: String,
+    /// The operator's control API (host, port), when it serves one: the gateway routes
+    /// `/v2/keys…` and `/v2/vectorstores…` there (cluster `layergate_control`). An IP address
+    /// or a DNS name (in a cluster, the operator's Service).
+    pub control: Option<(String, u16)>,
+    /// The operator's key service (host, port) on its own listener, which the gateways sync
+    /// from (cluster `layergate_keys`); `None`: through the control API's listener.
+    pub key_service: Option<(String, u16)>,
+    /// Endpoints store credentials may be sent to (`--allow-endpoint` widens the default).
+    pub allow_endpoints: crate::endpoint::Allowlist,
+    /// `keyService.maxStalenessSeconds` of the rendering: how long the gateway keeps judging
+    /// minted tokens without a successful sync ([`DEFAULT_MAX_STALENESS_SECONDS`]; tests
+    /// render a few seconds).
+    pub key_max_staleness_seconds: u64,
+    /// Timeouts and circuit breakers of the store clusters and their routes.
+    pub limits: UpstreamLimits,
+}
+
+/// The default `keyService.maxStalenessSeconds` (SPEC §6: 5 minutes).
+pub const DEFAULT_MAX_STALENESS_SECONDS: u64 = 300;
+
+/// Cluster name of the operator's control API.
+pub const CONTROL_CLUSTER: &str = "layergate_control";
+
+/// Cluster name of the operator's key service listener.
+pub const KEY_SERVICE_CLUSTER: &str = "layergate_keys";
+
+/// How long the gateway waits for a store, and how much it lets pile up in front of one. A
+/// store that exceeds them costs its own clients a JSON 503/504 naming it; the other stores'
+/// clients are not affected (limits are per cluster).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct UpstreamLimits {
+    /// TCP (and TLS) connect timeout, ms: refused or unroutable → 503 `could not be reached`.
+    pub connect_timeout_ms: u64,
+    /// Whole-response timeout per request (the route's `timeout`), ms: a store that hangs or
+    /// answers too slowly → 504 `did not answer within …`.
+    pub request_timeout_ms: u64,
+    /// Circuit breakers per store cluster: open connections, requests waiting for one, and
+    /// requests in flight; beyond them → 503 `has too many requests in flight`.
+    pub max_connections: u32,
+    /// See `max_connections`.
+    pub max_pending_requests: u32,
+    /// See `max_connections`.
+    pub max_requests: u32,
+}
+
+impl Default for UpstreamLimits {
+    fn default() -> UpstreamLimits {
+        UpstreamLimits {
+            connect_timeout_ms: 5_000,
+            request_timeout_ms: 60_000,
+            max_connections: 1024,
+            max_pending_requests: 1024,
+            max_requests: 1024,
+        }
+    }
+}
+
+impl UpstreamLimits {
+    /// The environment variables that set the limits (the operator's `render` and `run`),
+    /// each with its bounds: (variable, min, max).
+    pub const VARS: [(&'static str, u64, u64); 5] = [
+        ("LAYERGATE_UPSTREAM_CONNECT_TIMEOUT_MS", 100, 60_000),
+        ("LAYERGATE_UPSTREAM_REQUEST_TIMEOUT_MS", 100, 3_600_000),
+        ("LAYERGATE_UPSTREAM_MAX_CONNECTIONS", 1, 100_000),
+        ("LAYERGATE_UPSTREAM_MAX_PENDING_REQUESTS", 1, 100_000),
+        ("LAYERGATE_UPSTREAM_MAX_REQUESTS", 1, 100_000),
+    ];
+
+    /// The defaults, with each of [`Self::VARS`] that `var` returns in place of its default;
+    /// a value that is not a whole number within its bounds is an error naming the variable.
+    pub fn from_vars(var: impl Fn(&str) -> Option<String>) -> Result<UpstreamLimits, String> {
+        let d = UpstreamLimits::default();
+        let mut v = [
+            d.connect_timeout_ms,
+            d.request_timeout_ms,
+            u64::from(d.max_connections),
+            u64::from(d.max_pending_requests),
+            u64::from(d.max_requests),
+        ];
+        for (slot, (name, min, max)) in v.iter_mut().zip(Self::VARS) {
+            if let Some(text) = var(name) {
+                *slot = text
+                    .trim()
+                    .parse::<u64>()
+                    .ok()
+                    .filter(|n| (min..=max).contains(n))
+                    .ok_or_else(|| {
+                        format!("{name} must be a whole number from {min} to {max}, not {text:?}")
+                    })?;
+            }
+        }
+        let narrow = |n: u64| u32::try_from(n).unwrap_or(u32::MAX);
+        Ok(UpstreamLimits {
+            connect_timeout_ms: v[0],
+            request_timeout_ms: v[1],
+            max_connections: narrow(v[2]),
+            max_pending_requests: narrow(v[3]),
+            max_requests: narrow(v[4]),
+        })
+    }
+}
