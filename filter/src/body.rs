@@ -3,11 +3,12 @@
 //! store the namespace is read from.
 
 use crate::auth;
+use crate::auth::{Access, Namespaces, On};
 use crate::decision::{Encoding, Inspection, Plan};
 use crate::denial::Denial;
-use crate::entitlement::{Access, Namespaces, On};
+use crate::namespace::valid_namespace;
 use crate::policy::Policy;
-use crate::route::{valid_namespace, BodyRule};
+use crate::route::BodyRule;
 use crate::scope::Scope;
 use serde::de::IgnoredAny;
 use serde::Deserialize;

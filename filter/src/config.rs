@@ -5,6 +5,7 @@
 
 use crate::scope::Scope;
 use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
 use std::collections::BTreeMap;
 
 /// The only configuration version this build understands.
@@ -435,4 +436,33 @@ impl FilterConfig {
     pub fn from_json(bytes: &[u8]) -> Result<FilterConfig, serde_json::Error> {
         serde_json::from_slice(bytes)
     }
+}
+
+/// Index of a store in `Policy::stores`.
+pub type StoreId = usize;
+
+/// Why a configuration was refused (the filter then refuses `on_configure`).
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// Not JSON, or not the documented shape.
+    #[error("filter configuration is not valid: {0}")]
+    Parse(serde_json::Error),
+    /// A field has a value the filter cannot use.
+    #[error("filter configuration is not valid: {0}")]
+    Invalid(String),
+}
+
+impl From<serde_json::Error> for ConfigError {
+    fn from(e: serde_json::Error) -> Self {
+        ConfigError::Parse(e)
+    }
+}
+
+pub(crate) fn invalid<T>(msg: impl Into<String>) -> Result<T, ConfigError> {
+    Err(ConfigError::Invalid(msg.into()))
+}
+
+/// SHA-256 of a token.
+pub fn token_hash(token: &[u8]) -> [u8; 32] {
+    Sha256::digest(token).into()
 }

@@ -6,7 +6,7 @@
 //! header-only request allocates nothing (a counting-allocator test proves it).
 
 use crate::auth::{self, Credential};
-use crate::entitlement::{Access, Allowed, Namespaces, On};
+use crate::auth::{Access, Allowed, Namespaces, On};
 use crate::headers::{RequestHead, LAYERGATE_HEADER_PREFIX};
 use crate::policy::{Policy, StoreId};
 use crate::route::{classify, split_query, BodyRule, Route, Target};
@@ -331,7 +331,7 @@ fn namespace_list(
                     "a namespace listing may carry exactly one prefix=<value> parameter",
                 ));
             }
-            if !value.bytes().all(crate::route::is_namespace_byte) {
+            if !value.bytes().all(crate::namespace::is_namespace_byte) {
                 return Err(Denial::bad_request(
                     "the prefix of a namespace listing must be sent unencoded, from A-Z a-z 0-9 _ - .",
                 ));

@@ -1,30 +1,25 @@
-//! What a grant allows (SPEC §2, §3 step 4, §7), checked once for the filter and the operator
-//! alike:
+//! What a grant is (SPEC §2, §7): the leaf of the filter's house, used by the filter and the
+//! operator alike:
 //!
-//! - **configuration**: what an ApiKey's grants may say (entitlement targets, globs, expiry)
-//!   and whether one set of grants lies inside another, which bounds the keys a caller may
-//!   mint;
-//! - **requests**: the entitlement a request needs (target, scope, namespaces) and the one
-//!   check of it against a principal ([`authorize`]).
+//! - what an ApiKey's grants may say (entitlement targets, globs, expiry), compiled once per
+//!   key by [`compile_key`] — and [`check_api_key`] is that compile with nothing kept, so the
+//!   operator refuses exactly what the filter would;
+//! - whether one set of grants lies inside another ([`within`]), which bounds the keys a caller
+//!   may mint.
 //!
 //! ```text
 //!  "vectorstore.primary" ──parse_target──► Target::VectorStore("primary")
-//!  ApiKeyConfig          ──check_api_key──► Ok, or the reason the filter would refuse it
+//!  ApiKeyConfig          ──compile_key───► MintedKey (grants by store, layer, agents)
+//!  ApiKeyConfig          ──check_api_key─► Ok, or the reason the filter would refuse it
 //!  held ⊇ asked          ──within────────► Ok, or what the caller does not hold
-//!  principal + Access    ──authorize─────► Allowed, or the Denial
 //! ```
 //!
-//! Store credentials, `open` mode and inbound keys hold their store whole (inbound keys with
-//! their scopes); minted keys hold what their entitlements say. A **restricted** grant (one with
-//! namespace globs) is default-deny: an access whose namespaces the filter cannot identify is
-//! refused, never forwarded with the store's credential.
+//! What a request needs of these grants, and the check of it, is [`crate::auth`]'s.
 
-use crate::auth::Principal;
-use crate::config::{ApiKeyConfig, Entitlement, Entitlements};
-use crate::denial::Denial;
+use crate::config::{ApiKeyConfig, Entitlement, Entitlements, StoreId};
 use crate::glob::{globs_contain, NamespaceGlob};
-use crate::policy::{Grant, Grantee, Policy, StoreId};
 use crate::scope::{Scope, Scopes};
+use std::collections::HashMap;
 use std::fmt;
 
 /// An entitlement target, parsed.
@@ -105,21 +100,106 @@ pub fn grant_globs(target: &str, e: &Entitlement) -> Result<Vec<NamespaceGlob>, 
     }
 }
 
-/// Everything about one minted key that would make the filter refuse its configuration:
-/// the expiry, every target, every grant's globs. The filter's compiler calls this for each
-/// key; the operator calls it before rendering a key, so one bad key is left out (with its
-/// reason) instead of the whole configuration being refused.
+/// Everything about one minted key that would make the filter refuse its configuration: the
+/// expiry, every target, every grant's globs. The operator calls it before rendering a key, so
+/// one bad key is left out (with its reason) instead of the whole configuration being refused.
+/// It is [`compile_key`] with nothing kept: one per-key compile, never two that could disagree.
 pub fn check_api_key(k: &ApiKeyConfig) -> Result<(), String> {
-    if let Some(t) = &k.expires_at {
-        if crate::time::parse_rfc3339(t).is_none() {
-            return Err(format!("expiresAt {t:?} is not an RFC 3339 timestamp"));
+    compile_key(k, &HashMap::new(), 0).map(drop)
+}
+
+/// The one per-key compile: the expiry, every target (parsed before its grant), every grant's
+/// scopes and globs. `stores` maps store names to their ids in a configuration of
+/// `store_count` stores; a `vectorstore.` target naming a store not in it grants nothing (the
+/// operator reports `EntitlementTargetMissing`), which is not an error.
+pub fn compile_key(
+    k: &ApiKeyConfig,
+    stores: &HashMap<&str, StoreId>,
+    store_count: usize,
+) -> Result<MintedKey, String> {
+    let expires_at = match &k.expires_at {
+        None => None,
+        Some(t) => Some(
+            crate::time::parse_rfc3339(t)
+                .ok_or_else(|| format!("expiresAt {t:?} is not an RFC 3339 timestamp"))?,
+        ),
+    };
+    let mut key = MintedKey {
+        expires_at,
+        grants: KeyGrants {
+            stores: vec![None; store_count],
+            layer: None,
+            agents: Vec::new(),
+        },
+    };
+    for (target, e) in &k.entitlements {
+        let parsed = parse_target(target)?;
+        let grant = Grantee {
+            scopes: Scopes::from_slice(&e.scopes),
+            globs: grant_globs(target, e)?,
+        };
+        match parsed {
+            Target::VectorStore(store) => {
+                if let Some(&id) = stores.get(store) {
+                    key.grants.stores[id] = Some(grant);
+                }
+            }
+            Target::Layer => key.grants.layer = Some(grant),
+            Target::Agent(agent) => key.grants.agents.push((agent.into(), grant)),
+            Target::Warehouse(_) => {}
         }
     }
-    for (target, e) in &k.entitlements {
-        parse_target(target)?;
-        grant_globs(target, e)?;
+    Ok(key)
+}
+
+/// One entitlement of a minted key, compiled.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct Grantee {
+    /// Scopes granted.
+    pub scopes: Scopes,
+    /// Namespace globs; empty means every namespace.
+    pub globs: Vec<NamespaceGlob>,
+}
+
+impl Grantee {
+    /// True when the globs restrict namespaces (anything but `*`).
+    pub fn is_restricted(&self) -> bool {
+        !self.globs.is_empty()
     }
-    Ok(())
+
+    /// True when `ns` matches a glob (or there are none).
+    pub fn allows_namespace(&self, ns: &str) -> bool {
+        self.globs.is_empty() || self.globs.iter().any(|g| g.matches(ns))
+    }
+
+    /// The literal prefix when the grant is exactly one prefix glob (`shop-*` → `shop-`).
+    pub fn single_prefix(&self) -> Option<&str> {
+        match self.globs.as_slice() {
+            [only] => only.literal_prefix(),
+            _ => None,
+        }
+    }
+}
+
+/// What a minted key's entitlements grant, compiled. Keys with the same entitlements share
+/// one (the key table interns them).
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct KeyGrants {
+    /// `vectorstore.<name>` grants, indexed by [`StoreId`].
+    pub stores: Vec<Option<Grantee>>,
+    /// `layer` grant.
+    pub layer: Option<Grantee>,
+    /// `agent.<name>` grants.
+    pub agents: Vec<(Box<str>, Grantee)>,
+}
+
+/// A compiled minted ApiKey, before the key table stores it compactly.
+#[derive(Debug, Clone)]
+pub struct MintedKey {
+    /// Expiry in Unix seconds.
+    pub expires_at: Option<i64>,
+    /// What it grants.
+    pub grants: KeyGrants,
 }
 
 /// True when `held` grants `asked`: `admin` holds every scope, otherwise the same scope.
@@ -164,171 +244,6 @@ pub fn within(held: &Entitlements, asked: &Entitlements) -> Result<(), String> {
         }
     }
     Ok(())
-}
-
-/// The entitlement target an access is judged by, for minted keys.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum On<'a> {
-    /// `vectorstore.<store>`: data routes and anything naming a namespace.
-    Store,
-    /// `layer`: the namespace-less app and control routes.
-    Layer,
-    /// `agent.<name>`: `POST /v2/agents/<name>/query`.
-    Agent(&'a str),
-}
-
-/// Which namespaces an access touches.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Namespaces<'a> {
-    /// Exactly this one.
-    Named(&'a str),
-    /// None: a known route that names no namespace (key lookups, pipeline and Function ids).
-    NoneNamed,
-    /// The filter cannot tell (an unknown route, a store route naming none, a route naming
-    /// namespaces where the filter does not read them): refused for restricted grants.
-    Unidentified,
-}
-
-/// What a request (or one namespace named in its body) needs of its caller on one store.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Access<'a> {
-    /// The scope needed.
-    pub scope: Scope,
-    /// The entitlement target it is judged by.
-    pub on: On<'a>,
-    /// The namespaces it touches.
-    pub namespaces: Namespaces<'a>,
-}
-
-/// What the caller holds where the access goes.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Allowed<'p> {
-    /// The caller's scopes there (sent to the app as `x-layergate-scopes`).
-    pub scopes: Scopes,
-    /// The minted key's grant that applied, if any.
-    pub grant: Option<&'p Grantee>,
-}
-
-impl Allowed<'_> {
-    /// True when the grant that applied restricts namespaces.
-    pub fn is_restricted(&self) -> bool {
-        self.grant.is_some_and(Grantee::is_restricted)
-    }
-}
-
-impl fmt::Display for On<'_> {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            On::Store => f.write_str("vectorstore"),
-            On::Layer => f.write_str("layer"),
-            On::Agent(a) => write!(f, "agent.{a}"),
-        }
-    }
-}
-
-/// An entitlement target, formatted only when a message needs it.
-struct TargetName<'a>(On<'a>, &'a str);
-
-impl fmt::Display for TargetName<'_> {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self.0 {
-            On::Store => write!(f, "vectorstore.{}", self.1),
-            other => other.fmt(f),
-        }
-    }
-}
-
-/// Authorizes `access` on `store` for a principal authenticated there.
-pub fn authorize<'p>(
-    policy: &'p Policy,
-    principal: Principal,
-    store: StoreId,
-    access: &Access<'_>,
-) -> Result<Allowed<'p>, Denial> {
-    let scope = access.scope;
-    let k = match principal {
-        // Authenticated on this store: its credential and open mode hold it whole.
-        Principal::Anonymous => {
-            return Err(Denial::missing_token(
-                "this route needs a credential: send 'Authorization: Bearer <token>'",
-            ))
-        }
-        Principal::Open | Principal::Token(Grant::StoreCredential(_)) => {
-            return Ok(Allowed {
-                scopes: Scopes::ALL,
-                grant: None,
-            })
-        }
-        Principal::Token(Grant::InboundKey { scopes, .. }) => {
-            if !scopes.allows(scope) {
-                return Err(Denial::insufficient(
-                    scope,
-                    format!(
-                        "{} lacks the {scope} scope; it has [{}]",
-                        principal.name(policy),
-                        scopes.as_str()
-                    ),
-                ));
-            }
-            return Ok(Allowed {
-                scopes,
-                grant: None,
-            });
-        }
-        Principal::Token(Grant::Minted(k)) => k,
-    };
-    let key = policy.keys.key(k);
-    let target = TargetName(access.on, &policy.stores[store].name);
-    let grant = match access.on {
-        On::Store => key.grants.stores[store].as_ref(),
-        On::Layer => key.grants.layer.as_ref(),
-        On::Agent(agent) => key
-            .grants
-            .agents
-            .iter()
-            .find(|(a, _)| **a == *agent)
-            .map(|(_, g)| g),
-    };
-    let Some(g) = grant else {
-        return Err(Denial::insufficient(
-            scope,
-            format!(
-                "API key {:?} has no {target} entitlement; add it to the key's spec.entitlements",
-                key.name()
-            ),
-        ));
-    };
-    if !g.scopes.allows(scope) {
-        return Err(Denial::insufficient(
-            scope,
-            format!(
-                "API key {:?} lacks the {scope} scope on {target}; it has [{}]",
-                key.name(),
-                g.scopes.as_str()
-            ),
-        ));
-    }
-    match access.namespaces {
-        Namespaces::Named(ns) if !g.allows_namespace(ns) => {
-            return Err(Denial::namespace(key.name(), ns, scope, &target))
-        }
-        Namespaces::Unidentified if g.is_restricted() => {
-            return Err(Denial::insufficient(
-                scope,
-                format!(
-                    "API key {:?} is limited to some namespaces of {target}, and the gateway cannot tell which \
-                     namespaces this request touches (its route is not in the route table, or names namespaces where the gateway does not read them); \
-                     use a key without namespace limits",
-                    key.name()
-                ),
-            ))
-        }
-        _ => {}
-    }
-    Ok(Allowed {
-        scopes: g.scopes,
-        grant: Some(g),
-    })
 }
 
 #[cfg(test)]

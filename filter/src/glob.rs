@@ -39,7 +39,7 @@ impl NamespaceGlob {
         }
         if !pattern
             .bytes()
-            .all(|b| b == b'*' || b == b'?' || crate::route::is_namespace_byte(b))
+            .all(|b| b == b'*' || b == b'?' || crate::namespace::is_namespace_byte(b))
         {
             return Err(err(
                 "only A-Z a-z 0-9 _ . - and the wildcards * ? are allowed",

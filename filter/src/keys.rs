@@ -20,9 +20,10 @@
 //! credentials keep working); [`Freshness`] is shared between the root context, which
 //! records each successful sync, and every table it built.
 
+use crate::config::{token_hash, ConfigError, StoreId};
 use crate::config::{ApiKeyConfig, SyncResponse};
+use crate::entitlement::{compile_key, KeyGrants, MintedKey};
 use crate::fasthash::FastMap;
-use crate::policy::{compile_key, token_hash, ConfigError, KeyGrants, MintedKey, StoreId};
 use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::Arc;
@@ -138,6 +139,11 @@ pub struct KeyTable {
 /// `Slot::start` of a removed key.
 const DEAD: u32 = u32::MAX;
 
+/// A key the filter cannot compile, named in the configuration error.
+fn refused(k: &ApiKeyConfig, why: String) -> ConfigError {
+    ConfigError::Invalid(format!("apiKeys {:?}: {why}", k.name))
+}
+
 fn id_digest(key_id: &str) -> [u8; 8] {
     let full = token_hash(key_id.as_bytes());
     let mut out = [0u8; 8];
@@ -165,7 +171,7 @@ impl KeyTable {
                     k.key_id
                 )));
             }
-            let key = compile_key(k, stores, store_count)?;
+            let key = compile_key(k, stores, store_count).map_err(|e| refused(k, e))?;
             table.push(k, key);
         }
         Ok(table)
@@ -217,7 +223,11 @@ impl KeyTable {
             let compiled = answer
                 .keys
                 .iter()
-                .map(|k| compile_key(k, stores, store_count).map(|c| (k, c)))
+                .map(|k| {
+                    compile_key(k, stores, store_count)
+                        .map(|c| (k, c))
+                        .map_err(|e| refused(k, e))
+                })
                 .collect::<Result<Vec<_>, _>>()?;
             for id in &answer.removed {
                 self.remove(&id_digest(id));

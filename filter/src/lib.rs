@@ -23,7 +23,7 @@
 //!
 //! The operator validates with this crate's own checks — [`time`] (lifetimes, timestamps),
 //! [`entitlement`] (targets, a key's grants, containment of one grant in another), [`glob`]
-//! and [`route::valid_namespace`] — so it refuses exactly what the filter refuses.
+//! and [`namespace::valid_namespace`] — so it refuses exactly what the filter refuses.
 
 pub mod auth;
 pub mod body;
@@ -35,6 +35,7 @@ pub mod fasthash;
 pub mod glob;
 pub mod headers;
 pub mod keys;
+pub mod namespace;
 pub mod policy;
 pub mod route;
 pub mod scope;

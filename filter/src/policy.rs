@@ -11,41 +11,16 @@
 //!   apiKeys[].entitlements    keys: Vec<MintedKey> (per-store grants indexed by StoreId)
 //! ```
 
-use crate::config::{
-    ApiKeyConfig, Credential, Entitlement, FilterConfig, InboundAuth, CONFIG_VERSION,
-};
+use crate::config::{invalid, Credential, FilterConfig, InboundAuth, CONFIG_VERSION};
+pub use crate::config::{token_hash, ConfigError, StoreId};
+pub use crate::entitlement::{Grantee, KeyGrants, MintedKey};
 use crate::fasthash::{self, FastMap};
-use crate::glob::NamespaceGlob;
 use crate::keys::{Freshness, KeyTable};
-use crate::route::{valid_namespace, RouteRule};
+use crate::namespace::valid_namespace;
+use crate::route::RouteRule;
 use crate::scope::Scopes;
-use sha2::{Digest, Sha256};
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
-
-/// Index of a store in [`Policy::stores`].
-pub type StoreId = usize;
-
-/// Why a configuration was refused (the filter then refuses `on_configure`).
-#[derive(Debug, thiserror::Error)]
-pub enum ConfigError {
-    /// Not JSON, or not the documented shape.
-    #[error("filter configuration is not valid: {0}")]
-    Parse(serde_json::Error),
-    /// A field has a value the filter cannot use.
-    #[error("filter configuration is not valid: {0}")]
-    Invalid(String),
-}
-
-impl From<serde_json::Error> for ConfigError {
-    fn from(e: serde_json::Error) -> Self {
-        ConfigError::Parse(e)
-    }
-}
-
-fn invalid<T>(msg: impl Into<String>) -> Result<T, ConfigError> {
-    Err(ConfigError::Invalid(msg.into()))
-}
 
 /// How a store authenticates inbound requests.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -104,56 +79,6 @@ pub enum Grant {
     },
     /// A minted ApiKey (index into [`Policy::keys`]).
     Minted(usize),
-}
-
-/// One entitlement of a minted key, compiled.
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
-pub struct Grantee {
-    /// Scopes granted.
-    pub scopes: Scopes,
-    /// Namespace globs; empty means every namespace.
-    pub globs: Vec<NamespaceGlob>,
-}
-
-impl Grantee {
-    /// True when the globs restrict namespaces (anything but `*`).
-    pub fn is_restricted(&self) -> bool {
-        !self.globs.is_empty()
-    }
-
-    /// True when `ns` matches a glob (or there are none).
-    pub fn allows_namespace(&self, ns: &str) -> bool {
-        self.globs.is_empty() || self.globs.iter().any(|g| g.matches(ns))
-    }
-
-    /// The literal prefix when the grant is exactly one prefix glob (`shop-*` → `shop-`).
-    pub fn single_prefix(&self) -> Option<&str> {
-        match self.globs.as_slice() {
-            [only] => only.literal_prefix(),
-            _ => None,
-        }
-    }
-}
-
-/// What a minted key's entitlements grant, compiled. Keys with the same entitlements share
-/// one (the key table interns them).
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
-pub struct KeyGrants {
-    /// `vectorstore.<name>` grants, indexed by [`StoreId`].
-    pub stores: Vec<Option<Grantee>>,
-    /// `layer` grant.
-    pub layer: Option<Grantee>,
-    /// `agent.<name>` grants.
-    pub agents: Vec<(Box<str>, Grantee)>,
-}
-
-/// A compiled minted ApiKey, before the key table stores it compactly.
-#[derive(Debug, Clone)]
-pub struct MintedKey {
-    /// Expiry in Unix seconds.
-    pub expires_at: Option<i64>,
-    /// What it grants.
-    pub grants: KeyGrants,
 }
 
 /// The grants one token carries: almost always one, held inline (no allocation per key).
@@ -217,11 +142,6 @@ pub struct Policy {
     /// The hosts the filter acts for (lower-case; `*.` prefixed for one-label wildcards);
     /// empty for every host.
     pub hosts: Vec<Box<str>>,
-}
-
-/// SHA-256 of a token.
-pub fn token_hash(token: &[u8]) -> [u8; 32] {
-    Sha256::digest(token).into()
 }
 
 fn parse_hex32(s: &str) -> Option<[u8; 32]> {
@@ -521,73 +441,4 @@ fn compile_host(h: &str) -> Result<Box<str>, ConfigError> {
         ));
     }
     Ok(h.to_ascii_lowercase().into_boxed_str())
-}
-
-fn compile_grantee(key: &str, target: &str, e: &Entitlement) -> Result<Grantee, ConfigError> {
-    let globs = match &e.namespaces {
-        None => Vec::new(),
-        Some(list) if list.is_empty() => {
-            return invalid(format!("apiKeys {key:?}: entitlement {target:?} has an empty namespaces list (omit it for all)"))
-        }
-        Some(list) => {
-            let globs = list
-                .iter()
-                .map(|g| NamespaceGlob::new(g))
-                .collect::<Result<Vec<_>, _>>()
-                .map_err(|err| ConfigError::Invalid(format!("apiKeys {key:?}: entitlement {target:?}: {err}")))?;
-            if globs.iter().any(NamespaceGlob::is_any) { Vec::new() } else { globs }
-        }
-    };
-    Ok(Grantee {
-        scopes: Scopes::from_slice(&e.scopes),
-        globs,
-    })
-}
-
-pub(crate) fn compile_key(
-    k: &ApiKeyConfig,
-    stores: &HashMap<&str, StoreId>,
-    store_count: usize,
-) -> Result<MintedKey, ConfigError> {
-    // The same per-key check the operator runs before rendering a key (one validation).
-    crate::entitlement::check_api_key(k)
-        .map_err(|e| ConfigError::Invalid(format!("apiKeys {:?}: {e}", k.name)))?;
-    let expires_at = match &k.expires_at {
-        None => None,
-        Some(t) => Some(crate::time::parse_rfc3339(t).ok_or_else(|| {
-            ConfigError::Invalid(format!(
-                "apiKeys {:?}: expiresAt {t:?} is not an RFC 3339 timestamp",
-                k.name
-            ))
-        })?),
-    };
-    let mut key = MintedKey {
-        expires_at,
-        grants: KeyGrants {
-            stores: vec![None; store_count],
-            layer: None,
-            agents: Vec::new(),
-        },
-    };
-    for (target, e) in &k.entitlements {
-        if let Some(store) = target.strip_prefix("vectorstore.") {
-            // A target naming a store that does not exist grants nothing (the operator reports
-            // EntitlementTargetMissing); it is not a config error.
-            if let Some(&id) = stores.get(store) {
-                key.grants.stores[id] = Some(compile_grantee(&k.name, target, e)?);
-            }
-        } else if target == "layer" {
-            key.grants.layer = Some(compile_grantee(&k.name, target, e)?);
-        } else if let Some(agent) = target.strip_prefix("agent.").filter(|a| !a.is_empty()) {
-            key.grants
-                .agents
-                .push((agent.into(), compile_grantee(&k.name, target, e)?));
-        } else if target.strip_prefix("warehouse.").is_none_or(str::is_empty) {
-            return invalid(format!(
-                "apiKeys {:?}: entitlement target {target:?} is not vectorstore.<name>, layer, agent.<name> or warehouse.<name>",
-                k.name
-            ));
-        }
-    }
-    Ok(key)
 }

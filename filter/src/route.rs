@@ -7,6 +7,7 @@
 
 use crate::config::{RouteRuleConfig, RouteTargetConfig, ScopeRequirement};
 use crate::denial::Denial;
+use crate::namespace::valid_namespace;
 use crate::scope::Scope;
 
 /// Where a request goes after it is authorized.
@@ -74,20 +75,6 @@ pub struct Route<'a> {
 }
 
 const MAX_SEGMENTS: usize = 12;
-
-/// True for bytes turbopuffer allows in a namespace name: `[A-Za-z0-9_.-]`.
-pub const fn is_namespace_byte(b: u8) -> bool {
-    b.is_ascii_alphanumeric() || b == b'_' || b == b'-' || b == b'.'
-}
-
-/// Checks a namespace name: `[A-Za-z0-9_.-]`, 1..=128 characters.
-pub fn valid_namespace(ns: &str) -> bool {
-    !ns.is_empty()
-        && ns.len() <= 128
-        && ns.bytes().all(is_namespace_byte)
-        && ns != "."
-        && ns != ".."
-}
 
 /// Path segments without the query string, borrowed.
 struct Segments<'a> {

@@ -170,7 +170,7 @@ pub fn route(data: &[u8]) {
     if let Ok(r) = layergate_filter::route::classify(&policy().rules, method, path) {
         if let Some(ns) = r.namespace {
             assert!(
-                layergate_filter::route::valid_namespace(ns),
+                layergate_filter::namespace::valid_namespace(ns),
                 "{path:?} → {ns:?}"
             );
             assert!(path.contains(ns));

@@ -4,13 +4,13 @@
 //! filter configuration from them.
 //!
 //! ```text
-//!  manifests (dir of YAML) ─► manifests::Objects ─► validate ─► conditions per object
-//!                                                      │
-//!                                                      ▼
-//!                                     render ─► filter config (layergate-filter types)
-//!                                            └► one upstream per store
-//!                                                 ├► envoy: CDS / LDS ──► output (dir) / cluster (Secret)
-//!                                                 └► istio: resources ──► output (dir) / cluster (applied)
+//!  dir of YAML (source) ──┐                    ┌─► files: CDS / LDS / filter config (output)
+//!                         ├─► Objects ─► pass ─┤
+//!  watch-fed caches ──────┘   (manifests)  │   └─► Secret / Istio resources, statuses (cluster)
+//!  (informer, cluster)                     │
+//!              validate ─► keep last valid ─► render (envoy | istio) ─► usable keys ─► policy
+//!                                                                          │
+//!                                      key service (gateways sync) ◄──────┘──► control API
 //! ```
 #![forbid(unsafe_code)]
 

@@ -7,7 +7,7 @@ use crate::manifests::Objects;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
 use layergate_filter::config::{ApiKeyConfig, Entitlement};
 use layergate_filter::entitlement::{self, Target};
-use layergate_filter::route::valid_namespace;
+use layergate_filter::namespace::valid_namespace;
 use layergate_filter::scope::Scope;
 use sha2::{Digest, Sha256};
 use std::collections::{BTreeMap, HashMap, HashSet};

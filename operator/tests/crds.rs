@@ -136,7 +136,7 @@ fn python_matches(pairs: &[(String, String)]) -> Vec<bool> {
 #[test]
 fn crd_patterns_refuse_exactly_what_the_operator_refuses() {
     use layergate_filter::glob::NamespaceGlob;
-    use layergate_filter::route::valid_namespace;
+    use layergate_filter::namespace::valid_namespace;
     use layergate_filter::time::{duration_pattern, parse_duration};
     use layergate_operator::crd::{GLOB_PATTERN, NAMESPACE_PATTERN};
     let mut durations: Vec<String> = [
