@@ -1,0 +1,338 @@
+//! The key routes: the views of keys a caller may see, mint, revoke and delete.
+
+use super::*;
+
+/// The keys `caller` may see, in hev layer's shape.
+pub(super) fn key_views(pass: &Pass, caller: &Caller) -> Vec<Value> {
+    key_views_where(pass, caller, |_| true)
+}
+
+/// The views of the keys `caller` may see (see [`authority::may_manage`]) for which `pick`
+/// holds (given the object; a view is built only for those).
+fn key_views_where(
+    pass: &Pass,
+    caller: &Caller,
+    pick: impl Fn(&crate::crd::ApiKey) -> bool,
+) -> Vec<Value> {
+    let lookup = status::KeyLookup::of(pass);
+    let enforced = |i: usize, k: &crate::crd::ApiKey| {
+        pass.validation
+            .keys
+            .get(i)
+            .filter(|v| Some(v.name.as_str()) == k.metadata.name.as_deref())
+            .and_then(|v| v.valid.as_ref())
+    };
+    pass.objects
+        .keys
+        .iter()
+        .enumerate()
+        .filter(|(i, k)| pick(k) && authority::may_manage(caller, k, enforced(*i, k)))
+        .map(|(_, k)| key_view(&lookup, pass, k))
+        .collect()
+}
+
+/// One key in hev layer's shape.
+fn key_view(lookup: &status::KeyLookup, pass: &Pass, k: &crate::crd::ApiKey) -> Value {
+    let st = status::key_in(lookup, pass, k, now());
+    json!({
+        "keyId": st.key_id,
+        "name": k.metadata.name,
+        "owner": k.spec.owner,
+        "description": k.spec.description,
+        "entitlements": k.spec.entitlements,
+        "expiresAfter": k.spec.expires_after.clone().unwrap_or_else(|| validate::DEFAULT_EXPIRES_AFTER.to_owned()),
+        "phase": st.phase,
+        "createdAt": st.created_at,
+        "expiresAt": st.expires_at,
+        "revokedAt": st.revoked_at,
+        "lookupHash": st.lookup_hash,
+        "secretRef": st.secret_ref,
+    })
+}
+
+pub(super) fn find_key(pass: &Pass, caller: &Caller, id: &str) -> Option<Value> {
+    // By name first: one view built, not every key's.
+    let by_name = key_views_where(pass, caller, |k| k.metadata.name.as_deref() == Some(id));
+    by_name.into_iter().next().or_else(|| {
+        key_views(pass, caller)
+            .into_iter()
+            .find(|k| k["keyId"] == id)
+    })
+}
+
+/// The key named `name` as `pass` reads it, whoever may see it now: a write's answer, read
+/// back after the write the caller was allowed to make.
+fn read_back(pass: &Pass, name: &str) -> Option<Value> {
+    let lookup = status::KeyLookup::of(pass);
+    pass.objects
+        .keys
+        .iter()
+        .find(|k| k.metadata.name.as_deref() == Some(name))
+        .map(|k| key_view(&lookup, pass, k))
+}
+
+/// The fields a mint request may carry; anything else is refused (a typo must not be ignored).
+const MINT_FIELDS: [&str; 5] = [
+    "name",
+    "owner",
+    "description",
+    "entitlements",
+    "expiresAfter",
+];
+
+pub(super) fn mint(
+    source: &dyn Source,
+    pass: &Pass,
+    caller: &Caller,
+    body: &[u8],
+) -> Result<Reply> {
+    let req = match serde_json::from_slice::<Value>(body) {
+        Ok(Value::Object(m)) => m,
+        _ => {
+            return Ok(error(
+                StatusCode::BAD_REQUEST,
+                "send a JSON object: {\"name\": …, \"entitlements\": {…}}",
+            ))
+        }
+    };
+    if let Some(k) = req.keys().find(|k| !MINT_FIELDS.contains(&k.as_str())) {
+        return Ok(error(
+            StatusCode::BAD_REQUEST,
+            &format!(
+                "unknown field {:?}; a key has {}",
+                k.chars().take(64).collect::<String>(),
+                MINT_FIELDS.join(", ")
+            ),
+        ));
+    }
+    let name = req
+        .get("name")
+        .and_then(Value::as_str)
+        .unwrap_or_default()
+        .to_owned();
+    if !keys::valid_key_name(&name) {
+        return Ok(error(
+            StatusCode::BAD_REQUEST,
+            "name must be 1-63 lower-case letters, digits or '-' (a Kubernetes name)",
+        ));
+    }
+    let mut spec = serde_json::Map::new();
+    for field in ["owner", "description", "entitlements", "expiresAfter"] {
+        if let Some(v) = req.get(field).filter(|v| !v.is_null()) {
+            spec.insert(field.to_owned(), v.clone());
+        }
+    }
+    let manifest = json!({"apiVersion": "hevlayer.com/v1alpha1", "kind": "ApiKey", "metadata": {"name": name, "namespace": pass.namespace}, "spec": spec});
+    // Check it as the operator will, before anything is written: shape, every field the filter
+    // would refuse, then what the caller may grant.
+    let key: crate::crd::ApiKey = match serde_json::from_value(manifest.clone()) {
+        Ok(k) => k,
+        Err(e) => {
+            return Ok(error(
+                StatusCode::BAD_REQUEST,
+                &format!("not a valid ApiKey: {e}"),
+            ))
+        }
+    };
+    if let Some(m) = validate::key_spec_problem(&key, now()) {
+        return Ok(error(StatusCode::BAD_REQUEST, &m));
+    }
+    if let Err(m) = authority::may_mint(caller, &authority::spec_entitlements(&key)) {
+        return Ok(error(StatusCode::FORBIDDEN, &m));
+    }
+    // Never longer-lived than its maker: a shorter lifetime is written into the spec, so the
+    // object says what the gateway enforces.
+    let asked = key
+        .spec
+        .expires_after
+        .as_deref()
+        .unwrap_or(validate::DEFAULT_EXPIRES_AFTER);
+    let asked = layergate_filter::time::parse_duration(asked).ok().flatten();
+    let (manifest, key) = match authority::lifetime(caller, asked, now()) {
+        Err(m) => return Ok(error(StatusCode::FORBIDDEN, &m)),
+        Ok(l) if l == asked => (manifest, key),
+        Ok(l) => {
+            let mut m = manifest;
+            m["spec"]["expiresAfter"] = json!(format!("{}s", l.unwrap_or_default()));
+            let key = serde_json::from_value(m.clone()).context("the capped ApiKey")?;
+            (m, key)
+        }
+    };
+    if pass
+        .objects
+        .keys
+        .iter()
+        .any(|k| k.metadata.name.as_deref() == Some(name.as_str()))
+    {
+        return Ok(error(
+            StatusCode::CONFLICT,
+            &format!("an API key named {name:?} exists; revoke or delete it, or pick another name"),
+        ));
+    }
+    let token = keys::mint_token()?;
+    // Judged as the next pass will judge it, before anything is written: a key that pass
+    // would not make Active is refused here and never exists.
+    let (verdict, phase) = validate::validate_new_key(
+        &key,
+        &pass.namespace,
+        &token,
+        &pass.validation.stores,
+        now(),
+    );
+    if phase != crate::crd::ApiKeyPhase::Active {
+        let msg = verdict
+            .conditions
+            .into_iter()
+            .next()
+            .map_or_else(|| "invalid key".to_owned(), |c| c.message);
+        return Ok(error(StatusCode::BAD_REQUEST, &msg));
+    }
+    let created = match source.create_key(&pass.namespace, &name, &manifest, &token) {
+        Ok(created) => created,
+        Err(e) => {
+            return match e.downcast_ref::<crate::state::Exists>() {
+                Some(exists) => Ok(error(StatusCode::CONFLICT, &exists.0)),
+                None => Err(e),
+            }
+        }
+    };
+    // The key and its token exist now: from here on the caller gets the token. The pass that
+    // publishes the key is waited for only so long; a slow one (API latency, a queue of
+    // passes) ends in the background and the key is enforced when it does.
+    let published = match source.refresh_within(MINT_WAIT) {
+        Ok(done) => done,
+        Err(e) => {
+            tracing::warn!(apikey = %name, "the pass after a mint failed (it is retried): {e:#}");
+            false
+        }
+    };
+    let last = source.state().last().filter(|_| published);
+    let view = match last.as_ref().and_then(|p| find_key(p, caller, &name)) {
+        Some(v) if v["phase"] != "Active" => {
+            // The pass saw more than this request could (the objects changed meanwhile).
+            let reason = last.as_ref().and_then(|p| {
+                p.validation
+                    .keys
+                    .iter()
+                    .find(|k| k.name == name)
+                    .map(|k| k.conditions.clone())
+            });
+            if let Some(p) = &last {
+                source.delete_key(p, &name)?;
+            }
+            source.refresh()?;
+            let msg = reason
+                .and_then(|c| c.into_iter().next())
+                .map_or_else(|| "invalid key".to_owned(), |c| c.message);
+            return Ok(error(StatusCode::BAD_REQUEST, &msg));
+        }
+        Some(v) => v,
+        None => {
+            // As the pass will show it (the keyId comes from the stored object's uid).
+            let (verdict, _) = validate::validate_new_key(
+                &created,
+                &pass.namespace,
+                &token,
+                &pass.validation.stores,
+                now(),
+            );
+            let Some(config) = verdict.valid else {
+                return Err(anyhow::anyhow!(
+                    "ApiKey {name} was written but no longer validates"
+                ));
+            };
+            new_key_view(&created, &config)
+        }
+    };
+    let mut out = view;
+    out["token"] = json!(token);
+    Ok(reply(StatusCode::CREATED, &out))
+}
+
+/// A key just minted, in the shape of [`key_views`], before any pass has seen it.
+fn new_key_view(k: &crate::crd::ApiKey, config: &layergate_filter::config::ApiKeyConfig) -> Value {
+    let created = k
+        .metadata
+        .creation_timestamp
+        .as_ref()
+        .map_or_else(now, |t| t.0.as_second());
+    json!({
+        "keyId": config.key_id,
+        "name": k.metadata.name,
+        "owner": k.spec.owner,
+        "description": k.spec.description,
+        "entitlements": k.spec.entitlements,
+        "expiresAfter": k.spec.expires_after.clone().unwrap_or_else(|| validate::DEFAULT_EXPIRES_AFTER.to_owned()),
+        "phase": crate::crd::ApiKeyPhase::Active,
+        "createdAt": validate::rfc3339(created),
+        "expiresAt": config.expires_at,
+        "revokedAt": null,
+        "lookupHash": config.lookup_hash.to_string(),
+        "secretRef": validate::token_source(k),
+    })
+}
+
+pub(super) enum Change {
+    Revoke,
+    Delete,
+}
+
+/// Revokes or deletes an ApiKey through the source; a key the caller could not have minted
+/// is not found.
+pub(super) fn change_key(
+    source: &dyn Source,
+    pass: &Pass,
+    caller: &Caller,
+    id: &str,
+    change: Change,
+) -> Result<Reply> {
+    // A key minted a moment ago may not be in the last pass yet (mint answers before the
+    // pass that publishes it ends): look again after one.
+    let fresh;
+    let (pass, view) = match find_key(pass, caller, id) {
+        Some(v) => (pass, v),
+        None => {
+            // Bounded: a missing key must not make every 404 wait for a slow pass.
+            if let Err(e) = source.refresh_within(MINT_WAIT) {
+                tracing::warn!("a pass before answering {id:?}: {e:#}");
+            }
+            fresh = source.state().last();
+            match fresh
+                .as_ref()
+                .and_then(|p| find_key(p, caller, id).map(|v| (&**p, v)))
+            {
+                Some(found) => found,
+                None => return Ok(error(StatusCode::NOT_FOUND, &format!("no API key {id:?}"))),
+            }
+        }
+    };
+    let name = view["name"].as_str().unwrap_or_default().to_owned();
+    match change {
+        Change::Revoke if view["phase"] == "Revoked" => return Ok(reply(StatusCode::OK, &view)),
+        Change::Revoke => source.revoke_key(pass, &name)?,
+        Change::Delete => source.delete_key(pass, &name)?,
+    }
+    source.refresh()?;
+    // The answer is the state read back after the write, never the one hoped for: a write
+    // that changed nothing is an error.
+    let after = source.state().last();
+    let now_seen = after.as_ref().and_then(|p| read_back(p, &name));
+    Ok(match (change, now_seen) {
+        (Change::Revoke, Some(v)) if v["phase"] == "Revoked" => reply(StatusCode::OK, &v),
+        (Change::Revoke, seen) => {
+            return Err(anyhow::anyhow!(
+                "API key {name} was written revoked, but the pass after the write reads it as {}",
+                seen.map_or_else(|| "gone".to_owned(), |v| v["phase"].to_string())
+            ))
+        }
+        (Change::Delete, None) => reply(
+            StatusCode::OK,
+            &json!({"status": "OK", "message": format!("API key {name} deleted")}),
+        ),
+        (Change::Delete, Some(_)) => {
+            return Err(anyhow::anyhow!(
+                "API key {name} was deleted, but the pass after the write still reads it"
+            ))
+        }
+    })
+}
