@@ -385,6 +385,25 @@ impl Cluster {
         objects.secrets = secrets.into_iter().collect();
     }
 
+    /// An Opaque Secret of this namespace that the operator manages (labelled so), holding
+    /// `data`: the gateway credential and the rendering are written as these.
+    fn managed_secret(&self, name: &str, data: BTreeMap<String, ByteString>) -> Secret {
+        Secret {
+            metadata: ObjectMeta {
+                name: Some(name.to_owned()),
+                namespace: Some(self.namespace.clone()),
+                labels: Some(BTreeMap::from([(
+                    MANAGED_BY.0.to_owned(),
+                    MANAGED_BY.1.to_owned(),
+                )])),
+                ..ObjectMeta::default()
+            },
+            type_: Some("Opaque".into()),
+            data: Some(data),
+            ..Secret::default()
+        }
+    }
+
     fn block_on<T>(&self, f: impl std::future::Future<Output = T>) -> T {
         tokio::task::block_in_place(|| self.runtime.block_on(f))
     }

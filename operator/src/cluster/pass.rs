@@ -158,23 +158,13 @@ impl Cluster {
             // with a credential nobody holds: its key service accepts no gateway yet.
             return Ok(credential);
         }
-        let secret = Secret {
-            metadata: ObjectMeta {
-                name: Some(name.to_owned()),
-                namespace: Some(self.namespace.clone()),
-                labels: Some(BTreeMap::from([(
-                    MANAGED_BY.0.to_owned(),
-                    MANAGED_BY.1.to_owned(),
-                )])),
-                ..ObjectMeta::default()
-            },
-            type_: Some("Opaque".into()),
-            data: Some(BTreeMap::from([(
+        let secret = self.managed_secret(
+            name,
+            BTreeMap::from([(
                 keyservice::CREDENTIAL_KEY.to_owned(),
                 ByteString(credential.clone().into_bytes()),
-            )])),
-            ..Secret::default()
-        };
+            )]),
+        );
         let params = PostParams {
             field_manager: Some(FIELD_MANAGER.into()),
             ..PostParams::default()

@@ -23,20 +23,7 @@ impl Cluster {
             .iter()
             .map(|(k, v)| ((*k).to_owned(), ByteString(v.clone().into_bytes())))
             .collect();
-        let secret = Secret {
-            metadata: ObjectMeta {
-                name: Some(self.output_secret.clone()),
-                namespace: Some(self.namespace.clone()),
-                labels: Some(BTreeMap::from([(
-                    MANAGED_BY.0.to_owned(),
-                    MANAGED_BY.1.to_owned(),
-                )])),
-                ..ObjectMeta::default()
-            },
-            type_: Some("Opaque".into()),
-            data: Some(data),
-            ..Secret::default()
-        };
+        let secret = self.managed_secret(&self.output_secret, data);
         self.ensure_leader()?;
         let written = secrets
             .patch(
