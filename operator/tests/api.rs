@@ -136,6 +136,16 @@ fn refused_on_every_key_route(f: &Fixture, token: Option<&str>, status: u16, who
     assert_eq!(f.config(), before, "{who}: nothing changed");
 }
 
+/// The names in a `GET /v2/keys` answer, in order.
+fn key_names(answer: &Value) -> Vec<&str> {
+    answer["keys"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|k| k["name"].as_str().unwrap())
+        .collect()
+}
+
 fn key(name: &str, entitlements: Value) -> Value {
     json!({"name": name, "expiresAfter": "30d", "entitlements": entitlements})
 }
@@ -201,12 +211,7 @@ fn callers_see_and_touch_only_keys_they_could_have_minted() {
         Value::Null,
     );
     assert_eq!(status, 200);
-    let names: Vec<&str> = body["keys"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|k| k["name"].as_str().unwrap())
-        .collect();
+    let names = key_names(&body);
     assert_eq!(
         names,
         ["shop-reader"],
@@ -843,12 +848,7 @@ fn the_who_may_manage_keys_table_holds_row_by_row() {
                     let all = cell == "all";
                     let (status, body) = f.call("GET", "/v2/keys", token, Value::Null);
                     assert_eq!(status, 200, "{what}: {body}");
-                    let names: Vec<&str> = body["keys"]
-                        .as_array()
-                        .unwrap()
-                        .iter()
-                        .map(|k| k["name"].as_str().unwrap())
-                        .collect();
+                    let names = key_names(&body);
                     assert_eq!(names.contains(&"vault-reader"), all, "{what}: {names:?}");
                     assert!(names.contains(&"shop-reader"), "{what}: {names:?}");
                     let (status, _) = f.call("GET", "/v2/keys/vault-reader", token, Value::Null);
