@@ -234,24 +234,27 @@ fn worst_stale(now: i64, own: u64) -> u64 {
         if !abi::set_shared_data(&key, staleness::entry(now, own).as_bytes(), 0) {
             return own;
         }
-        let heartbeat = |vm: &str| {
-            abi::get_shared_data(&format!("{ENTRY_PREFIX}{vm}"))
-                .and_then(|(v, _)| staleness::parse_entry(&v))
-        };
-        // Put this VM in the registry (and forget dead ones); a lost race is retried next tick.
         let (registry, cas) = abi::get_shared_data(REGISTRY_KEY).unwrap_or_default();
-        if let Some(updated) =
-            staleness::registry_with(&registry, id, now, |vm| heartbeat(vm).map(|(hb, _)| hb))
-        {
+        // Every other VM's entry, read once for both uses below.
+        let entries: Vec<(&str, Option<(i64, u64)>)> = staleness::ids(&registry)
+            .filter(|vm| vm != id)
+            .map(|vm| {
+                let entry = abi::get_shared_data(&format!("{ENTRY_PREFIX}{vm}"))
+                    .and_then(|(v, _)| staleness::parse_entry(&v));
+                (vm, entry)
+            })
+            .collect();
+        // Put this VM in the registry (and forget dead ones); a lost race is retried next tick.
+        let heartbeat = |vm: &str| {
+            entries
+                .iter()
+                .find(|(other, _)| *other == vm)
+                .and_then(|(_, e)| e.map(|(hb, _)| hb))
+        };
+        if let Some(updated) = staleness::registry_with(&registry, id, now, heartbeat) {
             abi::set_shared_data(REGISTRY_KEY, updated.as_bytes(), cas);
         }
-        staleness::worst(
-            now,
-            own,
-            staleness::ids(&registry)
-                .filter(|vm| vm != id)
-                .filter_map(heartbeat),
-        )
+        staleness::worst(now, own, entries.iter().filter_map(|(_, e)| *e))
     })
 }
 
