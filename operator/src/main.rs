@@ -12,166 +12,99 @@ use layergate_operator::output;
 use layergate_operator::render;
 use layergate_operator::source;
 use layergate_operator::validate::{self, Validation};
+use std::net::SocketAddr;
 use std::path::Path;
+use std::sync::Arc;
 
-const USAGE: &str = "usage: layergate-operator COMMAND
+mod cli;
 
-  crds                        print the CRD YAML (the same as operator/crds/)
-  copy-filter WASM DIR        copy the filter .wasm into DIR (the gateway's initContainer;
-                              the image has no shell)
-  check -f DIR                validate the manifests in DIR (VectorStores, Indexes, ApiKeys
-                              and their Secrets, as YAML files) offline; exit 1 on error
-  render -f DIR -o OUT [--namespace NS] [--target envoy|istio]
-                              write what the gateway loads: OUT/layergate.json (the filter
-                              configuration), OUT/lds.json and OUT/cds.json (Envoy's
-                              file-based dynamic config; they hold store credentials, mode
-                              0600) and OUT/bootstrap.yaml, which watches them. Environment:
-                              LAYERGATE_LISTEN (127.0.0.1:8080), LAYERGATE_ADMIN
-                              (127.0.0.1:9901), LAYERGATE_WASM (path of the filter .wasm).
-                              --target istio writes OUT/istio.yaml (WasmPlugin, a
-                              ServiceEntry and DestinationRule per store, Gateway,
-                              VirtualService, EnvoyFilter; no credentials) and
-                              OUT/ingressgateway-patch.yaml (the proxy's credential
-                              environment). Environment: LAYERGATE_ISTIO_NAMESPACE
-                              (layergate-ingress), LAYERGATE_ISTIO_SELECTOR
-                              (istio=layergate-ingressgateway: a dedicated gateway),
-                              LAYERGATE_ISTIO_GATEWAY_DEPLOYMENT (layergate-ingressgateway),
-                              LAYERGATE_ISTIO_PORT (8080, the Gateway port the WasmPlugin
-                              and EnvoyFilter are scoped to),
-                              LAYERGATE_WASM_URL (oci://ghcr.io/layergate/layergate-filter:0.1.0),
-                              LAYERGATE_HOSTS (*, comma-separated; the filter acts only for
-                              these), LAYERGATE_CONTROL_UPSTREAM
-                              (HOST:PORT of the control API, not routed if unset),
-                              LAYERGATE_KEY_SERVICE_UPSTREAM (HOST:PORT of the key
-                              service's own listener; unset: the control API's),
-                              LAYERGATE_ISTIO_FAIL_STRATEGY (FAIL_RELOAD: a filter panic
-                              fails that request and reloads the VM; FAIL_CLOSE only for
-                              Istio < 1.27: one panic turns that worker's requests into
-                              503s until the pod restarts)
-  run --source kube [--namespace NS] [--target envoy|istio]
-                              the controller in a cluster: watches the VectorStores, Indexes,
-                              ApiKeys (and the Secrets they name) of NS (default: the pod's own
-                              namespace, POD_NAMESPACE), mints tokens into Secrets owned by
-                              their ApiKey, writes the rendering into the Secret
-                              LAYERGATE_OUTPUT_SECRET (layergate-gateway-config) or, with
-                              --target istio, server-side applies the Istio resources into
-                              LAYERGATE_ISTIO_NAMESPACE (settings as for render; deleting
-                              those of removed stores), the credentials into the Secret
-                              layergate-istio-credentials there, and their digest into the
-                              gateway Deployment's pod template (which rolls it), and statuses
-                              (server-side apply), with a Lease (LAYERGATE_LEASE,
-                              layergate-operator; identity POD_NAME) so one replica writes.
-                              Gateway settings: LAYERGATE_LISTEN (0.0.0.0:8080),
-                              LAYERGATE_WASM (/etc/layergate/wasm/layergate_filter.wasm),
-                              LAYERGATE_CONTROL_UPSTREAM (HOST:PORT the gateway reaches the
-                              control API at; layergate-operator.NS.svc:9902),
-                              LAYERGATE_KEY_SERVICE_UPSTREAM (the key service;
-                              layergate-operator.NS.svc:9903). Serves the control API on
-                              LAYERGATE_CONTROL (0.0.0.0:9902) and, on a listener of its own,
-                              LAYERGATE_KEY_SERVICE (0.0.0.0:9903), the key service the
-                              gateway syncs minted keys from (GET /v2/keys/sync; gateway
-                              credential in the Secret layergate-gateway-credential, created
-                              when absent). JSON logs
-                              (LAYERGATE_LOG=text for plain lines)
-  run --source dir:DIR --out OUT
-                              directory mode: render DIR into OUT now and again whenever a
-                              manifest changes (Envoy hot-reloads OUT); mint tokens for new
-                              ApiKeys into Secret files in DIR; log status. A change that
-                              cannot be rendered never replaces the last good output.
-                              Serves the control API on LAYERGATE_CONTROL (127.0.0.1:9902):
-                              /v2/keys, /v2/vectorstores, /healthz, /readyz, /metrics; and
-                              the key service on LAYERGATE_KEY_SERVICE (127.0.0.1:9903):
-                              /v2/keys/sync (gateway credential in OUT/gateway-credential,
-                              0600, created once)
-  --allow-endpoint PATTERN    (check, render, run; repeatable) also send store credentials to
-                              endpoints matching SCHEME://HOST[:PORT] (HOST may be *.domain).
-                              Admitted without it: https://*.turbopuffer.com and loopback IP
-                              literals (127.0.0.0/8, ::1) or localhost; a VectorStore elsewhere
-                              is InvalidEndpoint: neither probed nor rendered
-  LAYERGATE_UPSTREAM_*        (render, both targets, and run) each store's limits, in the
-                              clusters/DestinationRules and routes: _CONNECT_TIMEOUT_MS (5000;
-                              100-60000), _REQUEST_TIMEOUT_MS (60000; 100-3600000: the whole
-                              response, beyond it 504), _MAX_CONNECTIONS,
-                              _MAX_PENDING_REQUESTS, _MAX_REQUESTS (circuit breakers, 1024
-                              each; 1-100000, beyond them 503)
-  check-filter-config FILE    parse and compile a filter configuration exactly as the wasm
-                              filter's on_configure does; exit 1 with the reason if the
-                              filter would refuse it";
+use clap::Parser;
+use cli::{Cli, Command, Mode, SourceKind, TargetKind};
 
 fn main() {
-    if let Err(e) = run(std::env::args().skip(1).collect()) {
+    let cli = Cli::parse();
+    if let Err(e) = run(cli) {
         eprintln!("error: {e:#}");
         std::process::exit(1);
     }
 }
 
-/// `[--namespace NS] [--target envoy|istio]`, in any order, after `run --source kube` or
-/// `render -f DIR -o OUT` (`command` names which, for the error).
-fn namespace_and_target<'a>(command: &str, rest: &[&'a str]) -> Result<(Option<&'a str>, &'a str)> {
-    let (mut namespace, mut target) = (None, "envoy");
-    let mut flags = rest.iter();
-    while let Some(flag) = flags.next() {
-        match (*flag, flags.next()) {
-            ("--namespace", Some(ns)) => namespace = Some(*ns),
-            ("--target", Some(t)) => target = t,
-            (other, _) => bail!("unknown {command} option {other:?}\n{USAGE}"),
-        }
-    }
-    if !["envoy", "istio"].contains(&target) {
-        bail!("--target must be envoy or istio, not {target:?}");
-    }
-    Ok((namespace, target))
-}
-
-/// Takes every `--allow-endpoint PATTERN` out of the arguments (run, render and check accept
-/// it anywhere after the command) and returns the allowlist they make.
-fn allow_endpoints(args: &mut Vec<String>) -> Result<Allowlist> {
-    let mut patterns = Vec::new();
-    while let Some(i) = args.iter().position(|a| a == "--allow-endpoint") {
-        if i + 1 >= args.len() {
-            bail!("--allow-endpoint needs a PATTERN (like https://*.example.com)");
-        }
-        patterns.push(args.remove(i + 1));
-        args.remove(i);
-    }
-    Allowlist::with(&patterns).map_err(anyhow::Error::msg)
-}
-
-fn run(mut args: Vec<String>) -> Result<()> {
-    let allow = allow_endpoints(&mut args)?;
-    match args
-        .iter()
-        .map(String::as_str)
-        .collect::<Vec<_>>()
-        .as_slice()
-    {
-        ["crds"] => {
+fn run(cli: Cli) -> Result<()> {
+    let allow = Allowlist::with(&cli.allow_endpoint).map_err(anyhow::Error::msg)?;
+    match cli.command {
+        Command::Crds => {
             print!("{}", crd::crds_yaml()?);
             Ok(())
         }
-        ["check-filter-config", file] => check_filter_config(file),
-        ["copy-filter", from, to_dir] => copy_filter(Path::new(from), Path::new(to_dir)),
-        ["check", "-f", dir] => check(Path::new(dir), &allow),
-        ["run", "--source", source, "--out", out] => match source.strip_prefix("dir:") {
-            Some(dir) => {
-                init_logs(false)?;
-                run_dir(Path::new(dir), Path::new(out), allow)
+        Command::CheckFilterConfig { file } => check_filter_config(&file),
+        Command::CopyFilter { wasm, dir } => copy_filter(&wasm, &dir),
+        Command::Check { dir } => check(&dir, &allow),
+        Command::Render {
+            dir,
+            out,
+            namespace,
+            target,
+            gateway,
+            upstreams,
+            istio,
+        } => {
+            let settings = gateway.settings(Mode::Local, allow);
+            let target = match target {
+                TargetKind::Envoy => render::Target::Envoy,
+                TargetKind::Istio => render::Target::Istio(
+                    istio.settings(upstreams.control_upstream, upstreams.key_service_upstream),
+                ),
+            };
+            render(&dir, &out, namespace.as_deref(), &target, &settings)
+        }
+        Command::Run {
+            source,
+            out,
+            namespace,
+            target,
+            gateway,
+            upstreams,
+            istio,
+            serve,
+            kube,
+        } => match (source, out) {
+            (SourceKind::Dir(dir), Some(out)) => {
+                if namespace.is_some() || target != TargetKind::Envoy {
+                    bail!("--namespace and --target are kube mode's (directory mode renders for Envoy)");
+                }
+                serve.init_logs(false)?;
+                let (control, keys) = serve.listeners(Mode::Local);
+                let mut settings = gateway.settings(Mode::Local, allow);
+                settings.control = Some((control.ip().to_string(), control.port()));
+                settings.key_service = Some((keys.ip().to_string(), keys.port()));
+                run_dir(
+                    &dir,
+                    &out,
+                    settings,
+                    serve.authenticate_per_minute,
+                    control,
+                    keys,
+                )
             }
-            None => bail!("--source must be dir:PATH (with --out) or kube (without)"),
+            (SourceKind::Dir(_), None) => bail!("--source dir:PATH needs --out OUT"),
+            (SourceKind::Kube, Some(_)) => {
+                bail!("--out is directory mode's: kube mode writes to the Secret LAYERGATE_OUTPUT_SECRET")
+            }
+            (SourceKind::Kube, None) => {
+                serve.init_logs(true)?;
+                let kube_run = KubeRun {
+                    namespace: namespace.or(kube.pod_namespace.clone()),
+                    target,
+                    settings: gateway.settings(Mode::Pod, allow),
+                    upstreams,
+                    istio,
+                    listeners: serve.listeners(Mode::Pod),
+                    rate: serve.authenticate_per_minute,
+                    kube,
+                };
+                run_kube(kube_run)
+            }
         },
-        ["run", "--source", "kube", rest @ ..] => {
-            let (namespace, target) = namespace_and_target("run", rest)?;
-            run_kube(namespace, target == "istio", allow)
-        }
-        ["render", "-f", dir, "-o", out, rest @ ..] => {
-            let (namespace, target) = namespace_and_target("render", rest)?;
-            render(Path::new(dir), Path::new(out), namespace, target, allow)
-        }
-        ["help" | "--help" | "-h"] | [] => {
-            println!("{USAGE}");
-            Ok(())
-        }
-        other => bail!("unknown command {other:?}\n{USAGE}"),
     }
 }
 
@@ -192,8 +125,9 @@ fn copy_filter(from: &Path, to_dir: &Path) -> Result<()> {
     Ok(())
 }
 
-fn check_filter_config(file: &str) -> Result<()> {
-    let bytes = std::fs::read(file).with_context(|| format!("reading {file}"))?;
+fn check_filter_config(path: &Path) -> Result<()> {
+    let file = path.display();
+    let bytes = std::fs::read(path).with_context(|| format!("reading {file}"))?;
     // Credentials from the environment are resolved by the VM at run time; here an absent
     // variable only means that store would answer 503, which is reported.
     let policy = Policy::from_json(&bytes, |var| std::env::var(var).ok())?;
@@ -281,22 +215,16 @@ fn check(dir: &Path, allow: &Allowlist) -> Result<()> {
     Ok(())
 }
 
-/// Directory mode: the watcher on this thread, the control API on its own.
-fn run_dir(dir: &Path, out: &Path, allow: Allowlist) -> Result<()> {
-    let control: std::net::SocketAddr = std::env::var("LAYERGATE_CONTROL")
-        .unwrap_or_else(|_| "127.0.0.1:9902".into())
-        .parse()
-        .context("LAYERGATE_CONTROL must be IP:PORT")?;
-    let keys: std::net::SocketAddr = std::env::var("LAYERGATE_KEY_SERVICE")
-        .unwrap_or_else(|_| "127.0.0.1:9903".into())
-        .parse()
-        .context("LAYERGATE_KEY_SERVICE must be IP:PORT")?;
-    let rate = authenticate_rate()?;
-    let mut settings = settings()?;
-    settings.control = Some((control.ip().to_string(), control.port()));
-    settings.key_service = Some((keys.ip().to_string(), keys.port()));
-    settings.allow_endpoints = allow;
-    let source = std::sync::Arc::new(source::DirSource::new(
+/// Directory mode: the watcher on this thread, the control API and key service on their own.
+fn run_dir(
+    dir: &Path,
+    out: &Path,
+    settings: output::Settings,
+    rate: u32,
+    control: SocketAddr,
+    keys: SocketAddr,
+) -> Result<()> {
+    let source = Arc::new(source::DirSource::new(
         dir.to_owned(),
         out.to_owned(),
         settings,
@@ -305,57 +233,24 @@ fn run_dir(dir: &Path, out: &Path, allow: Allowlist) -> Result<()> {
     source.watch()
 }
 
-/// Logs through `tracing`: JSON lines (kube mode's default) or plain text, at
-/// LAYERGATE_LOG_LEVEL (info).
-fn init_logs(json_default: bool) -> Result<()> {
-    let json = match std::env::var("LAYERGATE_LOG").as_deref() {
-        Ok("json") => true,
-        Ok("text") => false,
-        Ok(other) => bail!("LAYERGATE_LOG must be json or text, not {other:?}"),
-        Err(_) => json_default,
-    };
-    let level: tracing::Level = std::env::var("LAYERGATE_LOG_LEVEL")
-        .unwrap_or_else(|_| "info".into())
-        .parse()
-        .context("LAYERGATE_LOG_LEVEL must be error, warn, info, debug or trace")?;
-    let logs = tracing_subscriber::fmt()
-        .with_max_level(level)
-        .with_writer(std::io::stderr)
-        .with_target(false);
-    if json {
-        logs.json().flatten_event(true).init();
-    } else {
-        logs.init();
-    }
-    Ok(())
-}
-
-fn env_or(var: &str, default: &str) -> String {
-    std::env::var(var).unwrap_or_else(|_| default.to_owned())
-}
-
-fn authenticate_rate() -> Result<u32> {
-    match std::env::var("LAYERGATE_AUTHENTICATE_PER_MINUTE") {
-        Ok(v) => v
-            .parse()
-            .context("LAYERGATE_AUTHENTICATE_PER_MINUTE must be a number"),
-        Err(_) => Ok(api::DEFAULT_AUTHENTICATE_PER_MINUTE),
-    }
+/// Kube mode's parsed command line.
+struct KubeRun {
+    namespace: Option<String>,
+    target: TargetKind,
+    settings: output::Settings,
+    upstreams: cli::UpstreamArgs,
+    istio: cli::IstioArgs,
+    listeners: (SocketAddr, SocketAddr),
+    rate: u32,
+    kube: cli::KubeArgs,
 }
 
 /// Kube mode: the controller on a small runtime, the control API on its own thread.
-fn run_kube(namespace: Option<&str>, istio: bool, allow: Allowlist) -> Result<()> {
+fn run_kube(run: KubeRun) -> Result<()> {
     use layergate_operator::{cluster, controller, kubeclient, lease};
-    init_logs(true)?;
     // One TLS stack: ring, for the API client as for the store probes.
     let _ = rustls::crypto::ring::default_provider().install_default();
-    let control: std::net::SocketAddr = env_or("LAYERGATE_CONTROL", "0.0.0.0:9902")
-        .parse()
-        .context("LAYERGATE_CONTROL must be IP:PORT")?;
-    let keys: std::net::SocketAddr = env_or("LAYERGATE_KEY_SERVICE", "0.0.0.0:9903")
-        .parse()
-        .context("LAYERGATE_KEY_SERVICE must be IP:PORT")?;
-    let rate = authenticate_rate()?;
+    let (control, keys) = run.listeners;
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -368,80 +263,59 @@ fn run_kube(namespace: Option<&str>, istio: bool, allow: Allowlist) -> Result<()
             .context("connecting to the Kubernetes API")?;
         let watches = kube::Client::try_from(kubeclient::for_watches(config))
             .context("connecting to the Kubernetes API")?;
-        let ns = namespace
-            .map(str::to_owned)
-            .or_else(|| std::env::var("POD_NAMESPACE").ok())
+        let ns = run
+            .namespace
             .unwrap_or_else(|| client.default_namespace().to_owned());
-        let upstream = env_or(
-            "LAYERGATE_CONTROL_UPSTREAM",
-            &format!("layergate-operator.{ns}.svc:9902"),
+        let mut settings = run.settings;
+        settings.control = Some(
+            run.upstreams
+                .control_upstream
+                .unwrap_or_else(|| (format!("layergate-operator.{ns}.svc"), 9902)),
         );
-        let (host, port) = host_port(&upstream)?;
-        let keys_upstream = env_or(
-            "LAYERGATE_KEY_SERVICE_UPSTREAM",
-            &format!("layergate-operator.{ns}.svc:{}", keys.port()),
+        settings.key_service = Some(
+            run.upstreams
+                .key_service_upstream
+                .unwrap_or_else(|| (format!("layergate-operator.{ns}.svc"), keys.port())),
         );
-        let keys_upstream = host_port(&keys_upstream)?;
-        let settings = output::Settings {
-            listen: env_or("LAYERGATE_LISTEN", "0.0.0.0:8080")
-                .parse()
-                .context("LAYERGATE_LISTEN must be IP:PORT")?,
-            admin: "127.0.0.1:9901".parse()?,
-            wasm_path: env_or(
-                "LAYERGATE_WASM",
-                "/etc/layergate/wasm/layergate_filter.wasm",
+        let target = match run.target {
+            TargetKind::Istio => render::Target::Istio(
+                run.istio
+                    .settings(settings.control.clone(), settings.key_service.clone()),
             ),
-            control: Some((host, port)),
-            key_service: Some(keys_upstream),
-            allow_endpoints: allow,
-            key_max_staleness_seconds: output::DEFAULT_MAX_STALENESS_SECONDS,
-            limits: upstream_limits()?,
+            TargetKind::Envoy => render::Target::Envoy,
         };
-        let out = env_or("LAYERGATE_OUTPUT_SECRET", cluster::DEFAULT_OUTPUT_SECRET);
-        let target = if istio {
-            render::Target::Istio(layergate_operator::istio::IstioSettings::from_env(
-                settings.control.clone(),
-                settings.key_service.clone(),
-            )?)
-        } else {
-            render::Target::Envoy
-        };
-        let source = std::sync::Arc::new(
+        let out = run.kube.output_secret;
+        let source = Arc::new(
             cluster::Cluster::new(client.clone(), &ns, settings, &out).with_target(target),
         );
-        let identity = std::env::var("POD_NAME")
-            .unwrap_or_else(|_| format!("layergate-operator-{:08x}", std::process::id()));
+        let identity = run
+            .kube
+            .pod_name
+            .unwrap_or_else(|| format!("layergate-operator-{:08x}", std::process::id()));
         let lock = lease::LeaseLock::new(
             client,
             &ns,
-            &env_or("LAYERGATE_LEASE", lease::DEFAULT_LEASE),
+            &run.kube.lease,
             &identity,
             lease::LEASE_DURATION,
         );
         tracing::info!(namespace = %ns, %identity, output = %out, "starting");
         // The caches watch with the watch client, before the control API can start a pass.
         source.start_caches(watches.clone());
-        spawn_control_api(source.clone(), rate, control, keys)?;
+        spawn_control_api(source.clone(), run.rate, control, keys)?;
         controller::run_with_watches(source, watches, lock, shutdown_signal()).await
     })
-}
-
-/// `LAYERGATE_CONTROL_UPSTREAM`'s (or `LAYERGATE_KEY_SERVICE_UPSTREAM`'s) `HOST:PORT`.
-fn host_port(s: &str) -> Result<(String, u16)> {
-    s.rsplit_once(':')
-        .and_then(|(h, p)| Some((h.to_owned(), p.parse::<u16>().ok()?)))
-        .with_context(|| format!("{s:?} must be HOST:PORT"))
 }
 
 /// Serves the control API and the key service, each on its own listener and thread; the
 /// process exits if either stops.
 fn spawn_control_api(
-    source: std::sync::Arc<dyn layergate_operator::source::Source>,
+    source: Arc<dyn layergate_operator::source::Source>,
     rate: u32,
-    control: std::net::SocketAddr,
-    keys: std::net::SocketAddr,
+    control: SocketAddr,
+    keys: SocketAddr,
 ) -> Result<()> {
-    let api = std::sync::Arc::new(api::Api::new(source, rate));
+    let api = Arc::new(api::Api::new(source, rate));
     let key_service = api.clone();
     std::thread::Builder::new()
         .name("control-api".into())
@@ -480,36 +354,6 @@ async fn shutdown_signal() {
     tracing::info!("shutting down");
 }
 
-/// Gateway settings from the environment (see the usage text).
-fn settings() -> Result<output::Settings> {
-    let setting =
-        |var: &str, default: &str| std::env::var(var).unwrap_or_else(|_| default.to_owned());
-    Ok(output::Settings {
-        listen: setting("LAYERGATE_LISTEN", "127.0.0.1:8080")
-            .parse()
-            .context("LAYERGATE_LISTEN must be IP:PORT")?,
-        admin: setting("LAYERGATE_ADMIN", "127.0.0.1:9901")
-            .parse()
-            .context("LAYERGATE_ADMIN must be IP:PORT")?,
-        wasm_path: setting(
-            "LAYERGATE_WASM",
-            "target/wasm32-wasip1/wasm/layergate_filter.wasm",
-        ),
-        control: None,
-        key_service: None,
-        allow_endpoints: Allowlist::default(),
-        key_max_staleness_seconds: output::DEFAULT_MAX_STALENESS_SECONDS,
-        limits: upstream_limits()?,
-    })
-}
-
-/// The store clusters' timeouts and circuit breakers: the defaults, or the
-/// `LAYERGATE_UPSTREAM_*` variables (see the usage text).
-fn upstream_limits() -> Result<layergate_operator::envoy::UpstreamLimits> {
-    layergate_operator::envoy::UpstreamLimits::from_vars(|v| std::env::var(v).ok())
-        .map_err(anyhow::Error::msg)
-}
-
 /// What both render targets start from: the manifests of one namespace, read (refusing any
 /// that cannot be read), validated and reported.
 fn validated(dir: &Path, namespace: Option<&str>, allow: &Allowlist) -> Result<Validation> {
@@ -531,28 +375,12 @@ fn render(
     dir: &Path,
     out: &Path,
     namespace: Option<&str>,
-    target: &str,
-    allow: Allowlist,
+    target: &render::Target,
+    settings: &output::Settings,
 ) -> Result<()> {
-    let mut settings = settings()?;
-    let target = match target {
-        "envoy" => render::Target::Envoy,
-        "istio" => {
-            let upstream = |var: &str| match std::env::var(var) {
-                Ok(u) => host_port(&u).map(Some),
-                Err(_) => Ok(None),
-            };
-            render::Target::Istio(layergate_operator::istio::IstioSettings::from_env(
-                upstream("LAYERGATE_CONTROL_UPSTREAM")?,
-                upstream("LAYERGATE_KEY_SERVICE_UPSTREAM")?,
-            )?)
-        }
-        other => bail!("--target must be envoy or istio, not {other:?}"),
-    };
-    let v = validated(dir, namespace, &allow)?;
-    settings.allow_endpoints = allow;
-    let rendering = render::render(&v, &settings, &target, None)?;
-    for path in output::write(&rendering, out, &settings)? {
+    let v = validated(dir, namespace, &settings.allow_endpoints)?;
+    let rendering = render::render(&v, settings, target, None)?;
+    for path in output::write(&rendering, out, settings)? {
         println!("wrote {}", path.display());
     }
     Ok(())

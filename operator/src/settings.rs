@@ -73,7 +73,7 @@ impl Default for UpstreamLimits {
 
 impl UpstreamLimits {
     /// The environment variables that set the limits (the operator's `render` and `run`),
-    /// each with its bounds: (variable, min, max).
+    /// each with its bounds: (variable, min, max), in the order of the fields.
     pub const VARS: [(&'static str, u64, u64); 5] = [
         ("LAYERGATE_UPSTREAM_CONNECT_TIMEOUT_MS", 100, 60_000),
         ("LAYERGATE_UPSTREAM_REQUEST_TIMEOUT_MS", 100, 3_600_000),
@@ -81,37 +81,4 @@ impl UpstreamLimits {
         ("LAYERGATE_UPSTREAM_MAX_PENDING_REQUESTS", 1, 100_000),
         ("LAYERGATE_UPSTREAM_MAX_REQUESTS", 1, 100_000),
     ];
-
-    /// The defaults, with each of [`Self::VARS`] that `var` returns in place of its default;
-    /// a value that is not a whole number within its bounds is an error naming the variable.
-    pub fn from_vars(var: impl Fn(&str) -> Option<String>) -> Result<UpstreamLimits, String> {
-        let d = UpstreamLimits::default();
-        let mut v = [
-            d.connect_timeout_ms,
-            d.request_timeout_ms,
-            u64::from(d.max_connections),
-            u64::from(d.max_pending_requests),
-            u64::from(d.max_requests),
-        ];
-        for (slot, (name, min, max)) in v.iter_mut().zip(Self::VARS) {
-            if let Some(text) = var(name) {
-                *slot = text
-                    .trim()
-                    .parse::<u64>()
-                    .ok()
-                    .filter(|n| (min..=max).contains(n))
-                    .ok_or_else(|| {
-                        format!("{name} must be a whole number from {min} to {max}, not {text:?}")
-                    })?;
-            }
-        }
-        let narrow = |n: u64| u32::try_from(n).unwrap_or(u32::MAX);
-        Ok(UpstreamLimits {
-            connect_timeout_ms: v[0],
-            request_timeout_ms: v[1],
-            max_connections: narrow(v[2]),
-            max_pending_requests: narrow(v[3]),
-            max_requests: narrow(v[4]),
-        })
-    }
 }

@@ -237,3 +237,106 @@ fn upstream_limits_from_the_environment_reach_the_envoy_and_istio_renderings() {
     }
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// The command line is declared once (clap): every setting has its flag and its `LAYERGATE_*`
+/// variable in `--help`, `--allow-endpoint` is accepted wherever it stands, and the
+/// combinations one mode has no use for are refused with the reason, not ignored.
+#[test]
+fn the_command_line_names_every_setting_and_refuses_what_a_mode_cannot_use() {
+    let run_help = text(&operator(&["run", "--help"]).stdout);
+    for var in [
+        "LAYERGATE_LISTEN",
+        "LAYERGATE_ADMIN",
+        "LAYERGATE_WASM",
+        "LAYERGATE_CONTROL",
+        "LAYERGATE_KEY_SERVICE",
+        "LAYERGATE_CONTROL_UPSTREAM",
+        "LAYERGATE_KEY_SERVICE_UPSTREAM",
+        "LAYERGATE_AUTHENTICATE_PER_MINUTE",
+        "LAYERGATE_LOG",
+        "LAYERGATE_LOG_LEVEL",
+        "LAYERGATE_OUTPUT_SECRET",
+        "LAYERGATE_LEASE",
+        "LAYERGATE_ISTIO_NAMESPACE",
+        "LAYERGATE_ISTIO_SELECTOR",
+        "LAYERGATE_ISTIO_GATEWAY_DEPLOYMENT",
+        "LAYERGATE_ISTIO_PORT",
+        "LAYERGATE_ISTIO_FAIL_STRATEGY",
+        "LAYERGATE_WASM_URL",
+        "LAYERGATE_HOSTS",
+        "POD_NAME",
+    ]
+    .into_iter()
+    .chain(layergate_operator::settings::UpstreamLimits::VARS.map(|(v, _, _)| v))
+    {
+        assert!(
+            run_help.contains(&format!("[env: {var}=")),
+            "{var} missing from run --help"
+        );
+    }
+
+    // --allow-endpoint before or after the command's own flags.
+    let manifests = repo().join("envoy/demo/manifests");
+    let dir = manifests.to_str().unwrap();
+    for args in [
+        vec![
+            "--allow-endpoint",
+            "https://*.example.com",
+            "check",
+            "-f",
+            dir,
+        ],
+        vec![
+            "check",
+            "-f",
+            dir,
+            "--allow-endpoint",
+            "https://*.example.com",
+        ],
+    ] {
+        let r = operator(&args);
+        assert!(r.status.success(), "{args:?}: {}", text(&r.stderr));
+    }
+    let r = operator(&["check", "-f", dir, "--allow-endpoint", "ftp://x"]);
+    assert!(!r.status.success());
+
+    for (args, reason) in [
+        (
+            vec!["run", "--source", "kube", "--out", "/tmp/x"],
+            "--out is directory mode's",
+        ),
+        (vec!["run", "--source", "dir:/tmp/x"], "needs --out"),
+        (
+            vec![
+                "run",
+                "--source",
+                "dir:/tmp/x",
+                "--out",
+                "/tmp/y",
+                "--target",
+                "istio",
+            ],
+            "kube mode's",
+        ),
+        (vec!["run", "--source", "files"], "must be kube or dir:PATH"),
+        (
+            vec!["render", "-f", dir, "-o", "/tmp/x", "--target", "nginx"],
+            "nginx",
+        ),
+    ] {
+        let r = operator(&args);
+        assert!(!r.status.success(), "{args:?}");
+        assert!(
+            text(&r.stderr).contains(reason),
+            "{args:?}: {}",
+            text(&r.stderr)
+        );
+    }
+    let r = Command::new(env!("CARGO_BIN_EXE_layergate-operator"))
+        .args(["render", "-f", dir, "-o", "/tmp/x", "--target", "istio"])
+        .env("LAYERGATE_ISTIO_SELECTOR", "istio")
+        .output()
+        .unwrap();
+    assert!(!r.status.success());
+    assert!(text(&r.stderr).contains("key=value"), "{}", text(&r.stderr));
+}
