@@ -30,6 +30,7 @@ pub mod keyservice;
 pub mod kubeclient;
 pub mod lease;
 pub mod manifests;
+pub mod metrics;
 pub mod output;
 pub mod pass;
 pub mod probe;

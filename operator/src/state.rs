@@ -11,7 +11,6 @@ use crate::probe::ProbeResult;
 use crate::validate::{self, Validation};
 use anyhow::Result;
 use std::collections::BTreeMap;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -21,20 +20,8 @@ use std::time::{Duration, Instant};
 pub struct State {
     last: Mutex<Option<Arc<Pass>>>,
     probes: Mutex<BTreeMap<String, ProbeResult>>,
-    /// Successful passes.
-    pub renders: AtomicU64,
-    /// Failed passes (the last good rendering stayed).
-    pub render_errors: AtomicU64,
-    /// Time spent in successful passes, microseconds.
-    pub render_micros: AtomicU64,
-    /// Probe rounds made (every valid store, at most 4 at once).
-    pub probe_rounds: AtomicU64,
-    /// Time the probe rounds took, microseconds.
-    pub probe_micros: AtomicU64,
-    /// Status writes made (kube mode).
-    pub status_writes: AtomicU64,
-    /// Calls to the Kubernetes API that failed (kube mode).
-    pub api_errors: AtomicU64,
+    /// The passes', probes' and Kubernetes API's counters.
+    pub metrics: crate::metrics::Metrics,
     /// The key service, fed by every successful pass.
     pub keys: KeyService,
     /// The revision the last pass's keys were served at: while the key service is still
@@ -135,11 +122,9 @@ impl State {
 
     fn count(&self, result: Result<(), &anyhow::Error>, started: Instant) {
         if result.is_ok() {
-            self.renders.fetch_add(1, Ordering::Relaxed);
-            self.render_micros
-                .fetch_add(started.elapsed().as_micros() as u64, Ordering::Relaxed);
+            self.metrics.rendered(started.elapsed());
         } else {
-            self.render_errors.fetch_add(1, Ordering::Relaxed);
+            self.metrics.render_errors.inc();
         }
     }
 
@@ -150,9 +135,7 @@ impl State {
 
     /// Replaces the probe results.
     pub fn set_probes(&self, results: Vec<(String, ProbeResult)>, took: Duration) {
-        self.probe_rounds.fetch_add(1, Ordering::Relaxed);
-        self.probe_micros
-            .fetch_add(took.as_micros() as u64, Ordering::Relaxed);
+        self.metrics.probed(took);
         let mut probes = lock(&self.probes);
         probes.clear();
         probes.extend(results);

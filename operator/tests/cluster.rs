@@ -855,7 +855,7 @@ async fn an_api_server_that_never_answers_times_the_pass_out() {
         started.elapsed()
     );
     assert!(c.state.last().is_none());
-    assert_eq!(c.state.api_errors.load(Ordering::Relaxed), 1);
+    assert_eq!(c.state.metrics.kube_api_errors.get(), 1);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

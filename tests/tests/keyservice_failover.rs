@@ -85,7 +85,7 @@ impl Replica {
 
     /// Long polls held now: one per VM whose table is at this replica's revision.
     fn waiting(&self) -> u64 {
-        self.source.state().keys.waiting.load(Ordering::Relaxed)
+        u64::try_from(self.source.state().keys.waiting.get()).unwrap_or(0)
     }
 }
 

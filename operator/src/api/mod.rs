@@ -38,7 +38,6 @@ use metrics::metrics;
 pub use rate::{client_address, RateLimiter, MAX_RATE_CLIENTS};
 use serde_json::{json, Value};
 use std::net::{IpAddr, SocketAddr};
-use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 
 /// `POST /v2/keys/authenticate` calls allowed per minute (fixed window), as in hev layer.

@@ -21,7 +21,7 @@ impl Cluster {
             }
             Err(e) => {
                 if e.step != Step::Render {
-                    self.state.api_errors.fetch_add(1, Ordering::Relaxed);
+                    self.state.metrics.kube_api_errors.inc();
                 }
                 let _ = self.state.finish(Err(anyhow::anyhow!("{e}")), started);
                 Err(e)

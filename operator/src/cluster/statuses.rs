@@ -42,7 +42,7 @@ impl Cluster {
             .with_context(|| format!("writing the status of {} {name}", K::kind(&())))?;
         // The next pass compares with this status, not the one before it.
         let cached = self.caches().merge(written);
-        self.state.status_writes.fetch_add(1, Ordering::Relaxed);
+        self.state.metrics.status_writes.inc();
         Ok(Some(cached))
     }
 

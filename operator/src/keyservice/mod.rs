@@ -26,9 +26,9 @@ mod table;
 
 use bytes::Bytes;
 use layergate_filter::config::ApiKeyConfig;
+use prometheus_client::metrics::{counter::Counter, gauge::Gauge};
 use sha2::{Digest, Sha256, Sha512};
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 pub use table::{Change, Table};
@@ -120,15 +120,15 @@ pub struct KeyService {
     table: tokio::sync::watch::Sender<Arc<Table>>,
     credential: Mutex<Option<GatewayCredential>>,
     /// Syncs answered (snapshots and deltas).
-    pub answered: AtomicU64,
+    pub answered: Counter,
     /// Syncs refused: not the gateway credential.
-    pub refused: AtomicU64,
+    pub refused: Counter,
     /// Long polls being held now.
-    pub waiting: AtomicU64,
+    pub waiting: Gauge,
     /// Syncs from a gateway whose filter reads an older configuration version than this
     /// operator renders (`config=` in the query): that gateway refuses the rendering and
     /// keeps its previous one (issue 13, upgrades).
-    pub outdated: AtomicU64,
+    pub outdated: Counter,
     /// The last outdated configuration version a gateway reported, and when (Unix seconds).
     oldest_reader: Mutex<Option<(u32, i64)>>,
 }
@@ -138,10 +138,10 @@ impl Default for KeyService {
         KeyService {
             table: tokio::sync::watch::Sender::new(Arc::new(Table::default())),
             credential: Mutex::new(None),
-            answered: AtomicU64::new(0),
-            refused: AtomicU64::new(0),
-            waiting: AtomicU64::new(0),
-            outdated: AtomicU64::new(0),
+            answered: Counter::default(),
+            refused: Counter::default(),
+            waiting: Gauge::default(),
+            outdated: Counter::default(),
             oldest_reader: Mutex::new(None),
         }
     }
@@ -152,11 +152,11 @@ impl Default for KeyService {
 pub const OUTDATED_FOR: i64 = 120;
 
 /// Counts a held long poll while it lives.
-struct Waiting<'a>(&'a AtomicU64);
+struct Waiting<'a>(&'a Gauge);
 
 impl Drop for Waiting<'_> {
     fn drop(&mut self) {
-        self.0.fetch_sub(1, Ordering::Relaxed);
+        self.0.dec();
     }
 }
 
@@ -234,11 +234,7 @@ impl KeyService {
             .oldest_reader
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner) = Some((reads, now));
-        if self
-            .outdated
-            .fetch_add(1, Ordering::Relaxed)
-            .is_multiple_of(100)
-        {
+        if self.outdated.inc().is_multiple_of(100) {
             tracing::warn!(
                 gateway_reads = reads,
                 operator_renders = layergate_filter::config::CONFIG_VERSION,
@@ -260,7 +256,7 @@ impl KeyService {
     /// Answers `GET /v2/keys/sync?<query>` for a caller presenting `bearer`.
     pub async fn sync(&self, query: &str, bearer: Option<&str>) -> Sync {
         if !self.accepts(bearer) {
-            self.refused.fetch_add(1, Ordering::Relaxed);
+            self.refused.inc();
             return Sync::Unauthorized;
         }
         let (mut since, mut wait) = (None, 0u64);
@@ -285,15 +281,15 @@ impl KeyService {
         }
         if wait > 0 && since.as_deref() == Some(table.revision.as_str()) {
             let wait = Duration::from_secs(wait).min(MAX_WAIT);
-            self.waiting.fetch_add(1, Ordering::Relaxed);
+            self.waiting.inc();
             let _held = Waiting(&self.waiting);
             if let Ok(Ok(())) = tokio::time::timeout(wait, rx.changed()).await {
                 let now = rx.borrow_and_update().clone();
-                self.answered.fetch_add(1, Ordering::Relaxed);
+                self.answered.inc();
                 return Sync::Answer(now.answer(since.as_deref()));
             }
         }
-        self.answered.fetch_add(1, Ordering::Relaxed);
+        self.answered.inc();
         Sync::Answer(table.answer(since.as_deref()))
     }
 }

@@ -24,7 +24,6 @@ use layergate_tests::http::Request;
 use serde_json::json;
 use std::fmt::Write as _;
 use std::net::SocketAddr;
-use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -185,8 +184,8 @@ pub fn run(upstream: SocketAddr) -> Result<String> {
             .map_or(0, |r| r.status)
     };
     // Every VM synced: as many long polls held as syncing VMs, steadily.
-    let waiting = || service.waiting.load(Ordering::Relaxed);
-    let answered = || service.answered.load(Ordering::Relaxed);
+    let waiting = || u64::try_from(service.waiting.get()).unwrap_or(0);
+    let answered = || service.answered.get();
     let started = Instant::now();
     while waiting() < workers as u64 {
         ensure!(
