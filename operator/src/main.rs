@@ -215,7 +215,7 @@ fn check(dir: &Path, allow: &Allowlist) -> Result<()> {
     Ok(())
 }
 
-/// Directory mode: the watcher on this thread, the control API and key service on their own.
+/// Directory mode: the watcher on this thread, the control API and key service on the runtime.
 fn run_dir(
     dir: &Path,
     out: &Path,
@@ -229,7 +229,13 @@ fn run_dir(
         out.to_owned(),
         settings,
     ));
-    spawn_control_api(source.clone(), rate, control, keys)?;
+    // The control API and key service on the operator's runtime; the watcher, which blocks,
+    // on this thread.
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()?;
+    spawn_control_api(runtime.handle(), source.clone(), rate, control, keys);
     source.watch()
 }
 
@@ -245,7 +251,7 @@ struct KubeRun {
     kube: cli::KubeArgs,
 }
 
-/// Kube mode: the controller on a small runtime, the control API on its own thread.
+/// Kube mode: the controller, the control API and the key service on one runtime.
 fn run_kube(run: KubeRun) -> Result<()> {
     use layergate_operator::{cluster, controller, kubeclient, lease};
     // One TLS stack: ring, for the API client as for the store probes.
@@ -302,38 +308,36 @@ fn run_kube(run: KubeRun) -> Result<()> {
         tracing::info!(namespace = %ns, %identity, output = %out, "starting");
         // The caches watch with the watch client, before the control API can start a pass.
         source.start_caches(watches.clone());
-        spawn_control_api(source.clone(), run.rate, control, keys)?;
+        spawn_control_api(
+            &tokio::runtime::Handle::current(),
+            source.clone(),
+            run.rate,
+            control,
+            keys,
+        );
         controller::run_with_watches(source, watches, lock, shutdown_signal()).await
     })
 }
 
-/// Serves the control API and the key service, each on its own listener and thread; the
-/// process exits if either stops.
+/// Serves the control API and the key service, each on its own listener, as tasks on the
+/// operator's runtime; the process exits if either stops (a port taken, say).
 fn spawn_control_api(
+    runtime: &tokio::runtime::Handle,
     source: Arc<dyn layergate_operator::source::Source>,
     rate: u32,
     control: SocketAddr,
     keys: SocketAddr,
-) -> Result<()> {
+) {
     let api = Arc::new(api::Api::new(source, rate));
-    let key_service = api.clone();
-    std::thread::Builder::new()
-        .name("control-api".into())
-        .spawn(move || {
-            if let Err(e) = api.serve(control) {
-                tracing::error!("control API stopped: {e:#}");
+    for (role, addr) in [(api::Role::Control, control), (api::Role::Keys, keys)] {
+        let serve = api.clone().serve_role(addr, role, std::future::pending());
+        runtime.spawn(async move {
+            if let Err(e) = serve.await {
+                tracing::error!("{role:?} listener stopped: {e:#}");
                 std::process::exit(1);
             }
-        })?;
-    std::thread::Builder::new()
-        .name("key-service".into())
-        .spawn(move || {
-            if let Err(e) = key_service.serve_keys(keys) {
-                tracing::error!("key service stopped: {e:#}");
-                std::process::exit(1);
-            }
-        })?;
-    Ok(())
+        });
+    }
 }
 
 /// Completes on SIGTERM (what Kubernetes sends) or Ctrl-C.

@@ -1,6 +1,6 @@
 //! The control API's rules (SPEC §7 "Who may manage keys"), each an attack from issue 10 that
-//! went through before: driven through [`Api::respond`] over directory mode, the same code kube
-//! mode serves.
+//! went through before: driven through the control API's router ([`Api::router`], in process)
+//! over directory mode, the same code kube mode serves.
 #![allow(clippy::unwrap_used, clippy::panic, missing_docs)]
 
 use hyper::StatusCode;
@@ -21,7 +21,8 @@ const PEER: IpAddr = IpAddr::V4(std::net::Ipv4Addr::LOCALHOST);
 struct Fixture {
     dir: PathBuf,
     source: Arc<DirSource>,
-    api: Api,
+    api: Arc<Api>,
+    runtime: tokio::runtime::Runtime,
 }
 
 /// The demo manifests in a fresh directory, `edit` applied to each file's text.
@@ -52,8 +53,17 @@ fn fixture(tag: &str, per_minute: u32, edit: impl Fn(&str, String) -> String) ->
     };
     let source = Arc::new(DirSource::new(dir.clone(), out, settings));
     source.refresh().unwrap();
-    let api = Api::new(source.clone(), per_minute);
-    Fixture { dir, source, api }
+    let api = Arc::new(Api::new(source.clone(), per_minute));
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    Fixture {
+        dir,
+        source,
+        api,
+        runtime,
+    }
 }
 
 impl Fixture {
@@ -81,8 +91,39 @@ impl Fixture {
         } else {
             body.to_string().into_bytes()
         };
-        let (status, v) = self.api.respond(method, path, &headers, &body, PEER);
+        let (status, v) = self.respond(method, path, &headers, body);
         (status.as_u16(), v)
+    }
+
+    /// One request through the control API's router, from [`PEER`]: (status, JSON body).
+    fn respond(
+        &self,
+        method: &str,
+        path: &str,
+        headers: &[(String, String)],
+        body: Vec<u8>,
+    ) -> (StatusCode, Value) {
+        use tower::ServiceExt;
+        let mut req = hyper::Request::builder().method(method).uri(path);
+        for (k, v) in headers {
+            req = req.header(k, v);
+        }
+        let mut req = req.body(axum::body::Body::from(body)).unwrap();
+        req.extensions_mut()
+            .insert(axum::extract::ConnectInfo(std::net::SocketAddr::new(
+                PEER, 40000,
+            )));
+        self.runtime.block_on(async {
+            let r = self.api.router().oneshot(req).await.unwrap();
+            let status = r.status();
+            let bytes = axum::body::to_bytes(r.into_body(), usize::MAX)
+                .await
+                .unwrap();
+            (
+                status,
+                serde_json::from_slice(&bytes).unwrap_or(Value::Null),
+            )
+        })
     }
 
     /// Revokes `name` as the demo's admin and asserts the answer is the key, read back Revoked.
@@ -486,9 +527,7 @@ fn property_random_mint_bodies_never_panic_and_never_widen_the_caller() {
         let body: String = chars.into_iter().collect();
         let body = body.replacen("\"k\"", &format!("\"k{i}\""), 1);
         let headers = vec![("authorization".to_owned(), format!("Bearer {ADMIN}"))];
-        let (status, reply) = f
-            .api
-            .respond("POST", "/v2/keys", &headers, body.as_bytes(), PEER);
+        let (status, reply) = f.respond("POST", "/v2/keys", &headers, body.clone().into_bytes());
         assert!(
             [
                 StatusCode::CREATED,
@@ -661,6 +700,71 @@ fn a_slow_1_mib_upload_to_authenticate_is_refused_without_being_read() {
     let (code, took) = answer(&mut s);
     assert_eq!(code, 408);
     assert!(took < Duration::from_secs(3), "{took:?}");
+}
+
+/// Every route has a body cap, the methods a route does not serve and the paths no route
+/// matches too (a 1 MiB body to `PUT /v2/keys` or `POST /nowhere` is refused on its headers,
+/// and a chunked one is cut at 64 KiB), and every 413 is in the API's JSON shape.
+#[test]
+fn every_route_and_every_unknown_one_caps_its_body() {
+    let f = fixture("caps", 120, |_, t| t);
+    let addr = serve(&f, 120, small_limits());
+    for (method, path) in [
+        ("PUT", "/v2/keys"),
+        ("PATCH", "/v2/keys/shop-reader"),
+        ("GET", "/v2/keys/shop-reader/revoke"),
+        ("POST", "/nowhere"),
+        ("POST", "/v2/vectorstores"),
+        ("DELETE", "/v2/keys/authenticate"),
+    ] {
+        let mut s = TcpStream::connect(addr).unwrap();
+        write!(
+            s,
+            "{method} {path} HTTP/1.1\r\nhost: control\r\ncontent-length: 1048576\r\n\r\n"
+        )
+        .unwrap();
+        let started = Instant::now();
+        s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        let mut out = Vec::new();
+        let _ = s.read_to_end(&mut out);
+        let text = String::from_utf8_lossy(&out);
+        assert!(text.starts_with("HTTP/1.1 413"), "{method} {path}: {text}");
+        assert!(
+            text.contains("application/json") && text.contains("\"status\":\"error\""),
+            "{text}"
+        );
+        assert!(started.elapsed() < Duration::from_millis(900));
+        // Chunked: cut at the 64 KiB cap.
+        let mut s = TcpStream::connect(addr).unwrap();
+        write!(
+            s,
+            "{method} {path} HTTP/1.1\r\nhost: control\r\ntransfer-encoding: chunked\r\n\r\n"
+        )
+        .unwrap();
+        let reader = s.try_clone().unwrap();
+        let mut sent = 0;
+        while sent < 1 << 20 {
+            let chunk = format!("2000\r\n{}\r\n", "x".repeat(8 * 1024));
+            if s.write_all(chunk.as_bytes()).is_err() {
+                break;
+            }
+            sent += 8 * 1024;
+            std::thread::sleep(Duration::from_millis(5));
+            let mut probe = [0u8; 1];
+            reader.set_nonblocking(true).unwrap();
+            let answered = reader.peek(&mut probe).is_ok();
+            reader.set_nonblocking(false).unwrap();
+            if answered {
+                break;
+            }
+        }
+        let (code, _) = answer(&mut s);
+        assert_eq!(code, 413, "{method} {path}");
+        assert!(
+            sent <= 96 * 1024,
+            "{method} {path}: the server read {sent} bytes"
+        );
+    }
 }
 
 #[test]

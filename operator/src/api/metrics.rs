@@ -3,7 +3,7 @@
 use super::*;
 use crate::metrics::{exposition, KeySyncs, Now, CONTENT_TYPE};
 
-pub(super) fn metrics(state: &State) -> hyper::Response<Full<Bytes>> {
+pub(super) fn metrics(state: &State) -> axum::response::Response {
     let pass = state.last();
     let count = |n: usize| i64::try_from(n).unwrap_or(i64::MAX);
     let now = Now {
@@ -25,14 +25,8 @@ pub(super) fn metrics(state: &State) -> hyper::Response<Full<Bytes>> {
         waiting: &state.keys.waiting,
         outdated: &state.keys.outdated,
     };
-    let mut r = hyper::Response::new(Full::new(Bytes::from(exposition(
-        &state.metrics,
-        keys,
-        now,
-    ))));
-    r.headers_mut().insert(
-        "content-type",
-        hyper::header::HeaderValue::from_static(CONTENT_TYPE),
-    );
-    r
+    axum::response::IntoResponse::into_response((
+        [(hyper::header::CONTENT_TYPE, CONTENT_TYPE)],
+        exposition(&state.metrics, keys, now),
+    ))
 }

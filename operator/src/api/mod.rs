@@ -26,8 +26,6 @@ use crate::state::{Source, State};
 use crate::status;
 use crate::validate;
 use anyhow::{Context, Result};
-use bytes::Bytes;
-use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::Incoming;
 use hyper::StatusCode;
 use key_routes::{change_key, find_key, key_views, mint, Change};
@@ -37,6 +35,7 @@ use layergate_filter::policy::Grant;
 use metrics::metrics;
 pub use rate::{client_address, RateLimiter, MAX_RATE_CLIENTS};
 use serde_json::{json, Value};
+pub use serve::Role;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::{Arc, Mutex};
 
@@ -75,16 +74,6 @@ impl Default for ServeLimits {
     }
 }
 
-/// Which routes a listener serves.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Role {
-    /// The control API (and, for gateways rendered before the key service had its own
-    /// listener, the key service too).
-    Control,
-    /// The key service alone.
-    Keys,
-}
-
 /// Connections the key service's own listener serves at once: one long poll per gateway VM
 /// (workers and the main thread of every replica), with room to spare.
 pub const KEY_SERVICE_MAX_CONNECTIONS: usize = 1024;
@@ -104,12 +93,33 @@ pub const MINT_BODY_BYTES: usize = 256 * 1024;
 /// Body cap of every other route.
 pub const OTHER_BODY_BYTES: usize = 64 * 1024;
 
-/// The body cap for a route.
-fn body_cap(method: &str, path: &str) -> usize {
-    match (method, path.split('?').next().unwrap_or_default()) {
-        ("POST", "/v2/keys/authenticate") => AUTHENTICATE_BODY_BYTES,
-        ("POST", "/v2/keys") => MINT_BODY_BYTES,
-        _ => OTHER_BODY_BYTES,
+/// One call of the control API, as its route named it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Call {
+    /// `POST /v2/keys/authenticate`.
+    Authenticate,
+    /// `POST /v2/keys`.
+    Mint,
+    /// `GET /v2/keys`.
+    List,
+    /// `GET /v2/keys/{id}`.
+    Get(String),
+    /// `POST /v2/keys/{id}/revoke`.
+    Revoke(String),
+    /// `DELETE /v2/keys/{id}`.
+    Delete(String),
+    /// `GET /v2/vectorstores`.
+    Stores,
+    /// `GET /v2/vectorstores/{name}`.
+    Store(String),
+    /// No route: judged like the others, then 404.
+    Unknown,
+}
+
+impl Call {
+    /// Mint, revoke and delete: one at a time, and only on the replica that writes.
+    fn writes(&self) -> bool {
+        matches!(self, Call::Mint | Call::Revoke(_) | Call::Delete(_))
     }
 }
 
@@ -145,21 +155,22 @@ fn error(status: StatusCode, message: &str) -> Reply {
     r
 }
 
-fn http(r: Reply) -> hyper::Response<Full<Bytes>> {
-    let mut out = hyper::Response::new(Full::new(Bytes::from(r.body.to_string())));
+fn http(r: Reply) -> axum::response::Response {
+    let mut out = axum::response::Response::new(axum::body::Body::from(r.body.to_string()));
     *out.status_mut() = r.status;
-    out.headers_mut().insert(
-        "content-type",
+    let headers = out.headers_mut();
+    headers.insert(
+        hyper::header::CONTENT_TYPE,
         hyper::header::HeaderValue::from_static("application/json"),
     );
     if let Some(w) = r
         .challenge
         .and_then(|w| hyper::header::HeaderValue::from_str(&w).ok())
     {
-        out.headers_mut().insert("www-authenticate", w);
+        headers.insert(hyper::header::WWW_AUTHENTICATE, w);
     }
     if let Some(secs) = r.retry_after {
-        out.headers_mut().insert(
+        headers.insert(
             hyper::header::RETRY_AFTER,
             hyper::header::HeaderValue::from(secs),
         );
@@ -169,7 +180,7 @@ fn http(r: Reply) -> hyper::Response<Full<Bytes>> {
 
 /// Marks a reply that leaves a body unread: the connection is closed after it, so nothing
 /// more of that body is read.
-fn close(mut r: hyper::Response<Full<Bytes>>) -> hyper::Response<Full<Bytes>> {
+fn close(mut r: axum::response::Response) -> axum::response::Response {
     r.headers_mut().insert(
         hyper::header::CONNECTION,
         hyper::header::HeaderValue::from_static("close"),
@@ -196,17 +207,7 @@ impl Api {
 
     /// The `authenticate` rate limit, checked before anything of the body is read: 429 for a
     /// client over its budget this minute.
-    fn rate_limited(
-        &self,
-        method: &str,
-        path: &str,
-        headers: &[(String, String)],
-        peer: IpAddr,
-    ) -> Option<Reply> {
-        if (method, path.split('?').next().unwrap_or_default()) != ("POST", "/v2/keys/authenticate")
-        {
-            return None;
-        }
+    fn rate_limited(&self, headers: &[(String, String)], peer: IpAddr) -> Option<Reply> {
         let allowed = self
             .limiter
             .lock()
@@ -220,31 +221,17 @@ impl Api {
         })
     }
 
-    /// Answers one request: (status, JSON body). `peer` is the TCP peer's address. This is
-    /// the whole API without the socket, the same for directory and kube mode.
-    pub fn respond(
-        &self,
-        method: &str,
-        path: &str,
-        headers: &[(String, String)],
-        body: &[u8],
-        peer: IpAddr,
-    ) -> (StatusCode, Value) {
-        let r = self
-            .rate_limited(method, path, headers, peer)
-            .unwrap_or_else(|| self.reply(method, path, headers, body, peer));
-        (r.status, r.body)
-    }
-
+    /// Answers one `/v2/…` call whose body has been read: the whole API without the socket,
+    /// the same for directory and kube mode.
     fn reply(
         &self,
+        call: Call,
         method: &str,
         path: &str,
         headers: &[(String, String)],
         body: &[u8],
-        peer: IpAddr,
     ) -> Reply {
-        self.route(self.source.as_ref(), method, path, headers, body, peer)
+        self.route(self.source.as_ref(), call, method, path, headers, body)
             .unwrap_or_else(|e| {
                 // The chain names Secrets, API server messages and file paths: the log gets
                 // it, the caller only a reference to look it up by.
@@ -264,27 +251,13 @@ impl Api {
     fn route(
         &self,
         source: &dyn Source,
+        call: Call,
         method: &str,
         path: &str,
         headers: &[(String, String)],
         body: &[u8],
-        _peer: IpAddr,
     ) -> Result<Reply> {
         let (bare, query) = path.split_once('?').unwrap_or((path, ""));
-        let segs: Vec<&str> = bare.trim_start_matches('/').split('/').collect();
-        match (method, segs.as_slice()) {
-            ("GET", ["healthz"]) => return Ok(health(source.state())),
-            ("GET", ["readyz"]) => {
-                return Ok(match source.state().last() {
-                    Some(_) => reply(StatusCode::OK, &json!({"status": "ready"})),
-                    None => error(
-                        StatusCode::SERVICE_UNAVAILABLE,
-                        "no configuration rendered yet",
-                    ),
-                })
-            }
-            _ => {}
-        }
         let Some(pass) = source.state().last() else {
             return Ok(error(
                 StatusCode::SERVICE_UNAVAILABLE,
@@ -295,7 +268,7 @@ impl Api {
             Ok(p) => p,
             Err(denied) => return Ok(denied),
         };
-        if let ("POST", ["v2", "keys", "authenticate"]) = (method, segs.as_slice()) {
+        if call == Call::Authenticate {
             return Ok(self.authenticate(&pass, body));
         }
         // `open` ignores tokens on the data plane; key management still needs one, so a
@@ -305,7 +278,7 @@ impl Api {
             p => p,
         };
         let caller = authority::caller(&pass.policy, principal);
-        if segs.get(..2) == Some(&["v2", "keys"]) {
+        if bare == "/v2/keys" || bare.starts_with("/v2/keys/") {
             match &caller {
                 Caller::Anonymous => {
                     return Ok(error(
@@ -317,12 +290,7 @@ impl Api {
                 Caller::Manager { .. } => {}
             }
         }
-        let writes = matches!(
-            (method, segs.as_slice()),
-            ("POST", ["v2", "keys"])
-                | ("POST", ["v2", "keys", _, "revoke"])
-                | ("DELETE", ["v2", "keys", _])
-        );
+        let writes = call.writes();
         // One write at a time (mint, revoke, delete): parallel mints of one name get one
         // winner and 409s, and two rewrites of one manifest file never undo each other.
         let _one_writer = writes.then(|| {
@@ -345,9 +313,9 @@ impl Api {
             r.retry_after = Some(RETRY_AFTER_SECS);
             return Ok(r);
         }
-        match (method, segs.as_slice()) {
-            ("POST", ["v2", "keys"]) => mint(source, &pass, &caller, body),
-            ("GET", ["v2", "keys"]) => {
+        match call {
+            Call::Mint => mint(source, &pass, &caller, body),
+            Call::List => {
                 let all = query
                     .split('&')
                     .any(|kv| kv == "includeRevoked=true" || kv == "includeRevoked=1");
@@ -357,21 +325,17 @@ impl Api {
                     .collect();
                 Ok(reply(StatusCode::OK, &json!({"keys": keys})))
             }
-            ("GET", ["v2", "keys", id]) => Ok(match find_key(&pass, &caller, id) {
+            Call::Get(id) => Ok(match find_key(&pass, &caller, &id) {
                 Some(k) => reply(StatusCode::OK, &k),
                 None => error(StatusCode::NOT_FOUND, &format!("no API key {id:?}")),
             }),
-            ("POST", ["v2", "keys", id, "revoke"]) => {
-                change_key(source, &pass, &caller, id, Change::Revoke)
-            }
-            ("DELETE", ["v2", "keys", id]) => {
-                change_key(source, &pass, &caller, id, Change::Delete)
-            }
-            ("GET", ["v2", "vectorstores"]) => Ok(reply(
+            Call::Revoke(id) => change_key(source, &pass, &caller, &id, Change::Revoke),
+            Call::Delete(id) => change_key(source, &pass, &caller, &id, Change::Delete),
+            Call::Stores => Ok(reply(
                 StatusCode::OK,
                 &json!({"vectorstores": store_views(source, &pass)}),
             )),
-            ("GET", ["v2", "vectorstores", name]) => Ok(
+            Call::Store(name) => Ok(
                 match store_views(source, &pass)
                     .into_iter()
                     .find(|s| s["name"] == *name)
@@ -380,7 +344,7 @@ impl Api {
                     None => error(StatusCode::NOT_FOUND, &format!("no VectorStore {name:?}")),
                 },
             ),
-            _ => Ok(error(
+            Call::Authenticate | Call::Unknown => Ok(error(
                 StatusCode::NOT_FOUND,
                 &format!("the control API has no route {method} {bare}"),
             )),

@@ -1,31 +1,223 @@
-//! The control API's and the key service's listeners: accept loops with their connection
-//! budgets, header and body timeouts, body caps judged before reading, and the key service's
-//! routes.
+//! The control API's and the key service's listeners: two axum routers (the routes, each
+//! route's body cap as a tower-http layer that refuses a declared length before reading, the
+//! `authenticate` rate limit judged before the body), served by an accept loop that keeps
+//! what `axum::serve` does not offer: the connection budget (one more is a 503 and closed at
+//! once) and the header timeout.
 
 use super::*;
+use axum::extract::{ConnectInfo, RawPathParams, Request};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{any, get, post, MethodRouter};
+use axum::Router;
+use tower::ServiceExt;
+use tower_http::limit::RequestBodyLimitLayer;
+
+/// Which routes a listener serves.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Role {
+    /// The control API (and, for gateways rendered before the key service had its own
+    /// listener, the key service too).
+    Control,
+    /// The key service alone (`GET /v2/keys/sync` and `/healthz`).
+    Keys,
+}
+
+/// The client's address: the TCP peer the accept loop put in the request.
+fn peer_of(req: &Request) -> IpAddr {
+    req.extensions()
+        .get::<ConnectInfo<SocketAddr>>()
+        .map_or(IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED), |c| c.0.ip())
+}
 
 impl Api {
-    /// Binds `addr` and serves until the process stops.
+    /// The control API's routes. Authentication and authority are judged by
+    /// [`Api::answer`] for every `/v2/…` route, an unknown one too (so an unknown key route
+    /// is a 401 or 403 before it is a 404).
+    pub fn router(self: &Arc<Self>) -> Router {
+        // `route` makes the call from the route's one parameter (a key's id or name, a
+        // store's name; empty on routes without one).
+        let on = |route: fn(String) -> Call| {
+            move |axum::extract::State(api): axum::extract::State<Arc<Api>>,
+                  params: RawPathParams,
+                  req: Request| async move {
+                let param = params.iter().next().map(|(_, v)| v.to_owned());
+                api.answer(req, route(param.unwrap_or_default())).await
+            }
+        };
+        // Every route, its other methods and the paths no route matches: judged, then 404.
+        let unknown = || on(|_| Call::Unknown);
+        // A route's methods with their body cap (the other methods get the smallest).
+        let capped = |methods: MethodRouter<Arc<Api>>, cap: usize| {
+            methods
+                .fallback(unknown())
+                .layer(RequestBodyLimitLayer::new(cap))
+        };
+        Router::new()
+            .route("/healthz", get(Self::healthz))
+            .route("/readyz", get(Self::readyz))
+            .route("/metrics", get(Self::metrics))
+            // Gateways rendered before the key service had its own listener sync here.
+            .route(crate::keyservice::SYNC_PATH, get(Self::key_sync))
+            .route(
+                "/v2/keys/authenticate",
+                post(on(|_| Call::Authenticate))
+                    .layer(RequestBodyLimitLayer::new(AUTHENTICATE_BODY_BYTES))
+                    .merge(capped(MethodRouter::new(), OTHER_BODY_BYTES)),
+            )
+            .route(
+                "/v2/keys",
+                post(on(|_| Call::Mint))
+                    .layer(RequestBodyLimitLayer::new(MINT_BODY_BYTES))
+                    .merge(capped(get(on(|_| Call::List)), OTHER_BODY_BYTES)),
+            )
+            .route(
+                "/v2/keys/{id}",
+                capped(
+                    get(on(Call::Get)).delete(on(Call::Delete)),
+                    OTHER_BODY_BYTES,
+                ),
+            )
+            .route(
+                "/v2/keys/{id}/revoke",
+                capped(post(on(Call::Revoke)), OTHER_BODY_BYTES),
+            )
+            .route(
+                "/v2/vectorstores",
+                capped(get(on(|_| Call::Stores)), OTHER_BODY_BYTES),
+            )
+            .route(
+                "/v2/vectorstores/{name}",
+                capped(get(on(Call::Store)), OTHER_BODY_BYTES),
+            )
+            .fallback_service(capped(any(unknown()), OTHER_BODY_BYTES).with_state(self.clone()))
+            .layer(axum::middleware::map_response(json_413))
+            .with_state(self.clone())
+    }
+
+    /// The key service's routes: `GET /v2/keys/sync` and `/healthz`; everything else is 404.
+    pub fn key_service_router(self: &Arc<Self>) -> Router {
+        Router::new()
+            .route(crate::keyservice::SYNC_PATH, get(Self::key_sync))
+            .route("/healthz", get(Self::healthz))
+            .fallback(|req: Request| async move {
+                http(error(
+                    StatusCode::NOT_FOUND,
+                    &format!(
+                        "the key service has no route {} {}; it serves GET {} only",
+                        req.method(),
+                        req.uri().path(),
+                        crate::keyservice::SYNC_PATH
+                    ),
+                ))
+            })
+            .with_state(self.clone())
+    }
+
+    async fn healthz(axum::extract::State(api): axum::extract::State<Arc<Api>>) -> Response {
+        http(health(api.source.state()))
+    }
+
+    async fn readyz(axum::extract::State(api): axum::extract::State<Arc<Api>>) -> Response {
+        http(match api.source.state().last() {
+            Some(_) => reply(StatusCode::OK, &json!({"status": "ready"})),
+            None => error(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "no configuration rendered yet",
+            ),
+        })
+    }
+
+    async fn metrics(axum::extract::State(api): axum::extract::State<Arc<Api>>) -> Response {
+        metrics(api.source.state())
+    }
+
+    async fn key_sync(
+        axum::extract::State(api): axum::extract::State<Arc<Api>>,
+        req: Request,
+    ) -> Response {
+        let bearer = req
+            .headers()
+            .get("authorization")
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.split_once(' '))
+            .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
+            .map(|(_, token)| token.trim().to_owned());
+        let query = req.uri().query().unwrap_or_default();
+        key_sync(api.source.state().keys.sync(query, bearer.as_deref()).await)
+    }
+
+    /// One `/v2/…` call: the rate limit (before the body), the body (within its cap and the
+    /// body timeout), then [`Api::reply`] off the async workers (it touches files and locks).
+    async fn answer(self: Arc<Self>, req: Request, call: Call) -> Response {
+        let peer = peer_of(&req);
+        let (parts, body) = req.into_parts();
+        let method = parts.method.as_str().to_owned();
+        let path = parts
+            .uri
+            .path_and_query()
+            .map_or("/", |p| p.as_str())
+            .to_owned();
+        let headers: Vec<(String, String)> = parts
+            .headers
+            .iter()
+            .map(|(k, v)| {
+                (
+                    k.as_str().to_owned(),
+                    String::from_utf8_lossy(v.as_bytes()).into_owned(),
+                )
+            })
+            .collect();
+        if call == Call::Authenticate {
+            if let Some(limited) = self.rate_limited(&headers, peer) {
+                return close(http(limited));
+            }
+        }
+        // The route's layer cuts the body at its cap; the largest cap bounds it here too.
+        let read = axum::body::to_bytes(body, MINT_BODY_BYTES);
+        let body = match tokio::time::timeout(self.limits.body_timeout, read).await {
+            Ok(Ok(b)) => b,
+            // Over the route's cap (the layer cuts the body there) or broken off.
+            Ok(Err(_)) => return close(too_large()),
+            Err(_) => {
+                return close(http(error(
+                    StatusCode::REQUEST_TIMEOUT,
+                    "the request body did not arrive in time",
+                )))
+            }
+        };
+        let api = self.clone();
+        let answered =
+            tokio::task::spawn_blocking(move || api.reply(call, &method, &path, &headers, &body))
+                .await;
+        http(answered.unwrap_or_else(|e| {
+            tracing::error!("control API: a handler failed: {e}");
+            error(StatusCode::INTERNAL_SERVER_ERROR, "internal error")
+        }))
+    }
+
+    /// Binds `addr` and serves the control API until the process stops.
     pub fn serve(self: Arc<Self>, addr: SocketAddr) -> Result<()> {
         let listener = std::net::TcpListener::bind(addr)
             .with_context(|| format!("binding the control API on {addr}"))?;
         self.serve_on(listener)
     }
 
-    /// Serves on a bound listener until the process stops.
+    /// Serves the control API on a bound listener until the process stops (on a runtime of
+    /// its own: for a caller without one).
     pub fn serve_on(self: Arc<Self>, listener: std::net::TcpListener) -> Result<()> {
         self.serve_until(listener, std::future::pending())
     }
 
-    /// Serves on a bound listener until `stop` completes; then the listener and every open
-    /// connection (held key-service long polls too) are closed, as when the process dies.
-    /// Tests stop one operator replica and start another on the same address this way.
+    /// Serves the control API on a bound listener until `stop` completes; then the listener
+    /// and every open connection (held key-service long polls too) are closed, as when the
+    /// process dies. Tests stop one operator replica and start another on the same address
+    /// this way.
     pub fn serve_until(
         self: Arc<Self>,
         listener: std::net::TcpListener,
         stop: impl std::future::Future<Output = ()> + Send,
     ) -> Result<()> {
-        self.serve_role(listener, stop, Role::Control)
+        own_runtime(self.listen(listener, Role::Control, stop))
     }
 
     /// Binds `addr` and serves the key service alone (see [`Api::serve_keys_until`]).
@@ -44,182 +236,128 @@ impl Api {
         listener: std::net::TcpListener,
         stop: impl std::future::Future<Output = ()> + Send,
     ) -> Result<()> {
-        self.serve_role(listener, stop, Role::Keys)
+        own_runtime(self.listen(listener, Role::Keys, stop))
     }
 
-    fn serve_role(
+    /// Binds `addr` and serves `role`'s routes on the current runtime until `stop`.
+    pub async fn serve_role(
+        self: Arc<Self>,
+        addr: SocketAddr,
+        role: Role,
+        stop: impl std::future::Future<Output = ()> + Send,
+    ) -> Result<()> {
+        let what = match role {
+            Role::Control => "control API",
+            Role::Keys => "key service",
+        };
+        let listener = std::net::TcpListener::bind(addr)
+            .with_context(|| format!("binding the {what} on {addr}"))?;
+        self.listen(listener, role, stop).await
+    }
+
+    /// The accept loop: a connection budget (one more is answered 503 and closed at once),
+    /// the header timeout (also a kept-alive connection's idle time), and `role`'s router.
+    async fn listen(
         self: Arc<Self>,
         listener: std::net::TcpListener,
-        stop: impl std::future::Future<Output = ()> + Send,
         role: Role,
+        stop: impl std::future::Future<Output = ()> + Send,
     ) -> Result<()> {
-        let (what, max_connections) = match role {
-            Role::Control => ("control API", self.limits.max_connections),
-            Role::Keys => ("key service", KEY_SERVICE_MAX_CONNECTIONS),
+        let (what, max_connections, router) = match role {
+            Role::Control => ("control API", self.limits.max_connections, self.router()),
+            Role::Keys => (
+                "key service",
+                KEY_SERVICE_MAX_CONNECTIONS,
+                self.key_service_router(),
+            ),
         };
         listener.set_nonblocking(true)?;
-        let runtime = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(1)
-            .enable_all()
-            .build()?;
-        runtime.block_on(async move {
-            let listener = tokio::net::TcpListener::from_std(listener)?;
-            tracing::info!(addr = %listener.local_addr()?, "{what} listening");
-            let permits = Arc::new(tokio::sync::Semaphore::new(max_connections));
-            let mut stop = std::pin::pin!(stop);
-            loop {
-                let accepted = tokio::select! {
-                    () = &mut stop => return Ok::<(), anyhow::Error>(()),
-                    accepted = listener.accept() => accepted,
-                };
-                let (stream, peer) = match accepted {
-                    Ok(c) => c,
-                    Err(e) => {
-                        // Out of file descriptors (EMFILE) and the like: log, let connections
-                        // close, and keep serving.
-                        tracing::warn!("{what}: accept: {e}");
-                        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
-                        continue;
-                    }
-                };
-                let Ok(permit) = permits.clone().try_acquire_owned() else {
-                    tracing::debug!(%peer, "{what}: connection limit reached");
-                    let _ = stream.try_write(
-                        b"HTTP/1.1 503 Service Unavailable\r\ncontent-length: 0\r\nconnection: close\r\n\r\n",
-                    );
+        let listener = tokio::net::TcpListener::from_std(listener)?;
+        tracing::info!(addr = %listener.local_addr()?, "{what} listening");
+        let permits = Arc::new(tokio::sync::Semaphore::new(max_connections));
+        let mut stop = std::pin::pin!(stop);
+        let header_timeout = self.limits.header_timeout;
+        // Connections end with the loop: when `stop` completes, every one is dropped.
+        let mut connections = tokio::task::JoinSet::new();
+        loop {
+            let accepted = tokio::select! {
+                () = &mut stop => return Ok(()),
+                accepted = listener.accept() => accepted,
+            };
+            let (stream, peer) = match accepted {
+                Ok(c) => c,
+                Err(e) => {
+                    // Out of file descriptors (EMFILE) and the like: log, let connections
+                    // close, and keep serving.
+                    tracing::warn!("{what}: accept: {e}");
+                    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
                     continue;
-                };
-                let api = self.clone();
-                tokio::spawn(async move {
-                    let _permit = permit;
-                    let header_timeout = api.limits.header_timeout;
-                    let service = hyper::service::service_fn(move |req| {
-                        let api = api.clone();
-                        async move {
-                            Ok::<_, std::convert::Infallible>(match role {
-                                Role::Control => api.handle(req, peer.ip()).await,
-                                Role::Keys => api.handle_keys(req).await,
-                            })
-                        }
+                }
+            };
+            let Ok(permit) = permits.clone().try_acquire_owned() else {
+                tracing::debug!(%peer, "{what}: connection limit reached");
+                let _ = stream.try_write(
+                    b"HTTP/1.1 503 Service Unavailable\r\ncontent-length: 0\r\nconnection: close\r\n\r\n",
+                );
+                continue;
+            };
+            let router = router.clone();
+            while connections.try_join_next().is_some() {}
+            connections.spawn(async move {
+                let _permit = permit;
+                let service =
+                    hyper::service::service_fn(move |mut req: hyper::Request<Incoming>| {
+                        req.extensions_mut().insert(ConnectInfo(peer));
+                        router.clone().oneshot(req.map(axum::body::Body::new))
                     });
-                    let _ = hyper::server::conn::http1::Builder::new()
-                        .timer(hyper_util::rt::TokioTimer::new())
-                        .header_read_timeout(header_timeout)
-                        .serve_connection(hyper_util::rt::TokioIo::new(stream), service)
-                        .await;
-                });
-            }
-        })
-    }
-
-    async fn handle(
-        &self,
-        req: hyper::Request<Incoming>,
-        peer: IpAddr,
-    ) -> hyper::Response<Full<Bytes>> {
-        let method = req.method().as_str().to_owned();
-        let path = req
-            .uri()
-            .path_and_query()
-            .map_or("/", |p| p.as_str())
-            .to_owned();
-        if method == "GET" && path == "/metrics" {
-            return metrics(self.source.state());
-        }
-        let bare = path.split_once('?').map_or(path.as_str(), |(b, _)| b);
-        if method == "GET" && bare == crate::keyservice::SYNC_PATH {
-            // Gateways rendered before the key service had its own listener sync here.
-            return self.handle_keys(req).await;
-        }
-        let headers: Vec<(String, String)> = req
-            .headers()
-            .iter()
-            .map(|(k, v)| {
-                (
-                    k.as_str().to_owned(),
-                    String::from_utf8_lossy(v.as_bytes()).into_owned(),
-                )
-            })
-            .collect();
-        if let Some(limited) = self.rate_limited(&method, &path, &headers, peer) {
-            return close(http(limited));
-        }
-        let cap = body_cap(&method, &path);
-        let too_large = || {
-            close(http(error(
-                StatusCode::PAYLOAD_TOO_LARGE,
-                &format!("the request body is over {cap} bytes"),
-            )))
-        };
-        let declared = req
-            .headers()
-            .get(hyper::header::CONTENT_LENGTH)
-            .and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
-        if declared.is_some_and(|n| n > cap as u64) {
-            return too_large();
-        }
-        let read = Limited::new(req.into_body(), cap).collect();
-        let body = match tokio::time::timeout(self.limits.body_timeout, read).await {
-            Ok(Ok(b)) => b.to_bytes(),
-            Ok(Err(_)) => return too_large(),
-            Err(_) => {
-                return close(http(error(
-                    StatusCode::REQUEST_TIMEOUT,
-                    "the request body did not arrive in time",
-                )))
-            }
-        };
-        // The handlers touch files and locks: keep them off the async workers.
-        http(tokio::task::block_in_place(|| {
-            self.reply(&method, &path, &headers, &body, peer)
-        }))
-    }
-
-    /// The key service's listener: `GET /v2/keys/sync` and `/healthz`, nothing else.
-    async fn handle_keys(&self, req: hyper::Request<Incoming>) -> hyper::Response<Full<Bytes>> {
-        let path = req.uri().path_and_query().map_or("/", |p| p.as_str());
-        let (bare, query) = path.split_once('?').unwrap_or((path, ""));
-        match (req.method().as_str(), bare) {
-            ("GET", crate::keyservice::SYNC_PATH) => {
-                let bearer = req
-                    .headers()
-                    .get("authorization")
-                    .and_then(|v| v.to_str().ok())
-                    .and_then(|v| v.split_once(' '))
-                    .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
-                    .map(|(_, token)| token.trim().to_owned());
-                key_sync(
-                    self.source
-                        .state()
-                        .keys
-                        .sync(query, bearer.as_deref())
-                        .await,
-                )
-            }
-            ("GET", "/healthz") => http(health(self.source.state())),
-            (method, _) => http(error(
-                StatusCode::NOT_FOUND,
-                &format!(
-                    "the key service has no route {method} {bare}; it serves GET {} only",
-                    crate::keyservice::SYNC_PATH
-                ),
-            )),
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .timer(hyper_util::rt::TokioTimer::new())
+                    .header_read_timeout(header_timeout)
+                    .serve_connection(hyper_util::rt::TokioIo::new(stream), service)
+                    .await;
+            });
         }
     }
 }
 
+/// Runs `serve` on a runtime of its own (one worker): for callers without a runtime.
+fn own_runtime(serve: impl std::future::Future<Output = Result<()>>) -> Result<()> {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()?
+        .block_on(serve)
+}
+
+/// The 413 of a body over its route's cap, in the API's JSON shape; the connection is closed
+/// after it, so nothing more of that body is read.
+fn too_large() -> Response {
+    close(http(error(
+        StatusCode::PAYLOAD_TOO_LARGE,
+        &format!(
+            "the request body is over this route's limit (authenticate {AUTHENTICATE_BODY_BYTES} bytes, mint {MINT_BODY_BYTES}, others {OTHER_BODY_BYTES})"
+        ),
+    )))
+}
+
+/// tower-http answers a declared length over the cap itself, before any handler: in plain
+/// text. Give it the API's shape.
+async fn json_413(r: Response) -> Response {
+    let json = r
+        .headers()
+        .get(hyper::header::CONTENT_TYPE)
+        .is_some_and(|v| v.as_bytes().starts_with(b"application/json"));
+    if r.status() == StatusCode::PAYLOAD_TOO_LARGE && !json {
+        return too_large();
+    }
+    r
+}
+
 /// The key service's answer on the wire (see [`crate::keyservice`]).
-fn key_sync(answer: crate::keyservice::Sync) -> hyper::Response<Full<Bytes>> {
+fn key_sync(answer: crate::keyservice::Sync) -> Response {
     use crate::keyservice::Sync;
     match answer {
-        Sync::Answer(body) => {
-            let mut out = hyper::Response::new(Full::new(body));
-            out.headers_mut().insert(
-                "content-type",
-                hyper::header::HeaderValue::from_static("application/json"),
-            );
-            out
-        }
+        Sync::Answer(body) => ([("content-type", "application/json")], body).into_response(),
         Sync::Unauthorized => http(error(
             StatusCode::UNAUTHORIZED,
             "the key service accepts only the gateway credential (keyService.credential in the rendering)",
