@@ -261,14 +261,14 @@ const ISTIO_OTHERS: [Permission; 5] = [
         CORE,
         "secrets",
         "get",
-        Some(crate::istio::CREDENTIALS_SECRET),
+        Some(crate::render::istio::CREDENTIALS_SECRET),
         "Istio target: the credentials Secret, read before it is replaced",
     ),
     p(
         CORE,
         "secrets",
         "update",
-        Some(crate::istio::CREDENTIALS_SECRET),
+        Some(crate::render::istio::CREDENTIALS_SECRET),
         "Istio target: the credentials Secret, replaced whole",
     ),
     p(
