@@ -113,7 +113,7 @@ test-envoy-matrix: venv wasm $(TOOLS)/.wasm-target $(foreach v,$(ENVOY_MATRIX),$
 # Fuzzing (fuzz/): libFuzzer through cargo-fuzz on the nightly toolchain. Seeds (and every input
 # that once found a bug) are committed in fuzz/seeds/<target>; the working corpus and crash
 # artifacts stay under target/ (ignored). No sanitizer: the filter core has no unsafe code (the one
-# unsafe module, wasm.rs, is not built natively), and ASan would cost a factor of five in speed.
+# unsafe module, wasm/, is not built natively), and ASan would cost a factor of five in speed.
 FUZZ_TARGETS  := headers route request body config
 FUZZ_RUNS     ?= 30000
 FUZZ_SECONDS  ?= 600

@@ -4,7 +4,7 @@
 //! Why not the Rust SDK: its dispatcher exports every `proxy_on_*` callback, so Envoy enters
 //! the VM about seven times per request whatever the filter does, and each host call that
 //! returns data re-enters the VM to allocate a `String`. The filter exports only the callbacks
-//! it needs (see `wasm.rs`) and reads host memory through [`proxy_on_memory_allocate`].
+//! it needs (see `wasm/`) and reads host memory through [`proxy_on_memory_allocate`].
 #![allow(unsafe_code)] // The ABI is raw pointers by definition; each call says why it is sound.
 
 use std::time::Duration;

@@ -12,7 +12,7 @@
 //!  layergate.keys.vm.<id>      "<heartbeat> <stale>" one VM's entry (Unix seconds, seconds)
 //! ```
 //!
-//! Pure functions here; the host calls are in `wasm.rs`.
+//! Pure functions here; the host calls are in `wasm/root.rs`.
 
 /// Shared-data key of the registry of VM ids.
 pub const REGISTRY_KEY: &str = "layergate.keys.vms";

@@ -887,7 +887,7 @@ fn refusals_come_before_what_the_gateway_lacks() {
     );
     assert_eq!(status("POST", "/v2/pipelines", "demo-read-token"), 403);
     assert_eq!(status("POST", "/v2/namespaces/shop-a/documents", SHOP), 404);
-    // A federated query is inspected first; its 404 comes after the body (see wasm.rs).
+    // A federated query is inspected first; its 404 comes after the body (see wasm/request.rs).
     assert!(matches!(
         call(&p, "POST", "/v2/query", SHOP),
         Decision::Inspect(..)

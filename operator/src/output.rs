@@ -4,10 +4,9 @@
 //! complete files; the clusters are replaced before the listener that names them. Files are
 //! created mode 0600.
 
-use crate::envoy;
 use crate::files::write_private;
 use crate::manifests::{Objects, DEFAULT_NAMESPACE};
-use crate::render::{Output, Rendering};
+use crate::render::{envoy, Output, Rendering};
 use anyhow::{bail, Context, Result};
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};

@@ -162,7 +162,9 @@ pub fn run(
     // proxy's environment does.
     let env = match ctx.target {
         Target::Envoy => BTreeMap::new(),
-        Target::Istio(_) => crate::istio::credentials(&validation, ctx.gateway.unwrap_or_default()),
+        Target::Istio(_) => {
+            crate::render::istio::credentials(&validation, ctx.gateway.unwrap_or_default())
+        }
     };
     let policy = Arc::new(api_policy(&rendering.config, &keys, &env, before.table)?);
     steps.push(("usable keys, the control API's policy", lap(&mut at)));

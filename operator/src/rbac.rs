@@ -50,7 +50,7 @@ pub const PERMISSIONS: &[Permission] = &[
         "vectorstores",
         "list",
         None,
-        "the cache's (re)list (informer.rs): passes read the cache",
+        "the cache's (re)list (informer/): passes read the cache",
     ),
     p(
         HEV,
@@ -64,7 +64,7 @@ pub const PERMISSIONS: &[Permission] = &[
         "indexes",
         "list",
         None,
-        "the cache's (re)list (informer.rs): passes read the cache",
+        "the cache's (re)list (informer/): passes read the cache",
     ),
     p(
         HEV,
@@ -78,7 +78,7 @@ pub const PERMISSIONS: &[Permission] = &[
         "apikeys",
         "list",
         None,
-        "the cache's (re)list (informer.rs): passes read the cache",
+        "the cache's (re)list (informer/): passes read the cache",
     ),
     p(
         HEV,
@@ -130,7 +130,7 @@ pub const PERMISSIONS: &[Permission] = &[
         "secrets",
         "list",
         None,
-        "the Secrets cache's (re)list (informer.rs), with data: passes read it, no get",
+        "the Secrets cache's (re)list (informer/), with data: passes read it, no get",
     ),
     p(
         CORE,
@@ -261,14 +261,14 @@ const ISTIO_OTHERS: [Permission; 5] = [
         CORE,
         "secrets",
         "get",
-        Some(crate::istio::CREDENTIALS_SECRET),
+        Some(crate::render::istio::CREDENTIALS_SECRET),
         "Istio target: the credentials Secret, read before it is replaced",
     ),
     p(
         CORE,
         "secrets",
         "update",
-        Some(crate::istio::CREDENTIALS_SECRET),
+        Some(crate::render::istio::CREDENTIALS_SECRET),
         "Istio target: the credentials Secret, replaced whole",
     ),
     p(

@@ -28,7 +28,7 @@
 //!   `spec.target_namespaces`, `namespaces[]` to discover, work items' `items[].namespace`, a
 //!   minted key's entitlement globs, PromQL label matchers. These used to pass for a restricted
 //!   `layer` grant (on to the app or the control API); they are now refused for restricted
-//!   principals (`BodyRule::Unjudged` in `filter/src/route.rs`).
+//!   principals (`BodyRule::Unjudged` in `filter/src/route/mod.rs`).
 //!
 //! | call (`tpuf.*`: each of sync, sync+gzip, async+gzip) | request | where the namespace is | own namespace |
 //! |---|---|---|---|

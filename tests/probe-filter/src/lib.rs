@@ -6,7 +6,7 @@
 //! It exports only what Envoy needs to run an HTTP filter: `memory`,
 //! `proxy_abi_version_0_2_1`, `proxy_on_memory_allocate`, `proxy_on_vm_start`,
 //! `proxy_on_configure` and `proxy_on_request_headers` (layergate exports a few more for its
-//! root context, key sync and bodies; see `filter/src/wasm.rs`).
+//! root context, key sync and bodies; see `filter/src/wasm/`).
 //!
 //! The configuration is a comma-separated list of steps, run in order in
 //! `proxy_on_request_headers` (an empty one enters the VM and returns):

@@ -14,17 +14,25 @@
 //! - Order: the maps are by name, and passes still sort by name (what a real list gives).
 //! - Memory: custom resources are kept without `managedFields`; Secrets only as what a pass
 //!   needs ([`CachedSecret`]: text values, minted-at, token marks), not as objects.
+//!
+//! The rooms: this file (the four caches of a namespace, their watch tasks and triggers),
+//! `cache` (one kind's map and its merge rules), `kept` (what is kept of each kind).
 
+mod cache;
+mod kept;
+
+pub use self::cache::Cache;
+pub use self::kept::{Cached, CachedSecret};
+
+use self::cache::Entry;
 use crate::crd::{ApiKey, Index, VectorStore};
-use crate::keys;
-use crate::manifests::SecretMarks;
 use futures::StreamExt;
 use k8s_openapi::api::core::v1::Secret;
 use kube::runtime::watcher::{self, watcher, Event};
 use kube::runtime::WatchStreamExt;
-use kube::{Api, Client, Resource, ResourceExt};
-use std::collections::{BTreeMap, HashSet};
-use std::sync::{Arc, Mutex, RwLock};
+use kube::{Api, Client, ResourceExt};
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::sync::mpsc;
 
@@ -45,294 +53,6 @@ pub enum Trigger {
     Object(&'static str),
     /// A Secret changed.
     Secret(String),
-}
-
-/// What a pass needs of a Secret, and the `resourceVersion` it was read at.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct CachedSecret {
-    /// Values that are UTF-8 text, by key (shared with the passes that read them).
-    pub data: Arc<BTreeMap<String, String>>,
-    /// The minted-at annotation, in Unix seconds.
-    pub minted_at: Option<i64>,
-    /// What may make it an ApiKey's token.
-    pub marks: SecretMarks,
-    /// A key whose value is not UTF-8 (the Secret is then its referrers' condition).
-    pub not_text: Option<String>,
-}
-
-impl CachedSecret {
-    /// The parts of `secret` a pass reads.
-    pub fn of(secret: Secret) -> CachedSecret {
-        let mut data: BTreeMap<String, String> = BTreeMap::new();
-        let mut not_text = None;
-        for (k, v) in secret.data.unwrap_or_default() {
-            match String::from_utf8(v.0) {
-                Ok(text) => {
-                    data.insert(k, text);
-                }
-                Err(_) => not_text = Some(k),
-            }
-        }
-        // stringData is write-only on a real API server; stand-ins may keep it.
-        data.extend(secret.string_data.unwrap_or_default());
-        let minted_at = secret
-            .metadata
-            .annotations
-            .as_ref()
-            .and_then(|a| a.get(keys::MINTED_AT_ANNOTATION))
-            .and_then(|t| t.parse::<k8s_openapi::jiff::Timestamp>().ok())
-            .map(|t| t.as_second());
-        CachedSecret {
-            marks: SecretMarks::of(&secret.metadata),
-            data: Arc::new(data),
-            minted_at,
-            not_text,
-        }
-    }
-}
-
-/// An object as a cache keeps it.
-pub trait Cached: Resource<DynamicType = ()> + Clone + Send + Sync + 'static {
-    /// What is kept of it.
-    type Kept: Clone + Send + Sync + 'static;
-    /// Its kind, for triggers and logs.
-    const KIND: &'static str;
-    /// What is kept of `self`.
-    fn keep(self) -> Self::Kept;
-    /// The generation of a kept object (None: every change counts).
-    fn generation(kept: &Self::Kept) -> Option<i64>;
-    /// This kind's cache.
-    fn cache(caches: &Caches) -> &Cache<Self::Kept>;
-}
-
-macro_rules! cached_cr {
-    ($t:ty, $kind:literal, $field:ident) => {
-        impl Cached for $t {
-            type Kept = $t;
-            const KIND: &'static str = $kind;
-            fn keep(mut self) -> $t {
-                self.metadata.managed_fields = None;
-                self
-            }
-            fn generation(kept: &$t) -> Option<i64> {
-                kept.metadata.generation
-            }
-            fn cache(caches: &Caches) -> &Cache<$t> {
-                &caches.$field
-            }
-        }
-    };
-}
-cached_cr!(VectorStore, "VectorStore", stores);
-cached_cr!(Index, "Index", indexes);
-cached_cr!(ApiKey, "ApiKey", keys);
-
-impl Cached for Secret {
-    type Kept = CachedSecret;
-    const KIND: &'static str = "Secret";
-    fn keep(self) -> CachedSecret {
-        CachedSecret::of(self)
-    }
-    fn generation(_: &CachedSecret) -> Option<i64> {
-        None
-    }
-    fn cache(caches: &Caches) -> &Cache<CachedSecret> {
-        &caches.secrets
-    }
-}
-
-#[derive(Clone)]
-struct Entry<T> {
-    uid: String,
-    version: String,
-    /// Shared with the passes that read it: a pass takes objects without copying them, and
-    /// an object that did not change is the same allocation in two passes.
-    value: Arc<T>,
-}
-
-impl<T> Entry<T> {
-    /// True when this is the object `uid` at `version` (an empty version is never known).
-    fn is_version(&self, uid: &str, version: &str) -> bool {
-        self.uid == uid && self.version == version && !version.is_empty()
-    }
-}
-
-/// One kind's objects by name, as the watch last told them.
-pub struct Cache<T> {
-    state: RwLock<State<T>>,
-    synced: tokio::sync::watch::Sender<bool>,
-}
-
-struct State<T> {
-    items: BTreeMap<String, Entry<T>>,
-    /// uids the watch saw deleted: a late merge of this replica's own write must not bring
-    /// one back.
-    deleted: HashSet<String>,
-}
-
-/// Whether version `a` is older than `b`. resourceVersions are opaque to clients, but every
-/// API server gives etcd revisions (integers); anything else is never called older, so the
-/// watch's copy wins.
-fn older(a: &str, b: &str) -> bool {
-    matches!((a.parse::<u64>(), b.parse::<u64>()), (Ok(a), Ok(b)) if a < b)
-}
-
-impl<T: Clone> Default for Cache<T> {
-    fn default() -> Self {
-        Cache {
-            state: RwLock::new(State {
-                items: BTreeMap::new(),
-                deleted: HashSet::new(),
-            }),
-            synced: tokio::sync::watch::channel(false).0,
-        }
-    }
-}
-
-impl<T: Clone> Cache<T> {
-    fn read(&self) -> std::sync::RwLockReadGuard<'_, State<T>> {
-        self.state.read().unwrap_or_else(|p| p.into_inner())
-    }
-    fn write(&self) -> std::sync::RwLockWriteGuard<'_, State<T>> {
-        self.state.write().unwrap_or_else(|p| p.into_inner())
-    }
-
-    /// Every object, by name (shared, not copied).
-    pub fn values(&self) -> Vec<Arc<T>> {
-        self.read()
-            .items
-            .values()
-            .map(|e| e.value.clone())
-            .collect()
-    }
-
-    /// The object `name`.
-    pub fn get(&self, name: &str) -> Option<Arc<T>> {
-        self.read().items.get(name).map(|e| e.value.clone())
-    }
-
-    /// Applies `f` to each object whose name is in `names`.
-    pub fn each_of<'a>(
-        &self,
-        names: impl IntoIterator<Item = &'a String>,
-        mut f: impl FnMut(&str, &Arc<T>),
-    ) {
-        let s = self.read();
-        for n in names {
-            if let Some(e) = s.items.get(n) {
-                f(n, &e.value);
-            }
-        }
-    }
-
-    /// Name → resourceVersion of every object.
-    pub fn versions(&self) -> BTreeMap<String, String> {
-        self.read()
-            .items
-            .iter()
-            .map(|(k, e)| (k.clone(), e.version.clone()))
-            .collect()
-    }
-
-    /// Number of objects.
-    pub fn len(&self) -> usize {
-        self.read().items.len()
-    }
-
-    /// True when empty.
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
-    }
-
-    /// True once the first full list is in.
-    pub fn is_synced(&self) -> bool {
-        *self.synced.borrow()
-    }
-
-    async fn wait_synced(&self) {
-        let mut rx = self.synced.subscribe();
-        let _ = rx.wait_for(|s| *s).await;
-    }
-
-    /// The watch's object; returns the one it replaces. The version already cached (this
-    /// replica's own write, merged from the API server's answer, coming back through the
-    /// watch) is kept as it is: the same object, so passes see it unchanged.
-    fn apply(&self, name: String, uid: String, version: String, value: Arc<T>) -> Option<Arc<T>> {
-        let mut s = self.write();
-        if let Some(e) = s.items.get(&name) {
-            if e.is_version(&uid, &version) {
-                return Some(Arc::clone(&e.value));
-            }
-        }
-        s.items
-            .insert(
-                name,
-                Entry {
-                    uid,
-                    version,
-                    value,
-                },
-            )
-            .map(|e| e.value)
-    }
-
-    /// The watch's deletion; true if it was cached.
-    fn remove(&self, name: &str, uid: String) -> bool {
-        let mut s = self.write();
-        s.deleted.insert(uid);
-        s.items.remove(name).is_some()
-    }
-
-    /// A full list: replaces everything. An object listed at the version already cached
-    /// stays the same object, so passes see it unchanged.
-    fn replace(&self, mut items: BTreeMap<String, Entry<T>>) {
-        let mut s = self.write();
-        for (name, e) in &mut items {
-            if let Some(old) = s.items.get(name) {
-                if old.is_version(&e.uid, &e.version) {
-                    e.value = Arc::clone(&old.value);
-                }
-            }
-        }
-        s.items = items;
-        s.deleted.clear();
-        drop(s);
-        self.synced.send_replace(true);
-    }
-
-    /// This replica's own write, as the API server answered it (read-your-writes); returns
-    /// the object the cache holds for it now. Skipped when the watch already saw this object
-    /// deleted (None) or delivered this or a newer version (that one is returned).
-    pub fn merge(&self, name: &str, uid: &str, version: &str, value: T) -> Option<Arc<T>> {
-        let mut s = self.write();
-        if s.deleted.contains(uid) {
-            return None;
-        }
-        if let Some(e) = s.items.get(name) {
-            if e.uid == uid && !older(&e.version, version) {
-                return Some(Arc::clone(&e.value));
-            }
-        }
-        let value = Arc::new(value);
-        s.items.insert(
-            name.to_owned(),
-            Entry {
-                uid: uid.to_owned(),
-                version: version.to_owned(),
-                value: Arc::clone(&value),
-            },
-        );
-        Some(value)
-    }
-
-    /// This replica deleted `name`: it leaves the cache now (and does not come back by a
-    /// late merge).
-    pub fn forget(&self, name: &str) {
-        let mut s = self.write();
-        if let Some(e) = s.items.remove(name) {
-            s.deleted.insert(e.uid);
-        }
-    }
 }
 
 /// The four caches of one namespace, and the triggers their watches send.

@@ -1,0 +1,212 @@
+//! A stream: the decision for its headers, the inspected body's verdict, and the answer
+//! written back to the host (header edits, a local reply), with the access-log record and the
+//! counters.
+
+use super::{count, counter_for, policy_of, INSPECTED, INSPECTING, LOG_LINE, LOG_PROPERTY};
+use crate::abi::{self, now, Action, BufferType, MapType};
+use crate::decision::{
+    decide, must_strip, Decision, HeaderEdits, Inspection, Plan, INSPECT_HEADER,
+};
+use crate::denial::Denial;
+use crate::headers::{pairs, RequestHead};
+use crate::policy::Policy;
+use std::rc::Rc;
+
+/// A body being buffered for inspection, with the policy the request started with, and the
+/// refusal owed after it when the request has nowhere to go (a 404 or 503 must not come
+/// before a 403 the body earns).
+pub(super) struct Pending {
+    pub(super) policy: Rc<Policy>,
+    pub(super) plan: Plan,
+    inspection: Inspection,
+    after: Option<Denial>,
+}
+
+pub(super) fn deny(policy: Option<&Policy>, plan: Option<&Plan>, denial: &Denial) -> Action {
+    let body = denial.body();
+    let mut headers = [("content-type", "application/json"), ("", "")];
+    let n = match denial.www_authenticate() {
+        Some(w) => {
+            headers[1] = ("www-authenticate", w);
+            2
+        }
+        None => 1,
+    };
+    record(policy, plan, denial.label());
+    count(counter_for(denial.label()));
+    abi::send_local_response(denial.status(), &headers[..n], body.as_bytes());
+    Action::Pause
+}
+
+/// Forwards: header writes, optional `:path`, access-log record and counter.
+fn forward(policy: &Policy, plan: &Plan, header_buf: Option<&[u8]>, path: Option<&str>) -> Action {
+    if let Err(d) = apply_edits(policy, plan, header_buf) {
+        return deny(Some(policy), Some(plan), &d);
+    }
+    if let Some(p) = path {
+        abi::set_header(":path", Some(p));
+    }
+    record(Some(policy), Some(plan), "allowed");
+    count(0);
+    Action::Continue
+}
+
+/// Writes the plan's headers and strips client `x-layergate-*` headers it does not overwrite.
+/// `header_buf` is the serialized request map, passed only when such headers were seen.
+fn apply_edits(policy: &Policy, plan: &Plan, header_buf: Option<&[u8]>) -> Result<(), Denial> {
+    let edits = plan.header_edits(policy)?;
+    if let Some(buf) = header_buf {
+        strip_layergate_headers(buf, &edits);
+    }
+    for &(name, value) in edits.as_slice() {
+        abi::set_header(name, value);
+    }
+    Ok(())
+}
+
+/// Removes the client's `x-layergate-*` headers that `edits` does not overwrite; `buf` is the
+/// serialized request map.
+fn strip_layergate_headers(buf: &[u8], edits: &HeaderEdits<'_>) {
+    for (name, _) in pairs(buf) {
+        if must_strip(name, edits) {
+            if let Ok(name) = std::str::from_utf8(name) {
+                abi::set_header(name, None);
+            }
+        }
+    }
+}
+
+/// One `set_property` with `principal=… scope=… store=… decision=…` for access logs.
+fn record(policy: Option<&Policy>, plan: Option<&Plan>, decision: &str) {
+    LOG_LINE.with(|line| {
+        let Ok(mut line) = line.try_borrow_mut() else {
+            return;
+        };
+        line.clear();
+        let (principal, scope, store) = match (policy, plan) {
+            (Some(policy), Some(plan)) => (
+                plan.principal.name(policy),
+                plan.scope.map_or("none", |s| s.as_str()),
+                &*policy.stores[plan.store].name,
+            ),
+            _ => ("-", "-", "-"),
+        };
+        // Plain appends: `write!` runs core::fmt's machinery, about a thousand instructions
+        // more per request in the VM (measured by `tests/tests/wasm_fuel.rs`).
+        for part in [
+            "principal=",
+            principal,
+            " scope=",
+            scope,
+            " store=",
+            store,
+            " decision=",
+            decision,
+        ] {
+            line.push_str(part);
+        }
+        abi::set_property(LOG_PROPERTY, &line);
+    });
+}
+
+pub(super) fn on_request_headers(ctx: u32, end_of_stream: bool) -> Action {
+    let Some(policy) = policy_of(ctx) else {
+        return deny(
+            None,
+            None,
+            &Denial::unavailable("layergate has no configuration"),
+        );
+    };
+    let buf = abi::header_map(MapType::HttpRequestHeaders);
+    let head = RequestHead::from_pairs(pairs(&buf));
+    let head_strip = head.has_layergate_headers.then_some(buf.as_slice());
+    if !policy.serves_host(head.authority) {
+        // Another team's host on a shared gateway: no authentication, no credential, no
+        // routing header — only client `x-layergate-*` headers are removed, since the
+        // routing header is ours wherever it appears.
+        if let Some(buf) = head_strip {
+            strip_layergate_headers(buf, &HeaderEdits::default());
+        }
+        return Action::Continue;
+    }
+    let d = decide(&policy, &head, now);
+    match d {
+        Decision::Forward(plan) => forward(&policy, &plan, head_strip, None),
+        Decision::ForwardWithPath(plan, path) => forward(&policy, &plan, head_strip, Some(&path)),
+        Decision::Deny(d) => deny(Some(&policy), None, &d),
+        Decision::Inspect(plan, inspection) => {
+            if end_of_stream {
+                return match crate::body::check(&policy, &plan, inspection, &[], now) {
+                    Ok(()) => forward(&policy, &plan, head_strip, None),
+                    Err(d) => deny(Some(&policy), Some(&plan), &d),
+                };
+            }
+            // Envoy turns a paused header callback into "stop all iteration", which would
+            // also withhold the body from this filter. So the headers continue, marked with
+            // `x-layergate-inspect`: the route it selects enables Envoy's buffer filter
+            // (after this one), which holds the request back from the router until this
+            // filter lets the complete body through or replaces it with a denial. A request
+            // with no upstream still has its body judged first: its 404/503 comes after.
+            let after = apply_edits(&policy, &plan, head_strip).err();
+            abi::set_header(INSPECT_HEADER, Some("1"));
+            INSPECTING.with(|m| {
+                m.borrow_mut().insert(
+                    ctx,
+                    Pending {
+                        policy: Rc::clone(&policy),
+                        plan,
+                        inspection,
+                        after,
+                    },
+                )
+            });
+            Action::Continue
+        }
+    }
+}
+
+pub(super) fn on_request_body(ctx: u32, body_size: usize, end_of_stream: bool) -> Action {
+    let over = INSPECTING.with(|m| {
+        m.borrow()
+            .get(&ctx)
+            .map(|p| body_size as u64 > p.policy.inspect_body_bytes)
+    });
+    match over {
+        None => return Action::Continue, // Not inspected: the body streams.
+        Some(false) if !end_of_stream => {
+            // Envoy buffers until the end of the body. If the body ends with trailers instead,
+            // the trailer callback refuses it: nothing buffered here moves on before a verdict.
+            return Action::Pause;
+        }
+        _ => {}
+    }
+    let Some(Pending {
+        policy,
+        plan,
+        inspection,
+        after,
+    }) = INSPECTING.with(|m| m.borrow_mut().remove(&ctx))
+    else {
+        return Action::Continue;
+    };
+    if over == Some(true) {
+        return deny(
+            Some(&policy),
+            Some(&plan),
+            &Denial::too_large(policy.inspect_body_bytes),
+        );
+    }
+    count(INSPECTED);
+    let body = abi::get_buffer(BufferType::HttpRequestBody, 0, body_size).unwrap_or_default();
+    match crate::body::check(&policy, &plan, inspection, &body, now) {
+        Ok(()) => match after {
+            Some(d) => deny(Some(&policy), Some(&plan), &d),
+            None => {
+                record(Some(&policy), Some(&plan), "allowed");
+                count(0);
+                Action::Continue
+            }
+        },
+        Err(d) => deny(Some(&policy), Some(&plan), &d),
+    }
+}
