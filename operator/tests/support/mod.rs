@@ -1,7 +1,7 @@
-//! Support shared by the kube-mode test binaries (`cluster`, `istio`): the strict fake Kubernetes
-//! API ([`StrictBuild::strict`], in `strict`, `watch` and `rules`), its OpenAPI v3 validator
-//! ([`validate`], in `openapi`), what the code calls of the API (`rbac`), and the demo's objects
-//! and settings (`fixtures`). Each binary uses a part of it.
+//! Support shared by the kube-mode test binaries (`cluster`, `istio`) and `crds`: the strict fake
+//! Kubernetes API ([`StrictBuild::strict`], in `strict`, `watch` and `rules`), the one OpenAPI v3
+//! validator ([`validate`], in `openapi`), what the code calls of the API (`rbac`), and the
+//! demo's objects and settings (`fixtures`). Each binary uses a part of it.
 #![allow(dead_code, clippy::panic)]
 
 mod fixtures;
