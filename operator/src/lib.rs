@@ -34,7 +34,6 @@ pub mod pass;
 pub mod probe;
 pub mod rbac;
 pub mod render;
-pub mod schema;
 pub mod settings;
 pub mod source;
 pub mod state;

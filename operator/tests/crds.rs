@@ -2,9 +2,10 @@
 //! the generated OpenAPI schemas unchanged.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, missing_docs)]
 
+mod support;
+
 use kube::CustomResourceExt;
 use layergate_operator::crd::{self, ApiKey, Index, VectorStore};
-use layergate_operator::schema;
 use serde_json::Value;
 
 const HEV_LAYER_DOCS: &str = r#"
@@ -37,6 +38,13 @@ fn spec_schema(
     v["spec"]["versions"][0]["schema"]["openAPIV3Schema"]["properties"]["spec"].clone()
 }
 
+/// Every way `value` breaks `schema`, as `path: message` (the one validator, `support`'s).
+fn violations(schema: &Value, value: &Value) -> Vec<String> {
+    let mut errors = Vec::new();
+    support::validate(schema, value, "", &mut errors);
+    errors
+}
+
 fn schema_for(kind: &str) -> Value {
     match kind {
         "VectorStore" => spec_schema(&VectorStore::crd()),
@@ -65,7 +73,7 @@ fn hev_layer_documentation_manifests_are_accepted_unchanged() {
     for doc in serde_yaml::Deserializer::from_str(HEV_LAYER_DOCS) {
         let v: Value = serde_json::to_value(serde_yaml::Value::deserialize(doc).unwrap()).unwrap();
         let kind = v["kind"].as_str().unwrap();
-        let errors = schema::validate(&schema_for(kind), &v["spec"]);
+        let errors = violations(&schema_for(kind), &v["spec"]);
         assert!(errors.is_empty(), "{kind}: {errors:?}");
         // And the typed objects read them, keeping every field.
         match kind {
@@ -86,22 +94,46 @@ fn hev_layer_documentation_manifests_are_accepted_unchanged() {
 fn schema_rejects_typos_and_unknown_kinds_but_accepts_pinecone() {
     let vs = schema_for("VectorStore");
     let base = serde_json::json!({"kind": "turbopuffer", "endpoint": {"url": "https://x"}, "credential": {"secretRef": {"name": "s", "key": "k"}}});
-    assert!(schema::validate(&vs, &base).is_empty());
+    assert!(violations(&vs, &base).is_empty());
     let mut typo = base.clone();
     typo["inboundAuth"] = serde_json::json!({"mdoe": "keys"});
-    assert!(schema::validate(&vs, &typo)
-        .iter()
-        .any(|e| e.contains("mdoe")));
+    assert!(violations(&vs, &typo).iter().any(|e| e.contains("mdoe")));
     let mut pinecone = base.clone();
     pinecone["kind"] = "pinecone".into();
-    assert!(schema::validate(&vs, &pinecone).is_empty());
+    assert!(violations(&vs, &pinecone).is_empty());
     let mut milvus = base;
     milvus["kind"] = "milvus".into();
-    assert!(!schema::validate(&vs, &milvus).is_empty());
+    assert!(!violations(&vs, &milvus).is_empty());
     let mut bad_scope = serde_json::json!({"entitlements": {"layer": {"scopes": ["superuser"]}}});
-    assert!(!schema::validate(&schema_for("ApiKey"), &bad_scope).is_empty());
+    assert!(!violations(&schema_for("ApiKey"), &bad_scope).is_empty());
     bad_scope["entitlements"]["layer"]["scopes"] = serde_json::json!(["admin"]);
-    assert!(schema::validate(&schema_for("ApiKey"), &bad_scope).is_empty());
+    assert!(violations(&schema_for("ApiKey"), &bad_scope).is_empty());
+}
+
+/// The validator itself: types, `required`, `enum`, unknown fields, free-form objects and
+/// list items (the unit test of `operator/src/schema.rs`, a second validator this one replaced).
+#[test]
+fn reports_types_required_enums_and_unknown_fields() {
+    use serde_json::json;
+    let schema = json!({"type": "object", "required": ["a"], "properties": {
+        "a": {"type": "string", "enum": ["x", "y"]},
+        "n": {"type": "integer"},
+        "free": {"type": "object", "x-kubernetes-preserve-unknown-fields": true},
+        "list": {"type": "array", "items": {"type": "string"}}
+    }});
+    assert!(violations(
+        &schema,
+        &json!({"a": "x", "n": 3, "free": {"any": {"thing": 1}}, "list": ["s"]})
+    )
+    .is_empty());
+    let errors = violations(
+        &schema,
+        &json!({"a": "z", "n": "3", "typo": 1, "list": [1]}),
+    );
+    assert_eq!(errors.len(), 4, "{errors:?}");
+    assert!(violations(&schema, &json!({}))
+        .iter()
+        .any(|e| e == "a: Required value"));
 }
 
 use serde::Deserialize as _;
