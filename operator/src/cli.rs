@@ -5,7 +5,7 @@
 use anyhow::{Context, Result};
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use layergate_operator::endpoint::Allowlist;
-use layergate_operator::istio::{FailStrategy, IstioSettings};
+use layergate_operator::istio::{defaults, FailStrategy, IstioSettings};
 use layergate_operator::settings::{Settings, UpstreamLimits, DEFAULT_MAX_STALENESS_SECONDS};
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -279,7 +279,7 @@ pub struct IstioArgs {
     pub istio_namespace: String,
     /// Labels selecting the ingress gateway's pods (a dedicated gateway).
     #[arg(long, env = "LAYERGATE_ISTIO_SELECTOR", value_name = "KEY=VALUE[,KEY=VALUE]",
-          default_value = "istio=layergate-ingressgateway", value_parser = selector)]
+          default_value = defaults::SELECTOR, value_parser = selector)]
     pub istio_selector: BTreeMap<String, String>,
     /// The ingress gateway Deployment the credential patch is for (kube mode rolls it).
     #[arg(

@@ -44,7 +44,7 @@ pub use self::apply::{
     api_resource, credentials, credentials_hash, gateway_apply, plan, Plan,
     CREDENTIALS_HASH_ANNOTATION, CREDENTIALS_SECRET, KINDS,
 };
-pub use self::settings::{FailStrategy, IstioSettings};
+pub use self::settings::{defaults, FailStrategy, IstioSettings};
 
 use crate::render::filter::{credential_env, filter_config, key_service, RenderOptions};
 use crate::render::upstream::{ms, Upstream, CONTROL_BODY_BYTES, DEFAULT_BUFFER_LIMIT_BYTES};

@@ -66,68 +66,36 @@ pub struct IstioSettings {
     pub fail_strategy: FailStrategy,
 }
 
+/// The defaults of [`IstioSettings`], which the command line shows and falls back to.
+pub mod defaults {
+    /// Namespace of the ingress gateway.
+    pub const NAMESPACE: &str = "layergate-ingress";
+    /// The ingress gateway pods' selector (a dedicated gateway), as `key=value`.
+    pub const SELECTOR: &str = "istio=layergate-ingressgateway";
+    /// Where Istio fetches the filter.
+    pub const WASM_URL: &str = "oci://ghcr.io/layergate/layergate-filter:0.1.0";
+    /// The Gateway port.
+    pub const PORT: u16 = 8080;
+    /// The ingress gateway Deployment.
+    pub const GATEWAY_DEPLOYMENT: &str = "layergate-ingressgateway";
+}
+
 impl Default for IstioSettings {
     fn default() -> IstioSettings {
         IstioSettings {
-            namespace: "layergate-ingress".into(),
-            selector: BTreeMap::from([("istio".to_owned(), "layergate-ingressgateway".to_owned())]),
-            wasm_url: "oci://ghcr.io/layergate/layergate-filter:0.1.0".into(),
+            namespace: defaults::NAMESPACE.into(),
+            selector: defaults::SELECTOR
+                .split_once('=')
+                .map(|(k, v)| (k.to_owned(), v.to_owned()))
+                .into_iter()
+                .collect(),
+            wasm_url: defaults::WASM_URL.into(),
             hosts: vec!["*".into()],
-            port: 8080,
+            port: defaults::PORT,
             control: None,
             key_service: None,
-            gateway_deployment: "layergate-ingressgateway".into(),
+            gateway_deployment: defaults::GATEWAY_DEPLOYMENT.into(),
             fail_strategy: FailStrategy::default(),
         }
-    }
-}
-
-impl IstioSettings {
-    /// The settings from the environment (`LAYERGATE_ISTIO_NAMESPACE`,
-    /// `LAYERGATE_ISTIO_SELECTOR`, `LAYERGATE_WASM_URL`, `LAYERGATE_HOSTS`,
-    /// `LAYERGATE_ISTIO_PORT`, `LAYERGATE_ISTIO_GATEWAY_DEPLOYMENT`,
-    /// `LAYERGATE_ISTIO_FAIL_STRATEGY`), each defaulting as [`IstioSettings::default`]; the
-    /// control API is the caller's (`render` reads `LAYERGATE_CONTROL_UPSTREAM`, kube mode
-    /// always has its own Service). The same for the offline render and kube mode.
-    pub fn from_env(
-        control: Option<(String, u16)>,
-        key_service: Option<(String, u16)>,
-    ) -> Result<IstioSettings> {
-        use anyhow::Context;
-        let d = IstioSettings::default();
-        let var = |name: &str| std::env::var(name).ok();
-        let selector = match var("LAYERGATE_ISTIO_SELECTOR") {
-            Some(s) => s
-                .split(',')
-                .map(|kv| {
-                    kv.split_once('=')
-                        .map(|(k, v)| (k.trim().to_owned(), v.trim().to_owned()))
-                })
-                .collect::<Option<_>>()
-                .context("LAYERGATE_ISTIO_SELECTOR must be key=value[,key=value]")?,
-            None => d.selector,
-        };
-        Ok(IstioSettings {
-            namespace: var("LAYERGATE_ISTIO_NAMESPACE").unwrap_or(d.namespace),
-            selector,
-            wasm_url: var("LAYERGATE_WASM_URL").unwrap_or(d.wasm_url),
-            hosts: var("LAYERGATE_HOSTS").map_or(d.hosts, |h| {
-                h.split(',').map(|x| x.trim().to_owned()).collect()
-            }),
-            port: match var("LAYERGATE_ISTIO_PORT") {
-                Some(p) => p
-                    .parse()
-                    .context("LAYERGATE_ISTIO_PORT must be a port number")?,
-                None => d.port,
-            },
-            control,
-            key_service,
-            gateway_deployment: var("LAYERGATE_ISTIO_GATEWAY_DEPLOYMENT")
-                .unwrap_or(d.gateway_deployment),
-            fail_strategy: match var("LAYERGATE_ISTIO_FAIL_STRATEGY") {
-                Some(v) => FailStrategy::parse(&v)?,
-                None => d.fail_strategy,
-            },
-        })
     }
 }
