@@ -16,11 +16,12 @@ use crate::render::{self, Rendering, Target};
 use crate::settings::Settings;
 use crate::validate::{self, Earlier, Validation};
 use anyhow::Result;
+use layergate_filter::config::LookupHash;
 use layergate_filter::config::{ApiKeyConfig, FilterConfig};
 use layergate_filter::keys::KeyTable;
 use layergate_filter::policy::Policy;
-use std::collections::BTreeMap;
-use std::sync::Arc;
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
 /// What one successful pass produced.
@@ -49,6 +50,82 @@ pub struct Pass {
     /// that object ([`crate::validate::Earlier`]). Empty when no statuses were compared (a
     /// follower's pass, directory mode).
     pub settled: Vec<Option<Arc<ApiKey>>>,
+    /// The keys by name, key id and token hash ([`Pass::index`]).
+    index: OnceLock<KeyIndex>,
+}
+
+/// A pass's keys found by name, key id and token hash, built once per pass — the first time a
+/// status walk or a control API call needs it — so that finding one key is O(1) and walking
+/// every key O(n), at 100,000 keys as at ten. Where two documents share a name the first wins,
+/// as in the validation.
+#[derive(Debug, Clone, Default)]
+pub struct KeyIndex {
+    /// Name → index in [`Pass::objects`]' keys.
+    objects: HashMap<Box<str>, usize>,
+    /// Key id → index in [`Pass::objects`]' keys.
+    ids: HashMap<Box<str>, usize>,
+    /// Name → index in [`Pass::keys`] (the usable key of that name).
+    usable: HashMap<Box<str>, usize>,
+    /// Token lookup hash → index in [`Pass::keys`].
+    hashes: HashMap<LookupHash, usize>,
+    /// Name → index of its (first) verdict in the validation's keys.
+    verdicts: HashMap<Box<str>, usize>,
+}
+
+impl KeyIndex {
+    fn of(pass: &Pass) -> KeyIndex {
+        let mut index = KeyIndex::default();
+        for (i, k) in pass.objects.keys.iter().enumerate() {
+            let name = k.metadata.name.as_deref().unwrap_or_default();
+            index.objects.entry(name.into()).or_insert(i);
+            let token = validate::token_of(k, &pass.namespace, &pass.objects);
+            let id = validate::key_id(k, &pass.namespace, token);
+            index.ids.entry(id.into()).or_insert(i);
+        }
+        for (i, k) in pass.keys.iter().enumerate() {
+            index.usable.entry(k.name.as_str().into()).or_insert(i);
+            index.hashes.entry(k.lookup_hash).or_insert(i);
+        }
+        for (i, v) in pass.validation.keys.iter().enumerate() {
+            index.verdicts.entry(v.name.as_str().into()).or_insert(i);
+        }
+        index
+    }
+
+    /// The ApiKey object named `name`.
+    pub fn named<'p>(&self, pass: &'p Pass, name: &str) -> Option<&'p ApiKey> {
+        pass.objects
+            .keys
+            .get(*self.objects.get(name)?)
+            .map(|k| &**k)
+    }
+
+    /// The ApiKey object whose key id is `id`.
+    pub fn with_id<'p>(&self, pass: &'p Pass, id: &str) -> Option<&'p ApiKey> {
+        pass.objects.keys.get(*self.ids.get(id)?).map(|k| &**k)
+    }
+
+    /// The usable key named `name`.
+    pub fn usable<'p>(&self, pass: &'p Pass, name: &str) -> Option<&'p ApiKeyConfig> {
+        pass.keys.get(*self.usable.get(name)?)
+    }
+
+    /// The usable key whose token has `hash`.
+    pub fn by_hash<'p>(&self, pass: &'p Pass, hash: &LookupHash) -> Option<&'p ApiKeyConfig> {
+        pass.keys.get(*self.hashes.get(hash)?)
+    }
+
+    /// The index of the (first) verdict of the key named `name`.
+    pub fn verdict(&self, name: &str) -> Option<usize> {
+        self.verdicts.get(name).copied()
+    }
+}
+
+impl Pass {
+    /// The keys by name, key id and token hash (built on first use).
+    pub fn index(&self) -> &KeyIndex {
+        self.index.get_or_init(|| KeyIndex::of(self))
+    }
 }
 
 /// The policy the control API checks callers with: the rendered configuration with the usable
@@ -177,6 +254,7 @@ pub fn run(
         keys,
         gateway: ctx.gateway.map(GatewayCredential::of),
         settled: Vec::new(),
+        index: OnceLock::new(),
     };
     Ok((pass, rendering))
 }

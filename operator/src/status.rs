@@ -12,8 +12,6 @@ use crate::probe::ProbeResult;
 use crate::state::REVOKED_AT_ANNOTATION;
 use crate::validate;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
-use layergate_filter::config::ApiKeyConfig;
-use std::collections::HashMap;
 
 /// Keeps `lastTransitionTime` of every condition whose status did not change, as Kubernetes
 /// conventions ask; without this every pass would look like a change.
@@ -78,43 +76,14 @@ pub fn index(pass: &Pass, obj: &Index) -> IndexStatus {
     status
 }
 
-/// A pass's keys by name, built once for a walk over every key, so that the statuses of n
-/// keys cost O(n) and not O(n²) (at 100,000 keys that is the difference between milliseconds
-/// and minutes). The first of two documents of one name wins, as in the validation.
-pub struct KeyLookup<'p> {
-    rendered: HashMap<&'p str, &'p ApiKeyConfig>,
-    /// Name → index of its (first) verdict.
-    verdicts: HashMap<&'p str, usize>,
-}
-
-impl<'p> KeyLookup<'p> {
-    /// The lookup over `pass`.
-    pub fn of(pass: &'p Pass) -> KeyLookup<'p> {
-        let mut rendered = HashMap::with_capacity(pass.keys.len());
-        for k in &pass.keys {
-            rendered.entry(k.name.as_str()).or_insert(k);
-        }
-        let mut verdicts = HashMap::with_capacity(pass.validation.keys.len());
-        for (i, v) in pass.validation.keys.iter().enumerate() {
-            verdicts.entry(v.name.as_str()).or_insert(i);
-        }
-        KeyLookup { rendered, verdicts }
-    }
-}
-
-/// An ApiKey's status (one key; for every key of a pass use [`key_in`] with one
-/// [`KeyLookup`]).
-pub fn key(pass: &Pass, obj: &ApiKey, now: i64) -> ApiKeyStatus {
-    key_in(&KeyLookup::of(pass), pass, obj, now)
-}
-
-/// An ApiKey's status. `createdAt` is the object's creation (else when its token was minted,
+/// An ApiKey's status (O(1): the pass's [`crate::pass::KeyIndex`]). `createdAt` is the object's creation (else when its token was minted,
 /// in directory mode, else now); `revokedAt` is the API's annotation, else the time the
 /// operator first saw the key revoked.
-pub fn key_in(lookup: &KeyLookup<'_>, pass: &Pass, obj: &ApiKey, now: i64) -> ApiKeyStatus {
+pub fn key(pass: &Pass, obj: &ApiKey, now: i64) -> ApiKeyStatus {
     let name = name_of(&obj.metadata);
-    let rendered = lookup.rendered.get(name.as_str()).copied();
-    let index = lookup.verdicts.get(name.as_str()).copied();
+    let lookup = pass.index();
+    let rendered = lookup.usable(pass, &name);
+    let index = lookup.verdict(&name);
     let verdict = index.map(|i| &pass.validation.keys[i]);
     let phase = index
         .and_then(|i| pass.validation.phases.get(i).copied())

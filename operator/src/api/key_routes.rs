@@ -2,38 +2,30 @@
 
 use super::*;
 
-/// The keys `caller` may see, in hev layer's shape.
+/// The keys `caller` may see (see [`authority::may_manage`]), in hev layer's shape.
 pub(super) fn key_views(pass: &Pass, caller: &Caller) -> Vec<Value> {
-    key_views_where(pass, caller, |_| true)
-}
-
-/// The views of the keys `caller` may see (see [`authority::may_manage`]) for which `pick`
-/// holds (given the object; a view is built only for those).
-fn key_views_where(
-    pass: &Pass,
-    caller: &Caller,
-    pick: impl Fn(&crate::crd::ApiKey) -> bool,
-) -> Vec<Value> {
-    let lookup = status::KeyLookup::of(pass);
-    let enforced = |i: usize, k: &crate::crd::ApiKey| {
-        pass.validation
-            .keys
-            .get(i)
-            .filter(|v| Some(v.name.as_str()) == k.metadata.name.as_deref())
-            .and_then(|v| v.valid.as_ref())
-    };
     pass.objects
         .keys
         .iter()
-        .enumerate()
-        .filter(|(i, k)| pick(k) && authority::may_manage(caller, k, enforced(*i, k)))
-        .map(|(_, k)| key_view(&lookup, pass, k))
+        .filter(|k| may_see(pass, caller, k))
+        .map(|k| key_view(pass, k))
         .collect()
 }
 
+/// Whether `caller` may see and touch `k`: judged on the key's enforced (last valid) form.
+fn may_see(pass: &Pass, caller: &Caller, k: &crate::crd::ApiKey) -> bool {
+    let name = k.metadata.name.as_deref().unwrap_or_default();
+    let enforced = pass
+        .index()
+        .verdict(name)
+        .and_then(|i| pass.validation.keys.get(i))
+        .and_then(|v| v.valid.as_ref());
+    authority::may_manage(caller, k, enforced)
+}
+
 /// One key in hev layer's shape.
-fn key_view(lookup: &status::KeyLookup, pass: &Pass, k: &crate::crd::ApiKey) -> Value {
-    let st = status::key_in(lookup, pass, k, now());
+fn key_view(pass: &Pass, k: &crate::crd::ApiKey) -> Value {
+    let st = status::key(pass, k, now());
     json!({
         "keyId": st.key_id,
         "name": k.metadata.name,
@@ -50,25 +42,20 @@ fn key_view(lookup: &status::KeyLookup, pass: &Pass, k: &crate::crd::ApiKey) -> 
     })
 }
 
+/// The key `id` names (its name, else its key id) if `caller` may see it: O(1).
 pub(super) fn find_key(pass: &Pass, caller: &Caller, id: &str) -> Option<Value> {
-    // By name first: one view built, not every key's.
-    let by_name = key_views_where(pass, caller, |k| k.metadata.name.as_deref() == Some(id));
-    by_name.into_iter().next().or_else(|| {
-        key_views(pass, caller)
-            .into_iter()
-            .find(|k| k["keyId"] == id)
-    })
+    let index = pass.index();
+    [index.named(pass, id), index.with_id(pass, id)]
+        .into_iter()
+        .flatten()
+        .find(|k| may_see(pass, caller, k))
+        .map(|k| key_view(pass, k))
 }
 
 /// The key named `name` as `pass` reads it, whoever may see it now: a write's answer, read
 /// back after the write the caller was allowed to make.
 fn read_back(pass: &Pass, name: &str) -> Option<Value> {
-    let lookup = status::KeyLookup::of(pass);
-    pass.objects
-        .keys
-        .iter()
-        .find(|k| k.metadata.name.as_deref() == Some(name))
-        .map(|k| key_view(&lookup, pass, k))
+    pass.index().named(pass, name).map(|k| key_view(pass, k))
 }
 
 /// The fields a mint request may carry; anything else is refused (a typo must not be ignored).

@@ -368,18 +368,14 @@ impl Api {
                 "the token is not an active API key (unknown, revoked or expired)",
             )
         };
-        let Some(k) = pass.keys.iter().find(|k| k.lookup_hash == hash) else {
+        let Some(k) = pass.index().by_hash(pass, &hash) else {
             return refused();
         };
         let expired = k
             .expires_at
             .as_deref()
             .is_some_and(|t| layergate_filter::time::parse_rfc3339(t).is_none_or(|at| at <= now()));
-        let object = pass
-            .objects
-            .keys
-            .iter()
-            .find(|o| o.metadata.name.as_deref() == Some(k.name.as_str()));
+        let object = pass.index().named(pass, &k.name);
         let revoked = object.is_none_or(|o| o.spec.revoked == Some(true));
         if expired || revoked {
             return refused();

@@ -83,7 +83,6 @@ impl Cluster {
             let r = self.status_and_event(&**o, &new, o.status.as_ref()).await;
             tally(r.map(|(w, e, _)| (w, e, None)));
         }
-        let lookup = status::KeyLookup::of(pass);
         let mut settled = vec![None; pass.objects.keys.len()];
         // Verdicts are by key of the namespace (every cached key is).
         let mut verdict = 0;
@@ -97,7 +96,7 @@ impl Cluster {
                 settled[i] = Some(Arc::clone(o));
                 continue;
             }
-            let new = status::key_in(&lookup, pass, o, at);
+            let new = status::key(pass, o, at);
             settled[i] = if o.status.as_ref() == Some(&new) {
                 Some(Arc::clone(o))
             } else {
