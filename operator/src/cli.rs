@@ -448,8 +448,11 @@ impl ServeArgs {
 
     /// Logs through `tracing` on stderr, in the format asked for (`json_default` when none).
     pub fn init_logs(&self, json_default: bool) -> Result<()> {
+        // A span's close is logged with its time: at debug, each step of every pass
+        // (`pass::STEP`).
         let logs = tracing_subscriber::fmt()
             .with_max_level(self.log_level)
+            .with_span_events(tracing_subscriber::fmt::format::FmtSpan::CLOSE)
             .with_writer(std::io::stderr)
             .with_target(false);
         let json = self.log.map_or(json_default, |f| f == LogFormat::Json);

@@ -69,6 +69,7 @@ pub fn write(r: &Rendering, out: &Path, settings: &Settings) -> Result<Vec<PathB
         Output::Istio {
             resources,
             gateway_patch,
+            ..
         } => {
             let yaml = |docs: &[serde_json::Value]| -> Result<String> {
                 let mut text =

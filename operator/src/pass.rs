@@ -22,7 +22,6 @@ use layergate_filter::keys::KeyTable;
 use layergate_filter::policy::Policy;
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, OnceLock};
-use std::time::{Duration, Instant};
 
 /// What one successful pass produced.
 #[derive(Debug, Clone)]
@@ -175,13 +174,9 @@ pub fn api_policy(
     Ok(policy.with_keys(table))
 }
 
-/// The time since `*since`, which moves to now (a pass's step timings).
-pub fn lap(since: &mut Instant) -> Duration {
-    let now = Instant::now();
-    let took = now - *since;
-    *since = now;
-    took
-}
+/// The `tracing` target of a pass's steps: each step is a `debug` span of this target, named
+/// for the step, in both modes (`LAYERGATE_LOG_LEVEL=debug` logs each with its time).
+pub const STEP: &str = "layergate_operator::step";
 
 /// What a pass is judged in: the namespace, the gateway settings, the target, the gateway
 /// credential (when the rendering carries a key service) and the clock.
@@ -212,28 +207,25 @@ pub struct Before<'a> {
 }
 
 /// The pass: judges `objects`, renders them and derives what the key service and the control
-/// API use. `steps` gets each step's time.
-pub fn run(
-    objects: Objects,
-    before: Before<'_>,
-    ctx: &Context<'_>,
-    steps: &mut Vec<(&'static str, Duration)>,
-) -> Result<(Pass, Rendering)> {
-    let mut at = Instant::now();
-    let mut validation = validate::validate_since(
-        &objects,
-        ctx.namespace,
-        ctx.now,
-        &ctx.settings.allow_endpoints,
-        before.earlier,
-    );
-    steps.push(("validate", lap(&mut at)));
+/// API use. Each step is a [`STEP`] span.
+pub fn run(objects: Objects, before: Before<'_>, ctx: &Context<'_>) -> Result<(Pass, Rendering)> {
+    let mut validation = tracing::debug_span!(target: STEP, "validate").in_scope(|| {
+        validate::validate_since(
+            &objects,
+            ctx.namespace,
+            ctx.now,
+            &ctx.settings.allow_endpoints,
+            before.earlier,
+        )
+    });
     if let Some(prev) = before.validation {
-        validate::keep_last_valid(&mut validation, prev);
+        tracing::debug_span!(target: STEP, "keep last valid forms")
+            .in_scope(|| validate::keep_last_valid(&mut validation, prev));
     }
-    steps.push(("keep last valid forms", lap(&mut at)));
-    let rendering = render::render(&validation, ctx.settings, ctx.target, ctx.gateway)?;
-    steps.push(("render", lap(&mut at)));
+    let rendering = tracing::debug_span!(target: STEP, "render")
+        .in_scope(|| render::render(&validation, ctx.settings, ctx.target, ctx.gateway))?;
+    let policy_step = tracing::debug_span!(target: STEP, "usable keys, the control API's policy");
+    let entered = policy_step.enter();
     let keys = render::usable_keys(&validation);
     // The Istio target's credentials are variables; the control API resolves them as the
     // proxy's environment does.
@@ -244,7 +236,7 @@ pub fn run(
         }
     };
     let policy = Arc::new(api_policy(&rendering.config, &keys, &env, before.table)?);
-    steps.push(("usable keys, the control API's policy", lap(&mut at)));
+    drop(entered);
     let pass = Pass {
         objects,
         namespace: ctx.namespace.to_owned(),

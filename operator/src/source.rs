@@ -180,8 +180,8 @@ pub fn reconcile(
         validation: previous,
         ..pass::Before::default()
     };
-    let (pass, rendering) = pass::run(objects, before, &ctx, &mut Vec::new())
-        .context("keeping the last good configuration")?;
+    let (pass, rendering) =
+        pass::run(objects, before, &ctx).context("keeping the last good configuration")?;
     log_changed_conditions(&pass.validation, previous);
     output::write(&rendering, out, settings).context("keeping the last good configuration")?;
     Ok(pass)

@@ -237,6 +237,7 @@ fn istio_render(
         Output::Istio {
             resources,
             gateway_patch,
+            ..
         } => Ok((resources, gateway_patch)),
         Output::Envoy(_) => anyhow::bail!("the Istio target rendered Envoy files"),
     }

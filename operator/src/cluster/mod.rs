@@ -36,7 +36,6 @@ use crate::istio;
 use crate::keys;
 use crate::keyservice;
 use crate::manifests::Objects;
-use crate::pass::lap;
 use crate::pass::Pass;
 use crate::probe::{self, ProbeResult};
 use crate::render::{Output, Rendering, Target};
@@ -130,9 +129,6 @@ pub struct Writes {
     /// watch-fed caches (and waiting for their first sync); the rest of the pass is the
     /// operator's own work (validation, rendering, status comparison) and its writes.
     pub read_time: Duration,
-    /// The operator's own work, step by step (name, time), in the order done: where a pass's
-    /// time goes beside its reads.
-    pub steps: Vec<(&'static str, Duration)>,
 }
 
 /// One watched namespace in a cluster.

@@ -2,6 +2,8 @@
 //! ([`crate::pass::run`]), publish and write statuses (leader); the gateway credential; probes.
 
 use super::*;
+use crate::pass::STEP;
+use tracing::Instrument;
 
 impl Cluster {
     /// One pass: read, mint (leader), validate keeping last valid forms, render, publish
@@ -11,12 +13,10 @@ impl Cluster {
         let _serial = self.pass_lock.lock().await;
         let started = Instant::now();
         match self.pass_inner().await {
-            Ok((pass, mut writes)) => {
-                let mut step = Instant::now();
-                self.state.finish(Ok(pass), started).at(Step::Read)?;
-                writes
-                    .steps
-                    .push(("serve the keys, keep the pass", lap(&mut step)));
+            Ok((pass, writes)) => {
+                tracing::debug_span!(target: STEP, "serve the keys, keep the pass")
+                    .in_scope(|| self.state.finish(Ok(pass), started))
+                    .at(Step::Read)?;
                 Ok(writes)
             }
             Err(e) => {
@@ -49,20 +49,19 @@ impl Cluster {
         let reading = Instant::now();
         let mut objects = self.read().await.at(Step::Read)?;
         writes.read_time = reading.elapsed();
-        let mut step = Instant::now();
-        let mut since = earlier(&objects);
-        writes
-            .steps
-            .push(("what changed since the last pass", lap(&mut step)));
+        let mut since = tracing::debug_span!(target: STEP, "what changed since the last pass")
+            .in_scope(|| earlier(&objects));
         if leader {
-            let minting = Instant::now();
+            let minting = tracing::debug_span!(target: STEP, "mint, adopt token Secrets");
             let mut failed = BTreeMap::new();
             let done = with_token(&objects, since.as_ref());
             writes.minted = self
                 .mint_missing(&objects, &done, &mut failed)
+                .instrument(minting.clone())
                 .await
                 .at(Step::Mint)?;
             self.adopt_token_secrets(&objects, &done)
+                .instrument(minting)
                 .await
                 .at(Step::Mint)?;
             if writes.minted > 0 {
@@ -75,52 +74,47 @@ impl Cluster {
                 objects.secret_errors.extend(failed);
                 since = earlier(&objects);
             }
-            writes
-                .steps
-                .push(("mint, adopt token Secrets", minting.elapsed()));
         }
-        let mut step = Instant::now();
-        let gateway = self.gateway_credential().await.at(Step::Read)?;
-        writes
-            .steps
-            .push(("read the gateway credential", lap(&mut step)));
+        let gateway = self
+            .gateway_credential()
+            .instrument(tracing::debug_span!(target: STEP, "read the gateway credential"))
+            .await
+            .at(Step::Read)?;
         let (mut pass, rendering) = self
-            .render(
-                objects,
-                previous.as_deref(),
-                since.as_ref(),
-                &gateway,
-                &mut writes.steps,
-            )
+            .render(objects, previous.as_deref(), since.as_ref(), &gateway)
             .at(Step::Render)?;
-        let mut step = Instant::now();
         if leader {
-            match (&self.target, &rendering.output) {
-                (Target::Istio(s), Output::Istio { resources, .. }) => {
+            let publishing = tracing::debug_span!(target: STEP, "publish the rendering");
+            match &rendering.output {
+                Output::Istio {
+                    resources,
+                    settings,
+                    ..
+                } => {
                     let data = istio::credentials(&pass.validation, &gateway);
                     (writes.applied, writes.deleted, writes.published) = self
-                        .publish_istio(s, resources, &data)
+                        .publish_istio(settings, resources, &data)
+                        .instrument(publishing)
                         .await
                         .at(Step::Publish)?;
                 }
-                (_, Output::Envoy(files)) => {
-                    writes.published = self.publish(files).await.at(Step::Publish)?;
+                Output::Envoy(files) => {
+                    writes.published = self
+                        .publish(files)
+                        .instrument(publishing)
+                        .await
+                        .at(Step::Publish)?;
                     if writes.published {
                         tracing::info!(secret = %self.output_secret, keys = pass.keys.len(), "published the rendering");
                     }
                 }
-                (Target::Envoy, Output::Istio { .. }) => {
-                    return Err(anyhow::anyhow!("the Envoy target rendered Istio resources"))
-                        .at(Step::Render);
-                }
             }
-            writes.steps.push(("publish the rendering", lap(&mut step)));
             let (s, e, settled) = self
                 .write_statuses(&pass, since.as_ref(), &self.state.probes())
+                .instrument(tracing::debug_span!(target: STEP, "statuses"))
                 .await
                 .at(Step::Status)?;
             (writes.statuses, writes.events, pass.settled) = (s, e, settled);
-            writes.steps.push(("statuses", lap(&mut step)));
         }
         drop(since);
         Ok((pass, writes))
@@ -199,7 +193,6 @@ impl Cluster {
         last_pass: Option<&Pass>,
         earlier: Option<&Earlier<'_>>,
         gateway: &str,
-        steps: &mut Vec<(&'static str, Duration)>,
     ) -> Result<(Pass, Rendering)> {
         let ctx = crate::pass::Context {
             namespace: &self.namespace,
@@ -216,7 +209,7 @@ impl Cluster {
                 .filter(|p| p.config.api_keys.is_empty())
                 .map(|p| (&*p.policy, p.keys.as_slice())),
         };
-        crate::pass::run(objects, before, &ctx, steps)
+        crate::pass::run(objects, before, &ctx)
     }
 
     /// Probes every valid store of the last pass, then runs a pass so that statuses (and

@@ -70,6 +70,8 @@ pub enum Output {
         resources: Vec<serde_json::Value>,
         /// Strategic-merge patch for the ingress gateway Deployment.
         gateway_patch: serde_json::Value,
+        /// The settings they were rendered with (kube mode publishes by them).
+        settings: Box<istio::IstioSettings>,
     },
 }
 
@@ -109,6 +111,7 @@ pub fn render(
                 output: Output::Istio {
                     resources,
                     gateway_patch,
+                    settings: Box::new(s.clone()),
                 },
             }
         }
