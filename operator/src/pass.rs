@@ -61,8 +61,9 @@ pub struct Pass {
 pub struct KeyIndex {
     /// Name → index in [`Pass::objects`]' keys.
     objects: HashMap<Box<str>, usize>,
-    /// Key id → index in [`Pass::objects`]' keys.
-    ids: HashMap<Box<str>, usize>,
+    /// Key id → index in [`Pass::objects`]' keys: built on the first lookup by id (a pass's
+    /// status walk never needs it).
+    ids: OnceLock<HashMap<Box<str>, usize>>,
     /// Name → index in [`Pass::keys`] (the usable key of that name).
     usable: HashMap<Box<str>, usize>,
     /// Token lookup hash → index in [`Pass::keys`].
@@ -77,9 +78,6 @@ impl KeyIndex {
         for (i, k) in pass.objects.keys.iter().enumerate() {
             let name = k.metadata.name.as_deref().unwrap_or_default();
             index.objects.entry(name.into()).or_insert(i);
-            let token = validate::token_of(k, &pass.namespace, &pass.objects);
-            let id = validate::key_id(k, &pass.namespace, token);
-            index.ids.entry(id.into()).or_insert(i);
         }
         for (i, k) in pass.keys.iter().enumerate() {
             index.usable.entry(k.name.as_str().into()).or_insert(i);
@@ -101,7 +99,15 @@ impl KeyIndex {
 
     /// The ApiKey object whose key id is `id`.
     pub fn with_id<'p>(&self, pass: &'p Pass, id: &str) -> Option<&'p ApiKey> {
-        pass.objects.keys.get(*self.ids.get(id)?).map(|k| &**k)
+        let ids = self.ids.get_or_init(|| {
+            let mut ids = HashMap::with_capacity(pass.objects.keys.len());
+            for (i, k) in pass.objects.keys.iter().enumerate() {
+                let id = validate::key_id_in(k, &pass.namespace, &pass.objects);
+                ids.entry(id.into()).or_insert(i);
+            }
+            ids
+        });
+        pass.objects.keys.get(*ids.get(id)?).map(|k| &**k)
     }
 
     /// The usable key named `name`.

@@ -116,11 +116,7 @@ pub fn key(pass: &Pass, obj: &ApiKey, now: i64) -> ApiKeyStatus {
         .and_then(|r| r.expires_at.clone())
         .or_else(|| old.expires_at.clone());
     let mut status = ApiKeyStatus {
-        key_id: Some(validate::key_id(
-            obj,
-            &pass.namespace,
-            validate::token_of(obj, &pass.namespace, &pass.objects),
-        )),
+        key_id: Some(validate::key_id_in(obj, &pass.namespace, &pass.objects)),
         phase: Some(phase),
         lookup_hash,
         created_at: Some(created),

@@ -18,6 +18,16 @@ pub fn key_id(k: &ApiKey, ns: &str, token: Option<&str>) -> String {
     }
 }
 
+/// A key's id among `objects` (see [`key_id`]): its token Secret is read only when the id
+/// needs it (no uid: directory mode).
+pub fn key_id_in(k: &ApiKey, ns: &str, objects: &Objects) -> String {
+    let token = match k.metadata.uid {
+        Some(_) => None,
+        None => token_of(k, ns, objects),
+    };
+    key_id(k, ns, token)
+}
+
 /// The Secret (name, key) an ApiKey's token is read from: `tokenSecretRef`, else the minted
 /// `apikey-<name>`/`token`.
 pub fn token_source(k: &ApiKey) -> crate::crd::SecretKeyRef {
