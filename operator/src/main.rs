@@ -291,13 +291,15 @@ fn run_kube(run: KubeRun) -> Result<()> {
             TargetKind::Envoy => render::Target::Envoy,
         };
         let out = run.kube.output_secret;
-        let source = Arc::new(
-            cluster::Cluster::new(client.clone(), &ns, settings, &out).with_target(target),
-        );
         let identity = run
             .kube
             .pod_name
             .unwrap_or_else(|| format!("layergate-operator-{:08x}", std::process::id()));
+        let source = Arc::new(
+            cluster::Cluster::new(client.clone(), &ns, settings, &out)
+                .with_target(target)
+                .with_identity(&identity),
+        );
         let lock = lease::LeaseLock::new(
             client,
             &ns,

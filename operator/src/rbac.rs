@@ -40,6 +40,7 @@ const fn p(
 const HEV: &str = "hevlayer.com";
 const CORE: &str = "";
 const COORDINATION: &str = "coordination.k8s.io";
+const EVENTS: &str = "events.k8s.io";
 
 /// Everything the operator calls, in its own namespace. The Lease's name is
 /// [`crate::lease::DEFAULT_LEASE`]; a Lease renamed with `LAYERGATE_LEASE` needs the Role's
@@ -161,11 +162,19 @@ pub const PERMISSIONS: &[Permission] = &[
         "a token Secret left by a deleted key of the same name, a deleted key's labelled token",
     ),
     p(
-        CORE,
+        EVENTS,
         "events",
         "create",
         None,
-        "Warning Events (Cluster::event_if_new)",
+        "Warning Events (Cluster::event_if_new, kube's events::Recorder)",
+    ),
+    p(
+        EVENTS,
+        "events",
+        "patch",
+        None,
+        "the Recorder counts a repeat (same reason, same object, within 6 min) in the \
+         first Event's series",
     ),
     p(
         COORDINATION,

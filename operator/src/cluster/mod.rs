@@ -44,10 +44,11 @@ use crate::state::{Source, State};
 use crate::status;
 use crate::validate::{self, Earlier};
 use anyhow::{Context, Result};
-use k8s_openapi::api::core::v1::{Event, EventSource, ObjectReference, Secret};
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, ObjectMeta, OwnerReference, Time};
+use k8s_openapi::api::core::v1::Secret;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, ObjectMeta, OwnerReference};
 use k8s_openapi::ByteString;
 use kube::api::{ListParams, Patch, PatchParams, PostParams};
+use kube::runtime::events::{Recorder, Reporter};
 use kube::{Api, Client, Resource, ResourceExt};
 use serde::Serialize;
 use std::collections::{BTreeMap, BTreeSet};
@@ -155,6 +156,9 @@ pub struct Cluster {
     /// The watch-fed caches a pass reads; started by the controller with its watch client
     /// ([`Cluster::start_caches`]) or, on the first pass, with the call client.
     caches: std::sync::OnceLock<Arc<Caches>>,
+    /// Records the Warning Events (events.k8s.io/v1), reporting as [`FIELD_MANAGER`] and this
+    /// replica's identity ([`Cluster::with_identity`]).
+    recorder: Recorder,
 }
 
 /// Objects per LIST call of a cache's (re)list: large collections are read a page at a
@@ -165,13 +169,6 @@ fn now() -> i64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_secs() as i64)
-}
-
-fn time(secs: i64) -> Time {
-    Time(
-        k8s_openapi::jiff::Timestamp::from_second(secs)
-            .unwrap_or(k8s_openapi::jiff::Timestamp::UNIX_EPOCH),
-    )
 }
 
 /// The Secrets a namespace's objects reference: store credentials, inbound keys and ApiKey
@@ -200,6 +197,17 @@ pub fn owner(key: &ApiKey) -> Option<OwnerReference> {
     let mut o = key.controller_owner_ref(&())?;
     o.block_owner_deletion = Some(true);
     Some(o)
+}
+
+/// The Event recorder of a cluster: controller [`FIELD_MANAGER`], instance `identity`.
+fn recorder(client: &Client, identity: Option<String>) -> Recorder {
+    Recorder::new(
+        client.clone(),
+        Reporter {
+            controller: FIELD_MANAGER.into(),
+            instance: identity,
+        },
+    )
 }
 
 /// True when a Ready condition asks the user to act (worth an Event).
@@ -233,7 +241,6 @@ impl Cluster {
         output_secret: &str,
     ) -> Cluster {
         Cluster {
-            client,
             namespace: namespace.to_owned(),
             settings,
             output_secret: output_secret.to_owned(),
@@ -243,6 +250,8 @@ impl Cluster {
             leader_until: std::sync::Mutex::new(None),
             runtime: tokio::runtime::Handle::current(),
             caches: std::sync::OnceLock::new(),
+            recorder: recorder(&client, None),
+            client,
         }
     }
 
@@ -258,6 +267,15 @@ impl Cluster {
     /// The caches (started with the call client if nothing started them yet).
     pub fn caches(&self) -> Arc<Caches> {
         self.start_caches(self.client.clone())
+    }
+
+    /// Reports this replica's Events as `identity` (the pod name; the Lease's holder
+    /// identity): their `reportingInstance`, which is otherwise [`FIELD_MANAGER`]. The API
+    /// server takes at most 128 bytes of it; a longer identity is cut.
+    pub fn with_identity(mut self, identity: &str) -> Cluster {
+        let instance = statuses::cut(identity, 128).to_owned();
+        self.recorder = recorder(&self.client, Some(instance));
+        self
     }
 
     /// Renders and writes `target` instead of the Envoy target. For the Istio target the

@@ -2,6 +2,32 @@
 //! Warning Event once per reason and message for what needs the user.
 
 use super::*;
+use kube::runtime::events::{Event, EventType};
+
+/// The `action` of every Event the operator records: what it was doing when it found what
+/// the user must fix.
+const EVENT_ACTION: &str = "Reconcile";
+
+/// The Events API's limit on a note, in bytes.
+const NOTE_LIMIT: usize = 1024;
+
+/// A condition's message as an Event's note: cut to [`NOTE_LIMIT`] bytes on a character
+/// boundary, ending in `…` when cut.
+fn note(message: &str) -> String {
+    if message.len() <= NOTE_LIMIT {
+        return message.to_owned();
+    }
+    format!("{}…", cut(message, NOTE_LIMIT - '…'.len_utf8()))
+}
+
+/// The longest start of `s` of at most `limit` bytes that ends on a character boundary.
+pub(super) fn cut(s: &str, limit: usize) -> &str {
+    let mut end = limit.min(s.len());
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    &s[..end]
+}
 
 impl Cluster {
     /// Writes `new` as `obj`'s status unless `old` is it already: `None` when nothing was
@@ -135,7 +161,11 @@ impl Cluster {
     }
 
     /// Records a Warning Event for a `Ready` condition that needs attention and is new (a
-    /// different reason or message than before).
+    /// different reason or message than before), through the cluster's [`Recorder`]: an
+    /// events.k8s.io/v1 Event, or, when the same reason on the same object was recorded in
+    /// the last 6 minutes, that Event's `series` counted up (the API server keeps its note).
+    ///
+    /// [`Recorder`]: kube::runtime::events::Recorder
     async fn event_if_new<K>(
         &self,
         obj: &K,
@@ -155,40 +185,46 @@ impl Cluster {
         if seen {
             return Ok(0);
         }
-        let at = now();
-        let name = obj.meta().name.clone().unwrap_or_default();
+        // The object (kind, name, namespace, uid; no resourceVersion, which every status write
+        // moves): what the Recorder counts repeats by, with the reason.
+        let mut regarding = obj.object_ref(&());
+        regarding
+            .namespace
+            .get_or_insert_with(|| self.namespace.clone());
         let event = Event {
-            metadata: ObjectMeta {
-                name: Some(format!("{name}.{:x}{:04x}", at, crate::state::random_u16())),
-                namespace: Some(self.namespace.clone()),
-                ..ObjectMeta::default()
-            },
-            involved_object: ObjectReference {
-                api_version: Some(K::api_version(&()).into_owned()),
-                kind: Some(K::kind(&()).into_owned()),
-                name: Some(name),
-                namespace: Some(self.namespace.clone()),
-                uid: obj.meta().uid.clone(),
-                ..ObjectReference::default()
-            },
-            reason: Some(c.reason.clone()),
-            message: Some(c.message.clone()),
-            type_: Some("Warning".into()),
-            source: Some(EventSource {
-                component: Some(FIELD_MANAGER.into()),
-                host: None,
-            }),
-            reporting_component: Some(FIELD_MANAGER.into()),
-            first_timestamp: Some(time(at)),
-            last_timestamp: Some(time(at)),
-            count: Some(1),
-            ..Event::default()
+            type_: EventType::Warning,
+            reason: c.reason.clone(),
+            note: Some(note(&c.message)),
+            action: EVENT_ACTION.into(),
+            secondary: None,
         };
         self.ensure_leader()?;
-        Api::<Event>::namespaced(self.client.clone(), &self.namespace)
-            .create(&PostParams::default(), &event)
+        self.recorder
+            .publish(&event, &regarding)
             .await
             .context("recording an Event")?;
         Ok(1)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{cut, note, NOTE_LIMIT};
+
+    #[test]
+    fn a_note_is_the_message_cut_to_the_events_limit_on_a_character_boundary() {
+        assert_eq!(note("short"), "short");
+        let exact = "x".repeat(NOTE_LIMIT);
+        assert_eq!(note(&exact), exact);
+        // Three-byte characters: the cut falls inside one unless it is moved back.
+        let long = "€".repeat(NOTE_LIMIT);
+        let n = note(&long);
+        assert!(n.len() <= NOTE_LIMIT, "{}", n.len());
+        assert!(n.ends_with('…'));
+        assert!(n.trim_end_matches('…').chars().all(|c| c == '€'));
+        assert_eq!(n.len(), NOTE_LIMIT - 1, "as much of the message as fits");
+        assert_eq!(cut("ab€", 4), "ab");
+        assert_eq!(cut("ab€", 5), "ab€");
+        assert_eq!(cut("ab", 128), "ab");
     }
 }

@@ -3,6 +3,9 @@
 
 use base64::Engine as _;
 use k8s_openapi::api::core::v1::Secret;
+use k8s_openapi::api::events::v1::Event;
+use kube::api::{Patch, PatchParams};
+use layergate_operator::crd::VectorStore;
 use serde_json::{json, Value};
 use std::collections::BTreeSet;
 use std::path::Path;
@@ -106,8 +109,9 @@ fn the_gateways_init_container_copies_the_filter_with_the_binary() {
 /// Issue 13: the Role grants exactly what the code calls. The table in `rbac.rs` names each
 /// (group, resource, verb); this runs every code path that calls the API (the controller's
 /// watches, passes that mint, adopt, replace a stale token, publish, write statuses and
-/// Events, the Lease taken and released, the control API's mint, revoke and delete) against
-/// a recording API server: each call is in the table and each entry is called, and the
+/// Events and count a repeat in one's series, the Lease taken and released, the control API's
+/// mint, revoke and delete) against a recording API server: each call is in the table and
+/// each entry is called, and the
 /// deployed Role is the table. Before, the Role lacked `delete` on Secrets (a stale token and a
 /// deleted key's labelled token) and granted `get` and `patch` that nothing used.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -159,6 +163,35 @@ async fn the_role_grants_exactly_what_the_code_calls() {
             .await
             .unwrap()
             .unwrap();
+    }
+    // The broken store names another missing Secret: the same reason with a new message, a
+    // repeat the Recorder counts in the first Event's series (a patch).
+    let patch = json!({"spec": {"credential": {"secretRef": {"name": "missing-too"}}}});
+    api::<VectorStore>(&client)
+        .patch("broken", &PatchParams::default(), &Patch::Merge(&patch))
+        .await
+        .unwrap();
+    let started = std::time::Instant::now();
+    loop {
+        // Read through the untapped client: listing Events is the test's, not the code's.
+        let events = api::<Event>(&client)
+            .list(&Default::default())
+            .await
+            .unwrap()
+            .items;
+        let repeated = events.iter().any(|e| {
+            e.reason.as_deref() == Some("SecretNotFound")
+                && e.regarding.as_ref().and_then(|r| r.name.as_deref()) == Some("broken")
+                && e.series.as_ref().map(|s| s.count) == Some(2)
+        });
+        if repeated {
+            break;
+        }
+        assert!(
+            started.elapsed() < std::time::Duration::from_secs(20),
+            "no repeat counted: {events:?}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
     }
     stop.send(()).unwrap();
     task.await.unwrap().unwrap();

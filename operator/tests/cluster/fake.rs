@@ -159,6 +159,97 @@ async fn names_the_real_api_server_refuses_are_refused() {
         .unwrap();
 }
 
+/// events.k8s.io/v1 Events are checked as the Events API checks them: a note over 1 kB, a
+/// missing action, a core/v1 field or a series of 1 is refused on create, and a patch may
+/// count the series up but not change the note; the plain fake stores each.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn events_the_events_api_refuses_are_refused() {
+    use super::support::EVENT_NOTE_LIMIT;
+    use k8s_openapi::api::events::v1::Event;
+    let client = builder().strict().await;
+    let plain = builder().build().await.unwrap();
+    let event = |name: &str, extra: Value| -> Event {
+        let mut v = json!({
+            "apiVersion": "events.k8s.io/v1", "kind": "Event",
+            "metadata": {"name": name, "namespace": NS},
+            "eventTime": "2030-01-01T00:00:00.000000Z", "type": "Warning",
+            "reason": "SecretNotFound", "action": "Reconcile", "note": "Secret missing",
+            "reportingController": "layergate-operator", "reportingInstance": "operator-0",
+            "regarding": {"apiVersion": "hevlayer.com/v1alpha1", "kind": "VectorStore",
+                          "name": "primary", "namespace": NS},
+        });
+        super::support::merge(&mut v, &extra);
+        serde_json::from_value(v).unwrap()
+    };
+    let refused = |e: kube::Error| match e {
+        kube::Error::Api(s) => {
+            assert_eq!(s.code, 422, "{s:?}");
+            s.message
+        }
+        other => panic!("not an API refusal: {other}"),
+    };
+    let pp = PostParams::default();
+    for (extra, field) in [
+        (json!({"note": "x".repeat(EVENT_NOTE_LIMIT + 1)}), "note"),
+        (json!({"action": null}), "action: Required"),
+        (json!({"reason": "R".repeat(129)}), "reason"),
+        (json!({"type": "Error"}), "type"),
+        (json!({"eventTime": null}), "eventTime: Required"),
+        (json!({"deprecatedCount": 1}), "deprecatedCount"),
+        (
+            json!({"reportingController": "layergate operator"}),
+            "reportingController",
+        ),
+        (
+            json!({"series": {"count": 1, "lastObservedTime": "2030-01-01T00:00:00.000000Z"}}),
+            "series.count",
+        ),
+    ] {
+        let e = event("refused", extra.clone());
+        let msg = refused(
+            Api::<Event>::namespaced(client.clone(), NS)
+                .create(&pp, &e)
+                .await
+                .unwrap_err(),
+        );
+        assert!(msg.contains(field), "{extra}: {msg}");
+        let plain_events = Api::<Event>::namespaced(plain.clone(), NS);
+        plain_events.create(&pp, &e).await.unwrap();
+        plain_events
+            .delete("refused", &DeleteParams::default())
+            .await
+            .unwrap();
+    }
+    let events = Api::<Event>::namespaced(client.clone(), NS);
+    let fine = "x".repeat(EVENT_NOTE_LIMIT);
+    events
+        .create(&pp, &event("fine", json!({"note": fine})))
+        .await
+        .unwrap();
+    // A repeat counts the series up; the note stays.
+    let series = json!({"series": {"count": 2, "lastObservedTime": "2030-01-01T00:01:00.000000Z"}});
+    let counted = events
+        .patch("fine", &PatchParams::default(), &Patch::Merge(&series))
+        .await
+        .unwrap();
+    assert_eq!(counted.series.unwrap().count, 2);
+    let msg = refused(
+        events
+            .patch(
+                "fine",
+                &PatchParams::default(),
+                &Patch::Merge(&json!({"note": "another message"})),
+            )
+            .await
+            .unwrap_err(),
+    );
+    assert!(
+        msg.contains("note: Invalid value: field is immutable"),
+        "{msg}"
+    );
+    assert_eq!(events.get("fine").await.unwrap().note.as_ref(), Some(&fine));
+}
+
 /// Lines of a watch response, as the client's raw request reads them.
 async fn watch_lines(client: &Client, path_and_query: &str) -> (u16, Vec<Value>) {
     use futures::AsyncBufReadExt as _;

@@ -1,7 +1,8 @@
 //! The kube pass: what one leader pass publishes, the statuses, conditions and Events it
 //! writes for each kind, and what it leaves alone (nothing changed, a restart, a follower).
 
-use k8s_openapi::api::core::v1::{Event, Secret};
+use k8s_openapi::api::core::v1::Secret;
+use k8s_openapi::api::events::v1::Event;
 use kube::api::{DeleteParams, Patch, PatchParams, PostParams};
 use layergate_operator::cluster::{Cluster, DEFAULT_OUTPUT_SECRET};
 use layergate_operator::crd::{ApiKey, ApiKeyPhase, Index, VectorStore};
@@ -112,11 +113,18 @@ async fn create_update_and_delete_of_each_kind_reach_status_and_output() {
         .list(&Default::default())
         .await
         .unwrap();
-    assert!(events
-        .items
-        .iter()
-        .any(|e| e.reason.as_deref() == Some("InvalidEndpoint")
-            && e.involved_object.name.as_deref() == Some("eu")));
+    let message = &eu_ready_message(&client).await;
+    assert!(
+        events.items.iter().any(|e| {
+            let about = e.regarding.as_ref().unwrap();
+            e.reason.as_deref() == Some("InvalidEndpoint")
+                && about.name.as_deref() == Some("eu")
+                && about.kind.as_deref() == Some("VectorStore")
+                && e.type_.as_deref() == Some("Warning")
+                && e.note.as_ref() == Some(message)
+        }),
+        "{events:?}"
+    );
     // Delete: gone from the rendering.
     api::<VectorStore>(&client)
         .delete("eu", &DeleteParams::default())
@@ -274,6 +282,129 @@ async fn a_secret_deleted_under_a_live_store_keeps_its_last_valid_form() {
     );
 }
 
+/// The Ready message of the store `eu`.
+async fn eu_ready_message(client: &kube::Client) -> String {
+    let eu = api::<VectorStore>(client).get("eu").await.unwrap();
+    let st = eu.status.unwrap();
+    st.conditions
+        .into_iter()
+        .find(|c| c.type_ == "Ready")
+        .unwrap()
+        .message
+}
+
+/// The Warning Event is an events.k8s.io/v1 Event from kube's Recorder, about the object,
+/// reported by the operator and this replica; a new message for the same reason on the same
+/// object is recorded (once per reason and message), as the first Event's series counted up:
+/// the API server keeps an Event's note, so the note stays the first message and the
+/// object's condition has the new one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_warning_event_is_recorded_once_per_message_and_a_repeat_counts_in_its_series() {
+    let client = builder()
+        .with_object(store_json("broken", false, "missing"))
+        .strict()
+        .await;
+    let c = Cluster::new(
+        client.clone(),
+        NS,
+        support::kube_settings(),
+        DEFAULT_OUTPUT_SECRET,
+    )
+    .with_identity("layergate-operator-0");
+    c.set_leader(true);
+    let w = pass(&c).await.unwrap();
+    assert_eq!(w.events, 1, "{w:?}");
+    let broken = api::<VectorStore>(&client).get("broken").await.unwrap();
+    let first = broken
+        .status
+        .unwrap()
+        .conditions
+        .into_iter()
+        .find(|c| c.type_ == "Ready")
+        .unwrap();
+    assert_eq!(first.reason, "SecretNotFound");
+    let events = api::<Event>(&client)
+        .list(&Default::default())
+        .await
+        .unwrap()
+        .items;
+    assert_eq!(events.len(), 1, "{events:?}");
+    let e = &events[0];
+    assert_eq!(e.type_.as_deref(), Some("Warning"));
+    assert_eq!(e.reason.as_deref(), Some("SecretNotFound"));
+    assert_eq!(e.note.as_ref(), Some(&first.message));
+    assert_eq!(e.action.as_deref(), Some("Reconcile"));
+    assert_eq!(
+        e.reporting_controller.as_deref(),
+        Some("layergate-operator")
+    );
+    assert_eq!(
+        e.reporting_instance.as_deref(),
+        Some("layergate-operator-0")
+    );
+    assert!(e.event_time.is_some());
+    assert_eq!(e.series, None);
+    assert_eq!(e.metadata.namespace.as_deref(), Some(NS));
+    let about = e.regarding.as_ref().unwrap();
+    assert_eq!(
+        (
+            about.api_version.as_deref(),
+            about.kind.as_deref(),
+            about.name.as_deref(),
+            about.namespace.as_deref(),
+            about.uid.as_ref(),
+        ),
+        (
+            Some("hevlayer.com/v1alpha1"),
+            Some("VectorStore"),
+            Some("broken"),
+            Some(NS),
+            broken.metadata.uid.as_ref(),
+        )
+    );
+
+    // Another missing Secret: the same reason, a new message.
+    let patch = json!({"spec": {"credential": {"secretRef": {"name": "missing-too"}}}});
+    api::<VectorStore>(&client)
+        .patch("broken", &PatchParams::default(), &Patch::Merge(&patch))
+        .await
+        .unwrap();
+    let w = pass(&c).await.unwrap();
+    assert_eq!((w.statuses, w.events), (1, 1), "{w:?}");
+    let second = api::<VectorStore>(&client)
+        .get("broken")
+        .await
+        .unwrap()
+        .status
+        .unwrap()
+        .conditions
+        .into_iter()
+        .find(|c| c.type_ == "Ready")
+        .unwrap();
+    assert_eq!(second.reason, "SecretNotFound");
+    assert!(second.message.contains("missing-too"), "{}", second.message);
+    let events = api::<Event>(&client)
+        .list(&Default::default())
+        .await
+        .unwrap()
+        .items;
+    assert_eq!(events.len(), 1, "{events:?}");
+    let series = events[0].series.as_ref().expect("a series");
+    assert_eq!(series.count, 2);
+    assert_eq!(events[0].note.as_ref(), Some(&first.message));
+
+    // Nothing changed: nothing recorded again.
+    let again = pass(&c).await.unwrap();
+    assert_eq!((again.statuses, again.events), (0, 0));
+    let events = api::<Event>(&client)
+        .list(&Default::default())
+        .await
+        .unwrap()
+        .items;
+    assert_eq!(events.len(), 1, "{events:?}");
+    assert_eq!(events[0].series.as_ref().map(|s| s.count), Some(2));
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_default_stores_and_an_index_conflict_are_conditions_and_events() {
     let dup = conflicting_index();
@@ -346,11 +477,12 @@ async fn a_probe_after_a_pass_repeats_no_status_write_and_no_event() {
         .await
         .unwrap()
         .items;
-    let conflicts = events
+    let conflicts: Vec<_> = events
         .iter()
         .filter(|e| e.reason.as_deref() == Some("Conflict"))
-        .count();
-    assert_eq!(conflicts, 1, "{events:?}");
+        .collect();
+    assert_eq!(conflicts.len(), 1, "{events:?}");
+    assert_eq!(conflicts[0].series, None, "recorded once, never repeated");
     let again = pass(&c).await.unwrap();
     assert_eq!((again.statuses, again.events), (0, 0));
 }

@@ -20,7 +20,9 @@ pub use openapi::validate;
 #[allow(unused_imports)]
 pub use rbac::{assert_role_is, permissions_used, Tap};
 #[allow(unused_imports)]
-pub use rules::{dns1123_subdomain, merge, DATA_LIMIT, REQUEST_LIMIT, STORE_LIMIT};
+pub use rules::{
+    dns1123_subdomain, merge, DATA_LIMIT, EVENT_NOTE_LIMIT, REQUEST_LIMIT, STORE_LIMIT,
+};
 #[allow(unused_imports)]
 pub use steps::{steps, Steps};
 #[allow(unused_imports)]

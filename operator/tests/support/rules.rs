@@ -1,8 +1,8 @@
-//! What the real API server refuses in an object: sizes, names, Secret and ConfigMap keys, and a
-//! custom resource that its CRD's schema does not admit.
+//! What the real API server refuses in an object: sizes, names, Secret and ConfigMap keys, an
+//! events.k8s.io Event's fields, and a custom resource that its CRD's schema does not admit.
 
 use super::openapi::validate;
-use super::strict::{Refusal, Target};
+use super::strict::{namespace_of, Refusal, Target};
 use serde_json::{json, Value};
 use std::collections::HashMap;
 use std::sync::OnceLock;
@@ -96,11 +96,123 @@ pub fn dns1123_subdomain(name: &str) -> bool {
         })
 }
 
+/// The Events API's limits (kube-apiserver's `pkg/apis/core/validation/events.go`).
+pub const EVENT_NOTE_LIMIT: usize = 1024;
+const EVENT_FIELD_LIMIT: usize = 128;
+
+/// What the API server refuses in an events.k8s.io/v1 Event, created (`old` None) or written
+/// over `old`: `eventTime`, `type` Normal or Warning, the deprecated core/v1 fields unset, a
+/// `series` counted from 2 with its `lastObservedTime`, `reportingController` a qualified
+/// name, `reportingInstance`, `action` and `reason` present and at most 128 bytes, `note` at
+/// most 1 kB, a cluster-wide `regarding` only in `default` or `kube-system`; and on a write
+/// over a stored Event, everything but `series` (and metadata) unchanged.
+fn check_event(obj: &Value, old: Option<&Value>, namespace: &str, errors: &mut Vec<String>) {
+    let text = |k: &str| obj[k].as_str().unwrap_or_default();
+    if text("eventTime").is_empty() {
+        errors.push("eventTime: Required value".into());
+    }
+    if !matches!(text("type"), "Normal" | "Warning") {
+        errors.push(format!(
+            "type: Invalid value: has invalid value: {}",
+            obj["type"]
+        ));
+    }
+    for k in [
+        "deprecatedFirstTimestamp",
+        "deprecatedLastTimestamp",
+        "deprecatedCount",
+        "deprecatedSource",
+    ] {
+        if !obj[k].is_null() {
+            errors.push(format!("{k}: Invalid value: needs to be unset"));
+        }
+    }
+    if !obj["series"].is_null() {
+        if obj["series"]["count"].as_i64().unwrap_or(0) < 2 {
+            errors.push("series.count: Invalid value: should be at least 2".into());
+        }
+        if obj["series"]["lastObservedTime"]
+            .as_str()
+            .unwrap_or_default()
+            .is_empty()
+        {
+            errors.push("series.lastObservedTime: Required value".into());
+        }
+    }
+    let regarding_ns = obj["regarding"]["namespace"].as_str().unwrap_or_default();
+    if regarding_ns.is_empty() && !matches!(namespace, "default" | "kube-system") {
+        errors.push("regarding.namespace: Invalid value: does not match event.namespace".into());
+    }
+    let controller = text("reportingController");
+    if controller.is_empty() {
+        errors.push("reportingController: Required value".into());
+    } else if !qualified_name(controller) {
+        errors.push(format!(
+            "reportingController: Invalid value: {controller:?}: not a qualified name"
+        ));
+    }
+    for k in ["reportingInstance", "action", "reason"] {
+        let v = text(k);
+        if v.is_empty() {
+            errors.push(format!("{k}: Required value"));
+        } else if v.len() > EVENT_FIELD_LIMIT {
+            errors.push(format!(
+                "{k}: Invalid value: can have at most {EVENT_FIELD_LIMIT} characters"
+            ));
+        }
+    }
+    if text("note").len() > EVENT_NOTE_LIMIT {
+        errors.push(format!(
+            "note: Invalid value: can have at most {EVENT_NOTE_LIMIT} characters"
+        ));
+    }
+    if let Some(old) = old {
+        for k in [
+            "regarding",
+            "related",
+            "reason",
+            "note",
+            "type",
+            "eventTime",
+            "action",
+            "reportingController",
+            "reportingInstance",
+            "deprecatedSource",
+            "deprecatedFirstTimestamp",
+            "deprecatedLastTimestamp",
+            "deprecatedCount",
+        ] {
+            if obj[k] != old[k] {
+                errors.push(format!("{k}: Invalid value: field is immutable"));
+            }
+        }
+    }
+}
+
+/// Whether `s` is a Kubernetes qualified name: an optional DNS subdomain prefix and `/`, then
+/// at most 63 alphanumerics, `-`, `_` or `.`, starting and ending alphanumeric.
+fn qualified_name(s: &str) -> bool {
+    let (prefix, name) = match s.split_once('/') {
+        Some((p, n)) => (Some(p), n),
+        None => (None, s),
+    };
+    let b = name.as_bytes();
+    prefix.is_none_or(dns1123_subdomain)
+        && !b.is_empty()
+        && b.len() <= 63
+        && b[0].is_ascii_alphanumeric()
+        && b[b.len() - 1].is_ascii_alphanumeric()
+        && b.iter()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, b'-' | b'_' | b'.'))
+}
+
+/// `old`: the stored object a write goes over (None for a create).
 pub(super) fn check_object(
     t: &Target,
     crd: Option<&Kind>,
     name: &str,
     obj: &Value,
+    old: Option<&Value>,
 ) -> Result<(), Refusal> {
     let what = format!(
         "{} \"{name}\"",
@@ -151,6 +263,12 @@ pub(super) fn check_object(
                     "[]: Too long: must have at most {DATA_LIMIT} bytes (has {total})"
                 ));
             }
+        }
+        ("events.k8s.io", "events") => {
+            let namespace = obj["metadata"]["namespace"]
+                .as_str()
+                .map_or_else(|| namespace_of(&t.object_path), str::to_owned);
+            check_event(obj, old, &namespace, &mut errors);
         }
         _ => {}
     }

@@ -21,7 +21,12 @@
 //!   field the operator writes and the cluster would lose is a bug either way;
 //! - `status` written other than through the status subresource of a kind that has one (it is
 //!   dropped, as the real server drops it), and anything but `status` written through it;
-//! - a name that is not a DNS-1123 subdomain of at most 253 characters (422).
+//! - a name that is not a DNS-1123 subdomain of at most 253 characters (422);
+//! - an events.k8s.io/v1 Event the Events API refuses (422): no `eventTime`, a `type` other
+//!   than Normal or Warning, the deprecated core/v1 fields set, a `series` under 2,
+//!   `reportingController`, `reportingInstance`, `action` or `reason` missing or over 128
+//!   bytes, a `note` over 1 kB; and a write over a stored Event that changes anything but its
+//!   `series` (its note, reason, regarding object… are immutable).
 //!
 //! The starting objects given to the builder are checked the same way when the client is made:
 //! a real cluster could not hold one the server refuses.
@@ -442,7 +447,7 @@ impl Strict {
             .or(t.name.as_deref())
             .unwrap_or_default()
             .to_string();
-        check_object(&t, crd, &name, &result)?;
+        check_object(&t, crd, &name, &result, existing.as_ref())?;
         serde_json::to_vec(&body).map_err(|e| Refusal {
             code: 500,
             reason: "InternalError",
@@ -465,6 +470,7 @@ impl Strict {
         let mut lists: Vec<(String, String)> = vec![
             ("/api/v1/secrets".into(), "secrets".into()),
             ("/api/v1/configmaps".into(), "configmaps".into()),
+            ("/apis/events.k8s.io/v1/events".into(), "events".into()),
         ];
         for (key, kind) in crds() {
             let (group, plural) = key.split_once('/').expect("group/plural");
@@ -480,7 +486,7 @@ impl Strict {
                 let name = item["metadata"]["name"].as_str().unwrap_or_default();
                 let t = target(&format!("{path}/{name}")).expect("a list path");
                 let crd = crds().get(&format!("{}/{}", t.group, t.plural));
-                if let Err(r) = check_object(&t, crd, name, item) {
+                if let Err(r) = check_object(&t, crd, name, item, None) {
                     panic!(
                         "a starting object the real API server would refuse: {}",
                         r.message
