@@ -6,6 +6,7 @@ use anyhow::{Context, Result};
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use layergate_operator::endpoint::Allowlist;
 use layergate_operator::istio::{defaults, FailStrategy, IstioSettings};
+use layergate_operator::render;
 use layergate_operator::settings::{Settings, UpstreamLimits, DEFAULT_MAX_STALENESS_SECONDS};
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -67,21 +68,9 @@ pub enum Command {
         /// Where to write the rendering.
         #[arg(short = 'o', value_name = "OUT")]
         out: PathBuf,
-        /// The namespace to render (default: the only one in DIR).
-        #[arg(long)]
-        namespace: Option<String>,
-        /// What to render for.
-        #[arg(long, value_enum, default_value_t = TargetKind::Envoy)]
-        target: TargetKind,
-        /// The gateway's settings.
+        /// What to render.
         #[command(flatten)]
-        gateway: GatewayArgs,
-        /// Where the gateway reaches the operator (Istio target: not routed if unset).
-        #[command(flatten)]
-        upstreams: UpstreamArgs,
-        /// The Istio target's settings.
-        #[command(flatten)]
-        istio: IstioArgs,
+        render: RenderArgs,
     },
     /// Run the controller (kube mode or directory mode).
     ///
@@ -102,21 +91,9 @@ pub enum Command {
         /// Directory mode's output directory.
         #[arg(long, value_name = "OUT")]
         out: Option<PathBuf>,
-        /// Kube mode's namespace (default: POD_NAMESPACE, else the client's).
-        #[arg(long)]
-        namespace: Option<String>,
-        /// What kube mode publishes for.
-        #[arg(long, value_enum, default_value_t = TargetKind::Envoy)]
-        target: TargetKind,
-        /// The gateway's settings.
+        /// What to render.
         #[command(flatten)]
-        gateway: GatewayArgs,
-        /// Where the gateway reaches the operator.
-        #[command(flatten)]
-        upstreams: UpstreamArgs,
-        /// The Istio target's settings.
-        #[command(flatten)]
-        istio: IstioArgs,
+        render: RenderArgs,
         /// What the operator serves and how it logs.
         #[command(flatten)]
         serve: ServeArgs,
@@ -131,6 +108,42 @@ pub enum Command {
         /// The filter configuration (JSON).
         file: PathBuf,
     },
+}
+
+/// What `render` and `run` render: the namespace, the target and the gateway's settings.
+#[derive(Debug, Args)]
+pub struct RenderArgs {
+    /// The namespace (render: default the only one in DIR; kube mode: default POD_NAMESPACE,
+    /// else the client's; directory mode renders every namespace and takes none).
+    #[arg(long)]
+    pub namespace: Option<String>,
+    /// What to render for (directory mode: Envoy only).
+    #[arg(long, value_enum, default_value_t = TargetKind::Envoy)]
+    pub target: TargetKind,
+    /// The gateway's settings.
+    #[command(flatten)]
+    pub gateway: GatewayArgs,
+    /// Where the gateway reaches the operator (render: not routed if unset).
+    #[command(flatten)]
+    pub upstreams: UpstreamArgs,
+    /// The Istio target's settings.
+    #[command(flatten)]
+    pub istio: IstioArgs,
+}
+
+impl RenderArgs {
+    /// The target asked for; the Istio target routes to the control API and key service
+    /// given.
+    pub fn target(
+        &self,
+        control: Option<(String, u16)>,
+        key_service: Option<(String, u16)>,
+    ) -> render::Target {
+        match self.target {
+            TargetKind::Envoy => render::Target::Envoy,
+            TargetKind::Istio => render::Target::Istio(self.istio.settings(control, key_service)),
+        }
+    }
 }
 
 /// Where `run` reads its objects from.

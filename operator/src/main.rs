@@ -39,42 +39,29 @@ fn run(cli: Cli) -> Result<()> {
         Command::CheckFilterConfig { file } => check_filter_config(&file),
         Command::CopyFilter { wasm, dir } => copy_filter(&wasm, &dir),
         Command::Check { dir } => check(&dir, &allow),
-        Command::Render {
-            dir,
-            out,
-            namespace,
-            target,
-            gateway,
-            upstreams,
-            istio,
-        } => {
-            let settings = gateway.settings(Mode::Local, allow);
-            let target = match target {
-                TargetKind::Envoy => render::Target::Envoy,
-                TargetKind::Istio => render::Target::Istio(
-                    istio.settings(upstreams.control_upstream, upstreams.key_service_upstream),
-                ),
-            };
-            render(&dir, &out, namespace.as_deref(), &target, &settings)
+        Command::Render { dir, out, render } => {
+            let settings = render.gateway.settings(Mode::Local, allow);
+            let upstreams = &render.upstreams;
+            let target = render.target(
+                upstreams.control_upstream.clone(),
+                upstreams.key_service_upstream.clone(),
+            );
+            self::render(&dir, &out, render.namespace.as_deref(), &target, &settings)
         }
         Command::Run {
             source,
             out,
-            namespace,
-            target,
-            gateway,
-            upstreams,
-            istio,
+            render,
             serve,
             kube,
         } => match (source, out) {
             (SourceKind::Dir(dir), Some(out)) => {
-                if namespace.is_some() || target != TargetKind::Envoy {
+                if render.namespace.is_some() || render.target != TargetKind::Envoy {
                     bail!("--namespace and --target are kube mode's (directory mode renders for Envoy)");
                 }
                 serve.init_logs(false)?;
                 let (control, keys) = serve.listeners(Mode::Local);
-                let mut settings = gateway.settings(Mode::Local, allow);
+                let mut settings = render.gateway.settings(Mode::Local, allow);
                 settings.control = Some((control.ip().to_string(), control.port()));
                 settings.key_service = Some((keys.ip().to_string(), keys.port()));
                 run_dir(
@@ -93,11 +80,9 @@ fn run(cli: Cli) -> Result<()> {
             (SourceKind::Kube, None) => {
                 serve.init_logs(true)?;
                 let kube_run = KubeRun {
-                    namespace: namespace.or(kube.pod_namespace.clone()),
-                    target,
-                    settings: gateway.settings(Mode::Pod, allow),
-                    upstreams,
-                    istio,
+                    namespace: render.namespace.clone().or(kube.pod_namespace.clone()),
+                    settings: render.gateway.settings(Mode::Pod, allow),
+                    render,
                     listeners: serve.listeners(Mode::Pod),
                     rate: serve.authenticate_per_minute,
                     kube,
@@ -242,10 +227,8 @@ fn run_dir(
 /// Kube mode's parsed command line.
 struct KubeRun {
     namespace: Option<String>,
-    target: TargetKind,
     settings: output::Settings,
-    upstreams: cli::UpstreamArgs,
-    istio: cli::IstioArgs,
+    render: cli::RenderArgs,
     listeners: (SocketAddr, SocketAddr),
     rate: u32,
     kube: cli::KubeArgs,
@@ -274,22 +257,22 @@ fn run_kube(run: KubeRun) -> Result<()> {
             .unwrap_or_else(|| client.default_namespace().to_owned());
         let mut settings = run.settings;
         settings.control = Some(
-            run.upstreams
+            run.render
+                .upstreams
                 .control_upstream
+                .clone()
                 .unwrap_or_else(|| (format!("layergate-operator.{ns}.svc"), 9902)),
         );
         settings.key_service = Some(
-            run.upstreams
+            run.render
+                .upstreams
                 .key_service_upstream
+                .clone()
                 .unwrap_or_else(|| (format!("layergate-operator.{ns}.svc"), keys.port())),
         );
-        let target = match run.target {
-            TargetKind::Istio => render::Target::Istio(
-                run.istio
-                    .settings(settings.control.clone(), settings.key_service.clone()),
-            ),
-            TargetKind::Envoy => render::Target::Envoy,
-        };
+        let target = run
+            .render
+            .target(settings.control.clone(), settings.key_service.clone());
         let out = run.kube.output_secret;
         let identity = run
             .kube
