@@ -34,8 +34,8 @@ fn private_temp(path: &Path, text: &str) -> Result<PathBuf> {
     name.push(format!(
         ".{}-{:04x}{:04x}.tmp",
         std::process::id(),
-        crate::state::random_u16(),
-        crate::state::random_u16()
+        crate::random::random_u16(),
+        crate::random::random_u16()
     ));
     let tmp = path.with_file_name(name);
     let mut f = std::fs::OpenOptions::new()

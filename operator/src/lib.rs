@@ -32,6 +32,7 @@ pub mod metrics;
 pub mod output;
 pub mod pass;
 pub mod probe;
+pub mod random;
 pub mod rbac;
 pub mod render;
 pub mod settings;

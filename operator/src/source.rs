@@ -15,8 +15,7 @@ use crate::probe::{self, ProbeResult};
 use crate::render::Target;
 use crate::settings::Settings;
 pub use crate::state::{
-    jitter, random_u16, Exists, Source, State, PROBE_INTERVAL, PROBE_JITTER, REVOKED_AT_ANNOTATION,
-    STUCK_AFTER,
+    jitter, Exists, Source, State, PROBE_INTERVAL, PROBE_JITTER, REVOKED_AT_ANNOTATION, STUCK_AFTER,
 };
 use crate::validate::{self, Validation};
 use anyhow::{Context, Result};

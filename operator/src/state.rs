@@ -195,15 +195,11 @@ pub const PROBE_INTERVAL: Duration = Duration::from_secs(30);
 /// Random extra delay per probe round.
 pub const PROBE_JITTER: Duration = Duration::from_secs(5);
 
-/// 16 random bits from the OS (0 if it has none to give).
-pub fn random_u16() -> u16 {
-    let mut b = [0u8; 2];
-    getrandom::fill(&mut b).map_or(0, |()| u16::from_le_bytes(b))
-}
-
 /// A random delay up to [`PROBE_JITTER`], so replicas and stores spread their probes out.
 pub fn jitter() -> Duration {
-    Duration::from_millis(u64::from(random_u16()) % (PROBE_JITTER.as_millis() as u64 + 1))
+    Duration::from_millis(
+        u64::from(crate::random::random_u16()) % (PROBE_JITTER.as_millis() as u64 + 1),
+    )
 }
 
 /// A write refused because its object (or file) exists: the control API answers 409.

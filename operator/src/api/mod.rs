@@ -237,8 +237,8 @@ impl Api {
                 // it, the caller only a reference to look it up by.
                 let reference = format!(
                     "{:04x}{:04x}",
-                    crate::state::random_u16(),
-                    crate::state::random_u16()
+                    crate::random::random_u16(),
+                    crate::random::random_u16()
                 );
                 tracing::error!(%method, path = %path.split('?').next().unwrap_or_default(), reference, "control API: {e:#}");
                 error(
