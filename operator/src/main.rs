@@ -221,6 +221,8 @@ fn run_dir(
         .enable_all()
         .build()?;
     spawn_control_api(runtime.handle(), source.clone(), rate, control, keys);
+    // The watcher blocks this thread; its probes run on the runtime it has entered.
+    let _entered = runtime.enter();
     source.watch()
 }
 

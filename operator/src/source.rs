@@ -258,11 +258,17 @@ impl DirSource {
     /// the rendering, so the gateway recovers by itself when the store does).
     pub fn probe_now(&self) -> Result<()> {
         let stores = self.state.stores();
-        let runtime = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()?;
         let started = Instant::now();
-        let results = runtime.block_on(probe::probe_all(&stores, probe::DEFAULT_TIMEOUT));
+        let round = probe::probe_all(&stores, probe::DEFAULT_TIMEOUT);
+        // On the operator's runtime when this thread has entered it (`run`), else on one of
+        // its own (a caller without a runtime).
+        let results = match tokio::runtime::Handle::try_current() {
+            Ok(runtime) => runtime.block_on(round),
+            Err(_) => tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()?
+                .block_on(round),
+        };
         for (name, result) in &results {
             tracing::info!(vectorstore = %name, probe = ?result, "probed");
         }
