@@ -60,7 +60,13 @@ fn an_accept_error_for_lack_of_file_descriptors_is_survived() {
     let api = Arc::new(Api::new(source, 120));
     let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let addr = listener.local_addr().unwrap();
-    let server = std::thread::spawn(move || api.serve_on(listener));
+    let server = std::thread::spawn(move || {
+        api.serve_blocking(
+            listener,
+            layergate_operator::api::Role::Control,
+            std::future::pending(),
+        )
+    });
     std::thread::sleep(Duration::from_millis(300));
     let (soft, hard) = limits();
     // Connections from another process, while this one may open no more descriptors.

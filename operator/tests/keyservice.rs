@@ -111,7 +111,13 @@ fn serve_dir(dir: &Path, out: &Path) -> (Arc<DirSource>, SocketAddr) {
     ));
     source.refresh().unwrap();
     let api = Arc::new(Api::new(source.clone(), 120));
-    std::thread::spawn(move || api.serve_on(listener));
+    std::thread::spawn(move || {
+        api.serve_blocking(
+            listener,
+            layergate_operator::api::Role::Control,
+            std::future::pending(),
+        )
+    });
     (source, addr)
 }
 
@@ -486,7 +492,13 @@ fn a_snapshot_of_100000_keys_over_http() {
     let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let addr = listener.local_addr().unwrap();
     let api = Arc::new(Api::new(Arc::new(Keys(state)), 120));
-    std::thread::spawn(move || api.serve_on(listener));
+    std::thread::spawn(move || {
+        api.serve_blocking(
+            listener,
+            layergate_operator::api::Role::Control,
+            std::future::pending(),
+        )
+    });
     let mut times = Vec::new();
     for _ in 0..3 {
         let started = Instant::now();

@@ -182,23 +182,19 @@ impl Demo {
             source.clone(),
             layergate_operator::api::DEFAULT_AUTHENTICATE_PER_MINUTE,
         ));
-        let control = CONTROL.parse()?;
-        let key_service = api.clone();
-        std::thread::Builder::new()
-            .name("control-api".into())
-            .spawn(move || {
-                if let Err(e) = api.serve(control) {
-                    eprintln!("layergate-operator: control API stopped: {e:#}");
-                }
-            })?;
-        let keys = KEY_SERVICE.parse()?;
-        std::thread::Builder::new()
-            .name("key-service".into())
-            .spawn(move || {
-                if let Err(e) = key_service.serve_keys(keys) {
-                    eprintln!("layergate-operator: key service stopped: {e:#}");
-                }
-            })?;
+        use layergate_operator::api::Role;
+        for (role, addr) in [(Role::Control, CONTROL), (Role::Keys, KEY_SERVICE)] {
+            let listener = std::net::TcpListener::bind(addr)
+                .map_err(|e| anyhow::anyhow!("binding the {role:?} listener on {addr}: {e}"))?;
+            let api = api.clone();
+            std::thread::Builder::new()
+                .name(format!("{role:?}"))
+                .spawn(move || {
+                    if let Err(e) = api.serve_blocking(listener, role, std::future::pending()) {
+                        eprintln!("layergate-operator: {role:?} listener stopped: {e:#}");
+                    }
+                })?;
+        }
         std::thread::Builder::new()
             .name("operator".into())
             .spawn(move || {

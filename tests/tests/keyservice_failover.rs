@@ -53,7 +53,7 @@ impl Replica {
         let api = Arc::new(Api::new(source.clone(), DEFAULT_AUTHENTICATE_PER_MINUTE));
         let (tx, rx) = tokio::sync::oneshot::channel::<()>();
         let thread = std::thread::spawn(move || {
-            api.serve_until(listener, async {
+            api.serve_blocking(listener, layergate_operator::api::Role::Control, async {
                 let _ = rx.await;
             })
             .unwrap();

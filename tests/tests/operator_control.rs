@@ -47,7 +47,13 @@ fn start_limited(
     source.refresh().unwrap();
     source.probe_now().unwrap();
     let api = Arc::new(Api::new(source, per_minute).with_limits(limits));
-    std::thread::spawn(move || api.serve_on(listener));
+    std::thread::spawn(move || {
+        api.serve_blocking(
+            listener,
+            layergate_operator::api::Role::Control,
+            std::future::pending(),
+        )
+    });
     let bootstrap = std::fs::read_to_string(out.join("bootstrap.yaml")).unwrap();
     let envoy =
         Envoy::start_yaml(&bootstrap, &paths::repo_root()).unwrap_or_else(|e| panic!("{e:#}"));
@@ -296,7 +302,13 @@ fn authenticate_is_rate_limited_per_minute() {
         let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         let addr = listener.local_addr().unwrap();
         let api = Arc::new(Api::new(source.clone(), 2));
-        std::thread::spawn(move || api.serve_on(listener));
+        std::thread::spawn(move || {
+            api.serve_blocking(
+                listener,
+                layergate_operator::api::Role::Control,
+                std::future::pending(),
+            )
+        });
         addr
     };
     let authenticate = |control: SocketAddr| {
@@ -556,7 +568,13 @@ fn minted_keys_follow_the_key_service_down_at_start_then_changes_within_a_second
     );
     // It comes up: the gateway's retries find it.
     let api = Arc::new(Api::new(source, DEFAULT_AUTHENTICATE_PER_MINUTE));
-    std::thread::spawn(move || api.serve_on(listener));
+    std::thread::spawn(move || {
+        api.serve_blocking(
+            listener,
+            layergate_operator::api::Role::Control,
+            std::future::pending(),
+        )
+    });
     let started = std::time::Instant::now();
     eventually(&s, path, shop, 404); // the devstore has no such namespace: the key passed
     println!(
@@ -607,7 +625,13 @@ fn a_rendering_the_filter_cannot_read_is_refused_visibly_and_the_old_one_keeps_e
     let source = Arc::new(DirSource::new(dir, out.clone(), settings));
     source.refresh().unwrap();
     let api = Arc::new(Api::new(source, DEFAULT_AUTHENTICATE_PER_MINUTE));
-    std::thread::spawn(move || api.serve_on(listener));
+    std::thread::spawn(move || {
+        api.serve_blocking(
+            listener,
+            layergate_operator::api::Role::Control,
+            std::future::pending(),
+        )
+    });
     // The gateway's copy: what the kubelet mounts from the output Secret.
     let mounted = out.parent().unwrap().join("mounted");
     std::fs::create_dir_all(&mounted).unwrap();

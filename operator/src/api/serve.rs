@@ -195,48 +195,22 @@ impl Api {
         }))
     }
 
-    /// Binds `addr` and serves the control API until the process stops.
-    pub fn serve(self: Arc<Self>, addr: SocketAddr) -> Result<()> {
-        let listener = std::net::TcpListener::bind(addr)
-            .with_context(|| format!("binding the control API on {addr}"))?;
-        self.serve_on(listener)
-    }
-
-    /// Serves the control API on a bound listener until the process stops (on a runtime of
-    /// its own: for a caller without one).
-    pub fn serve_on(self: Arc<Self>, listener: std::net::TcpListener) -> Result<()> {
-        self.serve_until(listener, std::future::pending())
-    }
-
-    /// Serves the control API on a bound listener until `stop` completes; then the listener
-    /// and every open connection (held key-service long polls too) are closed, as when the
-    /// process dies. Tests stop one operator replica and start another on the same address
-    /// this way.
-    pub fn serve_until(
+    /// Serves `role`'s routes on a bound listener until `stop` completes, on a runtime of its
+    /// own (one worker): for a caller without a runtime (the demo, tests). When `stop`
+    /// completes the listener and every open connection (held key-service long polls too) are
+    /// closed, as when the process dies; tests stop one operator replica and start another on
+    /// the same address this way.
+    pub fn serve_blocking(
         self: Arc<Self>,
         listener: std::net::TcpListener,
+        role: Role,
         stop: impl std::future::Future<Output = ()> + Send,
     ) -> Result<()> {
-        own_runtime(self.listen(listener, Role::Control, stop))
-    }
-
-    /// Binds `addr` and serves the key service alone (see [`Api::serve_keys_until`]).
-    pub fn serve_keys(self: Arc<Self>, addr: SocketAddr) -> Result<()> {
-        let listener = std::net::TcpListener::bind(addr)
-            .with_context(|| format!("binding the key service on {addr}"))?;
-        self.serve_keys_until(listener, std::future::pending())
-    }
-
-    /// Serves the key service (`GET /v2/keys/sync`, and `/healthz`) alone on its own
-    /// listener, with its own connection budget ([`KEY_SERVICE_MAX_CONNECTIONS`]): what clients
-    /// of the public gateway do to the control API's listener (slow bodies, many connections)
-    /// never takes the capacity the gateways sync through (SPEC §7). Every other path is 404.
-    pub fn serve_keys_until(
-        self: Arc<Self>,
-        listener: std::net::TcpListener,
-        stop: impl std::future::Future<Output = ()> + Send,
-    ) -> Result<()> {
-        own_runtime(self.listen(listener, Role::Keys, stop))
+        tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .enable_all()
+            .build()?
+            .block_on(self.listen(listener, role, stop))
     }
 
     /// Binds `addr` and serves `role`'s routes on the current runtime until `stop`.
@@ -255,9 +229,12 @@ impl Api {
         self.listen(listener, role, stop).await
     }
 
-    /// The accept loop: a connection budget (one more is answered 503 and closed at once),
-    /// the header timeout (also a kept-alive connection's idle time), and `role`'s router.
-    async fn listen(
+    /// Serves `role`'s routes on a bound listener until `stop`: the accept loop, with a
+    /// connection budget (one more is answered 503 and closed at once; the key service's is
+    /// [`KEY_SERVICE_MAX_CONNECTIONS`], its own, so what clients of the public gateway do to
+    /// the control API's listener never takes the capacity the gateways sync through) and the
+    /// header timeout (also a kept-alive connection's idle time).
+    pub async fn listen(
         self: Arc<Self>,
         listener: std::net::TcpListener,
         role: Role,
@@ -318,15 +295,6 @@ impl Api {
             });
         }
     }
-}
-
-/// Runs `serve` on a runtime of its own (one worker): for callers without a runtime.
-fn own_runtime(serve: impl std::future::Future<Output = Result<()>>) -> Result<()> {
-    tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(1)
-        .enable_all()
-        .build()?
-        .block_on(serve)
 }
 
 /// The 413 of a body over its route's cap, in the API's JSON shape; the connection is closed

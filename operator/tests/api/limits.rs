@@ -77,7 +77,13 @@ fn serve(f: &Fixture, per_minute: u32, limits: ServeLimits) -> std::net::SocketA
     let api = Arc::new(Api::new(f.source.clone(), per_minute).with_limits(limits));
     let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let addr = listener.local_addr().unwrap();
-    std::thread::spawn(move || api.serve_on(listener));
+    std::thread::spawn(move || {
+        api.serve_blocking(
+            listener,
+            layergate_operator::api::Role::Control,
+            std::future::pending(),
+        )
+    });
     addr
 }
 
@@ -295,8 +301,20 @@ fn the_key_service_keeps_its_capacity_when_the_control_api_is_full() {
     );
     let (control_addr, keys_addr) = (control.local_addr().unwrap(), keys.local_addr().unwrap());
     let key_service = api.clone();
-    std::thread::spawn(move || api.serve_on(control));
-    std::thread::spawn(move || key_service.serve_keys_until(keys, std::future::pending()));
+    std::thread::spawn(move || {
+        api.serve_blocking(
+            control,
+            layergate_operator::api::Role::Control,
+            std::future::pending(),
+        )
+    });
+    std::thread::spawn(move || {
+        key_service.serve_blocking(
+            keys,
+            layergate_operator::api::Role::Keys,
+            std::future::pending(),
+        )
+    });
     // Every control connection held by a request whose body trickles.
     let held: Vec<TcpStream> = (0..limits.max_connections)
         .map(|_| {

@@ -43,7 +43,13 @@ async fn the_control_api_writes_api_keys_through_kubernetes() {
     let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let addr = listener.local_addr().unwrap();
     let control = Arc::new(layergate_operator::api::Api::new(c.clone(), 120));
-    std::thread::spawn(move || control.serve_on(listener));
+    std::thread::spawn(move || {
+        control.serve_blocking(
+            listener,
+            layergate_operator::api::Role::Control,
+            std::future::pending(),
+        )
+    });
     let call = move |m: &'static str, p: &'static str, b: &'static str| {
         tokio::task::spawn_blocking(move || http(addr, m, p, b))
     };

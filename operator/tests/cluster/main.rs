@@ -197,7 +197,13 @@ fn control_api(c: Arc<Cluster>) -> std::net::SocketAddr {
     let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let addr = listener.local_addr().unwrap();
     let control = Arc::new(layergate_operator::api::Api::new(c, 120));
-    std::thread::spawn(move || control.serve_on(listener));
+    std::thread::spawn(move || {
+        control.serve_blocking(
+            listener,
+            layergate_operator::api::Role::Control,
+            std::future::pending(),
+        )
+    });
     addr
 }
 

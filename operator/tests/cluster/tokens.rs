@@ -168,7 +168,13 @@ async fn kube_mode_serves_the_key_service_with_a_credential_secret() {
     let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let addr = listener.local_addr().unwrap();
     let control = Arc::new(layergate_operator::api::Api::new(c.clone(), 120));
-    std::thread::spawn(move || control.serve_on(listener));
+    std::thread::spawn(move || {
+        control.serve_blocking(
+            listener,
+            layergate_operator::api::Role::Control,
+            std::future::pending(),
+        )
+    });
     let get = |query: String, token: String| {
         tokio::task::spawn_blocking(move || sync_http(addr, &query, &token))
     };

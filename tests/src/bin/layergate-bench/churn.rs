@@ -125,7 +125,13 @@ pub fn run(upstream: SocketAddr) -> Result<String> {
     let listener = std::net::TcpListener::bind("127.0.0.1:0")?;
     let control = listener.local_addr()?;
     let api = Arc::new(Api::new(source.clone(), DEFAULT_AUTHENTICATE_PER_MINUTE));
-    std::thread::spawn(move || api.serve_on(listener));
+    std::thread::spawn(move || {
+        api.serve_blocking(
+            listener,
+            layergate_operator::api::Role::Control,
+            std::future::pending(),
+        )
+    });
     let snapshot_get = || -> Result<(Duration, Vec<u8>)> {
         let started = Instant::now();
         let r = Request::new("GET", SYNC_PATH)
