@@ -3,10 +3,11 @@
 //! change, so a request sees one table from start to end.
 //!
 //! ```text
-//!  SyncResponse{snapshot}  ──KeyTable::from_keys──────►  new table
-//!  SyncResponse{deltas}    ──KeyTable::apply_in_place──►  the table, changed: O(changes)
-//!                          ──KeyTable::apply───────────►  a copy, changed (the old one is
-//!                                                          still held by a request)
+//!  answer bytes ──answer::read──► Incoming (every key compiled as it streams in)
+//!  Incoming{snapshot} ──KeyTable::apply_in_place──►  the new table
+//!  Incoming{deltas}   ──KeyTable::apply_in_place──►  the table, changed: O(changes)
+//!                     ──KeyTable::apply───────────►  a copy, changed (the old one is
+//!                                                     still held by a request)
 //!  request: lookup(sha256(token)) ─► index ─► MintedKey (entitlements, expiry)
 //! ```
 //!
@@ -20,9 +21,10 @@
 //! credentials keep working); [`Freshness`] is shared between the root context, which
 //! records each successful sync, and every table it built.
 
+use crate::answer::Incoming;
+use crate::config::ApiKeyConfig;
 use crate::config::{token_hash, ConfigError, StoreId};
-use crate::config::{ApiKeyConfig, SyncResponse};
-use crate::entitlement::{compile_key, KeyGrants, MintedKey};
+use crate::entitlement::{compile_key, KeyGrants};
 use crate::fasthash::FastMap;
 use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicI64, Ordering};
@@ -72,11 +74,54 @@ pub enum Unusable {
     Stale,
 }
 
+/// The keys' principal texts, in blocks that never move: a block that is full is followed by
+/// a new one (1 KiB, doubling up to 64 KiB) and never copied, so building a 100,000-key table
+/// holds no second copy of its text (a doubling `String` held the old and the new at once, a
+/// good part of a snapshot's high-water mark) and leaves at most one block part-empty.
+#[derive(Debug, Clone, Default)]
+struct Arena {
+    blocks: Vec<String>,
+    /// Bytes of text held.
+    len: usize,
+}
+
+/// The largest block: a text's offset in its block fits the low 16 bits of its start.
+const BLOCK: usize = 1 << 16;
+
+impl Arena {
+    /// Appends `head` then `tail` as one text; its (start, length).
+    fn push(&mut self, head: &str, tail: &str) -> (u32, u32) {
+        let n = head.len() + tail.len();
+        if self
+            .blocks
+            .last()
+            .is_none_or(|b| b.len() + n > b.capacity().min(BLOCK))
+        {
+            let size = self.blocks.last().map_or(1024, |b| b.capacity() * 2);
+            self.blocks
+                .push(String::with_capacity(size.clamp(n, BLOCK.max(n))));
+        }
+        let block = self.blocks.len() - 1;
+        let b = &mut self.blocks[block];
+        let offset = b.len();
+        b.push_str(head);
+        b.push_str(tail);
+        self.len += n;
+        (((block as u32) << 16) | offset as u32, n as u32)
+    }
+
+    /// The text at (start, length).
+    fn get(&self, start: u32, len: u32) -> &str {
+        let (block, offset) = ((start >> 16) as usize, (start & 0xFFFF) as usize);
+        &self.blocks[block][offset..offset + len as usize]
+    }
+}
+
 /// One key, compactly: its principal text lives in the table's arena, its grants are
 /// interned.
 #[derive(Debug, Clone)]
 struct Slot {
-    /// `apikey:<name>` as `arena[start..start + len]`.
+    /// `apikey:<name>`: the arena's text at (start, len).
     start: u32,
     len: u32,
     /// Expiry in Unix seconds; `i64::MAX` for never.
@@ -124,7 +169,7 @@ pub struct KeyTable {
     /// Token digest → slot; an entry of a removed key stays until the next rewrite and is
     /// never answered (its slot is dead).
     by_hash: FastMap<[u8; 32], u32>,
-    arena: String,
+    arena: Arena,
     /// Arena bytes no live slot refers to any more.
     garbage: usize,
     /// Slots of removed or replaced keys.
@@ -159,22 +204,41 @@ impl KeyTable {
         stores: &HashMap<&str, StoreId>,
         store_count: usize,
     ) -> Result<KeyTable, ConfigError> {
-        let mut table = KeyTable::default();
-        table.slots.reserve(keys.len());
-        table.by_id.reserve(keys.len());
-        table.by_hash.reserve(keys.len());
-        let mut seen = HashSet::with_capacity(keys.len());
+        let mut table = KeyTable::with_capacity(keys.len());
         for k in keys {
-            if !seen.insert(k.key_id.as_str()) {
-                return Err(ConfigError::Invalid(format!(
-                    "apiKeys: keyId {:?} is used twice",
-                    k.key_id
-                )));
-            }
-            let key = compile_key(k, stores, store_count).map_err(|e| refused(k, e))?;
-            table.push(k, key);
+            table.insert_new(k, stores, store_count)?;
         }
         Ok(table)
+    }
+
+    /// An empty table with room for `keys` keys.
+    pub fn with_capacity(keys: usize) -> KeyTable {
+        let mut table = KeyTable::default();
+        table.slots.reserve_exact(keys);
+        table.by_id.reserve(keys);
+        table.by_hash.reserve(keys);
+        table
+    }
+
+    /// Compiles and adds a key whose keyId this table does not hold yet (a table being built:
+    /// `apiKeys`, or an answer as it is read). Refuses a key the filter cannot compile, or a
+    /// keyId seen before.
+    pub fn insert_new(
+        &mut self,
+        k: &ApiKeyConfig,
+        stores: &HashMap<&str, StoreId>,
+        store_count: usize,
+    ) -> Result<(), ConfigError> {
+        let id = id_digest(&k.key_id);
+        if self.by_id.contains_key(&id) {
+            return Err(ConfigError::Invalid(format!(
+                "apiKeys: keyId {:?} is used twice",
+                k.key_id
+            )));
+        }
+        let key = compile_key(k, stores, store_count).map_err(|e| refused(k, e))?;
+        self.push(id, k.lookup_hash.0, &k.name, key.expires_at, key.grants);
+        Ok(())
     }
 
     /// An empty table for a key service that has not answered yet.
@@ -188,83 +252,82 @@ impl KeyTable {
     /// The table after a key-service answer, as a new table: the snapshot, or a copy of this
     /// one with the deltas applied (O(table): for when a request still holds this one; else
     /// use [`KeyTable::apply_in_place`]). A key the filter cannot compile fails the answer.
-    pub fn apply(
-        &self,
-        answer: &SyncResponse,
-        stores: &HashMap<&str, StoreId>,
-        store_count: usize,
-    ) -> Result<KeyTable, ConfigError> {
-        if answer.snapshot {
-            let mut next = KeyTable::from_keys(&answer.keys, stores, store_count)?;
-            next.freshness.clone_from(&self.freshness);
-            next.revision = Some(answer.revision.as_str().into());
-            return Ok(next);
-        }
-        let mut next = self.clone();
-        next.apply_in_place(answer, stores, store_count)?;
-        Ok(next)
+    pub fn apply(&self, answer: Incoming) -> KeyTable {
+        let mut next = if answer.snapshot {
+            KeyTable {
+                freshness: self.freshness.clone(),
+                ..KeyTable::default()
+            }
+        } else {
+            self.clone()
+        };
+        next.apply_in_place(answer);
+        next
     }
 
-    /// Applies a key-service answer to this table: a snapshot replaces it, deltas change it in
-    /// O(changes). The answer is compiled whole before anything changes: a key the filter
-    /// cannot compile fails the answer and leaves the table as it was. The caller swaps the
-    /// table as one (the wasm VM runs nothing else meanwhile).
-    pub fn apply_in_place(
-        &mut self,
-        answer: &SyncResponse,
-        stores: &HashMap<&str, StoreId>,
-        store_count: usize,
-    ) -> Result<(), ConfigError> {
+    /// Applies a key-service answer, already compiled whole ([`Incoming`]: a key the filter
+    /// cannot compile failed it before anything changed): a snapshot replaces this table,
+    /// deltas change it in O(changes). The caller swaps the table as one (the wasm VM runs
+    /// nothing else meanwhile).
+    pub fn apply_in_place(&mut self, answer: Incoming) {
         if answer.snapshot {
-            let mut next = KeyTable::from_keys(&answer.keys, stores, store_count)?;
-            next.freshness = self.freshness.take();
-            *self = next;
+            let freshness = self.freshness.take();
+            *self = answer.keys;
+            self.freshness = freshness;
         } else {
-            let compiled = answer
-                .keys
-                .iter()
-                .map(|k| {
-                    compile_key(k, stores, store_count)
-                        .map(|c| (k, c))
-                        .map_err(|e| refused(k, e))
-                })
-                .collect::<Result<Vec<_>, _>>()?;
             for id in &answer.removed {
                 self.remove(&id_digest(id));
             }
-            for (k, c) in compiled {
-                self.push(k, c);
-            }
+            self.merge(answer.keys);
             self.compact();
         }
-        self.revision = Some(answer.revision.as_str().into());
-        Ok(())
+        self.revision = Some(answer.revision.into());
     }
 
-    /// Adds a key; one with the same keyId is replaced.
-    fn push(&mut self, k: &ApiKeyConfig, key: MintedKey) {
-        let grants = match self.interned.get(&key.grants) {
+    /// Adds every key of `other` (replacing those of the same keyId).
+    fn merge(&mut self, other: KeyTable) {
+        let hashes: HashMap<u32, [u8; 32]> = other.by_hash.iter().map(|(h, i)| (*i, *h)).collect();
+        for (id, i) in &other.by_id {
+            let s = &other.slots[*i as usize];
+            let (Some(hash), true) = (hashes.get(i), s.start != DEAD) else {
+                continue;
+            };
+            let principal = other.arena.get(s.start, s.len);
+            let name = principal.strip_prefix("apikey:").unwrap_or(principal);
+            let expires_at = (s.expires_at != i64::MAX).then_some(s.expires_at);
+            self.push(*id, *hash, name, expires_at, KeyGrants::clone(&s.grants));
+        }
+    }
+
+    /// Adds a key (keyId digest, token digest, name); one with the same keyId is replaced.
+    fn push(
+        &mut self,
+        id: [u8; 8],
+        hash: [u8; 32],
+        name: &str,
+        expires_at: Option<i64>,
+        grants: KeyGrants,
+    ) {
+        let grants = match self.interned.get(&grants) {
             Some(g) => Arc::clone(g),
             None => {
-                let g = Arc::new(key.grants);
+                let g = Arc::new(grants);
                 self.interned.insert(Arc::clone(&g));
                 g
             }
         };
-        let start = self.arena.len() as u32;
-        self.arena.push_str("apikey:");
-        self.arena.push_str(&k.name);
+        let (start, len) = self.arena.push("apikey:", name);
         let i = self.slots.len() as u32;
         self.slots.push(Slot {
             start,
-            len: self.arena.len() as u32 - start,
-            expires_at: key.expires_at.unwrap_or(i64::MAX),
+            len,
+            expires_at: expires_at.unwrap_or(i64::MAX),
             grants,
         });
-        if let Some(old) = self.by_id.insert(id_digest(&k.key_id), i) {
+        if let Some(old) = self.by_id.insert(id, i) {
             self.kill(old as usize);
         }
-        self.by_hash.insert(k.lookup_hash.0, i);
+        self.by_hash.insert(hash, i);
     }
 
     /// Removes the key with this keyId digest, if any: O(1).
@@ -288,20 +351,18 @@ impl KeyTable {
     /// Rewrites the table without its dead slots once they are half of it (so the O(n)
     /// rewrite is paid for by the n/2 removals before it), and forgets grants no key uses.
     fn compact(&mut self) {
-        if self.dead * 2 <= self.slots.len() && self.garbage * 2 <= self.arena.len() {
+        if self.dead * 2 <= self.slots.len() && self.garbage * 2 <= self.arena.len {
             return;
         }
         let live = self.slots.len() - self.dead;
         let mut remap = vec![DEAD; self.slots.len()];
         let mut slots = Vec::with_capacity(live);
-        let mut arena = String::with_capacity(self.arena.len() - self.garbage);
+        let mut arena = Arena::default();
         for (i, mut s) in std::mem::take(&mut self.slots).into_iter().enumerate() {
             if s.start == DEAD {
                 continue;
             }
-            let text = &self.arena[s.start as usize..(s.start + s.len) as usize];
-            s.start = arena.len() as u32;
-            arena.push_str(text);
+            (s.start, s.len) = arena.push(self.arena.get(s.start, s.len), "");
             remap[i] = slots.len() as u32;
             slots.push(s);
         }
@@ -332,7 +393,7 @@ impl KeyTable {
     pub fn key(&self, k: usize) -> KeyRef<'_> {
         let s = &self.slots[k];
         KeyRef {
-            principal: &self.arena[s.start as usize..(s.start + s.len) as usize],
+            principal: self.arena.get(s.start, s.len),
             expires_at: (s.expires_at != i64::MAX).then_some(s.expires_at),
             grants: &s.grants,
         }

@@ -25,6 +25,7 @@
 //! [`entitlement`] (targets, a key's grants, containment of one grant in another), [`glob`]
 //! and [`namespace::valid_namespace`] — so it refuses exactly what the filter refuses.
 
+pub mod answer;
 pub mod auth;
 pub mod body;
 pub mod config;

@@ -164,16 +164,12 @@ pub fn api_policy(
                     .all(|(a, b)| a.name == b.name) =>
         {
             let change = keyservice::Change::between(last_keys, keys);
-            last.keys.apply(
-                &layergate_filter::config::SyncResponse {
-                    revision: String::new(),
-                    snapshot: false,
-                    keys: change.upsert,
-                    removed: change.remove,
-                },
-                &stores,
-                policy.stores.len(),
-            )?
+            last.keys.apply(layergate_filter::answer::Incoming {
+                revision: String::new(),
+                snapshot: false,
+                keys: KeyTable::from_keys(&change.upsert, &stores, policy.stores.len())?,
+                removed: change.remove,
+            })
         }
         _ => KeyTable::from_keys(keys, &stores, policy.stores.len())?,
     };

@@ -333,18 +333,20 @@ fn link(linker: &mut Linker<HostState>) -> Result<()> {
          size_ptr: i32|
          -> Result<i32> {
             mark(&mut c, "proxy_get_buffer_bytes");
-            let data = match kind {
-                PLUGIN_CONFIGURATION => c.data().plugin_config.clone(),
-                VM_CONFIGURATION => Vec::new(),
-                HTTP_REQUEST_BODY => c.data().body.clone(),
-                HTTP_CALL_RESPONSE_BODY => c.data().call_response.1.clone(),
+            // Only the slice asked for is copied (a key-service answer is read in chunks).
+            let data: &[u8] = match kind {
+                PLUGIN_CONFIGURATION => &c.data().plugin_config,
+                VM_CONFIGURATION => &[],
+                HTTP_REQUEST_BODY => &c.data().body,
+                HTTP_CALL_RESPONSE_BODY => &c.data().call_response.1,
                 _ => return Ok(NOT_FOUND),
             };
             let start = usize::try_from(start)?.min(data.len());
             let end = start
                 .saturating_add(usize::try_from(max).unwrap_or(usize::MAX))
                 .min(data.len());
-            give(&mut c, &data[start..end], ptr_ptr, size_ptr)?;
+            let slice = data[start..end].to_vec();
+            give(&mut c, &slice, ptr_ptr, size_ptr)?;
             Ok(OK)
         },
     )?;

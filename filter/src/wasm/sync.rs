@@ -4,8 +4,7 @@
 use super::root::Root;
 use super::{count, SYNCED, SYNC_FAILED};
 use crate::abi::{self, now, BufferType, LogLevel, MapType};
-use crate::config::{SyncResponse, CONFIG_VERSION};
-use crate::policy::{ConfigError, StoreId};
+use crate::config::CONFIG_VERSION;
 use std::fmt::Write as _;
 use std::rc::Rc;
 use std::sync::Arc;
@@ -144,11 +143,7 @@ impl Root {
         }
         let status = abi::get_header(MapType::HttpCallResponseHeaders, ":status");
         let result = match status.as_deref() {
-            Some(b"200") => {
-                let body = abi::get_buffer(BufferType::HttpCallResponseBody, 0, body_size)
-                    .unwrap_or_default();
-                self.synced(asked.as_deref(), &body)
-            }
+            Some(b"200") => self.synced(asked.as_deref(), body_size),
             Some(other) => Err(format!(
                 "the key service answered {}",
                 String::from_utf8_lossy(other)
@@ -164,55 +159,87 @@ impl Root {
         }
     }
 
-    /// Applies a key-service answer: a new table swapped in whole, or nothing.
-    fn synced(&mut self, asked: Option<&str>, body: &[u8]) -> Result<(), String> {
+    /// Applies a key-service answer of `body_size` bytes, read from the host in chunks as it
+    /// is parsed ([`crate::answer::read`]): a new table swapped in whole, or nothing.
+    fn synced(&mut self, asked: Option<&str>, body_size: usize) -> Result<(), String> {
         let Some(policy) = self.policy.clone() else {
             return Ok(());
         };
-        let answer: SyncResponse = serde_json::from_slice(body)
-            .map_err(|e| format!("the answer is not a SyncResponse: {e}"))?;
+        let answer = crate::answer::read(
+            Chunks::of(body_size),
+            &policy.store_ids(),
+            policy.stores.len(),
+            crate::answer::keys_hint(body_size),
+        )?;
         // A delta only applies to the revision it was asked from (the table may have been
         // replaced meanwhile by a new configuration).
         if !answer.snapshot && policy.keys.revision() != asked {
             return Err("a delta for a revision this table is not at".into());
         }
-        if answer.snapshot || !answer.keys.is_empty() || !answer.removed.is_empty() {
-            let refused = |e: ConfigError| format!("the answer was refused: {e}");
-            drop(policy);
-            let Some(current) = self.policy.as_mut() else {
-                return Ok(());
-            };
-            // Nothing else holds the policy or its table (no request is buffering a body
-            // with them): change the table where it is, in O(changes). Otherwise the
-            // requests that hold them keep theirs and a changed copy is swapped in.
-            match Rc::get_mut(current).and_then(|p| {
-                let stores: std::collections::HashMap<&str, StoreId> = p
-                    .stores
-                    .iter()
-                    .enumerate()
-                    .map(|(id, s)| (&*s.name, id))
-                    .collect();
-                let count = p.stores.len();
-                Arc::get_mut(&mut p.keys).map(|t| (t, stores, count))
-            }) {
-                Some((table, stores, count)) => table
-                    .apply_in_place(&answer, &stores, count)
-                    .map_err(refused)?,
+        drop(policy);
+        let Some(current) = self.policy.as_mut() else {
+            return Ok(());
+        };
+        let changes = answer.snapshot || !answer.keys.is_empty() || !answer.removed.is_empty();
+        // Nothing else holds the policy or its table (no request is buffering a body with
+        // them): change the table where it is, in O(changes). Otherwise the requests that
+        // hold them keep theirs and a changed copy is swapped in.
+        if changes {
+            match Rc::get_mut(current).and_then(|p| Arc::get_mut(&mut p.keys)) {
+                Some(table) => table.apply_in_place(answer),
                 None => {
-                    let table = current
-                        .keys
-                        .apply(&answer, &current.store_ids(), current.stores.len())
-                        .map_err(refused)?;
+                    let table = current.keys.apply(answer);
                     *current = Rc::new(current.with_keys(table));
                 }
             }
         }
-        let Some(policy) = self.policy.clone() else {
-            return Ok(());
-        };
-        if let Some(f) = policy.keys.freshness() {
+        if let Some(f) = current.keys.freshness() {
             f.synced(now());
         }
         Ok(())
+    }
+}
+
+/// The key service's answer, read from the host 64 KiB at a time.
+struct Chunks {
+    size: usize,
+    /// Bytes asked for so far.
+    at: usize,
+    chunk: Vec<u8>,
+    pos: usize,
+}
+
+impl Chunks {
+    const CHUNK: usize = 64 * 1024;
+
+    fn of(size: usize) -> Chunks {
+        Chunks {
+            size,
+            at: 0,
+            chunk: Vec::new(),
+            pos: 0,
+        }
+    }
+}
+
+impl std::io::Read for Chunks {
+    fn read(&mut self, out: &mut [u8]) -> std::io::Result<usize> {
+        if self.pos == self.chunk.len() {
+            if self.at >= self.size {
+                return Ok(0);
+            }
+            let want = Chunks::CHUNK.min(self.size - self.at);
+            self.chunk = abi::get_buffer(BufferType::HttpCallResponseBody, self.at, want)
+                .unwrap_or_default();
+            if self.chunk.is_empty() {
+                return Err(std::io::Error::other("the answer ended early"));
+            }
+            self.at += self.chunk.len();
+            self.pos = 0;
+        }
+        let n = out.len().min(self.chunk.len() - self.pos);
+        out[..n].copy_from_slice(&self.chunk[self.pos..self.pos + n]);
+        self.pos += n;
+        Ok(n)
     }
 }
