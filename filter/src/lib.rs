@@ -18,6 +18,7 @@
 //! ```
 //!
 //! Floors, nothing importing upward: `wasm` (+ `abi`, the hand-declared proxy-wasm ABI) →
+//! `outcome` (the counters and access-log line every host binding reports) →
 //! `decision`, `body` → `auth` → `entitlement` → `policy`, `keys` → `route` → leaves
 //! (`denial`, `glob`, `scope`, `time`, `config`, `headers`, `fasthash`).
 //!
@@ -36,6 +37,7 @@ pub mod glob;
 pub mod headers;
 pub mod keys;
 pub mod namespace;
+pub mod outcome;
 pub mod policy;
 pub mod route;
 pub mod scope;
@@ -44,5 +46,6 @@ pub mod time;
 
 #[cfg(target_arch = "wasm32")]
 mod abi;
+
 #[cfg(target_arch = "wasm32")]
 mod wasm;

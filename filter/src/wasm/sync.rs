@@ -1,10 +1,11 @@
 //! A root's key-service client (SPEC §6): the long poll, its back-off, and applying an answer
 //! to the root's key table (in place when nothing else holds it).
 
+use super::count;
 use super::root::Root;
-use super::{count, SYNCED, SYNC_FAILED};
 use crate::abi::{self, now, BufferType, LogLevel, MapType};
 use crate::config::{SyncResponse, CONFIG_VERSION};
+use crate::outcome::{SYNCED, SYNC_FAILED};
 use crate::policy::{ConfigError, StoreId};
 use std::fmt::Write as _;
 use std::rc::Rc;
