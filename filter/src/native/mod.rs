@@ -1,0 +1,491 @@
+//! The filter as an Envoy dynamic module (compiled only with the `native` feature, off wasm;
+//! the shared object is `filter/native`'s `liblayergate_native.so`): the hooks Envoy calls,
+//! over the decision core the wasm build runs.
+//!
+//! ```text
+//!  config_new (main thread):  JSON ──Policy::from_json──► Config { Arc<Policy>, counter ids }
+//!  new (per stream):          Box<Stream> { &Config, pending inspection, replied }
+//!  request_headers ─► request::on_request_headers ─► decide ─► edits + route again | local reply
+//!  request_body    ─► request::on_request_body    ─► body::check at the end of the body
+//!  request_trailers ─► an inspected body may not end with trailers
+//! ```
+//!
+//! Native code runs inside Envoy's process, so no panic may cross into Envoy: every hook runs
+//! under [`std::panic::catch_unwind`]; a request whose hook panicked gets a 503 (fail closed,
+//! never forwarded) and the panic is logged and counted (`layergate.panics`). Nothing here
+//! blocks: the policy is immutable and shared by reference; a stream's state is its own.
+//!
+//! Phase 1 (issue 23): API keys come from the configuration (`apiKeys`); the process-wide
+//! key table synced from the key service is not built yet, so a configuration with a
+//! `keyService` has minted tokens answered 503 "key table not loaded yet" by the core.
+//!
+//! The rooms: this file (exports, the panic guard, configuration and stream objects), `abi`
+//! (the pinned declarations), `host` (safe calls into Envoy) and `request` (a stream's
+//! decision written back). Only `host` calls into [`abi`]'s callbacks.
+#![allow(unsafe_code)] // `#[no_mangle]` exports of the ABI, and Envoy's pointers to the module's own objects.
+
+mod abi;
+mod host;
+mod request;
+
+use self::abi::{
+    BodyStatus, ConfigEnvoyPtr, ConfigModulePtr, EnvoyBuffer, EnvoyHttpHeader, FilterEnvoyPtr,
+    FilterModulePtr, HeadersStatus, LogLevel, TrailersStatus,
+};
+use self::host::{define_counter, log, Host};
+use self::request::Pending;
+use crate::config::CONFIG_VERSION;
+use crate::denial::Denial;
+use crate::outcome::COUNTERS;
+use crate::policy::Policy;
+use std::ffi::c_char;
+use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::sync::Arc;
+
+/// Counter: hooks that panicked (each answered fail-closed).
+const PANICS: &str = "layergate.panics";
+
+/// The clock in Unix seconds (`i64::MAX` when unreadable: every expiry has passed).
+pub(crate) fn now() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .ok()
+        .and_then(|d| i64::try_from(d.as_secs()).ok())
+        .unwrap_or(i64::MAX)
+}
+
+/// One filter configuration (Envoy's `DynamicModuleFilter`): shared by every stream of it,
+/// on every worker.
+pub(crate) struct Config {
+    policy: Arc<Policy>,
+    /// Envoy counter ids by [`COUNTERS`] index (`None`: Envoy did not define it).
+    counters: [Option<usize>; COUNTERS.len()],
+    panics: Option<usize>,
+}
+
+// Streams on every worker read one `Config`.
+const _: fn() = || {
+    fn shared<T: Send + Sync>() {}
+    shared::<Config>();
+};
+
+/// One stream. Envoy runs all of a stream's hooks on its worker, one at a time.
+pub(crate) struct Stream {
+    /// The stream's configuration; Envoy keeps it alive while any of its streams is.
+    config: *const Config,
+    /// The body being inspected, if any.
+    pending: Option<Pending>,
+    /// True once a local reply was sent.
+    replied: bool,
+}
+
+// ---- the panic guard ---------------------------------------------------------------------------
+
+/// Runs `f`; a panic (logged by the panic hook) becomes `fallback`.
+fn shielded<T>(fallback: T, f: impl FnOnce() -> T) -> T {
+    catch_unwind(AssertUnwindSafe(f)).unwrap_or(fallback)
+}
+
+/// Runs a request hook over the stream's objects; when it panics, the request is answered 503
+/// (unless it was already answered) and `stopped` is returned, so nothing is forwarded.
+///
+/// # Safety
+///
+/// `filter` and `module` are the pointers Envoy passed to the running hook.
+unsafe fn request_hook<T: Copy>(
+    filter: FilterEnvoyPtr,
+    module: FilterModulePtr,
+    stopped: T,
+    f: impl FnOnce(&mut Host, &mut Stream, &Config) -> T,
+) -> T {
+    let stream = module.cast_mut().cast::<Stream>();
+    let run = || {
+        // SAFETY: `module` is the `Stream` `new` made for this stream, used by one hook at a
+        // time; its `Config` outlives it; `filter` is this hook's stream handle.
+        let (stream, mut host) = unsafe { (&mut *stream, Host::new(filter)) };
+        // SAFETY: as above.
+        let config = unsafe { &*stream.config };
+        let answer = f(&mut host, stream, config);
+        if !stream.replied {
+            host.route_again_if_edited();
+        }
+        answer
+    };
+    if stream.is_null() {
+        // `new` failed; Envoy closes such a stream, but never forward it.
+        shielded((), || {
+            // SAFETY: this hook's stream handle.
+            let mut host = unsafe { Host::new(filter) };
+            fail_closed(&mut host, None);
+        });
+        return stopped;
+    }
+    match catch_unwind(AssertUnwindSafe(run)) {
+        Ok(answer) => answer,
+        Err(_) => {
+            shielded((), || {
+                // SAFETY: as in `run`, which has unwound and holds nothing any more.
+                let (stream, mut host) = unsafe { (&mut *stream, Host::new(filter)) };
+                fail_closed(&mut host, Some(stream));
+            });
+            stopped
+        }
+    }
+}
+
+/// After a panic: counts it and answers 503 unless the request was already answered.
+fn fail_closed(host: &mut Host, stream: Option<&mut Stream>) {
+    let denial = Denial::unavailable(
+        "layergate failed on this request (an internal error, logged by the gateway); nothing was forwarded",
+    );
+    match stream {
+        Some(stream) => {
+            // SAFETY: the stream's configuration outlives it.
+            let config = unsafe { &*stream.config };
+            if let Some(id) = config.panics {
+                host.increment(id);
+            }
+            stream.pending = None;
+            if !stream.replied {
+                stream.replied = true;
+                host.send_response(
+                    503,
+                    &[("content-type", "application/json")],
+                    denial.body().as_bytes(),
+                    "layergate_panic",
+                );
+            }
+        }
+        None => host.send_response(
+            503,
+            &[("content-type", "application/json")],
+            denial.body().as_bytes(),
+            "layergate_panic",
+        ),
+    }
+}
+
+// ---- exports ------------------------------------------------------------------------------------
+
+/// Module load (main thread): the panic hook, and the ABI this module was built for.
+#[no_mangle]
+pub unsafe extern "C" fn envoy_dynamic_module_on_program_init() -> *const c_char {
+    shielded((), || {
+        std::panic::set_hook(Box::new(|info| {
+            log(LogLevel::Critical, &format!("layergate: panic: {info}"));
+        }));
+    });
+    abi::ABI_VERSION.as_ptr()
+}
+
+/// A filter configuration (main thread): compiled once, or refused (null), which makes Envoy
+/// refuse the configuration that carries it.
+#[no_mangle]
+pub unsafe extern "C" fn envoy_dynamic_module_on_http_filter_config_new(
+    config_envoy: ConfigEnvoyPtr,
+    _name: EnvoyBuffer,
+    config: EnvoyBuffer,
+) -> ConfigModulePtr {
+    shielded(std::ptr::null(), || {
+        let bytes: &[u8] = if config.ptr.is_null() {
+            &[]
+        } else {
+            // SAFETY: Envoy passes `length` readable bytes, alive during this hook.
+            unsafe { std::slice::from_raw_parts(config.ptr.cast(), config.length) }
+        };
+        match configure(config_envoy, bytes) {
+            Some(c) => Box::into_raw(Box::new(c)).cast_const().cast(),
+            None => std::ptr::null(),
+        }
+    })
+}
+
+/// Compiles a configuration and defines its counters; `None` (logged) refuses it.
+fn configure(config_envoy: ConfigEnvoyPtr, bytes: &[u8]) -> Option<Config> {
+    let policy = match Policy::from_json(bytes, |var| std::env::var(var).ok()) {
+        Ok(policy) => policy,
+        Err(e) => {
+            log(
+                LogLevel::Critical,
+                &format!(
+                    "layergate: configuration refused: {e}; this filter reads configuration version {CONFIG_VERSION} (filter {}); Envoy refuses the filter configuration — upgrade the gateway's filter to the operator's",
+                    env!("CARGO_PKG_VERSION")
+                ),
+            );
+            return None;
+        }
+    };
+    for s in &policy.stores {
+        if let Err(var) = &s.bearer {
+            log(
+                LogLevel::Error,
+                &format!("layergate: store {:?}: environment variable {var} is not set in Envoy's environment; its requests get 503", s.name),
+            );
+        }
+    }
+    log(
+        LogLevel::Info,
+        &format!(
+            "layergate: configured {} stores, {} namespaces, {} api keys",
+            policy.stores.len(),
+            policy.namespaces.len(),
+            policy.keys.len()
+        ),
+    );
+    Some(Config {
+        policy: Arc::new(policy),
+        counters: COUNTERS.map(|name| define_counter(config_envoy, name)),
+        panics: define_counter(config_envoy, PANICS),
+    })
+}
+
+/// A configuration Envoy no longer uses (after its last stream).
+#[no_mangle]
+pub unsafe extern "C" fn envoy_dynamic_module_on_http_filter_config_destroy(
+    config: ConfigModulePtr,
+) {
+    shielded((), || {
+        if !config.is_null() {
+            // SAFETY: made by `Box::into_raw` in `config_new`; Envoy destroys it once.
+            drop(unsafe { Box::from_raw(config.cast_mut().cast::<Config>()) });
+        }
+    });
+}
+
+/// A stream (its worker): its state, owned until `destroy`.
+#[no_mangle]
+pub unsafe extern "C" fn envoy_dynamic_module_on_http_filter_new(
+    config: ConfigModulePtr,
+    _filter: FilterEnvoyPtr,
+) -> FilterModulePtr {
+    shielded(std::ptr::null(), || {
+        if config.is_null() {
+            return std::ptr::null();
+        }
+        let stream = Box::new(Stream {
+            config: config.cast(),
+            pending: None,
+            replied: false,
+        });
+        Box::into_raw(stream).cast_const().cast()
+    })
+}
+
+/// The stream is gone.
+#[no_mangle]
+pub unsafe extern "C" fn envoy_dynamic_module_on_http_filter_destroy(filter: FilterModulePtr) {
+    shielded((), || {
+        if !filter.is_null() {
+            // SAFETY: made by `Box::into_raw` in `new`; Envoy destroys it once.
+            drop(unsafe { Box::from_raw(filter.cast_mut().cast::<Stream>()) });
+        }
+    });
+}
+
+/// Request headers: the decision.
+#[no_mangle]
+pub unsafe extern "C" fn envoy_dynamic_module_on_http_filter_request_headers(
+    filter: FilterEnvoyPtr,
+    module: FilterModulePtr,
+    end_of_stream: bool,
+) -> HeadersStatus {
+    // SAFETY: Envoy's pointers for this hook.
+    unsafe {
+        request_hook(
+            filter,
+            module,
+            HeadersStatus::StopIteration,
+            |host, stream, config| request::on_request_headers(host, stream, config, end_of_stream),
+        )
+    }
+}
+
+/// A chunk of request body: buffered while inspected, judged at its end.
+#[no_mangle]
+pub unsafe extern "C" fn envoy_dynamic_module_on_http_filter_request_body(
+    filter: FilterEnvoyPtr,
+    module: FilterModulePtr,
+    end_of_stream: bool,
+) -> BodyStatus {
+    // SAFETY: Envoy's pointers for this hook.
+    unsafe {
+        request_hook(
+            filter,
+            module,
+            BodyStatus::StopIterationNoBuffer,
+            |host, stream, config| request::on_request_body(host, stream, config, end_of_stream),
+        )
+    }
+}
+
+/// Request trailers: an inspected body that ends with them is refused.
+#[no_mangle]
+pub unsafe extern "C" fn envoy_dynamic_module_on_http_filter_request_trailers(
+    filter: FilterEnvoyPtr,
+    module: FilterModulePtr,
+) -> TrailersStatus {
+    // SAFETY: Envoy's pointers for this hook.
+    unsafe {
+        request_hook(
+            filter,
+            module,
+            TrailersStatus::StopIteration,
+            request::on_request_trailers,
+        )
+    }
+}
+
+/// Response headers pass.
+#[no_mangle]
+pub unsafe extern "C" fn envoy_dynamic_module_on_http_filter_response_headers(
+    _filter: FilterEnvoyPtr,
+    _module: FilterModulePtr,
+    _end_of_stream: bool,
+) -> HeadersStatus {
+    HeadersStatus::Continue
+}
+
+/// Response body passes.
+#[no_mangle]
+pub unsafe extern "C" fn envoy_dynamic_module_on_http_filter_response_body(
+    _filter: FilterEnvoyPtr,
+    _module: FilterModulePtr,
+    _end_of_stream: bool,
+) -> BodyStatus {
+    BodyStatus::Continue
+}
+
+/// Response trailers pass.
+#[no_mangle]
+pub unsafe extern "C" fn envoy_dynamic_module_on_http_filter_response_trailers(
+    _filter: FilterEnvoyPtr,
+    _module: FilterModulePtr,
+) -> TrailersStatus {
+    TrailersStatus::Continue
+}
+
+/// Stream complete (before access logs): nothing to do.
+#[no_mangle]
+pub unsafe extern "C" fn envoy_dynamic_module_on_http_filter_stream_complete(
+    _filter: FilterEnvoyPtr,
+    _module: FilterModulePtr,
+) {
+}
+
+/// Callout answers: the filter makes no per-stream callouts.
+#[no_mangle]
+pub unsafe extern "C" fn envoy_dynamic_module_on_http_filter_http_callout_done(
+    _filter: FilterEnvoyPtr,
+    _module: FilterModulePtr,
+    _callout_id: u64,
+    _result: abi::CEnum,
+    _headers: *mut EnvoyHttpHeader,
+    _headers_size: usize,
+    _body_chunks: *mut EnvoyBuffer,
+    _body_chunks_size: usize,
+) {
+}
+
+/// Streamed callouts: none.
+#[no_mangle]
+pub unsafe extern "C" fn envoy_dynamic_module_on_http_filter_http_stream_headers(
+    _filter: FilterEnvoyPtr,
+    _module: FilterModulePtr,
+    _stream_id: u64,
+    _headers: *mut EnvoyHttpHeader,
+    _headers_size: usize,
+    _end_stream: bool,
+) {
+}
+
+/// Streamed callouts: none.
+#[no_mangle]
+pub unsafe extern "C" fn envoy_dynamic_module_on_http_filter_http_stream_data(
+    _filter: FilterEnvoyPtr,
+    _module: FilterModulePtr,
+    _stream_id: u64,
+    _data: *const EnvoyBuffer,
+    _data_count: usize,
+    _end_stream: bool,
+) {
+}
+
+/// Streamed callouts: none.
+#[no_mangle]
+pub unsafe extern "C" fn envoy_dynamic_module_on_http_filter_http_stream_trailers(
+    _filter: FilterEnvoyPtr,
+    _module: FilterModulePtr,
+    _stream_id: u64,
+    _trailers: *mut EnvoyHttpHeader,
+    _trailers_size: usize,
+) {
+}
+
+/// Streamed callouts: none.
+#[no_mangle]
+pub unsafe extern "C" fn envoy_dynamic_module_on_http_filter_http_stream_complete(
+    _filter: FilterEnvoyPtr,
+    _module: FilterModulePtr,
+    _stream_id: u64,
+) {
+}
+
+/// Streamed callouts: none.
+#[no_mangle]
+pub unsafe extern "C" fn envoy_dynamic_module_on_http_filter_http_stream_reset(
+    _filter: FilterEnvoyPtr,
+    _module: FilterModulePtr,
+    _stream_id: u64,
+    _reason: abi::CEnum,
+) {
+}
+
+/// Scheduled events: the filter schedules none.
+#[no_mangle]
+pub unsafe extern "C" fn envoy_dynamic_module_on_http_filter_scheduled(
+    _filter: FilterEnvoyPtr,
+    _module: FilterModulePtr,
+    _event_id: u64,
+) {
+}
+
+/// Downstream write-buffer pressure (terminal filters only): nothing to do.
+#[no_mangle]
+pub unsafe extern "C" fn envoy_dynamic_module_on_http_filter_downstream_above_write_buffer_high_watermark(
+    _filter: FilterEnvoyPtr,
+    _module: FilterModulePtr,
+) {
+}
+
+/// Downstream write-buffer pressure (terminal filters only): nothing to do.
+#[no_mangle]
+pub unsafe extern "C" fn envoy_dynamic_module_on_http_filter_downstream_below_write_buffer_low_watermark(
+    _filter: FilterEnvoyPtr,
+    _module: FilterModulePtr,
+) {
+}
+
+// Every export has the pinned signature of its hook.
+const _: abi::OnProgramInit = envoy_dynamic_module_on_program_init;
+const _: abi::OnConfigNew = envoy_dynamic_module_on_http_filter_config_new;
+const _: abi::OnConfigDestroy = envoy_dynamic_module_on_http_filter_config_destroy;
+const _: abi::OnFilterNew = envoy_dynamic_module_on_http_filter_new;
+const _: abi::OnFilterDestroy = envoy_dynamic_module_on_http_filter_destroy;
+const _: abi::OnHeaders = envoy_dynamic_module_on_http_filter_request_headers;
+const _: abi::OnBody = envoy_dynamic_module_on_http_filter_request_body;
+const _: abi::OnTrailers = envoy_dynamic_module_on_http_filter_request_trailers;
+const _: abi::OnHeaders = envoy_dynamic_module_on_http_filter_response_headers;
+const _: abi::OnBody = envoy_dynamic_module_on_http_filter_response_body;
+const _: abi::OnTrailers = envoy_dynamic_module_on_http_filter_response_trailers;
+const _: abi::OnStreamEvent = envoy_dynamic_module_on_http_filter_stream_complete;
+const _: abi::OnHttpCalloutDone = envoy_dynamic_module_on_http_filter_http_callout_done;
+const _: abi::OnHttpStreamHeaders = envoy_dynamic_module_on_http_filter_http_stream_headers;
+const _: abi::OnHttpStreamData = envoy_dynamic_module_on_http_filter_http_stream_data;
+const _: abi::OnHttpStreamTrailers = envoy_dynamic_module_on_http_filter_http_stream_trailers;
+const _: abi::OnStreamId = envoy_dynamic_module_on_http_filter_http_stream_complete;
+const _: abi::OnHttpStreamReset = envoy_dynamic_module_on_http_filter_http_stream_reset;
+const _: abi::OnStreamId = envoy_dynamic_module_on_http_filter_scheduled;
+const _: abi::OnStreamEvent =
+    envoy_dynamic_module_on_http_filter_downstream_above_write_buffer_high_watermark;
+const _: abi::OnStreamEvent =
+    envoy_dynamic_module_on_http_filter_downstream_below_write_buffer_low_watermark;
