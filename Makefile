@@ -2,8 +2,9 @@
 SHELL := /bin/bash
 .DEFAULT_GOAL := help
 
-# The Envoy `make test` runs (override: make test ENVOY_VERSION=1.38.3); test-envoy-matrix runs
-# the real-Envoy subset on each of ENVOY_MATRIX.
+# The Envoy `make test` runs (override: make test ENVOY_VERSION=1.39.3; the native build's tests
+# need 1.39.x or 1.40.x); test-envoy-matrix runs the real-Envoy subset with the wasm build on
+# each of ENVOY_MATRIX and with the native build on each of NATIVE_ENVOYS.
 ENVOY_VERSION ?= 1.40.0
 ENVOY_MATRIX  ?= 1.36.4 1.37.0 1.38.2 1.39.3 1.40.0
 # The Envoys the native build (a dynamic module pinned to 1.39's ABI) supports and is tested on.
@@ -109,13 +110,14 @@ test: tools venv wasm native native-envoys ## Unit, wasm-host and real-Envoy end
 	ENVOY_BIN=$(CURDIR)/$(ENVOY) $(CARGO) test --workspace --locked
 	$(MAKE) --no-print-directory fuzz-smoke
 
-test-envoy-matrix: venv wasm $(TOOLS)/.wasm-target $(foreach v,$(ENVOY_MATRIX),$(TOOLS)/envoy-$(v)/envoy) ## The real-Envoy tests (envoy_e2e, _inspection, _tls, _bootstrap, _faults) on each Envoy of ENVOY_MATRIX (1.36-1.40); a summary per version
-	@$(CARGO) test --locked -p layergate-tests $(ENVOY_SUBSET) --no-run -q 2> /dev/null
-	@failed=; for v in $(ENVOY_MATRIX); do \
-	  log=target/envoy-matrix-$$v.log; \
-	  if ENVOY_BIN=$(CURDIR)/$(TOOLS)/envoy-$$v/envoy $(CARGO) test --locked --no-fail-fast -p layergate-tests $(ENVOY_SUBSET) > $$log 2>&1; \
-	  then echo "envoy $$v: pass ($$(grep -h '^test result' $$log | awk '{p+=$$4} END {print p}') tests)"; \
-	  else echo "envoy $$v: FAIL ($$log):"; grep -E '^test .* FAILED$$|^    [a-z_]+$$' $$log | sort -u | sed 's/^/  /'; failed="$$failed $$v"; fi; \
+test-envoy-matrix: venv wasm native $(TOOLS)/.wasm-target $(foreach v,$(sort $(ENVOY_MATRIX) $(NATIVE_ENVOYS)),$(TOOLS)/envoy-$(v)/envoy) ## The real-Envoy tests (envoy_e2e, _inspection, _tls, _bootstrap, _faults) with the wasm build on each Envoy of ENVOY_MATRIX (1.36-1.40), and with the native build (plus envoy_two_builds) on each of NATIVE_ENVOYS; a summary per run
+	@$(CARGO) test --locked -p layergate-tests $(ENVOY_SUBSET) --test envoy_two_builds --no-run -q 2> /dev/null
+	@failed=; for run in $(foreach v,$(ENVOY_MATRIX),wasm:$(v)) $(foreach v,$(NATIVE_ENVOYS),native:$(v)); do \
+	  build=$${run%%:*}; v=$${run#*:}; log=target/envoy-matrix-$$build-$$v.log; \
+	  tests="$(ENVOY_SUBSET)"; test $$build = native && tests="$$tests --test envoy_two_builds"; \
+	  if LAYERGATE_FILTER=$$build ENVOY_BIN=$(CURDIR)/$(TOOLS)/envoy-$$v/envoy $(CARGO) test --locked --no-fail-fast -p layergate-tests $$tests > $$log 2>&1; \
+	  then echo "envoy $$v, $$build: pass ($$(grep -h '^test result' $$log | awk '{p+=$$4} END {print p}') tests)"; \
+	  else echo "envoy $$v, $$build: FAIL ($$log):"; grep -E '^test .* FAILED$$|^    [a-z_]+$$' $$log | sort -u | sed 's/^/  /'; failed="$$failed $$build:$$v"; fi; \
 	done; test -z "$$failed" || { echo "failed on:$$failed"; exit 1; }
 
 # Fuzzing (fuzz/): libFuzzer through cargo-fuzz on the nightly toolchain. Seeds (and every input

@@ -132,6 +132,25 @@ fn scratch_dir() -> Result<PathBuf> {
     Ok(dir)
 }
 
+/// The Envoy binary's version (`envoy --version`: `…/1.40.0/Clean/RELEASE/…`), as
+/// (major, minor, patch).
+pub fn version() -> Result<(u32, u32, u32)> {
+    let out = Command::new(crate::paths::envoy_bin()?)
+        .arg("--version")
+        .output()
+        .context("running envoy --version")?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    text.split('/')
+        .find_map(|part| {
+            let mut n = part.split('.').map(|x| x.parse::<u32>().ok());
+            match (n.next(), n.next(), n.next(), n.next()) {
+                (Some(Some(a)), Some(Some(b)), Some(Some(c)), None) => Some((a, b, c)),
+                _ => None,
+            }
+        })
+        .with_context(|| format!("no version in `envoy --version`: {text}"))
+}
+
 /// Runs `envoy --mode validate` on a bootstrap (relative paths resolve from the repo root).
 pub fn validate(yaml: &str) -> Result<()> {
     let dir = scratch_dir()?;
