@@ -22,7 +22,7 @@
 //! Floors, nothing importing upward: `wasm` (+ `abi`, the hand-declared proxy-wasm ABI) and
 //! `native` (+ `native::abi`, the hand-declared dynamic-module ABI) →
 //! `outcome` (the counters and access-log line every host binding reports) →
-//! `decision`, `body` → `auth` → `entitlement` → `policy`, `keys` → `route` → leaves
+//! `decision`, `body`, `keysync` (the key-service client as a state machine) → `auth` → `entitlement` → `policy`, `keys` → `route` → leaves
 //! (`denial`, `glob`, `scope`, `time`, `config`, `headers`, `fasthash`).
 //!
 //! The operator validates with this crate's own checks — [`time`] (lifetimes, timestamps),
@@ -39,6 +39,7 @@ pub mod fasthash;
 pub mod glob;
 pub mod headers;
 pub mod keys;
+pub mod keysync;
 pub mod namespace;
 pub mod outcome;
 pub mod policy;
