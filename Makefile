@@ -10,6 +10,9 @@ ENVOY_MATRIX  ?= 1.36.4 1.37.0 1.38.2 1.39.3 1.40.0
 # The Envoys the native build (a dynamic module pinned to 1.39's ABI) supports and is tested on.
 NATIVE_ENVOYS := 1.39.0 1.39.3 1.40.0
 ENVOY_SUBSET  := --test envoy_e2e --test envoy_inspection --test envoy_tls --test envoy_bootstrap --test envoy_faults
+# What the native build runs again (LAYERGATE_FILTER=native): the real-Envoy suites, the key
+# service, and the two builds side by side.
+NATIVE_SUBSET := $(ENVOY_SUBSET) --test envoy_limits --test envoy_keysync --test envoy_two_builds
 TOOLS         := .tools
 ENVOY         := $(TOOLS)/envoy-$(ENVOY_VERSION)/envoy
 VENV          := .venv
@@ -106,15 +109,16 @@ native: ## Build the filter as an Envoy dynamic module (target/debug/liblayergat
 
 native-envoys: $(foreach v,$(NATIVE_ENVOYS),$(TOOLS)/envoy-$(v)/envoy) ## Install the Envoys the native build is tested on (NATIVE_ENVOYS)
 
-test: tools venv wasm native native-envoys ## Unit, wasm-host and real-Envoy end-to-end tests, and a short fuzz run (what CI runs)
+test: tools venv wasm native native-envoys ## Unit, wasm-host and real-Envoy end-to-end tests (the real-Envoy ones with both builds), and a short fuzz run (what CI runs)
 	ENVOY_BIN=$(CURDIR)/$(ENVOY) $(CARGO) test --workspace --locked
+	LAYERGATE_FILTER=native ENVOY_BIN=$(CURDIR)/$(ENVOY) $(CARGO) test --locked -p layergate-tests $(NATIVE_SUBSET)
 	$(MAKE) --no-print-directory fuzz-smoke
 
-test-envoy-matrix: venv wasm native $(TOOLS)/.wasm-target $(foreach v,$(sort $(ENVOY_MATRIX) $(NATIVE_ENVOYS)),$(TOOLS)/envoy-$(v)/envoy) ## The real-Envoy tests (envoy_e2e, _inspection, _tls, _bootstrap, _faults) with the wasm build on each Envoy of ENVOY_MATRIX (1.36-1.40), and with the native build (plus envoy_two_builds) on each of NATIVE_ENVOYS; a summary per run
-	@$(CARGO) test --locked -p layergate-tests $(ENVOY_SUBSET) --test envoy_two_builds --no-run -q 2> /dev/null
+test-envoy-matrix: venv wasm native $(TOOLS)/.wasm-target $(foreach v,$(sort $(ENVOY_MATRIX) $(NATIVE_ENVOYS)),$(TOOLS)/envoy-$(v)/envoy) ## The real-Envoy tests (envoy_e2e, _inspection, _tls, _bootstrap, _faults) with the wasm build on each Envoy of ENVOY_MATRIX (1.36-1.40), and with the native build (NATIVE_SUBSET) on each of NATIVE_ENVOYS; a summary per run
+	@$(CARGO) test --locked -p layergate-tests $(NATIVE_SUBSET) --no-run -q 2> /dev/null
 	@failed=; for run in $(foreach v,$(ENVOY_MATRIX),wasm:$(v)) $(foreach v,$(NATIVE_ENVOYS),native:$(v)); do \
 	  build=$${run%%:*}; v=$${run#*:}; log=target/envoy-matrix-$$build-$$v.log; \
-	  tests="$(ENVOY_SUBSET)"; test $$build = native && tests="$$tests --test envoy_two_builds"; \
+	  tests="$(ENVOY_SUBSET)"; test $$build = native && tests="$(NATIVE_SUBSET)"; \
 	  if LAYERGATE_FILTER=$$build ENVOY_BIN=$(CURDIR)/$(TOOLS)/envoy-$$v/envoy $(CARGO) test --locked --no-fail-fast -p layergate-tests $$tests > $$log 2>&1; \
 	  then echo "envoy $$v, $$build: pass ($$(grep -h '^test result' $$log | awk '{p+=$$4} END {print p}') tests)"; \
 	  else echo "envoy $$v, $$build: FAIL ($$log):"; grep -E '^test .* FAILED$$|^    [a-z_]+$$' $$log | sort -u | sed 's/^/  /'; failed="$$failed $$build:$$v"; fi; \

@@ -1,6 +1,7 @@
 //! The native build's ABI against the Envoy binaries it supports (1.39.0, 1.39.3, 1.40.0):
-//! the shared object exports exactly the 21 hooks Envoy 1.39 requires of an HTTP-filter module,
-//! Envoy looks each of them up by name (so each name is a string in every binary), and every
+//! the shared object exports exactly the 21 hooks Envoy 1.39 requires of an HTTP-filter module
+//! and the two optional ones the key-service sync uses, Envoy looks each of them up by name
+//! (so each name is a string in every binary), and every
 //! callback the shared object imports is exported by every binary (`nm -D --defined-only`).
 //! The names come from the built `liblayergate_native.so` itself, so nothing the module calls
 //! or exports escapes the check. Fails, never skips, when the module or an Envoy is missing.
@@ -40,6 +41,12 @@ const HOOKS: [&str; 21] = [
     "envoy_dynamic_module_on_http_filter_downstream_below_write_buffer_low_watermark",
 ];
 
+/// Hooks Envoy 1.39 looks up but does not require, which the key-service sync uses.
+const OPTIONAL_HOOKS: [&str; 2] = [
+    "envoy_dynamic_module_on_http_filter_config_scheduled",
+    "envoy_dynamic_module_on_http_filter_config_http_callout_done",
+];
+
 /// A binutils tool's standard output (the test fails when it cannot run).
 fn run(tool: &str, args: &[&str], file: &Path) -> String {
     let out = Command::new(tool)
@@ -72,13 +79,16 @@ fn hook_strings(file: &Path) -> BTreeSet<String> {
     let mut names = BTreeSet::new();
     for line in run("strings", &["-a", "-n", "24"], file).lines() {
         let mut rest = line;
+        // Literals may sit back to back with no NUL between them: a name ends at the next
+        // byte that cannot be in one, or where the next name begins.
         while let Some(at) = rest.find(PREFIX) {
-            let name: String = rest[at..]
-                .chars()
-                .take_while(|c| c.is_ascii_alphanumeric() || *c == '_')
-                .collect();
-            rest = &rest[at + name.len()..];
-            names.insert(name);
+            let tail = &rest[at + PREFIX.len()..];
+            let end = tail
+                .find(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+                .unwrap_or(tail.len());
+            let end = tail[..end].find(PREFIX).unwrap_or(end);
+            names.insert(format!("{PREFIX}{}", &tail[..end]));
+            rest = &tail[end..];
         }
     }
     names
@@ -89,14 +99,18 @@ fn module() -> std::path::PathBuf {
 }
 
 #[test]
-fn the_module_exports_exactly_the_hooks_envoy_1_39_requires() {
+fn the_module_exports_exactly_the_hooks_envoy_1_39_requires_and_the_two_it_uses() {
     let so = module();
     let exported = dynamic_symbols(&so, "--defined-only", "envoy_");
-    let hooks: BTreeSet<String> = HOOKS.iter().map(|h| (*h).to_owned()).collect();
+    let hooks: BTreeSet<String> = HOOKS
+        .iter()
+        .chain(&OPTIONAL_HOOKS)
+        .map(|h| (*h).to_owned())
+        .collect();
     assert_eq!(
         exported,
         hooks,
-        "{} exports other envoy_ symbols than the 21 hooks",
+        "{} exports other envoy_ symbols than the 21 required hooks and the 2 optional ones",
         so.display()
     );
     let undefined = dynamic_symbols(&so, "--undefined-only", "envoy_");
@@ -129,7 +143,11 @@ fn every_hook_and_callback_name_is_envoys_on_each_supported_version() {
             missing.push(format!("Envoy {version} does not export the callback {c}"));
         }
         let looked_up = hook_strings(&envoy);
-        for h in HOOKS.iter().filter(|h| !looked_up.contains(**h)) {
+        for h in HOOKS
+            .iter()
+            .chain(&OPTIONAL_HOOKS)
+            .filter(|h| !looked_up.contains(**h))
+        {
             missing.push(format!("Envoy {version} never names the hook {h}"));
         }
     }

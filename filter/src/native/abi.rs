@@ -16,7 +16,9 @@
 //! By Envoy's compatibility policy a module built against release X.Y's ABI runs on X.Y and
 //! X.(Y+1): this one on 1.39.x and 1.40.x (1.40 reports `v0.2.0` and accepts `v0.1.0` with a
 //! deprecation warning). Every declaration below was compared with the header at each of its 88
-//! revisions from 2026-01-28 to 2026-07-22 (Envoy 1.37 to after 1.39.0): none changed.
+//! revisions from 2026-01-28 to 2026-07-22 (Envoy 1.37 to after 1.39.0): none changed, except
+//! that the config-level `increment_counter` and `set_gauge` only exist from 2026-06-13 (before
+//! 1.39.0; unchanged since).
 //! `tests/tests/native_abi.rs` checks every name against the Envoy binaries themselves (the
 //! callbacks are exported by Envoy; the hooks are looked up by name, so the names are strings in
 //! the binary).
@@ -28,15 +30,20 @@
 //!   (`config_new`, `config_destroy`, `new`, `destroy`, the request and response `headers`,
 //!   `body` and `trailers`, `stream_complete`, `http_callout_done`, the five `http_stream_*`,
 //!   `scheduled`, and the two downstream watermark hooks), as function-pointer types the
-//!   exports in `native/mod.rs` are checked against at compile time. (Per-route config, config-level scheduling and callouts, and the local
-//!   reply hook are optional in 1.39 and not exported.)
+//!   exports in `native/mod.rs` are checked against at compile time.
+//! - Two hooks 1.39 looks up but does not require, for the key-service sync:
+//!   `…_config_scheduled` and `…_config_http_callout_done`. (Per-route configuration, the
+//!   config-level streams and the local-reply hook are not exported.)
 //! - The callbacks (functions Envoy exports) the filter calls: logging, the whole request
 //!   header map in one read (`get_headers_size` + `get_headers`), header writes (`set_header`;
 //!   a null value removes), the local reply (`send_response`), the request body's chunks
 //!   (`get_body_chunks_size` + `get_body_chunks`), route re-selection
-//!   (`clear_route_cache`), a filter-state string for access logs (`set_filter_state_bytes`)
-//!   and counters (`define_counter`, `increment_counter`). `get_header` (one header) is not
-//!   needed: the map is read once.
+//!   (`clear_route_cache`), a filter-state string for access logs (`set_filter_state_bytes`),
+//!   counters and a gauge (`define_counter`, `increment_counter`, `define_gauge`, and the
+//!   config-level `increment_counter` and `set_gauge`), and for the key-service sync a
+//!   config-level scheduler (`scheduler_new`, `_commit`, `_delete`), a config-level
+//!   `http_callout` and `is_validation_mode`. `get_header` (one header) is not needed: the map
+//!   is read once.
 //!
 //! # What the header says about them, and how it is used
 //!
@@ -153,6 +160,10 @@ pub struct ModuleHttpHeader {
     pub value_length: usize,
 }
 
+/// `envoy_dynamic_module_type_http_filter_config_scheduler_module_ptr`: a handle that posts
+/// events to the main thread (made and deleted by the module; committed from any thread).
+pub type ConfigSchedulerPtr = *mut c_void;
+
 /// A C enum as passed across the ABI (`int`-sized; values as the header numbers them).
 pub type CEnum = u32;
 
@@ -170,11 +181,20 @@ pub const BUFFERED_REQUEST_BODY: CEnum = 1;
 pub enum LogLevel {
     /// `…_Info`.
     Info = 2,
+    /// `…_Warn`.
+    Warn = 3,
     /// `…_Error`.
     Error = 4,
     /// `…_Critical`.
     Critical = 5,
 }
+
+/// `envoy_dynamic_module_type_http_callout_init_result_Success` (the others: missing
+/// `:path`/`:method`/host header, unknown cluster, duplicate id, no request possible).
+pub const CALLOUT_INIT_SUCCESS: CEnum = 0;
+/// `envoy_dynamic_module_type_http_callout_result_Success` (the others: reset, the answer over
+/// the buffer limit).
+pub const CALLOUT_SUCCESS: CEnum = 0;
 
 /// `envoy_dynamic_module_type_metrics_result_Success` (the other results are failures).
 pub const METRICS_SUCCESS: CEnum = 0;
@@ -266,6 +286,23 @@ pub type OnStreamId = unsafe extern "C" fn(FilterEnvoyPtr, FilterModulePtr, u64)
 /// `…_http_stream_reset(filter_envoy_ptr, filter, stream_id, reason)`.
 pub type OnHttpStreamReset = unsafe extern "C" fn(FilterEnvoyPtr, FilterModulePtr, u64, CEnum);
 
+/// `…_config_scheduled(config_envoy_ptr, config, event_id)`: an event committed through a
+/// config scheduler, on the main thread (optional in 1.39).
+pub type OnConfigScheduled = unsafe extern "C" fn(ConfigEnvoyPtr, ConfigModulePtr, u64);
+/// `…_config_http_callout_done(config_envoy_ptr, config, callout_id, result, headers,
+/// headers_size, body_chunks, body_chunks_size)`: a configuration's callout answered, on the
+/// main thread (optional in 1.39); headers and body are Envoy's until the hook returns.
+pub type OnConfigHttpCalloutDone = unsafe extern "C" fn(
+    ConfigEnvoyPtr,
+    ConfigModulePtr,
+    u64,
+    CEnum,
+    *mut EnvoyHttpHeader,
+    usize,
+    *mut EnvoyBuffer,
+    usize,
+);
+
 // ---- callbacks (exported by Envoy) ------------------------------------------------------------
 
 extern "C" {
@@ -280,6 +317,66 @@ extern "C" {
         label_names: *mut ModuleBuffer,
         label_names_length: usize,
         counter_id: *mut usize,
+    ) -> CEnum;
+
+    /// Defines a gauge named `name` (no labels here) and stores its id; only inside
+    /// `config_new`.
+    pub fn envoy_dynamic_module_callback_http_filter_config_define_gauge(
+        config: ConfigEnvoyPtr,
+        name: ModuleBuffer,
+        label_names: *mut ModuleBuffer,
+        label_names_length: usize,
+        gauge_id: *mut usize,
+    ) -> CEnum;
+
+    /// Sets gauge `id` of a configuration to `value`.
+    pub fn envoy_dynamic_module_callback_http_filter_config_set_gauge(
+        config: ConfigEnvoyPtr,
+        id: usize,
+        label_values: *mut ModuleBuffer,
+        label_values_length: usize,
+        value: u64,
+    ) -> CEnum;
+
+    /// Adds `value` to counter `id` of a configuration (outside any stream).
+    pub fn envoy_dynamic_module_callback_http_filter_config_increment_counter(
+        config: ConfigEnvoyPtr,
+        id: usize,
+        label_values: *mut ModuleBuffer,
+        label_values_length: usize,
+        value: u64,
+    ) -> CEnum;
+
+    /// True under `envoy --mode validate` (main thread only).
+    pub fn envoy_dynamic_module_callback_is_validation_mode() -> bool;
+
+    /// A scheduler posting events of this configuration to the main thread.
+    pub fn envoy_dynamic_module_callback_http_filter_config_scheduler_new(
+        config: ConfigEnvoyPtr,
+    ) -> ConfigSchedulerPtr;
+
+    /// Posts `event_id` to the main thread (`config_scheduled`); callable from any thread.
+    pub fn envoy_dynamic_module_callback_http_filter_config_scheduler_commit(
+        scheduler: ConfigSchedulerPtr,
+        event_id: u64,
+    );
+
+    /// Frees a scheduler.
+    pub fn envoy_dynamic_module_callback_http_filter_config_scheduler_delete(
+        scheduler: ConfigSchedulerPtr,
+    );
+
+    /// Sends an HTTP request over `cluster` from a configuration (main thread); its id into
+    /// `callout_id`, its answer to `config_http_callout_done`. `:path`, `:method` and the host
+    /// (`:authority`) are required.
+    pub fn envoy_dynamic_module_callback_http_filter_config_http_callout(
+        config: ConfigEnvoyPtr,
+        callout_id: *mut u64,
+        cluster: ModuleBuffer,
+        headers: *mut ModuleHttpHeader,
+        headers_size: usize,
+        body: ModuleBuffer,
+        timeout_milliseconds: u64,
     ) -> CEnum;
 
     /// Adds `value` to counter `id` (defined by this stream's configuration).

@@ -5,8 +5,11 @@
 //! setter invalidate what an earlier read returned).
 #![allow(unsafe_code)] // Calls across the FFI boundary; each says why it is sound.
 
-use super::abi::{self, EnvoyBuffer, EnvoyHttpHeader, FilterEnvoyPtr, LogLevel, ModuleBuffer};
-use std::ffi::c_void;
+use super::abi::{
+    self, ConfigEnvoyPtr, ConfigSchedulerPtr, EnvoyBuffer, EnvoyHttpHeader, FilterEnvoyPtr,
+    LogLevel, ModuleBuffer,
+};
+use std::time::Duration;
 
 /// Logs `message` through Envoy's `dynamic_modules` logger.
 pub(super) fn log(level: LogLevel, message: &str) {
@@ -14,22 +17,206 @@ pub(super) fn log(level: LogLevel, message: &str) {
     unsafe { abi::envoy_dynamic_module_callback_log(level, ModuleBuffer::of(message.as_bytes())) }
 }
 
-/// Defines counter `name` on Envoy's configuration object `config` (only valid inside
-/// `config_new`); its id, or `None` when Envoy refused it.
-pub(super) fn define_counter(config: *mut c_void, name: &str) -> Option<usize> {
-    let mut id = 0usize;
-    // SAFETY: `config` is the pointer Envoy passed to the running `config_new`; the name
-    // buffer and the out pointer are live for the call; no labels (null, 0).
-    let result = unsafe {
-        abi::envoy_dynamic_module_callback_http_filter_config_define_counter(
-            config,
-            ModuleBuffer::of(name.as_bytes()),
-            std::ptr::null_mut(),
-            0,
-            &mut id,
-        )
+/// True under `envoy --mode validate` (main thread only).
+pub(super) fn validation_mode() -> bool {
+    // SAFETY: no arguments; called from `config_new`, on the main thread.
+    unsafe { abi::envoy_dynamic_module_callback_is_validation_mode() }
+}
+
+/// Envoy's object for one filter configuration, for calls outside any stream. Only used on the
+/// main thread (`config_new`, `config_scheduled`, `config_http_callout_done`), though it is
+/// carried in the module's shared configuration.
+#[derive(Clone, Copy)]
+pub(super) struct ConfigHost(ConfigEnvoyPtr);
+
+// SAFETY: Envoy's configuration object outlives the module's (Envoy calls `config_destroy`
+// from its destructor), and every call through it is made on the main thread; other threads
+// only carry the pointer.
+unsafe impl Send for ConfigHost {}
+// SAFETY: as for `Send`: shared, but only used on the main thread.
+unsafe impl Sync for ConfigHost {}
+
+impl ConfigHost {
+    /// The configuration object of the running configuration hook.
+    ///
+    /// # Safety
+    ///
+    /// `config` is the pointer Envoy passed to `config_new` (or a later configuration hook)
+    /// for this configuration, and calls through it are made on the main thread only.
+    pub(super) unsafe fn new(config: ConfigEnvoyPtr) -> ConfigHost {
+        ConfigHost(config)
+    }
+
+    /// Defines counter `name` (only inside `config_new`); its id, or `None` when refused.
+    pub(super) fn define_counter(&self, name: &str) -> Option<usize> {
+        let mut id = 0usize;
+        // SAFETY: a configuration pointer during `config_new`; the name buffer and the out
+        // pointer are live for the call; no labels (null, 0).
+        let result = unsafe {
+            abi::envoy_dynamic_module_callback_http_filter_config_define_counter(
+                self.0,
+                ModuleBuffer::of(name.as_bytes()),
+                std::ptr::null_mut(),
+                0,
+                &mut id,
+            )
+        };
+        (result == abi::METRICS_SUCCESS).then_some(id)
+    }
+
+    /// Defines gauge `name` (only inside `config_new`); its id, or `None` when refused.
+    pub(super) fn define_gauge(&self, name: &str) -> Option<usize> {
+        let mut id = 0usize;
+        // SAFETY: as in `define_counter`.
+        let result = unsafe {
+            abi::envoy_dynamic_module_callback_http_filter_config_define_gauge(
+                self.0,
+                ModuleBuffer::of(name.as_bytes()),
+                std::ptr::null_mut(),
+                0,
+                &mut id,
+            )
+        };
+        (result == abi::METRICS_SUCCESS).then_some(id)
+    }
+
+    /// Sets gauge `id` to `value`.
+    pub(super) fn set_gauge(&self, id: usize, value: u64) {
+        // SAFETY: a configuration pointer, on the main thread; no labels (null, 0).
+        unsafe {
+            abi::envoy_dynamic_module_callback_http_filter_config_set_gauge(
+                self.0,
+                id,
+                std::ptr::null_mut(),
+                0,
+                value,
+            );
+        }
+    }
+
+    /// Adds one to counter `id`.
+    pub(super) fn increment(&self, id: usize) {
+        // SAFETY: a configuration pointer, on the main thread; no labels (null, 0).
+        unsafe {
+            abi::envoy_dynamic_module_callback_http_filter_config_increment_counter(
+                self.0,
+                id,
+                std::ptr::null_mut(),
+                0,
+                1,
+            );
+        }
+    }
+
+    /// A scheduler posting events to this configuration's `config_scheduled` hook.
+    pub(super) fn scheduler(&self) -> Option<Scheduler> {
+        // SAFETY: a configuration pointer, on the main thread.
+        let s =
+            unsafe { abi::envoy_dynamic_module_callback_http_filter_config_scheduler_new(self.0) };
+        (!s.is_null()).then_some(Scheduler(s))
+    }
+
+    /// Sends `GET`-style `headers` over `cluster`; the callout id, or `None` when Envoy could
+    /// not start it (unknown cluster, no host).
+    pub(super) fn http_callout(
+        &self,
+        cluster: &str,
+        headers: &[(&str, &str)],
+        timeout: Duration,
+    ) -> Option<u64> {
+        let mut list: Vec<abi::ModuleHttpHeader> = headers
+            .iter()
+            .map(|(name, value)| abi::ModuleHttpHeader {
+                key_ptr: name.as_ptr().cast(),
+                key_length: name.len(),
+                value_ptr: value.as_ptr().cast(),
+                value_length: value.len(),
+            })
+            .collect();
+        let mut id = 0u64;
+        // SAFETY: a configuration pointer, on the main thread; the header list and buffers
+        // are live for the call (Envoy copies them); the out pointer is valid.
+        let result = unsafe {
+            abi::envoy_dynamic_module_callback_http_filter_config_http_callout(
+                self.0,
+                &mut id,
+                ModuleBuffer::of(cluster.as_bytes()),
+                list.as_mut_ptr(),
+                list.len(),
+                ModuleBuffer::NULL,
+                u64::try_from(timeout.as_millis()).unwrap_or(u64::MAX),
+            )
+        };
+        (result == abi::CALLOUT_INIT_SUCCESS).then_some(id)
+    }
+}
+
+/// A configuration's scheduler: [`Scheduler::commit`] from any thread runs the configuration's
+/// `config_scheduled` hook on the main thread. Deleted on drop.
+pub(super) struct Scheduler(ConfigSchedulerPtr);
+
+// SAFETY: Envoy documents `commit` as callable from any thread; `delete` runs once, on drop.
+unsafe impl Send for Scheduler {}
+// SAFETY: as for `Send`.
+unsafe impl Sync for Scheduler {}
+
+impl Scheduler {
+    /// Posts `event` to the main thread.
+    pub(super) fn commit(&self, event: u64) {
+        // SAFETY: a live scheduler (deleted only on drop).
+        unsafe {
+            abi::envoy_dynamic_module_callback_http_filter_config_scheduler_commit(self.0, event)
+        }
+    }
+}
+
+impl Drop for Scheduler {
+    fn drop(&mut self) {
+        // SAFETY: made by `scheduler_new`, deleted once.
+        unsafe { abi::envoy_dynamic_module_callback_http_filter_config_scheduler_delete(self.0) }
+    }
+}
+
+/// A callout's answer as Envoy hands it to `config_http_callout_done`: its `:status` and its
+/// body, copied out.
+///
+/// # Safety
+///
+/// The pointers and counts are the hook's own, valid until it returns (null with 0 allowed).
+pub(super) unsafe fn callout_answer(
+    headers: *const EnvoyHttpHeader,
+    headers_size: usize,
+    chunks: *const EnvoyBuffer,
+    chunks_size: usize,
+) -> (Option<Vec<u8>>, Vec<u8>) {
+    let headers: &[EnvoyHttpHeader] = if headers.is_null() {
+        &[]
+    } else {
+        // SAFETY: `headers_size` entries Envoy handed to the running hook.
+        unsafe { std::slice::from_raw_parts(headers, headers_size) }
     };
-    (result == abi::METRICS_SUCCESS).then_some(id)
+    let status = headers.iter().find_map(|h| {
+        // SAFETY: entries of the running hook.
+        let (k, v) = unsafe {
+            (
+                bytes(h.key_ptr, h.key_length),
+                bytes(h.value_ptr, h.value_length),
+            )
+        };
+        (k == b":status").then(|| v.to_vec())
+    });
+    let chunks: &[EnvoyBuffer] = if chunks.is_null() {
+        &[]
+    } else {
+        // SAFETY: `chunks_size` entries Envoy handed to the running hook.
+        unsafe { std::slice::from_raw_parts(chunks, chunks_size) }
+    };
+    let mut body = Vec::with_capacity(chunks.iter().map(|c| c.length).sum());
+    for c in chunks {
+        // SAFETY: chunks of the running hook.
+        body.extend_from_slice(unsafe { bytes(c.ptr, c.length) });
+    }
+    (status, body)
 }
 
 /// Room for a request's header entries: most requests fit inline, larger ones spill to the heap.

@@ -3,7 +3,8 @@
 //! over the decision core the wasm build runs.
 //!
 //! ```text
-//!  config_new (main thread):  JSON ──Policy::from_json──► Config { Arc<Policy>, counter ids }
+//!  config_new (main thread):  JSON ──Policy::from_json──► Config { RwLock<Arc<Policy>>, ids, sync }
+//!  config_scheduled / config_http_callout_done (main thread): the key-service sync (`sync`)
 //!  new (per stream):          Box<Stream> { &Config, pending inspection, replied }
 //!  request_headers ─► request::on_request_headers ─► decide ─► edits + route again | local reply
 //!  request_body    ─► request::on_request_body    ─► body::check at the end of the body
@@ -15,24 +16,26 @@
 //! never forwarded) and the panic is logged and counted (`layergate.panics`). Nothing here
 //! blocks: the policy is immutable and shared by reference; a stream's state is its own.
 //!
-//! Phase 1 (issue 23): API keys come from the configuration (`apiKeys`); the process-wide
-//! key table synced from the key service is not built yet, so a configuration with a
-//! `keyService` has minted tokens answered 503 "key table not loaded yet" by the core.
+//! Minted keys come from the configuration (`apiKeys`) or from the key service: `sync` keeps
+//! one table per configuration — one per process —, synced on Envoy's main thread, driven by
+//! a ticker thread of the module's own, and swapped atomically for the workers.
 //!
 //! The rooms: this file (exports, the panic guard, configuration and stream objects), `abi`
-//! (the pinned declarations), `host` (safe calls into Envoy) and `request` (a stream's
-//! decision written back). Only `host` calls into [`abi`]'s callbacks.
+//! (the pinned declarations), `host` (safe calls into Envoy), `request` (a stream's decision
+//! written back) and `sync` (the key-service client). Only `host` calls into [`abi`]'s
+//! callbacks.
 #![allow(unsafe_code)] // `#[no_mangle]` exports of the ABI, and Envoy's pointers to the module's own objects.
 
 mod abi;
 mod host;
 mod request;
+mod sync;
 
 use self::abi::{
     BodyStatus, ConfigEnvoyPtr, ConfigModulePtr, EnvoyBuffer, EnvoyHttpHeader, FilterEnvoyPtr,
     FilterModulePtr, HeadersStatus, LogLevel, TrailersStatus,
 };
-use self::host::{define_counter, log, Host};
+use self::host::{log, ConfigHost, Host};
 use self::request::Pending;
 use crate::config::CONFIG_VERSION;
 use crate::denial::Denial;
@@ -40,10 +43,14 @@ use crate::outcome::COUNTERS;
 use crate::policy::Policy;
 use std::ffi::c_char;
 use std::panic::{catch_unwind, AssertUnwindSafe};
-use std::sync::Arc;
+use std::sync::{Arc, PoisonError, RwLock};
 
 /// Counter: hooks that panicked (each answered fail-closed).
 const PANICS: &str = "layergate.panics";
+
+/// Gauge: seconds since the key table was last confirmed by the key service (since the
+/// configuration was loaded, before the first sync).
+const STALE_GAUGE: &str = "layergate.keys_stale_seconds";
 
 /// The clock in Unix seconds (`i64::MAX` when unreadable: every expiry has passed).
 pub(crate) fn now() -> i64 {
@@ -57,10 +64,25 @@ pub(crate) fn now() -> i64 {
 /// One filter configuration (Envoy's `DynamicModuleFilter`): shared by every stream of it,
 /// on every worker.
 pub(crate) struct Config {
-    policy: Arc<Policy>,
+    /// The compiled configuration and its key table; swapped whole by a key-service sync.
+    policy: RwLock<Arc<Policy>>,
     /// Envoy counter ids by [`COUNTERS`] index (`None`: Envoy did not define it).
     counters: [Option<usize>; COUNTERS.len()],
     panics: Option<usize>,
+    /// The key-service sync, with a `keyService` (and not under `--mode validate`).
+    sync: Option<sync::Sync>,
+}
+
+impl Config {
+    /// The current policy (a request keeps the one it started with).
+    fn policy(&self) -> Arc<Policy> {
+        Arc::clone(&self.policy.read().unwrap_or_else(PoisonError::into_inner))
+    }
+
+    /// Swaps in a new policy (a new key table); requests under way keep theirs.
+    fn swap(&self, policy: Arc<Policy>) {
+        *self.policy.write().unwrap_or_else(PoisonError::into_inner) = policy;
+    }
 }
 
 // Streams on every worker read one `Config`.
@@ -193,15 +215,18 @@ pub unsafe extern "C" fn envoy_dynamic_module_on_http_filter_config_new(
             // SAFETY: Envoy passes `length` readable bytes, alive during this hook.
             unsafe { std::slice::from_raw_parts(config.ptr.cast(), config.length) }
         };
-        match configure(config_envoy, bytes) {
+        // SAFETY: Envoy's configuration object for this configuration, used on the main thread.
+        let host = unsafe { ConfigHost::new(config_envoy) };
+        match configure(host, bytes) {
             Some(c) => Box::into_raw(Box::new(c)).cast_const().cast(),
             None => std::ptr::null(),
         }
     })
 }
 
-/// Compiles a configuration and defines its counters; `None` (logged) refuses it.
-fn configure(config_envoy: ConfigEnvoyPtr, bytes: &[u8]) -> Option<Config> {
+/// Compiles a configuration, defines its counters and gauge, and starts its key-service sync;
+/// `None` (logged) refuses it.
+fn configure(host: ConfigHost, bytes: &[u8]) -> Option<Config> {
     let policy = match Policy::from_json(bytes, |var| std::env::var(var).ok()) {
         Ok(policy) => policy,
         Err(e) => {
@@ -232,11 +257,74 @@ fn configure(config_envoy: ConfigEnvoyPtr, bytes: &[u8]) -> Option<Config> {
             policy.keys.len()
         ),
     );
+    let counters = COUNTERS.map(|name| host.define_counter(name));
+    let panics = host.define_counter(PANICS);
+    let stale_gauge = host.define_gauge(STALE_GAUGE);
+    let sync = match &policy.key_service {
+        Some(_) => {
+            let sync = sync::Sync::start(host, stale_gauge);
+            if sync.is_none() && !host::validation_mode() {
+                log(
+                    LogLevel::Critical,
+                    "layergate: the key-service sync could not start; minted tokens get 503",
+                );
+            }
+            sync
+        }
+        None => None,
+    };
     Some(Config {
-        policy: Arc::new(policy),
-        counters: COUNTERS.map(|name| define_counter(config_envoy, name)),
-        panics: define_counter(config_envoy, PANICS),
+        policy: RwLock::new(Arc::new(policy)),
+        counters,
+        panics,
+        sync,
     })
+}
+
+/// The ticker's event, on the main thread: the key-service sync's second.
+#[no_mangle]
+pub unsafe extern "C" fn envoy_dynamic_module_on_http_filter_config_scheduled(
+    _config_envoy: ConfigEnvoyPtr,
+    config: ConfigModulePtr,
+    event: u64,
+) {
+    shielded((), || {
+        // SAFETY: made by `config_new`; Envoy calls this only while the configuration lives.
+        let Some(config) = (unsafe { config.cast::<Config>().as_ref() }) else {
+            return;
+        };
+        if let (Some(sync), sync::TICK) = (&config.sync, event) {
+            sync.tick(config);
+        }
+    });
+}
+
+/// The key service's answer, on the main thread.
+#[no_mangle]
+pub unsafe extern "C" fn envoy_dynamic_module_on_http_filter_config_http_callout_done(
+    _config_envoy: ConfigEnvoyPtr,
+    config: ConfigModulePtr,
+    callout_id: u64,
+    result: abi::CEnum,
+    headers: *mut EnvoyHttpHeader,
+    headers_size: usize,
+    body_chunks: *mut EnvoyBuffer,
+    body_chunks_size: usize,
+) {
+    shielded((), || {
+        // SAFETY: made by `config_new`; Envoy calls this only while the configuration lives.
+        let Some(config) = (unsafe { config.cast::<Config>().as_ref() }) else {
+            return;
+        };
+        let Some(sync) = &config.sync else {
+            return;
+        };
+        // SAFETY: the hook's own arrays, valid until it returns.
+        let (status, body) =
+            unsafe { host::callout_answer(headers, headers_size, body_chunks, body_chunks_size) };
+        let status = (result == abi::CALLOUT_SUCCESS).then_some(status).flatten();
+        sync.answered(config, callout_id, status.as_deref(), &body);
+    });
 }
 
 /// A configuration Envoy no longer uses (after its last stream).
@@ -469,6 +557,9 @@ pub unsafe extern "C" fn envoy_dynamic_module_on_http_filter_downstream_below_wr
 const _: abi::OnProgramInit = envoy_dynamic_module_on_program_init;
 const _: abi::OnConfigNew = envoy_dynamic_module_on_http_filter_config_new;
 const _: abi::OnConfigDestroy = envoy_dynamic_module_on_http_filter_config_destroy;
+const _: abi::OnConfigScheduled = envoy_dynamic_module_on_http_filter_config_scheduled;
+const _: abi::OnConfigHttpCalloutDone =
+    envoy_dynamic_module_on_http_filter_config_http_callout_done;
 const _: abi::OnFilterNew = envoy_dynamic_module_on_http_filter_new;
 const _: abi::OnFilterDestroy = envoy_dynamic_module_on_http_filter_destroy;
 const _: abi::OnHeaders = envoy_dynamic_module_on_http_filter_request_headers;

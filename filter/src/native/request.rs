@@ -51,7 +51,10 @@ pub(super) fn on_request_headers(
     config: &Config,
     end_of_stream: bool,
 ) -> HeadersStatus {
-    let policy = &*config.policy;
+    // The policy the request starts with, kept by an inspection: a sync may swap the table
+    // meanwhile.
+    let policy_arc = config.policy();
+    let policy = &*policy_arc;
     let mut buf = HeaderBuf::default();
     let (decision, names) = {
         let headers = host.request_headers(&mut buf);
@@ -76,15 +79,15 @@ pub(super) fn on_request_headers(
         return HeadersStatus::Continue;
     };
     match decision {
-        Decision::Forward(plan) => forward(host, stream, config, &plan, names, None),
+        Decision::Forward(plan) => forward(host, stream, config, policy, &plan, names, None),
         Decision::ForwardWithPath(plan, path) => {
-            forward(host, stream, config, &plan, names, Some(&path))
+            forward(host, stream, config, policy, &plan, names, Some(&path))
         }
         Decision::Deny(d) => deny(host, stream, config, Some(policy), None, &d),
         Decision::Inspect(plan, inspection) => {
             if end_of_stream {
                 return match crate::body::check(policy, &plan, inspection, &[], now) {
-                    Ok(()) => forward(host, stream, config, &plan, names, None),
+                    Ok(()) => forward(host, stream, config, policy, &plan, names, None),
                     Err(d) => deny(host, stream, config, Some(policy), Some(&plan), &d),
                 };
             }
@@ -93,7 +96,7 @@ pub(super) fn on_request_headers(
             let after = apply_edits(host, policy, &plan, names).err();
             host.set_header(INSPECT_HEADER.as_bytes(), Some("1"));
             stream.pending = Some(Pending {
-                policy: Arc::clone(&config.policy),
+                policy: Arc::clone(&policy_arc),
                 plan,
                 inspection,
                 after,
@@ -208,11 +211,11 @@ fn forward(
     host: &mut Host,
     stream: &mut Stream,
     config: &Config,
+    policy: &Policy,
     plan: &Plan,
     names: Option<&[Box<[u8]>]>,
     path: Option<&str>,
 ) -> HeadersStatus {
-    let policy = &*config.policy;
     if let Err(d) = apply_edits(host, policy, plan, names) {
         return deny(host, stream, config, Some(policy), Some(plan), &d);
     }
