@@ -20,14 +20,15 @@
 //! one table per configuration — one per process —, synced on Envoy's main thread, driven by
 //! a ticker thread of the module's own, and swapped atomically for the workers.
 //!
-//! The rooms: this file (exports, the panic guard, configuration and stream objects), `abi`
-//! (the pinned declarations), `host` (safe calls into Envoy), `request` (a stream's decision
-//! written back) and `sync` (the key-service client). Only `host` calls into [`abi`]'s
-//! callbacks.
+//! The rooms: this file (the hooks with work to do, the panic guard, configuration and stream
+//! objects), `passive` (the hooks Envoy requires that have nothing to do), `abi` (the pinned
+//! declarations), `host` (safe calls into Envoy), `request` (a stream's decision written back)
+//! and `sync` (the key-service client). Only `host` calls into [`abi`]'s callbacks.
 #![allow(unsafe_code)] // `#[no_mangle]` exports of the ABI, and Envoy's pointers to the module's own objects.
 
 mod abi;
 mod host;
+mod passive;
 mod request;
 mod sync;
 
@@ -423,136 +424,6 @@ pub unsafe extern "C" fn envoy_dynamic_module_on_http_filter_request_trailers(
     }
 }
 
-/// Response headers pass.
-#[no_mangle]
-pub unsafe extern "C" fn envoy_dynamic_module_on_http_filter_response_headers(
-    _filter: FilterEnvoyPtr,
-    _module: FilterModulePtr,
-    _end_of_stream: bool,
-) -> HeadersStatus {
-    HeadersStatus::Continue
-}
-
-/// Response body passes.
-#[no_mangle]
-pub unsafe extern "C" fn envoy_dynamic_module_on_http_filter_response_body(
-    _filter: FilterEnvoyPtr,
-    _module: FilterModulePtr,
-    _end_of_stream: bool,
-) -> BodyStatus {
-    BodyStatus::Continue
-}
-
-/// Response trailers pass.
-#[no_mangle]
-pub unsafe extern "C" fn envoy_dynamic_module_on_http_filter_response_trailers(
-    _filter: FilterEnvoyPtr,
-    _module: FilterModulePtr,
-) -> TrailersStatus {
-    TrailersStatus::Continue
-}
-
-/// Stream complete (before access logs): nothing to do.
-#[no_mangle]
-pub unsafe extern "C" fn envoy_dynamic_module_on_http_filter_stream_complete(
-    _filter: FilterEnvoyPtr,
-    _module: FilterModulePtr,
-) {
-}
-
-/// Callout answers: the filter makes no per-stream callouts.
-#[no_mangle]
-pub unsafe extern "C" fn envoy_dynamic_module_on_http_filter_http_callout_done(
-    _filter: FilterEnvoyPtr,
-    _module: FilterModulePtr,
-    _callout_id: u64,
-    _result: abi::CEnum,
-    _headers: *mut EnvoyHttpHeader,
-    _headers_size: usize,
-    _body_chunks: *mut EnvoyBuffer,
-    _body_chunks_size: usize,
-) {
-}
-
-/// Streamed callouts: none.
-#[no_mangle]
-pub unsafe extern "C" fn envoy_dynamic_module_on_http_filter_http_stream_headers(
-    _filter: FilterEnvoyPtr,
-    _module: FilterModulePtr,
-    _stream_id: u64,
-    _headers: *mut EnvoyHttpHeader,
-    _headers_size: usize,
-    _end_stream: bool,
-) {
-}
-
-/// Streamed callouts: none.
-#[no_mangle]
-pub unsafe extern "C" fn envoy_dynamic_module_on_http_filter_http_stream_data(
-    _filter: FilterEnvoyPtr,
-    _module: FilterModulePtr,
-    _stream_id: u64,
-    _data: *const EnvoyBuffer,
-    _data_count: usize,
-    _end_stream: bool,
-) {
-}
-
-/// Streamed callouts: none.
-#[no_mangle]
-pub unsafe extern "C" fn envoy_dynamic_module_on_http_filter_http_stream_trailers(
-    _filter: FilterEnvoyPtr,
-    _module: FilterModulePtr,
-    _stream_id: u64,
-    _trailers: *mut EnvoyHttpHeader,
-    _trailers_size: usize,
-) {
-}
-
-/// Streamed callouts: none.
-#[no_mangle]
-pub unsafe extern "C" fn envoy_dynamic_module_on_http_filter_http_stream_complete(
-    _filter: FilterEnvoyPtr,
-    _module: FilterModulePtr,
-    _stream_id: u64,
-) {
-}
-
-/// Streamed callouts: none.
-#[no_mangle]
-pub unsafe extern "C" fn envoy_dynamic_module_on_http_filter_http_stream_reset(
-    _filter: FilterEnvoyPtr,
-    _module: FilterModulePtr,
-    _stream_id: u64,
-    _reason: abi::CEnum,
-) {
-}
-
-/// Scheduled events: the filter schedules none.
-#[no_mangle]
-pub unsafe extern "C" fn envoy_dynamic_module_on_http_filter_scheduled(
-    _filter: FilterEnvoyPtr,
-    _module: FilterModulePtr,
-    _event_id: u64,
-) {
-}
-
-/// Downstream write-buffer pressure (terminal filters only): nothing to do.
-#[no_mangle]
-pub unsafe extern "C" fn envoy_dynamic_module_on_http_filter_downstream_above_write_buffer_high_watermark(
-    _filter: FilterEnvoyPtr,
-    _module: FilterModulePtr,
-) {
-}
-
-/// Downstream write-buffer pressure (terminal filters only): nothing to do.
-#[no_mangle]
-pub unsafe extern "C" fn envoy_dynamic_module_on_http_filter_downstream_below_write_buffer_low_watermark(
-    _filter: FilterEnvoyPtr,
-    _module: FilterModulePtr,
-) {
-}
-
 // Every export has the pinned signature of its hook.
 const _: abi::OnProgramInit = envoy_dynamic_module_on_program_init;
 const _: abi::OnConfigNew = envoy_dynamic_module_on_http_filter_config_new;
@@ -565,18 +436,20 @@ const _: abi::OnFilterDestroy = envoy_dynamic_module_on_http_filter_destroy;
 const _: abi::OnHeaders = envoy_dynamic_module_on_http_filter_request_headers;
 const _: abi::OnBody = envoy_dynamic_module_on_http_filter_request_body;
 const _: abi::OnTrailers = envoy_dynamic_module_on_http_filter_request_trailers;
-const _: abi::OnHeaders = envoy_dynamic_module_on_http_filter_response_headers;
-const _: abi::OnBody = envoy_dynamic_module_on_http_filter_response_body;
-const _: abi::OnTrailers = envoy_dynamic_module_on_http_filter_response_trailers;
-const _: abi::OnStreamEvent = envoy_dynamic_module_on_http_filter_stream_complete;
-const _: abi::OnHttpCalloutDone = envoy_dynamic_module_on_http_filter_http_callout_done;
-const _: abi::OnHttpStreamHeaders = envoy_dynamic_module_on_http_filter_http_stream_headers;
-const _: abi::OnHttpStreamData = envoy_dynamic_module_on_http_filter_http_stream_data;
-const _: abi::OnHttpStreamTrailers = envoy_dynamic_module_on_http_filter_http_stream_trailers;
-const _: abi::OnStreamId = envoy_dynamic_module_on_http_filter_http_stream_complete;
-const _: abi::OnHttpStreamReset = envoy_dynamic_module_on_http_filter_http_stream_reset;
-const _: abi::OnStreamId = envoy_dynamic_module_on_http_filter_scheduled;
+const _: abi::OnHeaders = passive::envoy_dynamic_module_on_http_filter_response_headers;
+const _: abi::OnBody = passive::envoy_dynamic_module_on_http_filter_response_body;
+const _: abi::OnTrailers = passive::envoy_dynamic_module_on_http_filter_response_trailers;
+const _: abi::OnStreamEvent = passive::envoy_dynamic_module_on_http_filter_stream_complete;
+const _: abi::OnHttpCalloutDone = passive::envoy_dynamic_module_on_http_filter_http_callout_done;
+const _: abi::OnHttpStreamHeaders =
+    passive::envoy_dynamic_module_on_http_filter_http_stream_headers;
+const _: abi::OnHttpStreamData = passive::envoy_dynamic_module_on_http_filter_http_stream_data;
+const _: abi::OnHttpStreamTrailers =
+    passive::envoy_dynamic_module_on_http_filter_http_stream_trailers;
+const _: abi::OnStreamId = passive::envoy_dynamic_module_on_http_filter_http_stream_complete;
+const _: abi::OnHttpStreamReset = passive::envoy_dynamic_module_on_http_filter_http_stream_reset;
+const _: abi::OnStreamId = passive::envoy_dynamic_module_on_http_filter_scheduled;
 const _: abi::OnStreamEvent =
-    envoy_dynamic_module_on_http_filter_downstream_above_write_buffer_high_watermark;
+    passive::envoy_dynamic_module_on_http_filter_downstream_above_write_buffer_high_watermark;
 const _: abi::OnStreamEvent =
-    envoy_dynamic_module_on_http_filter_downstream_below_write_buffer_low_watermark;
+    passive::envoy_dynamic_module_on_http_filter_downstream_below_write_buffer_low_watermark;
