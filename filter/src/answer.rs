@@ -5,23 +5,10 @@
 //! key. The wire format is unchanged.
 
 use crate::config::{ApiKeyConfig, ConfigError, StoreId, SyncResponse};
-use crate::keys::KeyTable;
+use crate::keys::{Incoming, KeyTable};
 use serde::de::{self, DeserializeSeed, MapAccess, SeqAccess, Visitor};
 use std::collections::HashMap;
 use std::fmt;
-
-/// A key-service answer, every key compiled: what [`KeyTable::apply_in_place`] applies.
-#[derive(Debug)]
-pub struct Incoming {
-    /// The revision the answer brings the table to.
-    pub revision: String,
-    /// True when `keys` replaces the whole table.
-    pub snapshot: bool,
-    /// The keys added or replaced (the whole table for a snapshot), compiled.
-    pub keys: KeyTable,
-    /// `keyId`s removed (deltas only).
-    pub removed: Vec<String>,
-}
 
 impl Incoming {
     /// An answer already in memory (the operator's own copy of the gateways' table).

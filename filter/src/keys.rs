@@ -21,7 +21,6 @@
 //! credentials keep working); [`Freshness`] is shared between the root context, which
 //! records each successful sync, and every table it built.
 
-use crate::answer::Incoming;
 use crate::config::ApiKeyConfig;
 use crate::config::{token_hash, ConfigError, StoreId};
 use crate::entitlement::{compile_key, KeyGrants};
@@ -179,6 +178,19 @@ pub struct KeyTable {
     freshness: Option<Arc<Freshness>>,
     /// The key service's revision this table is at.
     revision: Option<Box<str>>,
+}
+
+/// A key-service answer, every key compiled: what [`KeyTable::apply_in_place`] applies.
+#[derive(Debug)]
+pub struct Incoming {
+    /// The revision the answer brings the table to.
+    pub revision: String,
+    /// True when `keys` replaces the whole table.
+    pub snapshot: bool,
+    /// The keys added or replaced (the whole table for a snapshot), compiled.
+    pub keys: KeyTable,
+    /// `keyId`s removed (deltas only).
+    pub removed: Vec<String>,
 }
 
 /// `Slot::start` of a removed key.

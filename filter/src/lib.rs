@@ -1,7 +1,9 @@
 //! # layergate-filter
 //!
 //! Auth, scope classification and store routing for the hev layer gateway in front of
-//! turbopuffer, as a proxy-wasm filter. Everything but [`wasm`] is plain Rust that builds and
+//! turbopuffer, built twice (SPEC §10): as a proxy-wasm filter (`wasm`, for `wasm32`) and as an
+//! Envoy dynamic module (`native`, with the `native` feature; the shared object is
+//! `filter/native`'s). Everything but those two host bindings is plain Rust that builds and
 //! tests natively; the operator depends on this crate for the configuration types.
 //!
 //! ```text
@@ -17,8 +19,10 @@
 //!             Deny(denial)         → local reply {"status":"error","error":…} (denial)
 //! ```
 //!
-//! Floors, nothing importing upward: `wasm` (+ `abi`, the hand-declared proxy-wasm ABI) →
-//! `decision`, `body` → `auth` → `entitlement` → `policy`, `keys` → `route` → leaves
+//! Floors, nothing importing upward: `wasm` (+ `abi`, the hand-declared proxy-wasm ABI) and
+//! `native` (+ `native::abi`, the hand-declared dynamic-module ABI) →
+//! `outcome` (the counters and access-log line every host binding reports) →
+//! `decision`, `body`, `keysync` (the key-service client as a state machine) → `auth` → `entitlement` → `policy`, `keys` → `route` → leaves
 //! (`denial`, `glob`, `scope`, `time`, `config`, `headers`, `fasthash`).
 //!
 //! The operator validates with this crate's own checks — [`time`] (lifetimes, timestamps),
@@ -36,7 +40,9 @@ pub mod fasthash;
 pub mod glob;
 pub mod headers;
 pub mod keys;
+pub mod keysync;
 pub mod namespace;
+pub mod outcome;
 pub mod policy;
 pub mod route;
 pub mod scope;
@@ -45,5 +51,8 @@ pub mod time;
 
 #[cfg(target_arch = "wasm32")]
 mod abi;
+#[cfg(all(feature = "native", not(target_arch = "wasm32")))]
+mod native;
+
 #[cfg(target_arch = "wasm32")]
 mod wasm;

@@ -90,7 +90,7 @@ fn status(p: &Policy, token: &str, ns: &str, now: i64) -> u32 {
 }
 
 /// An answer as the filter reads it: from its bytes on the wire, as they stream in.
-fn incoming(p: &Policy, answer: &SyncResponse) -> layergate_filter::answer::Incoming {
+fn incoming(p: &Policy, answer: &SyncResponse) -> layergate_filter::keys::Incoming {
     let bytes = serde_json::to_vec(answer).unwrap();
     layergate_filter::answer::read(
         &bytes[..],

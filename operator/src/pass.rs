@@ -164,7 +164,7 @@ pub fn api_policy(
                     .all(|(a, b)| a.name == b.name) =>
         {
             let change = keyservice::Change::between(last_keys, keys);
-            last.keys.apply(layergate_filter::answer::Incoming {
+            last.keys.apply(layergate_filter::keys::Incoming {
                 revision: String::new(),
                 snapshot: false,
                 keys: KeyTable::from_keys(&change.upsert, &stores, policy.stores.len())?,

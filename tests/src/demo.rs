@@ -2,7 +2,7 @@
 //! from `envoy/demo/` (`make run`), or on free ports for tests ([`Demo::start`]).
 
 use crate::devstore::DevStore;
-use crate::envoy::{Cluster, Envoy, Gateway};
+use crate::envoy::{Cluster, Envoy, Filter, Gateway};
 use anyhow::{Context, Result};
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -34,19 +34,19 @@ pub fn filter_config() -> Result<String> {
     Ok(serde_json::from_str::<serde_json::Value>(&text)?.to_string())
 }
 
-/// The demo gateway with the given addresses and filter config.
+/// The demo gateway with the given addresses, filter and filter config.
 pub fn gateway(
     listen: SocketAddr,
     admin: SocketAddr,
     primary: SocketAddr,
     archive: SocketAddr,
-    wasm_path: PathBuf,
+    filter: Filter,
     config: String,
 ) -> Gateway {
     Gateway {
         listen,
         admin,
-        wasm_path,
+        filter,
         filter_config: Some(config),
         vm_env: Vec::new(),
         clusters: vec![
@@ -123,19 +123,22 @@ pub struct Demo {
 }
 
 impl Demo {
-    /// Starts the demo on free loopback ports with the given filter config (tests).
+    /// Starts the demo on free loopback ports with the given filter config (tests), with the
+    /// filter build under test ([`Filter::under_test`]).
     pub fn start_with(config: String, vm_env: Vec<(String, String)>) -> Result<Demo> {
+        Demo::start_filter(Filter::under_test()?, config, vm_env)
+    }
+
+    /// [`Demo::start_with`] with a given filter build.
+    pub fn start_filter(
+        filter: Filter,
+        config: String,
+        vm_env: Vec<(String, String)>,
+    ) -> Result<Demo> {
         let primary = DevStore::start(PRIMARY_KEY)?;
         let archive = DevStore::start(ARCHIVE_KEY)?;
         let any = SocketAddr::from(([127, 0, 0, 1], 0));
-        let mut gw = gateway(
-            any,
-            any,
-            primary.addr(),
-            archive.addr(),
-            crate::paths::wasm_path()?,
-            config,
-        );
+        let mut gw = gateway(any, any, primary.addr(), archive.addr(), filter, config);
         gw.vm_env = vm_env;
         let envoy = Envoy::start(&gw)?;
         Ok(Demo {

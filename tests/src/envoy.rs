@@ -13,7 +13,45 @@ use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
-pub use layergate_operator::envoy::Cluster;
+pub use layergate_operator::envoy::{Cluster, FilterBuild};
+
+/// A built filter: which build, and its file (absolute, or relative to Envoy's working
+/// directory).
+#[derive(Debug, Clone)]
+pub struct Filter {
+    /// The wasm module or the dynamic module.
+    pub build: FilterBuild,
+    /// The `.wasm` or the `.so`.
+    pub path: PathBuf,
+}
+
+impl Filter {
+    /// The build the end-to-end tests run: `LAYERGATE_FILTER=wasm` (the default) or `native`
+    /// (the dynamic module: run it with an Envoy 1.39.x or 1.40.x as `ENVOY_BIN`).
+    pub fn under_test() -> Result<Filter> {
+        match std::env::var("LAYERGATE_FILTER").as_deref() {
+            Err(_) | Ok("") | Ok("wasm") => Filter::wasm(),
+            Ok("native") => Filter::native(),
+            Ok(other) => bail!("LAYERGATE_FILTER={other}: expected wasm or native"),
+        }
+    }
+
+    /// The built wasm module (`make wasm`).
+    pub fn wasm() -> Result<Filter> {
+        Ok(Filter {
+            build: FilterBuild::Wasm,
+            path: crate::paths::wasm_path()?,
+        })
+    }
+
+    /// The built dynamic module (`make native`).
+    pub fn native() -> Result<Filter> {
+        Ok(Filter {
+            build: FilterBuild::Native,
+            path: crate::paths::native_path()?,
+        })
+    }
+}
 
 /// Everything the gateway bootstrap depends on.
 #[derive(Debug, Clone)]
@@ -22,11 +60,12 @@ pub struct Gateway {
     pub listen: SocketAddr,
     /// Admin address (port 0 allowed).
     pub admin: SocketAddr,
-    /// The filter `.wasm` (absolute, or relative to Envoy's working directory).
-    pub wasm_path: PathBuf,
-    /// The filter configuration JSON; `None` renders Envoy without the wasm filter.
+    /// The filter: which build, and its file.
+    pub filter: Filter,
+    /// The filter configuration JSON; `None` renders Envoy without the filter.
     pub filter_config: Option<String>,
-    /// The wasm VM's environment (`vm_config.environment_variables.key_values`).
+    /// The filter's environment (store credentials named `{env: …}`): the wasm VM's
+    /// (`vm_config.environment_variables`), or Envoy's own for the native build.
     pub vm_env: Vec<(String, String)>,
     /// Upstream clusters.
     pub clusters: Vec<Cluster>,
@@ -35,28 +74,37 @@ pub struct Gateway {
 }
 
 impl Gateway {
+    /// The listener, as the operator's Envoy renderer describes it.
+    pub fn listener(&self) -> envoy::Listener {
+        envoy::Listener {
+            listen: self.listen,
+            build: self.filter.build,
+            filter_path: self.filter.path.to_string_lossy().into_owned(),
+            filter_config: self.filter_config.clone(),
+            vm_env: match self.filter.build {
+                FilterBuild::Wasm => self.vm_env.clone(),
+                FilterBuild::Native => Vec::new(),
+            },
+            buffer_limit_bytes: self.buffer_limit_bytes,
+        }
+    }
+
     /// Renders the bootstrap with the operator's own Envoy renderer (static resources).
     pub fn render(&self) -> String {
-        let listener = envoy::Listener {
-            listen: self.listen,
-            wasm_path: self.wasm_path.to_string_lossy().into_owned(),
-            filter_config: self.filter_config.clone(),
-            vm_env: self.vm_env.clone(),
-            buffer_limit_bytes: self.buffer_limit_bytes,
-        };
-        envoy::static_bootstrap(self.admin, &listener, &self.clusters)
+        envoy::static_bootstrap(self.admin, &self.listener(), &self.clusters)
     }
 
     /// [`Gateway::render`] with other upstream timeouts and circuit breakers.
     pub fn render_with(&self, limits: &envoy::UpstreamLimits) -> String {
-        let listener = envoy::Listener {
-            listen: self.listen,
-            wasm_path: self.wasm_path.to_string_lossy().into_owned(),
-            filter_config: self.filter_config.clone(),
-            vm_env: self.vm_env.clone(),
-            buffer_limit_bytes: self.buffer_limit_bytes,
-        };
-        envoy::static_bootstrap_with(self.admin, &listener, &self.clusters, limits)
+        envoy::static_bootstrap_with(self.admin, &self.listener(), &self.clusters, limits)
+    }
+
+    /// The environment Envoy itself needs: the filter's, for the native build.
+    pub fn process_env(&self) -> Vec<(String, String)> {
+        match self.filter.build {
+            FilterBuild::Wasm => Vec::new(),
+            FilterBuild::Native => self.vm_env.clone(),
+        }
     }
 }
 
@@ -64,6 +112,8 @@ impl Gateway {
 pub struct Envoy {
     child: Child,
     dir: PathBuf,
+    /// The filter build it runs (names its counters).
+    build: FilterBuild,
     /// The gateway listener.
     pub addr: SocketAddr,
     /// The admin endpoint.
@@ -80,6 +130,25 @@ fn scratch_dir() -> Result<PathBuf> {
     ));
     std::fs::create_dir_all(&dir)?;
     Ok(dir)
+}
+
+/// The Envoy binary's version (`envoy --version`: `…/1.40.0/Clean/RELEASE/…`), as
+/// (major, minor, patch).
+pub fn version() -> Result<(u32, u32, u32)> {
+    let out = Command::new(crate::paths::envoy_bin()?)
+        .arg("--version")
+        .output()
+        .context("running envoy --version")?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    text.split('/')
+        .find_map(|part| {
+            let mut n = part.split('.').map(|x| x.parse::<u32>().ok());
+            match (n.next(), n.next(), n.next(), n.next()) {
+                (Some(Some(a)), Some(Some(b)), Some(Some(c)), None) => Some((a, b, c)),
+                _ => None,
+            }
+        })
+        .with_context(|| format!("no version in `envoy --version`: {text}"))
 }
 
 /// Runs `envoy --mode validate` on a bootstrap (relative paths resolve from the repo root).
@@ -107,7 +176,21 @@ pub fn validate(yaml: &str) -> Result<()> {
 impl Envoy {
     /// Starts Envoy (one worker) with the rendered bootstrap and waits until it is live.
     pub fn start(gateway: &Gateway) -> Result<Envoy> {
-        Envoy::start_yaml(&gateway.render(), &crate::paths::repo_root())
+        Envoy::start_gateway_yaml(gateway, &gateway.render())
+    }
+
+    /// Starts Envoy (one worker) for `gateway` from a bootstrap rendered for it (adjusted by
+    /// the caller): the gateway's filter build and environment.
+    pub fn start_gateway_yaml(gateway: &Gateway, yaml: &str) -> Result<Envoy> {
+        let mut envoy = Envoy::launch(
+            yaml,
+            &crate::paths::repo_root(),
+            1,
+            &[],
+            &gateway.process_env(),
+        )?;
+        envoy.build = gateway.filter.build;
+        Ok(envoy)
     }
 
     /// Starts Envoy from a bootstrap, in `cwd` (relative paths in the YAML resolve there).
@@ -122,6 +205,16 @@ impl Envoy {
 
     /// [`Envoy::start_yaml_workers`] with more command-line arguments (`--drain-strategy`).
     pub fn start_yaml_args(yaml: &str, cwd: &Path, workers: usize, args: &[&str]) -> Result<Envoy> {
+        Envoy::launch(yaml, cwd, workers, args, &[])
+    }
+
+    fn launch(
+        yaml: &str,
+        cwd: &Path,
+        workers: usize,
+        args: &[&str],
+        env: &[(String, String)],
+    ) -> Result<Envoy> {
         let bin = crate::paths::envoy_bin()?;
         let dir = scratch_dir()?;
         let config = dir.join("envoy.yaml");
@@ -152,6 +245,7 @@ impl Envoy {
                 "100",
             ])
             .args(args)
+            .envs(env.iter().map(|(k, v)| (k, v)))
             .arg("--admin-address-path")
             .arg(&admin_file)
             .stdin(Stdio::null())
@@ -162,6 +256,7 @@ impl Envoy {
         let mut envoy = Envoy {
             child,
             dir,
+            build: FilterBuild::Wasm,
             addr: SocketAddr::from(([127, 0, 0, 1], 0)),
             admin: SocketAddr::from(([127, 0, 0, 1], 0)),
         };
@@ -222,6 +317,17 @@ impl Envoy {
                 .parse()
                 .ok()
         }))
+    }
+
+    /// A filter counter by its name (`layergate.allowed`), under the prefix its build's
+    /// counters get in `/stats`.
+    pub fn filter_stat(&self, name: &str) -> Result<Option<u64>> {
+        self.stat(&format!("{}{name}", self.build.stats_prefix()))
+    }
+
+    /// The filter build this Envoy runs.
+    pub fn build(&self) -> FilterBuild {
+        self.build
     }
 
     /// Envoy's log so far (stdout access log and stderr).

@@ -40,6 +40,33 @@ pub fn wasm_path() -> Result<PathBuf> {
     )
 }
 
+/// The filter as an Envoy dynamic module: `$LAYERGATE_NATIVE` or the debug build of
+/// `filter/native` (`make native`).
+pub fn native_path() -> Result<PathBuf> {
+    existing(
+        "LAYERGATE_NATIVE",
+        repo_root().join("target/debug/liblayergate_native.so"),
+        "native",
+        "the filter's dynamic module (liblayergate_native.so)",
+    )
+}
+
+/// The Envoy binaries the native build supports and is tested on (its ABI is 1.39's; by
+/// Envoy's policy it runs on 1.39.x and 1.40.x), installed by `make native-envoys`.
+pub const NATIVE_ENVOYS: [&str; 3] = ["1.39.0", "1.39.3", "1.40.0"];
+
+/// The Envoy binary of `version` under `.tools/` (`make .tools/envoy-<version>/envoy`).
+pub fn envoy_version_bin(version: &str) -> Result<PathBuf> {
+    let path = repo_root().join(format!(".tools/envoy-{version}/envoy"));
+    if !path.is_file() {
+        bail!(
+            "Envoy {version} not found at {} — run `make .tools/envoy-{version}/envoy` (or `make native-envoys`)",
+            path.display()
+        );
+    }
+    Ok(path)
+}
+
 /// The bench's probe filter (`tests/probe-filter`, SDK-free, makes only the host calls its
 /// configuration names): `$LAYERGATE_PROBE_WASM` or its wasm32-wasip1 artifact.
 pub fn probe_wasm_path() -> Result<PathBuf> {

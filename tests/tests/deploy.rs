@@ -730,7 +730,7 @@ fn the_gateway_drains_on_shutdown_through_its_pre_stop_hook() {
         any,
         "127.0.0.1:1".parse().unwrap(),
         "127.0.0.1:2".parse().unwrap(),
-        paths::wasm_path().unwrap(),
+        layergate_tests::envoy::Filter::wasm().unwrap(),
         layergate_tests::demo::filter_config().unwrap(),
     );
     let envoy = Envoy::start_yaml_args(

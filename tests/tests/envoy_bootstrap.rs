@@ -11,7 +11,7 @@ fn envoy_validates_the_demo_bootstrap() {
         any,
         "127.0.0.1:1".parse().unwrap(),
         "127.0.0.1:2".parse().unwrap(),
-        paths::wasm_path().unwrap_or_else(|e| panic!("{e:#}")),
+        layergate_tests::envoy::Filter::under_test().unwrap_or_else(|e| panic!("{e:#}")),
         demo::filter_config().unwrap(),
     );
     envoy::validate(&gw.render()).unwrap_or_else(|e| panic!("{e:#}"));
@@ -24,7 +24,7 @@ fn envoy_validates_a_bootstrap_without_the_filter() {
         "127.0.0.1:0".parse().unwrap(),
         "127.0.0.1:1".parse().unwrap(),
         "127.0.0.1:2".parse().unwrap(),
-        paths::wasm_path().unwrap_or_else(|e| panic!("{e:#}")),
+        layergate_tests::envoy::Filter::under_test().unwrap_or_else(|e| panic!("{e:#}")),
         demo::filter_config().unwrap(),
     );
     gw.filter_config = None;
@@ -93,7 +93,8 @@ spec:
     let config = rendering.config;
     let listener = render::Listener {
         listen: settings.listen,
-        wasm_path: settings.wasm_path.clone(),
+        build: render::FilterBuild::Wasm,
+        filter_path: settings.wasm_path.clone(),
         filter_config: Some(serde_json::to_string(&config).unwrap()),
         vm_env: Vec::new(),
         buffer_limit_bytes: render::DEFAULT_BUFFER_LIMIT_BYTES,

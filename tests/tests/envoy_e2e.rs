@@ -94,14 +94,14 @@ fn demo_tour_goes_as_documented_with_stats_and_access_log() {
         "\n{}",
         tour::table(&outcomes)
     );
-    // Counters are flushed on the root context's 1 s tick.
+    // Counters: the wasm build flushes them on its root context's 1 s tick.
     let deadline = Instant::now() + Duration::from_secs(5);
     let allowed = outcomes.iter().filter(|o| o.status == 200).count() as u64;
     let denied_403 = outcomes.iter().filter(|o| o.status == 403).count() as u64;
     loop {
         let (a, f) = (
-            d.envoy.stat("wasmcustom.layergate.allowed").unwrap(),
-            d.envoy.stat("wasmcustom.layergate.denied_403").unwrap(),
+            d.envoy.filter_stat("layergate.allowed").unwrap(),
+            d.envoy.filter_stat("layergate.denied_403").unwrap(),
         );
         if a == Some(allowed) && f == Some(denied_403) {
             break;
@@ -112,7 +112,14 @@ fn demo_tour_goes_as_documented_with_stats_and_access_log() {
         );
         std::thread::sleep(Duration::from_millis(200));
     }
-    let log = d.envoy.log();
+    // The access log reaches the file every 100 ms (`--file-flush-interval-msec`): one line per
+    // request of the tour.
+    let lines = |log: &str| log.lines().filter(|l| l.contains(" decision=")).count();
+    let mut log = d.envoy.log();
+    while lines(&log) < outcomes.len() && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(100));
+        log = d.envoy.log();
+    }
     assert!(
         log.contains("principal=key:primary/demo-read scope=read store=primary decision=allowed"),
         "{log}"

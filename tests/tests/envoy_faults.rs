@@ -14,7 +14,6 @@ use layergate_tests::demo::{self, ARCHIVE_KEY};
 use layergate_tests::devstore::DevStore;
 use layergate_tests::envoy::Envoy;
 use layergate_tests::http::{Request, Response};
-use layergate_tests::paths;
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::sync::{Arc, Mutex};
@@ -140,12 +139,12 @@ fn scenario(fault: Option<Fault>) -> Scenario {
         any,
         primary_addr,
         archive.addr(),
-        paths::wasm_path().unwrap_or_else(|e| panic!("{e:#}")),
+        layergate_tests::envoy::Filter::under_test().unwrap_or_else(|e| panic!("{e:#}")),
         demo::filter_config().unwrap(),
     );
     let yaml = gw.render_with(&LIMITS);
     layergate_tests::envoy::validate(&yaml).unwrap_or_else(|e| panic!("{e:#}"));
-    let envoy = Envoy::start_yaml(&yaml, &paths::repo_root()).unwrap_or_else(|e| panic!("{e:#}"));
+    let envoy = Envoy::start_gateway_yaml(&gw, &yaml).unwrap_or_else(|e| panic!("{e:#}"));
     Scenario {
         envoy,
         archive,
@@ -163,12 +162,12 @@ fn scenario_with_defaults() -> Scenario {
         any,
         primary.addr,
         archive.addr(),
-        paths::wasm_path().unwrap_or_else(|e| panic!("{e:#}")),
+        layergate_tests::envoy::Filter::under_test().unwrap_or_else(|e| panic!("{e:#}")),
         demo::filter_config().unwrap(),
     );
     let yaml = gw.render_with(&UpstreamLimits::default());
     layergate_tests::envoy::validate(&yaml).unwrap_or_else(|e| panic!("{e:#}"));
-    let envoy = Envoy::start_yaml(&yaml, &paths::repo_root()).unwrap_or_else(|e| panic!("{e:#}"));
+    let envoy = Envoy::start_gateway_yaml(&gw, &yaml).unwrap_or_else(|e| panic!("{e:#}"));
     Scenario {
         envoy,
         archive,
@@ -423,7 +422,8 @@ fn a_hanging_store_gets_the_json_504_with_the_shipped_default_limits() {
     let listener = layergate_operator::envoy::listener_with(
         &layergate_operator::envoy::Listener {
             listen: s.envoy.addr,
-            wasm_path: "f.wasm".into(),
+            build: layergate_operator::envoy::FilterBuild::Wasm,
+            filter_path: "f.wasm".into(),
             filter_config: None,
             vm_env: Vec::new(),
             buffer_limit_bytes: 1024,

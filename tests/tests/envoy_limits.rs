@@ -28,22 +28,15 @@ fn start(request_timeout: &str) -> (Envoy, DevStore, DevStore) {
         any,
         primary.addr(),
         archive.addr(),
-        layergate_tests::paths::wasm_path().unwrap(),
+        layergate_tests::envoy::Filter::under_test().unwrap(),
         cfg.to_string(),
     );
-    let mut listener = render::listener(&render::Listener {
-        listen: gw.listen,
-        wasm_path: gw.wasm_path.to_string_lossy().into_owned(),
-        filter_config: gw.filter_config.clone(),
-        vm_env: Vec::new(),
-        buffer_limit_bytes: gw.buffer_limit_bytes,
-    });
+    let mut listener = render::listener(&gw.listener());
     let hcm = &mut listener["filter_chains"][0]["filters"][0]["typed_config"];
     assert_eq!(hcm["request_timeout"], limits::REQUEST_TIMEOUT);
     hcm["request_timeout"] = json!(request_timeout);
     let yaml = render::bootstrap_with_listener(gw.admin, listener, &gw.clusters);
-    let envoy = Envoy::start_yaml(&yaml, &layergate_tests::paths::repo_root())
-        .unwrap_or_else(|e| panic!("{e:#}"));
+    let envoy = Envoy::start_gateway_yaml(&gw, &yaml).unwrap_or_else(|e| panic!("{e:#}"));
     (envoy, primary, archive)
 }
 
@@ -147,7 +140,8 @@ fn the_inspection_route_buffers_15_mib_with_a_1_mib_connection_buffer() {
     assert_eq!(
         render::listener(&render::Listener {
             listen: envoy.addr,
-            wasm_path: String::new(),
+            build: render::FilterBuild::Wasm,
+            filter_path: String::new(),
             filter_config: None,
             vm_env: Vec::new(),
             buffer_limit_bytes: render::DEFAULT_BUFFER_LIMIT_BYTES,

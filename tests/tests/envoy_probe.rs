@@ -25,12 +25,16 @@ fn start_probe(steps: &str, store: &DevStore) -> anyhow::Result<Envoy> {
         any,
         store.addr(),
         store.addr(),
-        probe.clone(),
+        layergate_tests::envoy::Filter {
+            build: render::FilterBuild::Wasm,
+            path: probe.clone(),
+        },
         String::new(),
     );
     let mut listener = render::listener(&render::Listener {
         listen: any,
-        wasm_path: probe.to_string_lossy().into_owned(),
+        build: render::FilterBuild::Wasm,
+        filter_path: probe.to_string_lossy().into_owned(),
         filter_config: Some(steps.to_owned()),
         vm_env: Vec::new(),
         buffer_limit_bytes: render::DEFAULT_BUFFER_LIMIT_BYTES,

@@ -9,7 +9,6 @@ use layergate_tests::demo::{self, PRIMARY_KEY};
 use layergate_tests::devstore::DevStore;
 use layergate_tests::envoy::{Cluster, Envoy, Gateway};
 use layergate_tests::http::Request;
-use layergate_tests::paths;
 use layergate_tests::tls::TestCa;
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
@@ -49,7 +48,7 @@ fn scenario(tag: &str, names: &[&str]) -> Scenario {
         any,
         primary.addr(),
         archive.addr(),
-        paths::wasm_path().unwrap_or_else(|e| panic!("{e:#}")),
+        layergate_tests::envoy::Filter::under_test().unwrap_or_else(|e| panic!("{e:#}")),
         demo::filter_config().unwrap(),
     );
     let store = gw

@@ -26,30 +26,13 @@ use self::root::Root;
 use crate::abi::{self, Action, LogLevel};
 use crate::denial::Denial;
 use crate::fasthash::FastMap;
+use crate::outcome::COUNTERS;
 use crate::policy::Policy;
 use std::cell::{Cell, RefCell};
 use std::rc::Rc;
 
 /// Filter-state key read by access logs as `%FILTER_STATE(wasm.layergate:PLAIN)%`.
 const LOG_PROPERTY: &[u8] = b"layergate";
-
-/// Counters, indexed by position; flushed to Envoy stats on tick.
-const COUNTERS: [&str; 11] = [
-    "layergate.allowed",
-    "layergate.denied_400",
-    "layergate.denied_401",
-    "layergate.denied_403",
-    "layergate.denied_404",
-    "layergate.denied_413",
-    "layergate.denied_415",
-    "layergate.denied_503",
-    "layergate.inspected_bodies",
-    "layergate.keys_syncs",
-    "layergate.keys_sync_failures",
-];
-const INSPECTED: usize = 8;
-const SYNCED: usize = 9;
-const SYNC_FAILED: usize = 10;
 
 /// Counter: configurations this filter refused (an unknown field from a newer operator, a
 /// version it does not read, a value it would not accept). Envoy then keeps the previous
@@ -62,7 +45,8 @@ const REJECTED: &str = "layergate.config_rejected";
 const STALE_GAUGE: &str = "layergate.keys_stale_seconds";
 
 thread_local! {
-    static COUNTS: [Cell<u64>; 11] = Default::default();
+    /// [`COUNTERS`] of this VM, flushed to Envoy stats on the root's tick.
+    static COUNTS: [Cell<u64>; COUNTERS.len()] = Default::default();
     static LOG_LINE: RefCell<String> = RefCell::new(String::with_capacity(160));
     /// Root contexts by id: one per configuration Envoy holds.
     static ROOTS: RefCell<FastMap<u32, Root>> = RefCell::new(FastMap::default());
@@ -75,13 +59,6 @@ thread_local! {
 
 fn count(index: usize) {
     COUNTS.with(|p| p[index].set(p[index].get() + 1));
-}
-
-fn counter_for(label: &str) -> usize {
-    COUNTERS
-        .iter()
-        .position(|c| c.strip_prefix("layergate.") == Some(label))
-        .unwrap_or(0)
 }
 
 /// The policy a stream starts with: its root's configuration and current key table.

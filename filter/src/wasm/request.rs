@@ -2,13 +2,14 @@
 //! written back to the host (header edits, a local reply), with the access-log record and the
 //! counters.
 
-use super::{count, counter_for, policy_of, INSPECTED, INSPECTING, LOG_LINE, LOG_PROPERTY};
+use super::{count, policy_of, INSPECTING, LOG_LINE, LOG_PROPERTY};
 use crate::abi::{self, now, Action, BufferType, MapType};
 use crate::decision::{
     decide, must_strip, Decision, HeaderEdits, Inspection, Plan, INSPECT_HEADER,
 };
 use crate::denial::Denial;
 use crate::headers::{pairs, RequestHead};
+use crate::outcome::{counter_for, log_line, ALLOWED, INSPECTED};
 use crate::policy::Policy;
 use std::rc::Rc;
 
@@ -47,7 +48,7 @@ fn forward(policy: &Policy, plan: &Plan, header_buf: Option<&[u8]>, path: Option
         abi::set_header(":path", Some(p));
     }
     record(Some(policy), Some(plan), "allowed");
-    count(0);
+    count(ALLOWED);
     Action::Continue
 }
 
@@ -82,29 +83,7 @@ fn record(policy: Option<&Policy>, plan: Option<&Plan>, decision: &str) {
         let Ok(mut line) = line.try_borrow_mut() else {
             return;
         };
-        line.clear();
-        let (principal, scope, store) = match (policy, plan) {
-            (Some(policy), Some(plan)) => (
-                plan.principal.name(policy),
-                plan.scope.map_or("none", |s| s.as_str()),
-                &*policy.stores[plan.store].name,
-            ),
-            _ => ("-", "-", "-"),
-        };
-        // Plain appends: `write!` runs core::fmt's machinery, about a thousand instructions
-        // more per request in the VM (measured by `tests/tests/wasm_fuel.rs`).
-        for part in [
-            "principal=",
-            principal,
-            " scope=",
-            scope,
-            " store=",
-            store,
-            " decision=",
-            decision,
-        ] {
-            line.push_str(part);
-        }
+        log_line(&mut line, policy, plan, decision);
         abi::set_property(LOG_PROPERTY, &line);
     });
 }
@@ -203,7 +182,7 @@ pub(super) fn on_request_body(ctx: u32, body_size: usize, end_of_stream: bool) -
             Some(d) => deny(Some(&policy), Some(&plan), &d),
             None => {
                 record(Some(&policy), Some(&plan), "allowed");
-                count(0);
+                count(ALLOWED);
                 Action::Continue
             }
         },

@@ -4,9 +4,10 @@
 //! `sync`'s.
 
 use super::sync::Sync;
-use super::{COUNTERS, COUNTS, REJECTED, STALE_GAUGE};
+use super::{COUNTS, REJECTED, STALE_GAUGE};
 use crate::abi::{self, now, BufferType, LogLevel, MetricType};
 use crate::config::{FilterConfig, CONFIG_VERSION};
+use crate::outcome::COUNTERS;
 use crate::policy::{ConfigError, Policy};
 use std::rc::Rc;
 

@@ -1,10 +1,11 @@
 //! A root's key-service client (SPEC §6): the long poll, its back-off, and applying an answer
 //! to the root's key table (in place when nothing else holds it).
 
+use super::count;
 use super::root::Root;
-use super::{count, SYNCED, SYNC_FAILED};
 use crate::abi::{self, now, BufferType, LogLevel, MapType};
 use crate::config::CONFIG_VERSION;
+use crate::outcome::{SYNCED, SYNC_FAILED};
 use std::fmt::Write as _;
 use std::rc::Rc;
 use std::sync::Arc;
@@ -160,31 +161,20 @@ impl Root {
     }
 
     /// Applies a key-service answer of `body_size` bytes, read from the host in chunks as it
-    /// is parsed ([`crate::answer::read`]): a new table swapped in whole, or nothing.
+    /// is parsed ([`crate::keysync::read`]): a new table swapped in whole, or nothing.
     fn synced(&mut self, asked: Option<&str>, body_size: usize) -> Result<(), String> {
         let Some(policy) = self.policy.clone() else {
             return Ok(());
         };
-        let answer = crate::answer::read(
-            Chunks::of(body_size),
-            &policy.store_ids(),
-            policy.stores.len(),
-            crate::answer::keys_hint(body_size),
-        )?;
-        // A delta only applies to the revision it was asked from (the table may have been
-        // replaced meanwhile by a new configuration).
-        if !answer.snapshot && policy.keys.revision() != asked {
-            return Err("a delta for a revision this table is not at".into());
-        }
+        let answer = crate::keysync::read(&policy, asked, Chunks::of(body_size), body_size)?;
         drop(policy);
         let Some(current) = self.policy.as_mut() else {
             return Ok(());
         };
-        let changes = answer.snapshot || !answer.keys.is_empty() || !answer.removed.is_empty();
         // Nothing else holds the policy or its table (no request is buffering a body with
         // them): change the table where it is, in O(changes). Otherwise the requests that
         // hold them keep theirs and a changed copy is swapped in.
-        if changes {
+        if let Some(answer) = answer {
             match Rc::get_mut(current).and_then(|p| Arc::get_mut(&mut p.keys)) {
                 Some(table) => table.apply_in_place(answer),
                 None => {

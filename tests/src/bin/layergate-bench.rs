@@ -244,12 +244,24 @@ fn variants(
 ) -> Result<Vec<Variant>> {
     let any = SocketAddr::from(([127, 0, 0, 1], 0));
     let wasm = layergate_tests::paths::wasm_path()?;
-    let gateway =
-        |config: String| demo::gateway(any, any, upstream, upstream, wasm.clone(), config);
+    let gateway = |config: String| {
+        demo::gateway(
+            any,
+            any,
+            upstream,
+            upstream,
+            layergate_tests::envoy::Filter {
+                build: render::FilterBuild::Wasm,
+                path: wasm.clone(),
+            },
+            config,
+        )
+    };
     let gw = gateway(demo::filter_config()?);
     let plain = render::listener(&render::Listener {
         listen: any,
-        wasm_path: wasm.to_string_lossy().into_owned(),
+        build: render::FilterBuild::Wasm,
+        filter_path: wasm.to_string_lossy().into_owned(),
         filter_config: None,
         vm_env: Vec::new(),
         buffer_limit_bytes: render::DEFAULT_BUFFER_LIMIT_BYTES,
@@ -268,7 +280,8 @@ fn variants(
     let in_chain = |wasm: &Path, config: &str| {
         bootstrap(render::listener(&render::Listener {
             listen: any,
-            wasm_path: wasm.to_string_lossy().into_owned(),
+            build: render::FilterBuild::Wasm,
+            filter_path: wasm.to_string_lossy().into_owned(),
             filter_config: Some(config.to_owned()),
             vm_env: Vec::new(),
             buffer_limit_bytes: render::DEFAULT_BUFFER_LIMIT_BYTES,
@@ -589,13 +602,17 @@ fn reload_time(upstream: SocketAddr, keys: usize) -> Result<Duration> {
         listen,
         upstream,
         upstream,
-        wasm.clone(),
+        layergate_tests::envoy::Filter {
+            build: render::FilterBuild::Wasm,
+            path: wasm.clone(),
+        },
         String::new(),
     );
     let lds = |config: String| {
         render::lds(&render::Listener {
             listen,
-            wasm_path: wasm.to_string_lossy().into_owned(),
+            build: render::FilterBuild::Wasm,
+            filter_path: wasm.to_string_lossy().into_owned(),
             filter_config: Some(config),
             vm_env: Vec::new(),
             buffer_limit_bytes: render::DEFAULT_BUFFER_LIMIT_BYTES,
@@ -672,7 +689,7 @@ fn rss_with(upstream: SocketAddr, keys: usize, workers: usize) -> Result<u64> {
         any,
         upstream,
         upstream,
-        layergate_tests::paths::wasm_path()?,
+        layergate_tests::envoy::Filter::wasm()?,
         scaled_config(keys, 10)?,
     );
     let envoy =

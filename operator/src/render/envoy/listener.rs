@@ -1,22 +1,60 @@
-//! The Envoy target's gateway listener: the filter chain (wasm filter, buffer filter,
-//! router), its routes, the JSON local replies, and the bounds on what a client may hold
-//! ([`limits`]). A resource only: how it reaches Envoy is `bootstrap`'s.
+//! The Envoy target's gateway listener: the filter chain (the layergate filter — either build,
+//! [`FilterBuild`] —, buffer filter, router), its routes, the JSON local replies, and the
+//! bounds on what a client may hold ([`limits`]). A resource only: how it reaches Envoy is
+//! `bootstrap`'s.
 
 use crate::render::upstream::{ms, CONTROL_BODY_BYTES};
 use crate::settings::{UpstreamLimits, CONTROL_CLUSTER};
 use serde_json::{json, Value};
 use std::net::SocketAddr;
 
+/// Which build of the filter a listener runs (SPEC §10). Both take the same configuration
+/// JSON, sit at the same place in the chain under the same routes, and report the same
+/// access-log record and counters.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum FilterBuild {
+    /// The proxy-wasm module (`layergate_filter.wasm`) in Envoy's V8: Envoy 1.36–1.40, Istio.
+    #[default]
+    Wasm,
+    /// The Envoy dynamic module (`liblayergate_native.so`), Envoy's
+    /// `envoy.extensions.filters.http.dynamic_modules` filter: Envoy 1.39.x and 1.40.x only
+    /// (its ABI is pinned to 1.39's). Store credentials named `{env: …}` are read from Envoy's
+    /// own environment.
+    Native,
+}
+
+impl FilterBuild {
+    /// The filter-state key the access log reads the record from.
+    pub fn log_key(self) -> &'static str {
+        match self {
+            FilterBuild::Wasm => "wasm.layergate",
+            FilterBuild::Native => "layergate",
+        }
+    }
+
+    /// The prefix Envoy puts before the filter's counter names in `/stats`
+    /// (`wasmcustom.layergate.allowed`; Prometheus drops it either way: `layergate_allowed`).
+    pub fn stats_prefix(self) -> &'static str {
+        match self {
+            FilterBuild::Wasm => "wasmcustom.",
+            FilterBuild::Native => "dynamicmodulescustom.",
+        }
+    }
+}
+
 /// The gateway listener.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Listener {
     /// Address to listen on.
     pub listen: SocketAddr,
-    /// Path of the filter `.wasm` as Envoy sees it.
-    pub wasm_path: String,
+    /// Which build of the filter `filter_path` is.
+    pub build: FilterBuild,
+    /// Path of the filter as Envoy sees it: the `.wasm`, or the `.so` ([`FilterBuild::Native`]).
+    pub filter_path: String,
     /// Filter configuration JSON; `None` renders the listener without the filter (tests).
     pub filter_config: Option<String>,
-    /// The wasm VM's environment (`vm_config.environment_variables.key_values`).
+    /// The wasm VM's environment (`vm_config.environment_variables.key_values`); the native
+    /// build reads Envoy's environment instead, so this must be empty for it.
     pub vm_env: Vec<(String, String)>,
     /// The buffer filter's limit, on the inspection route only (it raises that stream's
     /// buffer limit); must cover the filter's `limits.inspectBodyBytes`. Every other stream
@@ -106,6 +144,39 @@ pub fn stream_idle_ms(limits: &UpstreamLimits) -> u64 {
     limits::STREAM_IDLE_TIMEOUT_MS.max(limits.request_timeout_ms + limits::STREAM_IDLE_GRACE_MS)
 }
 
+/// The layergate filter's entry in the HTTP filter chain, for either build.
+fn filter(l: &Listener, config: &str) -> Value {
+    let config =
+        json!({"@type": "type.googleapis.com/google.protobuf.StringValue", "value": config});
+    match l.build {
+        FilterBuild::Wasm => {
+            let mut vm = json!({"runtime": "envoy.wasm.runtime.v8", "code": {"local": {"filename": l.filter_path}}});
+            if !l.vm_env.is_empty() {
+                let kv: serde_json::Map<String, Value> = l
+                    .vm_env
+                    .iter()
+                    .map(|(k, v)| (k.clone(), json!(v)))
+                    .collect();
+                vm["environment_variables"] = json!({"key_values": kv});
+            }
+            json!({"name": "envoy.filters.http.wasm", "typed_config": {
+                "@type": "type.googleapis.com/envoy.extensions.filters.http.wasm.v3.Wasm",
+                "config": {"name": "layergate", "root_id": "layergate", "failure_policy": "FAIL_RELOAD", "vm_config": vm,
+                           "configuration": config}}})
+        }
+        // The module is named by its file, as the wasm is (Envoy's other way is `name` and
+        // `lib<name>.so` on ENVOY_DYNAMIC_MODULES_SEARCH_PATH). `do_not_close`: it is never
+        // unloaded — its per-thread state lives as long as the workers.
+        FilterBuild::Native => {
+            json!({"name": "envoy.filters.http.dynamic_modules", "typed_config": {
+            "@type": "type.googleapis.com/envoy.extensions.filters.http.dynamic_modules.v3.DynamicModuleFilter",
+            "dynamic_module_config": {"module": {"local": {"filename": l.filter_path}}, "do_not_close": true},
+            "filter_name": "layergate",
+            "filter_config": config}})
+        }
+    }
+}
+
 /// The listener resource (default [`UpstreamLimits`]).
 pub fn listener(l: &Listener) -> Value {
     listener_with(l, &UpstreamLimits::default())
@@ -115,19 +186,7 @@ pub fn listener(l: &Listener) -> Value {
 pub fn listener_with(l: &Listener, limits: &UpstreamLimits) -> Value {
     let mut filters = Vec::new();
     if let Some(config) = &l.filter_config {
-        let mut vm = json!({"runtime": "envoy.wasm.runtime.v8", "code": {"local": {"filename": l.wasm_path}}});
-        if !l.vm_env.is_empty() {
-            let kv: serde_json::Map<String, Value> = l
-                .vm_env
-                .iter()
-                .map(|(k, v)| (k.clone(), json!(v)))
-                .collect();
-            vm["environment_variables"] = json!({"key_values": kv});
-        }
-        filters.push(json!({"name": "envoy.filters.http.wasm", "typed_config": {
-            "@type": "type.googleapis.com/envoy.extensions.filters.http.wasm.v3.Wasm",
-            "config": {"name": "layergate", "root_id": "layergate", "failure_policy": "FAIL_RELOAD", "vm_config": vm,
-                       "configuration": {"@type": "type.googleapis.com/google.protobuf.StringValue", "value": config}}}}));
+        filters.push(filter(l, config));
     }
     filters.push(json!({"name": "envoy.filters.http.buffer", "typed_config": {
         "@type": "type.googleapis.com/envoy.extensions.filters.http.buffer.v3.Buffer", "max_request_bytes": l.buffer_limit_bytes}}));
@@ -184,7 +243,10 @@ pub fn listener_with(l: &Listener, limits: &UpstreamLimits) -> Value {
         r["route"]["timeout"] = json!(ms(limits.request_timeout_ms));
         r
     });
-    let log_format = "[%START_TIME%] \"%REQ(:METHOD)% %REQ(:PATH)%\" %RESPONSE_CODE% %UPSTREAM_CLUSTER% %FILTER_STATE(wasm.layergate:PLAIN)%\n";
+    let log_format = format!(
+        "[%START_TIME%] \"%REQ(:METHOD)% %REQ(:PATH)%\" %RESPONSE_CODE% %UPSTREAM_CLUSTER% %FILTER_STATE({}:PLAIN)%\n",
+        l.build.log_key()
+    );
     json!({
         "name": "layergate",
         "address": {"socket_address": {"address": l.listen.ip().to_string(), "port_value": l.listen.port()}},

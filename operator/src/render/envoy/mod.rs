@@ -41,7 +41,7 @@ pub use self::bootstrap::{
     static_bootstrap, static_bootstrap_with,
 };
 pub use self::cluster::{cluster, cluster_with, Cluster, SYSTEM_CA_BUNDLE};
-pub use self::listener::{limits, listener, listener_with, stream_idle_ms, Listener};
+pub use self::listener::{limits, listener, listener_with, stream_idle_ms, FilterBuild, Listener};
 pub use crate::render::upstream::{
     ms, store_label, Upstream, CONTROL_BODY_BYTES, DEFAULT_BUFFER_LIMIT_BYTES,
 };
@@ -115,7 +115,8 @@ pub fn translate(
     }
     let listener = Listener {
         listen: settings.listen,
-        wasm_path: settings.wasm_path.clone(),
+        build: FilterBuild::Wasm,
+        filter_path: settings.wasm_path.clone(),
         filter_config: Some(serde_json::to_string(&config)?),
         vm_env: Vec::new(),
         buffer_limit_bytes: DEFAULT_BUFFER_LIMIT_BYTES,

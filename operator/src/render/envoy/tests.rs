@@ -77,7 +77,8 @@ fn a_trusted_ca_override_replaces_the_system_bundle_and_plain_http_has_no_tls() 
 fn the_listener_is_bounded_and_every_bootstrap_carries_the_overload_manager() {
     let l = listener(&Listener {
         listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
-        wasm_path: "f.wasm".into(),
+        build: FilterBuild::Wasm,
+        filter_path: "f.wasm".into(),
         filter_config: None,
         vm_env: Vec::new(),
         buffer_limit_bytes: DEFAULT_BUFFER_LIMIT_BYTES,
@@ -154,7 +155,8 @@ fn the_listener_is_bounded_and_every_bootstrap_carries_the_overload_manager() {
 fn l_spec() -> Listener {
     Listener {
         listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
-        wasm_path: "f.wasm".into(),
+        build: FilterBuild::Wasm,
+        filter_path: "f.wasm".into(),
         filter_config: None,
         vm_env: Vec::new(),
         buffer_limit_bytes: DEFAULT_BUFFER_LIMIT_BYTES,
@@ -165,7 +167,8 @@ fn l_spec() -> Listener {
 fn only_envoys_upstream_failure_replies_are_rewritten_to_json() {
     let l = listener(&Listener {
         listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
-        wasm_path: "f.wasm".into(),
+        build: FilterBuild::Wasm,
+        filter_path: "f.wasm".into(),
         filter_config: None,
         vm_env: Vec::new(),
         buffer_limit_bytes: DEFAULT_BUFFER_LIMIT_BYTES,
@@ -200,4 +203,56 @@ fn only_envoys_upstream_failure_replies_are_rewritten_to_json() {
         error.starts_with("%CLUSTER_METADATA(layergate:upstream)%"),
         "{error}"
     );
+}
+
+#[test]
+fn the_native_build_is_the_dynamic_module_filter_in_the_wasm_filters_place() {
+    let render = |build: FilterBuild, path: &str| {
+        listener(&Listener {
+            build,
+            filter_path: path.into(),
+            filter_config: Some(r#"{"version":1}"#.into()),
+            ..l_spec()
+        })
+    };
+    let (wasm, native) = (
+        render(FilterBuild::Wasm, "f.wasm"),
+        render(FilterBuild::Native, "/opt/liblayergate_native.so"),
+    );
+    let hcm = |l: &Value| l["filter_chains"][0]["filters"][0]["typed_config"].clone();
+    let filters = hcm(&native)["http_filters"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default();
+    let module = &filters[0]["typed_config"];
+    assert_eq!(
+        module["@type"],
+        "type.googleapis.com/envoy.extensions.filters.http.dynamic_modules.v3.DynamicModuleFilter"
+    );
+    assert_eq!(
+        module["dynamic_module_config"],
+        json!({"module": {"local": {"filename": "/opt/liblayergate_native.so"}}, "do_not_close": true})
+    );
+    assert_eq!(module["filter_name"], "layergate");
+    assert_eq!(
+        module["filter_config"],
+        json!({"@type": "type.googleapis.com/google.protobuf.StringValue", "value": r#"{"version":1}"#})
+    );
+    // The rest of the chain and the routes are the wasm build's; the access log reads the
+    // record from the build's own filter-state key.
+    let wasm_filters = hcm(&wasm)["http_filters"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default();
+    assert_eq!(filters.len(), 3);
+    assert_eq!(filters[1..], wasm_filters[1..]);
+    assert_eq!(hcm(&native)["route_config"], hcm(&wasm)["route_config"]);
+    let format = |l: &Value| {
+        hcm(l)["access_log"][0]["typed_config"]["log_format"]["text_format_source"]["inline_string"]
+            .as_str()
+            .unwrap_or_default()
+            .to_owned()
+    };
+    assert!(format(&native).contains("%FILTER_STATE(layergate:PLAIN)%"));
+    assert!(format(&wasm).contains("%FILTER_STATE(wasm.layergate:PLAIN)%"));
 }

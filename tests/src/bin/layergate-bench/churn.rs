@@ -166,7 +166,7 @@ pub fn run(upstream: SocketAddr) -> Result<String> {
         admin,
         upstream,
         upstream,
-        layergate_tests::paths::wasm_path()?,
+        layergate_tests::envoy::Filter::wasm()?,
         config,
     );
     gateway.clusters.push(Cluster {
