@@ -1,8 +1,8 @@
 //! The key-service client as a plain state machine (SPEC §6): which call to make and when, the
 //! back-off after a failure, how a held long poll confirms the table, and what an answer does
 //! to the table. No host calls: a host binding sends [`Call`]s and reports what came back.
-//! The native build drives it; the wasm build (`wasm/sync.rs`) reads answers with [`read`] too
-//! but still keeps its own copy of the call and back-off rules (to be moved here).
+//! Both builds drive it: the native build (`native/sync.rs`) and the wasm build
+//! (`wasm/sync.rs`).
 //!
 //! ```text
 //!  due(policy, now) ─► Call ─(host sends it)─► sent(token)

@@ -3,10 +3,10 @@
 //! and publishes the stale gauge as the worst of the process's VMs. Its key-service client is
 //! `sync`'s.
 
-use super::sync::Sync;
 use super::{COUNTS, REJECTED, STALE_GAUGE};
 use crate::abi::{self, now, BufferType, LogLevel, MetricType};
 use crate::config::{FilterConfig, CONFIG_VERSION};
+use crate::keysync::KeySync;
 use crate::outcome::COUNTERS;
 use crate::policy::{ConfigError, Policy};
 use std::rc::Rc;
@@ -64,7 +64,7 @@ pub(super) struct Root {
     pub(super) policy: Option<Rc<Policy>>,
     metric_ids: Vec<u32>,
     stale_gauge: Option<u32>,
-    pub(super) sync: Sync,
+    pub(super) sync: KeySync,
 }
 
 impl Root {
@@ -124,18 +124,14 @@ impl Root {
             self.stale_gauge = abi::define_metric(MetricType::Gauge, STALE_GAUGE);
         }
         abi::set_tick_period(std::time::Duration::from_secs(1));
-        self.sync = Sync::configured_at(now());
+        self.sync = KeySync::configured_at(now());
         true
     }
 
     pub(super) fn flush(&self) {
         if let (Some(policy), Some(gauge)) = (&self.policy, self.stale_gauge) {
-            if let Some(f) = policy.keys.freshness() {
-                let now = now();
-                let stale = f
-                    .stale_seconds(now)
-                    .unwrap_or_else(|| now.saturating_sub(self.sync.configured_at));
-                let own = u64::try_from(stale).unwrap_or(0);
+            let now = now();
+            if let Some(own) = self.sync.stale_seconds(policy, now) {
                 abi::record_metric(gauge, worst_stale(now, own));
             }
         }

@@ -1,134 +1,57 @@
-//! A root's key-service client (SPEC §6): the long poll, its back-off, and applying an answer
-//! to the root's key table (in place when nothing else holds it).
+//! A root's key-service client (SPEC §6), under [`crate::keysync`]'s rules (the call, its
+//! back-off, a held poll confirming the table, what an answer means): this file only sends the
+//! calls through the proxy-wasm host, reads the answers from it, and applies them to the
+//! root's key table (in place when nothing else holds it).
 
 use super::count;
 use super::root::Root;
 use crate::abi::{self, now, BufferType, LogLevel, MapType};
-use crate::config::CONFIG_VERSION;
 use crate::outcome::{SYNCED, SYNC_FAILED};
-use std::fmt::Write as _;
 use std::rc::Rc;
 use std::sync::Arc;
 
-/// The key-service sync loop's state (SPEC §6): one long poll in flight at a time; after a
-/// failure, retries back off from 1 s to 10 s and ask without waiting, so a key service that
-/// comes back confirms the table at once (a held poll would only answer at the next change).
-///
-/// A long poll held open is the key service's promise to answer as soon as something changes,
-/// within `pollSeconds`: while one is held (and the last call succeeded) the table counts as
-/// confirmed, up to `pollSeconds` after it was sent. So the stale gauge reads 0 in steady state
-/// and grows from the moment the key service stops answering, not from its last change.
-#[derive(Default)]
-pub(super) struct Sync {
-    /// The call in flight and the revision it asked from.
-    in_flight: Option<(u32, Option<Box<str>>)>,
-    /// When the call in flight was sent (Unix seconds).
-    sent_at: i64,
-    /// Unix seconds before which no new call is made (after failures).
-    not_before: i64,
-    failures: u32,
-    /// When the configuration was loaded (for the gauge before the first sync).
-    pub(super) configured_at: i64,
-}
-
-impl Sync {
-    /// A new loop for a configuration loaded at `now` (Unix seconds): nothing in flight, no
-    /// back-off.
-    pub(super) fn configured_at(now: i64) -> Sync {
-        Sync {
-            configured_at: now,
-            ..Sync::default()
-        }
-    }
-}
-
 impl Root {
-    /// Starts a sync when a key service is configured, none is in flight and no back-off holds.
+    /// Starts the call that is due, if any.
     pub(super) fn sync_keys(&mut self) {
         let Some(policy) = self.policy.clone() else {
             return;
         };
-        let Some(ks) = &policy.key_service else {
-            return;
-        };
-        if self.sync.in_flight.is_some() || now() < self.sync.not_before {
-            return;
-        }
-        let Ok(bearer) = ks.bearer.as_deref() else {
-            self.sync_failed("the keyService credential's environment variable is not set");
-            return;
-        };
-        let since = policy.keys.revision().map(Box::<str>::from);
-        let mut path = String::with_capacity(ks.path.len() + 96);
-        path.push_str(&ks.path);
-        let wait = if self.sync.failures == 0 {
-            ks.poll_seconds
-        } else {
-            0
-        };
-        // `config`: the configuration version this filter reads, so the operator can see a
-        // gateway whose filter is older than its rendering (issue 13).
-        let _ = write!(path, "?wait={wait}&config={CONFIG_VERSION}");
-        if let Some(rev) = &since {
-            path.push_str("&since=");
-            for b in rev.bytes() {
-                if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b'~') {
-                    path.push(char::from(b));
-                } else {
-                    let _ = write!(path, "%{b:02X}");
+        let now = now();
+        match self.sync.due(&policy, now) {
+            Ok(None) => {}
+            Ok(Some(call)) => {
+                let headers = [
+                    (":method", "GET"),
+                    (":path", call.path.as_str()),
+                    (":authority", call.authority),
+                    ("authorization", call.authorization),
+                ];
+                match abi::dispatch_http_call(call.cluster, &headers, call.timeout) {
+                    Some(token) => self.sync.sent(u64::from(token), call, now),
+                    None => {
+                        self.sync_failed("dispatch_http_call to the key service's cluster failed")
+                    }
                 }
             }
-        }
-        let call = abi::dispatch_http_call(
-            &ks.cluster,
-            &[
-                (":method", "GET"),
-                (":path", &path),
-                (":authority", &ks.authority),
-                ("authorization", bearer),
-            ],
-            std::time::Duration::from_secs(ks.poll_seconds + 5),
-        );
-        match call {
-            Some(token) => {
-                self.sync.in_flight = Some((token, since));
-                self.sync.sent_at = now();
-            }
-            None => self.sync_failed("dispatch_http_call to the key service's cluster failed"),
+            Err(why) => self.sync_failed(why),
         }
     }
 
-    /// A long poll held after a successful call confirms the table until `pollSeconds` after
-    /// it was sent (see [`Sync`]).
+    /// A long poll held after a successful call confirms the table (every tick).
     pub(super) fn hold_confirms(&self) {
-        let Some(policy) = &self.policy else {
-            return;
-        };
-        let (Some(ks), Some(f)) = (&policy.key_service, policy.keys.freshness()) else {
-            return;
-        };
-        if self.sync.in_flight.is_some() && self.sync.failures == 0 {
-            let until = self
-                .sync
-                .sent_at
-                .saturating_add(i64::try_from(ks.poll_seconds).unwrap_or(i64::MAX));
-            if f.stale_seconds(self.sync.sent_at).is_some() {
-                f.synced(now().min(until));
-            }
+        if let Some(policy) = &self.policy {
+            self.sync.hold_confirms(policy, now());
         }
     }
 
     fn sync_failed(&mut self, why: &str) {
-        self.sync.failures = self.sync.failures.saturating_add(1);
-        let backoff = 1i64 << self.sync.failures.min(4).saturating_sub(1);
-        self.sync.not_before = now().saturating_add(backoff.min(10));
+        let (failures, loud) = self.sync.failed(now());
         count(SYNC_FAILED);
-        if self.sync.failures == 1 || self.sync.failures.is_multiple_of(30) {
+        if loud {
             abi::log(
                 LogLevel::Warn,
                 &format!(
-                    "layergate: key service sync failed ({why}); {} failures in a row, the last table keeps serving until keyService.maxStalenessSeconds",
-                    self.sync.failures
+                    "layergate: key service sync failed ({why}); {failures} failures in a row, the last table keeps serving until keyService.maxStalenessSeconds"
                 ),
             );
         }
@@ -136,12 +59,9 @@ impl Root {
 
     /// The answer to call `token`.
     pub(super) fn answered(&mut self, token: u32, body_size: usize) {
-        let Some((expected, asked)) = self.sync.in_flight.take() else {
+        let Some(asked) = self.sync.answered(u64::from(token)) else {
             return;
         };
-        if expected != token {
-            return;
-        }
         let status = abi::get_header(MapType::HttpCallResponseHeaders, ":status");
         let result = match status.as_deref() {
             Some(b"200") => self.synced(asked.as_deref(), body_size),
@@ -153,7 +73,7 @@ impl Root {
         };
         match result {
             Ok(()) => {
-                self.sync.failures = 0;
+                self.sync.succeeded();
                 count(SYNCED);
             }
             Err(why) => self.sync_failed(&why),
