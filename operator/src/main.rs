@@ -40,6 +40,7 @@ fn run(cli: Cli) -> Result<()> {
         Command::CopyFilter { wasm, dir } => copy_filter(&wasm, &dir),
         Command::Check { dir } => check(&dir, &allow),
         Command::Render { dir, out, render } => {
+            render.check()?;
             let settings = render.gateway.settings(Mode::Local, allow);
             let upstreams = &render.upstreams;
             let target = render.target(
@@ -54,42 +55,45 @@ fn run(cli: Cli) -> Result<()> {
             render,
             serve,
             kube,
-        } => match (source, out) {
-            (SourceKind::Dir(dir), Some(out)) => {
-                if render.namespace.is_some() || render.target != TargetKind::Envoy {
-                    bail!("--namespace and --target are kube mode's (directory mode renders for Envoy)");
+        } => {
+            render.check()?;
+            match (source, out) {
+                (SourceKind::Dir(dir), Some(out)) => {
+                    if render.namespace.is_some() || render.target != TargetKind::Envoy {
+                        bail!("--namespace and --target are kube mode's (directory mode renders for Envoy)");
+                    }
+                    serve.init_logs(false)?;
+                    let (control, keys) = serve.listeners(Mode::Local);
+                    let mut settings = render.gateway.settings(Mode::Local, allow);
+                    settings.control = Some((control.ip().to_string(), control.port()));
+                    settings.key_service = Some((keys.ip().to_string(), keys.port()));
+                    run_dir(
+                        &dir,
+                        &out,
+                        settings,
+                        serve.authenticate_per_minute,
+                        control,
+                        keys,
+                    )
                 }
-                serve.init_logs(false)?;
-                let (control, keys) = serve.listeners(Mode::Local);
-                let mut settings = render.gateway.settings(Mode::Local, allow);
-                settings.control = Some((control.ip().to_string(), control.port()));
-                settings.key_service = Some((keys.ip().to_string(), keys.port()));
-                run_dir(
-                    &dir,
-                    &out,
-                    settings,
-                    serve.authenticate_per_minute,
-                    control,
-                    keys,
-                )
+                (SourceKind::Dir(_), None) => bail!("--source dir:PATH needs --out OUT"),
+                (SourceKind::Kube, Some(_)) => {
+                    bail!("--out is directory mode's: kube mode writes to the Secret LAYERGATE_OUTPUT_SECRET")
+                }
+                (SourceKind::Kube, None) => {
+                    serve.init_logs(true)?;
+                    let kube_run = KubeRun {
+                        namespace: render.namespace.clone().or(kube.pod_namespace.clone()),
+                        settings: render.gateway.settings(Mode::Pod, allow),
+                        render,
+                        listeners: serve.listeners(Mode::Pod),
+                        rate: serve.authenticate_per_minute,
+                        kube,
+                    };
+                    run_kube(kube_run)
+                }
             }
-            (SourceKind::Dir(_), None) => bail!("--source dir:PATH needs --out OUT"),
-            (SourceKind::Kube, Some(_)) => {
-                bail!("--out is directory mode's: kube mode writes to the Secret LAYERGATE_OUTPUT_SECRET")
-            }
-            (SourceKind::Kube, None) => {
-                serve.init_logs(true)?;
-                let kube_run = KubeRun {
-                    namespace: render.namespace.clone().or(kube.pod_namespace.clone()),
-                    settings: render.gateway.settings(Mode::Pod, allow),
-                    render,
-                    listeners: serve.listeners(Mode::Pod),
-                    rate: serve.authenticate_per_minute,
-                    kube,
-                };
-                run_kube(kube_run)
-            }
-        },
+        }
     }
 }
 

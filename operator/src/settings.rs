@@ -12,8 +12,10 @@ pub struct Settings {
     pub listen: SocketAddr,
     /// Envoy admin.
     pub admin: SocketAddr,
-    /// The filter `.wasm` as Envoy sees it.
+    /// The filter as Envoy sees it: the `.wasm`, or the `.so` of the native build.
     pub wasm_path: String,
+    /// Which build of the filter `wasm_path` is.
+    pub filter: FilterBuild,
     /// The operator's control API (host, port), when it serves one: the gateway routes
     /// `/v2/keys…` and `/v2/vectorstores…` there (cluster `layergate_control`). An IP address
     /// or a DNS name (in a cluster, the operator's Service).
@@ -29,6 +31,68 @@ pub struct Settings {
     pub key_max_staleness_seconds: u64,
     /// Timeouts and circuit breakers of the store clusters and their routes.
     pub limits: UpstreamLimits,
+}
+
+/// Which build of the filter a listener runs (SPEC §10). Both take the same configuration
+/// JSON, sit at the same place in the chain under the same routes, and report the same
+/// access-log record and counters.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum FilterBuild {
+    /// The proxy-wasm module (`layergate_filter.wasm`) in Envoy's V8: Envoy 1.36–1.40, Istio.
+    #[default]
+    Wasm,
+    /// The Envoy dynamic module (`liblayergate_native.so`), Envoy's
+    /// `envoy.extensions.filters.http.dynamic_modules` filter: Envoy 1.39.x and 1.40.x only
+    /// (its ABI is pinned to 1.39's). Store credentials named `{env: …}` are read from Envoy's
+    /// own environment.
+    Native,
+}
+
+impl FilterBuild {
+    /// The filter-state key the access log reads the record from.
+    pub fn log_key(self) -> &'static str {
+        match self {
+            FilterBuild::Wasm => "wasm.layergate",
+            FilterBuild::Native => "layergate",
+        }
+    }
+
+    /// The prefix Envoy puts before the filter's counter names in `/stats`
+    /// (`wasmcustom.layergate.allowed`; Prometheus drops it either way: `layergate_allowed`).
+    pub fn stats_prefix(self) -> &'static str {
+        match self {
+            FilterBuild::Wasm => "wasmcustom.",
+            FilterBuild::Native => "dynamicmodulescustom.",
+        }
+    }
+}
+
+/// The Envoy releases the native build loads on: it is built against Envoy 1.39's
+/// dynamic-module ABI (`v0.1.0`), which Envoy 1.39.x and 1.40.x accept (Envoy's compatibility
+/// policy: a module built for X.Y runs on X.Y and X.(Y+1)).
+pub const NATIVE_ENVOY: [(u32, u32); 2] = [(1, 39), (1, 40)];
+
+impl FilterBuild {
+    /// Whether this build runs on Envoy `version` (`MAJOR.MINOR[.PATCH]`); the reason when not.
+    pub fn serves(self, version: &str) -> Result<(), String> {
+        let mut parts = version.trim().trim_start_matches('v').split('.');
+        let (Some(Ok(major)), Some(Ok(minor))) = (
+            parts.next().map(str::parse::<u32>),
+            parts.next().map(str::parse::<u32>),
+        ) else {
+            return Err(format!(
+                "{version:?} is not an Envoy version (MAJOR.MINOR[.PATCH])"
+            ));
+        };
+        match self {
+            FilterBuild::Wasm if (1, 36) <= (major, minor) => Ok(()),
+            FilterBuild::Wasm => Err(format!("the wasm build is tested on Envoy 1.36 to 1.40, not {version}")),
+            FilterBuild::Native if NATIVE_ENVOY.contains(&(major, minor)) => Ok(()),
+            FilterBuild::Native => Err(format!(
+                "the native build is built against Envoy 1.39's dynamic-module ABI, which only Envoy 1.39.x and 1.40.x load; Envoy {version} would refuse the module: use --filter wasm (Envoy 1.36-1.40)"
+            )),
+        }
+    }
 }
 
 /// The default `keyService.maxStalenessSeconds` (SPEC §6: 5 minutes).

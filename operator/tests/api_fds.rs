@@ -48,6 +48,7 @@ fn an_accept_error_for_lack_of_file_descriptors_is_survived() {
     let settings = Settings {
         listen: "127.0.0.1:8080".parse().unwrap(),
         admin: "127.0.0.1:9901".parse().unwrap(),
+        filter: Default::default(),
         wasm_path: "filter.wasm".into(),
         control: Some(("127.0.0.1".into(), 9902)),
         key_service: None,

@@ -91,6 +91,7 @@ fn settings(control: SocketAddr) -> Settings {
     Settings {
         listen: "127.0.0.1:8080".parse().unwrap(),
         admin: "127.0.0.1:9901".parse().unwrap(),
+        filter: Default::default(),
         wasm_path: "filter.wasm".into(),
         control: Some((control.ip().to_string(), control.port())),
         key_service: None,

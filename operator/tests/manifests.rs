@@ -340,3 +340,68 @@ fn the_command_line_names_every_setting_and_refuses_what_a_mode_cannot_use() {
     assert!(!r.status.success());
     assert!(text(&r.stderr).contains("key=value"), "{}", text(&r.stderr));
 }
+
+/// `--filter native` renders the dynamic-module filter, and only for an Envoy that loads it:
+/// 1.39.x and 1.40.x (the build is pinned to 1.39's ABI), never for Istio, never without the
+/// Envoy version to judge; the reason is said.
+#[test]
+fn the_native_build_is_rendered_only_for_an_envoy_that_can_load_it() {
+    let dir = scratch("native");
+    let manifests = repo().join("envoy/demo/manifests");
+    let manifests = manifests.to_str().unwrap();
+    let render = |out: &str, extra: &[&str]| {
+        let out = dir.join(out);
+        let mut args = vec!["render", "-f", manifests, "-o", out.to_str().unwrap()];
+        args.extend_from_slice(extra);
+        (operator(&args), out)
+    };
+    for version in ["1.39.0", "1.39.3", "1.40.0", "v1.40"] {
+        let (r, out) = render(version, &["--filter", "native", "--envoy-version", version]);
+        assert!(r.status.success(), "{version}: {}", text(&r.stderr));
+        let lds = std::fs::read_to_string(out.join("lds.json")).unwrap();
+        assert!(lds.contains("envoy.filters.http.dynamic_modules"), "{lds}");
+        assert!(lds.contains("liblayergate_native.so"), "{lds}");
+        assert!(!lds.contains("envoy.filters.http.wasm"), "{lds}");
+    }
+    for (args, reason) in [
+        (
+            vec!["--filter", "native", "--envoy-version", "1.38.2"],
+            "only Envoy 1.39.x and 1.40.x",
+        ),
+        (
+            vec!["--filter", "native", "--envoy-version", "1.41.0"],
+            "only Envoy 1.39.x and 1.40.x",
+        ),
+        (
+            vec!["--filter", "native", "--envoy-version", "latest"],
+            "not an Envoy version",
+        ),
+        (vec!["--filter", "native"], "needs --envoy-version"),
+        (
+            vec![
+                "--filter",
+                "native",
+                "--envoy-version",
+                "1.40.0",
+                "--target",
+                "istio",
+            ],
+            "WasmPlugin",
+        ),
+        (vec!["--envoy-version", "1.35.0"], "1.36 to 1.40"),
+    ] {
+        let (r, _) = render("refused", &args);
+        assert!(!r.status.success(), "{args:?}");
+        assert!(
+            text(&r.stderr).contains(reason),
+            "{args:?}: {}",
+            text(&r.stderr)
+        );
+    }
+    // The wasm build stays the default, for any Envoy from 1.36.
+    let (r, out) = render("wasm", &["--envoy-version", "1.36.4"]);
+    assert!(r.status.success(), "{}", text(&r.stderr));
+    let lds = std::fs::read_to_string(out.join("lds.json")).unwrap();
+    assert!(lds.contains("envoy.filters.http.wasm"), "{lds}");
+    let _ = std::fs::remove_dir_all(&dir);
+}

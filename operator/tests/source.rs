@@ -31,6 +31,7 @@ fn settings() -> Settings {
     Settings {
         listen: "127.0.0.1:8080".parse().unwrap(),
         admin: "127.0.0.1:9901".parse().unwrap(),
+        filter: Default::default(),
         wasm_path: "filter.wasm".into(),
         control: None,
         key_service: None,

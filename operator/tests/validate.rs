@@ -341,6 +341,7 @@ fn envoy_outputs_match_the_goldens() {
     let settings = output::Settings {
         listen: "127.0.0.1:8080".parse().unwrap(),
         admin: "127.0.0.1:9901".parse().unwrap(),
+        filter: Default::default(),
         wasm_path: "target/wasm32-wasip1/wasm/layergate_filter.wasm".into(),
         control: Some(("127.0.0.1".to_owned(), 9902)),
         key_service: None,

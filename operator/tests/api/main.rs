@@ -57,6 +57,7 @@ fn fixture(tag: &str, per_minute: u32, edit: impl Fn(&str, String) -> String) ->
     let settings = Settings {
         listen: "127.0.0.1:8080".parse().unwrap(),
         admin: "127.0.0.1:9901".parse().unwrap(),
+        filter: Default::default(),
         wasm_path: "filter.wasm".into(),
         control: Some(("127.0.0.1".into(), 9902)),
         key_service: None,

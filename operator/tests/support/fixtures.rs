@@ -46,6 +46,7 @@ pub fn kube_settings() -> layergate_operator::output::Settings {
     layergate_operator::output::Settings {
         listen: "0.0.0.0:8080".parse().unwrap(),
         admin: "127.0.0.1:9901".parse().unwrap(),
+        filter: Default::default(),
         wasm_path: "/etc/layergate/wasm/layergate_filter.wasm".into(),
         control: Some(("layergate-operator.layer.svc".into(), 9902)),
         key_service: None,

@@ -4,43 +4,10 @@
 //! `bootstrap`'s.
 
 use crate::render::upstream::{ms, CONTROL_BODY_BYTES};
+pub use crate::settings::FilterBuild;
 use crate::settings::{UpstreamLimits, CONTROL_CLUSTER};
 use serde_json::{json, Value};
 use std::net::SocketAddr;
-
-/// Which build of the filter a listener runs (SPEC §10). Both take the same configuration
-/// JSON, sit at the same place in the chain under the same routes, and report the same
-/// access-log record and counters.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub enum FilterBuild {
-    /// The proxy-wasm module (`layergate_filter.wasm`) in Envoy's V8: Envoy 1.36–1.40, Istio.
-    #[default]
-    Wasm,
-    /// The Envoy dynamic module (`liblayergate_native.so`), Envoy's
-    /// `envoy.extensions.filters.http.dynamic_modules` filter: Envoy 1.39.x and 1.40.x only
-    /// (its ABI is pinned to 1.39's). Store credentials named `{env: …}` are read from Envoy's
-    /// own environment.
-    Native,
-}
-
-impl FilterBuild {
-    /// The filter-state key the access log reads the record from.
-    pub fn log_key(self) -> &'static str {
-        match self {
-            FilterBuild::Wasm => "wasm.layergate",
-            FilterBuild::Native => "layergate",
-        }
-    }
-
-    /// The prefix Envoy puts before the filter's counter names in `/stats`
-    /// (`wasmcustom.layergate.allowed`; Prometheus drops it either way: `layergate_allowed`).
-    pub fn stats_prefix(self) -> &'static str {
-        match self {
-            FilterBuild::Wasm => "wasmcustom.",
-            FilterBuild::Native => "dynamicmodulescustom.",
-        }
-    }
-}
 
 /// The gateway listener.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -115,7 +115,7 @@ pub fn translate(
     }
     let listener = Listener {
         listen: settings.listen,
-        build: FilterBuild::Wasm,
+        build: settings.filter,
         filter_path: settings.wasm_path.clone(),
         filter_config: Some(serde_json::to_string(&config)?),
         vm_env: Vec::new(),

@@ -2,13 +2,16 @@
 //! `clap` and parsed once into the operator's settings. `layergate-operator --help` and
 //! `layergate-operator COMMAND --help` print what is here.
 
+mod gateway;
+mod istio;
+
+pub use gateway::{GatewayArgs, UpstreamArgs};
+pub use istio::IstioArgs;
+
 use anyhow::{Context, Result};
 use clap::{Args, Parser, Subcommand, ValueEnum};
-use layergate_operator::endpoint::Allowlist;
-use layergate_operator::istio::{defaults, FailStrategy, IstioSettings};
 use layergate_operator::render;
-use layergate_operator::settings::{Settings, UpstreamLimits, DEFAULT_MAX_STALENESS_SECONDS};
-use std::collections::BTreeMap;
+use layergate_operator::settings::FilterBuild;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 
@@ -183,189 +186,6 @@ pub enum Mode {
     Pod,
 }
 
-/// The gateway's listener, admin and filter path.
-#[derive(Debug, Args)]
-pub struct GatewayArgs {
-    /// The gateway's listener [default: 127.0.0.1:8080; in a pod 0.0.0.0:8080].
-    #[arg(long, env = "LAYERGATE_LISTEN", value_name = "IP:PORT")]
-    pub listen: Option<SocketAddr>,
-    /// Envoy's admin listener.
-    #[arg(
-        long,
-        env = "LAYERGATE_ADMIN",
-        value_name = "IP:PORT",
-        default_value = "127.0.0.1:9901"
-    )]
-    pub admin: SocketAddr,
-    /// The filter .wasm as Envoy sees it [default: target/wasm32-wasip1/wasm/layergate_filter.wasm;
-    /// in a pod /etc/layergate/wasm/layergate_filter.wasm].
-    #[arg(long, env = "LAYERGATE_WASM", value_name = "PATH")]
-    pub wasm: Option<String>,
-    /// The store clusters' limits.
-    #[command(flatten)]
-    pub limits: LimitArgs,
-}
-
-/// Each store's timeouts and circuit breakers, in the clusters (DestinationRules) and routes.
-#[derive(Debug, Args)]
-pub struct LimitArgs {
-    /// TCP (and TLS) connect timeout, ms (100-60000) [default: 5000].
-    #[arg(long, env = "LAYERGATE_UPSTREAM_CONNECT_TIMEOUT_MS", value_name = "MS", value_parser = limit::<0>)]
-    pub upstream_connect_timeout_ms: Option<u64>,
-    /// The whole response, ms (100-3600000; beyond it 504) [default: 60000].
-    #[arg(long, env = "LAYERGATE_UPSTREAM_REQUEST_TIMEOUT_MS", value_name = "MS", value_parser = limit::<1>)]
-    pub upstream_request_timeout_ms: Option<u64>,
-    /// Circuit breaker: open connections per store (1-100000; beyond it 503) [default: 1024].
-    #[arg(long, env = "LAYERGATE_UPSTREAM_MAX_CONNECTIONS", value_name = "N", value_parser = limit::<2>)]
-    pub upstream_max_connections: Option<u64>,
-    /// Circuit breaker: requests waiting for a connection (1-100000) [default: 1024].
-    #[arg(long, env = "LAYERGATE_UPSTREAM_MAX_PENDING_REQUESTS", value_name = "N", value_parser = limit::<3>)]
-    pub upstream_max_pending_requests: Option<u64>,
-    /// Circuit breaker: requests in flight (1-100000) [default: 1024].
-    #[arg(long, env = "LAYERGATE_UPSTREAM_MAX_REQUESTS", value_name = "N", value_parser = limit::<4>)]
-    pub upstream_max_requests: Option<u64>,
-}
-
-/// One of [`UpstreamLimits::VARS`], within its bounds; the error names the variable.
-fn limit<const I: usize>(text: &str) -> Result<u64, String> {
-    let (name, min, max) = UpstreamLimits::VARS[I];
-    text.trim()
-        .parse::<u64>()
-        .ok()
-        .filter(|n| (min..=max).contains(n))
-        .ok_or_else(|| format!("{name} must be a whole number from {min} to {max}, not {text:?}"))
-}
-
-impl LimitArgs {
-    fn limits(&self) -> UpstreamLimits {
-        let d = UpstreamLimits::default();
-        let narrow = |n: u64| u32::try_from(n).unwrap_or(u32::MAX);
-        UpstreamLimits {
-            connect_timeout_ms: self
-                .upstream_connect_timeout_ms
-                .unwrap_or(d.connect_timeout_ms),
-            request_timeout_ms: self
-                .upstream_request_timeout_ms
-                .unwrap_or(d.request_timeout_ms),
-            max_connections: self
-                .upstream_max_connections
-                .map_or(d.max_connections, narrow),
-            max_pending_requests: self
-                .upstream_max_pending_requests
-                .map_or(d.max_pending_requests, narrow),
-            max_requests: self.upstream_max_requests.map_or(d.max_requests, narrow),
-        }
-    }
-}
-
-/// Where the gateway reaches the operator's control API and key service.
-#[derive(Debug, Args)]
-pub struct UpstreamArgs {
-    /// HOST:PORT the gateway reaches the control API at [kube mode default:
-    /// layergate-operator.NS.svc:9902; render: not routed if unset].
-    #[arg(long, env = "LAYERGATE_CONTROL_UPSTREAM", value_name = "HOST:PORT", value_parser = host_port)]
-    pub control_upstream: Option<(String, u16)>,
-    /// HOST:PORT of the key service's own listener [kube mode default:
-    /// layergate-operator.NS.svc:<key service port>; render: the control API's].
-    #[arg(long, env = "LAYERGATE_KEY_SERVICE_UPSTREAM", value_name = "HOST:PORT", value_parser = host_port)]
-    pub key_service_upstream: Option<(String, u16)>,
-}
-
-/// `HOST:PORT`.
-fn host_port(s: &str) -> Result<(String, u16), String> {
-    s.rsplit_once(':')
-        .and_then(|(h, p)| Some((h.to_owned(), p.parse::<u16>().ok()?)))
-        .filter(|(h, _)| !h.is_empty())
-        .ok_or_else(|| format!("{s:?} must be HOST:PORT"))
-}
-
-/// The Istio target's settings.
-#[derive(Debug, Args)]
-pub struct IstioArgs {
-    /// Namespace of the ingress gateway and of every rendered resource.
-    #[arg(
-        long,
-        env = "LAYERGATE_ISTIO_NAMESPACE",
-        value_name = "NS",
-        default_value = "layergate-ingress"
-    )]
-    pub istio_namespace: String,
-    /// Labels selecting the ingress gateway's pods (a dedicated gateway).
-    #[arg(long, env = "LAYERGATE_ISTIO_SELECTOR", value_name = "KEY=VALUE[,KEY=VALUE]",
-          default_value = defaults::SELECTOR, value_parser = selector)]
-    pub istio_selector: BTreeMap<String, String>,
-    /// The ingress gateway Deployment the credential patch is for (kube mode rolls it).
-    #[arg(
-        long,
-        env = "LAYERGATE_ISTIO_GATEWAY_DEPLOYMENT",
-        value_name = "NAME",
-        default_value = "layergate-ingressgateway"
-    )]
-    pub istio_gateway_deployment: String,
-    /// The Gateway port the WasmPlugin and EnvoyFilter are scoped to.
-    #[arg(
-        long,
-        env = "LAYERGATE_ISTIO_PORT",
-        value_name = "PORT",
-        default_value_t = 8080
-    )]
-    pub istio_port: u16,
-    /// Where Istio fetches the filter (oci://, https:// or file://).
-    #[arg(
-        long,
-        env = "LAYERGATE_WASM_URL",
-        value_name = "URL",
-        default_value = "oci://ghcr.io/layergate/layergate-filter:0.1.0"
-    )]
-    pub wasm_url: String,
-    /// The hosts served, comma-separated; the filter acts only for these.
-    #[arg(
-        long,
-        env = "LAYERGATE_HOSTS",
-        value_name = "HOST[,HOST]",
-        default_value = "*",
-        value_delimiter = ','
-    )]
-    pub hosts: Vec<String>,
-    /// FAIL_RELOAD: a filter panic fails that request and reloads the VM. FAIL_CLOSE only for
-    /// Istio < 1.27: one panic turns that worker's requests into 503s until the pod restarts.
-    #[arg(long, env = "LAYERGATE_ISTIO_FAIL_STRATEGY", value_name = "STRATEGY", default_value = "FAIL_RELOAD",
-          value_parser = |s: &str| FailStrategy::parse(s).map_err(|e| e.to_string()))]
-    pub istio_fail_strategy: FailStrategy,
-}
-
-fn selector(s: &str) -> Result<BTreeMap<String, String>, String> {
-    s.split(',')
-        .map(|kv| {
-            kv.split_once('=')
-                .map(|(k, v)| (k.trim().to_owned(), v.trim().to_owned()))
-                .filter(|(k, _)| !k.is_empty())
-        })
-        .collect::<Option<_>>()
-        .ok_or_else(|| "must be key=value[,key=value]".into())
-}
-
-impl IstioArgs {
-    /// The Istio settings, routing to the control API and key service given.
-    pub fn settings(
-        &self,
-        control: Option<(String, u16)>,
-        key_service: Option<(String, u16)>,
-    ) -> IstioSettings {
-        IstioSettings {
-            namespace: self.istio_namespace.clone(),
-            selector: self.istio_selector.clone(),
-            wasm_url: self.wasm_url.clone(),
-            hosts: self.hosts.iter().map(|h| h.trim().to_owned()).collect(),
-            port: self.istio_port,
-            control,
-            key_service,
-            gateway_deployment: self.istio_gateway_deployment.clone(),
-            fail_strategy: self.istio_fail_strategy,
-        }
-    }
-}
-
 /// What `run` serves and how it logs.
 #[derive(Debug, Args)]
 pub struct ServeArgs {
@@ -419,29 +239,22 @@ pub struct KubeArgs {
     pub pod_namespace: Option<String>,
 }
 
-impl GatewayArgs {
-    /// The gateway settings, with the defaults of `mode`; the operator's own addresses are
-    /// the caller's to fill in.
-    pub fn settings(&self, mode: Mode, allow_endpoints: Allowlist) -> Settings {
-        let (listen, wasm) = match mode {
-            Mode::Local => (
-                SocketAddr::from(([127, 0, 0, 1], 8080)),
-                "target/wasm32-wasip1/wasm/layergate_filter.wasm",
+impl RenderArgs {
+    /// Refuses a filter build the gateway cannot run, and says why: the native build on
+    /// Istio, on an Envoy other than 1.39.x or 1.40.x, or without the Envoy version to judge.
+    pub fn check(&self) -> Result<()> {
+        let build = self.gateway.build();
+        if build == FilterBuild::Native && self.target == TargetKind::Istio {
+            anyhow::bail!(
+                "Istio loads the filter as a WasmPlugin: --target istio needs --filter wasm"
+            );
+        }
+        match (&self.gateway.envoy_version, build) {
+            (Some(version), build) => build.serves(version).map_err(anyhow::Error::msg),
+            (None, FilterBuild::Native) => anyhow::bail!(
+                "--filter native needs --envoy-version (LAYERGATE_ENVOY_VERSION): the native build loads only on Envoy 1.39.x and 1.40.x"
             ),
-            Mode::Pod => (
-                SocketAddr::from(([0, 0, 0, 0], 8080)),
-                "/etc/layergate/wasm/layergate_filter.wasm",
-            ),
-        };
-        Settings {
-            listen: self.listen.unwrap_or(listen),
-            admin: self.admin,
-            wasm_path: self.wasm.clone().unwrap_or_else(|| wasm.to_owned()),
-            control: None,
-            key_service: None,
-            allow_endpoints,
-            key_max_staleness_seconds: DEFAULT_MAX_STALENESS_SECONDS,
-            limits: self.limits.limits(),
+            (None, FilterBuild::Wasm) => Ok(()),
         }
     }
 }
