@@ -265,6 +265,8 @@ fn the_command_line_names_every_setting_and_refuses_what_a_mode_cannot_use() {
         "LAYERGATE_WASM_URL",
         "LAYERGATE_HOSTS",
         "POD_NAME",
+        "LAYERGATE_FILTER",
+        "LAYERGATE_ENVOY_VERSION",
     ]
     .into_iter()
     .chain(layergate_operator::settings::UpstreamLimits::VARS.map(|(v, _, _)| v))
