@@ -103,6 +103,7 @@ pub fn test_settings(control: Option<SocketAddr>) -> Result<layergate_operator::
     Ok(layergate_operator::output::Settings {
         listen: any,
         admin: any,
+        filter: Default::default(),
         wasm_path: crate::paths::wasm_path()?.to_string_lossy().into_owned(),
         control: control.map(|a| (a.ip().to_string(), a.port())),
         key_service: None,
@@ -164,6 +165,7 @@ impl Demo {
         let settings = layergate_operator::output::Settings {
             listen: LISTEN.parse()?,
             admin: ADMIN.parse()?,
+            filter: Default::default(),
             wasm_path: wasm.to_string_lossy().into_owned(),
             control: Some((
                 "127.0.0.1".to_owned(),

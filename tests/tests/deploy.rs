@@ -226,6 +226,7 @@ fn istio_render(
     let settings = layergate_operator::output::Settings {
         listen: "127.0.0.1:8080".parse()?,
         admin: "127.0.0.1:9901".parse()?,
+        filter: Default::default(),
         wasm_path: "unused.wasm".into(),
         control: None,
         key_service: None,

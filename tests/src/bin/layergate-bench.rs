@@ -735,6 +735,7 @@ fn operator_render_time(keys: usize, indexes: usize) -> Result<Duration> {
     let settings = output::Settings {
         listen: "127.0.0.1:8080".parse()?,
         admin: "127.0.0.1:9901".parse()?,
+        filter: Default::default(),
         wasm_path: "x.wasm".into(),
         control: None,
         key_service: None,
