@@ -50,9 +50,22 @@ pub fn read(
 
 /// How many keys an answer of `bytes` bytes may carry, at least: a key is about 190 bytes of
 /// JSON; erring low keeps the table's maps at the size the keys need (they grow once if the
-/// guess was short).
+/// guess was short). Never more than [`MAX_KEYS_HINT`]: the room is taken before a byte is
+/// parsed, so an oversized answer must not reserve memory its keys would not justify.
 pub fn keys_hint(bytes: usize) -> usize {
-    bytes / 200
+    (bytes / 200).min(MAX_KEYS_HINT)
+}
+
+/// The most keys [`keys_hint`] reserves room for (2.5× the 100,000 keys SPEC §9 plans for).
+pub const MAX_KEYS_HINT: usize = 250_000;
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn the_room_reserved_before_parsing_is_bounded() {
+        assert_eq!(super::keys_hint(19_000_000), 95_000);
+        assert_eq!(super::keys_hint(usize::MAX), super::MAX_KEYS_HINT);
+    }
 }
 
 struct AnswerSeed<'a> {
