@@ -181,7 +181,8 @@ bench: tools wasm ## Benchmarks (not part of make test): Envoy pinned to CPU 0, 
 	@command -v wrk > /dev/null || { apt-get update -qq && apt-get install -y -qq wrk; }
 	$(CARGO) build --locked -p layergate-noop-filter --target wasm32-wasip1 --profile wasm
 	$(CARGO) build --locked --release -p layergate-tests --bin layergate-bench
-	LAYERGATE_ENVOY_CPU=0 taskset -c 1 target/release/layergate-bench
+	$(CARGO) build --locked --release -p layergate-native
+	LAYERGATE_NATIVE=$(CURDIR)/target/release/liblayergate_native.so LAYERGATE_ENVOY_CPU=0 taskset -c 1 target/release/layergate-bench
 	@echo "kube-mode pass at 100,000 ApiKeys + 1,000 Indexes (kube-fake-client, release build)…"
 	LAYERGATE_KUBE_PASS_KEYS=100000 $(CARGO) test --locked --release -p layergate-operator --test cluster a_kube_pass_at_scale -- --nocapture > target/kube-pass.log 2>&1 \
 	  && verdict='is under the 1 s budget' || verdict='is over the 1 s budget (the test failed: see target/kube-pass.log)'; \

@@ -258,6 +258,19 @@ fn variants(
         )
     };
     let gw = gateway(demo::filter_config()?);
+    // The same gateway with the filter as an Envoy dynamic module (`make bench` builds it in
+    // release and names it with LAYERGATE_NATIVE).
+    let native = demo::gateway(
+        any,
+        any,
+        upstream,
+        upstream,
+        layergate_tests::envoy::Filter {
+            build: render::FilterBuild::Native,
+            path: layergate_tests::paths::native_path()?,
+        },
+        demo::filter_config()?,
+    );
     let plain = render::listener(&render::Listener {
         listen: any,
         build: render::FilterBuild::Wasm,
@@ -338,6 +351,13 @@ fn variants(
             Table::Peers,
             "layergate (demo fixture)",
             gw.render(),
+            READ_PATH,
+            &read,
+        ),
+        v(
+            Table::Peers,
+            "layergate native (dynamic module, demo fixture)",
+            native.render(),
             READ_PATH,
             &read,
         ),
