@@ -78,11 +78,13 @@ pub struct StoreConfig {
     pub inbound_auth: InboundAuth,
 }
 
-/// A secret value: from the wasm VM's environment (preferred) or inline.
+/// A secret value: from the filter's environment (preferred; the wasm VM's, or Envoy's own for
+/// the native build) or inline.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub enum Credential {
-    /// Name of an environment variable of the wasm VM (`vm_config.environment_variables`).
+    /// Name of an environment variable: the wasm VM's (`vm_config.environment_variables`), or
+    /// Envoy's own for the native build.
     Env(String),
     /// The value itself (keep such configs out of logs; the operator renders these into a Secret).
     Inline(String),

@@ -119,8 +119,8 @@ impl Plan {
             Target::Store => {
                 let bearer = store.bearer.as_deref().map_err(|var| {
                     Denial::unavailable(format!(
-                            "store {:?} has no credential loaded: environment variable {var} is not set in the wasm VM; \
-                             set it (vm_config.environment_variables) and reload",
+                            "store {:?} has no credential loaded: environment variable {var} is not set where the filter reads it \
+                             (the wasm VM's vm_config.environment_variables; the native build: Envoy's own environment); set it and reload",
                             store.name
                     ))
                 })?;
