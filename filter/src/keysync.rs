@@ -171,6 +171,18 @@ impl KeySync {
     }
 }
 
+/// Why an answer with `status` (`None`: none came) is not one to read; `None` for a 200.
+pub fn refused_status(status: Option<&[u8]>) -> Option<String> {
+    match status {
+        Some(b"200") => None,
+        Some(other) => Some(format!(
+            "the key service answered {}",
+            String::from_utf8_lossy(other)
+        )),
+        None => Some("no answer (timeout or connection failure)".into()),
+    }
+}
+
 /// What a key-service answer (status 200) to a call that asked from `asked` brings to
 /// `policy`'s table: the answer, every key compiled as it was read from `body` (`size` bytes,
 /// see [`crate::answer::read`]), or `None` when it changes nothing. `Err` says why it was

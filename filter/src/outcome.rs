@@ -5,6 +5,7 @@
 //! Plain Rust over [`Policy`] and [`Plan`]; it calls no host.
 
 use crate::decision::Plan;
+use crate::denial::Denial;
 use crate::policy::Policy;
 
 /// Counters, indexed by position.
@@ -64,6 +65,29 @@ pub fn log_line(line: &mut String, policy: Option<&Policy>, plan: Option<&Plan>,
     ] {
         line.push_str(part);
     }
+}
+
+/// The headers of a refusal's local reply, and how many of them there are: JSON, and the
+/// challenge of a 401.
+pub fn reply_headers(denial: &Denial) -> ([(&'static str, &'static str); 2], usize) {
+    let mut headers = [("content-type", "application/json"), ("", "")];
+    match denial.www_authenticate() {
+        Some(w) => {
+            headers[1] = ("www-authenticate", w);
+            (headers, 2)
+        }
+        None => (headers, 1),
+    }
+}
+
+/// The line a configuration's load is logged with.
+pub fn configured(policy: &Policy) -> String {
+    format!(
+        "layergate: configured {} stores, {} namespaces, {} api keys",
+        policy.stores.len(),
+        policy.namespaces.len(),
+        policy.keys.len()
+    )
 }
 
 #[cfg(test)]

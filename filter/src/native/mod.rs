@@ -249,15 +249,7 @@ fn configure(host: ConfigHost, bytes: &[u8]) -> Option<Config> {
             );
         }
     }
-    log(
-        LogLevel::Info,
-        &format!(
-            "layergate: configured {} stores, {} namespaces, {} api keys",
-            policy.stores.len(),
-            policy.namespaces.len(),
-            policy.keys.len()
-        ),
-    );
+    log(LogLevel::Info, &crate::outcome::configured(&policy));
     let counters = COUNTERS.map(|name| host.define_counter(name));
     let panics = host.define_counter(PANICS);
     let stale_gauge = host.define_gauge(STALE_GAUGE);

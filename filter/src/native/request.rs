@@ -186,14 +186,7 @@ pub(super) fn deny(
     denial: &Denial,
 ) -> HeadersStatus {
     let body = denial.body();
-    let mut headers = [("content-type", "application/json"), ("", "")];
-    let n = match denial.www_authenticate() {
-        Some(w) => {
-            headers[1] = ("www-authenticate", w);
-            2
-        }
-        None => 1,
-    };
+    let (headers, n) = crate::outcome::reply_headers(denial);
     record(host, policy, plan, denial.label());
     count(host, config, counter_for(denial.label()));
     stream.replied = true;

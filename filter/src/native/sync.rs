@@ -69,8 +69,8 @@ impl Sync {
         let Some(asked) = state.answered(id) else {
             return;
         };
-        let result = match status {
-            Some(b"200") => {
+        let result = match keysync::refused_status(status) {
+            None => {
                 let policy = config.policy();
                 keysync::apply(&policy, asked.as_deref(), body, now()).map(|table| {
                     if let Some(table) = table {
@@ -78,11 +78,7 @@ impl Sync {
                     }
                 })
             }
-            Some(other) => Err(format!(
-                "the key service answered {}",
-                String::from_utf8_lossy(other)
-            )),
-            None => Err("no answer (timeout or connection failure)".into()),
+            Some(why) => Err(why),
         };
         match result {
             Ok(()) => {

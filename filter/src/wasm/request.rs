@@ -25,14 +25,7 @@ pub(super) struct Pending {
 
 pub(super) fn deny(policy: Option<&Policy>, plan: Option<&Plan>, denial: &Denial) -> Action {
     let body = denial.body();
-    let mut headers = [("content-type", "application/json"), ("", "")];
-    let n = match denial.www_authenticate() {
-        Some(w) => {
-            headers[1] = ("www-authenticate", w);
-            2
-        }
-        None => 1,
-    };
+    let (headers, n) = crate::outcome::reply_headers(denial);
     record(policy, plan, denial.label());
     count(counter_for(denial.label()));
     abi::send_local_response(denial.status(), &headers[..n], body.as_bytes());

@@ -106,15 +106,7 @@ impl Root {
                 );
             }
         }
-        abi::log(
-            LogLevel::Info,
-            &format!(
-                "layergate: configured {} stores, {} namespaces, {} api keys",
-                policy.stores.len(),
-                policy.namespaces.len(),
-                policy.keys.len()
-            ),
-        );
+        abi::log(LogLevel::Info, &crate::outcome::configured(&policy));
         self.policy = Some(Rc::new(policy));
         if self.metric_ids.is_empty() {
             self.metric_ids = COUNTERS

@@ -63,13 +63,9 @@ impl Root {
             return;
         };
         let status = abi::get_header(MapType::HttpCallResponseHeaders, ":status");
-        let result = match status.as_deref() {
-            Some(b"200") => self.synced(asked.as_deref(), body_size),
-            Some(other) => Err(format!(
-                "the key service answered {}",
-                String::from_utf8_lossy(other)
-            )),
-            None => Err("no answer (timeout or connection failure)".into()),
+        let result = match crate::keysync::refused_status(status.as_deref()) {
+            None => self.synced(asked.as_deref(), body_size),
+            Some(why) => Err(why),
         };
         match result {
             Ok(()) => {
