@@ -7,10 +7,14 @@
 //! that makes them); scale (minted keys, Index namespaces); request bodies (1 MiB writes).
 //! Then one-off measurements: config reload at 100,000 keys, VM memory per copy, the filter's
 //! configure time and the operator's render time; then the key churn run ([`churn`]:
-//! 100,000 keys from the key service, ≥ 10 changes/s under load; alone: `BENCH_ONLY=churn`).
+//! 100,000 keys from the key service, ≥ 10 changes/s under load; alone: `BENCH_ONLY=churn`) and
+//! the gateway's memory at 100,000 keys with 16 workers, both builds ([`memory`]; alone:
+//! `BENCH_ONLY=memory`).
 
 #[path = "layergate-bench/churn.rs"]
 mod churn;
+#[path = "layergate-bench/memory.rs"]
+mod memory;
 
 use anyhow::{Context, Result};
 use layergate_filter::config::{ApiKeyConfig, Entitlement, FilterConfig};
@@ -928,9 +932,16 @@ fn main() -> Result<()> {
     let seconds: u64 = env_number("BENCH_SECONDS", 4);
     let rounds: usize = env_number("BENCH_ROUNDS", 3);
     let upstream = start_upstream()?;
-    if std::env::var("BENCH_ONLY").as_deref() == Ok("churn") {
-        print!("{}", churn::run(upstream)?);
-        return Ok(());
+    match std::env::var("BENCH_ONLY").as_deref() {
+        Ok("churn") => {
+            print!("{}", churn::run(upstream)?);
+            return Ok(());
+        }
+        Ok("memory") => {
+            print!("{}", memory::run(upstream)?);
+            return Ok(());
+        }
+        _ => {}
     }
     let (mut authz, authz_addr) = start_authz()?;
     let scratch = tempdir("bodies")?;
@@ -1100,6 +1111,8 @@ CPU µs/req is Envoy's user+system time over the run ÷ requests (for ext_authz,
     );
     eprintln!("key churn…");
     out.push_str(&churn::run(upstream)?);
+    eprintln!("memory at 100,000 keys…");
+    out.push_str(&memory::run(upstream)?);
     print!("{out}");
     let file = layergate_tests::paths::repo_root().join("tests/bench/results.md");
     std::fs::create_dir_all(file.parent().context("results dir")?)?;

@@ -27,12 +27,12 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-const KEYS: usize = 100_000;
-const CREDENTIAL: &str = "lgw_benchChurn0123456789abcdefABCDEF";
+pub(super) const KEYS: usize = 100_000;
+pub(super) const CREDENTIAL: &str = "lgw_benchChurn0123456789abcdefABCDEF";
 const LOAD_TOKEN: &str = "hvl_benchLoad0123456789abcdefABCDEFG";
 
 /// A source that only serves the key service (the bench feeds it directly).
-struct KeysOnly(State);
+pub(super) struct KeysOnly(pub(super) State);
 
 impl Source for KeysOnly {
     fn state(&self) -> &State {
@@ -58,7 +58,7 @@ impl Source for KeysOnly {
     }
 }
 
-fn key(name: &str, token: &str) -> Result<ApiKeyConfig> {
+pub(super) fn key(name: &str, token: &str) -> Result<ApiKeyConfig> {
     let grant: Entitlement =
         serde_json::from_value(json!({"scopes": ["read"], "namespaces": ["shop-*"]}))?;
     Ok(ApiKeyConfig {
@@ -105,23 +105,14 @@ fn vm_table_memory(config: &str, snapshot: &[u8]) -> Result<(usize, usize)> {
     Ok((before, host.memory_bytes()?))
 }
 
-/// Runs the churn and returns its Markdown section.
-pub fn run(upstream: SocketAddr) -> Result<String> {
-    let seconds: u64 = super::env_number("BENCH_CHURN_SECONDS", 30);
-    let rate: u64 = super::env_number("BENCH_CHURN_RATE", 10);
-    let workers: usize = super::env_number("BENCH_CHURN_WORKERS", 2);
-
-    // The operator side: the key service with 100,000 keys, on a control API.
+/// The operator's key service holding `keys`, behind a control API on loopback.
+pub(super) fn key_service(keys: &[ApiKeyConfig]) -> Result<(Arc<KeysOnly>, SocketAddr)> {
     let source = Arc::new(KeysOnly(State::default()));
-    let service = &source.0.keys;
-    service.set_credential(GatewayCredential::of(CREDENTIAL));
-    let mut keys: Vec<ApiKeyConfig> = (0..KEYS)
-        .map(|i| key(&format!("bench-{i}"), &bench_token(i)))
-        .collect::<Result<_>>()?;
-    keys.push(key("bench-load", LOAD_TOKEN)?);
-    let started = Instant::now();
-    service.publish(&keys);
-    let first_publish = started.elapsed();
+    source
+        .0
+        .keys
+        .set_credential(GatewayCredential::of(CREDENTIAL));
+    source.0.keys.publish(keys);
     let listener = std::net::TcpListener::bind("127.0.0.1:0")?;
     let control = listener.local_addr()?;
     let api = Arc::new(Api::new(source.clone(), DEFAULT_AUTHENTICATE_PER_MINUTE));
@@ -132,6 +123,52 @@ pub fn run(upstream: SocketAddr) -> Result<String> {
             std::future::pending(),
         )
     });
+    Ok((source, control))
+}
+
+/// The demo filter configuration without minted keys, syncing them from the key service.
+pub(super) fn syncing_config() -> Result<String> {
+    let mut config: FilterConfig = serde_json::from_str(&demo::filter_config()?)?;
+    config.api_keys.clear();
+    config.key_service = Some(KeyServiceConfig {
+        cluster: "layergate_control".into(),
+        authority: None,
+        path: SYNC_PATH.into(),
+        credential: Credential::Inline(CREDENTIAL.into()),
+        max_staleness_seconds: 300,
+        poll_seconds: 30,
+    });
+    Ok(serde_json::to_string(&config)?)
+}
+
+/// The gateway's cluster for the operator's control API at `control`.
+pub(super) fn control_cluster(control: SocketAddr) -> Cluster {
+    Cluster {
+        name: "layergate_control".into(),
+        address: control.ip().to_string(),
+        port: control.port(),
+        hostname: "layergate-control".into(),
+        tls: false,
+        trusted_ca: None,
+        label: "the operator's control API".into(),
+    }
+}
+
+/// Runs the churn and returns its Markdown section.
+pub fn run(upstream: SocketAddr) -> Result<String> {
+    let seconds: u64 = super::env_number("BENCH_CHURN_SECONDS", 30);
+    let rate: u64 = super::env_number("BENCH_CHURN_RATE", 10);
+    let workers: usize = super::env_number("BENCH_CHURN_WORKERS", 2);
+
+    // The operator side: the key service with 100,000 keys, on a control API.
+    let mut keys: Vec<ApiKeyConfig> = (0..KEYS)
+        .map(|i| key(&format!("bench-{i}"), &bench_token(i)))
+        .collect::<Result<_>>()?;
+    keys.push(key("bench-load", LOAD_TOKEN)?);
+    let started = Instant::now();
+    let (source, control) = key_service(&keys)?;
+    let first_publish = started.elapsed();
+    let service = &source.0.keys;
     let snapshot_get = || -> Result<(Duration, Vec<u8>)> {
         let started = Instant::now();
         let r = Request::new("GET", SYNC_PATH)
@@ -145,18 +182,7 @@ pub fn run(upstream: SocketAddr) -> Result<String> {
     let (snapshot_first, body) = snapshot_get()?;
     let (snapshot_again, _) = snapshot_get()?;
 
-    // The gateway: the demo configuration without minted keys, syncing from the key service.
-    let mut config: FilterConfig = serde_json::from_str(&demo::filter_config()?)?;
-    config.api_keys.clear();
-    config.key_service = Some(KeyServiceConfig {
-        cluster: "layergate_control".into(),
-        authority: None,
-        path: SYNC_PATH.into(),
-        credential: Credential::Inline(CREDENTIAL.into()),
-        max_staleness_seconds: 300,
-        poll_seconds: 30,
-    });
-    let config = serde_json::to_string(&config)?;
+    let config = syncing_config()?;
     let (vm_before, vm_after) = vm_table_memory(&config, &body)?;
     drop(body);
     let listen = SocketAddr::from(([127, 0, 0, 1], free_port()?));
@@ -169,15 +195,7 @@ pub fn run(upstream: SocketAddr) -> Result<String> {
         layergate_tests::envoy::Filter::wasm()?,
         config,
     );
-    gateway.clusters.push(Cluster {
-        name: "layergate_control".into(),
-        address: control.ip().to_string(),
-        port: control.port(),
-        hostname: "layergate-control".into(),
-        tls: false,
-        trusted_ca: None,
-        label: "the operator's control API".into(),
-    });
+    gateway.clusters.push(control_cluster(control));
     let envoy = Envoy::start_yaml_workers(
         &gateway.render(),
         &layergate_tests::paths::repo_root(),
