@@ -308,6 +308,7 @@ pub fn record_metric(id: u32, value: u64) {
 pub fn dispatch_http_call(
     cluster: &str,
     headers: &[(&str, &str)],
+    body: &[u8],
     timeout: Duration,
 ) -> Option<u32> {
     let serialized = crate::headers::serialize(headers.iter().copied());
@@ -320,8 +321,8 @@ pub fn dispatch_http_call(
             cluster.len(),
             serialized.as_ptr(),
             serialized.len(),
-            std::ptr::null(),
-            0,
+            body.as_ptr(),
+            body.len(),
             empty.as_ptr(),
             empty.len(),
             u32::try_from(timeout.as_millis()).unwrap_or(u32::MAX),

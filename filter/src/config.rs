@@ -148,6 +148,41 @@ pub struct KeyServiceConfig {
     /// filter's call times out 5 s after it. Default 30 s, at most 30.
     #[serde(default = "default_poll_seconds")]
     pub poll_seconds: u64,
+    /// Where per-key usage is reported (`POST`); default [`DEFAULT_USAGE_PATH`].
+    #[serde(
+        default = "default_usage_path",
+        skip_serializing_if = "is_default_usage_path"
+    )]
+    pub usage_path: String,
+    /// Seconds between two usage reports of one VM (sooner when its tally is full); 1 to 60,
+    /// default 5.
+    #[serde(
+        default = "default_report_seconds",
+        skip_serializing_if = "is_default_report_seconds"
+    )]
+    pub report_seconds: u64,
+}
+
+/// Default path usage is reported to.
+pub const DEFAULT_USAGE_PATH: &str = "/v2/keys/usage";
+
+fn default_usage_path() -> String {
+    DEFAULT_USAGE_PATH.to_owned()
+}
+
+fn is_default_usage_path(p: &str) -> bool {
+    p == DEFAULT_USAGE_PATH
+}
+
+/// Default seconds between usage reports.
+pub const DEFAULT_REPORT_SECONDS: u64 = 5;
+
+fn default_report_seconds() -> u64 {
+    DEFAULT_REPORT_SECONDS
+}
+
+fn is_default_report_seconds(s: &u64) -> bool {
+    *s == DEFAULT_REPORT_SECONDS
 }
 
 /// Default path of the key service.

@@ -22,7 +22,8 @@
 //! Floors, nothing importing upward: `wasm` (+ `abi`, the hand-declared proxy-wasm ABI) and
 //! `native` (+ `native::abi`, the hand-declared dynamic-module ABI) →
 //! `outcome` (the counters and access-log line every host binding reports) →
-//! `decision`, `body`, `keysync` (the key-service client as a state machine) → `auth` → `entitlement` → `policy`, `keys` → `route` → leaves
+//! `decision`, `body`, `keysync` (the key-service client as a state machine), `usage` (per-key
+//! counts and their reports) → `auth` → `entitlement` → `policy`, `keys` → `route` → leaves
 //! (`denial`, `glob`, `scope`, `time`, `config`, `headers`, `fasthash`).
 //!
 //! The operator validates with this crate's own checks — [`time`] (lifetimes, timestamps),
@@ -48,6 +49,7 @@ pub mod route;
 pub mod scope;
 pub mod staleness;
 pub mod time;
+pub mod usage;
 
 #[cfg(target_arch = "wasm32")]
 mod abi;

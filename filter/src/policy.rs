@@ -383,6 +383,10 @@ pub struct KeyService {
     pub bearer: Result<Box<str>, Box<str>>,
     /// Long-poll hold asked for (≤ 30 s).
     pub poll_seconds: u64,
+    /// Where usage reports go.
+    pub usage_path: Box<str>,
+    /// Seconds between a VM's usage reports.
+    pub report_seconds: u64,
 }
 
 impl KeyService {
@@ -396,16 +400,20 @@ impl KeyService {
                 ks.cluster
             ));
         }
-        if !ks.path.starts_with('/') || ks.path.contains(['?', '#']) {
-            return invalid(format!(
-                "keyService.path {:?} must start with '/' and carry no query",
-                ks.path
-            ));
+        for (field, path) in [("path", &ks.path), ("usagePath", &ks.usage_path)] {
+            if !path.starts_with('/') || path.contains(['?', '#']) {
+                return invalid(format!(
+                    "keyService.{field} {path:?} must start with '/' and carry no query"
+                ));
+            }
         }
         if ks.max_staleness_seconds == 0 || ks.poll_seconds == 0 || ks.poll_seconds > 30 {
             return invalid(
                 "keyService: maxStalenessSeconds must be > 0 and pollSeconds between 1 and 30",
             );
+        }
+        if !(1..=60).contains(&ks.report_seconds) {
+            return invalid("keyService.reportSeconds must be between 1 and 60");
         }
         let bearer = match &ks.credential {
             Credential::Inline(v) if v.is_empty() => {
@@ -423,6 +431,8 @@ impl KeyService {
             path: ks.path.as_str().into(),
             bearer,
             poll_seconds: ks.poll_seconds,
+            usage_path: ks.usage_path.as_str().into(),
+            report_seconds: ks.report_seconds,
         })
     }
 }

@@ -298,6 +298,7 @@ pub struct EntitlementSpec {
     printcolumn = r#"{"name":"Owner","type":"string","jsonPath":".spec.owner"}"#,
     printcolumn = r#"{"name":"Phase","type":"string","jsonPath":".status.phase"}"#,
     printcolumn = r#"{"name":"Expires","type":"string","jsonPath":".status.expiresAt"}"#,
+    printcolumn = r#"{"name":"LastSeen","type":"date","jsonPath":".status.lastSeenAt"}"#,
     printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#
 )]
 #[serde(rename_all = "camelCase")]
@@ -371,6 +372,42 @@ pub struct ApiKeyStatus {
     /// Conditions (`Ready`, `EntitlementTargetMissing`).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub conditions: Vec<Condition>,
+    /// What the gateways saw of the key (written by the usage writer, never by a pass).
+    #[serde(flatten)]
+    pub observed: Observed,
+}
+
+/// What the gateways reported of a key: `lastSeenAt` (hev layer's field) and `usage` (a
+/// layergate extension). Written apart from the rest of the status (its own field manager), at
+/// a bounded rate; a pass's verdict neither reads nor writes it, so two statuses that differ
+/// only here are the same verdict: `==` ignores it.
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct Observed {
+    /// When a gateway last saw the key in use (RFC 3339); advances at most once per five
+    /// minutes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_seen_at: Option<String>,
+    /// Requests the gateways counted for the key since it was created (a layergate extension).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub usage: Option<UsageCounts>,
+}
+
+impl PartialEq for Observed {
+    fn eq(&self, _: &Observed) -> bool {
+        true
+    }
+}
+
+/// Requests counted for a key: allowed by scope, refused by status.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema, Default)]
+pub struct UsageCounts {
+    /// Allowed requests by the scope their route required (`read`, `write`, `admin`).
+    #[serde(default)]
+    pub allowed: BTreeMap<String, u64>,
+    /// Refused requests by HTTP status (`"403"`, …).
+    #[serde(default)]
+    pub refused: BTreeMap<String, u64>,
 }
 
 /// The three CRDs as YAML documents, in a stable order (what `layergate-operator crds` prints).

@@ -39,6 +39,7 @@ pub mod settings;
 pub mod source;
 pub mod state;
 pub mod status;
+pub mod usage;
 pub mod validate;
 
 // The translators live under `render/` (below its entry point, above the filter-config floor);

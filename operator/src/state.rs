@@ -24,6 +24,8 @@ pub struct State {
     pub metrics: crate::metrics::Metrics,
     /// The key service, fed by every successful pass.
     pub keys: KeyService,
+    /// Per-key usage the gateways report.
+    pub usage: crate::usage::UsageBook,
     /// The revision the last pass's keys were served at: while the key service is still
     /// there, the next pass hands over only what changed since that pass.
     served: Mutex<Option<String>>,

@@ -127,6 +127,8 @@ pub fn key(pass: &Pass, obj: &ApiKey, now: i64) -> ApiKeyStatus {
         secret_ref: (secret_ref.name.len() <= 253).then_some(secret_ref),
         observed_generation: obj.metadata.generation,
         conditions: verdict.map(|v| v.conditions.clone()).unwrap_or_default(),
+        // The usage writer's fields: a pass leaves them as they are.
+        observed: Default::default(),
     };
     settle(&mut status.conditions, &old.conditions);
     status

@@ -122,6 +122,7 @@ impl ConfigHost {
         &self,
         cluster: &str,
         headers: &[(&str, &str)],
+        body: &[u8],
         timeout: Duration,
     ) -> Option<u64> {
         let mut list: Vec<abi::ModuleHttpHeader> = headers
@@ -143,7 +144,11 @@ impl ConfigHost {
                 ModuleBuffer::of(cluster.as_bytes()),
                 list.as_mut_ptr(),
                 list.len(),
-                ModuleBuffer::NULL,
+                if body.is_empty() {
+                    ModuleBuffer::NULL
+                } else {
+                    ModuleBuffer::of(body)
+                },
                 u64::try_from(timeout.as_millis()).unwrap_or(u64::MAX),
             )
         };

@@ -254,6 +254,9 @@ fn record(host: &mut Host, policy: Option<&Policy>, plan: Option<&Plan>, decisio
         log_line(&mut line, policy, plan, decision);
         host.set_filter_state(LOG_KEY, &line);
     });
+    if let Some(policy) = policy {
+        super::sync::record_usage(policy, plan, decision);
+    }
 }
 
 /// Adds one to counter `index` of [`crate::outcome::COUNTERS`].

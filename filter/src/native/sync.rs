@@ -16,8 +16,11 @@
 
 use super::host::{log, ConfigHost, Scheduler};
 use super::{now, Config};
+use crate::decision::Plan;
 use crate::keysync::{self, KeySync};
 use crate::outcome::{SYNCED, SYNC_FAILED};
+use crate::policy::Policy;
+use crate::usage::{Reporter, Tally, REPORT_TIMEOUT};
 use std::sync::{Arc, Condvar, Mutex, PoisonError};
 use std::time::Duration;
 
@@ -26,10 +29,37 @@ use super::abi::LogLevel;
 /// The ticker's event.
 pub(super) const TICK: u64 = 1;
 
+/// Every worker thread's usage tally, drained by the reports (main thread).
+static TALLIES: Mutex<Vec<Arc<Mutex<Tally>>>> = Mutex::new(Vec::new());
+
+thread_local! {
+    /// This thread's tally, registered in [`TALLIES`] on its first request.
+    static MINE: Arc<Mutex<Tally>> = {
+        let mine = Arc::new(Mutex::new(Tally::default()));
+        TALLIES
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .push(Arc::clone(&mine));
+        mine
+    };
+}
+
+/// Counts a request for its key's usage in this worker's tally (a lock only the report,
+/// once a second, ever contends).
+pub(super) fn record_usage(policy: &Policy, plan: Option<&Plan>, decision: &str) {
+    MINE.with(|t| {
+        t.lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .record(policy, plan, decision)
+    });
+}
+
 /// A configuration's sync: the client state (main thread), the stale gauge, and the ticker.
 pub(super) struct Sync {
     host: ConfigHost,
     state: Mutex<KeySync>,
+    /// The process's counts not yet reported, and the report in flight.
+    usage: Mutex<(Tally, Reporter)>,
     stale_gauge: Option<usize>,
     _ticker: Ticker,
 }
@@ -45,6 +75,7 @@ impl Sync {
         Some(Sync {
             host,
             state: Mutex::new(KeySync::configured_at(now())),
+            usage: Mutex::new(Default::default()),
             stale_gauge,
             _ticker: ticker,
         })
@@ -61,10 +92,64 @@ impl Sync {
             self.host.set_gauge(gauge, stale);
         }
         self.call(config, &mut state);
+        drop(state);
+        self.report(&policy, now);
+    }
+
+    /// Gathers the workers' counts and sends the process's usage report when one is due. A
+    /// report that cannot be sent goes back into the tally.
+    fn report(&self, policy: &Policy, now: i64) {
+        let Some(ks) = &policy.key_service else {
+            return;
+        };
+        let mut usage = self.usage.lock().unwrap_or_else(PoisonError::into_inner);
+        let (tally, reporter) = &mut *usage;
+        let workers: Vec<_> = TALLIES
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone();
+        for worker in workers {
+            tally.absorb(&mut worker.lock().unwrap_or_else(PoisonError::into_inner));
+        }
+        if !reporter.due(tally, ks.report_seconds, now) {
+            return;
+        }
+        let Some(mut report) = tally.take_report() else {
+            return;
+        };
+        let body = report.body();
+        let length = body.len().to_string();
+        let id = ks.bearer.as_deref().ok().and_then(|bearer| {
+            let headers = [
+                (":method", "POST"),
+                (":path", &*ks.usage_path),
+                (":authority", &*ks.authority),
+                ("authorization", bearer),
+                ("content-type", "application/json"),
+                ("content-length", length.as_str()),
+            ];
+            self.host
+                .http_callout(&ks.cluster, &headers, body.as_bytes(), REPORT_TIMEOUT)
+        });
+        match id {
+            Some(id) => reporter.sent(id, report, now),
+            None => {
+                tally.absorb(&mut report.tally);
+                reporter.failed(now);
+            }
+        }
     }
 
     /// The answer to callout `id` (main thread): `status` and `body` when it came.
     pub(super) fn answered(&self, config: &Config, id: u64, status: Option<&[u8]>, body: &[u8]) {
+        {
+            let mut usage = self.usage.lock().unwrap_or_else(PoisonError::into_inner);
+            let (tally, reporter) = &mut *usage;
+            if reporter.owns(id) {
+                reporter.answered(tally, status == Some(b"200"), now());
+                return;
+            }
+        }
         let mut state = self.state.lock().unwrap_or_else(PoisonError::into_inner);
         let Some(asked) = state.answered(id) else {
             return;
@@ -103,7 +188,7 @@ impl Sync {
                     (":authority", call.authority),
                     ("authorization", call.authorization),
                 ];
-                match self.host.http_callout(call.cluster, &headers, call.timeout) {
+                match self.host.http_callout(call.cluster, &headers, &[], call.timeout) {
                     Some(id) => state.sent(id, call, now),
                     None => self.failed(
                         config,

@@ -28,6 +28,7 @@ use crate::denial::Denial;
 use crate::fasthash::FastMap;
 use crate::outcome::COUNTERS;
 use crate::policy::Policy;
+use crate::usage::{Reporter, Tally};
 use std::cell::{Cell, RefCell};
 use std::rc::Rc;
 
@@ -48,6 +49,8 @@ thread_local! {
     /// [`COUNTERS`] of this VM, flushed to Envoy stats on the root's tick.
     static COUNTS: [Cell<u64>; COUNTERS.len()] = Default::default();
     static LOG_LINE: RefCell<String> = RefCell::new(String::with_capacity(160));
+    /// This VM's per-key counts and their reporting (one per VM, whichever root reports).
+    static USAGE: RefCell<(Tally, Reporter)> = RefCell::new(Default::default());
     /// Root contexts by id: one per configuration Envoy holds.
     static ROOTS: RefCell<FastMap<u32, Root>> = RefCell::new(FastMap::default());
     /// Stream context → its root context.
@@ -122,13 +125,14 @@ pub extern "C" fn proxy_on_configure(root: u32, _size: usize) -> u32 {
     u32::from(accepted)
 }
 
-/// Once a second: counters and the stale gauge to Envoy; a key sync if one is due.
+/// Once a second: counters and the stale gauge to Envoy; a key sync and a usage report if due.
 #[no_mangle]
 pub extern "C" fn proxy_on_tick(root: u32) {
     with_root(root, |r| {
         r.hold_confirms();
         r.flush();
         r.sync_keys();
+        r.report_usage();
     });
 }
 

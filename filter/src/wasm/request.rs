@@ -2,7 +2,7 @@
 //! written back to the host (header edits, a local reply), with the access-log record and the
 //! counters.
 
-use super::{count, policy_of, INSPECTING, LOG_LINE, LOG_PROPERTY};
+use super::{count, policy_of, INSPECTING, LOG_LINE, LOG_PROPERTY, USAGE};
 use crate::abi::{self, now, Action, BufferType, MapType};
 use crate::decision::{
     decide, must_strip, Decision, HeaderEdits, Inspection, Plan, INSPECT_HEADER,
@@ -70,7 +70,8 @@ fn strip_layergate_headers(buf: &[u8], edits: &HeaderEdits<'_>) {
     }
 }
 
-/// One `set_property` with `principal=… scope=… store=… decision=…` for access logs.
+/// One `set_property` with `principal=… scope=… store=… decision=…` for access logs, and the
+/// request counted for its key's usage.
 fn record(policy: Option<&Policy>, plan: Option<&Plan>, decision: &str) {
     LOG_LINE.with(|line| {
         let Ok(mut line) = line.try_borrow_mut() else {
@@ -79,6 +80,13 @@ fn record(policy: Option<&Policy>, plan: Option<&Plan>, decision: &str) {
         log_line(&mut line, policy, plan, decision);
         abi::set_property(LOG_PROPERTY, &line);
     });
+    if let Some(policy) = policy {
+        USAGE.with(|u| {
+            if let Ok(mut u) = u.try_borrow_mut() {
+                u.0.record(policy, plan, decision);
+            }
+        });
+    }
 }
 
 pub(super) fn on_request_headers(ctx: u32, end_of_stream: bool) -> Action {

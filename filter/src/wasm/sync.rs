@@ -3,10 +3,11 @@
 //! calls through the proxy-wasm host, reads the answers from it, and applies them to the
 //! root's key table (in place when nothing else holds it).
 
-use super::count;
 use super::root::Root;
+use super::{count, USAGE};
 use crate::abi::{self, now, BufferType, LogLevel, MapType};
 use crate::outcome::{SYNCED, SYNC_FAILED};
+use crate::usage::REPORT_TIMEOUT;
 use std::rc::Rc;
 use std::sync::Arc;
 
@@ -26,7 +27,7 @@ impl Root {
                     (":authority", call.authority),
                     ("authorization", call.authorization),
                 ];
-                match abi::dispatch_http_call(call.cluster, &headers, call.timeout) {
+                match abi::dispatch_http_call(call.cluster, &headers, &[], call.timeout) {
                     Some(token) => self.sync.sent(u64::from(token), call, now),
                     None => {
                         self.sync_failed("dispatch_http_call to the key service's cluster failed")
@@ -35,6 +36,47 @@ impl Root {
             }
             Err(why) => self.sync_failed(why),
         }
+    }
+
+    /// Sends the VM's usage report when one is due (every tick; at most one in flight). A
+    /// report that cannot be sent goes back into the tally.
+    pub(super) fn report_usage(&mut self) {
+        let Some(ks) = self.policy.as_ref().and_then(|p| p.key_service.as_ref()) else {
+            return;
+        };
+        let now = now();
+        USAGE.with(|u| {
+            let Ok(mut u) = u.try_borrow_mut() else {
+                return;
+            };
+            let (tally, reporter) = &mut *u;
+            if !reporter.due(tally, ks.report_seconds, now) {
+                return;
+            }
+            let Some(mut report) = tally.take_report() else {
+                return;
+            };
+            let body = report.body();
+            let length = body.len().to_string();
+            let token = ks.bearer.as_deref().ok().and_then(|bearer| {
+                let headers = [
+                    (":method", "POST"),
+                    (":path", &*ks.usage_path),
+                    (":authority", &*ks.authority),
+                    ("authorization", bearer),
+                    ("content-type", "application/json"),
+                    ("content-length", length.as_str()),
+                ];
+                abi::dispatch_http_call(&ks.cluster, &headers, body.as_bytes(), REPORT_TIMEOUT)
+            });
+            match token {
+                Some(t) => reporter.sent(u64::from(t), report, now),
+                None => {
+                    tally.absorb(&mut report.tally);
+                    reporter.failed(now);
+                }
+            }
+        });
     }
 
     /// A long poll held after a successful call confirms the table (every tick).
@@ -57,8 +99,19 @@ impl Root {
         }
     }
 
-    /// The answer to call `token`.
+    /// The answer to call `token` (a sync or a usage report).
     pub(super) fn answered(&mut self, token: u32, body_size: usize) {
+        let reported = USAGE.with(|u| {
+            let mut u = u.try_borrow_mut().ok()?;
+            let (tally, reporter) = &mut *u;
+            reporter.owns(u64::from(token)).then(|| {
+                let status = abi::get_header(MapType::HttpCallResponseHeaders, ":status");
+                reporter.answered(tally, status.as_deref() == Some(b"200"), now());
+            })
+        });
+        if reported.is_some() {
+            return;
+        }
         let Some(asked) = self.sync.answered(u64::from(token)) else {
             return;
         };

@@ -28,6 +28,8 @@ pub fn key_service(
         credential,
         max_staleness_seconds,
         poll_seconds: crate::keyservice::MAX_WAIT.as_secs(),
+        usage_path: layergate_filter::config::DEFAULT_USAGE_PATH.into(),
+        report_seconds: layergate_filter::config::DEFAULT_REPORT_SECONDS,
     }
 }
 

@@ -137,6 +137,8 @@ pub(super) fn syncing_config() -> Result<String> {
         credential: Credential::Inline(CREDENTIAL.into()),
         max_staleness_seconds: 300,
         poll_seconds: 30,
+        usage_path: layergate_filter::config::DEFAULT_USAGE_PATH.into(),
+        report_seconds: layergate_filter::config::DEFAULT_REPORT_SECONDS,
     });
     Ok(serde_json::to_string(&config)?)
 }
