@@ -85,6 +85,7 @@ pub async fn run_with_watches(
     let lock = Arc::new(lock);
     let leading = Arc::new(Notify::new());
     let elector = tokio::spawn(elect(cluster.clone(), lock.clone(), leading.clone()));
+    let usage_writer = tokio::spawn(crate::cluster::usage::writer(cluster.clone()));
     let caches = cluster.start_caches(watches);
     let mut rx = caches.take_triggers().unwrap_or_else(|| {
         tracing::warn!("the caches' triggers are taken: passes run on the resync period only");
@@ -168,6 +169,8 @@ pub async fn run_with_watches(
     }
     elector.abort();
     let _ = elector.await;
+    usage_writer.abort();
+    let _ = usage_writer.await;
     if cluster.is_leader() {
         cluster.set_leader(false);
         if let Err(e) = lock.release().await {

@@ -284,11 +284,11 @@ fn run_kube(run: KubeRun) -> Result<()> {
             .kube
             .pod_name
             .unwrap_or_else(|| format!("layergate-operator-{:08x}", std::process::id()));
-        let source = Arc::new(
-            cluster::Cluster::new(client.clone(), &ns, settings, &out)
-                .with_target(target)
-                .with_identity(&identity),
-        );
+        let mut cluster = cluster::Cluster::new(client.clone(), &ns, settings, &out)
+            .with_target(target)
+            .with_identity(&identity);
+        cluster.usage_writes = usize::try_from(run.kube.usage_writes_per_second).unwrap_or(1);
+        let source = Arc::new(cluster);
         let lock = lease::LeaseLock::new(
             client,
             &ns,

@@ -32,6 +32,8 @@ pub struct Metrics {
     pub probe_round_seconds: Seconds,
     /// Status writes made (kube mode).
     pub status_writes: Counter,
+    /// Usage status writes made (kube mode: `lastSeenAt` and `usage`).
+    pub usage_writes: Counter,
     /// Calls to the Kubernetes API that failed (kube mode).
     pub kube_api_errors: Counter,
 }
@@ -74,6 +76,8 @@ pub struct KeySyncs<'a> {
     pub waiting: &'a Gauge,
     /// Syncs from a gateway whose filter is older than this operator's rendering.
     pub outdated: &'a Counter,
+    /// The gateways' usage reports.
+    pub usage: &'a crate::usage::UsageBook,
 }
 
 /// `GET /metrics`: every metric as OpenMetrics text (`layergate_operator_*`).
@@ -110,6 +114,31 @@ pub fn exposition(m: &Metrics, keys: KeySyncs<'_>, now: Now) -> String {
         "status_writes",
         "Status subresource writes (kube mode)",
         m.status_writes.clone(),
+    );
+    r.register(
+        "usage_writes",
+        "Usage status writes (lastSeenAt, usage; kube mode, at most --usage-writes-per-second)",
+        m.usage_writes.clone(),
+    );
+    r.register(
+        "usage_reports",
+        "Usage reports taken from gateways",
+        keys.usage.reports.clone(),
+    );
+    r.register(
+        "usage_unknown_keys",
+        "Keys named in usage reports that the key service does not serve (ignored)",
+        keys.usage.unknown_keys.clone(),
+    );
+    r.register(
+        "usage_clamped_counts",
+        "Counts in usage reports over the most one report may say (cut to it)",
+        keys.usage.clamped.clone(),
+    );
+    r.register(
+        "usage_dropped_requests",
+        "Requests gateways could not attribute to a key (their tally was full)",
+        keys.usage.dropped.clone(),
     );
     r.register(
         "kube_api_errors",

@@ -291,9 +291,17 @@ impl DirSource {
     /// Polls the directory until the process stops, refreshing on every change and probing
     /// the stores after each change and every [`PROBE_INTERVAL`] (with jitter).
     pub fn watch(&self) -> Result<()> {
+        self.state.usage.load(&self.out)?;
         let mut seen = None;
         let mut next_probe = Instant::now();
+        let mut next_save = Instant::now() + crate::usage::file::SAVE_EVERY;
         loop {
+            if Instant::now() >= next_save {
+                if let Err(e) = self.state.save_usage(&self.out) {
+                    tracing::error!("usage: {e:#}");
+                }
+                next_save = Instant::now() + crate::usage::file::SAVE_EVERY;
+            }
             let current = fingerprint(&self.dir)?;
             if seen.as_ref() != Some(&current) {
                 if let Err(e) = self.refresh() {

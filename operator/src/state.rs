@@ -130,6 +130,17 @@ impl State {
         }
     }
 
+    /// Directory mode: writes the usage book into `dir` when it changed, without the keys
+    /// whose ApiKey is gone.
+    pub fn save_usage(&self, dir: &std::path::Path) -> Result<()> {
+        let pass = self.last();
+        let exists = |id: &str| {
+            pass.as_ref()
+                .is_none_or(|p| p.index().with_id(p, id).is_some())
+        };
+        self.usage.save_changed(dir, exists)
+    }
+
     /// The latest probe result per store.
     pub fn probes(&self) -> BTreeMap<String, ProbeResult> {
         lock(&self.probes).clone()

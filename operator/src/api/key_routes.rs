@@ -39,6 +39,7 @@ fn key_view(pass: &Pass, k: &crate::crd::ApiKey) -> Value {
         "revokedAt": st.revoked_at,
         "lookupHash": st.lookup_hash,
         "secretRef": st.secret_ref,
+        "lastSeenAt": k.status.as_ref().and_then(|s| s.observed.last_seen_at.clone()),
     })
 }
 

@@ -24,6 +24,7 @@ pub(super) fn metrics(state: &State) -> axum::response::Response {
         refused: &state.keys.refused,
         waiting: &state.keys.waiting,
         outdated: &state.keys.outdated,
+        usage: &state.usage,
     };
     axum::response::IntoResponse::into_response((
         [(hyper::header::CONTENT_TYPE, CONTENT_TYPE)],

@@ -18,6 +18,7 @@ mod key_routes;
 mod metrics;
 mod rate;
 mod serve;
+mod usage_routes;
 
 use crate::authority::{self, Caller};
 use crate::keys;
@@ -38,6 +39,7 @@ use serde_json::{json, Value};
 pub use serve::Role;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::{Arc, Mutex};
+pub use usage_routes::USAGE_BODY_BYTES;
 
 /// `POST /v2/keys/authenticate` calls allowed per minute (fixed window), as in hev layer.
 pub const DEFAULT_AUTHENTICATE_PER_MINUTE: u32 = 120;
@@ -108,6 +110,8 @@ enum Call {
     Revoke(String),
     /// `DELETE /v2/keys/{id}`.
     Delete(String),
+    /// `GET /v2/keys/{id}/usage`.
+    Usage(String),
     /// `GET /v2/vectorstores`.
     Stores,
     /// `GET /v2/vectorstores/{name}`.
@@ -319,16 +323,27 @@ impl Api {
                 let all = query
                     .split('&')
                     .any(|kv| kv == "includeRevoked=true" || kv == "includeRevoked=1");
+                let book = &source.state().usage;
                 let keys: Vec<Value> = key_views(&pass, &caller)
                     .into_iter()
                     .filter(|k| all || k["phase"] != "Revoked")
+                    .map(|k| usage_routes::with_last_seen(book, k))
                     .collect();
                 Ok(reply(StatusCode::OK, &json!({"keys": keys})))
             }
             Call::Get(id) => Ok(match find_key(&pass, &caller, &id) {
-                Some(k) => reply(StatusCode::OK, &k),
+                Some(k) => reply(
+                    StatusCode::OK,
+                    &usage_routes::with_last_seen(&source.state().usage, k),
+                ),
                 None => error(StatusCode::NOT_FOUND, &format!("no API key {id:?}")),
             }),
+            Call::Usage(id) => Ok(usage_routes::key_usage(
+                &pass,
+                &source.state().usage,
+                &caller,
+                &id,
+            )),
             Call::Revoke(id) => change_key(source, &pass, &caller, &id, Change::Revoke),
             Call::Delete(id) => change_key(source, &pass, &caller, &id, Change::Delete),
             Call::Stores => Ok(reply(

@@ -22,6 +22,16 @@ pub enum Role {
     Keys,
 }
 
+/// The bearer token of a request, if it sends one.
+fn bearer_of(req: &Request) -> Option<String> {
+    req.headers()
+        .get("authorization")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.split_once(' '))
+        .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
+        .map(|(_, token)| token.trim().to_owned())
+}
+
 /// The client's address: the TCP peer the accept loop put in the request.
 fn peer_of(req: &Request) -> IpAddr {
     req.extensions()
@@ -82,6 +92,22 @@ impl Api {
                 capped(post(on(Call::Revoke)), OTHER_BODY_BYTES),
             )
             .route(
+                "/v2/keys/{id}/usage",
+                capped(get(on(Call::Usage)), OTHER_BODY_BYTES),
+            )
+            // Gateways rendered before the key service had its own listener report here; a
+            // key named `usage` is still found, and deleted, by name.
+            .route(
+                layergate_filter::config::DEFAULT_USAGE_PATH,
+                post(Self::key_usage_report)
+                    .layer(RequestBodyLimitLayer::new(USAGE_BODY_BYTES))
+                    .merge(capped(
+                        get(on(|_| Call::Get("usage".into())))
+                            .delete(on(|_| Call::Delete("usage".into()))),
+                        OTHER_BODY_BYTES,
+                    )),
+            )
+            .route(
                 "/v2/vectorstores",
                 capped(get(on(|_| Call::Stores)), OTHER_BODY_BYTES),
             )
@@ -94,19 +120,25 @@ impl Api {
             .with_state(self.clone())
     }
 
-    /// The key service's routes: `GET /v2/keys/sync` and `/healthz`; everything else is 404.
+    /// The key service's routes: `GET /v2/keys/sync`, `POST /v2/keys/usage` and `/healthz`;
+    /// everything else is 404.
     pub fn key_service_router(self: &Arc<Self>) -> Router {
         Router::new()
             .route(crate::keyservice::SYNC_PATH, get(Self::key_sync))
+            .route(
+                layergate_filter::config::DEFAULT_USAGE_PATH,
+                post(Self::key_usage_report).layer(RequestBodyLimitLayer::new(USAGE_BODY_BYTES)),
+            )
             .route("/healthz", get(Self::healthz))
             .fallback(|req: Request| async move {
                 http(error(
                     StatusCode::NOT_FOUND,
                     &format!(
-                        "the key service has no route {} {}; it serves GET {} only",
+                        "the key service has no route {} {}; it serves GET {} and POST {} only",
                         req.method(),
                         req.uri().path(),
-                        crate::keyservice::SYNC_PATH
+                        crate::keyservice::SYNC_PATH,
+                        layergate_filter::config::DEFAULT_USAGE_PATH,
                     ),
                 ))
             })
@@ -135,15 +167,38 @@ impl Api {
         axum::extract::State(api): axum::extract::State<Arc<Api>>,
         req: Request,
     ) -> Response {
-        let bearer = req
-            .headers()
-            .get("authorization")
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.split_once(' '))
-            .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
-            .map(|(_, token)| token.trim().to_owned());
+        let bearer = bearer_of(&req);
         let query = req.uri().query().unwrap_or_default();
         key_sync(api.source.state().keys.sync(query, bearer.as_deref()).await)
+    }
+
+    /// `POST /v2/keys/usage`: the credential before the body, the body within its cap and the
+    /// body timeout, then [`Api::take_usage`] off the async workers.
+    async fn key_usage_report(
+        axum::extract::State(api): axum::extract::State<Arc<Api>>,
+        req: Request,
+    ) -> Response {
+        let bearer = bearer_of(&req);
+        if !api.source.state().keys.accepts(bearer.as_deref()) {
+            return close(http(api.take_usage(bearer.as_deref(), &[])));
+        }
+        let read = axum::body::to_bytes(req.into_body(), USAGE_BODY_BYTES);
+        let body = match tokio::time::timeout(api.limits.body_timeout, read).await {
+            Ok(Ok(b)) => b,
+            Ok(Err(_)) => return close(too_large()),
+            Err(_) => {
+                return close(http(error(
+                    StatusCode::REQUEST_TIMEOUT,
+                    "the request body did not arrive in time",
+                )))
+            }
+        };
+        let answered =
+            tokio::task::spawn_blocking(move || api.take_usage(bearer.as_deref(), &body)).await;
+        http(answered.unwrap_or_else(|e| {
+            tracing::error!("usage report: a handler failed: {e}");
+            error(StatusCode::INTERNAL_SERVER_ERROR, "internal error")
+        }))
     }
 
     /// One `/v2/…` call: the rate limit (before the body), the body (within its cap and the
@@ -303,7 +358,7 @@ fn too_large() -> Response {
     close(http(error(
         StatusCode::PAYLOAD_TOO_LARGE,
         &format!(
-            "the request body is over this route's limit (authenticate {AUTHENTICATE_BODY_BYTES} bytes, mint {MINT_BODY_BYTES}, others {OTHER_BODY_BYTES})"
+            "the request body is over this route's limit (authenticate {AUTHENTICATE_BODY_BYTES} bytes, mint {MINT_BODY_BYTES}, usage reports {USAGE_BODY_BYTES}, others {OTHER_BODY_BYTES})"
         ),
     )))
 }

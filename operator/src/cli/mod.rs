@@ -234,6 +234,11 @@ pub struct KubeArgs {
     /// This replica's identity in the Lease [default: layergate-operator-<pid>].
     #[arg(long, env = "POD_NAME", value_name = "NAME")]
     pub pod_name: Option<String>,
+    /// Usage status writes (`lastSeenAt`, `usage`) a second, at most.
+    #[arg(long, env = "LAYERGATE_USAGE_WRITES_PER_SECOND", value_name = "N",
+          default_value_t = layergate_operator::cluster::usage::DEFAULT_USAGE_WRITES_PER_SECOND as u64,
+          value_parser = clap::value_parser!(u64).range(1..=1000))]
+    pub usage_writes_per_second: u64,
     /// The pod's namespace, kube mode's default namespace.
     #[arg(long, env = "POD_NAMESPACE", value_name = "NS", hide = true)]
     pub pod_namespace: Option<String>,

@@ -28,6 +28,7 @@ mod pass;
 mod publish;
 mod statuses;
 mod tokens;
+pub mod usage;
 
 use crate::conditions::{reason, READY};
 use crate::crd::{ApiKey, ApiKeyPhase, Conditioned};
@@ -159,6 +160,8 @@ pub struct Cluster {
     /// Records the Warning Events (events.k8s.io/v1), reporting as [`FIELD_MANAGER`] and this
     /// replica's identity ([`Cluster::with_identity`]).
     recorder: Recorder,
+    /// Usage status writes a second, at most ([`usage::DEFAULT_USAGE_WRITES_PER_SECOND`]).
+    pub usage_writes: usize,
 }
 
 /// Objects per LIST call of a cache's (re)list: large collections are read a page at a
@@ -252,6 +255,7 @@ impl Cluster {
             caches: std::sync::OnceLock::new(),
             recorder: recorder(&client, None),
             client,
+            usage_writes: usage::DEFAULT_USAGE_WRITES_PER_SECOND,
         }
     }
 

@@ -211,7 +211,8 @@ impl KeyService {
             .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(credential);
     }
 
-    fn accepts(&self, bearer: Option<&str>) -> bool {
+    /// True when `bearer` is the gateway credential.
+    pub fn accepts(&self, bearer: Option<&str>) -> bool {
         let credential = self
             .credential
             .lock()

@@ -10,6 +10,10 @@ use std::path::Path;
 /// The file's name in the output directory.
 pub const FILE: &str = "usage.json";
 
+/// How often directory mode writes the file when the usage changed: what an operator crash
+/// can lose at most.
+pub const SAVE_EVERY: std::time::Duration = std::time::Duration::from_secs(5);
+
 fn counts(c: &Counts) -> Value {
     json!({"allowed": c.allowed, "refused": c.refused})
 }
@@ -83,6 +87,19 @@ impl UsageBook {
             k.stored_at = now;
         }
         Ok(())
+    }
+
+    /// Writes the file when some key's usage changed since the last save, without the keys
+    /// `exists` says are gone.
+    pub fn save_changed(&self, dir: &Path, exists: impl Fn(&str) -> bool) -> Result<()> {
+        if !self.changed() {
+            return Ok(());
+        }
+        self.retain(exists);
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs() as i64);
+        self.save(dir, now)
     }
 
     /// True when some key's usage changed since it was last saved.

@@ -198,6 +198,14 @@ pub struct UsageBook {
     pub dropped: Counter,
 }
 
+impl std::fmt::Debug for UsageBook {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("UsageBook")
+            .field("keys", &self.len())
+            .finish_non_exhaustive()
+    }
+}
+
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
 }
