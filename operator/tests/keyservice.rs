@@ -555,3 +555,139 @@ fn a_gateway_filter_older_than_the_rendering_is_visible_in_the_metrics() {
         "it is forgotten once no such gateway has synced for a while"
     );
 }
+
+/// Usage reports (issue 24): only the gateway credential's are taken; they are read with
+/// bounds; unknown keys change nothing; the key's usage and `lastSeenAt` are answered to whoever
+/// may see the key; directory mode keeps them in `usage.json` (0600) across a restart.
+#[test]
+fn usage_reports_are_taken_from_gateways_only_and_answered_per_key() {
+    let (dir, out) = demo_dir("usage");
+    let (source, addr) = serve_dir(&dir, &out);
+    let credential = std::fs::read_to_string(out.join(keyservice::CREDENTIAL_FILE))
+        .unwrap()
+        .trim()
+        .to_owned();
+    let report = json!({"keys": {
+        "shop-reader": {"read": 3, "403": 1},
+        "no-such-key": {"read": 5},
+        "shop-reader-typo": {"write": 1},
+    }, "dropped": 2});
+    // Not the gateway credential: an admin token, a minted key, nothing.
+    for token in [Some(ADMIN), Some(DEMO_TOKEN), None] {
+        let (status, body) = http(addr, "POST", "/v2/keys/usage", token, Some(&report));
+        assert_eq!(status, 401, "{token:?}: {body}");
+    }
+    let (_, body) = http(addr, "GET", "/v2/keys/shop-reader/usage", Some(ADMIN), None);
+    let before: Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(before["sinceCreation"]["requests"], 0, "{before}");
+    assert_eq!(before["lastSeenAt"], Value::Null);
+    // Malformed: refused, nothing counted.
+    for bad in [
+        json!({"keys": {"shop-reader": {"read": -1}}}),
+        json!({"keys": {"shop-reader": {"delete": 1}}}),
+        json!({"nokeys": {}}),
+    ] {
+        let (status, body) = http(
+            addr,
+            "POST",
+            "/v2/keys/usage",
+            Some(&credential),
+            Some(&bad),
+        );
+        assert_eq!(status, 400, "{bad}: {body}");
+    }
+    let (status, body) = http(
+        addr,
+        "POST",
+        "/v2/keys/usage",
+        Some(&credential),
+        Some(&report),
+    );
+    assert_eq!(status, 200, "{body}");
+    let taken: Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(taken, json!({"keys": 1, "unknown": 2}));
+    // An absurd count is cut to the most one report may say.
+    let absurd = json!({"keys": {"shop-reader": {"read": 1u64 << 60}}});
+    let (status, _) = http(
+        addr,
+        "POST",
+        "/v2/keys/usage",
+        Some(&credential),
+        Some(&absurd),
+    );
+    assert_eq!(status, 200);
+
+    let (status, body) = http(addr, "GET", "/v2/keys/shop-reader/usage", Some(ADMIN), None);
+    assert_eq!(status, 200, "{body}");
+    let usage: Value = serde_json::from_str(&body).unwrap();
+    let most = layergate_operator::usage::report::MAX_COUNT;
+    assert_eq!(usage["name"], "shop-reader");
+    assert_eq!(
+        usage["sinceCreation"]["allowed"]["read"],
+        3 + most,
+        "{usage}"
+    );
+    assert_eq!(usage["sinceCreation"]["refused"]["403"], 1);
+    assert_eq!(usage["lastHour"]["refused"], 1);
+    assert!(usage["lastSeenAt"].is_string(), "{usage}");
+    // By key id too, and lastSeenAt in the key's view and the list.
+    let key_id = usage["keyId"].as_str().unwrap().to_owned();
+    let (_, by_id) = http(
+        addr,
+        "GET",
+        &format!("/v2/keys/{key_id}/usage"),
+        Some(ADMIN),
+        None,
+    );
+    assert_eq!(
+        serde_json::from_str::<Value>(&by_id).unwrap()["name"],
+        "shop-reader"
+    );
+    let (_, view) = http(addr, "GET", "/v2/keys/shop-reader", Some(ADMIN), None);
+    assert_eq!(
+        serde_json::from_str::<Value>(&view).unwrap()["lastSeenAt"],
+        usage["lastSeenAt"]
+    );
+    let (_, list) = http(addr, "GET", "/v2/keys", Some(ADMIN), None);
+    let list: Value = serde_json::from_str(&list).unwrap();
+    let listed = list["keys"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|k| k["name"] == "shop-reader")
+        .unwrap();
+    assert_eq!(listed["lastSeenAt"], usage["lastSeenAt"]);
+    // Only for whoever may see the key: a minted key without admin manages nothing.
+    let (status, _) = http(
+        addr,
+        "GET",
+        "/v2/keys/shop-reader/usage",
+        Some(DEMO_TOKEN),
+        None,
+    );
+    assert_eq!(status, 403);
+    let (status, _) = http(addr, "GET", "/v2/keys/nobody/usage", Some(ADMIN), None);
+    assert_eq!(status, 404);
+
+    // Directory mode keeps it beside the rendering, owner-only, and reads it back.
+    source.state().save_usage(&out).unwrap();
+    let file = out.join(layergate_operator::usage::file::FILE);
+    use std::os::unix::fs::PermissionsExt;
+    assert_eq!(
+        std::fs::metadata(&file).unwrap().permissions().mode() & 0o777,
+        0o600
+    );
+    let (again, again_addr) = serve_dir(&dir, &out);
+    again.state().usage.load(&out).unwrap();
+    let (_, after) = http(
+        again_addr,
+        "GET",
+        "/v2/keys/shop-reader/usage",
+        Some(ADMIN),
+        None,
+    );
+    let after: Value = serde_json::from_str(&after).unwrap();
+    assert_eq!(after["sinceCreation"], usage["sinceCreation"]);
+    assert_eq!(after["lastSeenAt"], usage["lastSeenAt"]);
+    assert_eq!(after["lastHour"], usage["lastHour"]);
+}

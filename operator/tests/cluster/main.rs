@@ -17,6 +17,7 @@ mod scale;
 #[path = "../support/mod.rs"]
 mod support;
 mod tokens;
+mod usage;
 
 use k8s_openapi::api::core::v1::Secret;
 use kube::api::Api;
