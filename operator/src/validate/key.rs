@@ -293,6 +293,7 @@ pub(super) fn validate_key(
         lookup_hash: layergate_filter::config::LookupHash([0; 32]),
         expires_at: None,
         entitlements: entitlements.into_iter().collect(),
+        previous: None,
     };
     if let Err(m) = entitlement::check_api_key(&shape) {
         return out(ApiKeyPhase::Pending, reason::INVALID_SPEC, m, extra, None);

@@ -69,6 +69,7 @@ pub(super) fn key(name: &str, token: &str) -> Result<ApiKeyConfig> {
         entitlements: [("vectorstore.primary".to_owned(), grant)]
             .into_iter()
             .collect(),
+        previous: None,
     })
 }
 
