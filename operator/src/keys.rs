@@ -70,6 +70,91 @@ pub fn secret_name(api_key: &str) -> String {
     format!("apikey-{api_key}")
 }
 
+/// Annotation on a rotated token Secret: the previous token's `lookupHash`, accepted until
+/// [`PREVIOUS_UNTIL_ANNOTATION`].
+pub const PREVIOUS_HASH_ANNOTATION: &str = "hevlayer.com/previous-lookup-hash";
+/// Annotation on a rotated token Secret: when the previous token's overlap ends (RFC 3339).
+pub const PREVIOUS_UNTIL_ANNOTATION: &str = "hevlayer.com/previous-until";
+/// Annotation on a rotated token Secret: the key's id from before its first rotation. In
+/// directory mode a key's id is derived from its token (no uid); this keeps it across
+/// rotations. (In a cluster the id comes from the ApiKey's uid and this is not read.)
+pub const KEY_ID_ANNOTATION: &str = "hevlayer.com/key-id";
+/// Annotation on a token Secret: the last value of the ApiKey's [`ROTATE_ANNOTATION`] acted
+/// upon, so a declarative rotation happens once per value.
+pub const ROTATED_FOR_ANNOTATION: &str = "hevlayer.com/rotated-for";
+/// Annotation on an ApiKey asking for a rotation: any new value rotates the token once.
+pub const ROTATE_ANNOTATION: &str = "hevlayer.com/rotate";
+/// Annotation on an ApiKey: the overlap of a declarative rotation (a duration; default none).
+pub const ROTATE_OVERLAP_ANNOTATION: &str = "hevlayer.com/rotate-overlap";
+/// The longest overlap a rotation may ask for: 7 days.
+pub const MAX_OVERLAP_SECS: i64 = 7 * 86_400;
+
+/// What a token Secret records of its key's rotations (its annotations, read the same way in
+/// both modes): durable where the token is, so a restart keeps a running overlap.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Rotation {
+    /// The previous token's digest and the end of its overlap (Unix seconds).
+    pub previous: Option<(layergate_filter::config::LookupHash, i64)>,
+    /// The key's id from before its first rotation (directory mode).
+    pub key_id: Option<String>,
+    /// The last value of the ApiKey's rotate annotation acted upon.
+    pub rotated_for: Option<String>,
+}
+
+impl Rotation {
+    /// The record in a Secret's annotations; `None` when it holds none. An overlap whose
+    /// hash or end does not read is no overlap (the previous token is refused).
+    pub fn of(annotations: &BTreeMap<String, String>) -> Option<Rotation> {
+        let previous = annotations
+            .get(PREVIOUS_HASH_ANNOTATION)
+            .and_then(|h| h.parse().ok())
+            .zip(
+                annotations
+                    .get(PREVIOUS_UNTIL_ANNOTATION)
+                    .and_then(|t| layergate_filter::time::parse_rfc3339(t)),
+            );
+        let r = Rotation {
+            previous,
+            key_id: annotations.get(KEY_ID_ANNOTATION).cloned(),
+            rotated_for: annotations.get(ROTATED_FOR_ANNOTATION).cloned(),
+        };
+        (r != Rotation::default()).then_some(r)
+    }
+
+    /// The annotations that record this rotation (every one of them, empty when unset, so a
+    /// merge patch also clears what an earlier rotation set).
+    pub fn annotations(&self) -> BTreeMap<String, Option<String>> {
+        BTreeMap::from([
+            (
+                PREVIOUS_HASH_ANNOTATION.to_owned(),
+                self.previous.map(|(h, _)| h.to_string()),
+            ),
+            (
+                PREVIOUS_UNTIL_ANNOTATION.to_owned(),
+                self.previous
+                    .and_then(|(_, t)| layergate_filter::time::format_rfc3339(t)),
+            ),
+            (KEY_ID_ANNOTATION.to_owned(), self.key_id.clone()),
+            (ROTATED_FOR_ANNOTATION.to_owned(), self.rotated_for.clone()),
+        ])
+    }
+}
+
+/// An overlap as asked (`"24h"`, `"90s"`, `"0s"`), in seconds: refused when it does not
+/// read, is `never`, or is over [`MAX_OVERLAP_SECS`].
+pub fn parse_overlap(asked: &str) -> Result<i64, String> {
+    if matches!(asked, "0s" | "0m" | "0h" | "0d") {
+        return Ok(0);
+    }
+    match layergate_filter::time::parse_duration(asked) {
+        Ok(Some(s)) if (0..=MAX_OVERLAP_SECS).contains(&s) => Ok(s),
+        Ok(_) => Err(format!(
+            "overlap {asked:?} is over the longest overlap, 7d (an old token is accepted at most a week after a rotation)"
+        )),
+        Err(e) => Err(format!("overlap {asked:?}: {e}")),
+    }
+}
+
 /// The key under which a minted Secret holds the token.
 pub const TOKEN_KEY: &str = "token";
 

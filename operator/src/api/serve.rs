@@ -82,6 +82,10 @@ impl Api {
                 capped(post(on(Call::Revoke)), OTHER_BODY_BYTES),
             )
             .route(
+                "/v2/keys/{id}/rotate",
+                capped(post(on(Call::Rotate)), OTHER_BODY_BYTES),
+            )
+            .route(
                 "/v2/vectorstores",
                 capped(get(on(|_| Call::Stores)), OTHER_BODY_BYTES),
             )

@@ -274,6 +274,30 @@ impl Source for Cluster {
         })
     }
 
+    fn rotate_key(
+        &self,
+        _pass: &Pass,
+        name: &str,
+        token: &str,
+        rotation: &keys::Rotation,
+    ) -> Result<()> {
+        let secret = keys::secret_name(name);
+        let patch = serde_json::json!({
+            "metadata": {"annotations": rotation.annotations()},
+            "data": {keys::TOKEN_KEY: ByteString(token.as_bytes().to_vec())},
+        });
+        self.block_on(async {
+            self.ensure_leader()?;
+            let patched = self
+                .api::<Secret>()
+                .patch(&secret, &PatchParams::default(), &Patch::Merge(&patch))
+                .await
+                .with_context(|| format!("writing the new token into Secret {secret}"))?;
+            self.caches().merge(patched);
+            Ok(())
+        })
+    }
+
     fn delete_key(&self, pass: &Pass, name: &str) -> Result<()> {
         // A minted token Secret is owned by the key: Kubernetes deletes it too. A
         // pre-provisioned one (labelled for this key, not owned) is deleted here.

@@ -19,6 +19,8 @@ pub struct CachedSecret {
     pub minted_at: Option<i64>,
     /// What may make it an ApiKey's token.
     pub marks: SecretMarks,
+    /// What it records of its key's rotations.
+    pub rotation: Option<keys::Rotation>,
     /// A key whose value is not UTF-8 (the Secret is then its referrers' condition).
     pub not_text: Option<String>,
 }
@@ -45,8 +47,14 @@ impl CachedSecret {
             .and_then(|a| a.get(keys::MINTED_AT_ANNOTATION))
             .and_then(|t| t.parse::<k8s_openapi::jiff::Timestamp>().ok())
             .map(|t| t.as_second());
+        let rotation = secret
+            .metadata
+            .annotations
+            .as_ref()
+            .and_then(keys::Rotation::of);
         CachedSecret {
             marks: SecretMarks::of(&secret.metadata),
+            rotation,
             data: Arc::new(data),
             minted_at,
             not_text,

@@ -21,11 +21,27 @@ pub fn key_id(k: &ApiKey, ns: &str, token: Option<&str>) -> String {
 /// A key's id among `objects` (see [`key_id`]): its token Secret is read only when the id
 /// needs it (no uid: directory mode).
 pub fn key_id_in(k: &ApiKey, ns: &str, objects: &Objects) -> String {
+    if let Some(pinned) = pinned_key_id(k, ns, objects) {
+        return pinned.to_owned();
+    }
     let token = match k.metadata.uid {
         Some(_) => None,
         None => token_of(k, ns, objects),
     };
     key_id(k, ns, token)
+}
+
+/// A directory-mode key's id kept across rotations by its token Secret (see
+/// [`crate::keys::KEY_ID_ANNOTATION`]); never in a cluster, where the uid is the id.
+fn pinned_key_id<'a>(k: &ApiKey, ns: &str, objects: &'a Objects) -> Option<&'a str> {
+    if k.metadata.uid.is_some() {
+        return None;
+    }
+    objects
+        .rotations
+        .get(&(ns.to_owned(), token_source(k).name))?
+        .key_id
+        .as_deref()
 }
 
 /// The Secret (name, key) an ApiKey's token is read from: `tokenSecretRef`, else the minted
@@ -353,9 +369,22 @@ pub(super) fn validate_key(
         return out(ApiKeyPhase::Pending, reason::INVALID_TOKEN, m, extra, None);
     }
     let mut config = shape;
-    config.key_id = key_id(k, ns, Some(token));
+    config.key_id =
+        pinned_key_id(k, ns, objects).map_or_else(|| key_id(k, ns, Some(token)), str::to_owned);
     config.lookup_hash = layergate_filter::config::LookupHash::of(token);
     config.expires_at = expires.map(rfc3339);
+    // A rotation's previous token, while its overlap runs (the filter's clock ends it too).
+    config.previous = objects
+        .rotations
+        .get(&(ns.to_owned(), source.name.clone()))
+        .and_then(|r| r.previous)
+        .filter(|(hash, until)| *until > now && *hash != config.lookup_hash)
+        .map(
+            |(lookup_hash, until)| layergate_filter::config::PreviousToken {
+                lookup_hash,
+                until: rfc3339(expires.map_or(until, |e| e.min(until))),
+            },
+        );
     if let Err(m) = entitlement::check_api_key(&config) {
         return out(ApiKeyPhase::Pending, reason::INVALID_SPEC, m, extra, None);
     }

@@ -115,6 +115,7 @@ fn callers_see_and_touch_only_keys_they_could_have_minted() {
         ("GET", "/v2/keys/archive-writer"),
         ("POST", "/v2/keys/archive-writer/revoke"),
         ("DELETE", "/v2/keys/archive-writer"),
+        ("POST", "/v2/keys/archive-writer/rotate"),
     ] {
         let (status, _) = f.call(method, path, Some(ADMIN), Value::Null);
         assert_eq!(status, 404, "{method} {path}");

@@ -56,6 +56,15 @@ impl Source for KeysOnly {
     fn delete_key(&self, _: &Pass, _: &str) -> Result<()> {
         bail!("the churn bench deletes through the key service directly")
     }
+    fn rotate_key(
+        &self,
+        _: &Pass,
+        _: &str,
+        _: &str,
+        _: &layergate_operator::keys::Rotation,
+    ) -> Result<()> {
+        bail!("the churn bench rotates through the key service directly")
+    }
 }
 
 pub(super) fn key(name: &str, token: &str) -> Result<ApiKeyConfig> {
