@@ -16,6 +16,32 @@ fn now() -> i64 {
         .map_or(0, |d| d.as_secs() as i64)
 }
 
+/// Rotates every token whose ApiKey asks for it with the `hevlayer.com/rotate` annotation
+/// ([`validate::rotations_due`]): the new token and the record go into the Secret's document,
+/// in the file it was read from. Returns how many were rotated.
+pub fn rotate_asked(objects: &manifests::Objects, namespace: &str) -> Result<usize> {
+    let mut rotated = 0;
+    for (name, rotation) in validate::rotations_due(objects, namespace, now()) {
+        let secret = crate::keys::secret_name(&name);
+        let Some(file) = objects
+            .secret_files
+            .get(&(namespace.to_owned(), secret.clone()))
+        else {
+            continue;
+        };
+        let token = crate::keys::mint_token()?;
+        rewrite_documents(
+            Path::new(file),
+            "Secret",
+            &secret,
+            KeyEdit::Rotate { token, rotation },
+        )?;
+        tracing::info!(apikey = %format!("{namespace}/{name}"), "rotated the token, as its hevlayer.com/rotate annotation asks");
+        rotated += 1;
+    }
+    Ok(rotated)
+}
+
 /// Removes every Secret document named `secret` in the pass's namespace from the file it was
 /// read from (a file left empty is removed).
 pub fn remove_secret_documents(pass: &Pass, secret: &str) -> Result<()> {

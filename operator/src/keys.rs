@@ -140,6 +140,49 @@ impl Rotation {
     }
 }
 
+impl Rotation {
+    /// The record of a rotation made `now` away from the token whose digest is `current`:
+    /// accepted `overlap` seconds more (none: refused at once), the key's id pinned, the
+    /// declarative value acted upon kept.
+    pub fn now(
+        current: layergate_filter::config::LookupHash,
+        overlap: i64,
+        now: i64,
+        key_id: &str,
+        rotated_for: Option<String>,
+    ) -> Rotation {
+        Rotation {
+            previous: (overlap > 0).then_some((current, now + overlap)),
+            key_id: Some(key_id.to_owned()),
+            rotated_for,
+        }
+    }
+}
+
+/// A declarative rotation an ApiKey asks for: the value of its [`ROTATE_ANNOTATION`] when
+/// `recorded` (its token Secret's record) has not acted on it yet, and the overlap of its
+/// [`ROTATE_OVERLAP_ANNOTATION`] (none when absent; `Err` when it does not read). A revoked
+/// key, one being deleted, or one whose token the user provisioned (`tokenSecretRef`) asks for
+/// nothing.
+pub fn rotation_asked(
+    k: &crate::crd::ApiKey,
+    recorded: Option<&Rotation>,
+) -> Option<(String, Result<i64, String>)> {
+    let annotations = k.metadata.annotations.as_ref()?;
+    let value = annotations.get(ROTATE_ANNOTATION)?;
+    if k.spec.revoked == Some(true)
+        || k.metadata.deletion_timestamp.is_some()
+        || k.spec.token_secret_ref.is_some()
+        || recorded.and_then(|r| r.rotated_for.as_ref()) == Some(value)
+    {
+        return None;
+    }
+    let overlap = annotations
+        .get(ROTATE_OVERLAP_ANNOTATION)
+        .map_or(Ok(0), |o| parse_overlap(o));
+    Some((value.clone(), overlap))
+}
+
 /// An overlap as asked (`"24h"`, `"90s"`, `"0s"`), in seconds: refused when it does not
 /// read, is `never`, or is over [`MAX_OVERLAP_SECS`].
 pub fn parse_overlap(asked: &str) -> Result<i64, String> {
@@ -159,14 +202,23 @@ pub fn parse_overlap(asked: &str) -> Result<i64, String> {
 pub const TOKEN_KEY: &str = "token";
 
 /// The Secret delivering a token. In a cluster it is owned by its ApiKey (`owner`), so
-/// Kubernetes deletes it with the key.
+/// Kubernetes deletes it with the key. `rotate` is the key's [`ROTATE_ANNOTATION`] value at
+/// the mint: recorded as acted upon, so a new key is not rotated at once.
 pub fn token_secret(
     namespace: &str,
     api_key: &str,
     token: &str,
     minted_at: &str,
     owner: Option<OwnerReference>,
+    rotate: Option<&str>,
 ) -> Secret {
+    let mut annotations = BTreeMap::from([
+        ("hevlayer.com/apikey".to_owned(), api_key.to_owned()),
+        (MINTED_AT_ANNOTATION.to_owned(), minted_at.to_owned()),
+    ]);
+    if let Some(v) = rotate {
+        annotations.insert(ROTATED_FOR_ANNOTATION.to_owned(), v.to_owned());
+    }
     Secret {
         metadata: ObjectMeta {
             name: Some(secret_name(api_key)),
@@ -178,10 +230,7 @@ pub fn token_secret(
                 ),
                 (TOKEN_LABEL.to_owned(), api_key.to_owned()),
             ])),
-            annotations: Some(BTreeMap::from([
-                ("hevlayer.com/apikey".to_owned(), api_key.to_owned()),
-                (MINTED_AT_ANNOTATION.to_owned(), minted_at.to_owned()),
-            ])),
+            annotations: Some(annotations),
             owner_references: owner.map(|o| vec![o]),
             ..ObjectMeta::default()
         },
@@ -191,14 +240,24 @@ pub fn token_secret(
     }
 }
 
+/// The value of an ApiKey's [`ROTATE_ANNOTATION`], if any.
+pub fn rotate_value(k: &crate::crd::ApiKey) -> Option<&str> {
+    k.metadata
+        .annotations
+        .as_ref()?
+        .get(ROTATE_ANNOTATION)
+        .map(String::as_str)
+}
+
 /// The Secret manifest delivering a token (directory mode writes it beside the ApiKey).
 pub fn secret_manifest(
     namespace: &str,
     api_key: &str,
     token: &str,
     minted_at: &str,
+    rotate: Option<&str>,
 ) -> Result<String> {
-    let doc = token_secret(namespace, api_key, token, minted_at, None);
+    let doc = token_secret(namespace, api_key, token, minted_at, None, rotate);
     Ok(format!(
         "# Minted by layergate-operator for ApiKey {api_key}. Keep it secret; a lost token is re-minted, never recovered.\n{}",
         serde_yaml::to_string(&doc).context("serializing the Secret")?
@@ -233,8 +292,8 @@ mod tests {
 
     #[test]
     fn the_secret_carries_the_token_under_key_token() {
-        let yaml =
-            secret_manifest("layer", "k", "hvl_x", "2026-11-24T00:00:00Z").unwrap_or_default();
+        let yaml = secret_manifest("layer", "k", "hvl_x", "2026-11-24T00:00:00Z", None)
+            .unwrap_or_default();
         let v: serde_yaml::Value = serde_yaml::from_str(&yaml).unwrap_or_default();
         assert_eq!(v["metadata"]["name"].as_str(), Some("apikey-k"));
         assert_eq!(v["apiVersion"].as_str(), Some("v1"));

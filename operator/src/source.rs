@@ -4,7 +4,9 @@
 //! replaces the last good output, and the log says why.
 
 use crate::crd::ApiKey;
-use crate::documents::{remove_secret_documents, rewrite_documents, rewrite_key_document, KeyEdit};
+use crate::documents::{
+    remove_secret_documents, rewrite_documents, rewrite_key_document, rotate_asked, KeyEdit,
+};
 use crate::files::{create_private, write_private};
 use crate::keys;
 use crate::keyservice;
@@ -78,7 +80,13 @@ pub fn mint_missing(dir: &Path, objects: &Objects, namespace: &str) -> Result<us
         let minted_at = validate::rfc3339(now());
         if !create_private(
             &file,
-            &keys::secret_manifest(ns, &name, &keys::mint_token()?, &minted_at)?,
+            &keys::secret_manifest(
+                ns,
+                &name,
+                &keys::mint_token()?,
+                &minted_at,
+                keys::rotate_value(k),
+            )?,
         )? {
             // Never overwrite a file the operator did not make: the key stays without a
             // token (its condition says so) until the file is moved away.
@@ -151,7 +159,9 @@ pub fn reconcile(
 ) -> Result<Pass> {
     let mut objects = manifests::load_dir(dir)?;
     let namespace = output::namespace(&objects, None)?;
-    if mint_missing(dir, &objects, &namespace)? > 0 {
+    let minted = mint_missing(dir, &objects, &namespace)?;
+    let rotated = rotate_asked(&objects, &namespace)?;
+    if minted + rotated > 0 {
         objects = manifests::load_dir(dir)?;
     }
     fill_key_starts(out, &mut objects, &namespace)?;
@@ -350,7 +360,7 @@ impl Source for DirSource {
         let secret_file = self.dir.join(format!("{secret}.yaml"));
         if !create_private(
             &secret_file,
-            &keys::secret_manifest(namespace, name, token, &minted_at)?,
+            &keys::secret_manifest(namespace, name, token, &minted_at, None)?,
         )? {
             return Err(Exists(format!(
                 "the file {} exists; the mint would overwrite it (delete it or pick another key name)",

@@ -98,11 +98,13 @@ pub(super) fn rotate(
         .objects
         .rotations
         .get(&(pass.namespace.clone(), keys::secret_name(&name)));
-    let rotation = keys::Rotation {
-        previous: (overlap > 0).then(|| (current.lookup_hash, now() + overlap)),
-        key_id: Some(current.key_id.clone()),
-        rotated_for: recorded.and_then(|r| r.rotated_for.clone()),
-    };
+    let rotation = keys::Rotation::now(
+        current.lookup_hash,
+        overlap,
+        now(),
+        &current.key_id,
+        recorded.and_then(|r| r.rotated_for.clone()),
+    );
     source.rotate_key(&pass, &name, &token, &rotation)?;
     source.refresh()?;
     // The answer is the state read back after the write.

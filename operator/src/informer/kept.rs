@@ -72,6 +72,11 @@ pub trait Cached: Resource<DynamicType = ()> + Clone + Send + Sync + 'static {
     fn keep(self) -> Self::Kept;
     /// The generation of a kept object (None: every change counts).
     fn generation(kept: &Self::Kept) -> Option<i64>;
+    /// What besides a new generation asks for a pass: an ApiKey's `hevlayer.com/rotate`
+    /// annotation (annotations do not move the generation).
+    fn asks(_kept: &Self::Kept) -> Option<&str> {
+        None
+    }
     /// This kind's cache.
     fn cache(caches: &Caches) -> &Cache<Self::Kept>;
 }
@@ -87,6 +92,13 @@ macro_rules! cached_cr {
             }
             fn generation(kept: &$t) -> Option<i64> {
                 kept.metadata.generation
+            }
+            fn asks(kept: &$t) -> Option<&str> {
+                kept.metadata
+                    .annotations
+                    .as_ref()?
+                    .get(keys::ROTATE_ANNOTATION)
+                    .map(String::as_str)
             }
             fn cache(caches: &Caches) -> &Cache<$t> {
                 &caches.$field

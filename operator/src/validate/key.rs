@@ -103,6 +103,46 @@ pub fn token_secret_refusal(k: &ApiKey, ns: &str, objects: &Objects) -> Option<S
     })
 }
 
+/// The declarative rotations due among the ApiKeys of `ns` ([`crate::keys::rotation_asked`]),
+/// for keys whose minted token is there to rotate: each key's name and the record of rotating
+/// it `now` (both sources write the new token and the record into its Secret). An overlap
+/// that does not read rotates nothing, and the log says why.
+pub fn rotations_due(
+    objects: &Objects,
+    ns: &str,
+    now: i64,
+) -> Vec<(String, crate::keys::Rotation)> {
+    let mut due = Vec::new();
+    for k in &objects.keys {
+        let name = k.metadata.name.as_deref().unwrap_or_default();
+        let id = (ns.to_owned(), crate::keys::secret_name(name));
+        if !in_namespace(&k.metadata, ns) {
+            continue;
+        }
+        let Some((value, overlap)) = crate::keys::rotation_asked(k, objects.rotations.get(&id))
+        else {
+            continue;
+        };
+        let overlap = match overlap {
+            Ok(o) => o,
+            Err(m) => {
+                tracing::warn!(apikey = %format!("{ns}/{name}"), "not rotating: {}: {m}", crate::keys::ROTATE_OVERLAP_ANNOTATION);
+                continue;
+            }
+        };
+        let Some(token) = token_of(k, ns, objects) else {
+            continue;
+        };
+        let key_id = key_id_in(k, ns, objects);
+        let hash = layergate_filter::config::LookupHash::of(token);
+        due.push((
+            name.to_owned(),
+            crate::keys::Rotation::now(hash, overlap, now, &key_id, Some(value)),
+        ));
+    }
+    due
+}
+
 /// Checks a token's strength: `hvl_` + at least 32 base62 characters (hev layer's format,
 /// about 190 bits), or at least 32 base62 characters without the prefix; 256 characters at most.
 pub fn token_strength(token: &str) -> Result<(), String> {

@@ -210,3 +210,52 @@ fn an_overlap_never_outlives_the_key_and_no_overlap_ends_the_old_token_at_once()
     assert_eq!(authenticate(&f, r["token"].as_str().unwrap()).0, 401);
     assert_eq!(authenticate(&f, r2["token"].as_str().unwrap()).0, 200);
 }
+
+/// Directory mode's declarative rotation: a new value of `hevlayer.com/rotate` on the ApiKey
+/// rotates its token once, with `hevlayer.com/rotate-overlap`; a key written with the
+/// annotation is not rotated at its mint; an overlap that does not read rotates nothing.
+#[test]
+fn the_rotate_annotation_rotates_once_per_value() {
+    let f = fixture("rotate-annotation", 120, |_, t| t);
+    let manifest = |value: &str, overlap: &str| {
+        format!("apiVersion: hevlayer.com/v1alpha1\nkind: ApiKey\nmetadata:\n  name: decl\n  namespace: layer\n  annotations: {{hevlayer.com/rotate: \"{value}\", hevlayer.com/rotate-overlap: \"{overlap}\"}}\nspec:\n  entitlements: {{vectorstore.primary: {{scopes: [read]}}}}\n")
+    };
+    let file = f.dir.join("decl.apikey.yaml");
+    let token = || {
+        let s = std::fs::read_to_string(f.dir.join("apikey-decl.yaml")).unwrap();
+        let v: serde_yaml::Value = serde_yaml::from_str(&s).unwrap();
+        v["stringData"]["token"].as_str().unwrap().to_owned()
+    };
+    std::fs::write(&file, manifest("1", "1h")).unwrap();
+    f.source.refresh().unwrap();
+    let first = token();
+    let id = served(&f.source, "decl").key_id;
+    f.source.refresh().unwrap();
+    assert_eq!(
+        token(),
+        first,
+        "minted with the annotation: not rotated at once"
+    );
+    std::fs::write(&file, manifest("2", "1h")).unwrap();
+    f.source.refresh().unwrap();
+    let second = token();
+    assert_ne!(second, first);
+    let k = served(&f.source, "decl");
+    assert_eq!(
+        (k.key_id.as_str(), k.lookup_hash),
+        (
+            id.as_str(),
+            layergate_filter::config::LookupHash::of(&second)
+        )
+    );
+    assert_eq!(
+        k.previous.map(|p| p.lookup_hash),
+        Some(layergate_filter::config::LookupHash::of(&first))
+    );
+    assert_eq!(authenticate(&f, &first).0, 200, "in the overlap");
+    f.source.refresh().unwrap();
+    assert_eq!(token(), second, "once per value");
+    std::fs::write(&file, manifest("3", "30d")).unwrap();
+    f.source.refresh().unwrap();
+    assert_eq!(token(), second, "an overlap over 7d rotates nothing");
+}
