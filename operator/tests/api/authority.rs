@@ -322,7 +322,7 @@ fn the_who_may_manage_keys_table_holds_row_by_row() {
                     }
                     // Unknown key routes are the control API's JSON 404, never a store's.
                     let (status, body) =
-                        f.call("POST", "/v2/keys/shop-reader/rotate", token, json!({}));
+                        f.call("POST", "/v2/keys/shop-reader/suspend", token, json!({}));
                     assert_eq!(status, 404, "{what}: {body}");
                     assert!(
                         body["error"]
