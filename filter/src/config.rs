@@ -242,6 +242,21 @@ pub struct ApiKeyConfig {
     pub expires_at: Option<String>,
     /// Target (`vectorstore.<name>`, `layer`, `agent.<name>`, `warehouse.<name>`) → grant.
     pub entitlements: Entitlements,
+    /// The token this key had before its last rotation, accepted until its overlap ends
+    /// (layergate's rotation; absent when no overlap is running).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub previous: Option<PreviousToken>,
+}
+
+/// A rotated key's previous token: the same key (keyId, entitlements, expiry) until `until`,
+/// judged by the filter's own clock, so it is refused at `until` even if no sync arrives.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct PreviousToken {
+    /// SHA-256 of the previous token, written `sha256:<64 lower-case hex>`.
+    pub lookup_hash: LookupHash,
+    /// RFC 3339 UTC end of the overlap: from then on the previous token is refused.
+    pub until: String,
 }
 
 /// The SHA-256 of a token, as hev layer writes it: `sha256:<64 lower-case hex>`. Read straight

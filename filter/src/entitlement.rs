@@ -124,8 +124,22 @@ pub fn compile_key(
                 .ok_or_else(|| format!("expiresAt {t:?} is not an RFC 3339 timestamp"))?,
         ),
     };
+    let previous = match &k.previous {
+        None => None,
+        Some(p) => {
+            let until = crate::time::parse_rfc3339(&p.until).ok_or_else(|| {
+                format!("previous.until {:?} is not an RFC 3339 timestamp", p.until)
+            })?;
+            if p.lookup_hash == k.lookup_hash {
+                return Err("previous.lookupHash is the key's own lookupHash".into());
+            }
+            // Never longer than the key itself.
+            Some((p.lookup_hash.0, expires_at.map_or(until, |e| e.min(until))))
+        }
+    };
     let mut key = MintedKey {
         expires_at,
+        previous,
         grants: KeyGrants {
             stores: vec![None; store_count],
             layer: None,
@@ -198,6 +212,9 @@ pub struct KeyGrants {
 pub struct MintedKey {
     /// Expiry in Unix seconds.
     pub expires_at: Option<i64>,
+    /// The previous token's digest and when it stops being accepted (Unix seconds, never
+    /// after `expires_at`), during a rotation's overlap.
+    pub previous: Option<([u8; 32], i64)>,
     /// What it grants.
     pub grants: KeyGrants,
 }
@@ -302,6 +319,7 @@ mod tests {
             lookup_hash: crate::config::LookupHash::of("t"),
             expires_at: Some("10239-01-01T00:00:00Z".into()),
             entitlements: ents(&[("layer", grant(&[Scope::Read], None))]),
+            previous: None,
         };
         assert!(check_api_key(&k)
             .err()

@@ -168,6 +168,10 @@ pub struct KeyTable {
     /// Token digest → slot; an entry of a removed key stays until the next rewrite and is
     /// never answered (its slot is dead).
     by_hash: FastMap<[u8; 32], u32>,
+    /// keyId digest → the slot of its previous token, for keys in a rotation's overlap: a
+    /// slot of its own (same name and grants) whose expiry is the overlap's end, so the
+    /// request's expiry check refuses it from then on, with or without a sync.
+    previous: FastMap<[u8; 8], u32>,
     arena: Arena,
     /// Arena bytes no live slot refers to any more.
     garbage: usize,
@@ -249,7 +253,11 @@ impl KeyTable {
             )));
         }
         let key = compile_key(k, stores, store_count).map_err(|e| refused(k, e))?;
+        let previous = key.previous;
         self.push(id, k.lookup_hash.0, &k.name, key.expires_at, key.grants);
+        if let Some((hash, until)) = previous {
+            self.push_previous(id, hash, until);
+        }
         Ok(())
     }
 
@@ -308,7 +316,33 @@ impl KeyTable {
             let name = principal.strip_prefix("apikey:").unwrap_or(principal);
             let expires_at = (s.expires_at != i64::MAX).then_some(s.expires_at);
             self.push(*id, *hash, name, expires_at, KeyGrants::clone(&s.grants));
+            let previous = other.previous.get(id).map(|j| &other.slots[*j as usize]);
+            if let (Some(p), Some(hash)) = (
+                previous.filter(|p| p.start != DEAD),
+                other.previous.get(id).and_then(|j| hashes.get(j)),
+            ) {
+                self.push_previous(*id, *hash, p.expires_at);
+            }
         }
+    }
+
+    /// Adds the previous token of the key just pushed with keyId digest `id`: a slot sharing
+    /// its name and grants that expires at `until`.
+    fn push_previous(&mut self, id: [u8; 8], hash: [u8; 32], until: i64) {
+        let Some(&main) = self.by_id.get(&id) else {
+            return;
+        };
+        let mut slot = self.slots[main as usize].clone();
+        // Its own copy of the text, so removing either slot frees exactly what it held.
+        let text = self.arena.get(slot.start, slot.len).to_owned();
+        (slot.start, slot.len) = self.arena.push(&text, "");
+        slot.expires_at = until;
+        let i = self.slots.len() as u32;
+        self.slots.push(slot);
+        if let Some(old) = self.previous.insert(id, i) {
+            self.kill(old as usize);
+        }
+        self.by_hash.insert(hash, i);
     }
 
     /// Adds a key (keyId digest, token digest, name); one with the same keyId is replaced.
@@ -339,12 +373,19 @@ impl KeyTable {
         if let Some(old) = self.by_id.insert(id, i) {
             self.kill(old as usize);
         }
+        // A key replaced without a previous token ends any overlap it had.
+        if let Some(old) = self.previous.remove(&id) {
+            self.kill(old as usize);
+        }
         self.by_hash.insert(hash, i);
     }
 
     /// Removes the key with this keyId digest, if any: O(1).
     fn remove(&mut self, id: &[u8; 8]) {
         if let Some(slot) = self.by_id.remove(id) {
+            self.kill(slot as usize);
+        }
+        if let Some(slot) = self.previous.remove(id) {
             self.kill(slot as usize);
         }
     }
@@ -385,6 +426,7 @@ impl KeyTable {
         };
         self.by_hash.retain(|_, j| moved(j));
         self.by_id.retain(|_, j| moved(j));
+        self.previous.retain(|_, j| moved(j));
         self.by_hash.shrink_to_fit();
         self.by_id.shrink_to_fit();
         self.slots = slots;
@@ -428,9 +470,9 @@ impl KeyTable {
         }
     }
 
-    /// Number of keys.
+    /// Number of keys (a rotated key's previous token is not one more).
     pub fn len(&self) -> usize {
-        self.slots.len() - self.dead
+        self.by_id.len()
     }
 
     /// True when there are no keys.

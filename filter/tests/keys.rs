@@ -182,6 +182,107 @@ fn deltas_add_replace_and_remove_by_key_id_and_keep_every_lookup_right() {
     assert_eq!(status(&p, &token(4), "a", NOW), 200);
 }
 
+/// Key `i` rotated from token `i` to token `new`, the old one accepted until `until`.
+fn rotated(i: usize, new: usize, until: i64) -> ApiKeyConfig {
+    let mut k = key(i, None);
+    k.previous = Some(layergate_filter::config::PreviousToken {
+        lookup_hash: k.lookup_hash,
+        until: layergate_filter::time::format_rfc3339(until).unwrap(),
+    });
+    k.lookup_hash = key(new, None).lookup_hash;
+    k
+}
+
+#[test]
+fn a_rotated_keys_previous_token_works_until_the_overlap_ends_without_any_sync() {
+    let p = synced_policy();
+    let p = sync(
+        &p,
+        answer("r1", true, vec![key(1, None), key(2, None)], &[]),
+        NOW,
+    );
+    // A delta rotates key 1 to token 11 with a 60 s overlap.
+    let p = sync(
+        &p,
+        answer("r2", false, vec![rotated(1, 11, NOW + 60)], &[]),
+        NOW,
+    );
+    assert_eq!(p.keys.len(), 2, "the previous token is not one more key");
+    assert_eq!(
+        status(&p, &token(11), "a", NOW),
+        200,
+        "the new token at once"
+    );
+    assert_eq!(
+        status(&p, &token(1), "a", NOW + 59),
+        200,
+        "the old one in the overlap"
+    );
+    // No sync after this point: the filter's own clock ends the overlap.
+    p.keys.freshness().unwrap().synced(NOW + 60);
+    assert_eq!(
+        status(&p, &token(1), "a", NOW + 60),
+        401,
+        "refused at `until`"
+    );
+    assert_eq!(status(&p, &token(11), "a", NOW + 60), 200);
+    // Both tokens are the same key.
+    let (a, b) = (
+        p.keys
+            .lookup(&layergate_filter::policy::token_hash(token(1).as_bytes())),
+        p.keys
+            .lookup(&layergate_filter::policy::token_hash(token(11).as_bytes())),
+    );
+    assert_eq!(p.keys.key(a.unwrap()).name(), p.keys.key(b.unwrap()).name());
+    // The same from a snapshot; then a delta without `previous` ends the overlap at once,
+    // and removing the key removes both tokens.
+    let p = sync(
+        &p,
+        answer(
+            "r3",
+            true,
+            vec![rotated(1, 11, NOW + 60), key(2, None)],
+            &[],
+        ),
+        NOW,
+    );
+    assert_eq!(status(&p, &token(1), "a", NOW), 200);
+    let p = sync(
+        &p,
+        answer("r4", false, vec![rotated(1, 11, NOW + 60)], &[]),
+        NOW,
+    );
+    assert_eq!(
+        status(&p, &token(1), "a", NOW),
+        200,
+        "a re-sent key keeps its overlap"
+    );
+    let mut ended = key(1, None);
+    ended.lookup_hash = key(11, None).lookup_hash;
+    let p2 = sync(&p, answer("r5", false, vec![ended], &[]), NOW);
+    assert_eq!(status(&p2, &token(1), "a", NOW), 401);
+    assert_eq!(status(&p2, &token(11), "a", NOW), 200);
+    let p3 = sync(&p, answer("r6", false, vec![], &[key(1, None).key_id]), NOW);
+    assert_eq!(status(&p3, &token(1), "a", NOW), 401);
+    assert_eq!(status(&p3, &token(11), "a", NOW), 401);
+    assert_eq!(status(&p3, &token(2), "a", NOW), 200);
+}
+
+#[test]
+fn a_previous_token_never_outlives_its_key_and_an_unreadable_until_is_refused() {
+    let p = synced_policy();
+    let mut k = rotated(1, 11, NOW + 3_600);
+    k.expires_at = Some(layergate_filter::time::format_rfc3339(NOW + 10).unwrap());
+    let p = sync(&p, answer("r1", true, vec![k], &[]), NOW);
+    assert_eq!(status(&p, &token(1), "a", NOW + 9), 200);
+    assert_eq!(status(&p, &token(1), "a", NOW + 10), 401);
+    let mut bad = rotated(2, 12, NOW);
+    bad.previous.as_mut().unwrap().until = "tomorrow".into();
+    let bytes = serde_json::to_vec(&answer("r2", false, vec![bad], &[])).unwrap();
+    let read = layergate_filter::answer::read(&bytes[..], &p.store_ids(), p.stores.len(), 1);
+    assert!(format!("{:?}", read.err()).contains("previous.until"));
+}
+
 #[test]
 fn an_answer_with_a_key_the_filter_cannot_compile_changes_nothing() {
     let p = synced_policy();

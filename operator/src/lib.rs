@@ -20,6 +20,7 @@ pub mod cluster;
 pub mod conditions;
 pub mod controller;
 pub mod crd;
+pub mod documents;
 pub mod endpoint;
 pub mod files;
 pub mod informer;

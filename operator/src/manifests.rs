@@ -28,6 +28,8 @@ pub struct Objects {
     pub secrets: Secrets,
     /// When minted tokens were minted (Unix seconds), by Secret (namespace, name).
     pub minted_at: BTreeMap<(String, String), i64>,
+    /// What token Secrets record of their keys' rotations, by Secret (namespace, name).
+    pub rotations: BTreeMap<(String, String), crate::keys::Rotation>,
     /// What marks each Secret as an ApiKey token, by (namespace, name).
     pub secret_marks: BTreeMap<(String, String), SecretMarks>,
     /// Secrets defined by more than one document: none of them may serve as a token.
@@ -286,6 +288,9 @@ impl Objects {
                 let minted = s.metadata.annotations.get(crate::keys::MINTED_AT_ANNOTATION);
                 if let Some(at) = minted.and_then(|t| layergate_filter::time::parse_rfc3339(t)) {
                     self.minted_at.insert(key.clone(), at);
+                }
+                if let Some(r) = crate::keys::Rotation::of(&s.metadata.annotations) {
+                    self.rotations.insert(key.clone(), r);
                 }
                 self.secret_marks.insert(
                     key.clone(),

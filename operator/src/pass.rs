@@ -66,7 +66,7 @@ pub struct KeyIndex {
     ids: OnceLock<HashMap<Box<str>, usize>>,
     /// Name → index in [`Pass::keys`] (the usable key of that name).
     usable: HashMap<Box<str>, usize>,
-    /// Token lookup hash → index in [`Pass::keys`].
+    /// Token lookup hash (a rotated key's previous one too) → index in [`Pass::keys`].
     hashes: HashMap<LookupHash, usize>,
     /// Name → index of its (first) verdict in the validation's keys.
     verdicts: HashMap<Box<str>, usize>,
@@ -82,6 +82,11 @@ impl KeyIndex {
         for (i, k) in pass.keys.iter().enumerate() {
             index.usable.entry(k.name.as_str().into()).or_insert(i);
             index.hashes.entry(k.lookup_hash).or_insert(i);
+        }
+        for (i, k) in pass.keys.iter().enumerate() {
+            if let Some(p) = &k.previous {
+                index.hashes.entry(p.lookup_hash).or_insert(i);
+            }
         }
         for (i, v) in pass.validation.keys.iter().enumerate() {
             index.verdicts.entry(v.name.as_str().into()).or_insert(i);
@@ -115,9 +120,20 @@ impl KeyIndex {
         pass.keys.get(*self.usable.get(name)?)
     }
 
-    /// The usable key whose token has `hash`.
-    pub fn by_hash<'p>(&self, pass: &'p Pass, hash: &LookupHash) -> Option<&'p ApiKeyConfig> {
-        pass.keys.get(*self.hashes.get(hash)?)
+    /// The usable key whose token has `hash` at `now`: its token, or its previous token
+    /// while a rotation's overlap runs.
+    pub fn by_hash<'p>(
+        &self,
+        pass: &'p Pass,
+        hash: &LookupHash,
+        now: i64,
+    ) -> Option<&'p ApiKeyConfig> {
+        let k = pass.keys.get(*self.hashes.get(hash)?)?;
+        let previous_ended = k.previous.as_ref().is_some_and(|p| {
+            p.lookup_hash == *hash
+                && layergate_filter::time::parse_rfc3339(&p.until).is_none_or(|t| t <= now)
+        });
+        (k.lookup_hash == *hash || !previous_ended).then_some(k)
     }
 
     /// The index of the (first) verdict of the key named `name`.

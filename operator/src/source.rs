@@ -4,6 +4,9 @@
 //! replaces the last good output, and the log says why.
 
 use crate::crd::ApiKey;
+use crate::documents::{
+    remove_secret_documents, rewrite_documents, rewrite_key_document, rotate_asked, KeyEdit,
+};
 use crate::files::{create_private, write_private};
 use crate::keys;
 use crate::keyservice;
@@ -77,7 +80,13 @@ pub fn mint_missing(dir: &Path, objects: &Objects, namespace: &str) -> Result<us
         let minted_at = validate::rfc3339(now());
         if !create_private(
             &file,
-            &keys::secret_manifest(ns, &name, &keys::mint_token()?, &minted_at)?,
+            &keys::secret_manifest(
+                ns,
+                &name,
+                &keys::mint_token()?,
+                &minted_at,
+                keys::rotate_value(k),
+            )?,
         )? {
             // Never overwrite a file the operator did not make: the key stays without a
             // token (its condition says so) until the file is moved away.
@@ -150,7 +159,9 @@ pub fn reconcile(
 ) -> Result<Pass> {
     let mut objects = manifests::load_dir(dir)?;
     let namespace = output::namespace(&objects, None)?;
-    if mint_missing(dir, &objects, &namespace)? > 0 {
+    let minted = mint_missing(dir, &objects, &namespace)?;
+    let rotated = rotate_asked(&objects, &namespace)?;
+    if minted + rotated > 0 {
         objects = manifests::load_dir(dir)?;
     }
     fill_key_starts(out, &mut objects, &namespace)?;
@@ -357,7 +368,7 @@ impl Source for DirSource {
         let secret_file = self.dir.join(format!("{secret}.yaml"));
         if !create_private(
             &secret_file,
-            &keys::secret_manifest(namespace, name, token, &minted_at)?,
+            &keys::secret_manifest(namespace, name, token, &minted_at, None)?,
         )? {
             return Err(Exists(format!(
                 "the file {} exists; the mint would overwrite it (delete it or pick another key name)",
@@ -381,6 +392,26 @@ impl Source for DirSource {
         let file = Self::key_file(pass, name)
             .with_context(|| format!("no manifest file for API key {name:?}"))?;
         rewrite_key_document(&file, name, KeyEdit::Revoke)
+    }
+
+    fn rotate_key(
+        &self,
+        pass: &Pass,
+        name: &str,
+        token: &str,
+        rotation: &keys::Rotation,
+    ) -> Result<()> {
+        let secret = keys::secret_name(name);
+        let file = pass
+            .objects
+            .secret_files
+            .get(&(pass.namespace.clone(), secret.clone()))
+            .with_context(|| format!("no manifest file holds the token Secret {secret}"))?;
+        let edit = KeyEdit::Rotate {
+            token: token.to_owned(),
+            rotation: rotation.clone(),
+        };
+        rewrite_documents(Path::new(file), "Secret", &secret, edit)
     }
 
     fn delete_key(&self, pass: &Pass, name: &str) -> Result<()> {
@@ -417,80 +448,4 @@ impl Source for DirSource {
         }
         Ok(())
     }
-}
-
-/// Removes every Secret document named `secret` in the pass's namespace from the file it was
-/// read from (a file left empty is removed).
-fn remove_secret_documents(pass: &Pass, secret: &str) -> Result<()> {
-    let id = (pass.namespace.clone(), secret.to_owned());
-    if let Some(file) = pass.objects.secret_files.get(&id) {
-        let file = Path::new(file);
-        if file.exists() {
-            rewrite_documents(file, "Secret", secret, KeyEdit::Delete)?;
-        }
-    }
-    Ok(())
-}
-
-enum KeyEdit {
-    Revoke,
-    Delete,
-}
-
-/// Revokes or removes one ApiKey document in a manifest file (other documents stay; comments
-/// in the file are lost).
-fn rewrite_key_document(file: &Path, name: &str, edit: KeyEdit) -> Result<()> {
-    rewrite_documents(file, "ApiKey", name, edit)
-}
-
-/// Revokes (ApiKeys) or removes one `kind`/`name` document in a manifest file, split into
-/// documents exactly as the loader reads it ([`manifests::split_documents`]). A file that holds
-/// no such document is an error: the write would change nothing.
-fn rewrite_documents(file: &Path, kind: &str, name: &str, edit: KeyEdit) -> Result<()> {
-    let text = std::fs::read_to_string(file)?;
-    let mut docs: Vec<String> = Vec::new();
-    let mut found = 0;
-    for doc in manifests::split_documents(&text) {
-        let parsed: Option<serde_yaml::Value> = serde_yaml::from_str(&doc).ok();
-        let is_it = parsed.as_ref().is_some_and(|v| {
-            v["kind"].as_str() == Some(kind) && v["metadata"]["name"].as_str() == Some(name)
-        });
-        found += usize::from(is_it);
-        match (is_it, &edit, parsed) {
-            (true, KeyEdit::Delete, _) => {}
-            (true, KeyEdit::Revoke, Some(mut v)) => {
-                v["spec"]["revoked"] = serde_yaml::Value::Bool(true);
-                if let serde_yaml::Value::Mapping(meta) = &mut v["metadata"] {
-                    let annotations = meta
-                        .entry("annotations".into())
-                        .or_insert_with(|| serde_yaml::Value::Mapping(Default::default()));
-                    annotations[REVOKED_AT_ANNOTATION] =
-                        serde_yaml::Value::String(validate::rfc3339(now()));
-                }
-                docs.push(serde_yaml::to_string(&v)?);
-            }
-            _ => docs.push(doc),
-        }
-    }
-    if found == 0 {
-        anyhow::bail!(
-            "{} holds no {kind} document named {name:?}; nothing was changed",
-            file.display()
-        );
-    }
-    let kept: Vec<&String> = docs.iter().filter(|d| !d.trim().is_empty()).collect();
-    if kept.is_empty() {
-        std::fs::remove_file(file)?;
-    } else {
-        write_private(
-            file,
-            &(kept
-                .iter()
-                .map(|d| d.trim_end().to_owned())
-                .collect::<Vec<_>>()
-                .join("\n---\n")
-                + "\n"),
-        )?;
-    }
-    Ok(())
 }

@@ -199,6 +199,15 @@ pub trait Source: Send + Sync {
     ) -> Result<ApiKey>;
     /// Sets `spec.revoked` (and the revoked-at annotation) on an ApiKey.
     fn revoke_key(&self, pass: &Pass, name: &str) -> Result<()>;
+    /// Puts `token` into the ApiKey's minted token Secret (`apikey-<name>`) with `rotation`
+    /// recorded beside it; when the token was first minted stays as it was.
+    fn rotate_key(
+        &self,
+        pass: &Pass,
+        name: &str,
+        token: &str,
+        rotation: &crate::keys::Rotation,
+    ) -> Result<()>;
     /// Deletes an ApiKey and its token Secret.
     fn delete_key(&self, pass: &Pass, name: &str) -> Result<()>;
 }

@@ -479,6 +479,15 @@ impl Source for Keys {
     fn delete_key(&self, _: &layergate_operator::source::Pass, _: &str) -> anyhow::Result<()> {
         anyhow::bail!("read-only")
     }
+    fn rotate_key(
+        &self,
+        _: &layergate_operator::source::Pass,
+        _: &str,
+        _: &str,
+        _: &layergate_operator::keys::Rotation,
+    ) -> anyhow::Result<()> {
+        anyhow::bail!("read-only")
+    }
 }
 
 /// SPEC §9: a snapshot of 100,000 keys served < 300 ms, measured through the HTTP server to

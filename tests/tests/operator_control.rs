@@ -800,3 +800,90 @@ fn trickling_control_bodies_never_reach_the_operator() {
     assert_eq!(r.status, 413, "{}", r.text());
     drop(held);
 }
+
+/// Issue 24: rotation through the real gateway — the new token works at once, the old one
+/// during the overlap (same key: its globs), and is refused within a second after it ends.
+/// (The official hevlayer client has no rotate call: plain HTTP.)
+#[test]
+fn a_rotated_keys_old_token_works_through_the_overlap_and_is_refused_after() {
+    let s = start("rotate");
+    let admin = Some("demo-admin-token");
+    let spec = json!({"name": "rotating", "expiresAfter": "30d",
+                      "entitlements": {"vectorstore.primary": {"scopes": ["read"], "namespaces": ["cohort-*"]}}});
+    let minted = call(&s, "POST", "/v2/keys", admin, Some(spec));
+    assert_eq!(minted.status, 201, "{}", minted.text());
+    let minted = minted.json().unwrap();
+    let old = minted["token"].as_str().unwrap().to_owned();
+    let path = "/v1/namespaces/cohort-1/metadata";
+    assert_eq!(
+        call(
+            &s,
+            "POST",
+            "/v2/namespaces/cohort-1",
+            Some("demo-rw-token"),
+            Some(json!({"upsert_rows": [{"id": 1}]}))
+        )
+        .status,
+        200
+    );
+    eventually(&s, path, &old, 200);
+    let bad = call(
+        &s,
+        "POST",
+        "/v2/keys/rotating/rotate",
+        admin,
+        Some(json!({"overlap": "8d"})),
+    );
+    assert_eq!(bad.status, 400, "{}", bad.text());
+    let rotated = call(
+        &s,
+        "POST",
+        "/v2/keys/rotating/rotate",
+        admin,
+        Some(json!({"overlap": "2s"})),
+    );
+    let answered = std::time::Instant::now();
+    assert_eq!(rotated.status, 200, "{}", rotated.text());
+    let rotated = rotated.json().unwrap();
+    let new = rotated["token"].as_str().unwrap().to_owned();
+    assert_eq!(rotated["keyId"], minted["keyId"]);
+    eventually(&s, path, &new, 200);
+    let new_works = answered.elapsed();
+    assert_eq!(
+        call(&s, "GET", path, Some(&old), None).status,
+        200,
+        "in the overlap"
+    );
+    assert_eq!(
+        call(
+            &s,
+            "GET",
+            "/v1/namespaces/shop-1/metadata",
+            Some(&old),
+            None
+        )
+        .status,
+        403,
+        "the old token is the same key: its globs"
+    );
+    let auth = call(
+        &s,
+        "POST",
+        "/v2/keys/authenticate",
+        None,
+        Some(json!({"token": new})),
+    );
+    assert_eq!(auth.json().unwrap()["keyId"], minted["keyId"]);
+    // Refused within a second after the overlap (2 s after the answer, at most).
+    while answered.elapsed() < std::time::Duration::from_secs(2) {
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    eventually(&s, path, &old, 401);
+    let refused_after = answered.elapsed();
+    println!("new token usable {new_works:?} after the answer; old token refused {refused_after:?} after it (overlap 2 s)");
+    assert!(
+        refused_after < std::time::Duration::from_secs(3),
+        "{refused_after:?}"
+    );
+    assert_eq!(call(&s, "GET", path, Some(&new), None).status, 200);
+}

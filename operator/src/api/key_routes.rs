@@ -53,9 +53,29 @@ pub(super) fn find_key(pass: &Pass, caller: &Caller, id: &str) -> Option<Value> 
         .map(|k| key_view(pass, k))
 }
 
+/// The key `id` names for a write, if `caller` may see it, and the pass it was found in. A key
+/// minted a moment ago may not be in the last pass yet (mint answers before the pass that
+/// publishes it ends): it is looked for again after one.
+pub(super) fn locate(
+    source: &dyn Source,
+    pass: &Arc<Pass>,
+    caller: &Caller,
+    id: &str,
+) -> Option<(Arc<Pass>, Value)> {
+    if let Some(v) = find_key(pass, caller, id) {
+        return Some((Arc::clone(pass), v));
+    }
+    // Bounded: a missing key must not make every 404 wait for a slow pass.
+    if let Err(e) = source.refresh_within(MINT_WAIT) {
+        tracing::warn!("a pass before answering {id:?}: {e:#}");
+    }
+    let fresh = source.state().last()?;
+    find_key(&fresh, caller, id).map(|v| (fresh, v))
+}
+
 /// The key named `name` as `pass` reads it, whoever may see it now: a write's answer, read
 /// back after the write the caller was allowed to make.
-fn read_back(pass: &Pass, name: &str) -> Option<Value> {
+pub(super) fn read_back(pass: &Pass, name: &str) -> Option<Value> {
     pass.index().named(pass, name).map(|k| key_view(pass, k))
 }
 
@@ -269,31 +289,15 @@ pub(super) enum Change {
 /// is not found.
 pub(super) fn change_key(
     source: &dyn Source,
-    pass: &Pass,
+    pass: &Arc<Pass>,
     caller: &Caller,
     id: &str,
     change: Change,
 ) -> Result<Reply> {
-    // A key minted a moment ago may not be in the last pass yet (mint answers before the
-    // pass that publishes it ends): look again after one.
-    let fresh;
-    let (pass, view) = match find_key(pass, caller, id) {
-        Some(v) => (pass, v),
-        None => {
-            // Bounded: a missing key must not make every 404 wait for a slow pass.
-            if let Err(e) = source.refresh_within(MINT_WAIT) {
-                tracing::warn!("a pass before answering {id:?}: {e:#}");
-            }
-            fresh = source.state().last();
-            match fresh
-                .as_ref()
-                .and_then(|p| find_key(p, caller, id).map(|v| (&**p, v)))
-            {
-                Some(found) => found,
-                None => return Ok(error(StatusCode::NOT_FOUND, &format!("no API key {id:?}"))),
-            }
-        }
+    let Some((pass, view)) = locate(source, pass, caller, id) else {
+        return Ok(error(StatusCode::NOT_FOUND, &format!("no API key {id:?}")));
     };
+    let pass = &*pass;
     let name = view["name"].as_str().unwrap_or_default().to_owned();
     match change {
         Change::Revoke if view["phase"] == "Revoked" => return Ok(reply(StatusCode::OK, &view)),

@@ -1,5 +1,6 @@
 //! The control API served by `run` (SPEC §7), in hev layer's JSON shapes: `/v2/keys` mint,
-//! list (`?includeRevoked`), get, revoke (idempotent), delete, `/v2/keys/authenticate`
+//! list (`?includeRevoked`), get, revoke (idempotent), delete, rotate (layergate's),
+//! `/v2/keys/authenticate`
 //! (no bearer; the token in the body is the credential; rate-limited), `/v2/vectorstores`
 //! list/get with status, and `/healthz`, `/readyz`, `/metrics`.
 //!
@@ -17,6 +18,7 @@
 mod key_routes;
 mod metrics;
 mod rate;
+mod rotate;
 mod serve;
 mod usage_routes;
 
@@ -112,6 +114,8 @@ enum Call {
     Delete(String),
     /// `GET /v2/keys/{id}/usage`.
     Usage(String),
+    /// `POST /v2/keys/{id}/rotate`.
+    Rotate(String),
     /// `GET /v2/vectorstores`.
     Stores,
     /// `GET /v2/vectorstores/{name}`.
@@ -123,7 +127,10 @@ enum Call {
 impl Call {
     /// Mint, revoke and delete: one at a time, and only on the replica that writes.
     fn writes(&self) -> bool {
-        matches!(self, Call::Mint | Call::Revoke(_) | Call::Delete(_))
+        matches!(
+            self,
+            Call::Mint | Call::Revoke(_) | Call::Delete(_) | Call::Rotate(_)
+        )
     }
 }
 
@@ -346,6 +353,7 @@ impl Api {
             )),
             Call::Revoke(id) => change_key(source, &pass, &caller, &id, Change::Revoke),
             Call::Delete(id) => change_key(source, &pass, &caller, &id, Change::Delete),
+            Call::Rotate(id) => rotate::rotate(source, &pass, &caller, &id, body),
             Call::Stores => Ok(reply(
                 StatusCode::OK,
                 &json!({"vectorstores": store_views(source, &pass)}),
@@ -383,7 +391,7 @@ impl Api {
                 "the token is not an active API key (unknown, revoked or expired)",
             )
         };
-        let Some(k) = pass.index().by_hash(pass, &hash) else {
+        let Some(k) = pass.index().by_hash(pass, &hash, now()) else {
             return refused();
         };
         let expired = k

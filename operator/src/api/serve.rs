@@ -108,6 +108,10 @@ impl Api {
                     )),
             )
             .route(
+                "/v2/keys/{id}/rotate",
+                capped(post(on(Call::Rotate)), OTHER_BODY_BYTES),
+            )
+            .route(
                 "/v2/vectorstores",
                 capped(get(on(|_| Call::Stores)), OTHER_BODY_BYTES),
             )

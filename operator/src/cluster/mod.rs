@@ -374,6 +374,7 @@ impl Cluster {
     fn read_secrets(&self, caches: &Caches, objects: &mut Objects) {
         let referenced = referenced_secrets(objects);
         let (mut secrets, mut marks, mut minted) = (Vec::new(), Vec::new(), Vec::new());
+        let mut rotations = Vec::new();
         let mut errors = Vec::new();
         caches.secrets.each_of(&referenced, |name, c| {
             // An empty name is the referring object's condition (validation).
@@ -393,11 +394,15 @@ impl Cluster {
             if let Some(t) = c.minted_at {
                 minted.push((id.clone(), t));
             }
+            if let Some(r) = &c.rotation {
+                rotations.push((id.clone(), r.clone()));
+            }
             marks.push((id.clone(), c.marks.clone()));
             secrets.push((id, Arc::clone(&c.data)));
         });
         objects.secret_errors.extend(errors);
         objects.minted_at = minted.into_iter().collect();
+        objects.rotations = rotations.into_iter().collect();
         objects.secret_marks = marks.into_iter().collect();
         objects.secrets = secrets.into_iter().collect();
     }

@@ -61,6 +61,11 @@ impl Cluster {
                 .await
                 .at(Step::Mint)?;
             self.adopt_token_secrets(&objects, &done)
+                .instrument(minting.clone())
+                .await
+                .at(Step::Mint)?;
+            writes.minted += self
+                .rotate_asked(&objects)
                 .instrument(minting)
                 .await
                 .at(Step::Mint)?;

@@ -60,6 +60,7 @@ impl Cluster {
                 &token,
                 &validate::rfc3339(now()),
                 owner(k),
+                keys::rotate_value(k),
             );
             // Deliver the token in `data`: what an API server stores either way.
             s.data = s.string_data.take().map(|d| {
@@ -94,6 +95,41 @@ impl Cluster {
             }
         }
         Ok(minted)
+    }
+
+    /// Rotates every token whose ApiKey asks for it with the `hevlayer.com/rotate` annotation
+    /// ([`validate::rotations_due`]). Returns how many were rotated.
+    pub async fn rotate_asked(&self, objects: &Objects) -> Result<usize> {
+        let due = validate::rotations_due(objects, &self.namespace, now());
+        for (name, rotation) in &due {
+            self.write_rotation(name, &keys::mint_token()?, rotation)
+                .await?;
+            tracing::info!(apikey = %name, "rotated the token, as its hevlayer.com/rotate annotation asks");
+        }
+        Ok(due.len())
+    }
+
+    /// Puts a new token and the rotation's record into an ApiKey's token Secret (a merge
+    /// patch: the owner, labels and minted-at stay).
+    async fn write_rotation(
+        &self,
+        name: &str,
+        token: &str,
+        rotation: &keys::Rotation,
+    ) -> Result<()> {
+        let secret = keys::secret_name(name);
+        let patch = serde_json::json!({
+            "metadata": {"annotations": rotation.annotations()},
+            "data": {keys::TOKEN_KEY: ByteString(token.as_bytes().to_vec())},
+        });
+        self.ensure_leader()?;
+        let patched = self
+            .api::<Secret>()
+            .patch(&secret, &PatchParams::default(), &Patch::Merge(&patch))
+            .await
+            .with_context(|| format!("writing the new token into Secret {secret}"))?;
+        self.caches().merge(patched);
+        Ok(())
     }
 
     /// Makes each pre-provisioned token Secret (labelled for exactly one ApiKey, not owned)
@@ -203,6 +239,7 @@ impl Source for Cluster {
                 token,
                 &validate::rfc3339(now()),
                 owner(&created),
+                None,
             );
             self.ensure_leader()?;
             s.data = s.string_data.take().map(|d| {
@@ -272,6 +309,16 @@ impl Source for Cluster {
             self.caches().merge(revoked);
             Ok(())
         })
+    }
+
+    fn rotate_key(
+        &self,
+        _pass: &Pass,
+        name: &str,
+        token: &str,
+        rotation: &keys::Rotation,
+    ) -> Result<()> {
+        self.block_on(self.write_rotation(name, token, rotation))
     }
 
     fn delete_key(&self, pass: &Pass, name: &str) -> Result<()> {

@@ -19,6 +19,8 @@ pub struct CachedSecret {
     pub minted_at: Option<i64>,
     /// What may make it an ApiKey's token.
     pub marks: SecretMarks,
+    /// What it records of its key's rotations.
+    pub rotation: Option<keys::Rotation>,
     /// A key whose value is not UTF-8 (the Secret is then its referrers' condition).
     pub not_text: Option<String>,
 }
@@ -45,8 +47,14 @@ impl CachedSecret {
             .and_then(|a| a.get(keys::MINTED_AT_ANNOTATION))
             .and_then(|t| t.parse::<k8s_openapi::jiff::Timestamp>().ok())
             .map(|t| t.as_second());
+        let rotation = secret
+            .metadata
+            .annotations
+            .as_ref()
+            .and_then(keys::Rotation::of);
         CachedSecret {
             marks: SecretMarks::of(&secret.metadata),
+            rotation,
             data: Arc::new(data),
             minted_at,
             not_text,
@@ -64,6 +72,11 @@ pub trait Cached: Resource<DynamicType = ()> + Clone + Send + Sync + 'static {
     fn keep(self) -> Self::Kept;
     /// The generation of a kept object (None: every change counts).
     fn generation(kept: &Self::Kept) -> Option<i64>;
+    /// What besides a new generation asks for a pass: an ApiKey's `hevlayer.com/rotate`
+    /// annotation (annotations do not move the generation).
+    fn asks(_kept: &Self::Kept) -> Option<&str> {
+        None
+    }
     /// This kind's cache.
     fn cache(caches: &Caches) -> &Cache<Self::Kept>;
 }
@@ -79,6 +92,13 @@ macro_rules! cached_cr {
             }
             fn generation(kept: &$t) -> Option<i64> {
                 kept.metadata.generation
+            }
+            fn asks(kept: &$t) -> Option<&str> {
+                kept.metadata
+                    .annotations
+                    .as_ref()?
+                    .get(keys::ROTATE_ANNOTATION)
+                    .map(String::as_str)
             }
             fn cache(caches: &Caches) -> &Cache<$t> {
                 &caches.$field

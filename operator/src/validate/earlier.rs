@@ -63,6 +63,12 @@ impl<'e> Earlier<'e> {
             &mut changed_secrets,
         );
         changed(
+            &objects.rotations,
+            &now.rotations,
+            PartialEq::eq,
+            &mut changed_secrets,
+        );
+        changed(
             &objects.secret_marks,
             &now.secret_marks,
             PartialEq::eq,
@@ -135,7 +141,15 @@ impl<'e> Earlier<'e> {
             .as_ref()
             .and_then(|c| c.expires_at.as_deref())
             .is_some_and(|at| layergate_filter::time::parse_rfc3339(at).is_none_or(|at| at <= now));
-        if expired {
+        // A rotation's overlap that ended is dropped by judging the key again.
+        let overlap_ended = v
+            .valid
+            .as_ref()
+            .and_then(|c| c.previous.as_ref())
+            .is_some_and(|p| {
+                layergate_filter::time::parse_rfc3339(&p.until).is_none_or(|at| at <= now)
+            });
+        if expired || overlap_ended {
             return None;
         }
         Some((v, *self.validation.phases.get(i)?))

@@ -21,11 +21,27 @@ pub fn key_id(k: &ApiKey, ns: &str, token: Option<&str>) -> String {
 /// A key's id among `objects` (see [`key_id`]): its token Secret is read only when the id
 /// needs it (no uid: directory mode).
 pub fn key_id_in(k: &ApiKey, ns: &str, objects: &Objects) -> String {
+    if let Some(pinned) = pinned_key_id(k, ns, objects) {
+        return pinned.to_owned();
+    }
     let token = match k.metadata.uid {
         Some(_) => None,
         None => token_of(k, ns, objects),
     };
     key_id(k, ns, token)
+}
+
+/// A directory-mode key's id kept across rotations by its token Secret (see
+/// [`crate::keys::KEY_ID_ANNOTATION`]); never in a cluster, where the uid is the id.
+fn pinned_key_id<'a>(k: &ApiKey, ns: &str, objects: &'a Objects) -> Option<&'a str> {
+    if k.metadata.uid.is_some() {
+        return None;
+    }
+    objects
+        .rotations
+        .get(&(ns.to_owned(), token_source(k).name))?
+        .key_id
+        .as_deref()
 }
 
 /// The Secret (name, key) an ApiKey's token is read from: `tokenSecretRef`, else the minted
@@ -85,6 +101,46 @@ pub fn token_secret_refusal(k: &ApiKey, ns: &str, objects: &Objects) -> Option<S
             crate::keys::TOKEN_LABEL
         )
     })
+}
+
+/// The declarative rotations due among the ApiKeys of `ns` ([`crate::keys::rotation_asked`]),
+/// for keys whose minted token is there to rotate: each key's name and the record of rotating
+/// it `now` (both sources write the new token and the record into its Secret). An overlap
+/// that does not read rotates nothing, and the log says why.
+pub fn rotations_due(
+    objects: &Objects,
+    ns: &str,
+    now: i64,
+) -> Vec<(String, crate::keys::Rotation)> {
+    let mut due = Vec::new();
+    for k in &objects.keys {
+        let name = k.metadata.name.as_deref().unwrap_or_default();
+        let id = (ns.to_owned(), crate::keys::secret_name(name));
+        if !in_namespace(&k.metadata, ns) {
+            continue;
+        }
+        let Some((value, overlap)) = crate::keys::rotation_asked(k, objects.rotations.get(&id))
+        else {
+            continue;
+        };
+        let overlap = match overlap {
+            Ok(o) => o,
+            Err(m) => {
+                tracing::warn!(apikey = %format!("{ns}/{name}"), "not rotating: {}: {m}", crate::keys::ROTATE_OVERLAP_ANNOTATION);
+                continue;
+            }
+        };
+        let Some(token) = token_of(k, ns, objects) else {
+            continue;
+        };
+        let key_id = key_id_in(k, ns, objects);
+        let hash = layergate_filter::config::LookupHash::of(token);
+        due.push((
+            name.to_owned(),
+            crate::keys::Rotation::now(hash, overlap, now, &key_id, Some(value)),
+        ));
+    }
+    due
 }
 
 /// Checks a token's strength: `hvl_` + at least 32 base62 characters (hev layer's format,
@@ -293,6 +349,7 @@ pub(super) fn validate_key(
         lookup_hash: layergate_filter::config::LookupHash([0; 32]),
         expires_at: None,
         entitlements: entitlements.into_iter().collect(),
+        previous: None,
     };
     if let Err(m) = entitlement::check_api_key(&shape) {
         return out(ApiKeyPhase::Pending, reason::INVALID_SPEC, m, extra, None);
@@ -352,9 +409,22 @@ pub(super) fn validate_key(
         return out(ApiKeyPhase::Pending, reason::INVALID_TOKEN, m, extra, None);
     }
     let mut config = shape;
-    config.key_id = key_id(k, ns, Some(token));
+    config.key_id =
+        pinned_key_id(k, ns, objects).map_or_else(|| key_id(k, ns, Some(token)), str::to_owned);
     config.lookup_hash = layergate_filter::config::LookupHash::of(token);
     config.expires_at = expires.map(rfc3339);
+    // A rotation's previous token, while its overlap runs (the filter's clock ends it too).
+    config.previous = objects
+        .rotations
+        .get(&(ns.to_owned(), source.name.clone()))
+        .and_then(|r| r.previous)
+        .filter(|(hash, until)| *until > now && *hash != config.lookup_hash)
+        .map(
+            |(lookup_hash, until)| layergate_filter::config::PreviousToken {
+                lookup_hash,
+                until: rfc3339(expires.map_or(until, |e| e.min(until))),
+            },
+        );
     if let Err(m) = entitlement::check_api_key(&config) {
         return out(ApiKeyPhase::Pending, reason::INVALID_SPEC, m, extra, None);
     }

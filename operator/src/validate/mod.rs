@@ -10,8 +10,8 @@ pub use earlier::Earlier;
 use index::validate_indexes;
 use key::validate_key;
 pub use key::{
-    key_id, key_id_in, key_spec_problem, token_of, token_secret_refusal, token_source,
-    token_strength, validate_new_key,
+    key_id, key_id_in, key_spec_problem, rotations_due, token_of, token_secret_refusal,
+    token_source, token_strength, validate_new_key,
 };
 use store::validate_store;
 

@@ -115,6 +115,7 @@ fn callers_see_and_touch_only_keys_they_could_have_minted() {
         ("GET", "/v2/keys/archive-writer"),
         ("POST", "/v2/keys/archive-writer/revoke"),
         ("DELETE", "/v2/keys/archive-writer"),
+        ("POST", "/v2/keys/archive-writer/rotate"),
     ] {
         let (status, _) = f.call(method, path, Some(ADMIN), Value::Null);
         assert_eq!(status, 404, "{method} {path}");
@@ -321,7 +322,7 @@ fn the_who_may_manage_keys_table_holds_row_by_row() {
                     }
                     // Unknown key routes are the control API's JSON 404, never a store's.
                     let (status, body) =
-                        f.call("POST", "/v2/keys/shop-reader/rotate", token, json!({}));
+                        f.call("POST", "/v2/keys/shop-reader/suspend", token, json!({}));
                     assert_eq!(status, 404, "{what}: {body}");
                     assert!(
                         body["error"]

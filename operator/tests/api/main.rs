@@ -9,6 +9,7 @@
 //! - `limits`: body caps, timeouts, connection limits, the rate limit, the key service's
 //!   own listener;
 //! - `health`: `/healthz`;
+//! - `rotate`: rotation with an overlap window, through the API and declaratively;
 //! - `property`: random mint bodies (`make fuzz` runs `--test api property_`).
 #![allow(clippy::unwrap_used, clippy::panic, missing_docs)]
 
@@ -17,6 +18,7 @@ mod authority;
 mod health;
 mod limits;
 mod property;
+mod rotate;
 mod writes;
 
 use hyper::StatusCode;

@@ -13,6 +13,7 @@ mod failures;
 mod fake;
 mod lease;
 mod pass;
+mod rotate;
 mod scale;
 #[path = "../support/mod.rs"]
 mod support;

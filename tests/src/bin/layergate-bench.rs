@@ -191,6 +191,7 @@ fn scaled_config(keys: usize, namespaces: usize) -> Result<String> {
             entitlements: [("vectorstore.primary".to_owned(), grant(scope)?)]
                 .into_iter()
                 .collect(),
+            previous: None,
         })
     };
     for i in 0..keys {

@@ -56,6 +56,15 @@ impl Source for KeysOnly {
     fn delete_key(&self, _: &Pass, _: &str) -> Result<()> {
         bail!("the churn bench deletes through the key service directly")
     }
+    fn rotate_key(
+        &self,
+        _: &Pass,
+        _: &str,
+        _: &str,
+        _: &layergate_operator::keys::Rotation,
+    ) -> Result<()> {
+        bail!("the churn bench rotates through the key service directly")
+    }
 }
 
 pub(super) fn key(name: &str, token: &str) -> Result<ApiKeyConfig> {
@@ -69,6 +78,7 @@ pub(super) fn key(name: &str, token: &str) -> Result<ApiKeyConfig> {
         entitlements: [("vectorstore.primary".to_owned(), grant)]
             .into_iter()
             .collect(),
+        previous: None,
     })
 }
 
