@@ -192,6 +192,13 @@ pub struct SyncResponse {
     pub removed: Vec<String>,
 }
 
+/// Longest `owner` of a minted key, in bytes: the audit line stays bounded.
+pub const MAX_OWNER_BYTES: usize = 256;
+
+/// Longest `keyId` and `name` of a minted key, in bytes (a Kubernetes object name is at most
+/// 253 characters; the operator's keyIds are 36).
+pub const MAX_KEY_NAME_BYTES: usize = 253;
+
 /// A minted ApiKey (hev layer's model).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
@@ -200,6 +207,10 @@ pub struct ApiKeyConfig {
     pub key_id: String,
     /// The ApiKey's name.
     pub name: String,
+    /// Who the key is for (the ApiKey's `spec.owner`), written in the audit line; at most
+    /// [`MAX_OWNER_BYTES`] bytes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub owner: Option<String>,
     /// SHA-256 of the token, written `sha256:<64 lower-case hex>`.
     pub lookup_hash: LookupHash,
     /// RFC 3339 UTC expiry (`2027-01-01T00:00:00Z`); absent = never.

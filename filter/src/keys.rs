@@ -89,8 +89,8 @@ const BLOCK: usize = 1 << 16;
 
 impl Arena {
     /// Appends `head` then `tail` as one text; its (start, length).
-    fn push(&mut self, head: &str, tail: &str) -> (u32, u32) {
-        let n = head.len() + tail.len();
+    fn push(&mut self, parts: &[&str]) -> (u32, u32) {
+        let n: usize = parts.iter().map(|p| p.len()).sum();
         if self
             .blocks
             .last()
@@ -103,16 +103,17 @@ impl Arena {
         let block = self.blocks.len() - 1;
         let b = &mut self.blocks[block];
         let offset = b.len();
-        b.push_str(head);
-        b.push_str(tail);
+        for p in parts {
+            b.push_str(p);
+        }
         self.len += n;
         (((block as u32) << 16) | offset as u32, n as u32)
     }
 
     /// The text at (start, length).
-    fn get(&self, start: u32, len: u32) -> &str {
+    fn get(&self, start: u32, len: usize) -> &str {
         let (block, offset) = ((start >> 16) as usize, (start & 0xFFFF) as usize);
-        &self.blocks[block][offset..offset + len as usize]
+        &self.blocks[block][offset..offset + len]
     }
 }
 
@@ -120,12 +121,45 @@ impl Arena {
 /// interned.
 #[derive(Debug, Clone)]
 struct Slot {
-    /// `apikey:<name>`: the arena's text at (start, len).
+    /// `apikey:<name>`, then the keyId, then the owner: the arena's text at `start`, its
+    /// three lengths packed in [`Lens`].
     start: u32,
-    len: u32,
+    len: Lens,
     /// Expiry in Unix seconds; `i64::MAX` for never.
     expires_at: i64,
     grants: Arc<KeyGrants>,
+}
+
+/// The lengths of a slot's three texts in one `u32` (the slot stays 24 bytes): the principal
+/// (12 bits, `apikey:` + a name of at most 253 bytes), the keyId and the owner (10 bits each;
+/// at most 253 and 256 bytes, refused beyond by [`crate::entitlement::compile_key`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Lens(u32);
+
+impl Lens {
+    fn new(principal: usize, key_id: usize, owner: usize) -> Lens {
+        Lens(
+            (principal as u32 & 0xFFF)
+                | (key_id as u32 & 0x3FF) << 12
+                | (owner as u32 & 0x3FF) << 22,
+        )
+    }
+
+    fn principal(self) -> usize {
+        (self.0 & 0xFFF) as usize
+    }
+
+    fn key_id(self) -> usize {
+        (self.0 >> 12 & 0x3FF) as usize
+    }
+
+    fn owner(self) -> usize {
+        (self.0 >> 22) as usize
+    }
+
+    fn total(self) -> usize {
+        self.principal() + self.key_id() + self.owner()
+    }
 }
 
 /// A key as a request sees it.
@@ -133,6 +167,10 @@ struct Slot {
 pub struct KeyRef<'t> {
     /// `apikey:<name>`.
     pub principal: &'t str,
+    /// The keyId (`status.keyId`).
+    pub key_id: &'t str,
+    /// Who the key is for (`spec.owner`), if set.
+    pub owner: Option<&'t str>,
     /// Expiry in Unix seconds, if any.
     pub expires_at: Option<i64>,
     /// What it grants.
@@ -249,7 +287,15 @@ impl KeyTable {
             )));
         }
         let key = compile_key(k, stores, store_count).map_err(|e| refused(k, e))?;
-        self.push(id, k.lookup_hash.0, &k.name, key.expires_at, key.grants);
+        let owner = k.owner.as_deref().unwrap_or_default();
+        let len = Lens::new("apikey:".len() + k.name.len(), k.key_id.len(), owner.len());
+        let text = ["apikey:", &k.name, &k.key_id, owner];
+        self.push(
+            (id, k.lookup_hash.0, len),
+            &text,
+            key.expires_at,
+            key.grants,
+        );
         Ok(())
     }
 
@@ -304,19 +350,19 @@ impl KeyTable {
             let (Some(hash), true) = (hashes.get(i), s.start != DEAD) else {
                 continue;
             };
-            let principal = other.arena.get(s.start, s.len);
-            let name = principal.strip_prefix("apikey:").unwrap_or(principal);
+            let text = other.arena.get(s.start, s.len.total());
             let expires_at = (s.expires_at != i64::MAX).then_some(s.expires_at);
-            self.push(*id, *hash, name, expires_at, KeyGrants::clone(&s.grants));
+            let key = (*id, *hash, s.len);
+            self.push(key, &[text], expires_at, KeyGrants::clone(&s.grants));
         }
     }
 
-    /// Adds a key (keyId digest, token digest, name); one with the same keyId is replaced.
+    /// Adds a key (keyId digest, token digest, the lengths of its texts; the texts, in order);
+    /// one with the same keyId is replaced.
     fn push(
         &mut self,
-        id: [u8; 8],
-        hash: [u8; 32],
-        name: &str,
+        (id, hash, len): ([u8; 8], [u8; 32], Lens),
+        text: &[&str],
         expires_at: Option<i64>,
         grants: KeyGrants,
     ) {
@@ -328,7 +374,7 @@ impl KeyTable {
                 g
             }
         };
-        let (start, len) = self.arena.push("apikey:", name);
+        let (start, _) = self.arena.push(text);
         let i = self.slots.len() as u32;
         self.slots.push(Slot {
             start,
@@ -353,9 +399,9 @@ impl KeyTable {
     fn kill(&mut self, slot: usize) {
         let s = &mut self.slots[slot];
         if s.start != DEAD {
-            self.garbage += s.len as usize;
+            self.garbage += s.len.total();
             s.start = DEAD;
-            s.len = 0;
+            s.len = Lens(0);
             self.dead += 1;
         }
     }
@@ -374,7 +420,7 @@ impl KeyTable {
             if s.start == DEAD {
                 continue;
             }
-            (s.start, s.len) = arena.push(self.arena.get(s.start, s.len), "");
+            (s.start, _) = arena.push(&[self.arena.get(s.start, s.len.total())]);
             remap[i] = slots.len() as u32;
             slots.push(s);
         }
@@ -404,8 +450,13 @@ impl KeyTable {
     /// gave out.
     pub fn key(&self, k: usize) -> KeyRef<'_> {
         let s = &self.slots[k];
+        let text = self.arena.get(s.start, s.len.total());
+        let (principal, rest) = text.split_at(s.len.principal());
+        let (key_id, owner) = rest.split_at(s.len.key_id());
         KeyRef {
-            principal: self.arena.get(s.start, s.len),
+            principal,
+            key_id,
+            owner: (!owner.is_empty()).then_some(owner),
             expires_at: (s.expires_at != i64::MAX).then_some(s.expires_at),
             grants: &s.grants,
         }

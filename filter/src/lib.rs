@@ -30,6 +30,7 @@
 //! and [`namespace::valid_namespace`] — so it refuses exactly what the filter refuses.
 
 pub mod answer;
+pub mod audit;
 pub mod auth;
 pub mod body;
 pub mod config;

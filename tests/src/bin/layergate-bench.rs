@@ -186,6 +186,7 @@ fn scaled_config(keys: usize, namespaces: usize) -> Result<String> {
         Ok(ApiKeyConfig {
             key_id: format!("key_{name}"),
             name,
+            owner: None,
             lookup_hash: layergate_filter::config::LookupHash::of(token),
             expires_at: None,
             entitlements: [("vectorstore.primary".to_owned(), grant(scope)?)]
