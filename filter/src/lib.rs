@@ -21,7 +21,7 @@
 //!
 //! Floors, nothing importing upward: `wasm` (+ `abi`, the hand-declared proxy-wasm ABI) and
 //! `native` (+ `native::abi`, the hand-declared dynamic-module ABI) →
-//! `outcome` (the counters and access-log line every host binding reports) →
+//! `outcome`, `audit` (the counters and the access-log line every host binding reports) →
 //! `decision`, `body`, `keysync` (the key-service client as a state machine) → `auth` → `entitlement` → `policy`, `keys` → `route` → leaves
 //! (`denial`, `glob`, `scope`, `time`, `config`, `headers`, `fasthash`).
 //!

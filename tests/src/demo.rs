@@ -70,6 +70,7 @@ pub fn gateway(
             },
         ],
         buffer_limit_bytes: layergate_operator::envoy::DEFAULT_BUFFER_LIMIT_BYTES,
+        access_log_path: None,
     }
 }
 

@@ -86,6 +86,7 @@ impl Gateway {
                 FilterBuild::Native => Vec::new(),
             },
             buffer_limit_bytes: self.buffer_limit_bytes,
+            access_log_path: None,
         }
     }
 

@@ -283,6 +283,7 @@ fn variants(
         filter_config: None,
         vm_env: Vec::new(),
         buffer_limit_bytes: render::DEFAULT_BUFFER_LIMIT_BYTES,
+        access_log_path: None,
     });
     let bootstrap = |listener: Value| render::bootstrap_with_listener(any, listener, &gw.clusters);
     // The same chain as layergate's (wasm, buffer, router), with a filter that does nothing,
@@ -303,6 +304,7 @@ fn variants(
             filter_config: Some(config.to_owned()),
             vm_env: Vec::new(),
             buffer_limit_bytes: render::DEFAULT_BUFFER_LIMIT_BYTES,
+            access_log_path: None,
         }))
     };
     let probe = |calls: &str| in_chain(&noop_wasm, calls);
@@ -641,6 +643,7 @@ fn reload_time(upstream: SocketAddr, keys: usize) -> Result<Duration> {
             filter_config: Some(config),
             vm_env: Vec::new(),
             buffer_limit_bytes: render::DEFAULT_BUFFER_LIMIT_BYTES,
+            access_log_path: None,
         })
     };
     let clusters: Vec<render::Cluster> = gw
