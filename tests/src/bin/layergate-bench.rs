@@ -770,6 +770,7 @@ fn operator_render_time(keys: usize, indexes: usize) -> Result<Duration> {
         allow_endpoints: Default::default(),
         key_max_staleness_seconds: layergate_operator::output::DEFAULT_MAX_STALENESS_SECONDS,
         limits: Default::default(),
+        access_log_path: None,
     };
     let started = Instant::now();
     let v = validate::validate(&objects, "layer", 1_800_000_000);
