@@ -125,24 +125,20 @@ pub fn principal_kind(p: Principal) -> &'static str {
     }
 }
 
-/// The key behind a principal: (keyId, name, owner) of a minted key, the name of an inbound
-/// key (`inboundAuth.keys[].name`).
-fn key_of<'p>(
-    policy: &'p Policy,
-    p: Principal,
-) -> (Option<&'p str>, Option<&'p str>, Option<&'p str>) {
+/// The key behind a principal: (name, owner) of a minted key, the name of an inbound key
+/// (`inboundAuth.keys[].name`).
+fn key_of(policy: &Policy, p: Principal) -> (Option<&str>, Option<&str>) {
     match p {
         Principal::Token(Grant::Minted(k)) => match policy.keys.get(k) {
-            Some(key) => (Some(key.key_id), Some(key.name()), key.owner),
-            None => (None, None, None),
+            Some(key) => (Some(key.name()), key.owner),
+            None => (None, None),
         },
         Principal::Token(Grant::InboundKey { store, key, .. }) => {
             // `key:<store>/<name>`; store names have no '/'.
             let principal = &*policy.stores[store].key_principals[key];
-            let name = principal.split_once('/').map(|(_, n)| n);
-            (None, name, None)
+            (principal.split_once('/').map(|(_, n)| n), None)
         }
-        _ => (None, None, None),
+        _ => (None, None),
     }
 }
 
@@ -159,9 +155,9 @@ pub fn write(
     line.clear();
     let t = &e.trace;
     let principal = t.principal.filter(|_| policy.is_some());
-    let (key_id, key_name, owner) = match (policy, principal) {
+    let (key_name, owner) = match (policy, principal) {
         (Some(policy), Some(p)) => key_of(policy, p),
-        _ => (None, None, None),
+        _ => (None, None),
     };
     let store = policy.zip(t.store).map(|(p, s)| &*p.stores[s].name);
     text(
@@ -175,7 +171,6 @@ pub fn write(
         policy.zip(principal).map(|(po, p)| p.name(po)),
     );
     text(line, ",\"principal_kind\":", principal.map(principal_kind));
-    text(line, ",\"key_id\":", key_id);
     text(line, ",\"key_name\":", key_name);
     text(line, ",\"key_owner\":", owner);
     text(line, ",\"store\":", store);

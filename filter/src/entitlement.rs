@@ -312,6 +312,27 @@ mod tests {
     }
 
     #[test]
+    fn a_key_whose_owner_or_name_is_too_long_for_the_audit_line_is_refused() {
+        let mut k = ApiKeyConfig {
+            key_id: "key_1".into(),
+            name: "k".into(),
+            owner: Some("o".repeat(crate::config::MAX_OWNER_BYTES)),
+            lookup_hash: crate::config::LookupHash::of("t"),
+            expires_at: None,
+            entitlements: ents(&[("layer", grant(&[Scope::Read], None))]),
+        };
+        assert!(check_api_key(&k).is_ok());
+        k.owner = Some("o".repeat(crate::config::MAX_OWNER_BYTES + 1));
+        assert!(check_api_key(&k)
+            .err()
+            .unwrap_or_default()
+            .contains("owner"));
+        k.owner = None;
+        k.name = "n".repeat(254);
+        assert!(check_api_key(&k).err().unwrap_or_default().contains("name"));
+    }
+
+    #[test]
     fn a_key_with_an_unreadable_expiry_or_glob_is_refused() {
         let mut k = ApiKeyConfig {
             key_id: "key_1".into(),

@@ -121,8 +121,8 @@ impl Arena {
 /// interned.
 #[derive(Debug, Clone)]
 struct Slot {
-    /// `apikey:<name>`, then the keyId, then the owner: the arena's text at `start`, its
-    /// three lengths packed in [`Lens`].
+    /// `apikey:<name>`, then the owner: the arena's text at `start`, their lengths packed in
+    /// [`Lens`].
     start: u32,
     len: Lens,
     /// Expiry in Unix seconds; `i64::MAX` for never.
@@ -130,35 +130,24 @@ struct Slot {
     grants: Arc<KeyGrants>,
 }
 
-/// The lengths of a slot's three texts in one `u32` (the slot stays 24 bytes): the principal
-/// (12 bits, `apikey:` + a name of at most 253 bytes), the keyId and the owner (10 bits each;
-/// at most 253 and 256 bytes, refused beyond by [`crate::entitlement::compile_key`]).
+/// The lengths of a slot's two texts in one `u32` (the slot stays 24 bytes): the principal
+/// (`apikey:` + a name of at most 253 bytes) in the low 16 bits, the owner (at most 256
+/// bytes, refused beyond by [`crate::entitlement::compile_key`]) in the high 16. The keyId is
+/// not kept: 28 bytes more a key would take the table past SPEC §9's 12 MiB at 100,000 keys.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 struct Lens(u32);
 
 impl Lens {
-    fn new(principal: usize, key_id: usize, owner: usize) -> Lens {
-        Lens(
-            (principal as u32 & 0xFFF)
-                | (key_id as u32 & 0x3FF) << 12
-                | (owner as u32 & 0x3FF) << 22,
-        )
+    fn new(principal: usize, owner: usize) -> Lens {
+        Lens((principal as u32 & 0xFFFF) | (owner as u32 & 0xFFFF) << 16)
     }
 
     fn principal(self) -> usize {
-        (self.0 & 0xFFF) as usize
-    }
-
-    fn key_id(self) -> usize {
-        (self.0 >> 12 & 0x3FF) as usize
-    }
-
-    fn owner(self) -> usize {
-        (self.0 >> 22) as usize
+        (self.0 & 0xFFFF) as usize
     }
 
     fn total(self) -> usize {
-        self.principal() + self.key_id() + self.owner()
+        self.principal() + (self.0 >> 16) as usize
     }
 }
 
@@ -167,8 +156,6 @@ impl Lens {
 pub struct KeyRef<'t> {
     /// `apikey:<name>`.
     pub principal: &'t str,
-    /// The keyId (`status.keyId`).
-    pub key_id: &'t str,
     /// Who the key is for (`spec.owner`), if set.
     pub owner: Option<&'t str>,
     /// Expiry in Unix seconds, if any.
@@ -288,8 +275,8 @@ impl KeyTable {
         }
         let key = compile_key(k, stores, store_count).map_err(|e| refused(k, e))?;
         let owner = k.owner.as_deref().unwrap_or_default();
-        let len = Lens::new("apikey:".len() + k.name.len(), k.key_id.len(), owner.len());
-        let text = ["apikey:", &k.name, &k.key_id, owner];
+        let len = Lens::new("apikey:".len() + k.name.len(), owner.len());
+        let text = ["apikey:", &k.name, owner];
         self.push(
             (id, k.lookup_hash.0, len),
             &text,
@@ -451,11 +438,9 @@ impl KeyTable {
     pub fn key(&self, k: usize) -> KeyRef<'_> {
         let s = &self.slots[k];
         let text = self.arena.get(s.start, s.len.total());
-        let (principal, rest) = text.split_at(s.len.principal());
-        let (key_id, owner) = rest.split_at(s.len.key_id());
+        let (principal, owner) = text.split_at(s.len.principal());
         KeyRef {
             principal,
-            key_id,
             owner: (!owner.is_empty()).then_some(owner),
             expires_at: (s.expires_at != i64::MAX).then_some(s.expires_at),
             grants: &s.grants,

@@ -134,7 +134,7 @@ fn a_refusal_before_any_plan_or_configuration_gives_nulls() {
     for field in [
         "principal",
         "principal_kind",
-        "key_id",
+        "key_name",
         "store",
         "route",
         "scope",
@@ -152,7 +152,6 @@ fn a_minted_key_is_logged_with_its_id_name_and_owner_and_never_its_token() {
     assert_eq!(v["decision"], "allowed");
     assert_eq!(v["principal"], "apikey:shop");
     assert_eq!(v["principal_kind"], "minted_key");
-    assert_eq!(v["key_id"], "key_1");
     assert_eq!(v["key_name"], "shop");
     assert_eq!(v["key_owner"], "Zoë \"ops\"\n");
     assert_eq!(v["store"], "primary");
@@ -174,7 +173,7 @@ fn a_refused_key_is_still_named_with_the_namespace_it_asked_for() {
     let p = policy();
     let (_, v) = decide_get(&p, "/v1/namespaces/other/metadata", TOKEN);
     assert_eq!(v["decision"], "denied_403");
-    assert_eq!(v["key_id"], "key_1");
+    assert_eq!(v["key_name"], "shop");
     assert_eq!(v["namespaces"], json!(["other"]));
     assert!(v["reason"].as_str().unwrap().contains("other"), "{v}");
 }
@@ -185,7 +184,7 @@ fn an_inbound_key_is_logged_by_its_name_escaped() {
     let (_, v) = decide_get(&p, "/v1/namespaces/any/metadata", INBOUND);
     assert_eq!(v["principal_kind"], "inbound_key");
     assert_eq!(v["key_name"], "ci \"nightly\"\\\u{1}é");
-    assert_eq!(v["key_id"], Value::Null);
+    assert_eq!(v["key_owner"], Value::Null);
     let (_, v) = decide_get(&p, "/v1/namespaces/any/metadata", "nobody");
     assert_eq!(
         (v["decision"].as_str(), v["principal"].as_str()),
@@ -224,7 +223,7 @@ fn an_inspected_request_keeps_its_path_namespace_first_and_its_request_id() {
     assert_eq!(v["request_id"], "r\"1");
     assert_eq!(v["namespaces"], json!(["shop-1", "shop-2"]));
     assert_eq!(
-        (v["namespace_count"].as_u64(), v["key_id"].as_str()),
-        (Some(2), Some("key_1"))
+        (v["namespace_count"].as_u64(), v["key_name"].as_str()),
+        (Some(2), Some("shop"))
     );
 }
