@@ -401,6 +401,7 @@ fn check_audit_lines(list: &[Request], lines: &[Value]) {
         .find(|l| l["principal_kind"] == "minted_key" && l["decision"] == "allowed")
         .unwrap_or_else(|| panic!("no allowed minted key: {lines:#?}"));
     assert_eq!(minted["key_name"], "shop-reader", "{minted}");
+    assert_eq!(minted["key_owner"], "shop", "{minted}");
     // An inbound key.
     assert_eq!(l["store"], "primary", "{l}");
     assert_eq!(l["namespaces"], json!(["shop-a"]), "{l}");

@@ -1,4 +1,5 @@
 //! The fragment: valid JSON whatever the text, bounded, and the fields each principal gives.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 use super::*;
 use crate::config::LookupHash;
