@@ -147,6 +147,25 @@ pub fn check(
     body: &[u8],
     now: impl Fn() -> i64,
 ) -> Result<(), Denial> {
+    check_noting(policy, plan, inspection, body, now, &mut |_| {})
+}
+
+/// [`check`], telling `note` each namespace the body names as it is read (for the audit line,
+/// [`crate::audit::Touched`]), invalid ones included, up to the one that refuses the body.
+pub fn check_noting(
+    policy: &Policy,
+    plan: &Plan,
+    inspection: Inspection,
+    body: &[u8],
+    now: impl Fn() -> i64,
+    note: &mut dyn FnMut(&str),
+) -> Result<(), Denial> {
+    let note = std::cell::RefCell::new(note);
+    let note = |ns: &str| {
+        if let Ok(mut n) = note.try_borrow_mut() {
+            n(ns);
+        }
+    };
     let limit = policy.inspect_body_bytes;
     if body.len() as u64 > limit {
         return Err(Denial::too_large(limit));
@@ -184,6 +203,7 @@ pub fn check(
     let name = plan.principal.name(policy);
     // A namespace the body names, judged on `store` with the request's own credential.
     let allowed = |field: &str, ns: &str, scope: Scope, on: On<'_>, store| {
+        note(ns);
         if !valid_namespace(ns) {
             return Err(Denial::bad_request(format!(
                 "{field} {ns:?} is not a valid namespace name: use 1 to 128 characters from A-Z a-z 0-9 _ - ."
@@ -203,6 +223,7 @@ pub fn check(
     // Only a `source_api_key` (another organisation's key) reads elsewhere, which restricted
     // callers may not do.
     let copy_source = |field: &str, ns: &str, api_key: bool, region: bool| {
+        note(ns);
         if api_key && plan.restricted {
             return Err(Denial::insufficient(
                 Scope::Read,

@@ -153,6 +153,36 @@ impl Plan {
     }
 }
 
+/// What the decision learned on its way, for the audit line ([`crate::audit`]): a refusal
+/// before any [`Plan`] still knows the namespace, store, route and (after authentication) the
+/// principal it got as far as. Borrowed from the request head; no allocation.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Trace<'a> {
+    /// The namespace the path names.
+    pub namespace: Option<&'a str>,
+    /// The resolved store.
+    pub store: Option<StoreId>,
+    /// Where the route goes.
+    pub target: Option<Target>,
+    /// The scope the route requires.
+    pub scope: Option<Scope>,
+    /// Who is calling, once authenticated.
+    pub principal: Option<Principal>,
+}
+
+impl Trace<'_> {
+    /// What a plan knows (no path namespace: the plan outlives the request head).
+    pub fn of(plan: &Plan) -> Trace<'static> {
+        Trace {
+            namespace: None,
+            store: Some(plan.store),
+            target: Some(plan.target),
+            scope: plan.scope,
+            principal: Some(plan.principal),
+        }
+    }
+}
+
 /// Decides a request from its head. `now` is the host clock in Unix seconds.
 ///
 /// Refusals come in SPEC §3's order: a malformed request (400), then authentication (401) and
@@ -160,7 +190,17 @@ impl Plan {
 /// upstream, 503 credential not loaded) — so a caller without the scope learns nothing about
 /// which upstreams exist. (For an inspected body the 404/503 waits for the body's verdict.)
 pub fn decide(policy: &Policy, head: &RequestHead<'_>, now: impl Fn() -> i64) -> Decision {
-    let decision = decide_inner(policy, head, now).and_then(|d| match &d {
+    decide_traced(policy, head, now, &mut Trace::default())
+}
+
+/// [`decide`], noting in `trace` what it learned on its way.
+pub fn decide_traced<'a>(
+    policy: &Policy,
+    head: &RequestHead<'a>,
+    now: impl Fn() -> i64,
+    trace: &mut Trace<'a>,
+) -> Decision {
+    let decision = decide_inner(policy, head, now, trace).and_then(|d| match &d {
         Decision::Forward(plan) | Decision::ForwardWithPath(plan, _) => {
             plan.header_edits(policy).map(|_| d)
         }
@@ -196,10 +236,11 @@ fn access<'a>(route: &Route<'a>) -> Option<Access<'a>> {
     })
 }
 
-fn decide_inner(
+fn decide_inner<'a>(
     policy: &Policy,
-    head: &RequestHead<'_>,
+    head: &RequestHead<'a>,
     now: impl Fn() -> i64,
+    trace: &mut Trace<'a>,
 ) -> Result<Decision, Denial> {
     if head.malformed || head.method.is_empty() || head.path.is_empty() {
         return Err(Denial::bad_request(
@@ -207,11 +248,14 @@ fn decide_inner(
         ));
     }
     let route = classify(&policy.rules, head.method, head.path)?;
+    (trace.namespace, trace.target, trace.scope) =
+        (route.namespace, Some(route.target), route.scope);
     let store = policy.store_for(route.namespace).ok_or_else(|| {
         Denial::unavailable(
             "no default VectorStore is configured; mark one store `default: true` or add an Index for this namespace",
         )
     })?;
+    trace.store = Some(store);
     let credential = Credential::parse(head.authorization);
     let mut plan = Plan {
         target: route.target,
@@ -223,16 +267,21 @@ fn decide_inner(
         restricted: false,
     };
     let Some(access) = access(&route) else {
+        trace.principal = Some(plan.principal);
         return Ok(Decision::Forward(plan));
     };
     // A federated query names its namespaces (and so its stores) in the body: here the caller
     // is only authenticated; each namespace is checked on its own store after the body.
     if route.body == BodyRule::FederatedQuery {
         plan.principal = auth::authenticate(policy, store, credential, &now)?;
+        trace.principal = Some(plan.principal);
         plan.scopes = Scopes::from_slice(&[access.scope]);
         return inspect(policy, head, plan, route.body);
     }
-    let (principal, allowed) = auth::check(policy, credential, store, &access, &now)?;
+    // `auth::check`'s two steps, so a refused principal is still named in the audit line.
+    let principal = auth::authenticate(policy, store, credential, &now)?;
+    trace.principal = Some(principal);
+    let allowed = auth::authorize(policy, principal, store, &access)?;
     plan.principal = principal;
     plan.scopes = allowed.scopes;
     plan.restricted = allowed.is_restricted();

@@ -117,6 +117,23 @@ pub fn compile_key(
     stores: &HashMap<&str, StoreId>,
     store_count: usize,
 ) -> Result<MintedKey, String> {
+    use crate::config::{MAX_KEY_NAME_BYTES, MAX_OWNER_BYTES};
+    for (what, text, max) in [
+        ("keyId", k.key_id.as_str(), MAX_KEY_NAME_BYTES),
+        ("name", k.name.as_str(), MAX_KEY_NAME_BYTES),
+        (
+            "owner",
+            k.owner.as_deref().unwrap_or_default(),
+            MAX_OWNER_BYTES,
+        ),
+    ] {
+        if text.len() > max {
+            return Err(format!(
+                "{what} is {} bytes long; at most {max} are allowed",
+                text.len()
+            ));
+        }
+    }
     let expires_at = match &k.expires_at {
         None => None,
         Some(t) => Some(
@@ -312,10 +329,32 @@ mod tests {
     }
 
     #[test]
+    fn a_key_whose_owner_or_name_is_too_long_for_the_audit_line_is_refused() {
+        let mut k = ApiKeyConfig {
+            key_id: "key_1".into(),
+            name: "k".into(),
+            owner: Some("o".repeat(crate::config::MAX_OWNER_BYTES)),
+            lookup_hash: crate::config::LookupHash::of("t"),
+            expires_at: None,
+            entitlements: ents(&[("layer", grant(&[Scope::Read], None))]),
+        };
+        assert!(check_api_key(&k).is_ok());
+        k.owner = Some("o".repeat(crate::config::MAX_OWNER_BYTES + 1));
+        assert!(check_api_key(&k)
+            .err()
+            .unwrap_or_default()
+            .contains("owner"));
+        k.owner = None;
+        k.name = "n".repeat(254);
+        assert!(check_api_key(&k).err().unwrap_or_default().contains("name"));
+    }
+
+    #[test]
     fn a_key_with_an_unreadable_expiry_or_glob_is_refused() {
         let mut k = ApiKeyConfig {
             key_id: "key_1".into(),
             name: "k".into(),
+            owner: None,
             lookup_hash: crate::config::LookupHash::of("t"),
             expires_at: Some("10239-01-01T00:00:00Z".into()),
             entitlements: ents(&[("layer", grant(&[Scope::Read], None))]),

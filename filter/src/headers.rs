@@ -68,6 +68,9 @@ pub struct RequestHead<'a> {
     pub content_encoding: Option<&'a str>,
     /// True when the client sent any `x-layergate-*` header (they are stripped).
     pub has_layergate_headers: bool,
+    /// `x-request-id` (Envoy sets it before the filter runs), for the audit line; `""` when
+    /// absent or not UTF-8.
+    pub request_id: &'a str,
     /// True when a header value is not valid UTF-8 where we need it.
     pub malformed: bool,
 }
@@ -87,6 +90,7 @@ impl<'a> RequestHead<'a> {
             content_length: None,
             content_encoding: None,
             has_layergate_headers: false,
+            request_id: "",
             malformed: false,
         };
         for (name, value) in pairs {
@@ -105,6 +109,7 @@ impl<'a> RequestHead<'a> {
                     })
                 }
                 b":authority" => head.authority = text().unwrap_or_default(),
+                b"x-request-id" => head.request_id = text().unwrap_or_default(),
                 b"authorization" => {
                     head.authorization = match head.authorization {
                         // Envoy folds repeated headers into one, comma-separated; a bearer

@@ -21,7 +21,7 @@
 //!
 //! Floors, nothing importing upward: `wasm` (+ `abi`, the hand-declared proxy-wasm ABI) and
 //! `native` (+ `native::abi`, the hand-declared dynamic-module ABI) →
-//! `outcome` (the counters and access-log line every host binding reports) →
+//! `outcome`, `audit` (the counters and the access-log line every host binding reports) →
 //! `decision`, `body`, `keysync` (the key-service client as a state machine), `usage` (per-key
 //! counts and their reports) → `auth` → `entitlement` → `policy`, `keys` → `route` → leaves
 //! (`denial`, `glob`, `scope`, `time`, `config`, `headers`, `fasthash`).
@@ -31,6 +31,7 @@
 //! and [`namespace::valid_namespace`] — so it refuses exactly what the filter refuses.
 
 pub mod answer;
+pub mod audit;
 pub mod auth;
 pub mod body;
 pub mod config;

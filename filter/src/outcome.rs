@@ -1,10 +1,10 @@
 //! What a request's outcome is called, for both host bindings (`wasm`, `native`): the counters
-//! they publish as Envoy stats and the access-log line. One vocabulary, so the two builds
-//! report the same names and fields (SPEC §10); how each publishes them is the binding's.
+//! they publish as Envoy stats, a refusal's reply headers and the configured line; the
+//! access-log line is [`crate::audit`]'s. One vocabulary, so the two builds report the same
+//! names and fields (SPEC §10); how each publishes them is the binding's.
 //!
 //! Plain Rust over [`Policy`] and [`Plan`]; it calls no host.
 
-use crate::decision::Plan;
 use crate::denial::Denial;
 use crate::policy::Policy;
 
@@ -37,34 +37,6 @@ pub fn counter_for(label: &str) -> usize {
         .iter()
         .position(|c| c.strip_prefix("layergate.") == Some(label))
         .unwrap_or(ALLOWED)
-}
-
-/// Writes the access-log record `principal=… scope=… store=… decision=…` into `line` (cleared
-/// first); `-` for what a refusal before any plan does not know.
-pub fn log_line(line: &mut String, policy: Option<&Policy>, plan: Option<&Plan>, decision: &str) {
-    line.clear();
-    let (principal, scope, store) = match (policy, plan) {
-        (Some(policy), Some(plan)) => (
-            plan.principal.name(policy),
-            plan.scope.map_or("none", |s| s.as_str()),
-            &*policy.stores[plan.store].name,
-        ),
-        _ => ("-", "-", "-"),
-    };
-    // Plain appends: `write!` runs core::fmt's machinery, about a thousand instructions
-    // more per request in the VM (measured by `tests/tests/wasm_fuel.rs`).
-    for part in [
-        "principal=",
-        principal,
-        " scope=",
-        scope,
-        " store=",
-        store,
-        " decision=",
-        decision,
-    ] {
-        line.push_str(part);
-    }
 }
 
 /// The headers of a refusal's local reply, and how many of them there are: JSON, and the
@@ -101,12 +73,5 @@ mod tests {
             assert_eq!(COUNTERS[counter_for(&label)], format!("layergate.{label}"));
         }
         assert_eq!(counter_for("allowed"), ALLOWED);
-    }
-
-    #[test]
-    fn a_refusal_without_a_plan_logs_dashes() {
-        let mut line = String::from("old");
-        log_line(&mut line, None, None, "denied_400");
-        assert_eq!(line, "principal=- scope=- store=- decision=denied_400");
     }
 }

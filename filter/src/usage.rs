@@ -19,7 +19,7 @@
 //! key service serves one key per name).
 
 use crate::auth::Principal;
-use crate::decision::Plan;
+use crate::decision::Trace;
 use crate::fasthash::FastMap;
 use crate::policy::{Grant, Policy};
 use crate::scope::Scope;
@@ -84,13 +84,11 @@ pub struct Tally {
 
 impl Tally {
     /// Counts a request's outcome, `decision` being its access-log label (`allowed`,
-    /// `denied_403`, …), when its principal is a minted key. Allocates only for a key's first
+    /// `denied_403`, …), when the decision knew its principal to be a minted key (a refusal
+    /// after authentication counts; one before it has no key to count for). Allocates only for a key's first
     /// request since the last report.
-    pub fn record(&mut self, policy: &Policy, plan: Option<&Plan>, decision: &str) {
-        let Some(plan) = plan else {
-            return;
-        };
-        let Principal::Token(Grant::Minted(k)) = plan.principal else {
+    pub fn record(&mut self, policy: &Policy, trace: &Trace<'_>, decision: &str) {
+        let Some(Principal::Token(Grant::Minted(k))) = trace.principal else {
             return;
         };
         let Some(key) = policy.keys.get(k) else {
@@ -107,7 +105,7 @@ impl Tally {
             None => self.keys.entry(name.into()).or_default(),
         };
         let slot = match decision.strip_prefix("denied_") {
-            None => &mut counts.allowed[plan.scope.map_or(0, scope_index)],
+            None => &mut counts.allowed[trace.scope.map_or(0, scope_index)],
             Some(status) => {
                 let at = status
                     .parse::<u16>()

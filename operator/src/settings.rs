@@ -31,6 +31,8 @@ pub struct Settings {
     pub key_max_staleness_seconds: u64,
     /// Timeouts and circuit breakers of the store clusters and their routes.
     pub limits: UpstreamLimits,
+    /// A file the gateway also writes its audit lines to (they always go to stdout).
+    pub access_log_path: Option<String>,
 }
 
 /// Which build of the filter a listener runs (SPEC §10). Both take the same configuration

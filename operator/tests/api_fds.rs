@@ -55,6 +55,7 @@ fn an_accept_error_for_lack_of_file_descriptors_is_survived() {
         allow_endpoints: Default::default(),
         key_max_staleness_seconds: layergate_operator::output::DEFAULT_MAX_STALENESS_SECONDS,
         limits: Default::default(),
+        access_log_path: None,
     };
     let source = Arc::new(DirSource::new(dir, out, settings));
     source.refresh().unwrap();

@@ -38,6 +38,7 @@ fn settings() -> Settings {
         allow_endpoints: Default::default(),
         key_max_staleness_seconds: layergate_operator::output::DEFAULT_MAX_STALENESS_SECONDS,
         limits: Default::default(),
+        access_log_path: None,
     }
 }
 

@@ -348,6 +348,7 @@ fn envoy_outputs_match_the_goldens() {
         allow_endpoints: Default::default(),
         key_max_staleness_seconds: layergate_operator::output::DEFAULT_MAX_STALENESS_SECONDS,
         limits: Default::default(),
+        access_log_path: None,
     };
     let out = std::env::temp_dir().join(format!("layergate-golden-{}", std::process::id()));
     let envoy = render::render(&v, &settings, &render::Target::Envoy, None).unwrap();

@@ -70,6 +70,7 @@ pub fn gateway(
             },
         ],
         buffer_limit_bytes: layergate_operator::envoy::DEFAULT_BUFFER_LIMIT_BYTES,
+        access_log_path: None,
     }
 }
 
@@ -110,6 +111,7 @@ pub fn test_settings(control: Option<SocketAddr>) -> Result<layergate_operator::
         allow_endpoints: Default::default(),
         key_max_staleness_seconds: layergate_operator::output::DEFAULT_MAX_STALENESS_SECONDS,
         limits: Default::default(),
+        access_log_path: None,
     })
 }
 
@@ -136,11 +138,22 @@ impl Demo {
         config: String,
         vm_env: Vec<(String, String)>,
     ) -> Result<Demo> {
+        Demo::start_logged(filter, config, vm_env, None)
+    }
+
+    /// [`Demo::start_filter`], Envoy also writing its audit lines to `access_log`.
+    pub fn start_logged(
+        filter: Filter,
+        config: String,
+        vm_env: Vec<(String, String)>,
+        access_log: Option<&std::path::Path>,
+    ) -> Result<Demo> {
         let primary = DevStore::start(PRIMARY_KEY)?;
         let archive = DevStore::start(ARCHIVE_KEY)?;
         let any = SocketAddr::from(([127, 0, 0, 1], 0));
         let mut gw = gateway(any, any, primary.addr(), archive.addr(), filter, config);
         gw.vm_env = vm_env;
+        gw.access_log_path = access_log.map(|p| p.to_string_lossy().into_owned());
         let envoy = Envoy::start(&gw)?;
         Ok(Demo {
             envoy,
@@ -178,6 +191,8 @@ impl Demo {
             allow_endpoints: Default::default(),
             key_max_staleness_seconds: layergate_operator::output::DEFAULT_MAX_STALENESS_SECONDS,
             limits: Default::default(),
+            // `make run`'s audit trail, one JSON object a line (stdout has it too).
+            access_log_path: Some(root.join(".run/audit.log").to_string_lossy().into_owned()),
         };
         let source = std::sync::Arc::new(layergate_operator::source::DirSource::new(
             manifests, out, settings,

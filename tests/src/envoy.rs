@@ -71,6 +71,8 @@ pub struct Gateway {
     pub clusters: Vec<Cluster>,
     /// Listener `per_connection_buffer_limit_bytes`: must cover the inspection limit.
     pub buffer_limit_bytes: u64,
+    /// A file Envoy also writes the audit lines to (they always go to stdout).
+    pub access_log_path: Option<String>,
 }
 
 impl Gateway {
@@ -86,6 +88,7 @@ impl Gateway {
                 FilterBuild::Native => Vec::new(),
             },
             buffer_limit_bytes: self.buffer_limit_bytes,
+            access_log_path: self.access_log_path.clone(),
         }
     }
 

@@ -233,6 +233,7 @@ fn istio_render(
         allow_endpoints: Default::default(),
         key_max_staleness_seconds: layergate_operator::output::DEFAULT_MAX_STALENESS_SECONDS,
         limits: Default::default(),
+        access_log_path: None,
     };
     match render::render(v, &settings, &Target::Istio(s.clone()), None)?.output {
         Output::Istio {

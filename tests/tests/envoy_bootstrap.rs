@@ -98,6 +98,7 @@ spec:
         filter_config: Some(serde_json::to_string(&config).unwrap()),
         vm_env: Vec::new(),
         buffer_limit_bytes: render::DEFAULT_BUFFER_LIMIT_BYTES,
+        access_log_path: None,
     };
     envoy::validate(&render::static_bootstrap(
         settings.admin,

@@ -427,6 +427,7 @@ fn a_hanging_store_gets_the_json_504_with_the_shipped_default_limits() {
             filter_config: None,
             vm_env: Vec::new(),
             buffer_limit_bytes: 1024,
+            access_log_path: None,
         },
         &limits,
     );

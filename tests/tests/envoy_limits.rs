@@ -145,6 +145,7 @@ fn the_inspection_route_buffers_15_mib_with_a_1_mib_connection_buffer() {
             filter_config: None,
             vm_env: Vec::new(),
             buffer_limit_bytes: render::DEFAULT_BUFFER_LIMIT_BYTES,
+            access_log_path: None,
         })["per_connection_buffer_limit_bytes"],
         limits::CONNECTION_BUFFER_BYTES
     );

@@ -38,6 +38,7 @@ fn start_probe(steps: &str, store: &DevStore) -> anyhow::Result<Envoy> {
         filter_config: Some(steps.to_owned()),
         vm_env: Vec::new(),
         buffer_limit_bytes: render::DEFAULT_BUFFER_LIMIT_BYTES,
+        access_log_path: None,
     });
     let filters = &mut listener["filter_chains"][0]["filters"][0]["typed_config"]["http_filters"];
     // The probe, then the router (no buffer filter: nothing here reads a body).

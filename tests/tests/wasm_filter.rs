@@ -86,10 +86,18 @@ fn allowed_request_gets_the_store_credential_and_cluster() {
         header(&headers, ":path"),
         Some("/v2/namespaces/shop-a/query?stainless_overload=1")
     );
+    // The audit line's fragment: the members the access log's JSON template closes with.
+    let fragment = vm.property("layergate").unwrap_or_default();
+    let v: serde_json::Value = serde_json::from_str(&format!("{{\"x\":0{fragment}}}")).unwrap();
+    assert_eq!(v["principal"], "key:primary/demo-read");
+    assert_eq!(v["principal_kind"], "inbound_key");
+    assert_eq!(v["key_name"], "demo-read");
     assert_eq!(
-        vm.property("layergate").as_deref(),
-        Some("principal=key:primary/demo-read scope=read store=primary decision=allowed")
+        (v["scope"].as_str(), v["store"].as_str()),
+        (Some("read"), Some("primary"))
     );
+    assert_eq!(v["namespaces"], serde_json::json!(["shop-a"]));
+    assert_eq!(v["decision"], "allowed");
 }
 
 #[test]

@@ -12,24 +12,26 @@
 
 use super::host::{HeaderBuf, Host};
 use super::{now, Config, Stream};
+use crate::audit::{Facts, Held, MAX_TEXT_BYTES};
 use crate::decision::{
-    decide, must_strip, Decision, HeaderEdits, Inspection, Plan, INSPECT_HEADER,
+    decide_traced, must_strip, Decision, HeaderEdits, Inspection, Plan, Trace, INSPECT_HEADER,
 };
 use crate::denial::Denial;
 use crate::headers::RequestHead;
-use crate::outcome::{counter_for, log_line, ALLOWED, INSPECTED};
+use crate::outcome::{counter_for, ALLOWED, INSPECTED};
 use crate::policy::Policy;
 use std::cell::RefCell;
 use std::sync::Arc;
 
 use super::abi::{BodyStatus, HeadersStatus, TrailersStatus};
 
-/// Filter-state key access logs read as `%FILTER_STATE(layergate:PLAIN)%`.
+/// Filter-state key access logs read as `%FILTER_STATE(layergate:PLAIN)%`: the audit line's
+/// fragment ([`crate::audit`]).
 pub(super) const LOG_KEY: &str = "layergate";
 
 thread_local! {
     /// The access-log record, built in place (one per worker thread).
-    static LOG_LINE: RefCell<String> = RefCell::new(String::with_capacity(160));
+    static LOG_LINE: RefCell<String> = RefCell::new(String::with_capacity(1024));
 }
 
 /// A body being buffered for inspection, with the policy the request started with, and the
@@ -40,6 +42,66 @@ pub(super) struct Pending {
     plan: Plan,
     inspection: Inspection,
     after: Option<Denial>,
+    /// The audit line's request id and namespaces.
+    held: Held,
+}
+
+/// The request id and path namespace of the audit line, copied out of Envoy's header map
+/// before any header is written (a write may move what the map's views point at): on the
+/// stack, cut at [`MAX_TEXT_BYTES`], so the header path allocates nothing for them.
+struct Copied {
+    request_id: ([u8; MAX_TEXT_BYTES], usize),
+    namespace: Option<([u8; MAX_TEXT_BYTES], usize)>,
+    trace: Trace<'static>,
+}
+
+impl Default for Copied {
+    fn default() -> Copied {
+        Copied {
+            request_id: ([0; MAX_TEXT_BYTES], 0),
+            namespace: None,
+            trace: Trace::default(),
+        }
+    }
+}
+
+/// `text` (at most [`MAX_TEXT_BYTES`], cut at a character boundary) copied into `to`.
+fn copy(to: &mut ([u8; MAX_TEXT_BYTES], usize), text: &str) {
+    let mut n = text.len().min(MAX_TEXT_BYTES);
+    while !text.is_char_boundary(n) {
+        n -= 1;
+    }
+    to.0[..n].copy_from_slice(&text.as_bytes()[..n]);
+    to.1 = n;
+}
+
+/// The copied text (whole characters, so always UTF-8).
+fn text(from: &([u8; MAX_TEXT_BYTES], usize)) -> &str {
+    std::str::from_utf8(&from.0[..from.1]).unwrap_or_default()
+}
+
+impl Copied {
+    fn keep(&mut self, request_id: &str, trace: Trace<'_>) {
+        copy(&mut self.request_id, request_id);
+        if let Some(ns) = trace.namespace {
+            copy(self.namespace.insert(([0; MAX_TEXT_BYTES], 0)), ns);
+        }
+        self.trace = Trace {
+            namespace: None,
+            ..trace
+        };
+    }
+
+    fn facts(&self) -> Facts<'_> {
+        Facts {
+            request_id: text(&self.request_id),
+            trace: Trace {
+                namespace: self.namespace.as_ref().map(text),
+                ..self.trace
+            },
+            touched: None,
+        }
+    }
 }
 
 /// The client's `x-layergate-*` header names, copied out before any header is written.
@@ -56,6 +118,7 @@ pub(super) fn on_request_headers(
     let policy_arc = config.policy();
     let policy = &*policy_arc;
     let mut buf = HeaderBuf::default();
+    let mut copied = Copied::default();
     let (decision, names) = {
         let headers = host.request_headers(&mut buf);
         let head = RequestHead::from_pairs(headers.clone());
@@ -68,27 +131,37 @@ pub(super) fn on_request_headers(
         // Another team's host on a shared gateway: no authentication, no credential, no
         // routing header — only client `x-layergate-*` headers are removed, since the routing
         // header is ours wherever it appears.
+        let mut trace = Trace::default();
         let decision = policy
             .serves_host(head.authority)
-            .then(|| decide(policy, &head, now));
+            .then(|| decide_traced(policy, &head, now, &mut trace));
+        copied.keep(head.request_id, trace);
         (decision, names)
     };
+    let facts = copied.facts();
     let names = names.as_deref();
     let Some(decision) = decision else {
         strip(host, names, &HeaderEdits::default());
         return HeadersStatus::Continue;
     };
+    let ctx = (config, policy);
     match decision {
-        Decision::Forward(plan) => forward(host, stream, config, policy, &plan, names, None),
+        Decision::Forward(plan) => forward(host, stream, ctx, &plan, &facts, names, None),
         Decision::ForwardWithPath(plan, path) => {
-            forward(host, stream, config, policy, &plan, names, Some(&path))
+            forward(host, stream, ctx, &plan, &facts, names, Some(&path))
         }
-        Decision::Deny(d) => deny(host, stream, config, Some(policy), None, &d),
+        Decision::Deny(d) => deny(host, stream, config, Some(policy), &facts, &d),
         Decision::Inspect(plan, inspection) => {
+            let mut held = Held::of(&facts);
             if end_of_stream {
-                return match crate::body::check(policy, &plan, inspection, &[], now) {
-                    Ok(()) => forward(host, stream, config, policy, &plan, names, None),
-                    Err(d) => deny(host, stream, config, Some(policy), Some(&plan), &d),
+                let checked =
+                    crate::body::check_noting(policy, &plan, inspection, &[], now, &mut |ns| {
+                        held.note(ns)
+                    });
+                let facts = held.facts(&plan);
+                return match checked {
+                    Ok(()) => forward(host, stream, ctx, &plan, &facts, names, None),
+                    Err(d) => deny(host, stream, config, Some(policy), &facts, &d),
                 };
             }
             // A request with no upstream still has its body judged first: its 404/503 comes
@@ -100,6 +173,7 @@ pub(super) fn on_request_headers(
                 plan,
                 inspection,
                 after,
+                held,
             });
             HeadersStatus::Continue
         }
@@ -126,24 +200,32 @@ pub(super) fn on_request_body(
         plan,
         inspection,
         after,
+        mut held,
     }) = stream.pending.take()
     else {
         return BodyStatus::Continue;
     };
-    let refuse = |host: &mut Host, stream: &mut Stream, d: &Denial| {
-        deny(host, stream, config, Some(&policy), Some(&plan), d);
-        BodyStatus::StopIterationNoBuffer
-    };
     if over {
-        return refuse(host, stream, &Denial::too_large(policy.inspect_body_bytes));
+        let facts = held.facts(&plan);
+        let d = Denial::too_large(policy.inspect_body_bytes);
+        deny(host, stream, config, Some(&policy), &facts, &d);
+        return BodyStatus::StopIterationNoBuffer;
     }
     count(host, config, INSPECTED);
     let body = host.request_body();
-    match crate::body::check(&policy, &plan, inspection, &body, now) {
+    let checked = crate::body::check_noting(&policy, &plan, inspection, &body, now, &mut |ns| {
+        held.note(ns)
+    });
+    let facts = held.facts(&plan);
+    let refuse = |host: &mut Host, stream: &mut Stream, d: &Denial| {
+        deny(host, stream, config, Some(&policy), &facts, d);
+        BodyStatus::StopIterationNoBuffer
+    };
+    match checked {
         Ok(()) => match &after {
             Some(d) => refuse(host, stream, d),
             None => {
-                record(host, Some(&policy), Some(&plan), "allowed");
+                record(host, Some(&policy), &facts, "allowed", None);
                 count(host, config, ALLOWED);
                 BodyStatus::Continue
             }
@@ -164,14 +246,8 @@ pub(super) fn on_request_trailers(
     let d = Denial::bad_request(
         "this request body is inspected for namespaces and may not end with trailers; send it without trailers",
     );
-    deny(
-        host,
-        stream,
-        config,
-        Some(&pending.policy),
-        Some(&pending.plan),
-        &d,
-    );
+    let facts = pending.held.facts(&pending.plan);
+    deny(host, stream, config, Some(&pending.policy), &facts, &d);
     TrailersStatus::StopIteration
 }
 
@@ -182,12 +258,12 @@ pub(super) fn deny(
     stream: &mut Stream,
     config: &Config,
     policy: Option<&Policy>,
-    plan: Option<&Plan>,
+    facts: &Facts<'_>,
     denial: &Denial,
 ) -> HeadersStatus {
     let body = denial.body();
     let (headers, n) = crate::outcome::reply_headers(denial);
-    record(host, policy, plan, denial.label());
+    record(host, policy, facts, denial.label(), Some(&denial.message));
     count(host, config, counter_for(denial.label()));
     stream.replied = true;
     host.send_response(
@@ -203,19 +279,19 @@ pub(super) fn deny(
 fn forward(
     host: &mut Host,
     stream: &mut Stream,
-    config: &Config,
-    policy: &Policy,
+    (config, policy): (&Config, &Policy),
     plan: &Plan,
+    facts: &Facts<'_>,
     names: Option<&[Box<[u8]>]>,
     path: Option<&str>,
 ) -> HeadersStatus {
     if let Err(d) = apply_edits(host, policy, plan, names) {
-        return deny(host, stream, config, Some(policy), Some(plan), &d);
+        return deny(host, stream, config, Some(policy), facts, &d);
     }
     if let Some(p) = path {
         host.set_header(b":path", Some(p));
     }
-    record(host, Some(policy), Some(plan), "allowed");
+    record(host, Some(policy), facts, "allowed", None);
     count(host, config, ALLOWED);
     HeadersStatus::Continue
 }
@@ -245,17 +321,24 @@ fn strip(host: &mut Host, names: Option<&[Box<[u8]>]>, edits: &HeaderEdits<'_>) 
     }
 }
 
-/// The filter-state string `principal=… scope=… store=… decision=…` for access logs.
-fn record(host: &mut Host, policy: Option<&Policy>, plan: Option<&Plan>, decision: &str) {
+/// The filter-state string for access logs: the audit line's fragment ([`crate::audit`]); and
+/// the request counted for its key's usage.
+fn record(
+    host: &mut Host,
+    policy: Option<&Policy>,
+    facts: &Facts<'_>,
+    decision: &str,
+    reason: Option<&str>,
+) {
     LOG_LINE.with(|line| {
         let Ok(mut line) = line.try_borrow_mut() else {
             return;
         };
-        log_line(&mut line, policy, plan, decision);
+        crate::audit::write(&mut line, policy, facts, decision, reason);
         host.set_filter_state(LOG_KEY, &line);
     });
     if let Some(policy) = policy {
-        super::sync::record_usage(policy, plan, decision);
+        super::sync::record_usage(policy, &facts.trace, decision);
     }
 }
 

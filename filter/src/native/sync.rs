@@ -16,7 +16,7 @@
 
 use super::host::{log, ConfigHost, Scheduler};
 use super::{now, Config};
-use crate::decision::Plan;
+use crate::decision::Trace;
 use crate::keysync::{self, KeySync};
 use crate::outcome::{SYNCED, SYNC_FAILED};
 use crate::policy::Policy;
@@ -46,11 +46,11 @@ thread_local! {
 
 /// Counts a request for its key's usage in this worker's tally (a lock only the report,
 /// once a second, ever contends).
-pub(super) fn record_usage(policy: &Policy, plan: Option<&Plan>, decision: &str) {
+pub(super) fn record_usage(policy: &Policy, trace: &Trace<'_>, decision: &str) {
     MINE.with(|t| {
         t.lock()
             .unwrap_or_else(PoisonError::into_inner)
-            .record(policy, plan, decision)
+            .record(policy, trace, decision)
     });
 }
 

@@ -32,7 +32,8 @@ use crate::usage::{Reporter, Tally};
 use std::cell::{Cell, RefCell};
 use std::rc::Rc;
 
-/// Filter-state key read by access logs as `%FILTER_STATE(wasm.layergate:PLAIN)%`.
+/// Filter-state key read by access logs as `%FILTER_STATE(wasm.layergate:PLAIN)%`: the audit
+/// line's fragment ([`crate::audit`]).
 const LOG_PROPERTY: &[u8] = b"layergate";
 
 /// Counter: configurations this filter refused (an unknown field from a newer operator, a
@@ -48,7 +49,7 @@ const STALE_GAUGE: &str = "layergate.keys_stale_seconds";
 thread_local! {
     /// [`COUNTERS`] of this VM, flushed to Envoy stats on the root's tick.
     static COUNTS: [Cell<u64>; COUNTERS.len()] = Default::default();
-    static LOG_LINE: RefCell<String> = RefCell::new(String::with_capacity(160));
+    static LOG_LINE: RefCell<String> = RefCell::new(String::with_capacity(1024));
     /// This VM's per-key counts and their reporting (one per VM, whichever root reports).
     static USAGE: RefCell<(Tally, Reporter)> = RefCell::new(Default::default());
     /// Root contexts by id: one per configuration Envoy holds.
@@ -172,7 +173,8 @@ pub extern "C" fn proxy_on_request_trailers(ctx: u32, _num_trailers: usize) -> u
     let d = Denial::bad_request(
         "this request body is inspected for namespaces and may not end with trailers; send it without trailers",
     );
-    deny(Some(&pending.policy), Some(&pending.plan), &d) as u32
+    let facts = pending.held.facts(&pending.plan);
+    deny(Some(&pending.policy), &facts, &d) as u32
 }
 
 /// A context is gone: a stream (completed or reset: forget its root and inspection) or a

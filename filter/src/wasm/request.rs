@@ -4,12 +4,13 @@
 
 use super::{count, policy_of, INSPECTING, LOG_LINE, LOG_PROPERTY, USAGE};
 use crate::abi::{self, now, Action, BufferType, MapType};
+use crate::audit::{Facts, Held};
 use crate::decision::{
-    decide, must_strip, Decision, HeaderEdits, Inspection, Plan, INSPECT_HEADER,
+    decide_traced, must_strip, Decision, HeaderEdits, Inspection, Plan, Trace, INSPECT_HEADER,
 };
 use crate::denial::Denial;
 use crate::headers::{pairs, RequestHead};
-use crate::outcome::{counter_for, log_line, ALLOWED, INSPECTED};
+use crate::outcome::{counter_for, ALLOWED, INSPECTED};
 use crate::policy::Policy;
 use std::rc::Rc;
 
@@ -21,26 +22,34 @@ pub(super) struct Pending {
     pub(super) plan: Plan,
     inspection: Inspection,
     after: Option<Denial>,
+    /// The audit line's request id and namespaces.
+    pub(super) held: Held,
 }
 
-pub(super) fn deny(policy: Option<&Policy>, plan: Option<&Plan>, denial: &Denial) -> Action {
+pub(super) fn deny(policy: Option<&Policy>, facts: &Facts<'_>, denial: &Denial) -> Action {
     let body = denial.body();
     let (headers, n) = crate::outcome::reply_headers(denial);
-    record(policy, plan, denial.label());
+    record(policy, facts, denial.label(), Some(&denial.message));
     count(counter_for(denial.label()));
     abi::send_local_response(denial.status(), &headers[..n], body.as_bytes());
     Action::Pause
 }
 
 /// Forwards: header writes, optional `:path`, access-log record and counter.
-fn forward(policy: &Policy, plan: &Plan, header_buf: Option<&[u8]>, path: Option<&str>) -> Action {
+fn forward(
+    policy: &Policy,
+    plan: &Plan,
+    facts: &Facts<'_>,
+    header_buf: Option<&[u8]>,
+    path: Option<&str>,
+) -> Action {
     if let Err(d) = apply_edits(policy, plan, header_buf) {
-        return deny(Some(policy), Some(plan), &d);
+        return deny(Some(policy), facts, &d);
     }
     if let Some(p) = path {
         abi::set_header(":path", Some(p));
     }
-    record(Some(policy), Some(plan), "allowed");
+    record(Some(policy), facts, "allowed", None);
     count(ALLOWED);
     Action::Continue
 }
@@ -70,20 +79,20 @@ fn strip_layergate_headers(buf: &[u8], edits: &HeaderEdits<'_>) {
     }
 }
 
-/// One `set_property` with `principal=… scope=… store=… decision=…` for access logs, and the
-/// request counted for its key's usage.
-fn record(policy: Option<&Policy>, plan: Option<&Plan>, decision: &str) {
+/// One `set_property` with the audit line's fragment ([`crate::audit`]) for access logs, and
+/// the request counted for its key's usage.
+fn record(policy: Option<&Policy>, facts: &Facts<'_>, decision: &str, reason: Option<&str>) {
     LOG_LINE.with(|line| {
         let Ok(mut line) = line.try_borrow_mut() else {
             return;
         };
-        log_line(&mut line, policy, plan, decision);
+        crate::audit::write(&mut line, policy, facts, decision, reason);
         abi::set_property(LOG_PROPERTY, &line);
     });
     if let Some(policy) = policy {
         USAGE.with(|u| {
             if let Ok(mut u) = u.try_borrow_mut() {
-                u.0.record(policy, plan, decision);
+                u.0.record(policy, &facts.trace, decision);
             }
         });
     }
@@ -93,7 +102,7 @@ pub(super) fn on_request_headers(ctx: u32, end_of_stream: bool) -> Action {
     let Some(policy) = policy_of(ctx) else {
         return deny(
             None,
-            None,
+            &Facts::default(),
             &Denial::unavailable("layergate has no configuration"),
         );
     };
@@ -109,16 +118,30 @@ pub(super) fn on_request_headers(ctx: u32, end_of_stream: bool) -> Action {
         }
         return Action::Continue;
     }
-    let d = decide(&policy, &head, now);
+    let mut trace = Trace::default();
+    let d = decide_traced(&policy, &head, now, &mut trace);
+    let facts = Facts {
+        request_id: head.request_id,
+        trace,
+        touched: None,
+    };
     match d {
-        Decision::Forward(plan) => forward(&policy, &plan, head_strip, None),
-        Decision::ForwardWithPath(plan, path) => forward(&policy, &plan, head_strip, Some(&path)),
-        Decision::Deny(d) => deny(Some(&policy), None, &d),
+        Decision::Forward(plan) => forward(&policy, &plan, &facts, head_strip, None),
+        Decision::ForwardWithPath(plan, path) => {
+            forward(&policy, &plan, &facts, head_strip, Some(&path))
+        }
+        Decision::Deny(d) => deny(Some(&policy), &facts, &d),
         Decision::Inspect(plan, inspection) => {
+            let mut held = Held::of(&facts);
             if end_of_stream {
-                return match crate::body::check(&policy, &plan, inspection, &[], now) {
-                    Ok(()) => forward(&policy, &plan, head_strip, None),
-                    Err(d) => deny(Some(&policy), Some(&plan), &d),
+                let checked =
+                    crate::body::check_noting(&policy, &plan, inspection, &[], now, &mut |ns| {
+                        held.note(ns)
+                    });
+                let facts = held.facts(&plan);
+                return match checked {
+                    Ok(()) => forward(&policy, &plan, &facts, head_strip, None),
+                    Err(d) => deny(Some(&policy), &facts, &d),
                 };
             }
             // Envoy turns a paused header callback into "stop all iteration", which would
@@ -137,6 +160,7 @@ pub(super) fn on_request_headers(ctx: u32, end_of_stream: bool) -> Action {
                         plan,
                         inspection,
                         after,
+                        held,
                     },
                 )
             });
@@ -165,6 +189,7 @@ pub(super) fn on_request_body(ctx: u32, body_size: usize, end_of_stream: bool) -
         plan,
         inspection,
         after,
+        mut held,
     }) = INSPECTING.with(|m| m.borrow_mut().remove(&ctx))
     else {
         return Action::Continue;
@@ -172,21 +197,25 @@ pub(super) fn on_request_body(ctx: u32, body_size: usize, end_of_stream: bool) -
     if over == Some(true) {
         return deny(
             Some(&policy),
-            Some(&plan),
+            &held.facts(&plan),
             &Denial::too_large(policy.inspect_body_bytes),
         );
     }
     count(INSPECTED);
     let body = abi::get_buffer(BufferType::HttpRequestBody, 0, body_size).unwrap_or_default();
-    match crate::body::check(&policy, &plan, inspection, &body, now) {
+    let checked = crate::body::check_noting(&policy, &plan, inspection, &body, now, &mut |ns| {
+        held.note(ns)
+    });
+    let facts = held.facts(&plan);
+    match checked {
         Ok(()) => match after {
-            Some(d) => deny(Some(&policy), Some(&plan), &d),
+            Some(d) => deny(Some(&policy), &facts, &d),
             None => {
-                record(Some(&policy), Some(&plan), "allowed");
+                record(Some(&policy), &facts, "allowed", None);
                 count(ALLOWED);
                 Action::Continue
             }
         },
-        Err(d) => deny(Some(&policy), Some(&plan), &d),
+        Err(d) => deny(Some(&policy), &facts, &d),
     }
 }

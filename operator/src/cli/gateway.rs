@@ -37,6 +37,10 @@ pub struct GatewayArgs {
     /// required with --filter native.
     #[arg(long, env = "LAYERGATE_ENVOY_VERSION", value_name = "VERSION")]
     pub envoy_version: Option<String>,
+    /// A file the gateway also writes its audit lines to, one JSON object a line (they always
+    /// go to stdout), as Envoy sees the path.
+    #[arg(long, env = "LAYERGATE_ACCESS_LOG_PATH", value_name = "PATH")]
+    pub access_log_path: Option<String>,
     /// The store clusters' limits.
     #[command(flatten)]
     pub limits: LimitArgs,
@@ -148,6 +152,7 @@ impl GatewayArgs {
             allow_endpoints,
             key_max_staleness_seconds: DEFAULT_MAX_STALENESS_SECONDS,
             limits: self.limits.limits(),
+            access_log_path: self.access_log_path.clone(),
         }
     }
 }

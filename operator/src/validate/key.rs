@@ -346,6 +346,7 @@ pub(super) fn validate_key(
     let shape = ApiKeyConfig {
         key_id: String::new(),
         name: name.clone(),
+        owner: k.spec.owner.clone(),
         lookup_hash: layergate_filter::config::LookupHash([0; 32]),
         expires_at: None,
         entitlements: entitlements.into_iter().collect(),

@@ -66,6 +66,7 @@ fn fixture(tag: &str, per_minute: u32, edit: impl Fn(&str, String) -> String) ->
         allow_endpoints: Default::default(),
         key_max_staleness_seconds: layergate_operator::output::DEFAULT_MAX_STALENESS_SECONDS,
         limits: Default::default(),
+        access_log_path: None,
     };
     let source = Arc::new(DirSource::new(dir.clone(), out, settings));
     source.refresh().unwrap();

@@ -53,6 +53,7 @@ pub fn kube_settings() -> layergate_operator::output::Settings {
         allow_endpoints: Default::default(),
         key_max_staleness_seconds: layergate_operator::output::DEFAULT_MAX_STALENESS_SECONDS,
         limits: Default::default(),
+        access_log_path: None,
     }
 }
 

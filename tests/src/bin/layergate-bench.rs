@@ -186,6 +186,7 @@ fn scaled_config(keys: usize, namespaces: usize) -> Result<String> {
         Ok(ApiKeyConfig {
             key_id: format!("key_{name}"),
             name,
+            owner: None,
             lookup_hash: layergate_filter::config::LookupHash::of(token),
             expires_at: None,
             entitlements: [("vectorstore.primary".to_owned(), grant(scope)?)]
@@ -283,6 +284,7 @@ fn variants(
         filter_config: None,
         vm_env: Vec::new(),
         buffer_limit_bytes: render::DEFAULT_BUFFER_LIMIT_BYTES,
+        access_log_path: None,
     });
     let bootstrap = |listener: Value| render::bootstrap_with_listener(any, listener, &gw.clusters);
     // The same chain as layergate's (wasm, buffer, router), with a filter that does nothing,
@@ -303,6 +305,7 @@ fn variants(
             filter_config: Some(config.to_owned()),
             vm_env: Vec::new(),
             buffer_limit_bytes: render::DEFAULT_BUFFER_LIMIT_BYTES,
+            access_log_path: None,
         }))
     };
     let probe = |calls: &str| in_chain(&noop_wasm, calls);
@@ -641,6 +644,7 @@ fn reload_time(upstream: SocketAddr, keys: usize) -> Result<Duration> {
             filter_config: Some(config),
             vm_env: Vec::new(),
             buffer_limit_bytes: render::DEFAULT_BUFFER_LIMIT_BYTES,
+            access_log_path: None,
         })
     };
     let clusters: Vec<render::Cluster> = gw
@@ -767,6 +771,7 @@ fn operator_render_time(keys: usize, indexes: usize) -> Result<Duration> {
         allow_endpoints: Default::default(),
         key_max_staleness_seconds: layergate_operator::output::DEFAULT_MAX_STALENESS_SECONDS,
         limits: Default::default(),
+        access_log_path: None,
     };
     let started = Instant::now();
     let v = validate::validate(&objects, "layer", 1_800_000_000);

@@ -27,6 +27,42 @@ pub struct Listener {
     /// buffer limit); must cover the filter's `limits.inspectBodyBytes`. Every other stream
     /// and connection buffers at most [`limits::CONNECTION_BUFFER_BYTES`].
     pub buffer_limit_bytes: u64,
+    /// A file Envoy writes the audit lines to, besides stdout.
+    pub access_log_path: Option<String>,
+}
+
+/// The audit line's template for Envoy's access log (a `text_format_source` with
+/// `omit_empty_values`): one JSON object a line. Envoy fills in what it knows — every value
+/// here is a timestamp, a number or an address, so nothing it writes needs escaping — and the
+/// filter's fragment (`%FILTER_STATE(<log_key>:PLAIN)%`, `,"request_id":…,"reason":…`,
+/// escaped by the filter) closes the object; a request the filter did not record (a host it
+/// does not serve, a reply Envoy made before it) renders the fragment empty, which is still
+/// one valid object.
+pub fn audit_format(log_key: &str) -> String {
+    format!(
+        "{{\"time\":\"%START_TIME%\",\"status\":%RESPONSE_CODE%,\
+         \"bytes_received\":%BYTES_RECEIVED%,\"bytes_sent\":%BYTES_SENT%,\"duration_ms\":%DURATION%,\
+         \"client\":\"%DOWNSTREAM_REMOTE_ADDRESS%\"%FILTER_STATE({log_key}:PLAIN)%}}\n"
+    )
+}
+
+/// Envoy's access loggers of the gateway: stdout, and `path` when given, with the audit line.
+pub fn access_loggers(log_key: &str, path: Option<&str>) -> Value {
+    let format = json!({"omit_empty_values": true,
+                        "text_format_source": {"inline_string": audit_format(log_key)}});
+    let mut loggers = vec![
+        json!({"name": "envoy.access_loggers.stdout", "typed_config": {
+        "@type": "type.googleapis.com/envoy.extensions.access_loggers.stream.v3.StdoutAccessLog",
+        "log_format": format}}),
+    ];
+    if let Some(path) = path {
+        loggers.push(
+            json!({"name": "envoy.access_loggers.file", "typed_config": {
+            "@type": "type.googleapis.com/envoy.extensions.access_loggers.file.v3.FileAccessLog",
+            "path": path, "log_format": format}}),
+        );
+    }
+    Value::Array(loggers)
 }
 
 /// The gateway's resource limits, as rendered into every listener and bootstrap.
@@ -210,10 +246,6 @@ pub fn listener_with(l: &Listener, limits: &UpstreamLimits) -> Value {
         r["route"]["timeout"] = json!(ms(limits.request_timeout_ms));
         r
     });
-    let log_format = format!(
-        "[%START_TIME%] \"%REQ(:METHOD)% %REQ(:PATH)%\" %RESPONSE_CODE% %UPSTREAM_CLUSTER% %FILTER_STATE({}:PLAIN)%\n",
-        l.build.log_key()
-    );
     json!({
         "name": "layergate",
         "address": {"socket_address": {"address": l.listen.ip().to_string(), "port_value": l.listen.port()}},
@@ -241,9 +273,7 @@ pub fn listener_with(l: &Listener, limits: &UpstreamLimits) -> Value {
                 "initial_connection_window_size": limits::H2_CONNECTION_WINDOW_BYTES,
             },
             "local_reply_config": local_reply,
-            "access_log": [{"name": "envoy.access_loggers.stdout", "typed_config": {
-                "@type": "type.googleapis.com/envoy.extensions.access_loggers.stream.v3.StdoutAccessLog",
-                "log_format": {"text_format_source": {"inline_string": log_format}}}}],
+            "access_log": access_loggers(l.build.log_key(), l.access_log_path.as_deref()),
             "route_config": {"name": "layergate", "virtual_hosts": [{"name": "layergate", "domains": ["*"], "routes": routes}]},
             "http_filters": filters,
         }}]}],

@@ -41,7 +41,10 @@ pub use self::bootstrap::{
     static_bootstrap, static_bootstrap_with,
 };
 pub use self::cluster::{cluster, cluster_with, Cluster, SYSTEM_CA_BUNDLE};
-pub use self::listener::{limits, listener, listener_with, stream_idle_ms, FilterBuild, Listener};
+pub use self::listener::{
+    access_loggers, audit_format, limits, listener, listener_with, stream_idle_ms, FilterBuild,
+    Listener,
+};
 pub use crate::render::upstream::{
     ms, store_label, Upstream, CONTROL_BODY_BYTES, DEFAULT_BUFFER_LIMIT_BYTES,
 };
@@ -120,6 +123,7 @@ pub fn translate(
         filter_config: Some(serde_json::to_string(&config)?),
         vm_env: Vec::new(),
         buffer_limit_bytes: DEFAULT_BUFFER_LIMIT_BYTES,
+        access_log_path: settings.access_log_path.clone(),
     };
     let files = vec![
         (

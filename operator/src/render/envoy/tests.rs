@@ -82,6 +82,7 @@ fn the_listener_is_bounded_and_every_bootstrap_carries_the_overload_manager() {
         filter_config: None,
         vm_env: Vec::new(),
         buffer_limit_bytes: DEFAULT_BUFFER_LIMIT_BYTES,
+        access_log_path: None,
     });
     assert_eq!(
         l["per_connection_buffer_limit_bytes"],
@@ -160,6 +161,7 @@ fn l_spec() -> Listener {
         filter_config: None,
         vm_env: Vec::new(),
         buffer_limit_bytes: DEFAULT_BUFFER_LIMIT_BYTES,
+        access_log_path: None,
     }
 }
 
@@ -172,6 +174,7 @@ fn only_envoys_upstream_failure_replies_are_rewritten_to_json() {
         filter_config: None,
         vm_env: Vec::new(),
         buffer_limit_bytes: DEFAULT_BUFFER_LIMIT_BYTES,
+        access_log_path: None,
     });
     let hcm = &l["filter_chains"][0]["filters"][0]["typed_config"];
     let mappers = hcm["local_reply_config"]["mappers"]
@@ -255,4 +258,40 @@ fn the_native_build_is_the_dynamic_module_filter_in_the_wasm_filters_place() {
     };
     assert!(format(&native).contains("%FILTER_STATE(layergate:PLAIN)%"));
     assert!(format(&wasm).contains("%FILTER_STATE(wasm.layergate:PLAIN)%"));
+}
+
+#[test]
+fn the_audit_line_goes_to_stdout_and_to_the_file_when_one_is_set() {
+    let mut l = l_spec();
+    let loggers = |l: &Listener| {
+        listener(l)["filter_chains"][0]["filters"][0]["typed_config"]["access_log"].clone()
+    };
+    assert_eq!(loggers(&l).as_array().map(Vec::len), Some(1));
+    l.access_log_path = Some("/var/log/layergate/audit.log".into());
+    let all = loggers(&l);
+    assert_eq!(
+        all[1]["typed_config"]["path"],
+        "/var/log/layergate/audit.log"
+    );
+    assert_eq!(
+        all[0]["typed_config"]["log_format"],
+        all[1]["typed_config"]["log_format"]
+    );
+    assert_eq!(
+        all[1]["typed_config"]["log_format"]["omit_empty_values"],
+        true
+    );
+    // With the filter's fragment empty (a request it did not record), the line is one object.
+    let template = audit_format("layergate");
+    let empty = template
+        .replace("%FILTER_STATE(layergate:PLAIN)%", "")
+        .replace("%START_TIME%", "2026-01-01T00:00:00.000Z")
+        .replace("%DOWNSTREAM_REMOTE_ADDRESS%", "127.0.0.1:5")
+        .replace(['%'], "")
+        .replace("RESPONSE_CODE", "200")
+        .replace("BYTES_RECEIVED", "1")
+        .replace("BYTES_SENT", "2")
+        .replace("DURATION", "3");
+    let v: Value = serde_json::from_str(empty.trim_end()).unwrap_or_default();
+    assert_eq!(v["status"], 200, "{empty}");
 }

@@ -73,6 +73,7 @@ pub(super) fn key(name: &str, token: &str) -> Result<ApiKeyConfig> {
     Ok(ApiKeyConfig {
         key_id: format!("key_{name}"),
         name: name.to_owned(),
+        owner: None,
         lookup_hash: layergate_filter::config::LookupHash::of(token),
         expires_at: None,
         entitlements: [("vectorstore.primary".to_owned(), grant)]

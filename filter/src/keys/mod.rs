@@ -21,10 +21,12 @@
 //! credentials keep working); [`Freshness`] is shared between the root context, which
 //! records each successful sync, and every table it built.
 
+mod arena;
 use crate::config::ApiKeyConfig;
 use crate::config::{token_hash, ConfigError, StoreId};
 use crate::entitlement::{compile_key, KeyGrants};
 use crate::fasthash::FastMap;
+use arena::{Arena, Lens};
 use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::Arc;
@@ -73,56 +75,14 @@ pub enum Unusable {
     Stale,
 }
 
-/// The keys' principal texts, in blocks that never move: a block that is full is followed by
-/// a new one (1 KiB, doubling up to 64 KiB) and never copied, so building a 100,000-key table
-/// holds no second copy of its text (a doubling `String` held the old and the new at once, a
-/// good part of a snapshot's high-water mark) and leaves at most one block part-empty.
-#[derive(Debug, Clone, Default)]
-struct Arena {
-    blocks: Vec<String>,
-    /// Bytes of text held.
-    len: usize,
-}
-
-/// The largest block: a text's offset in its block fits the low 16 bits of its start.
-const BLOCK: usize = 1 << 16;
-
-impl Arena {
-    /// Appends `head` then `tail` as one text; its (start, length).
-    fn push(&mut self, head: &str, tail: &str) -> (u32, u32) {
-        let n = head.len() + tail.len();
-        if self
-            .blocks
-            .last()
-            .is_none_or(|b| b.len() + n > b.capacity().min(BLOCK))
-        {
-            let size = self.blocks.last().map_or(1024, |b| b.capacity() * 2);
-            self.blocks
-                .push(String::with_capacity(size.clamp(n, BLOCK.max(n))));
-        }
-        let block = self.blocks.len() - 1;
-        let b = &mut self.blocks[block];
-        let offset = b.len();
-        b.push_str(head);
-        b.push_str(tail);
-        self.len += n;
-        (((block as u32) << 16) | offset as u32, n as u32)
-    }
-
-    /// The text at (start, length).
-    fn get(&self, start: u32, len: u32) -> &str {
-        let (block, offset) = ((start >> 16) as usize, (start & 0xFFFF) as usize);
-        &self.blocks[block][offset..offset + len as usize]
-    }
-}
-
 /// One key, compactly: its principal text lives in the table's arena, its grants are
 /// interned.
 #[derive(Debug, Clone)]
 struct Slot {
-    /// `apikey:<name>`: the arena's text at (start, len).
+    /// `apikey:<name>`, then the owner: the arena's text at `start`, their lengths packed in
+    /// [`Lens`].
     start: u32,
-    len: u32,
+    len: Lens,
     /// Expiry in Unix seconds; `i64::MAX` for never.
     expires_at: i64,
     grants: Arc<KeyGrants>,
@@ -133,6 +93,8 @@ struct Slot {
 pub struct KeyRef<'t> {
     /// `apikey:<name>`.
     pub principal: &'t str,
+    /// Who the key is for (`spec.owner`), if set.
+    pub owner: Option<&'t str>,
     /// Expiry in Unix seconds, if any.
     pub expires_at: Option<i64>,
     /// What it grants.
@@ -168,16 +130,16 @@ pub struct KeyTable {
     /// Token digest → slot; an entry of a removed key stays until the next rewrite and is
     /// never answered (its slot is dead).
     by_hash: FastMap<[u8; 32], u32>,
-    /// keyId digest → the slot of its previous token, for keys in a rotation's overlap: a
-    /// slot of its own (same name and grants) whose expiry is the overlap's end, so the
-    /// request's expiry check refuses it from then on, with or without a sync.
-    previous: FastMap<[u8; 8], u32>,
     arena: Arena,
     /// Arena bytes no live slot refers to any more.
     garbage: usize,
     /// Slots of removed or replaced keys.
     dead: usize,
     interned: HashSet<Arc<KeyGrants>>,
+    /// keyId digest → the slot of its previous token, for keys in a rotation's overlap: a
+    /// slot of its own (same name and grants) whose expiry is the overlap's end, so the
+    /// request's expiry check refuses it from then on, with or without a sync.
+    previous: FastMap<[u8; 8], u32>,
     /// `Some` for a table from the key service: judged for freshness.
     freshness: Option<Arc<Freshness>>,
     /// The key service's revision this table is at.
@@ -254,7 +216,15 @@ impl KeyTable {
         }
         let key = compile_key(k, stores, store_count).map_err(|e| refused(k, e))?;
         let previous = key.previous;
-        self.push(id, k.lookup_hash.0, &k.name, key.expires_at, key.grants);
+        let owner = k.owner.as_deref().unwrap_or_default();
+        let len = Lens::new("apikey:".len() + k.name.len(), owner.len());
+        let text = ["apikey:", &k.name, owner];
+        self.push(
+            (id, k.lookup_hash.0, len),
+            &text,
+            key.expires_at,
+            key.grants,
+        );
         if let Some((hash, until)) = previous {
             self.push_previous(id, hash, until);
         }
@@ -312,10 +282,10 @@ impl KeyTable {
             let (Some(hash), true) = (hashes.get(i), s.start != DEAD) else {
                 continue;
             };
-            let principal = other.arena.get(s.start, s.len);
-            let name = principal.strip_prefix("apikey:").unwrap_or(principal);
+            let text = other.arena.get(s.start, s.len.total());
             let expires_at = (s.expires_at != i64::MAX).then_some(s.expires_at);
-            self.push(*id, *hash, name, expires_at, KeyGrants::clone(&s.grants));
+            let key = (*id, *hash, s.len);
+            self.push(key, &[text], expires_at, KeyGrants::clone(&s.grants));
             let previous = other.previous.get(id).map(|j| &other.slots[*j as usize]);
             if let (Some(p), Some(hash)) = (
                 previous.filter(|p| p.start != DEAD),
@@ -327,15 +297,15 @@ impl KeyTable {
     }
 
     /// Adds the previous token of the key just pushed with keyId digest `id`: a slot sharing
-    /// its name and grants that expires at `until`.
+    /// its name, owner and grants that expires at `until`.
     fn push_previous(&mut self, id: [u8; 8], hash: [u8; 32], until: i64) {
         let Some(&main) = self.by_id.get(&id) else {
             return;
         };
         let mut slot = self.slots[main as usize].clone();
         // Its own copy of the text, so removing either slot frees exactly what it held.
-        let text = self.arena.get(slot.start, slot.len).to_owned();
-        (slot.start, slot.len) = self.arena.push(&text, "");
+        let text = self.arena.get(slot.start, slot.len.total()).to_owned();
+        (slot.start, _) = self.arena.push(&[&text]);
         slot.expires_at = until;
         let i = self.slots.len() as u32;
         self.slots.push(slot);
@@ -345,12 +315,12 @@ impl KeyTable {
         self.by_hash.insert(hash, i);
     }
 
-    /// Adds a key (keyId digest, token digest, name); one with the same keyId is replaced.
+    /// Adds a key (keyId digest, token digest, the lengths of its texts; the texts, in order);
+    /// one with the same keyId is replaced.
     fn push(
         &mut self,
-        id: [u8; 8],
-        hash: [u8; 32],
-        name: &str,
+        (id, hash, len): ([u8; 8], [u8; 32], Lens),
+        text: &[&str],
         expires_at: Option<i64>,
         grants: KeyGrants,
     ) {
@@ -362,7 +332,7 @@ impl KeyTable {
                 g
             }
         };
-        let (start, len) = self.arena.push("apikey:", name);
+        let (start, _) = self.arena.push(text);
         let i = self.slots.len() as u32;
         self.slots.push(Slot {
             start,
@@ -394,9 +364,9 @@ impl KeyTable {
     fn kill(&mut self, slot: usize) {
         let s = &mut self.slots[slot];
         if s.start != DEAD {
-            self.garbage += s.len as usize;
+            self.garbage += s.len.total();
             s.start = DEAD;
-            s.len = 0;
+            s.len = Lens(0);
             self.dead += 1;
         }
     }
@@ -415,7 +385,7 @@ impl KeyTable {
             if s.start == DEAD {
                 continue;
             }
-            (s.start, s.len) = arena.push(self.arena.get(s.start, s.len), "");
+            (s.start, _) = arena.push(&[self.arena.get(s.start, s.len.total())]);
             remap[i] = slots.len() as u32;
             slots.push(s);
         }
@@ -446,8 +416,11 @@ impl KeyTable {
     /// gave out.
     pub fn key(&self, k: usize) -> KeyRef<'_> {
         let s = &self.slots[k];
+        let text = self.arena.get(s.start, s.len.total());
+        let (principal, owner) = text.split_at(s.len.principal());
         KeyRef {
-            principal: self.arena.get(s.start, s.len),
+            principal,
+            owner: (!owner.is_empty()).then_some(owner),
             expires_at: (s.expires_at != i64::MAX).then_some(s.expires_at),
             grants: &s.grants,
         }
