@@ -337,6 +337,7 @@ mod tests {
             lookup_hash: crate::config::LookupHash::of("t"),
             expires_at: None,
             entitlements: ents(&[("layer", grant(&[Scope::Read], None))]),
+            previous: None,
         };
         assert!(check_api_key(&k).is_ok());
         k.owner = Some("o".repeat(crate::config::MAX_OWNER_BYTES + 1));
