@@ -936,7 +936,7 @@ fn usage_through_two_workers_and_two_gateways_is_counted_and_last_seen_is_shown(
                 .send(g.addr)
                 .unwrap()
                 .status
-                != 200
+                != 404
             {
                 assert!(
                     std::time::Instant::now() < deadline,
@@ -968,8 +968,20 @@ fn usage_through_two_workers_and_two_gateways_is_counted_and_last_seen_is_shown(
                         .send(g.addr)
                         .unwrap()
                         .status,
-                    200
+                    404
                 );
+            }
+        }
+        // Writes the read-only key may not make: refused after authentication, counted.
+        const WRITES: u64 = 25;
+        for g in &gateways {
+            for _ in 0..WRITES {
+                let r = Request::new("POST", "/v2/namespaces/shop-a")
+                    .bearer(token)
+                    .json(&json!({"upsert_rows": [{"id": 1}]}))
+                    .send(g.addr)
+                    .unwrap();
+                assert_eq!(r.status, 403, "{}", r.text());
             }
         }
         let served = 2 * READS;
@@ -988,6 +1000,11 @@ fn usage_through_two_workers_and_two_gateways_is_counted_and_last_seen_is_shown(
         );
         let u = usage();
         assert!(u["lastSeenAt"].is_string(), "{u}");
+        assert_eq!(
+            u["sinceCreation"]["refused"]["403"],
+            2 * WRITES,
+            "{build:?}: {u}"
+        );
         // The official client shows it.
         let url = format!("http://{}", gateways[0].addr);
         let (code, seen) = layergate_tests::python::run_script(
