@@ -371,3 +371,114 @@ pub fn key_lifecycle(gateway: SocketAddr) -> Result<Lifecycle> {
         revoked_refused,
     })
 }
+
+/// What [`rotation`] saw of a key rotated with a short overlap.
+#[derive(Debug, Clone)]
+pub struct Rotation {
+    /// The overlap asked for.
+    pub overlap: Duration,
+    /// From the rotate answer until the new token's first 200.
+    pub new_works: Duration,
+    /// The old token still answered 200 right after the rotation.
+    pub old_works_during: bool,
+    /// When the old token's first 401 came, in milliseconds after the overlap's end (negative:
+    /// before it; the overlap ends on a whole second of the gateway's clock, so up to a
+    /// second early).
+    pub old_refused_ms: i64,
+}
+
+/// Mints a key, rotates it with a 3 s overlap, and times the new token working, the old one
+/// working during the overlap and refused after it; then deletes the key.
+pub fn rotation(gateway: SocketAddr) -> Result<Rotation> {
+    let admin = "demo-admin-token";
+    let overlap = Duration::from_secs(3);
+    let name = format!(
+        "tour-rotate-{}",
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis())
+    );
+    let send = |req: Request| req.send(gateway);
+    let status = |token: &str| -> Result<u16> {
+        Ok(send(Request::new("GET", "/v1/namespaces").bearer(token))?.status)
+    };
+    let until = |token: &str, want: u16| -> Result<Instant> {
+        let since = Instant::now();
+        loop {
+            let got = status(token)?;
+            if got == want {
+                return Ok(Instant::now());
+            }
+            if since.elapsed() > LIFECYCLE_WAIT {
+                bail!("key {name}: still {got}, not {want}, after {LIFECYCLE_WAIT:?}");
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    };
+    let minted = send(Request::new("POST", "/v2/keys").bearer(admin).json(&json!({
+        "name": name, "owner": "make-demo", "expiresAfter": "1h",
+        "entitlements": {"vectorstore.primary": {"scopes": ["read"], "namespaces": ["tour-*"]}}
+    })))?;
+    if minted.status != 201 {
+        bail!("minting {name}: {} {}", minted.status, minted.text());
+    }
+    let old = minted.json()?["token"]
+        .as_str()
+        .context("the mint answer has no token")?
+        .to_owned();
+    until(&old, 200)?;
+    let rotating = Instant::now();
+    let rotated = send(
+        Request::new("POST", &format!("/v2/keys/{name}/rotate"))
+            .bearer(admin)
+            .json(&json!({"overlap": format!("{}s", overlap.as_secs())})),
+    )?;
+    if rotated.status != 200 {
+        bail!("rotating {name}: {} {}", rotated.status, rotated.text());
+    }
+    let answered = Instant::now();
+    let new = rotated.json()?["token"]
+        .as_str()
+        .context("the rotate answer has no token")?
+        .to_owned();
+    let new_works = until(&new, 200)?.duration_since(answered);
+    let old_works_during = status(&old)? == 200;
+    let refused = until(&old, 401)?;
+    let deleted = send(Request::new("DELETE", &format!("/v2/keys/{name}")).bearer(admin))?;
+    if !(200..300).contains(&deleted.status) {
+        bail!("deleting {name}: {} {}", deleted.status, deleted.text());
+    }
+    Ok(Rotation {
+        overlap,
+        new_works,
+        old_works_during,
+        old_refused_ms: match refused.checked_duration_since(rotating + overlap) {
+            Some(late) => late.as_millis() as i64,
+            None => -((rotating + overlap - refused).as_millis() as i64),
+        },
+    })
+}
+
+/// `lastSeenAt` and usage of the demo's minted key `shop-reader`, once the gateway has reported
+/// what the tour sent with it (reports go every 5 s): one line.
+pub fn usage_line(gateway: SocketAddr) -> Result<String> {
+    std::thread::sleep(Duration::from_secs(6));
+    let r = Request::new("GET", "/v2/keys/shop-reader/usage")
+        .bearer("demo-admin-token")
+        .send(gateway)?;
+    if r.status != 200 {
+        bail!("usage of shop-reader: {} {}", r.status, r.text());
+    }
+    let u = r.json()?;
+    if !u["lastSeenAt"].is_string() {
+        bail!("shop-reader has no lastSeenAt after the tour used it: {u}");
+    }
+    Ok(format!(
+        "shop-reader: lastSeenAt {}, {} requests since creation (allowed {}, refused {}), {} in the last hour",
+        u["lastSeenAt"].as_str().unwrap_or("-"),
+        u["sinceCreation"]["requests"],
+        u["sinceCreation"]["allowed"],
+        u["sinceCreation"]["refused"],
+        u["lastHour"]["requests"],
+    ))
+}

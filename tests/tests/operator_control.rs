@@ -742,7 +742,7 @@ fn a_rendering_the_filter_cannot_read_is_refused_visibly_and_the_old_one_keeps_e
 /// each within a second (timed from the request; the bound here is generous for a loaded
 /// machine, the demo itself holds it to one second).
 #[test]
-fn the_tour_mints_and_revokes_a_key_and_each_takes_effect_promptly() {
+fn the_tour_mints_revokes_and_rotates_a_key_and_each_takes_effect_promptly() {
     let s = start("lifecycle");
     let l = layergate_tests::tour::key_lifecycle(s.envoy.addr).unwrap_or_else(|e| panic!("{e:#}"));
     println!(
@@ -751,6 +751,28 @@ fn the_tour_mints_and_revokes_a_key_and_each_takes_effect_promptly() {
     );
     let bound = std::time::Duration::from_secs(3);
     assert!(l.minted_works < bound && l.revoked_refused < bound, "{l:?}");
+    // `make demo`'s rotation rows and its usage line, as the tour runs them.
+    let r = layergate_tests::tour::rotation(s.envoy.addr).unwrap_or_else(|e| panic!("{e:#}"));
+    println!("{r:?}");
+    assert!(r.old_works_during, "{r:?}");
+    assert!(
+        r.new_works < bound && r.old_refused_ms.abs() < 1000,
+        "{r:?}"
+    );
+    let shop = layergate_tests::tour::SHOP_READER_TOKEN;
+    assert_eq!(
+        call(
+            &s,
+            "GET",
+            "/v1/namespaces/shop-a/metadata",
+            Some(shop),
+            None
+        )
+        .status,
+        404
+    );
+    let line = layergate_tests::tour::usage_line(s.envoy.addr).unwrap_or_else(|e| panic!("{e:#}"));
+    assert!(line.contains("lastSeenAt 20"), "{line}");
 }
 
 /// Issue 21.8: requests that sent their headers and then a byte every 2 s held the operator's

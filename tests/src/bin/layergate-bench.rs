@@ -820,6 +820,18 @@ fn probes() -> Result<()> {
             all.insert(3 + i, v);
         }
     }
+    // `BENCH_BEARER`: the token layergate and its baselines are called with (default the
+    // inbound `demo-read-token`; e.g. the demo's minted `shop-reader` key, whose requests the
+    // filter counts for usage).
+    if let Ok(bearer) = std::env::var("BENCH_BEARER") {
+        for v in all.iter_mut().filter(|v| v.name.starts_with("layergate")) {
+            for (k, x) in v.headers.iter_mut() {
+                if k.as_str() == "authorization" {
+                    *x = format!("Bearer {bearer}");
+                }
+            }
+        }
+    }
     // `BENCH_ONLY` narrows the probes (bare Envoy, the floor, layergate, a baseline build and
     // the enter-only probe always run).
     let only = std::env::var("BENCH_ONLY").unwrap_or_default();

@@ -47,12 +47,52 @@ fn main() -> Result<()> {
                     println!("FAIL minting and revoking a key: {e:#}");
                 }
             }
+            // A key rotated with a 3 s overlap: the new token at once, the old one during the
+            // overlap and refused within a second after it (issue 24).
+            match tour::rotation(addr) {
+                Ok(r) => {
+                    let rows = [
+                        (
+                            "a rotated key's new token works",
+                            r.new_works < bound,
+                            format!("{:.0?}", r.new_works),
+                        ),
+                        (
+                            "its old token still works during the overlap",
+                            r.old_works_during,
+                            format!("{:?} overlap", r.overlap),
+                        ),
+                        (
+                            "its old token is refused within a second of the overlap's end",
+                            r.old_refused_ms.abs() < 1000,
+                            format!("{} ms after it", r.old_refused_ms),
+                        ),
+                    ];
+                    for (what, ok, took) in rows {
+                        failed += usize::from(!ok);
+                        let mark = if ok { "ok" } else { "FAIL" };
+                        println!("{mark:<4} {what:<60} {took}");
+                    }
+                }
+                Err(e) => {
+                    failed += 1;
+                    println!("FAIL rotating a key: {e:#}");
+                }
+            }
+            // What the gateway reported of the demo's minted key.
+            match tour::usage_line(addr) {
+                Ok(line) => println!("ok   {line}"),
+                Err(e) => {
+                    failed += 1;
+                    println!("FAIL usage: {e:#}");
+                }
+            }
             if failed > 0 {
                 bail!(
                     "{failed} step(s) did not go as documented (is `make run` running on {addr}?)"
                 );
             }
-            println!("all {} steps as documented", outcomes.len() + 2);
+            println!("all {} steps as documented", outcomes.len() + 6);
             Ok(())
         }
         _ => bail!("usage: layergate-demo run | tour [GATEWAY_ADDR]"),
