@@ -51,7 +51,8 @@ pub mod reason {
     pub const REVOKED: &str = "Revoked";
     /// The ApiKey is past its expiry.
     pub const EXPIRED: &str = "Expired";
-    /// The key expires within the `--expiring-soon` window: rotate it or mint a new one.
+    /// The key expires within the `--expiring-soon` window: mint a new one (a rotation keeps
+    /// the expiry) or lengthen its `expiresAfter`.
     pub const EXPIRES_WITHIN: &str = "ExpiresWithin";
     /// The key expires later than the window, or never.
     pub const EXPIRES_LATER: &str = "ExpiresLater";

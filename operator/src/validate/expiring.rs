@@ -59,8 +59,8 @@ pub fn condition_of(
             true,
             reason::EXPIRES_WITHIN,
             format!(
-                "expires at {} (within {}); before then rotate it (POST /v2/keys/{{keyId}}/rotate, \
-                 or annotate it hevlayer.com/rotate) or mint a new key",
+                "expires at {} (within {}): before then mint a new key (POST /v2/keys) and move \
+                 its clients to it, or lengthen spec.expiresAfter (a rotation keeps the expiry)",
                 rfc3339(at),
                 format_window(w)
             ),
@@ -139,7 +139,7 @@ mod tests {
             "{}",
             a.message
         );
-        assert!(a.message.contains("/rotate"), "{}", a.message);
+        assert!(a.message.contains("POST /v2/keys"), "{}", a.message);
         let later = c(at - 8 * 86_400).unwrap();
         assert_eq!(
             (later.status.as_str(), later.reason.as_str()),

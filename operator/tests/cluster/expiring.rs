@@ -67,7 +67,7 @@ async fn a_key_expiring_within_the_window_is_expiring_soon_with_one_event_across
         .expires_at
         .unwrap();
     assert!(soon.message.contains(&expires_at), "{}", soon.message);
-    assert!(soon.message.contains("/rotate"), "{}", soon.message);
+    assert!(soon.message.contains("mint a new key"), "{}", soon.message);
     let later = expiring_soon(&client, "later")
         .await
         .expect("the condition");
