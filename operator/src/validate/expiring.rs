@@ -98,6 +98,7 @@ pub fn format_window(secs: i64) -> String {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
 
