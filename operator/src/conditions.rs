@@ -6,6 +6,9 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 pub const READY: &str = "Ready";
 /// Condition type on ApiKeys: an entitlement names a store that does not exist.
 pub const ENTITLEMENT_TARGET_MISSING: &str = "EntitlementTargetMissing";
+/// Condition type on Active ApiKeys (unless `--expiring-soon off`): True while the key's
+/// `expiresAt` is within the window (`--expiring-soon`, default 7 days).
+pub const EXPIRING_SOON: &str = "ExpiringSoon";
 
 /// Reasons.
 pub mod reason {
@@ -48,6 +51,11 @@ pub mod reason {
     pub const REVOKED: &str = "Revoked";
     /// The ApiKey is past its expiry.
     pub const EXPIRED: &str = "Expired";
+    /// The key expires within the `--expiring-soon` window: mint a new one (a rotation keeps
+    /// the expiry) or lengthen its `expiresAfter`.
+    pub const EXPIRES_WITHIN: &str = "ExpiresWithin";
+    /// The key expires later than the window, or never.
+    pub const EXPIRES_LATER: &str = "ExpiresLater";
     /// An entitlement names a missing store (the entitlement grants nothing).
     pub const TARGET_MISSING: &str = "TargetMissing";
     /// The store answered the probe with 401/403.

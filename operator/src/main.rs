@@ -31,6 +31,7 @@ fn main() {
 
 fn run(cli: Cli) -> Result<()> {
     let allow = Allowlist::with(&cli.allow_endpoint).map_err(anyhow::Error::msg)?;
+    let window = cli.expiring_soon.0;
     match cli.command {
         Command::Crds => {
             print!("{}", crd::crds_yaml()?);
@@ -38,7 +39,7 @@ fn run(cli: Cli) -> Result<()> {
         }
         Command::CheckFilterConfig { file } => check_filter_config(&file),
         Command::CopyFilter { wasm, dir } => copy_filter(&wasm, &dir),
-        Command::Check { dir } => check(&dir, &allow),
+        Command::Check { dir } => check(&dir, &allow, window),
         Command::Render { dir, out, render } => {
             render.check()?;
             let settings = render.gateway.settings(Mode::Local, allow);
@@ -47,7 +48,8 @@ fn run(cli: Cli) -> Result<()> {
                 upstreams.control_upstream.clone(),
                 upstreams.key_service_upstream.clone(),
             );
-            self::render(&dir, &out, render.namespace.as_deref(), &target, &settings)
+            let ns = render.namespace.as_deref();
+            self::render(&dir, &out, ns, &target, &settings, window)
         }
         Command::Run {
             source,
@@ -71,9 +73,9 @@ fn run(cli: Cli) -> Result<()> {
                         &dir,
                         &out,
                         settings,
+                        window,
                         serve.authenticate_per_minute,
-                        control,
-                        keys,
+                        (control, keys),
                     )
                 }
                 (SourceKind::Dir(_), None) => bail!("--source dir:PATH needs --out OUT"),
@@ -89,6 +91,7 @@ fn run(cli: Cli) -> Result<()> {
                         listeners: serve.listeners(Mode::Pod),
                         rate: serve.authenticate_per_minute,
                         kube,
+                        window,
                     };
                     run_kube(kube_run)
                 }
@@ -183,7 +186,7 @@ fn note_skipped(objects: &manifests::Objects) {
     }
 }
 
-fn check(dir: &Path, allow: &Allowlist) -> Result<()> {
+fn check(dir: &Path, allow: &Allowlist, window: Option<i64>) -> Result<()> {
     let objects = manifests::load_dir(dir)?;
     note_skipped(&objects);
     let mut errors = objects.problems.len();
@@ -191,7 +194,7 @@ fn check(dir: &Path, allow: &Allowlist) -> Result<()> {
         println!("error: {p}");
     }
     for ns in output::namespaces(&objects) {
-        let v = validate::validate_in(&objects, &ns, now(), allow);
+        let v = validate::validate_since(&objects, &ns, now(), allow, window, None);
         errors += report(&ns, &v);
         if let Err(e) = render::filter_config(&v, &render::RenderOptions::default()) {
             println!("error: namespace {ns}: the rendered configuration would be refused: {e}");
@@ -209,15 +212,13 @@ fn run_dir(
     dir: &Path,
     out: &Path,
     settings: output::Settings,
+    window: Option<i64>,
     rate: u32,
-    control: SocketAddr,
-    keys: SocketAddr,
+    (control, keys): (SocketAddr, SocketAddr),
 ) -> Result<()> {
-    let source = Arc::new(source::DirSource::new(
-        dir.to_owned(),
-        out.to_owned(),
-        settings,
-    ));
+    let mut source = source::DirSource::new(dir.to_owned(), out.to_owned(), settings);
+    source.expiring_soon = window;
+    let source = Arc::new(source);
     // The control API and key service on the operator's runtime; the watcher, which blocks,
     // on this thread.
     let runtime = tokio::runtime::Builder::new_multi_thread()
@@ -238,6 +239,8 @@ struct KubeRun {
     listeners: (SocketAddr, SocketAddr),
     rate: u32,
     kube: cli::KubeArgs,
+    /// The `ExpiringSoon` window (`None`: off).
+    window: Option<i64>,
 }
 
 /// Kube mode: the controller, the control API and the key service on one runtime.
@@ -288,6 +291,7 @@ fn run_kube(run: KubeRun) -> Result<()> {
             .with_target(target)
             .with_identity(&identity);
         cluster.usage_writes = usize::try_from(run.kube.usage_writes_per_second).unwrap_or(1);
+        cluster.expiring_soon = run.window;
         let source = Arc::new(cluster);
         let lock = lease::LeaseLock::new(
             client,
@@ -351,14 +355,19 @@ async fn shutdown_signal() {
 
 /// What both render targets start from: the manifests of one namespace, read (refusing any
 /// that cannot be read), validated and reported.
-fn validated(dir: &Path, namespace: Option<&str>, allow: &Allowlist) -> Result<Validation> {
+fn validated(
+    dir: &Path,
+    namespace: Option<&str>,
+    allow: &Allowlist,
+    window: Option<i64>,
+) -> Result<Validation> {
     let objects = manifests::load_dir(dir)?;
     note_skipped(&objects);
     if !objects.problems.is_empty() {
         bail!("cannot render: {}", objects.problems.join("; "));
     }
     let ns = output::namespace(&objects, namespace)?;
-    let v = validate::validate_in(&objects, &ns, now(), allow);
+    let v = validate::validate_since(&objects, &ns, now(), allow, window, None);
     report(&ns, &v);
     Ok(v)
 }
@@ -372,8 +381,9 @@ fn render(
     namespace: Option<&str>,
     target: &render::Target,
     settings: &output::Settings,
+    window: Option<i64>,
 ) -> Result<()> {
-    let v = validated(dir, namespace, &settings.allow_endpoints)?;
+    let v = validated(dir, namespace, &settings.allow_endpoints, window)?;
     let rendering = render::render(&v, settings, target, None)?;
     for path in output::write(&rendering, out, settings)? {
         println!("wrote {}", path.display());

@@ -49,6 +49,9 @@ pub struct Pass {
     /// that object ([`crate::validate::Earlier`]). Empty when no statuses were compared (a
     /// follower's pass, directory mode).
     pub settled: Vec<Option<Arc<ApiKey>>>,
+    /// The `ExpiringSoon` window the keys were judged with (seconds; `None`: off): the
+    /// control API judges a key it mints with it too.
+    pub expiring_soon: Option<i64>,
     /// The keys by name, key id and token hash ([`Pass::index`]).
     index: OnceLock<KeyIndex>,
 }
@@ -197,7 +200,8 @@ pub fn api_policy(
 pub const STEP: &str = "layergate_operator::step";
 
 /// What a pass is judged in: the namespace, the gateway settings, the target, the gateway
-/// credential (when the rendering carries a key service) and the clock.
+/// credential (when the rendering carries a key service), the clock and the `ExpiringSoon`
+/// window.
 #[derive(Debug, Clone, Copy)]
 pub struct Context<'a> {
     /// The namespace rendered.
@@ -210,6 +214,8 @@ pub struct Context<'a> {
     pub gateway: Option<&'a str>,
     /// Unix seconds.
     pub now: i64,
+    /// How long before its expiry an Active key is `ExpiringSoon` (seconds; `None`: off).
+    pub expiring_soon: Option<i64>,
 }
 
 /// What the last pass left that this one builds on.
@@ -233,6 +239,7 @@ pub fn run(objects: Objects, before: Before<'_>, ctx: &Context<'_>) -> Result<(P
             ctx.namespace,
             ctx.now,
             &ctx.settings.allow_endpoints,
+            ctx.expiring_soon,
             before.earlier,
         )
     });
@@ -264,6 +271,7 @@ pub fn run(objects: Objects, before: Before<'_>, ctx: &Context<'_>) -> Result<(P
         keys,
         gateway: ctx.gateway.map(GatewayCredential::of),
         settled: Vec::new(),
+        expiring_soon: ctx.expiring_soon,
         index: OnceLock::new(),
     };
     Ok((pass, rendering))

@@ -150,11 +150,23 @@ pub fn fill_key_starts(out: &Path, objects: &mut Objects, namespace: &str) -> Re
 }
 
 /// One pass: read, mint, validate (keeping last valid forms), render. Nothing is written when
-/// the pass fails.
+/// the pass fails. Keys are `ExpiringSoon` within the default window.
 pub fn reconcile(
     dir: &Path,
     out: &Path,
     settings: &Settings,
+    previous: Option<&Validation>,
+) -> Result<Pass> {
+    let window = Some(crate::validate::DEFAULT_EXPIRING_SOON);
+    reconcile_with_window(dir, out, settings, window, previous)
+}
+
+/// [`reconcile`], with the `ExpiringSoon` window `expiring_soon` (seconds; `None`: off).
+pub fn reconcile_with_window(
+    dir: &Path,
+    out: &Path,
+    settings: &Settings,
+    expiring_soon: Option<i64>,
     previous: Option<&Validation>,
 ) -> Result<Pass> {
     let mut objects = manifests::load_dir(dir)?;
@@ -185,6 +197,7 @@ pub fn reconcile(
         target: &Target::Envoy,
         gateway: gateway.as_deref(),
         now: now(),
+        expiring_soon,
     };
     let before = pass::Before {
         validation: previous,
@@ -238,6 +251,8 @@ pub struct DirSource {
     pub settings: Settings,
     /// Last pass, probes, counters.
     pub state: State,
+    /// How long before its expiry an Active key is `ExpiringSoon` (seconds; `None`: off).
+    pub expiring_soon: Option<i64>,
 }
 
 impl DirSource {
@@ -248,14 +263,17 @@ impl DirSource {
             out,
             settings,
             state: State::default(),
+            expiring_soon: Some(crate::validate::DEFAULT_EXPIRING_SOON),
         }
     }
 
     /// Runs one pass now (serialized with every other pass); the last good pass is kept when
     /// this one fails.
     pub fn refresh(&self) -> Result<()> {
-        self.state
-            .run_pass(|previous| reconcile(&self.dir, &self.out, &self.settings, previous))?;
+        self.state.run_pass(|previous| {
+            let window = self.expiring_soon;
+            reconcile_with_window(&self.dir, &self.out, &self.settings, window, previous)
+        })?;
         tracing::info!(dir = %self.dir.display(), out = %self.out.display(), "rendered");
         Ok(())
     }

@@ -267,6 +267,7 @@ fn the_command_line_names_every_setting_and_refuses_what_a_mode_cannot_use() {
         "POD_NAME",
         "LAYERGATE_FILTER",
         "LAYERGATE_ENVOY_VERSION",
+        "LAYERGATE_EXPIRING_SOON",
     ]
     .into_iter()
     .chain(layergate_operator::settings::UpstreamLimits::VARS.map(|(v, _, _)| v))
@@ -301,6 +302,31 @@ fn the_command_line_names_every_setting_and_refuses_what_a_mode_cannot_use() {
     }
     let r = operator(&["check", "-f", dir, "--allow-endpoint", "ftp://x"]);
     assert!(!r.status.success());
+
+    // The ExpiringSoon window: a duration or off, wherever it stands; a bad one names the
+    // flag and the variable, from the flag as from the environment.
+    for window in ["36h", "off"] {
+        let r = operator(&["check", "-f", dir, "--expiring-soon", window]);
+        assert!(r.status.success(), "{window}: {}", text(&r.stderr));
+    }
+    let r = operator(&["--expiring-soon", "never", "check", "-f", dir]);
+    assert!(!r.status.success());
+    let e = text(&r.stderr);
+    assert!(
+        e.contains("--expiring-soon") && e.contains("LAYERGATE_EXPIRING_SOON") && e.contains("off"),
+        "{e}"
+    );
+    let r = Command::new(env!("CARGO_BIN_EXE_layergate-operator"))
+        .args(["check", "-f", dir])
+        .env("LAYERGATE_EXPIRING_SOON", "7 days")
+        .output()
+        .unwrap();
+    assert!(!r.status.success());
+    let e = text(&r.stderr);
+    assert!(
+        e.contains("--expiring-soon") && e.contains("LAYERGATE_EXPIRING_SOON"),
+        "{e}"
+    );
 
     for (args, reason) in [
         (

@@ -527,7 +527,14 @@ fn a_pass_that_takes_over_unchanged_verdicts_judges_as_one_from_scratch() {
             .replace("apikey-token: k}", "apikey-token: k10}"),
     );
     let earlier = validate::Earlier::new(&second, &first, &v1, &[], "t");
-    let since = validate::validate_since(&second, "t", t2, &allow, Some(&earlier));
+    let since = validate::validate_since(
+        &second,
+        "t",
+        t2,
+        &allow,
+        Some(validate::DEFAULT_EXPIRING_SOON),
+        Some(&earlier),
+    );
     let scratch = validate::validate_in(&second, "t", t2, &allow);
     assert_eq!(timeless(&since), timeless(&scratch));
     let taken: Vec<&str> = since
@@ -553,7 +560,14 @@ fn a_pass_that_takes_over_unchanged_verdicts_judges_as_one_from_scratch() {
     let s = Arc::make_mut(&mut third.stores[0]);
     s.metadata.name = Some("s2".into());
     let earlier = validate::Earlier::new(&third, &second, &since, &[], "t");
-    let again = validate::validate_since(&third, "t", t2, &allow, Some(&earlier));
+    let again = validate::validate_since(
+        &third,
+        "t",
+        t2,
+        &allow,
+        Some(validate::DEFAULT_EXPIRING_SOON),
+        Some(&earlier),
+    );
     assert_eq!(
         timeless(&again),
         timeless(&validate::validate_in(&third, "t", t2, &allow))

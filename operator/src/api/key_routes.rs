@@ -23,7 +23,8 @@ fn may_see(pass: &Pass, caller: &Caller, k: &crate::crd::ApiKey) -> bool {
     authority::may_manage(caller, k, enforced)
 }
 
-/// One key in hev layer's shape.
+/// One key in hev layer's shape, with its status's conditions (`Ready`, `ExpiringSoon`, …:
+/// directory mode writes no status, so this is where they show).
 fn key_view(pass: &Pass, k: &crate::crd::ApiKey) -> Value {
     let st = status::key(pass, k, now());
     json!({
@@ -40,6 +41,7 @@ fn key_view(pass: &Pass, k: &crate::crd::ApiKey) -> Value {
         "lookupHash": st.lookup_hash,
         "secretRef": st.secret_ref,
         "lastSeenAt": k.status.as_ref().and_then(|s| s.observed.last_seen_at.clone()),
+        "conditions": st.conditions,
     })
 }
 
@@ -186,6 +188,7 @@ pub(super) fn mint(
         &token,
         &pass.validation.stores,
         now(),
+        pass.expiring_soon,
     );
     if phase != crate::crd::ApiKeyPhase::Active {
         let msg = verdict
@@ -243,13 +246,14 @@ pub(super) fn mint(
                 &token,
                 &pass.validation.stores,
                 now(),
+                pass.expiring_soon,
             );
             let Some(config) = verdict.valid else {
                 return Err(anyhow::anyhow!(
                     "ApiKey {name} was written but no longer validates"
                 ));
             };
-            new_key_view(&created, &config)
+            new_key_view(&created, &config, &verdict.conditions)
         }
     };
     let mut out = view;
@@ -258,7 +262,11 @@ pub(super) fn mint(
 }
 
 /// A key just minted, in the shape of [`key_views`], before any pass has seen it.
-fn new_key_view(k: &crate::crd::ApiKey, config: &layergate_filter::config::ApiKeyConfig) -> Value {
+fn new_key_view(
+    k: &crate::crd::ApiKey,
+    config: &layergate_filter::config::ApiKeyConfig,
+    conditions: &[k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition],
+) -> Value {
     let created = k
         .metadata
         .creation_timestamp
@@ -277,6 +285,7 @@ fn new_key_view(k: &crate::crd::ApiKey, config: &layergate_filter::config::ApiKe
         "revokedAt": null,
         "lookupHash": config.lookup_hash.to_string(),
         "secretRef": validate::token_source(k),
+        "conditions": conditions,
     })
 }
 

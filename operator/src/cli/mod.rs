@@ -28,9 +28,26 @@ pub struct Cli {
     #[arg(long = "allow-endpoint", value_name = "PATTERN", global = true)]
     pub allow_endpoint: Vec<String>,
 
+    /// How long before its expiresAt an Active ApiKey is ExpiringSoon (a condition, and in
+    /// kube mode a Warning Event once): a duration like 7d, 36h, 90m, or off.
+    #[arg(long = "expiring-soon", env = "LAYERGATE_EXPIRING_SOON", value_name = "DURATION",
+          default_value = "7d", value_parser = expiring_soon, global = true)]
+    pub expiring_soon: ExpiringSoon,
+
     /// What to do.
     #[command(subcommand)]
     pub command: Command,
+}
+
+/// The `ExpiringSoon` window, in seconds; `None`: off.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ExpiringSoon(pub Option<i64>);
+
+/// `--expiring-soon`: the filter crate's durations, or `off`; the error names the variable.
+fn expiring_soon(text: &str) -> Result<ExpiringSoon, String> {
+    layergate_operator::validate::parse_window(text)
+        .map(ExpiringSoon)
+        .map_err(|m| format!("LAYERGATE_EXPIRING_SOON: {m} (a duration like 7d, 36h, 90m, or off)"))
 }
 
 /// The subcommands.

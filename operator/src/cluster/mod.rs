@@ -10,7 +10,8 @@
 //!   ([`Cluster::with_target`]), the Istio resources in the Istio namespace, the credentials
 //!   Secret there and the gateway Deployment's credential digest ([`Cluster::publish_istio`]);
 //! - each object's `status`, server-side applied under one field manager, only when it changed;
-//! - a Warning Event for each object whose `Ready` turned False for a reason the user must fix.
+//! - a Warning Event for each object whose `Ready` turned False for a reason the user must fix,
+//!   and for each ApiKey that turned `ExpiringSoon`.
 //!
 //! Every one of those writes first checks the local "leader until" deadline the elector keeps
 //! ([`Cluster::lead_until`]), so a replica whose renewal hangs stops writing mid-pass. One
@@ -30,7 +31,7 @@ mod statuses;
 mod tokens;
 pub mod usage;
 
-use crate::conditions::{reason, READY};
+use crate::conditions::{reason, EXPIRING_SOON, READY};
 use crate::crd::{ApiKey, ApiKeyPhase, Conditioned};
 use crate::informer::{Cached, Caches};
 use crate::istio;
@@ -162,6 +163,9 @@ pub struct Cluster {
     recorder: Recorder,
     /// Usage status writes a second, at most ([`usage::DEFAULT_USAGE_WRITES_PER_SECOND`]).
     pub usage_writes: usize,
+    /// How long before its expiry an Active key is `ExpiringSoon` (seconds; `None`: off;
+    /// [`crate::validate::DEFAULT_EXPIRING_SOON`]).
+    pub expiring_soon: Option<i64>,
 }
 
 /// Objects per LIST call of a cache's (re)list: large collections are read a page at a
@@ -213,11 +217,13 @@ fn recorder(client: &Client, identity: Option<String>) -> Recorder {
     )
 }
 
-/// True when a Ready condition asks the user to act (worth an Event).
+/// True when a condition asks the user to act (worth an Event): `Ready` False for a reason
+/// the user must fix, or `ExpiringSoon` True (renew the key before it expires).
 fn needs_attention(c: &Condition) -> bool {
-    c.type_ == READY
+    let ready_refused = c.type_ == READY
         && c.status == "False"
-        && ![reason::NOT_MINTED, reason::REVOKED, reason::EXPIRED].contains(&c.reason.as_str())
+        && ![reason::NOT_MINTED, reason::REVOKED, reason::EXPIRED].contains(&c.reason.as_str());
+    ready_refused || (c.type_ == EXPIRING_SOON && c.status == "True")
 }
 
 /// By ApiKey of `objects`: true when the last pass, a leader's, found it active with its
@@ -256,6 +262,7 @@ impl Cluster {
             recorder: recorder(&client, None),
             client,
             usage_writes: usage::DEFAULT_USAGE_WRITES_PER_SECOND,
+            expiring_soon: Some(validate::DEFAULT_EXPIRING_SOON),
         }
     }
 

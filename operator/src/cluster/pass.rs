@@ -205,6 +205,7 @@ impl Cluster {
             target: &self.target,
             gateway: Some(gateway),
             now: now(),
+            expiring_soon: self.expiring_soon,
         };
         let before = crate::pass::Before {
             validation: last_pass.map(|p| &p.validation),

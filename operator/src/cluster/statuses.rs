@@ -1,5 +1,6 @@
 //! Kube mode's statuses and Events: each object's status written only when it changed, and a
-//! Warning Event once per reason and message for what needs the user.
+//! Warning Event once per reason and message for what needs the user (a `Ready` the user must
+//! fix, an ApiKey `ExpiringSoon`).
 
 use super::*;
 use kube::runtime::events::{Event, EventType};
@@ -160,8 +161,9 @@ impl Cluster {
         Ok((1, events, cached))
     }
 
-    /// Records a Warning Event for a `Ready` condition that needs attention and is new (a
-    /// different reason or message than before), through the cluster's [`Recorder`]: an
+    /// Records a Warning Event for a condition that needs attention (`Ready` refused,
+    /// `ExpiringSoon`: see `needs_attention`) and is new (a different reason or message than
+    /// before), through the cluster's [`Recorder`]: an
     /// events.k8s.io/v1 Event, or, when the same reason on the same object was recorded in
     /// the last 6 minutes, that Event's `series` counted up (the API server keeps its note).
     ///

@@ -10,8 +10,9 @@ use super::*;
 /// labels, annotations: same uid, name, creation time, generation and spec) — and nothing
 /// about its token Secret changed (data, minted-at, marks, read errors, duplicates). Its
 /// verdict then depends only on the stores' names (compared once) and on time: an active key
-/// with an expiry is judged again once the expiry is reached, and a key without a creation
-/// time (whose lifetime counts from now) always is.
+/// with an expiry is judged again once the expiry is reached, or once it enters the
+/// `ExpiringSoon` window, and a key without a creation time (whose lifetime counts from
+/// now) always is.
 ///
 /// Its status is *settled* when, besides, the object is the very one whose status the last
 /// pass found as written, or wrote ([`crate::source::Pass::settled`]).
@@ -123,24 +124,31 @@ impl<'e> Earlier<'e> {
     }
 
     /// The last verdict on `k` (this pass's key number `o`) and its phase, when nothing it
-    /// depends on can have changed.
+    /// depends on can have changed (`expiring_soon`: the window, as [`super::validate_since`]).
     pub(super) fn verdict(
         &self,
         o: usize,
         k: &ApiKey,
         stores_same: bool,
         now: i64,
+        expiring_soon: Option<i64>,
     ) -> Option<(&'e Arc<Verdict<ApiKeyConfig>>, ApiKeyPhase)> {
         if !stores_same || k.metadata.creation_timestamp.is_none() {
             return None;
         }
         let (i, _) = self.unchanged.get(o).copied().flatten()?;
         let v = &self.validation.keys[i];
-        let expired = v
+        let expires_at = v
             .valid
             .as_ref()
             .and_then(|c| c.expires_at.as_deref())
-            .is_some_and(|at| layergate_filter::time::parse_rfc3339(at).is_none_or(|at| at <= now));
+            .map(layergate_filter::time::parse_rfc3339);
+        let expired = expires_at.is_some_and(|at| at.is_none_or(|at| at <= now));
+        // An Active key that entered the window since is judged again (it becomes
+        // ExpiringSoon); one in it already stays as judged until it expires. A verdict without
+        // the condition (a last valid form carried for an invalid key) has none to turn.
+        let window_started = matches!(expires_at, Some(Some(at)) if in_window(at, now, expiring_soon))
+            && says_expiring_soon(&v.conditions) == Some(false);
         // A rotation's overlap that ended is dropped by judging the key again.
         let overlap_ended = v
             .valid
@@ -149,7 +157,7 @@ impl<'e> Earlier<'e> {
             .is_some_and(|p| {
                 layergate_filter::time::parse_rfc3339(&p.until).is_none_or(|at| at <= now)
             });
-        if expired || overlap_ended {
+        if expired || overlap_ended || window_started {
             return None;
         }
         Some((v, *self.validation.phases.get(i)?))

@@ -207,6 +207,7 @@ pub fn validate_new_key(
     token: &str,
     stores: &[Verdict<ValidStore>],
     now: i64,
+    expiring_soon: Option<i64>,
 ) -> (Verdict<ApiKeyConfig>, ApiKeyPhase) {
     let source = token_source(k);
     let mut objects = Objects::default();
@@ -216,15 +217,18 @@ pub fn validate_new_key(
         Arc::new(BTreeMap::from([(source.key, token.to_owned())])),
     );
     objects.minted_at.insert(id, now);
-    validate_key(k, ns, &objects, stores, now)
+    validate_key(k, ns, &objects, stores, now, expiring_soon)
 }
 
+/// One key's verdict; an Active key also gets its `ExpiringSoon` condition (`expiring_soon`:
+/// the window in seconds, `None`: off).
 pub(super) fn validate_key(
     k: &ApiKey,
     ns: &str,
     objects: &Objects,
     stores: &[Verdict<ValidStore>],
     now: i64,
+    expiring_soon: Option<i64>,
 ) -> (Verdict<ApiKeyConfig>, ApiKeyPhase) {
     let name = k.metadata.name.clone().unwrap_or_default();
     let generation = k.metadata.generation;
@@ -429,6 +433,13 @@ pub(super) fn validate_key(
     if let Err(m) = entitlement::check_api_key(&config) {
         return out(ApiKeyPhase::Pending, reason::INVALID_SPEC, m, extra, None);
     }
+    let mut extra = extra;
+    extra.extend(super::expiring::condition_of(
+        expires,
+        now,
+        expiring_soon,
+        generation,
+    ));
     out(
         ApiKeyPhase::Active,
         reason::VALID,

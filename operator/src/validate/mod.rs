@@ -2,11 +2,16 @@
 //! and conditions per object out. Nothing here talks to Kubernetes or the network.
 
 mod earlier;
+mod expiring;
 mod index;
 mod key;
 mod store;
 
 pub use earlier::Earlier;
+pub use expiring::{
+    format_window, in_window, parse_window, says_expiring_soon, DEFAULT_EXPIRING_SOON,
+    EXPIRING_SOON_OFF,
+};
 use index::validate_indexes;
 use key::validate_key;
 pub use key::{
@@ -182,9 +187,17 @@ pub fn validate(objects: &Objects, namespace: &str, now: i64) -> Validation {
     validate_in(objects, namespace, now, &Allowlist::default())
 }
 
-/// Validates one namespace's objects; store endpoints must pass `allow`. `now` is Unix seconds.
+/// Validates one namespace's objects; store endpoints must pass `allow`; the `ExpiringSoon`
+/// window is the default one. `now` is Unix seconds.
 pub fn validate_in(objects: &Objects, namespace: &str, now: i64, allow: &Allowlist) -> Validation {
-    validate_since(objects, namespace, now, allow, None)
+    validate_since(
+        objects,
+        namespace,
+        now,
+        allow,
+        Some(DEFAULT_EXPIRING_SOON),
+        None,
+    )
 }
 
 /// True when an object with `meta` belongs to `namespace` (no namespace: the default one).
@@ -199,12 +212,14 @@ pub fn in_namespace(meta: &kube::core::ObjectMeta, namespace: &str) -> bool {
 /// that did not change ([`Earlier`]): the cost of a pass follows what changed, not how many
 /// keys there are. The result is the one [`validate_in`] gives, but for the
 /// `lastTransitionTime` of a taken-over condition, which is the last pass's (the status write
-/// keeps the recorded time of a condition that did not change in any case).
+/// keeps the recorded time of a condition that did not change in any case). An Active key
+/// expiring within `expiring_soon` (seconds; `None`: off) is `ExpiringSoon`.
 pub fn validate_since(
     objects: &Objects,
     namespace: &str,
     now: i64,
     allow: &Allowlist,
+    expiring_soon: Option<i64>,
     earlier: Option<&Earlier<'_>>,
 ) -> Validation {
     let in_ns = |m: &kube::core::ObjectMeta| in_namespace(m, namespace);
@@ -271,15 +286,16 @@ pub fn validate_since(
     let mut phases = Vec::with_capacity(keys.len());
     let mut taken_over = Vec::with_capacity(keys.len());
     for (n, &(o, k)) in keys.iter().enumerate() {
-        let (mut verdict, mut phase) = match earlier.and_then(|e| e.verdict(o, k, stores_same, now))
-        {
+        let taken = earlier.and_then(|e| e.verdict(o, k, stores_same, now, expiring_soon));
+        let (mut verdict, mut phase) = match taken {
             Some((v, phase)) => {
                 taken_over.push(true);
                 (Arc::clone(v), phase)
             }
             None => {
                 taken_over.push(false);
-                let (v, phase) = validate_key(k, namespace, objects, &store_verdicts, now);
+                let (v, phase) =
+                    validate_key(k, namespace, objects, &store_verdicts, now, expiring_soon);
                 (Arc::new(v), phase)
             }
         };

@@ -353,3 +353,46 @@ fn a_delete_leaves_a_secret_labelled_for_another_key() {
     assert!(!secrets.contains("hvl_xxxxXxxx"), "x's own token goes");
     assert!(f.config().contains("\"other\""), "other still works");
 }
+
+/// Directory mode writes no status: the key views carry its conditions, `ExpiringSoon` among
+/// them — in the mint's answer as in every later read.
+#[test]
+fn a_key_view_shows_expiring_soon() {
+    let f = fixture("expiring", 120, |_, t| t);
+    let grant = json!({"vectorstore.primary": {"scopes": ["read"], "namespaces": ["shop-*"]}});
+    let expiring = |v: &Value| -> (String, String, String) {
+        let c = v["conditions"]
+            .as_array()
+            .unwrap_or_else(|| panic!("conditions in {v}"))
+            .iter()
+            .find(|c| c["type"] == "ExpiringSoon")
+            .unwrap_or_else(|| panic!("ExpiringSoon in {v}"));
+        let s = |k: &str| c[k].as_str().unwrap().to_owned();
+        (s("status"), s("reason"), s("message"))
+    };
+    for (name, after, status, reason) in [
+        ("soon", "3d", "True", "ExpiresWithin"),
+        ("later", "30d", "False", "ExpiresLater"),
+    ] {
+        let mut body = key(name, grant.clone());
+        body["expiresAfter"] = json!(after);
+        let (code, minted) = f.call("POST", "/v2/keys", Some(ADMIN), body);
+        assert_eq!(code, 201, "{minted}");
+        let (_, read) = f.call("GET", &format!("/v2/keys/{name}"), Some(ADMIN), Value::Null);
+        for v in [&minted, &read] {
+            let (s, r, m) = expiring(v);
+            assert_eq!((s.as_str(), r.as_str()), (status, reason), "{v}");
+            assert!(m.contains(read["expiresAt"].as_str().unwrap()), "{m}");
+        }
+    }
+    let (_, list) = f.call("GET", "/v2/keys", Some(ADMIN), Value::Null);
+    let listed = list["keys"]
+        .as_array()
+        .or(list.as_array())
+        .unwrap_or_else(|| panic!("{list}"))
+        .iter()
+        .find(|k| k["name"] == "soon")
+        .cloned()
+        .unwrap();
+    assert_eq!(expiring(&listed).0, "True");
+}

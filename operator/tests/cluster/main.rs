@@ -9,6 +9,7 @@
 mod caches;
 mod control_api;
 mod deploy;
+mod expiring;
 mod failures;
 mod fake;
 mod lease;
