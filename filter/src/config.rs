@@ -3,6 +3,7 @@
 //! types, so the two can never drift. [`crate::policy::Policy::compile`] turns a parsed
 //! document into lookup structures once per `on_configure`.
 
+pub use crate::ratelimit::RateLimits;
 use crate::scope::Scope;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
@@ -115,6 +116,9 @@ pub struct InboundKey {
     pub scopes: Vec<Scope>,
     /// Lower-case hex SHA-256 of the token.
     pub sha256: String,
+    /// Rate limit (and quotas) of this key; absent: none.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub limits: Option<RateLimits>,
 }
 
 /// The operator's key service (SPEC §6), polled by the filter's root context with
@@ -246,6 +250,9 @@ pub struct ApiKeyConfig {
     /// (layergate's rotation; absent when no overlap is running).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub previous: Option<PreviousToken>,
+    /// Rate limit and quotas (layergate's `spec.limits`); absent: none.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub limits: Option<RateLimits>,
 }
 
 /// A rotated key's previous token: the same key (keyId, entitlements, expiry) until `until`,
@@ -469,6 +476,17 @@ pub struct Limits {
     /// Largest body buffered for inspection (after gzip decompression); 413 beyond.
     #[serde(default = "default_inspect_body_bytes")]
     pub inspect_body_bytes: u64,
+    /// Gateway processes sharing each key's rate: each enforces `1/gatewayReplicas` of it.
+    #[serde(default = "one", skip_serializing_if = "is_one")]
+    pub gateway_replicas: u32,
+}
+
+fn one() -> u32 {
+    1
+}
+
+fn is_one(n: &u32) -> bool {
+    *n == 1
 }
 
 fn default_inspect_body_bytes() -> u64 {
@@ -479,6 +497,7 @@ impl Default for Limits {
     fn default() -> Self {
         Limits {
             inspect_body_bytes: DEFAULT_INSPECT_BODY_BYTES,
+            gateway_replicas: 1,
         }
     }
 }

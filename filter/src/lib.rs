@@ -33,6 +33,7 @@
 pub mod answer;
 pub mod auth;
 pub mod body;
+pub mod buckets;
 pub mod config;
 pub mod decision;
 pub mod denial;
@@ -45,6 +46,7 @@ pub mod keysync;
 pub mod namespace;
 pub mod outcome;
 pub mod policy;
+pub mod ratelimit;
 pub mod route;
 pub mod scope;
 pub mod staleness;

@@ -31,6 +31,9 @@ pub struct Settings {
     pub key_max_staleness_seconds: u64,
     /// Timeouts and circuit breakers of the store clusters and their routes.
     pub limits: UpstreamLimits,
+    /// Gateway processes that share each key's rate limit (`--gateway-replicas`): rendered as
+    /// the filter's `limits.gatewayReplicas`, so each enforces its share.
+    pub gateway_replicas: u32,
 }
 
 /// Which build of the filter a listener runs (SPEC §10). Both take the same configuration

@@ -347,6 +347,7 @@ fn envoy_outputs_match_the_goldens() {
         key_service: None,
         allow_endpoints: Default::default(),
         key_max_staleness_seconds: layergate_operator::output::DEFAULT_MAX_STALENESS_SECONDS,
+        gateway_replicas: 1,
         limits: Default::default(),
     };
     let out = std::env::temp_dir().join(format!("layergate-golden-{}", std::process::id()));

@@ -109,6 +109,7 @@ pub fn test_settings(control: Option<SocketAddr>) -> Result<layergate_operator::
         key_service: None,
         allow_endpoints: Default::default(),
         key_max_staleness_seconds: layergate_operator::output::DEFAULT_MAX_STALENESS_SECONDS,
+        gateway_replicas: 1,
         limits: Default::default(),
     })
 }
@@ -177,6 +178,7 @@ impl Demo {
             )),
             allow_endpoints: Default::default(),
             key_max_staleness_seconds: layergate_operator::output::DEFAULT_MAX_STALENESS_SECONDS,
+            gateway_replicas: 1,
             limits: Default::default(),
         };
         let source = std::sync::Arc::new(layergate_operator::source::DirSource::new(

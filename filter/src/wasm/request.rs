@@ -9,7 +9,7 @@ use crate::decision::{
 };
 use crate::denial::Denial;
 use crate::headers::{pairs, RequestHead};
-use crate::outcome::{counter_for, log_line, ALLOWED, INSPECTED};
+use crate::outcome::{counter_for, log_line, rate_check, ALLOWED, INSPECTED};
 use crate::policy::Policy;
 use std::rc::Rc;
 
@@ -25,10 +25,11 @@ pub(super) struct Pending {
 
 pub(super) fn deny(policy: Option<&Policy>, plan: Option<&Plan>, denial: &Denial) -> Action {
     let body = denial.body();
-    let (headers, n) = crate::outcome::reply_headers(denial);
+    let headers = crate::outcome::reply_headers(denial);
+    let headers: Vec<(&str, &str)> = headers.iter().map(|(n, v)| (*n, v.as_str())).collect();
     record(policy, plan, denial.label());
     count(counter_for(denial.label()));
-    abi::send_local_response(denial.status(), &headers[..n], body.as_bytes());
+    abi::send_local_response(denial.status(), &headers, body.as_bytes());
     Action::Pause
 }
 
@@ -110,6 +111,11 @@ pub(super) fn on_request_headers(ctx: u32, end_of_stream: bool) -> Action {
         return Action::Continue;
     }
     let d = decide(&policy, &head, now);
+    if let Some(plan) = d.plan() {
+        if let Err(d) = rate_check(&policy, plan, abi::now_nanos, super::buckets::take) {
+            return deny(Some(&policy), Some(plan), &d);
+        }
+    }
     match d {
         Decision::Forward(plan) => forward(&policy, &plan, head_strip, None),
         Decision::ForwardWithPath(plan, path) => forward(&policy, &plan, head_strip, Some(&path)),

@@ -766,6 +766,7 @@ fn operator_render_time(keys: usize, indexes: usize) -> Result<Duration> {
         key_service: None,
         allow_endpoints: Default::default(),
         key_max_staleness_seconds: layergate_operator::output::DEFAULT_MAX_STALENESS_SECONDS,
+        gateway_replicas: 1,
         limits: Default::default(),
     };
     let started = Instant::now();
