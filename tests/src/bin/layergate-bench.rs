@@ -192,6 +192,7 @@ fn scaled_config(keys: usize, namespaces: usize) -> Result<String> {
                 .into_iter()
                 .collect(),
             previous: None,
+            limits: None,
         })
     };
     for i in 0..keys {
