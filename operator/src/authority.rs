@@ -244,6 +244,7 @@ pub fn may_manage(caller: &Caller, key: &ApiKey, enforced: Option<&ApiKeyConfig>
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
 
