@@ -37,6 +37,7 @@ pub mod buckets;
 pub mod config;
 pub mod decision;
 pub mod denial;
+pub mod digest;
 pub mod entitlement;
 pub mod fasthash;
 pub mod glob;
