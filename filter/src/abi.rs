@@ -182,6 +182,18 @@ pub fn now() -> i64 {
     }
 }
 
+/// The host clock in nanoseconds since the Unix epoch, for rate buckets (0 when unreadable).
+pub fn now_nanos() -> u64 {
+    let mut nanos = 0u64;
+    // SAFETY: `nanos` is a valid out pointer for the call.
+    let status = unsafe { proxy_get_current_time_nanoseconds(&mut nanos) };
+    if status == OK {
+        nanos
+    } else {
+        0
+    }
+}
+
 /// Calls the root context's tick every `period`.
 pub fn set_tick_period(period: Duration) {
     // SAFETY: plain integer argument.

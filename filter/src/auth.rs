@@ -114,6 +114,22 @@ impl Principal {
             Principal::Token(Grant::Minted(k)) => policy.keys.key(k).principal,
         }
     }
+
+    /// The rate limit this principal's requests are held to, if any: a minted key's
+    /// `limits`, an inbound key's; store credentials, `open` and anonymous callers have none.
+    pub fn rate(&self, policy: &Policy) -> Option<crate::ratelimit::Rate> {
+        match *self {
+            Principal::Token(Grant::Minted(k)) => policy.keys.get(k)?.rate(),
+            Principal::Token(Grant::InboundKey { store, key, .. }) => policy
+                .stores
+                .get(store)?
+                .key_limits
+                .get(key)?
+                .as_ref()?
+                .rate(),
+            _ => None,
+        }
+    }
 }
 
 /// The principal `credential` is on `store`, under that store's `inboundAuth` mode (SPEC §3):

@@ -66,6 +66,18 @@ pub enum Decision {
     Deny(Denial),
 }
 
+impl Decision {
+    /// The plan of a request that is authorized (forwarded now or after its body).
+    pub fn plan(&self) -> Option<&Plan> {
+        match self {
+            Decision::Forward(p) | Decision::ForwardWithPath(p, _) | Decision::Inspect(p, _) => {
+                Some(p)
+            }
+            Decision::Deny(_) => None,
+        }
+    }
+}
+
 /// Up to five header writes; `None` value removes the header.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct HeaderEdits<'p> {

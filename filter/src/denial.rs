@@ -33,6 +33,9 @@ pub enum DenialKind {
     PayloadTooLarge,
     /// 415: a content encoding the filter cannot inspect.
     UnsupportedMediaType,
+    /// 429: the key is over its rate limit; `Retry-After` and the `RateLimit` headers say
+    /// when to come back.
+    TooManyRequests(crate::ratelimit::Limited),
     /// 503: store not configured or credential not loaded.
     Unavailable,
 }
@@ -59,6 +62,7 @@ impl Denial {
             DenialKind::NotFound => 404,
             DenialKind::PayloadTooLarge => 413,
             DenialKind::UnsupportedMediaType => 415,
+            DenialKind::TooManyRequests(_) => 429,
             DenialKind::Unavailable => 503,
         }
     }
@@ -95,6 +99,7 @@ impl Denial {
             404 => "denied_404",
             413 => "denied_413",
             415 => "denied_415",
+            429 => "denied_429",
             _ => "denied_503",
         }
     }
@@ -157,6 +162,21 @@ impl Denial {
         Denial::new(
             DenialKind::UnsupportedMediaType,
             "this request body is inspected for namespaces and may only be sent plain or with Content-Encoding: gzip",
+        )
+    }
+
+    /// 429 for `key` over its rate limit.
+    pub fn rate_limited(
+        key: &str,
+        rate: crate::ratelimit::Rate,
+        limited: crate::ratelimit::Limited,
+    ) -> Denial {
+        Denial::new(
+            DenialKind::TooManyRequests(limited),
+            format!(
+                "{key} is over its rate limit of {} requests per second (burst {}); retry after {} s",
+                rate.per_second, rate.burst, limited.retry_after
+            ),
         )
     }
 

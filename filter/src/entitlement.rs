@@ -154,6 +154,10 @@ pub fn compile_key(
             Some((p.lookup_hash.0, expires_at.map_or(until, |e| e.min(until))))
         }
     };
+    if let Some(l) = &k.limits {
+        l.check()?;
+    }
+    let limits = k.limits.clone().filter(|l| !l.is_empty());
     let mut key = MintedKey {
         expires_at,
         previous,
@@ -161,6 +165,7 @@ pub fn compile_key(
             stores: vec![None; store_count],
             layer: None,
             agents: Vec::new(),
+            limits,
         },
     };
     for (target, e) in &k.entitlements {
@@ -222,6 +227,16 @@ pub struct KeyGrants {
     pub layer: Option<Grantee>,
     /// `agent.<name>` grants.
     pub agents: Vec<(Box<str>, Grantee)>,
+    /// The key's `limits`, if it declares any; interned with the grants, so keys with the
+    /// same entitlements and limits share one.
+    pub limits: Option<crate::ratelimit::RateLimits>,
+}
+
+impl KeyGrants {
+    /// The rate the gateway holds the key to, if any.
+    pub fn rate(&self) -> Option<crate::ratelimit::Rate> {
+        self.limits.as_ref()?.rate()
+    }
 }
 
 /// A compiled minted ApiKey, before the key table stores it compactly.
@@ -338,6 +353,7 @@ mod tests {
             expires_at: None,
             entitlements: ents(&[("layer", grant(&[Scope::Read], None))]),
             previous: None,
+            limits: None,
         };
         assert!(check_api_key(&k).is_ok());
         k.owner = Some("o".repeat(crate::config::MAX_OWNER_BYTES + 1));
@@ -360,6 +376,7 @@ mod tests {
             expires_at: Some("10239-01-01T00:00:00Z".into()),
             entitlements: ents(&[("layer", grant(&[Scope::Read], None))]),
             previous: None,
+            limits: None,
         };
         assert!(check_api_key(&k)
             .err()
@@ -376,6 +393,38 @@ mod tests {
         assert!(check_api_key(&k).is_err());
         k.entitlements = ents(&[("bogus", grant(&[], None))]);
         assert!(check_api_key(&k).is_err());
+    }
+
+    #[test]
+    fn a_key_with_a_zero_or_absurd_limit_is_refused() {
+        let mut k = ApiKeyConfig {
+            key_id: "key_1".into(),
+            name: "k".into(),
+            lookup_hash: crate::config::LookupHash::of("t"),
+            expires_at: None,
+            entitlements: ents(&[("layer", grant(&[Scope::Read], None))]),
+            previous: None,
+            limits: None,
+            owner: None,
+        };
+        let limits = |r| crate::ratelimit::RateLimits {
+            requests_per_second: Some(r),
+            ..Default::default()
+        };
+        for bad in [0, 1_000_001] {
+            k.limits = Some(limits(bad));
+            let m = check_api_key(&k).err().unwrap_or_default();
+            assert!(m.contains("between 1 and 1000000"), "{m}");
+        }
+        k.limits = Some(limits(50));
+        let compiled = compile_key(&k, &HashMap::new(), 0).map(|m| m.grants.rate());
+        assert_eq!(
+            compiled,
+            Ok(Some(crate::ratelimit::Rate {
+                per_second: 50,
+                burst: 50
+            }))
+        );
     }
 
     #[test]

@@ -5,11 +5,13 @@
 //!
 //! Plain Rust over [`Policy`] and [`Plan`]; it calls no host.
 
+use crate::decision::Plan;
 use crate::denial::Denial;
 use crate::policy::Policy;
+use crate::ratelimit::{Admitted, Bucket, Limited};
 
 /// Counters, indexed by position.
-pub const COUNTERS: [&str; 11] = [
+pub const COUNTERS: [&str; 12] = [
     "layergate.allowed",
     "layergate.denied_400",
     "layergate.denied_401",
@@ -21,6 +23,7 @@ pub const COUNTERS: [&str; 11] = [
     "layergate.inspected_bodies",
     "layergate.keys_syncs",
     "layergate.keys_sync_failures",
+    "layergate.denied_429",
 ];
 /// [`COUNTERS`] index: a request let through.
 pub const ALLOWED: usize = 0;
@@ -39,17 +42,39 @@ pub fn counter_for(label: &str) -> usize {
         .unwrap_or(ALLOWED)
 }
 
-/// The headers of a refusal's local reply, and how many of them there are: JSON, and the
-/// challenge of a 401.
-pub fn reply_headers(denial: &Denial) -> ([(&'static str, &'static str); 2], usize) {
-    let mut headers = [("content-type", "application/json"), ("", "")];
-    match denial.www_authenticate() {
-        Some(w) => {
-            headers[1] = ("www-authenticate", w);
-            (headers, 2)
-        }
-        None => (headers, 1),
+/// The headers of a refusal's local reply: JSON, the challenge of a 401/403, and for a 429
+/// `Retry-After` with the `RateLimit-Policy` / `RateLimit` fields.
+pub fn reply_headers(denial: &Denial) -> Vec<(&'static str, String)> {
+    let mut headers = vec![("content-type", "application/json".to_owned())];
+    if let Some(w) = denial.www_authenticate() {
+        headers.push(("www-authenticate", w.to_owned()));
     }
+    if let crate::denial::DenialKind::TooManyRequests(limited) = denial.kind {
+        let [retry, policy, now] = limited.header_values();
+        headers.push(("retry-after", retry));
+        headers.push(("ratelimit-policy", policy));
+        headers.push(("ratelimit", now));
+    }
+    headers
+}
+
+/// The rate check of an authorized request (issue 25), before it is forwarded or its body
+/// awaited: nothing for a principal without a rate limit (no bucket, no host call); else one
+/// `take` from the bucket the binding keeps for it, shared by every worker of the process
+/// (`take` gets the principal's name, its gateway's share of the rate, and `now_ns`).
+pub fn rate_check(
+    policy: &Policy,
+    plan: &Plan,
+    now_ns: impl FnOnce() -> u64,
+    take: impl FnOnce(&str, Bucket, u64) -> Result<Admitted, Limited>,
+) -> Result<(), Denial> {
+    let Some(rate) = plan.principal.rate(policy) else {
+        return Ok(());
+    };
+    let name = plan.principal.name(policy);
+    take(name, Bucket::of(rate, policy.replicas), now_ns())
+        .map(drop)
+        .map_err(|l| Denial::rate_limited(name, rate, l))
 }
 
 /// The line a configuration's load is logged with.
@@ -68,7 +93,7 @@ mod tests {
 
     #[test]
     fn every_refusal_label_has_its_own_counter() {
-        for status in [400, 401, 403, 404, 413, 415, 503] {
+        for status in [400, 401, 403, 404, 413, 415, 429, 503] {
             let label = format!("denied_{status}");
             assert_eq!(COUNTERS[counter_for(&label)], format!("layergate.{label}"));
         }

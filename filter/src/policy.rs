@@ -17,6 +17,7 @@ pub use crate::entitlement::{Grantee, KeyGrants, MintedKey};
 use crate::fasthash::{self, FastMap};
 use crate::keys::{Freshness, KeyTable};
 use crate::namespace::valid_namespace;
+use crate::ratelimit::{RateLimits, MAX_REPLICAS};
 use crate::route::RouteRule;
 use crate::scope::Scopes;
 use std::collections::{HashMap, HashSet};
@@ -61,6 +62,8 @@ pub struct Store {
     pub principal: Box<str>,
     /// Names of the inbound keys (`key:<store>/<name>`), indexed by key position.
     pub key_principals: Vec<Box<str>>,
+    /// `limits` of the inbound keys, indexed by key position (empty when none has any).
+    pub key_limits: Vec<Option<RateLimits>>,
 }
 
 /// What a token hash grants; one token may appear in several roles.
@@ -139,6 +142,8 @@ pub struct Policy {
     pub rules: Vec<RouteRule>,
     /// `limits.inspectBodyBytes`.
     pub inspect_body_bytes: u64,
+    /// `limits.gatewayReplicas`: each key's rate is split across this many gateways.
+    pub replicas: u32,
     /// The hosts the filter acts for (lower-case; `*.` prefixed for one-label wildcards);
     /// empty for every host.
     pub hosts: Vec<Box<str>>,
@@ -178,6 +183,11 @@ impl Policy {
         if cfg.limits.inspect_body_bytes == 0 {
             return invalid("limits.inspectBodyBytes must be greater than 0");
         }
+        if !(1..=MAX_REPLICAS).contains(&cfg.limits.gateway_replicas) {
+            return invalid(format!(
+                "limits.gatewayReplicas must be between 1 and {MAX_REPLICAS}"
+            ));
+        }
         let mut tokens: FastMap<[u8; 32], Grants> = fasthash::with_capacity(cfg.api_keys.len() + 8);
         let mut by_name: HashMap<&str, StoreId> = HashMap::new();
         let mut stores = Vec::with_capacity(cfg.stores.len());
@@ -210,6 +220,7 @@ impl Policy {
                     Grant::StoreCredential(id),
                 );
             }
+            let mut key_limits = Vec::new();
             let (mode, mut key_principals) = match &s.inbound_auth {
                 InboundAuth::DeriveFromStore => (Mode::DeriveFromStore, Vec::new()),
                 InboundAuth::Open => (Mode::Open, Vec::new()),
@@ -246,6 +257,13 @@ impl Policy {
                         },
                     );
                     key_principals.push(format!("key:{}/{}", s.name, key.name).into_boxed_str());
+                    if let Some(l) = &key.limits {
+                        if let Err(m) = l.check() {
+                            return invalid(format!("store {:?}: key {:?}: {m}", s.name, key.name));
+                        }
+                        key_limits.resize(k, None);
+                        key_limits.push(Some(l.clone()));
+                    }
                 }
             }
             stores.push(Store {
@@ -256,6 +274,7 @@ impl Policy {
                 mode,
                 principal: format!("store:{}", s.name).into_boxed_str(),
                 key_principals,
+                key_limits,
             });
         }
         let default_store = match &cfg.default_store {
@@ -316,6 +335,7 @@ impl Policy {
             control_cluster: upstream(&cfg.control, "control")?,
             rules,
             inspect_body_bytes: cfg.limits.inspect_body_bytes,
+            replicas: cfg.limits.gateway_replicas,
             hosts: cfg
                 .hosts
                 .iter()

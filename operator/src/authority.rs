@@ -27,6 +27,7 @@ use layergate_filter::config::{ApiKeyConfig, Entitlement, Entitlements};
 use layergate_filter::decision::Principal;
 use layergate_filter::entitlement;
 use layergate_filter::policy::{Grant, Policy};
+use layergate_filter::ratelimit::RateLimits;
 use layergate_filter::scope::{Scope, Scopes};
 
 /// What a manager holds.
@@ -51,6 +52,8 @@ pub enum Caller {
         holds: Holds,
         /// When it expires (Unix seconds): what it mints expires no later.
         expires_at: Option<i64>,
+        /// Its own limits: what it mints is limited no more loosely.
+        limits: Option<RateLimits>,
     },
 }
 
@@ -74,8 +77,9 @@ pub fn caller(policy: &Policy, principal: Principal) -> Caller {
         Principal::Token(Grant::StoreCredential(_)) => Caller::Manager {
             holds: Holds::Everything,
             expires_at: None,
+            limits: None,
         },
-        Principal::Token(Grant::InboundKey { store, scopes, .. }) => {
+        Principal::Token(Grant::InboundKey { store, key, scopes }) => {
             let Some(s) = policy.stores.get(store) else {
                 return Caller::Anonymous;
             };
@@ -95,6 +99,7 @@ pub fn caller(policy: &Policy, principal: Principal) -> Caller {
                     },
                 )])),
                 expires_at: None,
+                limits: s.key_limits.get(key).cloned().flatten(),
             }
         }
         Principal::Token(Grant::Minted(k)) => {
@@ -105,6 +110,7 @@ pub fn caller(policy: &Policy, principal: Principal) -> Caller {
                 Some(g) if g.scopes.allows(Scope::Admin) && !g.is_restricted() => Caller::Manager {
                     holds: Holds::Everything,
                     expires_at: key.expires_at,
+                    limits: key.grants.limits.clone(),
                 },
                 Some(g) if g.scopes.allows(Scope::Admin) => Caller::Refused(format!(
                     "API key {:?} holds `layer` admin only for some namespaces, and key management names none; {WHO_MAY}",
@@ -177,6 +183,28 @@ pub fn lifetime(caller: &Caller, asked: Option<i64>, now: i64) -> Result<Option<
     Ok(Some(asked.map_or(left, |a| a.min(left))))
 }
 
+/// The limits a key minted now carries: what was asked, when the maker is unlimited; the
+/// maker's own, when nothing was asked and the maker is limited (a key is never worth more than
+/// its maker, in rate too); `Err` naming what is looser when the asked limits are looser than
+/// the maker's (a higher rate or burst, a larger or missing quota).
+pub fn limits(caller: &Caller, asked: Option<&RateLimits>) -> Result<Option<RateLimits>, String> {
+    let Caller::Manager {
+        limits: Some(mine), ..
+    } = caller
+    else {
+        return Ok(asked.cloned());
+    };
+    let Some(asked) = asked else {
+        return Ok(Some(mine.clone()));
+    };
+    match mine.looser(asked) {
+        None => Ok(Some(asked.clone())),
+        Some(why) => Err(format!(
+            "a key can never be worth more than the caller who makes it, and your key is limited: the asked limits have {why}"
+        )),
+    }
+}
+
 /// Seconds a minted key's lifetime is kept short of its maker's end, to cover the time between
 /// the mint and the creation stamp its lifetime counts from.
 pub const CREATION_MARGIN_SECS: i64 = 60;
@@ -216,6 +244,7 @@ pub fn may_manage(caller: &Caller, key: &ApiKey, enforced: Option<&ApiKeyConfig>
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
 
@@ -240,6 +269,7 @@ mod tests {
         let maker = |end| Caller::Manager {
             holds: Holds::Everything,
             expires_at: end,
+            limits: None,
         };
         let now = 1_000_000;
         assert_eq!(lifetime(&maker(None), None, now), Ok(None));
@@ -249,5 +279,29 @@ mod tests {
         assert_eq!(lifetime(&maker(end), Some(86_400), now), Ok(Some(3_540)));
         assert_eq!(lifetime(&maker(end), Some(60), now), Ok(Some(60)));
         assert!(lifetime(&maker(Some(now + 30)), Some(5), now).is_err());
+    }
+
+    #[test]
+    fn a_minted_key_is_limited_no_more_loosely_than_its_maker() {
+        let rate = |r| RateLimits {
+            requests_per_second: Some(r),
+            ..RateLimits::default()
+        };
+        let maker = |limits| Caller::Manager {
+            holds: Holds::Everything,
+            expires_at: None,
+            limits,
+        };
+        assert_eq!(limits(&maker(None), None), Ok(None));
+        assert_eq!(limits(&maker(None), Some(&rate(500))), Ok(Some(rate(500))));
+        let limited = maker(Some(rate(10)));
+        assert_eq!(
+            limits(&limited, None),
+            Ok(Some(rate(10))),
+            "inherits the maker's"
+        );
+        assert_eq!(limits(&limited, Some(&rate(5))), Ok(Some(rate(5))));
+        let m = limits(&limited, Some(&rate(11))).unwrap_err();
+        assert!(m.contains("requestsPerSecond 11 is over yours (10)"), "{m}");
     }
 }

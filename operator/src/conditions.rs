@@ -9,6 +9,9 @@ pub const ENTITLEMENT_TARGET_MISSING: &str = "EntitlementTargetMissing";
 /// Condition type on Active ApiKeys (unless `--expiring-soon off`): True while the key's
 /// `expiresAt` is within the window (`--expiring-soon`, default 7 days).
 pub const EXPIRING_SOON: &str = "ExpiringSoon";
+/// Condition type on VectorStores: an inbound key is left out (its `limits` are not valid);
+/// the store and its other keys still publish.
+pub const INBOUND_KEY_REFUSED: &str = "InboundKeyRefused";
 
 /// Reasons.
 pub mod reason {
@@ -34,6 +37,8 @@ pub mod reason {
     pub const MULTIPLE_DEFAULTS: &str = "MultipleDefaults";
     /// `spec.inboundAuth` is inconsistent (duplicate names, bad scopes, keys without mode keys).
     pub const INVALID_INBOUND_AUTH: &str = "InvalidInboundAuth";
+    /// A key's `limits` are out of bounds (negative, zero, over 1,000,000/s) or malformed.
+    pub const INVALID_LIMITS: &str = "InvalidLimits";
     /// Another Index owns the same upstream namespace.
     pub const CONFLICT: &str = "Conflict";
     /// The Index names a store that does not exist or is not valid.

@@ -9,6 +9,8 @@ use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 
+pub use crate::limits::{LimitsSpec, QuotaSpec};
+
 /// A reference to one key of a Secret in the object's own namespace.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]
@@ -104,6 +106,10 @@ pub struct InboundKeySpec {
     pub scopes: Vec<Scope>,
     /// Secret key holding the token.
     pub secret_ref: SecretKeyRef,
+    /// Rate limit of this key (a layergate extension); absent: the store's
+    /// `inboundAuth.defaultKeyLimits`, if any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub limits: Option<LimitsSpec>,
 }
 
 /// Inbound auth policy.
@@ -116,6 +122,9 @@ pub struct InboundAuth {
     /// The accepted keys; only with mode `keys`.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub keys: Vec<InboundKeySpec>,
+    /// Limits of the keys in `keys` that declare none (a layergate extension).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub default_key_limits: Option<LimitsSpec>,
 }
 
 /// A VectorStore: the gateway's upstream connection to one turbopuffer org/region.
@@ -326,6 +335,10 @@ pub struct ApiKeySpec {
     /// Use the token in this Secret instead of minting one (pre-provisioned keys).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub token_secret_ref: Option<SecretKeyRef>,
+    /// Rate limit and quotas (a layergate extension). Absent: none, unless the key was minted
+    /// through the API by a limited key, whose limits it then carries.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub limits: Option<LimitsSpec>,
 }
 
 /// Lifecycle of a minted key.

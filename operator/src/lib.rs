@@ -28,6 +28,7 @@ pub mod keys;
 pub mod keyservice;
 pub mod kubeclient;
 pub mod lease;
+pub mod limits;
 pub mod manifests;
 pub mod metrics;
 pub mod output;

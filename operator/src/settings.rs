@@ -33,6 +33,9 @@ pub struct Settings {
     pub limits: UpstreamLimits,
     /// A file the gateway also writes its audit lines to (they always go to stdout).
     pub access_log_path: Option<String>,
+    /// Gateway processes that share each key's rate limit (`--gateway-replicas`): rendered as
+    /// the filter's `limits.gatewayReplicas`, so each enforces its share.
+    pub gateway_replicas: u32,
 }
 
 /// Which build of the filter a listener runs (SPEC §10). Both take the same configuration

@@ -54,6 +54,7 @@ fn an_accept_error_for_lack_of_file_descriptors_is_survived() {
         key_service: None,
         allow_endpoints: Default::default(),
         key_max_staleness_seconds: layergate_operator::output::DEFAULT_MAX_STALENESS_SECONDS,
+        gateway_replicas: 1,
         limits: Default::default(),
         access_log_path: None,
     };

@@ -97,6 +97,7 @@ fn settings(control: SocketAddr) -> Settings {
         key_service: None,
         allow_endpoints: Default::default(),
         key_max_staleness_seconds: layergate_operator::output::DEFAULT_MAX_STALENESS_SECONDS,
+        gateway_replicas: 1,
         limits: Default::default(),
         access_log_path: None,
     }

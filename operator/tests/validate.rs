@@ -1,7 +1,9 @@
 //! The validation matrix (every reason) and the demo rendering golden.
 #![allow(clippy::unwrap_used, clippy::panic, missing_docs)]
 
-use layergate_operator::conditions::{reason, ENTITLEMENT_TARGET_MISSING, READY};
+use layergate_operator::conditions::{
+    reason, ENTITLEMENT_TARGET_MISSING, INBOUND_KEY_REFUSED, READY,
+};
 use layergate_operator::crd::ApiKeyPhase;
 use layergate_operator::manifests::{self, Objects};
 use layergate_operator::render::{self, RenderOptions};
@@ -347,6 +349,7 @@ fn envoy_outputs_match_the_goldens() {
         key_service: None,
         allow_endpoints: Default::default(),
         key_max_staleness_seconds: layergate_operator::output::DEFAULT_MAX_STALENESS_SECONDS,
+        gateway_replicas: 1,
         limits: Default::default(),
         access_log_path: None,
     };
@@ -598,5 +601,114 @@ fn a_key_being_deleted_is_not_served() {
     assert_eq!(
         (v.phase("k").unwrap(), ready_reason(&v.keys[0].conditions).1),
         (ApiKeyPhase::Revoked, reason::REVOKED.into())
+    );
+}
+
+#[test]
+fn a_negative_zero_or_absurd_limit_refuses_that_key_and_the_rest_publishes() {
+    let ok = "  entitlements:\n    vectorstore.s: {scopes: [read]}\n";
+    let token = |name: &str| {
+        TOKEN
+            .replace("apikey-k", &format!("apikey-{name}"))
+            .replace("apikey-token: k", &format!("apikey-token: {name}"))
+    };
+    for (limits, says) in [
+        (
+            "{requestsPerSecond: -5}",
+            "spec.limits.requestsPerSecond is -5; it must be between 1 and 1000000",
+        ),
+        (
+            "{requestsPerSecond: 0}",
+            "spec.limits.requestsPerSecond is 0",
+        ),
+        (
+            "{requestsPerSecond: 5000000}",
+            "is 5000000; it must be between 1 and 1000000",
+        ),
+        (
+            "{requestsPerSecond: 10, burst: 0}",
+            "spec.limits.burst is 0",
+        ),
+        (
+            "{quotas: [{requests: 10, per: week}]}",
+            "hour, day or month",
+        ),
+    ] {
+        let v = run(&[
+            store("s", ""),
+            key("bad", &format!("{ok}  limits: {limits}\n")),
+            token("bad"),
+            key(
+                "good",
+                &format!("{ok}  limits: {{requestsPerSecond: 10, burst: 20}}\n"),
+            ),
+            token("good"),
+        ]);
+        let bad = v.keys.iter().find(|k| k.name == "bad").unwrap();
+        let ready = bad.conditions.iter().find(|c| c.type_ == READY).unwrap();
+        assert_eq!(
+            (ready.status.as_str(), ready.reason.as_str()),
+            ("False", reason::INVALID_SPEC)
+        );
+        assert!(ready.message.contains(says), "{}", ready.message);
+        assert!(bad.valid.is_none());
+        let good = v.keys.iter().find(|k| k.name == "good").unwrap();
+        let limits = good.valid.as_ref().and_then(|c| c.limits.as_ref()).unwrap();
+        assert_eq!(
+            (limits.requests_per_second, limits.burst),
+            (Some(10), Some(20))
+        );
+        // The rendering publishes the good key with its limits, not the bad one.
+        let cfg = render::filter_config(&v, &RenderOptions::default()).unwrap();
+        let names: Vec<&str> = cfg.api_keys.iter().map(|k| k.name.as_str()).collect();
+        assert_eq!(names, ["good"]);
+    }
+}
+
+#[test]
+fn an_inbound_key_with_a_bad_limit_is_left_out_and_the_store_publishes() {
+    let auth = |limits: &str| {
+        format!("  inboundAuth:\n    mode: keys\n    defaultKeyLimits: {{requestsPerSecond: 7}}\n    keys:\n      - {{name: bad, scopes: [read], secretRef: {{name: layer, key: inbound}}, limits: {limits}}}\n      - {{name: plain, scopes: [read], secretRef: {{name: layer, key: inbound}}}}\n")
+    };
+    let v = run(&[store("s", &auth("{requestsPerSecond: -1}"))]);
+    let s = &v.stores[0];
+    assert_eq!(
+        ready_reason(&s.conditions),
+        ("True".into(), reason::VALID.into())
+    );
+    let refused = s
+        .conditions
+        .iter()
+        .find(|c| c.type_ == INBOUND_KEY_REFUSED)
+        .unwrap();
+    assert_eq!(refused.reason, reason::INVALID_LIMITS);
+    assert!(
+        refused
+            .message
+            .contains("inboundAuth.keys \"bad\" is left out: limits.requestsPerSecond is -1"),
+        "{}",
+        refused.message
+    );
+    let keys = &s.valid.as_ref().unwrap().keys;
+    assert_eq!(keys.len(), 1, "only the good key publishes");
+    assert_eq!(
+        (
+            keys[0].0.as_str(),
+            keys[0].3.as_ref().and_then(|l| l.requests_per_second)
+        ),
+        ("plain", Some(7)),
+        "the store's default applies"
+    );
+    // A bad default is the store's own field: the store is refused.
+    let v = run(&[store(
+        "s",
+        &auth("{requestsPerSecond: 1}").replace(
+            "defaultKeyLimits: {requestsPerSecond: 7}",
+            "defaultKeyLimits: {requestsPerSecond: 0}",
+        ),
+    )]);
+    assert_eq!(
+        ready_reason(&v.stores[0].conditions),
+        ("False".into(), reason::INVALID_INBOUND_AUTH.into())
     );
 }

@@ -110,6 +110,7 @@ pub fn test_settings(control: Option<SocketAddr>) -> Result<layergate_operator::
         key_service: None,
         allow_endpoints: Default::default(),
         key_max_staleness_seconds: layergate_operator::output::DEFAULT_MAX_STALENESS_SECONDS,
+        gateway_replicas: 1,
         limits: Default::default(),
         access_log_path: None,
     })
@@ -190,6 +191,7 @@ impl Demo {
             )),
             allow_endpoints: Default::default(),
             key_max_staleness_seconds: layergate_operator::output::DEFAULT_MAX_STALENESS_SECONDS,
+            gateway_replicas: 1,
             limits: Default::default(),
             // `make run`'s audit trail, one JSON object a line (stdout has it too).
             access_log_path: Some(root.join(".run/audit.log").to_string_lossy().into_owned()),

@@ -196,6 +196,19 @@ impl Envoy {
         Ok(envoy)
     }
 
+    /// [`Envoy::start_gateway_yaml`] with `workers` worker threads.
+    pub fn start_gateway_workers(gateway: &Gateway, yaml: &str, workers: usize) -> Result<Envoy> {
+        let mut envoy = Envoy::launch(
+            yaml,
+            &crate::paths::repo_root(),
+            workers,
+            &[],
+            &gateway.process_env(),
+        )?;
+        envoy.build = gateway.filter.build;
+        Ok(envoy)
+    }
+
     /// Starts Envoy from a bootstrap, in `cwd` (relative paths in the YAML resolve there).
     pub fn start_yaml(yaml: &str, cwd: &Path) -> Result<Envoy> {
         Envoy::start_yaml_workers(yaml, cwd, 1)

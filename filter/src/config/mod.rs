@@ -3,9 +3,10 @@
 //! types, so the two can never drift. [`crate::policy::Policy::compile`] turns a parsed
 //! document into lookup structures once per `on_configure`.
 
+pub use crate::digest::{token_hash, LookupHash};
+pub use crate::ratelimit::RateLimits;
 use crate::scope::Scope;
 use serde::{Deserialize, Serialize};
-use sha2::{Digest, Sha256};
 use std::collections::BTreeMap;
 
 mod key_service;
@@ -118,6 +119,9 @@ pub struct InboundKey {
     pub scopes: Vec<Scope>,
     /// Lower-case hex SHA-256 of the token.
     pub sha256: String,
+    /// Rate limit (and quotas) of this key; absent: none.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub limits: Option<RateLimits>,
 }
 
 /// Longest `owner` of a minted key, in bytes: the audit line stays bounded.
@@ -150,6 +154,9 @@ pub struct ApiKeyConfig {
     /// (layergate's rotation; absent when no overlap is running).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub previous: Option<PreviousToken>,
+    /// Rate limit and quotas (layergate's `spec.limits`); absent: none.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub limits: Option<RateLimits>,
 }
 
 /// A rotated key's previous token: the same key (keyId, entitlements, expiry) until `until`,
@@ -161,55 +168,6 @@ pub struct PreviousToken {
     pub lookup_hash: LookupHash,
     /// RFC 3339 UTC end of the overlap: from then on the previous token is refused.
     pub until: String,
-}
-
-/// The SHA-256 of a token, as hev layer writes it: `sha256:<64 lower-case hex>`. Read straight
-/// into 32 bytes, so the configuration never holds 100,000 hex strings.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub struct LookupHash(pub [u8; 32]);
-
-impl LookupHash {
-    /// The digest of `token`.
-    pub fn of(token: &str) -> LookupHash {
-        use sha2::Digest as _;
-        LookupHash(sha2::Sha256::digest(token.as_bytes()).into())
-    }
-}
-
-impl std::fmt::Display for LookupHash {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("sha256:")?;
-        for b in self.0 {
-            write!(f, "{b:02x}")?;
-        }
-        Ok(())
-    }
-}
-
-impl std::str::FromStr for LookupHash {
-    type Err = String;
-    fn from_str(s: &str) -> Result<LookupHash, String> {
-        let hex = s
-            .strip_prefix("sha256:")
-            .filter(|h| h.len() == 64 && h.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f')))
-            .ok_or_else(|| format!("lookupHash {s:?} must be sha256:<64 lower-case hex>"))?;
-        let mut out = [0u8; 32];
-        hex::decode_to_slice(hex, &mut out).map_err(|e| e.to_string())?;
-        Ok(LookupHash(out))
-    }
-}
-
-impl Serialize for LookupHash {
-    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        s.collect_str(self)
-    }
-}
-
-impl<'de> Deserialize<'de> for LookupHash {
-    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<LookupHash, D::Error> {
-        let s = <std::borrow::Cow<'de, str>>::deserialize(d)?;
-        s.parse().map_err(serde::de::Error::custom)
-    }
 }
 
 /// An ApiKey's entitlements: a JSON object of target → grant, held as a vector sorted by
@@ -373,6 +331,17 @@ pub struct Limits {
     /// Largest body buffered for inspection (after gzip decompression); 413 beyond.
     #[serde(default = "default_inspect_body_bytes")]
     pub inspect_body_bytes: u64,
+    /// Gateway processes sharing each key's rate: each enforces `1/gatewayReplicas` of it.
+    #[serde(default = "one", skip_serializing_if = "is_one")]
+    pub gateway_replicas: u32,
+}
+
+fn one() -> u32 {
+    1
+}
+
+fn is_one(n: &u32) -> bool {
+    *n == 1
 }
 
 fn default_inspect_body_bytes() -> u64 {
@@ -383,6 +352,7 @@ impl Default for Limits {
     fn default() -> Self {
         Limits {
             inspect_body_bytes: DEFAULT_INSPECT_BODY_BYTES,
+            gateway_replicas: 1,
         }
     }
 }
@@ -416,9 +386,4 @@ impl From<serde_json::Error> for ConfigError {
 
 pub(crate) fn invalid<T>(msg: impl Into<String>) -> Result<T, ConfigError> {
     Err(ConfigError::Invalid(msg.into()))
-}
-
-/// SHA-256 of a token.
-pub fn token_hash(token: &[u8]) -> [u8; 32] {
-    Sha256::digest(token).into()
 }

@@ -62,6 +62,15 @@ pub(crate) fn now() -> i64 {
         .unwrap_or(i64::MAX)
 }
 
+/// The clock in nanoseconds since the Unix epoch, for rate buckets (0 when unreadable).
+pub(crate) fn now_nanos() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .ok()
+        .and_then(|d| u64::try_from(d.as_nanos()).ok())
+        .unwrap_or(0)
+}
+
 /// One filter configuration (Envoy's `DynamicModuleFilter`): shared by every stream of it,
 /// on every worker.
 pub(crate) struct Config {

@@ -11,14 +11,15 @@
 //! one rendered route table with the same limits.
 
 use super::host::{HeaderBuf, Host};
-use super::{now, Config, Stream};
+use super::{now, now_nanos, Config, Stream};
 use crate::audit::{Facts, Held, MAX_TEXT_BYTES};
+use crate::buckets::Buckets;
 use crate::decision::{
     decide_traced, must_strip, Decision, HeaderEdits, Inspection, Plan, Trace, INSPECT_HEADER,
 };
 use crate::denial::Denial;
 use crate::headers::RequestHead;
-use crate::outcome::{counter_for, ALLOWED, INSPECTED};
+use crate::outcome::{counter_for, rate_check, ALLOWED, INSPECTED};
 use crate::policy::Policy;
 use std::cell::RefCell;
 use std::sync::Arc;
@@ -144,6 +145,12 @@ pub(super) fn on_request_headers(
         strip(host, names, &HeaderEdits::default());
         return HeadersStatus::Continue;
     };
+    if let Some(plan) = decision.plan() {
+        let take = |name: &str, bucket, now| Buckets::process().take(name, bucket, now);
+        if let Err(d) = rate_check(policy, plan, now_nanos, take) {
+            return deny(host, stream, config, Some(policy), &facts, &d);
+        }
+    }
     let ctx = (config, policy);
     match decision {
         Decision::Forward(plan) => forward(host, stream, ctx, &plan, &facts, names, None),
@@ -262,16 +269,12 @@ pub(super) fn deny(
     denial: &Denial,
 ) -> HeadersStatus {
     let body = denial.body();
-    let (headers, n) = crate::outcome::reply_headers(denial);
+    let headers = crate::outcome::reply_headers(denial);
+    let headers: Vec<(&str, &str)> = headers.iter().map(|(n, v)| (*n, v.as_str())).collect();
     record(host, policy, facts, denial.label(), Some(&denial.message));
     count(host, config, counter_for(denial.label()));
     stream.replied = true;
-    host.send_response(
-        denial.status(),
-        &headers[..n],
-        body.as_bytes(),
-        denial.label(),
-    );
+    host.send_response(denial.status(), &headers, body.as_bytes(), denial.label());
     HeadersStatus::StopIteration
 }
 

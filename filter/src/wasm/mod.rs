@@ -17,6 +17,7 @@
 //! and `request` (a stream: the decision's verdict written back to the host). Only this
 //! module calls into [`crate::abi`]; the rest of the crate never sees it.
 
+mod buckets;
 mod request;
 mod root;
 mod sync;

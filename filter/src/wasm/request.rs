@@ -10,7 +10,7 @@ use crate::decision::{
 };
 use crate::denial::Denial;
 use crate::headers::{pairs, RequestHead};
-use crate::outcome::{counter_for, ALLOWED, INSPECTED};
+use crate::outcome::{counter_for, rate_check, ALLOWED, INSPECTED};
 use crate::policy::Policy;
 use std::rc::Rc;
 
@@ -28,10 +28,11 @@ pub(super) struct Pending {
 
 pub(super) fn deny(policy: Option<&Policy>, facts: &Facts<'_>, denial: &Denial) -> Action {
     let body = denial.body();
-    let (headers, n) = crate::outcome::reply_headers(denial);
+    let headers = crate::outcome::reply_headers(denial);
+    let headers: Vec<(&str, &str)> = headers.iter().map(|(n, v)| (*n, v.as_str())).collect();
     record(policy, facts, denial.label(), Some(&denial.message));
     count(counter_for(denial.label()));
-    abi::send_local_response(denial.status(), &headers[..n], body.as_bytes());
+    abi::send_local_response(denial.status(), &headers, body.as_bytes());
     Action::Pause
 }
 
@@ -125,6 +126,11 @@ pub(super) fn on_request_headers(ctx: u32, end_of_stream: bool) -> Action {
         trace,
         touched: None,
     };
+    if let Some(plan) = d.plan() {
+        if let Err(d) = rate_check(&policy, plan, abi::now_nanos, super::buckets::take) {
+            return deny(Some(&policy), &facts, &d);
+        }
+    }
     match d {
         Decision::Forward(plan) => forward(&policy, &plan, &facts, head_strip, None),
         Decision::ForwardWithPath(plan, path) => {

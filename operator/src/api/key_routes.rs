@@ -34,6 +34,7 @@ fn key_view(pass: &Pass, k: &crate::crd::ApiKey) -> Value {
         "description": k.spec.description,
         "entitlements": k.spec.entitlements,
         "expiresAfter": k.spec.expires_after.clone().unwrap_or_else(|| validate::DEFAULT_EXPIRES_AFTER.to_owned()),
+        "limits": k.spec.limits,
         "phase": st.phase,
         "createdAt": st.created_at,
         "expiresAt": st.expires_at,
@@ -82,12 +83,13 @@ pub(super) fn read_back(pass: &Pass, name: &str) -> Option<Value> {
 }
 
 /// The fields a mint request may carry; anything else is refused (a typo must not be ignored).
-const MINT_FIELDS: [&str; 5] = [
+const MINT_FIELDS: [&str; 6] = [
     "name",
     "owner",
     "description",
     "entitlements",
     "expiresAfter",
+    "limits",
 ];
 
 pub(super) fn mint(
@@ -127,7 +129,13 @@ pub(super) fn mint(
         ));
     }
     let mut spec = serde_json::Map::new();
-    for field in ["owner", "description", "entitlements", "expiresAfter"] {
+    for field in [
+        "owner",
+        "description",
+        "entitlements",
+        "expiresAfter",
+        "limits",
+    ] {
         if let Some(v) = req.get(field).filter(|v| !v.is_null()) {
             spec.insert(field.to_owned(), v.clone());
         }
@@ -165,6 +173,28 @@ pub(super) fn mint(
             let mut m = manifest;
             m["spec"]["expiresAfter"] = json!(format!("{}s", l.unwrap_or_default()));
             let key = serde_json::from_value(m.clone()).context("the capped ApiKey")?;
+            (m, key)
+        }
+    };
+    // Never limited more loosely than its maker: the maker's limits, when none were asked,
+    // are written into the spec, so the object says what the gateway enforces.
+    let asked = match key
+        .spec
+        .limits
+        .as_ref()
+        .map(|l| crate::limits::rate_limits(l, "limits"))
+    {
+        Some(Err(m)) => return Ok(error(StatusCode::BAD_REQUEST, &m)),
+        Some(Ok(l)) => Some(l),
+        None => None,
+    };
+    let (manifest, key) = match authority::limits(caller, asked.as_ref()) {
+        Err(m) => return Ok(error(StatusCode::FORBIDDEN, &m)),
+        Ok(l) if l == asked => (manifest, key),
+        Ok(l) => {
+            let mut m = manifest;
+            m["spec"]["limits"] = json!(l.as_ref().map(crate::limits::limits_spec));
+            let key = serde_json::from_value(m.clone()).context("the limited ApiKey")?;
             (m, key)
         }
     };
@@ -279,6 +309,7 @@ fn new_key_view(
         "description": k.spec.description,
         "entitlements": k.spec.entitlements,
         "expiresAfter": k.spec.expires_after.clone().unwrap_or_else(|| validate::DEFAULT_EXPIRES_AFTER.to_owned()),
+        "limits": k.spec.limits,
         "phase": crate::crd::ApiKeyPhase::Active,
         "createdAt": validate::rfc3339(created),
         "expiresAt": config.expires_at,

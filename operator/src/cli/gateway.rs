@@ -44,6 +44,11 @@ pub struct GatewayArgs {
     /// The store clusters' limits.
     #[command(flatten)]
     pub limits: LimitArgs,
+    /// Gateway processes (replicas of the gateway Deployment, or Envoys in front of one
+    /// operator) that share each key's rate limit: each enforces 1/N of it (1-10000).
+    #[arg(long, env = "LAYERGATE_GATEWAY_REPLICAS", value_name = "N", default_value_t = 1,
+          value_parser = clap::value_parser!(u32).range(1..=i64::from(layergate_filter::ratelimit::MAX_REPLICAS)))]
+    pub gateway_replicas: u32,
 }
 
 /// The filter builds.
@@ -153,6 +158,7 @@ impl GatewayArgs {
             key_max_staleness_seconds: DEFAULT_MAX_STALENESS_SECONDS,
             limits: self.limits.limits(),
             access_log_path: self.access_log_path.clone(),
+            gateway_replicas: self.gateway_replicas,
         }
     }
 }

@@ -87,6 +87,7 @@ impl IstioArgs {
             key_service,
             gateway_deployment: self.istio_gateway_deployment.clone(),
             fail_strategy: self.istio_fail_strategy,
+            gateway_replicas: 1,
         }
     }
 }

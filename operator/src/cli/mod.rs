@@ -161,7 +161,10 @@ impl RenderArgs {
     ) -> render::Target {
         match self.target {
             TargetKind::Envoy => render::Target::Envoy,
-            TargetKind::Istio => render::Target::Istio(self.istio.settings(control, key_service)),
+            TargetKind::Istio => render::Target::Istio(layergate_operator::istio::IstioSettings {
+                gateway_replicas: self.gateway.gateway_replicas,
+                ..self.istio.settings(control, key_service)
+            }),
         }
     }
 }

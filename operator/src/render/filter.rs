@@ -49,6 +49,8 @@ pub struct RenderOptions {
     /// the rendering carries no `apiKeys`, so it does not grow with them. Unset (an offline
     /// `render` with no operator to sync from, `check`): the usable keys are inline.
     pub key_service: Option<KeyServiceConfig>,
+    /// Gateway processes sharing each key's rate (`limits.gatewayReplicas`).
+    pub gateway_replicas: u32,
 }
 
 /// The VM environment variable carrying a store's credential when credentials come from the
@@ -100,10 +102,11 @@ pub fn filter_config(v: &Validation, options: &RenderOptions) -> Result<FilterCo
                     keys: s
                         .keys
                         .iter()
-                        .map(|(name, scopes, sha256)| InboundKey {
+                        .map(|(name, scopes, sha256, limits)| InboundKey {
                             name: name.clone(),
                             scopes: scopes.clone(),
                             sha256: sha256.clone(),
+                            limits: limits.clone(),
                         })
                         .collect(),
                 },
@@ -136,7 +139,10 @@ pub fn filter_config(v: &Validation, options: &RenderOptions) -> Result<FilterCo
             .clone()
             .map(|cluster| UpstreamConfig { cluster }),
         routes: Vec::new(),
-        limits: Limits::default(),
+        limits: Limits {
+            gateway_replicas: options.gateway_replicas.max(1),
+            ..Limits::default()
+        },
         hosts: options.hosts.clone(),
         key_service: options.key_service.clone(),
     };

@@ -185,6 +185,9 @@ pub fn key_spec_problem(k: &ApiKey, now: i64) -> Option<String> {
             return Some(m);
         }
     }
+    if let Some(Err(m)) = k.spec.limits.as_ref().map(key_limits) {
+        return Some(m);
+    }
     let after = k
         .spec
         .expires_after
@@ -196,6 +199,13 @@ pub fn key_spec_problem(k: &ApiKey, now: i64) -> Option<String> {
             .err()
             .map(|m| format!("expiresAfter {after:?}: {m}")),
     }
+}
+
+/// An ApiKey's `spec.limits` in the filter's form, or what is wrong with it.
+fn key_limits(
+    l: &crate::crd::LimitsSpec,
+) -> Result<layergate_filter::ratelimit::RateLimits, String> {
+    crate::limits::rate_limits(l, "spec.limits")
 }
 
 /// Judges a key about to be minted with `token` exactly as the next pass will (against the
@@ -347,6 +357,10 @@ pub(super) fn validate_key(
     // Everything else the filter checks per key, before any token is looked at: a key the
     // filter would refuse is left out here, never in the rendering (one bad key must not
     // freeze every other change).
+    let limits = match k.spec.limits.as_ref().map(key_limits).transpose() {
+        Ok(l) => l.filter(|l| !l.is_empty()),
+        Err(m) => return out(ApiKeyPhase::Pending, reason::INVALID_SPEC, m, extra, None),
+    };
     let shape = ApiKeyConfig {
         key_id: String::new(),
         name: name.clone(),
@@ -355,6 +369,7 @@ pub(super) fn validate_key(
         expires_at: None,
         entitlements: entitlements.into_iter().collect(),
         previous: None,
+        limits,
     };
     if let Err(m) = entitlement::check_api_key(&shape) {
         return out(ApiKeyPhase::Pending, reason::INVALID_SPEC, m, extra, None);

@@ -27,6 +27,7 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
 use layergate_filter::config::{ApiKeyConfig, Entitlement};
 use layergate_filter::entitlement::{self, Target};
 use layergate_filter::namespace::valid_namespace;
+use layergate_filter::ratelimit::RateLimits;
 use layergate_filter::scope::Scope;
 use sha2::{Digest, Sha256};
 use std::collections::{BTreeMap, HashMap, HashSet};
@@ -54,8 +55,9 @@ pub struct ValidStore {
     pub credential_ref: (String, String),
     /// Inbound auth mode.
     pub mode: InboundMode,
-    /// Inbound keys: name, scopes, SHA-256 hex of the token.
-    pub keys: Vec<(String, Vec<Scope>, String)>,
+    /// Inbound keys: name, scopes, SHA-256 hex of the token, limits (its own or the store's
+    /// `defaultKeyLimits`).
+    pub keys: Vec<(String, Vec<Scope>, String, Option<RateLimits>)>,
 }
 
 /// Verdict on one object.

@@ -66,9 +66,18 @@ pub(super) fn validate_store(
             "inboundAuth.keys is only allowed with mode: keys".into(),
         );
     }
+    let default_limits = match &auth.default_key_limits {
+        None => None,
+        Some(l) => match crate::limits::rate_limits(l, "inboundAuth.defaultKeyLimits") {
+            Ok(l) => Some(l).filter(|l| !l.is_empty()),
+            Err(m) => return fail(reason::INVALID_INBOUND_AUTH, m),
+        },
+    };
     let mut keys = Vec::new();
+    let mut refused = Vec::new();
+    let mut names = Vec::new();
     for k in &auth.keys {
-        if k.name.is_empty() || keys.iter().any(|(n, _, _): &(String, _, _)| *n == k.name) {
+        if k.name.is_empty() || names.contains(&&k.name) {
             return fail(
                 reason::INVALID_INBOUND_AUTH,
                 format!("inboundAuth.keys: name {:?} is empty or used twice", k.name),
@@ -90,19 +99,42 @@ pub(super) fn validate_store(
             Ok(v) => v,
             Err((r, m)) => return fail(r, format!("inboundAuth.keys {:?}: {m}", k.name)),
         };
-        keys.push((k.name.clone(), scopes, sha256_hex(token)));
+        names.push(&k.name);
+        // A bad limit refuses this key only: the store and its other keys publish.
+        let limits = match &k.limits {
+            None => default_limits.clone(),
+            Some(l) => match crate::limits::rate_limits(l, "limits") {
+                Ok(l) => Some(l).filter(|l| !l.is_empty()),
+                Err(m) => {
+                    refused.push(format!("inboundAuth.keys {:?} is left out: {m}", k.name));
+                    continue;
+                }
+            },
+        };
+        keys.push((k.name.clone(), scopes, sha256_hex(token), limits));
     }
     let default = s.spec.default == Some(true) || (defaults == 0 && count == 1);
-    Verdict {
-        name: name.clone(),
-        conditions: vec![condition(
-            conditions::READY,
+    let mut conds = vec![condition(
+        conditions::READY,
+        true,
+        reason::VALID,
+        "spec and Secrets are valid",
+        generation,
+        now,
+    )];
+    if !refused.is_empty() {
+        conds.push(condition(
+            conditions::INBOUND_KEY_REFUSED,
             true,
-            reason::VALID,
-            "spec and Secrets are valid",
+            reason::INVALID_LIMITS,
+            refused.join("; "),
             generation,
             now,
-        )],
+        ));
+    }
+    Verdict {
+        name: name.clone(),
+        conditions: conds,
         valid: Some(ValidStore {
             name,
             default,

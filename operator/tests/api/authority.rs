@@ -403,3 +403,58 @@ fn a_key_minted_by_a_key_never_outlives_it() {
         "{body}"
     );
 }
+
+/// Issue 25: a key minted by a limited key is limited no more loosely: looser limits are
+/// refused (403), none asked inherits the maker's, and the views show them.
+#[test]
+fn a_key_minted_by_a_limited_key_is_never_limited_more_loosely() {
+    let f = table_fixture("limits", "keys");
+    let boss = TABLE_KEYS[0].2;
+    let admin = json!({"layer": {"scopes": ["admin"]}});
+    let (status, heir) = f.call("POST", "/v2/keys", Some(boss), json!({"name": "heir", "entitlements": admin, "limits": {"requestsPerSecond": 5, "burst": 8}}));
+    assert_eq!(status, 201, "{heir}");
+    assert_eq!(heir["limits"], json!({"requestsPerSecond": 5, "burst": 8}));
+    let token = heir["token"].as_str().unwrap().to_owned();
+    let (status, body) = f.call(
+        "POST",
+        "/v2/keys",
+        Some(&token),
+        json!({"name": "greedy", "entitlements": admin, "limits": {"requestsPerSecond": 6}}),
+    );
+    assert_eq!(status, 403, "{body}");
+    assert!(
+        body["error"]
+            .as_str()
+            .unwrap()
+            .contains("requestsPerSecond 6 is over yours (5)"),
+        "{body}"
+    );
+    let (status, body) = f.call(
+        "POST",
+        "/v2/keys",
+        Some(&token),
+        json!({"name": "modest", "entitlements": admin}),
+    );
+    assert_eq!(status, 201, "{body}");
+    assert_eq!(
+        body["limits"],
+        json!({"requestsPerSecond": 5, "burst": 8}),
+        "the maker's limits"
+    );
+    let (_, got) = f.call("GET", "/v2/keys/modest", Some(boss), Value::Null);
+    assert_eq!(got["limits"], json!({"requestsPerSecond": 5, "burst": 8}));
+    let (status, body) = f.call(
+        "POST",
+        "/v2/keys",
+        Some(boss),
+        json!({"name": "zero", "entitlements": admin, "limits": {"requestsPerSecond": 0}}),
+    );
+    assert_eq!(status, 400, "{body}");
+    assert!(
+        body["error"]
+            .as_str()
+            .unwrap()
+            .contains("between 1 and 1000000"),
+        "{body}"
+    );
+}

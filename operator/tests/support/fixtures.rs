@@ -52,6 +52,7 @@ pub fn kube_settings() -> layergate_operator::output::Settings {
         key_service: None,
         allow_endpoints: Default::default(),
         key_max_staleness_seconds: layergate_operator::output::DEFAULT_MAX_STALENESS_SECONDS,
+        gateway_replicas: 1,
         limits: Default::default(),
         access_log_path: None,
     }

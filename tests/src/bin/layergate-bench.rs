@@ -193,6 +193,7 @@ fn scaled_config(keys: usize, namespaces: usize) -> Result<String> {
                 .into_iter()
                 .collect(),
             previous: None,
+            limits: None,
         })
     };
     for i in 0..keys {
@@ -770,6 +771,7 @@ fn operator_render_time(keys: usize, indexes: usize) -> Result<Duration> {
         key_service: None,
         allow_endpoints: Default::default(),
         key_max_staleness_seconds: layergate_operator::output::DEFAULT_MAX_STALENESS_SECONDS,
+        gateway_replicas: 1,
         limits: Default::default(),
         access_log_path: None,
     };

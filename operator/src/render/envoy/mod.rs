@@ -91,6 +91,7 @@ pub fn translate(
         credentials_from_env: false,
         // The Envoy target's gateway serves only layergate: every host.
         hosts: Vec::new(),
+        gateway_replicas: settings.gateway_replicas,
     };
     let config = filter_config(v, &options)?;
     let mut clusters: Vec<Cluster> = upstreams.iter().map(Cluster::of).collect();

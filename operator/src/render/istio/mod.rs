@@ -122,6 +122,7 @@ pub fn translate(
         app_cluster: None,
         credentials_from_env: true,
         hosts: filter_hosts(&s.hosts),
+        gateway_replicas: s.gateway_replicas,
         key_service: s.control.as_ref().map(|control| {
             let (host, port) = s.key_service.as_ref().unwrap_or(control);
             key_service(

@@ -64,6 +64,8 @@ pub struct IstioSettings {
     pub gateway_deployment: String,
     /// The WasmPlugin's `failStrategy`.
     pub fail_strategy: FailStrategy,
+    /// Gateway pods sharing each key's rate (`limits.gatewayReplicas`, `--gateway-replicas`).
+    pub gateway_replicas: u32,
 }
 
 /// The defaults of [`IstioSettings`], which the command line shows and falls back to.
@@ -96,6 +98,7 @@ impl Default for IstioSettings {
             key_service: None,
             gateway_deployment: defaults::GATEWAY_DEPLOYMENT.into(),
             fail_strategy: FailStrategy::default(),
+            gateway_replicas: 1,
         }
     }
 }

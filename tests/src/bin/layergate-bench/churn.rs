@@ -80,6 +80,7 @@ pub(super) fn key(name: &str, token: &str) -> Result<ApiKeyConfig> {
             .into_iter()
             .collect(),
         previous: None,
+        limits: None,
     })
 }
 
