@@ -108,7 +108,7 @@ fn writes_are_due_oldest_first_and_bounded() {
         book.due(10, T0 + 3).is_empty(),
         "counts alone wait for the step"
     );
-    let due = book.due(10, T0 + 1 + LAST_SEEN_STEP);
+    let due = book.due(10, T0 + 2 + LAST_SEEN_STEP);
     assert_eq!(due.len(), 1);
     assert_eq!(due[0].usage.total, reads(2));
 }
