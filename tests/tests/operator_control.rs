@@ -437,7 +437,7 @@ fn key_paths_are_the_control_apis_and_copies_stay_within_a_store() {
     let r = call(
         &s,
         "POST",
-        "/v2/keys/shop-reader/rotate",
+        "/v2/keys/shop-reader/suspend",
         Some("demo-admin-token"),
         Some(json!({"overlap": "24h"})),
     );
@@ -450,7 +450,7 @@ fn key_paths_are_the_control_apis_and_copies_stay_within_a_store() {
     let r = call(
         &s,
         "POST",
-        "/v2/keys/shop-reader/rotate",
+        "/v2/keys/shop-reader/suspend",
         None,
         Some(json!({})),
     );
