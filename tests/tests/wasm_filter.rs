@@ -307,12 +307,33 @@ fn minted_keys_come_from_the_key_service_and_fail_closed_when_it_is_gone() {
     );
 
     // The key service goes away: no new call until the back-off passes; the table serves.
+    // (The VM's usage report goes beside the syncs, on a call of its own.)
+    let syncs = |vm: &FilterHost| -> Vec<u32> {
+        vm.calls()
+            .iter()
+            .filter(|c| {
+                c.header(":path")
+                    .is_some_and(|p| p.starts_with("/v2/keys/sync"))
+            })
+            .map(|c| c.token)
+            .collect()
+    };
     vm.answer_call(4, None, b"").unwrap();
-    assert_eq!(vm.calls().len(), 4);
+    assert_eq!(syncs(&vm).len(), 4);
     vm.set_time(t0 + 2);
     vm.tick().unwrap();
-    assert_eq!(vm.calls().len(), 5, "retried after the back-off");
-    vm.answer_call(5, Some(503), b"").unwrap();
+    let retry = syncs(&vm);
+    assert_eq!(retry.len(), 5, "retried after the back-off");
+    let report = vm
+        .calls()
+        .into_iter()
+        .find(|c| c.header(":path") == Some("/v2/keys/usage"))
+        .expect("the usage of the minted key is reported");
+    assert_eq!(
+        (report.header(":method"), report.header("authorization")),
+        (Some("POST"), Some("Bearer gw-cred"))
+    );
+    vm.answer_call(retry[4], Some(503), b"").unwrap();
     vm.set_time(t0 + 30);
     vm.tick().unwrap();
     assert_eq!(vm.metric("layergate.keys_stale_seconds"), Some(30));
@@ -330,7 +351,7 @@ fn minted_keys_come_from_the_key_service_and_fail_closed_when_it_is_gone() {
     assert_eq!(status(&mut vm, "demo-read-token"), 200);
     // It comes back: a sync with nothing new makes the table fresh again.
     vm.tick().unwrap();
-    let last = vm.calls().last().unwrap().token;
+    let last = *syncs(&vm).last().unwrap();
     let same = serde_json::json!({"revision": "r3", "snapshot": false, "keys": [], "removed": []});
     vm.answer_call(last, Some(200), same.to_string().as_bytes())
         .unwrap();
