@@ -265,6 +265,29 @@ fn variants(
         )
     };
     let gw = gateway(demo::filter_config()?);
+    // The demo's minted key `shop-reader` with a rate limit no run reaches (issue 25: what the
+    // check costs), beside the same key without one.
+    let limited_config = {
+        let mut c: Value = serde_json::from_str(&demo::filter_config()?)?;
+        let key = c["apiKeys"]
+            .as_array_mut()
+            .and_then(|keys| keys.iter_mut().find(|k| k["name"] == "shop-reader"))
+            .context("the demo fixture's shop-reader key")?;
+        key["limits"] = json!({"requestsPerSecond": 1_000_000, "burst": 1_000_000});
+        c.to_string()
+    };
+    let gw_limited = gateway(limited_config.clone());
+    let native_limited = demo::gateway(
+        any,
+        any,
+        upstream,
+        upstream,
+        layergate_tests::envoy::Filter {
+            build: render::FilterBuild::Native,
+            path: layergate_tests::paths::native_path()?,
+        },
+        limited_config,
+    );
     // The same gateway with the filter as an Envoy dynamic module (`make bench` builds it in
     // release and names it with LAYERGATE_NATIVE).
     let native = demo::gateway(
@@ -327,6 +350,10 @@ fn variants(
             "authorization_request": {"allowed_headers": {"patterns": [{"exact": "authorization"}]}},
             "authorization_response": {"allowed_upstream_headers": {"patterns": [{"exact": "authorization"}, {"exact": "x-layergate-cluster"}]}}}}});
     let read = headers(&[("authorization", "Bearer demo-read-token")]);
+    let minted = headers(&[(
+        "authorization",
+        &format!("Bearer {}", layergate_tests::tour::SHOP_READER_TOKEN),
+    )]);
     let read_routed = headers(&[
         ("authorization", "Bearer demo-read-token"),
         ("x-layergate-cluster", "store_primary"),
@@ -369,6 +396,34 @@ fn variants(
             native.render(),
             READ_PATH,
             &read,
+        ),
+        v(
+            Table::Peers,
+            "layergate, minted key",
+            gw.render(),
+            READ_PATH,
+            &minted,
+        ),
+        v(
+            Table::Peers,
+            "layergate, minted key with a rate limit (not reached)",
+            gw_limited.render(),
+            READ_PATH,
+            &minted,
+        ),
+        v(
+            Table::Peers,
+            "layergate native, minted key",
+            native.render(),
+            READ_PATH,
+            &minted,
+        ),
+        v(
+            Table::Peers,
+            "layergate native, minted key with a rate limit (not reached)",
+            native_limited.render(),
+            READ_PATH,
+            &minted,
         ),
         v(
             Table::Peers,
