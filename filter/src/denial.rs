@@ -180,6 +180,24 @@ impl Denial {
         )
     }
 
+    /// 429 for a key that spent a quota (issue 25): refused until `until` (Unix seconds), the
+    /// end of the quota's period; `now` is the filter's clock. `quota`: the key's smallest
+    /// quota (`RateLimit-Policy`'s `q`).
+    pub fn quota_spent(key: &str, quota: u64, until: i64, now: i64) -> Denial {
+        let wait = u64::try_from(until.saturating_sub(now)).unwrap_or(0).max(1);
+        let resets = crate::time::format_rfc3339(until).unwrap_or_else(|| until.to_string());
+        Denial::new(
+            DenialKind::TooManyRequests(crate::ratelimit::Limited {
+                retry_after: wait,
+                burst: quota,
+                window: wait,
+            }),
+            format!(
+                "{key} has spent its request quota; it resets at {resets} (retry after {wait} s)"
+            ),
+        )
+    }
+
     /// 403 for a namespace outside a key's globs on `target` (`vectorstore.<name>`, `layer`).
     pub fn namespace(key: &str, ns: &str, scope: Scope, target: &dyn std::fmt::Display) -> Denial {
         Denial::insufficient(

@@ -157,10 +157,18 @@ pub fn compile_key(
     if let Some(l) = &k.limits {
         l.check()?;
     }
+    let spent_until = match &k.quota_spent_until {
+        None => None,
+        Some(t) => Some(
+            crate::time::parse_rfc3339(t)
+                .ok_or_else(|| format!("quotaSpentUntil {t:?} is not an RFC 3339 timestamp"))?,
+        ),
+    };
     let limits = k.limits.clone().filter(|l| !l.is_empty());
     let mut key = MintedKey {
         expires_at,
         previous,
+        spent_until,
         grants: KeyGrants {
             stores: vec![None; store_count],
             layer: None,
@@ -247,6 +255,8 @@ pub struct MintedKey {
     /// The previous token's digest and when it stops being accepted (Unix seconds, never
     /// after `expires_at`), during a rotation's overlap.
     pub previous: Option<([u8; 32], i64)>,
+    /// Until when (Unix seconds) the key is refused for a spent quota.
+    pub spent_until: Option<i64>,
     /// What it grants.
     pub grants: KeyGrants,
 }
@@ -354,6 +364,7 @@ mod tests {
             entitlements: ents(&[("layer", grant(&[Scope::Read], None))]),
             previous: None,
             limits: None,
+            quota_spent_until: None,
         };
         assert!(check_api_key(&k).is_ok());
         k.owner = Some("o".repeat(crate::config::MAX_OWNER_BYTES + 1));
@@ -377,6 +388,7 @@ mod tests {
             entitlements: ents(&[("layer", grant(&[Scope::Read], None))]),
             previous: None,
             limits: None,
+            quota_spent_until: None,
         };
         assert!(check_api_key(&k)
             .err()
@@ -406,6 +418,7 @@ mod tests {
             previous: None,
             limits: None,
             owner: None,
+            quota_spent_until: None,
         };
         let limits = |r| crate::ratelimit::RateLimits {
             requests_per_second: Some(r),

@@ -5,9 +5,10 @@
 //!
 //! Plain Rust over [`Policy`] and [`Plan`]; it calls no host.
 
+use crate::auth::Principal;
 use crate::decision::Plan;
 use crate::denial::Denial;
-use crate::policy::Policy;
+use crate::policy::{Grant, Policy};
 use crate::ratelimit::{Admitted, Bucket, Limited};
 
 /// Counters, indexed by position.
@@ -68,11 +69,32 @@ pub fn rate_check(
     now_ns: impl FnOnce() -> u64,
     take: impl FnOnce(&str, Bucket, u64) -> Result<Admitted, Limited>,
 ) -> Result<(), Denial> {
-    let Some(rate) = plan.principal.rate(policy) else {
+    let spent = match plan.principal {
+        Principal::Token(Grant::Minted(k)) => policy.keys.spent_until(k).map(|until| {
+            let quota = policy.keys.get(k).and_then(|key| {
+                let quotas = &key.limits.as_ref()?.quotas;
+                quotas.iter().map(|q| q.requests).min()
+            });
+            (until, quota.unwrap_or(0))
+        }),
+        _ => None,
+    };
+    let rate = plan.principal.rate(policy);
+    if spent.is_none() && rate.is_none() {
+        return Ok(());
+    }
+    let name = plan.principal.name(policy);
+    let now = now_ns();
+    if let Some((until, quota)) = spent {
+        let now_s = i64::try_from(now / 1_000_000_000).unwrap_or(i64::MAX);
+        if now_s < until {
+            return Err(Denial::quota_spent(name, quota, until, now_s));
+        }
+    }
+    let Some(rate) = rate else {
         return Ok(());
     };
-    let name = plan.principal.name(policy);
-    take(name, Bucket::of(rate, policy.replicas), now_ns())
+    take(name, Bucket::of(rate, policy.replicas), now)
         .map(drop)
         .map_err(|l| Denial::rate_limited(name, rate, l))
 }

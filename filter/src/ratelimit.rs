@@ -83,6 +83,29 @@ impl Period {
             Period::Month => "month",
         }
     }
+
+    /// The calendar period (UTC) holding `now` (Unix seconds): its first second, and the
+    /// first second of the next.
+    pub fn bounds(self, now: i64) -> (i64, i64) {
+        match self {
+            Period::Hour => {
+                let start = now - now.rem_euclid(3600);
+                (start, start + 3600)
+            }
+            Period::Day => {
+                let start = now - now.rem_euclid(86_400);
+                (start, start + 86_400)
+            }
+            Period::Month => {
+                let (y, m, _) = crate::time::civil_from_days(now.div_euclid(86_400));
+                let (ny, nm) = if m == 12 { (y + 1, 1) } else { (y, m + 1) };
+                (
+                    crate::time::days_from_civil(y, m, 1) * 86_400,
+                    crate::time::days_from_civil(ny, nm, 1) * 86_400,
+                )
+            }
+        }
+    }
 }
 
 /// A key's rate as the gateway enforces it: requests per second and burst across all

@@ -320,7 +320,7 @@ impl DirSource {
     /// Polls the directory until the process stops, refreshing on every change and probing
     /// the stores after each change and every [`PROBE_INTERVAL`] (with jitter).
     pub fn watch(&self) -> Result<()> {
-        self.state.usage.load(&self.out)?;
+        self.state.load_usage(&self.out)?;
         let mut seen = None;
         let mut next_probe = Instant::now();
         let mut next_save = Instant::now() + crate::usage::file::SAVE_EVERY;

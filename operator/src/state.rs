@@ -10,6 +10,7 @@ use crate::pass::Pass;
 use crate::probe::ProbeResult;
 use crate::validate::{self, Validation};
 use anyhow::Result;
+use layergate_filter::config::ApiKeyConfig;
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -29,6 +30,9 @@ pub struct State {
     /// The revision the last pass's keys were served at: while the key service is still
     /// there, the next pass hands over only what changed since that pass.
     served: Mutex<Option<String>>,
+    /// Keys that spent a quota, by key id: until when (Unix seconds) the key service serves
+    /// them with `quotaSpentUntil` (issue 25), over whatever the passes publish.
+    spent: Mutex<BTreeMap<String, i64>>,
     /// When the controller loop last turned (kube mode; `None`: no loop to watch).
     heartbeat: Mutex<Option<Instant>>,
     /// How long the loop may not turn before `/healthz` fails (`None`: [`STUCK_AFTER`]).
@@ -94,12 +98,55 @@ impl State {
         }
         let mut served = lock(&self.served);
         let revision = match previous {
-            Some(p) if served.as_deref() == Some(self.keys.table().revision.as_str()) => self
-                .keys
-                .apply(keyservice::Change::between(&p.keys, &pass.keys)),
-            _ => self.keys.publish(&pass.keys),
+            Some(p) if served.as_deref() == Some(self.keys.table().revision.as_str()) => {
+                let mut change = keyservice::Change::between(&p.keys, &pass.keys);
+                self.mark_spent(&mut change.upsert);
+                self.keys.apply(change)
+            }
+            _ => {
+                let mut keys = pass.keys.clone();
+                self.mark_spent(&mut keys);
+                self.keys.publish(&keys)
+            }
         };
         *served = Some(revision);
+    }
+
+    /// Sets `quotaSpentUntil` on the keys that spent a quota whose period has not ended (and
+    /// forgets the ones whose period has).
+    fn mark_spent(&self, keys: &mut [ApiKeyConfig]) {
+        let mut spent = lock(&self.spent);
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs() as i64);
+        spent.retain(|_, until| *until > now);
+        if spent.is_empty() {
+            return;
+        }
+        for k in keys {
+            if let Some(until) = spent.get(&k.key_id) {
+                k.quota_spent_until = Some(crate::validate::rfc3339(*until));
+            }
+        }
+    }
+
+    /// `key` spent a quota: the key service serves it refused until `until` (the end of the
+    /// quota's period), at once — every gateway's next long poll carries it, as a revocation.
+    pub fn quota_spent(&self, key: &ApiKeyConfig, until: i64) {
+        let mut served = lock(&self.served);
+        lock(&self.spent).insert(key.key_id.clone(), until);
+        let before = self.keys.table().revision.clone();
+        let mut marked = key.clone();
+        marked.quota_spent_until = Some(crate::validate::rfc3339(until));
+        let revision = self.keys.apply(keyservice::Change {
+            upsert: vec![marked],
+            remove: Vec::new(),
+        });
+        // The key service is still the last pass's keys with the marks: the next pass may
+        // hand over only what changed.
+        if served.as_deref() == Some(before.as_str()) {
+            *served = Some(revision);
+        }
     }
 
     /// Keeps a pass made elsewhere (kube mode serializes its own passes) and counts it; a
@@ -128,6 +175,17 @@ impl State {
         } else {
             self.metrics.render_errors.inc();
         }
+    }
+
+    /// Directory mode: reads the usage book from `dir` (at start), the quotas spent in
+    /// periods that have not ended included: the next pass serves those keys refused again.
+    pub fn load_usage(&self, dir: &std::path::Path) -> Result<()> {
+        self.usage.load(dir)?;
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs() as i64);
+        lock(&self.spent).extend(self.usage.spent(now));
+        Ok(())
     }
 
     /// Directory mode: writes the usage book into `dir` when it changed, without the keys

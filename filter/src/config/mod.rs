@@ -157,6 +157,11 @@ pub struct ApiKeyConfig {
     /// Rate limit and quotas (layergate's `spec.limits`); absent: none.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub limits: Option<RateLimits>,
+    /// RFC 3339 UTC: the key spent a quota and is refused (429) until then, the end of the
+    /// quota's period, by the filter's own clock (set by the operator from the gateways'
+    /// usage reports; absent: no quota spent).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub quota_spent_until: Option<String>,
 }
 
 /// A rotated key's previous token: the same key (keyId, entitlements, expiry) until `until`,

@@ -140,6 +140,9 @@ pub struct KeyTable {
     /// slot of its own (same name and grants) whose expiry is the overlap's end, so the
     /// request's expiry check refuses it from then on, with or without a sync.
     previous: FastMap<[u8; 8], u32>,
+    /// Slot → until when (Unix seconds) its key is refused for a spent quota: only keys that
+    /// spent one cost anything.
+    spent: FastMap<u32, i64>,
     /// `Some` for a table from the key service: judged for freshness.
     freshness: Option<Arc<Freshness>>,
     /// The key service's revision this table is at.
@@ -216,6 +219,7 @@ impl KeyTable {
         }
         let key = compile_key(k, stores, store_count).map_err(|e| refused(k, e))?;
         let previous = key.previous;
+        let spent = key.spent_until;
         let owner = k.owner.as_deref().unwrap_or_default();
         let len = Lens::new("apikey:".len() + k.name.len(), owner.len());
         let text = ["apikey:", &k.name, owner];
@@ -225,6 +229,9 @@ impl KeyTable {
             key.expires_at,
             key.grants,
         );
+        if let Some(until) = spent {
+            self.spent.insert(self.slots.len() as u32 - 1, until);
+        }
         if let Some((hash, until)) = previous {
             self.push_previous(id, hash, until);
         }
@@ -286,6 +293,9 @@ impl KeyTable {
             let expires_at = (s.expires_at != i64::MAX).then_some(s.expires_at);
             let key = (*id, *hash, s.len);
             self.push(key, &[text], expires_at, KeyGrants::clone(&s.grants));
+            if let Some(&until) = other.spent.get(i) {
+                self.spent.insert(self.slots.len() as u32 - 1, until);
+            }
             let previous = other.previous.get(id).map(|j| &other.slots[*j as usize]);
             if let (Some(p), Some(hash)) = (
                 previous.filter(|p| p.start != DEAD),
@@ -309,6 +319,9 @@ impl KeyTable {
         slot.expires_at = until;
         let i = self.slots.len() as u32;
         self.slots.push(slot);
+        if let Some(&until) = self.spent.get(&main) {
+            self.spent.insert(i, until);
+        }
         if let Some(old) = self.previous.insert(id, i) {
             self.kill(old as usize);
         }
@@ -362,6 +375,7 @@ impl KeyTable {
 
     /// Marks a slot dead: its token digest no longer answers (see [`KeyTable::lookup`]).
     fn kill(&mut self, slot: usize) {
+        self.spent.remove(&(slot as u32));
         let s = &mut self.slots[slot];
         if s.start != DEAD {
             self.garbage += s.len.total();
@@ -397,6 +411,10 @@ impl KeyTable {
         self.by_hash.retain(|_, j| moved(j));
         self.by_id.retain(|_, j| moved(j));
         self.previous.retain(|_, j| moved(j));
+        self.spent = std::mem::take(&mut self.spent)
+            .into_iter()
+            .filter_map(|(mut j, until)| moved(&mut j).then_some((j, until)))
+            .collect();
         self.by_hash.shrink_to_fit();
         self.by_id.shrink_to_fit();
         self.slots = slots;
@@ -441,6 +459,16 @@ impl KeyTable {
             Some(s) if s > f.max_staleness => Err(Unusable::Stale),
             Some(_) => Ok(()),
         }
+    }
+
+    /// Until when (Unix seconds) key `k` is refused for a spent quota, if it spent one.
+    pub fn spent_until(&self, k: usize) -> Option<i64> {
+        if self.spent.is_empty() {
+            return None;
+        }
+        u32::try_from(k)
+            .ok()
+            .and_then(|k| self.spent.get(&k).copied())
     }
 
     /// Number of keys (a rotated key's previous token is not one more).

@@ -230,3 +230,25 @@ fn looser_limits_are_named() {
         None
     );
 }
+
+#[test]
+fn quota_periods_are_utc_calendar_periods() {
+    let t = crate::time::parse_rfc3339("2026-12-31T23:59:59Z").unwrap();
+    let at = |s: &str| crate::time::parse_rfc3339(s).unwrap();
+    assert_eq!(
+        Period::Hour.bounds(t),
+        (at("2026-12-31T23:00:00Z"), at("2027-01-01T00:00:00Z"))
+    );
+    assert_eq!(
+        Period::Day.bounds(t),
+        (at("2026-12-31T00:00:00Z"), at("2027-01-01T00:00:00Z"))
+    );
+    assert_eq!(
+        Period::Month.bounds(t),
+        (at("2026-12-01T00:00:00Z"), at("2027-01-01T00:00:00Z"))
+    );
+    assert_eq!(
+        Period::Month.bounds(at("2028-02-29T12:00:00Z")),
+        (at("2028-02-01T00:00:00Z"), at("2028-03-01T00:00:00Z"))
+    );
+}

@@ -70,8 +70,24 @@ impl Api {
         let taken = state.usage.take(&report, now(), |name| {
             let key = index.usable(&pass, name)?;
             let object = index.named(&pass, name);
-            Some((key.key_id.clone(), object.map(stored).unwrap_or_default()))
+            Some(crate::usage::Resolved {
+                key_id: key.key_id.clone(),
+                stored: object.map(stored).unwrap_or_default(),
+                quotas: key
+                    .limits
+                    .as_ref()
+                    .map(|l| l.quotas.clone())
+                    .unwrap_or_default(),
+            })
         });
+        // A spent quota travels to every gateway like a revocation: the key is served with
+        // `quotaSpentUntil` until its period ends.
+        for spent in &taken.spent {
+            if let Some(key) = index.usable(&pass, &spent.name) {
+                tracing::info!(key = %spent.name, until = %crate::validate::rfc3339(spent.until), "a key spent its quota: refused until its period ends");
+                state.quota_spent(key, spent.until);
+            }
+        }
         if !taken.unknown.is_empty() {
             tracing::debug!(
                 keys = ?taken.unknown,

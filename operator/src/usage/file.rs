@@ -2,7 +2,7 @@
 //! atomically): every key's `lastSeenAt`, totals and windows, read back when the operator
 //! starts, so a restart loses at most what came in since the last save.
 
-use super::{Bucket, Counts, KeyUsage, Stored, UsageBook, Window};
+use super::{Bucket, Counts, KeyUsage, PeriodCount, Stored, UsageBook, Window};
 use anyhow::{Context, Result};
 use serde_json::{json, Value};
 use std::path::Path;
@@ -56,6 +56,29 @@ fn read_window<const N: usize, const STEP: u32>(v: &Value) -> Window<N, STEP> {
     w
 }
 
+fn periods(ps: &[PeriodCount]) -> Value {
+    ps.iter()
+        .map(|p| json!([p.quota, p.per.as_str(), p.start, p.used, p.spent]))
+        .collect()
+}
+
+fn read_periods(v: &Value) -> Vec<PeriodCount> {
+    v.as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|p| {
+            let per = serde_json::from_value(p[1].clone()).ok()?;
+            Some(PeriodCount {
+                quota: p[0].as_u64()?,
+                per,
+                start: p[2].as_i64()?,
+                used: p[3].as_u64()?,
+                spent: p[4].as_bool()?,
+            })
+        })
+        .collect()
+}
+
 impl UsageBook {
     /// Writes every key's usage to `dir/`[`FILE`], and marks it stored.
     pub fn save(&self, dir: &Path, now: i64) -> Result<()> {
@@ -71,6 +94,7 @@ impl UsageBook {
                         "total": counts(&k.total),
                         "hour": window(&k.hour),
                         "day": window(&k.day),
+                        "quotas": periods(&k.periods),
                     }),
                 )
             })
@@ -100,6 +124,20 @@ impl UsageBook {
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(0, |d| d.as_secs() as i64);
         self.save(dir, now)
+    }
+
+    /// Keys with a quota spent in a period that has not ended at `now`, and that period's
+    /// end: what a restarted operator serves as refused again.
+    pub fn spent(&self, now: i64) -> Vec<(String, i64)> {
+        super::lock(&self.keys)
+            .iter()
+            .flat_map(|(id, k)| {
+                k.periods.iter().filter(|p| p.spent).filter_map(move |p| {
+                    let (_, end) = p.per.bounds(p.start);
+                    (end > now).then(|| (id.clone(), end))
+                })
+            })
+            .collect()
     }
 
     /// True when some key's usage changed since it was last saved.
@@ -139,6 +177,7 @@ impl UsageBook {
                     day: read_window(&k["day"]),
                     stored: Stored { last_seen, total },
                     stored_at: 0,
+                    periods: read_periods(&k["quotas"]),
                 },
             );
         }

@@ -150,6 +150,41 @@ pub struct Stored {
     pub total: Counts,
 }
 
+/// What a report's key name resolves to: the key the key service serves under that name.
+#[derive(Debug, Clone, Default)]
+pub struct Resolved {
+    /// Its key id.
+    pub key_id: String,
+    /// What its status (or the file) holds, read the first time this process sees the key.
+    pub stored: Stored,
+    /// Its quotas (`spec.limits.quotas`).
+    pub quotas: Vec<layergate_filter::ratelimit::Quota>,
+}
+
+/// A quota's count in its current calendar period.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct PeriodCount {
+    quota: u64,
+    per: layergate_filter::ratelimit::Period,
+    /// The period's first second (Unix seconds).
+    start: i64,
+    /// Allowed requests counted in it.
+    used: u64,
+    /// Spent: the key was marked refused until the period's end.
+    spent: bool,
+}
+
+/// A key that has just spent a quota: refused until `until` (the period's end).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Spent {
+    /// The key's id.
+    pub key_id: String,
+    /// Its ApiKey's name.
+    pub name: String,
+    /// The end of the quota's period (Unix seconds).
+    pub until: i64,
+}
+
 /// One key's usage.
 #[derive(Debug, Clone, Default)]
 struct KeyUsage {
@@ -162,6 +197,8 @@ struct KeyUsage {
     /// What the status (or file) holds, and when it was written.
     stored: Stored,
     stored_at: i64,
+    /// Each quota's count in its current period (the leader's memory only).
+    periods: Vec<PeriodCount>,
 }
 
 /// A key whose stored usage is behind: what to write.
@@ -182,6 +219,8 @@ pub struct Taken {
     pub keys: usize,
     /// Names of keys the operator does not serve (ignored).
     pub unknown: Vec<String>,
+    /// Keys that spent a quota with this report.
+    pub spent: Vec<Spent>,
 }
 
 /// Every key's usage in this operator, and counters of the reports.
@@ -196,6 +235,49 @@ pub struct UsageBook {
     pub clamped: Counter,
     /// Requests gateways could not attribute to a key (their tally was full).
     pub dropped: Counter,
+}
+
+/// Adds `allowed` requests at `now` to each of `quotas`' current period (a new period starts
+/// from zero); a quota reached for the first time in its period is `spent` until its end.
+fn count_quotas(
+    k: &mut KeyUsage,
+    quotas: &[layergate_filter::ratelimit::Quota],
+    allowed: u64,
+    now: i64,
+    key_id: &str,
+    spent: &mut Vec<Spent>,
+) {
+    k.periods.resize(
+        quotas.len(),
+        PeriodCount {
+            quota: 0,
+            per: layergate_filter::ratelimit::Period::Hour,
+            start: i64::MIN,
+            used: 0,
+            spent: false,
+        },
+    );
+    for (q, p) in quotas.iter().zip(k.periods.iter_mut()) {
+        let (start, end) = q.per.bounds(now);
+        if p.start != start || p.per != q.per || p.quota != q.requests {
+            *p = PeriodCount {
+                quota: q.requests,
+                per: q.per,
+                start,
+                used: 0,
+                spent: false,
+            };
+        }
+        p.used = p.used.saturating_add(allowed);
+        if !p.spent && p.used >= q.requests {
+            p.spent = true;
+            spent.push(Spent {
+                key_id: key_id.to_owned(),
+                name: k.name.clone(),
+                until: end,
+            });
+        }
+    }
 }
 
 impl std::fmt::Debug for UsageBook {
@@ -222,7 +304,7 @@ impl UsageBook {
         &self,
         report: &report::Report,
         now: i64,
-        resolve: impl Fn(&str) -> Option<(String, Stored)>,
+        resolve: impl Fn(&str) -> Option<Resolved>,
     ) -> Taken {
         self.reports.inc();
         self.dropped.inc_by(report.dropped);
@@ -230,14 +312,19 @@ impl UsageBook {
         let mut taken = Taken::default();
         let mut keys = lock(&self.keys);
         for (name, counts) in &report.keys {
-            let Some((key_id, stored)) = resolve(name) else {
+            let Some(Resolved {
+                key_id,
+                stored,
+                quotas,
+            }) = resolve(name)
+            else {
                 self.unknown_keys.inc();
                 if taken.unknown.len() < 10 {
                     taken.unknown.push(name.clone());
                 }
                 continue;
             };
-            let k = keys.entry(key_id).or_insert_with(|| KeyUsage {
+            let k = keys.entry(key_id.clone()).or_insert_with(|| KeyUsage {
                 name: name.clone(),
                 shown: stored.last_seen,
                 total: stored.total,
@@ -252,6 +339,7 @@ impl UsageBook {
             if k.shown.is_none_or(|s| now - s >= LAST_SEEN_STEP) {
                 k.shown = Some(now);
             }
+            count_quotas(k, &quotas, allowed, now, &key_id, &mut taken.spent);
             taken.keys += 1;
         }
         taken
@@ -276,7 +364,27 @@ impl UsageBook {
             (k.hour.sum(minute(now)), k.day.sum(minute(now)))
         });
         let c = total.to_status();
+        let quotas: Vec<Value> = k
+            .map(|k| {
+                k.periods
+                    .iter()
+                    .filter(|p| p.start != i64::MIN)
+                    .map(|p| {
+                        let (start, end) = p.per.bounds(p.start);
+                        let current = now < end;
+                        json!({
+                            "requests": p.quota,
+                            "per": p.per.as_str(),
+                            "periodStart": crate::validate::rfc3339(start),
+                            "used": if current { p.used } else { 0 },
+                            "spent": current && p.spent,
+                        })
+                    })
+                    .collect()
+            })
+            .unwrap_or_default();
         json!({
+            "quotas": quotas,
             "lastSeenAt": last_seen.map(crate::validate::rfc3339),
             "sinceCreation": {
                 "allowed": c.allowed,

@@ -19,8 +19,11 @@ fn report(keys: &[(&str, u64)]) -> Report {
     }
 }
 
-fn known(name: &str) -> Option<(String, Stored)> {
-    (name != "gone").then(|| (format!("key_{name}"), Stored::default()))
+fn known(name: &str) -> Option<Resolved> {
+    (name != "gone").then(|| Resolved {
+        key_id: format!("key_{name}"),
+        ..Resolved::default()
+    })
 }
 
 #[test]
@@ -77,7 +80,11 @@ fn a_key_first_seen_starts_from_what_was_stored() {
         total: reads(100),
     };
     book.take(&report(&[("shop", 1)]), T0, |_| {
-        Some(("key_shop".into(), stored.clone()))
+        Some(Resolved {
+            key_id: "key_shop".into(),
+            stored: stored.clone(),
+            quotas: Vec::new(),
+        })
     });
     let v = book.view("key_shop", &Stored::default(), T0);
     assert_eq!(v["sinceCreation"]["allowed"]["read"], 101);
@@ -138,4 +145,53 @@ fn the_file_keeps_everything_across_a_restart() {
     let e = UsageBook::default().load(&dir).expect_err("refused");
     assert!(format!("{e:#}").contains("not JSON"), "{e:#}");
     let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn a_quota_is_spent_once_per_period_and_a_new_period_starts_from_zero() {
+    use layergate_filter::ratelimit::{Period, Quota};
+    let book = UsageBook::default();
+    let limited = |name: &str| {
+        Some(Resolved {
+            key_id: format!("key_{name}"),
+            quotas: vec![Quota {
+                requests: 10,
+                per: Period::Hour,
+            }],
+            ..Resolved::default()
+        })
+    };
+    let t = book.take(&report(&[("shop", 6)]), T0 + 60, limited);
+    assert!(t.spent.is_empty());
+    let t = book.take(&report(&[("shop", 4)]), T0 + 120, limited);
+    assert_eq!(
+        t.spent,
+        vec![Spent {
+            key_id: "key_shop".into(),
+            name: "shop".into(),
+            until: T0 + 3600
+        }],
+        "the tenth request spends an hourly quota until the hour's end"
+    );
+    let t = book.take(&report(&[("shop", 5)]), T0 + 180, limited);
+    assert!(t.spent.is_empty(), "spent once per period");
+    let v = book.view("key_shop", &Stored::default(), T0 + 200);
+    assert_eq!(v["quotas"][0]["used"], 15, "{v}");
+    assert_eq!(v["quotas"][0]["spent"], true);
+    let t = book.take(&report(&[("shop", 9)]), T0 + 3600, limited);
+    assert!(t.spent.is_empty(), "the next hour starts from zero");
+    let v = book.view("key_shop", &Stored::default(), T0 + 3601);
+    assert_eq!(
+        (
+            v["quotas"][0]["used"].clone(),
+            v["quotas"][0]["spent"].clone()
+        ),
+        (9.into(), false.into())
+    );
+    // Refusals do not spend a quota.
+    let mut refused = report(&[]);
+    let mut c = Counts::default();
+    c.refused[2] = 50;
+    refused.keys.push(("shop".into(), c));
+    assert!(book.take(&refused, T0 + 3700, limited).spent.is_empty());
 }

@@ -370,6 +370,7 @@ pub(super) fn validate_key(
         entitlements: entitlements.into_iter().collect(),
         previous: None,
         limits,
+        quota_spent_until: None,
     };
     if let Err(m) = entitlement::check_api_key(&shape) {
         return out(ApiKeyPhase::Pending, reason::INVALID_SPEC, m, extra, None);

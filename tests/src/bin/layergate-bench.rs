@@ -194,6 +194,7 @@ fn scaled_config(keys: usize, namespaces: usize) -> Result<String> {
                 .collect(),
             previous: None,
             limits: None,
+            quota_spent_until: None,
         })
     };
     for i in 0..keys {

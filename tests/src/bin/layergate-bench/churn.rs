@@ -81,6 +81,7 @@ pub(super) fn key(name: &str, token: &str) -> Result<ApiKeyConfig> {
             .collect(),
         previous: None,
         limits: None,
+        quota_spent_until: None,
     })
 }
 
