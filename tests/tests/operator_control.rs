@@ -1043,3 +1043,113 @@ fn usage_through_two_workers_and_two_gateways_is_counted_and_last_seen_is_shown(
         );
     }
 }
+
+/// Quotas (issue 25) through the real gateway: a key with a quota of 20 requests an hour,
+/// used through two gateway processes. Neither gateway counts it alone: the operator adds
+/// their usage reports up and, once the quota is reached, serves the key as spent until the
+/// hour's end; both gateways then refuse it with 429, `Retry-After` until the period's end.
+/// How far it overshoots is what was served before the report that spent it arrived.
+#[test]
+fn a_quota_holds_across_two_gateways_once_their_reports_reach_it() {
+    let primary = DevStore::start(PRIMARY_KEY).unwrap();
+    let archive = DevStore::start(ARCHIVE_KEY).unwrap();
+    let (dir, out) = demo::manifests_for("quota", &primary, &archive).unwrap();
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let control = listener.local_addr().unwrap();
+    let settings = demo::test_settings(Some(control)).unwrap();
+    let source = Arc::new(DirSource::new(dir, out.clone(), settings));
+    source.refresh().unwrap();
+    let api = Arc::new(Api::new(source.clone(), DEFAULT_AUTHENTICATE_PER_MINUTE));
+    std::thread::spawn(move || {
+        api.serve_blocking(
+            listener,
+            layergate_operator::api::Role::Control,
+            std::future::pending(),
+        )
+    });
+    let bootstrap = std::fs::read_to_string(out.join("bootstrap.yaml")).unwrap();
+    let gateways: Vec<Envoy> = (0..2)
+        .map(|_| {
+            Envoy::start_yaml(&bootstrap, &paths::repo_root()).unwrap_or_else(|e| panic!("{e:#}"))
+        })
+        .collect();
+    let minted = Request::new("POST", "/v2/keys")
+        .bearer("demo-admin-token")
+        .json(&json!({"name": "quota-key", "expiresAfter": "1d",
+                      "entitlements": {"vectorstore.primary": {"scopes": ["read"], "namespaces": ["shop-*"]}},
+                      "limits": {"quotas": [{"requests": 20, "per": "hour"}]}}))
+        .send(control)
+        .unwrap();
+    assert_eq!(minted.status, 201, "{}", minted.text());
+    let token = minted.json().unwrap()["token"].as_str().unwrap().to_owned();
+    let read = "/v1/namespaces/shop-a/metadata";
+    let get = |g: &Envoy| {
+        Request::new("GET", read)
+            .bearer(&token)
+            .send(g.addr)
+            .unwrap()
+    };
+    for g in &gateways {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        while get(g).status != 404 {
+            assert!(std::time::Instant::now() < deadline, "the key never passed");
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+    }
+    // 15 requests through each: neither gateway alone sees 20.
+    for g in &gateways {
+        for _ in 0..15 {
+            assert_eq!(get(g).status, 404);
+        }
+    }
+    // Within a report interval (5 s) and a sync, both refuse it.
+    let started = std::time::Instant::now();
+    for g in &gateways {
+        loop {
+            let r = get(g);
+            if r.status == 429 {
+                let retry: u64 = r.header("retry-after").unwrap().parse().unwrap();
+                assert!((1..=3600).contains(&retry), "{retry}");
+                assert!(
+                    r.text().contains("has spent its request quota"),
+                    "{}",
+                    r.text()
+                );
+                break;
+            }
+            assert_eq!(r.status, 404);
+            assert!(
+                started.elapsed() < std::time::Duration::from_secs(15),
+                "the spent quota never reached this gateway"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(100));
+        }
+    }
+    let enforced = started.elapsed();
+    // Every request served was counted once the last reports are in (at most 5 s later).
+    let usage = || {
+        Request::new("GET", "/v2/keys/quota-key/usage")
+            .bearer("demo-admin-token")
+            .send(control)
+            .unwrap()
+            .json()
+            .unwrap()
+    };
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(15);
+    let u = loop {
+        let u = usage();
+        if u["quotas"][0]["used"].as_u64().unwrap_or(0) >= 30
+            || std::time::Instant::now() > deadline
+        {
+            break u;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(250));
+    };
+    assert_eq!(u["quotas"][0]["spent"], true, "{u}");
+    let used = u["quotas"][0]["used"].as_u64().unwrap();
+    assert!(used >= 30, "{u}");
+    println!(
+        "quota of 20/hour: {used} allowed in all (overshoot {}), refused by both gateways {enforced:?} after the 30th",
+        used - 20
+    );
+}
