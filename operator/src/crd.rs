@@ -404,6 +404,10 @@ pub struct Observed {
     /// Requests the gateways counted for the key since it was created (a layergate extension).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub usage: Option<UsageCounts>,
+    /// The key spent a quota and is refused until then (RFC 3339; a layergate extension):
+    /// written by the leader when it happens, read by every replica's pass.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub quota_spent_until: Option<String>,
 }
 
 impl PartialEq for Observed {

@@ -100,12 +100,21 @@ impl State {
         let revision = match previous {
             Some(p) if served.as_deref() == Some(self.keys.table().revision.as_str()) => {
                 let mut change = keyservice::Change::between(&p.keys, &pass.keys);
-                self.mark_spent(&mut change.upsert);
+                // A key whose mark changed on its object (written by the leader) changed for
+                // the gateways, whether or not the pass changed it.
+                let (before, now) = (marks(&p.objects.keys), marks(&pass.objects.keys));
+                for (name, _) in before.symmetric_difference(&now) {
+                    let upserted = change.upsert.iter().any(|k| k.name == *name);
+                    if let (false, Some(k)) = (upserted, pass.index().usable(pass, name)) {
+                        change.upsert.push(k.clone());
+                    }
+                }
+                self.mark_spent(&mut change.upsert, &pass.objects.keys);
                 self.keys.apply(change)
             }
             _ => {
                 let mut keys = pass.keys.clone();
-                self.mark_spent(&mut keys);
+                self.mark_spent(&mut keys, &pass.objects.keys);
                 self.keys.publish(&keys)
             }
         };
@@ -114,17 +123,21 @@ impl State {
 
     /// Sets `quotaSpentUntil` on the keys that spent a quota whose period has not ended (and
     /// forgets the ones whose period has).
-    fn mark_spent(&self, keys: &mut [ApiKeyConfig]) {
+    fn mark_spent(&self, keys: &mut [ApiKeyConfig], objects: &[Arc<ApiKey>]) {
         let mut spent = lock(&self.spent);
         let now = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(0, |d| d.as_secs() as i64);
         spent.retain(|_, until| *until > now);
-        if spent.is_empty() {
+        // What the leader recorded on the objects (every replica reads it), by name.
+        let marked: BTreeMap<String, i64> = marks(objects).into_iter().collect();
+        if spent.is_empty() && marked.is_empty() {
             return;
         }
         for k in keys {
-            if let Some(until) = spent.get(&k.key_id) {
+            let until = spent.get(&k.key_id).or_else(|| marked.get(&k.name));
+            let until = until.filter(|u| **u > now);
+            if let Some(until) = until {
                 k.quota_spent_until = Some(crate::validate::rfc3339(*until));
             }
         }
@@ -246,6 +259,13 @@ pub trait Source: Send + Sync {
     fn writable(&self) -> bool {
         true
     }
+    /// Records on the ApiKey named `name` that it spent a quota until `until` (Unix seconds), so
+    /// every replica's passes serve it refused (kube mode: its status; directory mode has one
+    /// operator, whose usage file keeps it).
+    fn mark_quota_spent(&self, name: &str, until: i64) -> Result<()> {
+        let _ = (name, until);
+        Ok(())
+    }
     /// Writes a new ApiKey (`manifest`, a complete object) and the Secret with its token;
     /// returns the ApiKey as stored (in a cluster, with its uid and creation time).
     fn create_key(
@@ -268,6 +288,19 @@ pub trait Source: Send + Sync {
     ) -> Result<()>;
     /// Deletes an ApiKey and its token Secret.
     fn delete_key(&self, pass: &Pass, name: &str) -> Result<()>;
+}
+
+/// The quota marks the leader wrote on ApiKey objects (`status.quotaSpentUntil`): (name,
+/// until), whether or not the period has ended (a mark that ends is a change too).
+fn marks(objects: &[Arc<ApiKey>]) -> std::collections::BTreeSet<(String, i64)> {
+    objects
+        .iter()
+        .filter_map(|k| {
+            let at = k.status.as_ref()?.observed.quota_spent_until.as_deref()?;
+            let until = layergate_filter::time::parse_rfc3339(at)?;
+            Some((k.metadata.name.clone()?, until))
+        })
+        .collect()
 }
 
 /// How often stores are probed (plus up to [`PROBE_JITTER`], so replicas and stores spread out).

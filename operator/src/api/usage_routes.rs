@@ -86,6 +86,9 @@ impl Api {
             if let Some(key) = index.usable(&pass, &spent.name) {
                 tracing::info!(key = %spent.name, until = %crate::validate::rfc3339(spent.until), "a key spent its quota: refused until its period ends");
                 state.quota_spent(key, spent.until);
+                if let Err(e) = self.source.mark_quota_spent(&spent.name, spent.until) {
+                    tracing::warn!(key = %spent.name, "recording a spent quota on the key: {e:#}");
+                }
             }
         }
         if !taken.unknown.is_empty() {

@@ -294,6 +294,10 @@ impl Source for Cluster {
         })
     }
 
+    fn mark_quota_spent(&self, name: &str, until: i64) -> Result<()> {
+        self.block_on(self.write_quota_mark(name, until))
+    }
+
     fn revoke_key(&self, _pass: &Pass, name: &str) -> Result<()> {
         self.block_on(async {
             self.ensure_leader()?;

@@ -15,6 +15,10 @@ use crate::usage::Due;
 /// The field manager of `status.lastSeenAt` and `status.usage`.
 pub const USAGE_FIELD_MANAGER: &str = "layergate-usage";
 
+/// The field manager of `status.quotaSpentUntil` (its own: the usage writer's applies name
+/// only its two fields, and an apply drops what its manager no longer names).
+pub const QUOTA_FIELD_MANAGER: &str = "layergate-quota";
+
 /// Usage status writes a second, at most (`--usage-writes-per-second`).
 pub const DEFAULT_USAGE_WRITES_PER_SECOND: usize = 20;
 
@@ -57,6 +61,29 @@ impl Cluster {
             }
         }
         Ok(written)
+    }
+
+    /// Writes `status.quotaSpentUntil` on the ApiKey `name` (the leader, when a report spends a
+    /// quota): every replica's pass reads it and serves the key refused until then. Not
+    /// rate-limited: one write per key and quota period at most.
+    pub async fn write_quota_mark(&self, name: &str, until: i64) -> Result<()> {
+        self.ensure_leader()?;
+        let patch = serde_json::json!({
+            "apiVersion": "hevlayer.com/v1alpha1",
+            "kind": "ApiKey",
+            "status": {"quotaSpentUntil": validate::rfc3339(until)},
+        });
+        let written = self
+            .api::<ApiKey>()
+            .patch_status(
+                name,
+                &PatchParams::apply(QUOTA_FIELD_MANAGER).force(),
+                &Patch::Apply(&patch),
+            )
+            .await
+            .with_context(|| format!("marking ApiKey {name}'s quota spent"))?;
+        self.caches().merge(written);
+        Ok(())
     }
 
     async fn apply_usage(&self, due: &Due) -> kube::Result<ApiKey> {

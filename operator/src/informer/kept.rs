@@ -77,12 +77,17 @@ pub trait Cached: Resource<DynamicType = ()> + Clone + Send + Sync + 'static {
     fn asks(_kept: &Self::Kept) -> Option<&str> {
         None
     }
+    /// A status field that asks for a pass on every replica: an ApiKey's
+    /// `status.quotaSpentUntil`, which the leader writes when the key spends a quota.
+    fn marked(_kept: &Self::Kept) -> Option<&str> {
+        None
+    }
     /// This kind's cache.
     fn cache(caches: &Caches) -> &Cache<Self::Kept>;
 }
 
 macro_rules! cached_cr {
-    ($t:ty, $kind:literal, $field:ident) => {
+    ($t:ty, $kind:literal, $field:ident $(, $marked:path)?) => {
         impl Cached for $t {
             type Kept = $t;
             const KIND: &'static str = $kind;
@@ -103,12 +108,22 @@ macro_rules! cached_cr {
             fn cache(caches: &Caches) -> &Cache<$t> {
                 &caches.$field
             }
+            $(
+                fn marked(kept: &$t) -> Option<&str> {
+                    $marked(kept)
+                }
+            )?
         }
     };
 }
 cached_cr!(VectorStore, "VectorStore", stores);
 cached_cr!(Index, "Index", indexes);
-cached_cr!(ApiKey, "ApiKey", keys);
+cached_cr!(ApiKey, "ApiKey", keys, quota_mark);
+
+/// An ApiKey's `status.quotaSpentUntil`.
+fn quota_mark(k: &ApiKey) -> Option<&str> {
+    k.status.as_ref()?.observed.quota_spent_until.as_deref()
+}
 
 impl Cached for Secret {
     type Kept = CachedSecret;

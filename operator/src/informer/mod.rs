@@ -211,13 +211,16 @@ where
                 Ok(Event::Apply(o)) => entry_of(o).and_then(|(name, e)| {
                     let generation = K::generation(&e.value);
                     let asks = K::asks(&e.value).map(str::to_owned);
+                    let marked = K::marked(&e.value).map(str::to_owned);
                     let old = cache.apply(name.clone(), e.uid, e.version, e.value);
                     if K::KIND == Secret::KIND {
                         Some(Trigger::Secret(name))
                     } else {
                         // The operator's own status writes do not move the generation.
                         let moved = old.is_none_or(|o| {
-                            K::generation(&o) != generation || K::asks(&o) != asks.as_deref()
+                            K::generation(&o) != generation
+                                || K::asks(&o) != asks.as_deref()
+                                || K::marked(&o) != marked.as_deref()
                         });
                         moved.then_some(Trigger::Object(K::KIND))
                     }

@@ -3,6 +3,7 @@
 //! passes that write the rest of the status, and counts that survive a new leader.
 
 use base64::Engine as _;
+use layergate_operator::cluster::Cluster;
 use layergate_operator::crd::ApiKey;
 use layergate_operator::keyservice::GatewayCredential;
 use serde_json::{json, Value};
@@ -191,4 +192,71 @@ async fn usage_from_every_vm_is_taken_and_written_at_a_bounded_rate_and_kept_by_
         503
     );
     assert_eq!(c.write_usage(WRITES).await.unwrap(), 0);
+}
+
+/// A quota spent (issue 25) in kube mode with two operator replicas: the leader takes the
+/// report that spends it, serves the key refused at once, and records the mark on the key's
+/// status; the follower's pass reads it and serves the key refused too, so a gateway syncing
+/// from either replica holds the quota. Passes on either keep the mark.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_spent_quota_is_served_by_every_replica() {
+    let client = kinds().with_runtime_objects(objects(0)).strict().await;
+    let c = Arc::new(leader(&client));
+    pass(&c).await.unwrap();
+    let key = super::key_json(
+        "metered",
+        json!({"limits": {"quotas": [{"requests": 10, "per": "day"}]}}),
+    );
+    api::<ApiKey>(&client)
+        .create(&Default::default(), &key)
+        .await
+        .unwrap();
+    pass(&c).await.unwrap();
+    let follower = Arc::new(leader(&client));
+    follower.set_leader(false);
+    assert!(
+        follower
+            .caches()
+            .synced_within(Duration::from_secs(30))
+            .await
+    );
+    pass(&follower).await.unwrap();
+    let mark = |cluster: &Cluster| {
+        super::served(cluster)
+            .keys
+            .into_iter()
+            .find(|k| k.name == "metered")
+            .map(|k| k.quota_spent_until)
+    };
+    assert_eq!(mark(&c), Some(None), "served, not spent");
+    assert_eq!(mark(&follower), Some(None));
+
+    c.state
+        .keys
+        .set_credential(GatewayCredential::of(CREDENTIAL));
+    let addr = control_api(c.clone());
+    assert_eq!(
+        post(addr, &json!({"keys": {"metered": {"read": 6}}}).to_string()),
+        200
+    );
+    assert_eq!(mark(&c), Some(None), "6 of 10");
+    assert_eq!(
+        post(addr, &json!({"keys": {"metered": {"read": 4}}}).to_string()),
+        200
+    );
+    let until = mark(&c)
+        .flatten()
+        .expect("the leader serves it spent at once");
+    let stored = api::<ApiKey>(&client).get("metered").await.unwrap();
+    assert_eq!(
+        stored.status.unwrap().observed.quota_spent_until.as_deref(),
+        Some(until.as_str()),
+        "recorded on the key for every replica"
+    );
+    // The follower's next pass (its watch asks for one) serves it spent too.
+    pass(&follower).await.unwrap();
+    assert_eq!(mark(&follower).flatten().as_deref(), Some(until.as_str()));
+    // Passes keep the mark on both.
+    pass(&c).await.unwrap();
+    assert_eq!(mark(&c).flatten().as_deref(), Some(until.as_str()));
 }
