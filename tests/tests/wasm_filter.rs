@@ -328,7 +328,7 @@ fn minted_keys_come_from_the_key_service_and_fail_closed_when_it_is_gone() {
         .calls()
         .into_iter()
         .find(|c| c.header(":path") == Some("/v2/keys/usage"))
-        .expect("the usage of the minted key is reported");
+        .unwrap_or_else(|| panic!("the usage of the minted key is not reported"));
     assert_eq!(
         (report.header(":method"), report.header("authorization")),
         (Some("POST"), Some("Bearer gw-cred"))
