@@ -21,7 +21,7 @@
 use crate::auth::Principal;
 use crate::decision::Trace;
 use crate::fasthash::FastMap;
-use crate::policy::{Grant, Policy};
+use crate::policy::{Grant, KeyService, Policy};
 use crate::scope::Scope;
 use std::fmt::Write as _;
 
@@ -245,6 +245,45 @@ impl Reporter {
             && now >= self.not_before
             && !tally.is_empty()
             && (tally.is_full() || now.saturating_sub(self.last_sent) >= every)
+    }
+
+    /// Sends `tally`'s report when one is due at `now`, to `ks`'s usage path with the gateway
+    /// credential: `send(cluster, headers, body, timeout)` is the binding's call (its id, or
+    /// `None` when it could not be made). A report that cannot be sent goes back into the
+    /// tally, and the next one waits.
+    pub fn send_due(
+        &mut self,
+        tally: &mut Tally,
+        ks: &KeyService,
+        now: i64,
+        send: impl FnOnce(&str, &[(&str, &str)], &[u8], std::time::Duration) -> Option<u64>,
+    ) {
+        if !self.due(tally, ks.report_seconds, now) {
+            return;
+        }
+        let Some(mut report) = tally.take_report() else {
+            return;
+        };
+        let body = report.body();
+        let length = body.len().to_string();
+        let id = ks.bearer.as_deref().ok().and_then(|bearer| {
+            let headers = [
+                (":method", "POST"),
+                (":path", &*ks.usage_path),
+                (":authority", &*ks.authority),
+                ("authorization", bearer),
+                ("content-type", "application/json"),
+                ("content-length", length.as_str()),
+            ];
+            send(&ks.cluster, &headers, body.as_bytes(), REPORT_TIMEOUT)
+        });
+        match id {
+            Some(id) => self.sent(id, report, now),
+            None => {
+                tally.absorb(&mut report.tally);
+                self.failed(now);
+            }
+        }
     }
 
     /// `report` went out at `now` as call `token`.

@@ -20,7 +20,7 @@ use crate::decision::Trace;
 use crate::keysync::{self, KeySync};
 use crate::outcome::{SYNCED, SYNC_FAILED};
 use crate::policy::Policy;
-use crate::usage::{Reporter, Tally, REPORT_TIMEOUT};
+use crate::usage::{Reporter, Tally};
 use std::sync::{Arc, Condvar, Mutex, PoisonError};
 use std::time::Duration;
 
@@ -111,33 +111,9 @@ impl Sync {
         for worker in workers {
             tally.absorb(&mut worker.lock().unwrap_or_else(PoisonError::into_inner));
         }
-        if !reporter.due(tally, ks.report_seconds, now) {
-            return;
-        }
-        let Some(mut report) = tally.take_report() else {
-            return;
-        };
-        let body = report.body();
-        let length = body.len().to_string();
-        let id = ks.bearer.as_deref().ok().and_then(|bearer| {
-            let headers = [
-                (":method", "POST"),
-                (":path", &*ks.usage_path),
-                (":authority", &*ks.authority),
-                ("authorization", bearer),
-                ("content-type", "application/json"),
-                ("content-length", length.as_str()),
-            ];
-            self.host
-                .http_callout(&ks.cluster, &headers, body.as_bytes(), REPORT_TIMEOUT)
+        reporter.send_due(tally, ks, now, |cluster, headers, body, timeout| {
+            self.host.http_callout(cluster, headers, body, timeout)
         });
-        match id {
-            Some(id) => reporter.sent(id, report, now),
-            None => {
-                tally.absorb(&mut report.tally);
-                reporter.failed(now);
-            }
-        }
     }
 
     /// The answer to callout `id` (main thread): `status` and `body` when it came.

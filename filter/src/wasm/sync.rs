@@ -7,7 +7,6 @@ use super::root::Root;
 use super::{count, USAGE};
 use crate::abi::{self, now, BufferType, LogLevel, MapType};
 use crate::outcome::{SYNCED, SYNC_FAILED};
-use crate::usage::REPORT_TIMEOUT;
 use std::rc::Rc;
 use std::sync::Arc;
 
@@ -50,32 +49,9 @@ impl Root {
                 return;
             };
             let (tally, reporter) = &mut *u;
-            if !reporter.due(tally, ks.report_seconds, now) {
-                return;
-            }
-            let Some(mut report) = tally.take_report() else {
-                return;
-            };
-            let body = report.body();
-            let length = body.len().to_string();
-            let token = ks.bearer.as_deref().ok().and_then(|bearer| {
-                let headers = [
-                    (":method", "POST"),
-                    (":path", &*ks.usage_path),
-                    (":authority", &*ks.authority),
-                    ("authorization", bearer),
-                    ("content-type", "application/json"),
-                    ("content-length", length.as_str()),
-                ];
-                abi::dispatch_http_call(&ks.cluster, &headers, body.as_bytes(), REPORT_TIMEOUT)
+            reporter.send_due(tally, ks, now, |cluster, headers, body, timeout| {
+                abi::dispatch_http_call(cluster, headers, body, timeout).map(u64::from)
             });
-            match token {
-                Some(t) => reporter.sent(u64::from(t), report, now),
-                None => {
-                    tally.absorb(&mut report.tally);
-                    reporter.failed(now);
-                }
-            }
         });
     }
 

@@ -22,6 +22,19 @@ pub enum Role {
     Keys,
 }
 
+/// Runs `handler` off the async workers (it touches files and locks) and puts its answer on
+/// the wire.
+async fn off_workers(handler: impl FnOnce() -> Reply + Send + 'static) -> Response {
+    http(
+        tokio::task::spawn_blocking(handler)
+            .await
+            .unwrap_or_else(|e| {
+                tracing::error!("control API: a handler failed: {e}");
+                error(StatusCode::INTERNAL_SERVER_ERROR, "internal error")
+            }),
+    )
+}
+
 /// The bearer token of a request, if it sends one.
 fn bearer_of(req: &Request) -> Option<String> {
     req.headers()
@@ -186,23 +199,30 @@ impl Api {
         if !api.source.state().keys.accepts(bearer.as_deref()) {
             return close(http(api.take_usage(bearer.as_deref(), &[])));
         }
-        let read = axum::body::to_bytes(req.into_body(), USAGE_BODY_BYTES);
-        let body = match tokio::time::timeout(api.limits.body_timeout, read).await {
-            Ok(Ok(b)) => b,
-            Ok(Err(_)) => return close(too_large()),
-            Err(_) => {
-                return close(http(error(
-                    StatusCode::REQUEST_TIMEOUT,
-                    "the request body did not arrive in time",
-                )))
-            }
+        let body = match api.read_body(req.into_body(), USAGE_BODY_BYTES).await {
+            Ok(b) => b,
+            Err(refused) => return refused,
         };
-        let answered =
-            tokio::task::spawn_blocking(move || api.take_usage(bearer.as_deref(), &body)).await;
-        http(answered.unwrap_or_else(|e| {
-            tracing::error!("usage report: a handler failed: {e}");
-            error(StatusCode::INTERNAL_SERVER_ERROR, "internal error")
-        }))
+        off_workers(move || api.take_usage(bearer.as_deref(), &body)).await
+    }
+
+    /// A request's body, within `cap` (a route's layer may cut it sooner) and the body
+    /// timeout; the refusal otherwise (413 or 408, the connection closed after it).
+    async fn read_body(
+        &self,
+        body: axum::body::Body,
+        cap: usize,
+    ) -> Result<bytes::Bytes, Response> {
+        match tokio::time::timeout(self.limits.body_timeout, axum::body::to_bytes(body, cap)).await
+        {
+            Ok(Ok(b)) => Ok(b),
+            // Over the cap (or the route's layer cut it there) or broken off.
+            Ok(Err(_)) => Err(close(too_large())),
+            Err(_) => Err(close(http(error(
+                StatusCode::REQUEST_TIMEOUT,
+                "the request body did not arrive in time",
+            )))),
+        }
     }
 
     /// One `/v2/…` call: the rate limit (before the body), the body (within its cap and the
@@ -232,26 +252,12 @@ impl Api {
             }
         }
         // The route's layer cuts the body at its cap; the largest cap bounds it here too.
-        let read = axum::body::to_bytes(body, MINT_BODY_BYTES);
-        let body = match tokio::time::timeout(self.limits.body_timeout, read).await {
-            Ok(Ok(b)) => b,
-            // Over the route's cap (the layer cuts the body there) or broken off.
-            Ok(Err(_)) => return close(too_large()),
-            Err(_) => {
-                return close(http(error(
-                    StatusCode::REQUEST_TIMEOUT,
-                    "the request body did not arrive in time",
-                )))
-            }
+        let body = match self.read_body(body, MINT_BODY_BYTES).await {
+            Ok(b) => b,
+            Err(refused) => return refused,
         };
         let api = self.clone();
-        let answered =
-            tokio::task::spawn_blocking(move || api.reply(call, &method, &path, &headers, &body))
-                .await;
-        http(answered.unwrap_or_else(|e| {
-            tracing::error!("control API: a handler failed: {e}");
-            error(StatusCode::INTERNAL_SERVER_ERROR, "internal error")
-        }))
+        off_workers(move || api.reply(call, &method, &path, &headers, &body)).await
     }
 
     /// Serves `role`'s routes on a bound listener until `stop` completes, on a runtime of its
