@@ -105,14 +105,25 @@ impl Cluster {
     }
 }
 
-/// Writes usage once a second for ever (the leader's writes; a follower's turn does nothing).
+/// Writes usage once a second for ever (the leader's writes; a follower's turn does nothing),
+/// and once a minute forgets the usage of keys whose ApiKey is gone, so the book holds only
+/// keys that exist.
 pub async fn writer(cluster: Arc<Cluster>) {
     let mut tick = tokio::time::interval(std::time::Duration::from_secs(1));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    loop {
+    for turn in 1u64.. {
         tick.tick().await;
         if let Err(e) = cluster.write_usage(cluster.usage_writes).await {
             tracing::warn!("usage: {e:#}");
+        }
+        if turn % 60 == 0 {
+            if let Some(pass) = cluster.state.last() {
+                let index = pass.index();
+                cluster
+                    .state
+                    .usage
+                    .retain(|id| index.with_id(&pass, id).is_some());
+            }
         }
     }
 }

@@ -23,6 +23,7 @@ fn refused_on_every_key_route(f: &Fixture, token: Option<&str>, status: u16, who
         ("POST", "/v2/keys/shop-reader/revoke", Value::Null),
         ("DELETE", "/v2/keys/shop-reader", Value::Null),
         ("POST", "/v2/keys/shop-reader/rotate", json!({})),
+        ("GET", "/v2/keys/shop-reader/usage", Value::Null),
     ] {
         let (got, reply) = f.call(method, path, token, body);
         assert_eq!(got, status, "{who}: {method} {path}: {reply}");
@@ -116,6 +117,7 @@ fn callers_see_and_touch_only_keys_they_could_have_minted() {
         ("POST", "/v2/keys/archive-writer/revoke"),
         ("DELETE", "/v2/keys/archive-writer"),
         ("POST", "/v2/keys/archive-writer/rotate"),
+        ("GET", "/v2/keys/archive-writer/usage"),
     ] {
         let (status, _) = f.call(method, path, Some(ADMIN), Value::Null);
         assert_eq!(status, 404, "{method} {path}");
