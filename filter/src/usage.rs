@@ -88,6 +88,10 @@ impl Tally {
     /// after authentication counts; one before it has no key to count for). Allocates only for a key's first
     /// request since the last report.
     pub fn record(&mut self, policy: &Policy, trace: &Trace<'_>, decision: &str) {
+        // Without a key service there is no one to report to: nothing is counted.
+        if policy.key_service.is_none() {
+            return;
+        }
         let Some(Principal::Token(Grant::Minted(k))) = trace.principal else {
             return;
         };
