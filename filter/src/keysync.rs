@@ -56,6 +56,18 @@ pub struct Call<'p> {
     since: Option<Box<str>>,
 }
 
+impl Call<'_> {
+    /// The call's request headers, as either host binding sends them.
+    pub fn headers(&self) -> [(&str, &str); 4] {
+        [
+            (":method", "GET"),
+            (":path", self.path.as_str()),
+            (":authority", self.authority),
+            ("authorization", self.authorization),
+        ]
+    }
+}
+
 impl KeySync {
     /// A new client for a configuration loaded at `now` (Unix seconds).
     pub fn configured_at(now: i64) -> KeySync {
@@ -259,6 +271,15 @@ mod tests {
         assert_eq!(
             (call.cluster, call.authorization, call.timeout),
             ("layergate_control", "Bearer gw", Duration::from_secs(25))
+        );
+        assert_eq!(
+            call.headers(),
+            [
+                (":method", "GET"),
+                (":path", "/v2/keys/sync?wait=20&config=1"),
+                (":authority", "layergate_control"),
+                ("authorization", "Bearer gw"),
+            ]
         );
         s.sent(7, call, T0);
         assert_eq!(s.due(&p, T0), Ok(None), "one call in flight");

@@ -158,12 +158,7 @@ impl Sync {
         match state.due(&policy, now) {
             Ok(None) => {}
             Ok(Some(call)) => {
-                let headers = [
-                    (":method", "GET"),
-                    (":path", call.path.as_str()),
-                    (":authority", call.authority),
-                    ("authorization", call.authorization),
-                ];
+                let headers = call.headers();
                 match self.host.http_callout(call.cluster, &headers, &[], call.timeout) {
                     Some(id) => state.sent(id, call, now),
                     None => self.failed(

@@ -20,12 +20,7 @@ impl Root {
         match self.sync.due(&policy, now) {
             Ok(None) => {}
             Ok(Some(call)) => {
-                let headers = [
-                    (":method", "GET"),
-                    (":path", call.path.as_str()),
-                    (":authority", call.authority),
-                    ("authorization", call.authorization),
-                ];
+                let headers = call.headers();
                 match abi::dispatch_http_call(call.cluster, &headers, &[], call.timeout) {
                     Some(token) => self.sync.sent(u64::from(token), call, now),
                     None => {
