@@ -44,6 +44,13 @@ pub struct State {
 /// so the kubelet restarts the process.
 pub const STUCK_AFTER: Duration = Duration::from_secs(300);
 
+/// The clock in Unix seconds.
+fn unix_now() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs() as i64)
+}
+
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
 }
@@ -125,9 +132,7 @@ impl State {
     /// forgets the ones whose period has).
     fn mark_spent(&self, keys: &mut [ApiKeyConfig], objects: &[Arc<ApiKey>]) {
         let mut spent = lock(&self.spent);
-        let now = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| d.as_secs() as i64);
+        let now = unix_now();
         spent.retain(|_, until| *until > now);
         // What the leader recorded on the objects (every replica reads it), by name.
         let marked: BTreeMap<String, i64> = marks(objects).into_iter().collect();
@@ -194,9 +199,7 @@ impl State {
     /// periods that have not ended included: the next pass serves those keys refused again.
     pub fn load_usage(&self, dir: &std::path::Path) -> Result<()> {
         self.usage.load(dir)?;
-        let now = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| d.as_secs() as i64);
+        let now = unix_now();
         lock(&self.spent).extend(self.usage.spent(now));
         Ok(())
     }
