@@ -74,6 +74,16 @@ fn scope_index(scope: Scope) -> usize {
     }
 }
 
+/// The minted key a request is counted for: the one the decision authenticated, when there is
+/// a key service to report to (without one, nothing is counted).
+pub fn counted(policy: &Policy, trace: &Trace<'_>) -> Option<usize> {
+    policy.key_service.as_ref()?;
+    match trace.principal {
+        Some(Principal::Token(Grant::Minted(k))) => Some(k),
+        _ => None,
+    }
+}
+
 /// The counts of one VM (wasm) or one worker thread (native) since they were last reported.
 #[derive(Debug, Default)]
 pub struct Tally {
@@ -88,11 +98,7 @@ impl Tally {
     /// after authentication counts; one before it has no key to count for). Allocates only for a key's first
     /// request since the last report.
     pub fn record(&mut self, policy: &Policy, trace: &Trace<'_>, decision: &str) {
-        // Without a key service there is no one to report to: nothing is counted.
-        if policy.key_service.is_none() {
-            return;
-        }
-        let Some(Principal::Token(Grant::Minted(k))) = trace.principal else {
+        let Some(k) = counted(policy, trace) else {
             return;
         };
         let Some(key) = policy.keys.get(k) else {

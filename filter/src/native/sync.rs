@@ -47,6 +47,10 @@ thread_local! {
 /// Counts a request for its key's usage in this worker's tally (a lock only the report,
 /// once a second, ever contends).
 pub(super) fn record_usage(policy: &Policy, trace: &Trace<'_>, decision: &str) {
+    // Most requests count for no key: no lock for them.
+    if crate::usage::counted(policy, trace).is_none() {
+        return;
+    }
     MINE.with(|t| {
         t.lock()
             .unwrap_or_else(PoisonError::into_inner)
